@@ -1,0 +1,66 @@
+//! The one binary encoding used for cohort's own records and messages (bincode 2 over serde),
+//! with a size limit on every decode so that hostile bytes cannot make us allocate without bound.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Bytes that do not decode into the expected type. Never a panic: bytes from disks and
+/// sockets are untrusted.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode {what}: {reason}")]
+pub struct DecodeError {
+    pub what: &'static str,
+    pub reason: String,
+}
+
+/// Largest value `decode` accepts; far above any legal record (see `limits`).
+pub const DECODE_SIZE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_fixed_int_encoding()
+        .with_limit::<DECODE_SIZE_BYTES_MAX>()
+}
+
+/// Encodes `value`. Encoding our own in-memory types cannot fail; a failure is a bug.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, config()).expect("encoding an in-memory value cannot fail")
+}
+
+/// Appends the encoding of `value` to `out`.
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    out.extend_from_slice(&encode(value));
+}
+
+/// Decodes exactly one `T` from `bytes`; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| DecodeError { what, reason: e.to_string() })?;
+    if used != bytes.len() {
+        return Err(DecodeError {
+            what,
+            reason: format!("{} trailing bytes after the value", bytes.len() - used),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_trailing_bytes() {
+        let v: (u64, String) = (7, "x".into());
+        let mut bytes = encode(&v);
+        assert_eq!(decode::<(u64, String)>("pair", &bytes).unwrap(), v);
+        bytes.push(0);
+        assert!(decode::<(u64, String)>("pair", &bytes).is_err());
+    }
+
+    #[test]
+    fn huge_length_prefix_is_an_error_not_an_allocation() {
+        // A Vec<u8> whose length prefix claims 2^63 bytes.
+        let bytes = u64::MAX.to_le_bytes();
+        assert!(decode::<Vec<u8>>("vec", &bytes).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+use std::path::{Path, PathBuf};
+
+/// An I/O failure, with the path it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct DiskError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl DiskError {
+    pub fn new(op: &'static str, path: &Path, source: std::io::Error) -> DiskError {
+        DiskError { op, path: path.to_owned(), source }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.source.kind() == std::io::ErrorKind::NotFound
+    }
+}
+
+/// A file opened for appending.
+pub trait DiskFile: Send + 'static {
+    /// Appends `bytes` at the end. Not durable until [`DiskFile::sync`] returns.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), DiskError>;
+    /// Makes every byte appended so far durable (fdatasync).
+    fn sync(&mut self) -> Result<(), DiskError>;
+    /// Bytes in the file, durable or not.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A directory tree of files, rooted at a node's data directory; every path is relative to
+/// that root. Creating, renaming or removing a file is durable only after [`Disk::sync_dir`]
+/// on its parent directory, as on a real file system.
+pub trait Disk: Send + Sync + 'static {
+    fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError>;
+    /// Opens `path` for appending, creating it empty if it does not exist.
+    fn open_append(&self, path: &Path) -> Result<Box<dyn DiskFile>, DiskError>;
+    /// Reads the whole file.
+    fn read(&self, path: &Path) -> Result<Vec<u8>, DiskError>;
+    /// Reads `len` bytes at `offset`; fewer only at the end of the file.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, DiskError>;
+    /// Cuts the file to `len` bytes, durably.
+    fn truncate(&self, path: &Path, len: u64) -> Result<(), DiskError>;
+    /// Names of the entries of `dir`, sorted; empty if `dir` does not exist.
+    fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError>;
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError>;
+    fn remove_file(&self, path: &Path) -> Result<(), DiskError>;
+    /// Removes `dir` and everything under it.
+    fn remove_dir_all(&self, dir: &Path) -> Result<(), DiskError>;
+    /// Makes the creations, renames and removals of entries in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> Result<(), DiskError>;
+    fn exists(&self, path: &Path) -> Result<bool, DiskError>;
+}
+
+/// Writes `bytes` to `path` so that after a crash the file holds either its old content or all
+/// of `bytes`: write a temporary file, sync it, rename it over `path`, sync the directory.
+pub fn write_file_atomic(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> Result<(), DiskError> {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let mut tmp_name = path.file_name().expect("a file path").to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    match disk.remove_file(&tmp) {
+        Err(e) if !e.is_not_found() => return Err(e),
+        _ => {}
+    }
+    let mut file = disk.open_append(&tmp)?;
+    file.append(bytes)?;
+    file.sync()?;
+    drop(file);
+    disk.rename(&tmp, path)?;
+    disk.sync_dir(dir)
+}

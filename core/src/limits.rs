@@ -1,0 +1,23 @@
+//! Bounds on every queue and buffer in core, with their units in their names. Each limit is a
+//! constant here so that the relations between them are checked at compile time.
+
+/// Messages a partition's mailbox holds before senders see it full.
+pub const MAILBOX_MESSAGES_MAX: usize = 1024;
+/// Proposals a partition holds between `propose` and their answer; beyond it: `Busy`.
+pub const PROPOSALS_PENDING_MAX: usize = 4096;
+/// Linearizable reads waiting for a ReadIndex or for apply; beyond it: `Busy`.
+pub const READS_PENDING_MAX: usize = 4096;
+/// Size of one client write (its encoded command).
+pub const COMMAND_SIZE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Raft's own limit on one append message.
+pub const RAFT_MESSAGE_ENTRIES_SIZE_BYTES_MAX: u64 = 1024 * 1024;
+/// Raft's limit on appended but uncommitted bytes; beyond it proposals are dropped.
+pub const RAFT_UNCOMMITTED_SIZE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Append messages in flight to one follower.
+pub const RAFT_INFLIGHT_MESSAGES_MAX: usize = 256;
+/// Log writes queued for the group-commit writer (all partitions of a node).
+pub const PERSIST_QUEUE_WRITES_MAX: usize = 8192;
+
+const _: () = assert!(COMMAND_SIZE_BYTES_MAX as u64 <= RAFT_UNCOMMITTED_SIZE_BYTES_MAX);
+const _: () = assert!(COMMAND_SIZE_BYTES_MAX < crate::codec::DECODE_SIZE_BYTES_MAX);
+const _: () = assert!(PROPOSALS_PENDING_MAX >= MAILBOX_MESSAGES_MAX);

@@ -1,0 +1,221 @@
+//! What a partition asks the log to make durable, and what the log gives back after a restart.
+//!
+//! These are cohort's own serde types, not raft-rs's protobuf ones, so that the on-disk format
+//! is ours to version and every decode of it goes through [`crate::codec`].
+
+use crate::ids::PartitionId;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// One Raft log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub index: u64,
+    pub term: u64,
+    pub kind: EntryKind,
+    pub data: Vec<u8>,
+    pub context: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    Normal,
+    ConfChange,
+    ConfChangeV2,
+}
+
+/// Raft's vote and commit state, persisted before any message that depends on it is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
+}
+
+/// A partition's membership, as Raft's conf state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfState {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub voters_outgoing: Vec<u64>,
+    pub learners_next: Vec<u64>,
+    pub auto_leave: bool,
+}
+
+/// A position in a Raft log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogPosition {
+    pub index: u64,
+    pub term: u64,
+}
+
+/// The durable changes of one partition, handed to the log engine as one unit. The engine
+/// applies them in field order: `snapshot`, `compact_through`, `entries`, `hard_state`,
+/// `conf_state`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogWrite {
+    pub partition: PartitionId,
+    /// A snapshot was installed at this position: every entry is dropped, the log restarts
+    /// after it, and `conf_state` becomes the snapshot's.
+    pub snapshot: Option<(LogPosition, ConfState)>,
+    /// Entries up to and including this position are no longer needed (log compaction).
+    pub compact_through: Option<LogPosition>,
+    /// Contiguous entries; the first one replaces any entry at or after its index.
+    pub entries: Vec<LogEntry>,
+    pub hard_state: Option<HardState>,
+    pub conf_state: Option<ConfState>,
+    /// The partition left this node: forget everything about it.
+    pub remove: bool,
+}
+
+impl LogWrite {
+    pub fn new(partition: PartitionId) -> LogWrite {
+        LogWrite { partition, ..LogWrite::default() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none()
+            && self.compact_through.is_none()
+            && self.entries.is_empty()
+            && self.hard_state.is_none()
+            && self.conf_state.is_none()
+            && !self.remove
+    }
+
+    /// Asserts the shape every producer must respect.
+    pub fn assert_well_formed(&self) {
+        for pair in self.entries.windows(2) {
+            assert_eq!(pair[0].index + 1, pair[1].index, "log write entries are contiguous");
+            assert!(pair[0].term <= pair[1].term, "log write entry terms never decrease");
+        }
+        if let (Some((snap, _)), Some(first)) = (&self.snapshot, self.entries.first()) {
+            assert!(first.index > snap.index, "entries in a write start after its snapshot");
+        }
+    }
+}
+
+/// What the log engine knows of one partition after a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveredPartition {
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    /// The last position folded into a snapshot or compacted away; the first entry held is
+    /// `compacted.index + 1`.
+    pub compacted: LogPosition,
+    /// The last snapshot installed, if any (it may be older than `compacted`).
+    pub snapshot: Option<LogPosition>,
+    /// Contiguous entries from `compacted.index + 1`.
+    pub entries: Vec<LogEntry>,
+}
+
+/// Why a log write could not be made durable. The partition that asked must not acknowledge
+/// anything that depended on it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("log write failed: {0}")]
+pub struct PersistError(pub Arc<dyn std::error::Error + Send + Sync>);
+
+/// A log write and whom to tell once it is durable (or failed).
+pub struct PersistRequest {
+    pub write: LogWrite,
+    pub done: Box<dyn FnOnce(Result<(), PersistError>) + Send>,
+}
+
+impl std::fmt::Debug for PersistRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersistRequest").field("write", &self.write).finish_non_exhaustive()
+    }
+}
+
+// Conversions to and from raft-rs's protobuf types.
+
+impl From<&raft::eraftpb::Entry> for LogEntry {
+    fn from(e: &raft::eraftpb::Entry) -> LogEntry {
+        use raft::eraftpb::EntryType;
+        LogEntry {
+            index: e.index,
+            term: e.term,
+            kind: match e.get_entry_type() {
+                EntryType::EntryNormal => EntryKind::Normal,
+                EntryType::EntryConfChange => EntryKind::ConfChange,
+                EntryType::EntryConfChangeV2 => EntryKind::ConfChangeV2,
+            },
+            data: e.data.to_vec(),
+            context: e.context.to_vec(),
+        }
+    }
+}
+
+impl From<&LogEntry> for raft::eraftpb::Entry {
+    fn from(e: &LogEntry) -> raft::eraftpb::Entry {
+        use raft::eraftpb::EntryType;
+        let mut out = raft::eraftpb::Entry::default();
+        out.index = e.index;
+        out.term = e.term;
+        out.set_entry_type(match e.kind {
+            EntryKind::Normal => EntryType::EntryNormal,
+            EntryKind::ConfChange => EntryType::EntryConfChange,
+            EntryKind::ConfChangeV2 => EntryType::EntryConfChangeV2,
+        });
+        out.data = e.data.clone().into();
+        out.context = e.context.clone().into();
+        out
+    }
+}
+
+impl From<&raft::eraftpb::HardState> for HardState {
+    fn from(hs: &raft::eraftpb::HardState) -> HardState {
+        HardState { term: hs.term, vote: hs.vote, commit: hs.commit }
+    }
+}
+
+impl From<HardState> for raft::eraftpb::HardState {
+    fn from(hs: HardState) -> raft::eraftpb::HardState {
+        let mut out = raft::eraftpb::HardState::default();
+        out.term = hs.term;
+        out.vote = hs.vote;
+        out.commit = hs.commit;
+        out
+    }
+}
+
+impl From<&raft::eraftpb::ConfState> for ConfState {
+    fn from(cs: &raft::eraftpb::ConfState) -> ConfState {
+        ConfState {
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            voters_outgoing: cs.voters_outgoing.clone(),
+            learners_next: cs.learners_next.clone(),
+            auto_leave: cs.auto_leave,
+        }
+    }
+}
+
+impl From<&ConfState> for raft::eraftpb::ConfState {
+    fn from(cs: &ConfState) -> raft::eraftpb::ConfState {
+        let mut out = raft::eraftpb::ConfState::default();
+        out.voters = cs.voters.clone();
+        out.learners = cs.learners.clone();
+        out.voters_outgoing = cs.voters_outgoing.clone();
+        out.learners_next = cs.learners_next.clone();
+        out.auto_leave = cs.auto_leave;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_round_trips_through_raft_types() {
+        let e = LogEntry {
+            index: 5,
+            term: 2,
+            kind: EntryKind::ConfChangeV2,
+            data: b"d".to_vec(),
+            context: b"c".to_vec(),
+        };
+        let pb: raft::eraftpb::Entry = (&e).into();
+        assert_eq!(LogEntry::from(&pb), e);
+    }
+}

@@ -10,3 +10,4 @@ pub mod env;
 pub mod ids;
 pub mod limits;
 pub mod persist;
+pub mod state_machine;

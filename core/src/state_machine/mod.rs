@@ -1,0 +1,1 @@
+//! The replicated state machine: repositories, objects, references, idempotent writes.

@@ -9,5 +9,10 @@ pub mod codec;
 pub mod env;
 pub mod ids;
 pub mod limits;
+pub mod node;
+pub mod partition;
 pub mod persist;
+mod raft_logger;
 pub mod state_machine;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -108,11 +108,55 @@ pub struct RecoveredPartition {
     pub entries: Vec<LogEntry>,
 }
 
+impl RecoveredPartition {
+    /// Applies one durable write, with the semantics the log engine gives it on replay. This is
+    /// the reference for what a sequence of writes means.
+    pub fn apply(&mut self, write: &LogWrite) {
+        write.assert_well_formed();
+        if let Some((position, conf_state)) = &write.snapshot {
+            self.entries.clear();
+            self.compacted = *position;
+            self.snapshot = Some(*position);
+            self.conf_state = conf_state.clone();
+        }
+        if let Some(position) = write.compact_through {
+            if position.index > self.compacted.index {
+                let drop = (position.index - self.compacted.index) as usize;
+                self.entries.drain(..drop.min(self.entries.len()));
+                self.compacted = position;
+            }
+        }
+        if let Some(first) = write.entries.first() {
+            assert!(first.index > self.compacted.index, "entries never overwrite compacted ones");
+            let last_index = self.compacted.index + self.entries.len() as u64;
+            assert!(first.index <= last_index + 1, "entries leave no gap");
+            self.entries.truncate((first.index - self.compacted.index - 1) as usize);
+            self.entries.extend(write.entries.iter().cloned());
+        }
+        if let Some(hard_state) = write.hard_state {
+            self.hard_state = hard_state;
+        }
+        if let Some(conf_state) = &write.conf_state {
+            self.conf_state = conf_state.clone();
+        }
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.compacted.index + self.entries.len() as u64
+    }
+}
+
 /// Why a log write could not be made durable. The partition that asked must not acknowledge
 /// anything that depended on it.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("log write failed: {0}")]
 pub struct PersistError(pub Arc<dyn std::error::Error + Send + Sync>);
+
+impl PartialEq for PersistError {
+    fn eq(&self, other: &PersistError) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
 
 /// A log write and whom to tell once it is durable (or failed).
 pub struct PersistRequest {

@@ -1,0 +1,137 @@
+//! The task that drives one partition replica.
+
+use super::persisted::{PersistEvent, PersistSignal};
+use crate::env::{BoxFuture, Env, Envelope, Transport};
+use crate::ids::{NodeId, RequestId};
+use crate::partition::{Output, Partition, Request, Response};
+use crate::persist::PersistRequest;
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, SinkExt, StreamExt};
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
+
+/// Readies handed to the log and not yet durable, per partition. At this bound the actor
+/// stops taking inputs until the log catches up: backpressure instead of an unbounded queue.
+pub const UNPERSISTED_READIES_MAX: usize = 256;
+
+/// What a partition's mailbox carries.
+pub enum PartitionInput {
+    Message(Envelope),
+    Request { body: Request, reply: oneshot::Sender<Response> },
+    /// Runs `f` on the partition between two inputs (status pages, tests, debugging).
+    Inspect(Box<dyn FnOnce(&Partition) + Send>),
+    /// Stops the actor; the partition's pending requests are dropped (callers see a closed
+    /// reply channel).
+    Stop,
+}
+
+pub(super) struct Actor {
+    pub partition: Partition,
+    pub mailbox: mpsc::Receiver<PartitionInput>,
+    pub env: Env,
+    pub transport: Arc<dyn Transport>,
+    pub persist: mpsc::Sender<PersistRequest>,
+    pub signal: PersistSignal,
+}
+
+enum Wake {
+    Input(Option<PartitionInput>),
+    Persist(PersistEvent),
+    Timer,
+}
+
+impl Actor {
+    pub async fn run(mut self) {
+        let mut replies: BTreeMap<RequestId, oneshot::Sender<Response>> = BTreeMap::new();
+        let mut next_request = 0u64;
+        let mut persisted_seen = PersistSignal::NOTHING_SEEN;
+        let mut timer: Option<(crate::env::Instant, BoxFuture<()>)> = None;
+        self.drain(&mut replies).await;
+        loop {
+            let deadline = self.partition.poll_timeout();
+            if timer.as_ref().map(|(at, _)| Some(*at)) != Some(deadline) {
+                timer = deadline.map(|at| (at, self.env.clock.sleep_until(at)));
+            }
+            let accepting = self.partition.unpersisted_readies() < UNPERSISTED_READIES_MAX;
+            let wake = poll_fn(|cx| {
+                if let Poll::Ready(event) = self.signal.poll_event(&mut persisted_seen, cx) {
+                    return Poll::Ready(Wake::Persist(event));
+                }
+                if accepting {
+                    if let Poll::Ready(input) = self.mailbox.poll_next_unpin(cx) {
+                        return Poll::Ready(Wake::Input(input));
+                    }
+                }
+                if let Some((_, sleep)) = timer.as_mut() {
+                    if sleep.poll_unpin(cx).is_ready() {
+                        return Poll::Ready(Wake::Timer);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let now = self.env.clock.now();
+            match wake {
+                Wake::Input(None) | Wake::Input(Some(PartitionInput::Stop)) => return,
+                Wake::Input(Some(PartitionInput::Message(envelope))) => {
+                    self.partition.handle_message(now, envelope)
+                }
+                Wake::Input(Some(PartitionInput::Request { body, reply })) => {
+                    next_request += 1;
+                    let request = RequestId(next_request);
+                    replies.insert(request, reply);
+                    self.partition.handle_request(now, request, body);
+                }
+                Wake::Input(Some(PartitionInput::Inspect(f))) => f(&self.partition),
+                Wake::Persist(PersistEvent::DurableThrough(number)) => {
+                    self.partition.handle_persisted(now, number)
+                }
+                Wake::Persist(PersistEvent::Failed(error)) => {
+                    self.partition.handle_persist_failed(error)
+                }
+                Wake::Timer => {
+                    timer = None;
+                    self.partition.handle_tick(now)
+                }
+            }
+            self.drain(&mut replies).await;
+        }
+    }
+
+    /// Carries out every output the partition has, in order.
+    async fn drain(
+        &mut self,
+        replies: &mut BTreeMap<RequestId, oneshot::Sender<Response>>,
+    ) {
+        // Messages to one node in one drain go out as one batch.
+        let mut batches: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
+        while let Some(output) = self.partition.poll_output() {
+            match output {
+                Output::Send(envelope) => batches.entry(envelope.to).or_default().push(envelope),
+                Output::Persist { ready_number, write } => {
+                    let signal = self.signal.clone();
+                    let done = Box::new(move |result| match result {
+                        Ok(()) => signal.persisted(ready_number),
+                        Err(error) => signal.failed(error),
+                    });
+                    // Waits when the writer's queue is full: the writer never waits on us.
+                    if self.persist.send(PersistRequest { write, done }).await.is_err() {
+                        // The writer is gone (the node is stopping); nothing more is durable.
+                        return;
+                    }
+                }
+                Output::Respond { request, response } => {
+                    if let Some(reply) = replies.remove(&request) {
+                        // The caller may have stopped waiting; that is its business.
+                        let _ = reply.send(response);
+                    }
+                }
+            }
+        }
+        for (to, batch) in batches {
+            self.transport.send(to, batch);
+        }
+    }
+}

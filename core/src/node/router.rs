@@ -1,0 +1,205 @@
+//! The node-level owner of partition actors: creates and opens them, and routes messages and
+//! requests to their mailboxes.
+
+use super::actor::{Actor, PartitionInput};
+use super::persisted::PersistSignal;
+use crate::env::{Env, Envelope, Transport};
+use crate::ids::{NodeId, PartitionId};
+use crate::limits::MAILBOX_MESSAGES_MAX;
+use crate::partition::{Partition, PartitionConfig, PartitionStatus, Request, Response};
+use crate::persist::{PersistRequest, RecoveredPartition};
+use crate::state_machine::StateMachine;
+use futures::channel::{mpsc, oneshot};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Raft timing shared by every partition of a node.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    pub node: NodeId,
+    pub tick_interval: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+}
+
+/// Why a request did not reach a partition.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("partition {0} is not hosted on this node")]
+    UnknownPartition(PartitionId),
+    #[error("partition {0} already exists on this node")]
+    PartitionExists(PartitionId),
+    #[error("partition {0} is overloaded: its mailbox is full")]
+    MailboxFull(PartitionId),
+    #[error("partition {0} stopped before answering")]
+    Stopped(PartitionId),
+}
+
+/// Counters a node exports.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    /// Raft messages dropped because the target partition's mailbox was full.
+    pub messages_dropped_mailbox_full: AtomicU64,
+    /// Raft messages for a partition this node does not host.
+    pub messages_dropped_unknown_partition: AtomicU64,
+}
+
+pub struct Router {
+    config: RouterConfig,
+    env: Env,
+    transport: Arc<dyn Transport>,
+    persist: mpsc::Sender<PersistRequest>,
+    mailboxes: Mutex<BTreeMap<PartitionId, mpsc::Sender<PartitionInput>>>,
+    pub stats: RouterStats,
+}
+
+impl Router {
+    pub fn new(
+        config: RouterConfig,
+        env: Env,
+        transport: Arc<dyn Transport>,
+        persist: mpsc::Sender<PersistRequest>,
+    ) -> Arc<Router> {
+        Arc::new(Router {
+            config,
+            env,
+            transport,
+            persist,
+            mailboxes: Mutex::new(BTreeMap::new()),
+            stats: RouterStats::default(),
+        })
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.config.node
+    }
+
+    fn partition_config(&self, partition: PartitionId) -> PartitionConfig {
+        PartitionConfig {
+            node: self.config.node,
+            partition,
+            tick_interval: self.config.tick_interval,
+            election_ticks: self.config.election_ticks,
+            heartbeat_ticks: self.config.heartbeat_ticks,
+            seed: self.env.seed,
+        }
+    }
+
+    /// Creates a new replica of `partition` with initial voters `voters`.
+    pub fn create_partition(&self, partition: PartitionId, voters: &[NodeId]) -> Result<(), RouteError> {
+        let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
+        if mailboxes.contains_key(&partition) {
+            return Err(RouteError::PartitionExists(partition));
+        }
+        let now = self.env.clock.now();
+        let replica = Partition::create(self.partition_config(partition), voters, now);
+        mailboxes.insert(partition, self.start(replica));
+        Ok(())
+    }
+
+    /// Starts a replica from recovered state.
+    pub fn open_partition(
+        &self,
+        partition: PartitionId,
+        recovered: RecoveredPartition,
+        state_machine: StateMachine,
+    ) -> Result<(), RouteError> {
+        let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
+        if mailboxes.contains_key(&partition) {
+            return Err(RouteError::PartitionExists(partition));
+        }
+        let now = self.env.clock.now();
+        let replica = Partition::open(self.partition_config(partition), recovered, state_machine, now);
+        mailboxes.insert(partition, self.start(replica));
+        Ok(())
+    }
+
+    fn start(&self, partition: Partition) -> mpsc::Sender<PartitionInput> {
+        let (tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let actor = Actor {
+            partition,
+            mailbox: rx,
+            env: self.env.clone(),
+            transport: self.transport.clone(),
+            persist: self.persist.clone(),
+            signal: PersistSignal::new(),
+        };
+        self.env.spawn.spawn("partition", Box::pin(actor.run()));
+        tx
+    }
+
+    /// The partitions this node hosts, sorted.
+    pub fn partitions(&self) -> Vec<PartitionId> {
+        self.mailboxes.lock().expect("not poisoned").keys().copied().collect()
+    }
+
+    fn mailbox(&self, partition: PartitionId) -> Option<mpsc::Sender<PartitionInput>> {
+        self.mailboxes.lock().expect("not poisoned").get(&partition).cloned()
+    }
+
+    /// Delivers Raft messages that arrived from the network. A full mailbox drops the message
+    /// (Raft retransmits) and counts it.
+    pub fn deliver(&self, envelopes: Vec<Envelope>) {
+        let mailboxes = self.mailboxes.lock().expect("not poisoned");
+        for envelope in envelopes {
+            if envelope.to != self.config.node {
+                self.stats.messages_dropped_unknown_partition.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match mailboxes.get(&envelope.partition) {
+                Some(mailbox) => {
+                    if mailbox.clone().try_send(PartitionInput::Message(envelope)).is_err() {
+                        self.stats.messages_dropped_mailbox_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    self.stats.messages_dropped_unknown_partition.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Sends `body` to `partition` and waits for its answer.
+    pub async fn request(&self, partition: PartitionId, body: Request) -> Result<Response, RouteError> {
+        let mut mailbox = self.mailbox(partition).ok_or(RouteError::UnknownPartition(partition))?;
+        let (reply, answer) = oneshot::channel();
+        mailbox
+            .try_send(PartitionInput::Request { body, reply })
+            .map_err(|e| if e.is_full() { RouteError::MailboxFull(partition) } else { RouteError::Stopped(partition) })?;
+        answer.await.map_err(|_| RouteError::Stopped(partition))
+    }
+
+    /// Runs `f` on the partition's replica and returns its result.
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        partition: PartitionId,
+        f: impl FnOnce(&Partition) -> T + Send + 'static,
+    ) -> Result<T, RouteError> {
+        let mut mailbox = self.mailbox(partition).ok_or(RouteError::UnknownPartition(partition))?;
+        let (tx, rx) = oneshot::channel();
+        let inspect = Box::new(move |p: &Partition| {
+            let _ = tx.send(f(p));
+        });
+        mailbox
+            .try_send(PartitionInput::Inspect(inspect))
+            .map_err(|e| if e.is_full() { RouteError::MailboxFull(partition) } else { RouteError::Stopped(partition) })?;
+        rx.await.map_err(|_| RouteError::Stopped(partition))
+    }
+
+    pub async fn status(&self, partition: PartitionId) -> Result<PartitionStatus, RouteError> {
+        self.inspect(partition, |p| p.status()).await
+    }
+
+    /// Stops every partition actor.
+    pub fn stop_all(&self) {
+        let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
+        for (_, mut mailbox) in std::mem::take(&mut *mailboxes) {
+            // A full mailbox: closing the channel stops the actor all the same.
+            if mailbox.try_send(PartitionInput::Stop).is_err() {
+                mailbox.close_channel();
+            }
+        }
+    }
+}

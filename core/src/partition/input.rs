@@ -1,0 +1,19 @@
+//! Requests a partition serves.
+
+use crate::state_machine::{Command, ReadQuery};
+
+/// A request from a client, routed to one partition.
+#[derive(Clone, Debug)]
+pub enum Request {
+    Write(Command),
+    Read { query: ReadQuery, consistency: ReadConsistency },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Served by the leader after a ReadIndex round confirms it still leads and this replica
+    /// has applied everything committed before the read arrived.
+    Linearizable,
+    /// Served from this replica's applied state at once; may be behind (the answer says how far).
+    Stale,
+}

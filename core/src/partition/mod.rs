@@ -1,0 +1,497 @@
+//! One partition's replica as a plain struct (sans-IO): it owns a Raft node and the state
+//! machine, is fed events through `handle_*`, and is drained through `poll_*`.
+//!
+//! The driver (the actor in `node`, or a test) follows one loop:
+//! 1. feed an input: `handle_message`, `handle_tick`, `handle_request`, `handle_persisted`;
+//! 2. drain `poll_output` until it returns `None`, carrying each output out in order
+//!    (`Persist` outputs must become durable in that order);
+//! 3. sleep until `poll_timeout` (none means nothing will happen until the next input).
+//!
+//! A `Partition` never reads a clock, touches a disk or a socket, or draws unseeded
+//! randomness, so tests can drive three of them by hand in one thread.
+
+mod input;
+mod output;
+mod proposals;
+mod ready;
+mod reads;
+mod storage;
+
+pub use input::{ReadConsistency, Request};
+pub use output::{Output, Response};
+
+use crate::env::{Envelope, Instant};
+use crate::ids::{NodeId, PartitionId, RequestId};
+use crate::limits;
+use crate::persist::{ConfState, LogWrite, PersistError, RecoveredPartition};
+use crate::raft_logger::raft_logger;
+use crate::state_machine::{self, Command, ReadQuery, StateMachine};
+use proposals::Proposals;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use raft::{RawNode, StateRole};
+use reads::Reads;
+use std::collections::VecDeque;
+use std::time::Duration;
+use storage::PartitionStorage;
+
+/// How a replica runs Raft. The timing is in ticks of `tick_interval`.
+#[derive(Clone, Debug)]
+pub struct PartitionConfig {
+    pub node: NodeId,
+    pub partition: PartitionId,
+    pub tick_interval: Duration,
+    /// A follower that hears no leader for between `election_ticks` and twice that (drawn
+    /// from the seeded source) starts an election.
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Seeds this replica's election jitter.
+    pub seed: u64,
+}
+
+impl PartitionConfig {
+    pub fn new(node: NodeId, partition: PartitionId, seed: u64) -> PartitionConfig {
+        PartitionConfig {
+            node,
+            partition,
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            seed,
+        }
+    }
+}
+
+/// A replica's role, as reported in status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Candidate,
+    Follower,
+    /// A member that cannot vote (a Raft learner).
+    Learner,
+}
+
+/// One member's replication progress, as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    pub node: NodeId,
+    pub voter: bool,
+    pub match_index: u64,
+}
+
+/// A replica's view of its partition, for status pages and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub partition: PartitionId,
+    pub node: NodeId,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub conf_state: ConfState,
+    /// Filled on the leader only.
+    pub progress: Vec<ReplicaProgress>,
+}
+
+/// A replica of one partition. See the module documentation for how to drive it.
+pub struct Partition {
+    config: PartitionConfig,
+    raw: RawNode<PartitionStorage>,
+    state_machine: StateMachine,
+    proposals: Proposals,
+    reads: Reads,
+    outputs: VecDeque<Output>,
+    /// Readies handed to the log and not yet durable, oldest first; the messages each one
+    /// may only send once it (and every earlier one) is durable.
+    unpersisted: VecDeque<(u64, Vec<raft::eraftpb::Message>)>,
+    next_tick_at: Instant,
+    /// Election jitter comes from here, never from raft-rs's own unseeded generator.
+    rng: StdRng,
+    /// (term, role, leader) when last seen; a change means raft reset its election timer.
+    observed: (u64, StateRole, u64),
+    conf_state_dirty: bool,
+    fatal: Option<PersistError>,
+}
+
+impl Partition {
+    /// Creates a brand-new replica of a partition whose initial voters are `voters` (the same
+    /// list on every replica). Its first output persists that membership.
+    pub fn create(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
+        assert!(voters.contains(&config.node), "a partition is created on one of its voters");
+        let conf_state = ConfState {
+            voters: voters.iter().map(|n| n.0).collect(),
+            ..ConfState::default()
+        };
+        let recovered = RecoveredPartition { conf_state, ..RecoveredPartition::default() };
+        let mut partition = Partition::open(config, recovered, StateMachine::new(), now);
+        partition.conf_state_dirty = true;
+        partition.persist_metadata();
+        partition
+    }
+
+    /// Reopens a replica from what the log recovered and a state machine restored at
+    /// `state_machine.applied_index()`; committed entries after that are applied again.
+    pub fn open(
+        config: PartitionConfig,
+        recovered: RecoveredPartition,
+        state_machine: StateMachine,
+        now: Instant,
+    ) -> Partition {
+        assert!(config.election_ticks > config.heartbeat_ticks, "election outlasts heartbeats");
+        let applied = state_machine.applied_index();
+        assert!(
+            applied >= recovered.compacted.index,
+            "the state machine covers every entry compacted away"
+        );
+        assert!(applied <= recovered.hard_state.commit.max(recovered.compacted.index));
+        let storage = PartitionStorage::new(&recovered);
+        let raft_config = raft::Config {
+            id: config.node.0,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            // raft-rs draws its timeout from its own unseeded generator; we overwrite it from
+            // `rng` whenever raft resets it (see `rejitter`).
+            min_election_tick: config.election_ticks,
+            max_election_tick: 2 * config.election_ticks,
+            applied,
+            max_size_per_msg: limits::RAFT_MESSAGE_ENTRIES_SIZE_BYTES_MAX,
+            max_inflight_msgs: limits::RAFT_INFLIGHT_MESSAGES_MAX,
+            max_uncommitted_size: limits::RAFT_UNCOMMITTED_SIZE_BYTES_MAX,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        raft_config.validate().expect("raft config is valid");
+        let logger = raft_logger(config.node.0, config.partition.0);
+        let raw = RawNode::new(&raft_config, storage, &logger)
+            .expect("raft node starts from recovered state");
+        let rng = StdRng::seed_from_u64(config.seed ^ config.partition.0.rotate_left(32));
+        let mut partition = Partition {
+            next_tick_at: now + config.tick_interval,
+            observed: (u64::MAX, StateRole::Follower, u64::MAX),
+            config,
+            raw,
+            state_machine,
+            proposals: Proposals::default(),
+            reads: Reads::default(),
+            outputs: VecDeque::new(),
+            unpersisted: VecDeque::new(),
+            rng,
+            conf_state_dirty: false,
+            fatal: None,
+        };
+        partition.rejitter();
+        partition
+    }
+
+    // ---- getters ----
+
+    pub fn id(&self) -> PartitionId {
+        self.config.partition
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.config.node
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.raw.raft.leader_id {
+            raft::INVALID_ID => None,
+            id => Some(NodeId(id)),
+        }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.state_machine
+    }
+
+    /// Readies handed out as `Persist` and not yet reported durable.
+    pub fn unpersisted_readies(&self) -> usize {
+        self.unpersisted.len()
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.fatal.is_some()
+    }
+
+    pub fn status(&self) -> PartitionStatus {
+        let raft = &self.raw.raft;
+        let conf_state: ConfState = (&raft.prs().conf().to_conf_state()).into();
+        let is_learner = conf_state.learners.contains(&self.config.node.0);
+        let role = match raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower if is_learner => Role::Learner,
+            StateRole::Follower => Role::Follower,
+        };
+        let progress = if raft.state == StateRole::Leader {
+            let mut progress: Vec<_> = raft
+                .prs()
+                .iter()
+                .map(|(&id, pr)| ReplicaProgress {
+                    node: NodeId(id),
+                    voter: !conf_state.learners.contains(&id),
+                    match_index: pr.matched,
+                })
+                .collect();
+            progress.sort_by_key(|p| p.node);
+            progress
+        } else {
+            Vec::new()
+        };
+        PartitionStatus {
+            partition: self.config.partition,
+            node: self.config.node,
+            role,
+            term: raft.term,
+            leader: self.leader(),
+            commit_index: raft.raft_log.committed,
+            applied_index: self.state_machine.applied_index(),
+            last_index: raft.raft_log.last_index(),
+            conf_state,
+            progress,
+        }
+    }
+
+    // ---- inputs ----
+
+    /// A Raft message from another replica of this partition.
+    pub fn handle_message(&mut self, now: Instant, envelope: Envelope) {
+        assert_eq!(envelope.partition, self.config.partition, "message routed to its partition");
+        assert_eq!(envelope.to, self.config.node, "message routed to its node");
+        if self.fatal.is_some() {
+            return;
+        }
+        // raft-rs rejects messages from unknown peers and stale terms itself; an error here
+        // is a message that lost a race (for example from a removed peer), not a bug.
+        if let Err(e) = self.raw.step(envelope.message) {
+            tracing::debug!(partition = %self.config.partition, error = %e, "raft rejected a message");
+        }
+        self.after_input(now);
+    }
+
+    /// Time passed. Ticks Raft once if a tick is due.
+    pub fn handle_tick(&mut self, now: Instant) {
+        if self.fatal.is_some() || now < self.next_tick_at {
+            return;
+        }
+        // One tick per call even after a long pause: a paused process resumes with one timer
+        // firing, not a burst that would start an election at once.
+        self.next_tick_at = now + self.config.tick_interval;
+        self.raw.tick();
+        self.after_input(now);
+    }
+
+    /// A client request. The answer comes as an `Output::Respond` for `request`, now or later.
+    pub fn handle_request(&mut self, now: Instant, request: RequestId, body: Request) {
+        if let Some(err) = &self.fatal {
+            let response = Response::Failed(err.clone());
+            self.respond(request, response);
+            return;
+        }
+        match body {
+            Request::Write(command) => self.propose(request, command),
+            Request::Read { query, consistency: ReadConsistency::Stale } => {
+                self.serve_read(request, &query)
+            }
+            Request::Read { query, consistency: ReadConsistency::Linearizable } => {
+                self.read_linearizable(request, query)
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// Every `Persist` up to and including `ready_number` is durable.
+    pub fn handle_persisted(&mut self, now: Instant, ready_number: u64) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let mut released = false;
+        while let Some((number, _)) = self.unpersisted.front() {
+            if *number > ready_number {
+                break;
+            }
+            let (_, messages) = self.unpersisted.pop_front().expect("front exists");
+            for message in messages {
+                self.send(message);
+            }
+            released = true;
+        }
+        assert!(released, "persisted ready {ready_number} was outstanding");
+        self.raw.on_persist_ready(ready_number);
+        self.after_input(now);
+    }
+
+    /// A log write failed: nothing that depended on it may be acknowledged. The replica stops;
+    /// every waiting request fails.
+    pub fn handle_persist_failed(&mut self, error: PersistError) {
+        tracing::error!(partition = %self.config.partition, %error, "partition stopped: log write failed");
+        for request in self.proposals.drain() {
+            self.respond(request, Response::Failed(error.clone()));
+        }
+        for (request, _) in self.reads.take_all() {
+            self.respond(request, Response::Failed(error.clone()));
+        }
+        self.unpersisted.clear();
+        self.fatal = Some(error);
+    }
+
+    // ---- outputs ----
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When `handle_tick` next has work; `None` if the replica has stopped.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.fatal.is_some() {
+            return None;
+        }
+        Some(self.next_tick_at)
+    }
+
+    // ---- internals ----
+
+    fn after_input(&mut self, now: Instant) {
+        let _ = now;
+        self.process_ready();
+        self.rejitter();
+        self.start_reads();
+        // Starting reads may have produced raft messages (singleton leaders answer at once).
+        self.process_ready();
+    }
+
+    fn propose(&mut self, request: RequestId, command: Command) {
+        if let Err(rejection) = state_machine::validate(&command) {
+            self.respond(request, Response::Invalid(rejection.to_string()));
+            return;
+        }
+        if !self.is_leader() {
+            let leader = self.leader();
+            self.respond(request, Response::NotLeader { leader });
+            return;
+        }
+        if self.proposals.is_full() {
+            self.respond(request, Response::Busy);
+            return;
+        }
+        let data = command.encode();
+        if data.len() > limits::COMMAND_SIZE_BYTES_MAX {
+            let message = format!("write of {} bytes exceeds {} bytes", data.len(), limits::COMMAND_SIZE_BYTES_MAX);
+            self.respond(request, Response::Invalid(message));
+            return;
+        }
+        let last_before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                assert_eq!(index, last_before + 1, "a proposal appends exactly one entry");
+                let term = self.raw.raft.term;
+                if let Some(displaced) = self.proposals.insert(index, term, request) {
+                    let leader = self.leader();
+                    self.respond(displaced, Response::NotLeader { leader });
+                }
+            }
+            // Dropped: a leadership transfer is under way or too much is uncommitted.
+            Err(raft::Error::ProposalDropped) => self.respond(request, Response::Busy),
+            Err(e) => panic!("propose on a leader failed unexpectedly: {e}"),
+        }
+    }
+
+    fn read_linearizable(&mut self, request: RequestId, query: ReadQuery) {
+        if !self.is_leader() {
+            let leader = self.leader();
+            self.respond(request, Response::NotLeader { leader });
+            return;
+        }
+        if self.reads.is_full() {
+            self.respond(request, Response::Busy);
+            return;
+        }
+        self.reads.hold((request, query));
+    }
+
+    /// Sends held reads into a ReadIndex round once this leader has committed in its term.
+    fn start_reads(&mut self) {
+        if !self.is_leader() {
+            let leader = self.leader();
+            for (request, _) in self.reads.take_unconfirmed() {
+                self.respond(request, Response::NotLeader { leader });
+            }
+            return;
+        }
+        if !self.raw.raft.commit_to_current_term() {
+            return;
+        }
+        if let Some(context) = self.reads.start_round() {
+            self.raw.read_index(reads::context_bytes(context));
+        }
+    }
+
+    fn serve_ready_reads(&mut self) {
+        let applied = self.state_machine.applied_index();
+        for (request, query) in self.reads.take_ready(applied) {
+            self.serve_read(request, &query);
+        }
+    }
+
+    fn serve_read(&mut self, request: RequestId, query: &ReadQuery) {
+        let result = self.state_machine.read(query);
+        let applied_index = self.state_machine.applied_index();
+        self.respond(request, Response::Read { result, applied_index });
+    }
+
+    fn respond(&mut self, request: RequestId, response: Response) {
+        self.outputs.push_back(Output::Respond { request, response });
+    }
+
+    fn send(&mut self, message: raft::eraftpb::Message) {
+        let envelope = Envelope {
+            partition: self.config.partition,
+            from: self.config.node,
+            to: NodeId(message.to),
+            message,
+        };
+        self.outputs.push_back(Output::Send(envelope));
+    }
+
+    /// Raft resets its election timer whenever term, role or leader changes; replace the
+    /// timeout it drew from its unseeded generator with one from our seeded source, so runs
+    /// replay.
+    fn rejitter(&mut self) {
+        let raft = &self.raw.raft;
+        let now = (raft.term, raft.state, raft.leader_id);
+        if now == self.observed {
+            return;
+        }
+        self.observed = now;
+        let ticks = self.config.election_ticks;
+        let timeout = self.rng.gen_range(ticks..2 * ticks);
+        self.raw.raft.set_randomized_election_timeout(timeout);
+    }
+
+    /// Persists membership on its own, outside any Ready (at creation).
+    fn persist_metadata(&mut self) {
+        assert!(self.unpersisted.is_empty(), "metadata is persisted before any ready");
+        let mut write = LogWrite::new(self.config.partition);
+        write.conf_state = Some(self.raw.store().conf_state());
+        write.hard_state = Some(self.raw.store().hard_state());
+        self.conf_state_dirty = false;
+        // Ready numbers start at 1; 0 names this write.
+        self.unpersisted.push_back((0, Vec::new()));
+        self.outputs.push_back(Output::Persist { ready_number: 0, write });
+    }
+}
+
+#[cfg(test)]
+mod tests;

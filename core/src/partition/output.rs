@@ -1,0 +1,38 @@
+//! What a partition asks its driver to do, and what it answers to requests.
+
+use crate::env::Envelope;
+use crate::ids::{NodeId, RequestId};
+use crate::persist::{LogWrite, PersistError};
+use crate::state_machine::{ReadResult, WriteResult};
+
+/// One effect for the driver to carry out, in the order polled.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a Raft message to another replica.
+    Send(Envelope),
+    /// Make `write` durable, then call `Partition::handle_persisted(ready_number)`. Writes
+    /// must be made durable in the order they are polled.
+    Persist { ready_number: u64, write: LogWrite },
+    /// Answer the request `request`.
+    Respond { request: RequestId, response: Response },
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    /// The write was committed and applied (or deterministically rejected at apply time).
+    Written(WriteResult),
+    /// The read's result, as of `applied_index` on this replica.
+    Read { result: ReadResult, applied_index: u64 },
+    /// This replica is not the leader; `leader` is its best guess of who is.
+    NotLeader { leader: Option<NodeId> },
+    /// The write may or may not have been applied (the leader changed under it). Retrying with
+    /// the same client id and sequence number is safe: writes are idempotent.
+    Unknown,
+    /// Too many requests in flight on this partition; try again later.
+    Busy,
+    /// The request was refused before it reached Raft (bad input).
+    Invalid(String),
+    /// The partition stopped on a fatal error (its log could not be made durable).
+    Failed(PersistError),
+}

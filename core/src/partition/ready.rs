@@ -1,0 +1,168 @@
+//! Handling one raft-rs `Ready`, in the order its contract requires. This is the only place
+//! that calls `ready()` and `advance_append_async`.
+//!
+//! For each Ready, in order:
+//! 1. messages sendable now (a leader's appends go out before its own fsync: Raft thesis
+//!    10.2.1) are queued for sending;
+//! 2. new entries and the hard state are copied into `PartitionStorage` (raft-rs reads them
+//!    from there once `on_persist_ready` is called) and handed to the log as one `Persist`;
+//! 3. `persisted_messages` (votes, append responses) wait until that `Persist` is durable:
+//!    they promise what the log holds;
+//! 4. `advance_append_async`;
+//! 5. committed entries (raft-rs hands out only entries durable here) are applied, their
+//!    proposals answered, and read states recorded;
+//! 6. `advance_apply_to`.
+
+use super::proposals::Fate;
+use super::{reads, Output, Partition, Response};
+use crate::persist::LogWrite;
+use crate::state_machine::Command;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
+use raft::StateRole;
+
+/// Readies handled per input before giving control back; each Ready either persists
+/// something or applies something, so a handful is the most a single input produces.
+const READIES_PER_INPUT_MAX: usize = 64;
+
+impl Partition {
+    pub(super) fn process_ready(&mut self) {
+        for _ in 0..READIES_PER_INPUT_MAX {
+            if !self.raw.has_ready() {
+                return;
+            }
+            self.handle_one_ready();
+        }
+        assert!(!self.raw.has_ready(), "a Ready loop runs at most {READIES_PER_INPUT_MAX} times");
+    }
+
+    fn handle_one_ready(&mut self) {
+        let was_leader = self.raw.raft.state == StateRole::Leader;
+        let mut ready = self.raw.ready();
+        let number = ready.number();
+
+        for message in ready.take_messages() {
+            self.send(message);
+        }
+        assert!(ready.snapshot().is_empty(), "snapshots are not sent before they are built");
+
+        let mut write = LogWrite::new(self.config.partition);
+        let store = self.raw.mut_store();
+        write.entries = store.append(ready.entries());
+        if let Some(hard_state) = ready.hs() {
+            store.set_hard_state(hard_state);
+            write.hard_state = Some(store.hard_state());
+        }
+        let persisted_messages = ready.take_persisted_messages();
+        let committed = ready.take_committed_entries();
+        let read_states = ready.take_read_states();
+        self.raw.advance_append_async(ready);
+
+        let applied_before = self.state_machine.applied_index();
+        self.apply_committed(committed);
+        if self.conf_state_dirty {
+            write.conf_state = Some(self.raw.store().conf_state());
+            self.conf_state_dirty = false;
+        }
+        for state in read_states {
+            if let Some(context) = reads::context_from_bytes(&state.request_ctx) {
+                self.reads.confirmed(context, state.index);
+            }
+        }
+        self.serve_ready_reads();
+        let applied = self.state_machine.applied_index();
+        if applied > applied_before {
+            self.raw.advance_apply_to(applied);
+        }
+
+        if write.is_empty() && self.unpersisted.is_empty() {
+            // Nothing new to make durable and nothing earlier still in flight: what these
+            // messages promise is already on disk.
+            for message in persisted_messages {
+                self.send(message);
+            }
+            self.raw.on_persist_ready(number);
+        } else {
+            write.assert_well_formed();
+            self.unpersisted.push_back((number, persisted_messages));
+            self.outputs.push_back(Output::Persist { ready_number: number, write });
+        }
+        if was_leader && self.raw.raft.state != StateRole::Leader {
+            tracing::info!(partition = %self.config.partition, node = %self.config.node,
+                term = self.raw.raft.term, "stepped down");
+        }
+        if !was_leader && self.raw.raft.state == StateRole::Leader {
+            tracing::info!(partition = %self.config.partition, node = %self.config.node,
+                term = self.raw.raft.term, "became leader");
+        }
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            let index = entry.index;
+            assert_eq!(index, self.state_machine.applied_index() + 1, "entries apply in order, once");
+            let result = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    // A new leader's empty entry.
+                    self.state_machine.apply_noop(index);
+                    None
+                }
+                EntryType::EntryNormal => match Command::decode(&entry.data) {
+                    Ok(command) => Some(self.state_machine.apply(index, &command)),
+                    Err(error) => {
+                        // Every replica decodes the same committed bytes the same way, so
+                        // skipping keeps replicas equal; but our leader encoded this entry,
+                        // so it means a version skew or a bug. Say so loudly.
+                        tracing::error!(partition = %self.config.partition, index, %error,
+                            "committed entry does not decode; applied as a no-op");
+                        self.state_machine.apply_noop(index);
+                        None
+                    }
+                },
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry);
+                    self.state_machine.apply_noop(index);
+                    None
+                }
+            };
+            match self.proposals.settle(index, entry.term) {
+                Some(Fate::Applied(request)) => {
+                    let response = match result {
+                        Some(result) => Response::Written(result),
+                        None => Response::Unknown,
+                    };
+                    self.outputs.push_back(Output::Respond { request, response });
+                }
+                Some(Fate::Overwritten(request)) => {
+                    let leader = self.leader();
+                    self.outputs.push_back(Output::Respond {
+                        request,
+                        response: Response::NotLeader { leader },
+                    });
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) {
+        use protobuf::Message as _;
+        let conf_state = if entry.get_entry_type() == EntryType::EntryConfChange {
+            let mut change = ConfChange::default();
+            change.merge_from_bytes(&entry.data).map(|_| self.raw.apply_conf_change(&change))
+        } else {
+            let mut change = ConfChangeV2::default();
+            change.merge_from_bytes(&entry.data).map(|_| self.raw.apply_conf_change(&change))
+        };
+        match conf_state {
+            Ok(Ok(conf_state)) => {
+                self.raw.mut_store().set_conf_state(conf_state);
+                self.conf_state_dirty = true;
+            }
+            // Deterministic on every replica; the membership stays as it was.
+            Ok(Err(error)) => tracing::warn!(partition = %self.config.partition, %error,
+                "committed membership change refused by raft"),
+            Err(error) => tracing::error!(partition = %self.config.partition, %error,
+                "committed membership change does not decode"),
+        }
+    }
+}

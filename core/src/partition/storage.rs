@@ -1,0 +1,125 @@
+//! The Raft log as raft-rs reads it: an in-memory copy of what this replica has handed to the
+//! log engine. Entries are added here when a Ready hands them to the log (raft-rs reads them
+//! from its own unstable log until `on_persist_ready`, and from here after), and dropped when
+//! compacted.
+
+use crate::persist::{ConfState, HardState, LogEntry, LogPosition, RecoveredPartition};
+use raft::eraftpb::{self, Entry};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::collections::VecDeque;
+
+pub struct PartitionStorage {
+    hard_state: eraftpb::HardState,
+    conf_state: eraftpb::ConfState,
+    /// The last entry no longer held; its term is kept for Raft's log matching.
+    compacted: LogPosition,
+    /// Entries from `compacted.index + 1`, contiguous.
+    entries: VecDeque<Entry>,
+}
+
+impl PartitionStorage {
+    pub fn new(recovered: &RecoveredPartition) -> PartitionStorage {
+        let storage = PartitionStorage {
+            hard_state: recovered.hard_state.into(),
+            conf_state: (&recovered.conf_state).into(),
+            compacted: recovered.compacted,
+            entries: recovered.entries.iter().map(Entry::from).collect(),
+        };
+        storage.assert_contiguous();
+        storage
+    }
+
+    fn assert_contiguous(&self) {
+        if let Some(first) = self.entries.front() {
+            assert_eq!(first.index, self.compacted.index + 1, "entries start after compaction");
+        }
+        debug_assert!(self.entries.iter().zip(self.entries.iter().skip(1)).all(|(a, b)| a.index + 1 == b.index));
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        (&self.hard_state).into()
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        (&self.conf_state).into()
+    }
+
+    pub fn set_hard_state(&mut self, hard_state: &eraftpb::HardState) {
+        self.hard_state = hard_state.clone();
+    }
+
+    pub fn set_conf_state(&mut self, conf_state: eraftpb::ConfState) {
+        self.conf_state = conf_state;
+    }
+
+    fn last_index_held(&self) -> u64 {
+        self.compacted.index + self.entries.len() as u64
+    }
+
+    /// Appends `entries`, replacing any held entry at or after the first one's index (a new
+    /// leader overwrote them). Returns them in cohort's log format.
+    pub fn append(&mut self, entries: &[Entry]) -> Vec<LogEntry> {
+        let Some(first) = entries.first() else { return Vec::new() };
+        assert!(first.index > self.compacted.index, "never append over compacted entries");
+        assert!(first.index <= self.last_index_held() + 1, "appended entries leave no gap");
+        let keep = (first.index - self.compacted.index - 1) as usize;
+        self.entries.truncate(keep);
+        self.entries.extend(entries.iter().cloned());
+        self.assert_contiguous();
+        entries.iter().map(LogEntry::from).collect()
+    }
+}
+
+impl raft::Storage for PartitionStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.compacted.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        assert!(high <= self.last_index_held() + 1, "raft asks only for entries it knows exist");
+        let offset = self.compacted.index + 1;
+        let mut out: Vec<Entry> = self
+            .entries
+            .range((low - offset) as usize..(high - offset) as usize)
+            .cloned()
+            .collect();
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        if index == self.compacted.index {
+            return Ok(self.compacted.term);
+        }
+        if index < self.compacted.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.entries.get((index - self.compacted.index - 1) as usize) {
+            Some(entry) => Ok(entry.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.compacted.index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index_held())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<eraftpb::Snapshot> {
+        // Snapshots of the state machine are not built yet: until they are, the log is never
+        // compacted below what every replica has, so raft never needs one.
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}

@@ -1,0 +1,320 @@
+//! Three replicas driven by hand, in one thread, with no runtime.
+
+use super::*;
+use crate::ids::ClientId;
+use crate::state_machine::{
+    Expected, NewObject, ObjectKind, Oid, ReadResult, RefName, RefUpdate, RefValue, RelativePath,
+    RepoId, WriteOp,
+};
+use crate::testing::{Cluster, Delivered};
+
+const STEPS_MAX: usize = 100_000;
+
+fn repo() -> RepoId {
+    RepoId { storage: "default".into(), relative_path: RelativePath::new("group/project.git").unwrap() }
+}
+
+fn create_repo(seq: u64) -> Request {
+    Request::Write(Command { client: ClientId(1), seq, op: WriteOp::CreateRepository { repo: repo(), fork_of: None } })
+}
+
+/// Writes a blob with `content` and points `refs/heads/main` at it, whatever it was.
+fn set_main(client: u64, seq: u64, content: &[u8]) -> (Request, Oid) {
+    let oid = Oid::hash_object(ObjectKind::Blob, content);
+    let op = WriteOp::Transaction {
+        repo: repo(),
+        objects: vec![NewObject { kind: ObjectKind::Blob, data: content.to_vec(), oid }],
+        refs: vec![RefUpdate {
+            name: RefName::new("refs/heads/main").unwrap(),
+            expected: Expected::Any,
+            new: Some(RefValue::Direct(oid)),
+        }],
+    };
+    (Request::Write(Command { client: ClientId(client), seq, op }), oid)
+}
+
+fn list_refs(consistency: ReadConsistency) -> Request {
+    Request::Read { query: ReadQuery::ListRefs { repo: repo() }, consistency }
+}
+
+fn elect(cluster: &mut Cluster) -> NodeId {
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some()), "a leader is elected");
+    // Let the new leader commit its empty entry so that reads and writes can be served.
+    let leader = cluster.leader().unwrap();
+    assert!(cluster.drive_until(STEPS_MAX, |c| {
+        let status = c.replica(leader).status();
+        status.commit_index >= status.last_index && status.applied_index == status.commit_index
+    }));
+    leader
+}
+
+/// Sends `body` to the leader and drives until it is answered.
+fn request_on_leader(cluster: &mut Cluster, body: Request) -> Response {
+    let leader = elect(cluster);
+    let request = cluster.request(leader, body);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()), "request is answered");
+    cluster.response(request).unwrap().clone()
+}
+
+fn assert_written(response: &Response) {
+    assert!(matches!(response, Response::Written(Ok(_))), "expected a successful write, got {response:?}");
+}
+
+fn assert_one_leader_per_term(cluster: &Cluster) {
+    let mut terms = std::collections::BTreeMap::new();
+    for (node, term) in cluster.leaders() {
+        if let Some(other) = terms.insert(term, node) {
+            panic!("nodes {other} and {node} both lead term {term}");
+        }
+    }
+}
+
+#[test]
+fn three_replicas_elect_exactly_one_leader() {
+    let mut cluster = Cluster::new(3, 1);
+    let leader = elect(&mut cluster);
+    assert_one_leader_per_term(&cluster);
+    let term = cluster.replica(leader).term();
+    for node in cluster.nodes() {
+        let status = cluster.replica(node).status();
+        assert_eq!(status.term, term);
+        assert_eq!(status.leader, Some(leader), "node {node} knows the leader");
+    }
+}
+
+#[test]
+fn writes_replicate_and_every_replica_applies_the_same_state() {
+    let mut cluster = Cluster::new(3, 2);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    for seq in 2..20 {
+        let (body, _) = set_main(1, seq, format!("v{seq}").as_bytes());
+        assert_written(&request_on_leader(&mut cluster, body));
+    }
+    let leader = cluster.leader().unwrap();
+    let commit = cluster.replica(leader).status().commit_index;
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.nodes().iter().all(|&n| c.replica(n).status().applied_index == commit)));
+    let digest = cluster.replica(leader).state_machine().digest();
+    for node in cluster.nodes() {
+        assert_eq!(cluster.replica(node).state_machine().digest(), digest, "node {node} converged");
+    }
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn follower_answers_not_leader_with_a_hint() {
+    let mut cluster = Cluster::new(3, 3);
+    let leader = elect(&mut cluster);
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    let request = cluster.request(follower, create_repo(1));
+    assert_eq!(cluster.response(request), Some(&Response::NotLeader { leader: Some(leader) }));
+    let read = cluster.request(follower, list_refs(ReadConsistency::Linearizable));
+    assert_eq!(cluster.response(read), Some(&Response::NotLeader { leader: Some(leader) }));
+}
+
+#[test]
+fn losing_the_leader_elects_another_and_keeps_every_committed_write() {
+    let mut cluster = Cluster::new(3, 4);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let (body, first) = set_main(1, 2, b"before");
+    assert_written(&request_on_leader(&mut cluster, body));
+    let old_leader = cluster.leader().unwrap();
+    let old_term = cluster.replica(old_leader).term();
+
+    cluster.crash(old_leader);
+    let new_leader = elect(&mut cluster);
+    assert_ne!(new_leader, old_leader);
+    assert!(cluster.replica(new_leader).term() > old_term);
+    assert_one_leader_per_term(&cluster);
+
+    // The committed write survived the failover.
+    match request_on_leader(&mut cluster, list_refs(ReadConsistency::Linearizable)) {
+        Response::Read { result: ReadResult::Refs(refs), .. } => {
+            assert_eq!(refs, vec![(RefName::new("refs/heads/main").unwrap(), RefValue::Direct(first))]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let (body, second) = set_main(1, 3, b"after");
+    assert_written(&request_on_leader(&mut cluster, body));
+
+    // The old leader comes back, catches up, and agrees.
+    cluster.restart(old_leader);
+    let commit = cluster.replica(new_leader).status().commit_index;
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.replica(old_leader).status().applied_index >= commit));
+    let read = cluster.request(old_leader, list_refs(ReadConsistency::Stale));
+    match cluster.response(read) {
+        Some(Response::Read { result: ReadResult::Refs(refs), .. }) => {
+            assert_eq!(refs, &vec![(RefName::new("refs/heads/main").unwrap(), RefValue::Direct(second))]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let digest = cluster.replica(new_leader).state_machine().digest();
+    assert_eq!(cluster.replica(old_leader).state_machine().digest(), digest);
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn an_isolated_leader_steps_down_and_the_majority_goes_on() {
+    let mut cluster = Cluster::new(3, 5);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let old_leader = cluster.leader().unwrap();
+    cluster.isolate(old_leader);
+    // Check-quorum: the isolated leader notices it lost its followers and steps down, while
+    // the other two elect a new leader.
+    assert!(cluster.drive_until(STEPS_MAX, |c| {
+        !c.replica(old_leader).is_leader() && c.leader().is_some_and(|l| l != old_leader)
+    }));
+    // A write sent to the isolated ex-leader is refused, not silently queued.
+    let (body, _) = set_main(1, 2, b"x");
+    let request = cluster.request(old_leader, body);
+    assert!(matches!(cluster.response(request), Some(Response::NotLeader { .. })));
+    cluster.heal();
+    let (body, _) = set_main(1, 3, b"y");
+    assert_written(&request_on_leader(&mut cluster, body));
+    assert_one_leader_per_term(&cluster);
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn retried_write_returns_the_original_result_and_applies_once() {
+    let mut cluster = Cluster::new(3, 6);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let (body, _) = set_main(1, 2, b"once");
+    let first = request_on_leader(&mut cluster, body.clone());
+    let applied_after_first = cluster.replica(cluster.leader().unwrap()).state_machine().digest();
+    let second = request_on_leader(&mut cluster, body);
+    assert_eq!(first, second, "a retry answers like the original");
+    assert_eq!(cluster.replica(cluster.leader().unwrap()).state_machine().digest(), applied_after_first);
+}
+
+/// Every vote granted and every append acknowledged on the wire is backed by the sender's
+/// durable log: the sender's persisted hard state records the vote, and its persisted log
+/// holds the acknowledged index. Persistence completes late and at random here, so any
+/// message sent before its Ready is durable would be caught.
+#[test]
+fn votes_and_append_acks_never_run_ahead_of_the_log() {
+    use raft::eraftpb::MessageType;
+    use rand::{Rng, SeedableRng};
+    let mut cluster = Cluster::new(3, 7);
+    cluster.auto_persist = false;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (mut votes_checked, mut acks_checked) = (0, 0);
+    let mut seq = 0;
+    for step in 0..20_000 {
+        for envelope in cluster.in_flight() {
+            let m = &envelope.message;
+            if m.reject {
+                continue;
+            }
+            let durable = cluster.durable(envelope.from);
+            match m.get_msg_type() {
+                MessageType::MsgRequestVoteResponse => {
+                    votes_checked += 1;
+                    assert_eq!(durable.hard_state.vote, envelope.to.0, "vote sent before it was durable");
+                    assert_eq!(durable.hard_state.term, m.term, "vote's term is durable");
+                }
+                MessageType::MsgAppendResponse => {
+                    acks_checked += 1;
+                    assert!(durable.last_index() >= m.index, "append acked before it was durable");
+                }
+                _ => {}
+            }
+        }
+        if rng.gen_bool(0.3) {
+            let nodes = cluster.nodes();
+            let node = nodes[rng.gen_range(0..nodes.len())];
+            cluster.complete_persists(node);
+        }
+        if step % 500 == 0 {
+            if let Some(leader) = cluster.leader() {
+                seq += 1;
+                let body = if seq == 1 { create_repo(1) } else { set_main(1, seq, &seq.to_le_bytes()).0 };
+                cluster.request(leader, body);
+            }
+        }
+        if !cluster.step() {
+            break;
+        }
+    }
+    assert!(votes_checked > 0 && acks_checked > 10, "the run exercised votes ({votes_checked}) and acks ({acks_checked})");
+    assert!(cluster.responses.iter().any(|d| matches!(d.response, Response::Written(Ok(_)))), "writes committed");
+}
+
+#[test]
+fn linearizable_read_sees_the_latest_write_and_stale_read_reports_its_index() {
+    let mut cluster = Cluster::new(3, 8);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let (body, oid) = set_main(1, 2, b"latest");
+    assert_written(&request_on_leader(&mut cluster, body));
+    match request_on_leader(&mut cluster, list_refs(ReadConsistency::Linearizable)) {
+        Response::Read { result: ReadResult::Refs(refs), applied_index } => {
+            assert_eq!(refs, vec![(RefName::new("refs/heads/main").unwrap(), RefValue::Direct(oid))]);
+            assert!(applied_index >= 3);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let leader = cluster.leader().unwrap();
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    let read = cluster.request(follower, list_refs(ReadConsistency::Stale));
+    assert!(matches!(cluster.response(read), Some(Response::Read { .. })));
+}
+
+#[test]
+fn progress_under_message_loss() {
+    let mut cluster = Cluster::new(3, 9);
+    cluster.drop_rate = 0.2;
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    for seq in 2..10 {
+        let (body, _) = set_main(1, seq, &seq.to_le_bytes());
+        // Under loss a leader may change while a write is in flight: retry like a client.
+        loop {
+            match request_on_leader(&mut cluster, body.clone()) {
+                Response::Written(result) => {
+                    assert!(result.is_ok());
+                    break;
+                }
+                Response::NotLeader { .. } | Response::Unknown | Response::Busy => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_one_leader_per_term(&cluster);
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    fn run(seed: u64) -> (Vec<Delivered>, Vec<(NodeId, u64)>, Instant) {
+        let mut cluster = Cluster::new(3, seed);
+        cluster.drop_rate = 0.1;
+        let _ = request_on_leader(&mut cluster, create_repo(1));
+        let (body, _) = set_main(1, 2, b"d");
+        let _ = request_on_leader(&mut cluster, body);
+        (cluster.responses.clone(), cluster.leaders(), cluster.now)
+    }
+    assert_eq!(run(42), run(42));
+}
+
+#[test]
+fn a_failed_log_write_fails_pending_writes_and_acknowledges_nothing() {
+    let mut cluster = Cluster::new(1, 10);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let leader = cluster.leader().unwrap();
+    cluster.auto_persist = false;
+    let (body, _) = set_main(1, 2, b"never durable");
+    let request = cluster.request(leader, body);
+    assert_eq!(cluster.response(request), None, "not answered before it is durable");
+    let error = crate::persist::PersistError(std::sync::Arc::new(std::io::Error::other("fsync failed")));
+    cluster.fail_persists(leader, error);
+    assert!(matches!(cluster.response(request), Some(Response::Failed(_))));
+    let (body, _) = set_main(1, 3, b"after");
+    let later = cluster.request(leader, body);
+    assert!(matches!(cluster.response(later), Some(Response::Failed(_))));
+}
+
+#[test]
+fn single_replica_partition_commits_on_its_own() {
+    let mut cluster = Cluster::new(1, 11);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let (body, _) = set_main(1, 2, b"solo");
+    assert_written(&request_on_leader(&mut cluster, body));
+}

@@ -1,0 +1,280 @@
+//! Several replicas of one partition, driven by hand.
+
+use crate::env::{Envelope, Instant};
+use crate::ids::{NodeId, PartitionId, RequestId};
+use crate::partition::{Output, Partition, PartitionConfig, Request, Response};
+use crate::persist::{LogWrite, RecoveredPartition};
+use crate::state_machine::StateMachine;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// A response a replica gave, in the order given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivered {
+    pub node: NodeId,
+    pub request: RequestId,
+    pub response: Response,
+}
+
+struct Replica {
+    partition: Partition,
+    /// Writes handed out and not yet durable, in order.
+    pending_writes: VecDeque<(u64, LogWrite)>,
+    /// What this node's log holds durably: the reference model of the log engine.
+    durable: RecoveredPartition,
+}
+
+/// Replicas of one partition with a hand-driven network and disk.
+pub struct Cluster {
+    pub partition: PartitionId,
+    pub now: Instant,
+    replicas: BTreeMap<NodeId, Replica>,
+    crashed: BTreeMap<NodeId, RecoveredPartition>,
+    in_flight: VecDeque<Envelope>,
+    /// Links that drop everything, as (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Probability in [0, 1) that a message is dropped.
+    pub drop_rate: f64,
+    /// When false, persistence completes only through `complete_persists`.
+    pub auto_persist: bool,
+    rng: StdRng,
+    pub responses: Vec<Delivered>,
+    next_request: u64,
+    seed: u64,
+}
+
+impl Cluster {
+    /// A new partition on nodes 1..=n.
+    pub fn new(n: u64, seed: u64) -> Cluster {
+        let partition = PartitionId(7);
+        let voters: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let now = Instant::ZERO;
+        let mut cluster = Cluster {
+            partition,
+            now,
+            replicas: BTreeMap::new(),
+            crashed: BTreeMap::new(),
+            in_flight: VecDeque::new(),
+            cut: BTreeSet::new(),
+            drop_rate: 0.0,
+            auto_persist: true,
+            rng: StdRng::seed_from_u64(seed),
+            responses: Vec::new(),
+            next_request: 0,
+            seed,
+        };
+        for &node in &voters {
+            let config = PartitionConfig::new(node, partition, seed.wrapping_add(node.0));
+            let replica = Partition::create(config, &voters, now);
+            cluster.replicas.insert(
+                node,
+                Replica { partition: replica, pending_writes: VecDeque::new(), durable: RecoveredPartition::default() },
+            );
+        }
+        cluster.collect_all();
+        cluster
+    }
+
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.replicas.keys().copied().collect()
+    }
+
+    pub fn replica(&self, node: NodeId) -> &Partition {
+        &self.replicas[&node].partition
+    }
+
+    pub fn durable(&self, node: NodeId) -> &RecoveredPartition {
+        &self.replicas[&node].durable
+    }
+
+    /// The replicas that think they lead, with their terms.
+    pub fn leaders(&self) -> Vec<(NodeId, u64)> {
+        self.replicas
+            .iter()
+            .filter(|(_, r)| r.partition.is_leader())
+            .map(|(&n, r)| (n, r.partition.term()))
+            .collect()
+    }
+
+    /// The one leader of the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leaders().into_iter().max_by_key(|&(_, term)| term).map(|(n, _)| n)
+    }
+
+    /// Messages sent and not yet delivered or dropped, oldest first.
+    pub fn in_flight(&self) -> impl Iterator<Item = &Envelope> {
+        self.in_flight.iter()
+    }
+
+    pub fn isolate(&mut self, node: NodeId) {
+        for other in self.nodes() {
+            if other != node {
+                self.cut.insert((node, other));
+                self.cut.insert((other, node));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Sends a request to `node`'s replica; its answer lands in `responses`.
+    pub fn request(&mut self, node: NodeId, body: Request) -> RequestId {
+        self.next_request += 1;
+        let request = RequestId(self.next_request);
+        let now = self.now;
+        self.replicas.get_mut(&node).expect("node is up").partition.handle_request(now, request, body);
+        self.collect(node);
+        request
+    }
+
+    pub fn response(&self, request: RequestId) -> Option<&Response> {
+        self.responses.iter().find(|d| d.request == request).map(|d| &d.response)
+    }
+
+    /// Stops `node` at once: what it had not made durable is lost.
+    pub fn crash(&mut self, node: NodeId) {
+        let replica = self.replicas.remove(&node).expect("node is up");
+        self.in_flight.retain(|e| e.to != node && e.from != node);
+        self.crashed.insert(node, replica.durable);
+    }
+
+    /// Restarts a crashed node from its durable log, with an empty state machine: committed
+    /// entries are applied again.
+    pub fn restart(&mut self, node: NodeId) {
+        let durable = self.crashed.remove(&node).expect("node was crashed");
+        let config = PartitionConfig::new(node, self.partition, self.seed.wrapping_add(node.0 * 1000));
+        let partition = Partition::open(config, durable.clone(), StateMachine::new(), self.now);
+        self.replicas.insert(node, Replica { partition, pending_writes: VecDeque::new(), durable });
+        self.collect(node);
+    }
+
+    /// Makes every pending write of `node` durable and tells its replica.
+    pub fn complete_persists(&mut self, node: NodeId) {
+        self.persist_pending(node);
+        self.collect(node);
+    }
+
+    /// The log of `node` failed: its pending writes are lost and its replica is told.
+    pub fn fail_persists(&mut self, node: NodeId, error: crate::persist::PersistError) {
+        let replica = self.replicas.get_mut(&node).expect("node is up");
+        replica.pending_writes.clear();
+        replica.partition.handle_persist_failed(error);
+        self.collect(node);
+    }
+
+    fn persist_pending(&mut self, node: NodeId) {
+        let now = self.now;
+        let replica = self.replicas.get_mut(&node).expect("node is up");
+        let mut last = None;
+        while let Some((number, write)) = replica.pending_writes.pop_front() {
+            replica.durable.apply(&write);
+            last = Some(number);
+        }
+        if let Some(number) = last {
+            replica.partition.handle_persisted(now, number);
+        }
+    }
+
+    fn collect_all(&mut self) {
+        for node in self.nodes() {
+            self.collect(node);
+        }
+    }
+
+    /// Drains `node`'s outputs into the network, its disk queue and `responses`.
+    fn collect(&mut self, node: NodeId) {
+        loop {
+            let replica = self.replicas.get_mut(&node).expect("node is up");
+            let mut any = false;
+            while let Some(output) = replica.partition.poll_output() {
+                any = true;
+                match output {
+                    Output::Send(envelope) => self.in_flight.push_back(envelope),
+                    Output::Persist { ready_number, write } => {
+                        replica.pending_writes.push_back((ready_number, write))
+                    }
+                    Output::Respond { request, response } => {
+                        self.responses.push(Delivered { node, request, response })
+                    }
+                }
+            }
+            if !any || !self.auto_persist {
+                return;
+            }
+            if self.replicas[&node].pending_writes.is_empty() {
+                return;
+            }
+            self.persist_pending(node);
+        }
+    }
+
+    /// Does one thing: delivers the next message if any, else advances time to the earliest
+    /// timeout and ticks. Returns false when nothing at all can happen.
+    pub fn step(&mut self) -> bool {
+        if let Some(envelope) = self.in_flight.pop_front() {
+            let dropped = self.cut.contains(&(envelope.from, envelope.to))
+                || (self.drop_rate > 0.0 && self.rng.gen_bool(self.drop_rate));
+            let to = envelope.to;
+            if !dropped {
+                if let Some(replica) = self.replicas.get_mut(&to) {
+                    replica.partition.handle_message(self.now, envelope);
+                    self.collect(to);
+                }
+            }
+            return true;
+        }
+        let Some(next) = self.replicas.values().filter_map(|r| r.partition.poll_timeout()).min() else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        for node in self.nodes() {
+            let now = self.now;
+            self.replicas.get_mut(&node).expect("listed").partition.handle_tick(now);
+            self.collect(node);
+        }
+        true
+    }
+
+    /// Steps until `done` holds, at most `steps_max` steps; returns whether it held.
+    pub fn drive_until(&mut self, steps_max: usize, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+        for _ in 0..steps_max {
+            if done(self) {
+                return true;
+            }
+            if !self.step() {
+                return done(self);
+            }
+        }
+        done(self)
+    }
+
+    /// Committed entries of every live replica agree at every index they both hold.
+    pub fn assert_logs_agree(&self) {
+        let logs: Vec<(NodeId, u64, BTreeMap<u64, (u64, Vec<u8>)>)> = self
+            .replicas
+            .iter()
+            .map(|(&node, r)| {
+                let commit = r.durable.hard_state.commit;
+                let entries = r
+                    .durable
+                    .entries
+                    .iter()
+                    .filter(|e| e.index <= commit)
+                    .map(|e| (e.index, (e.term, e.data.clone())))
+                    .collect();
+                (node, commit, entries)
+            })
+            .collect();
+        for (i, (a, _, log_a)) in logs.iter().enumerate() {
+            for (b, _, log_b) in &logs[i + 1..] {
+                for (index, entry) in log_a {
+                    if let Some(other) = log_b.get(index) {
+                        assert_eq!(entry, other, "committed entry {index} differs on nodes {a} and {b}");
+                    }
+                }
+            }
+        }
+    }
+}

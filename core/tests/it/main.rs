@@ -1,0 +1,3 @@
+//! cohort-core's integration tests: one binary, a module per theme.
+
+mod determinism_rules;

@@ -1,1 +1,552 @@
-//! The replicated state machine: repositories, objects, references, idempotent writes.
+//! The deterministic replicated state machine of one partition: repositories, their objects
+//! and references, and the idempotency table, changed only by committed commands.
+//!
+//! Every replica applies the same commands in the same raft order and must end in the same
+//! state, so nothing here reads a clock, draws randomness or iterates a hash map; every
+//! collection is a `BTreeMap`/`BTreeSet`. Checks that decide a command's fate run at apply
+//! time (on every replica, against the state at that index); [`validate`] repeats the
+//! stateless ones before proposing only so that garbage is not replicated.
+//!
+//! Files: `objects.rs` (object ids, hashing, the object pool), `refs.rs` (reference names and
+//! compare-and-set), `path.rs` (repository ids), `dedup.rs` (idempotency), `snapshot.rs`
+//! (snapshots, digest, invariant checks).
+
+mod dedup;
+mod objects;
+mod path;
+mod refs;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+pub use dedup::{DEDUP_CLIENTS_MAX, DEDUP_RESULTS_BYTES_MAX, DEDUP_WINDOW_MAX};
+pub use objects::{ObjectKind, ObjectKindParseError, Oid, OidParseError};
+pub use path::{
+    validate_storage_name, RelativePath, RepoId, RELATIVE_PATH_BYTES_MAX, STORAGE_NAME_BYTES_MAX,
+};
+pub use refs::{Expected, RefName, RefUpdate, RefValue, REF_NAME_BYTES_MAX};
+pub use snapshot::Digest;
+
+use crate::codec::{self, DecodeError};
+use crate::ids::ClientId;
+use crate::limits::COMMAND_SIZE_BYTES_MAX;
+use dedup::{DedupTable, Lookup};
+use objects::ObjectPool;
+use refs::RefTable;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Largest object content accepted, in bytes.
+pub const OBJECT_SIZE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Objects in one transaction.
+pub const TRANSACTION_OBJECTS_MAX: usize = 4096;
+/// Reference updates in one transaction.
+pub const TRANSACTION_REF_UPDATES_MAX: usize = 4096;
+/// References one repository holds.
+pub const REPOSITORY_REFS_MAX: usize = 1024 * 1024;
+/// Repositories one partition holds.
+pub const PARTITION_REPOSITORIES_MAX: usize = 64 * 1024;
+/// Untrusted text echoed in a rejection is cut to this many bytes, so that remembered
+/// rejections (the dedup table) stay small.
+pub const REJECTION_ECHO_BYTES_MAX: usize = 256;
+
+// An object must fit in a command.
+const _: () = assert!(OBJECT_SIZE_BYTES_MAX < COMMAND_SIZE_BYTES_MAX);
+// A fork copies its parent's references, which must fit in the fork.
+const _: () = assert!(TRANSACTION_REF_UPDATES_MAX <= REPOSITORY_REFS_MAX);
+
+/// A client's write, as proposed and replicated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub client: ClientId,
+    /// With `client`, names the write across retries: a retry carries the same pair.
+    pub seq: u64,
+    pub op: WriteOp,
+}
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decodes a command; bytes beyond `COMMAND_SIZE_BYTES_MAX` or invalid names are errors.
+    pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
+        if bytes.len() > COMMAND_SIZE_BYTES_MAX {
+            return Err(DecodeError {
+                what: "command",
+                reason: format!("{} bytes, more than {COMMAND_SIZE_BYTES_MAX}", bytes.len()),
+            });
+        }
+        codec::decode("command", bytes)
+    }
+}
+
+/// What a command changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Creates an empty repository, or a fork of `fork_of` (same storage, same partition): the
+    /// fork starts with the parent's references and holds the objects the parent holds at
+    /// that index. Objects written to the parent later are not shared.
+    CreateRepository {
+        repo: RepoId,
+        fork_of: Option<RelativePath>,
+    },
+    /// Deletes a repository; objects no other repository holds are dropped.
+    DeleteRepository { repo: RepoId },
+    /// Adds objects and updates references atomically: all or nothing.
+    Transaction {
+        repo: RepoId,
+        objects: Vec<NewObject>,
+        refs: Vec<RefUpdate>,
+    },
+}
+
+/// An object a transaction writes, with the id the client claims for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewObject {
+    pub kind: ObjectKind,
+    pub data: Vec<u8>,
+    /// Verified: must equal `Oid::hash_object(kind, data)`.
+    pub oid: Oid,
+}
+
+impl NewObject {
+    /// An object with its correct id.
+    pub fn new(kind: ObjectKind, data: Vec<u8>) -> NewObject {
+        let oid = Oid::hash_object(kind, &data);
+        NewObject { kind, data, oid }
+    }
+}
+
+/// A committed write's answer (the same on every replica and for every retry).
+pub type WriteResult = Result<WriteOk, Rejection>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOk {
+    /// Raft index at which the write was applied (a retry answers the original index).
+    pub index: u64,
+    /// Ids of the transaction's objects, in its order; empty for other operations.
+    pub object_ids: Vec<Oid>,
+}
+
+/// Why a write or read was refused. Deterministic: decided from the command and the state at
+/// its index, so every replica reaches the same one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("repository {repo} already exists")]
+    RepositoryExists { repo: RepoId },
+    #[error("repository {repo} not found")]
+    RepositoryNotFound { repo: RepoId },
+    #[error("partition holds {count_max} repositories, its limit")]
+    TooManyRepositories { count_max: u64 },
+    #[error("invalid storage name {storage:?}: {reason}")]
+    InvalidStorageName { storage: String, reason: String },
+    #[error("invalid relative path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: String },
+    #[error("invalid reference name {name:?}: {reason}")]
+    InvalidRefName { name: String, reason: String },
+    #[error("symbolic reference {name} must point under refs/, not to {target}")]
+    InvalidSymbolicTarget { name: RefName, target: RefName },
+    #[error("object id mismatch: claimed {claimed}, content hashes to {actual}")]
+    ObjectIdMismatch { claimed: Oid, actual: Oid },
+    #[error("object {oid} not found in the repository or the transaction")]
+    ObjectNotFound { oid: Oid },
+    #[error("object {oid} is {size_bytes} bytes, more than the limit of {size_bytes_max}")]
+    ObjectTooLarge {
+        oid: Oid,
+        size_bytes: u64,
+        size_bytes_max: u64,
+    },
+    #[error("object {oid} has the id of a different object (SHA-1 collision)")]
+    ObjectHashCollision { oid: Oid },
+    #[error("transaction has {count} objects, more than {count_max}")]
+    TooManyObjects { count: u64, count_max: u64 },
+    #[error("transaction has {count} reference updates, more than {count_max}")]
+    TooManyRefUpdates { count: u64, count_max: u64 },
+    #[error("reference {name} is updated twice in one transaction")]
+    DuplicateRefUpdate { name: RefName },
+    #[error("repository {repo} would hold {count} references, more than {count_max}")]
+    TooManyRefs {
+        repo: RepoId,
+        count: u64,
+        count_max: u64,
+    },
+    #[error("precondition failed on {name}: expected {expected}, current value is {}", display_current(.current))]
+    PreconditionFailed {
+        name: RefName,
+        expected: Expected,
+        current: Option<RefValue>,
+    },
+    #[error("command encodes to {size_bytes} bytes, more than {size_bytes_max}")]
+    CommandTooLarge {
+        size_bytes: u64,
+        size_bytes_max: u64,
+    },
+    #[error("sequence {seq} of client {client} is older than the oldest result kept ({oldest_kept}): it may have been applied, its result is forgotten")]
+    SequenceTooOld {
+        client: ClientId,
+        seq: u64,
+        oldest_kept: u64,
+    },
+}
+
+fn display_current(current: &Option<RefValue>) -> String {
+    match current {
+        Some(value) => value.to_string(),
+        None => "absent".to_string(),
+    }
+}
+
+/// `text` cut to `REJECTION_ECHO_BYTES_MAX` bytes (at a character boundary).
+pub(crate) fn echo(text: &str) -> String {
+    echo_bytes_max(text, REJECTION_ECHO_BYTES_MAX)
+}
+
+pub(crate) fn echo_bytes_max(text: &str, bytes_max: usize) -> String {
+    if text.len() <= bytes_max {
+        return text.to_string();
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A read of the state at the replica's applied index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadQuery {
+    ListRefs { repo: RepoId },
+    GetObject { repo: RepoId, oid: Oid },
+    ListRepositories,
+    RepositoryExists { repo: RepoId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadResult {
+    /// Sorted by name.
+    Refs(Vec<(RefName, RefValue)>),
+    /// `None`: the repository does not hold this object.
+    Object(Option<(ObjectKind, Vec<u8>)>),
+    /// Sorted.
+    Repositories(Vec<RepoId>),
+    Exists(bool),
+    Rejected(Rejection),
+}
+
+/// One repository: its references and the set of objects it holds (in the partition's pool).
+///
+/// Invariant: every direct reference names an object in `objects`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Repository {
+    pub refs: RefTable,
+    pub objects: BTreeSet<Oid>,
+}
+
+/// The state of one partition. See the module doc.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateMachine {
+    /// Highest raft index applied, command or not; 0 before the first.
+    applied_index: u64,
+    repositories: BTreeMap<RepoId, Repository>,
+    objects: ObjectPool,
+    dedup: DedupTable,
+}
+
+impl StateMachine {
+    pub fn new() -> StateMachine {
+        StateMachine::default()
+    }
+
+    /// Applies a committed command at raft `index`. Deterministic. A `(client, seq)` already
+    /// applied answers its first result without applying again.
+    pub fn apply(&mut self, index: u64, command: &Command) -> WriteResult {
+        self.advance_applied_index(index);
+        match self.dedup.lookup(command.client, command.seq) {
+            Lookup::Retry(result) => return result,
+            Lookup::TooOld { oldest_kept } => {
+                // Not recorded: the answer is about the table, and recording it would evict
+                // a result that can still be asked for.
+                return Err(Rejection::SequenceTooOld {
+                    client: command.client,
+                    seq: command.seq,
+                    oldest_kept,
+                });
+            }
+            Lookup::New => {}
+        }
+        let result = self.execute(index, &command.op);
+        self.dedup
+            .record(index, command.client, command.seq, result.clone());
+        result
+    }
+
+    /// Records that raft `index` was applied without a command (empty entries, conf changes).
+    pub fn apply_noop(&mut self, index: u64) {
+        self.advance_applied_index(index);
+    }
+
+    fn advance_applied_index(&mut self, index: u64) {
+        assert!(
+            index > self.applied_index,
+            "raft index {index} applied after {}: indexes must increase",
+            self.applied_index
+        );
+        self.applied_index = index;
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn read(&self, query: &ReadQuery) -> ReadResult {
+        match query {
+            ReadQuery::ListRefs { repo } => match self.repository(repo) {
+                Ok(repository) => ReadResult::Refs(
+                    repository
+                        .refs
+                        .iter()
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect(),
+                ),
+                Err(rejection) => ReadResult::Rejected(rejection),
+            },
+            ReadQuery::GetObject { repo, oid } => match self.repository(repo) {
+                Ok(repository) if repository.objects.contains(oid) => {
+                    let object = self.objects.get(oid).expect("a held object is pooled");
+                    ReadResult::Object(Some((object.kind, object.data.clone())))
+                }
+                Ok(_) => ReadResult::Object(None),
+                Err(rejection) => ReadResult::Rejected(rejection),
+            },
+            ReadQuery::ListRepositories => ReadResult::Repositories(self.repositories()),
+            ReadQuery::RepositoryExists { repo } => match repo.validate() {
+                Ok(()) => ReadResult::Exists(self.repositories.contains_key(repo)),
+                Err(rejection) => ReadResult::Rejected(rejection),
+            },
+        }
+    }
+
+    /// Repositories held, sorted.
+    pub fn repositories(&self) -> Vec<RepoId> {
+        self.repositories.keys().cloned().collect()
+    }
+
+    fn repository(&self, repo: &RepoId) -> Result<&Repository, Rejection> {
+        repo.validate()?;
+        self.repositories
+            .get(repo)
+            .ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })
+    }
+
+    /// Runs one new command against the state; on a rejection nothing has changed.
+    fn execute(&mut self, index: u64, op: &WriteOp) -> WriteResult {
+        check_op(op)?;
+        match op {
+            WriteOp::CreateRepository { repo, fork_of } => {
+                self.create_repository(repo, fork_of.as_ref())?
+            }
+            WriteOp::DeleteRepository { repo } => self.delete_repository(repo)?,
+            WriteOp::Transaction {
+                repo,
+                objects,
+                refs,
+            } => {
+                self.transaction(repo, objects, refs)?;
+                let object_ids = objects.iter().map(|object| object.oid).collect();
+                return Ok(WriteOk { index, object_ids });
+            }
+        }
+        Ok(WriteOk {
+            index,
+            object_ids: Vec::new(),
+        })
+    }
+
+    fn create_repository(
+        &mut self,
+        repo: &RepoId,
+        fork_of: Option<&RelativePath>,
+    ) -> Result<(), Rejection> {
+        if self.repositories.contains_key(repo) {
+            return Err(Rejection::RepositoryExists { repo: repo.clone() });
+        }
+        if self.repositories.len() >= PARTITION_REPOSITORIES_MAX {
+            return Err(Rejection::TooManyRepositories {
+                count_max: PARTITION_REPOSITORIES_MAX as u64,
+            });
+        }
+        let repository = match fork_of {
+            None => Repository::default(),
+            Some(parent_path) => {
+                let parent_id = RepoId {
+                    storage: repo.storage.clone(),
+                    relative_path: parent_path.clone(),
+                };
+                let parent = self
+                    .repositories
+                    .get(&parent_id)
+                    .ok_or(Rejection::RepositoryNotFound { repo: parent_id })?;
+                // Bounded by the parent's object set, itself bounded by what was applied.
+                for oid in &parent.objects {
+                    self.objects.hold_existing(oid);
+                }
+                parent.clone()
+            }
+        };
+        self.repositories.insert(repo.clone(), repository);
+        Ok(())
+    }
+
+    fn delete_repository(&mut self, repo: &RepoId) -> Result<(), Rejection> {
+        let repository = self
+            .repositories
+            .remove(repo)
+            .ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
+        for oid in &repository.objects {
+            self.objects.release(oid);
+        }
+        Ok(())
+    }
+
+    /// Checks everything first, then changes the state: no check may fail after a change.
+    fn transaction(
+        &mut self,
+        repo: &RepoId,
+        objects: &[NewObject],
+        updates: &[RefUpdate],
+    ) -> Result<(), Rejection> {
+        let repository = self
+            .repositories
+            .get(repo)
+            .ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
+        for object in objects {
+            if let Some(pooled) = self.objects.get(&object.oid) {
+                if pooled.kind != object.kind || pooled.data != object.data {
+                    return Err(Rejection::ObjectHashCollision { oid: object.oid });
+                }
+            }
+        }
+        let written: BTreeSet<Oid> = objects.iter().map(|object| object.oid).collect();
+        refs::check_updates(&repository.refs, updates, |oid| {
+            repository.objects.contains(oid) || written.contains(oid)
+        })?;
+        let refs_count = refs::count_after(&repository.refs, updates);
+        if refs_count > REPOSITORY_REFS_MAX {
+            return Err(Rejection::TooManyRefs {
+                repo: repo.clone(),
+                count: refs_count as u64,
+                count_max: REPOSITORY_REFS_MAX as u64,
+            });
+        }
+
+        let repository = self.repositories.get_mut(repo).expect("checked above");
+        for object in objects {
+            // A repository holds an object once, however often it is written.
+            if repository.objects.insert(object.oid) {
+                self.objects.hold(object.oid, object.kind, &object.data);
+            }
+        }
+        refs::apply_updates(&mut repository.refs, updates);
+        assert_eq!(
+            repository.refs.len(),
+            refs_count,
+            "reference count after a transaction"
+        );
+        Ok(())
+    }
+}
+
+/// Cheap checks done before proposing, so that garbage is not replicated. `apply` repeats
+/// them (and every check that depends on the state) at apply time.
+pub fn validate(command: &Command) -> Result<(), Rejection> {
+    let size_bytes = command.encode().len();
+    if size_bytes > COMMAND_SIZE_BYTES_MAX {
+        // `Command::decode` refuses such bytes, so they must not be proposed.
+        return Err(Rejection::CommandTooLarge {
+            size_bytes: size_bytes as u64,
+            size_bytes_max: COMMAND_SIZE_BYTES_MAX as u64,
+        });
+    }
+    check_op(&command.op)
+}
+
+/// The checks that depend on the operation alone, in a fixed order so that every replica
+/// reports the same first problem.
+fn check_op(op: &WriteOp) -> Result<(), Rejection> {
+    match op {
+        WriteOp::CreateRepository { repo, fork_of: _ } => repo.validate(),
+        WriteOp::DeleteRepository { repo } => repo.validate(),
+        WriteOp::Transaction {
+            repo,
+            objects,
+            refs,
+        } => {
+            repo.validate()?;
+            if objects.len() > TRANSACTION_OBJECTS_MAX {
+                return Err(Rejection::TooManyObjects {
+                    count: objects.len() as u64,
+                    count_max: TRANSACTION_OBJECTS_MAX as u64,
+                });
+            }
+            if refs.len() > TRANSACTION_REF_UPDATES_MAX {
+                return Err(Rejection::TooManyRefUpdates {
+                    count: refs.len() as u64,
+                    count_max: TRANSACTION_REF_UPDATES_MAX as u64,
+                });
+            }
+            let mut seen: BTreeMap<Oid, &NewObject> = BTreeMap::new();
+            for object in objects {
+                if object.data.len() > OBJECT_SIZE_BYTES_MAX {
+                    return Err(Rejection::ObjectTooLarge {
+                        oid: object.oid,
+                        size_bytes: object.data.len() as u64,
+                        size_bytes_max: OBJECT_SIZE_BYTES_MAX as u64,
+                    });
+                }
+                let actual = Oid::hash_object(object.kind, &object.data);
+                if actual != object.oid {
+                    return Err(Rejection::ObjectIdMismatch {
+                        claimed: object.oid,
+                        actual,
+                    });
+                }
+                if let Some(earlier) = seen.insert(object.oid, object) {
+                    if earlier.kind != object.kind || earlier.data != object.data {
+                        return Err(Rejection::ObjectHashCollision { oid: object.oid });
+                    }
+                }
+            }
+            refs::check_update_shapes(refs)
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = match &self.op {
+            WriteOp::CreateRepository {
+                repo,
+                fork_of: None,
+            } => format!("create {repo}"),
+            WriteOp::CreateRepository {
+                repo,
+                fork_of: Some(parent),
+            } => format!("fork {repo} of {parent}"),
+            WriteOp::DeleteRepository { repo } => format!("delete {repo}"),
+            WriteOp::Transaction {
+                repo,
+                objects,
+                refs,
+            } => {
+                format!(
+                    "transaction on {repo}: {} objects, {} ref updates",
+                    objects.len(),
+                    refs.len()
+                )
+            }
+        };
+        write!(f, "client {} seq {}: {op}", self.client, self.seq)
+    }
+}

@@ -1,0 +1,19 @@
+//! Bounds of the peer transport, units in the names.
+
+/// Largest frame accepted from or sent to a peer. A frame above it closes the connection.
+pub const FRAME_SIZE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Raft messages queued for one peer; beyond it new messages are dropped and counted.
+pub const OUTBOX_MESSAGES_MAX: usize = 4096;
+/// Messages written in one frame.
+pub const FRAME_MESSAGES_MAX: usize = 1024;
+/// Time a new connection has to complete its handshake.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Reconnect backoff bounds.
+pub const BACKOFF_MIN_MS: u64 = 50;
+pub const BACKOFF_MAX_MS: u64 = 2_000;
+/// Batches of received messages waiting for the router.
+pub const INBOX_BATCHES_MAX: usize = 1024;
+
+const _: () = assert!(FRAME_MESSAGES_MAX <= OUTBOX_MESSAGES_MAX);
+const _: () = assert!(BACKOFF_MIN_MS < BACKOFF_MAX_MS);
+const _: () = assert!(FRAME_SIZE_BYTES_MAX < cohort_core::codec::DECODE_SIZE_BYTES_MAX);

@@ -1,0 +1,5 @@
+//! One peer link's parts: authentication, reconnect pacing, and the bounded outbox.
+
+pub mod backoff;
+pub mod handshake;
+pub mod outbox;

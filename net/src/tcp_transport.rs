@@ -1,0 +1,346 @@
+//! The production [`Transport`]: one TCP connection per pair of nodes, carrying
+//! length-prefixed frames of Raft message batches for many partitions.
+//!
+//! Of each pair, the node with the lower id dials and the other accepts; both then send and
+//! receive on that one connection. Each peer has a bounded outbox (full: drop and count; Raft
+//! retransmits) and a link task that (re)connects with backoff, authenticates, then pumps the
+//! outbox out and received frames into the node's inbox. Bad bytes from a peer close that
+//! connection only.
+
+use crate::frame::{read_frame, write_frame, Frame, FrameError};
+use crate::limits;
+use crate::peer::backoff::Backoff;
+use crate::peer::handshake::{self, Credentials};
+use crate::peer::outbox::Outbox;
+use cohort_core::env::{Envelope, Transport};
+use cohort_core::ids::{NodeId, PartitionId};
+use futures::channel::mpsc;
+use protobuf::Message as _;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    pub node: NodeId,
+    pub cluster_id: String,
+    pub secret: Vec<u8>,
+    /// Every other node of the cluster and its peer address.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub frame_size_bytes_max: usize,
+    pub outbox_messages_max: usize,
+    /// Seeds handshake nonces and backoff jitter.
+    pub seed: u64,
+}
+
+impl TransportConfig {
+    pub fn new(node: NodeId, cluster_id: &str, secret: &[u8], peers: BTreeMap<NodeId, SocketAddr>, seed: u64) -> TransportConfig {
+        TransportConfig {
+            node,
+            cluster_id: cluster_id.to_owned(),
+            secret: secret.to_vec(),
+            peers,
+            frame_size_bytes_max: limits::FRAME_SIZE_BYTES_MAX,
+            outbox_messages_max: limits::OUTBOX_MESSAGES_MAX,
+            seed,
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    /// Dropped because a peer's outbox was full or the inbox was.
+    pub messages_dropped: AtomicU64,
+    /// Connections closed for a failed handshake or a bad frame.
+    pub connections_rejected: AtomicU64,
+}
+
+struct Link {
+    peer: NodeId,
+    address: SocketAddr,
+    outbox: Outbox,
+    /// Accepted connections from this peer, newest wins.
+    accepted: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<TcpStream>>>,
+    accepted_tx: tokio::sync::mpsc::Sender<TcpStream>,
+    connected: AtomicBool,
+}
+
+pub struct TcpTransport {
+    config: TransportConfig,
+    links: BTreeMap<NodeId, Arc<Link>>,
+    stats: Arc<TransportStats>,
+    rng: Mutex<StdRng>,
+    inbox: mpsc::Sender<Vec<Envelope>>,
+}
+
+impl TcpTransport {
+    /// Starts accepting on `listener` and connecting to every peer. Received messages are
+    /// pushed, in batches, into `inbox`.
+    pub fn start(config: TransportConfig, listener: TcpListener, inbox: mpsc::Sender<Vec<Envelope>>) -> Arc<TcpTransport> {
+        assert!(!config.peers.contains_key(&config.node), "a node is not its own peer");
+        let links = config
+            .peers
+            .iter()
+            .map(|(&peer, &address)| {
+                let (accepted_tx, accepted_rx) = tokio::sync::mpsc::channel(2);
+                let link = Link {
+                    peer,
+                    address,
+                    outbox: Outbox::new(config.outbox_messages_max),
+                    accepted: tokio::sync::Mutex::new(Some(accepted_rx)),
+                    accepted_tx,
+                    connected: AtomicBool::new(false),
+                };
+                (peer, Arc::new(link))
+            })
+            .collect();
+        let transport = Arc::new(TcpTransport {
+            rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+            config,
+            links,
+            stats: Arc::new(TransportStats::default()),
+            inbox,
+        });
+        tokio::spawn(transport.clone().accept_loop(listener));
+        for link in transport.links.values() {
+            tokio::spawn(transport.clone().run_link(link.clone()));
+        }
+        transport
+    }
+
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+
+    /// Peers with an authenticated connection right now.
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        self.links.values().filter(|l| l.connected.load(Ordering::Relaxed)).map(|l| l.peer).collect()
+    }
+
+    /// Messages queued for sending, over all peers.
+    pub fn outbox_messages(&self) -> usize {
+        self.links.values().map(|l| l.outbox.len()).sum()
+    }
+
+    fn nonce(&self) -> [u8; 32] {
+        self.rng.lock().expect("not poisoned").gen()
+    }
+
+    fn credentials(&self) -> Credentials<'_> {
+        Credentials { cluster_id: &self.config.cluster_id, secret: &self.config.secret, node: self.config.node.0 }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a peer connection failed");
+                    tokio::time::sleep(Duration::from_millis(limits::BACKOFF_MIN_MS)).await;
+                    continue;
+                }
+            };
+            let transport = self.clone();
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let nonce = transport.nonce();
+                let credentials = transport.credentials();
+                let handshake = handshake::accept(&mut stream, &credentials, |id| transport.links.contains_key(&NodeId(id)), nonce);
+                let result = tokio::time::timeout(Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS), handshake).await;
+                match result {
+                    Ok(Ok(peer)) => {
+                        let link = &transport.links[&NodeId(peer)];
+                        // The link task picks it up; if two are queued the newest wins there.
+                        let _ = link.accepted_tx.send(stream).await;
+                    }
+                    Ok(Err(error)) => {
+                        transport.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%remote, %error, "peer connection refused");
+                    }
+                    Err(_) => {
+                        transport.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%remote, "peer handshake timed out");
+                    }
+                }
+            });
+        }
+    }
+
+    async fn dial(&self, link: &Link) -> Result<TcpStream, String> {
+        let connect = async {
+            let mut stream = TcpStream::connect(link.address).await.map_err(|e| e.to_string())?;
+            let _ = stream.set_nodelay(true);
+            handshake::dial(&mut stream, &self.credentials(), link.peer.0, self.nonce()).await.map_err(|e| e.to_string())?;
+            Ok(stream)
+        };
+        match tokio::time::timeout(Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS), connect).await {
+            Ok(result) => result,
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    async fn run_link(self: Arc<Self>, link: Arc<Link>) {
+        let dialer = self.config.node < link.peer;
+        let seed = self.config.seed ^ link.peer.0;
+        let mut backoff = Backoff::new(limits::BACKOFF_MIN_MS, limits::BACKOFF_MAX_MS, seed);
+        let mut accepted = link.accepted.lock().await.take().expect("one task per link");
+        loop {
+            let stream = if dialer {
+                match self.dial(&link).await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::debug!(peer = %link.peer, %error, "connecting to peer failed");
+                        // Messages queued for an unreachable peer are stale by the time it is
+                        // back; Raft resends what still matters.
+                        let dropped = link.outbox.clear();
+                        self.stats.messages_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        continue;
+                    }
+                }
+            } else {
+                match accepted.recv().await {
+                    Some(stream) => stream,
+                    None => return,
+                }
+            };
+            backoff.reset();
+            link.connected.store(true, Ordering::Relaxed);
+            tracing::info!(peer = %link.peer, "peer connected");
+            let outcome = self.pump(&link, stream, if dialer { None } else { Some(&mut accepted) }).await;
+            link.connected.store(false, Ordering::Relaxed);
+            tracing::info!(peer = %link.peer, %outcome, "peer connection closed");
+            if let Some(replacement) = outcome.replacement {
+                // The peer reconnected (it restarted): serve the new connection at once.
+                let _ = link.accepted_tx.try_send(replacement);
+            }
+            if dialer {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+
+    /// Moves frames both ways on `stream` until it fails or, on the accepting side, a newer
+    /// connection from the same peer arrives.
+    async fn pump(
+        &self,
+        link: &Link,
+        stream: TcpStream,
+        accepted: Option<&mut tokio::sync::mpsc::Receiver<TcpStream>>,
+    ) -> PumpOutcome {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let frame_max = self.config.frame_size_bytes_max;
+        let write = async {
+            loop {
+                let batch = link.outbox.take(limits::FRAME_MESSAGES_MAX);
+                if batch.is_empty() {
+                    link.outbox.notify.notified().await;
+                    continue;
+                }
+                let count = batch.len() as u64;
+                let frame = Frame::Batch(
+                    batch.into_iter().map(|e| (e.partition.0, e.message.write_to_bytes().expect("raft messages encode"))).collect(),
+                );
+                write_frame(&mut writer, &frame, frame_max).await?;
+                self.stats.messages_sent.fetch_add(count, Ordering::Relaxed);
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), FrameError>(())
+        };
+        let read = self.read_loop(link, &mut reader);
+        let replaced = async {
+            match accepted {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = write => PumpOutcome { reason: format!("write: {}", result.err().map(|e| e.to_string()).unwrap_or_default()), replacement: None },
+            error = read => {
+                if matches!(error, PeerError::Protocol(_) | PeerError::Frame(FrameError::TooLarge { .. }) | PeerError::Frame(FrameError::Decode(_))) {
+                    self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %link.peer, %error, "closing peer connection on bad input");
+                }
+                PumpOutcome { reason: format!("read: {error}"), replacement: None }
+            }
+            newer = replaced => PumpOutcome { reason: "replaced by a newer connection".into(), replacement: newer },
+        }
+    }
+}
+
+impl TcpTransport {
+    /// Reads frames into the inbox until the connection fails; returns why.
+    async fn read_loop<R: tokio::io::AsyncRead + Unpin>(&self, link: &Link, reader: &mut R) -> PeerError {
+        let mut buffer = Vec::new();
+        let mut inbox = self.inbox.clone();
+        loop {
+            let frame = match read_frame(reader, self.config.frame_size_bytes_max, &mut buffer).await {
+                Ok(frame) => frame,
+                Err(error) => return PeerError::Frame(error),
+            };
+            let Frame::Batch(items) = frame else {
+                return PeerError::Protocol("a handshake frame after the handshake".into());
+            };
+            let mut envelopes = Vec::with_capacity(items.len());
+            for (partition, bytes) in items {
+                let message = match raft::eraftpb::Message::parse_from_bytes(&bytes) {
+                    Ok(message) => message,
+                    Err(e) => return PeerError::Protocol(format!("raft message does not decode: {e}")),
+                };
+                // The connection is authenticated as `link.peer`: a message claiming another
+                // sender or addressed elsewhere is a protocol violation.
+                if message.from != link.peer.0 || message.to != self.config.node.0 {
+                    return PeerError::Protocol(format!(
+                        "message from {} to {} on the connection with node {}",
+                        message.from, message.to, link.peer
+                    ));
+                }
+                envelopes.push(Envelope { partition: PartitionId(partition), from: link.peer, to: self.config.node, message });
+            }
+            let count = envelopes.len() as u64;
+            self.stats.messages_received.fetch_add(count, Ordering::Relaxed);
+            if inbox.try_send(envelopes).is_err() {
+                self.stats.messages_dropped.fetch_add(count, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+struct PumpOutcome {
+    reason: String,
+    replacement: Option<TcpStream>,
+}
+
+impl std::fmt::Display for PumpOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&self, to: NodeId, batch: Vec<Envelope>) {
+        let Some(link) = self.links.get(&to) else {
+            self.stats.messages_dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            return;
+        };
+        let dropped = link.outbox.push(batch);
+        if dropped > 0 {
+            self.stats.messages_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+    }
+}

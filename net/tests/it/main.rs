@@ -1,0 +1,3 @@
+//! cohort-net's integration tests: one binary, a module per theme.
+
+mod transport;

@@ -1,0 +1,100 @@
+//! Two real TCP transports on loopback.
+
+use cohort_core::env::{Envelope, Transport};
+use cohort_core::ids::{NodeId, PartitionId};
+use cohort_net::{TcpTransport, TransportConfig};
+use futures::channel::mpsc;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+async fn listener() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    (listener, address)
+}
+
+fn envelope(from: u64, to: u64, partition: u64, index: u64) -> Envelope {
+    let mut message = raft::eraftpb::Message::default();
+    message.from = from;
+    message.to = to;
+    message.index = index;
+    message.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    Envelope { partition: PartitionId(partition), from: NodeId(from), to: NodeId(to), message }
+}
+
+struct Pair {
+    a: Arc<TcpTransport>,
+    b: Arc<TcpTransport>,
+    a_inbox: mpsc::Receiver<Vec<Envelope>>,
+    b_inbox: mpsc::Receiver<Vec<Envelope>>,
+    b_address: SocketAddr,
+}
+
+async fn pair(secret_a: &[u8], secret_b: &[u8]) -> Pair {
+    let (la, aa) = listener().await;
+    let (lb, ab) = listener().await;
+    let (tx_a, a_inbox) = mpsc::channel(64);
+    let (tx_b, b_inbox) = mpsc::channel(64);
+    let a = TcpTransport::start(TransportConfig::new(NodeId(1), "c", secret_a, BTreeMap::from([(NodeId(2), ab)]), 1), la, tx_a);
+    let b = TcpTransport::start(TransportConfig::new(NodeId(2), "c", secret_b, BTreeMap::from([(NodeId(1), aa)]), 2), lb, tx_b);
+    Pair { a, b, a_inbox, b_inbox, b_address: ab }
+}
+
+async fn next(inbox: &mut mpsc::Receiver<Vec<Envelope>>) -> Option<Vec<Envelope>> {
+    tokio::time::timeout(Duration::from_secs(10), inbox.next()).await.ok().flatten()
+}
+
+async fn wait_connected(t: &TcpTransport) {
+    for _ in 0..500 {
+        if !t.connected_peers().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never connected");
+}
+
+#[tokio::test]
+async fn messages_flow_both_ways_on_one_connection() {
+    let mut p = pair(b"s", b"s").await;
+    wait_connected(&p.a).await;
+    wait_connected(&p.b).await;
+    p.a.send(NodeId(2), vec![envelope(1, 2, 5, 1), envelope(1, 2, 6, 2)]);
+    let got = next(&mut p.b_inbox).await.expect("b receives");
+    assert_eq!(got, vec![envelope(1, 2, 5, 1), envelope(1, 2, 6, 2)]);
+    p.b.send(NodeId(1), vec![envelope(2, 1, 5, 3)]);
+    assert_eq!(next(&mut p.a_inbox).await.expect("a receives"), vec![envelope(2, 1, 5, 3)]);
+}
+
+#[tokio::test]
+async fn a_peer_with_the_wrong_secret_is_refused() {
+    let mut p = pair(b"right", b"wrong").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(p.a.connected_peers().is_empty() && p.b.connected_peers().is_empty());
+    p.a.send(NodeId(2), vec![envelope(1, 2, 5, 1)]);
+    assert!(tokio::time::timeout(Duration::from_millis(300), p.b_inbox.next()).await.is_err(), "nothing delivered");
+    assert!(p.a.stats().connections_rejected.load(Ordering::Relaxed) + p.b.stats().connections_rejected.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn garbage_on_the_peer_port_closes_that_connection_only() {
+    let mut p = pair(b"s", b"s").await;
+    wait_connected(&p.a).await;
+    for garbage in [vec![0xff; 64], vec![4, 0, 0, 0, 1, 2, 3, 4], u32::MAX.to_le_bytes().to_vec()] {
+        let mut stream = tokio::net::TcpStream::connect(p.b_address).await.unwrap();
+        stream.write_all(&garbage).await.unwrap();
+        stream.flush().await.unwrap();
+        drop(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(p.b.stats().connections_rejected.load(Ordering::Relaxed) >= 2);
+    // The authenticated connection still carries messages.
+    p.a.send(NodeId(2), vec![envelope(1, 2, 9, 9)]);
+    assert_eq!(next(&mut p.b_inbox).await.expect("still delivered"), vec![envelope(1, 2, 9, 9)]);
+}

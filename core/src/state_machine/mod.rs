@@ -1,5 +1,6 @@
 //! The deterministic replicated state machine of one partition: repositories, their objects
-//! and references, and the idempotency table, changed only by committed commands.
+//! and references, the idempotency table and (in partition 0) the cluster directory, changed
+//! only by committed commands.
 //!
 //! Every replica applies the same commands in the same raft order and must end in the same
 //! state, so nothing here reads a clock, draws randomness or iterates a hash map; every
@@ -8,10 +9,12 @@
 //! stateless ones before proposing only so that garbage is not replicated.
 //!
 //! Files: `objects.rs` (object ids, hashing, the object pool), `refs.rs` (reference names and
-//! compare-and-set), `path.rs` (repository ids), `dedup.rs` (idempotency), `snapshot.rs`
-//! (snapshots, digest, invariant checks).
+//! compare-and-set), `path.rs` (repository ids), `dedup.rs` (idempotency), `directory.rs`
+//! (the cluster directory: routes and partition members), `snapshot.rs` (snapshots, digest,
+//! invariant checks).
 
 mod dedup;
+mod directory;
 mod objects;
 mod path;
 mod refs;
@@ -20,6 +23,10 @@ mod snapshot;
 mod tests;
 
 pub use dedup::{DEDUP_CLIENTS_MAX, DEDUP_RESULTS_BYTES_MAX, DEDUP_WINDOW_MAX};
+pub use directory::{
+    Directory, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX,
+    PARTITION_LEARNERS_MAX, PARTITION_VOTERS_MAX,
+};
 pub use objects::{ObjectKind, ObjectKindParseError, Oid, OidParseError};
 pub use path::{
     validate_storage_name, RelativePath, RepoId, RELATIVE_PATH_BYTES_MAX, STORAGE_NAME_BYTES_MAX,
@@ -28,9 +35,10 @@ pub use refs::{Expected, RefName, RefUpdate, RefValue, REF_NAME_BYTES_MAX};
 pub use snapshot::Digest;
 
 use crate::codec::{self, DecodeError};
-use crate::ids::ClientId;
+use crate::ids::{ClientId, NodeId, PartitionId};
 use crate::limits::COMMAND_SIZE_BYTES_MAX;
 use dedup::{DedupTable, Lookup};
+use directory::Nodes;
 use objects::ObjectPool;
 use refs::RefTable;
 use serde::{Deserialize, Serialize};
@@ -100,6 +108,22 @@ pub enum WriteOp {
         objects: Vec<NewObject>,
         refs: Vec<RefUpdate>,
     },
+    /// Directory (partition 0): allocates the next partition id, created on `repo.storage`
+    /// with `voters` and no learners, and routes `repo` to it. The result names the id.
+    AllocatePartition { repo: RepoId, voters: Vec<NodeId> },
+    /// Directory: routes `repo` to an existing partition (a fork placed in its parent's).
+    RouteRepository {
+        repo: RepoId,
+        partition: PartitionId,
+    },
+    /// Directory: removes the route of `repo`.
+    UnrouteRepository { repo: RepoId },
+    /// Directory: records a partition's membership (after a membership change).
+    SetPartitionMembers {
+        partition: PartitionId,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    },
 }
 
 /// An object a transaction writes, with the id the client claims for it.
@@ -128,6 +152,8 @@ pub struct WriteOk {
     pub index: u64,
     /// Ids of the transaction's objects, in its order; empty for other operations.
     pub object_ids: Vec<Oid>,
+    /// The partition an `AllocatePartition` allocated; `None` for other operations.
+    pub partition: Option<PartitionId>,
 }
 
 /// Why a write or read was refused. Deterministic: decided from the command and the state at
@@ -189,6 +215,14 @@ pub enum Rejection {
         seq: u64,
         oldest_kept: u64,
     },
+    #[error("partition {partition} not found")]
+    PartitionNotFound { partition: PartitionId },
+    #[error("invalid partition members: {reason}")]
+    InvalidMembers { reason: String },
+    #[error("the directory holds {count_max} partitions, its limit")]
+    TooManyPartitions { count_max: u64 },
+    #[error("the directory routes {count_max} repositories, its limit")]
+    TooManyRoutes { count_max: u64 },
 }
 
 fn display_current(current: &Option<RefValue>) -> String {
@@ -221,6 +255,9 @@ pub enum ReadQuery {
     GetObject { repo: RepoId, oid: Oid },
     ListRepositories,
     RepositoryExists { repo: RepoId },
+    // Directory (partition 0): the partition `repo` is routed to; every partition.
+    Route { repo: RepoId },
+    Partitions,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +270,10 @@ pub enum ReadResult {
     Repositories(Vec<RepoId>),
     Exists(bool),
     Rejected(Rejection),
+    /// `None`: the repository is not routed.
+    Route(Option<(PartitionId, PartitionInfo)>),
+    /// By increasing id, each with the repositories routed to it (sorted).
+    Partitions(Vec<(PartitionId, PartitionInfo, Vec<RepoId>)>),
 }
 
 /// One repository: its references and the set of objects it holds (in the partition's pool).
@@ -252,6 +293,8 @@ pub struct StateMachine {
     repositories: BTreeMap<RepoId, Repository>,
     objects: ObjectPool,
     dedup: DedupTable,
+    /// Empty outside partition 0.
+    directory: Directory,
 }
 
 impl StateMachine {
@@ -325,7 +368,25 @@ impl StateMachine {
                 Ok(()) => ReadResult::Exists(self.repositories.contains_key(repo)),
                 Err(rejection) => ReadResult::Rejected(rejection),
             },
+            ReadQuery::Route { repo } => match repo.validate() {
+                Ok(()) => ReadResult::Route(self.directory.route(repo).map(|partition| {
+                    let info = self
+                        .directory
+                        .partition(partition)
+                        .expect("a route names a recorded partition");
+                    (partition, info.clone())
+                })),
+                Err(rejection) => ReadResult::Rejected(rejection),
+            },
+            ReadQuery::Partitions => {
+                ReadResult::Partitions(self.directory.partitions_with_routes())
+            }
         }
+    }
+
+    /// The cluster directory (empty outside partition 0).
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     /// Repositories held, sorted.
@@ -355,12 +416,36 @@ impl StateMachine {
             } => {
                 self.transaction(repo, objects, refs)?;
                 let object_ids = objects.iter().map(|object| object.oid).collect();
-                return Ok(WriteOk { index, object_ids });
+                return Ok(WriteOk {
+                    index,
+                    object_ids,
+                    partition: None,
+                });
             }
+            WriteOp::AllocatePartition { repo, voters } => {
+                let partition = self.directory.allocate_partition(repo, voters)?;
+                return Ok(WriteOk {
+                    index,
+                    object_ids: Vec::new(),
+                    partition: Some(partition),
+                });
+            }
+            WriteOp::RouteRepository { repo, partition } => {
+                self.directory.route_repository(repo, *partition)?
+            }
+            WriteOp::UnrouteRepository { repo } => self.directory.unroute_repository(repo)?,
+            WriteOp::SetPartitionMembers {
+                partition,
+                voters,
+                learners,
+            } => self
+                .directory
+                .set_partition_members(*partition, voters, learners)?,
         }
         Ok(WriteOk {
             index,
             object_ids: Vec::new(),
+            partition: None,
         })
     }
 
@@ -520,6 +605,17 @@ fn check_op(op: &WriteOp) -> Result<(), Rejection> {
             }
             refs::check_update_shapes(refs)
         }
+        WriteOp::AllocatePartition { repo, voters } => {
+            repo.validate()?;
+            directory::check_members(voters, &[])
+        }
+        WriteOp::RouteRepository { repo, partition: _ } => repo.validate(),
+        WriteOp::UnrouteRepository { repo } => repo.validate(),
+        WriteOp::SetPartitionMembers {
+            partition: _,
+            voters,
+            learners,
+        } => directory::check_members(voters, learners),
     }
 }
 
@@ -546,6 +642,25 @@ impl fmt::Display for Command {
                     refs.len()
                 )
             }
+            WriteOp::AllocatePartition { repo, voters } => {
+                format!(
+                    "allocate a partition for {repo} on voters {}",
+                    Nodes(voters)
+                )
+            }
+            WriteOp::RouteRepository { repo, partition } => {
+                format!("route {repo} to partition {partition}")
+            }
+            WriteOp::UnrouteRepository { repo } => format!("unroute {repo}"),
+            WriteOp::SetPartitionMembers {
+                partition,
+                voters,
+                learners,
+            } => format!(
+                "set members of partition {partition}: voters {}, learners {}",
+                Nodes(voters),
+                Nodes(learners)
+            ),
         };
         write!(f, "client {} seq {}: {op}", self.client, self.seq)
     }

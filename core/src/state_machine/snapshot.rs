@@ -2,6 +2,7 @@
 //! digest replicas compare.
 
 use super::dedup::DedupTable;
+use super::directory::Directory;
 use super::objects::{ObjectPool, Oid};
 use super::refs::RefValue;
 use super::{
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// Bumped on any change to the encoding of the state, so old bytes fail to restore loudly.
-const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// SHA-1 of the canonical encoding of a state (applied index excluded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -34,6 +35,7 @@ struct StateRef<'a> {
     repositories: &'a BTreeMap<RepoId, Repository>,
     objects: &'a ObjectPool,
     dedup: &'a DedupTable,
+    directory: &'a Directory,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +43,7 @@ struct StateOwned {
     repositories: BTreeMap<RepoId, Repository>,
     objects: ObjectPool,
     dedup: DedupTable,
+    directory: Directory,
 }
 
 #[derive(Serialize)]
@@ -65,11 +68,12 @@ impl StateMachine {
             repositories: &self.repositories,
             objects: &self.objects,
             dedup: &self.dedup,
+            directory: &self.directory,
         }
     }
 
-    /// SHA-1 over a canonical encoding of repositories, objects, references and the dedup
-    /// table; the applied index is left out so that replicas can be compared at any index
+    /// SHA-1 over a canonical encoding of repositories, objects, references, the dedup table
+    /// and the directory; the applied index is left out so that replicas can be compared at any index
     /// with the same contents.
     pub fn digest(&self) -> Digest {
         let mut hasher = Sha1::new();
@@ -106,6 +110,7 @@ impl StateMachine {
             repositories: snapshot.state.repositories,
             objects: snapshot.state.objects,
             dedup: snapshot.state.dedup,
+            directory: snapshot.state.directory,
         };
         match state.invariant_violation() {
             None => Ok(state),
@@ -174,6 +179,10 @@ impl StateMachine {
             }
         }
         if let Some(problem) = self.dedup.invariant_violation() {
+            return Some(problem);
+        }
+        // Routes name recorded partitions, ids are below the next one, members are valid.
+        if let Some(problem) = self.directory.invariant_violation() {
             return Some(problem);
         }
         if self.dedup.last_index_max() > self.applied_index {

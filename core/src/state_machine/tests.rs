@@ -1,5 +1,5 @@
 //! Tests of the state machine: hashing against git, validation tables, compare-and-set,
-//! idempotency, forks, snapshots, and random command sequences.
+//! idempotency, forks, the directory, snapshots, and random command sequences.
 
 use super::dedup::{DedupLimits, DedupTable, Lookup};
 use super::*;
@@ -57,6 +57,53 @@ fn set(ref_name: &str, expected: Expected, new: Option<RefValue>) -> RefUpdate {
 
 fn direct(object: &NewObject) -> RefValue {
     RefValue::Direct(object.oid)
+}
+
+fn nodes(ids: &[u64]) -> Vec<NodeId> {
+    ids.iter().map(|id| NodeId(*id)).collect()
+}
+
+fn allocate(path: &str, voters: &[u64]) -> WriteOp {
+    WriteOp::AllocatePartition {
+        repo: repo(path),
+        voters: nodes(voters),
+    }
+}
+
+fn route(path: &str, partition: u64) -> WriteOp {
+    WriteOp::RouteRepository {
+        repo: repo(path),
+        partition: PartitionId(partition),
+    }
+}
+
+fn unroute(path: &str) -> WriteOp {
+    WriteOp::UnrouteRepository { repo: repo(path) }
+}
+
+fn set_members(partition: u64, voters: &[u64], learners: &[u64]) -> WriteOp {
+    WriteOp::SetPartitionMembers {
+        partition: PartitionId(partition),
+        voters: nodes(voters),
+        learners: nodes(learners),
+    }
+}
+
+fn partition_info(authority: &str, voters: &[u64], learners: &[u64]) -> PartitionInfo {
+    PartitionInfo {
+        authority: authority.to_string(),
+        voters: nodes(voters),
+        learners: nodes(learners),
+    }
+}
+
+/// The answer of an `AllocatePartition` applied at `index`.
+fn allocated(index: u64, partition: u64) -> WriteResult {
+    Ok(WriteOk {
+        index,
+        object_ids: vec![],
+        partition: Some(PartitionId(partition)),
+    })
 }
 
 /// A state machine fed by one client, checking every invariant after every apply.
@@ -406,7 +453,8 @@ fn compare_and_set() {
         ok,
         WriteOk {
             index: 2,
-            object_ids: vec![one.oid]
+            object_ids: vec![one.oid],
+            partition: None,
         }
     );
     assert_eq!(h.refs("a"), vec![(name(main), direct(&one))]);
@@ -790,7 +838,8 @@ fn retries_return_the_original_result() {
         first,
         Ok(WriteOk {
             index: 1,
-            object_ids: vec![]
+            object_ids: vec![],
+            partition: None,
         })
     );
     let digest = h.state.digest();
@@ -923,6 +972,7 @@ fn dedup_bytes_are_bounded() {
     let result: WriteResult = Ok(WriteOk {
         index: 1,
         object_ids: vec![Oid([1; 20]); 10],
+        partition: None,
     });
     let size_bytes = codec::encode(&result).len() as u64;
     for index in 1..=50u64 {
@@ -937,6 +987,360 @@ fn dedup_bytes_are_bounded() {
     // The budget holds fewer results than 7 clients' full windows: some clients were evicted.
     assert!(limits.results_bytes_max < 7 * 4 * size_bytes);
     assert!(table.clients_len() < 7);
+}
+
+// ---- Directory ---------------------------------------------------------------------------
+
+#[test]
+fn directory_allocates_partition_ids_from_one() {
+    let mut h = Harness::new();
+    assert_eq!(h.state.directory().next_partition(), PartitionId(1));
+    let client = ClientId(4);
+    let first = h.apply(client, 1, allocate("a", &[3, 1, 2]));
+    assert_eq!(first, allocated(1, 1));
+    assert_eq!(h.apply(client, 2, allocate("b", &[2])), allocated(2, 2));
+    let other_storage = RepoId::new("other", "c").unwrap();
+    let third = h.apply(
+        client,
+        3,
+        WriteOp::AllocatePartition {
+            repo: other_storage.clone(),
+            voters: nodes(&[1]),
+        },
+    );
+    assert_eq!(third, allocated(3, 3));
+
+    let directory = h.state.directory();
+    assert_eq!(directory.route(&repo("a")), Some(PartitionId(1)));
+    assert_eq!(directory.route(&repo("b")), Some(PartitionId(2)));
+    assert_eq!(directory.route(&other_storage), Some(PartitionId(3)));
+    assert_eq!(directory.route(&repo("c")), None);
+    assert_eq!(
+        directory.partition(PartitionId(1)),
+        Some(&partition_info(STORAGE, &[1, 2, 3], &[])),
+        "voters are recorded sorted"
+    );
+    assert_eq!(
+        directory.partition(PartitionId(3)).unwrap().authority,
+        "other"
+    );
+    assert_eq!(directory.partition(PartitionId(0)), None);
+    assert_eq!(
+        directory.partitions().map(|(id, _)| id).collect::<Vec<_>>(),
+        vec![PartitionId(1), PartitionId(2), PartitionId(3)]
+    );
+    assert_eq!(directory.next_partition(), PartitionId(4));
+    // Allocation is not repository creation: the partition's own state is untouched.
+    assert!(h.state.repositories().is_empty());
+
+    // A retry answers the allocated id again and allocates nothing.
+    let digest = h.state.digest();
+    assert_eq!(h.apply(client, 1, allocate("a", &[3, 1, 2])), first);
+    assert_eq!(h.apply(client, 3, allocate("zzz", &[9])), third);
+    assert_eq!(h.state.digest(), digest);
+    assert_eq!(h.state.directory().next_partition(), PartitionId(4));
+
+    // Allocating for a routed repository is refused, and burns no id.
+    assert_eq!(
+        h.apply(client, 4, allocate("a", &[1])),
+        Err(Rejection::RepositoryExists { repo: repo("a") })
+    );
+    assert_eq!(h.state.directory().next_partition(), PartitionId(4));
+    assert_eq!(
+        h.apply(client, 5, allocate("d", &[1])),
+        allocated(h.index, 4)
+    );
+}
+
+#[test]
+fn directory_member_checks() {
+    let too_many_voters: Vec<u64> = (1..=PARTITION_VOTERS_MAX as u64 + 1).collect();
+    let too_many_learners: Vec<u64> = (10..10 + PARTITION_LEARNERS_MAX as u64 + 1).collect();
+    let most_voters: Vec<u64> = (1..=PARTITION_VOTERS_MAX as u64).collect();
+    let most_learners: Vec<u64> = (10..10 + PARTITION_LEARNERS_MAX as u64).collect();
+    let invalid: Vec<(WriteOp, &str)> = vec![
+        (allocate("a", &[]), "no voters"),
+        (allocate("a", &too_many_voters), "more than 7"),
+        (allocate("a", &[1, 2, 1]), "node 1 is listed twice"),
+        (allocate("a", &[0, 1]), "node 0"),
+        (set_members(1, &[], &[2]), "no voters"),
+        (set_members(1, &[1, 2], &[2]), "node 2 is listed twice"),
+        (set_members(1, &[1], &[3, 3]), "node 3 is listed twice"),
+        (set_members(1, &[1], &[0]), "node 0"),
+        (
+            set_members(1, &[1], &too_many_learners),
+            "learners, more than",
+        ),
+    ];
+    let mut h = Harness::new();
+    h.write(allocate("p", &[1])).unwrap();
+    let before = h.state.directory().clone();
+    for (op, reason) in invalid {
+        let command = Command {
+            client: ClientId(1),
+            seq: 1000,
+            op: op.clone(),
+        };
+        match validate(&command) {
+            Err(Rejection::InvalidMembers { reason: got }) => {
+                assert!(got.contains(reason), "{command}: {got}")
+            }
+            other => panic!("{command}: {other:?}"),
+        }
+        let rejection = h.write(op).unwrap_err();
+        assert!(
+            matches!(rejection, Rejection::InvalidMembers { .. }),
+            "{rejection}"
+        );
+        assert!(rejection
+            .to_string()
+            .starts_with("invalid partition members"));
+        assert_eq!(h.state.directory(), &before);
+    }
+    // The limits themselves are accepted.
+    assert!(h.write(allocate("a", &most_voters)).is_ok());
+    assert!(h
+        .write(set_members(1, &most_voters, &most_learners))
+        .is_ok());
+    // An invalid repository id is refused before the members are looked at.
+    let bad = RepoId {
+        storage: "a/b".to_string(),
+        relative_path: RelativePath::new("x").unwrap(),
+    };
+    for op in [
+        WriteOp::AllocatePartition {
+            repo: bad.clone(),
+            voters: vec![],
+        },
+        WriteOp::RouteRepository {
+            repo: bad.clone(),
+            partition: PartitionId(1),
+        },
+        WriteOp::UnrouteRepository { repo: bad.clone() },
+    ] {
+        let command = Command {
+            client: ClientId(1),
+            seq: 1000,
+            op: op.clone(),
+        };
+        assert!(matches!(
+            validate(&command),
+            Err(Rejection::InvalidStorageName { .. })
+        ));
+        assert!(matches!(
+            h.write(op),
+            Err(Rejection::InvalidStorageName { .. })
+        ));
+    }
+}
+
+#[test]
+fn directory_routes_forks_and_unroutes() {
+    let mut h = Harness::new();
+    assert_eq!(h.write(allocate("a", &[1, 2, 3])), allocated(1, 1));
+    // A fork goes into its parent's partition.
+    assert_eq!(
+        h.write(route("a/fork", 1)),
+        Ok(WriteOk {
+            index: 2,
+            object_ids: vec![],
+            partition: None
+        })
+    );
+    assert_eq!(
+        h.state.directory().route(&repo("a/fork")),
+        Some(PartitionId(1))
+    );
+    for missing in [0, 2, u64::MAX] {
+        assert_eq!(
+            h.write(route("b", missing)),
+            Err(Rejection::PartitionNotFound {
+                partition: PartitionId(missing)
+            })
+        );
+    }
+    assert_eq!(
+        h.write(route("b", 7)).unwrap_err().to_string(),
+        "partition 7 not found"
+    );
+    assert_eq!(
+        h.write(route("a", 1)),
+        Err(Rejection::RepositoryExists { repo: repo("a") })
+    );
+    // The partition is checked first.
+    assert_eq!(
+        h.write(route("a", 5)),
+        Err(Rejection::PartitionNotFound {
+            partition: PartitionId(5)
+        })
+    );
+    assert_eq!(h.state.directory().route(&repo("b")), None);
+
+    assert!(h.write(unroute("a/fork")).is_ok());
+    assert_eq!(h.state.directory().route(&repo("a/fork")), None);
+    assert_eq!(
+        h.write(unroute("a/fork")),
+        Err(Rejection::RepositoryNotFound {
+            repo: repo("a/fork")
+        })
+    );
+    // A partition outlives its routes, and takes routes again.
+    assert!(h.write(unroute("a")).is_ok());
+    assert!(h.state.directory().partition(PartitionId(1)).is_some());
+    assert!(h.write(route("a", 1)).is_ok());
+    // A repository once unrouted can be allocated a new partition.
+    assert!(h.write(unroute("a")).is_ok());
+    assert_eq!(h.write(allocate("a", &[4])), allocated(h.index, 2));
+}
+
+#[test]
+fn directory_set_partition_members() {
+    let mut h = Harness::new();
+    h.write(allocate("a", &[1, 2, 3])).unwrap();
+    let ok = h.write(set_members(1, &[4, 2, 3], &[9, 1])).unwrap();
+    assert_eq!(ok.partition, None);
+    assert_eq!(
+        h.state.directory().partition(PartitionId(1)),
+        Some(&partition_info(STORAGE, &[2, 3, 4], &[1, 9]))
+    );
+    // Setting the same members again is fine; the authority never changes.
+    h.write(set_members(1, &[2, 3, 4], &[1, 9])).unwrap();
+    assert_eq!(
+        h.state
+            .directory()
+            .partition(PartitionId(1))
+            .unwrap()
+            .authority,
+        STORAGE
+    );
+    assert_eq!(
+        h.write(set_members(2, &[1], &[])),
+        Err(Rejection::PartitionNotFound {
+            partition: PartitionId(2)
+        })
+    );
+    assert_eq!(h.state.directory().partitions().count(), 1);
+}
+
+#[test]
+fn directory_reads() {
+    let mut h = Harness::new();
+    let route_of =
+        |h: &Harness, path: &str| match h.state.read(&ReadQuery::Route { repo: repo(path) }) {
+            ReadResult::Route(route) => route,
+            other => panic!("Route answered {other:?}"),
+        };
+    assert_eq!(route_of(&h, "a"), None);
+    assert_eq!(
+        h.state.read(&ReadQuery::Partitions),
+        ReadResult::Partitions(vec![])
+    );
+    h.write(allocate("b", &[2, 1])).unwrap();
+    h.write(allocate("a", &[3])).unwrap();
+    h.write(allocate("c", &[1])).unwrap();
+    h.write(route("b/z", 1)).unwrap();
+    h.write(route("b/fork", 1)).unwrap();
+    h.write(unroute("c")).unwrap();
+    h.write(set_members(2, &[3], &[4])).unwrap();
+
+    assert_eq!(
+        route_of(&h, "b/fork"),
+        Some((PartitionId(1), partition_info(STORAGE, &[1, 2], &[])))
+    );
+    assert_eq!(
+        route_of(&h, "a"),
+        Some((PartitionId(2), partition_info(STORAGE, &[3], &[4])))
+    );
+    assert_eq!(route_of(&h, "c"), None);
+    assert_eq!(
+        h.state.read(&ReadQuery::Partitions),
+        ReadResult::Partitions(vec![
+            (
+                PartitionId(1),
+                partition_info(STORAGE, &[1, 2], &[]),
+                vec![repo("b"), repo("b/fork"), repo("b/z")]
+            ),
+            (
+                PartitionId(2),
+                partition_info(STORAGE, &[3], &[4]),
+                vec![repo("a")]
+            ),
+            (PartitionId(3), partition_info(STORAGE, &[1], &[]), vec![]),
+        ])
+    );
+    let bad = RepoId {
+        storage: String::new(),
+        relative_path: RelativePath::new("a").unwrap(),
+    };
+    assert!(matches!(
+        h.state.read(&ReadQuery::Route { repo: bad }),
+        ReadResult::Rejected(Rejection::InvalidStorageName { .. })
+    ));
+}
+
+#[test]
+fn directory_limits() {
+    let mut h = Harness::new();
+    h.write(allocate("a", &[1])).unwrap();
+    h.write(allocate("b", &[1])).unwrap();
+    // Fill partition 1 up to the repositories a partition holds (directly: through `Harness`
+    // every step would check every invariant).
+    let directory = &mut h.state.directory;
+    for number in 1..PARTITION_REPOSITORIES_MAX {
+        directory
+            .route_repository(&repo(&format!("f/{number}")), PartitionId(1))
+            .unwrap();
+    }
+    assert_eq!(directory.invariant_violation(), None);
+    assert_eq!(
+        h.write(route("one-too-many", 1)),
+        Err(Rejection::TooManyRepositories {
+            count_max: PARTITION_REPOSITORIES_MAX as u64
+        })
+    );
+    assert!(h.write(route("elsewhere", 2)).is_ok());
+    assert!(h.write(unroute("f/1")).is_ok());
+    assert!(h.write(route("one-too-many", 1)).is_ok());
+
+    // Partition ids are never reused; running out of them refuses allocation.
+    h.state.directory.next_partition = u64::MAX;
+    assert_eq!(h.state.invariant_violation(), None);
+    assert_eq!(
+        h.write(allocate("c", &[1])),
+        Err(Rejection::TooManyPartitions {
+            count_max: DIRECTORY_PARTITIONS_MAX as u64
+        })
+    );
+    assert_eq!(h.state.directory().route(&repo("c")), None);
+}
+
+#[test]
+fn directory_commands_display_and_encode() {
+    let many: Vec<u64> = (1..=20).collect();
+    for (op, text) in [
+        (
+            allocate("a", &[3, 1]),
+            "allocate a partition for default:a on voters [3, 1]",
+        ),
+        (route("a/f", 2), "route default:a/f to partition 2"),
+        (unroute("a"), "unroute default:a"),
+        (
+            set_members(2, &[1], &[]),
+            "set members of partition 2: voters [1], learners []",
+        ),
+        (
+            allocate("a", &many),
+            "allocate a partition for default:a on voters [1, 2, 3, 4, 5, 6, 7, 8, … 20 in all]",
+        ),
+    ] {
+        let command = Command {
+            client: ClientId(2),
+            seq: 3,
+            op,
+        };
+        assert_eq!(command.to_string(), format!("client 2 seq 3: {text}"));
+        assert_eq!(Command::decode(&command.encode()).unwrap(), command);
+    }
 }
 
 // ---- Snapshots and encodings ---------------------------------------------------------------
@@ -958,6 +1362,10 @@ fn sample_state() -> StateMachine {
         vec![set("refs/heads/main", Expected::MustNotExist, None)],
     ))
     .unwrap_err();
+    h.write(allocate("a", &[1, 2, 3])).unwrap();
+    h.write(allocate("b", &[2])).unwrap();
+    h.write(route("f", 1)).unwrap();
+    h.write(set_members(2, &[2, 3], &[4])).unwrap();
     h.state.apply_noop(h.index + 5);
     h.state
 }
@@ -990,6 +1398,88 @@ fn snapshot_round_trip() {
     let mut behind = state.clone();
     behind.applied_index = 1;
     assert!(StateMachine::from_snapshot_bytes(&behind.to_snapshot_bytes()).is_err());
+}
+
+#[test]
+fn snapshot_round_trip_with_a_directory() {
+    let state = sample_state();
+    assert_eq!(state.directory().partitions().count(), 2);
+    let restored = StateMachine::from_snapshot_bytes(&state.to_snapshot_bytes()).unwrap();
+    assert_eq!(restored, state);
+    assert_eq!(restored.directory(), state.directory());
+    assert_eq!(restored.digest(), state.digest());
+
+    // The directory is in the digest.
+    let mut without = state.clone();
+    without.directory = Directory::default();
+    assert_ne!(without.digest(), state.digest());
+    assert_eq!(without.invariant_violation(), None);
+
+    // A restored directory keeps allocating where it left off, like the original.
+    let mut left = state.clone();
+    let mut right = restored;
+    let command = Command {
+        client: ClientId(1),
+        seq: 1000,
+        op: allocate("new", &[1]),
+    };
+    let index = state.applied_index() + 1;
+    assert_eq!(left.apply(index, &command), allocated(index, 3));
+    assert_eq!(right.apply(index, &command), allocated(index, 3));
+    assert_eq!(left.digest(), right.digest());
+
+    // Well-formed bytes of an inconsistent directory are refused.
+    let refused = |state: &StateMachine, needle: &str| {
+        let error = StateMachine::from_snapshot_bytes(&state.to_snapshot_bytes()).unwrap_err();
+        assert!(error.reason.contains(needle), "{error}");
+        assert!(state.invariant_violation().is_some());
+    };
+    let mut dangling = state.clone();
+    dangling.directory.routes.insert(repo("g"), PartitionId(9));
+    refused(&dangling, "unknown partition 9");
+    let mut reused = state.clone();
+    reused.directory.next_partition = 2;
+    refused(&reused, "outside the allocated ids");
+    let mut zero = state.clone();
+    zero.directory.next_partition = 0;
+    refused(&zero, "ids start at 1");
+    let mut unsorted = state.clone();
+    unsorted
+        .directory
+        .partitions
+        .get_mut(&PartitionId(1))
+        .unwrap()
+        .voters
+        .reverse();
+    refused(&unsorted, "not sorted");
+    let mut no_voters = state.clone();
+    no_voters
+        .directory
+        .partitions
+        .get_mut(&PartitionId(2))
+        .unwrap()
+        .voters
+        .clear();
+    refused(&no_voters, "no voters");
+    let mut bad_authority = state.clone();
+    bad_authority
+        .directory
+        .partitions
+        .get_mut(&PartitionId(2))
+        .unwrap()
+        .authority = "../x".to_string();
+    refused(&bad_authority, "invalid storage name");
+
+    // Counts out of step with the routes (not encoded, so only the in-memory check sees it).
+    let mut miscounted = state.clone();
+    miscounted
+        .directory
+        .routes
+        .insert(repo("g"), PartitionId(2));
+    assert_eq!(
+        miscounted.invariant_violation(),
+        Some("directory route counts out of step".to_string())
+    );
 }
 
 #[test]
@@ -1104,7 +1594,23 @@ fn arb_op() -> impl Strategy<Value = WriteOp> {
         8 => (prop_oneof![3 => Just(0), 1 => 0..PATHS.len()], prop::collection::vec(arb_object(), 0..3),
             prop::collection::vec(arb_update(), 0..3))
             .prop_map(|(p, objects, refs)| tx(PATHS[p], objects, refs)),
+        // The directory.
+        2 => (0..PATHS.len(), arb_nodes()).prop_map(|(p, voters)| allocate(PATHS[p], &voters)),
+        1 => (0..PATHS.len(), arb_partition()).prop_map(|(p, partition)| route(PATHS[p], partition)),
+        1 => (0..PATHS.len()).prop_map(|p| unroute(PATHS[p])),
+        1 => (arb_partition(), arb_nodes(), arb_nodes())
+            .prop_map(|(partition, voters, learners)| set_members(partition, &voters, &learners)),
     ]
+}
+
+/// Mostly the first ids allocated; sometimes partition 0 (never allocated) or a later one.
+fn arb_partition() -> impl Strategy<Value = u64> {
+    prop_oneof![3 => 1..3u64, 1 => 0..6u64]
+}
+
+/// Member lists, mostly valid; sometimes empty, with a duplicate or with node 0.
+fn arb_nodes() -> impl Strategy<Value = Vec<u64>> {
+    prop::collection::vec(prop_oneof![9 => 1..6u64, 1 => Just(0u64)], 0..4)
 }
 
 /// A command, or `None` for a no-op entry; the first creates repository "a".
@@ -1160,7 +1666,7 @@ proptest! {
                 if let Some(state) = restored.as_mut() { state.apply_noop(index); }
                 continue;
             };
-            let before = (left.repositories.clone(), left.objects.clone());
+            let before = (left.repositories.clone(), left.objects.clone(), left.directory.clone());
             let result = left.apply(index, command);
             prop_assert_eq!(&right.apply(index, command), &result);
             if let Some(state) = restored.as_mut() {
@@ -1170,12 +1676,25 @@ proptest! {
             prop_assert_eq!(left.digest(), right.digest());
             // A rejection changes nothing but the dedup table.
             if result.is_err() {
-                prop_assert_eq!(&(left.repositories.clone(), left.objects.clone()), &before);
+                prop_assert_eq!(&(left.repositories.clone(), left.objects.clone(), left.directory.clone()), &before);
             }
             // Seqs stay far inside the window: every retry answers the first result.
             match first_results.get(&(command.client, command.seq)) {
                 Some(first) => prop_assert_eq!(first, &result),
-                None => { first_results.insert((command.client, command.seq), result); }
+                None => {
+                    // A new write: only an allocation names a partition, the one just routed.
+                    if let Ok(ok) = &result {
+                        match &command.op {
+                            WriteOp::AllocatePartition { repo, .. } => {
+                                let id = ok.partition.expect("an allocation names its partition");
+                                prop_assert_eq!(left.directory().route(repo), Some(id));
+                                prop_assert_eq!(left.directory().next_partition(), PartitionId(id.0 + 1));
+                            }
+                            _ => prop_assert_eq!(ok.partition, None),
+                        }
+                    }
+                    first_results.insert((command.client, command.seq), result);
+                }
             }
         }
         if let Some(state) = restored {

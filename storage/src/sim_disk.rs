@@ -1,0 +1,499 @@
+//! The simulated [`Disk`]: in memory, deterministic from a seed, with a real file system's
+//! crash semantics and injectable faults.
+//!
+//! What survives [`SimDisk::crash`]:
+//! - a file's bytes up to its last successful sync; of the bytes appended after it, a random
+//!   prefix, whose last bytes may be torn (zero-filled or garbled, at most
+//!   [`SIM_TORN_BYTES_MAX`]), as when a machine loses power in the middle of a write-back;
+//! - a directory's entries as of its last successful [`Disk::sync_dir`]: creations, renames
+//!   and removals not followed by one are undone.
+//!
+//! Files and directories are inodes, as on a real file system, so a renamed directory takes
+//! its whole subtree along. No real I/O, no threads, no clock: only the seed decides.
+
+use crate::limits::SIM_TORN_BYTES_MAX;
+use cohort_core::env::{Disk, DiskError, DiskFile};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+type NodeId = u64;
+const ROOT: NodeId = 0;
+
+/// Counters of what the disk was asked to do, for tests that count fsyncs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimDiskStats {
+    pub appends: u64,
+    pub appended_bytes: u64,
+    pub file_syncs: u64,
+    pub dir_syncs: u64,
+    pub truncates: u64,
+    pub crashes: u64,
+}
+
+/// An in-memory [`Disk`] that loses and tears unsynced data at [`SimDisk::crash`].
+pub struct SimDisk {
+    state: Arc<Mutex<SimState>>,
+}
+
+struct SimState {
+    nodes: BTreeMap<NodeId, Node>,
+    next_node: NodeId,
+    rng: StdRng,
+    /// Bumped at every crash: handles opened before it fail, as the process that held them died.
+    generation: u64,
+    fail_syncs: bool,
+    fail_appends: bool,
+    /// Chance that a crash tears the end of a file's surviving unsynced bytes.
+    torn_write_probability: f64,
+    stats: SimDiskStats,
+}
+
+enum Node {
+    File(FileNode),
+    Dir(DirNode),
+}
+
+struct FileNode {
+    /// Every byte of the file, durable or not.
+    data: Vec<u8>,
+    /// `data[..synced_len]` survives a crash intact.
+    synced_len: usize,
+}
+
+#[derive(Default)]
+struct DirNode {
+    entries: BTreeMap<String, NodeId>,
+    /// The entries as of the last `sync_dir`: what a crash leaves.
+    durable: BTreeMap<String, NodeId>,
+}
+
+fn error(op: &'static str, path: &Path, kind: io::ErrorKind, what: &str) -> DiskError {
+    DiskError::new(op, path, io::Error::new(kind, what.to_owned()))
+}
+
+fn not_found(op: &'static str, path: &Path) -> DiskError {
+    error(op, path, io::ErrorKind::NotFound, "no such file or directory")
+}
+
+/// The names along `path`. Paths come from our own code, so one that escapes the root is a bug.
+fn names(path: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => out.push(
+                name.to_str().expect("simulated disk paths are UTF-8").to_owned(),
+            ),
+            Component::CurDir => {}
+            other => panic!(
+                "disk paths are relative and stay under the root: {} has {other:?}",
+                path.display()
+            ),
+        }
+    }
+    out
+}
+
+impl SimState {
+    fn dir(&self, id: NodeId) -> Option<&DirNode> {
+        match self.nodes.get(&id) {
+            Some(Node::Dir(dir)) => Some(dir),
+            _ => None,
+        }
+    }
+
+    fn dir_mut(&mut self, id: NodeId) -> &mut DirNode {
+        match self.nodes.get_mut(&id) {
+            Some(Node::Dir(dir)) => dir,
+            _ => panic!("node {id} is a directory"),
+        }
+    }
+
+    fn file_mut(&mut self, id: NodeId) -> Option<&mut FileNode> {
+        match self.nodes.get_mut(&id) {
+            Some(Node::File(file)) => Some(file),
+            _ => None,
+        }
+    }
+
+    /// The node at `names`, following current (not durable) entries.
+    fn lookup(&self, names: &[String]) -> Option<NodeId> {
+        let mut id = ROOT;
+        for name in names {
+            id = *self.dir(id)?.entries.get(name)?;
+        }
+        Some(id)
+    }
+
+    /// The directory holding the last of `names`, and that last name.
+    fn parent<'n>(
+        &self,
+        op: &'static str,
+        path: &Path,
+        names: &'n [String],
+    ) -> Result<(NodeId, &'n str), DiskError> {
+        let (last, dirs) = names
+            .split_last()
+            .ok_or_else(|| error(op, path, io::ErrorKind::InvalidInput, "the root has no parent"))?;
+        let parent = self.lookup(dirs).ok_or_else(|| not_found(op, path))?;
+        if self.dir(parent).is_none() {
+            return Err(error(op, path, io::ErrorKind::Other, "not a directory"));
+        }
+        Ok((parent, last))
+    }
+
+    fn new_node(&mut self, node: Node) -> NodeId {
+        let id = self.next_node;
+        self.next_node += 1;
+        self.nodes.insert(id, node);
+        id
+    }
+
+    fn crash(&mut self) {
+        self.generation += 1;
+        self.stats.crashes += 1;
+        let torn_probability = self.torn_write_probability;
+        // Iterate ids in order so that the rng is consumed the same way for the same seed.
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            let rng = &mut self.rng;
+            match self.nodes.get_mut(&id).expect("listed node") {
+                Node::Dir(dir) => dir.entries = dir.durable.clone(),
+                Node::File(file) => {
+                    let unsynced = file.data.len() - file.synced_len;
+                    let kept = rng.gen_range(0..=unsynced);
+                    let len = file.synced_len + kept;
+                    file.data.truncate(len);
+                    if kept > 0 && rng.gen_bool(torn_probability) {
+                        // Tear only bytes that were never synced: synced bytes are sacred.
+                        let torn = rng.gen_range(1..=kept.min(SIM_TORN_BYTES_MAX));
+                        let tail = &mut file.data[len - torn..];
+                        if rng.gen_bool(0.5) {
+                            tail.fill(0);
+                        } else {
+                            rng.fill(tail);
+                        }
+                    }
+                    // What the disk holds after a crash is all there is: it is durable now.
+                    file.synced_len = file.data.len();
+                }
+            }
+        }
+        // Forget nodes no surviving directory entry reaches.
+        let mut reachable = BTreeSet::from([ROOT]);
+        let mut stack = vec![ROOT];
+        while let Some(id) = stack.pop() {
+            if let Some(dir) = self.dir(id) {
+                for &child in dir.entries.values() {
+                    if reachable.insert(child) {
+                        stack.push(child);
+                    }
+                }
+            }
+        }
+        self.nodes.retain(|id, _| reachable.contains(id));
+    }
+}
+
+impl SimDisk {
+    /// An empty disk whose crash outcomes are decided by `seed`.
+    pub fn new(seed: u64) -> SimDisk {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(ROOT, Node::Dir(DirNode::default()));
+        SimDisk {
+            state: Arc::new(Mutex::new(SimState {
+                nodes,
+                next_node: ROOT + 1,
+                rng: StdRng::seed_from_u64(seed),
+                generation: 0,
+                fail_syncs: false,
+                fail_appends: false,
+                torn_write_probability: 0.25,
+                stats: SimDiskStats::default(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding the lock leaves the state consistent enough to inspect: every
+        // mutation is a single step.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Loses what a power cut would lose (see the module docs). Handles opened before the crash
+    /// fail from now on; open the files again.
+    pub fn crash(&self) {
+        self.lock().crash();
+    }
+
+    /// While set, file and directory syncs (and `truncate`, which syncs) fail and make nothing
+    /// durable.
+    pub fn set_fail_syncs(&self, fail: bool) {
+        self.lock().fail_syncs = fail;
+    }
+
+    /// While set, appends fail and write nothing, as on a full disk.
+    pub fn set_fail_appends(&self, fail: bool) {
+        self.lock().fail_appends = fail;
+    }
+
+    /// Chance (0.0 to 1.0) that a crash tears the end of a file's surviving unsynced bytes.
+    pub fn set_torn_write_probability(&self, probability: f64) {
+        assert!((0.0..=1.0).contains(&probability), "a probability is within 0..=1");
+        self.lock().torn_write_probability = probability;
+    }
+
+    pub fn stats(&self) -> SimDiskStats {
+        self.lock().stats
+    }
+
+    /// Bytes of `path` that would survive a crash now, for tests; `None` if it is no file.
+    pub fn synced_len(&self, path: &Path) -> Option<usize> {
+        let mut state = self.lock();
+        let id = state.lookup(&names(path))?;
+        state.file_mut(id).map(|file| file.synced_len)
+    }
+}
+
+impl std::fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("SimDisk")
+            .field("nodes", &state.nodes.len())
+            .field("stats", &state.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Disk for SimDisk {
+    fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
+        let mut state = self.lock();
+        let mut id = ROOT;
+        for name in names(dir) {
+            let next = match state.dir(id) {
+                Some(d) => d.entries.get(&name).copied(),
+                None => return Err(error("create_dir_all", dir, io::ErrorKind::Other, "not a directory")),
+            };
+            id = match next {
+                Some(next) => next,
+                None => {
+                    let new = state.new_node(Node::Dir(DirNode::default()));
+                    state.dir_mut(id).entries.insert(name, new);
+                    new
+                }
+            };
+        }
+        if state.dir(id).is_none() {
+            return Err(error("create_dir_all", dir, io::ErrorKind::AlreadyExists, "a file is in the way"));
+        }
+        Ok(())
+    }
+
+    fn open_append(&self, path: &Path) -> Result<Box<dyn DiskFile>, DiskError> {
+        let mut state = self.lock();
+        let names = names(path);
+        let (parent, name) = state.parent("open_append", path, &names)?;
+        let id = match state.dir(parent).expect("parent is a directory").entries.get(name) {
+            Some(&id) => {
+                if state.file_mut(id).is_none() {
+                    return Err(error("open_append", path, io::ErrorKind::Other, "is a directory"));
+                }
+                id
+            }
+            None => {
+                let id = state.new_node(Node::File(FileNode { data: Vec::new(), synced_len: 0 }));
+                state.dir_mut(parent).entries.insert(name.to_owned(), id);
+                id
+            }
+        };
+        Ok(Box::new(SimFile {
+            state: Arc::clone(&self.state),
+            node: id,
+            generation: state.generation,
+            path: path.to_owned(),
+        }))
+    }
+
+    fn read(&self, path: &Path) -> Result<Vec<u8>, DiskError> {
+        let mut state = self.lock();
+        let id = state.lookup(&names(path)).ok_or_else(|| not_found("read", path))?;
+        let file = state
+            .file_mut(id)
+            .ok_or_else(|| error("read", path, io::ErrorKind::Other, "is a directory"))?;
+        Ok(file.data.clone())
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, DiskError> {
+        let mut state = self.lock();
+        let id = state.lookup(&names(path)).ok_or_else(|| not_found("read_at", path))?;
+        let file = state
+            .file_mut(id)
+            .ok_or_else(|| error("read_at", path, io::ErrorKind::Other, "is a directory"))?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(file.data.len());
+        let end = start.saturating_add(len).min(file.data.len());
+        Ok(file.data[start..end].to_vec())
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> Result<(), DiskError> {
+        let mut state = self.lock();
+        if state.fail_syncs {
+            return Err(error("truncate", path, io::ErrorKind::Other, "injected sync failure"));
+        }
+        let id = state.lookup(&names(path)).ok_or_else(|| not_found("truncate", path))?;
+        let file = state
+            .file_mut(id)
+            .ok_or_else(|| error("truncate", path, io::ErrorKind::Other, "is a directory"))?;
+        let len = usize::try_from(len).expect("simulated files fit in memory");
+        file.data.resize(len, 0);
+        file.synced_len = len;
+        state.stats.truncates += 1;
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
+        let state = self.lock();
+        let Some(id) = state.lookup(&names(dir)) else {
+            return Ok(Vec::new());
+        };
+        let dir_node = state
+            .dir(id)
+            .ok_or_else(|| error("list", dir, io::ErrorKind::Other, "not a directory"))?;
+        // BTreeMap keys are already sorted.
+        Ok(dir_node.entries.keys().cloned().collect())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
+        let mut state = self.lock();
+        let from_names = names(from);
+        let to_names = names(to);
+        let (from_parent, from_name) = state.parent("rename", from, &from_names)?;
+        let (to_parent, to_name) = state.parent("rename", to, &to_names)?;
+        let id = *state
+            .dir(from_parent)
+            .expect("parent is a directory")
+            .entries
+            .get(from_name)
+            .ok_or_else(|| not_found("rename", from))?;
+        if to_names.starts_with(&from_names) && to_names != from_names {
+            return Err(error("rename", from, io::ErrorKind::InvalidInput, "cannot move a directory into itself"));
+        }
+        if let Some(&existing) = state.dir(to_parent).expect("parent is a directory").entries.get(to_name) {
+            if state.dir(existing).is_some() {
+                return Err(error("rename", to, io::ErrorKind::Other, "a directory is in the way"));
+            }
+        }
+        state.dir_mut(from_parent).entries.remove(from_name);
+        state.dir_mut(to_parent).entries.insert(to_name.to_owned(), id);
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), DiskError> {
+        let mut state = self.lock();
+        let names = names(path);
+        let (parent, name) = state.parent("remove_file", path, &names)?;
+        let id = *state
+            .dir(parent)
+            .expect("parent is a directory")
+            .entries
+            .get(name)
+            .ok_or_else(|| not_found("remove_file", path))?;
+        if state.file_mut(id).is_none() {
+            return Err(error("remove_file", path, io::ErrorKind::Other, "is a directory"));
+        }
+        state.dir_mut(parent).entries.remove(name);
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
+        let mut state = self.lock();
+        let names = names(dir);
+        assert!(!names.is_empty(), "remove_dir_all never removes the disk's root");
+        let (parent, name) = state.parent("remove_dir_all", dir, &names)?;
+        let id = *state
+            .dir(parent)
+            .expect("parent is a directory")
+            .entries
+            .get(name)
+            .ok_or_else(|| not_found("remove_dir_all", dir))?;
+        if state.dir(id).is_none() {
+            return Err(error("remove_dir_all", dir, io::ErrorKind::Other, "not a directory"));
+        }
+        // Unlinking the directory makes its subtree unreachable; a crash before the parent's
+        // sync brings it back whole, as its inodes stay until then.
+        state.dir_mut(parent).entries.remove(name);
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
+        let mut state = self.lock();
+        if state.fail_syncs {
+            return Err(error("sync_dir", dir, io::ErrorKind::Other, "injected sync failure"));
+        }
+        let id = state.lookup(&names(dir)).ok_or_else(|| not_found("sync_dir", dir))?;
+        if state.dir(id).is_none() {
+            return Err(error("sync_dir", dir, io::ErrorKind::Other, "not a directory"));
+        }
+        let node = state.dir_mut(id);
+        node.durable = node.entries.clone();
+        state.stats.dir_syncs += 1;
+        Ok(())
+    }
+
+    fn exists(&self, path: &Path) -> Result<bool, DiskError> {
+        Ok(self.lock().lookup(&names(path)).is_some())
+    }
+}
+
+/// A file of [`SimDisk`] opened for appending.
+struct SimFile {
+    state: Arc<Mutex<SimState>>,
+    node: NodeId,
+    generation: u64,
+    path: PathBuf,
+}
+
+impl SimFile {
+    fn lock(&self, op: &'static str) -> Result<MutexGuard<'_, SimState>, DiskError> {
+        let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.generation != self.generation {
+            return Err(error(op, &self.path, io::ErrorKind::Other, "handle opened before a crash"));
+        }
+        Ok(state)
+    }
+}
+
+impl DiskFile for SimFile {
+    fn append(&mut self, bytes: &[u8]) -> Result<(), DiskError> {
+        let mut state = self.lock("append")?;
+        if state.fail_appends {
+            return Err(error("append", &self.path, io::ErrorKind::Other, "no space left on device (injected)"));
+        }
+        state.stats.appends += 1;
+        state.stats.appended_bytes += bytes.len() as u64;
+        let file = state.file_mut(self.node).expect("an open file's inode lives until a crash");
+        file.data.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), DiskError> {
+        let mut state = self.lock("sync")?;
+        if state.fail_syncs {
+            return Err(error("sync", &self.path, io::ErrorKind::Other, "injected sync failure"));
+        }
+        state.stats.file_syncs += 1;
+        let file = state.file_mut(self.node).expect("an open file's inode lives until a crash");
+        file.synced_len = file.data.len();
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        match self.lock("len") {
+            Ok(mut state) => state.file_mut(self.node).map_or(0, |file| file.data.len() as u64),
+            // A stale handle's file is gone as far as its owner can tell.
+            Err(_) => 0,
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! cohort-storage's integration tests: one binary, a module per theme.
+
+mod disks;
+mod group_commit;
+mod log;
+mod log_model;

@@ -32,11 +32,11 @@ pub const CHECKPOINT_RECORD_BYTES_TARGET: usize = 1024 * 1024;
 /// Encoded bytes of rewritten writes the compactor puts in one append.
 pub const REWRITE_BATCH_BYTES_TARGET: usize = 4 * 1024 * 1024;
 
-/// Candidate records (plausible header, payload inside the file) that recovery checks for a
-/// valid checksum after a bad record, to tell a torn tail from corruption. Past it, recovery
-/// cannot prove the tail torn and reports corruption: it never guesses in favour of dropping
-/// data.
-pub const TORN_TAIL_CANDIDATES_MAX: usize = 4096;
+/// Bytes recovery may checksum, after a bad record, looking for a valid record behind it (to
+/// tell a torn tail from corruption); each candidate costs its length plus
+/// `RECORD_HEADER_BYTES`. Past it, recovery cannot prove the tail torn and reports corruption:
+/// it never guesses in favour of dropping data.
+pub const TORN_TAIL_CHECKSUM_BYTES_MAX: usize = 1024 * 1024 * 1024;
 
 /// Log writes group commit takes into one batch (one fsync).
 pub const GROUP_COMMIT_BATCH_WRITES_MAX: usize = 4096;
@@ -57,6 +57,8 @@ const _: () = assert!(RECORD_SIZE_BYTES_MAX <= u32::MAX as usize);
 // One client command, with room for its entry's framing, fits in a record.
 const _: () = assert!(COMMAND_SIZE_BYTES_MAX * 2 <= RECORD_SIZE_BYTES_MAX);
 const _: () = assert!(GROUP_COMMIT_BATCH_BYTES_MAX <= RECORD_SIZE_BYTES_MAX);
+// The torn-tail search can afford to checksum at least a few maximal records.
+const _: () = assert!(TORN_TAIL_CHECKSUM_BYTES_MAX >= 4 * RECORD_SIZE_BYTES_MAX);
 const _: () = assert!(REWRITE_BATCH_BYTES_TARGET <= RECORD_SIZE_BYTES_MAX);
 const _: () = assert!(CHECKPOINT_RECORD_BYTES_TARGET * 2 <= RECORD_SIZE_BYTES_MAX);
 // A batch never asks for more writes than the queue that feeds it can hold.

@@ -8,6 +8,9 @@
 //! - a directory's entries as of its last successful [`Disk::sync_dir`]: creations, renames
 //!   and removals not followed by one are undone.
 //!
+//! Faults: failing syncs, failing appends (a full disk), and a power loss scheduled after a
+//! number of operations, which freezes the disk in the middle of whatever the code was doing.
+//!
 //! Files and directories are inodes, as on a real file system, so a renamed directory takes
 //! its whole subtree along. No real I/O, no threads, no clock: only the seed decides.
 
@@ -47,6 +50,10 @@ struct SimState {
     generation: u64,
     fail_syncs: bool,
     fail_appends: bool,
+    /// Mutating operations left before the power goes out (see `set_power_loss_after_ops`).
+    power_loss_after_ops: Option<u64>,
+    /// The power went out: every operation fails until the next crash.
+    powered_off: bool,
     /// Chance that a crash tears the end of a file's surviving unsynced bytes.
     torn_write_probability: f64,
     stats: SimDiskStats,
@@ -98,6 +105,25 @@ fn names(path: &Path) -> Vec<String> {
 }
 
 impl SimState {
+    /// Fails every operation while the power is out, and counts mutating ones down to a
+    /// scheduled power loss.
+    fn power(&mut self, op: &'static str, path: &Path, mutating: bool) -> Result<(), DiskError> {
+        if !self.powered_off && mutating {
+            match &mut self.power_loss_after_ops {
+                Some(0) => {
+                    self.powered_off = true;
+                    self.power_loss_after_ops = None;
+                }
+                Some(left) => *left -= 1,
+                None => {}
+            }
+        }
+        if self.powered_off {
+            return Err(error(op, path, io::ErrorKind::Other, "power lost (simulated)"));
+        }
+        Ok(())
+    }
+
     fn dir(&self, id: NodeId) -> Option<&DirNode> {
         match self.nodes.get(&id) {
             Some(Node::Dir(dir)) => Some(dir),
@@ -154,6 +180,8 @@ impl SimState {
 
     fn crash(&mut self) {
         self.generation += 1;
+        self.powered_off = false;
+        self.power_loss_after_ops = None;
         self.stats.crashes += 1;
         let torn_probability = self.torn_write_probability;
         // Iterate ids in order so that the rng is consumed the same way for the same seed.
@@ -211,6 +239,8 @@ impl SimDisk {
                 generation: 0,
                 fail_syncs: false,
                 fail_appends: false,
+                power_loss_after_ops: None,
+                powered_off: false,
                 torn_write_probability: 0.25,
                 stats: SimDiskStats::default(),
             })),
@@ -238,6 +268,19 @@ impl SimDisk {
     /// While set, appends fail and write nothing, as on a full disk.
     pub fn set_fail_appends(&self, fail: bool) {
         self.lock().fail_appends = fail;
+    }
+
+    /// Cuts the power after `ops` more mutating operations (appends, syncs, creations,
+    /// renames, removals, truncations) succeed: from then on every operation fails, as if the
+    /// machine died right there, until [`SimDisk::crash`] turns the power back on. `None`
+    /// cancels a scheduled loss (not one that happened).
+    pub fn set_power_loss_after_ops(&self, ops: Option<u64>) {
+        self.lock().power_loss_after_ops = ops;
+    }
+
+    /// Whether a scheduled power loss happened (and no crash since).
+    pub fn is_powered_off(&self) -> bool {
+        self.lock().powered_off
     }
 
     /// Chance (0.0 to 1.0) that a crash tears the end of a file's surviving unsynced bytes.
@@ -271,6 +314,7 @@ impl std::fmt::Debug for SimDisk {
 impl Disk for SimDisk {
     fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
         let mut state = self.lock();
+        state.power("create_dir_all", dir, true)?;
         let mut id = ROOT;
         for name in names(dir) {
             let next = match state.dir(id) {
@@ -294,6 +338,7 @@ impl Disk for SimDisk {
 
     fn open_append(&self, path: &Path) -> Result<Box<dyn DiskFile>, DiskError> {
         let mut state = self.lock();
+        state.power("open_append", path, true)?;
         let names = names(path);
         let (parent, name) = state.parent("open_append", path, &names)?;
         let id = match state.dir(parent).expect("parent is a directory").entries.get(name) {
@@ -319,6 +364,7 @@ impl Disk for SimDisk {
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, DiskError> {
         let mut state = self.lock();
+        state.power("read", path, false)?;
         let id = state.lookup(&names(path)).ok_or_else(|| not_found("read", path))?;
         let file = state
             .file_mut(id)
@@ -328,6 +374,7 @@ impl Disk for SimDisk {
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, DiskError> {
         let mut state = self.lock();
+        state.power("read_at", path, false)?;
         let id = state.lookup(&names(path)).ok_or_else(|| not_found("read_at", path))?;
         let file = state
             .file_mut(id)
@@ -339,6 +386,7 @@ impl Disk for SimDisk {
 
     fn truncate(&self, path: &Path, len: u64) -> Result<(), DiskError> {
         let mut state = self.lock();
+        state.power("truncate", path, true)?;
         if state.fail_syncs {
             return Err(error("truncate", path, io::ErrorKind::Other, "injected sync failure"));
         }
@@ -354,7 +402,8 @@ impl Disk for SimDisk {
     }
 
     fn list(&self, dir: &Path) -> Result<Vec<String>, DiskError> {
-        let state = self.lock();
+        let mut state = self.lock();
+        state.power("list", dir, false)?;
         let Some(id) = state.lookup(&names(dir)) else {
             return Ok(Vec::new());
         };
@@ -367,6 +416,7 @@ impl Disk for SimDisk {
 
     fn rename(&self, from: &Path, to: &Path) -> Result<(), DiskError> {
         let mut state = self.lock();
+        state.power("rename", from, true)?;
         let from_names = names(from);
         let to_names = names(to);
         let (from_parent, from_name) = state.parent("rename", from, &from_names)?;
@@ -392,6 +442,7 @@ impl Disk for SimDisk {
 
     fn remove_file(&self, path: &Path) -> Result<(), DiskError> {
         let mut state = self.lock();
+        state.power("remove_file", path, true)?;
         let names = names(path);
         let (parent, name) = state.parent("remove_file", path, &names)?;
         let id = *state
@@ -409,6 +460,7 @@ impl Disk for SimDisk {
 
     fn remove_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
         let mut state = self.lock();
+        state.power("remove_dir_all", dir, true)?;
         let names = names(dir);
         assert!(!names.is_empty(), "remove_dir_all never removes the disk's root");
         let (parent, name) = state.parent("remove_dir_all", dir, &names)?;
@@ -429,6 +481,7 @@ impl Disk for SimDisk {
 
     fn sync_dir(&self, dir: &Path) -> Result<(), DiskError> {
         let mut state = self.lock();
+        state.power("sync_dir", dir, true)?;
         if state.fail_syncs {
             return Err(error("sync_dir", dir, io::ErrorKind::Other, "injected sync failure"));
         }
@@ -443,7 +496,9 @@ impl Disk for SimDisk {
     }
 
     fn exists(&self, path: &Path) -> Result<bool, DiskError> {
-        Ok(self.lock().lookup(&names(path)).is_some())
+        let mut state = self.lock();
+        state.power("exists", path, false)?;
+        Ok(state.lookup(&names(path)).is_some())
     }
 }
 
@@ -468,6 +523,7 @@ impl SimFile {
 impl DiskFile for SimFile {
     fn append(&mut self, bytes: &[u8]) -> Result<(), DiskError> {
         let mut state = self.lock("append")?;
+        state.power("append", &self.path, true)?;
         if state.fail_appends {
             return Err(error("append", &self.path, io::ErrorKind::Other, "no space left on device (injected)"));
         }
@@ -480,6 +536,7 @@ impl DiskFile for SimFile {
 
     fn sync(&mut self) -> Result<(), DiskError> {
         let mut state = self.lock("sync")?;
+        state.power("sync", &self.path, true)?;
         if state.fail_syncs {
             return Err(error("sync", &self.path, io::ErrorKind::Other, "injected sync failure"));
         }

@@ -193,6 +193,7 @@ pub fn sim_crash_suite(make: impl Fn(u64) -> Arc<SimDisk>) {
         ("truncate_is_durable", truncate_is_durable),
         ("same_seed_same_crash", same_seed_same_crash),
         ("write_file_atomic_is_atomic", write_file_atomic_is_atomic),
+        ("power_loss_stops_every_operation", power_loss_stops_every_operation),
     ];
     for (name, case) in cases {
         eprintln!("sim_crash_suite: {name}");
@@ -416,4 +417,23 @@ fn write_file_atomic_is_atomic(make: &dyn Fn(u64) -> Arc<SimDisk>) {
         let after = disk.read(p("d/state")).unwrap();
         assert!(after == b"old state" || after == b"new state", "seed {seed}: {after:?}");
     }
+}
+
+fn power_loss_stops_every_operation(make: &dyn Fn(u64) -> Arc<SimDisk>) {
+    let disk = make(8);
+    durable_file(&disk, b"abc");
+    let mut file = disk.open_append(p("d/f")).unwrap();
+    disk.set_power_loss_after_ops(Some(2));
+    file.append(b"d").unwrap();
+    file.sync().unwrap();
+    assert!(!disk.is_powered_off());
+    assert!(file.append(b"e").is_err(), "the third mutating operation finds the power out");
+    assert!(disk.is_powered_off());
+    assert!(disk.read(p("d/f")).is_err(), "nothing works without power");
+    assert!(disk.exists(p("d")).is_err());
+    disk.set_power_loss_after_ops(None);
+    assert!(disk.is_powered_off(), "cancelling a schedule does not bring the power back");
+    disk.crash();
+    assert!(!disk.is_powered_off());
+    assert_eq!(disk.read(p("d/f")).unwrap(), b"abcd", "what was synced before the power loss survives");
 }

@@ -2,7 +2,7 @@
 //! payload being `codec::encode` of a [`Record`]; and the decoder of a segment's bytes, which
 //! tells a torn tail from corruption and never panics on any input.
 
-use crate::limits::{RECORD_HEADER_BYTES, RECORD_SIZE_BYTES_MAX, TORN_TAIL_CANDIDATES_MAX};
+use crate::limits::{RECORD_HEADER_BYTES, RECORD_SIZE_BYTES_MAX, TORN_TAIL_CHECKSUM_BYTES_MAX};
 use cohort_core::codec;
 use cohort_core::ids::PartitionId;
 use cohort_core::persist::{ConfState, HardState, LogPosition, LogWrite};
@@ -167,10 +167,10 @@ fn read_frame(bytes: &[u8], offset: usize) -> Result<(&[u8], usize), BadFrame> {
     Ok((payload, next))
 }
 
-/// Where, at or after `from`, a valid frame starts, if one does. `Err` if more than
-/// [`TORN_TAIL_CANDIDATES_MAX`] candidates had to be checksummed (no verdict).
-fn find_valid_frame(bytes: &[u8], from: usize) -> Result<Option<usize>, ()> {
-    let mut candidates = 0usize;
+/// Where, at or after `from`, a valid frame starts, if one does. `Err` if finding out would
+/// checksum more than `checksum_bytes_max` (no verdict).
+fn find_valid_frame(bytes: &[u8], from: usize, checksum_bytes_max: usize) -> Result<Option<usize>, ()> {
+    let mut checksummed_bytes = 0usize;
     let mut at = from;
     // A frame needs its header and the payload's 4-byte variant index.
     while at + RECORD_HEADER_BYTES + 4 <= bytes.len() {
@@ -182,8 +182,8 @@ fn find_valid_frame(bytes: &[u8], from: usize) -> Result<Option<usize>, ()> {
             && len <= rest.len() - RECORD_HEADER_BYTES
             && u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]) < RECORD_VARIANTS;
         if plausible {
-            candidates += 1;
-            if candidates > TORN_TAIL_CANDIDATES_MAX {
+            checksummed_bytes += RECORD_HEADER_BYTES + len;
+            if checksummed_bytes > checksum_bytes_max {
                 return Err(());
             }
             if read_frame(bytes, at).is_ok() {
@@ -244,7 +244,7 @@ impl<'a> RecordReader<'a> {
                     BadFrame::Checksum { next } => next,
                     _ => offset + 1,
                 };
-                match find_valid_frame(self.bytes, search_from) {
+                match find_valid_frame(self.bytes, search_from, TORN_TAIL_CHECKSUM_BYTES_MAX) {
                     Ok(None) => {
                         self.torn_tail = Some(TornTail { offset: offset as u64, reason: problem });
                         Ok(None)
@@ -381,6 +381,25 @@ mod tests {
         encode_frame(&[9, 0, 0, 0, 1, 2, 3], &mut bytes);
         let err = decode_segment(&bytes).unwrap_err();
         assert_eq!(err.offset, 0);
+    }
+
+    #[test]
+    fn torn_tail_search_is_bounded() {
+        // Many plausible headers (length 64, variant 0) with wrong checksums.
+        let mut bytes = Vec::new();
+        for _ in 0..100 {
+            bytes.extend_from_slice(&64u32.to_le_bytes());
+            bytes.extend_from_slice(&[0xee; 4]);
+            bytes.extend_from_slice(&[0; 4]);
+        }
+        bytes.extend_from_slice(&[0; 64]);
+        assert_eq!(find_valid_frame(&bytes, 0, usize::MAX), Ok(None));
+        assert_eq!(find_valid_frame(&bytes, 0, 1000), Err(()), "no verdict past the budget");
+        let mut valid = Vec::new();
+        encode_record(&RecordRef::SegmentHeader(&SegmentHeader { format_version: 1, seq: 2 }), &mut valid);
+        bytes.extend_from_slice(&valid);
+        let at = bytes.len() - valid.len();
+        assert_eq!(find_valid_frame(&bytes, 0, usize::MAX), Ok(Some(at)));
     }
 
     #[test]

@@ -43,6 +43,12 @@ enum Op {
     Restart,
     FailedSync,
     FailedAppend(Vec<WriteSpec>),
+    /// The power goes out after `after_ops` disk operations of `during`; then the machine
+    /// restarts.
+    PowerLoss { after_ops: u8, during: Box<Op> },
+    /// A crash, then the power goes out after `after_ops` disk operations of the recovery;
+    /// then the machine restarts again.
+    PowerLossDuringRecovery { after_ops: u8 },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -70,6 +76,17 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Restart),
         1 => Just(Op::FailedSync),
         1 => prop::collection::vec(write_spec(), 1..3).prop_map(Op::FailedAppend),
+        2 => (0u8..16, interruptible_op()).prop_map(|(after_ops, during)| Op::PowerLoss { after_ops, during: Box::new(during) }),
+        1 => (0u8..16).prop_map(|after_ops| Op::PowerLossDuringRecovery { after_ops }),
+    ]
+}
+
+/// Operations a power loss can interrupt.
+fn interruptible_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => prop::collection::vec(write_spec(), 1..5).prop_map(Op::Append),
+        2 => Just(Op::Sync),
+        2 => Just(Op::Compact),
     ]
 }
 
@@ -107,6 +124,8 @@ struct Coverage {
     segments_deleted: u64,
     partitions_rewritten: u64,
     failed_syncs: u64,
+    power_losses: u64,
+    interrupted_recoveries: u64,
 }
 
 impl Coverage {
@@ -118,6 +137,8 @@ impl Coverage {
         self.segments_deleted += other.segments_deleted;
         self.partitions_rewritten += other.partitions_rewritten;
         self.failed_syncs += other.failed_syncs;
+        self.power_losses += other.power_losses;
+        self.interrupted_recoveries += other.interrupted_recoveries;
     }
 }
 
@@ -230,14 +251,31 @@ impl Harness {
     }
 
     fn reopen(&mut self, crash: bool) {
+        self.reopen_with_power_loss(crash, None);
+    }
+
+    /// Reopens the log, after a crash if `crash`; if `power_loss_after_ops`, the power goes
+    /// out that many operations into the recovery, and recovery starts over after a crash.
+    fn reopen_with_power_loss(&mut self, crash: bool, power_loss_after_ops: Option<u64>) {
         self.engine = None;
         if crash {
             self.disk.crash();
             self.coverage.crashes += 1;
         }
         let truncates_before = self.disk.stats().truncates;
-        let (engine, recovered) = LogEngine::open(Arc::clone(&self.disk) as Arc<dyn Disk>, dir(), options())
-            .unwrap_or_else(|e| panic!("recovery after a {} fails: {e}", if crash { "crash" } else { "restart" }));
+        let open = || LogEngine::open(Arc::clone(&self.disk) as Arc<dyn Disk>, dir(), options());
+        self.disk.set_power_loss_after_ops(power_loss_after_ops);
+        let first_attempt = open();
+        self.disk.set_power_loss_after_ops(None);
+        let (engine, recovered) = match first_attempt {
+            Ok(opened) => opened,
+            Err(e) => {
+                assert!(self.disk.is_powered_off(), "recovery fails only for lack of power: {e}");
+                self.coverage.interrupted_recoveries += 1;
+                self.disk.crash();
+                open().unwrap_or_else(|e| panic!("recovery after an interrupted recovery fails: {e}"))
+            }
+        };
         let j = self.synced.surviving_prefix(&self.unsynced, &recovered).unwrap_or_else(|| {
             panic!(
                 "recovered state is not the synced writes plus a prefix of the {} unsynced ones\n\
@@ -298,6 +336,38 @@ impl Harness {
                     self.reopen(true);
                 }
             }
+            Op::PowerLoss { after_ops, during } => {
+                self.disk.set_power_loss_after_ops(Some(*after_ops as u64));
+                match &**during {
+                    Op::Append(specs) => {
+                        let mut live = self.live.clone();
+                        let writes = self.writes(specs, &mut live);
+                        if self.engine().append(&writes).is_ok() {
+                            self.live = live;
+                            self.unsynced.extend(writes);
+                        }
+                    }
+                    Op::Sync => {
+                        if self.engine().sync().is_ok() {
+                            self.all_synced();
+                        }
+                    }
+                    Op::Compact => {
+                        if self.engine().compact().is_ok() {
+                            self.all_synced();
+                        }
+                    }
+                    other => unreachable!("not an interruptible op: {other:?}"),
+                }
+                self.disk.set_power_loss_after_ops(None);
+                if self.disk.is_powered_off() {
+                    self.coverage.power_losses += 1;
+                }
+                self.reopen(true);
+            }
+            Op::PowerLossDuringRecovery { after_ops } => {
+                self.reopen_with_power_loss(true, Some(*after_ops as u64));
+            }
             Op::FailedAppend(specs) => {
                 let mut scratch = self.live.clone();
                 let writes = self.writes(specs, &mut scratch);
@@ -353,4 +423,6 @@ fn property_test_inputs_cover_the_crash_paths() {
     assert!(total.segments_deleted > 0, "{total:?}");
     assert!(total.partitions_rewritten > 0, "{total:?}");
     assert!(total.failed_syncs > 0, "{total:?}");
+    assert!(total.power_losses > 0, "{total:?}");
+    assert!(total.interrupted_recoveries > 0, "{total:?}");
 }

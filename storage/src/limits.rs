@@ -20,6 +20,13 @@ pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1024;
 /// Largest segment target accepted: recovery reads one segment into memory at a time.
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
+/// Largest Raft log index (and snapshot or compaction index) the log accepts; far beyond any
+/// real log, and low enough that index arithmetic never overflows.
+pub const LOG_INDEX_MAX: u64 = u64::MAX / 4;
+
+/// Largest segment sequence number, for the same reason.
+pub const SEGMENT_SEQ_MAX: u64 = u64::MAX / 4;
+
 /// Segments the log keeps before it rewrites the live entries that pin the oldest ones.
 pub const SEGMENTS_DEFAULT: usize = 16;
 /// Fewest segments a log may be asked to keep: the head segment and one behind it.

@@ -436,7 +436,20 @@ mod tests {
             if round % 7 == 0 {
                 bytes.extend_from_slice(&valid);
             }
-            let _ = decode_segment(&bytes);
+            // The invariants the fuzz target checks, too.
+            if let Ok(decoded) = decode_segment(&bytes) {
+                let mut reader = RecordReader::new(&bytes);
+                let mut offsets = Vec::new();
+                while let Some((offset, _)) = reader.next_record().unwrap() {
+                    offsets.push(offset);
+                }
+                assert_eq!(offsets, decoded.records.iter().map(|(o, _)| *o).collect::<Vec<_>>());
+                assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets increase");
+                match &decoded.torn_tail {
+                    Some(torn) => assert_eq!(torn.offset, reader.valid_len()),
+                    None => assert_eq!(reader.valid_len(), bytes.len() as u64),
+                }
+            }
         }
     }
 }

@@ -95,7 +95,7 @@ impl Replay {
                 }
                 // First heard of here: its older records were in deleted segments.
                 None => {
-                    self.partitions.insert(id, PartitionLogState::from_checkpoint(entry));
+                    self.partitions.insert(id, PartitionLogState::from_checkpoint(entry)?);
                     self.held.insert(id, VecDeque::new());
                 }
             }
@@ -168,7 +168,7 @@ impl Replay {
 pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, LogError> {
     let seqs = list_segments(disk, dir)?;
     for pair in seqs.windows(2) {
-        if pair[1] != pair[0] + 1 {
+        if pair[0].checked_add(1) != Some(pair[1]) {
             return Err(LogError::Corrupt {
                 path: segment_path(dir, pair[1]),
                 offset: 0,

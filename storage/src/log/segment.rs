@@ -3,7 +3,7 @@
 
 use super::record::Record;
 use super::LogError;
-use crate::limits::{RECORD_HEADER_BYTES, RECORD_SIZE_BYTES_MAX};
+use crate::limits::{RECORD_HEADER_BYTES, RECORD_SIZE_BYTES_MAX, SEGMENT_SEQ_MAX};
 use cohort_core::codec;
 use cohort_core::env::Disk;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,14 @@ pub fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>, LogError> 
     let mut seqs = Vec::new();
     for name in disk.list(dir)? {
         match parse_segment_file_name(&name) {
-            Some(seq) => seqs.push(seq),
+            Some(seq) if seq <= SEGMENT_SEQ_MAX => seqs.push(seq),
+            Some(seq) => {
+                return Err(LogError::Corrupt {
+                    path: segment_path(dir, seq),
+                    offset: 0,
+                    reason: format!("segment number {seq} is over SEGMENT_SEQ_MAX ({SEGMENT_SEQ_MAX})"),
+                })
+            }
             None => tracing::warn!(dir = %dir.display(), file = %name, "ignoring a file that is not a log segment"),
         }
     }

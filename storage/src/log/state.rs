@@ -7,6 +7,7 @@
 //! and an empty run list.
 
 use super::record::CheckpointPartition;
+use crate::limits::LOG_INDEX_MAX;
 use cohort_core::ids::PartitionId;
 use cohort_core::persist::{ConfState, HardState, LogEntry, LogPosition, LogWrite};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -87,6 +88,14 @@ impl Shape {
     /// The shape after `write`, or why `write` does not fit this shape. The engine asserts on
     /// the error (its caller broke the contract); recovery reports it as corruption.
     pub fn after(self, write: &LogWrite) -> Result<Shape, String> {
+        let indexes = write.snapshot.iter().map(|(position, _)| position.index)
+            .chain(write.compact_through.iter().map(|position| position.index))
+            .chain(write.entries.last().map(|entry| entry.index));
+        for index in indexes {
+            if index > LOG_INDEX_MAX {
+                return Err(format!("index {index} is over LOG_INDEX_MAX ({LOG_INDEX_MAX})"));
+            }
+        }
         let mut shape = self;
         if let Some((position, _)) = &write.snapshot {
             shape = Shape { compacted_index: position.index, last_index: position.index };
@@ -296,14 +305,21 @@ impl PartitionLogState {
 
     /// A partition known only from a checkpoint: its entries, if any, are in segments before
     /// the checkpoint's and are not held (recovery of a log whose older segments were deleted).
-    pub(crate) fn from_checkpoint(checkpoint: &CheckpointPartition) -> PartitionLogState {
-        PartitionLogState {
+    /// `Err` if the checkpoint entry is not a possible state.
+    pub(crate) fn from_checkpoint(checkpoint: &CheckpointPartition) -> Result<PartitionLogState, String> {
+        if checkpoint.last_index < checkpoint.compacted.index || checkpoint.last_index > LOG_INDEX_MAX {
+            return Err(format!(
+                "checkpoint of partition {} has last index {} against compacted index {}",
+                checkpoint.partition, checkpoint.last_index, checkpoint.compacted.index
+            ));
+        }
+        Ok(PartitionLogState {
             hard_state: checkpoint.hard_state,
             conf_state: checkpoint.conf_state.clone(),
             compacted: checkpoint.compacted,
             snapshot: checkpoint.snapshot,
             last_index: checkpoint.last_index,
             runs: VecDeque::new(),
-        }
+        })
     }
 }

@@ -4,3 +4,4 @@ mod disks;
 mod group_commit;
 mod log;
 mod log_model;
+mod recovery_input;

@@ -28,9 +28,17 @@ fuzz_target!(|bytes: &[u8]| {
             assert_eq!(segment.records.len(), *count);
             assert!(reader.valid_len() <= bytes.len() as u64);
             if let Some(torn) = &segment.torn_tail {
-                assert_eq!(torn.offset, reader.valid_len(), "a torn tail starts where valid records end");
+                assert_eq!(
+                    torn.offset,
+                    reader.valid_len(),
+                    "a torn tail starts where valid records end"
+                );
             } else {
-                assert_eq!(reader.valid_len(), bytes.len() as u64, "without a torn tail every byte is a record");
+                assert_eq!(
+                    reader.valid_len(),
+                    bytes.len() as u64,
+                    "without a torn tail every byte is a record"
+                );
             }
         }
         (Err(a), Err(b)) => assert_eq!(a, b),

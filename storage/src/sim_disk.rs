@@ -91,9 +91,9 @@ fn names(path: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for component in path.components() {
         match component {
-            Component::Normal(name) => out.push(
-                name.to_str().expect("simulated disk paths are UTF-8").to_owned(),
-            ),
+            Component::Normal(name) => {
+                out.push(name.to_str().expect("simulated disk paths are UTF-8").to_owned())
+            }
             Component::CurDir => {}
             other => panic!(
                 "disk paths are relative and stay under the root: {} has {other:?}",
@@ -161,9 +161,9 @@ impl SimState {
         path: &Path,
         names: &'n [String],
     ) -> Result<(NodeId, &'n str), DiskError> {
-        let (last, dirs) = names
-            .split_last()
-            .ok_or_else(|| error(op, path, io::ErrorKind::InvalidInput, "the root has no parent"))?;
+        let (last, dirs) = names.split_last().ok_or_else(|| {
+            error(op, path, io::ErrorKind::InvalidInput, "the root has no parent")
+        })?;
         let parent = self.lookup(dirs).ok_or_else(|| not_found(op, path))?;
         if self.dir(parent).is_none() {
             return Err(error(op, path, io::ErrorKind::Other, "not a directory"));
@@ -319,7 +319,14 @@ impl Disk for SimDisk {
         for name in names(dir) {
             let next = match state.dir(id) {
                 Some(d) => d.entries.get(&name).copied(),
-                None => return Err(error("create_dir_all", dir, io::ErrorKind::Other, "not a directory")),
+                None => {
+                    return Err(error(
+                        "create_dir_all",
+                        dir,
+                        io::ErrorKind::Other,
+                        "not a directory",
+                    ))
+                }
             };
             id = match next {
                 Some(next) => next,
@@ -331,7 +338,12 @@ impl Disk for SimDisk {
             };
         }
         if state.dir(id).is_none() {
-            return Err(error("create_dir_all", dir, io::ErrorKind::AlreadyExists, "a file is in the way"));
+            return Err(error(
+                "create_dir_all",
+                dir,
+                io::ErrorKind::AlreadyExists,
+                "a file is in the way",
+            ));
         }
         Ok(())
     }
@@ -428,9 +440,16 @@ impl Disk for SimDisk {
             .get(from_name)
             .ok_or_else(|| not_found("rename", from))?;
         if to_names.starts_with(&from_names) && to_names != from_names {
-            return Err(error("rename", from, io::ErrorKind::InvalidInput, "cannot move a directory into itself"));
+            return Err(error(
+                "rename",
+                from,
+                io::ErrorKind::InvalidInput,
+                "cannot move a directory into itself",
+            ));
         }
-        if let Some(&existing) = state.dir(to_parent).expect("parent is a directory").entries.get(to_name) {
+        if let Some(&existing) =
+            state.dir(to_parent).expect("parent is a directory").entries.get(to_name)
+        {
             if state.dir(existing).is_some() {
                 return Err(error("rename", to, io::ErrorKind::Other, "a directory is in the way"));
             }
@@ -514,7 +533,12 @@ impl SimFile {
     fn lock(&self, op: &'static str) -> Result<MutexGuard<'_, SimState>, DiskError> {
         let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if state.generation != self.generation {
-            return Err(error(op, &self.path, io::ErrorKind::Other, "handle opened before a crash"));
+            return Err(error(
+                op,
+                &self.path,
+                io::ErrorKind::Other,
+                "handle opened before a crash",
+            ));
         }
         Ok(state)
     }
@@ -525,7 +549,12 @@ impl DiskFile for SimFile {
         let mut state = self.lock("append")?;
         state.power("append", &self.path, true)?;
         if state.fail_appends {
-            return Err(error("append", &self.path, io::ErrorKind::Other, "no space left on device (injected)"));
+            return Err(error(
+                "append",
+                &self.path,
+                io::ErrorKind::Other,
+                "no space left on device (injected)",
+            ));
         }
         state.stats.appends += 1;
         state.stats.appended_bytes += bytes.len() as u64;

@@ -91,7 +91,10 @@ pub struct DecodedSegment {
 /// Appends the frame of `payload` to `out`.
 pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
     assert!(!payload.is_empty(), "a record payload is never empty");
-    assert!(payload.len() <= RECORD_SIZE_BYTES_MAX, "a record payload is within RECORD_SIZE_BYTES_MAX");
+    assert!(
+        payload.len() <= RECORD_SIZE_BYTES_MAX,
+        "a record payload is within RECORD_SIZE_BYTES_MAX"
+    );
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
@@ -122,7 +125,9 @@ enum BadFrame {
     /// The payload would run past the end of the bytes.
     PastEnd(u32),
     /// The payload is all there but its checksum does not match.
-    Checksum { next: usize },
+    Checksum {
+        next: usize,
+    },
 }
 
 impl BadFrame {
@@ -169,7 +174,11 @@ fn read_frame(bytes: &[u8], offset: usize) -> Result<(&[u8], usize), BadFrame> {
 
 /// Where, at or after `from`, a valid frame starts, if one does. `Err` if finding out would
 /// checksum more than `checksum_bytes_max` (no verdict).
-fn find_valid_frame(bytes: &[u8], from: usize, checksum_bytes_max: usize) -> Result<Option<usize>, ()> {
+fn find_valid_frame(
+    bytes: &[u8],
+    from: usize,
+    checksum_bytes_max: usize,
+) -> Result<Option<usize>, ()> {
     let mut checksummed_bytes = 0usize;
     let mut at = from;
     // A frame needs its header and the payload's 4-byte variant index.
@@ -298,7 +307,10 @@ mod tests {
 
     fn segment_bytes() -> Vec<u8> {
         let mut out = Vec::new();
-        encode_record(&RecordRef::SegmentHeader(&SegmentHeader { format_version: FORMAT_VERSION, seq: 1 }), &mut out);
+        encode_record(
+            &RecordRef::SegmentHeader(&SegmentHeader { format_version: FORMAT_VERSION, seq: 1 }),
+            &mut out,
+        );
         encode_record(&RecordRef::Writes(&writes()), &mut out);
         encode_record(&RecordRef::Writes(&writes()), &mut out);
         out
@@ -307,9 +319,15 @@ mod tests {
     #[test]
     fn record_ref_encodes_like_record() {
         let w = writes();
-        assert_eq!(codec::encode(&RecordRef::Writes(&w)), codec::encode(&Record::Writes(w.clone())));
+        assert_eq!(
+            codec::encode(&RecordRef::Writes(&w)),
+            codec::encode(&Record::Writes(w.clone()))
+        );
         let h = SegmentHeader { format_version: FORMAT_VERSION, seq: 9 };
-        assert_eq!(codec::encode(&RecordRef::SegmentHeader(&h)), codec::encode(&Record::SegmentHeader(h)));
+        assert_eq!(
+            codec::encode(&RecordRef::SegmentHeader(&h)),
+            codec::encode(&Record::SegmentHeader(h))
+        );
         let c = Checkpoint { partitions: vec![], last_chunk: true };
         let bytes = codec::encode(&RecordRef::Checkpoint(&c));
         assert_eq!(bytes, codec::encode(&Record::Checkpoint(c)));
@@ -396,7 +414,10 @@ mod tests {
         assert_eq!(find_valid_frame(&bytes, 0, usize::MAX), Ok(None));
         assert_eq!(find_valid_frame(&bytes, 0, 1000), Err(()), "no verdict past the budget");
         let mut valid = Vec::new();
-        encode_record(&RecordRef::SegmentHeader(&SegmentHeader { format_version: 1, seq: 2 }), &mut valid);
+        encode_record(
+            &RecordRef::SegmentHeader(&SegmentHeader { format_version: 1, seq: 2 }),
+            &mut valid,
+        );
         bytes.extend_from_slice(&valid);
         let at = bytes.len() - valid.len();
         assert_eq!(find_valid_frame(&bytes, 0, usize::MAX), Ok(Some(at)));

@@ -55,7 +55,8 @@ impl Pins {
 
     fn unpin(&mut self, seq: u64, partition: PartitionId) {
         let partitions = self.by_segment.get_mut(&seq).expect("an unpinned segment was pinned");
-        let runs = partitions.get_mut(&partition).expect("an unpinned partition pinned the segment");
+        let runs =
+            partitions.get_mut(&partition).expect("an unpinned partition pinned the segment");
         assert!(*runs > 0, "pin counts never go below zero");
         *runs -= 1;
         if *runs == 0 {
@@ -73,7 +74,10 @@ impl Pins {
 
     /// Partitions with a live entry in a segment older than `seq`.
     pub fn pinning_before(&self, seq: u64) -> BTreeSet<PartitionId> {
-        self.by_segment.range(..seq).flat_map(|(_, partitions)| partitions.keys().copied()).collect()
+        self.by_segment
+            .range(..seq)
+            .flat_map(|(_, partitions)| partitions.keys().copied())
+            .collect()
     }
 }
 
@@ -88,7 +92,10 @@ impl Shape {
     /// The shape after `write`, or why `write` does not fit this shape. The engine asserts on
     /// the error (its caller broke the contract); recovery reports it as corruption.
     pub fn after(self, write: &LogWrite) -> Result<Shape, String> {
-        let indexes = write.snapshot.iter().map(|(position, _)| position.index)
+        let indexes = write
+            .snapshot
+            .iter()
+            .map(|(position, _)| position.index)
             .chain(write.compact_through.iter().map(|position| position.index))
             .chain(write.entries.last().map(|entry| entry.index));
         for index in indexes {
@@ -201,7 +208,8 @@ impl PartitionLogState {
         mut held: Option<&mut VecDeque<LogEntry>>,
     ) {
         assert_eq!(write.partition, id, "a write is applied to its own partition");
-        let expected = self.shape().after(write).expect("writes are checked before they are applied");
+        let expected =
+            self.shape().after(write).expect("writes are checked before they are applied");
         if let Some((position, conf_state)) = &write.snapshot {
             self.drop_runs_through(id, u64::MAX, pins);
             if let Some(held) = held.as_deref_mut() {
@@ -286,7 +294,11 @@ impl PartitionLogState {
         assert_eq!(next, self.last_index + 1, "entry runs end at the last index");
         assert!(self.held_from() > self.compacted.index, "no run holds a compacted entry");
         if let Some(held) = held {
-            debug_assert_eq!(held.len() as u64, self.live_entries(), "held entries mirror the runs");
+            debug_assert_eq!(
+                held.len() as u64,
+                self.live_entries(),
+                "held entries mirror the runs"
+            );
             debug_assert!(held.front().map_or(true, |e| e.index == self.held_from()));
         }
     }
@@ -306,8 +318,12 @@ impl PartitionLogState {
     /// A partition known only from a checkpoint: its entries, if any, are in segments before
     /// the checkpoint's and are not held (recovery of a log whose older segments were deleted).
     /// `Err` if the checkpoint entry is not a possible state.
-    pub(crate) fn from_checkpoint(checkpoint: &CheckpointPartition) -> Result<PartitionLogState, String> {
-        if checkpoint.last_index < checkpoint.compacted.index || checkpoint.last_index > LOG_INDEX_MAX {
+    pub(crate) fn from_checkpoint(
+        checkpoint: &CheckpointPartition,
+    ) -> Result<PartitionLogState, String> {
+        if checkpoint.last_index < checkpoint.compacted.index
+            || checkpoint.last_index > LOG_INDEX_MAX
+        {
             return Err(format!(
                 "checkpoint of partition {} has last index {} against compacted index {}",
                 checkpoint.partition, checkpoint.last_index, checkpoint.compacted.index

@@ -16,9 +16,7 @@ pub struct DecodeError {
 pub const DECODE_SIZE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_fixed_int_encoding()
-        .with_limit::<DECODE_SIZE_BYTES_MAX>()
+    bincode::config::standard().with_fixed_int_encoding().with_limit::<DECODE_SIZE_BYTES_MAX>()
 }
 
 /// Encodes `value`. Encoding our own in-memory types cannot fail; a failure is a bug.
@@ -33,13 +31,10 @@ pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
 
 /// Decodes exactly one `T` from `bytes`; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| DecodeError { what, reason: e.to_string() })?;
+    let (value, used): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| DecodeError { what, reason: e.to_string() })?;
     if used != bytes.len() {
-        return Err(DecodeError {
-            what,
-            reason: format!("{} trailing bytes after the value", bytes.len() - used),
-        });
+        return Err(DecodeError { what, reason: format!("{} trailing bytes after the value", bytes.len() - used) });
     }
     Ok(value)
 }

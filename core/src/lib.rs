@@ -9,6 +9,7 @@ pub mod codec;
 pub mod env;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod persist;

@@ -252,13 +252,8 @@ mod tests {
 
     #[test]
     fn entry_round_trips_through_raft_types() {
-        let e = LogEntry {
-            index: 5,
-            term: 2,
-            kind: EntryKind::ConfChangeV2,
-            data: b"d".to_vec(),
-            context: b"c".to_vec(),
-        };
+        let e =
+            LogEntry { index: 5, term: 2, kind: EntryKind::ConfChangeV2, data: b"d".to_vec(), context: b"c".to_vec() };
         let pb: raft::eraftpb::Entry = (&e).into();
         assert_eq!(LogEntry::from(&pb), e);
     }

@@ -5,9 +5,12 @@
 //! tokio in production, madsim's simulated network under `--cfg madsim`, so the simulator
 //! exercises this very code.
 
+pub mod api;
+pub mod client;
 pub mod frame;
 pub mod limits;
 mod peer;
+pub mod runtime;
 mod tcp_transport;
 
 pub use tcp_transport::{TcpTransport, TransportConfig, TransportStats};

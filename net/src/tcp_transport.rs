@@ -38,7 +38,13 @@ pub struct TransportConfig {
 }
 
 impl TransportConfig {
-    pub fn new(node: NodeId, cluster_id: &str, secret: &[u8], peers: BTreeMap<NodeId, SocketAddr>, seed: u64) -> TransportConfig {
+    pub fn new(
+        node: NodeId,
+        cluster_id: &str,
+        secret: &[u8],
+        peers: BTreeMap<NodeId, SocketAddr>,
+        seed: u64,
+    ) -> TransportConfig {
         TransportConfig {
             node,
             cluster_id: cluster_id.to_owned(),
@@ -83,7 +89,11 @@ pub struct TcpTransport {
 impl TcpTransport {
     /// Starts accepting on `listener` and connecting to every peer. Received messages are
     /// pushed, in batches, into `inbox`.
-    pub fn start(config: TransportConfig, listener: TcpListener, inbox: mpsc::Sender<Vec<Envelope>>) -> Arc<TcpTransport> {
+    pub fn start(
+        config: TransportConfig,
+        listener: TcpListener,
+        inbox: mpsc::Sender<Vec<Envelope>>,
+    ) -> Arc<TcpTransport> {
         assert!(!config.peers.contains_key(&config.node), "a node is not its own peer");
         let links = config
             .peers
@@ -152,7 +162,8 @@ impl TcpTransport {
                 let mut stream = stream;
                 let nonce = transport.nonce();
                 let credentials = transport.credentials();
-                let handshake = handshake::accept(&mut stream, &credentials, |id| transport.links.contains_key(&NodeId(id)), nonce);
+                let handshake =
+                    handshake::accept(&mut stream, &credentials, |id| transport.links.contains_key(&NodeId(id)), nonce);
                 let result = tokio::time::timeout(Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS), handshake).await;
                 match result {
                     Ok(Ok(peer)) => {
@@ -177,7 +188,9 @@ impl TcpTransport {
         let connect = async {
             let mut stream = TcpStream::connect(link.address).await.map_err(|e| e.to_string())?;
             let _ = stream.set_nodelay(true);
-            handshake::dial(&mut stream, &self.credentials(), link.peer.0, self.nonce()).await.map_err(|e| e.to_string())?;
+            handshake::dial(&mut stream, &self.credentials(), link.peer.0, self.nonce())
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(stream)
         };
         match tokio::time::timeout(Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS), connect).await {
@@ -246,7 +259,10 @@ impl TcpTransport {
                 }
                 let count = batch.len() as u64;
                 let frame = Frame::Batch(
-                    batch.into_iter().map(|e| (e.partition.0, e.message.write_to_bytes().expect("raft messages encode"))).collect(),
+                    batch
+                        .into_iter()
+                        .map(|e| (e.partition.0, e.message.write_to_bytes().expect("raft messages encode")))
+                        .collect(),
                 );
                 write_frame(&mut writer, &frame, frame_max).await?;
                 self.stats.messages_sent.fetch_add(count, Ordering::Relaxed);
@@ -302,7 +318,12 @@ impl TcpTransport {
                         message.from, message.to, link.peer
                     ));
                 }
-                envelopes.push(Envelope { partition: PartitionId(partition), from: link.peer, to: self.config.node, message });
+                envelopes.push(Envelope {
+                    partition: PartitionId(partition),
+                    from: link.peer,
+                    to: self.config.node,
+                    message,
+                });
             }
             let count = envelopes.len() as u64;
             self.stats.messages_received.fetch_add(count, Ordering::Relaxed);

@@ -59,8 +59,7 @@ fn write(partition: u64, index: u64) -> LogWrite {
 fn open(base: &Path) -> (tempfile::TempDir, LogEngine) {
     let dir = tempfile::tempdir_in(base).expect("a temporary directory");
     let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(dir.path()).expect("the disk opens"));
-    let (engine, _) =
-        LogEngine::open(disk, Path::new("wal"), LogOptions::default()).expect("the log opens");
+    let (engine, _) = LogEngine::open(disk, Path::new("wal"), LogOptions::default()).expect("the log opens");
     (dir, engine)
 }
 
@@ -108,8 +107,7 @@ fn group_commit(base: &Path, duration: Duration) -> f64 {
             std::thread::spawn(move || {
                 // Writer w owns partitions w+1, w+1+WRITERS, ...: each partition has one writer,
                 // so its entries stay contiguous.
-                let mine: Vec<u64> =
-                    (0..PARTITIONS).filter(|p| *p as usize % WRITERS == w).map(|p| p + 1).collect();
+                let mine: Vec<u64> = (0..PARTITIONS).filter(|p| *p as usize % WRITERS == w).map(|p| p + 1).collect();
                 let mut next_index = vec![1u64; mine.len()];
                 let mut turn = 0;
                 while !stop.load(Ordering::Relaxed) {

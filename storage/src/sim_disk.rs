@@ -91,14 +91,9 @@ fn names(path: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for component in path.components() {
         match component {
-            Component::Normal(name) => {
-                out.push(name.to_str().expect("simulated disk paths are UTF-8").to_owned())
-            }
+            Component::Normal(name) => out.push(name.to_str().expect("simulated disk paths are UTF-8").to_owned()),
             Component::CurDir => {}
-            other => panic!(
-                "disk paths are relative and stay under the root: {} has {other:?}",
-                path.display()
-            ),
+            other => panic!("disk paths are relative and stay under the root: {} has {other:?}", path.display()),
         }
     }
     out
@@ -155,15 +150,9 @@ impl SimState {
     }
 
     /// The directory holding the last of `names`, and that last name.
-    fn parent<'n>(
-        &self,
-        op: &'static str,
-        path: &Path,
-        names: &'n [String],
-    ) -> Result<(NodeId, &'n str), DiskError> {
-        let (last, dirs) = names.split_last().ok_or_else(|| {
-            error(op, path, io::ErrorKind::InvalidInput, "the root has no parent")
-        })?;
+    fn parent<'n>(&self, op: &'static str, path: &Path, names: &'n [String]) -> Result<(NodeId, &'n str), DiskError> {
+        let (last, dirs) =
+            names.split_last().ok_or_else(|| error(op, path, io::ErrorKind::InvalidInput, "the root has no parent"))?;
         let parent = self.lookup(dirs).ok_or_else(|| not_found(op, path))?;
         if self.dir(parent).is_none() {
             return Err(error(op, path, io::ErrorKind::Other, "not a directory"));
@@ -319,14 +308,7 @@ impl Disk for SimDisk {
         for name in names(dir) {
             let next = match state.dir(id) {
                 Some(d) => d.entries.get(&name).copied(),
-                None => {
-                    return Err(error(
-                        "create_dir_all",
-                        dir,
-                        io::ErrorKind::Other,
-                        "not a directory",
-                    ))
-                }
+                None => return Err(error("create_dir_all", dir, io::ErrorKind::Other, "not a directory")),
             };
             id = match next {
                 Some(next) => next,
@@ -338,12 +320,7 @@ impl Disk for SimDisk {
             };
         }
         if state.dir(id).is_none() {
-            return Err(error(
-                "create_dir_all",
-                dir,
-                io::ErrorKind::AlreadyExists,
-                "a file is in the way",
-            ));
+            return Err(error("create_dir_all", dir, io::ErrorKind::AlreadyExists, "a file is in the way"));
         }
         Ok(())
     }
@@ -378,9 +355,7 @@ impl Disk for SimDisk {
         let mut state = self.lock();
         state.power("read", path, false)?;
         let id = state.lookup(&names(path)).ok_or_else(|| not_found("read", path))?;
-        let file = state
-            .file_mut(id)
-            .ok_or_else(|| error("read", path, io::ErrorKind::Other, "is a directory"))?;
+        let file = state.file_mut(id).ok_or_else(|| error("read", path, io::ErrorKind::Other, "is a directory"))?;
         Ok(file.data.clone())
     }
 
@@ -388,9 +363,7 @@ impl Disk for SimDisk {
         let mut state = self.lock();
         state.power("read_at", path, false)?;
         let id = state.lookup(&names(path)).ok_or_else(|| not_found("read_at", path))?;
-        let file = state
-            .file_mut(id)
-            .ok_or_else(|| error("read_at", path, io::ErrorKind::Other, "is a directory"))?;
+        let file = state.file_mut(id).ok_or_else(|| error("read_at", path, io::ErrorKind::Other, "is a directory"))?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(file.data.len());
         let end = start.saturating_add(len).min(file.data.len());
         Ok(file.data[start..end].to_vec())
@@ -403,9 +376,7 @@ impl Disk for SimDisk {
             return Err(error("truncate", path, io::ErrorKind::Other, "injected sync failure"));
         }
         let id = state.lookup(&names(path)).ok_or_else(|| not_found("truncate", path))?;
-        let file = state
-            .file_mut(id)
-            .ok_or_else(|| error("truncate", path, io::ErrorKind::Other, "is a directory"))?;
+        let file = state.file_mut(id).ok_or_else(|| error("truncate", path, io::ErrorKind::Other, "is a directory"))?;
         let len = usize::try_from(len).expect("simulated files fit in memory");
         file.data.resize(len, 0);
         file.synced_len = len;
@@ -419,9 +390,7 @@ impl Disk for SimDisk {
         let Some(id) = state.lookup(&names(dir)) else {
             return Ok(Vec::new());
         };
-        let dir_node = state
-            .dir(id)
-            .ok_or_else(|| error("list", dir, io::ErrorKind::Other, "not a directory"))?;
+        let dir_node = state.dir(id).ok_or_else(|| error("list", dir, io::ErrorKind::Other, "not a directory"))?;
         // BTreeMap keys are already sorted.
         Ok(dir_node.entries.keys().cloned().collect())
     }
@@ -440,16 +409,9 @@ impl Disk for SimDisk {
             .get(from_name)
             .ok_or_else(|| not_found("rename", from))?;
         if to_names.starts_with(&from_names) && to_names != from_names {
-            return Err(error(
-                "rename",
-                from,
-                io::ErrorKind::InvalidInput,
-                "cannot move a directory into itself",
-            ));
+            return Err(error("rename", from, io::ErrorKind::InvalidInput, "cannot move a directory into itself"));
         }
-        if let Some(&existing) =
-            state.dir(to_parent).expect("parent is a directory").entries.get(to_name)
-        {
+        if let Some(&existing) = state.dir(to_parent).expect("parent is a directory").entries.get(to_name) {
             if state.dir(existing).is_some() {
                 return Err(error("rename", to, io::ErrorKind::Other, "a directory is in the way"));
             }
@@ -533,12 +495,7 @@ impl SimFile {
     fn lock(&self, op: &'static str) -> Result<MutexGuard<'_, SimState>, DiskError> {
         let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if state.generation != self.generation {
-            return Err(error(
-                op,
-                &self.path,
-                io::ErrorKind::Other,
-                "handle opened before a crash",
-            ));
+            return Err(error(op, &self.path, io::ErrorKind::Other, "handle opened before a crash"));
         }
         Ok(state)
     }
@@ -549,12 +506,7 @@ impl DiskFile for SimFile {
         let mut state = self.lock("append")?;
         state.power("append", &self.path, true)?;
         if state.fail_appends {
-            return Err(error(
-                "append",
-                &self.path,
-                io::ErrorKind::Other,
-                "no space left on device (injected)",
-            ));
+            return Err(error("append", &self.path, io::ErrorKind::Other, "no space left on device (injected)"));
         }
         state.stats.appends += 1;
         state.stats.appended_bytes += bytes.len() as u64;

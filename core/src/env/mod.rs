@@ -26,4 +26,6 @@ pub struct Env {
     pub spawn: Arc<dyn Spawn>,
     /// The root of every seeded random choice the node makes (election jitter, backoff).
     pub seed: u64,
+    /// Where the node's parts count what they do. Never read back by core's logic.
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
 }

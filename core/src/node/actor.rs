@@ -1,6 +1,7 @@
 //! The task that drives one partition replica.
 
 use super::persisted::{PersistEvent, PersistSignal};
+use super::router::Router;
 use crate::env::{BoxFuture, Env, Envelope, Transport};
 use crate::ids::{NodeId, RequestId};
 use crate::partition::{Output, Partition, Request, Response};
@@ -9,7 +10,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::BTreeMap;
 use std::future::poll_fn;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 
 /// Readies handed to the log and not yet durable, per partition. At this bound the actor
@@ -19,7 +20,10 @@ pub const UNPERSISTED_READIES_MAX: usize = 256;
 /// What a partition's mailbox carries.
 pub enum PartitionInput {
     Message(Envelope),
-    Request { body: Request, reply: oneshot::Sender<Response> },
+    Request {
+        body: Request,
+        reply: oneshot::Sender<Response>,
+    },
     /// Runs `f` on the partition between two inputs (status pages, tests, debugging).
     Inspect(Box<dyn FnOnce(&Partition) + Send>),
     /// Stops the actor; the partition's pending requests are dropped (callers see a closed
@@ -34,6 +38,15 @@ pub(super) struct Actor {
     pub transport: Arc<dyn Transport>,
     pub persist: mpsc::Sender<PersistRequest>,
     pub signal: PersistSignal,
+    /// The router that owns this actor, told about partitions the directory allocates.
+    pub router: Weak<Router>,
+}
+
+/// A request waiting for its partition's answer.
+struct Pending {
+    reply: oneshot::Sender<Response>,
+    arrived: crate::env::Instant,
+    is_write: bool,
 }
 
 enum Wake {
@@ -44,10 +57,11 @@ enum Wake {
 
 impl Actor {
     pub async fn run(mut self) {
-        let mut replies: BTreeMap<RequestId, oneshot::Sender<Response>> = BTreeMap::new();
+        let mut replies: BTreeMap<RequestId, Pending> = BTreeMap::new();
         let mut next_request = 0u64;
         let mut persisted_seen = PersistSignal::NOTHING_SEEN;
         let mut timer: Option<(crate::env::Instant, BoxFuture<()>)> = None;
+        let (mut last_leader, mut was_candidate) = (self.partition.leader(), false);
         self.drain(&mut replies).await;
         loop {
             let deadline = self.partition.poll_timeout();
@@ -75,36 +89,39 @@ impl Actor {
             let now = self.env.clock.now();
             match wake {
                 Wake::Input(None) | Wake::Input(Some(PartitionInput::Stop)) => return,
-                Wake::Input(Some(PartitionInput::Message(envelope))) => {
-                    self.partition.handle_message(now, envelope)
-                }
+                Wake::Input(Some(PartitionInput::Message(envelope))) => self.partition.handle_message(now, envelope),
                 Wake::Input(Some(PartitionInput::Request { body, reply })) => {
                     next_request += 1;
                     let request = RequestId(next_request);
-                    replies.insert(request, reply);
+                    let is_write = matches!(body, Request::Write(_) | Request::ForwardedWrite(_));
+                    if is_write && self.partition.is_leader() {
+                        self.env.metrics.proposals.inc();
+                    }
+                    replies.insert(request, Pending { reply, arrived: now, is_write });
                     self.partition.handle_request(now, request, body);
                 }
                 Wake::Input(Some(PartitionInput::Inspect(f))) => f(&self.partition),
-                Wake::Persist(PersistEvent::DurableThrough(number)) => {
-                    self.partition.handle_persisted(now, number)
-                }
-                Wake::Persist(PersistEvent::Failed(error)) => {
-                    self.partition.handle_persist_failed(error)
-                }
+                Wake::Persist(PersistEvent::DurableThrough(number)) => self.partition.handle_persisted(now, number),
+                Wake::Persist(PersistEvent::Failed(error)) => self.partition.handle_persist_failed(error),
                 Wake::Timer => {
                     timer = None;
                     self.partition.handle_tick(now)
                 }
             }
+            let (leader, candidate) = (self.partition.leader(), self.partition.status_role_is_candidate());
+            if leader != last_leader && leader.is_some() {
+                self.env.metrics.leader_changes.inc();
+            }
+            if candidate && !was_candidate {
+                self.env.metrics.elections.inc();
+            }
+            (last_leader, was_candidate) = (leader, candidate);
             self.drain(&mut replies).await;
         }
     }
 
     /// Carries out every output the partition has, in order.
-    async fn drain(
-        &mut self,
-        replies: &mut BTreeMap<RequestId, oneshot::Sender<Response>>,
-    ) {
+    async fn drain(&mut self, replies: &mut BTreeMap<RequestId, Pending>) {
         // Messages to one node in one drain go out as one batch.
         let mut batches: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
         while let Some(output) = self.partition.poll_output() {
@@ -122,10 +139,19 @@ impl Actor {
                         return;
                     }
                 }
+                Output::PartitionAllocated { partition, info, campaign } => {
+                    if let Some(router) = self.router.upgrade() {
+                        router.on_partition_allocated(partition, &info, campaign);
+                    }
+                }
                 Output::Respond { request, response } => {
-                    if let Some(reply) = replies.remove(&request) {
+                    if let Some(pending) = replies.remove(&request) {
+                        if pending.is_write && matches!(response, Response::Written(_)) {
+                            let elapsed = self.env.clock.now().saturating_duration_since(pending.arrived);
+                            self.env.metrics.commit_latency_seconds.observe(elapsed.as_secs_f64());
+                        }
                         // The caller may have stopped waiting; that is its business.
-                        let _ = reply.send(response);
+                        let _ = pending.reply.send(response);
                     }
                 }
             }

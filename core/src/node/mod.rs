@@ -9,6 +9,8 @@
 mod actor;
 mod persisted;
 mod router;
+mod service;
 
 pub use actor::PartitionInput;
-pub use router::{RouteError, Router, RouterConfig};
+pub use router::{RouteError, Router, RouterConfig, RouterStats};
+pub use service::{ApiError, NodeService, ReadAnswer, RoutedRepository, DIRECTORY};

@@ -8,11 +8,11 @@ use crate::ids::{NodeId, PartitionId};
 use crate::limits::MAILBOX_MESSAGES_MAX;
 use crate::partition::{Partition, PartitionConfig, PartitionStatus, Request, Response};
 use crate::persist::{PersistRequest, RecoveredPartition};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{PartitionInfo, StateMachine};
 use futures::channel::{mpsc, oneshot};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// Raft timing shared by every partition of a node.
@@ -50,9 +50,12 @@ pub struct Router {
     config: RouterConfig,
     env: Env,
     transport: Arc<dyn Transport>,
-    persist: mpsc::Sender<PersistRequest>,
+    /// Taken by `stop_all`, so that the log writer sees its queue close once every actor has
+    /// stopped.
+    persist: Mutex<Option<mpsc::Sender<PersistRequest>>>,
     mailboxes: Mutex<BTreeMap<PartitionId, mpsc::Sender<PartitionInput>>>,
     pub stats: RouterStats,
+    this: Weak<Router>,
 }
 
 impl Router {
@@ -62,18 +65,27 @@ impl Router {
         transport: Arc<dyn Transport>,
         persist: mpsc::Sender<PersistRequest>,
     ) -> Arc<Router> {
-        Arc::new(Router {
+        Arc::new_cyclic(|this| Router {
             config,
             env,
             transport,
-            persist,
+            persist: Mutex::new(Some(persist)),
             mailboxes: Mutex::new(BTreeMap::new()),
             stats: RouterStats::default(),
+            this: this.clone(),
         })
     }
 
     pub fn node(&self) -> NodeId {
         self.config.node
+    }
+
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
+    pub fn tick_interval(&self) -> Duration {
+        self.config.tick_interval
     }
 
     fn partition_config(&self, partition: PartitionId) -> PartitionConfig {
@@ -87,16 +99,38 @@ impl Router {
         }
     }
 
-    /// Creates a new replica of `partition` with initial voters `voters`.
-    pub fn create_partition(&self, partition: PartitionId, voters: &[NodeId]) -> Result<(), RouteError> {
+    /// Creates a new replica of `partition` with initial voters `voters`; with `campaign`
+    /// it starts the first election at once.
+    pub fn create_partition(
+        &self,
+        partition: PartitionId,
+        voters: &[NodeId],
+        campaign: bool,
+    ) -> Result<(), RouteError> {
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
         if mailboxes.contains_key(&partition) {
             return Err(RouteError::PartitionExists(partition));
         }
         let now = self.env.clock.now();
-        let replica = Partition::create(self.partition_config(partition), voters, now);
-        mailboxes.insert(partition, self.start(replica));
+        let mut replica = Partition::create(self.partition_config(partition), voters, now);
+        if campaign {
+            replica.campaign(now);
+        }
+        mailboxes.insert(partition, self.start(replica)?);
         Ok(())
+    }
+
+    /// The directory allocated `partition`: host a replica of it if this node is a member.
+    /// Replaying the directory's log after a restart allocates again what exists already.
+    pub fn on_partition_allocated(&self, partition: PartitionId, info: &PartitionInfo, campaign: bool) {
+        if !info.voters.contains(&self.config.node) {
+            return;
+        }
+        match self.create_partition(partition, &info.voters, campaign) {
+            Ok(()) => tracing::info!(node = %self.config.node, %partition, "created partition replica"),
+            Err(RouteError::PartitionExists(_)) => {}
+            Err(error) => tracing::error!(%partition, %error, "cannot create partition replica"),
+        }
     }
 
     /// Starts a replica from recovered state.
@@ -112,22 +146,25 @@ impl Router {
         }
         let now = self.env.clock.now();
         let replica = Partition::open(self.partition_config(partition), recovered, state_machine, now);
-        mailboxes.insert(partition, self.start(replica));
+        mailboxes.insert(partition, self.start(replica)?);
         Ok(())
     }
 
-    fn start(&self, partition: Partition) -> mpsc::Sender<PartitionInput> {
+    fn start(&self, partition: Partition) -> Result<mpsc::Sender<PartitionInput>, RouteError> {
+        let id = partition.id();
+        let persist = self.persist.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let (tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
         let actor = Actor {
             partition,
             mailbox: rx,
             env: self.env.clone(),
             transport: self.transport.clone(),
-            persist: self.persist.clone(),
+            persist,
             signal: PersistSignal::new(),
+            router: self.this.clone(),
         };
         self.env.spawn.spawn("partition", Box::pin(actor.run()));
-        tx
+        Ok(tx)
     }
 
     /// The partitions this node hosts, sorted.
@@ -165,9 +202,13 @@ impl Router {
     pub async fn request(&self, partition: PartitionId, body: Request) -> Result<Response, RouteError> {
         let mut mailbox = self.mailbox(partition).ok_or(RouteError::UnknownPartition(partition))?;
         let (reply, answer) = oneshot::channel();
-        mailbox
-            .try_send(PartitionInput::Request { body, reply })
-            .map_err(|e| if e.is_full() { RouteError::MailboxFull(partition) } else { RouteError::Stopped(partition) })?;
+        mailbox.try_send(PartitionInput::Request { body, reply }).map_err(|e| {
+            if e.is_full() {
+                RouteError::MailboxFull(partition)
+            } else {
+                RouteError::Stopped(partition)
+            }
+        })?;
         answer.await.map_err(|_| RouteError::Stopped(partition))
     }
 
@@ -182,9 +223,13 @@ impl Router {
         let inspect = Box::new(move |p: &Partition| {
             let _ = tx.send(f(p));
         });
-        mailbox
-            .try_send(PartitionInput::Inspect(inspect))
-            .map_err(|e| if e.is_full() { RouteError::MailboxFull(partition) } else { RouteError::Stopped(partition) })?;
+        mailbox.try_send(PartitionInput::Inspect(inspect)).map_err(|e| {
+            if e.is_full() {
+                RouteError::MailboxFull(partition)
+            } else {
+                RouteError::Stopped(partition)
+            }
+        })?;
         rx.await.map_err(|_| RouteError::Stopped(partition))
     }
 
@@ -192,8 +237,10 @@ impl Router {
         self.inspect(partition, |p| p.status()).await
     }
 
-    /// Stops every partition actor.
+    /// Stops every partition actor and lets go of the log writer's queue: once the actors
+    /// are gone, the writer makes what is queued durable and ends.
     pub fn stop_all(&self) {
+        self.persist.lock().expect("not poisoned").take();
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
         for (_, mut mailbox) in std::mem::take(&mut *mailboxes) {
             // A full mailbox: closing the channel stops the actor all the same.

@@ -5,8 +5,16 @@ use crate::state_machine::{Command, ReadQuery};
 /// A request from a client, routed to one partition.
 #[derive(Clone, Debug)]
 pub enum Request {
+    /// A client's write: served by the leader; a follower answers `NotLeader`.
     Write(Command),
-    Read { query: ReadQuery, consistency: ReadConsistency },
+    /// A write the node makes on a client's behalf (a directory step of creating a
+    /// repository): a follower forwards it to the leader through Raft and answers once it
+    /// applies the command, matched by its (client, sequence) pair.
+    ForwardedWrite(Command),
+    Read {
+        query: ReadQuery,
+        consistency: ReadConsistency,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

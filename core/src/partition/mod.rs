@@ -10,11 +10,12 @@
 //! A `Partition` never reads a clock, touches a disk or a socket, or draws unseeded
 //! randomness, so tests can drive three of them by hand in one thread.
 
+mod forwarded;
 mod input;
 mod output;
 mod proposals;
-mod ready;
 mod reads;
+mod ready;
 mod storage;
 
 pub use input::{ReadConsistency, Request};
@@ -26,9 +27,10 @@ use crate::limits;
 use crate::persist::{ConfState, LogWrite, PersistError, RecoveredPartition};
 use crate::raft_logger::raft_logger;
 use crate::state_machine::{self, Command, ReadQuery, StateMachine};
+use forwarded::Forwarded;
 use proposals::Proposals;
-use rand::{rngs::StdRng, Rng, SeedableRng};
 use raft::{RawNode, StateRole};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 use reads::Reads;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -101,6 +103,9 @@ pub struct Partition {
     raw: RawNode<PartitionStorage>,
     state_machine: StateMachine,
     proposals: Proposals,
+    forwarded: Forwarded,
+    /// Ticks since this replica started; times out forwarded writes.
+    ticks: u64,
     reads: Reads,
     outputs: VecDeque<Output>,
     /// Readies handed to the log and not yet durable, oldest first; the messages each one
@@ -120,10 +125,7 @@ impl Partition {
     /// list on every replica). Its first output persists that membership.
     pub fn create(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
         assert!(voters.contains(&config.node), "a partition is created on one of its voters");
-        let conf_state = ConfState {
-            voters: voters.iter().map(|n| n.0).collect(),
-            ..ConfState::default()
-        };
+        let conf_state = ConfState { voters: voters.iter().map(|n| n.0).collect(), ..ConfState::default() };
         let recovered = RecoveredPartition { conf_state, ..RecoveredPartition::default() };
         let mut partition = Partition::open(config, recovered, StateMachine::new(), now);
         partition.conf_state_dirty = true;
@@ -141,10 +143,7 @@ impl Partition {
     ) -> Partition {
         assert!(config.election_ticks > config.heartbeat_ticks, "election outlasts heartbeats");
         let applied = state_machine.applied_index();
-        assert!(
-            applied >= recovered.compacted.index,
-            "the state machine covers every entry compacted away"
-        );
+        assert!(applied >= recovered.compacted.index, "the state machine covers every entry compacted away");
         assert!(applied <= recovered.hard_state.commit.max(recovered.compacted.index));
         let storage = PartitionStorage::new(&recovered);
         let raft_config = raft::Config {
@@ -165,8 +164,7 @@ impl Partition {
         };
         raft_config.validate().expect("raft config is valid");
         let logger = raft_logger(config.node.0, config.partition.0);
-        let raw = RawNode::new(&raft_config, storage, &logger)
-            .expect("raft node starts from recovered state");
+        let raw = RawNode::new(&raft_config, storage, &logger).expect("raft node starts from recovered state");
         let rng = StdRng::seed_from_u64(config.seed ^ config.partition.0.rotate_left(32));
         let mut partition = Partition {
             next_tick_at: now + config.tick_interval,
@@ -175,6 +173,8 @@ impl Partition {
             raw,
             state_machine,
             proposals: Proposals::default(),
+            forwarded: Forwarded::default(),
+            ticks: 0,
             reads: Reads::default(),
             outputs: VecDeque::new(),
             unpersisted: VecDeque::new(),
@@ -205,6 +205,11 @@ impl Partition {
             raft::INVALID_ID => None,
             id => Some(NodeId(id)),
         }
+    }
+
+    /// Whether this replica is campaigning (pre-vote or vote).
+    pub fn status_role_is_candidate(&self) -> bool {
+        matches!(self.raw.raft.state, StateRole::Candidate | StateRole::PreCandidate)
     }
 
     pub fn term(&self) -> u64 {
@@ -288,6 +293,10 @@ impl Partition {
         // One tick per call even after a long pause: a paused process resumes with one timer
         // firing, not a burst that would start an election at once.
         self.next_tick_at = now + self.config.tick_interval;
+        self.ticks += 1;
+        for request in self.forwarded.expire(self.ticks) {
+            self.respond(request, Response::Unknown);
+        }
         self.raw.tick();
         self.after_input(now);
     }
@@ -300,10 +309,9 @@ impl Partition {
             return;
         }
         match body {
-            Request::Write(command) => self.propose(request, command),
-            Request::Read { query, consistency: ReadConsistency::Stale } => {
-                self.serve_read(request, &query)
-            }
+            Request::Write(command) => self.propose(request, command, false),
+            Request::ForwardedWrite(command) => self.propose(request, command, true),
+            Request::Read { query, consistency: ReadConsistency::Stale } => self.serve_read(request, &query),
             Request::Read { query, consistency: ReadConsistency::Linearizable } => {
                 self.read_linearizable(request, query)
             }
@@ -332,11 +340,23 @@ impl Partition {
         self.after_input(now);
     }
 
+    /// Starts an election now instead of waiting for the election timeout (a brand-new
+    /// partition whose creator wants it usable at once).
+    pub fn campaign(&mut self, now: Instant) {
+        if self.fatal.is_some() || self.is_leader() {
+            return;
+        }
+        if let Err(error) = self.raw.campaign() {
+            tracing::warn!(partition = %self.config.partition, %error, "campaign refused");
+        }
+        self.after_input(now);
+    }
+
     /// A log write failed: nothing that depended on it may be acknowledged. The replica stops;
     /// every waiting request fails.
     pub fn handle_persist_failed(&mut self, error: PersistError) {
         tracing::error!(partition = %self.config.partition, %error, "partition stopped: log write failed");
-        for request in self.proposals.drain() {
+        for request in self.proposals.drain().into_iter().chain(self.forwarded.drain()) {
             self.respond(request, Response::Failed(error.clone()));
         }
         for (request, _) in self.reads.take_all() {
@@ -371,14 +391,18 @@ impl Partition {
         self.process_ready();
     }
 
-    fn propose(&mut self, request: RequestId, command: Command) {
+    fn propose(&mut self, request: RequestId, command: Command, forward: bool) {
         if let Err(rejection) = state_machine::validate(&command) {
             self.respond(request, Response::Invalid(rejection.to_string()));
             return;
         }
         if !self.is_leader() {
             let leader = self.leader();
-            self.respond(request, Response::NotLeader { leader });
+            if forward && leader.is_some() && !self.forwarded.is_full() {
+                self.forward(request, command);
+            } else {
+                self.respond(request, Response::NotLeader { leader });
+            }
             return;
         }
         if self.proposals.is_full() {
@@ -405,6 +429,25 @@ impl Partition {
             // Dropped: a leadership transfer is under way or too much is uncommitted.
             Err(raft::Error::ProposalDropped) => self.respond(request, Response::Busy),
             Err(e) => panic!("propose on a leader failed unexpectedly: {e}"),
+        }
+    }
+
+    /// Hands `command` to raft-rs, which sends it to the leader as a `MsgPropose`.
+    fn forward(&mut self, request: RequestId, command: Command) {
+        let key = (command.client, command.seq);
+        match self.raw.propose(Vec::new(), command.encode()) {
+            Ok(()) => {
+                // Two election timeouts: long enough for a leader change, short enough that a
+                // lost forward is retried soon.
+                let give_up_at = self.ticks + 2 * self.config.election_ticks as u64;
+                if let Some(replaced) = self.forwarded.insert(key, request, give_up_at) {
+                    self.respond(replaced, Response::Unknown);
+                }
+            }
+            Err(_) => {
+                let leader = self.leader();
+                self.respond(request, Response::NotLeader { leader });
+            }
         }
     }
 
@@ -456,12 +499,8 @@ impl Partition {
     }
 
     fn send(&mut self, message: raft::eraftpb::Message) {
-        let envelope = Envelope {
-            partition: self.config.partition,
-            from: self.config.node,
-            to: NodeId(message.to),
-            message,
-        };
+        let envelope =
+            Envelope { partition: self.config.partition, from: self.config.node, to: NodeId(message.to), message };
         self.outputs.push_back(Output::Send(envelope));
     }
 

@@ -1,9 +1,9 @@
 //! What a partition asks its driver to do, and what it answers to requests.
 
 use crate::env::Envelope;
-use crate::ids::{NodeId, RequestId};
+use crate::ids::{NodeId, PartitionId, RequestId};
 use crate::persist::{LogWrite, PersistError};
-use crate::state_machine::{ReadResult, WriteResult};
+use crate::state_machine::{PartitionInfo, ReadResult, WriteResult};
 
 /// One effect for the driver to carry out, in the order polled.
 #[derive(Debug)]
@@ -15,6 +15,10 @@ pub enum Output {
     Persist { ready_number: u64, write: LogWrite },
     /// Answer the request `request`.
     Respond { request: RequestId, response: Response },
+    /// The directory (partition 0) applied the allocation of a new partition: the node
+    /// creates its replica if it is a member. `campaign`: this replica leads the directory, so
+    /// its node should start the new partition's first election at once rather than wait.
+    PartitionAllocated { partition: PartitionId, info: PartitionInfo, campaign: bool },
 }
 
 /// The answer to one request.

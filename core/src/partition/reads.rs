@@ -54,8 +54,7 @@ impl Reads {
     /// Takes the reads that can be served now that `applied` is applied.
     pub fn take_ready(&mut self, applied: u64) -> Vec<PendingRead> {
         let later = self.awaiting_apply.split_off(&(applied + 1));
-        let ready: Vec<_> =
-            std::mem::replace(&mut self.awaiting_apply, later).into_values().flatten().collect();
+        let ready: Vec<_> = std::mem::replace(&mut self.awaiting_apply, later).into_values().flatten().collect();
         self.len -= ready.len();
         ready
     }

@@ -16,7 +16,7 @@
 use super::proposals::Fate;
 use super::{reads, Output, Partition, Response};
 use crate::persist::LogWrite;
-use crate::state_machine::Command;
+use crate::state_machine::{Command, WriteOp, WriteResult};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 use raft::StateRole;
 
@@ -107,7 +107,11 @@ impl Partition {
                     None
                 }
                 EntryType::EntryNormal => match Command::decode(&entry.data) {
-                    Ok(command) => Some(self.state_machine.apply(index, &command)),
+                    Ok(command) => {
+                        let result = self.state_machine.apply(index, &command);
+                        self.after_apply(&command, &result);
+                        Some(result)
+                    }
                     Err(error) => {
                         // Every replica decodes the same committed bytes the same way, so
                         // skipping keeps replicas equal; but our leader encoded this entry,
@@ -134,13 +138,29 @@ impl Partition {
                 }
                 Some(Fate::Overwritten(request)) => {
                     let leader = self.leader();
-                    self.outputs.push_back(Output::Respond {
-                        request,
-                        response: Response::NotLeader { leader },
-                    });
+                    self.outputs.push_back(Output::Respond { request, response: Response::NotLeader { leader } });
                 }
                 None => {}
             }
+        }
+    }
+
+    /// Effects of an applied command beyond the state machine: answering a forwarded write,
+    /// and telling the node about a partition the directory allocated.
+    fn after_apply(&mut self, command: &Command, result: &WriteResult) {
+        if let (WriteOp::AllocatePartition { .. }, Ok(ok)) = (&command.op, result) {
+            let partition = ok.partition.expect("an allocation names its partition");
+            let info = self
+                .state_machine
+                .directory()
+                .partition(partition)
+                .expect("an allocated partition is in the directory")
+                .clone();
+            let campaign = self.is_leader();
+            self.outputs.push_back(Output::PartitionAllocated { partition, info, campaign });
+        }
+        if let Some(request) = self.forwarded.settle((command.client, command.seq)) {
+            self.outputs.push_back(Output::Respond { request, response: Response::Written(result.clone()) });
         }
     }
 

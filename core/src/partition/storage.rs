@@ -87,11 +87,8 @@ impl raft::Storage for PartitionStorage {
         }
         assert!(high <= self.last_index_held() + 1, "raft asks only for entries it knows exist");
         let offset = self.compacted.index + 1;
-        let mut out: Vec<Entry> = self
-            .entries
-            .range((low - offset) as usize..(high - offset) as usize)
-            .cloned()
-            .collect();
+        let mut out: Vec<Entry> =
+            self.entries.range((low - offset) as usize..(high - offset) as usize).cloned().collect();
         raft::util::limit_size(&mut out, max_size.into());
         Ok(out)
     }

@@ -3,8 +3,7 @@
 use super::*;
 use crate::ids::ClientId;
 use crate::state_machine::{
-    Expected, NewObject, ObjectKind, Oid, ReadResult, RefName, RefUpdate, RefValue, RelativePath,
-    RepoId, WriteOp,
+    Expected, NewObject, ObjectKind, Oid, ReadResult, RefName, RefUpdate, RefValue, RelativePath, RepoId, WriteOp,
 };
 use crate::testing::{Cluster, Delivered};
 
@@ -92,7 +91,9 @@ fn writes_replicate_and_every_replica_applies_the_same_state() {
     }
     let leader = cluster.leader().unwrap();
     let commit = cluster.replica(leader).status().commit_index;
-    assert!(cluster.drive_until(STEPS_MAX, |c| c.nodes().iter().all(|&n| c.replica(n).status().applied_index == commit)));
+    assert!(
+        cluster.drive_until(STEPS_MAX, |c| c.nodes().iter().all(|&n| c.replica(n).status().applied_index == commit))
+    );
     let digest = cluster.replica(leader).state_machine().digest();
     for node in cluster.nodes() {
         assert_eq!(cluster.replica(node).state_machine().digest(), digest, "node {node} converged");
@@ -235,7 +236,10 @@ fn votes_and_append_acks_never_run_ahead_of_the_log() {
             break;
         }
     }
-    assert!(votes_checked > 0 && acks_checked > 10, "the run exercised votes ({votes_checked}) and acks ({acks_checked})");
+    assert!(
+        votes_checked > 0 && acks_checked > 10,
+        "the run exercised votes ({votes_checked}) and acks ({acks_checked})"
+    );
     assert!(cluster.responses.iter().any(|d| matches!(d.response, Response::Written(Ok(_)))), "writes committed");
 }
 
@@ -317,4 +321,33 @@ fn single_replica_partition_commits_on_its_own() {
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     let (body, _) = set_main(1, 2, b"solo");
     assert_written(&request_on_leader(&mut cluster, body));
+}
+
+#[test]
+fn a_follower_forwards_a_node_write_and_answers_once_it_applies() {
+    let mut cluster = Cluster::new(3, 12);
+    let leader = elect(&mut cluster);
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    let Request::Write(command) = create_repo(1) else { unreachable!() };
+    let request = cluster.request(follower, Request::ForwardedWrite(command.clone()));
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()));
+    let first = cluster.response(request).unwrap().clone();
+    assert_written(&first);
+    // A retry of the same (client, sequence), forwarded again, answers the original result.
+    let retry = cluster.request(follower, Request::ForwardedWrite(command));
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(retry).is_some()));
+    assert_eq!(cluster.response(retry).unwrap(), &first);
+}
+
+#[test]
+fn a_forwarded_write_that_is_lost_is_answered_unknown() {
+    let mut cluster = Cluster::new(3, 13);
+    let leader = elect(&mut cluster);
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    // Cut the follower off after it knows the leader: its forward never arrives.
+    cluster.isolate(follower);
+    let Request::Write(command) = create_repo(1) else { unreachable!() };
+    let request = cluster.request(follower, Request::ForwardedWrite(command));
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()));
+    assert_eq!(cluster.response(request), Some(&Response::Unknown));
 }

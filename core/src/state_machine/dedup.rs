@@ -104,10 +104,7 @@ fn result_size_bytes(result: &WriteResult) -> u64 {
 impl DedupTable {
     #[cfg(test)]
     pub fn with_limits(limits: DedupLimits) -> DedupTable {
-        DedupTable {
-            limits,
-            ..DedupTable::default()
-        }
+        DedupTable { limits, ..DedupTable::default() }
     }
 
     #[cfg(test)]
@@ -122,9 +119,7 @@ impl DedupTable {
 
     /// Highest raft index recorded, 0 when empty.
     pub fn last_index_max(&self) -> u64 {
-        self.clients_by_last_index
-            .last_key_value()
-            .map_or(0, |(index, _)| *index)
+        self.clients_by_last_index.last_key_value().map_or(0, |(index, _)| *index)
     }
 
     pub fn lookup(&self, client: ClientId, seq: u64) -> Lookup {
@@ -134,11 +129,7 @@ impl DedupTable {
         if let Some(result) = window.results.get(&seq) {
             return Lookup::Retry(result.clone());
         }
-        let oldest_kept = *window
-            .results
-            .keys()
-            .next()
-            .expect("a remembered client has results");
+        let oldest_kept = *window.results.keys().next().expect("a remembered client has results");
         // A window that is not full has forgotten nothing: a lower seq was never applied.
         if window.results.len() >= self.limits.window_max && seq < oldest_kept {
             return Lookup::TooOld { oldest_kept };
@@ -148,41 +139,26 @@ impl DedupTable {
 
     /// Remembers the result of `(client, seq)`, applied at `index`; `lookup` said `New`.
     pub fn record(&mut self, index: u64, client: ClientId, seq: u64, result: WriteResult) {
-        assert!(
-            index > self.last_index_max(),
-            "dedup record at index {index} is not the newest"
-        );
+        assert!(index > self.last_index_max(), "dedup record at index {index} is not the newest");
         assert!(
             !matches!(result, Err(Rejection::SequenceTooOld { .. })),
             "SequenceTooOld is an answer about the table, never recorded in it"
         );
         let limits = self.limits;
         let size_bytes = result_size_bytes(&result);
-        let window = self.clients.entry(client).or_insert_with(|| ClientWindow {
-            results: BTreeMap::new(),
-            last_index: 0,
-        });
+        let window =
+            self.clients.entry(client).or_insert_with(|| ClientWindow { results: BTreeMap::new(), last_index: 0 });
         if !window.results.is_empty() {
             let unindexed = self.clients_by_last_index.remove(&window.last_index);
-            assert_eq!(
-                unindexed,
-                Some(client),
-                "dedup index out of step with client {client}"
-            );
+            assert_eq!(unindexed, Some(client), "dedup index out of step with client {client}");
         }
         let replaced = window.results.insert(seq, result);
-        assert!(
-            replaced.is_none(),
-            "client {client} seq {seq} recorded twice"
-        );
+        assert!(replaced.is_none(), "client {client} seq {seq} recorded twice");
         window.last_index = index;
         self.results_bytes += size_bytes;
         if window.results.len() > limits.window_max {
             let (oldest_seq, oldest) = window.results.pop_first().expect("a full window");
-            assert!(
-                oldest_seq != seq,
-                "the window dropped the result it just recorded"
-            );
+            assert!(oldest_seq != seq, "the window dropped the result it just recorded");
             self.results_bytes -= result_size_bytes(&oldest);
         }
         let displaced = self.clients_by_last_index.insert(index, client);
@@ -199,56 +175,31 @@ impl DedupTable {
     }
 
     fn evict_least_recent(&mut self) -> ClientId {
-        let (index, client) = self
-            .clients_by_last_index
-            .pop_first()
-            .expect("a client to evict");
-        let window = self
-            .clients
-            .remove(&client)
-            .expect("an indexed client is remembered");
-        assert_eq!(
-            window.last_index, index,
-            "dedup index out of step with client {client}"
-        );
+        let (index, client) = self.clients_by_last_index.pop_first().expect("a client to evict");
+        let window = self.clients.remove(&client).expect("an indexed client is remembered");
+        assert_eq!(window.last_index, index, "dedup index out of step with client {client}");
         let size_bytes: u64 = window.results.values().map(result_size_bytes).sum();
-        assert!(
-            size_bytes <= self.results_bytes,
-            "dedup byte count below zero"
-        );
+        assert!(size_bytes <= self.results_bytes, "dedup byte count below zero");
         self.results_bytes -= size_bytes;
         client
     }
 
     /// Builds the derived fields from `clients`, checking every bound and invariant; the error
     /// names the first broken one.
-    fn rebuild(
-        clients: BTreeMap<ClientId, ClientWindow>,
-        limits: DedupLimits,
-    ) -> Result<DedupTable, String> {
+    fn rebuild(clients: BTreeMap<ClientId, ClientWindow>, limits: DedupLimits) -> Result<DedupTable, String> {
         if clients.len() > limits.clients_max {
-            return Err(format!(
-                "{} dedup clients, more than {}",
-                clients.len(),
-                limits.clients_max
-            ));
+            return Err(format!("{} dedup clients, more than {}", clients.len(), limits.clients_max));
         }
         let mut clients_by_last_index = BTreeMap::new();
         let mut results_bytes = 0u64;
         for (client, window) in &clients {
             if window.results.is_empty() || window.results.len() > limits.window_max {
-                return Err(format!(
-                    "client {client} remembers {} results",
-                    window.results.len()
-                ));
+                return Err(format!("client {client} remembers {} results", window.results.len()));
             }
             if window.last_index == 0 {
                 return Err(format!("client {client} wrote at index 0"));
             }
-            if clients_by_last_index
-                .insert(window.last_index, *client)
-                .is_some()
-            {
+            if clients_by_last_index.insert(window.last_index, *client).is_some() {
                 return Err(format!("two clients wrote at index {}", window.last_index));
             }
             for result in window.results.values() {
@@ -268,17 +219,9 @@ impl DedupTable {
             }
         }
         if results_bytes > limits.results_bytes_max && clients.len() > 1 {
-            return Err(format!(
-                "dedup results take {results_bytes} bytes, more than {}",
-                limits.results_bytes_max
-            ));
+            return Err(format!("dedup results take {results_bytes} bytes, more than {}", limits.results_bytes_max));
         }
-        Ok(DedupTable {
-            clients,
-            clients_by_last_index,
-            results_bytes,
-            limits,
-        })
+        Ok(DedupTable { clients, clients_by_last_index, results_bytes, limits })
     }
 
     /// The first broken invariant of the table, if any (for state checks and tests).

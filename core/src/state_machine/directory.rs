@@ -72,12 +72,8 @@ struct DirectoryData {
 
 impl Serialize for Directory {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        DirectoryRef {
-            routes: &self.routes,
-            partitions: &self.partitions,
-            next_partition: self.next_partition,
-        }
-        .serialize(serializer)
+        DirectoryRef { routes: &self.routes, partitions: &self.partitions, next_partition: self.next_partition }
+            .serialize(serializer)
     }
 }
 
@@ -108,16 +104,10 @@ pub(super) fn check_members(voters: &[NodeId], learners: &[NodeId]) -> Result<()
         return invalid("no voters".to_string());
     }
     if voters.len() > PARTITION_VOTERS_MAX {
-        return invalid(format!(
-            "{} voters, more than {PARTITION_VOTERS_MAX}",
-            voters.len()
-        ));
+        return invalid(format!("{} voters, more than {PARTITION_VOTERS_MAX}", voters.len()));
     }
     if learners.len() > PARTITION_LEARNERS_MAX {
-        return invalid(format!(
-            "{} learners, more than {PARTITION_LEARNERS_MAX}",
-            learners.len()
-        ));
+        return invalid(format!("{} learners, more than {PARTITION_LEARNERS_MAX}", learners.len()));
     }
     // Bounded by the two limits above.
     let mut seen = BTreeSet::new();
@@ -186,15 +176,9 @@ impl Directory {
 
     /// Allocates the next partition id for `repo` (created on `repo.storage` with `voters`) and
     /// routes `repo` to it. `voters` passed [`check_members`].
-    pub(super) fn allocate_partition(
-        &mut self,
-        repo: &RepoId,
-        voters: &[NodeId],
-    ) -> Result<PartitionId, Rejection> {
+    pub(super) fn allocate_partition(&mut self, repo: &RepoId, voters: &[NodeId]) -> Result<PartitionId, Rejection> {
         self.check_unrouted(repo)?;
-        let too_many = Rejection::TooManyPartitions {
-            count_max: DIRECTORY_PARTITIONS_MAX as u64,
-        };
+        let too_many = Rejection::TooManyPartitions { count_max: DIRECTORY_PARTITIONS_MAX as u64 };
         if self.partitions.len() >= DIRECTORY_PARTITIONS_MAX {
             return Err(too_many);
         }
@@ -204,11 +188,7 @@ impl Directory {
 
         let id = PartitionId(self.next_partition);
         self.next_partition = next;
-        let info = PartitionInfo {
-            authority: repo.storage.clone(),
-            voters: sorted(voters),
-            learners: Vec::new(),
-        };
+        let info = PartitionInfo { authority: repo.storage.clone(), voters: sorted(voters), learners: Vec::new() };
         let replaced = self.partitions.insert(id, info);
         assert!(replaced.is_none(), "partition {id} allocated twice");
         self.insert_route(repo, id);
@@ -216,11 +196,7 @@ impl Directory {
     }
 
     /// Routes `repo` to an existing partition (a fork placed in its parent's partition).
-    pub(super) fn route_repository(
-        &mut self,
-        repo: &RepoId,
-        partition: PartitionId,
-    ) -> Result<(), Rejection> {
+    pub(super) fn route_repository(&mut self, repo: &RepoId, partition: PartitionId) -> Result<(), Rejection> {
         if !self.partitions.contains_key(&partition) {
             return Err(Rejection::PartitionNotFound { partition });
         }
@@ -228,23 +204,15 @@ impl Directory {
         self.check_route_room()?;
         let routed = self.route_counts.get(&partition).copied().unwrap_or(0);
         if routed >= PARTITION_REPOSITORIES_MAX {
-            return Err(Rejection::TooManyRepositories {
-                count_max: PARTITION_REPOSITORIES_MAX as u64,
-            });
+            return Err(Rejection::TooManyRepositories { count_max: PARTITION_REPOSITORIES_MAX as u64 });
         }
         self.insert_route(repo, partition);
         Ok(())
     }
 
     pub(super) fn unroute_repository(&mut self, repo: &RepoId) -> Result<(), Rejection> {
-        let partition = self
-            .routes
-            .remove(repo)
-            .ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
-        let count = self
-            .route_counts
-            .get_mut(&partition)
-            .expect("a routed partition is counted");
+        let partition = self.routes.remove(repo).ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
+        let count = self.route_counts.get_mut(&partition).expect("a routed partition is counted");
         assert!(*count >= 1, "partition {partition} counts no routes");
         *count -= 1;
         if *count == 0 {
@@ -260,10 +228,7 @@ impl Directory {
         voters: &[NodeId],
         learners: &[NodeId],
     ) -> Result<(), Rejection> {
-        let info = self
-            .partitions
-            .get_mut(&partition)
-            .ok_or(Rejection::PartitionNotFound { partition })?;
+        let info = self.partitions.get_mut(&partition).ok_or(Rejection::PartitionNotFound { partition })?;
         info.voters = sorted(voters);
         info.learners = sorted(learners);
         Ok(())
@@ -278,19 +243,14 @@ impl Directory {
 
     fn check_route_room(&self) -> Result<(), Rejection> {
         if self.routes.len() >= DIRECTORY_ROUTES_MAX {
-            return Err(Rejection::TooManyRoutes {
-                count_max: DIRECTORY_ROUTES_MAX as u64,
-            });
+            return Err(Rejection::TooManyRoutes { count_max: DIRECTORY_ROUTES_MAX as u64 });
         }
         Ok(())
     }
 
     /// Adds a route that every check allowed.
     fn insert_route(&mut self, repo: &RepoId, partition: PartitionId) {
-        assert!(
-            self.partitions.contains_key(&partition),
-            "route to unknown partition {partition}"
-        );
+        assert!(self.partitions.contains_key(&partition), "route to unknown partition {partition}");
         let replaced = self.routes.insert(repo.clone(), partition);
         assert!(replaced.is_none(), "{repo} routed twice");
         *self.route_counts.entry(partition).or_insert(0) += 1;
@@ -299,11 +259,7 @@ impl Directory {
     /// Builds the derived counts from the primary fields, checking every bound and invariant;
     /// the error names the first broken one.
     fn rebuild(data: DirectoryData) -> Result<Directory, String> {
-        let DirectoryData {
-            routes,
-            partitions,
-            next_partition,
-        } = data;
+        let DirectoryData { routes, partitions, next_partition } = data;
         if partitions.len() > DIRECTORY_PARTITIONS_MAX {
             return Err(format!(
                 "{} partitions in the directory, more than {DIRECTORY_PARTITIONS_MAX}",
@@ -311,19 +267,14 @@ impl Directory {
             ));
         }
         if routes.len() > DIRECTORY_ROUTES_MAX {
-            return Err(format!(
-                "{} routes in the directory, more than {DIRECTORY_ROUTES_MAX}",
-                routes.len()
-            ));
+            return Err(format!("{} routes in the directory, more than {DIRECTORY_ROUTES_MAX}", routes.len()));
         }
         if next_partition == 0 {
             return Err("next partition id is 0; ids start at 1".to_string());
         }
         for (id, info) in &partitions {
             if id.0 == 0 || id.0 >= next_partition {
-                return Err(format!(
-                    "partition {id} recorded, outside the allocated ids 1..{next_partition}"
-                ));
+                return Err(format!("partition {id} recorded, outside the allocated ids 1..{next_partition}"));
             }
             if let Err(rejection) = validate_storage_name(&info.authority) {
                 return Err(format!("partition {id}: {rejection}"));
@@ -347,17 +298,10 @@ impl Directory {
             let count = route_counts.entry(*partition).or_insert(0);
             *count += 1;
             if *count > PARTITION_REPOSITORIES_MAX {
-                return Err(format!(
-                    "partition {partition} has more than {PARTITION_REPOSITORIES_MAX} routes"
-                ));
+                return Err(format!("partition {partition} has more than {PARTITION_REPOSITORIES_MAX} routes"));
             }
         }
-        Ok(Directory {
-            routes,
-            partitions,
-            next_partition,
-            route_counts,
-        })
+        Ok(Directory { routes, partitions, next_partition, route_counts })
     }
 
     /// The first broken invariant of the directory, if any (for state checks and tests).
@@ -369,9 +313,7 @@ impl Directory {
         };
         match Directory::rebuild(data) {
             Err(problem) => Some(problem),
-            Ok(rebuilt) if rebuilt != *self => {
-                Some("directory route counts out of step".to_string())
-            }
+            Ok(rebuilt) if rebuilt != *self => Some("directory route counts out of step".to_string()),
             Ok(_) => None,
         }
     }

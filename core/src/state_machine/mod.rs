@@ -24,13 +24,11 @@ mod tests;
 
 pub use dedup::{DEDUP_CLIENTS_MAX, DEDUP_RESULTS_BYTES_MAX, DEDUP_WINDOW_MAX};
 pub use directory::{
-    Directory, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX,
-    PARTITION_LEARNERS_MAX, PARTITION_VOTERS_MAX,
+    Directory, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_LEARNERS_MAX,
+    PARTITION_VOTERS_MAX,
 };
 pub use objects::{ObjectKind, ObjectKindParseError, Oid, OidParseError};
-pub use path::{
-    validate_storage_name, RelativePath, RepoId, RELATIVE_PATH_BYTES_MAX, STORAGE_NAME_BYTES_MAX,
-};
+pub use path::{validate_storage_name, RelativePath, RepoId, RELATIVE_PATH_BYTES_MAX, STORAGE_NAME_BYTES_MAX};
 pub use refs::{Expected, RefName, RefUpdate, RefValue, REF_NAME_BYTES_MAX};
 pub use snapshot::Digest;
 
@@ -96,34 +94,20 @@ pub enum WriteOp {
     /// Creates an empty repository, or a fork of `fork_of` (same storage, same partition): the
     /// fork starts with the parent's references and holds the objects the parent holds at
     /// that index. Objects written to the parent later are not shared.
-    CreateRepository {
-        repo: RepoId,
-        fork_of: Option<RelativePath>,
-    },
+    CreateRepository { repo: RepoId, fork_of: Option<RelativePath> },
     /// Deletes a repository; objects no other repository holds are dropped.
     DeleteRepository { repo: RepoId },
     /// Adds objects and updates references atomically: all or nothing.
-    Transaction {
-        repo: RepoId,
-        objects: Vec<NewObject>,
-        refs: Vec<RefUpdate>,
-    },
+    Transaction { repo: RepoId, objects: Vec<NewObject>, refs: Vec<RefUpdate> },
     /// Directory (partition 0): allocates the next partition id, created on `repo.storage`
     /// with `voters` and no learners, and routes `repo` to it. The result names the id.
     AllocatePartition { repo: RepoId, voters: Vec<NodeId> },
     /// Directory: routes `repo` to an existing partition (a fork placed in its parent's).
-    RouteRepository {
-        repo: RepoId,
-        partition: PartitionId,
-    },
+    RouteRepository { repo: RepoId, partition: PartitionId },
     /// Directory: removes the route of `repo`.
     UnrouteRepository { repo: RepoId },
     /// Directory: records a partition's membership (after a membership change).
-    SetPartitionMembers {
-        partition: PartitionId,
-        voters: Vec<NodeId>,
-        learners: Vec<NodeId>,
-    },
+    SetPartitionMembers { partition: PartitionId, voters: Vec<NodeId>, learners: Vec<NodeId> },
 }
 
 /// An object a transaction writes, with the id the client claims for it.
@@ -179,11 +163,7 @@ pub enum Rejection {
     #[error("object {oid} not found in the repository or the transaction")]
     ObjectNotFound { oid: Oid },
     #[error("object {oid} is {size_bytes} bytes, more than the limit of {size_bytes_max}")]
-    ObjectTooLarge {
-        oid: Oid,
-        size_bytes: u64,
-        size_bytes_max: u64,
-    },
+    ObjectTooLarge { oid: Oid, size_bytes: u64, size_bytes_max: u64 },
     #[error("object {oid} has the id of a different object (SHA-1 collision)")]
     ObjectHashCollision { oid: Oid },
     #[error("transaction has {count} objects, more than {count_max}")]
@@ -193,28 +173,13 @@ pub enum Rejection {
     #[error("reference {name} is updated twice in one transaction")]
     DuplicateRefUpdate { name: RefName },
     #[error("repository {repo} would hold {count} references, more than {count_max}")]
-    TooManyRefs {
-        repo: RepoId,
-        count: u64,
-        count_max: u64,
-    },
+    TooManyRefs { repo: RepoId, count: u64, count_max: u64 },
     #[error("precondition failed on {name}: expected {expected}, current value is {}", display_current(.current))]
-    PreconditionFailed {
-        name: RefName,
-        expected: Expected,
-        current: Option<RefValue>,
-    },
+    PreconditionFailed { name: RefName, expected: Expected, current: Option<RefValue> },
     #[error("command encodes to {size_bytes} bytes, more than {size_bytes_max}")]
-    CommandTooLarge {
-        size_bytes: u64,
-        size_bytes_max: u64,
-    },
+    CommandTooLarge { size_bytes: u64, size_bytes_max: u64 },
     #[error("sequence {seq} of client {client} is older than the oldest result kept ({oldest_kept}): it may have been applied, its result is forgotten")]
-    SequenceTooOld {
-        client: ClientId,
-        seq: u64,
-        oldest_kept: u64,
-    },
+    SequenceTooOld { client: ClientId, seq: u64, oldest_kept: u64 },
     #[error("partition {partition} not found")]
     PartitionNotFound { partition: PartitionId },
     #[error("invalid partition members: {reason}")]
@@ -311,17 +276,12 @@ impl StateMachine {
             Lookup::TooOld { oldest_kept } => {
                 // Not recorded: the answer is about the table, and recording it would evict
                 // a result that can still be asked for.
-                return Err(Rejection::SequenceTooOld {
-                    client: command.client,
-                    seq: command.seq,
-                    oldest_kept,
-                });
+                return Err(Rejection::SequenceTooOld { client: command.client, seq: command.seq, oldest_kept });
             }
             Lookup::New => {}
         }
         let result = self.execute(index, &command.op);
-        self.dedup
-            .record(index, command.client, command.seq, result.clone());
+        self.dedup.record(index, command.client, command.seq, result.clone());
         result
     }
 
@@ -347,11 +307,7 @@ impl StateMachine {
         match query {
             ReadQuery::ListRefs { repo } => match self.repository(repo) {
                 Ok(repository) => ReadResult::Refs(
-                    repository
-                        .refs
-                        .iter()
-                        .map(|(name, value)| (name.clone(), value.clone()))
-                        .collect(),
+                    repository.refs.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),
                 ),
                 Err(rejection) => ReadResult::Rejected(rejection),
             },
@@ -370,17 +326,12 @@ impl StateMachine {
             },
             ReadQuery::Route { repo } => match repo.validate() {
                 Ok(()) => ReadResult::Route(self.directory.route(repo).map(|partition| {
-                    let info = self
-                        .directory
-                        .partition(partition)
-                        .expect("a route names a recorded partition");
+                    let info = self.directory.partition(partition).expect("a route names a recorded partition");
                     (partition, info.clone())
                 })),
                 Err(rejection) => ReadResult::Rejected(rejection),
             },
-            ReadQuery::Partitions => {
-                ReadResult::Partitions(self.directory.partitions_with_routes())
-            }
+            ReadQuery::Partitions => ReadResult::Partitions(self.directory.partitions_with_routes()),
         }
     }
 
@@ -396,83 +347,46 @@ impl StateMachine {
 
     fn repository(&self, repo: &RepoId) -> Result<&Repository, Rejection> {
         repo.validate()?;
-        self.repositories
-            .get(repo)
-            .ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })
+        self.repositories.get(repo).ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })
     }
 
     /// Runs one new command against the state; on a rejection nothing has changed.
     fn execute(&mut self, index: u64, op: &WriteOp) -> WriteResult {
         check_op(op)?;
         match op {
-            WriteOp::CreateRepository { repo, fork_of } => {
-                self.create_repository(repo, fork_of.as_ref())?
-            }
+            WriteOp::CreateRepository { repo, fork_of } => self.create_repository(repo, fork_of.as_ref())?,
             WriteOp::DeleteRepository { repo } => self.delete_repository(repo)?,
-            WriteOp::Transaction {
-                repo,
-                objects,
-                refs,
-            } => {
+            WriteOp::Transaction { repo, objects, refs } => {
                 self.transaction(repo, objects, refs)?;
                 let object_ids = objects.iter().map(|object| object.oid).collect();
-                return Ok(WriteOk {
-                    index,
-                    object_ids,
-                    partition: None,
-                });
+                return Ok(WriteOk { index, object_ids, partition: None });
             }
             WriteOp::AllocatePartition { repo, voters } => {
                 let partition = self.directory.allocate_partition(repo, voters)?;
-                return Ok(WriteOk {
-                    index,
-                    object_ids: Vec::new(),
-                    partition: Some(partition),
-                });
+                return Ok(WriteOk { index, object_ids: Vec::new(), partition: Some(partition) });
             }
-            WriteOp::RouteRepository { repo, partition } => {
-                self.directory.route_repository(repo, *partition)?
-            }
+            WriteOp::RouteRepository { repo, partition } => self.directory.route_repository(repo, *partition)?,
             WriteOp::UnrouteRepository { repo } => self.directory.unroute_repository(repo)?,
-            WriteOp::SetPartitionMembers {
-                partition,
-                voters,
-                learners,
-            } => self
-                .directory
-                .set_partition_members(*partition, voters, learners)?,
+            WriteOp::SetPartitionMembers { partition, voters, learners } => {
+                self.directory.set_partition_members(*partition, voters, learners)?
+            }
         }
-        Ok(WriteOk {
-            index,
-            object_ids: Vec::new(),
-            partition: None,
-        })
+        Ok(WriteOk { index, object_ids: Vec::new(), partition: None })
     }
 
-    fn create_repository(
-        &mut self,
-        repo: &RepoId,
-        fork_of: Option<&RelativePath>,
-    ) -> Result<(), Rejection> {
+    fn create_repository(&mut self, repo: &RepoId, fork_of: Option<&RelativePath>) -> Result<(), Rejection> {
         if self.repositories.contains_key(repo) {
             return Err(Rejection::RepositoryExists { repo: repo.clone() });
         }
         if self.repositories.len() >= PARTITION_REPOSITORIES_MAX {
-            return Err(Rejection::TooManyRepositories {
-                count_max: PARTITION_REPOSITORIES_MAX as u64,
-            });
+            return Err(Rejection::TooManyRepositories { count_max: PARTITION_REPOSITORIES_MAX as u64 });
         }
         let repository = match fork_of {
             None => Repository::default(),
             Some(parent_path) => {
-                let parent_id = RepoId {
-                    storage: repo.storage.clone(),
-                    relative_path: parent_path.clone(),
-                };
-                let parent = self
-                    .repositories
-                    .get(&parent_id)
-                    .ok_or(Rejection::RepositoryNotFound { repo: parent_id })?;
+                let parent_id = RepoId { storage: repo.storage.clone(), relative_path: parent_path.clone() };
+                let parent =
+                    self.repositories.get(&parent_id).ok_or(Rejection::RepositoryNotFound { repo: parent_id })?;
                 // Bounded by the parent's object set, itself bounded by what was applied.
                 for oid in &parent.objects {
                     self.objects.hold_existing(oid);
@@ -485,10 +399,8 @@ impl StateMachine {
     }
 
     fn delete_repository(&mut self, repo: &RepoId) -> Result<(), Rejection> {
-        let repository = self
-            .repositories
-            .remove(repo)
-            .ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
+        let repository =
+            self.repositories.remove(repo).ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
         for oid in &repository.objects {
             self.objects.release(oid);
         }
@@ -496,16 +408,9 @@ impl StateMachine {
     }
 
     /// Checks everything first, then changes the state: no check may fail after a change.
-    fn transaction(
-        &mut self,
-        repo: &RepoId,
-        objects: &[NewObject],
-        updates: &[RefUpdate],
-    ) -> Result<(), Rejection> {
-        let repository = self
-            .repositories
-            .get(repo)
-            .ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
+    fn transaction(&mut self, repo: &RepoId, objects: &[NewObject], updates: &[RefUpdate]) -> Result<(), Rejection> {
+        let repository =
+            self.repositories.get(repo).ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
         for object in objects {
             if let Some(pooled) = self.objects.get(&object.oid) {
                 if pooled.kind != object.kind || pooled.data != object.data {
@@ -534,11 +439,7 @@ impl StateMachine {
             }
         }
         refs::apply_updates(&mut repository.refs, updates);
-        assert_eq!(
-            repository.refs.len(),
-            refs_count,
-            "reference count after a transaction"
-        );
+        assert_eq!(repository.refs.len(), refs_count, "reference count after a transaction");
         Ok(())
     }
 }
@@ -563,11 +464,7 @@ fn check_op(op: &WriteOp) -> Result<(), Rejection> {
     match op {
         WriteOp::CreateRepository { repo, fork_of: _ } => repo.validate(),
         WriteOp::DeleteRepository { repo } => repo.validate(),
-        WriteOp::Transaction {
-            repo,
-            objects,
-            refs,
-        } => {
+        WriteOp::Transaction { repo, objects, refs } => {
             repo.validate()?;
             if objects.len() > TRANSACTION_OBJECTS_MAX {
                 return Err(Rejection::TooManyObjects {
@@ -592,10 +489,7 @@ fn check_op(op: &WriteOp) -> Result<(), Rejection> {
                 }
                 let actual = Oid::hash_object(object.kind, &object.data);
                 if actual != object.oid {
-                    return Err(Rejection::ObjectIdMismatch {
-                        claimed: object.oid,
-                        actual,
-                    });
+                    return Err(Rejection::ObjectIdMismatch { claimed: object.oid, actual });
                 }
                 if let Some(earlier) = seen.insert(object.oid, object) {
                     if earlier.kind != object.kind || earlier.data != object.data {
@@ -611,56 +505,29 @@ fn check_op(op: &WriteOp) -> Result<(), Rejection> {
         }
         WriteOp::RouteRepository { repo, partition: _ } => repo.validate(),
         WriteOp::UnrouteRepository { repo } => repo.validate(),
-        WriteOp::SetPartitionMembers {
-            partition: _,
-            voters,
-            learners,
-        } => directory::check_members(voters, learners),
+        WriteOp::SetPartitionMembers { partition: _, voters, learners } => directory::check_members(voters, learners),
     }
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let op = match &self.op {
-            WriteOp::CreateRepository {
-                repo,
-                fork_of: None,
-            } => format!("create {repo}"),
-            WriteOp::CreateRepository {
-                repo,
-                fork_of: Some(parent),
-            } => format!("fork {repo} of {parent}"),
+            WriteOp::CreateRepository { repo, fork_of: None } => format!("create {repo}"),
+            WriteOp::CreateRepository { repo, fork_of: Some(parent) } => format!("fork {repo} of {parent}"),
             WriteOp::DeleteRepository { repo } => format!("delete {repo}"),
-            WriteOp::Transaction {
-                repo,
-                objects,
-                refs,
-            } => {
-                format!(
-                    "transaction on {repo}: {} objects, {} ref updates",
-                    objects.len(),
-                    refs.len()
-                )
+            WriteOp::Transaction { repo, objects, refs } => {
+                format!("transaction on {repo}: {} objects, {} ref updates", objects.len(), refs.len())
             }
             WriteOp::AllocatePartition { repo, voters } => {
-                format!(
-                    "allocate a partition for {repo} on voters {}",
-                    Nodes(voters)
-                )
+                format!("allocate a partition for {repo} on voters {}", Nodes(voters))
             }
             WriteOp::RouteRepository { repo, partition } => {
                 format!("route {repo} to partition {partition}")
             }
             WriteOp::UnrouteRepository { repo } => format!("unroute {repo}"),
-            WriteOp::SetPartitionMembers {
-                partition,
-                voters,
-                learners,
-            } => format!(
-                "set members of partition {partition}: voters {}, learners {}",
-                Nodes(voters),
-                Nodes(learners)
-            ),
+            WriteOp::SetPartitionMembers { partition, voters, learners } => {
+                format!("set members of partition {partition}: voters {}, learners {}", Nodes(voters), Nodes(learners))
+            }
         };
         write!(f, "client {} seq {}: {op}", self.client, self.seq)
     }

@@ -46,14 +46,10 @@ impl FromStr for Oid {
     fn from_str(text: &str) -> Result<Oid, OidParseError> {
         let lowercase_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
         if text.len() != 40 || !text.bytes().all(lowercase_hex) {
-            return Err(OidParseError {
-                text: super::echo_bytes_max(text, 64),
-            });
+            return Err(OidParseError { text: super::echo_bytes_max(text, 64) });
         }
         let mut oid = [0u8; 20];
-        hex::decode_to_slice(text, &mut oid).map_err(|_| OidParseError {
-            text: text.to_string(),
-        })?;
+        hex::decode_to_slice(text, &mut oid).map_err(|_| OidParseError { text: text.to_string() })?;
         Ok(Oid(oid))
     }
 }
@@ -68,12 +64,7 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 4] = [
-        ObjectKind::Blob,
-        ObjectKind::Tree,
-        ObjectKind::Commit,
-        ObjectKind::Tag,
-    ];
+    pub const ALL: [ObjectKind; 4] = [ObjectKind::Blob, ObjectKind::Tree, ObjectKind::Commit, ObjectKind::Tag];
 
     /// Git's name of the type, as hashed in the object header.
     pub fn as_str(self) -> &'static str {
@@ -106,9 +97,7 @@ impl FromStr for ObjectKind {
         ObjectKind::ALL
             .into_iter()
             .find(|kind| kind.as_str() == text)
-            .ok_or_else(|| ObjectKindParseError {
-                text: super::echo_bytes_max(text, 64),
-            })
+            .ok_or_else(|| ObjectKindParseError { text: super::echo_bytes_max(text, 64) })
     }
 }
 
@@ -160,21 +149,11 @@ impl ObjectPool {
     pub fn hold(&mut self, oid: Oid, kind: ObjectKind, data: &[u8]) {
         match self.objects.get_mut(&oid) {
             Some(object) => {
-                assert!(
-                    object.kind == kind && object.data == data,
-                    "pooled object {oid} has other content"
-                );
+                assert!(object.kind == kind && object.data == data, "pooled object {oid} has other content");
                 object.holders += 1;
             }
             None => {
-                self.objects.insert(
-                    oid,
-                    PooledObject {
-                        kind,
-                        data: data.to_vec(),
-                        holders: 1,
-                    },
-                );
+                self.objects.insert(oid, PooledObject { kind, data: data.to_vec(), holders: 1 });
             }
         }
     }

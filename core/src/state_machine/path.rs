@@ -21,10 +21,7 @@ impl RelativePath {
         let path = path.into();
         match relative_path_problem(&path) {
             None => Ok(RelativePath(path)),
-            Some(reason) => Err(Rejection::InvalidPath {
-                path: echo(&path),
-                reason: reason.to_string(),
-            }),
+            Some(reason) => Err(Rejection::InvalidPath { path: echo(&path), reason: reason.to_string() }),
         }
     }
 
@@ -83,20 +80,14 @@ pub fn validate_storage_name(storage: &str) -> Result<(), Rejection> {
         Some("longer than 255 bytes")
     } else if storage == "." || storage == ".." {
         Some("`.` and `..` are not names")
-    } else if !storage
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
+    } else if !storage.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
         Some("only A-Z, a-z, 0-9, `.`, `_` and `-` are allowed")
     } else {
         None
     };
     match problem {
         None => Ok(()),
-        Some(reason) => Err(Rejection::InvalidStorageName {
-            storage: echo(storage),
-            reason: reason.to_string(),
-        }),
+        Some(reason) => Err(Rejection::InvalidStorageName { storage: echo(storage), reason: reason.to_string() }),
     }
 }
 
@@ -111,16 +102,10 @@ pub struct RepoId {
 
 impl RepoId {
     /// Builds a validated repository id.
-    pub fn new(
-        storage: impl Into<String>,
-        relative_path: impl Into<String>,
-    ) -> Result<RepoId, Rejection> {
+    pub fn new(storage: impl Into<String>, relative_path: impl Into<String>) -> Result<RepoId, Rejection> {
         let storage = storage.into();
         validate_storage_name(&storage)?;
-        Ok(RepoId {
-            storage,
-            relative_path: RelativePath::new(relative_path)?,
-        })
+        Ok(RepoId { storage, relative_path: RelativePath::new(relative_path)? })
     }
 
     /// Checks the parts the type does not guarantee (the storage name).

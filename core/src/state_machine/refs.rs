@@ -21,10 +21,7 @@ impl RefName {
         let name = name.into();
         match ref_name_problem(&name) {
             None => Ok(RefName(name)),
-            Some(reason) => Err(Rejection::InvalidRefName {
-                name: echo(&name),
-                reason: reason.to_string(),
-            }),
+            Some(reason) => Err(Rejection::InvalidRefName { name: echo(&name), reason: reason.to_string() }),
         }
     }
 
@@ -170,16 +167,11 @@ pub(crate) fn check_update_shapes(updates: &[RefUpdate]) -> Result<(), Rejection
     let mut names = BTreeSet::new();
     for update in updates {
         if !names.insert(&update.name) {
-            return Err(Rejection::DuplicateRefUpdate {
-                name: update.name.clone(),
-            });
+            return Err(Rejection::DuplicateRefUpdate { name: update.name.clone() });
         }
         if let Some(RefValue::Symbolic(target)) = &update.new {
             if !target.is_under_refs() {
-                return Err(Rejection::InvalidSymbolicTarget {
-                    name: update.name.clone(),
-                    target: target.clone(),
-                });
+                return Err(Rejection::InvalidSymbolicTarget { name: update.name.clone(), target: target.clone() });
             }
         }
     }

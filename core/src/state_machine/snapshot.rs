@@ -6,8 +6,8 @@ use super::directory::Directory;
 use super::objects::{ObjectPool, Oid};
 use super::refs::RefValue;
 use super::{
-    validate_storage_name, RepoId, Repository, StateMachine, OBJECT_SIZE_BYTES_MAX,
-    PARTITION_REPOSITORIES_MAX, REPOSITORY_REFS_MAX,
+    validate_storage_name, RepoId, Repository, StateMachine, OBJECT_SIZE_BYTES_MAX, PARTITION_REPOSITORIES_MAX,
+    REPOSITORY_REFS_MAX,
 };
 use crate::codec::{self, DecodeError};
 use serde::{Deserialize, Serialize};
@@ -99,10 +99,7 @@ impl StateMachine {
         if snapshot.format_version != SNAPSHOT_FORMAT_VERSION {
             return Err(DecodeError {
                 what: SNAPSHOT_WHAT,
-                reason: format!(
-                    "format version {}, expected {SNAPSHOT_FORMAT_VERSION}",
-                    snapshot.format_version
-                ),
+                reason: format!("format version {}, expected {SNAPSHOT_FORMAT_VERSION}", snapshot.format_version),
             });
         }
         let state = StateMachine {
@@ -114,10 +111,7 @@ impl StateMachine {
         };
         match state.invariant_violation() {
             None => Ok(state),
-            Some(reason) => Err(DecodeError {
-                what: SNAPSHOT_WHAT,
-                reason,
-            }),
+            Some(reason) => Err(DecodeError { what: SNAPSHOT_WHAT, reason }),
         }
     }
 
@@ -125,10 +119,7 @@ impl StateMachine {
     /// every object): for restores and tests, not for every apply.
     pub(crate) fn invariant_violation(&self) -> Option<String> {
         if self.repositories.len() > PARTITION_REPOSITORIES_MAX {
-            return Some(format!(
-                "{} repositories, more than {PARTITION_REPOSITORIES_MAX}",
-                self.repositories.len()
-            ));
+            return Some(format!("{} repositories, more than {PARTITION_REPOSITORIES_MAX}", self.repositories.len()));
         }
         let mut holders: BTreeMap<Oid, u64> = BTreeMap::new();
         for (repo, repository) in &self.repositories {
@@ -141,9 +132,7 @@ impl StateMachine {
             for (name, value) in &repository.refs {
                 match value {
                     RefValue::Direct(oid) if !repository.objects.contains(oid) => {
-                        return Some(format!(
-                            "{repo}: {name} points to {oid}, which it does not hold"
-                        ));
+                        return Some(format!("{repo}: {name} points to {oid}, which it does not hold"));
                     }
                     RefValue::Symbolic(target) if !target.is_under_refs() => {
                         return Some(format!("{repo}: {name} points to {target}, outside refs/"));
@@ -156,19 +145,12 @@ impl StateMachine {
             }
         }
         if holders.len() != self.objects.len() {
-            return Some(format!(
-                "{} objects pooled, {} held",
-                self.objects.len(),
-                holders.len()
-            ));
+            return Some(format!("{} objects pooled, {} held", self.objects.len(), holders.len()));
         }
         for (oid, object) in self.objects.iter() {
             let held = holders.get(oid).copied().unwrap_or(0);
             if object.holders != held || held == 0 {
-                return Some(format!(
-                    "object {oid} counts {} holders, {held} hold it",
-                    object.holders
-                ));
+                return Some(format!("object {oid} counts {} holders, {held} hold it", object.holders));
             }
             if object.data.len() > OBJECT_SIZE_BYTES_MAX {
                 return Some(format!("object {oid} is {} bytes", object.data.len()));

@@ -22,17 +22,11 @@ fn blob(content: &str) -> NewObject {
 }
 
 fn create(path: &str) -> WriteOp {
-    WriteOp::CreateRepository {
-        repo: repo(path),
-        fork_of: None,
-    }
+    WriteOp::CreateRepository { repo: repo(path), fork_of: None }
 }
 
 fn fork(path: &str, parent: &str) -> WriteOp {
-    WriteOp::CreateRepository {
-        repo: repo(path),
-        fork_of: Some(RelativePath::new(parent).unwrap()),
-    }
+    WriteOp::CreateRepository { repo: repo(path), fork_of: Some(RelativePath::new(parent).unwrap()) }
 }
 
 fn delete(path: &str) -> WriteOp {
@@ -40,19 +34,11 @@ fn delete(path: &str) -> WriteOp {
 }
 
 fn tx(path: &str, objects: Vec<NewObject>, refs: Vec<RefUpdate>) -> WriteOp {
-    WriteOp::Transaction {
-        repo: repo(path),
-        objects,
-        refs,
-    }
+    WriteOp::Transaction { repo: repo(path), objects, refs }
 }
 
 fn set(ref_name: &str, expected: Expected, new: Option<RefValue>) -> RefUpdate {
-    RefUpdate {
-        name: name(ref_name),
-        expected,
-        new,
-    }
+    RefUpdate { name: name(ref_name), expected, new }
 }
 
 fn direct(object: &NewObject) -> RefValue {
@@ -64,17 +50,11 @@ fn nodes(ids: &[u64]) -> Vec<NodeId> {
 }
 
 fn allocate(path: &str, voters: &[u64]) -> WriteOp {
-    WriteOp::AllocatePartition {
-        repo: repo(path),
-        voters: nodes(voters),
-    }
+    WriteOp::AllocatePartition { repo: repo(path), voters: nodes(voters) }
 }
 
 fn route(path: &str, partition: u64) -> WriteOp {
-    WriteOp::RouteRepository {
-        repo: repo(path),
-        partition: PartitionId(partition),
-    }
+    WriteOp::RouteRepository { repo: repo(path), partition: PartitionId(partition) }
 }
 
 fn unroute(path: &str) -> WriteOp {
@@ -82,28 +62,16 @@ fn unroute(path: &str) -> WriteOp {
 }
 
 fn set_members(partition: u64, voters: &[u64], learners: &[u64]) -> WriteOp {
-    WriteOp::SetPartitionMembers {
-        partition: PartitionId(partition),
-        voters: nodes(voters),
-        learners: nodes(learners),
-    }
+    WriteOp::SetPartitionMembers { partition: PartitionId(partition), voters: nodes(voters), learners: nodes(learners) }
 }
 
 fn partition_info(authority: &str, voters: &[u64], learners: &[u64]) -> PartitionInfo {
-    PartitionInfo {
-        authority: authority.to_string(),
-        voters: nodes(voters),
-        learners: nodes(learners),
-    }
+    PartitionInfo { authority: authority.to_string(), voters: nodes(voters), learners: nodes(learners) }
 }
 
 /// The answer of an `AllocatePartition` applied at `index`.
 fn allocated(index: u64, partition: u64) -> WriteResult {
-    Ok(WriteOk {
-        index,
-        object_ids: vec![],
-        partition: Some(PartitionId(partition)),
-    })
+    Ok(WriteOk { index, object_ids: vec![], partition: Some(PartitionId(partition)) })
 }
 
 /// A state machine fed by one client, checking every invariant after every apply.
@@ -115,11 +83,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        Harness {
-            state: StateMachine::new(),
-            index: 0,
-            seq: 0,
-        }
+        Harness { state: StateMachine::new(), index: 0, seq: 0 }
     }
 
     /// A new write of client 1.
@@ -145,10 +109,7 @@ impl Harness {
     }
 
     fn object(&self, path: &str, oid: Oid) -> Option<(ObjectKind, Vec<u8>)> {
-        match self.state.read(&ReadQuery::GetObject {
-            repo: repo(path),
-            oid,
-        }) {
+        match self.state.read(&ReadQuery::GetObject { repo: repo(path), oid }) {
             ReadResult::Object(object) => object,
             other => panic!("GetObject answered {other:?}"),
         }
@@ -165,33 +126,17 @@ fn git_hash_object(kind: ObjectKind, data: &[u8]) -> Oid {
         .stderr(Stdio::piped())
         .spawn()
         .expect("git is installed");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(data)
-        .expect("write to git");
+    child.stdin.take().expect("stdin").write_all(data).expect("write to git");
     let output = child.wait_with_output().expect("git runs");
-    assert!(
-        output.status.success(),
-        "git hash-object: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .parse()
-        .expect("git prints an oid")
+    assert!(output.status.success(), "git hash-object: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8").trim().parse().expect("git prints an oid")
 }
 
 #[test]
 fn hashing_agrees_with_git_hash_object() {
     let blob = b"hello\n".to_vec();
     let blob_oid = Oid::hash_object(ObjectKind::Blob, &blob);
-    assert_eq!(
-        blob_oid.to_string(),
-        "ce013625030ba8dba906f756967f9e9ca394464a"
-    );
+    assert_eq!(blob_oid.to_string(), "ce013625030ba8dba906f756967f9e9ca394464a");
 
     let mut tree = b"100644 hello.txt\0".to_vec();
     tree.extend_from_slice(&blob_oid.0);
@@ -219,12 +164,7 @@ fn hashing_agrees_with_git_hash_object() {
         (ObjectKind::Tag, tag),
     ];
     for (kind, data) in samples {
-        assert_eq!(
-            Oid::hash_object(kind, &data),
-            git_hash_object(kind, &data),
-            "{kind} of {} bytes",
-            data.len()
-        );
+        assert_eq!(Oid::hash_object(kind, &data), git_hash_object(kind, &data), "{kind} of {} bytes", data.len());
     }
 }
 
@@ -263,10 +203,7 @@ fn git_check_ref_format(text: &str) -> bool {
 
 #[test]
 fn ref_names() {
-    let long_ok = format!(
-        "refs/heads/{}",
-        "a".repeat(REF_NAME_BYTES_MAX - "refs/heads/".len())
-    );
+    let long_ok = format!("refs/heads/{}", "a".repeat(REF_NAME_BYTES_MAX - "refs/heads/".len()));
     let too_long = format!("{long_ok}a");
     let accepted = [
         "HEAD",
@@ -315,11 +252,7 @@ fn ref_names() {
         &too_long,
     ];
     for text in accepted {
-        assert!(
-            RefName::new(text).is_ok(),
-            "{text:?} rejected: {:?}",
-            RefName::new(text)
-        );
+        assert!(RefName::new(text).is_ok(), "{text:?} rejected: {:?}", RefName::new(text));
     }
     for text in rejected {
         match RefName::new(text) {
@@ -330,11 +263,7 @@ fn ref_names() {
     // Where git has an opinion (names under refs/, passable as an argument), it agrees.
     for text in accepted.iter().chain(rejected.iter()) {
         if text.starts_with("refs/") && !text.contains('\0') && text.len() <= 300 {
-            assert_eq!(
-                RefName::new(*text).is_ok(),
-                git_check_ref_format(text),
-                "git disagrees on {text:?}"
-            );
+            assert_eq!(RefName::new(*text).is_ok(), git_check_ref_format(text), "git disagrees on {text:?}");
         }
     }
     // Decoding validates too.
@@ -346,20 +275,10 @@ fn ref_names() {
 fn relative_paths_and_storage_names() {
     let long_ok = "a".repeat(RELATIVE_PATH_BYTES_MAX);
     let too_long = "a".repeat(RELATIVE_PATH_BYTES_MAX + 1);
-    for text in [
-        "a",
-        "a/b",
-        "group/project.git",
-        "a.b/c..d",
-        "...",
-        ".a/b.",
-        &long_ok,
-    ] {
+    for text in ["a", "a/b", "group/project.git", "a.b/c..d", "...", ".a/b.", &long_ok] {
         assert!(RelativePath::new(text).is_ok(), "{text:?} rejected");
     }
-    for text in [
-        "", "/a", "/", "a/../b", "..", ".", "./a", "a/.", "a//b", "a/", "a\\b", "a\0b", &too_long,
-    ] {
+    for text in ["", "/a", "/", "a/../b", "..", ".", "./a", "a/.", "a//b", "a/", "a\\b", "a\0b", &too_long] {
         match RelativePath::new(text) {
             Err(Rejection::InvalidPath { .. }) => {}
             other => panic!("{text:?} gave {other:?}"),
@@ -368,67 +287,27 @@ fn relative_paths_and_storage_names() {
     let bytes = codec::encode(&"a/../b".to_string());
     assert!(codec::decode::<RelativePath>("path", &bytes).is_err());
 
-    for text in [
-        "default",
-        "s-1_a.b",
-        "A9",
-        &"s".repeat(STORAGE_NAME_BYTES_MAX),
-    ] {
+    for text in ["default", "s-1_a.b", "A9", &"s".repeat(STORAGE_NAME_BYTES_MAX)] {
         assert!(validate_storage_name(text).is_ok(), "{text:?} rejected");
     }
-    for text in [
-        "",
-        "a/b",
-        "a b",
-        ".",
-        "..",
-        "ü",
-        "a:b",
-        &"s".repeat(STORAGE_NAME_BYTES_MAX + 1),
-    ] {
-        assert!(
-            matches!(
-                validate_storage_name(text),
-                Err(Rejection::InvalidStorageName { .. })
-            ),
-            "{text:?}"
-        );
+    for text in ["", "a/b", "a b", ".", "..", "ü", "a:b", &"s".repeat(STORAGE_NAME_BYTES_MAX + 1)] {
+        assert!(matches!(validate_storage_name(text), Err(Rejection::InvalidStorageName { .. })), "{text:?}");
     }
     // A bad storage name is refused at validate and at apply, and in reads.
-    let bad = RepoId {
-        storage: "../etc".to_string(),
-        relative_path: RelativePath::new("a").unwrap(),
-    };
-    let command = Command {
-        client: ClientId(1),
-        seq: 1,
-        op: WriteOp::CreateRepository {
-            repo: bad.clone(),
-            fork_of: None,
-        },
-    };
-    assert!(matches!(
-        validate(&command),
-        Err(Rejection::InvalidStorageName { .. })
-    ));
+    let bad = RepoId { storage: "../etc".to_string(), relative_path: RelativePath::new("a").unwrap() };
+    let command =
+        Command { client: ClientId(1), seq: 1, op: WriteOp::CreateRepository { repo: bad.clone(), fork_of: None } };
+    assert!(matches!(validate(&command), Err(Rejection::InvalidStorageName { .. })));
     let mut state = StateMachine::new();
-    assert!(matches!(
-        state.apply(1, &command),
-        Err(Rejection::InvalidStorageName { .. })
-    ));
+    assert!(matches!(state.apply(1, &command), Err(Rejection::InvalidStorageName { .. })));
     assert!(state.repositories().is_empty());
-    assert!(matches!(
-        state.read(&ReadQuery::RepositoryExists { repo: bad }),
-        ReadResult::Rejected(_)
-    ));
+    assert!(matches!(state.read(&ReadQuery::RepositoryExists { repo: bad }), ReadResult::Rejected(_)));
 }
 
 #[test]
 fn rejections_echo_bounded_text() {
     let huge = format!("refs/heads/{}", "ü".repeat(10_000));
-    let Err(Rejection::InvalidRefName { name, .. }) = RefName::new(huge) else {
-        panic!("accepted")
-    };
+    let Err(Rejection::InvalidRefName { name, .. }) = RefName::new(huge) else { panic!("accepted") };
     assert!(name.len() <= REJECTION_ECHO_BYTES_MAX + "…".len());
 }
 
@@ -442,35 +321,14 @@ fn compare_and_set() {
     let two = blob("two");
     let main = "refs/heads/main";
 
-    let ok = h
-        .write(tx(
-            "a",
-            vec![one.clone()],
-            vec![set(main, Expected::MustNotExist, Some(direct(&one)))],
-        ))
-        .unwrap();
-    assert_eq!(
-        ok,
-        WriteOk {
-            index: 2,
-            object_ids: vec![one.oid],
-            partition: None,
-        }
-    );
+    let ok = h.write(tx("a", vec![one.clone()], vec![set(main, Expected::MustNotExist, Some(direct(&one)))])).unwrap();
+    assert_eq!(ok, WriteOk { index: 2, object_ids: vec![one.oid], partition: None });
     assert_eq!(h.refs("a"), vec![(name(main), direct(&one))]);
-    assert_eq!(
-        h.object("a", one.oid),
-        Some((ObjectKind::Blob, b"one".to_vec()))
-    );
+    assert_eq!(h.object("a", one.oid), Some((ObjectKind::Blob, b"one".to_vec())));
 
     // MustNotExist on an existing ref fails, and the message names the current value.
-    let rejection = h
-        .write(tx(
-            "a",
-            vec![two.clone()],
-            vec![set(main, Expected::MustNotExist, Some(direct(&two)))],
-        ))
-        .unwrap_err();
+    let rejection =
+        h.write(tx("a", vec![two.clone()], vec![set(main, Expected::MustNotExist, Some(direct(&two)))])).unwrap_err();
     assert_eq!(
         rejection,
         Rejection::PreconditionFailed {
@@ -480,69 +338,29 @@ fn compare_and_set() {
         }
     );
     let message = rejection.to_string();
-    assert!(
-        message.contains(&one.oid.to_string()) && message.contains(main),
-        "{message}"
-    );
-    assert_eq!(
-        h.object("a", two.oid),
-        None,
-        "a rejected transaction writes no object"
-    );
+    assert!(message.contains(&one.oid.to_string()) && message.contains(main), "{message}");
+    assert_eq!(h.object("a", two.oid), None, "a rejected transaction writes no object");
 
     // Value mismatch, then match.
-    let rejection = h.write(tx(
-        "a",
-        vec![two.clone()],
-        vec![set(main, Expected::Value(direct(&two)), Some(direct(&two)))],
-    ));
-    assert!(matches!(
-        rejection,
-        Err(Rejection::PreconditionFailed {
-            current: Some(_),
-            ..
-        })
-    ));
+    let rejection =
+        h.write(tx("a", vec![two.clone()], vec![set(main, Expected::Value(direct(&two)), Some(direct(&two)))]));
+    assert!(matches!(rejection, Err(Rejection::PreconditionFailed { current: Some(_), .. })));
     assert!(h
-        .write(tx(
-            "a",
-            vec![two.clone()],
-            vec![set(main, Expected::Value(direct(&one)), Some(direct(&two)))]
-        ))
+        .write(tx("a", vec![two.clone()], vec![set(main, Expected::Value(direct(&one)), Some(direct(&two)))]))
         .is_ok());
     assert_eq!(h.refs("a"), vec![(name(main), direct(&two))]);
 
     // Any overwrites, to an object the repository already holds.
-    assert!(h
-        .write(tx(
-            "a",
-            vec![],
-            vec![set(main, Expected::Any, Some(direct(&one)))]
-        ))
-        .is_ok());
+    assert!(h.write(tx("a", vec![], vec![set(main, Expected::Any, Some(direct(&one)))])).is_ok());
     assert_eq!(h.refs("a"), vec![(name(main), direct(&one))]);
 
     // Delete with a precondition; the message of an absent current value says so.
-    assert!(h
-        .write(tx(
-            "a",
-            vec![],
-            vec![set(main, Expected::Value(direct(&one)), None)]
-        ))
-        .is_ok());
+    assert!(h.write(tx("a", vec![], vec![set(main, Expected::Value(direct(&one)), None)])).is_ok());
     assert!(h.refs("a").is_empty());
-    let rejection = h
-        .write(tx(
-            "a",
-            vec![],
-            vec![set(main, Expected::Value(direct(&one)), None)],
-        ))
-        .unwrap_err();
+    let rejection = h.write(tx("a", vec![], vec![set(main, Expected::Value(direct(&one)), None)])).unwrap_err();
     assert!(rejection.to_string().contains("absent"), "{rejection}");
     // Deleting an absent ref with Any is a no-op success.
-    assert!(h
-        .write(tx("a", vec![], vec![set(main, Expected::Any, None)]))
-        .is_ok());
+    assert!(h.write(tx("a", vec![], vec![set(main, Expected::Any, None)])).is_ok());
 }
 
 #[test]
@@ -551,12 +369,7 @@ fn transactions_are_atomic() {
     h.write(create("a")).unwrap();
     let one = blob("one");
     let two = blob("two");
-    h.write(tx(
-        "a",
-        vec![one.clone()],
-        vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))],
-    ))
-    .unwrap();
+    h.write(tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))])).unwrap();
     let before = (h.state.repositories.clone(), h.state.objects.clone());
 
     // The first update alone would succeed; the second fails; nothing is applied.
@@ -565,82 +378,41 @@ fn transactions_are_atomic() {
         vec![two.clone()],
         vec![
             set("refs/heads/dev", Expected::MustNotExist, Some(direct(&two))),
-            set(
-                "refs/heads/main",
-                Expected::Value(direct(&two)),
-                Some(direct(&two)),
-            ),
+            set("refs/heads/main", Expected::Value(direct(&two)), Some(direct(&two))),
         ],
     ));
     assert!(matches!(result, Err(Rejection::PreconditionFailed { .. })));
-    assert_eq!(
-        (h.state.repositories.clone(), h.state.objects.clone()),
-        before
-    );
+    assert_eq!((h.state.repositories.clone(), h.state.objects.clone()), before);
     assert_eq!(h.object("a", two.oid), None);
 
     // Preconditions see the state before the transaction, and a name is updated at most once.
     let result = h.write(tx(
         "a",
         vec![],
-        vec![
-            set("refs/heads/x", Expected::Any, Some(direct(&one))),
-            set("refs/heads/x", Expected::Any, None),
-        ],
+        vec![set("refs/heads/x", Expected::Any, Some(direct(&one))), set("refs/heads/x", Expected::Any, None)],
     ));
-    assert_eq!(
-        result,
-        Err(Rejection::DuplicateRefUpdate {
-            name: name("refs/heads/x")
-        })
-    );
+    assert_eq!(result, Err(Rejection::DuplicateRefUpdate { name: name("refs/heads/x") }));
 
     // A direct target must be held or written in the same transaction.
     let unknown = blob("unknown");
-    let result = h.write(tx(
-        "a",
-        vec![],
-        vec![set("refs/heads/x", Expected::Any, Some(direct(&unknown)))],
-    ));
+    let result = h.write(tx("a", vec![], vec![set("refs/heads/x", Expected::Any, Some(direct(&unknown)))]));
     assert_eq!(result, Err(Rejection::ObjectNotFound { oid: unknown.oid }));
 
     // A claimed id must match the content.
     let mut lying = blob("lying");
     lying.oid = one.oid;
     let result = h.write(tx("a", vec![lying.clone()], vec![]));
-    assert_eq!(
-        result,
-        Err(Rejection::ObjectIdMismatch {
-            claimed: one.oid,
-            actual: blob("lying").oid
-        })
-    );
+    assert_eq!(result, Err(Rejection::ObjectIdMismatch { claimed: one.oid, actual: blob("lying").oid }));
 
     // Too large: refused before proposing and at apply.
     let huge = NewObject::new(ObjectKind::Blob, vec![0; OBJECT_SIZE_BYTES_MAX + 1]);
-    let command = Command {
-        client: ClientId(1),
-        seq: 99,
-        op: tx("a", vec![huge], vec![]),
-    };
-    assert!(matches!(
-        validate(&command),
-        Err(Rejection::ObjectTooLarge { .. })
-    ));
-    assert!(matches!(
-        h.write(command.op),
-        Err(Rejection::ObjectTooLarge { .. })
-    ));
+    let command = Command { client: ClientId(1), seq: 99, op: tx("a", vec![huge], vec![]) };
+    assert!(matches!(validate(&command), Err(Rejection::ObjectTooLarge { .. })));
+    assert!(matches!(h.write(command.op), Err(Rejection::ObjectTooLarge { .. })));
 
     // Missing repository.
-    assert_eq!(
-        h.write(tx("nope", vec![], vec![])),
-        Err(Rejection::RepositoryNotFound { repo: repo("nope") })
-    );
-    assert_eq!(
-        (h.state.repositories.clone(), h.state.objects.clone()),
-        before
-    );
+    assert_eq!(h.write(tx("nope", vec![], vec![])), Err(Rejection::RepositoryNotFound { repo: repo("nope") }));
+    assert_eq!((h.state.repositories.clone(), h.state.objects.clone()), before);
 }
 
 #[test]
@@ -649,56 +421,23 @@ fn symbolic_head() {
     h.write(create("a")).unwrap();
     let main = RefValue::Symbolic(name("refs/heads/main"));
     // An unborn branch: HEAD may point to a name that does not exist yet.
-    h.write(tx(
-        "a",
-        vec![],
-        vec![set("HEAD", Expected::MustNotExist, Some(main.clone()))],
-    ))
-    .unwrap();
+    h.write(tx("a", vec![], vec![set("HEAD", Expected::MustNotExist, Some(main.clone()))])).unwrap();
     assert_eq!(h.refs("a"), vec![(RefName::head(), main.clone())]);
     assert_eq!(main.to_string(), "ref: refs/heads/main");
 
     let dev = RefValue::Symbolic(name("refs/heads/dev"));
-    let rejection = h
-        .write(tx(
-            "a",
-            vec![],
-            vec![set("HEAD", Expected::Value(dev.clone()), Some(dev.clone()))],
-        ))
-        .unwrap_err();
-    assert!(
-        rejection.to_string().contains("ref: refs/heads/main"),
-        "{rejection}"
-    );
-    h.write(tx(
-        "a",
-        vec![],
-        vec![set("HEAD", Expected::Value(main), Some(dev))],
-    ))
-    .unwrap();
+    let rejection =
+        h.write(tx("a", vec![], vec![set("HEAD", Expected::Value(dev.clone()), Some(dev.clone()))])).unwrap_err();
+    assert!(rejection.to_string().contains("ref: refs/heads/main"), "{rejection}");
+    h.write(tx("a", vec![], vec![set("HEAD", Expected::Value(main), Some(dev))])).unwrap();
 
-    let to_itself = h.write(tx(
-        "a",
-        vec![],
-        vec![set(
-            "HEAD",
-            Expected::Any,
-            Some(RefValue::Symbolic(RefName::head())),
-        )],
-    ));
-    assert!(matches!(
-        to_itself,
-        Err(Rejection::InvalidSymbolicTarget { .. })
-    ));
+    let to_itself =
+        h.write(tx("a", vec![], vec![set("HEAD", Expected::Any, Some(RefValue::Symbolic(RefName::head())))]));
+    assert!(matches!(to_itself, Err(Rejection::InvalidSymbolicTarget { .. })));
 
     // Detached HEAD.
     let one = blob("one");
-    h.write(tx(
-        "a",
-        vec![one.clone()],
-        vec![set("HEAD", Expected::Any, Some(direct(&one)))],
-    ))
-    .unwrap();
+    h.write(tx("a", vec![one.clone()], vec![set("HEAD", Expected::Any, Some(direct(&one)))])).unwrap();
     assert_eq!(h.refs("a"), vec![(RefName::head(), direct(&one))]);
 }
 
@@ -709,30 +448,13 @@ fn create_and_delete_repositories() {
     let mut h = Harness::new();
     h.write(create("b")).unwrap();
     h.write(create("a")).unwrap();
-    assert_eq!(
-        h.write(create("a")),
-        Err(Rejection::RepositoryExists { repo: repo("a") })
-    );
+    assert_eq!(h.write(create("a")), Err(Rejection::RepositoryExists { repo: repo("a") }));
     assert_eq!(h.state.repositories(), vec![repo("a"), repo("b")]);
-    assert_eq!(
-        h.state.read(&ReadQuery::ListRepositories),
-        ReadResult::Repositories(vec![repo("a"), repo("b")])
-    );
-    assert_eq!(
-        h.state
-            .read(&ReadQuery::RepositoryExists { repo: repo("a") }),
-        ReadResult::Exists(true)
-    );
+    assert_eq!(h.state.read(&ReadQuery::ListRepositories), ReadResult::Repositories(vec![repo("a"), repo("b")]));
+    assert_eq!(h.state.read(&ReadQuery::RepositoryExists { repo: repo("a") }), ReadResult::Exists(true));
     h.write(delete("a")).unwrap();
-    assert_eq!(
-        h.state
-            .read(&ReadQuery::RepositoryExists { repo: repo("a") }),
-        ReadResult::Exists(false)
-    );
-    assert_eq!(
-        h.write(delete("a")),
-        Err(Rejection::RepositoryNotFound { repo: repo("a") })
-    );
+    assert_eq!(h.state.read(&ReadQuery::RepositoryExists { repo: repo("a") }), ReadResult::Exists(false));
+    assert_eq!(h.write(delete("a")), Err(Rejection::RepositoryNotFound { repo: repo("a") }));
     assert_eq!(
         h.state.read(&ReadQuery::ListRefs { repo: repo("a") }),
         ReadResult::Rejected(Rejection::RepositoryNotFound { repo: repo("a") })
@@ -746,66 +468,28 @@ fn forks_share_objects_and_delete_drops_unreferenced() {
     let later = blob("later");
     let own = blob("own");
     h.write(create("a")).unwrap();
-    h.write(tx(
-        "a",
-        vec![shared.clone()],
-        vec![set("refs/heads/main", Expected::Any, Some(direct(&shared)))],
-    ))
-    .unwrap();
-    h.write(tx(
-        "a",
-        vec![],
-        vec![set(
-            "HEAD",
-            Expected::Any,
-            Some(RefValue::Symbolic(name("refs/heads/main"))),
-        )],
-    ))
-    .unwrap();
+    h.write(tx("a", vec![shared.clone()], vec![set("refs/heads/main", Expected::Any, Some(direct(&shared)))])).unwrap();
+    h.write(tx("a", vec![], vec![set("HEAD", Expected::Any, Some(RefValue::Symbolic(name("refs/heads/main"))))]))
+        .unwrap();
 
-    assert_eq!(
-        h.write(fork("f", "nope")),
-        Err(Rejection::RepositoryNotFound { repo: repo("nope") })
-    );
+    assert_eq!(h.write(fork("f", "nope")), Err(Rejection::RepositoryNotFound { repo: repo("nope") }));
     h.write(fork("f", "a")).unwrap();
-    assert_eq!(
-        h.refs("f"),
-        h.refs("a"),
-        "a fork starts with its parent's refs"
-    );
-    assert_eq!(
-        h.object("f", shared.oid),
-        Some((ObjectKind::Blob, b"shared".to_vec()))
-    );
+    assert_eq!(h.refs("f"), h.refs("a"), "a fork starts with its parent's refs");
+    assert_eq!(h.object("f", shared.oid), Some((ObjectKind::Blob, b"shared".to_vec())));
     assert_eq!(h.state.objects.len(), 1, "stored once");
     assert_eq!(h.state.objects.get(&shared.oid).unwrap().holders, 2);
 
     // Objects written to the parent after the fork are the parent's alone.
     h.write(tx("a", vec![later.clone()], vec![])).unwrap();
     assert_eq!(h.object("f", later.oid), None);
-    let result = h.write(tx(
-        "f",
-        vec![],
-        vec![set("refs/heads/x", Expected::Any, Some(direct(&later)))],
-    ));
+    let result = h.write(tx("f", vec![], vec![set("refs/heads/x", Expected::Any, Some(direct(&later)))]));
     assert_eq!(result, Err(Rejection::ObjectNotFound { oid: later.oid }));
     // The fork can point at what it inherited, and write its own.
-    h.write(tx(
-        "f",
-        vec![own.clone()],
-        vec![set("refs/heads/x", Expected::Any, Some(direct(&shared)))],
-    ))
-    .unwrap();
+    h.write(tx("f", vec![own.clone()], vec![set("refs/heads/x", Expected::Any, Some(direct(&shared)))])).unwrap();
 
     h.write(delete("a")).unwrap();
-    assert_eq!(
-        h.object("f", shared.oid),
-        Some((ObjectKind::Blob, b"shared".to_vec()))
-    );
-    assert!(
-        h.state.objects.get(&later.oid).is_none(),
-        "unreferenced object dropped"
-    );
+    assert_eq!(h.object("f", shared.oid), Some((ObjectKind::Blob, b"shared".to_vec())));
+    assert!(h.state.objects.get(&later.oid).is_none(), "unreferenced object dropped");
     assert_eq!(h.state.objects.get(&shared.oid).unwrap().holders, 1);
 
     h.write(delete("f")).unwrap();
@@ -818,9 +502,7 @@ fn same_object_written_twice_is_held_once() {
     let mut h = Harness::new();
     let one = blob("one");
     h.write(create("a")).unwrap();
-    let ok = h
-        .write(tx("a", vec![one.clone(), one.clone()], vec![]))
-        .unwrap();
+    let ok = h.write(tx("a", vec![one.clone(), one.clone()], vec![])).unwrap();
     assert_eq!(ok.object_ids, vec![one.oid, one.oid]);
     h.write(tx("a", vec![one.clone()], vec![])).unwrap();
     assert_eq!(h.state.objects.get(&one.oid).unwrap().holders, 1);
@@ -834,52 +516,21 @@ fn retries_return_the_original_result() {
     let client = ClientId(7);
     let one = blob("one");
     let first = h.apply(client, 1, create("a"));
-    assert_eq!(
-        first,
-        Ok(WriteOk {
-            index: 1,
-            object_ids: vec![],
-            partition: None,
-        })
-    );
+    assert_eq!(first, Ok(WriteOk { index: 1, object_ids: vec![], partition: None }));
     let digest = h.state.digest();
-    assert_eq!(
-        h.apply(client, 1, create("a")),
-        first,
-        "a retry is not applied again"
-    );
+    assert_eq!(h.apply(client, 1, create("a")), first, "a retry is not applied again");
     assert_eq!(h.state.digest(), digest);
 
     // A rejection is remembered too, even once its cause is gone.
-    let update = || {
-        tx(
-            "a",
-            vec![one.clone()],
-            vec![set("refs/heads/main", Expected::Value(direct(&one)), None)],
-        )
-    };
+    let update = || tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Value(direct(&one)), None)]);
     let rejected = h.apply(client, 2, update());
-    assert!(matches!(
-        rejected,
-        Err(Rejection::PreconditionFailed { .. })
-    ));
-    h.apply(
-        client,
-        3,
-        tx(
-            "a",
-            vec![one.clone()],
-            vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))],
-        ),
-    )
-    .unwrap();
+    assert!(matches!(rejected, Err(Rejection::PreconditionFailed { .. })));
+    h.apply(client, 3, tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))]))
+        .unwrap();
     assert_eq!(h.apply(client, 2, update()), rejected);
 
     // Another client with the same seq is another write.
-    assert_eq!(
-        h.apply(ClientId(8), 1, create("a")),
-        Err(Rejection::RepositoryExists { repo: repo("a") })
-    );
+    assert_eq!(h.apply(ClientId(8), 1, create("a")), Err(Rejection::RepositoryExists { repo: repo("a") }));
 
     // A window that is not full has forgotten nothing: a lower, unseen seq is applied.
     assert!(h.apply(ClientId(8), 0, create("b")).is_ok());
@@ -898,26 +549,11 @@ fn sequence_too_old_once_the_window_is_full() {
     assert!(newest.is_ok());
     let digest = h.state.digest();
     let too_old = h.apply(client, 0, create("a"));
-    assert_eq!(
-        too_old,
-        Err(Rejection::SequenceTooOld {
-            client,
-            seq: 0,
-            oldest_kept: 1
-        })
-    );
+    assert_eq!(too_old, Err(Rejection::SequenceTooOld { client, seq: 0, oldest_kept: 1 }));
     assert_eq!(h.state.digest(), digest, "SequenceTooOld is not recorded");
     assert!(too_old.unwrap_err().to_string().contains("older than"));
-    assert_eq!(
-        h.apply(client, 1, create("a")),
-        Err(Rejection::RepositoryNotFound {
-            repo: repo("missing")
-        })
-    );
-    assert_eq!(
-        h.apply(client, DEDUP_WINDOW_MAX as u64, create("zzz")),
-        newest
-    );
+    assert_eq!(h.apply(client, 1, create("a")), Err(Rejection::RepositoryNotFound { repo: repo("missing") }));
+    assert_eq!(h.apply(client, DEDUP_WINDOW_MAX as u64, create("zzz")), newest);
 }
 
 #[test]
@@ -932,28 +568,14 @@ fn least_recent_client_is_evicted() {
         // Not through `Harness::apply`: its invariant check after every step would make this
         // loop quadratic.
         h.index += 1;
-        h.state
-            .apply(
-                h.index,
-                &Command {
-                    client: ClientId(client),
-                    seq: 1,
-                    op: delete("missing"),
-                },
-            )
-            .unwrap_err();
+        h.state.apply(h.index, &Command { client: ClientId(client), seq: 1, op: delete("missing") }).unwrap_err();
     }
     assert_eq!(h.state.dedup.clients_len(), DEDUP_CLIENTS_MAX);
     h.apply(ClientId(1), 2, delete("missing")).unwrap_err();
     // One client too many: client 0 (lowest last index) goes, client 1 (recent) stays.
-    h.apply(ClientId(1_000_000), 1, delete("missing"))
-        .unwrap_err();
+    h.apply(ClientId(1_000_000), 1, delete("missing")).unwrap_err();
     assert_eq!(h.state.dedup.clients_len(), DEDUP_CLIENTS_MAX);
-    assert_eq!(
-        h.apply(ClientId(1), 1, create("b")),
-        second,
-        "client 1 still remembered"
-    );
+    assert_eq!(h.apply(ClientId(1), 1, create("b")), second, "client 1 still remembered");
     assert_eq!(
         h.apply(ClientId(0), 1, create("a")),
         Err(Rejection::RepositoryExists { repo: repo("a") }),
@@ -963,26 +585,15 @@ fn least_recent_client_is_evicted() {
 
 #[test]
 fn dedup_bytes_are_bounded() {
-    let limits = DedupLimits {
-        window_max: 4,
-        clients_max: 100,
-        results_bytes_max: 2_000,
-    };
+    let limits = DedupLimits { window_max: 4, clients_max: 100, results_bytes_max: 2_000 };
     let mut table = DedupTable::with_limits(limits);
-    let result: WriteResult = Ok(WriteOk {
-        index: 1,
-        object_ids: vec![Oid([1; 20]); 10],
-        partition: None,
-    });
+    let result: WriteResult = Ok(WriteOk { index: 1, object_ids: vec![Oid([1; 20]); 10], partition: None });
     let size_bytes = codec::encode(&result).len() as u64;
     for index in 1..=50u64 {
         table.record(index, ClientId(index % 7), index, result.clone());
         assert!(table.results_bytes() <= limits.results_bytes_max);
         assert_eq!(table.invariant_violation(), None);
-        assert_eq!(
-            table.lookup(ClientId(index % 7), index),
-            Lookup::Retry(result.clone())
-        );
+        assert_eq!(table.lookup(ClientId(index % 7), index), Lookup::Retry(result.clone()));
     }
     // The budget holds fewer results than 7 clients' full windows: some clients were evicted.
     assert!(limits.results_bytes_max < 7 * 4 * size_bytes);
@@ -1000,14 +611,7 @@ fn directory_allocates_partition_ids_from_one() {
     assert_eq!(first, allocated(1, 1));
     assert_eq!(h.apply(client, 2, allocate("b", &[2])), allocated(2, 2));
     let other_storage = RepoId::new("other", "c").unwrap();
-    let third = h.apply(
-        client,
-        3,
-        WriteOp::AllocatePartition {
-            repo: other_storage.clone(),
-            voters: nodes(&[1]),
-        },
-    );
+    let third = h.apply(client, 3, WriteOp::AllocatePartition { repo: other_storage.clone(), voters: nodes(&[1]) });
     assert_eq!(third, allocated(3, 3));
 
     let directory = h.state.directory();
@@ -1020,10 +624,7 @@ fn directory_allocates_partition_ids_from_one() {
         Some(&partition_info(STORAGE, &[1, 2, 3], &[])),
         "voters are recorded sorted"
     );
-    assert_eq!(
-        directory.partition(PartitionId(3)).unwrap().authority,
-        "other"
-    );
+    assert_eq!(directory.partition(PartitionId(3)).unwrap().authority, "other");
     assert_eq!(directory.partition(PartitionId(0)), None);
     assert_eq!(
         directory.partitions().map(|(id, _)| id).collect::<Vec<_>>(),
@@ -1041,15 +642,9 @@ fn directory_allocates_partition_ids_from_one() {
     assert_eq!(h.state.directory().next_partition(), PartitionId(4));
 
     // Allocating for a routed repository is refused, and burns no id.
-    assert_eq!(
-        h.apply(client, 4, allocate("a", &[1])),
-        Err(Rejection::RepositoryExists { repo: repo("a") })
-    );
+    assert_eq!(h.apply(client, 4, allocate("a", &[1])), Err(Rejection::RepositoryExists { repo: repo("a") }));
     assert_eq!(h.state.directory().next_partition(), PartitionId(4));
-    assert_eq!(
-        h.apply(client, 5, allocate("d", &[1])),
-        allocated(h.index, 4)
-    );
+    assert_eq!(h.apply(client, 5, allocate("d", &[1])), allocated(h.index, 4));
 }
 
 #[test]
@@ -1067,20 +662,13 @@ fn directory_member_checks() {
         (set_members(1, &[1, 2], &[2]), "node 2 is listed twice"),
         (set_members(1, &[1], &[3, 3]), "node 3 is listed twice"),
         (set_members(1, &[1], &[0]), "node 0"),
-        (
-            set_members(1, &[1], &too_many_learners),
-            "learners, more than",
-        ),
+        (set_members(1, &[1], &too_many_learners), "learners, more than"),
     ];
     let mut h = Harness::new();
     h.write(allocate("p", &[1])).unwrap();
     let before = h.state.directory().clone();
     for (op, reason) in invalid {
-        let command = Command {
-            client: ClientId(1),
-            seq: 1000,
-            op: op.clone(),
-        };
+        let command = Command { client: ClientId(1), seq: 1000, op: op.clone() };
         match validate(&command) {
             Err(Rejection::InvalidMembers { reason: got }) => {
                 assert!(got.contains(reason), "{command}: {got}")
@@ -1088,49 +676,23 @@ fn directory_member_checks() {
             other => panic!("{command}: {other:?}"),
         }
         let rejection = h.write(op).unwrap_err();
-        assert!(
-            matches!(rejection, Rejection::InvalidMembers { .. }),
-            "{rejection}"
-        );
-        assert!(rejection
-            .to_string()
-            .starts_with("invalid partition members"));
+        assert!(matches!(rejection, Rejection::InvalidMembers { .. }), "{rejection}");
+        assert!(rejection.to_string().starts_with("invalid partition members"));
         assert_eq!(h.state.directory(), &before);
     }
     // The limits themselves are accepted.
     assert!(h.write(allocate("a", &most_voters)).is_ok());
-    assert!(h
-        .write(set_members(1, &most_voters, &most_learners))
-        .is_ok());
+    assert!(h.write(set_members(1, &most_voters, &most_learners)).is_ok());
     // An invalid repository id is refused before the members are looked at.
-    let bad = RepoId {
-        storage: "a/b".to_string(),
-        relative_path: RelativePath::new("x").unwrap(),
-    };
+    let bad = RepoId { storage: "a/b".to_string(), relative_path: RelativePath::new("x").unwrap() };
     for op in [
-        WriteOp::AllocatePartition {
-            repo: bad.clone(),
-            voters: vec![],
-        },
-        WriteOp::RouteRepository {
-            repo: bad.clone(),
-            partition: PartitionId(1),
-        },
+        WriteOp::AllocatePartition { repo: bad.clone(), voters: vec![] },
+        WriteOp::RouteRepository { repo: bad.clone(), partition: PartitionId(1) },
         WriteOp::UnrouteRepository { repo: bad.clone() },
     ] {
-        let command = Command {
-            client: ClientId(1),
-            seq: 1000,
-            op: op.clone(),
-        };
-        assert!(matches!(
-            validate(&command),
-            Err(Rejection::InvalidStorageName { .. })
-        ));
-        assert!(matches!(
-            h.write(op),
-            Err(Rejection::InvalidStorageName { .. })
-        ));
+        let command = Command { client: ClientId(1), seq: 1000, op: op.clone() };
+        assert!(matches!(validate(&command), Err(Rejection::InvalidStorageName { .. })));
+        assert!(matches!(h.write(op), Err(Rejection::InvalidStorageName { .. })));
     }
 }
 
@@ -1139,51 +701,20 @@ fn directory_routes_forks_and_unroutes() {
     let mut h = Harness::new();
     assert_eq!(h.write(allocate("a", &[1, 2, 3])), allocated(1, 1));
     // A fork goes into its parent's partition.
-    assert_eq!(
-        h.write(route("a/fork", 1)),
-        Ok(WriteOk {
-            index: 2,
-            object_ids: vec![],
-            partition: None
-        })
-    );
-    assert_eq!(
-        h.state.directory().route(&repo("a/fork")),
-        Some(PartitionId(1))
-    );
+    assert_eq!(h.write(route("a/fork", 1)), Ok(WriteOk { index: 2, object_ids: vec![], partition: None }));
+    assert_eq!(h.state.directory().route(&repo("a/fork")), Some(PartitionId(1)));
     for missing in [0, 2, u64::MAX] {
-        assert_eq!(
-            h.write(route("b", missing)),
-            Err(Rejection::PartitionNotFound {
-                partition: PartitionId(missing)
-            })
-        );
+        assert_eq!(h.write(route("b", missing)), Err(Rejection::PartitionNotFound { partition: PartitionId(missing) }));
     }
-    assert_eq!(
-        h.write(route("b", 7)).unwrap_err().to_string(),
-        "partition 7 not found"
-    );
-    assert_eq!(
-        h.write(route("a", 1)),
-        Err(Rejection::RepositoryExists { repo: repo("a") })
-    );
+    assert_eq!(h.write(route("b", 7)).unwrap_err().to_string(), "partition 7 not found");
+    assert_eq!(h.write(route("a", 1)), Err(Rejection::RepositoryExists { repo: repo("a") }));
     // The partition is checked first.
-    assert_eq!(
-        h.write(route("a", 5)),
-        Err(Rejection::PartitionNotFound {
-            partition: PartitionId(5)
-        })
-    );
+    assert_eq!(h.write(route("a", 5)), Err(Rejection::PartitionNotFound { partition: PartitionId(5) }));
     assert_eq!(h.state.directory().route(&repo("b")), None);
 
     assert!(h.write(unroute("a/fork")).is_ok());
     assert_eq!(h.state.directory().route(&repo("a/fork")), None);
-    assert_eq!(
-        h.write(unroute("a/fork")),
-        Err(Rejection::RepositoryNotFound {
-            repo: repo("a/fork")
-        })
-    );
+    assert_eq!(h.write(unroute("a/fork")), Err(Rejection::RepositoryNotFound { repo: repo("a/fork") }));
     // A partition outlives its routes, and takes routes again.
     assert!(h.write(unroute("a")).is_ok());
     assert!(h.state.directory().partition(PartitionId(1)).is_some());
@@ -1199,42 +730,23 @@ fn directory_set_partition_members() {
     h.write(allocate("a", &[1, 2, 3])).unwrap();
     let ok = h.write(set_members(1, &[4, 2, 3], &[9, 1])).unwrap();
     assert_eq!(ok.partition, None);
-    assert_eq!(
-        h.state.directory().partition(PartitionId(1)),
-        Some(&partition_info(STORAGE, &[2, 3, 4], &[1, 9]))
-    );
+    assert_eq!(h.state.directory().partition(PartitionId(1)), Some(&partition_info(STORAGE, &[2, 3, 4], &[1, 9])));
     // Setting the same members again is fine; the authority never changes.
     h.write(set_members(1, &[2, 3, 4], &[1, 9])).unwrap();
-    assert_eq!(
-        h.state
-            .directory()
-            .partition(PartitionId(1))
-            .unwrap()
-            .authority,
-        STORAGE
-    );
-    assert_eq!(
-        h.write(set_members(2, &[1], &[])),
-        Err(Rejection::PartitionNotFound {
-            partition: PartitionId(2)
-        })
-    );
+    assert_eq!(h.state.directory().partition(PartitionId(1)).unwrap().authority, STORAGE);
+    assert_eq!(h.write(set_members(2, &[1], &[])), Err(Rejection::PartitionNotFound { partition: PartitionId(2) }));
     assert_eq!(h.state.directory().partitions().count(), 1);
 }
 
 #[test]
 fn directory_reads() {
     let mut h = Harness::new();
-    let route_of =
-        |h: &Harness, path: &str| match h.state.read(&ReadQuery::Route { repo: repo(path) }) {
-            ReadResult::Route(route) => route,
-            other => panic!("Route answered {other:?}"),
-        };
+    let route_of = |h: &Harness, path: &str| match h.state.read(&ReadQuery::Route { repo: repo(path) }) {
+        ReadResult::Route(route) => route,
+        other => panic!("Route answered {other:?}"),
+    };
     assert_eq!(route_of(&h, "a"), None);
-    assert_eq!(
-        h.state.read(&ReadQuery::Partitions),
-        ReadResult::Partitions(vec![])
-    );
+    assert_eq!(h.state.read(&ReadQuery::Partitions), ReadResult::Partitions(vec![]));
     h.write(allocate("b", &[2, 1])).unwrap();
     h.write(allocate("a", &[3])).unwrap();
     h.write(allocate("c", &[1])).unwrap();
@@ -1243,35 +755,18 @@ fn directory_reads() {
     h.write(unroute("c")).unwrap();
     h.write(set_members(2, &[3], &[4])).unwrap();
 
-    assert_eq!(
-        route_of(&h, "b/fork"),
-        Some((PartitionId(1), partition_info(STORAGE, &[1, 2], &[])))
-    );
-    assert_eq!(
-        route_of(&h, "a"),
-        Some((PartitionId(2), partition_info(STORAGE, &[3], &[4])))
-    );
+    assert_eq!(route_of(&h, "b/fork"), Some((PartitionId(1), partition_info(STORAGE, &[1, 2], &[]))));
+    assert_eq!(route_of(&h, "a"), Some((PartitionId(2), partition_info(STORAGE, &[3], &[4]))));
     assert_eq!(route_of(&h, "c"), None);
     assert_eq!(
         h.state.read(&ReadQuery::Partitions),
         ReadResult::Partitions(vec![
-            (
-                PartitionId(1),
-                partition_info(STORAGE, &[1, 2], &[]),
-                vec![repo("b"), repo("b/fork"), repo("b/z")]
-            ),
-            (
-                PartitionId(2),
-                partition_info(STORAGE, &[3], &[4]),
-                vec![repo("a")]
-            ),
+            (PartitionId(1), partition_info(STORAGE, &[1, 2], &[]), vec![repo("b"), repo("b/fork"), repo("b/z")]),
+            (PartitionId(2), partition_info(STORAGE, &[3], &[4]), vec![repo("a")]),
             (PartitionId(3), partition_info(STORAGE, &[1], &[]), vec![]),
         ])
     );
-    let bad = RepoId {
-        storage: String::new(),
-        relative_path: RelativePath::new("a").unwrap(),
-    };
+    let bad = RepoId { storage: String::new(), relative_path: RelativePath::new("a").unwrap() };
     assert!(matches!(
         h.state.read(&ReadQuery::Route { repo: bad }),
         ReadResult::Rejected(Rejection::InvalidStorageName { .. })
@@ -1287,16 +782,12 @@ fn directory_limits() {
     // every step would check every invariant).
     let directory = &mut h.state.directory;
     for number in 1..PARTITION_REPOSITORIES_MAX {
-        directory
-            .route_repository(&repo(&format!("f/{number}")), PartitionId(1))
-            .unwrap();
+        directory.route_repository(&repo(&format!("f/{number}")), PartitionId(1)).unwrap();
     }
     assert_eq!(directory.invariant_violation(), None);
     assert_eq!(
         h.write(route("one-too-many", 1)),
-        Err(Rejection::TooManyRepositories {
-            count_max: PARTITION_REPOSITORIES_MAX as u64
-        })
+        Err(Rejection::TooManyRepositories { count_max: PARTITION_REPOSITORIES_MAX as u64 })
     );
     assert!(h.write(route("elsewhere", 2)).is_ok());
     assert!(h.write(unroute("f/1")).is_ok());
@@ -1307,9 +798,7 @@ fn directory_limits() {
     assert_eq!(h.state.invariant_violation(), None);
     assert_eq!(
         h.write(allocate("c", &[1])),
-        Err(Rejection::TooManyPartitions {
-            count_max: DIRECTORY_PARTITIONS_MAX as u64
-        })
+        Err(Rejection::TooManyPartitions { count_max: DIRECTORY_PARTITIONS_MAX as u64 })
     );
     assert_eq!(h.state.directory().route(&repo("c")), None);
 }
@@ -1318,26 +807,13 @@ fn directory_limits() {
 fn directory_commands_display_and_encode() {
     let many: Vec<u64> = (1..=20).collect();
     for (op, text) in [
-        (
-            allocate("a", &[3, 1]),
-            "allocate a partition for default:a on voters [3, 1]",
-        ),
+        (allocate("a", &[3, 1]), "allocate a partition for default:a on voters [3, 1]"),
         (route("a/f", 2), "route default:a/f to partition 2"),
         (unroute("a"), "unroute default:a"),
-        (
-            set_members(2, &[1], &[]),
-            "set members of partition 2: voters [1], learners []",
-        ),
-        (
-            allocate("a", &many),
-            "allocate a partition for default:a on voters [1, 2, 3, 4, 5, 6, 7, 8, … 20 in all]",
-        ),
+        (set_members(2, &[1], &[]), "set members of partition 2: voters [1], learners []"),
+        (allocate("a", &many), "allocate a partition for default:a on voters [1, 2, 3, 4, 5, 6, 7, 8, … 20 in all]"),
     ] {
-        let command = Command {
-            client: ClientId(2),
-            seq: 3,
-            op,
-        };
+        let command = Command { client: ClientId(2), seq: 3, op };
         assert_eq!(command.to_string(), format!("client 2 seq 3: {text}"));
         assert_eq!(Command::decode(&command.encode()).unwrap(), command);
     }
@@ -1349,19 +825,9 @@ fn sample_state() -> StateMachine {
     let mut h = Harness::new();
     let one = blob("one");
     h.write(create("a")).unwrap();
-    h.write(tx(
-        "a",
-        vec![one.clone()],
-        vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))],
-    ))
-    .unwrap();
+    h.write(tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))])).unwrap();
     h.write(fork("f", "a")).unwrap();
-    h.write(tx(
-        "f",
-        vec![],
-        vec![set("refs/heads/main", Expected::MustNotExist, None)],
-    ))
-    .unwrap_err();
+    h.write(tx("f", vec![], vec![set("refs/heads/main", Expected::MustNotExist, None)])).unwrap_err();
     h.write(allocate("a", &[1, 2, 3])).unwrap();
     h.write(allocate("b", &[2])).unwrap();
     h.write(route("f", 1)).unwrap();
@@ -1418,11 +884,7 @@ fn snapshot_round_trip_with_a_directory() {
     // A restored directory keeps allocating where it left off, like the original.
     let mut left = state.clone();
     let mut right = restored;
-    let command = Command {
-        client: ClientId(1),
-        seq: 1000,
-        op: allocate("new", &[1]),
-    };
+    let command = Command { client: ClientId(1), seq: 1000, op: allocate("new", &[1]) };
     let index = state.applied_index() + 1;
     assert_eq!(left.apply(index, &command), allocated(index, 3));
     assert_eq!(right.apply(index, &command), allocated(index, 3));
@@ -1444,42 +906,19 @@ fn snapshot_round_trip_with_a_directory() {
     zero.directory.next_partition = 0;
     refused(&zero, "ids start at 1");
     let mut unsorted = state.clone();
-    unsorted
-        .directory
-        .partitions
-        .get_mut(&PartitionId(1))
-        .unwrap()
-        .voters
-        .reverse();
+    unsorted.directory.partitions.get_mut(&PartitionId(1)).unwrap().voters.reverse();
     refused(&unsorted, "not sorted");
     let mut no_voters = state.clone();
-    no_voters
-        .directory
-        .partitions
-        .get_mut(&PartitionId(2))
-        .unwrap()
-        .voters
-        .clear();
+    no_voters.directory.partitions.get_mut(&PartitionId(2)).unwrap().voters.clear();
     refused(&no_voters, "no voters");
     let mut bad_authority = state.clone();
-    bad_authority
-        .directory
-        .partitions
-        .get_mut(&PartitionId(2))
-        .unwrap()
-        .authority = "../x".to_string();
+    bad_authority.directory.partitions.get_mut(&PartitionId(2)).unwrap().authority = "../x".to_string();
     refused(&bad_authority, "invalid storage name");
 
     // Counts out of step with the routes (not encoded, so only the in-memory check sees it).
     let mut miscounted = state.clone();
-    miscounted
-        .directory
-        .routes
-        .insert(repo("g"), PartitionId(2));
-    assert_eq!(
-        miscounted.invariant_violation(),
-        Some("directory route counts out of step".to_string())
-    );
+    miscounted.directory.routes.insert(repo("g"), PartitionId(2));
+    assert_eq!(miscounted.invariant_violation(), Some("directory route counts out of step".to_string()));
 }
 
 #[test]
@@ -1487,11 +926,7 @@ fn command_encoding() {
     let command = Command {
         client: ClientId(5),
         seq: 9,
-        op: tx(
-            "a",
-            vec![blob("x")],
-            vec![set("refs/heads/aaaa", Expected::MustNotExist, None)],
-        ),
+        op: tx("a", vec![blob("x")], vec![set("refs/heads/aaaa", Expected::MustNotExist, None)]),
     };
     let bytes = command.encode();
     assert_eq!(Command::decode(&bytes).unwrap(), command);
@@ -1503,28 +938,14 @@ fn command_encoding() {
     assert!(Command::decode(&bad).is_err());
     assert!(Command::decode(&bytes[..bytes.len() - 1]).is_err());
     assert!(Command::decode(&vec![0; COMMAND_SIZE_BYTES_MAX + 1]).is_err());
-    assert_eq!(
-        command.to_string(),
-        "client 5 seq 9: transaction on default:a: 1 objects, 1 ref updates"
-    );
+    assert_eq!(command.to_string(), "client 5 seq 9: transaction on default:a: 1 objects, 1 ref updates");
 }
 
 #[test]
 fn oversized_command_is_not_proposed() {
-    let object = || NewObject {
-        kind: ObjectKind::Blob,
-        data: vec![0; 3 * 1024 * 1024],
-        oid: Oid([0; 20]),
-    };
-    let command = Command {
-        client: ClientId(1),
-        seq: 1,
-        op: tx("a", vec![object(), object(), object()], vec![]),
-    };
-    assert!(matches!(
-        validate(&command),
-        Err(Rejection::CommandTooLarge { .. })
-    ));
+    let object = || NewObject { kind: ObjectKind::Blob, data: vec![0; 3 * 1024 * 1024], oid: Oid([0; 20]) };
+    let command = Command { client: ClientId(1), seq: 1, op: tx("a", vec![object(), object(), object()], vec![]) };
+    assert!(matches!(validate(&command), Err(Rejection::CommandTooLarge { .. })));
 }
 
 #[test]
@@ -1532,14 +953,7 @@ fn oversized_command_is_not_proposed() {
 fn applied_index_must_increase() {
     let mut state = StateMachine::new();
     state.apply_noop(3);
-    let _ = state.apply(
-        3,
-        &Command {
-            client: ClientId(1),
-            seq: 1,
-            op: create("a"),
-        },
-    );
+    let _ = state.apply(3, &Command { client: ClientId(1), seq: 1, op: create("a") });
 }
 
 // ---- Random command sequences --------------------------------------------------------------
@@ -1556,19 +970,11 @@ fn arb_value() -> impl Strategy<Value = RefValue> {
 }
 
 fn arb_expected() -> impl Strategy<Value = Expected> {
-    prop_oneof![
-        Just(Expected::Any),
-        Just(Expected::MustNotExist),
-        arb_value().prop_map(Expected::Value)
-    ]
+    prop_oneof![Just(Expected::Any), Just(Expected::MustNotExist), arb_value().prop_map(Expected::Value)]
 }
 
 fn arb_update() -> impl Strategy<Value = RefUpdate> {
-    (
-        0..NAMES.len(),
-        arb_expected(),
-        proptest::option::weighted(0.8, arb_value()),
-    )
+    (0..NAMES.len(), arb_expected(), proptest::option::weighted(0.8, arb_value()))
         .prop_map(|(i, expected, new)| set(NAMES[i], expected, new))
 }
 
@@ -1615,32 +1021,16 @@ fn arb_nodes() -> impl Strategy<Value = Vec<u64>> {
 
 /// A command, or `None` for a no-op entry; the first creates repository "a".
 fn arb_entries() -> impl Strategy<Value = Vec<Option<Command>>> {
-    let command = (0..3u64, 0..8u64, arb_op()).prop_map(|(client, seq, op)| Command {
-        client: ClientId(client),
-        seq,
-        op,
-    });
-    prop::collection::vec(proptest::option::weighted(0.9, command), 0..60).prop_map(
-        |mut entries| {
-            entries.insert(
-                0,
-                Some(Command {
-                    client: ClientId(9),
-                    seq: 0,
-                    op: create("a"),
-                }),
-            );
-            entries
-        },
-    )
+    let command =
+        (0..3u64, 0..8u64, arb_op()).prop_map(|(client, seq, op)| Command { client: ClientId(client), seq, op });
+    prop::collection::vec(proptest::option::weighted(0.9, command), 0..60).prop_map(|mut entries| {
+        entries.insert(0, Some(Command { client: ClientId(9), seq: 0, op: create("a") }));
+        entries
+    })
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 128,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 proptest! {

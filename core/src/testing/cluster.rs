@@ -89,11 +89,7 @@ impl Cluster {
 
     /// The replicas that think they lead, with their terms.
     pub fn leaders(&self) -> Vec<(NodeId, u64)> {
-        self.replicas
-            .iter()
-            .filter(|(_, r)| r.partition.is_leader())
-            .map(|(&n, r)| (n, r.partition.term()))
-            .collect()
+        self.replicas.iter().filter(|(_, r)| r.partition.is_leader()).map(|(&n, r)| (n, r.partition.term())).collect()
     }
 
     /// The one leader of the highest term, if any.
@@ -192,12 +188,11 @@ impl Cluster {
                 any = true;
                 match output {
                     Output::Send(envelope) => self.in_flight.push_back(envelope),
-                    Output::Persist { ready_number, write } => {
-                        replica.pending_writes.push_back((ready_number, write))
-                    }
-                    Output::Respond { request, response } => {
-                        self.responses.push(Delivered { node, request, response })
-                    }
+                    Output::Persist { ready_number, write } => replica.pending_writes.push_back((ready_number, write)),
+                    Output::Respond { request, response } => self.responses.push(Delivered { node, request, response }),
+                    // One partition only here: the directory's allocations have no replica to
+                    // create.
+                    Output::PartitionAllocated { .. } => {}
                 }
             }
             if !any || !self.auto_persist {

@@ -75,7 +75,13 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     peer: u64,
     nonce: [u8; 32],
 ) -> Result<(), HandshakeError> {
-    let hello = Frame::Hello { version: PROTOCOL_VERSION, cluster_id: me.cluster_id.to_owned(), from: me.node, to: peer, nonce };
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        cluster_id: me.cluster_id.to_owned(),
+        from: me.node,
+        to: peer,
+        nonce,
+    };
     write_frame(stream, &hello, HANDSHAKE_FRAME_SIZE_BYTES_MAX).await?;
     let mut buffer = Vec::new();
     let Frame::Challenge { nonce: their_nonce, proof: their_proof } =
@@ -83,7 +89,13 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     else {
         return Err(HandshakeError::Unexpected);
     };
-    let input = ProofInput { cluster_id: me.cluster_id, dialer: me.node, acceptor: peer, dialer_nonce: &nonce, acceptor_nonce: &their_nonce };
+    let input = ProofInput {
+        cluster_id: me.cluster_id,
+        dialer: me.node,
+        acceptor: peer,
+        dialer_nonce: &nonce,
+        acceptor_nonce: &their_nonce,
+    };
     verify(me.secret, b"acceptor", &input, &their_proof)?;
     let mine = proof(me.secret, b"dialer", &input);
     write_frame(stream, &Frame::Proof { proof: mine }, HANDSHAKE_FRAME_SIZE_BYTES_MAX).await?;
@@ -116,7 +128,13 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     if to != me.node {
         return Err(HandshakeError::WrongTarget { expected: to, actual: me.node });
     }
-    let input = ProofInput { cluster_id: me.cluster_id, dialer: from, acceptor: me.node, dialer_nonce: &their_nonce, acceptor_nonce: &nonce };
+    let input = ProofInput {
+        cluster_id: me.cluster_id,
+        dialer: from,
+        acceptor: me.node,
+        dialer_nonce: &their_nonce,
+        acceptor_nonce: &nonce,
+    };
     let mine = proof(me.secret, b"acceptor", &input);
     write_frame(stream, &Frame::Challenge { nonce, proof: mine }, HANDSHAKE_FRAME_SIZE_BYTES_MAX).await?;
     let Frame::Proof { proof: their_proof } = read_frame(stream, HANDSHAKE_FRAME_SIZE_BYTES_MAX, &mut buffer).await?

@@ -41,8 +41,16 @@ async fn pair(secret_a: &[u8], secret_b: &[u8]) -> Pair {
     let (lb, ab) = listener().await;
     let (tx_a, a_inbox) = mpsc::channel(64);
     let (tx_b, b_inbox) = mpsc::channel(64);
-    let a = TcpTransport::start(TransportConfig::new(NodeId(1), "c", secret_a, BTreeMap::from([(NodeId(2), ab)]), 1), la, tx_a);
-    let b = TcpTransport::start(TransportConfig::new(NodeId(2), "c", secret_b, BTreeMap::from([(NodeId(1), aa)]), 2), lb, tx_b);
+    let a = TcpTransport::start(
+        TransportConfig::new(NodeId(1), "c", secret_a, BTreeMap::from([(NodeId(2), ab)]), 1),
+        la,
+        tx_a,
+    );
+    let b = TcpTransport::start(
+        TransportConfig::new(NodeId(2), "c", secret_b, BTreeMap::from([(NodeId(1), aa)]), 2),
+        lb,
+        tx_b,
+    );
     Pair { a, b, a_inbox, b_inbox, b_address: ab }
 }
 
@@ -79,7 +87,11 @@ async fn a_peer_with_the_wrong_secret_is_refused() {
     assert!(p.a.connected_peers().is_empty() && p.b.connected_peers().is_empty());
     p.a.send(NodeId(2), vec![envelope(1, 2, 5, 1)]);
     assert!(tokio::time::timeout(Duration::from_millis(300), p.b_inbox.next()).await.is_err(), "nothing delivered");
-    assert!(p.a.stats().connections_rejected.load(Ordering::Relaxed) + p.b.stats().connections_rejected.load(Ordering::Relaxed) > 0);
+    assert!(
+        p.a.stats().connections_rejected.load(Ordering::Relaxed)
+            + p.b.stats().connections_rejected.load(Ordering::Relaxed)
+            > 0
+    );
 }
 
 #[tokio::test]

@@ -234,10 +234,7 @@ fn unsynced_tail_vanishes_or_tears(make: &dyn Fn(u64) -> Arc<SimDisk>) {
         disk.crash();
         let after = disk.read(p("d/f")).unwrap();
         assert!(after.len() >= synced.len(), "seed {seed}: synced bytes are never lost");
-        assert!(
-            after.len() <= synced.len() + unsynced.len(),
-            "seed {seed}: nothing appears from nowhere"
-        );
+        assert!(after.len() <= synced.len() + unsynced.len(), "seed {seed}: nothing appears from nowhere");
         assert_eq!(&after[..synced.len()], &synced[..], "seed {seed}: synced bytes never change");
         let kept = &after[synced.len()..];
         if kept.is_empty() {
@@ -251,16 +248,9 @@ fn unsynced_tail_vanishes_or_tears(make: &dyn Fn(u64) -> Arc<SimDisk>) {
         }
         // Durable from now on: a second crash changes nothing.
         disk.crash();
-        assert_eq!(
-            disk.read(p("d/f")).unwrap(),
-            after,
-            "seed {seed}: what survived a crash is durable"
-        );
+        assert_eq!(disk.read(p("d/f")).unwrap(), after, "seed {seed}: what survived a crash is durable");
     }
-    assert!(
-        vanished > 0 && torn > 0,
-        "crashes vary: {vanished} vanished, {whole} whole, {prefix} prefix, {torn} torn"
-    );
+    assert!(vanished > 0 && torn > 0, "crashes vary: {vanished} vanished, {whole} whole, {prefix} prefix, {torn} torn");
 }
 
 fn unsynced_creation_is_undone(make: &dyn Fn(u64) -> Arc<SimDisk>) {
@@ -353,10 +343,7 @@ fn failed_sync_makes_nothing_durable(make: &dyn Fn(u64) -> Arc<SimDisk>) {
         if after.len() < b"oldnew bytes".len() {
             lost += 1;
         }
-        assert!(
-            !disk.exists(p("d/g")).unwrap(),
-            "seed {seed}: a failed atomic write leaves no file"
-        );
+        assert!(!disk.exists(p("d/g")).unwrap(), "seed {seed}: a failed atomic write leaves no file");
     }
     assert!(lost > 0, "a failed sync leaves the bytes at the crash's mercy");
 }
@@ -448,9 +435,5 @@ fn power_loss_stops_every_operation(make: &dyn Fn(u64) -> Arc<SimDisk>) {
     assert!(disk.is_powered_off(), "cancelling a schedule does not bring the power back");
     disk.crash();
     assert!(!disk.is_powered_off());
-    assert_eq!(
-        disk.read(p("d/f")).unwrap(),
-        b"abcd",
-        "what was synced before the power loss survives"
-    );
+    assert_eq!(disk.read(p("d/f")).unwrap(), b"abcd", "what was synced before the power loss survives");
 }

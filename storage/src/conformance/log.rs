@@ -7,9 +7,7 @@ use crate::log::{LogEngine, LogError, LogOptions};
 use crate::sim_disk::SimDisk;
 use cohort_core::env::{write_file_atomic, Disk};
 use cohort_core::ids::PartitionId;
-use cohort_core::persist::{
-    ConfState, EntryKind, HardState, LogEntry, LogPosition, LogWrite, RecoveredPartition,
-};
+use cohort_core::persist::{ConfState, EntryKind, HardState, LogEntry, LogPosition, LogWrite, RecoveredPartition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,9 +60,7 @@ impl LogModel {
 
     /// Index of the partition's last entry, or its compacted index; 0 if unknown.
     pub fn last_index(&self, id: PartitionId) -> u64 {
-        self.partitions
-            .get(&id)
-            .map_or(0, |p| p.entries.last().map_or(p.compacted.index, |e| e.index))
+        self.partitions.get(&id).map_or(0, |p| p.entries.last().map_or(p.compacted.index, |e| e.index))
     }
 
     /// Term of the entry at `index`, or of the compacted position if `index` is it.
@@ -98,19 +94,13 @@ impl LogModel {
 }
 
 /// Entries `indexes` of `term`, with data derived from both so that a mix-up shows.
-pub fn entries(
-    indexes: std::ops::RangeInclusive<u64>,
-    term: u64,
-    data_bytes: usize,
-) -> Vec<LogEntry> {
+pub fn entries(indexes: std::ops::RangeInclusive<u64>, term: u64, data_bytes: usize) -> Vec<LogEntry> {
     indexes
         .map(|index| LogEntry {
             index,
             term,
             kind: EntryKind::Normal,
-            data: (0..data_bytes)
-                .map(|i| (index as usize * 31 + term as usize * 7 + i) as u8)
-                .collect(),
+            data: (0..data_bytes).map(|i| (index as usize * 31 + term as usize * 7 + i) as u8).collect(),
             context: if index % 3 == 0 { vec![term as u8] } else { Vec::new() },
         })
         .collect()
@@ -164,11 +154,7 @@ fn check_engine(engine: &LogEngine, model: &LogModel) {
         assert_eq!(state.compacted(), expected.compacted);
         assert_eq!(state.snapshot(), expected.snapshot);
         assert_eq!(state.last_index(), model.last_index(*id));
-        assert_eq!(
-            engine.read_entries(*id).unwrap(),
-            expected.entries,
-            "entries read back of {id}"
-        );
+        assert_eq!(engine.read_entries(*id).unwrap(), expected.entries, "entries read back of {id}");
     }
 }
 
@@ -195,19 +181,10 @@ pub fn log_suite(make: impl Fn() -> Arc<dyn Disk>) {
         ("conflicting_entries_truncate", conflicting_entries_truncate),
         ("hard_state_only_writes", hard_state_only_writes),
         ("snapshot_restarts_the_log", snapshot_restarts_the_log),
-        (
-            "several_writes_of_one_partition_in_one_batch",
-            several_writes_of_one_partition_in_one_batch,
-        ),
+        ("several_writes_of_one_partition_in_one_batch", several_writes_of_one_partition_in_one_batch),
         ("compaction_deletes_segments", compaction_deletes_segments),
-        (
-            "checkpoint_keeps_metadata_of_deleted_segments",
-            checkpoint_keeps_metadata_of_deleted_segments,
-        ),
-        (
-            "checkpoint_of_many_partitions_spans_records",
-            checkpoint_of_many_partitions_spans_records,
-        ),
+        ("checkpoint_keeps_metadata_of_deleted_segments", checkpoint_keeps_metadata_of_deleted_segments),
+        ("checkpoint_of_many_partitions_spans_records", checkpoint_of_many_partitions_spans_records),
         ("pinned_entries_are_rewritten", pinned_entries_are_rewritten),
         ("removed_partition_is_forgotten", removed_partition_is_forgotten),
         ("restarts_keep_segments_bounded", restarts_keep_segments_bounded),
@@ -264,8 +241,7 @@ fn conflicting_entries_truncate(disk: &Arc<dyn Disk>) {
     commit(&mut engine, &mut model, &[entries_write(1, 1..=5, 1)]);
     commit(&mut engine, &mut model, &[entries_write(1, 3..=4, 2)]);
     assert_eq!(engine.partition(PartitionId(1)).unwrap().last_index(), 4);
-    let expected: Vec<u64> =
-        model.partition(PartitionId(1)).unwrap().entries.iter().map(|e| e.term).collect();
+    let expected: Vec<u64> = model.partition(PartitionId(1)).unwrap().entries.iter().map(|e| e.term).collect();
     assert_eq!(expected, vec![1, 1, 2, 2]);
     drop(engine);
     let mut engine = reopen_and_check(disk, &model);
@@ -296,15 +272,11 @@ fn snapshot_restarts_the_log(disk: &Arc<dyn Disk>) {
     commit(&mut engine, &mut model, &[entries_write(1, 1..=5, 1)]);
     let mut snapshot = LogWrite::new(PartitionId(1));
     let position = LogPosition { index: 10, term: 3 };
-    snapshot.snapshot =
-        Some((position, ConfState { voters: vec![1], learners: vec![4], ..ConfState::default() }));
+    snapshot.snapshot = Some((position, ConfState { voters: vec![1], learners: vec![4], ..ConfState::default() }));
     snapshot.hard_state = Some(HardState { term: 3, vote: 0, commit: 10 });
     commit(&mut engine, &mut model, &[snapshot]);
     let state = engine.partition(PartitionId(1)).unwrap();
-    assert_eq!(
-        (state.compacted(), state.snapshot(), state.live_entries()),
-        (position, Some(position), 0)
-    );
+    assert_eq!((state.compacted(), state.snapshot(), state.live_entries()), (position, Some(position), 0));
     assert_eq!(state.first_index(), 11);
     commit(&mut engine, &mut model, &[entries_write(1, 11..=12, 3)]);
     drop(engine);
@@ -357,10 +329,7 @@ fn checkpoint_keeps_metadata_of_deleted_segments(disk: &Arc<dyn Disk>) {
     let mut meta = LogWrite::new(PartitionId(1));
     meta.hard_state = Some(HardState { term: 7, vote: 1, commit: 0 });
     meta.conf_state = Some(ConfState { voters: vec![1, 2], ..ConfState::default() });
-    meta.snapshot = Some((
-        LogPosition { index: 20, term: 6 },
-        ConfState { voters: vec![1], ..ConfState::default() },
-    ));
+    meta.snapshot = Some((LogPosition { index: 20, term: 6 }, ConfState { voters: vec![1], ..ConfState::default() }));
     commit(&mut engine, &mut model, &[meta]);
     let first_segment = engine.segments()[0];
     busy_writes(&mut engine, &mut model, 2, 40);
@@ -379,8 +348,7 @@ fn checkpoint_of_many_partitions_spans_records(disk: &Arc<dyn Disk>) {
             let mut write = LogWrite::new(PartitionId(id));
             write.hard_state = Some(HardState { term: id % 7, vote: id % 3, commit: 0 });
             if id % 100 == 0 {
-                write.conf_state =
-                    Some(ConfState { voters: vec![1, 2, 3], ..ConfState::default() });
+                write.conf_state = Some(ConfState { voters: vec![1, 2, 3], ..ConfState::default() });
             }
             write
         })
@@ -402,9 +370,7 @@ fn checkpoint_of_many_partitions_spans_records(disk: &Arc<dyn Disk>) {
         .collect();
     assert!(chunks.len() >= 2, "a checkpoint this large spans records");
     assert_eq!(chunks.iter().map(|c| c.partitions.len()).sum::<usize>(), 10_000);
-    assert!(
-        chunks.last().unwrap().last_chunk && chunks.iter().rev().skip(1).all(|c| !c.last_chunk)
-    );
+    assert!(chunks.last().unwrap().last_chunk && chunks.iter().rev().skip(1).all(|c| !c.last_chunk));
     engine.compact().unwrap();
     assert!(!engine.segments().contains(&first_segment));
     drop(engine);
@@ -531,11 +497,7 @@ fn first_writes_offset(bytes: &[u8]) -> u64 {
 fn expect_corrupt(disk: &Arc<dyn Disk>, path: &Path, offset: u64) {
     match LogEngine::open(Arc::clone(disk), dir(), small_options()) {
         Err(LogError::Corrupt { path: p, offset: o, reason }) => {
-            assert_eq!(
-                (p.as_path(), o),
-                (path, offset),
-                "corruption names file and offset: {reason}"
-            );
+            assert_eq!((p.as_path(), o), (path, offset), "corruption names file and offset: {reason}");
         }
         Err(other) => panic!("expected Corrupt at {}:{offset}, got {other}", path.display()),
         Ok(_) => panic!("expected Corrupt at {}:{offset}, but the log opened", path.display()),
@@ -616,16 +578,10 @@ fn as_disk(disk: &Arc<SimDisk>) -> Arc<dyn Disk> {
 
 /// Reopens after a crash and checks the log kept every synced write and a prefix of the rest;
 /// returns the engine and the model of what it holds.
-fn recover_after_crash(
-    disk: &Arc<SimDisk>,
-    synced: &LogModel,
-    unsynced: &[LogWrite],
-) -> (LogEngine, LogModel) {
+fn recover_after_crash(disk: &Arc<SimDisk>, synced: &LogModel, unsynced: &[LogWrite]) -> (LogEngine, LogModel) {
     let (engine, recovered) = open(&as_disk(disk));
     let Some(j) = synced.surviving_prefix(unsynced, &recovered) else {
-        panic!(
-            "recovered state is not the synced writes plus a prefix of the rest: {recovered:#?}"
-        );
+        panic!("recovered state is not the synced writes plus a prefix of the rest: {recovered:#?}");
     };
     let mut model = synced.clone();
     for write in &unsynced[..j] {
@@ -641,11 +597,7 @@ fn synced_writes_survive_a_crash(make: &dyn Fn(u64) -> Arc<SimDisk>) {
         let (mut engine, _) = open(&as_disk(&disk));
         let mut synced = LogModel::default();
         commit(&mut engine, &mut synced, &[entries_write(1, 1..=3, 1), entries_write(2, 1..=2, 1)]);
-        let unsynced = vec![
-            entries_write(1, 4..=5, 1),
-            entries_write(2, 2..=3, 2),
-            entries_write(3, 1..=1, 1),
-        ];
+        let unsynced = vec![entries_write(1, 4..=5, 1), entries_write(2, 2..=3, 2), entries_write(3, 1..=1, 1)];
         engine.append(&unsynced[..2]).unwrap();
         engine.append(&unsynced[2..]).unwrap();
         drop(engine);
@@ -669,10 +621,7 @@ fn failed_sync_poisons_the_log(make: &dyn Fn(u64) -> Arc<SimDisk>) {
         assert!(engine.poisoned().is_some());
         disk.set_fail_syncs(false);
         // Even with the disk healthy again, the log refuses: the failed fsync may have lost pages.
-        assert!(matches!(
-            engine.append(&[entries_write(1, 5..=5, 1)]),
-            Err(LogError::Poisoned { .. })
-        ));
+        assert!(matches!(engine.append(&[entries_write(1, 5..=5, 1)]), Err(LogError::Poisoned { .. })));
         assert!(matches!(engine.sync(), Err(LogError::Poisoned { .. })));
         assert!(matches!(engine.compact(), Err(LogError::Poisoned { .. })));
         drop(engine);
@@ -690,11 +639,7 @@ fn failed_append_poisons_the_log(make: &dyn Fn(u64) -> Arc<SimDisk>) {
     assert!(matches!(engine.append(&[entries_write(1, 4..=4, 1)]), Err(LogError::Disk(_))));
     disk.set_fail_appends(false);
     assert!(matches!(engine.append(&[entries_write(1, 4..=4, 1)]), Err(LogError::Poisoned { .. })));
-    assert_eq!(
-        engine.partition(PartitionId(1)).unwrap().last_index(),
-        3,
-        "a failed append changes nothing"
-    );
+    assert_eq!(engine.partition(PartitionId(1)).unwrap().last_index(), 3, "a failed append changes nothing");
     drop(engine);
     disk.crash();
     recover_after_crash(&disk, &synced, &[]);

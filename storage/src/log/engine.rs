@@ -9,16 +9,13 @@
 //! directory sync each, so the log on disk is always a suffix of the segments written).
 
 use super::record::{
-    encode_frame, encode_record, Checkpoint, CheckpointPartition, Record, RecordRef, SegmentHeader,
-    FORMAT_VERSION,
+    encode_frame, encode_record, Checkpoint, CheckpointPartition, Record, RecordRef, SegmentHeader, FORMAT_VERSION,
 };
 use super::recovery::{recover, Recovered};
 use super::segment::{read_record, segment_path};
 use super::state::{PartitionLogState, Pins, RecordLocation, Shape};
 use super::{LogError, LogOptions};
-use crate::limits::{
-    CHECKPOINT_RECORD_BYTES_TARGET, RECORD_SIZE_BYTES_MAX, REWRITE_BATCH_BYTES_TARGET,
-};
+use crate::limits::{CHECKPOINT_RECORD_BYTES_TARGET, RECORD_SIZE_BYTES_MAX, REWRITE_BATCH_BYTES_TARGET};
 use cohort_core::codec;
 use cohort_core::env::{Disk, DiskFile};
 use cohort_core::ids::PartitionId;
@@ -75,8 +72,7 @@ pub struct CompactStats {
 fn entries_write_size_bytes(entries: &[LogEntry]) -> usize {
     const WRITE_FIXED_BYTES: usize = 8 + 1 + 1 + 8 + 1 + 1 + 1;
     const ENTRY_FIXED_BYTES: usize = 8 + 8 + 4 + 8 + 8;
-    WRITE_FIXED_BYTES
-        + entries.iter().map(|e| ENTRY_FIXED_BYTES + e.data.len() + e.context.len()).sum::<usize>()
+    WRITE_FIXED_BYTES + entries.iter().map(|e| ENTRY_FIXED_BYTES + e.data.len() + e.context.len()).sum::<usize>()
 }
 
 /// Bytes of `Record::Writes` around its writes: the variant index and the sequence length.
@@ -87,10 +83,7 @@ pub(crate) type EncodedRecords = Vec<(Range<usize>, Vec<u8>)>;
 
 /// Encodes `writes` as `Writes` record payloads of at most `size_bytes_max` bytes each: one
 /// record for the whole batch unless it is too large. Each write stays whole in one record.
-pub(crate) fn encode_writes(
-    writes: &[LogWrite],
-    size_bytes_max: usize,
-) -> Result<EncodedRecords, LogError> {
+pub(crate) fn encode_writes(writes: &[LogWrite], size_bytes_max: usize) -> Result<EncodedRecords, LogError> {
     let whole = codec::encode(&RecordRef::Writes(writes));
     if whole.len() <= size_bytes_max {
         return Ok(vec![(0..writes.len(), whole)]);
@@ -117,11 +110,7 @@ pub(crate) fn encode_writes(
     out.push((start..writes.len(), codec::encode(&RecordRef::Writes(&writes[start..]))));
     for (range, payload) in &out {
         let expected = WRITES_RECORD_OVERHEAD_BYTES + sizes[range.clone()].iter().sum::<usize>();
-        assert_eq!(
-            payload.len(),
-            expected,
-            "a Writes record encodes to its writes plus its overhead"
-        );
+        assert_eq!(payload.len(), expected, "a Writes record encodes to its writes plus its overhead");
         assert!(payload.len() <= size_bytes_max, "every split record is within the limit");
     }
     Ok(out)
@@ -130,8 +119,7 @@ pub(crate) fn encode_writes(
 /// Upper bound of a checkpoint entry's encoded size, for splitting a checkpoint into records.
 fn checkpoint_entry_size_bytes(entry: &CheckpointPartition) -> usize {
     let cs = &entry.conf_state;
-    let ids =
-        cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len() + cs.learners_next.len();
+    let ids = cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len() + cs.learners_next.len();
     128 + 8 * ids
 }
 
@@ -167,10 +155,7 @@ fn create_segment(
         });
     }
     buf.clear();
-    encode_record(
-        &RecordRef::SegmentHeader(&SegmentHeader { format_version: FORMAT_VERSION, seq }),
-        buf,
-    );
+    encode_record(&RecordRef::SegmentHeader(&SegmentHeader { format_version: FORMAT_VERSION, seq }), buf);
     let mut chunk = Vec::new();
     let mut chunk_bytes = 0;
     for (&id, state) in partitions {
@@ -179,10 +164,7 @@ fn create_segment(
         chunk.push(entry);
         if chunk_bytes >= CHECKPOINT_RECORD_BYTES_TARGET {
             encode_record(
-                &RecordRef::Checkpoint(&Checkpoint {
-                    partitions: std::mem::take(&mut chunk),
-                    last_chunk: false,
-                }),
+                &RecordRef::Checkpoint(&Checkpoint { partitions: std::mem::take(&mut chunk), last_chunk: false }),
                 buf,
             );
             chunk_bytes = 0;
@@ -327,11 +309,8 @@ impl LogEngine {
         let mut cached: Option<((u64, u64), Vec<LogWrite>)> = None;
         for run in state.runs() {
             let key = (run.location.seq, run.location.offset);
-            let corrupt = |reason: String| LogError::Corrupt {
-                path: segment_path(&self.dir, key.0),
-                offset: key.1,
-                reason,
-            };
+            let corrupt =
+                |reason: String| LogError::Corrupt { path: segment_path(&self.dir, key.0), offset: key.1, reason };
             if cached.as_ref().map(|(k, _)| *k) != Some(key) {
                 match read_record(&*self.disk, &self.dir, key.0, key.1)? {
                     Record::Writes(writes) => cached = Some((key, writes)),
@@ -342,13 +321,9 @@ impl LogEngine {
             let write = writes
                 .get(run.location.write as usize)
                 .filter(|w| w.partition == id)
-                .ok_or_else(|| {
-                    corrupt(format!("write {} of partition {id} is not there", run.location.write))
-                })?;
+                .ok_or_else(|| corrupt(format!("write {} of partition {id} is not there", run.location.write)))?;
             let before = out.len();
-            out.extend(
-                write.entries.iter().filter(|e| (run.first..=run.last).contains(&e.index)).cloned(),
-            );
+            out.extend(write.entries.iter().filter(|e| (run.first..=run.last).contains(&e.index)).cloned());
             if (out.len() - before) as u64 != run.last - run.first + 1 {
                 return Err(corrupt(format!(
                     "write {} lacks entries {}..={} of partition {id}",
@@ -382,24 +357,17 @@ impl LogEngine {
         let mut shapes: BTreeMap<PartitionId, Shape> = BTreeMap::new();
         for write in writes {
             write.assert_well_formed();
-            let shape = shapes.entry(write.partition).or_insert_with(|| {
-                self.partitions.get(&write.partition).map_or_else(Shape::default, |s| s.shape())
-            });
+            let shape = shapes
+                .entry(write.partition)
+                .or_insert_with(|| self.partitions.get(&write.partition).map_or_else(Shape::default, |s| s.shape()));
             match shape.after(write) {
                 Ok(next) => *shape = next,
-                Err(reason) => panic!(
-                    "log write for partition {} does not fit its log: {reason}",
-                    write.partition
-                ),
+                Err(reason) => panic!("log write for partition {} does not fit its log: {reason}", write.partition),
             }
         }
     }
 
-    fn append_records(
-        &mut self,
-        writes: &[LogWrite],
-        records: &[(Range<usize>, Vec<u8>)],
-    ) -> Result<(), LogError> {
+    fn append_records(&mut self, writes: &[LogWrite], records: &[(Range<usize>, Vec<u8>)]) -> Result<(), LogError> {
         if self.head.len >= self.options.segment_size_bytes && self.head.has_writes {
             self.rotate()?;
         }
@@ -482,8 +450,7 @@ impl LogEngine {
 
     /// Deletes the oldest segments while no partition needs them.
     fn delete_unneeded(&mut self, stats: &mut CompactStats) -> Result<(), LogError> {
-        let needed_from =
-            self.pins.oldest_pinned().map_or(self.head.seq, |seq| seq.min(self.head.seq));
+        let needed_from = self.pins.oldest_pinned().map_or(self.head.seq, |seq| seq.min(self.head.seq));
         while let Some((&seq, _)) = self.segments.first_key_value() {
             if seq >= needed_from {
                 break;
@@ -500,11 +467,7 @@ impl LogEngine {
 
     /// Rewrites all live entries of each of `partitions` into the head, one write each: a
     /// write replaces every entry from its first index on, so it must carry all of them.
-    fn rewrite(
-        &mut self,
-        partitions: &BTreeSet<PartitionId>,
-        stats: &mut CompactStats,
-    ) -> Result<(), LogError> {
+    fn rewrite(&mut self, partitions: &BTreeSet<PartitionId>, stats: &mut CompactStats) -> Result<(), LogError> {
         let mut batch: Vec<LogWrite> = Vec::new();
         let mut batch_bytes = 0;
         for &id in partitions {
@@ -558,13 +521,8 @@ mod tests {
 
     fn write(partition: u64, index: u64, data_len: usize) -> LogWrite {
         let mut w = LogWrite::new(PartitionId(partition));
-        w.entries = vec![LogEntry {
-            index,
-            term: 1,
-            kind: EntryKind::Normal,
-            data: vec![7; data_len],
-            context: vec![],
-        }];
+        w.entries =
+            vec![LogEntry { index, term: 1, kind: EntryKind::Normal, data: vec![7; data_len], context: vec![] }];
         w
     }
 

@@ -9,9 +9,7 @@
 //! on madsim alike.
 
 use super::{LogEngine, LogError};
-use crate::limits::{
-    GROUP_COMMIT_BATCH_BYTES_MAX, GROUP_COMMIT_BATCH_WRITES_MAX, GROUP_COMMIT_COMPACT_EVERY_BATCHES,
-};
+use crate::limits::{GROUP_COMMIT_BATCH_BYTES_MAX, GROUP_COMMIT_BATCH_WRITES_MAX, GROUP_COMMIT_COMPACT_EVERY_BATCHES};
 use cohort_core::env::Spawn;
 use cohort_core::persist::{LogWrite, PersistError, PersistRequest};
 use futures::channel::{mpsc, oneshot};
@@ -43,12 +41,7 @@ impl Default for GroupCommitOptions {
 fn write_size_bytes_estimate(write: &LogWrite) -> usize {
     const WRITE_FIXED_BYTES: usize = 64;
     const ENTRY_FIXED_BYTES: usize = 36;
-    WRITE_FIXED_BYTES
-        + write
-            .entries
-            .iter()
-            .map(|e| ENTRY_FIXED_BYTES + e.data.len() + e.context.len())
-            .sum::<usize>()
+    WRITE_FIXED_BYTES + write.entries.iter().map(|e| ENTRY_FIXED_BYTES + e.data.len() + e.context.len()).sum::<usize>()
 }
 
 /// Runs `work` on the engine inside `spawn.run_blocking`, moving the engine there and back.
@@ -100,8 +93,7 @@ pub async fn run_group_commit(
                 Err(_) => break,
             }
         }
-        let (writes, dones): (Vec<LogWrite>, Vec<_>) =
-            batch.into_iter().map(|r| (r.write, r.done)).unzip();
+        let (writes, dones): (Vec<LogWrite>, Vec<_>) = batch.into_iter().map(|r| (r.write, r.done)).unzip();
         let writes_count = writes.len();
         let current = engine.take().expect("the engine is home between batches");
         let outcome = on_engine(&*spawn, current, move |engine| {
@@ -114,9 +106,7 @@ pub async fn run_group_commit(
                 engine = Some(back);
                 result.map_err(|e| PersistError(Arc::new(e)))
             }
-            None => Err(PersistError(Arc::new(LogError::Poisoned {
-                reason: "the log writer panicked".to_owned(),
-            }))),
+            None => Err(PersistError(Arc::new(LogError::Poisoned { reason: "the log writer panicked".to_owned() }))),
         };
         match result {
             Ok(()) => {

@@ -23,8 +23,7 @@ pub use group_commit::{run_group_commit, GroupCommitOptions};
 pub use state::PartitionLogState;
 
 use crate::limits::{
-    SEGMENTS_DEFAULT, SEGMENTS_MIN, SEGMENT_SIZE_BYTES_DEFAULT, SEGMENT_SIZE_BYTES_MAX,
-    SEGMENT_SIZE_BYTES_MIN,
+    SEGMENTS_DEFAULT, SEGMENTS_MIN, SEGMENT_SIZE_BYTES_DEFAULT, SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN,
 };
 use cohort_core::env::DiskError;
 use cohort_core::ids::PartitionId;
@@ -59,10 +58,7 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> LogOptions {
-        LogOptions {
-            segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
-            segments_max: SEGMENTS_DEFAULT,
-        }
+        LogOptions { segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT, segments_max: SEGMENTS_DEFAULT }
     }
 }
 
@@ -71,10 +67,7 @@ impl LogOptions {
         let range = SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX;
         if !range.contains(&self.segment_size_bytes) {
             return Err(LogError::InvalidOptions {
-                reason: format!(
-                    "segment_size_bytes {} is outside {range:?}",
-                    self.segment_size_bytes
-                ),
+                reason: format!("segment_size_bytes {} is outside {range:?}", self.segment_size_bytes),
             });
         }
         if self.segments_max < SEGMENTS_MIN {

@@ -91,10 +91,7 @@ pub struct DecodedSegment {
 /// Appends the frame of `payload` to `out`.
 pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
     assert!(!payload.is_empty(), "a record payload is never empty");
-    assert!(
-        payload.len() <= RECORD_SIZE_BYTES_MAX,
-        "a record payload is within RECORD_SIZE_BYTES_MAX"
-    );
+    assert!(payload.len() <= RECORD_SIZE_BYTES_MAX, "a record payload is within RECORD_SIZE_BYTES_MAX");
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
@@ -174,11 +171,7 @@ fn read_frame(bytes: &[u8], offset: usize) -> Result<(&[u8], usize), BadFrame> {
 
 /// Where, at or after `from`, a valid frame starts, if one does. `Err` if finding out would
 /// checksum more than `checksum_bytes_max` (no verdict).
-fn find_valid_frame(
-    bytes: &[u8],
-    from: usize,
-    checksum_bytes_max: usize,
-) -> Result<Option<usize>, ()> {
+fn find_valid_frame(bytes: &[u8], from: usize, checksum_bytes_max: usize) -> Result<Option<usize>, ()> {
     let mut checksummed_bytes = 0usize;
     let mut at = from;
     // A frame needs its header and the payload's 4-byte variant index.
@@ -294,23 +287,15 @@ mod tests {
 
     fn writes() -> Vec<LogWrite> {
         let mut w = LogWrite::new(PartitionId(7));
-        w.entries = vec![LogEntry {
-            index: 1,
-            term: 1,
-            kind: EntryKind::Normal,
-            data: b"hello".to_vec(),
-            context: vec![],
-        }];
+        w.entries =
+            vec![LogEntry { index: 1, term: 1, kind: EntryKind::Normal, data: b"hello".to_vec(), context: vec![] }];
         w.hard_state = Some(HardState { term: 1, vote: 1, commit: 1 });
         vec![w]
     }
 
     fn segment_bytes() -> Vec<u8> {
         let mut out = Vec::new();
-        encode_record(
-            &RecordRef::SegmentHeader(&SegmentHeader { format_version: FORMAT_VERSION, seq: 1 }),
-            &mut out,
-        );
+        encode_record(&RecordRef::SegmentHeader(&SegmentHeader { format_version: FORMAT_VERSION, seq: 1 }), &mut out);
         encode_record(&RecordRef::Writes(&writes()), &mut out);
         encode_record(&RecordRef::Writes(&writes()), &mut out);
         out
@@ -319,15 +304,9 @@ mod tests {
     #[test]
     fn record_ref_encodes_like_record() {
         let w = writes();
-        assert_eq!(
-            codec::encode(&RecordRef::Writes(&w)),
-            codec::encode(&Record::Writes(w.clone()))
-        );
+        assert_eq!(codec::encode(&RecordRef::Writes(&w)), codec::encode(&Record::Writes(w.clone())));
         let h = SegmentHeader { format_version: FORMAT_VERSION, seq: 9 };
-        assert_eq!(
-            codec::encode(&RecordRef::SegmentHeader(&h)),
-            codec::encode(&Record::SegmentHeader(h))
-        );
+        assert_eq!(codec::encode(&RecordRef::SegmentHeader(&h)), codec::encode(&Record::SegmentHeader(h)));
         let c = Checkpoint { partitions: vec![], last_chunk: true };
         let bytes = codec::encode(&RecordRef::Checkpoint(&c));
         assert_eq!(bytes, codec::encode(&Record::Checkpoint(c)));
@@ -414,10 +393,7 @@ mod tests {
         assert_eq!(find_valid_frame(&bytes, 0, usize::MAX), Ok(None));
         assert_eq!(find_valid_frame(&bytes, 0, 1000), Err(()), "no verdict past the budget");
         let mut valid = Vec::new();
-        encode_record(
-            &RecordRef::SegmentHeader(&SegmentHeader { format_version: 1, seq: 2 }),
-            &mut valid,
-        );
+        encode_record(&RecordRef::SegmentHeader(&SegmentHeader { format_version: 1, seq: 2 }), &mut valid);
         bytes.extend_from_slice(&valid);
         let at = bytes.len() - valid.len();
         assert_eq!(find_valid_frame(&bytes, 0, usize::MAX), Ok(Some(at)));

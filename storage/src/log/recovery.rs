@@ -61,26 +61,17 @@ impl Replay {
                     ));
                 }
                 if header.seq != seq {
-                    return Err(format!(
-                        "segment header says seq {}, its file name {seq}",
-                        header.seq
-                    ));
+                    return Err(format!("segment header says seq {}, its file name {seq}", header.seq));
                 }
                 self.phase = Some(Phase::Checkpoint);
                 Ok(())
             }
             (Phase::Header, _) => Err("segment does not start with its header".to_owned()),
-            (Phase::Checkpoint, Record::Checkpoint(checkpoint)) => {
-                self.apply_checkpoint(checkpoint)
-            }
-            (Phase::Checkpoint, _) => {
-                Err("record before the segment's checkpoint is complete".to_owned())
-            }
+            (Phase::Checkpoint, Record::Checkpoint(checkpoint)) => self.apply_checkpoint(checkpoint),
+            (Phase::Checkpoint, _) => Err("record before the segment's checkpoint is complete".to_owned()),
             (Phase::Writes, Record::Writes(writes)) => self.apply_writes(seq, offset, writes),
             (Phase::Writes, Record::SegmentHeader(_)) => Err("second segment header".to_owned()),
-            (Phase::Writes, Record::Checkpoint(_)) => {
-                Err("checkpoint after the segment's writes began".to_owned())
-            }
+            (Phase::Writes, Record::Checkpoint(_)) => Err("checkpoint after the segment's writes began".to_owned()),
         }
     }
 
@@ -110,11 +101,8 @@ impl Replay {
             }
         }
         if checkpoint.last_chunk {
-            if let Some(missing) = self.partitions.keys().find(|id| !self.checkpointed.contains(id))
-            {
-                return Err(format!(
-                    "checkpoint omits partition {missing}, which the replayed log holds"
-                ));
+            if let Some(missing) = self.partitions.keys().find(|id| !self.checkpointed.contains(id)) {
+                return Err(format!("checkpoint omits partition {missing}, which the replayed log holds"));
             }
             self.phase = Some(Phase::Writes);
         }
@@ -125,9 +113,10 @@ impl Replay {
         for (i, write) in writes.iter().enumerate() {
             let id = write.partition;
             let state = self.partitions.entry(id).or_default();
-            state.shape().after(write).map_err(|reason| {
-                format!("write {i} (partition {id}) does not fit the log: {reason}")
-            })?;
+            state
+                .shape()
+                .after(write)
+                .map_err(|reason| format!("write {i} (partition {id}) does not fit the log: {reason}"))?;
             let write_index = u32::try_from(i).expect("a record holds fewer than 2^32 writes");
             let location = RecordLocation { seq, offset, write: write_index };
             let held = self.held.entry(id).or_default();
@@ -183,11 +172,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, LogError
             return Err(LogError::Corrupt {
                 path: segment_path(dir, pair[1]),
                 offset: 0,
-                reason: format!(
-                    "segments {}..{} are missing before this one",
-                    pair[0] + 1,
-                    pair[1] - 1
-                ),
+                reason: format!("segments {}..{} are missing before this one", pair[0] + 1, pair[1] - 1),
             });
         }
     }
@@ -233,11 +218,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, LogError
         }
         assert_eq!(len, reader.valid_len(), "the kept length is that of the valid records");
         if len == 0 && !is_last {
-            return Err(LogError::Corrupt {
-                path,
-                offset: 0,
-                reason: "empty segment before the last".to_owned(),
-            });
+            return Err(LogError::Corrupt { path, offset: 0, reason: "empty segment before the last".to_owned() });
         }
         segments.insert(seq, len);
     }

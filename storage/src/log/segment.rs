@@ -40,9 +40,7 @@ pub fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<u64>, LogError> 
                 return Err(LogError::Corrupt {
                     path: segment_path(dir, seq),
                     offset: 0,
-                    reason: format!(
-                        "segment number {seq} is over SEGMENT_SEQ_MAX ({SEGMENT_SEQ_MAX})"
-                    ),
+                    reason: format!("segment number {seq} is over SEGMENT_SEQ_MAX ({SEGMENT_SEQ_MAX})"),
                 })
             }
             None => {

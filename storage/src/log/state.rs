@@ -55,8 +55,7 @@ impl Pins {
 
     fn unpin(&mut self, seq: u64, partition: PartitionId) {
         let partitions = self.by_segment.get_mut(&seq).expect("an unpinned segment was pinned");
-        let runs =
-            partitions.get_mut(&partition).expect("an unpinned partition pinned the segment");
+        let runs = partitions.get_mut(&partition).expect("an unpinned partition pinned the segment");
         assert!(*runs > 0, "pin counts never go below zero");
         *runs -= 1;
         if *runs == 0 {
@@ -74,10 +73,7 @@ impl Pins {
 
     /// Partitions with a live entry in a segment older than `seq`.
     pub fn pinning_before(&self, seq: u64) -> BTreeSet<PartitionId> {
-        self.by_segment
-            .range(..seq)
-            .flat_map(|(_, partitions)| partitions.keys().copied())
-            .collect()
+        self.by_segment.range(..seq).flat_map(|(_, partitions)| partitions.keys().copied()).collect()
     }
 }
 
@@ -116,10 +112,7 @@ impl Shape {
         if let Some(first) = write.entries.first() {
             for pair in write.entries.windows(2) {
                 if pair[0].index.checked_add(1) != Some(pair[1].index) {
-                    return Err(format!(
-                        "entries are not contiguous: {} then {}",
-                        pair[0].index, pair[1].index
-                    ));
+                    return Err(format!("entries are not contiguous: {} then {}", pair[0].index, pair[1].index));
                 }
             }
             if first.index <= shape.compacted_index {
@@ -208,8 +201,7 @@ impl PartitionLogState {
         mut held: Option<&mut VecDeque<LogEntry>>,
     ) {
         assert_eq!(write.partition, id, "a write is applied to its own partition");
-        let expected =
-            self.shape().after(write).expect("writes are checked before they are applied");
+        let expected = self.shape().after(write).expect("writes are checked before they are applied");
         if let Some((position, conf_state)) = &write.snapshot {
             self.drop_runs_through(id, u64::MAX, pins);
             if let Some(held) = held.as_deref_mut() {
@@ -294,11 +286,7 @@ impl PartitionLogState {
         assert_eq!(next, self.last_index + 1, "entry runs end at the last index");
         assert!(self.held_from() > self.compacted.index, "no run holds a compacted entry");
         if let Some(held) = held {
-            debug_assert_eq!(
-                held.len() as u64,
-                self.live_entries(),
-                "held entries mirror the runs"
-            );
+            debug_assert_eq!(held.len() as u64, self.live_entries(), "held entries mirror the runs");
             debug_assert!(held.front().map_or(true, |e| e.index == self.held_from()));
         }
     }
@@ -318,12 +306,8 @@ impl PartitionLogState {
     /// A partition known only from a checkpoint: its entries, if any, are in segments before
     /// the checkpoint's and are not held (recovery of a log whose older segments were deleted).
     /// `Err` if the checkpoint entry is not a possible state.
-    pub(crate) fn from_checkpoint(
-        checkpoint: &CheckpointPartition,
-    ) -> Result<PartitionLogState, String> {
-        if checkpoint.last_index < checkpoint.compacted.index
-            || checkpoint.last_index > LOG_INDEX_MAX
-        {
+    pub(crate) fn from_checkpoint(checkpoint: &CheckpointPartition) -> Result<PartitionLogState, String> {
+        if checkpoint.last_index < checkpoint.compacted.index || checkpoint.last_index > LOG_INDEX_MAX {
             return Err(format!(
                 "checkpoint of partition {} has last index {} against compacted index {}",
                 checkpoint.partition, checkpoint.last_index, checkpoint.compacted.index

@@ -48,13 +48,10 @@ fn log_options() -> LogOptions {
 
 fn setup(options: GroupCommitOptions) -> Setup {
     let disk = Arc::new(SimDisk::new(11));
-    let (engine, _) =
-        LogEngine::open(Arc::clone(&disk) as Arc<dyn Disk>, dir(), log_options()).unwrap();
+    let (engine, _) = LogEngine::open(Arc::clone(&disk) as Arc<dyn Disk>, dir(), log_options()).unwrap();
     let (requests, receiver) = mpsc::channel(1024);
     let pool = LocalPool::new();
-    pool.spawner()
-        .spawn_local(run_group_commit(engine, receiver, Arc::new(InlineSpawn), options))
-        .unwrap();
+    pool.spawner().spawn_local(run_group_commit(engine, receiver, Arc::new(InlineSpawn), options)).unwrap();
     Setup { disk, pool, requests, answers: Answers::default() }
 }
 
@@ -62,9 +59,7 @@ fn request(answers: &Answers, tag: usize, write: LogWrite) -> PersistRequest {
     let answers = Arc::clone(answers);
     PersistRequest {
         write,
-        done: Box::new(move |result| {
-            answers.lock().unwrap().push((tag, result.map_err(|e| e.to_string())))
-        }),
+        done: Box::new(move |result| answers.lock().unwrap().push((tag, result.map_err(|e| e.to_string())))),
     }
 }
 
@@ -157,19 +152,12 @@ fn a_failed_sync_fails_the_batch_and_everything_after() {
     setup.pool.run_until_stalled();
     let later = answers(&setup);
     assert_eq!(later.len(), 2);
-    assert!(
-        later.iter().all(|(_, result)| result.is_err()),
-        "no write is acknowledged after a failed fsync"
-    );
+    assert!(later.iter().all(|(_, result)| result.is_err()), "no write is acknowledged after a failed fsync");
 }
 
 #[test]
 fn acknowledged_writes_survive_a_crash_and_compaction_bounds_segments() {
-    let options = GroupCommitOptions {
-        compact_every_batches: 2,
-        batch_writes_max: 8,
-        ..GroupCommitOptions::default()
-    };
+    let options = GroupCommitOptions { compact_every_batches: 2, batch_writes_max: 8, ..GroupCommitOptions::default() };
     let mut setup = setup(options);
     let mut model = LogModel::default();
     for round in 0..40 {
@@ -183,7 +171,6 @@ fn acknowledged_writes_survive_a_crash_and_compaction_bounds_segments() {
     drop(setup.requests);
     setup.pool.run();
     setup.disk.crash();
-    let (_, recovered) =
-        LogEngine::open(Arc::clone(&setup.disk) as Arc<dyn Disk>, dir(), log_options()).unwrap();
+    let (_, recovered) = LogEngine::open(Arc::clone(&setup.disk) as Arc<dyn Disk>, dir(), log_options()).unwrap();
     assert_eq!(&recovered, model.partitions(), "every acknowledged write is durable");
 }

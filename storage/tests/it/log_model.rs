@@ -68,12 +68,7 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 fn write_spec() -> impl Strategy<Value = WriteSpec> {
-    (
-        1..=PARTITIONS,
-        action(),
-        prop::option::weighted(0.4, (any::<u8>(), 0u8..4)),
-        prop::option::weighted(0.1, 1u8..5),
-    )
+    (1..=PARTITIONS, action(), prop::option::weighted(0.4, (any::<u8>(), 0u8..4)), prop::option::weighted(0.1, 1u8..5))
         .prop_map(|(partition, action, hard_state, conf_voters)| WriteSpec {
             partition,
             action,
@@ -161,8 +156,7 @@ impl Harness {
     fn new(seed: u64) -> Harness {
         let disk = Arc::new(SimDisk::new(seed));
         disk.set_torn_write_probability(0.5);
-        let (engine, recovered) =
-            LogEngine::open(Arc::clone(&disk) as Arc<dyn Disk>, dir(), options()).unwrap();
+        let (engine, recovered) = LogEngine::open(Arc::clone(&disk) as Arc<dyn Disk>, dir(), options()).unwrap();
         assert!(recovered.is_empty());
         Harness {
             disk,
@@ -195,8 +189,7 @@ impl Harness {
                     if new_term || first <= last {
                         *term += 1;
                     }
-                    let mut new =
-                        entries(first..=first + count as u64 - 1, *term, data_bytes as usize);
+                    let mut new = entries(first..=first + count as u64 - 1, *term, data_bytes as usize);
                     if first % 4 == 0 {
                         new[0].kind = cohort_core::persist::EntryKind::ConfChange;
                     }
@@ -212,8 +205,7 @@ impl Harness {
                 Action::Snapshot { ahead, voters } => {
                     *term += 1;
                     let position = LogPosition { index: last + ahead as u64, term: *term };
-                    let conf =
-                        ConfState { voters: (1..=voters as u64).collect(), ..ConfState::default() };
+                    let conf = ConfState { voters: (1..=voters as u64).collect(), ..ConfState::default() };
                     write.snapshot = Some((position, conf));
                 }
                 Action::MetadataOnly => {}
@@ -221,11 +213,8 @@ impl Harness {
             }
             if let Some((commit, vote)) = spec.hard_state {
                 let last_after = write.entries.last().map_or(last, |e| e.index);
-                write.hard_state = Some(HardState {
-                    term: *term,
-                    vote: vote as u64,
-                    commit: commit as u64 % (last_after + 1),
-                });
+                write.hard_state =
+                    Some(HardState { term: *term, vote: vote as u64, commit: commit as u64 % (last_after + 1) });
             }
             if let Some(voters) = spec.conf_voters {
                 write.conf_state = Some(ConfState {
@@ -272,11 +261,7 @@ impl Harness {
     fn check_entries_on_disk(&mut self) {
         let engine = self.engine.as_ref().expect("the log is open");
         for (&id, expected) in self.live.partitions() {
-            assert_eq!(
-                engine.read_entries(id).unwrap(),
-                expected.entries,
-                "entries of {id} on disk"
-            );
+            assert_eq!(engine.read_entries(id).unwrap(), expected.entries, "entries of {id} on disk");
         }
     }
 
@@ -303,8 +288,7 @@ impl Harness {
                 assert!(self.disk.is_powered_off(), "recovery fails only for lack of power: {e}");
                 self.coverage.interrupted_recoveries += 1;
                 self.disk.crash();
-                open()
-                    .unwrap_or_else(|e| panic!("recovery after an interrupted recovery fails: {e}"))
+                open().unwrap_or_else(|e| panic!("recovery after an interrupted recovery fails: {e}"))
             }
         };
         let j = self.synced.surviving_prefix(&self.unsynced, &recovered).unwrap_or_else(|| {
@@ -316,11 +300,7 @@ impl Harness {
             )
         });
         if !crash {
-            assert_eq!(
-                &recovered,
-                self.live.partitions(),
-                "a clean restart keeps every appended write"
-            );
+            assert_eq!(&recovered, self.live.partitions(), "a clean restart keeps every appended write");
         }
         self.coverage.torn_tails_cut += self.disk.stats().truncates - truncates_before;
         if j < self.unsynced.len() {

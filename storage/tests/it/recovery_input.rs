@@ -6,9 +6,7 @@ use cohort_core::codec;
 use cohort_core::env::Disk;
 use cohort_core::ids::PartitionId;
 use cohort_core::persist::{ConfState, EntryKind, HardState, LogEntry, LogPosition, LogWrite};
-use cohort_storage::log::record::{
-    encode_frame, Checkpoint, CheckpointPartition, Record, SegmentHeader,
-};
+use cohort_storage::log::record::{encode_frame, Checkpoint, CheckpointPartition, Record, SegmentHeader};
 use cohort_storage::log::segment::segment_path;
 use cohort_storage::log::{LogEngine, LogError, LogOptions};
 use cohort_storage::SimDisk;
@@ -54,15 +52,13 @@ fn log_write() -> impl Strategy<Value = LogWrite> {
 }
 
 fn checkpoint_partition() -> impl Strategy<Value = CheckpointPartition> {
-    (1u64..4, position(), index()).prop_map(|(partition, compacted, last_index)| {
-        CheckpointPartition {
-            partition: PartitionId(partition),
-            hard_state: HardState::default(),
-            conf_state: ConfState::default(),
-            compacted,
-            snapshot: None,
-            last_index,
-        }
+    (1u64..4, position(), index()).prop_map(|(partition, compacted, last_index)| CheckpointPartition {
+        partition: PartitionId(partition),
+        hard_state: HardState::default(),
+        conf_state: ConfState::default(),
+        compacted,
+        snapshot: None,
+        last_index,
     })
 }
 

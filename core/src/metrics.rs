@@ -1,0 +1,84 @@
+//! A node's metrics, updated where things happen and read by the HTTP server. The types come
+//! from `prometheus-client` (lock-free counters and histograms; no runtime, no I/O). Label
+//! cardinality is bounded: nothing is labelled per partition.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Latency buckets from 50 µs to about 3 s, in seconds.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.0, 17)
+}
+
+pub struct NodeMetrics {
+    /// Client writes proposed on a leader.
+    pub proposals: Counter,
+    /// Times a replica saw its partition's leader change.
+    pub leader_changes: Counter,
+    /// Elections this node's replicas started.
+    pub elections: Counter,
+    /// From a write's arrival at its partition to its answer after apply.
+    pub commit_latency_seconds: Histogram,
+    /// One fsync of the write-ahead log.
+    pub fsync_latency_seconds: Histogram,
+    /// Replicas by role, refreshed when scraped.
+    pub partitions_leader: Gauge,
+    pub partitions_follower: Gauge,
+    pub partitions_candidate: Gauge,
+    pub partitions_learner: Gauge,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> NodeMetrics {
+        NodeMetrics {
+            proposals: Counter::default(),
+            leader_changes: Counter::default(),
+            elections: Counter::default(),
+            commit_latency_seconds: Histogram::new(latency_buckets()),
+            fsync_latency_seconds: Histogram::new(latency_buckets()),
+            partitions_leader: Gauge::default(),
+            partitions_follower: Gauge::default(),
+            partitions_candidate: Gauge::default(),
+            partitions_learner: Gauge::default(),
+        }
+    }
+}
+
+impl NodeMetrics {
+    /// Adds every metric to `registry` under the `cohort` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("proposals", "Client writes proposed on a leader", self.proposals.clone());
+        registry.register("leader_changes", "Leader changes seen by this node's replicas", self.leader_changes.clone());
+        registry.register("elections", "Elections started by this node's replicas", self.elections.clone());
+        registry.register_with_unit(
+            "commit_latency",
+            "Time from a write's arrival at its partition to its answer after apply",
+            Unit::Seconds,
+            self.commit_latency_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "fsync_latency",
+            "Time of one write-ahead log fsync",
+            Unit::Seconds,
+            self.fsync_latency_seconds.clone(),
+        );
+        registry.register(
+            "partitions_leader",
+            "Replicas on this node that lead their partition",
+            self.partitions_leader.clone(),
+        );
+        registry.register("partitions_follower", "Replicas on this node that follow", self.partitions_follower.clone());
+        registry.register(
+            "partitions_candidate",
+            "Replicas on this node that are campaigning",
+            self.partitions_candidate.clone(),
+        );
+        registry.register(
+            "partitions_learner",
+            "Replicas on this node that are learners",
+            self.partitions_learner.clone(),
+        );
+    }
+}

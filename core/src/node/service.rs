@@ -1,0 +1,260 @@
+//! Client requests at the level of a node: find a repository's partition through the
+//! directory (partition 0), send the request to that partition, and turn its answer into a
+//! typed result. The gRPC layer (`cohort-net`) only converts to and from wire types.
+
+use super::router::{RouteError, Router};
+use crate::ids::{ClientId, NodeId, PartitionId};
+use crate::partition::{ReadConsistency, Request, Response};
+use crate::state_machine::{
+    Command, PartitionInfo, ReadQuery, ReadResult, Rejection, RelativePath, RepoId, WriteOk, WriteOp,
+};
+use std::sync::Arc;
+
+/// The partition that holds the directory: repository -> partition, partition -> members.
+pub const DIRECTORY: PartitionId = PartitionId(0);
+
+/// Attempts to reach a freshly created partition's leader before giving up.
+const NEW_PARTITION_ATTEMPTS_MAX: usize = 50;
+
+/// Why a request did not succeed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    #[error("this node does not lead the partition; leader: {leader:?}")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Rejected(Rejection),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("busy: too many requests in flight; retry later")]
+    Busy,
+    /// The outcome is unknown (a leader changed under the write); retrying with the same
+    /// client id and sequence number is safe.
+    #[error("outcome unknown; retry with the same client id and sequence number")]
+    Unknown,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<RouteError> for ApiError {
+    fn from(error: RouteError) -> ApiError {
+        match error {
+            RouteError::UnknownPartition(p) => {
+                ApiError::Unavailable(format!("partition {p} is not hosted on this node"))
+            }
+            RouteError::MailboxFull(_) => ApiError::Busy,
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A read's answer with the applied index it reflects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadAnswer {
+    pub result: ReadResult,
+    pub applied_index: u64,
+    pub partition: PartitionId,
+}
+
+/// A repository and the partition holding it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutedRepository {
+    pub repo: RepoId,
+    pub partition: PartitionId,
+}
+
+pub struct NodeService {
+    router: Arc<Router>,
+    /// Voters of every new partition: the static cluster.
+    voters: Vec<NodeId>,
+}
+
+impl NodeService {
+    pub fn new(router: Arc<Router>, voters: Vec<NodeId>) -> NodeService {
+        assert!(voters.contains(&router.node()), "this node is a voter of the cluster");
+        NodeService { router, voters }
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    async fn call(&self, partition: PartitionId, request: Request) -> Result<Response, ApiError> {
+        Ok(self.router.request(partition, request).await?)
+    }
+
+    fn write_result(response: Response) -> Result<WriteOk, ApiError> {
+        match response {
+            Response::Written(Ok(ok)) => Ok(ok),
+            Response::Written(Err(rejection)) => Err(ApiError::Rejected(rejection)),
+            other => Err(Self::failure(other)),
+        }
+    }
+
+    fn failure(response: Response) -> ApiError {
+        match response {
+            Response::NotLeader { leader } => ApiError::NotLeader { leader },
+            Response::Unknown => ApiError::Unknown,
+            Response::Busy => ApiError::Busy,
+            Response::Invalid(message) => ApiError::Invalid(message),
+            Response::Failed(error) => ApiError::Unavailable(error.to_string()),
+            Response::Written(_) | Response::Read { .. } => unreachable!("successes are handled by the caller"),
+        }
+    }
+
+    /// The partition of `repo`. The local directory replica answers if it knows; if not, and
+    /// another node leads the directory, the caller is sent there (its directory is newer).
+    pub async fn route(&self, repo: &RepoId) -> Result<PartitionId, ApiError> {
+        let query = ReadQuery::Route { repo: repo.clone() };
+        let stale = self.read(DIRECTORY, query.clone(), ReadConsistency::Stale).await?;
+        if let ReadResult::Route(Some((partition, _))) = stale.result {
+            return Ok(partition);
+        }
+        match self.read(DIRECTORY, query, ReadConsistency::Linearizable).await?.result {
+            ReadResult::Route(Some((partition, _))) => Ok(partition),
+            ReadResult::Route(None) => Err(ApiError::NotFound(format!("repository {repo}"))),
+            other => Err(ApiError::Invalid(format!("unexpected directory answer {other:?}"))),
+        }
+    }
+
+    async fn read(
+        &self,
+        partition: PartitionId,
+        query: ReadQuery,
+        consistency: ReadConsistency,
+    ) -> Result<ReadAnswer, ApiError> {
+        match self.call(partition, Request::Read { query, consistency }).await? {
+            Response::Read { result: ReadResult::Rejected(rejection), .. } => Err(ApiError::Rejected(rejection)),
+            Response::Read { result, applied_index } => Ok(ReadAnswer { result, applied_index, partition }),
+            other => Err(Self::failure(other)),
+        }
+    }
+
+    /// A write this node makes on the client's behalf, forwarded to the partition's leader
+    /// if need be. A partition that has no leader yet (just created) is retried for a while.
+    async fn forwarded_write(&self, partition: PartitionId, command: Command) -> Result<WriteOk, ApiError> {
+        let clock = self.router.env().clock.clone();
+        let pause = self.router.tick_interval();
+        let mut last_error = ApiError::Unavailable(format!("partition {partition} has no replica here"));
+        for _ in 0..NEW_PARTITION_ATTEMPTS_MAX {
+            let outcome = match self.router.request(partition, Request::ForwardedWrite(command.clone())).await {
+                Ok(response) => Self::write_result(response),
+                Err(RouteError::UnknownPartition(_)) => {
+                    Err(ApiError::Unavailable(format!("partition {partition} is not created here yet")))
+                }
+                Err(error) => Err(error.into()),
+            };
+            match outcome {
+                Err(
+                    error @ (ApiError::NotLeader { leader: None }
+                    | ApiError::Unavailable(_)
+                    | ApiError::Unknown
+                    | ApiError::Busy),
+                ) => {
+                    last_error = error;
+                    clock.sleep_until(clock.now() + pause).await;
+                }
+                other => return other,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Creates a repository: allocates a partition for it in the directory (or, for a fork,
+    /// routes it to its parent's partition), then creates it there. Every step is idempotent
+    /// under the request's (client, sequence), so a client may retry the whole call anywhere.
+    pub async fn create_repository(
+        &self,
+        client: ClientId,
+        seq: u64,
+        repo: RepoId,
+        fork_of: Option<RelativePath>,
+    ) -> Result<WriteOk, ApiError> {
+        let existing = match self.route(&repo).await {
+            Ok(partition) => Some(partition),
+            Err(ApiError::NotFound(_) | ApiError::NotLeader { .. }) => None,
+            Err(error) => return Err(error),
+        };
+        let partition = match (existing, &fork_of) {
+            (Some(partition), _) => partition,
+            (None, None) => {
+                let op = WriteOp::AllocatePartition { repo: repo.clone(), voters: self.voters.clone() };
+                let ok = self.forwarded_write(DIRECTORY, Command { client, seq, op }).await?;
+                ok.partition.expect("an allocation names its partition")
+            }
+            (None, Some(parent)) => {
+                let parent_repo = RepoId { storage: repo.storage.clone(), relative_path: parent.clone() };
+                let partition = self.route(&parent_repo).await?;
+                let op = WriteOp::RouteRepository { repo: repo.clone(), partition };
+                self.forwarded_write(DIRECTORY, Command { client, seq, op }).await?;
+                partition
+            }
+        };
+        let op = WriteOp::CreateRepository { repo, fork_of };
+        let mut ok = self.forwarded_write(partition, Command { client, seq, op }).await?;
+        ok.partition = Some(partition);
+        Ok(ok)
+    }
+
+    /// Deletes a repository's data, then its route.
+    pub async fn delete_repository(&self, client: ClientId, seq: u64, repo: RepoId) -> Result<WriteOk, ApiError> {
+        let partition = self.route(&repo).await?;
+        let op = WriteOp::DeleteRepository { repo: repo.clone() };
+        let ok = match self.forwarded_write(partition, Command { client, seq, op }).await {
+            // A retry after the data went but before the route did.
+            Err(ApiError::Rejected(Rejection::RepositoryNotFound { .. })) => None,
+            other => Some(other?),
+        };
+        let op = WriteOp::UnrouteRepository { repo };
+        let unrouted = self.forwarded_write(DIRECTORY, Command { client, seq, op }).await?;
+        let mut ok = ok.unwrap_or(unrouted);
+        ok.partition = Some(partition);
+        Ok(ok)
+    }
+
+    /// A client's transaction on one repository. Served by the partition's leader only.
+    pub async fn write(&self, command: Command) -> Result<WriteOk, ApiError> {
+        let repo = match &command.op {
+            WriteOp::Transaction { repo, .. } => repo.clone(),
+            other => return Err(ApiError::Invalid(format!("{other:?} is not a client transaction"))),
+        };
+        let partition = self.route(&repo).await?;
+        let mut ok = Self::write_result(self.call(partition, Request::Write(command)).await?)?;
+        ok.partition = Some(partition);
+        Ok(ok)
+    }
+
+    /// A read of one repository.
+    pub async fn read_repository(
+        &self,
+        repo: &RepoId,
+        query: ReadQuery,
+        consistency: ReadConsistency,
+    ) -> Result<ReadAnswer, ApiError> {
+        let partition = self.route(repo).await?;
+        self.read(partition, query, consistency).await
+    }
+
+    /// Every repository and its partition, from the directory (linearizable).
+    pub async fn list_repositories(&self) -> Result<Vec<RoutedRepository>, ApiError> {
+        let partitions = self.partitions(ReadConsistency::Linearizable).await?;
+        let mut out: Vec<_> = partitions
+            .into_iter()
+            .flat_map(|(partition, _, repos)| repos.into_iter().map(move |repo| RoutedRepository { repo, partition }))
+            .collect();
+        out.sort_by(|a, b| a.repo.cmp(&b.repo));
+        Ok(out)
+    }
+
+    /// The directory's partitions, with their members and repositories.
+    pub async fn partitions(
+        &self,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<(PartitionId, PartitionInfo, Vec<RepoId>)>, ApiError> {
+        match self.read(DIRECTORY, ReadQuery::Partitions, consistency).await?.result {
+            ReadResult::Partitions(partitions) => Ok(partitions),
+            other => Err(ApiError::Invalid(format!("unexpected directory answer {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The tonic service: authentication, conversion, and mapping of outcomes to gRPC statuses.
+
+use super::convert;
+use super::proto::{self, cohort_server::Cohort};
+use cohort_core::ids::{NodeId, PartitionId};
+use cohort_core::node::{ApiError, NodeService};
+use cohort_core::partition::{PartitionStatus, ReadConsistency, Role};
+use cohort_core::state_machine::{ReadQuery, ReadResult, RelativePath, WriteOk};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// Metadata key of the leader's client URL on an `UNAVAILABLE` not-leader answer.
+pub const LEADER_METADATA: &str = "cohort-leader";
+/// Metadata key of the client token, when the node requires one.
+pub const TOKEN_METADATA: &str = "authorization";
+
+/// What the service knows of the cluster's nodes.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub peer_address: String,
+    /// As clients dial it, e.g. `http://127.0.0.1:7101`.
+    pub client_url: String,
+}
+
+/// The node's view of the cluster for status answers: which peers are connected.
+pub trait NodeDirectory: Send + Sync + 'static {
+    fn nodes(&self) -> Vec<NodeInfo>;
+    fn is_up(&self, node: NodeId) -> bool;
+}
+
+pub struct ApiServer {
+    service: Arc<NodeService>,
+    directory: Arc<dyn NodeDirectory>,
+    token: Option<String>,
+}
+
+impl ApiServer {
+    pub fn new(service: Arc<NodeService>, directory: Arc<dyn NodeDirectory>, token: Option<String>) -> ApiServer {
+        ApiServer { service, directory, token }
+    }
+
+    pub fn into_service(self) -> proto::cohort_server::CohortServer<ApiServer> {
+        proto::cohort_server::CohortServer::new(self)
+            .max_decoding_message_size(cohort_core::limits::COMMAND_SIZE_BYTES_MAX + 64 * 1024)
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.token else { return Ok(()) };
+        let given = request.metadata().get(TOKEN_METADATA).and_then(|v| v.to_str().ok());
+        match given.and_then(|v| v.strip_prefix("Bearer ")) {
+            Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+            _ => Err(Status::unauthenticated("missing or wrong client token")),
+        }
+    }
+
+    fn status_of(&self, error: ApiError) -> Status {
+        match error {
+            ApiError::NotLeader { leader } => {
+                let url =
+                    leader.and_then(|l| self.directory.nodes().into_iter().find(|n| n.id == l)).map(|n| n.client_url);
+                let mut status = Status::unavailable(match &url {
+                    Some(url) => format!("not the leader; the leader is at {url}"),
+                    None => "not the leader; no leader is known yet".to_owned(),
+                });
+                if let Some(url) = url.and_then(|u| u.parse().ok()) {
+                    status.metadata_mut().insert(LEADER_METADATA, url);
+                }
+                status
+            }
+            ApiError::NotFound(what) => Status::not_found(what),
+            ApiError::Rejected(rejection) => Status::failed_precondition(rejection.to_string()),
+            ApiError::Invalid(message) => Status::invalid_argument(message),
+            ApiError::Busy => Status::resource_exhausted("busy: too many requests in flight"),
+            ApiError::Unknown => Status::unavailable("outcome unknown; retry with the same client id and sequence"),
+            ApiError::Unavailable(message) => Status::unavailable(message),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn write_reply(ok: WriteOk) -> proto::WriteReply {
+    proto::WriteReply {
+        index: ok.index,
+        object_ids: ok.object_ids.iter().map(|o| o.0.to_vec()).collect(),
+        partition: ok.partition.map_or(0, |p| p.0),
+    }
+}
+
+fn consistency(stale: bool) -> ReadConsistency {
+    if stale {
+        ReadConsistency::Stale
+    } else {
+        ReadConsistency::Linearizable
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Candidate => "candidate",
+        Role::Follower => "follower",
+        Role::Learner => "learner",
+    }
+}
+
+#[tonic::async_trait]
+impl Cohort for ApiServer {
+    async fn create_repository(
+        &self,
+        request: Request<proto::CreateRepositoryRequest>,
+    ) -> Result<Response<proto::WriteReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let repo = convert::repo(request.repo).map_err(Status::invalid_argument)?;
+        let (client, seq) = convert::write_id(request.id).map_err(Status::invalid_argument)?;
+        let fork_of = match request.fork_of {
+            Some(path) => Some(RelativePath::new(&path).map_err(|e| Status::invalid_argument(e.to_string()))?),
+            None => None,
+        };
+        let ok = self.service.create_repository(client, seq, repo, fork_of).await.map_err(|e| self.status_of(e))?;
+        Ok(Response::new(write_reply(ok)))
+    }
+
+    async fn delete_repository(
+        &self,
+        request: Request<proto::DeleteRepositoryRequest>,
+    ) -> Result<Response<proto::WriteReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let repo = convert::repo(request.repo).map_err(Status::invalid_argument)?;
+        let (client, seq) = convert::write_id(request.id).map_err(Status::invalid_argument)?;
+        let ok = self.service.delete_repository(client, seq, repo).await.map_err(|e| self.status_of(e))?;
+        Ok(Response::new(write_reply(ok)))
+    }
+
+    async fn write(&self, request: Request<proto::WriteRequest>) -> Result<Response<proto::WriteReply>, Status> {
+        self.authorize(&request)?;
+        let command = convert::write_command(request.into_inner()).map_err(Status::invalid_argument)?;
+        let ok = self.service.write(command).await.map_err(|e| self.status_of(e))?;
+        Ok(Response::new(write_reply(ok)))
+    }
+
+    async fn read_refs(
+        &self,
+        request: Request<proto::ReadRefsRequest>,
+    ) -> Result<Response<proto::ReadRefsReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let repo = convert::repo(request.repo).map_err(Status::invalid_argument)?;
+        let query = ReadQuery::ListRefs { repo: repo.clone() };
+        let answer = self
+            .service
+            .read_repository(&repo, query, consistency(request.stale))
+            .await
+            .map_err(|e| self.status_of(e))?;
+        let ReadResult::Refs(refs) = answer.result else {
+            return Err(Status::internal("unexpected answer to a reference listing"));
+        };
+        let refs = refs
+            .iter()
+            .map(|(name, value)| proto::Ref {
+                name: name.as_str().to_owned(),
+                value: Some(convert::ref_value_to_wire(value)),
+            })
+            .collect();
+        Ok(Response::new(proto::ReadRefsReply { refs, applied_index: answer.applied_index }))
+    }
+
+    async fn read_object(
+        &self,
+        request: Request<proto::ReadObjectRequest>,
+    ) -> Result<Response<proto::ReadObjectReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let repo = convert::repo(request.repo).map_err(Status::invalid_argument)?;
+        let oid = convert::oid(&request.oid).map_err(Status::invalid_argument)?;
+        let query = ReadQuery::GetObject { repo: repo.clone(), oid };
+        let answer = self
+            .service
+            .read_repository(&repo, query, consistency(request.stale))
+            .await
+            .map_err(|e| self.status_of(e))?;
+        let reply = match answer.result {
+            ReadResult::Object(Some((kind, data))) => proto::ReadObjectReply {
+                found: true,
+                kind: kind.as_str().to_owned(),
+                data,
+                applied_index: answer.applied_index,
+            },
+            ReadResult::Object(None) => {
+                proto::ReadObjectReply { found: false, applied_index: answer.applied_index, ..Default::default() }
+            }
+            _ => return Err(Status::internal("unexpected answer to an object read")),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn list_repositories(
+        &self,
+        request: Request<proto::ListRepositoriesRequest>,
+    ) -> Result<Response<proto::ListRepositoriesReply>, Status> {
+        self.authorize(&request)?;
+        let repositories = self.service.list_repositories().await.map_err(|e| self.status_of(e))?;
+        let repositories = repositories
+            .iter()
+            .map(|r| proto::RepositoryInfo { repo: Some(convert::repo_to_wire(&r.repo)), partition: r.partition.0 })
+            .collect();
+        Ok(Response::new(proto::ListRepositoriesReply { repositories }))
+    }
+
+    async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
+        self.authorize(&request)?;
+        let router = self.service.router();
+        let me = router.node();
+        let nodes = self
+            .directory
+            .nodes()
+            .into_iter()
+            .map(|n| proto::NodeStatus {
+                id: n.id.0,
+                peer_address: n.peer_address,
+                client_address: n.client_url,
+                up: n.id == me || self.directory.is_up(n.id),
+            })
+            .collect();
+        // Repositories by partition, from this node's directory replica (may be a little behind).
+        let mut repositories: BTreeMap<PartitionId, Vec<proto::Repo>> = BTreeMap::new();
+        if let Ok(partitions) = self.service.partitions(ReadConsistency::Stale).await {
+            for (partition, _, repos) in partitions {
+                repositories.insert(partition, repos.iter().map(convert::repo_to_wire).collect());
+            }
+        }
+        let mut partitions = Vec::new();
+        for partition in router.partitions() {
+            let Ok(status) = router.status(partition).await else { continue };
+            partitions.push(partition_status(me, status, repositories.remove(&partition).unwrap_or_default()));
+        }
+        Ok(Response::new(proto::StatusReply { node: me.0, nodes, partitions }))
+    }
+}
+
+fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto::Repo>) -> proto::PartitionStatus {
+    // This node's own replica, always; the others' match index when this node leads.
+    let mut replicas = vec![proto::ReplicaStatus {
+        node: me.0,
+        role: role_name(status.role).to_owned(),
+        applied_index: status.applied_index,
+        match_index: status.progress.iter().find(|p| p.node == me).map_or(status.last_index, |p| p.match_index),
+    }];
+    for progress in status.progress.iter().filter(|p| p.node != me) {
+        replicas.push(proto::ReplicaStatus {
+            node: progress.node.0,
+            role: if progress.voter { "follower" } else { "learner" }.to_owned(),
+            applied_index: 0,
+            match_index: progress.match_index,
+        });
+    }
+    proto::PartitionStatus {
+        id: status.partition.0,
+        repositories,
+        leader: status.leader.map_or(0, |l| l.0),
+        term: status.term,
+        commit_index: status.commit_index,
+        replicas,
+    }
+}

@@ -1,0 +1,185 @@
+//! `cohort dev`: a local cluster on loopback. Writes one config per node, starts each node as
+//! a child process (`cohort node --config ...`), waits until all serve, prints the endpoints,
+//! and stops the children on Ctrl-C or SIGTERM. A child that dies is reported, not restarted.
+
+use crate::config::{RawConfig, RawLimits, RawNode, RawRaft};
+use anyhow::Context as _;
+use clap::Args;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Where the nodes keep their data; a fresh temporary directory if not given. A directory
+    /// that already holds a cluster is started again with its data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn config_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node-{id}")).join("node.toml")
+}
+
+/// The configs of a new cluster in `dir`, on free loopback ports.
+fn new_cluster(dir: &Path, count: u64) -> anyhow::Result<Vec<RawConfig>> {
+    let mut nodes = Vec::new();
+    for id in 1..=count {
+        nodes.push(RawNode {
+            id,
+            peer_address: format!("127.0.0.1:{}", free_port()?),
+            client_address: format!("127.0.0.1:{}", free_port()?),
+            http_address: format!("127.0.0.1:{}", free_port()?),
+        });
+    }
+    let secret = format!("{:032x}", rand::random::<u128>());
+    Ok((1..=count)
+        .map(|id| RawConfig {
+            node_id: id,
+            storage: "default".into(),
+            data_dir: dir.join(format!("node-{id}")).join("data"),
+            cluster_id: "cohort-dev".into(),
+            secret: secret.clone(),
+            token: None,
+            raft: RawRaft::default(),
+            limits: RawLimits::default(),
+            nodes: nodes.clone(),
+        })
+        .collect())
+}
+
+fn load_existing(dir: &Path) -> anyhow::Result<Option<Vec<RawConfig>>> {
+    if !config_path(dir, 1).exists() {
+        return Ok(None);
+    }
+    let mut configs = Vec::new();
+    for id in 1.. {
+        let path = config_path(dir, id);
+        if !path.exists() {
+            break;
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        configs.push(toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?);
+    }
+    Ok(Some(configs))
+}
+
+async fn wait_until_serving(address: &str) -> bool {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=7).contains(&args.nodes), "--nodes must be between 1 and 7");
+    let (dir, _temporary) = match &args.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temporary = tempfile_dir()?;
+            (temporary.clone(), Some(temporary))
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let configs = match load_existing(&dir)? {
+        Some(configs) => {
+            println!("restarting the {}-node cluster in {}", configs.len(), dir.display());
+            configs
+        }
+        None => {
+            let configs = new_cluster(&dir, args.nodes)?;
+            for config in &configs {
+                let path = config_path(&dir, config.node_id);
+                std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+                std::fs::write(&path, toml::to_string(config)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            configs
+        }
+    };
+    let exe = std::env::current_exe().context("locating the cohort binary")?;
+    let mut children: Vec<(u64, Child)> = Vec::new();
+    for config in &configs {
+        let path = config_path(&dir, config.node_id);
+        let log = std::fs::File::create(dir.join(format!("node-{}", config.node_id)).join("node.log"))?;
+        let child = Command::new(&exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {}", config.node_id))?;
+        children.push((config.node_id, child));
+    }
+    let nodes = &configs[0].nodes;
+    for node in nodes {
+        anyhow::ensure!(
+            wait_until_serving(&node.client_address).await,
+            "node {} did not start serving; see its node.log",
+            node.id
+        );
+    }
+    let endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.client_address)).collect();
+    let endpoints = endpoints.join(",");
+    std::fs::write(dir.join("endpoints"), format!("{endpoints}\n"))?;
+    println!("cohort dev: {} nodes serving, data in {}", nodes.len(), dir.display());
+    for node in nodes {
+        println!(
+            "  node {}: client http://{}  http http://{}  log {}",
+            node.id,
+            node.client_address,
+            node.http_address,
+            dir.join(format!("node-{}", node.id)).join("node.log").display()
+        );
+        println!("          restart by hand: cohort node --config {}", config_path(&dir, node.id).display());
+    }
+    println!("export COHORT_ENDPOINTS={endpoints}");
+
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                children.retain_mut(|(id, child)| match child.try_wait() {
+                    Ok(Some(status)) => {
+                        println!("node {id} exited ({status}); the others go on");
+                        false
+                    }
+                    _ => true,
+                });
+            }
+        }
+    }
+    println!("stopping {} nodes", children.len());
+    for (_, child) in &children {
+        // SIGTERM: each node finishes in-flight writes and syncs its log.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    for (id, child) in &mut children {
+        let status = child.wait();
+        println!("node {id} stopped ({})", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+    }
+    Ok(())
+}
+
+/// A new directory under the system's temporary directory, kept after exit so its data can
+/// be inspected (its path is printed).
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("cohort-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

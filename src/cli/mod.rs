@@ -1,0 +1,106 @@
+//! The command line: parsing (clap) and one module per subcommand.
+
+mod dev;
+mod object;
+mod refs;
+mod repo;
+mod status;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use cohort_core::state_machine::{RelativePath, RepoId};
+use cohort_net::client::{Client, ClientConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "cohort", version, about = "A storage node for Git-style repositories replicated with Raft")]
+pub struct Cli {
+    /// Client URLs of the cluster's nodes, comma-separated.
+    #[arg(long, env = "COHORT_ENDPOINTS", value_delimiter = ',', global = true)]
+    pub endpoints: Vec<String>,
+    /// Client token, when the cluster requires one.
+    #[arg(long, env = "COHORT_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Storage of the repositories named on the command line.
+    #[arg(long, default_value = "default", global = true)]
+    pub storage: String,
+    /// Seconds a command may take, retries included.
+    #[arg(long, default_value_t = 30, global = true)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a local cluster on loopback, one child process per node.
+    Dev(dev::DevArgs),
+    /// Create, delete and list repositories.
+    #[command(subcommand)]
+    Repo(repo::RepoCommand),
+    /// Write and read objects.
+    #[command(subcommand)]
+    Object(object::ObjectCommand),
+    /// Update and list references.
+    #[command(subcommand)]
+    Ref(refs::RefCommand),
+    /// The cluster's nodes and partitions.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn init_tracing(cli: &Cli) {
+    // Nodes log at info; client commands only say what went wrong.
+    let default = if matches!(cli.command, Command::Node { .. } | Command::Dev(_)) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Node { config } => {
+            let config = crate::config::Config::load(config)?;
+            crate::node::run(config, shutdown_signal()).await
+        }
+        Command::Dev(args) => dev::run(args).await,
+        Command::Repo(command) => repo::run(&cli, command).await,
+        Command::Object(command) => object::run(&cli, command).await,
+        Command::Ref(command) => refs::run(&cli, command).await,
+        Command::Status { json } => status::run(&cli, *json).await,
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A routing client over `--endpoints`.
+pub fn client(cli: &Cli) -> anyhow::Result<Client> {
+    anyhow::ensure!(!cli.endpoints.is_empty(), "no endpoints: pass --endpoints URL[,URL...] or set COHORT_ENDPOINTS");
+    let mut config = ClientConfig::new(cli.endpoints.clone(), rand::random());
+    config.token = cli.token.clone();
+    config.deadline = Duration::from_secs(cli.timeout);
+    config.attempt_timeout = config.deadline.min(Duration::from_secs(5));
+    Ok(Client::new(config)?)
+}
+
+pub fn repo_id(cli: &Cli, relative_path: &str) -> anyhow::Result<RepoId> {
+    let relative_path =
+        RelativePath::new(relative_path).with_context(|| format!("repository path {relative_path:?}"))?;
+    Ok(RepoId { storage: cli.storage.clone(), relative_path })
+}

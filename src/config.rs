@@ -1,0 +1,259 @@
+//! A node's configuration: `RawConfig` is what the TOML file says, `Config` is that checked,
+//! with every default filled in and every bound enforced.
+
+use cohort_core::ids::NodeId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// One node of the cluster, as every node's config lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub id: u64,
+    pub peer_address: String,
+    pub client_address: String,
+    pub http_address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRaft {
+    pub tick_interval_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+}
+
+impl Default for RawRaft {
+    fn default() -> RawRaft {
+        RawRaft { tick_interval_ms: 100, election_ticks: 10, heartbeat_ticks: 2 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub frame_size_bytes_max: usize,
+    pub outbox_messages_max: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> RawLimits {
+        RawLimits {
+            frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
+            outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
+        }
+    }
+}
+
+/// The TOML file, as written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node_id: u64,
+    #[serde(default = "default_storage")]
+    pub storage: String,
+    pub data_dir: PathBuf,
+    pub cluster_id: String,
+    /// Shared by every node; authenticates peer connections.
+    pub secret: String,
+    /// When set, clients must present it (`authorization: Bearer <token>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub raft: RawRaft,
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Every node of the cluster, this one included.
+    pub nodes: Vec<RawNode>,
+}
+
+fn default_storage() -> String {
+    "default".to_owned()
+}
+
+/// A checked node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddresses {
+    pub id: NodeId,
+    pub peer: SocketAddr,
+    pub client: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl NodeAddresses {
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.client)
+    }
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node: NodeId,
+    pub storage: String,
+    pub data_dir: PathBuf,
+    pub cluster_id: String,
+    pub secret: Vec<u8>,
+    pub token: Option<String>,
+    pub tick_interval: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub frame_size_bytes_max: usize,
+    pub outbox_messages_max: usize,
+    pub nodes: BTreeMap<NodeId, NodeAddresses>,
+}
+
+/// Largest static cluster.
+pub const CLUSTER_NODES_MAX: usize = 7;
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let raw: RawConfig =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        Config::check(raw).map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
+    }
+
+    pub fn check(raw: RawConfig) -> Result<Config, String> {
+        if raw.node_id == 0 {
+            return Err("node_id must not be 0".into());
+        }
+        cohort_core::state_machine::validate_storage_name(&raw.storage).map_err(|e| format!("storage: {e}"))?;
+        if raw.cluster_id.is_empty() {
+            return Err("cluster_id must not be empty".into());
+        }
+        if raw.secret.len() < 8 {
+            return Err("secret must be at least 8 characters".into());
+        }
+        let r = &raw.raft;
+        if !(1..=60_000).contains(&r.tick_interval_ms) {
+            return Err("raft.tick_interval_ms must be in 1..=60000".into());
+        }
+        if r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
+            return Err("raft.election_ticks must exceed raft.heartbeat_ticks, which must be at least 1".into());
+        }
+        if !(1024..=cohort_net::limits::FRAME_SIZE_BYTES_MAX).contains(&raw.limits.frame_size_bytes_max) {
+            return Err(format!(
+                "limits.frame_size_bytes_max must be in 1024..={}",
+                cohort_net::limits::FRAME_SIZE_BYTES_MAX
+            ));
+        }
+        if !(16..=1_000_000).contains(&raw.limits.outbox_messages_max) {
+            return Err("limits.outbox_messages_max must be in 16..=1000000".into());
+        }
+        if raw.nodes.is_empty() || raw.nodes.len() > CLUSTER_NODES_MAX {
+            return Err(format!("nodes must list 1 to {CLUSTER_NODES_MAX} nodes"));
+        }
+        let mut nodes = BTreeMap::new();
+        for node in &raw.nodes {
+            let parse = |what: &str, text: &str| -> Result<SocketAddr, String> {
+                text.parse().map_err(|e| format!("node {}: {what} {text:?}: {e}", node.id))
+            };
+            let addresses = NodeAddresses {
+                id: NodeId(node.id),
+                peer: parse("peer_address", &node.peer_address)?,
+                client: parse("client_address", &node.client_address)?,
+                http: parse("http_address", &node.http_address)?,
+            };
+            if node.id == 0 {
+                return Err("node ids must not be 0".into());
+            }
+            if nodes.insert(NodeId(node.id), addresses).is_some() {
+                return Err(format!("node {} is listed twice", node.id));
+            }
+        }
+        if !nodes.contains_key(&NodeId(raw.node_id)) {
+            return Err(format!("node_id {} is not among nodes", raw.node_id));
+        }
+        Ok(Config {
+            node: NodeId(raw.node_id),
+            storage: raw.storage,
+            data_dir: raw.data_dir,
+            cluster_id: raw.cluster_id,
+            secret: raw.secret.into_bytes(),
+            token: raw.token,
+            tick_interval: Duration::from_millis(raw.raft.tick_interval_ms),
+            election_ticks: raw.raft.election_ticks,
+            heartbeat_ticks: raw.raft.heartbeat_ticks,
+            frame_size_bytes_max: raw.limits.frame_size_bytes_max,
+            outbox_messages_max: raw.limits.outbox_messages_max,
+            nodes,
+        })
+    }
+
+    pub fn me(&self) -> &NodeAddresses {
+        &self.nodes[&self.node]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        RawConfig {
+            node_id: 1,
+            storage: "default".into(),
+            data_dir: "/tmp/x".into(),
+            cluster_id: "c".into(),
+            secret: "0123456789".into(),
+            token: None,
+            raft: RawRaft::default(),
+            limits: RawLimits::default(),
+            nodes: vec![RawNode {
+                id: 1,
+                peer_address: "127.0.0.1:1".into(),
+                client_address: "127.0.0.1:2".into(),
+                http_address: "127.0.0.1:3".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_good_config_checks_and_round_trips_through_toml() {
+        let text = toml::to_string(&raw()).unwrap();
+        let parsed: RawConfig = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, raw());
+        let config = Config::check(parsed).unwrap();
+        assert_eq!(config.me().client_url(), "http://127.0.0.1:2");
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let cases: Vec<(fn(&mut RawConfig), &str)> = vec![
+            (|c| c.node_id = 2, "node_id 2 is not among nodes"),
+            (|c| c.secret = "short".into(), "secret"),
+            (|c| c.raft.election_ticks = 1, "election_ticks"),
+            (|c| c.nodes[0].peer_address = "nowhere".into(), "peer_address"),
+            (|c| c.nodes.push(c.nodes[0].clone()), "listed twice"),
+            (|c| c.storage = "../x".into(), "storage"),
+        ];
+        for (break_it, expected) in cases {
+            let mut c = raw();
+            break_it(&mut c);
+            let error = Config::check(c).unwrap_err();
+            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let mut text = toml::to_string(&raw()).unwrap();
+        text.insert_str(0, "colour = \"blue\"\n");
+        assert!(toml::from_str::<RawConfig>(&text).is_err());
+    }
+}

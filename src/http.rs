@@ -1,0 +1,166 @@
+//! The node's HTTP endpoints: `/health`, `/metrics` (Prometheus text) and `/` (a small human
+//! status page).
+
+use crate::node::NodeHandle;
+use cohort_core::partition::{PartitionStatus, Role};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Serves until the task is aborted. A failed bind is logged: the node goes on without HTTP.
+pub async fn serve(address: SocketAddr, node: Arc<NodeHandle>) {
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%address, %error, "cannot bind the HTTP address");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let node = node.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(request, &node).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(error) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn route(request: Request<Incoming>, node: &NodeHandle) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/health" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/metrics" => {
+            text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics(node).await)
+        }
+        "/" => text(StatusCode::OK, "text/html; charset=utf-8", status_page(node).await),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a well-formed response")
+}
+
+async fn statuses(node: &NodeHandle) -> Vec<PartitionStatus> {
+    let mut out = Vec::new();
+    for partition in node.router.partitions() {
+        if let Ok(status) = node.router.status(partition).await {
+            out.push(status);
+        }
+    }
+    out
+}
+
+async fn metrics(node: &NodeHandle) -> String {
+    let metrics = &node.router.env().metrics;
+    let statuses = statuses(node).await;
+    let count = |role: Role| statuses.iter().filter(|s| s.role == role).count() as i64;
+    metrics.partitions_leader.set(count(Role::Leader));
+    metrics.partitions_follower.set(count(Role::Follower));
+    metrics.partitions_candidate.set(count(Role::Candidate));
+    metrics.partitions_learner.set(count(Role::Learner));
+
+    let mut registry = Registry::with_prefix("cohort");
+    metrics.register(&mut registry);
+    let transport = node.transport.stats();
+    registry.register(
+        "transport_messages_sent",
+        "Raft messages written to peers",
+        ConstCounter::new(transport.messages_sent.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "transport_messages_received",
+        "Raft messages read from peers",
+        ConstCounter::new(transport.messages_received.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "transport_messages_dropped",
+        "Raft messages dropped: a full outbox or inbox, or an unreachable peer",
+        ConstCounter::new(transport.messages_dropped.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "transport_connections_rejected",
+        "Peer connections closed for a failed handshake or bad bytes",
+        ConstCounter::new(transport.connections_rejected.load(Ordering::Relaxed)),
+    );
+    registry.register(
+        "transport_queue_messages",
+        "Raft messages waiting in outboxes",
+        ConstGauge::new(node.transport.outbox_messages() as i64),
+    );
+    registry.register(
+        "peers_connected",
+        "Peers with an authenticated connection",
+        ConstGauge::new(node.transport.connected_peers().len() as i64),
+    );
+    let stats = &node.router.stats;
+    registry.register(
+        "router_messages_dropped",
+        "Raft messages dropped at a full mailbox or for an unknown partition",
+        ConstCounter::new(
+            stats.messages_dropped_mailbox_full.load(Ordering::Relaxed)
+                + stats.messages_dropped_unknown_partition.load(Ordering::Relaxed),
+        ),
+    );
+    let lag: u64 = statuses
+        .iter()
+        .flat_map(|s| s.progress.iter().map(move |p| s.last_index.saturating_sub(p.match_index)))
+        .max()
+        .unwrap_or(0);
+    registry.register(
+        "replica_lag_entries_max",
+        "Largest lag of a follower behind its leader, over partitions this node leads",
+        ConstGauge::new(lag as i64),
+    );
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+async fn status_page(node: &NodeHandle) -> String {
+    let mut page = String::new();
+    let me = node.config.node;
+    let _ = write!(page, "<!doctype html><title>cohort node {me}</title><h1>cohort node {me}</h1>");
+    let _ = write!(page, "<h2>Nodes</h2><table border=1><tr><th>id</th><th>peer</th><th>client</th><th>up</th></tr>");
+    let connected = node.transport.connected_peers();
+    for n in node.config.nodes.values() {
+        let up = n.id == me || connected.contains(&n.id);
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            n.id,
+            n.peer,
+            n.client,
+            if up { "up" } else { "down" }
+        );
+    }
+    let _ = write!(page, "</table><h2>Partitions</h2><table border=1><tr><th>partition</th><th>role</th><th>term</th><th>leader</th><th>commit</th><th>applied</th></tr>");
+    for s in statuses(node).await {
+        let leader = s.leader.map_or("-".to_owned(), |l| l.to_string());
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            s.partition, s.role, s.term, leader, s.commit_index, s.applied_index
+        );
+    }
+    page.push_str("</table>");
+    page
+}

@@ -1,0 +1,8 @@
+//! The `cohort` binary's library: configuration, node assembly, HTTP, and the CLI's commands.
+//! `anyhow` is used here and nowhere below.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+mod metered_disk;
+pub mod node;

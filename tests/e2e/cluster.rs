@@ -1,0 +1,216 @@
+//! A cluster of real `cohort node` processes for tests, each with its own config and data
+//! directory under one temporary directory.
+
+use cohort::config::{RawConfig, RawLimits, RawNode, RawRaft};
+use cohort_core::state_machine::{RelativePath, RepoId};
+use cohort_net::client::{Client, ClientConfig};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TICK_MS: u64 = 50;
+pub const ELECTION_TICKS: usize = 10;
+/// The longest randomized election timeout.
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(TICK_MS * 2 * ELECTION_TICKS as u64);
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub configs: Vec<RawConfig>,
+    pub children: BTreeMap<u64, Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn repo(path: &str) -> RepoId {
+    RepoId { storage: "default".into(), relative_path: RelativePath::new(path).unwrap() }
+}
+
+impl TestCluster {
+    pub fn start(count: u64) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<RawNode> = (1..=count)
+            .map(|id| RawNode {
+                id,
+                peer_address: format!("127.0.0.1:{}", free_port()),
+                client_address: format!("127.0.0.1:{}", free_port()),
+                http_address: format!("127.0.0.1:{}", free_port()),
+            })
+            .collect();
+        let configs: Vec<RawConfig> = (1..=count)
+            .map(|id| RawConfig {
+                node_id: id,
+                storage: "default".into(),
+                data_dir: dir.path().join(format!("node-{id}")),
+                cluster_id: "e2e".into(),
+                secret: "e2e-secret-0123".into(),
+                token: None,
+                raft: RawRaft { tick_interval_ms: TICK_MS, election_ticks: ELECTION_TICKS, heartbeat_ticks: 2 },
+                limits: RawLimits::default(),
+                nodes: nodes.clone(),
+            })
+            .collect();
+        for config in &configs {
+            std::fs::write(dir.path().join(format!("node-{}.toml", config.node_id)), toml::to_string(config).unwrap())
+                .unwrap();
+        }
+        let mut cluster = TestCluster { dir, configs, children: BTreeMap::new() };
+        for id in 1..=count {
+            cluster.start_node(id);
+        }
+        for id in 1..=count {
+            cluster.wait_serving(id);
+        }
+        cluster
+    }
+
+    pub fn config_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.toml"))
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        assert!(!self.children.contains_key(&id), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{id}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(["node", "--config"])
+            .arg(self.config_path(id))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.insert(id, child);
+    }
+
+    pub fn wait_serving(&self, id: u64) {
+        let address = self.node(id).client_address.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(Instant::now() < deadline, "node {id} never served; log:\n{}", self.log(id));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn node(&self, id: u64) -> &RawNode {
+        &self.configs[0].nodes[(id - 1) as usize]
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self, id: u64) {
+        let mut child = self.children.remove(&id).expect("node is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits; returns whether it exited cleanly within `limit`.
+    pub fn terminate(&mut self, id: u64, limit: Duration) -> bool {
+        let mut child = self.children.remove(&id).expect("node is running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.configs[0].nodes.iter().map(|n| format!("http://{}", n.client_address)).collect()
+    }
+
+    pub fn endpoint(&self, id: u64) -> String {
+        format!("http://{}", self.node(id).client_address)
+    }
+
+    pub fn client(&self, client_id: u64) -> Client {
+        let mut config = ClientConfig::new(self.endpoints(), client_id);
+        config.deadline = Duration::from_secs(20);
+        config.attempt_timeout = Duration::from_secs(2);
+        Client::new(config).unwrap()
+    }
+
+    /// Runs the CLI against the whole cluster.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_at(&self.endpoints().join(","), args, None)
+    }
+
+    pub fn cli_at(&self, endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(args)
+            .env("COHORT_ENDPOINTS", endpoints)
+            .env("COHORT_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// `cohort status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The leader of `partition` as the status reports it, once one is known.
+    pub fn leader_of(&self, partition: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status();
+            let leader = status["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["id"] == partition)
+                .map(|p| p["leader"].as_u64().unwrap())
+                .unwrap_or(0);
+            if leader != 0 && self.children.contains_key(&leader) {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "partition {partition} has no leader: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for (_, child) in self.children.iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "command failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout.clone()).unwrap()
+}

@@ -1,0 +1,97 @@
+//! Killing leaders and whole clusters loses no acknowledged write.
+
+use crate::cluster::{repo, runtime, TestCluster, ELECTION_TIMEOUT_MAX};
+use cohort_core::state_machine::{Expected, NewObject, ObjectKind, Oid, RefName, RefValue};
+use cohort_net::client::{Client, RefChange};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Writes `refs/heads/k<key>` = a blob of `value`; returns its id.
+async fn put(client: &Client, key: u32, value: &str) -> Result<Oid, String> {
+    let object = NewObject::new(ObjectKind::Blob, value.as_bytes().to_vec());
+    let oid = object.oid;
+    let change = RefChange {
+        name: RefName::new(&format!("refs/heads/k{key}")).unwrap(),
+        expected: Expected::Any,
+        new: Some(RefValue::Direct(oid)),
+    };
+    client.write(&repo("f.git"), vec![object], vec![change]).await.map(|_| oid).map_err(|e| e.to_string())
+}
+
+async fn check_all(client: &Client, acknowledged: &BTreeMap<u32, Oid>) {
+    let (refs, _) = client.read_refs(&repo("f.git"), false).await.expect("read refs");
+    let refs: BTreeMap<String, RefValue> = refs.into_iter().map(|(n, v)| (n.as_str().to_owned(), v)).collect();
+    for (key, oid) in acknowledged {
+        assert_eq!(
+            refs.get(&format!("refs/heads/k{key}")),
+            Some(&RefValue::Direct(*oid)),
+            "acknowledged write k{key} survives"
+        );
+    }
+}
+
+#[test]
+fn killing_the_leader_loses_nothing_and_writes_resume() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    let client = cluster.client(11);
+    rt.block_on(client.create_repository(&repo("f.git"), None)).unwrap();
+    let mut acknowledged = BTreeMap::new();
+    for key in 0..20 {
+        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("v{key}"))).unwrap());
+    }
+    let leader = cluster.leader_of(1);
+    cluster.kill9(leader);
+    let killed_at = Instant::now();
+    // Writes go on: the first one succeeds within a few election timeouts.
+    let oid = rt.block_on(put(&client, 100, "after-kill")).expect("a write after the leader died");
+    let failover = killed_at.elapsed();
+    acknowledged.insert(100, oid);
+    assert!(failover < 6 * ELECTION_TIMEOUT_MAX, "failover took {failover:?}");
+    for key in 20..40 {
+        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("v{key}"))).unwrap());
+    }
+    rt.block_on(check_all(&client, &acknowledged));
+
+    // The old leader comes back and catches up: a stale read from it alone sees everything.
+    cluster.start_node(leader);
+    cluster.wait_serving(leader);
+    let mut config = cohort_net::client::ClientConfig::new(vec![cluster.endpoint(leader)], 12);
+    config.deadline = Duration::from_secs(10);
+    let local = Client::new(config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (refs, _) = rt.block_on(local.read_refs(&repo("f.git"), true)).unwrap_or_default();
+        if refs.len() == acknowledged.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restarted node caught up to {} of {} refs", refs.len(), acknowledged.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn restarting_the_whole_cluster_keeps_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    let client = cluster.client(21);
+    rt.block_on(client.create_repository(&repo("f.git"), None)).unwrap();
+    let mut acknowledged = BTreeMap::new();
+    for key in 0..30 {
+        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("w{key}"))).unwrap());
+    }
+    // Crash two nodes hard and stop one cleanly, then bring all back.
+    cluster.kill9(1);
+    cluster.kill9(2);
+    assert!(cluster.terminate(3, Duration::from_secs(15)), "SIGTERM stops a node cleanly");
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    for id in 1..=3 {
+        cluster.wait_serving(id);
+    }
+    let client = cluster.client(22);
+    rt.block_on(check_all(&client, &acknowledged));
+    // And the cluster takes writes again.
+    rt.block_on(put(&client, 999, "after-restart")).unwrap();
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: real `cohort` processes on loopback, real TCP, real fsync.
+
+mod basics;
+mod cluster;
+mod failover;
+mod robustness;

@@ -42,6 +42,33 @@ pub(super) struct Actor {
     pub router: Weak<Router>,
 }
 
+/// Tells the actor how its write ended. If the writer drops the write without answering (it
+/// stopped, or panicked on a broken invariant), that counts as a failure: the partition must
+/// never wait forever for, or acknowledge, a write nobody made durable.
+struct Completion {
+    signal: Option<PersistSignal>,
+    ready_number: u64,
+}
+
+impl Completion {
+    fn complete(mut self, result: Result<(), crate::persist::PersistError>) {
+        let signal = self.signal.take().expect("completed once");
+        match result {
+            Ok(()) => signal.persisted(self.ready_number),
+            Err(error) => signal.failed(error),
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(signal) = self.signal.take() {
+            let error = std::io::Error::other("the log writer dropped the write without making it durable");
+            signal.failed(crate::persist::PersistError(Arc::new(error)));
+        }
+    }
+}
+
 /// A request waiting for its partition's answer.
 struct Pending {
     reply: oneshot::Sender<Response>,
@@ -128,11 +155,8 @@ impl Actor {
             match output {
                 Output::Send(envelope) => batches.entry(envelope.to).or_default().push(envelope),
                 Output::Persist { ready_number, write } => {
-                    let signal = self.signal.clone();
-                    let done = Box::new(move |result| match result {
-                        Ok(()) => signal.persisted(ready_number),
-                        Err(error) => signal.failed(error),
-                    });
+                    let completion = Completion { signal: Some(self.signal.clone()), ready_number };
+                    let done = Box::new(move |result| completion.complete(result));
                     // Waits when the writer's queue is full: the writer never waits on us.
                     if self.persist.send(PersistRequest { write, done }).await.is_err() {
                         // The writer is gone (the node is stopping); nothing more is durable.

@@ -60,7 +60,7 @@ async fn run_load(cluster: &TestCluster, clients: u64, duration: Duration) -> Lo
     let started = Instant::now();
     let mut tasks = Vec::new();
     for key in 0..clients {
-        let client = Arc::new(client(cluster, 1000 + key));
+        let client = Arc::new(client(cluster, rand::random()));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut n = 0;

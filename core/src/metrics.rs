@@ -13,7 +13,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 }
 
 pub struct NodeMetrics {
-    /// Client writes proposed on a leader.
+    /// Writes proposed by this node: on a leader, or forwarded by a follower to its leader.
     pub proposals: Counter,
     /// Times a replica saw its partition's leader change.
     pub leader_changes: Counter,
@@ -49,7 +49,11 @@ impl Default for NodeMetrics {
 impl NodeMetrics {
     /// Adds every metric to `registry` under the `cohort` prefix.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("proposals", "Client writes proposed on a leader", self.proposals.clone());
+        registry.register(
+            "proposals",
+            "Writes proposed by this node's replicas, directly or forwarded",
+            self.proposals.clone(),
+        );
         registry.register("leader_changes", "Leader changes seen by this node's replicas", self.leader_changes.clone());
         registry.register("elections", "Elections started by this node's replicas", self.elections.clone());
         registry.register_with_unit(

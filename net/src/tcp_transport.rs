@@ -158,6 +158,8 @@ impl TcpTransport {
                 }
             };
             let transport = self.clone();
+            // Raft messages are small and latency-bound: never wait to coalesce them.
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let mut stream = stream;
                 let nonce = transport.nonce();

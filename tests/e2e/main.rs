@@ -3,4 +3,5 @@
 mod basics;
 mod cluster;
 mod failover;
+mod operations;
 mod robustness;

@@ -121,7 +121,12 @@ impl Actor {
                     next_request += 1;
                     let request = RequestId(next_request);
                     let is_write = matches!(body, Request::Write(_) | Request::ForwardedWrite(_));
-                    if is_write && self.partition.is_leader() {
+                    let proposes = match body {
+                        Request::Write(_) => self.partition.is_leader(),
+                        Request::ForwardedWrite(_) => true,
+                        Request::Read { .. } => false,
+                    };
+                    if proposes {
                         self.env.metrics.proposals.inc();
                     }
                     replies.insert(request, Pending { reply, arrived: now, is_write });

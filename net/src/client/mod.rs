@@ -72,6 +72,9 @@ pub struct Client {
     round_robin: AtomicUsize,
 }
 
+/// Leader hints followed back to back before the client pauses.
+const HINT_HOPS_MAX: usize = 3;
+
 enum Next {
     Retry { hint: Option<String> },
     Fail(ClientError),
@@ -154,7 +157,11 @@ impl Client {
         let cached = key.as_ref().and_then(|k| self.leaders.lock().expect("not poisoned").get(k).cloned());
         let mut target = cached.unwrap_or_else(|| self.next_endpoint());
         let mut attempts = 0;
-        let mut pause = Duration::from_millis(20);
+        // Short pauses: during a failover the new leader appears within an election timeout,
+        // and a client that sleeps long adds its own delay to the outage.
+        let mut pause = Duration::from_millis(10);
+        // Hints followed in a row without a pause; stale views can point nodes at each other.
+        let mut hops = 0;
         loop {
             attempts += 1;
             let client = CohortClient::new(self.channel(&target)?)
@@ -169,12 +176,15 @@ impl Client {
                 }
                 Ok(Err(status)) => match classify(&status) {
                     Next::Fail(error) => return Err(error),
-                    Next::Retry { hint } => {
+                    Next::Retry { hint: Some(leader) } if leader != target && hops < HINT_HOPS_MAX => {
+                        // A fresh hint: follow it at once.
+                        hops += 1;
+                        target = leader;
+                        continue;
+                    }
+                    Next::Retry { .. } => {
                         let message = format!("{target}: {}: {}", status.code(), status.message());
-                        target = match hint {
-                            Some(leader) if leader != target => leader,
-                            _ => self.next_endpoint(),
-                        };
+                        target = self.next_endpoint();
                         message
                     }
                 },
@@ -184,12 +194,13 @@ impl Client {
                     message
                 }
             };
+            hops = 0;
             let elapsed = started.elapsed();
             if elapsed + pause >= self.config.deadline {
                 return Err(ClientError::Timeout { elapsed_ms: elapsed.as_millis(), attempts, last });
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 

@@ -1,0 +1,123 @@
+//! What an operator touches: `cohort dev`, the HTTP endpoints, the client token.
+
+use crate::cluster::{stdout, TestCluster};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn http_get(address: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn health_metrics_and_status_page_are_served() {
+    let cluster = TestCluster::start(3);
+    stdout(&cluster.cli(&["repo", "create", "m.git"]));
+    let http = cluster.node(1).http_address.clone();
+    assert!(http_get(&http, "/health").contains("200 OK"));
+    // Some node leads; each node's metrics count what it saw.
+    let mut proposals = 0.0;
+    for id in 1..=3 {
+        let metrics = http_get(&cluster.node(id).http_address, "/metrics");
+        for name in [
+            "cohort_partitions_leader",
+            "cohort_partitions_follower",
+            "cohort_leader_changes_total",
+            "cohort_commit_latency_seconds_bucket",
+            "cohort_fsync_latency_seconds_bucket",
+            "cohort_transport_messages_sent_total",
+            "cohort_transport_messages_dropped_total",
+        ] {
+            assert!(metrics.contains(name), "node {id} exports {name}:\n{metrics}");
+        }
+        proposals += metrics
+            .lines()
+            .find(|l| l.starts_with("cohort_proposals_total"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert!(proposals >= 2.0, "the directory and the new partition each took a proposal");
+    let page = http_get(&http, "/");
+    assert!(page.contains("cohort node 1") && page.contains("Partitions"), "{page}");
+}
+
+#[test]
+fn a_configured_token_is_required() {
+    let mut cluster = TestCluster::start(1);
+    cluster.configs[0].token = Some("sesame-token".into());
+    std::fs::write(cluster.config_path(1), toml::to_string(&cluster.configs[0]).unwrap()).unwrap();
+    assert!(cluster.terminate(1, Duration::from_secs(15)));
+    cluster.start_node(1);
+    cluster.wait_serving(1);
+    let refused = cluster.cli(&["repo", "create", "t.git"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("token"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let wrong = cluster.cli(&["--token", "nope", "repo", "create", "t.git"]);
+    assert!(!wrong.status.success());
+    stdout(&cluster.cli(&["--token", "sesame-token", "repo", "create", "t.git"]));
+}
+
+#[test]
+fn cohort_dev_starts_a_cluster_and_restarts_it_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cluster");
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(["dev", "--nodes", "3", "--data-dir"])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_endpoints = |dev: &mut std::process::Child| -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(data.join("endpoints")) {
+                if !text.trim().is_empty() {
+                    return text.trim().to_owned();
+                }
+            }
+            assert!(dev.try_wait().unwrap().is_none(), "cohort dev exited early");
+            assert!(Instant::now() < deadline, "cohort dev never wrote its endpoints");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let cli = |endpoints: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cohort")).args(args).env("COHORT_ENDPOINTS", endpoints).output().unwrap()
+    };
+    let stop = |mut dev: std::process::Child| {
+        unsafe { libc::kill(dev.id() as i32, libc::SIGTERM) };
+        let status = dev.wait().unwrap();
+        assert!(status.success(), "cohort dev stops cleanly: {status}");
+        let mut out = String::new();
+        dev.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        out
+    };
+
+    let mut dev = start();
+    let endpoints = wait_endpoints(&mut dev);
+    assert_eq!(endpoints.split(',').count(), 3);
+    for id in 1..=3 {
+        assert!(data.join(format!("node-{id}/node.toml")).exists());
+    }
+    stdout(&cli(&endpoints, &["repo", "create", "dev.git"]));
+    let out = stop(dev);
+    assert!(out.contains("export COHORT_ENDPOINTS="), "{out}");
+    assert!(out.contains("node 3 stopped"), "every child is stopped: {out}");
+    std::fs::remove_file(data.join("endpoints")).unwrap();
+
+    // Same data dir: the same cluster comes back with its repositories.
+    let mut dev = start();
+    let again = wait_endpoints(&mut dev);
+    assert_eq!(again, endpoints, "the same nodes and addresses");
+    let listed = stdout(&cli(&endpoints, &["repo", "list"]));
+    assert!(listed.contains("dev.git"), "{listed}");
+    stop(dev);
+}

@@ -4,22 +4,18 @@
 use crate::config::Config;
 use crate::metered_disk::MeteredDisk;
 use anyhow::Context as _;
-use cohort_core::env::{Env, Envelope};
+use cohort_core::env::{Env, Transport};
 use cohort_core::ids::NodeId;
-use cohort_core::limits::PERSIST_QUEUE_WRITES_MAX;
 use cohort_core::metrics::NodeMetrics;
-use cohort_core::node::{NodeService, Router, RouterConfig, DIRECTORY};
-use cohort_core::state_machine::StateMachine;
+use cohort_core::node::{NodeService, Router};
 use cohort_net::api::{ApiServer, NodeDirectory, NodeInfo};
+use cohort_net::node::NodeSpec;
 use cohort_net::runtime::{TokioClock, TokioSpawn};
-use cohort_net::{TcpTransport, TransportConfig};
-use cohort_storage::log::{run_group_commit, GroupCommitOptions};
-use cohort_storage::{FsDisk, LogEngine, LogOptions};
-use futures::channel::mpsc;
-use futures::StreamExt;
+use cohort_net::TcpTransport;
+use cohort_storage::FsDisk;
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Core's `Env` from production parts: tokio's clock and tasks, the real file system.
 pub fn production_env(config: &Config, seed: u64) -> anyhow::Result<Env> {
@@ -32,6 +28,7 @@ pub fn production_env(config: &Config, seed: u64) -> anyhow::Result<Env> {
         spawn: Arc::new(TokioSpawn),
         seed,
         metrics,
+        observer: None,
     })
 }
 
@@ -67,57 +64,31 @@ pub struct NodeHandle {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let seed: u64 = rand::random();
     let env = production_env(&config, seed)?;
-    let (engine, recovered) = LogEngine::open(env.disk.clone(), Path::new("wal"), LogOptions::default())
-        .with_context(|| format!("recovering the log in {}", config.data_dir.display()))?;
-    tracing::info!(node = %config.node, partitions = recovered.len(), "log recovered");
-
-    let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE_WRITES_MAX);
-    let group_commit =
-        tokio::spawn(run_group_commit(engine, persist_rx, env.spawn.clone(), GroupCommitOptions::default()));
-
     let me = config.me().clone();
-    let listener =
-        tokio::net::TcpListener::bind(me.peer).await.with_context(|| format!("binding peer address {}", me.peer))?;
-    let peers = config.nodes.iter().filter(|(&id, _)| id != config.node).map(|(&id, n)| (id, n.peer)).collect();
-    let mut transport_config = TransportConfig::new(config.node, &config.cluster_id, &config.secret, peers, seed);
-    transport_config.frame_size_bytes_max = config.frame_size_bytes_max;
-    transport_config.outbox_messages_max = config.outbox_messages_max;
-    let (inbox_tx, mut inbox_rx) = mpsc::channel::<Vec<Envelope>>(cohort_net::limits::INBOX_BATCHES_MAX);
-    let transport = TcpTransport::start(transport_config, listener, inbox_tx);
-
-    let router_config = RouterConfig {
+    let spec = NodeSpec {
         node: config.node,
+        cluster_id: config.cluster_id.clone(),
+        secret: config.secret.clone(),
+        listen_peer: me.peer,
+        peers: config.nodes.iter().filter(|(&id, _)| id != config.node).map(|(&id, n)| (id, n.peer)).collect(),
         tick_interval: config.tick_interval,
         election_ticks: config.election_ticks,
         heartbeat_ticks: config.heartbeat_ticks,
+        frame_size_bytes_max: config.frame_size_bytes_max,
+        outbox_messages_max: config.outbox_messages_max,
     };
-    let router = Router::new(router_config, env.clone(), transport.clone(), persist_tx);
-    let voters: Vec<NodeId> = config.nodes.keys().copied().collect();
-    let has_directory = recovered.contains_key(&DIRECTORY);
-    for (partition, state) in recovered {
-        router.open_partition(partition, state, StateMachine::new()).context("opening a recovered partition")?;
-    }
-    if !has_directory {
-        // A brand-new node: the directory exists on every node from the start.
-        router.create_partition(DIRECTORY, &voters, false).context("creating the directory")?;
-    }
-    let pump_router = router.clone();
-    tokio::spawn(async move {
-        while let Some(batch) = inbox_rx.next().await {
-            pump_router.deliver(batch);
-        }
-    });
+    let node = cohort_net::node::start(env, spec, |transport| transport as Arc<dyn Transport>)
+        .await
+        .with_context(|| format!("starting node {} in {}", config.node, config.data_dir.display()))?;
 
-    let service = Arc::new(NodeService::new(router.clone(), voters));
     let handle = Arc::new(NodeHandle {
         config: config.clone(),
-        router: router.clone(),
-        transport: transport.clone(),
-        service: service.clone(),
+        router: node.router.clone(),
+        transport: node.transport.clone(),
+        service: node.service.clone(),
     });
-    let directory = Arc::new(Peers { config: config.clone(), transport: transport.clone() });
-    let api = ApiServer::new(service, directory, config.token.clone()).into_service();
-
+    let directory = Arc::new(Peers { config: config.clone(), transport: node.transport.clone() });
+    let api = ApiServer::new(node.service.clone(), directory, config.token.clone()).into_service();
     let http = tokio::spawn(crate::http::serve(me.http, handle.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grpc =
@@ -132,14 +103,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let _ = stop_tx.send(());
     http.abort();
-    router.stop_all();
     drop(handle);
-    drop(router);
-    // Every partition actor has stopped and dropped its queue sender: group commit drains what
-    // is queued, syncs it, and returns.
-    match tokio::time::timeout(std::time::Duration::from_secs(10), group_commit).await {
-        Ok(_) => tracing::info!("log synced; stopped"),
-        Err(_) => tracing::warn!("log writer did not finish within 10 s"),
+    if node.stop(Duration::from_secs(10)).await {
+        tracing::info!("log synced; stopped");
+    } else {
+        tracing::warn!("log writer did not finish within 10 s");
     }
     Ok(())
 }

@@ -5,12 +5,14 @@
 //! [`env`]. This crate depends on neither tokio nor madsim (a test checks it), so the same
 //! code runs in production, in the simulator and in plain unit tests.
 
+pub mod bugs;
 pub mod codec;
 pub mod env;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod observe;
 pub mod partition;
 pub mod persist;
 mod raft_logger;

@@ -9,6 +9,7 @@ pub mod api;
 pub mod client;
 pub mod frame;
 pub mod limits;
+pub mod node;
 mod peer;
 pub mod runtime;
 mod tcp_transport;

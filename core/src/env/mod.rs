@@ -28,4 +28,6 @@ pub struct Env {
     pub seed: u64,
     /// Where the node's parts count what they do. Never read back by core's logic.
     pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// A test harness's view into every replica (see `observe`); `None` in production.
+    pub observer: Option<Arc<dyn crate::observe::Observer>>,
 }

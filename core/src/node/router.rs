@@ -96,6 +96,7 @@ impl Router {
             election_ticks: self.config.election_ticks,
             heartbeat_ticks: self.config.heartbeat_ticks,
             seed: self.env.seed,
+            observer: self.env.observer.clone(),
         }
     }
 

@@ -24,6 +24,7 @@ pub use output::{Output, Response};
 use crate::env::{Envelope, Instant};
 use crate::ids::{NodeId, PartitionId, RequestId};
 use crate::limits;
+use crate::observe::Observer;
 use crate::persist::{ConfState, LogWrite, PersistError, RecoveredPartition};
 use crate::raft_logger::raft_logger;
 use crate::state_machine::{self, Command, ReadQuery, StateMachine};
@@ -33,6 +34,7 @@ use raft::{RawNode, StateRole};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use reads::Reads;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use storage::PartitionStorage;
 
@@ -48,6 +50,8 @@ pub struct PartitionConfig {
     pub heartbeat_ticks: usize,
     /// Seeds this replica's election jitter.
     pub seed: u64,
+    /// Watches applies and elections (simulation checkers); `None` in production.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl PartitionConfig {
@@ -59,6 +63,7 @@ impl PartitionConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             seed,
+            observer: None,
         }
     }
 }
@@ -455,6 +460,11 @@ impl Partition {
         if !self.is_leader() {
             let leader = self.leader();
             self.respond(request, Response::NotLeader { leader });
+            return;
+        }
+        if crate::bugs::is_active(crate::bugs::Bug::StaleRead) {
+            // Planted: a leader that may already be deposed answers from its own state.
+            self.serve_read(request, &query);
             return;
         }
         if self.reads.is_full() {

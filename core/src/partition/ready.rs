@@ -15,6 +15,7 @@
 
 use super::proposals::Fate;
 use super::{reads, Output, Partition, Response};
+use crate::bugs::{self, Bug};
 use crate::persist::LogWrite;
 use crate::state_machine::{Command, WriteOp, WriteResult};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
@@ -52,12 +53,26 @@ impl Partition {
             store.set_hard_state(hard_state);
             write.hard_state = Some(store.hard_state());
         }
-        let persisted_messages = ready.take_persisted_messages();
+        let mut persisted_messages = ready.take_persisted_messages();
+        if bugs::is_active(Bug::ForgetVote) {
+            // Planted: votes leave before the hard state recording them is durable.
+            let (votes, rest): (Vec<_>, Vec<_>) = persisted_messages
+                .into_iter()
+                .partition(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgRequestVoteResponse);
+            votes.into_iter().for_each(|m| self.send(m));
+            persisted_messages = rest;
+        }
+        let premature = if bugs::is_active(Bug::ApplyUncommitted) && self.is_leader() {
+            // Planted: the leader applies what it just appended, before any quorum has it.
+            ready.entries().clone()
+        } else {
+            Vec::new()
+        };
         let committed = ready.take_committed_entries();
         let read_states = ready.take_read_states();
         self.raw.advance_append_async(ready);
 
-        let applied_before = self.state_machine.applied_index();
+        self.apply_committed(premature);
         self.apply_committed(committed);
         if self.conf_state_dirty {
             write.conf_state = Some(self.raw.store().conf_state());
@@ -69,8 +84,12 @@ impl Partition {
             }
         }
         self.serve_ready_reads();
-        let applied = self.state_machine.applied_index();
-        if applied > applied_before {
+        let mut applied = self.state_machine.applied_index();
+        if bugs::is_active(Bug::ApplyUncommitted) {
+            // raft-rs refuses an applied index past commit; the planted bug hides it.
+            applied = applied.min(self.raw.raft.raft_log.committed);
+        }
+        if applied > self.raw.raft.raft_log.applied {
             self.raw.advance_apply_to(applied);
         }
 
@@ -91,6 +110,9 @@ impl Partition {
                 term = self.raw.raft.term, "stepped down");
         }
         if !was_leader && self.raw.raft.state == StateRole::Leader {
+            if let Some(observer) = &self.config.observer {
+                observer.became_leader(self.config.node, self.config.partition, self.raw.raft.term);
+            }
             tracing::info!(partition = %self.config.partition, node = %self.config.node,
                 term = self.raw.raft.term, "became leader");
         }
@@ -99,7 +121,13 @@ impl Partition {
     fn apply_committed(&mut self, entries: Vec<Entry>) {
         for entry in entries {
             let index = entry.index;
+            if bugs::is_active(Bug::ApplyUncommitted) && index <= self.state_machine.applied_index() {
+                continue; // Applied early by the planted bug.
+            }
             assert_eq!(index, self.state_machine.applied_index() + 1, "entries apply in order, once");
+            if let Some(observer) = &self.config.observer {
+                observer.applied(self.config.node, self.config.partition, index, entry.term, &entry.data);
+            }
             let result = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     // A new leader's empty entry.

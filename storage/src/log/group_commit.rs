@@ -96,8 +96,13 @@ pub async fn run_group_commit(
         let (writes, dones): (Vec<LogWrite>, Vec<_>) = batch.into_iter().map(|r| (r.write, r.done)).unzip();
         let writes_count = writes.len();
         let current = engine.take().expect("the engine is home between batches");
+        // Planted bug (simulation builds only): acknowledge what was merely appended.
+        let skip_sync = cohort_core::bugs::is_active(cohort_core::bugs::Bug::AckBeforeFsync);
         let outcome = on_engine(&*spawn, current, move |engine| {
             engine.append(&writes)?;
+            if skip_sync {
+                return Ok(());
+            }
             engine.sync()
         })
         .await;

@@ -1,0 +1,71 @@
+//! Bugs planted on purpose, to prove the simulator catches what it claims to. They exist only
+//! when the `planted-bugs` feature is on (the simulator turns it on; production builds never
+//! do), and only one is active at a time, chosen at start by `activate`.
+
+/// A deliberate defect, named as the campaign runner's `--bug` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Group commit acknowledges writes before the fsync that makes them durable.
+    AckBeforeFsync,
+    /// A replica sends its vote before the hard state that records it is durable.
+    ForgetVote,
+    /// A leader applies (and acknowledges) entries as soon as it appends them.
+    ApplyUncommitted,
+    /// A leader serves linearizable reads from its own state, without a ReadIndex round.
+    StaleRead,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 4] = [Bug::AckBeforeFsync, Bug::ForgetVote, Bug::ApplyUncommitted, Bug::StaleRead];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::ForgetVote => "forget-vote",
+            Bug::ApplyUncommitted => "apply-uncommitted",
+            Bug::StaleRead => "stale-read",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+mod active {
+    use super::Bug;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// 0: none; otherwise 1 + the bug's index in `Bug::ALL`. Process-wide: the simulator runs
+    /// each seed in its own process.
+    static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+    pub fn activate(bug: Option<Bug>) {
+        let value = bug.map_or(0, |b| 1 + Bug::ALL.iter().position(|&x| x == b).expect("listed") as u8);
+        ACTIVE.store(value, Ordering::Relaxed);
+    }
+
+    pub fn is_active(bug: Bug) -> bool {
+        let value = ACTIVE.load(Ordering::Relaxed);
+        value != 0 && Bug::ALL[value as usize - 1] == bug
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+pub use active::activate;
+
+/// Whether `bug` is planted in this run. Without the `planted-bugs` feature this is always
+/// false, so the defective branches compile away.
+#[inline(always)]
+pub fn is_active(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        active::is_active(bug)
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}

@@ -1,0 +1,12 @@
+//! Hooks through which a test harness watches replicas without changing what they do: the
+//! simulator's Raft-safety checkers see every applied entry and every leadership won. Calls are
+//! synchronous and must not block; production installs none.
+
+use crate::ids::{NodeId, PartitionId};
+
+pub trait Observer: std::fmt::Debug + Send + Sync + 'static {
+    /// Replica (`node`, `partition`) applied the committed entry `index` of `term`.
+    fn applied(&self, node: NodeId, partition: PartitionId, index: u64, term: u64, data: &[u8]);
+    /// Replica (`node`, `partition`) became leader of `term`.
+    fn became_leader(&self, node: NodeId, partition: PartitionId, term: u64);
+}

@@ -1,0 +1,124 @@
+//! A node's moving parts put together over a given `Env`: the log recovered and its group
+//! commit, the peer transport, the router with every recovered partition (and the directory on
+//! a brand-new node), and the request service. Production (`src/node.rs`) and the simulator
+//! both start nodes through here, so the simulator runs the same assembly.
+
+use crate::{TcpTransport, TransportConfig};
+use cohort_core::env::{Env, Envelope, Transport};
+use cohort_core::ids::NodeId;
+use cohort_core::limits::PERSIST_QUEUE_WRITES_MAX;
+use cohort_core::node::{NodeService, RouteError, Router, RouterConfig, DIRECTORY};
+use cohort_core::state_machine::StateMachine;
+use cohort_storage::log::{run_group_commit, GroupCommitOptions};
+use cohort_storage::{LogEngine, LogError, LogOptions};
+use futures::channel::mpsc;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a node needs to know to start, beyond its `Env`.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub node: NodeId,
+    pub cluster_id: String,
+    pub secret: Vec<u8>,
+    pub listen_peer: SocketAddr,
+    /// Every other node and its peer address.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    pub tick_interval: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub frame_size_bytes_max: usize,
+    pub outbox_messages_max: usize,
+}
+
+impl NodeSpec {
+    /// Every node of the static cluster: the voters of each new partition.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let mut voters: Vec<NodeId> = self.peers.keys().copied().collect();
+        voters.push(self.node);
+        voters.sort();
+        voters
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("recovering the log: {0}")]
+    Log(#[from] LogError),
+    #[error("binding the peer address {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error("starting partitions: {0}")]
+    Route(#[from] RouteError),
+}
+
+pub struct RunningNode {
+    pub router: Arc<Router>,
+    pub transport: Arc<TcpTransport>,
+    pub service: Arc<NodeService>,
+    group_commit: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a node. `wrap_transport` may put a layer between the partitions and the TCP
+/// transport (the simulator's fault injection); production passes the transport through.
+pub async fn start(
+    env: Env,
+    spec: NodeSpec,
+    wrap_transport: impl FnOnce(Arc<TcpTransport>) -> Arc<dyn Transport>,
+) -> Result<RunningNode, StartError> {
+    let (engine, recovered) = LogEngine::open(env.disk.clone(), Path::new("wal"), LogOptions::default())?;
+    tracing::info!(node = %spec.node, partitions = recovered.len(), "log recovered");
+    let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE_WRITES_MAX);
+    let group_commit =
+        tokio::spawn(run_group_commit(engine, persist_rx, env.spawn.clone(), GroupCommitOptions::default()));
+
+    let listener = tokio::net::TcpListener::bind(spec.listen_peer)
+        .await
+        .map_err(|source| StartError::Bind { address: spec.listen_peer, source })?;
+    let mut transport_config =
+        TransportConfig::new(spec.node, &spec.cluster_id, &spec.secret, spec.peers.clone(), env.seed);
+    transport_config.frame_size_bytes_max = spec.frame_size_bytes_max;
+    transport_config.outbox_messages_max = spec.outbox_messages_max;
+    let (inbox_tx, mut inbox_rx) = mpsc::channel::<Vec<Envelope>>(crate::limits::INBOX_BATCHES_MAX);
+    let transport = TcpTransport::start(transport_config, listener, inbox_tx);
+
+    let router_config = RouterConfig {
+        node: spec.node,
+        tick_interval: spec.tick_interval,
+        election_ticks: spec.election_ticks,
+        heartbeat_ticks: spec.heartbeat_ticks,
+    };
+    let router = Router::new(router_config, env.clone(), wrap_transport(transport.clone()), persist_tx);
+    let voters = spec.voters();
+    let has_directory = recovered.contains_key(&DIRECTORY);
+    for (partition, state) in recovered {
+        router.open_partition(partition, state, StateMachine::new())?;
+    }
+    if !has_directory {
+        // A brand-new node: the directory is on every node from the start.
+        router.create_partition(DIRECTORY, &voters, false)?;
+    }
+    let pump = router.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = inbox_rx.next().await {
+            pump.deliver(batch);
+        }
+    });
+    let service = Arc::new(NodeService::new(router.clone(), voters));
+    Ok(RunningNode { router, transport, service, group_commit })
+}
+
+impl RunningNode {
+    /// Stops every partition, then waits (up to `limit`) for the log writer to make what is
+    /// queued durable. Returns whether it finished in time.
+    pub async fn stop(self, limit: Duration) -> bool {
+        self.router.stop_all();
+        let RunningNode { router, service, group_commit, .. } = self;
+        drop(service);
+        drop(router);
+        tokio::time::timeout(limit, group_commit).await.is_ok()
+    }
+}

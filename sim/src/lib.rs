@@ -1,1 +1,4 @@
+//! Deterministic simulation of cohort: workload histories and the checkers that judge them.
 
+pub mod checkers;
+pub mod history;

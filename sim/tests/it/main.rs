@@ -1,0 +1,3 @@
+//! Integration tests of cohort-sim through its public API.
+
+mod linearizability;

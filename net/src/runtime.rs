@@ -49,7 +49,7 @@ impl Spawn for TokioSpawn {
         Box::pin(async move {
             if let Err(error) = handle.await {
                 // The work panicked: an invariant broke inside it. Keep the panic loud.
-                std::panic::resume_unwind(error.into_panic());
+                panic!("blocking work failed: {error}");
             }
         })
     }

@@ -211,11 +211,9 @@ impl TcpTransport {
                 match self.dial(&link).await {
                     Ok(stream) => stream,
                     Err(error) => {
+                        // What is queued stays queued (the outbox is bounded): a peer that comes
+                        // back soon gets it, and Raft copes with messages that arrive late.
                         tracing::debug!(peer = %link.peer, %error, "connecting to peer failed");
-                        // Messages queued for an unreachable peer are stale by the time it is
-                        // back; Raft resends what still matters.
-                        let dropped = link.outbox.clear();
-                        self.stats.messages_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
                         tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }

@@ -123,6 +123,8 @@ pub struct Partition {
     observed: (u64, StateRole, u64),
     conf_state_dirty: bool,
     fatal: Option<PersistError>,
+    /// The term this replica leads, as of the end of the last input.
+    leading_term: Option<u64>,
 }
 
 impl Partition {
@@ -186,6 +188,7 @@ impl Partition {
             rng,
             conf_state_dirty: false,
             fatal: None,
+            leading_term: None,
         };
         partition.rejitter();
         partition
@@ -394,6 +397,27 @@ impl Partition {
         self.start_reads();
         // Starting reads may have produced raft messages (singleton leaders answer at once).
         self.process_ready();
+        self.note_leadership();
+    }
+
+    /// Reports leadership won or lost since the last input (raft changes role inside `step`
+    /// and `tick`, so this compares with what the previous input left).
+    fn note_leadership(&mut self) {
+        let leading = self.is_leader().then_some(self.raw.raft.term);
+        if leading == self.leading_term {
+            return;
+        }
+        let (partition, node, term) = (self.config.partition, self.config.node, self.raw.raft.term);
+        match leading {
+            Some(term) => {
+                tracing::info!(%partition, %node, term, "became leader");
+                if let Some(observer) = &self.config.observer {
+                    observer.became_leader(node, partition, term);
+                }
+            }
+            None => tracing::info!(%partition, %node, term, "stepped down"),
+        }
+        self.leading_term = leading;
     }
 
     fn propose(&mut self, request: RequestId, command: Command, forward: bool) {

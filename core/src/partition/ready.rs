@@ -19,7 +19,6 @@ use crate::bugs::{self, Bug};
 use crate::persist::LogWrite;
 use crate::state_machine::{Command, WriteOp, WriteResult};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
-use raft::StateRole;
 
 /// Readies handled per input before giving control back; each Ready either persists
 /// something or applies something, so a handful is the most a single input produces.
@@ -37,7 +36,6 @@ impl Partition {
     }
 
     fn handle_one_ready(&mut self) {
-        let was_leader = self.raw.raft.state == StateRole::Leader;
         let mut ready = self.raw.ready();
         let number = ready.number();
 
@@ -104,17 +102,6 @@ impl Partition {
             write.assert_well_formed();
             self.unpersisted.push_back((number, persisted_messages));
             self.outputs.push_back(Output::Persist { ready_number: number, write });
-        }
-        if was_leader && self.raw.raft.state != StateRole::Leader {
-            tracing::info!(partition = %self.config.partition, node = %self.config.node,
-                term = self.raw.raft.term, "stepped down");
-        }
-        if !was_leader && self.raw.raft.state == StateRole::Leader {
-            if let Some(observer) = &self.config.observer {
-                observer.became_leader(self.config.node, self.config.partition, self.raw.raft.term);
-            }
-            tracing::info!(partition = %self.config.partition, node = %self.config.node,
-                term = self.raw.raft.term, "became leader");
         }
     }
 

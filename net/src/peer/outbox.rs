@@ -38,12 +38,4 @@ impl Outbox {
     pub fn len(&self) -> usize {
         self.queue.lock().expect("not poisoned").len()
     }
-
-    /// Drops everything queued (the peer is unreachable: Raft will resend what matters).
-    pub fn clear(&self) -> usize {
-        let mut queue = self.queue.lock().expect("not poisoned");
-        let n = queue.len();
-        queue.clear();
-        n
-    }
 }

@@ -1,0 +1,206 @@
+//! N simulated nodes on madsim, each running the production node assembly
+//! (`cohort_net::node::start`) over its own crash-faithful `SimDisk`, the real TCP transport on
+//! madsim's network (behind the fault layer), a seeded clock rate and the safety observer.
+
+use crate::faults::{FaultyTransport, SharedFaults};
+use crate::observer::SafetyObserver;
+use crate::sim_env::{SimSpawn, SkewedClock};
+use crate::trace::{now_ns, Trace};
+use cohort_core::env::Env;
+use cohort_core::ids::NodeId;
+use cohort_core::metrics::NodeMetrics;
+use cohort_core::node::NodeService;
+use cohort_net::node::NodeSpec;
+use cohort_storage::SimDisk;
+use madsim::runtime::{Handle, NodeHandle};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const PEER_PORT: u16 = 7000;
+pub const TICK_MS: u64 = 100;
+pub const ELECTION_TICKS: usize = 10;
+
+/// What the harness keeps of one node across its crashes and restarts.
+struct SimNode {
+    handle: NodeHandle,
+    disk: Arc<SimDisk>,
+    /// The running node's service, while it runs (a crash empties it).
+    service: Arc<Mutex<Option<Arc<NodeService>>>>,
+    up: bool,
+    paused: bool,
+    restarts: Arc<Mutex<u64>>,
+}
+
+/// The nodes' request services as clients see them.
+#[derive(Clone)]
+pub struct Services {
+    slots: BTreeMap<NodeId, Arc<Mutex<Option<Arc<NodeService>>>>>,
+}
+
+impl Services {
+    pub fn get(&self, id: NodeId) -> Option<Arc<NodeService>> {
+        self.slots.get(&id)?.lock().expect("not poisoned").clone()
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.slots.keys().copied().collect()
+    }
+}
+
+pub struct SimCluster {
+    nodes: BTreeMap<NodeId, SimNode>,
+    pub faults: SharedFaults,
+    pub observer: Arc<SafetyObserver>,
+    pub trace: Trace,
+}
+
+fn address(node: NodeId) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, node.0 as u8)), PEER_PORT)
+}
+
+impl SimCluster {
+    /// Starts `count` nodes; `clock_rates_ppm` gives each node's clock rate (default: exact).
+    pub fn start(
+        count: u64,
+        seed: u64,
+        faults: SharedFaults,
+        trace: Trace,
+        clock_rates_ppm: &BTreeMap<NodeId, i64>,
+        disk_latency_max: Duration,
+    ) -> SimCluster {
+        let observer = Arc::new(SafetyObserver::new(trace.clone()));
+        let handle = Handle::current();
+        let ids: Vec<NodeId> = (1..=count).map(NodeId).collect();
+        let mut nodes = BTreeMap::new();
+        for &id in &ids {
+            let disk = Arc::new(SimDisk::new(seed ^ (id.0 << 48)));
+            let service: Arc<Mutex<Option<Arc<NodeService>>>> = Arc::default();
+            let clock_rate_ppm = Arc::new(Mutex::new(clock_rates_ppm.get(&id).copied().unwrap_or(0)));
+            let restarts = Arc::new(Mutex::new(0u64));
+            let spec = NodeSpec {
+                node: id,
+                cluster_id: "sim".into(),
+                secret: b"simulation-secret".to_vec(),
+                listen_peer: address(id),
+                peers: ids.iter().filter(|&&p| p != id).map(|&p| (p, address(p))).collect(),
+                tick_interval: Duration::from_millis(TICK_MS),
+                election_ticks: ELECTION_TICKS,
+                heartbeat_ticks: 2,
+                frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
+                outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
+            };
+            let init = {
+                let (disk, service, faults, observer) =
+                    (disk.clone(), service.clone(), faults.clone(), observer.clone());
+                let (clock_rate_ppm, restarts, trace) = (clock_rate_ppm.clone(), restarts.clone(), trace.clone());
+                move || {
+                    let (disk, service, faults, observer) =
+                        (disk.clone(), service.clone(), faults.clone(), observer.clone());
+                    let (spec, trace) = (spec.clone(), trace.clone());
+                    let rate = *clock_rate_ppm.lock().expect("not poisoned");
+                    let incarnation = *restarts.lock().expect("not poisoned");
+                    async move {
+                        let node_seed = seed ^ (id.0 << 40) ^ (incarnation << 20);
+                        let env = Env {
+                            clock: Arc::new(SkewedClock::new(rate)),
+                            disk,
+                            spawn: Arc::new(SimSpawn::new(node_seed, disk_latency_max)),
+                            seed: node_seed,
+                            metrics: Arc::new(NodeMetrics::default()),
+                            observer: Some(observer),
+                        };
+                        let wrap = |t: Arc<cohort_net::TcpTransport>| FaultyTransport::wrap(id, t, faults, node_seed);
+                        match cohort_net::node::start(env, spec, wrap).await {
+                            Ok(running) => {
+                                trace.event(now_ns(), format!("node {id} started (incarnation {incarnation})"));
+                                *service.lock().expect("not poisoned") = Some(running.service.clone());
+                                // The node runs until madsim kills it.
+                                std::future::pending::<()>().await;
+                                drop(running);
+                            }
+                            Err(error) => {
+                                trace.event(now_ns(), format!("node {id} failed to start: {error}"));
+                                panic!("node {id} failed to start: {error}");
+                            }
+                        }
+                    }
+                }
+            };
+            let node = handle.create_node().name(format!("node-{id}")).ip(address(id).ip()).init(init).build();
+            nodes.insert(id, SimNode { handle: node, disk, service, up: true, paused: false, restarts });
+        }
+        SimCluster { nodes, faults, observer, trace }
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes[&id].up
+    }
+
+    /// Where clients find each node's service: empty while the node is down.
+    pub fn services(&self) -> Services {
+        Services { slots: self.nodes.iter().map(|(&id, n)| (id, n.service.clone())).collect() }
+    }
+
+    pub fn disk(&self, id: NodeId) -> &Arc<SimDisk> {
+        &self.nodes[&id].disk
+    }
+
+    /// Power loss: the node stops at once and its disk keeps only what was synced (or torn).
+    pub fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if !node.up {
+            return;
+        }
+        Handle::current().kill(node.handle.id());
+        node.service.lock().expect("not poisoned").take();
+        node.disk.crash();
+        node.up = false;
+        node.paused = false;
+        self.trace.event(now_ns(), format!("fault: crash node {id}"));
+    }
+
+    pub fn restart(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.up {
+            return;
+        }
+        *node.restarts.lock().expect("not poisoned") += 1;
+        node.disk.set_fail_syncs(false);
+        Handle::current().restart(node.handle.id());
+        node.up = true;
+        self.trace.event(now_ns(), format!("fault: restart node {id}"));
+    }
+
+    pub fn pause(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.up && !node.paused {
+            Handle::current().pause(node.handle.id());
+            node.paused = true;
+            self.trace.event(now_ns(), format!("fault: pause node {id}"));
+        }
+    }
+
+    pub fn resume(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if node.paused {
+            Handle::current().resume(node.handle.id());
+            node.paused = false;
+            self.trace.event(now_ns(), format!("fault: resume node {id}"));
+        }
+    }
+
+    pub fn is_paused(&self, id: NodeId) -> bool {
+        self.nodes[&id].paused
+    }
+
+    pub fn fail_syncs(&mut self, id: NodeId, fail: bool) {
+        self.nodes[&id].disk.set_fail_syncs(fail);
+        self.trace.event(now_ns(), format!("fault: fsync {} on node {id}", if fail { "fails" } else { "works" }));
+    }
+}

@@ -1,0 +1,572 @@
+//! One seed's run: the seed chooses the fault swarm (which faults, how hard), the cluster runs
+//! the workload through a safety phase under faults, then everything heals and the run checks
+//! liveness, convergence, Raft safety and linearizability.
+
+use crate::checkers::linearizability::check_linearizable;
+use crate::cluster::SimCluster;
+use crate::faults::{NetworkFaults, SharedFaults};
+use crate::trace::{now_ns, Trace};
+use crate::workload::{self, Shared, SimClient, WorkloadConfig};
+use cohort_core::bugs::Bug;
+use cohort_core::ids::NodeId;
+use cohort_core::node::DIRECTORY;
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Simulated time of the phase under faults.
+pub const SAFETY_PHASE: Duration = Duration::from_secs(30);
+/// After the heal, every partition must elect and commit a write within this.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(30);
+/// After liveness, replicas must reach equal applied indexes within this.
+pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
+/// Explored states per key before the linearizability search gives up (a failure, not a pass).
+pub const LINEARIZABILITY_STATES_MAX: usize = 2_000_000;
+
+/// A named cluster shape and workload.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub nodes: u64,
+    pub workload: WorkloadConfig,
+}
+
+pub fn scenarios() -> Vec<Scenario> {
+    let workload = WorkloadConfig { repos: 3, keys_per_repo: 3, clients: 5, read_ratio: 0.4 };
+    vec![
+        Scenario { name: "three", nodes: 3, workload: workload.clone() },
+        Scenario { name: "five", nodes: 5, workload },
+    ]
+}
+
+pub fn scenario(name: &str) -> Option<Scenario> {
+    scenarios().into_iter().find(|s| s.name == name)
+}
+
+/// The faults a seed turned on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    Crash,
+    CrashMany,
+    /// Crash and restart nodes again and again, each right after a leader is elected.
+    CrashStorm,
+    /// Restart every node at once (elections collide), then crash each node the moment it
+    /// grants a vote.
+    CrashVoter,
+    Pause,
+    /// Freeze a leader; it wakes still believing it leads.
+    PauseLeader,
+    /// Disks take up to tens of milliseconds per write and fsync.
+    SlowDisk,
+    IsolateOne,
+    IsolateLeader,
+    SplitAsymmetric,
+    SplitHalves,
+    Loss,
+    Delay,
+    Duplicate,
+    ClockSkew,
+    FsyncFailure,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 16] = [
+        Fault::Crash,
+        Fault::CrashMany,
+        Fault::CrashStorm,
+        Fault::CrashVoter,
+        Fault::Pause,
+        Fault::PauseLeader,
+        Fault::SlowDisk,
+        Fault::IsolateOne,
+        Fault::IsolateLeader,
+        Fault::SplitAsymmetric,
+        Fault::SplitHalves,
+        Fault::Loss,
+        Fault::Delay,
+        Fault::Duplicate,
+        Fault::ClockSkew,
+        Fault::FsyncFailure,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Crash => "crash",
+            Fault::CrashMany => "crash-many",
+            Fault::CrashStorm => "crash-storm",
+            Fault::CrashVoter => "crash-voter",
+            Fault::Pause => "pause",
+            Fault::PauseLeader => "pause-leader",
+            Fault::SlowDisk => "slow-disk",
+            Fault::IsolateOne => "isolate-one",
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::SplitAsymmetric => "split-asymmetric",
+            Fault::SplitHalves => "split-halves",
+            Fault::Loss => "loss",
+            Fault::Delay => "delay",
+            Fault::Duplicate => "duplicate",
+            Fault::ClockSkew => "clock-skew",
+            Fault::FsyncFailure => "fsync-failure",
+        }
+    }
+
+    /// Faults that happen in episodes (the others are background conditions).
+    fn is_episode(self) -> bool {
+        !matches!(self, Fault::Loss | Fault::Delay | Fault::Duplicate | Fault::ClockSkew | Fault::SlowDisk)
+    }
+}
+
+/// The seed's swarm: a random subset of faults, and intensities.
+#[derive(Clone, Debug)]
+pub struct Swarm {
+    pub faults: BTreeSet<Fault>,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub delay_max: Duration,
+    pub clock_rates_ppm: BTreeMap<NodeId, i64>,
+    /// Pause between two episodes, drawn up to this.
+    pub episode_gap_max: Duration,
+    /// Upper bound of one disk operation's latency.
+    pub disk_latency_max: Duration,
+}
+
+impl Swarm {
+    pub fn choose(rng: &mut StdRng, nodes: u64) -> Swarm {
+        let mut faults = BTreeSet::new();
+        for fault in Fault::ALL {
+            // Faults that strike at the worst instant find the subtlest bugs: favour them.
+            let odds =
+                if matches!(fault, Fault::CrashVoter | Fault::CrashStorm | Fault::PauseLeader) { 0.7 } else { 0.5 };
+            if rng.gen_bool(odds) {
+                faults.insert(fault);
+            }
+        }
+        let on = |f: Fault| faults.contains(&f);
+        let clock_rates_ppm = (1..=nodes)
+            .map(|n| (NodeId(n), if on(Fault::ClockSkew) { rng.gen_range(-200_000..=200_000) } else { 0 }))
+            .collect();
+        Swarm {
+            loss: if on(Fault::Loss) { rng.gen_range(0.01..0.2) } else { 0.0 },
+            duplicate: if on(Fault::Duplicate) { rng.gen_range(0.01..0.1) } else { 0.0 },
+            delay_max: if on(Fault::Delay) { Duration::from_millis(rng.gen_range(5..200)) } else { Duration::ZERO },
+            clock_rates_ppm,
+            episode_gap_max: Duration::from_millis(rng.gen_range(500..4000)),
+            disk_latency_max: if on(Fault::SlowDisk) {
+                Duration::from_millis(rng.gen_range(2..40))
+            } else {
+                Duration::from_micros(rng.gen_range(10..500))
+            },
+            faults,
+        }
+    }
+
+    fn background(&self) -> NetworkFaults {
+        NetworkFaults {
+            loss: self.loss,
+            duplicate: self.duplicate,
+            delay_max: self.delay_max,
+            ..NetworkFaults::default()
+        }
+    }
+}
+
+/// How a run is asked for.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub seed: u64,
+    pub scenario: Scenario,
+    pub bug: Option<Bug>,
+    /// Keep every trace line for printing.
+    pub keep_trace: bool,
+}
+
+/// What a run found.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    pub failures: Vec<String>,
+    pub faults: Vec<Fault>,
+    pub trace_hash: String,
+    pub trace: Vec<String>,
+    pub simulated_ns: u64,
+    pub operations: usize,
+    pub episodes: u64,
+}
+
+fn trace_event(trace: &Trace, line: impl AsRef<str>) {
+    trace.event(now_ns(), line);
+}
+
+/// Runs one seed inside the madsim runtime (call from `Runtime::block_on`).
+pub async fn run(options: RunOptions) -> RunReport {
+    let seed = options.seed;
+    let scenario = options.scenario.clone();
+    #[cfg(madsim)]
+    cohort_core::bugs::activate(options.bug);
+    let trace = Trace::new(options.keep_trace);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let swarm = Swarm::choose(&mut rng, scenario.nodes);
+    trace_event(
+        &trace,
+        format!(
+            "seed {seed} scenario {} bug {} faults [{}] loss {:.3} duplicate {:.3} delay_max {:?} disk_latency_max {:?} clock_ppm {:?}",
+            scenario.name,
+            options.bug.map_or("none", |b| b.name()),
+            swarm.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
+            swarm.loss,
+            swarm.duplicate,
+            swarm.delay_max,
+            swarm.disk_latency_max,
+            swarm.clock_rates_ppm.values().collect::<Vec<_>>()
+        ),
+    );
+    let faults: SharedFaults = Arc::new(Mutex::new(NetworkFaults::default()));
+    let cluster = Arc::new(Mutex::new(SimCluster::start(
+        scenario.nodes,
+        seed,
+        faults.clone(),
+        trace.clone(),
+        &swarm.clock_rates_ppm,
+        swarm.disk_latency_max,
+    )));
+    let (services, observer) = {
+        let c = cluster.lock().expect("not poisoned");
+        (c.services(), c.observer.clone())
+    };
+    let clients = madsim::runtime::Handle::current()
+        .create_node()
+        .name("clients")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
+        .build();
+    let shared = Shared::new(services, trace.clone());
+    let mut failures = Vec::new();
+
+    // Setup, without faults.
+    {
+        let shared = shared.clone();
+        let repos = scenario.workload.repos;
+        clients.spawn(async move { workload::create_repositories(&shared, repos, seed).await }).await.expect("setup");
+    }
+
+    // Safety phase: the workload under the swarm's faults.
+    *faults.lock().expect("not poisoned") = swarm.background();
+    let mut workers = Vec::new();
+    for id in 1..=scenario.workload.clients {
+        let client = SimClient::new(id, seed, shared.clone());
+        let config = scenario.workload.clone();
+        workers.push(clients.spawn(client.run(config)));
+    }
+    let episodes = drive_faults(&cluster, &swarm, &mut rng, &trace, scenario.nodes).await;
+
+    // Heal: no fault from here on.
+    trace_event(&trace, "heal");
+    heal(&cluster, &faults);
+    shared.stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("workers do not panic");
+    }
+
+    // Liveness: every partition commits a write within the bound.
+    let healed_at = now_ns();
+    let liveness = {
+        let shared = shared.clone();
+        let repos = scenario.workload.repos;
+        let keys = scenario.workload.keys_per_repo;
+        clients.spawn(async move {
+            let mut client = SimClient::new(1_000, seed, shared);
+            let deadline = tokio::time::Instant::now() + LIVENESS_BOUND;
+            let mut missing = Vec::new();
+            for r in 0..repos {
+                let mut committed = false;
+                while !committed && tokio::time::Instant::now() < deadline {
+                    committed = client.cas(r, 0, true).await == crate::history::Outcome::CasOk;
+                }
+                if !committed {
+                    missing.push(r);
+                }
+            }
+            // Final reads of every key: a lost acknowledged write shows here.
+            for r in 0..repos {
+                let mut done = false;
+                while !done && tokio::time::Instant::now() < deadline {
+                    done = client.read(r, keys).await;
+                }
+                if !done {
+                    missing.push(r);
+                }
+            }
+            missing
+        })
+    };
+    let missing = liveness.await.expect("the liveness client does not panic");
+    if !missing.is_empty() {
+        failures.push(format!(
+            "liveness: repositories {missing:?} took no write or read within {LIVENESS_BOUND:?} after the heal"
+        ));
+    }
+    trace_event(&trace, format!("liveness checked after {} ms", (now_ns() - healed_at) / 1_000_000));
+
+    // Convergence: equal applied index and digest on every replica of every partition.
+    if let Some(failure) = check_convergence(&shared, &clients, scenario.workload.repos).await {
+        failures.push(failure);
+    }
+
+    failures.extend(observer.violations());
+    let history = shared.history.lock().expect("not poisoned").clone();
+    match check_linearizable(&history, LINEARIZABILITY_STATES_MAX) {
+        Ok(report) => {
+            trace_event(&trace, format!("linearizable: {} ops, {} states", report.ops_total(), report.states_total()))
+        }
+        Err(violation) => {
+            trace_event(&trace, format!("NOT LINEARIZABLE: {violation}"));
+            failures.push(format!("linearizability: {violation}"));
+        }
+    }
+    trace_event(
+        &trace,
+        format!("history fingerprint {:016x}, elections {}", history.fingerprint(), observer.elections_won()),
+    );
+    for failure in &failures {
+        trace_event(&trace, format!("FAILED {failure}"));
+    }
+    RunReport {
+        seed,
+        failures,
+        faults: swarm.faults.iter().copied().collect(),
+        trace_hash: trace.hash_hex(),
+        trace: trace.lines(),
+        simulated_ns: now_ns(),
+        operations: history.len(),
+        episodes,
+    }
+}
+
+/// Fault episodes until the safety phase ends; returns how many ran.
+async fn drive_faults(
+    cluster: &Arc<Mutex<SimCluster>>,
+    swarm: &Swarm,
+    rng: &mut StdRng,
+    trace: &Trace,
+    nodes: u64,
+) -> u64 {
+    let episodes: Vec<Fault> = swarm.faults.iter().copied().filter(|f| f.is_episode()).collect();
+    let end = tokio::time::Instant::now() + SAFETY_PHASE;
+    let ids: Vec<NodeId> = (1..=nodes).map(NodeId).collect();
+    let mut count = 0;
+    loop {
+        let gap = Duration::from_millis(rng.gen_range(100..=swarm.episode_gap_max.as_millis() as u64));
+        if tokio::time::Instant::now() + gap >= end {
+            tokio::time::sleep_until(end).await;
+            return count;
+        }
+        tokio::time::sleep(gap).await;
+        let Some(&fault) = episodes.choose(rng) else { continue };
+        count += 1;
+        let hold = Duration::from_millis(rng.gen_range(200..6000));
+        let victim = ids[rng.gen_range(0..ids.len())];
+        trace_event(trace, format!("episode {}: {} (victim {victim}, {} ms)", count, fault.name(), hold.as_millis()));
+        match fault {
+            Fault::Crash => {
+                cluster.lock().unwrap().crash(victim);
+                tokio::time::sleep(hold).await;
+                cluster.lock().unwrap().restart(victim);
+            }
+            Fault::CrashMany => {
+                let mut victims = ids.clone();
+                victims.shuffle(rng);
+                victims.truncate(rng.gen_range(2..=ids.len()));
+                for &v in &victims {
+                    cluster.lock().unwrap().crash(v);
+                }
+                tokio::time::sleep(hold).await;
+                for &v in &victims {
+                    cluster.lock().unwrap().restart(v);
+                }
+            }
+            Fault::CrashStorm => {
+                let storm_end = tokio::time::Instant::now() + hold * 3;
+                let observer = cluster.lock().unwrap().observer.clone();
+                while tokio::time::Instant::now() < storm_end {
+                    // Wait for an election to finish somewhere, then crash a node at once: its
+                    // vote or its newest entries may not be durable yet.
+                    let elections = observer.elections_won();
+                    let wait_end = tokio::time::Instant::now() + Duration::from_secs(3);
+                    while observer.elections_won() == elections && tokio::time::Instant::now() < wait_end {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    tokio::time::sleep(Duration::from_micros(rng.gen_range(0..3000))).await;
+                    let v = ids[rng.gen_range(0..ids.len())];
+                    cluster.lock().unwrap().crash(v);
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(10..400))).await;
+                    cluster.lock().unwrap().restart(v);
+                }
+            }
+            Fault::CrashVoter => {
+                let faults = cluster.lock().unwrap().faults.clone();
+                for _round in 0..rng.gen_range(3..7) {
+                    for &v in &ids {
+                        cluster.lock().unwrap().crash(v);
+                    }
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(10..300))).await;
+                    {
+                        let mut f = faults.lock().unwrap();
+                        f.watch_votes = true;
+                        f.votes_granted.clear();
+                    }
+                    for &v in &ids {
+                        cluster.lock().unwrap().restart(v);
+                    }
+                    let round_end = tokio::time::Instant::now() + Duration::from_millis(rng.gen_range(1500..4000));
+                    let mut down: Vec<(NodeId, tokio::time::Instant)> = Vec::new();
+                    while tokio::time::Instant::now() < round_end {
+                        tokio::time::sleep(Duration::from_micros(50)).await;
+                        let voters: Vec<NodeId> = std::mem::take(&mut faults.lock().unwrap().votes_granted);
+                        for voter in voters {
+                            if cluster.lock().unwrap().is_up(voter) && rng.gen_bool(0.7) {
+                                cluster.lock().unwrap().crash(voter);
+                                let back = tokio::time::Instant::now() + Duration::from_millis(rng.gen_range(5..200));
+                                down.push((voter, back));
+                            }
+                        }
+                        let now = tokio::time::Instant::now();
+                        for (v, _) in down.iter().filter(|(_, back)| *back <= now) {
+                            cluster.lock().unwrap().restart(*v);
+                        }
+                        down.retain(|(_, back)| *back > now);
+                    }
+                    faults.lock().unwrap().watch_votes = false;
+                    for (v, _) in down {
+                        cluster.lock().unwrap().restart(v);
+                    }
+                }
+            }
+            Fault::Pause | Fault::PauseLeader => {
+                let target = if fault == Fault::PauseLeader {
+                    current_leader(cluster, rng.gen_range(0..=3)).unwrap_or(victim)
+                } else {
+                    victim
+                };
+                cluster.lock().unwrap().pause(target);
+                tokio::time::sleep(hold).await;
+                cluster.lock().unwrap().resume(target);
+            }
+            Fault::IsolateOne | Fault::IsolateLeader | Fault::SplitAsymmetric | Fault::SplitHalves => {
+                let faults = cluster.lock().unwrap().faults.clone();
+                {
+                    let mut f = faults.lock().unwrap();
+                    match fault {
+                        Fault::IsolateOne => f.split(&[victim], &others(&ids, &[victim])),
+                        Fault::IsolateLeader => {
+                            let leader = current_leader(cluster, rng.gen_range(0..=3)).unwrap_or(victim);
+                            trace_event(trace, format!("isolating leader {leader}"));
+                            f.split(&[leader], &others(&ids, &[leader]));
+                        }
+                        Fault::SplitAsymmetric => {
+                            // The victim hears everyone but nobody hears it.
+                            for &other in &others(&ids, &[victim]) {
+                                f.cut.insert((victim, other));
+                            }
+                        }
+                        _ => {
+                            let mut shuffled = ids.clone();
+                            shuffled.shuffle(rng);
+                            let (a, b) = shuffled.split_at(ids.len() / 2);
+                            f.split(a, b);
+                        }
+                    }
+                }
+                tokio::time::sleep(hold).await;
+                faults.lock().unwrap().cut.clear();
+                trace_event(trace, "links restored");
+            }
+            Fault::FsyncFailure => {
+                cluster.lock().unwrap().fail_syncs(victim, true);
+                tokio::time::sleep(hold).await;
+                // A node whose log failed stops its partitions: an operator restarts it.
+                let mut c = cluster.lock().unwrap();
+                c.crash(victim);
+                c.restart(victim);
+            }
+            Fault::Loss | Fault::Delay | Fault::Duplicate | Fault::ClockSkew | Fault::SlowDisk => {
+                unreachable!("background faults")
+            }
+        }
+    }
+}
+
+fn others(ids: &[NodeId], except: &[NodeId]) -> Vec<NodeId> {
+    ids.iter().copied().filter(|id| !except.contains(id)).collect()
+}
+
+/// The leader of the highest term seen for the partition of repository `repo_index` (or the
+/// directory for index 0), if any.
+fn current_leader(cluster: &Arc<Mutex<SimCluster>>, repo_index: u64) -> Option<NodeId> {
+    let observer = cluster.lock().unwrap().observer.clone();
+    let partition = if repo_index == 0 { DIRECTORY } else { cohort_core::ids::PartitionId(repo_index) };
+    observer.latest_leader(partition)
+}
+
+fn heal(cluster: &Arc<Mutex<SimCluster>>, faults: &SharedFaults) {
+    *faults.lock().expect("not poisoned") = NetworkFaults::default();
+    let mut c = cluster.lock().expect("not poisoned");
+    for id in c.ids() {
+        c.resume(id);
+        if !c.is_up(id) {
+            c.restart(id);
+        }
+        c.disk(id).set_fail_syncs(false);
+    }
+}
+
+/// Waits until every replica of every partition has applied the same index, then compares
+/// their state digests.
+async fn check_convergence(shared: &Shared, clients: &madsim::runtime::NodeHandle, repos: usize) -> Option<String> {
+    let services = shared.services.clone();
+    let trace = shared.trace.clone();
+    clients
+        .spawn(async move {
+            let deadline = tokio::time::Instant::now() + CONVERGENCE_BOUND;
+            let mut partitions = vec![DIRECTORY];
+            partitions.extend((1..=repos as u64).map(cohort_core::ids::PartitionId));
+            let mut last = String::new();
+            while tokio::time::Instant::now() < deadline {
+                let mut all_equal = true;
+                let mut views = Vec::new();
+                for &partition in &partitions {
+                    let mut seen = BTreeSet::new();
+                    for id in services.ids() {
+                        let Some(service) = services.get(id) else {
+                            all_equal = false;
+                            continue;
+                        };
+                        let view = service
+                            .router()
+                            .inspect(partition, |p| {
+                                (p.state_machine().applied_index(), p.state_machine().digest().to_string())
+                            })
+                            .await;
+                        match view {
+                            Ok(view) => {
+                                seen.insert(view);
+                            }
+                            Err(_) => all_equal = false,
+                        }
+                    }
+                    all_equal &= seen.len() == 1;
+                    views.push(format!("partition {partition}: {seen:?}"));
+                }
+                last = views.join("; ");
+                if all_equal {
+                    trace.event(now_ns(), format!("converged: {last}"));
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(format!("convergence: replicas differ {CONVERGENCE_BOUND:?} after the heal: {last}"))
+        })
+        .await
+        .expect("the convergence check does not panic")
+}

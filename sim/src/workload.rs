@@ -1,0 +1,321 @@
+//! Clients doing compare-and-set updates and linearizable reads of a few references in a few
+//! repositories (each its own partition), recording every invocation and completion in the
+//! history. A client retries a write with the same (client, sequence) until it has a definite
+//! answer or its deadline passes, which is recorded as an unknown outcome.
+
+use crate::cluster::Services;
+use crate::history::{self, History, OpKind, Outcome, Value};
+use crate::trace::{now_ns, Trace};
+use cohort_core::ids::{ClientId, NodeId};
+use cohort_core::node::{ApiError, NodeService};
+use cohort_core::partition::ReadConsistency;
+use cohort_core::state_machine::{
+    Command, Expected, NewObject, ObjectKind, Oid, ReadQuery, ReadResult, RefName, RefUpdate, RefValue, Rejection,
+    RelativePath, RepoId, WriteOp,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long one operation may take, retries included, before it counts as unknown.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    pub repos: usize,
+    pub keys_per_repo: usize,
+    pub clients: u64,
+    /// Share of operations that are reads.
+    pub read_ratio: f64,
+}
+
+pub fn repo(i: usize) -> RepoId {
+    RepoId { storage: "default".into(), relative_path: RelativePath::new(&format!("sim/r{i}.git")).expect("valid") }
+}
+
+fn ref_name(k: usize) -> RefName {
+    RefName::new(&format!("refs/heads/k{k}")).expect("valid")
+}
+
+fn key(repo: usize, k: usize) -> String {
+    format!("r{repo}:k{k}")
+}
+
+/// What the workload shares between clients: the history and the value behind each object id.
+#[derive(Clone)]
+pub struct Shared {
+    pub history: Arc<Mutex<History>>,
+    values: Arc<Mutex<BTreeMap<Oid, Value>>>,
+    pub services: Services,
+    pub trace: Trace,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    pub fn new(services: Services, trace: Trace) -> Shared {
+        Shared {
+            history: Arc::default(),
+            values: Arc::default(),
+            services,
+            trace,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn value_of(&self, value: &RefValue) -> Option<Value> {
+        match value {
+            RefValue::Direct(oid) => Some(
+                *self
+                    .values
+                    .lock()
+                    .expect("not poisoned")
+                    .get(oid)
+                    .expect("every ref value was written by the workload"),
+            ),
+            RefValue::Symbolic(_) => panic!("the workload writes no symbolic refs"),
+        }
+    }
+}
+
+/// One client: its identity, sequence numbers and preferred node.
+pub struct SimClient {
+    pub id: u64,
+    seq: u64,
+    target: NodeId,
+    rng: StdRng,
+    shared: Shared,
+    /// Last value this client saw per key, to aim its compare-and-sets.
+    seen: BTreeMap<String, Option<Value>>,
+    next_token: u64,
+}
+
+enum Attempt<T> {
+    Done(T),
+    Retry { at: Option<NodeId> },
+}
+
+impl SimClient {
+    pub fn new(id: u64, seed: u64, shared: Shared) -> SimClient {
+        let ids = shared.services.ids();
+        let mut rng = StdRng::seed_from_u64(seed ^ id.rotate_left(17));
+        let target = ids[rng.gen_range(0..ids.len())];
+        SimClient { id, seq: 0, target, rng, shared, seen: BTreeMap::new(), next_token: 0 }
+    }
+
+    fn other_node(&mut self) -> NodeId {
+        let ids = self.shared.services.ids();
+        ids[self.rng.gen_range(0..ids.len())]
+    }
+
+    /// Runs `attempt` against nodes until it gives a definite answer or the deadline passes.
+    async fn with_retries<T, F, Fut>(&mut self, mut attempt: F) -> Option<T>
+    where
+        F: FnMut(Arc<NodeService>) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let next = match self.shared.services.get(self.target) {
+                None => Attempt::Retry { at: None },
+                Some(service) => match tokio::time::timeout(deadline - now, attempt(service)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => return None,
+                },
+            };
+            match next {
+                Attempt::Done(value) => return Some(value),
+                Attempt::Retry { at: Some(leader) } if leader != self.target => self.target = leader,
+                Attempt::Retry { .. } => {
+                    self.target = self.other_node();
+                    tokio::time::sleep(Duration::from_millis(self.rng.gen_range(20..120))).await;
+                }
+            }
+        }
+    }
+
+    fn retry_for(error: &ApiError) -> Attempt<Outcome> {
+        match error {
+            ApiError::NotLeader { leader } => Attempt::Retry { at: *leader },
+            ApiError::Busy | ApiError::Unknown | ApiError::Unavailable(_) => Attempt::Retry { at: None },
+            // The repository's route may not be applied on this replica yet.
+            ApiError::NotFound(_) => Attempt::Retry { at: None },
+            ApiError::Invalid(message) => panic!("the workload sent an invalid request: {message}"),
+            ApiError::Rejected(rejection) => panic!("unexpected rejection {rejection}"),
+        }
+    }
+
+    /// A compare-and-set of one reference to a fresh value.
+    pub async fn cas(&mut self, repo_index: usize, k: usize, force_any: bool) -> Outcome {
+        let key = key(repo_index, k);
+        self.next_token += 1;
+        let token: Value = (self.id << 32) | self.next_token;
+        let data = format!("value {token}").into_bytes();
+        let object = NewObject::new(ObjectKind::Blob, data);
+        self.shared.values.lock().expect("not poisoned").insert(object.oid, token);
+        let last_seen = self.seen.get(&key).copied().flatten();
+        let expected = match (force_any, self.rng.gen_range(0..10), last_seen) {
+            (true, _, _) | (_, 0, _) => history::Expected::Any,
+            (_, 1..=2, _) | (_, _, None) => history::Expected::MustNotExist,
+            (_, _, Some(value)) => history::Expected::Value(value),
+        };
+        let wire_expected = match expected {
+            history::Expected::Any => Expected::Any,
+            history::Expected::MustNotExist => Expected::MustNotExist,
+            history::Expected::Value(_) => {
+                Expected::Value(RefValue::Direct(self.oid_of(last_seen.expect("a value was seen"))))
+            }
+        };
+        self.seq += 1;
+        let command = Command {
+            client: ClientId(self.id),
+            seq: self.seq,
+            op: WriteOp::Transaction {
+                repo: repo(repo_index),
+                refs: vec![RefUpdate {
+                    name: ref_name(k),
+                    expected: wire_expected,
+                    new: Some(RefValue::Direct(object.oid)),
+                }],
+                objects: vec![object],
+            },
+        };
+        let op = self.shared.history.lock().expect("not poisoned").invoke(
+            self.id,
+            key.clone(),
+            OpKind::Cas { expected, new: Some(token) },
+            now_ns(),
+        );
+        self.shared
+            .trace
+            .event(now_ns(), format!("op {op} client {} seq {} cas {key} {expected:?} -> {token}", self.id, self.seq));
+        let shared = self.shared.clone();
+        let outcome = self
+            .with_retries(|service| {
+                let command = command.clone();
+                let shared = shared.clone();
+                async move {
+                    match service.write(command).await {
+                        Ok(_) => Attempt::Done(Outcome::CasOk),
+                        Err(ApiError::Rejected(Rejection::PreconditionFailed { current, .. })) => {
+                            Attempt::Done(Outcome::CasFailed {
+                                current: current.as_ref().and_then(|v| shared.value_of(v)),
+                            })
+                        }
+                        Err(error) => Self::retry_for(&error),
+                    }
+                }
+            })
+            .await
+            .unwrap_or(Outcome::Unknown);
+        match &outcome {
+            Outcome::CasOk => {
+                self.seen.insert(key.clone(), Some(token));
+            }
+            Outcome::CasFailed { current } => {
+                self.seen.insert(key.clone(), *current);
+            }
+            _ => {}
+        }
+        self.shared.history.lock().expect("not poisoned").complete(op, outcome.clone(), now_ns());
+        self.shared.trace.event(now_ns(), format!("op {op} -> {outcome:?}"));
+        outcome
+    }
+
+    fn oid_of(&self, value: Value) -> Oid {
+        let values = self.shared.values.lock().expect("not poisoned");
+        *values.iter().find(|(_, &v)| v == value).map(|(oid, _)| oid).expect("a seen value was written")
+    }
+
+    /// A linearizable read of every reference of one repository; one history op per key.
+    pub async fn read(&mut self, repo_index: usize, keys: usize) -> bool {
+        let now = now_ns();
+        let ops: Vec<_> = {
+            let mut history = self.shared.history.lock().expect("not poisoned");
+            (0..keys).map(|k| history.invoke(self.id, key(repo_index, k), OpKind::Read, now)).collect()
+        };
+        self.shared.trace.event(now, format!("ops {ops:?} client {} read r{repo_index}", self.id));
+        let shared = self.shared.clone();
+        let refs = self
+            .with_retries(|service| {
+                let query = ReadQuery::ListRefs { repo: repo(repo_index) };
+                async move {
+                    match service.read_repository(&repo(repo_index), query, ReadConsistency::Linearizable).await {
+                        Ok(answer) => match answer.result {
+                            ReadResult::Refs(refs) => Attempt::Done(refs),
+                            other => panic!("unexpected answer to a ref listing: {other:?}"),
+                        },
+                        Err(error) => match Self::retry_for(&error) {
+                            Attempt::Retry { at } => Attempt::Retry { at },
+                            Attempt::Done(_) => unreachable!(),
+                        },
+                    }
+                }
+            })
+            .await;
+        let done = now_ns();
+        shared.trace.event(
+            done,
+            format!(
+                "ops {ops:?} -> {}",
+                match &refs {
+                    Some(refs) => format!("{} refs", refs.len()),
+                    None => "unknown".to_owned(),
+                }
+            ),
+        );
+        let mut history = shared.history.lock().expect("not poisoned");
+        for (k, op) in ops.into_iter().enumerate() {
+            let outcome = match &refs {
+                Some(refs) => {
+                    let name = ref_name(k);
+                    let value = refs.iter().find(|(n, _)| *n == name).and_then(|(_, v)| shared.value_of(v));
+                    self.seen.insert(key(repo_index, k), value);
+                    Outcome::ReadOk(value)
+                }
+                None => Outcome::Unknown,
+            };
+            history.complete(op, outcome, done);
+        }
+        refs.is_some()
+    }
+
+    /// Random operations until told to stop.
+    pub async fn run(mut self, config: WorkloadConfig) {
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let repo_index = self.rng.gen_range(0..config.repos);
+            if self.rng.gen_bool(config.read_ratio) {
+                self.read(repo_index, config.keys_per_repo).await;
+            } else {
+                let k = self.rng.gen_range(0..config.keys_per_repo);
+                self.cas(repo_index, k, false).await;
+            }
+            tokio::time::sleep(Duration::from_millis(self.rng.gen_range(1..50))).await;
+        }
+    }
+}
+
+/// Creates the workload's repositories (each in its own partition), retrying until done.
+pub async fn create_repositories(shared: &Shared, repos: usize, seed: u64) {
+    let mut client = SimClient::new(u64::MAX >> 1, seed, shared.clone());
+    for i in 0..repos {
+        client.seq += 1;
+        let seq = client.seq;
+        let created = client
+            .with_retries(|service| async move {
+                match service.create_repository(ClientId(u64::MAX >> 1), seq, repo(i), None).await {
+                    Ok(_) => Attempt::Done(()),
+                    Err(ApiError::NotLeader { leader }) => Attempt::Retry { at: leader },
+                    Err(_) => Attempt::Retry { at: None },
+                }
+            })
+            .await;
+        assert!(created.is_some(), "repository {i} is created before any fault");
+        shared.trace.event(now_ns(), format!("created {}", repo(i)));
+    }
+}

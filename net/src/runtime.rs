@@ -45,6 +45,9 @@ impl Spawn for TokioSpawn {
     }
 
     fn run_blocking(&self, work: Box<dyn FnOnce() + Send + 'static>) -> BoxFuture<()> {
+        // madsim marks this deprecated (nothing may block in a simulation); the simulator
+        // brings its own `Spawn` and never builds this one.
+        #[allow(deprecated)]
         let handle = tokio::task::spawn_blocking(work);
         Box::pin(async move {
             if let Err(error) = handle.await {

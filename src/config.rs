@@ -76,6 +76,10 @@ pub struct RawConfig {
     pub raft: RawRaft,
     #[serde(default)]
     pub limits: RawLimits,
+    /// Voters of each new partition (a replica set chosen among the nodes); default: 3, or
+    /// every node of a smaller cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
     /// Every node of the cluster, this one included.
     pub nodes: Vec<RawNode>,
 }
@@ -113,6 +117,7 @@ pub struct Config {
     pub heartbeat_ticks: usize,
     pub frame_size_bytes_max: usize,
     pub outbox_messages_max: usize,
+    pub replicas: usize,
     pub nodes: BTreeMap<NodeId, NodeAddresses>,
 }
 
@@ -179,6 +184,10 @@ impl Config {
         if !nodes.contains_key(&NodeId(raw.node_id)) {
             return Err(format!("node_id {} is not among nodes", raw.node_id));
         }
+        let replicas = raw.replicas.unwrap_or(nodes.len().min(3));
+        if !(1..=nodes.len()).contains(&replicas) {
+            return Err(format!("replicas must be between 1 and the {} nodes", nodes.len()));
+        }
         Ok(Config {
             node: NodeId(raw.node_id),
             storage: raw.storage,
@@ -191,6 +200,7 @@ impl Config {
             heartbeat_ticks: raw.raft.heartbeat_ticks,
             frame_size_bytes_max: raw.limits.frame_size_bytes_max,
             outbox_messages_max: raw.limits.outbox_messages_max,
+            replicas,
             nodes,
         })
     }
@@ -214,6 +224,7 @@ mod tests {
             token: None,
             raft: RawRaft::default(),
             limits: RawLimits::default(),
+            replicas: None,
             nodes: vec![RawNode {
                 id: 1,
                 peer_address: "127.0.0.1:1".into(),
@@ -241,6 +252,7 @@ mod tests {
             (|c| c.nodes[0].peer_address = "nowhere".into(), "peer_address"),
             (|c| c.nodes.push(c.nodes[0].clone()), "listed twice"),
             (|c| c.storage = "../x".into(), "storage"),
+            (|c| c.replicas = Some(2), "replicas"),
         ];
         for (break_it, expected) in cases {
             let mut c = raw();

@@ -76,6 +76,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         heartbeat_ticks: config.heartbeat_ticks,
         frame_size_bytes_max: config.frame_size_bytes_max,
         outbox_messages_max: config.outbox_messages_max,
+        replicas: config.replicas,
     };
     let node = cohort_net::node::start(env, spec, |transport| transport as Arc<dyn Transport>)
         .await

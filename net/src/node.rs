@@ -33,11 +33,13 @@ pub struct NodeSpec {
     pub heartbeat_ticks: usize,
     pub frame_size_bytes_max: usize,
     pub outbox_messages_max: usize,
+    /// Voters of each new partition.
+    pub replicas: usize,
 }
 
 impl NodeSpec {
-    /// Every node of the static cluster: the voters of each new partition.
-    pub fn voters(&self) -> Vec<NodeId> {
+    /// Every node of the static cluster.
+    pub fn nodes(&self) -> Vec<NodeId> {
         let mut voters: Vec<NodeId> = self.peers.keys().copied().collect();
         voters.push(self.node);
         voters.sort();
@@ -92,14 +94,14 @@ pub async fn start(
         heartbeat_ticks: spec.heartbeat_ticks,
     };
     let router = Router::new(router_config, env.clone(), wrap_transport(transport.clone()), persist_tx);
-    let voters = spec.voters();
+    let nodes = spec.nodes();
     let has_directory = recovered.contains_key(&DIRECTORY);
     for (partition, state) in recovered {
         router.open_partition(partition, state, StateMachine::new())?;
     }
     if !has_directory {
         // A brand-new node: the directory is on every node from the start.
-        router.create_partition(DIRECTORY, &voters, false)?;
+        router.create_partition(DIRECTORY, &nodes, false)?;
     }
     let pump = router.clone();
     tokio::spawn(async move {
@@ -107,7 +109,7 @@ pub async fn start(
             pump.deliver(batch);
         }
     });
-    let service = Arc::new(NodeService::new(router.clone(), voters));
+    let service = Arc::new(NodeService::new(router.clone(), nodes, spec.replicas));
     Ok(RunningNode { router, transport, service, group_commit })
 }
 

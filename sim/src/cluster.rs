@@ -90,6 +90,7 @@ impl SimCluster {
                 heartbeat_ticks: 2,
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
+                replicas: count.min(3) as usize,
             };
             let init = {
                 let (disk, service, faults, observer) =

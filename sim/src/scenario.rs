@@ -552,6 +552,8 @@ async fn check_convergence(shared: &Shared, clients: &madsim::runtime::NodeHandl
                             Ok(view) => {
                                 seen.insert(view);
                             }
+                            // Not a member: partitions live on replica sets, not every node.
+                            Err(cohort_core::node::RouteError::UnknownPartition(_)) => {}
                             Err(_) => all_equal = false,
                         }
                     }

@@ -15,6 +15,9 @@ pub struct DevArgs {
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
+    /// Voters of each new partition (default: 3, or every node of a smaller cluster).
+    #[arg(long)]
+    pub replicas: Option<usize>,
     /// Where the nodes keep their data; a fresh temporary directory if not given. A directory
     /// that already holds a cluster is started again with its data.
     #[arg(long)]
@@ -30,7 +33,7 @@ fn config_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 /// The configs of a new cluster in `dir`, on free loopback ports.
-fn new_cluster(dir: &Path, count: u64) -> anyhow::Result<Vec<RawConfig>> {
+fn new_cluster(dir: &Path, count: u64, replicas: Option<usize>) -> anyhow::Result<Vec<RawConfig>> {
     let mut nodes = Vec::new();
     for id in 1..=count {
         nodes.push(RawNode {
@@ -51,6 +54,7 @@ fn new_cluster(dir: &Path, count: u64) -> anyhow::Result<Vec<RawConfig>> {
             token: None,
             raft: RawRaft::default(),
             limits: RawLimits::default(),
+            replicas,
             nodes: nodes.clone(),
         })
         .collect())
@@ -98,7 +102,13 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
             configs
         }
         None => {
-            let configs = new_cluster(&dir, args.nodes)?;
+            if let Some(replicas) = args.replicas {
+                anyhow::ensure!(
+                    (1..=args.nodes as usize).contains(&replicas),
+                    "--replicas must be between 1 and --nodes"
+                );
+            }
+            let configs = new_cluster(&dir, args.nodes, args.replicas)?;
             for config in &configs {
                 let path = config_path(&dir, config.node_id);
                 std::fs::create_dir_all(path.parent().expect("has a parent"))?;

@@ -2,6 +2,7 @@
 
 mod dev;
 mod object;
+mod partition;
 mod refs;
 mod repo;
 mod status;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Update and list references.
     #[command(subcommand)]
     Ref(refs::RefCommand),
+    /// Partitions: their members and leaders.
+    #[command(subcommand)]
+    Partition(partition::PartitionCommand),
     /// The cluster's nodes and partitions.
     Status {
         #[arg(long)]
@@ -75,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Repo(command) => repo::run(&cli, command).await,
         Command::Object(command) => object::run(&cli, command).await,
         Command::Ref(command) => refs::run(&cli, command).await,
+        Command::Partition(command) => partition::run(&cli, command).await,
         Command::Status { json } => status::run(&cli, *json).await,
     }
 }

@@ -15,6 +15,12 @@ pub enum RepoCommand {
     Delete { relative_path: String },
     /// List every repository and its partition.
     List,
+    /// The repository's partition: its members with their roles, and its leader.
+    Info {
+        relative_path: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(cli: &Cli, command: &RepoCommand) -> anyhow::Result<()> {
@@ -29,6 +35,11 @@ pub async fn run(cli: &Cli, command: &RepoCommand) -> anyhow::Result<()> {
             let repo = repo_id(cli, relative_path)?;
             client.delete_repository(&repo).await?;
             println!("deleted {repo}");
+        }
+        RepoCommand::Info { relative_path, json } => {
+            let repo = repo_id(cli, relative_path)?;
+            let info = client.repo_info(&repo).await?;
+            super::partition::print(&client, &[info], *json, true).await?;
         }
         RepoCommand::List => {
             for (repo, partition) in client.list_repositories().await? {

@@ -108,14 +108,19 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
     StatusJson { nodes: nodes.into_values().collect(), partitions }
 }
 
-pub async fn run(cli: &Cli, json: bool) -> anyhow::Result<()> {
-    let client = client(cli)?;
+/// Every endpoint's view, merged.
+pub async fn collect(client: &cohort_net::client::Client) -> anyhow::Result<StatusJson> {
     let mut replies = Vec::new();
     for endpoint in client.endpoints() {
         replies.push((endpoint.clone(), client.status_of(endpoint).await.ok()));
     }
     anyhow::ensure!(replies.iter().any(|(_, r)| r.is_some()), "no endpoint answered: {:?}", client.endpoints());
-    let status = merge(&replies);
+    Ok(merge(&replies))
+}
+
+pub async fn run(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let client = client(cli)?;
+    let status = collect(&client).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());

@@ -31,6 +31,10 @@ pub fn repo(path: &str) -> RepoId {
 
 impl TestCluster {
     pub fn start(count: u64) -> TestCluster {
+        TestCluster::start_with_replicas(count, None)
+    }
+
+    pub fn start_with_replicas(count: u64, replicas: Option<usize>) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<RawNode> = (1..=count)
             .map(|id| RawNode {
@@ -50,6 +54,7 @@ impl TestCluster {
                 token: None,
                 raft: RawRaft { tick_interval_ms: TICK_MS, election_ticks: ELECTION_TICKS, heartbeat_ticks: 2 },
                 limits: RawLimits::default(),
+                replicas,
                 nodes: nodes.clone(),
             })
             .collect();

@@ -4,4 +4,5 @@ mod basics;
 mod cluster;
 mod failover;
 mod operations;
+mod replica_sets;
 mod robustness;

@@ -57,6 +57,15 @@ pub struct ReadAnswer {
     pub partition: PartitionId,
 }
 
+/// A partition's directory entry and the leader this node knows of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionView {
+    pub partition: PartitionId,
+    pub info: PartitionInfo,
+    pub repositories: Vec<RepoId>,
+    pub leader: Option<NodeId>,
+}
+
 /// A repository and the partition holding it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutedRepository {
@@ -66,14 +75,40 @@ pub struct RoutedRepository {
 
 pub struct NodeService {
     router: Arc<Router>,
-    /// Voters of every new partition: the static cluster.
-    voters: Vec<NodeId>,
+    /// Every node of the static cluster: where new partitions may be placed.
+    nodes: Vec<NodeId>,
+    /// Voters of each new partition.
+    replicas: usize,
+}
+
+/// Chooses the voters of a new partition: the `replicas` nodes that host the fewest
+/// partitions, ties to the lower id. Deterministic, and it spreads partitions evenly.
+pub fn place(
+    nodes: &[NodeId],
+    replicas: usize,
+    partitions: &[(PartitionId, PartitionInfo, Vec<RepoId>)],
+) -> Vec<NodeId> {
+    assert!((1..=nodes.len()).contains(&replicas), "a partition has between 1 and all nodes as voters");
+    let mut load: std::collections::BTreeMap<NodeId, usize> = nodes.iter().map(|&n| (n, 0)).collect();
+    for (_, info, _) in partitions {
+        for node in info.voters.iter().chain(&info.learners) {
+            if let Some(count) = load.get_mut(node) {
+                *count += 1;
+            }
+        }
+    }
+    let mut by_load: Vec<(usize, NodeId)> = load.into_iter().map(|(n, c)| (c, n)).collect();
+    by_load.sort();
+    let mut voters: Vec<NodeId> = by_load.into_iter().take(replicas).map(|(_, n)| n).collect();
+    voters.sort();
+    voters
 }
 
 impl NodeService {
-    pub fn new(router: Arc<Router>, voters: Vec<NodeId>) -> NodeService {
-        assert!(voters.contains(&router.node()), "this node is a voter of the cluster");
-        NodeService { router, voters }
+    pub fn new(router: Arc<Router>, nodes: Vec<NodeId>, replicas: usize) -> NodeService {
+        assert!(nodes.contains(&router.node()), "this node is one of the cluster's nodes");
+        assert!((1..=nodes.len()).contains(&replicas), "replicas between 1 and the cluster's size");
+        NodeService { router, nodes, replicas }
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -81,7 +116,27 @@ impl NodeService {
     }
 
     async fn call(&self, partition: PartitionId, request: Request) -> Result<Response, ApiError> {
-        Ok(self.router.request(partition, request).await?)
+        match self.router.request(partition, request).await {
+            Ok(response) => Ok(response),
+            Err(RouteError::UnknownPartition(_)) if partition != DIRECTORY => Err(self.redirect(partition).await),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// This node does not host `partition`: send the caller to a node that does.
+    async fn redirect(&self, partition: PartitionId) -> ApiError {
+        let query = ReadQuery::Partitions;
+        let answer = self.router.request(DIRECTORY, Request::Read { query, consistency: ReadConsistency::Stale }).await;
+        let members = match answer {
+            Ok(Response::Read { result: ReadResult::Partitions(partitions), .. }) => {
+                partitions.into_iter().find(|(p, _, _)| *p == partition).map(|(_, info, _)| info)
+            }
+            _ => None,
+        };
+        match members {
+            Some(info) => ApiError::NotLeader { leader: info.voters.first().copied() },
+            None => ApiError::Unavailable(format!("partition {partition} is not known here yet")),
+        }
     }
 
     fn write_result(response: Response) -> Result<WriteOk, ApiError> {
@@ -179,7 +234,9 @@ impl NodeService {
         let partition = match (existing, &fork_of) {
             (Some(partition), _) => partition,
             (None, None) => {
-                let op = WriteOp::AllocatePartition { repo: repo.clone(), voters: self.voters.clone() };
+                let partitions = self.partitions(ReadConsistency::Stale).await?;
+                let voters = place(&self.nodes, self.replicas, &partitions);
+                let op = WriteOp::AllocatePartition { repo: repo.clone(), voters };
                 let ok = self.forwarded_write(DIRECTORY, Command { client, seq, op }).await?;
                 ok.partition.expect("an allocation names its partition")
             }
@@ -192,16 +249,36 @@ impl NodeService {
             }
         };
         let op = WriteOp::CreateRepository { repo, fork_of };
-        let mut ok = self.forwarded_write(partition, Command { client, seq, op }).await?;
+        let mut ok = self.forwarded_write_anywhere(partition, Command { client, seq, op }).await?;
         ok.partition = Some(partition);
         Ok(ok)
+    }
+
+    /// Like `forwarded_write`, but a partition this node does not host is redirected.
+    async fn forwarded_write_anywhere(&self, partition: PartitionId, command: Command) -> Result<WriteOk, ApiError> {
+        let hosted = self.router.partitions().contains(&partition);
+        if !hosted && !self.will_host(partition).await {
+            return Err(self.redirect(partition).await);
+        }
+        self.forwarded_write(partition, command).await
+    }
+
+    /// Whether the directory places `partition` on this node (its replica may not exist yet).
+    async fn will_host(&self, partition: PartitionId) -> bool {
+        let me = self.router.node();
+        match self.partitions(ReadConsistency::Stale).await {
+            Ok(partitions) => partitions
+                .iter()
+                .any(|(p, info, _)| *p == partition && (info.voters.contains(&me) || info.learners.contains(&me))),
+            Err(_) => false,
+        }
     }
 
     /// Deletes a repository's data, then its route.
     pub async fn delete_repository(&self, client: ClientId, seq: u64, repo: RepoId) -> Result<WriteOk, ApiError> {
         let partition = self.route(&repo).await?;
         let op = WriteOp::DeleteRepository { repo: repo.clone() };
-        let ok = match self.forwarded_write(partition, Command { client, seq, op }).await {
+        let ok = match self.forwarded_write_anywhere(partition, Command { client, seq, op }).await {
             // A retry after the data went but before the route did.
             Err(ApiError::Rejected(Rejection::RepositoryNotFound { .. })) => None,
             other => Some(other?),
@@ -245,6 +322,31 @@ impl NodeService {
             .collect();
         out.sort_by(|a, b| a.repo.cmp(&b.repo));
         Ok(out)
+    }
+
+    /// The partition of `repo` with its members and repositories, and the leader if this node
+    /// hosts a replica and knows it.
+    pub async fn repository_partition(&self, repo: &RepoId) -> Result<PartitionView, ApiError> {
+        let partition = self.route(repo).await?;
+        let views = self.partition_views().await?;
+        views
+            .into_iter()
+            .find(|v| v.partition == partition)
+            .ok_or_else(|| ApiError::NotFound(format!("partition {partition}")))
+    }
+
+    /// Every partition the directory knows (linearizable), with the leader where this node
+    /// knows it.
+    pub async fn partition_views(&self) -> Result<Vec<PartitionView>, ApiError> {
+        let mut views = Vec::new();
+        for (partition, info, repositories) in self.partitions(ReadConsistency::Linearizable).await? {
+            let leader = match self.router.status(partition).await {
+                Ok(status) => status.leader,
+                Err(_) => None,
+            };
+            views.push(PartitionView { partition, info, repositories, leader });
+        }
+        Ok(views)
     }
 
     /// The directory's partitions, with their members and repositories.

@@ -3,7 +3,7 @@
 use super::convert;
 use super::proto::{self, cohort_server::Cohort};
 use cohort_core::ids::{NodeId, PartitionId};
-use cohort_core::node::{ApiError, NodeService};
+use cohort_core::node::{ApiError, NodeService, PartitionView};
 use cohort_core::partition::{PartitionStatus, ReadConsistency, Role};
 use cohort_core::state_machine::{ReadQuery, ReadResult, RelativePath, WriteOk};
 use std::collections::BTreeMap;
@@ -110,6 +110,25 @@ fn role_name(role: Role) -> &'static str {
 
 #[tonic::async_trait]
 impl Cohort for ApiServer {
+    async fn repo_info(
+        &self,
+        request: Request<proto::RepoInfoRequest>,
+    ) -> Result<Response<proto::PartitionInfo>, Status> {
+        self.authorize(&request)?;
+        let repo = convert::repo(request.into_inner().repo).map_err(Status::invalid_argument)?;
+        let view = self.service.repository_partition(&repo).await.map_err(|e| self.status_of(e))?;
+        Ok(Response::new(partition_info(&view)))
+    }
+
+    async fn list_partitions(
+        &self,
+        request: Request<proto::ListPartitionsRequest>,
+    ) -> Result<Response<proto::ListPartitionsReply>, Status> {
+        self.authorize(&request)?;
+        let views = self.service.partition_views().await.map_err(|e| self.status_of(e))?;
+        Ok(Response::new(proto::ListPartitionsReply { partitions: views.iter().map(partition_info).collect() }))
+    }
+
     async fn create_repository(
         &self,
         request: Request<proto::CreateRepositoryRequest>,
@@ -241,6 +260,17 @@ impl Cohort for ApiServer {
             partitions.push(partition_status(me, status, repositories.remove(&partition).unwrap_or_default()));
         }
         Ok(Response::new(proto::StatusReply { node: me.0, nodes, partitions }))
+    }
+}
+
+fn partition_info(view: &PartitionView) -> proto::PartitionInfo {
+    proto::PartitionInfo {
+        id: view.partition.0,
+        authority: view.info.authority.clone(),
+        voters: view.info.voters.iter().map(|n| n.0).collect(),
+        learners: view.info.learners.iter().map(|n| n.0).collect(),
+        leader: view.leader.map_or(0, |l| l.0),
+        repositories: view.repositories.iter().map(convert::repo_to_wire).collect(),
     }
 }
 

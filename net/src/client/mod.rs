@@ -312,6 +312,27 @@ impl Client {
             .collect()
     }
 
+    /// The partition of `repo`: members, repositories, and the leader as the answering node
+    /// knows it (0 if it does not host a replica).
+    pub async fn repo_info(&self, repo: &RepoId) -> Result<proto::PartitionInfo, ClientError> {
+        let message = proto::RepoInfoRequest { repo: Some(convert::repo_to_wire(repo)) };
+        self.call(None, |mut c| {
+            let request = self.request(message.clone());
+            async move { c.repo_info(request).await }
+        })
+        .await
+    }
+
+    pub async fn list_partitions(&self) -> Result<Vec<proto::PartitionInfo>, ClientError> {
+        let reply = self
+            .call(None, |mut c| {
+                let request = self.request(proto::ListPartitionsRequest {});
+                async move { c.list_partitions(request).await }
+            })
+            .await?;
+        Ok(reply.partitions)
+    }
+
     /// The status as one endpoint sees it (no failover: status is per node).
     pub async fn status_of(&self, endpoint: &str) -> Result<proto::StatusReply, ClientError> {
         let mut client = CohortClient::new(self.channel(endpoint)?);

@@ -1,0 +1,97 @@
+//! `cohort partition list`, and the partition view `cohort repo info` prints.
+
+use super::{client, Cli};
+use clap::Subcommand;
+use cohort_net::api::proto;
+use cohort_net::client::Client;
+use serde::Serialize;
+
+#[derive(Subcommand, Debug)]
+pub enum PartitionCommand {
+    /// Every partition with its members, leader and repositories.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Serialize, Debug)]
+pub struct PartitionJson {
+    pub partition: u64,
+    pub authority: String,
+    /// 0 when no answering node knows a leader.
+    pub leader: u64,
+    pub replicas: Vec<ReplicaJson>,
+    pub repositories: Vec<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ReplicaJson {
+    pub node: u64,
+    /// `voter` or `learner`.
+    pub role: &'static str,
+}
+
+/// Prints partitions; a leader the answering node did not know is looked up in every
+/// endpoint's status.
+/// `single`: print one object (for `repo info`) rather than a list.
+pub async fn print(
+    client: &Client,
+    partitions: &[proto::PartitionInfo],
+    json: bool,
+    single: bool,
+) -> anyhow::Result<()> {
+    let status =
+        if partitions.iter().any(|p| p.leader == 0) { super::status::collect(client).await.ok() } else { None };
+    let views: Vec<PartitionJson> = partitions
+        .iter()
+        .map(|p| {
+            let leader = match (p.leader, &status) {
+                (0, Some(status)) => status.partitions.iter().find(|s| s.id == p.id).map_or(0, |s| s.leader),
+                (leader, _) => leader,
+            };
+            let mut replicas: Vec<ReplicaJson> =
+                p.voters.iter().map(|&node| ReplicaJson { node, role: "voter" }).collect();
+            replicas.extend(p.learners.iter().map(|&node| ReplicaJson { node, role: "learner" }));
+            replicas.sort_by_key(|r| r.node);
+            PartitionJson {
+                partition: p.id,
+                authority: p.authority.clone(),
+                leader,
+                replicas,
+                repositories: p.repositories.iter().map(|r| format!("{}/{}", r.storage, r.relative_path)).collect(),
+            }
+        })
+        .collect();
+    if json {
+        if single {
+            anyhow::ensure!(views.len() == 1, "one partition expected");
+            println!("{}", serde_json::to_string_pretty(&views[0])?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&views)?);
+        }
+        return Ok(());
+    }
+    for view in &views {
+        let leader = if view.leader == 0 { "unknown".to_owned() } else { view.leader.to_string() };
+        println!("partition {} (authority {}): leader {leader}", view.partition, view.authority);
+        for replica in &view.replicas {
+            let leading = if replica.node == view.leader { ", leader" } else { "" };
+            println!("  node {} {}{leading}", replica.node, replica.role);
+        }
+        for repo in &view.repositories {
+            println!("  repository {repo}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(cli: &Cli, command: &PartitionCommand) -> anyhow::Result<()> {
+    let client = client(cli)?;
+    match command {
+        PartitionCommand::List { json } => {
+            let partitions = client.list_partitions().await?;
+            print(&client, &partitions, *json, false).await
+        }
+    }
+}

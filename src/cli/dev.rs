@@ -76,8 +76,9 @@ fn load_existing(dir: &Path) -> anyhow::Result<Option<Vec<RawConfig>>> {
     Ok(Some(configs))
 }
 
+/// Waits up to 30 s (a loaded machine starts debug builds slowly).
 async fn wait_until_serving(address: &str) -> bool {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if tokio::net::TcpStream::connect(address).await.is_ok() {
             return true;
         }

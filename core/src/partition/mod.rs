@@ -25,7 +25,7 @@ use crate::env::{Envelope, Instant};
 use crate::ids::{NodeId, PartitionId, RequestId};
 use crate::limits;
 use crate::observe::Observer;
-use crate::persist::{ConfState, LogWrite, PersistError, RecoveredPartition};
+use crate::persist::{ConfState, EntryKind, HardState, LogEntry, LogWrite, PersistError, RecoveredPartition};
 use crate::raft_logger::raft_logger;
 use crate::state_machine::{self, Command, ReadQuery, StateMachine};
 use forwarded::Forwarded;
@@ -132,12 +132,27 @@ impl Partition {
     /// list on every replica). Its first output persists that membership.
     pub fn create(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
         assert!(voters.contains(&config.node), "a partition is created on one of its voters");
-        let conf_state = ConfState { voters: voters.iter().map(|n| n.0).collect(), ..ConfState::default() };
-        let recovered = RecoveredPartition { conf_state, ..RecoveredPartition::default() };
-        let mut partition = Partition::open(config, recovered, StateMachine::new(), now);
-        partition.conf_state_dirty = true;
-        partition.persist_metadata();
+        let bootstrap = bootstrap_entries(voters);
+        let last = bootstrap.last().expect("at least one voter").index;
+        let recovered = RecoveredPartition {
+            conf_state: ConfState { voters: voters.iter().map(|n| n.0).collect(), ..ConfState::default() },
+            hard_state: HardState { term: BOOTSTRAP_TERM, vote: 0, commit: last },
+            entries: bootstrap.clone(),
+            ..RecoveredPartition::default()
+        };
+        let mut state_machine = StateMachine::new();
+        for entry in &bootstrap {
+            state_machine.apply_noop(entry.index);
+        }
+        let mut partition = Partition::open(config, recovered, state_machine, now);
+        partition.persist_metadata(bootstrap);
         partition
+    }
+
+    /// A replica that knows nothing yet, on a node newly added to the partition: the leader
+    /// brings it its log (membership included) from the first entry.
+    pub fn create_empty(config: PartitionConfig, now: Instant) -> Partition {
+        Partition::open(config, RecoveredPartition::default(), StateMachine::new(), now)
     }
 
     /// Reopens a replica from what the log recovered and a state machine restored at
@@ -553,10 +568,11 @@ impl Partition {
         self.raw.raft.set_randomized_election_timeout(timeout);
     }
 
-    /// Persists membership on its own, outside any Ready (at creation).
-    fn persist_metadata(&mut self) {
+    /// Persists the bootstrap log on its own, outside any Ready (at creation).
+    fn persist_metadata(&mut self, bootstrap: Vec<LogEntry>) {
         assert!(self.unpersisted.is_empty(), "metadata is persisted before any ready");
         let mut write = LogWrite::new(self.config.partition);
+        write.entries = bootstrap;
         write.conf_state = Some(self.raw.store().conf_state());
         write.hard_state = Some(self.raw.store().hard_state());
         self.conf_state_dirty = false;
@@ -564,6 +580,35 @@ impl Partition {
         self.unpersisted.push_back((0, Vec::new()));
         self.outputs.push_back(Output::Persist { ready_number: 0, write });
     }
+}
+
+/// The term of a partition's bootstrap entries; elections start above it.
+const BOOTSTRAP_TERM: u64 = 1;
+
+/// A new partition's log starts with one committed membership change per initial voter, the
+/// same on every initial replica. A replica added later learns the membership by applying the
+/// log from its start, like any other entry.
+fn bootstrap_entries(voters: &[NodeId]) -> Vec<LogEntry> {
+    use protobuf::Message as _;
+    let mut sorted = voters.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, voter)| {
+            let mut change = raft::eraftpb::ConfChange::default();
+            change.set_change_type(raft::eraftpb::ConfChangeType::AddNode);
+            change.node_id = voter.0;
+            LogEntry {
+                index: i as u64 + 1,
+                term: BOOTSTRAP_TERM,
+                kind: EntryKind::ConfChange,
+                data: change.write_to_bytes().expect("encoding a conf change cannot fail"),
+                context: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -223,12 +223,19 @@ impl From<HardState> for raft::eraftpb::HardState {
 }
 
 impl From<&raft::eraftpb::ConfState> for ConfState {
+    /// Sorts every list: raft-rs builds them from hash sets, and their order must not reach
+    /// disk, messages or answers.
     fn from(cs: &raft::eraftpb::ConfState) -> ConfState {
+        let sorted = |ids: &[u64]| {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids
+        };
         ConfState {
-            voters: cs.voters.clone(),
-            learners: cs.learners.clone(),
-            voters_outgoing: cs.voters_outgoing.clone(),
-            learners_next: cs.learners_next.clone(),
+            voters: sorted(&cs.voters),
+            learners: sorted(&cs.learners),
+            voters_outgoing: sorted(&cs.voters_outgoing),
+            learners_next: sorted(&cs.learners_next),
             auto_leave: cs.auto_leave,
         }
     }

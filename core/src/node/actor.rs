@@ -29,6 +29,9 @@ pub enum PartitionInput {
     /// Stops the actor; the partition's pending requests are dropped (callers see a closed
     /// reply channel).
     Stop,
+    /// The replica left the partition: make its removal durable (after every write it queued
+    /// before), then stop.
+    Remove,
 }
 
 pub(super) struct Actor {
@@ -116,6 +119,14 @@ impl Actor {
             let now = self.env.clock.now();
             match wake {
                 Wake::Input(None) | Wake::Input(Some(PartitionInput::Stop)) => return,
+                Wake::Input(Some(PartitionInput::Remove)) => {
+                    let partition = self.partition.id();
+                    tracing::info!(%partition, node = %self.partition.node(), "replica removed; deleting its data");
+                    let write = crate::persist::LogWrite { remove: true, ..crate::persist::LogWrite::new(partition) };
+                    let done = Box::new(|_| {});
+                    let _ = self.persist.send(PersistRequest { write, done }).await;
+                    return;
+                }
                 Wake::Input(Some(PartitionInput::Message(envelope))) => self.partition.handle_message(now, envelope),
                 Wake::Input(Some(PartitionInput::Request { body, reply })) => {
                     next_request += 1;
@@ -124,7 +135,7 @@ impl Actor {
                     let proposes = match body {
                         Request::Write(_) => self.partition.is_leader(),
                         Request::ForwardedWrite(_) => true,
-                        Request::Read { .. } => false,
+                        Request::Read { .. } | Request::ChangeMembership(_) | Request::TransferLeader(_) => false,
                     };
                     if proposes {
                         self.env.metrics.proposals.inc();
@@ -171,6 +182,11 @@ impl Actor {
                 Output::PartitionAllocated { partition, info, campaign } => {
                     if let Some(router) = self.router.upgrade() {
                         router.on_partition_allocated(partition, &info, campaign);
+                    }
+                }
+                Output::MembersChanged { partition, info } => {
+                    if let Some(router) = self.router.upgrade() {
+                        router.on_members_changed(partition, &info);
                     }
                 }
                 Output::Respond { request, response } => {

@@ -121,6 +121,36 @@ impl Router {
         Ok(())
     }
 
+    /// The directory recorded new members for `partition`: create this node's replica if it
+    /// just became a member (empty: the leader brings it the log), delete it if it left.
+    pub fn on_members_changed(&self, partition: PartitionId, info: &PartitionInfo) {
+        let me = self.config.node;
+        let member = info.voters.contains(&me) || info.learners.contains(&me);
+        let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
+        match (member, mailboxes.contains_key(&partition)) {
+            (true, false) => {
+                let now = self.env.clock.now();
+                let replica = Partition::create_empty(self.partition_config(partition), now);
+                match self.start(replica) {
+                    Ok(mailbox) => {
+                        mailboxes.insert(partition, mailbox);
+                        tracing::info!(node = %me, %partition, "joined partition as a new replica");
+                    }
+                    Err(error) => tracing::error!(%partition, %error, "cannot start the new replica"),
+                }
+            }
+            (false, true) => {
+                let mut mailbox = mailboxes.remove(&partition).expect("present");
+                if mailbox.try_send(PartitionInput::Remove).is_err() {
+                    // A full mailbox: the actor stops when the channel closes; the removal is
+                    // made durable when the directory replays after a restart.
+                    mailbox.close_channel();
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The directory allocated `partition`: host a replica of it if this node is a member.
     /// Replaying the directory's log after a restart allocates again what exists already.
     pub fn on_partition_allocated(&self, partition: PartitionId, info: &PartitionInfo, campaign: bool) {

@@ -35,6 +35,9 @@ pub enum ApiError {
     Unknown,
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A membership change or leadership transfer that would be unsafe or is not possible.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl From<RouteError> for ApiError {
@@ -154,7 +157,10 @@ impl NodeService {
             Response::Busy => ApiError::Busy,
             Response::Invalid(message) => ApiError::Invalid(message),
             Response::Failed(error) => ApiError::Unavailable(error.to_string()),
-            Response::Written(_) | Response::Read { .. } => unreachable!("successes are handled by the caller"),
+            Response::Refused(reason) => ApiError::Refused(reason),
+            Response::Written(_) | Response::Read { .. } | Response::Membership(_) | Response::Transferring => {
+                unreachable!("successes are handled by the caller")
+            }
         }
     }
 

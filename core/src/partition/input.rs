@@ -1,5 +1,6 @@
 //! Requests a partition serves.
 
+use crate::ids::NodeId;
 use crate::state_machine::{Command, ReadQuery};
 
 /// A request from a client, routed to one partition.
@@ -15,6 +16,23 @@ pub enum Request {
         query: ReadQuery,
         consistency: ReadConsistency,
     },
+    /// One membership change, through the Raft log (leader only). Answered with the new
+    /// membership once the change is applied.
+    ChangeMembership(MembershipChange),
+    /// Hands leadership to a voter (leader only). Answered at once; the transfer completes
+    /// within an election timeout or is abandoned.
+    TransferLeader(NodeId),
+}
+
+/// A change to a partition's members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// A new read-only member, which receives the log but does not vote.
+    AddLearner(NodeId),
+    /// A learner becomes a voter.
+    Promote(NodeId),
+    /// A voter or learner leaves.
+    Remove(NodeId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ mod reads;
 mod ready;
 mod storage;
 
-pub use input::{ReadConsistency, Request};
+pub use input::{MembershipChange, ReadConsistency, Request};
 pub use output::{Output, Response};
 
 use crate::env::{Envelope, Instant};
@@ -338,6 +338,8 @@ impl Partition {
             Request::Read { query, consistency: ReadConsistency::Linearizable } => {
                 self.read_linearizable(request, query)
             }
+            Request::ChangeMembership(change) => self.propose_membership(request, change),
+            Request::TransferLeader(to) => self.transfer_leader(request, to),
         }
         self.after_input(now);
     }
@@ -430,7 +432,15 @@ impl Partition {
                     observer.became_leader(node, partition, term);
                 }
             }
-            None => tracing::info!(%partition, %node, term, "stepped down"),
+            None => {
+                tracing::info!(%partition, %node, term, "stepped down");
+                // What this replica proposed may still commit under the next leader, or not:
+                // tell the callers now rather than at their timeout. Writes are idempotent, so
+                // they can retry; an entry that applies here later finds no caller.
+                for request in self.proposals.drain() {
+                    self.respond(request, Response::Unknown);
+                }
+            }
         }
         self.leading_term = leading;
     }
@@ -474,6 +484,117 @@ impl Partition {
             Err(raft::Error::ProposalDropped) => self.respond(request, Response::Busy),
             Err(e) => panic!("propose on a leader failed unexpectedly: {e}"),
         }
+    }
+
+    /// Proposes one membership change after checking it is safe: one change at a time, never
+    /// the last voter, never a change after which the voters that answer are not a quorum.
+    fn propose_membership(&mut self, request: RequestId, change: MembershipChange) {
+        if !self.is_leader() {
+            let leader = self.leader();
+            self.respond(request, Response::NotLeader { leader });
+            return;
+        }
+        if let Err(reason) = self.check_membership(change) {
+            self.respond(request, Response::Refused(reason));
+            return;
+        }
+        if self.proposals.is_full() {
+            self.respond(request, Response::Busy);
+            return;
+        }
+        use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+        let (change_type, node) = match change {
+            MembershipChange::AddLearner(node) => (ConfChangeType::AddLearnerNode, node),
+            MembershipChange::Promote(node) => (ConfChangeType::AddNode, node),
+            MembershipChange::Remove(node) => (ConfChangeType::RemoveNode, node),
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = node.0;
+        let mut conf_change = ConfChangeV2::default();
+        conf_change.mut_changes().push(single);
+        let last_before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose_conf_change(Vec::new(), conf_change) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                assert_eq!(index, last_before + 1, "a membership change appends exactly one entry");
+                let term = self.raw.raft.term;
+                if let Some(displaced) = self.proposals.insert(index, term, request) {
+                    let leader = self.leader();
+                    self.respond(displaced, Response::NotLeader { leader });
+                }
+            }
+            Err(error) => self.respond(request, Response::Refused(format!("raft refused the change: {error}"))),
+        }
+    }
+
+    fn check_membership(&self, change: MembershipChange) -> Result<(), String> {
+        let raft = &self.raw.raft;
+        if raft.has_pending_conf() {
+            return Err("another membership change of this partition is in flight; try again once it applies".into());
+        }
+        let conf = raft.prs().conf();
+        let voters: Vec<u64> = conf.voters().ids().iter().collect();
+        let is_voter = |n: NodeId| voters.contains(&n.0);
+        let is_learner = |n: NodeId| conf.learners().contains(&n.0);
+        match change {
+            MembershipChange::AddLearner(node) => {
+                if is_voter(node) || is_learner(node) {
+                    return Err(format!("node {node} is already a member"));
+                }
+            }
+            MembershipChange::Promote(node) => {
+                if is_voter(node) {
+                    return Err(format!("node {node} is already a voter"));
+                }
+                if !is_learner(node) {
+                    return Err(format!("node {node} is not a learner of this partition; add it first"));
+                }
+            }
+            MembershipChange::Remove(node) => {
+                if !is_voter(node) && !is_learner(node) {
+                    return Err(format!("node {node} is not a member"));
+                }
+                if node == self.config.node {
+                    return Err(format!("node {node} leads this partition; transfer leadership first"));
+                }
+                if is_voter(node) {
+                    let remaining: Vec<u64> = voters.iter().copied().filter(|&v| v != node.0).collect();
+                    if remaining.is_empty() {
+                        return Err("that would remove the last voter".into());
+                    }
+                    // Voters the leader has heard from within an election timeout, itself included.
+                    let answering = remaining
+                        .iter()
+                        .filter(|&&v| v == self.config.node.0 || raft.prs().get(v).is_some_and(|p| p.recent_active))
+                        .count();
+                    if answering < remaining.len() / 2 + 1 {
+                        return Err(format!(
+                            "removing node {node} would leave {answering} of {} remaining voters answering: no quorum",
+                            remaining.len()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn transfer_leader(&mut self, request: RequestId, to: NodeId) {
+        if !self.is_leader() {
+            let leader = self.leader();
+            self.respond(request, Response::NotLeader { leader });
+            return;
+        }
+        let is_voter = self.raw.raft.prs().conf().voters().ids().iter().any(|v| v == to.0);
+        if !is_voter {
+            self.respond(request, Response::Refused(format!("node {to} is not a voter of this partition")));
+            return;
+        }
+        if to != self.config.node {
+            self.raw.transfer_leader(to.0);
+        }
+        self.respond(request, Response::Transferring);
     }
 
     /// Hands `command` to raft-rs, which sends it to the leader as a `MsgPropose`.

@@ -2,7 +2,7 @@
 
 use crate::env::Envelope;
 use crate::ids::{NodeId, PartitionId, RequestId};
-use crate::persist::{LogWrite, PersistError};
+use crate::persist::{ConfState, LogWrite, PersistError};
 use crate::state_machine::{PartitionInfo, ReadResult, WriteResult};
 
 /// One effect for the driver to carry out, in the order polled.
@@ -19,6 +19,9 @@ pub enum Output {
     /// creates its replica if it is a member. `campaign`: this replica leads the directory, so
     /// its node should start the new partition's first election at once rather than wait.
     PartitionAllocated { partition: PartitionId, info: PartitionInfo, campaign: bool },
+    /// The directory applied new members for `partition`: the node creates its replica if it
+    /// became a member, and deletes it if it no longer is.
+    MembersChanged { partition: PartitionId, info: PartitionInfo },
 }
 
 /// The answer to one request.
@@ -39,4 +42,10 @@ pub enum Response {
     Invalid(String),
     /// The partition stopped on a fatal error (its log could not be made durable).
     Failed(PersistError),
+    /// A membership change was applied; the partition's members are now these.
+    Membership(ConfState),
+    /// A membership change or transfer was refused; nothing changed.
+    Refused(String),
+    /// The leader started handing leadership to the node asked for.
+    Transferring,
 }

@@ -107,6 +107,7 @@ impl Partition {
 
     fn apply_committed(&mut self, entries: Vec<Entry>) {
         for entry in entries {
+            let mut membership: Option<Response> = None;
             let index = entry.index;
             if bugs::is_active(Bug::ApplyUncommitted) && index <= self.state_machine.applied_index() {
                 continue; // Applied early by the planted bug.
@@ -138,16 +139,18 @@ impl Partition {
                     }
                 },
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(&entry);
+                    let outcome = self.apply_conf_change(&entry);
                     self.state_machine.apply_noop(index);
+                    membership = Some(outcome);
                     None
                 }
             };
             match self.proposals.settle(index, entry.term) {
                 Some(Fate::Applied(request)) => {
-                    let response = match result {
-                        Some(result) => Response::Written(result),
-                        None => Response::Unknown,
+                    let response = match (result, membership) {
+                        (Some(result), _) => Response::Written(result),
+                        (None, Some(membership)) => membership,
+                        (None, None) => Response::Unknown,
                     };
                     self.outputs.push_back(Output::Respond { request, response });
                 }
@@ -163,6 +166,12 @@ impl Partition {
     /// Effects of an applied command beyond the state machine: answering a forwarded write,
     /// and telling the node about a partition the directory allocated.
     fn after_apply(&mut self, command: &Command, result: &WriteResult) {
+        if let (WriteOp::SetPartitionMembers { partition, .. }, Ok(_)) = (&command.op, result) {
+            if let Some(info) = self.state_machine.directory().partition(*partition) {
+                let info = info.clone();
+                self.outputs.push_back(Output::MembersChanged { partition: *partition, info });
+            }
+        }
         if let (WriteOp::AllocatePartition { .. }, Ok(ok)) = (&command.op, result) {
             let partition = ok.partition.expect("an allocation names its partition");
             let info = self
@@ -179,7 +188,8 @@ impl Partition {
         }
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry) {
+    /// Applies a committed membership change; returns the answer for whoever proposed it.
+    fn apply_conf_change(&mut self, entry: &Entry) -> Response {
         use protobuf::Message as _;
         let conf_state = if entry.get_entry_type() == EntryType::EntryConfChange {
             let mut change = ConfChange::default();
@@ -190,14 +200,21 @@ impl Partition {
         };
         match conf_state {
             Ok(Ok(conf_state)) => {
+                let applied = (&conf_state).into();
                 self.raw.mut_store().set_conf_state(conf_state);
                 self.conf_state_dirty = true;
+                tracing::info!(partition = %self.config.partition, node = %self.config.node, ?applied, "membership changed");
+                Response::Membership(applied)
             }
             // Deterministic on every replica; the membership stays as it was.
-            Ok(Err(error)) => tracing::warn!(partition = %self.config.partition, %error,
-                "committed membership change refused by raft"),
-            Err(error) => tracing::error!(partition = %self.config.partition, %error,
-                "committed membership change does not decode"),
+            Ok(Err(error)) => {
+                tracing::warn!(partition = %self.config.partition, %error, "committed membership change refused by raft");
+                Response::Refused(format!("raft refused the change: {error}"))
+            }
+            Err(error) => {
+                tracing::error!(partition = %self.config.partition, %error, "committed membership change does not decode");
+                Response::Refused(format!("the change does not decode: {error}"))
+            }
         }
     }
 }

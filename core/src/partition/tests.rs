@@ -351,3 +351,114 @@ fn a_forwarded_write_that_is_lost_is_answered_unknown() {
     assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()));
     assert_eq!(cluster.response(request), Some(&Response::Unknown));
 }
+
+fn change(cluster: &mut Cluster, change: MembershipChange) -> Response {
+    request_on_leader(cluster, Request::ChangeMembership(change))
+}
+
+fn caught_up(cluster: &Cluster, node: NodeId) -> bool {
+    let leader = cluster.leader().unwrap();
+    let commit = cluster.replica(leader).status().commit_index;
+    cluster.replica(node).status().applied_index >= commit
+}
+
+#[test]
+fn a_learner_joins_empty_catches_up_from_the_log_and_is_promoted() {
+    let mut cluster = Cluster::new(3, 20);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    for seq in 2..10 {
+        assert_written(&request_on_leader(&mut cluster, set_main(1, seq, &seq.to_le_bytes()).0));
+    }
+    let new = NodeId(4);
+    match change(&mut cluster, MembershipChange::AddLearner(new)) {
+        Response::Membership(conf) => {
+            assert_eq!(conf.voters, vec![1, 2, 3]);
+            assert_eq!(conf.learners, vec![4]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    cluster.add_empty_replica(new);
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, new)), "the learner catches up");
+    let status = cluster.replica(new).status();
+    assert_eq!(status.role, Role::Learner);
+    assert_eq!(status.conf_state.voters, vec![1, 2, 3], "it learned the membership from the log");
+    let leader = cluster.leader().unwrap();
+    assert_eq!(cluster.replica(new).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    // A stale read on the learner sees the data.
+    let read = cluster.request(new, list_refs(ReadConsistency::Stale));
+    assert!(
+        matches!(cluster.response(read), Some(Response::Read { result: ReadResult::Refs(refs), .. }) if refs.len() == 1)
+    );
+
+    match change(&mut cluster, MembershipChange::Promote(new)) {
+        Response::Membership(conf) => assert_eq!(conf.voters, vec![1, 2, 3, 4]),
+        other => panic!("unexpected {other:?}"),
+    }
+    let follower = cluster.nodes().into_iter().find(|&n| n != cluster.leader().unwrap() && n != new).unwrap();
+    match change(&mut cluster, MembershipChange::Remove(follower)) {
+        Response::Membership(conf) => assert!(!conf.voters.contains(&follower.0) && conf.voters.len() == 3),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_written(&request_on_leader(&mut cluster, set_main(1, 20, b"after changes").0));
+    assert_one_leader_per_term(&cluster);
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn unsafe_or_impossible_membership_changes_are_refused() {
+    let mut cluster = Cluster::new(3, 21);
+    let leader = elect(&mut cluster);
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    let refused = |r: &Response| matches!(r, Response::Refused(_));
+    assert!(refused(&change(&mut cluster, MembershipChange::Remove(leader))), "the leader itself");
+    assert!(refused(&change(&mut cluster, MembershipChange::Promote(NodeId(9)))), "not a learner");
+    assert!(refused(&change(&mut cluster, MembershipChange::AddLearner(follower))), "already a member");
+    assert!(refused(&change(&mut cluster, MembershipChange::Remove(NodeId(9)))), "not a member");
+
+    // Two changes at once: the second is refused while the first is in flight.
+    let first = cluster.request(leader, Request::ChangeMembership(MembershipChange::AddLearner(NodeId(4))));
+    let second = cluster.request(leader, Request::ChangeMembership(MembershipChange::AddLearner(NodeId(5))));
+    assert!(matches!(cluster.response(second), Some(Response::Refused(reason)) if reason.contains("in flight")));
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(first).is_some()));
+    assert!(matches!(cluster.response(first), Some(Response::Membership(_))));
+
+    // Five voters, two of them unreachable: removing a reachable one would leave 2 of 4
+    // voters answering, no quorum.
+    let mut cluster = Cluster::new(5, 24);
+    let leader = elect(&mut cluster);
+    let others: Vec<NodeId> = cluster.nodes().into_iter().filter(|&n| n != leader).collect();
+    cluster.isolate(others[0]);
+    cluster.isolate(others[1]);
+    // Let check-quorum notice who stopped answering (an election timeout and more).
+    let until = cluster.now + std::time::Duration::from_secs(5);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.now >= until));
+    assert_eq!(cluster.leader(), Some(leader), "three of five still answer: the leader stays");
+    let removal = cluster.request(leader, Request::ChangeMembership(MembershipChange::Remove(others[2])));
+    assert!(
+        matches!(cluster.response(removal), Some(Response::Refused(reason)) if reason.contains("no quorum")),
+        "{:?}",
+        cluster.response(removal)
+    );
+}
+
+#[test]
+fn the_last_voter_cannot_be_removed() {
+    let mut cluster = Cluster::new(1, 22);
+    let leader = elect(&mut cluster);
+    match change(&mut cluster, MembershipChange::AddLearner(NodeId(2))) {
+        Response::Membership(_) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    // Removing the only voter: refused (it is also the leader).
+    assert!(matches!(change(&mut cluster, MembershipChange::Remove(leader)), Response::Refused(_)));
+}
+
+#[test]
+fn leadership_moves_to_the_voter_asked_for() {
+    let mut cluster = Cluster::new(3, 23);
+    let leader = elect(&mut cluster);
+    let target = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    assert_eq!(request_on_leader(&mut cluster, Request::TransferLeader(target)), Response::Transferring);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader() == Some(target)), "leadership moved");
+    assert!(matches!(request_on_leader(&mut cluster, Request::TransferLeader(NodeId(9))), Response::Refused(_)));
+}

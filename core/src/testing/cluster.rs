@@ -129,6 +129,18 @@ impl Cluster {
         self.responses.iter().find(|d| d.request == request).map(|d| &d.response)
     }
 
+    /// Starts an empty replica on a node that is not in the cluster yet (a member being added).
+    pub fn add_empty_replica(&mut self, node: NodeId) {
+        assert!(!self.replicas.contains_key(&node), "node {node} has no replica yet");
+        let config = PartitionConfig::new(node, self.partition, self.seed.wrapping_add(node.0));
+        let partition = Partition::create_empty(config, self.now);
+        self.replicas.insert(
+            node,
+            Replica { partition, pending_writes: VecDeque::new(), durable: RecoveredPartition::default() },
+        );
+        self.collect(node);
+    }
+
     /// Stops `node` at once: what it had not made durable is lost.
     pub fn crash(&mut self, node: NodeId) {
         let replica = self.replicas.remove(&node).expect("node is up");
@@ -192,7 +204,7 @@ impl Cluster {
                     Output::Respond { request, response } => self.responses.push(Delivered { node, request, response }),
                     // One partition only here: the directory's allocations have no replica to
                     // create.
-                    Output::PartitionAllocated { .. } => {}
+                    Output::PartitionAllocated { .. } | Output::MembersChanged { .. } => {}
                 }
             }
             if !any || !self.auto_persist {

@@ -147,6 +147,7 @@ impl SimClient {
             ApiError::NotFound(_) => Attempt::Retry { at: None },
             ApiError::Invalid(message) => panic!("the workload sent an invalid request: {message}"),
             ApiError::Rejected(rejection) => panic!("unexpected rejection {rejection}"),
+            ApiError::Refused(reason) => panic!("the workload changes no membership, yet: {reason}"),
         }
     }
 

@@ -75,6 +75,7 @@ impl ApiServer {
             ApiError::Busy => Status::resource_exhausted("busy: too many requests in flight"),
             ApiError::Unknown => Status::unavailable("outcome unknown; retry with the same client id and sequence"),
             ApiError::Unavailable(message) => Status::unavailable(message),
+            ApiError::Refused(reason) => Status::failed_precondition(reason),
         }
     }
 }

@@ -13,6 +13,33 @@ pub enum PartitionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a replica: a voter (joins as a learner, catches up, is promoted) or, with
+    /// --learner, a read-only replica.
+    AddReplica {
+        partition: u64,
+        #[arg(long)]
+        node: u64,
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a learner to voter once it has caught up.
+    Promote {
+        partition: u64,
+        #[arg(long)]
+        node: u64,
+    },
+    /// Remove a replica (voter or learner); its node deletes its data.
+    RemoveReplica {
+        partition: u64,
+        #[arg(long)]
+        node: u64,
+    },
+    /// Move leadership to a voter.
+    TransferLeader {
+        partition: u64,
+        #[arg(long)]
+        node: u64,
+    },
 }
 
 #[derive(Serialize, Debug)]
@@ -92,6 +119,23 @@ pub async fn run(cli: &Cli, command: &PartitionCommand) -> anyhow::Result<()> {
         PartitionCommand::List { json } => {
             let partitions = client.list_partitions().await?;
             print(&client, &partitions, *json, false).await
+        }
+        PartitionCommand::AddReplica { partition, node, learner } => {
+            let action = if *learner { "add-learner" } else { "add-voter" };
+            let info = client.change_members(*partition, *node, action).await?;
+            print(&client, &[info], false, true).await
+        }
+        PartitionCommand::Promote { partition, node } => {
+            let info = client.change_members(*partition, *node, "promote").await?;
+            print(&client, &[info], false, true).await
+        }
+        PartitionCommand::RemoveReplica { partition, node } => {
+            let info = client.change_members(*partition, *node, "remove").await?;
+            print(&client, &[info], false, true).await
+        }
+        PartitionCommand::TransferLeader { partition, node } => {
+            let info = client.change_members(*partition, *node, "transfer-leader").await?;
+            print(&client, &[info], false, true).await
         }
     }
 }

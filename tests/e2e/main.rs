@@ -3,6 +3,7 @@
 mod basics;
 mod cluster;
 mod failover;
+mod membership;
 mod operations;
 mod replica_sets;
 mod robustness;

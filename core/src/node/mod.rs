@@ -13,4 +13,6 @@ mod service;
 
 pub use actor::PartitionInput;
 pub use router::{RouteError, Router, RouterConfig, RouterStats};
-pub use service::{place, ApiError, NodeService, PartitionView, ReadAnswer, RoutedRepository, DIRECTORY};
+pub use service::{
+    place, ApiError, MembersAction, NodeService, PartitionView, ReadAnswer, RoutedRepository, DIRECTORY,
+};

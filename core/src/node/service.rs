@@ -4,7 +4,8 @@
 
 use super::router::{RouteError, Router};
 use crate::ids::{ClientId, NodeId, PartitionId};
-use crate::partition::{ReadConsistency, Request, Response};
+use crate::partition::{MembershipChange, ReadConsistency, Request, Response};
+use crate::persist::ConfState;
 use crate::state_machine::{
     Command, PartitionInfo, ReadQuery, ReadResult, Rejection, RelativePath, RepoId, WriteOk, WriteOp,
 };
@@ -60,6 +61,22 @@ pub struct ReadAnswer {
     pub partition: PartitionId,
 }
 
+/// An operator's change to a partition's replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembersAction {
+    /// A read-only replica.
+    AddLearner,
+    /// An electable replica: joins as a learner, catches up, then is promoted.
+    AddVoter,
+    /// A learner that has caught up becomes a voter.
+    Promote,
+    Remove,
+    TransferLeader,
+}
+
+/// How long a new replica may take to catch up before its promotion is given up.
+const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A partition's directory entry and the leader this node knows of.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionView {
@@ -78,6 +95,8 @@ pub struct RoutedRepository {
 
 pub struct NodeService {
     router: Arc<Router>,
+    /// Directory updates this node made, to name each with its own writer.
+    internal_writes: std::sync::atomic::AtomicU64,
     /// Every node of the static cluster: where new partitions may be placed.
     nodes: Vec<NodeId>,
     /// Voters of each new partition.
@@ -111,7 +130,7 @@ impl NodeService {
     pub fn new(router: Arc<Router>, nodes: Vec<NodeId>, replicas: usize) -> NodeService {
         assert!(nodes.contains(&router.node()), "this node is one of the cluster's nodes");
         assert!((1..=nodes.len()).contains(&replicas), "replicas between 1 and the cluster's size");
-        NodeService { router, nodes, replicas }
+        NodeService { router, nodes, replicas, internal_writes: std::sync::atomic::AtomicU64::new(0) }
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -353,6 +372,134 @@ impl NodeService {
             views.push(PartitionView { partition, info, repositories, leader });
         }
         Ok(views)
+    }
+
+    /// Changes the replicas of `partition`, on its leader, one Raft membership change at a
+    /// time, and records the new members in the directory. Each step tolerates having been
+    /// done already, so an interrupted call can be repeated.
+    pub async fn change_members(
+        &self,
+        partition: PartitionId,
+        node: NodeId,
+        action: MembersAction,
+    ) -> Result<PartitionView, ApiError> {
+        if partition == DIRECTORY {
+            return Err(ApiError::Invalid("the directory lives on every node; its members do not change".into()));
+        }
+        if !self.nodes.contains(&node) {
+            return Err(ApiError::Invalid(format!("node {node} is not a node of this cluster")));
+        }
+        match action {
+            MembersAction::AddLearner => {
+                self.membership_step(partition, MembershipChange::AddLearner(node), |c| c.learners.contains(&node.0))
+                    .await?;
+            }
+            MembersAction::AddVoter => {
+                self.membership_step(partition, MembershipChange::AddLearner(node), |c| {
+                    c.learners.contains(&node.0) || c.voters.contains(&node.0)
+                })
+                .await?;
+                self.wait_caught_up(partition, node).await?;
+                self.membership_step(partition, MembershipChange::Promote(node), |c| c.voters.contains(&node.0))
+                    .await?;
+            }
+            MembersAction::Promote => {
+                self.wait_caught_up(partition, node).await?;
+                self.membership_step(partition, MembershipChange::Promote(node), |c| c.voters.contains(&node.0))
+                    .await?;
+            }
+            MembersAction::Remove => {
+                self.membership_step(partition, MembershipChange::Remove(node), |c| {
+                    !c.voters.contains(&node.0) && !c.learners.contains(&node.0)
+                })
+                .await?;
+            }
+            MembersAction::TransferLeader => self.transfer_leader(partition, node).await?,
+        }
+        let views = self.partition_views().await?;
+        views
+            .into_iter()
+            .find(|v| v.partition == partition)
+            .ok_or_else(|| ApiError::NotFound(format!("partition {partition}")))
+    }
+
+    /// One membership change on the partition's leader (here), then the directory update.
+    /// `done` says whether a membership already has the change (a repeated call).
+    async fn membership_step(
+        &self,
+        partition: PartitionId,
+        change: MembershipChange,
+        done: impl Fn(&ConfState) -> bool,
+    ) -> Result<(), ApiError> {
+        let conf = match self.call(partition, Request::ChangeMembership(change)).await? {
+            Response::Membership(conf) => conf,
+            Response::Refused(reason) => {
+                let status = self.router.status(partition).await?;
+                if !done(&status.conf_state) {
+                    return Err(ApiError::Refused(reason));
+                }
+                status.conf_state
+            }
+            other => return Err(Self::failure(other)),
+        };
+        self.record_members(partition, &conf).await
+    }
+
+    /// Writes `conf` to the directory; nodes create or delete their replicas when they apply it.
+    async fn record_members(&self, partition: PartitionId, conf: &ConfState) -> Result<(), ApiError> {
+        // A fresh writer for each update: the update sets whole member lists, so it needs no
+        // deduplication, and a node-made sequence could collide with a client's.
+        let writer = self.next_internal_writer();
+        let voters = conf.voters.iter().map(|&n| NodeId(n)).collect();
+        let learners = conf.learners.iter().map(|&n| NodeId(n)).collect();
+        let op = WriteOp::SetPartitionMembers { partition, voters, learners };
+        self.forwarded_write(DIRECTORY, Command { client: writer, seq: 1, op }).await.map(|_| ())
+    }
+
+    fn next_internal_writer(&self) -> ClientId {
+        let n = self.internal_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seed = self.router.env().seed;
+        // Spread over the id space; mixing the node's seed keeps ids apart across restarts.
+        ClientId((seed ^ (self.router.node().0 << 48) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1 << 63)
+    }
+
+    /// Waits until `node`'s replica has every committed entry, as the leader (here) sees it.
+    async fn wait_caught_up(&self, partition: PartitionId, node: NodeId) -> Result<(), ApiError> {
+        let clock = self.router.env().clock.clone();
+        let deadline = clock.now() + CATCH_UP_TIMEOUT;
+        loop {
+            let status = self.router.status(partition).await?;
+            if status.leader != Some(self.router.node()) {
+                return Err(ApiError::NotLeader { leader: status.leader });
+            }
+            let matched = status.progress.iter().find(|p| p.node == node).map(|p| p.match_index);
+            match matched {
+                None => return Err(ApiError::Refused(format!("node {node} is not a member of partition {partition}"))),
+                Some(index) if index >= status.commit_index => return Ok(()),
+                Some(_) if clock.now() >= deadline => {
+                    return Err(ApiError::Unavailable(format!(
+                        "node {node} did not catch up within {CATCH_UP_TIMEOUT:?}"
+                    )))
+                }
+                Some(_) => clock.sleep_until(clock.now() + self.router.tick_interval()).await,
+            }
+        }
+    }
+
+    async fn transfer_leader(&self, partition: PartitionId, node: NodeId) -> Result<(), ApiError> {
+        match self.call(partition, Request::TransferLeader(node)).await? {
+            Response::Transferring => {}
+            other => return Err(Self::failure(other)),
+        }
+        let clock = self.router.env().clock.clone();
+        let deadline = clock.now() + self.router.tick_interval() * 50;
+        while clock.now() < deadline {
+            if self.router.status(partition).await?.leader == Some(node) {
+                return Ok(());
+            }
+            clock.sleep_until(clock.now() + self.router.tick_interval()).await;
+        }
+        Err(ApiError::Unavailable(format!("leadership did not move to node {node} in time")))
     }
 
     /// The directory's partitions, with their members and repositories.

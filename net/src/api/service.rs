@@ -3,7 +3,7 @@
 use super::convert;
 use super::proto::{self, cohort_server::Cohort};
 use cohort_core::ids::{NodeId, PartitionId};
-use cohort_core::node::{ApiError, NodeService, PartitionView};
+use cohort_core::node::{ApiError, MembersAction, NodeService, PartitionView};
 use cohort_core::partition::{PartitionStatus, ReadConsistency, Role};
 use cohort_core::state_machine::{ReadQuery, ReadResult, RelativePath, WriteOk};
 use std::collections::BTreeMap;
@@ -118,6 +118,28 @@ impl Cohort for ApiServer {
         self.authorize(&request)?;
         let repo = convert::repo(request.into_inner().repo).map_err(Status::invalid_argument)?;
         let view = self.service.repository_partition(&repo).await.map_err(|e| self.status_of(e))?;
+        Ok(Response::new(partition_info(&view)))
+    }
+
+    async fn change_members(
+        &self,
+        request: Request<proto::ChangeMembersRequest>,
+    ) -> Result<Response<proto::PartitionInfo>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let action = match request.action.as_str() {
+            "add-learner" => MembersAction::AddLearner,
+            "add-voter" => MembersAction::AddVoter,
+            "promote" => MembersAction::Promote,
+            "remove" => MembersAction::Remove,
+            "transfer-leader" => MembersAction::TransferLeader,
+            other => return Err(Status::invalid_argument(format!("unknown membership action {other:?}"))),
+        };
+        let view = self
+            .service
+            .change_members(PartitionId(request.partition), NodeId(request.node), action)
+            .await
+            .map_err(|e| self.status_of(e))?;
         Ok(Response::new(partition_info(&view)))
     }
 

@@ -148,7 +148,22 @@ impl Client {
 
     /// Runs `attempt` against endpoints until it succeeds, fails for good, or the deadline
     /// passes. `key` names the repository, for the leader cache.
-    async fn call<T, F, Fut>(&self, key: Option<String>, mut attempt: F) -> Result<T, ClientError>
+    async fn call<T, F, Fut>(&self, key: Option<String>, attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(CohortClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_with(key, self.config.attempt_timeout, attempt).await
+    }
+
+    /// `call` with its own time per attempt (a membership change waits for a replica to
+    /// catch up, far longer than a write).
+    async fn call_with<T, F, Fut>(
+        &self,
+        key: Option<String>,
+        attempt_timeout: Duration,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(CohortClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -166,7 +181,7 @@ impl Client {
             attempts += 1;
             let client = CohortClient::new(self.channel(&target)?)
                 .max_decoding_message_size(cohort_core::limits::COMMAND_SIZE_BYTES_MAX + 64 * 1024);
-            let outcome = tokio::time::timeout(self.config.attempt_timeout, attempt(client)).await;
+            let outcome = tokio::time::timeout(attempt_timeout, attempt(client)).await;
             let last = match outcome {
                 Ok(Ok(response)) => {
                     if let Some(key) = key {
@@ -189,7 +204,7 @@ impl Client {
                     }
                 },
                 Err(_) => {
-                    let message = format!("{target}: no answer within {:?}", self.config.attempt_timeout);
+                    let message = format!("{target}: no answer within {attempt_timeout:?}");
                     target = self.next_endpoint();
                     message
                 }
@@ -319,6 +334,22 @@ impl Client {
         self.call(None, |mut c| {
             let request = self.request(message.clone());
             async move { c.repo_info(request).await }
+        })
+        .await
+    }
+
+    /// Changes a partition's replicas (`action`: add-learner, add-voter, promote, remove,
+    /// transfer-leader), following leader hints; returns the new membership.
+    pub async fn change_members(
+        &self,
+        partition: u64,
+        node: u64,
+        action: &str,
+    ) -> Result<proto::PartitionInfo, ClientError> {
+        let message = proto::ChangeMembersRequest { partition, node, action: action.to_owned() };
+        self.call_with(None, self.config.deadline, |mut c| {
+            let request = self.request(message.clone());
+            async move { c.change_members(request).await }
         })
         .await
     }

@@ -1,0 +1,126 @@
+//! Adding, promoting and removing replicas and moving leadership on a live partition.
+
+use crate::cluster::{repo, runtime, stdout, TestCluster};
+use cohort_core::state_machine::{Expected, NewObject, ObjectKind, RefName, RefValue};
+use cohort_net::client::RefChange;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+fn members(info: &serde_json::Value) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let mut voters = BTreeSet::new();
+    let mut learners = BTreeSet::new();
+    for r in info["replicas"].as_array().unwrap() {
+        let node = r["node"].as_u64().unwrap();
+        if r["role"] == "voter" {
+            voters.insert(node);
+        } else {
+            learners.insert(node);
+        }
+    }
+    (voters, learners)
+}
+
+/// Partitions the node at `id` hosts, as its own status says.
+fn hosted(cluster: &TestCluster, id: u64) -> BTreeSet<u64> {
+    let out = cluster.cli_at(&cluster.endpoint(id), &["status", "--json"], None);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["replicas"].as_array().unwrap().iter().any(|r| r["node"] == id))
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn replicas_are_added_promoted_removed_and_leadership_moves() {
+    let mut cluster = TestCluster::start_with_replicas(5, Some(3));
+    let rt = runtime();
+    let client = cluster.client(31);
+    rt.block_on(client.create_repository(&repo("m.git"), None)).unwrap();
+    let write = |key: u32| {
+        let object = NewObject::new(ObjectKind::Blob, format!("value {key}").into_bytes());
+        let change = RefChange {
+            name: RefName::new(&format!("refs/heads/k{key}")).unwrap(),
+            expected: Expected::Any,
+            new: Some(RefValue::Direct(object.oid)),
+        };
+        rt.block_on(client.write(&repo("m.git"), vec![object], vec![change])).unwrap();
+    };
+    for key in 0..300 {
+        write(key);
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(&stdout(&cluster.cli(&["repo", "info", "m.git", "--json"]))).unwrap();
+    let partition = info["partition"].as_u64().unwrap().to_string();
+    let (voters, _) = members(&info);
+    let outsider = (1..=5).find(|n| !voters.contains(n)).unwrap();
+
+    // A learner joins, catches up, and serves stale reads.
+    let out =
+        stdout(&cluster.cli(&["partition", "add-replica", &partition, "--node", &outsider.to_string(), "--learner"]));
+    assert!(out.contains(&format!("node {outsider} learner")), "{out}");
+    wait_for("the learner to catch up", || {
+        let out = cluster.cli_at(&cluster.endpoint(outsider), &["ref", "list", "m.git", "--stale"], None);
+        String::from_utf8_lossy(&out.stdout).lines().count() == 300
+    });
+
+    // It becomes a voter; an original voter leaves and deletes its replica.
+    let out = stdout(&cluster.cli(&["partition", "promote", &partition, "--node", &outsider.to_string()]));
+    assert!(out.contains(&format!("node {outsider} voter")), "{out}");
+    let leader = info["leader"].as_u64().unwrap();
+    let leaving = *voters.iter().find(|&&v| v != leader).unwrap();
+    stdout(&cluster.cli(&["partition", "remove-replica", &partition, "--node", &leaving.to_string()]));
+    let info: serde_json::Value =
+        serde_json::from_str(&stdout(&cluster.cli(&["repo", "info", "m.git", "--json"]))).unwrap();
+    let (voters, learners) = members(&info);
+    assert!(
+        voters.contains(&outsider) && !voters.contains(&leaving) && learners.is_empty() && voters.len() == 3,
+        "{info}"
+    );
+    let p: u64 = partition.parse().unwrap();
+    wait_for("the removed node to drop its replica", || !hosted(&cluster, leaving).contains(&p));
+
+    // Refusals are clear and change nothing.
+    let refused = cluster.cli(&["partition", "add-replica", &partition, "--node", &outsider.to_string(), "--learner"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("already a member"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Leadership moves to the newcomer; then it is killed and writes go on.
+    stdout(&cluster.cli(&["partition", "transfer-leader", &partition, "--node", &outsider.to_string()]));
+    wait_for("leadership to move", || cluster.leader_of(p) == outsider);
+    cluster.kill9(outsider);
+    for key in 300..320 {
+        write(key);
+    }
+
+    // Everything restarts; every acknowledged write is there and every node knows its replicas.
+    for id in 1..=5 {
+        if cluster.children.contains_key(&id) {
+            cluster.kill9(id);
+        }
+    }
+    for id in 1..=5 {
+        cluster.start_node(id);
+    }
+    for id in 1..=5 {
+        cluster.wait_serving(id);
+    }
+    let (refs, _) = rt.block_on(cluster.client(32).read_refs(&repo("m.git"), false)).unwrap();
+    assert_eq!(refs.len(), 320, "every acknowledged write survived");
+    wait_for("every member to host the partition again", || voters.iter().all(|&v| hosted(&cluster, v).contains(&p)));
+    assert!(!hosted(&cluster, leaving).contains(&p), "the removed node did not bring its replica back");
+}

@@ -24,8 +24,11 @@ pub struct DevArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `count` distinct free loopback ports: every listener is held until all are chosen, so
+/// the system cannot hand out one port twice.
+fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?)
 }
 
 fn config_path(dir: &Path, id: u64) -> PathBuf {
@@ -34,15 +37,18 @@ fn config_path(dir: &Path, id: u64) -> PathBuf {
 
 /// The configs of a new cluster in `dir`, on free loopback ports.
 fn new_cluster(dir: &Path, count: u64, replicas: Option<usize>) -> anyhow::Result<Vec<RawConfig>> {
-    let mut nodes = Vec::new();
-    for id in 1..=count {
-        nodes.push(RawNode {
-            id,
-            peer_address: format!("127.0.0.1:{}", free_port()?),
-            client_address: format!("127.0.0.1:{}", free_port()?),
-            http_address: format!("127.0.0.1:{}", free_port()?),
-        });
-    }
+    let ports = free_ports(3 * count as usize)?;
+    let nodes: Vec<RawNode> = (1..=count)
+        .map(|id| {
+            let base = 3 * (id - 1) as usize;
+            RawNode {
+                id,
+                peer_address: format!("127.0.0.1:{}", ports[base]),
+                client_address: format!("127.0.0.1:{}", ports[base + 1]),
+                http_address: format!("127.0.0.1:{}", ports[base + 2]),
+            }
+        })
+        .collect();
     let secret = format!("{:032x}", rand::random::<u128>());
     Ok((1..=count)
         .map(|id| RawConfig {

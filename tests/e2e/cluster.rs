@@ -21,8 +21,11 @@ pub struct TestCluster {
     pub children: BTreeMap<u64, Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `count` distinct free ports: every listener is held until all are chosen, so the system
+/// cannot hand out one port twice.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 pub fn repo(path: &str) -> RepoId {
@@ -36,12 +39,16 @@ impl TestCluster {
 
     pub fn start_with_replicas(count: u64, replicas: Option<usize>) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(3 * count as usize);
         let nodes: Vec<RawNode> = (1..=count)
-            .map(|id| RawNode {
-                id,
-                peer_address: format!("127.0.0.1:{}", free_port()),
-                client_address: format!("127.0.0.1:{}", free_port()),
-                http_address: format!("127.0.0.1:{}", free_port()),
+            .map(|id| {
+                let base = 3 * (id - 1) as usize;
+                RawNode {
+                    id,
+                    peer_address: format!("127.0.0.1:{}", ports[base]),
+                    client_address: format!("127.0.0.1:{}", ports[base + 1]),
+                    http_address: format!("127.0.0.1:{}", ports[base + 2]),
+                }
             })
             .collect();
         let configs: Vec<RawConfig> = (1..=count)
@@ -204,6 +211,16 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep the nodes' logs of a failed test where a person can read them.
+            let keep = std::env::temp_dir().join(format!("cohort-e2e-failed-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&keep);
+            for config in &self.configs {
+                let name = format!("node-{}.log", config.node_id);
+                let _ = std::fs::copy(self.dir.path().join(&name), keep.join(&name));
+            }
+            eprintln!("node logs kept in {}", keep.display());
+        }
         for (_, child) in self.children.iter_mut() {
             let _ = child.kill();
             let _ = child.wait();

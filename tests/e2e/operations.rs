@@ -6,7 +6,17 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn http_get(address: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    // The HTTP server starts just after the client API: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(stream) => break stream,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "HTTP at {address}: {error}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
@@ -72,7 +82,7 @@ fn cohort_dev_starts_a_cluster_and_restarts_it_with_its_data() {
             .args(["dev", "--nodes", "3", "--data-dir"])
             .arg(&data)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
@@ -84,7 +94,15 @@ fn cohort_dev_starts_a_cluster_and_restarts_it_with_its_data() {
                     return text.trim().to_owned();
                 }
             }
-            assert!(dev.try_wait().unwrap().is_none(), "cohort dev exited early");
+            if let Some(status) = dev.try_wait().unwrap() {
+                let mut out = String::new();
+                let _ = dev.stdout.take().unwrap().read_to_string(&mut out);
+                let logs: String = (1..=3)
+                    .map(|id| std::fs::read_to_string(data.join(format!("node-{id}/node.log"))).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n");
+                panic!("cohort dev exited early ({status}): {out}\nnode logs:\n{logs}");
+            }
             assert!(Instant::now() < deadline, "cohort dev never wrote its endpoints");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -353,18 +353,17 @@ impl NodeService {
     /// hosts a replica and knows it.
     pub async fn repository_partition(&self, repo: &RepoId) -> Result<PartitionView, ApiError> {
         let partition = self.route(repo).await?;
-        let views = self.partition_views().await?;
+        let views = self.partition_views(ReadConsistency::Linearizable).await?;
         views
             .into_iter()
             .find(|v| v.partition == partition)
             .ok_or_else(|| ApiError::NotFound(format!("partition {partition}")))
     }
 
-    /// Every partition the directory knows (linearizable), with the leader where this node
-    /// knows it.
-    pub async fn partition_views(&self) -> Result<Vec<PartitionView>, ApiError> {
+    /// Every partition the directory knows, with the leader where this node knows it.
+    pub async fn partition_views(&self, consistency: ReadConsistency) -> Result<Vec<PartitionView>, ApiError> {
         let mut views = Vec::new();
-        for (partition, info, repositories) in self.partitions(ReadConsistency::Linearizable).await? {
+        for (partition, info, repositories) in self.partitions(consistency).await? {
             let leader = match self.router.status(partition).await {
                 Ok(status) => status.leader,
                 Err(_) => None,
@@ -416,7 +415,10 @@ impl NodeService {
             }
             MembersAction::TransferLeader => self.transfer_leader(partition, node).await?,
         }
-        let views = self.partition_views().await?;
+        // This node applied the directory update it waited for: its own replica of the
+        // directory is fresh enough, and asking the directory's leader would send the caller
+        // away from the partition's leader.
+        let views = self.partition_views(ReadConsistency::Stale).await?;
         views
             .into_iter()
             .find(|v| v.partition == partition)

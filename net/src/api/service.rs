@@ -148,7 +148,7 @@ impl Cohort for ApiServer {
         request: Request<proto::ListPartitionsRequest>,
     ) -> Result<Response<proto::ListPartitionsReply>, Status> {
         self.authorize(&request)?;
-        let views = self.service.partition_views().await.map_err(|e| self.status_of(e))?;
+        let views = self.service.partition_views(ReadConsistency::Linearizable).await.map_err(|e| self.status_of(e))?;
         Ok(Response::new(proto::ListPartitionsReply { partitions: views.iter().map(partition_info).collect() }))
     }
 

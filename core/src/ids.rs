@@ -36,3 +36,7 @@ id_type!(
     /// Names one in-flight request inside one node, so a partition's answer finds its caller.
     RequestId
 );
+
+/// The partition that holds the directory (repository -> partition, partition -> members). It
+/// exists on every node from the start.
+pub const DIRECTORY: PartitionId = PartitionId(0);

@@ -156,11 +156,6 @@ fn run_one(seed: u64, scenario: &str, bug: Option<&str>, json: bool, trace: bool
     config.net.send_latency = std::time::Duration::from_micros(50)..std::time::Duration::from_millis(2);
     let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, config);
     let report = runtime.block_on(scenario::run(options));
-    if trace {
-        for line in &report.trace {
-            println!("{line}");
-        }
-    }
     let passed = report.failures.is_empty();
     if json {
         let summary = cohort_sim::campaign::SeedSummary {

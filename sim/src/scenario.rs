@@ -9,6 +9,7 @@ use crate::trace::{now_ns, Trace};
 use crate::workload::{self, Shared, SimClient, WorkloadConfig};
 use cohort_core::bugs::Bug;
 use cohort_core::ids::NodeId;
+use cohort_core::node::MembersAction;
 use cohort_core::node::DIRECTORY;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,13 +33,17 @@ pub struct Scenario {
     pub name: &'static str,
     pub nodes: u64,
     pub workload: WorkloadConfig,
+    /// Whether the swarm may include operator membership changes.
+    pub membership: bool,
 }
 
 pub fn scenarios() -> Vec<Scenario> {
     let workload = WorkloadConfig { repos: 3, keys_per_repo: 3, clients: 5, read_ratio: 0.4 };
     vec![
-        Scenario { name: "three", nodes: 3, workload: workload.clone() },
-        Scenario { name: "five", nodes: 5, workload },
+        Scenario { name: "three", nodes: 3, workload: workload.clone(), membership: false },
+        Scenario { name: "five", nodes: 5, workload: workload.clone(), membership: false },
+        Scenario { name: "three-membership", nodes: 3, workload: workload.clone(), membership: true },
+        Scenario { name: "five-membership", nodes: 5, workload, membership: true },
     ]
 }
 
@@ -70,10 +75,12 @@ pub enum Fault {
     Duplicate,
     ClockSkew,
     FsyncFailure,
+    /// An operator adds and removes replicas of a partition while everything else goes on.
+    Membership,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 16] = [
+    pub const ALL: [Fault; 17] = [
         Fault::Crash,
         Fault::CrashMany,
         Fault::CrashStorm,
@@ -90,6 +97,7 @@ impl Fault {
         Fault::Duplicate,
         Fault::ClockSkew,
         Fault::FsyncFailure,
+        Fault::Membership,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +118,7 @@ impl Fault {
             Fault::Duplicate => "duplicate",
             Fault::ClockSkew => "clock-skew",
             Fault::FsyncFailure => "fsync-failure",
+            Fault::Membership => "membership",
         }
     }
 
@@ -134,9 +143,12 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    pub fn choose(rng: &mut StdRng, nodes: u64) -> Swarm {
+    pub fn choose(rng: &mut StdRng, nodes: u64, membership: bool) -> Swarm {
         let mut faults = BTreeSet::new();
         for fault in Fault::ALL {
+            if fault == Fault::Membership && !membership {
+                continue;
+            }
             // Faults that strike at the worst instant find the subtlest bugs: favour them.
             let odds =
                 if matches!(fault, Fault::CrashVoter | Fault::CrashStorm | Fault::PauseLeader) { 0.7 } else { 0.5 };
@@ -208,7 +220,7 @@ pub async fn run(options: RunOptions) -> RunReport {
     cohort_core::bugs::activate(options.bug);
     let trace = Trace::new(options.keep_trace);
     let mut rng = StdRng::seed_from_u64(seed);
-    let swarm = Swarm::choose(&mut rng, scenario.nodes);
+    let swarm = Swarm::choose(&mut rng, scenario.nodes, scenario.membership);
     trace_event(
         &trace,
         format!(
@@ -259,7 +271,9 @@ pub async fn run(options: RunOptions) -> RunReport {
         let config = scenario.workload.clone();
         workers.push(clients.spawn(client.run(config)));
     }
-    let episodes = drive_faults(&cluster, &swarm, &mut rng, &trace, scenario.nodes).await;
+    let mut operator = SimClient::new(2_000, seed, shared.clone());
+    let episodes =
+        drive_faults(&cluster, &swarm, &mut rng, &trace, scenario.nodes, &mut operator, scenario.workload.repos).await;
 
     // Heal: no fault from here on.
     trace_event(&trace, "heal");
@@ -351,6 +365,8 @@ async fn drive_faults(
     rng: &mut StdRng,
     trace: &Trace,
     nodes: u64,
+    operator: &mut SimClient,
+    repos: usize,
 ) -> u64 {
     let episodes: Vec<Fault> = swarm.faults.iter().copied().filter(|f| f.is_episode()).collect();
     let end = tokio::time::Instant::now() + SAFETY_PHASE;
@@ -441,6 +457,17 @@ async fn drive_faults(
                     for (v, _) in down {
                         cluster.lock().unwrap().restart(v);
                     }
+                }
+            }
+            Fault::Membership => {
+                // Take a replica out, then bring it back as a voter (it rejoins empty and
+                // catches up from the log); with more nodes than replicas, sometimes add a
+                // node that never held the partition.
+                let partition = cohort_core::ids::PartitionId(rng.gen_range(1..=repos as u64));
+                let node = ids[rng.gen_range(0..ids.len())];
+                for action in [MembersAction::Remove, MembersAction::AddVoter] {
+                    let outcome = operator.change_members(partition, node, action).await;
+                    trace_event(trace, format!("membership {action:?} node {node} partition {partition}: {outcome:?}"));
                 }
             }
             Fault::Pause | Fault::PauseLeader => {
@@ -536,7 +563,12 @@ async fn check_convergence(shared: &Shared, clients: &madsim::runtime::NodeHandl
                 let mut all_equal = true;
                 let mut views = Vec::new();
                 for &partition in &partitions {
-                    let mut seen = BTreeSet::new();
+                    // Each replica's (applied index, digest); and the members as the leader
+                    // knows them: a replica removed before it heard of its removal keeps
+                    // running until its node applies the directory's update, and is not
+                    // compared.
+                    let mut replicas = BTreeMap::new();
+                    let mut members: Option<Vec<u64>> = None;
                     for id in services.ids() {
                         let Some(service) = services.get(id) else {
                             all_equal = false;
@@ -545,18 +577,32 @@ async fn check_convergence(shared: &Shared, clients: &madsim::runtime::NodeHandl
                         let view = service
                             .router()
                             .inspect(partition, |p| {
-                                (p.state_machine().applied_index(), p.state_machine().digest().to_string())
+                                let status = p.status();
+                                let mut members = status.conf_state.voters.clone();
+                                members.extend(&status.conf_state.learners);
+                                let leading = p.is_leader().then_some(members);
+                                ((p.state_machine().applied_index(), p.state_machine().digest().to_string()), leading)
                             })
                             .await;
                         match view {
-                            Ok(view) => {
-                                seen.insert(view);
+                            Ok((view, leading)) => {
+                                replicas.insert(id.0, view);
+                                if leading.is_some() {
+                                    members = leading;
+                                }
                             }
                             // Not a member: partitions live on replica sets, not every node.
                             Err(cohort_core::node::RouteError::UnknownPartition(_)) => {}
                             Err(_) => all_equal = false,
                         }
                     }
+                    let Some(members) = members else {
+                        all_equal = false;
+                        views.push(format!("partition {partition}: no leader"));
+                        continue;
+                    };
+                    let seen: BTreeSet<_> =
+                        replicas.iter().filter(|(n, _)| members.contains(n)).map(|(_, v)| v.clone()).collect();
                     all_equal &= seen.len() == 1;
                     views.push(format!("partition {partition}: {seen:?}"));
                 }

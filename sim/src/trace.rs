@@ -29,6 +29,9 @@ impl Trace {
         inner.hasher.update(line.as_bytes());
         inner.hasher.update(b"\n");
         if inner.keep {
+            // Printed as it happens, so a run that dies on a failed assertion still shows
+            // everything up to it.
+            println!("{line}");
             inner.lines.push(line);
         }
     }

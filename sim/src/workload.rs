@@ -6,8 +6,9 @@
 use crate::cluster::Services;
 use crate::history::{self, History, OpKind, Outcome, Value};
 use crate::trace::{now_ns, Trace};
+use cohort_core::ids::PartitionId;
 use cohort_core::ids::{ClientId, NodeId};
-use cohort_core::node::{ApiError, NodeService};
+use cohort_core::node::{ApiError, MembersAction, NodeService};
 use cohort_core::partition::ReadConsistency;
 use cohort_core::state_machine::{
     Command, Expected, NewObject, ObjectKind, Oid, ReadQuery, ReadResult, RefName, RefUpdate, RefValue, Rejection,
@@ -298,6 +299,27 @@ impl SimClient {
             }
             tokio::time::sleep(Duration::from_millis(self.rng.gen_range(1..50))).await;
         }
+    }
+}
+
+impl SimClient {
+    /// An operator's membership change of a partition, retried like a client request until it
+    /// is applied, refused, or its deadline passes (`None`: unknown).
+    pub async fn change_members(
+        &mut self,
+        partition: PartitionId,
+        node: NodeId,
+        action: MembersAction,
+    ) -> Option<Result<(), String>> {
+        self.with_retries(|service| async move {
+            match service.change_members(partition, node, action).await {
+                Ok(_) => Attempt::Done(Ok(())),
+                Err(ApiError::Refused(reason)) => Attempt::Done(Err(reason)),
+                Err(ApiError::NotLeader { leader }) => Attempt::Retry { at: leader },
+                Err(_) => Attempt::Retry { at: None },
+            }
+        })
+        .await
     }
 }
 

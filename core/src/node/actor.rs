@@ -123,7 +123,14 @@ impl Actor {
                     let partition = self.partition.id();
                     tracing::info!(%partition, node = %self.partition.node(), "replica removed; deleting its data");
                     let write = crate::persist::LogWrite { remove: true, ..crate::persist::LogWrite::new(partition) };
-                    let done = Box::new(|_| {});
+                    // The removal follows every write this replica queued; once it is durable
+                    // the router may start a new replica of the partition here.
+                    let router = self.router.clone();
+                    let done = Box::new(move |_| {
+                        if let Some(router) = router.upgrade() {
+                            router.on_retired(partition);
+                        }
+                    });
                     let _ = self.persist.send(PersistRequest { write, done }).await;
                     return;
                 }
@@ -186,7 +193,14 @@ impl Actor {
                 }
                 Output::MembersChanged { partition, info } => {
                     if let Some(router) = self.router.upgrade() {
-                        router.on_members_changed(partition, &info);
+                        router.reconcile(partition, &info);
+                    }
+                }
+                Output::DirectoryReady { partitions } => {
+                    if let Some(router) = self.router.upgrade() {
+                        for (partition, info) in &partitions {
+                            router.reconcile(*partition, info);
+                        }
                     }
                 }
                 Output::Respond { request, response } => {

@@ -54,6 +54,9 @@ pub struct Router {
     /// stopped.
     persist: Mutex<Option<mpsc::Sender<PersistRequest>>>,
     mailboxes: Mutex<BTreeMap<PartitionId, mpsc::Sender<PartitionInput>>>,
+    /// Replicas being deleted, until their removal is durable; `true`: this node became a
+    /// member again meanwhile, so a new replica starts once the old one is gone.
+    retiring: Mutex<BTreeMap<PartitionId, bool>>,
     pub stats: RouterStats,
     this: Weak<Router>,
 }
@@ -71,6 +74,7 @@ impl Router {
             transport,
             persist: Mutex::new(Some(persist)),
             mailboxes: Mutex::new(BTreeMap::new()),
+            retiring: Mutex::new(BTreeMap::new()),
             stats: RouterStats::default(),
             this: this.clone(),
         })
@@ -121,13 +125,19 @@ impl Router {
         Ok(())
     }
 
-    /// The directory recorded new members for `partition`: create this node's replica if it
-    /// just became a member (empty: the leader brings it the log), delete it if it left.
-    pub fn on_members_changed(&self, partition: PartitionId, info: &PartitionInfo) {
+    /// Brings this node's replica of `partition` in line with the directory's members:
+    /// starts an empty one if this node is a member without a replica (the leader brings it
+    /// the log), deletes this node's replica if it is no longer a member.
+    pub fn reconcile(&self, partition: PartitionId, info: &PartitionInfo) {
         let me = self.config.node;
         let member = info.voters.contains(&me) || info.learners.contains(&me);
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
+        let mut retiring = self.retiring.lock().expect("not poisoned");
         match (member, mailboxes.contains_key(&partition)) {
+            (true, false) if retiring.contains_key(&partition) => {
+                // Its old replica's removal is not durable yet: start afresh after it.
+                retiring.insert(partition, true);
+            }
             (true, false) => {
                 let now = self.env.clock.now();
                 let replica = Partition::create_empty(self.partition_config(partition), now);
@@ -141,13 +151,26 @@ impl Router {
             }
             (false, true) => {
                 let mut mailbox = mailboxes.remove(&partition).expect("present");
-                if mailbox.try_send(PartitionInput::Remove).is_err() {
-                    // A full mailbox: the actor stops when the channel closes; the removal is
-                    // made durable when the directory replays after a restart.
-                    mailbox.close_channel();
-                }
+                retiring.insert(partition, false);
+                // Sent with backpressure: the removal must reach the actor, after its inputs.
+                self.env.spawn.spawn(
+                    "retire replica",
+                    Box::pin(async move {
+                        use futures::SinkExt;
+                        let _ = mailbox.send(PartitionInput::Remove).await;
+                    }),
+                );
             }
             _ => {}
+        }
+    }
+
+    /// The removal of this node's old replica of `partition` is durable.
+    pub fn on_retired(&self, partition: PartitionId) {
+        let rejoin = self.retiring.lock().expect("not poisoned").remove(&partition).unwrap_or(false);
+        if rejoin {
+            let info = PartitionInfo { authority: String::new(), voters: vec![self.config.node], learners: Vec::new() };
+            self.reconcile(partition, &info);
         }
     }
 

@@ -11,8 +11,7 @@ use crate::state_machine::{
 };
 use std::sync::Arc;
 
-/// The partition that holds the directory: repository -> partition, partition -> members.
-pub const DIRECTORY: PartitionId = PartitionId(0);
+pub use crate::ids::DIRECTORY;
 
 /// Attempts to reach a freshly created partition's leader before giving up.
 const NEW_PARTITION_ATTEMPTS_MAX: usize = 50;

@@ -125,6 +125,10 @@ pub struct Partition {
     fatal: Option<PersistError>,
     /// The term this replica leads, as of the end of the last input.
     leading_term: Option<u64>,
+    /// Entries up to here were committed before this start: applying them replays history,
+    /// whose directory changes must not be acted on again (see `Output::DirectoryReady`).
+    replayed_through: u64,
+    directory_ready: bool,
 }
 
 impl Partition {
@@ -167,6 +171,7 @@ impl Partition {
         let applied = state_machine.applied_index();
         assert!(applied >= recovered.compacted.index, "the state machine covers every entry compacted away");
         assert!(applied <= recovered.hard_state.commit.max(recovered.compacted.index));
+        let recovered_for_later = recovered.hard_state;
         let storage = PartitionStorage::new(&recovered);
         let raft_config = raft::Config {
             id: config.node.0,
@@ -204,7 +209,11 @@ impl Partition {
             conf_state_dirty: false,
             fatal: None,
             leading_term: None,
+            replayed_through: 0,
+            directory_ready: false,
         };
+        partition.replayed_through = recovered_for_later.commit;
+        partition.announce_directory_if_replayed();
         partition.rejitter();
         partition
     }
@@ -415,6 +424,24 @@ impl Partition {
         // Starting reads may have produced raft messages (singleton leaders answer at once).
         self.process_ready();
         self.note_leadership();
+    }
+
+    /// On the directory's replica, once history is replayed: one `DirectoryReady`.
+    pub(super) fn announce_directory_if_replayed(&mut self) {
+        if self.config.partition != crate::ids::DIRECTORY || self.directory_ready {
+            return;
+        }
+        if self.state_machine.applied_index() < self.replayed_through {
+            return;
+        }
+        self.directory_ready = true;
+        let partitions = self.state_machine.directory().partitions().map(|(p, info)| (p, info.clone())).collect();
+        self.outputs.push_back(Output::DirectoryReady { partitions });
+    }
+
+    /// Whether an entry at `index` is live (not a replay of what was committed before start).
+    pub(super) fn is_live(&self, index: u64) -> bool {
+        index > self.replayed_through
     }
 
     /// Reports leadership won or lost since the last input (raft changes role inside `step`

@@ -22,6 +22,11 @@ pub enum Output {
     /// The directory applied new members for `partition`: the node creates its replica if it
     /// became a member, and deletes it if it no longer is.
     MembersChanged { partition: PartitionId, info: PartitionInfo },
+    /// The directory replica has applied everything committed before this start: the node
+    /// brings its replicas in line with `partitions` once. Changes applied while replaying the
+    /// directory's history are not reported one by one: acting on a past membership would
+    /// delete or recreate replicas the present one keeps.
+    DirectoryReady { partitions: Vec<(PartitionId, PartitionInfo)> },
 }
 
 /// The answer to one request.

@@ -72,6 +72,7 @@ impl Partition {
 
         self.apply_committed(premature);
         self.apply_committed(committed);
+        self.announce_directory_if_replayed();
         if self.conf_state_dirty {
             write.conf_state = Some(self.raw.store().conf_state());
             self.conf_state_dirty = false;
@@ -125,7 +126,7 @@ impl Partition {
                 EntryType::EntryNormal => match Command::decode(&entry.data) {
                     Ok(command) => {
                         let result = self.state_machine.apply(index, &command);
-                        self.after_apply(&command, &result);
+                        self.after_apply(index, &command, &result);
                         Some(result)
                     }
                     Err(error) => {
@@ -165,14 +166,15 @@ impl Partition {
 
     /// Effects of an applied command beyond the state machine: answering a forwarded write,
     /// and telling the node about a partition the directory allocated.
-    fn after_apply(&mut self, command: &Command, result: &WriteResult) {
-        if let (WriteOp::SetPartitionMembers { partition, .. }, Ok(_)) = (&command.op, result) {
+    fn after_apply(&mut self, index: u64, command: &Command, result: &WriteResult) {
+        let live = self.is_live(index);
+        if let (true, WriteOp::SetPartitionMembers { partition, .. }, Ok(_)) = (live, &command.op, result) {
             if let Some(info) = self.state_machine.directory().partition(*partition) {
                 let info = info.clone();
                 self.outputs.push_back(Output::MembersChanged { partition: *partition, info });
             }
         }
-        if let (WriteOp::AllocatePartition { .. }, Ok(ok)) = (&command.op, result) {
+        if let (true, WriteOp::AllocatePartition { .. }, Ok(ok)) = (live, &command.op, result) {
             let partition = ok.partition.expect("an allocation names its partition");
             let info = self
                 .state_machine

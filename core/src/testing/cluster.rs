@@ -204,7 +204,9 @@ impl Cluster {
                     Output::Respond { request, response } => self.responses.push(Delivered { node, request, response }),
                     // One partition only here: the directory's allocations have no replica to
                     // create.
-                    Output::PartitionAllocated { .. } | Output::MembersChanged { .. } => {}
+                    Output::PartitionAllocated { .. }
+                    | Output::MembersChanged { .. }
+                    | Output::DirectoryReady { .. } => {}
                 }
             }
             if !any || !self.auto_persist {

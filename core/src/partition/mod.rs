@@ -171,7 +171,7 @@ impl Partition {
         let applied = state_machine.applied_index();
         assert!(applied >= recovered.compacted.index, "the state machine covers every entry compacted away");
         assert!(applied <= recovered.hard_state.commit.max(recovered.compacted.index));
-        let recovered_for_later = recovered.hard_state;
+        let replayed_through = recovered.hard_state.commit;
         let storage = PartitionStorage::new(&recovered);
         let raft_config = raft::Config {
             id: config.node.0,
@@ -209,10 +209,9 @@ impl Partition {
             conf_state_dirty: false,
             fatal: None,
             leading_term: None,
-            replayed_through: 0,
+            replayed_through,
             directory_ready: false,
         };
-        partition.replayed_through = recovered_for_later.commit;
         partition.announce_directory_if_replayed();
         partition.rejitter();
         partition

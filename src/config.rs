@@ -88,6 +88,25 @@ fn default_storage() -> String {
     "default".to_owned()
 }
 
+/// Nodes 1..=`count` on free loopback ports (peer, client, HTTP for each), for `cohort dev` and
+/// tests. Every port is held until all are chosen, so none is handed out twice.
+pub fn loopback_nodes(count: u64) -> std::io::Result<Vec<RawNode>> {
+    let listeners =
+        (0..3 * count).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    let ports = listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?;
+    Ok((1..=count)
+        .map(|id| {
+            let base = 3 * (id - 1) as usize;
+            RawNode {
+                id,
+                peer_address: format!("127.0.0.1:{}", ports[base]),
+                client_address: format!("127.0.0.1:{}", ports[base + 1]),
+                http_address: format!("127.0.0.1:{}", ports[base + 2]),
+            }
+        })
+        .collect())
+}
+
 /// A checked node of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeAddresses {

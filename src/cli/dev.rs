@@ -2,10 +2,9 @@
 //! a child process (`cohort node --config ...`), waits until all serve, prints the endpoints,
 //! and stops the children on Ctrl-C or SIGTERM. A child that dies is reported, not restarted.
 
-use crate::config::{RawConfig, RawLimits, RawNode, RawRaft};
+use crate::config::{loopback_nodes, RawConfig, RawLimits, RawRaft};
 use anyhow::Context as _;
 use clap::Args;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -24,31 +23,13 @@ pub struct DevArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-/// `count` distinct free loopback ports: every listener is held until all are chosen, so
-/// the system cannot hand out one port twice.
-fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?)
-}
-
 fn config_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("node-{id}")).join("node.toml")
 }
 
 /// The configs of a new cluster in `dir`, on free loopback ports.
 fn new_cluster(dir: &Path, count: u64, replicas: Option<usize>) -> anyhow::Result<Vec<RawConfig>> {
-    let ports = free_ports(3 * count as usize)?;
-    let nodes: Vec<RawNode> = (1..=count)
-        .map(|id| {
-            let base = 3 * (id - 1) as usize;
-            RawNode {
-                id,
-                peer_address: format!("127.0.0.1:{}", ports[base]),
-                client_address: format!("127.0.0.1:{}", ports[base + 1]),
-                http_address: format!("127.0.0.1:{}", ports[base + 2]),
-            }
-        })
-        .collect();
+    let nodes = loopback_nodes(count)?;
     let secret = format!("{:032x}", rand::random::<u128>());
     Ok((1..=count)
         .map(|id| RawConfig {

@@ -5,7 +5,6 @@ use cohort::config::{RawConfig, RawLimits, RawNode, RawRaft};
 use cohort_core::state_machine::{RelativePath, RepoId};
 use cohort_net::client::{Client, ClientConfig};
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,13 +20,6 @@ pub struct TestCluster {
     pub children: BTreeMap<u64, Child>,
 }
 
-/// `count` distinct free ports: every listener is held until all are chosen, so the system
-/// cannot hand out one port twice.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
 pub fn repo(path: &str) -> RepoId {
     RepoId { storage: "default".into(), relative_path: RelativePath::new(path).unwrap() }
 }
@@ -39,18 +31,7 @@ impl TestCluster {
 
     pub fn start_with_replicas(count: u64, replicas: Option<usize>) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(3 * count as usize);
-        let nodes: Vec<RawNode> = (1..=count)
-            .map(|id| {
-                let base = 3 * (id - 1) as usize;
-                RawNode {
-                    id,
-                    peer_address: format!("127.0.0.1:{}", ports[base]),
-                    client_address: format!("127.0.0.1:{}", ports[base + 1]),
-                    http_address: format!("127.0.0.1:{}", ports[base + 2]),
-                }
-            })
-            .collect();
+        let nodes = cohort::config::loopback_nodes(count).unwrap();
         let configs: Vec<RawConfig> = (1..=count)
             .map(|id| RawConfig {
                 node_id: id,

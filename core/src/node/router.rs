@@ -233,15 +233,15 @@ impl Router {
     /// Delivers Raft messages that arrived from the network. A full mailbox drops the message
     /// (Raft retransmits) and counts it.
     pub fn deliver(&self, envelopes: Vec<Envelope>) {
-        let mailboxes = self.mailboxes.lock().expect("not poisoned");
+        let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
         for envelope in envelopes {
             if envelope.to != self.config.node {
                 self.stats.messages_dropped_unknown_partition.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            match mailboxes.get(&envelope.partition) {
+            match mailboxes.get_mut(&envelope.partition) {
                 Some(mailbox) => {
-                    if mailbox.clone().try_send(PartitionInput::Message(envelope)).is_err() {
+                    if mailbox.try_send(PartitionInput::Message(envelope)).is_err() {
                         self.stats.messages_dropped_mailbox_full.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -45,12 +45,13 @@ fn replay_command(seed: u64, options: &CampaignOptions) -> String {
     command
 }
 
-/// Runs one seed in a child process of this same binary.
-fn run_seed(seed: u64, options: &CampaignOptions) -> SeedSummary {
+/// Runs one seed in a child process of this same binary. A process that dies without a
+/// summary (a failed assertion) is a failed seed with an empty trace hash.
+pub fn run_seed(seed: u64, scenario: &str, bug: Option<&str>) -> SeedSummary {
     let exe = std::env::current_exe().expect("the campaign knows its own binary");
     let mut command = Command::new(exe);
-    command.args(["run", "--json", "--seed", &seed.to_string(), "--scenario", &options.scenario]);
-    if let Some(bug) = &options.bug {
+    command.args(["run", "--json", "--seed", &seed.to_string(), "--scenario", scenario]);
+    if let Some(bug) = bug {
         command.args(["--bug", bug]);
     }
     let output = command.stdin(Stdio::null()).stderr(Stdio::piped()).output().expect("starting a seed's process");
@@ -98,7 +99,7 @@ pub fn run(options: &CampaignOptions) -> CampaignResult {
             if i >= options.seeds || stop.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            let summary = run_seed(options.first_seed + i, &options);
+            let summary = run_seed(options.first_seed + i, &options.scenario, options.bug.as_deref());
             if !summary.passed && options.stop_on_failure {
                 stop.store(true, std::sync::atomic::Ordering::SeqCst);
             }

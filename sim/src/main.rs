@@ -11,17 +11,24 @@ struct Cli {
     command: Commands,
 }
 
+/// Which run: a seed, a scenario, and perhaps a planted bug.
+#[derive(clap::Args, Debug)]
+struct SeedArgs {
+    #[arg(long)]
+    seed: u64,
+    #[arg(long, default_value = "three")]
+    scenario: String,
+    /// A planted bug to turn on (simulation builds only).
+    #[arg(long)]
+    bug: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Commands {
     /// Run one seed.
     Run {
-        #[arg(long)]
-        seed: u64,
-        #[arg(long, default_value = "three")]
-        scenario: String,
-        /// A planted bug to turn on (simulation builds only).
-        #[arg(long)]
-        bug: Option<String>,
+        #[command(flatten)]
+        run: SeedArgs,
         /// Print the summary as one JSON line (for the campaign runner).
         #[arg(long)]
         json: bool,
@@ -31,12 +38,8 @@ enum Commands {
     },
     /// Run one seed with its full trace; the last line is `trace-hash: <hex>`.
     Replay {
-        #[arg(long)]
-        seed: u64,
-        #[arg(long, default_value = "three")]
-        scenario: String,
-        #[arg(long)]
-        bug: Option<String>,
+        #[command(flatten)]
+        run: SeedArgs,
     },
     /// Sweep seeds, each in its own process.
     Campaign {
@@ -57,20 +60,16 @@ enum Commands {
     },
     /// Run one seed twice in separate processes and compare trace hashes.
     CheckDeterminism {
-        #[arg(long)]
-        seed: u64,
-        #[arg(long, default_value = "three")]
-        scenario: String,
-        #[arg(long)]
-        bug: Option<String>,
+        #[command(flatten)]
+        run: SeedArgs,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Commands::Run { seed, scenario, bug, json, trace } => run_one(seed, &scenario, bug.as_deref(), json, trace),
-        Commands::Replay { seed, scenario, bug } => run_one(seed, &scenario, bug.as_deref(), false, true),
+        Commands::Run { run, json, trace } => run_one(run.seed, &run.scenario, run.bug.as_deref(), json, trace),
+        Commands::Replay { run } => run_one(run.seed, &run.scenario, run.bug.as_deref(), false, true),
         Commands::Campaign { seeds, first_seed, scenario, bug, jobs, expect_failure } => {
             let options = cohort_sim::campaign::CampaignOptions {
                 seeds,
@@ -94,25 +93,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Commands::CheckDeterminism { seed, scenario, bug } => check_determinism(seed, &scenario, bug.as_deref()),
+        Commands::CheckDeterminism { run } => check_determinism(run.seed, &run.scenario, run.bug.as_deref()),
     }
 }
 
 /// Runs `cohort-sim replay` for the seed in two fresh processes and compares the hashes.
 fn check_determinism(seed: u64, scenario: &str, bug: Option<&str>) -> ExitCode {
-    let exe = std::env::current_exe().expect("own binary");
-    let hash = || {
-        let mut command = std::process::Command::new(&exe);
-        command.args(["run", "--json", "--seed", &seed.to_string(), "--scenario", scenario]);
-        if let Some(bug) = bug {
-            command.args(["--bug", bug]);
-        }
-        let output = command.output().expect("runs");
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        let summary: Option<cohort_sim::campaign::SeedSummary> =
-            stdout.lines().last().and_then(|l| serde_json::from_str(l).ok());
-        summary.map(|s| s.trace_hash)
-    };
+    // A run that died has no trace hash: that is no proof of determinism.
+    let hash = || Some(cohort_sim::campaign::run_seed(seed, scenario, bug).trace_hash).filter(|h| !h.is_empty());
     let (first, second) = (hash(), hash());
     match (first, second) {
         (Some(a), Some(b)) if a == b => {

@@ -34,11 +34,31 @@ pub struct RawRaft {
     pub tick_interval_ms: u64,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    /// A replica saves a snapshot and compacts its log once this many entries, or this many
+    /// bytes of entries, were applied since its last snapshot.
+    #[serde(default = "default_snapshot_entries")]
+    pub snapshot_entries: u64,
+    #[serde(default = "default_snapshot_bytes")]
+    pub snapshot_bytes: u64,
+}
+
+fn default_snapshot_entries() -> u64 {
+    10_000
+}
+
+fn default_snapshot_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 impl Default for RawRaft {
     fn default() -> RawRaft {
-        RawRaft { tick_interval_ms: 100, election_ticks: 10, heartbeat_ticks: 2 }
+        RawRaft {
+            tick_interval_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_entries: default_snapshot_entries(),
+            snapshot_bytes: default_snapshot_bytes(),
+        }
     }
 }
 
@@ -57,6 +77,9 @@ impl Default for RawLimits {
         }
     }
 }
+
+/// The smallest frame limit: a frame must carry a snapshot chunk in half its room.
+const FRAME_SIZE_BYTES_MIN: usize = 4 * cohort_core::limits::SNAPSHOT_CHUNK_BYTES;
 
 /// The TOML file, as written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +157,8 @@ pub struct Config {
     pub tick_interval: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    pub snapshot_entries: u64,
+    pub snapshot_bytes: u64,
     pub frame_size_bytes_max: usize,
     pub outbox_messages_max: usize,
     pub replicas: usize,
@@ -170,11 +195,15 @@ impl Config {
         if r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
             return Err("raft.election_ticks must exceed raft.heartbeat_ticks, which must be at least 1".into());
         }
-        if !(1024..=cohort_net::limits::FRAME_SIZE_BYTES_MAX).contains(&raw.limits.frame_size_bytes_max) {
+        if !(FRAME_SIZE_BYTES_MIN..=cohort_net::limits::FRAME_SIZE_BYTES_MAX).contains(&raw.limits.frame_size_bytes_max)
+        {
             return Err(format!(
-                "limits.frame_size_bytes_max must be in 1024..={}",
+                "limits.frame_size_bytes_max must be in {FRAME_SIZE_BYTES_MIN}..={}",
                 cohort_net::limits::FRAME_SIZE_BYTES_MAX
             ));
+        }
+        if r.snapshot_entries == 0 || r.snapshot_bytes < 1024 {
+            return Err("raft.snapshot_entries must be at least 1 and raft.snapshot_bytes at least 1024".into());
         }
         if !(16..=1_000_000).contains(&raw.limits.outbox_messages_max) {
             return Err("limits.outbox_messages_max must be in 16..=1000000".into());
@@ -217,6 +246,8 @@ impl Config {
             tick_interval: Duration::from_millis(raw.raft.tick_interval_ms),
             election_ticks: raw.raft.election_ticks,
             heartbeat_ticks: raw.raft.heartbeat_ticks,
+            snapshot_entries: raw.raft.snapshot_entries,
+            snapshot_bytes: raw.raft.snapshot_bytes,
             frame_size_bytes_max: raw.limits.frame_size_bytes_max,
             outbox_messages_max: raw.limits.outbox_messages_max,
             replicas,

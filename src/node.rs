@@ -77,6 +77,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         frame_size_bytes_max: config.frame_size_bytes_max,
         outbox_messages_max: config.outbox_messages_max,
         replicas: config.replicas,
+        snapshot_entries: config.snapshot_entries,
+        snapshot_bytes: config.snapshot_bytes,
     };
     let node = cohort_net::node::start(env, spec, |transport| transport as Arc<dyn Transport>)
         .await

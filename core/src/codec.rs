@@ -29,6 +29,15 @@ pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     out.extend_from_slice(&encode(value));
 }
 
+/// Streams the encoding of `value` into `out` without building it in memory.
+pub fn encode_into_writer<T: Serialize>(value: &T, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    match bincode::serde::encode_into_std_write(value, &mut &mut *out, config()) {
+        Ok(_) => Ok(()),
+        Err(bincode::error::EncodeError::Io { inner, .. }) => Err(inner),
+        Err(other) => panic!("encoding an in-memory value cannot fail: {other}"),
+    }
+}
+
 /// Decodes exactly one `T` from `bytes`; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, used): (T, usize) =

@@ -16,6 +16,7 @@ pub mod observe;
 pub mod partition;
 pub mod persist;
 mod raft_logger;
+pub mod snapshot;
 pub mod state_machine;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

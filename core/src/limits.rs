@@ -18,6 +18,22 @@ pub const RAFT_INFLIGHT_MESSAGES_MAX: usize = 256;
 /// Log writes queued for the group-commit writer (all partitions of a node).
 pub const PERSIST_QUEUE_WRITES_MAX: usize = 8192;
 
+/// Bytes of snapshot file in one transfer chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+/// Unacknowledged chunks in flight per transfer: each side holds at most this many chunks.
+pub const SNAPSHOT_WINDOW_CHUNKS: u64 = 8;
+/// Ticks without an acknowledgement before a sender resends from the last acknowledged byte.
+pub const SNAPSHOT_ACK_TIMEOUT_TICKS: u32 = 5;
+/// Consecutive timeouts before a sender gives up and tells Raft the snapshot failed.
+pub const SNAPSHOT_RETRIES_MAX: u32 = 10;
+/// Ticks an unfinished incoming snapshot is kept without hearing from its sender.
+pub const SNAPSHOT_INCOMING_IDLE_TICKS_MAX: u32 = 100;
+/// Snapshots one replica sends at once (one per receiver).
+pub const SNAPSHOT_OUTGOING_MAX: usize = 4;
+/// Buffer between the state machine's encoder and a snapshot file.
+pub const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+
 const _: () = assert!(COMMAND_SIZE_BYTES_MAX as u64 <= RAFT_UNCOMMITTED_SIZE_BYTES_MAX);
 const _: () = assert!(COMMAND_SIZE_BYTES_MAX < crate::codec::DECODE_SIZE_BYTES_MAX);
 const _: () = assert!(PROPOSALS_PENDING_MAX >= MAILBOX_MESSAGES_MAX);
+const _: () = assert!(SNAPSHOT_INCOMING_IDLE_TICKS_MAX > SNAPSHOT_ACK_TIMEOUT_TICKS * 2);

@@ -23,6 +23,15 @@ pub struct NodeMetrics {
     pub commit_latency_seconds: Histogram,
     /// One fsync of the write-ahead log.
     pub fsync_latency_seconds: Histogram,
+    /// Snapshots saved by this node's replicas (each one compacts the log).
+    pub snapshots_saved: Counter,
+    /// Snapshot transfers completed, as sender and as receiver, and their bytes.
+    pub snapshots_sent: Counter,
+    pub snapshot_sent_bytes: Counter,
+    pub snapshots_received: Counter,
+    pub snapshot_received_bytes: Counter,
+    /// From a snapshot transfer's first chunk to its last acknowledgement (sender side).
+    pub snapshot_send_seconds: Histogram,
     /// Replicas by role, refreshed when scraped.
     pub partitions_leader: Gauge,
     pub partitions_follower: Gauge,
@@ -38,6 +47,12 @@ impl Default for NodeMetrics {
             elections: Counter::default(),
             commit_latency_seconds: Histogram::new(latency_buckets()),
             fsync_latency_seconds: Histogram::new(latency_buckets()),
+            snapshots_saved: Counter::default(),
+            snapshots_sent: Counter::default(),
+            snapshot_sent_bytes: Counter::default(),
+            snapshots_received: Counter::default(),
+            snapshot_received_bytes: Counter::default(),
+            snapshot_send_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             partitions_leader: Gauge::default(),
             partitions_follower: Gauge::default(),
             partitions_candidate: Gauge::default(),
@@ -67,6 +82,35 @@ impl NodeMetrics {
             "Time of one write-ahead log fsync",
             Unit::Seconds,
             self.fsync_latency_seconds.clone(),
+        );
+        registry.register("snapshots_saved", "Snapshots saved by this node's replicas", self.snapshots_saved.clone());
+        registry.register(
+            "snapshots_sent",
+            "Snapshot transfers this node completed as sender",
+            self.snapshots_sent.clone(),
+        );
+        registry.register_with_unit(
+            "snapshot_sent",
+            "Bytes of snapshots this node sent whole",
+            Unit::Bytes,
+            self.snapshot_sent_bytes.clone(),
+        );
+        registry.register(
+            "snapshots_received",
+            "Snapshot transfers this node completed as receiver",
+            self.snapshots_received.clone(),
+        );
+        registry.register_with_unit(
+            "snapshot_received",
+            "Bytes of snapshots this node received whole",
+            Unit::Bytes,
+            self.snapshot_received_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "snapshot_send",
+            "Time to send one snapshot, first chunk to last acknowledgement",
+            Unit::Seconds,
+            self.snapshot_send_seconds.clone(),
         );
         registry.register(
             "partitions_leader",

@@ -49,6 +49,14 @@ pub struct LogPosition {
     pub term: u64,
 }
 
+/// What a snapshot covers: the state after applying every entry through `position`, with
+/// the membership as of then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub position: LogPosition,
+    pub conf_state: ConfState,
+}
+
 /// The durable changes of one partition, handed to the log engine as one unit. The engine
 /// applies them in field order: `snapshot`, `compact_through`, `entries`, `hard_state`,
 /// `conf_state`.

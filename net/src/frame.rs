@@ -2,11 +2,12 @@
 //! Decoding never panics: bad bytes are an error that closes the connection.
 
 use cohort_core::codec::{self, DecodeError};
+use cohort_core::snapshot::SnapshotMessage;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Protocol version, checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One unit on a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,8 +18,33 @@ pub enum Frame {
     Challenge { nonce: [u8; 32], proof: [u8; 32] },
     /// Dialer → acceptor: proof that it knows the secret.
     Proof { proof: [u8; 32] },
-    /// Raft messages, each for one partition: (partition id, protobuf-encoded raft message).
-    Batch(Vec<(u64, Vec<u8>)>),
+    /// Messages between replicas, each for one partition.
+    Batch(Vec<WireMessage>),
+}
+
+/// One message between two replicas of a partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireMessage {
+    /// A protobuf-encoded raft-rs message.
+    Raft { partition: u64, message: Vec<u8> },
+    /// A step of a snapshot transfer.
+    Snapshot { partition: u64, message: SnapshotMessage },
+}
+
+impl WireMessage {
+    /// About how many bytes this message adds to a frame.
+    pub fn size_bytes(&self) -> usize {
+        const OVERHEAD_BYTES: usize = 128;
+        OVERHEAD_BYTES
+            + match self {
+                WireMessage::Raft { message, .. } => message.len(),
+                WireMessage::Snapshot { message: SnapshotMessage::Chunk(chunk), .. } => {
+                    chunk.data.len() + chunk.raft_message.len()
+                }
+                WireMessage::Snapshot { message: SnapshotMessage::Refuse { reason, .. }, .. } => reason.len(),
+                WireMessage::Snapshot { .. } => 0,
+            }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +109,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let frame = Frame::Batch(vec![(3, vec![1, 2, 3])]);
+        let frame = Frame::Batch(vec![
+            WireMessage::Raft { partition: 3, message: vec![1, 2, 3] },
+            WireMessage::Snapshot { partition: 4, message: SnapshotMessage::Ack { transfer: 9, next_offset: 12 } },
+        ]);
         let bytes = encode(&frame);
         assert_eq!(decode_payload(&bytes[4..]).unwrap(), frame);
     }

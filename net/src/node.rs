@@ -4,10 +4,12 @@
 //! both start nodes through here, so the simulator runs the same assembly.
 
 use crate::{TcpTransport, TransportConfig};
-use cohort_core::env::{Env, Envelope, Transport};
-use cohort_core::ids::NodeId;
+use cohort_core::env::{Disk, Env, Envelope, Transport};
+use cohort_core::ids::{NodeId, PartitionId};
 use cohort_core::limits::PERSIST_QUEUE_WRITES_MAX;
 use cohort_core::node::{NodeService, RouteError, Router, RouterConfig, DIRECTORY};
+use cohort_core::persist::RecoveredPartition;
+use cohort_core::snapshot::{partition_dir, SnapshotError, SnapshotStore, DIRECTORY_AUTHORITY};
 use cohort_core::state_machine::StateMachine;
 use cohort_storage::log::{run_group_commit, GroupCommitOptions};
 use cohort_storage::{LogEngine, LogError, LogOptions};
@@ -35,6 +37,10 @@ pub struct NodeSpec {
     pub outbox_messages_max: usize,
     /// Voters of each new partition.
     pub replicas: usize,
+    /// A replica saves a snapshot and compacts its log after this many applied entries or
+    /// bytes of entries.
+    pub snapshot_entries: u64,
+    pub snapshot_bytes: u64,
 }
 
 impl NodeSpec {
@@ -55,6 +61,8 @@ pub enum StartError {
     Bind { address: SocketAddr, source: std::io::Error },
     #[error("starting partitions: {0}")]
     Route(#[from] RouteError),
+    #[error("restoring partition {partition} from its snapshot: {source}")]
+    Snapshot { partition: PartitionId, source: SnapshotError },
 }
 
 pub struct RunningNode {
@@ -92,16 +100,28 @@ pub async fn start(
         tick_interval: spec.tick_interval,
         election_ticks: spec.election_ticks,
         heartbeat_ticks: spec.heartbeat_ticks,
+        snapshot_entries: spec.snapshot_entries,
+        snapshot_bytes: spec.snapshot_bytes,
     };
     let router = Router::new(router_config, env.clone(), wrap_transport(transport.clone()), persist_tx);
     let nodes = spec.nodes();
     let has_directory = recovered.contains_key(&DIRECTORY);
+    remove_orphan_replicas(&*env.disk, &recovered);
     for (partition, state) in recovered {
-        router.open_partition(partition, state, StateMachine::new())?;
+        let store = router.store_for_recovered(partition, DIRECTORY_AUTHORITY);
+        let snapshot_error = |source| StartError::Snapshot { partition, source };
+        let (snapshot, state_machine) = if state.compacted.index > 0 {
+            let (meta, state_machine) = store.load(state.compacted).map_err(snapshot_error)?;
+            (Some(meta), state_machine)
+        } else {
+            (None, StateMachine::new())
+        };
+        store.retain_only(snapshot.as_ref().map(|m| m.position)).map_err(snapshot_error)?;
+        router.open_partition(partition, state, state_machine, snapshot, store)?;
     }
     if !has_directory {
         // A brand-new node: the directory is on every node from the start.
-        router.create_partition(DIRECTORY, &nodes, false)?;
+        router.create_partition(DIRECTORY, DIRECTORY_AUTHORITY, &nodes, false)?;
     }
     let pump = router.clone();
     tokio::spawn(async move {
@@ -111,6 +131,21 @@ pub async fn start(
     });
     let service = Arc::new(NodeService::new(router.clone(), nodes, spec.replicas));
     Ok(RunningNode { router, transport, service, group_commit })
+}
+
+/// Deletes the files of replicas the log no longer knows: their removal became durable but
+/// the node stopped before deleting them.
+fn remove_orphan_replicas(disk: &dyn Disk, recovered: &BTreeMap<PartitionId, RecoveredPartition>) {
+    let Ok(dirs) = SnapshotStore::all(disk) else { return };
+    for (authority, partition) in dirs {
+        if !recovered.contains_key(&partition) {
+            let dir = partition_dir(&authority, partition);
+            tracing::info!(%partition, dir = %dir.display(), "deleting the files of a removed replica");
+            if let Err(error) = disk.remove_dir_all(&dir) {
+                tracing::warn!(%partition, %error, "cannot delete a removed replica's files");
+            }
+        }
+    }
 }
 
 impl RunningNode {

@@ -7,12 +7,12 @@
 //! outbox out and received frames into the node's inbox. Bad bytes from a peer close that
 //! connection only.
 
-use crate::frame::{read_frame, write_frame, Frame, FrameError};
+use crate::frame::{read_frame, write_frame, Frame, FrameError, WireMessage};
 use crate::limits;
 use crate::peer::backoff::Backoff;
 use crate::peer::handshake::{self, Credentials};
 use crate::peer::outbox::Outbox;
-use cohort_core::env::{Envelope, Transport};
+use cohort_core::env::{Envelope, Payload, Transport};
 use cohort_core::ids::{NodeId, PartitionId};
 use futures::channel::mpsc;
 use protobuf::Message as _;
@@ -257,15 +257,12 @@ impl TcpTransport {
                     link.outbox.notify.notified().await;
                     continue;
                 }
-                let count = batch.len() as u64;
-                let frame = Frame::Batch(
-                    batch
-                        .into_iter()
-                        .map(|e| (e.partition.0, e.message.write_to_bytes().expect("raft messages encode")))
-                        .collect(),
-                );
-                write_frame(&mut writer, &frame, frame_max).await?;
-                self.stats.messages_sent.fetch_add(count, Ordering::Relaxed);
+                for frame in self.frames(batch, frame_max) {
+                    let Frame::Batch(messages) = &frame else { unreachable!("frames() makes batches") };
+                    let count = messages.len() as u64;
+                    write_frame(&mut writer, &frame, frame_max).await?;
+                    self.stats.messages_sent.fetch_add(count, Ordering::Relaxed);
+                }
             }
             #[allow(unreachable_code)]
             Ok::<(), FrameError>(())
@@ -292,6 +289,40 @@ impl TcpTransport {
 }
 
 impl TcpTransport {
+    /// Encodes `batch` into frames of at most half of `frame_max` bytes each, so that a frame
+    /// never exceeds the limit however large the messages queued together. A message too large
+    /// for any frame is dropped and counted (Raft bounds its messages far below the limit).
+    fn frames(&self, batch: Vec<Envelope>, frame_max: usize) -> Vec<Frame> {
+        let budget_bytes = frame_max / 2;
+        let mut frames = Vec::new();
+        let (mut current, mut current_bytes) = (Vec::new(), 0);
+        for envelope in batch {
+            let partition = envelope.partition.0;
+            let message = match envelope.payload {
+                Payload::Raft(message) => {
+                    WireMessage::Raft { partition, message: message.write_to_bytes().expect("raft messages encode") }
+                }
+                Payload::Snapshot(message) => WireMessage::Snapshot { partition, message },
+            };
+            let size_bytes = message.size_bytes();
+            if size_bytes > budget_bytes {
+                tracing::warn!(partition, size_bytes, budget_bytes, "message too large for a frame; dropped");
+                self.stats.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if current_bytes + size_bytes > budget_bytes {
+                frames.push(Frame::Batch(std::mem::take(&mut current)));
+                current_bytes = 0;
+            }
+            current.push(message);
+            current_bytes += size_bytes;
+        }
+        if !current.is_empty() {
+            frames.push(Frame::Batch(current));
+        }
+        frames
+    }
+
     /// Reads frames into the inbox until the connection fails; returns why.
     async fn read_loop<R: tokio::io::AsyncRead + Unpin>(&self, link: &Link, reader: &mut R) -> PeerError {
         let mut buffer = Vec::new();
@@ -305,24 +336,30 @@ impl TcpTransport {
                 return PeerError::Protocol("a handshake frame after the handshake".into());
             };
             let mut envelopes = Vec::with_capacity(items.len());
-            for (partition, bytes) in items {
-                let message = match raft::eraftpb::Message::parse_from_bytes(&bytes) {
-                    Ok(message) => message,
-                    Err(e) => return PeerError::Protocol(format!("raft message does not decode: {e}")),
+            for item in items {
+                let (partition, payload) = match item {
+                    WireMessage::Raft { partition, message: bytes } => {
+                        let message = match raft::eraftpb::Message::parse_from_bytes(&bytes) {
+                            Ok(message) => message,
+                            Err(e) => return PeerError::Protocol(format!("raft message does not decode: {e}")),
+                        };
+                        // The connection is authenticated as `link.peer`: a message claiming
+                        // another sender or addressed elsewhere is a protocol violation.
+                        if message.from != link.peer.0 || message.to != self.config.node.0 {
+                            return PeerError::Protocol(format!(
+                                "message from {} to {} on the connection with node {}",
+                                message.from, message.to, link.peer
+                            ));
+                        }
+                        (partition, Payload::Raft(message))
+                    }
+                    WireMessage::Snapshot { partition, message } => (partition, Payload::Snapshot(message)),
                 };
-                // The connection is authenticated as `link.peer`: a message claiming another
-                // sender or addressed elsewhere is a protocol violation.
-                if message.from != link.peer.0 || message.to != self.config.node.0 {
-                    return PeerError::Protocol(format!(
-                        "message from {} to {} on the connection with node {}",
-                        message.from, message.to, link.peer
-                    ));
-                }
                 envelopes.push(Envelope {
                     partition: PartitionId(partition),
                     from: link.peer,
                     to: self.config.node,
-                    message,
+                    payload,
                 });
             }
             let count = envelopes.len() as u64;

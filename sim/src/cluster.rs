@@ -60,6 +60,12 @@ fn address(node: NodeId) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, node.0 as u8)), PEER_PORT)
 }
 
+/// Entries between snapshots: low, so that snapshots, compaction and snapshot transfers happen
+/// in every run, at a rate the seed picks.
+fn snapshot_entries(seed: u64) -> u64 {
+    [8, 25, 80][(seed % 3) as usize]
+}
+
 impl SimCluster {
     /// Starts `count` nodes; `clock_rates_ppm` gives each node's clock rate (default: exact).
     pub fn start(
@@ -91,6 +97,8 @@ impl SimCluster {
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
                 replicas: count.min(3) as usize,
+                snapshot_entries: snapshot_entries(seed),
+                snapshot_bytes: 64 * 1024 * 1024,
             };
             let init = {
                 let (disk, service, faults, observer) =

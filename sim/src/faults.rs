@@ -67,9 +67,10 @@ impl Transport for FaultyTransport {
     fn send(&self, to: NodeId, batch: Vec<Envelope>) {
         let mut faults = self.faults.lock().expect("not poisoned");
         if faults.watch_votes {
-            let granted = batch.iter().any(|e| {
-                e.message.get_msg_type() == raft::eraftpb::MessageType::MsgRequestVoteResponse && !e.message.reject
-            });
+            let granted = batch
+                .iter()
+                .filter_map(|e| e.raft())
+                .any(|m| m.get_msg_type() == raft::eraftpb::MessageType::MsgRequestVoteResponse && !m.reject);
             if granted {
                 faults.votes_granted.push(self.node);
             }

@@ -24,12 +24,21 @@ pub fn repo(path: &str) -> RepoId {
     RepoId { storage: "default".into(), relative_path: RelativePath::new(path).unwrap() }
 }
 
+/// Raft timing for tests: fast elections.
+pub fn test_raft() -> RawRaft {
+    RawRaft { tick_interval_ms: TICK_MS, election_ticks: ELECTION_TICKS, heartbeat_ticks: 2, ..RawRaft::default() }
+}
+
 impl TestCluster {
     pub fn start(count: u64) -> TestCluster {
         TestCluster::start_with_replicas(count, None)
     }
 
     pub fn start_with_replicas(count: u64, replicas: Option<usize>) -> TestCluster {
+        TestCluster::start_with(count, replicas, test_raft())
+    }
+
+    pub fn start_with(count: u64, replicas: Option<usize>, raft: RawRaft) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let nodes = cohort::config::loopback_nodes(count).unwrap();
         let configs: Vec<RawConfig> = (1..=count)
@@ -40,7 +49,7 @@ impl TestCluster {
                 cluster_id: "e2e".into(),
                 secret: "e2e-secret-0123".into(),
                 token: None,
-                raft: RawRaft { tick_interval_ms: TICK_MS, election_ticks: ELECTION_TICKS, heartbeat_ticks: 2 },
+                raft: raft.clone(),
                 limits: RawLimits::default(),
                 replicas,
                 nodes: nodes.clone(),

@@ -1,13 +1,33 @@
 use crate::ids::{NodeId, PartitionId};
+use crate::snapshot::SnapshotMessage;
 
-/// One Raft message between two replicas of one partition. `message` is raft-rs's own message;
-/// it is protobuf-encoded on the wire inside cohort's frame (see `cohort-net`).
+/// One message between two replicas of one partition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Envelope {
     pub partition: PartitionId,
     pub from: NodeId,
     pub to: NodeId,
-    pub message: raft::eraftpb::Message,
+    pub payload: Payload,
+}
+
+/// What an envelope carries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    /// raft-rs's own message; protobuf-encoded on the wire inside cohort's frame (see
+    /// `cohort-net`).
+    Raft(raft::eraftpb::Message),
+    /// A piece of a snapshot transfer, which travels beside Raft (see `crate::snapshot`).
+    Snapshot(SnapshotMessage),
+}
+
+impl Envelope {
+    /// The Raft message, if this envelope carries one.
+    pub fn raft(&self) -> Option<&raft::eraftpb::Message> {
+        match &self.payload {
+            Payload::Raft(message) => Some(message),
+            Payload::Snapshot(_) => None,
+        }
+    }
 }
 
 /// Carries envelopes between nodes. Delivery is best effort: a message may be dropped (a full

@@ -2,10 +2,11 @@
 
 use super::persisted::{PersistEvent, PersistSignal};
 use super::router::Router;
-use crate::env::{BoxFuture, Env, Envelope, Transport};
+use crate::env::{BoxFuture, Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, RequestId};
 use crate::partition::{Output, Partition, Request, Response};
-use crate::persist::PersistRequest;
+use crate::persist::{LogWrite, PersistRequest};
+use crate::snapshot::{TransferEvents, Transfers};
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::BTreeMap;
@@ -43,6 +44,10 @@ pub(super) struct Actor {
     pub signal: PersistSignal,
     /// The router that owns this actor, told about partitions the directory allocates.
     pub router: Weak<Router>,
+    /// Snapshot files and transfers of this replica.
+    pub transfers: Transfers,
+    /// What transfers asked for since the last drain.
+    pub transfer_events: TransferEvents,
 }
 
 /// Tells the actor how its write ended. If the writer drops the write without answering (it
@@ -122,11 +127,17 @@ impl Actor {
                 Wake::Input(Some(PartitionInput::Remove)) => {
                     let partition = self.partition.id();
                     tracing::info!(%partition, node = %self.partition.node(), "replica removed; deleting its data");
-                    let write = crate::persist::LogWrite { remove: true, ..crate::persist::LogWrite::new(partition) };
+                    let write = LogWrite { remove: true, ..LogWrite::new(partition) };
                     // The removal follows every write this replica queued; once it is durable
-                    // the router may start a new replica of the partition here.
+                    // its snapshot files go, and the router may start a new replica here.
                     let router = self.router.clone();
-                    let done = Box::new(move |_| {
+                    let store = self.transfers.store().clone();
+                    let done = Box::new(move |result: Result<(), _>| {
+                        if result.is_ok() {
+                            if let Err(error) = store.remove_all() {
+                                tracing::warn!(%partition, %error, "cannot delete a removed replica's files");
+                            }
+                        }
                         if let Some(router) = router.upgrade() {
                             router.on_retired(partition);
                         }
@@ -134,7 +145,12 @@ impl Actor {
                     let _ = self.persist.send(PersistRequest { write, done }).await;
                     return;
                 }
-                Wake::Input(Some(PartitionInput::Message(envelope))) => self.partition.handle_message(now, envelope),
+                Wake::Input(Some(PartitionInput::Message(envelope))) => match envelope.payload {
+                    Payload::Raft(message) => self.partition.handle_message(now, message),
+                    Payload::Snapshot(message) => {
+                        self.transfers.handle(now, envelope.from, message, &mut self.transfer_events)
+                    }
+                },
                 Wake::Input(Some(PartitionInput::Request { body, reply })) => {
                     next_request += 1;
                     let request = RequestId(next_request);
@@ -155,7 +171,8 @@ impl Actor {
                 Wake::Persist(PersistEvent::Failed(error)) => self.partition.handle_persist_failed(error),
                 Wake::Timer => {
                     timer = None;
-                    self.partition.handle_tick(now)
+                    self.partition.handle_tick(now);
+                    self.transfers.tick(&mut self.transfer_events);
                 }
             }
             let (leader, candidate) = (self.partition.leader(), self.partition.status_role_is_candidate());
@@ -170,20 +187,88 @@ impl Actor {
         }
     }
 
-    /// Carries out every output the partition has, in order.
+    /// Carries out every output the partition has, in order, and feeds it what snapshot
+    /// transfers produced, until neither has anything left.
     async fn drain(&mut self, replies: &mut BTreeMap<RequestId, Pending>) {
         // Messages to one node in one drain go out as one batch.
         let mut batches: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
+        loop {
+            if !self.drain_outputs(replies, &mut batches).await {
+                return;
+            }
+            let events = std::mem::take(&mut self.transfer_events);
+            for envelope in events.send {
+                batches.entry(envelope.to).or_default().push(envelope);
+            }
+            if events.finished.is_empty() && events.installed.is_none() {
+                break;
+            }
+            // Inputs only now, after every output was carried out (see `Output::SaveSnapshot`).
+            let now = self.env.clock.now();
+            for (to, delivered) in events.finished {
+                self.partition.report_snapshot(now, to, delivered);
+            }
+            if let Some(installed) = events.installed {
+                let position = installed.meta.position;
+                if !self.partition.handle_snapshot_received(now, installed.message, installed.meta, installed.state) {
+                    tracing::info!(partition = %self.partition.id(), ?position, "received snapshot is stale; dropped");
+                }
+            }
+        }
+        for (to, batch) in batches {
+            self.transport.send(to, batch);
+        }
+    }
+
+    /// Carries out the partition's outputs; false if the node is stopping.
+    async fn drain_outputs(
+        &mut self,
+        replies: &mut BTreeMap<RequestId, Pending>,
+        batches: &mut BTreeMap<NodeId, Vec<Envelope>>,
+    ) -> bool {
         while let Some(output) = self.partition.poll_output() {
             match output {
                 Output::Send(envelope) => batches.entry(envelope.to).or_default().push(envelope),
+                Output::SendSnapshot { to, message } => {
+                    let now = self.env.clock.now();
+                    self.transfers.start(now, to, &message, &mut self.transfer_events);
+                }
+                Output::SaveSnapshot(meta) => {
+                    let partition = &self.partition;
+                    let saved = self.transfers.store().save(&meta, |out| partition.write_snapshot(&meta, out));
+                    let result = match saved {
+                        Ok(size_bytes) => {
+                            tracing::info!(partition = %partition.id(), position = ?meta.position, size_bytes,
+                                "snapshot saved");
+                            self.env.metrics.snapshots_saved.inc();
+                            Ok(meta)
+                        }
+                        Err(error) => Err(error.to_string()),
+                    };
+                    let now = self.env.clock.now();
+                    self.partition.handle_snapshot_saved(now, result);
+                }
+                Output::Compact { write, snapshot } => {
+                    let store = self.transfers.store().clone();
+                    let done = Box::new(move |result: Result<(), _>| {
+                        // Older snapshots are superseded once the log says this one is current.
+                        if result.is_ok() {
+                            if let Err(error) = store.remove_older_than(snapshot.position.index) {
+                                tracing::warn!(%error, "cannot delete superseded snapshots");
+                            }
+                        }
+                    });
+                    if self.persist.send(PersistRequest { write, done }).await.is_err() {
+                        return false;
+                    }
+                }
                 Output::Persist { ready_number, write } => {
                     let completion = Completion { signal: Some(self.signal.clone()), ready_number };
                     let done = Box::new(move |result| completion.complete(result));
                     // Waits when the writer's queue is full: the writer never waits on us.
                     if self.persist.send(PersistRequest { write, done }).await.is_err() {
                         // The writer is gone (the node is stopping); nothing more is durable.
-                        return;
+                        return false;
                     }
                 }
                 Output::PartitionAllocated { partition, info, campaign } => {
@@ -215,8 +300,6 @@ impl Actor {
                 }
             }
         }
-        for (to, batch) in batches {
-            self.transport.send(to, batch);
-        }
+        true
     }
 }

@@ -7,7 +7,8 @@ use crate::env::{Env, Envelope, Transport};
 use crate::ids::{NodeId, PartitionId};
 use crate::limits::MAILBOX_MESSAGES_MAX;
 use crate::partition::{Partition, PartitionConfig, PartitionStatus, Request, Response};
-use crate::persist::{PersistRequest, RecoveredPartition};
+use crate::persist::{PersistRequest, RecoveredPartition, SnapshotMeta};
+use crate::snapshot::{SnapshotStore, Transfers, DIRECTORY_AUTHORITY};
 use crate::state_machine::{PartitionInfo, StateMachine};
 use futures::channel::{mpsc, oneshot};
 use std::collections::BTreeMap;
@@ -22,6 +23,9 @@ pub struct RouterConfig {
     pub tick_interval: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    /// When replicas save a snapshot and compact their log (see `PartitionConfig`).
+    pub snapshot_entries: u64,
+    pub snapshot_bytes: u64,
 }
 
 /// Why a request did not reach a partition.
@@ -54,9 +58,9 @@ pub struct Router {
     /// stopped.
     persist: Mutex<Option<mpsc::Sender<PersistRequest>>>,
     mailboxes: Mutex<BTreeMap<PartitionId, mpsc::Sender<PartitionInput>>>,
-    /// Replicas being deleted, until their removal is durable; `true`: this node became a
-    /// member again meanwhile, so a new replica starts once the old one is gone.
-    retiring: Mutex<BTreeMap<PartitionId, bool>>,
+    /// Replicas being deleted, until their removal is durable; `Some(authority)`: this node
+    /// became a member again meanwhile, so a new replica starts once the old one is gone.
+    retiring: Mutex<BTreeMap<PartitionId, Option<String>>>,
     pub stats: RouterStats,
     this: Weak<Router>,
 }
@@ -101,14 +105,22 @@ impl Router {
             heartbeat_ticks: self.config.heartbeat_ticks,
             seed: self.env.seed,
             observer: self.env.observer.clone(),
+            snapshot_entries: self.config.snapshot_entries,
+            snapshot_bytes: self.config.snapshot_bytes,
         }
     }
 
-    /// Creates a new replica of `partition` with initial voters `voters`; with `campaign`
-    /// it starts the first election at once.
+    fn store(&self, authority: &str, partition: PartitionId) -> SnapshotStore {
+        let authority = if partition == crate::ids::DIRECTORY { DIRECTORY_AUTHORITY } else { authority };
+        SnapshotStore::new(self.env.disk.clone(), authority, partition)
+    }
+
+    /// Creates a new replica of `partition` (created for storage `authority`) with initial
+    /// voters `voters`; with `campaign` it starts the first election at once.
     pub fn create_partition(
         &self,
         partition: PartitionId,
+        authority: &str,
         voters: &[NodeId],
         campaign: bool,
     ) -> Result<(), RouteError> {
@@ -121,7 +133,7 @@ impl Router {
         if campaign {
             replica.campaign(now);
         }
-        mailboxes.insert(partition, self.start(replica)?);
+        mailboxes.insert(partition, self.start(replica, self.store(authority, partition))?);
         Ok(())
     }
 
@@ -136,12 +148,12 @@ impl Router {
         match (member, mailboxes.contains_key(&partition)) {
             (true, false) if retiring.contains_key(&partition) => {
                 // Its old replica's removal is not durable yet: start afresh after it.
-                retiring.insert(partition, true);
+                retiring.insert(partition, Some(info.authority.clone()));
             }
             (true, false) => {
                 let now = self.env.clock.now();
                 let replica = Partition::create_empty(self.partition_config(partition), now);
-                match self.start(replica) {
+                match self.start(replica, self.store(&info.authority, partition)) {
                     Ok(mailbox) => {
                         mailboxes.insert(partition, mailbox);
                         tracing::info!(node = %me, %partition, "joined partition as a new replica");
@@ -151,7 +163,7 @@ impl Router {
             }
             (false, true) => {
                 let mut mailbox = mailboxes.remove(&partition).expect("present");
-                retiring.insert(partition, false);
+                retiring.insert(partition, None);
                 // Sent with backpressure: the removal must reach the actor, after its inputs.
                 self.env.spawn.spawn(
                     "retire replica",
@@ -167,9 +179,9 @@ impl Router {
 
     /// The removal of this node's old replica of `partition` is durable.
     pub fn on_retired(&self, partition: PartitionId) {
-        let rejoin = self.retiring.lock().expect("not poisoned").remove(&partition).unwrap_or(false);
-        if rejoin {
-            let info = PartitionInfo { authority: String::new(), voters: vec![self.config.node], learners: Vec::new() };
+        let rejoin = self.retiring.lock().expect("not poisoned").remove(&partition).flatten();
+        if let Some(authority) = rejoin {
+            let info = PartitionInfo { authority, voters: vec![self.config.node], learners: Vec::new() };
             self.reconcile(partition, &info);
         }
     }
@@ -180,34 +192,52 @@ impl Router {
         if !info.voters.contains(&self.config.node) {
             return;
         }
-        match self.create_partition(partition, &info.voters, campaign) {
+        match self.create_partition(partition, &info.authority, &info.voters, campaign) {
             Ok(()) => tracing::info!(node = %self.config.node, %partition, "created partition replica"),
             Err(RouteError::PartitionExists(_)) => {}
             Err(error) => tracing::error!(%partition, %error, "cannot create partition replica"),
         }
     }
 
-    /// Starts a replica from recovered state.
+    /// Starts a replica from recovered state: the log's, and the state machine restored from
+    /// `snapshot` (in `store`) if the log was compacted.
     pub fn open_partition(
         &self,
         partition: PartitionId,
         recovered: RecoveredPartition,
         state_machine: StateMachine,
+        snapshot: Option<SnapshotMeta>,
+        store: SnapshotStore,
     ) -> Result<(), RouteError> {
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
         if mailboxes.contains_key(&partition) {
             return Err(RouteError::PartitionExists(partition));
         }
         let now = self.env.clock.now();
-        let replica = Partition::open(self.partition_config(partition), recovered, state_machine, now);
-        mailboxes.insert(partition, self.start(replica)?);
+        let replica = Partition::open(self.partition_config(partition), recovered, state_machine, snapshot, now);
+        mailboxes.insert(partition, self.start(replica, store)?);
         Ok(())
     }
 
-    fn start(&self, partition: Partition) -> Result<mpsc::Sender<PartitionInput>, RouteError> {
+    /// Where a replica whose authority is unknown keeps its files: where a past start put
+    /// them, else under `authority`.
+    pub fn store_for_recovered(&self, partition: PartitionId, authority: &str) -> SnapshotStore {
+        match SnapshotStore::find(self.env.disk.clone(), partition) {
+            Ok(Some(store)) => store,
+            _ => self.store(authority, partition),
+        }
+    }
+
+    fn start(&self, partition: Partition, store: SnapshotStore) -> Result<mpsc::Sender<PartitionInput>, RouteError> {
         let id = partition.id();
+        if let Err(error) = store.create_dir() {
+            // Snapshots will fail to save and be retried; the replica runs on its log meanwhile.
+            tracing::error!(partition = %id, %error, "cannot create the replica's directory");
+        }
         let persist = self.persist.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let (tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let seed = self.env.seed ^ self.env.clock.now().as_nanos();
+        let transfers = Transfers::new(id, self.config.node, store, self.env.metrics.clone(), seed);
         let actor = Actor {
             partition,
             mailbox: rx,
@@ -216,6 +246,8 @@ impl Router {
             persist,
             signal: PersistSignal::new(),
             router: self.this.clone(),
+            transfers,
+            transfer_events: Default::default(),
         };
         self.env.spawn.spawn("partition", Box::pin(actor.run()));
         Ok(tx)

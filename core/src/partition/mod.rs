@@ -21,11 +21,13 @@ mod storage;
 pub use input::{MembershipChange, ReadConsistency, Request};
 pub use output::{Output, Response};
 
-use crate::env::{Envelope, Instant};
+use crate::env::{Envelope, Instant, Payload};
 use crate::ids::{NodeId, PartitionId, RequestId};
 use crate::limits;
 use crate::observe::Observer;
-use crate::persist::{ConfState, EntryKind, HardState, LogEntry, LogWrite, PersistError, RecoveredPartition};
+use crate::persist::{
+    ConfState, EntryKind, HardState, LogEntry, LogPosition, LogWrite, PersistError, RecoveredPartition, SnapshotMeta,
+};
 use crate::raft_logger::raft_logger;
 use crate::state_machine::{self, Command, ReadQuery, StateMachine};
 use forwarded::Forwarded;
@@ -52,6 +54,10 @@ pub struct PartitionConfig {
     pub seed: u64,
     /// Watches applies and elections (simulation checkers); `None` in production.
     pub observer: Option<Arc<dyn Observer>>,
+    /// A snapshot is saved (and the log compacted through it) once this many entries, or
+    /// this many bytes of entries, were applied since the last one.
+    pub snapshot_entries: u64,
+    pub snapshot_bytes: u64,
 }
 
 impl PartitionConfig {
@@ -64,6 +70,8 @@ impl PartitionConfig {
             heartbeat_ticks: 2,
             seed,
             observer: None,
+            snapshot_entries: 10_000,
+            snapshot_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -97,6 +105,8 @@ pub struct PartitionStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_index: u64,
+    /// The newest snapshot this replica holds (0: none); the log starts after it.
+    pub snapshot_index: u64,
     pub conf_state: ConfState,
     /// Filled on the leader only.
     pub progress: Vec<ReplicaProgress>,
@@ -129,6 +139,14 @@ pub struct Partition {
     /// whose directory changes must not be acted on again (see `Output::DirectoryReady`).
     replayed_through: u64,
     directory_ready: bool,
+    /// Bytes of entries applied since the newest snapshot (an estimate after a restart).
+    applied_bytes_since_snapshot: u64,
+    /// A `SaveSnapshot` was handed out and not yet reported saved or failed.
+    saving_snapshot: bool,
+    /// After a failed save, the tick before which no new one is tried.
+    snapshot_retry_tick: u64,
+    /// A snapshot received whole, waiting for Raft to accept it in a Ready.
+    staged_snapshot: Option<(SnapshotMeta, StateMachine)>,
 }
 
 impl Partition {
@@ -148,31 +166,40 @@ impl Partition {
         for entry in &bootstrap {
             state_machine.apply_noop(entry.index);
         }
-        let mut partition = Partition::open(config, recovered, state_machine, now);
+        let mut partition = Partition::open(config, recovered, state_machine, None, now);
         partition.persist_metadata(bootstrap);
         partition
     }
 
     /// A replica that knows nothing yet, on a node newly added to the partition: the leader
-    /// brings it its log (membership included) from the first entry.
+    /// brings it its log (membership included) from the first entry, or a snapshot.
     pub fn create_empty(config: PartitionConfig, now: Instant) -> Partition {
-        Partition::open(config, RecoveredPartition::default(), StateMachine::new(), now)
+        Partition::open(config, RecoveredPartition::default(), StateMachine::new(), None, now)
     }
 
     /// Reopens a replica from what the log recovered and a state machine restored at
-    /// `state_machine.applied_index()`; committed entries after that are applied again.
+    /// `state_machine.applied_index()` (from `snapshot`, the snapshot the log was compacted
+    /// through, if any); committed entries after that are applied again.
     pub fn open(
         config: PartitionConfig,
         recovered: RecoveredPartition,
         state_machine: StateMachine,
+        snapshot: Option<SnapshotMeta>,
         now: Instant,
     ) -> Partition {
         assert!(config.election_ticks > config.heartbeat_ticks, "election outlasts heartbeats");
         let applied = state_machine.applied_index();
         assert!(applied >= recovered.compacted.index, "the state machine covers every entry compacted away");
         assert!(applied <= recovered.hard_state.commit.max(recovered.compacted.index));
+        match &snapshot {
+            Some(meta) => {
+                assert_eq!(meta.position, recovered.compacted, "the log was compacted through its snapshot");
+                assert_eq!(applied, meta.position.index, "the state machine is the snapshot's");
+            }
+            None => assert_eq!(recovered.compacted.index, 0, "a compacted log comes with its snapshot"),
+        }
         let replayed_through = recovered.hard_state.commit;
-        let storage = PartitionStorage::new(&recovered);
+        let storage = PartitionStorage::new(&recovered, snapshot);
         let raft_config = raft::Config {
             id: config.node.0,
             election_tick: config.election_ticks,
@@ -211,6 +238,10 @@ impl Partition {
             leading_term: None,
             replayed_through,
             directory_ready: false,
+            applied_bytes_since_snapshot: 0,
+            saving_snapshot: false,
+            snapshot_retry_tick: 0,
+            staged_snapshot: None,
         };
         partition.announce_directory_if_replayed();
         partition.rejitter();
@@ -294,6 +325,7 @@ impl Partition {
             commit_index: raft.raft_log.committed,
             applied_index: self.state_machine.applied_index(),
             last_index: raft.raft_log.last_index(),
+            snapshot_index: self.raw.store().snapshot_meta().map_or(0, |m| m.position.index),
             conf_state,
             progress,
         }
@@ -302,17 +334,100 @@ impl Partition {
     // ---- inputs ----
 
     /// A Raft message from another replica of this partition.
-    pub fn handle_message(&mut self, now: Instant, envelope: Envelope) {
-        assert_eq!(envelope.partition, self.config.partition, "message routed to its partition");
-        assert_eq!(envelope.to, self.config.node, "message routed to its node");
+    pub fn handle_message(&mut self, now: Instant, message: raft::eraftpb::Message) {
+        assert_eq!(message.to, self.config.node.0, "message routed to its replica");
         if self.fatal.is_some() {
             return;
         }
+        assert!(
+            message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot,
+            "snapshots arrive through handle_snapshot_received"
+        );
+        self.step(message);
+        self.after_input(now);
+    }
+
+    fn step(&mut self, message: raft::eraftpb::Message) {
         // raft-rs rejects messages from unknown peers and stale terms itself; an error here
         // is a message that lost a race (for example from a removed peer), not a bug.
-        if let Err(e) = self.raw.step(envelope.message) {
+        if let Err(e) = self.raw.step(message) {
             tracing::debug!(partition = %self.config.partition, error = %e, "raft rejected a message");
         }
+    }
+
+    /// A snapshot arrived whole and is installed as a file: `message` is the leader's
+    /// `MsgSnapshot` for it, `state` the state machine it holds. Returns whether Raft took it
+    /// (it refuses one no newer than what this replica has committed); if it did, the state
+    /// replaces this replica's once its Ready is handled.
+    pub fn handle_snapshot_received(
+        &mut self,
+        now: Instant,
+        message: raft::eraftpb::Message,
+        meta: SnapshotMeta,
+        state: StateMachine,
+    ) -> bool {
+        assert_eq!(message.to, self.config.node.0, "snapshot routed to its replica");
+        let metadata = message.get_snapshot().get_metadata();
+        let index = metadata.index;
+        assert_eq!((metadata.index, metadata.term), (meta.position.index, meta.position.term));
+        assert_eq!(state.applied_index(), meta.position.index, "the state is the snapshot's");
+        if self.fatal.is_some() {
+            return false;
+        }
+        self.staged_snapshot = Some((meta, state));
+        self.step(message);
+        let accepted = self.raw.raft.snap().is_some_and(|s| s.get_metadata().index == index);
+        if !accepted {
+            self.staged_snapshot = None;
+        }
+        self.after_input(now);
+        accepted
+    }
+
+    /// A snapshot transfer to `to` ended: Raft resumes replicating to it (after a failure,
+    /// it sends a new snapshot when it next needs one).
+    pub fn report_snapshot(&mut self, now: Instant, to: NodeId, delivered: bool) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.raw.report_snapshot(to.0, status);
+        self.after_input(now);
+    }
+
+    /// Streams the snapshot a `SaveSnapshot` asked for into `out`. Call it before any other
+    /// input, while the state is still the one the output describes.
+    pub fn write_snapshot(&self, meta: &SnapshotMeta, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        assert!(self.saving_snapshot, "a snapshot was asked for");
+        assert_eq!(self.state_machine.applied_index(), meta.position.index, "the state is still the snapshot's");
+        self.state_machine.write_snapshot(out)
+    }
+
+    /// The snapshot a `SaveSnapshot` asked for is durable (`Ok`) or could not be written.
+    /// Once saved, the log is compacted through it.
+    pub fn handle_snapshot_saved(&mut self, now: Instant, result: Result<SnapshotMeta, String>) {
+        assert!(self.saving_snapshot, "a snapshot was asked for");
+        self.saving_snapshot = false;
+        let meta = match result {
+            Ok(meta) => meta,
+            Err(error) => {
+                tracing::error!(partition = %self.config.partition, %error, "cannot save a snapshot; retrying later");
+                self.snapshot_retry_tick = self.ticks + SNAPSHOT_RETRY_TICKS;
+                return;
+            }
+        };
+        if self.fatal.is_some() {
+            return;
+        }
+        let store = self.raw.mut_store();
+        if meta.position.index <= store.compacted().index {
+            return; // A received snapshot overtook it.
+        }
+        store.compact(meta.clone());
+        self.applied_bytes_since_snapshot = 0;
+        let mut write = LogWrite::new(self.config.partition);
+        write.compact_through = Some(meta.position);
+        self.outputs.push_back(Output::Compact { write, snapshot: meta });
         self.after_input(now);
     }
 
@@ -370,6 +485,7 @@ impl Partition {
         }
         assert!(released, "persisted ready {ready_number} was outstanding");
         self.raw.on_persist_ready(ready_number);
+        self.advance_raft_applied();
         self.after_input(now);
     }
 
@@ -423,6 +539,35 @@ impl Partition {
         // Starting reads may have produced raft messages (singleton leaders answer at once).
         self.process_ready();
         self.note_leadership();
+        self.maybe_save_snapshot();
+    }
+
+    /// Asks for a snapshot of the applied state once enough was applied since the last one.
+    /// Asked at the end of an input so that the state stays as described until the driver
+    /// writes it.
+    fn maybe_save_snapshot(&mut self) {
+        if self.saving_snapshot || self.fatal.is_some() || self.ticks < self.snapshot_retry_tick {
+            return;
+        }
+        let applied = self.state_machine.applied_index();
+        let since = self.raw.store().compacted().index;
+        // Asked for by raft-rs for a follower; cleared even when nothing new was applied (the
+        // snapshot held then serves, unless the follower joined after it: see below).
+        let wanted = self.raw.store().take_snapshot_wanted();
+        if applied <= since {
+            return;
+        }
+        let due = wanted
+            || applied - since >= self.config.snapshot_entries
+            || self.applied_bytes_since_snapshot >= self.config.snapshot_bytes;
+        if !due {
+            return;
+        }
+        let term = self.raw.raft.raft_log.term(applied).expect("an applied entry's term is known");
+        let conf_state = (&self.raw.raft.prs().conf().to_conf_state()).into();
+        let meta = SnapshotMeta { position: LogPosition { index: applied, term }, conf_state };
+        self.saving_snapshot = true;
+        self.outputs.push_back(Output::SaveSnapshot(meta));
     }
 
     /// On the directory's replica, once history is replayed: one `DirectoryReady`.
@@ -695,8 +840,13 @@ impl Partition {
     }
 
     fn send(&mut self, message: raft::eraftpb::Message) {
+        let to = NodeId(message.to);
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            self.outputs.push_back(Output::SendSnapshot { to, message });
+            return;
+        }
         let envelope =
-            Envelope { partition: self.config.partition, from: self.config.node, to: NodeId(message.to), message };
+            Envelope { partition: self.config.partition, from: self.config.node, to, payload: Payload::Raft(message) };
         self.outputs.push_back(Output::Send(envelope));
     }
 
@@ -728,6 +878,9 @@ impl Partition {
         self.outputs.push_back(Output::Persist { ready_number: 0, write });
     }
 }
+
+/// Ticks to wait after a failed snapshot save before trying again.
+const SNAPSHOT_RETRY_TICKS: u64 = 50;
 
 /// The term of a partition's bootstrap entries; elections start above it.
 const BOOTSTRAP_TERM: u64 = 1;

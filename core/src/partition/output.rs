@@ -2,7 +2,7 @@
 
 use crate::env::Envelope;
 use crate::ids::{NodeId, PartitionId, RequestId};
-use crate::persist::{ConfState, LogWrite, PersistError};
+use crate::persist::{ConfState, LogWrite, PersistError, SnapshotMeta};
 use crate::state_machine::{PartitionInfo, ReadResult, WriteResult};
 
 /// One effect for the driver to carry out, in the order polled.
@@ -13,6 +13,16 @@ pub enum Output {
     /// Make `write` durable, then call `Partition::handle_persisted(ready_number)`. Writes
     /// must be made durable in the order they are polled.
     Persist { ready_number: u64, write: LogWrite },
+    /// Deliver Raft's `MsgSnapshot` to `to`: stream the snapshot file it names (see
+    /// `crate::snapshot`), then call `Partition::report_snapshot`.
+    SendSnapshot { to: NodeId, message: raft::eraftpb::Message },
+    /// Save a snapshot of the applied state: stream `Partition::write_snapshot` into a
+    /// durable file, then call `Partition::handle_snapshot_saved`. No other input may come
+    /// between this output and the write.
+    SaveSnapshot(SnapshotMeta),
+    /// Append `write` (a log compaction through `snapshot`) to the log after every earlier
+    /// `Persist`; nothing waits for it. Once it is durable, older snapshot files may go.
+    Compact { write: LogWrite, snapshot: SnapshotMeta },
     /// Answer the request `request`.
     Respond { request: RequestId, response: Response },
     /// The directory (partition 0) applied the allocation of a new partition: the node

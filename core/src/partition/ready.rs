@@ -42,9 +42,10 @@ impl Partition {
         for message in ready.take_messages() {
             self.send(message);
         }
-        assert!(ready.snapshot().is_empty(), "snapshots are not sent before they are built");
-
         let mut write = LogWrite::new(self.config.partition);
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot(), &mut write);
+        }
         let store = self.raw.mut_store();
         write.entries = store.append(ready.entries());
         if let Some(hard_state) = ready.hs() {
@@ -83,14 +84,7 @@ impl Partition {
             }
         }
         self.serve_ready_reads();
-        let mut applied = self.state_machine.applied_index();
-        if bugs::is_active(Bug::ApplyUncommitted) {
-            // raft-rs refuses an applied index past commit; the planted bug hides it.
-            applied = applied.min(self.raw.raft.raft_log.committed);
-        }
-        if applied > self.raw.raft.raft_log.applied {
-            self.raw.advance_apply_to(applied);
-        }
+        self.advance_raft_applied();
 
         if write.is_empty() && self.unpersisted.is_empty() {
             // Nothing new to make durable and nothing earlier still in flight: what these
@@ -106,6 +100,42 @@ impl Partition {
         }
     }
 
+    /// Tells raft-rs how far the state machine has applied. A snapshot's state counts as
+    /// applied only once raft-rs knows the snapshot is durable.
+    pub(super) fn advance_raft_applied(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let mut applied = self.state_machine.applied_index().min(log.persisted);
+        if bugs::is_active(Bug::ApplyUncommitted) {
+            // raft-rs refuses an applied index past commit; the planted bug hides it.
+            applied = applied.min(log.committed);
+        }
+        if applied > log.applied {
+            self.raw.advance_apply_to(applied);
+        }
+    }
+
+    /// Raft accepted a snapshot from the leader: it replaces the log and the state machine.
+    fn install_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot, write: &mut LogWrite) {
+        let metadata = snapshot.get_metadata();
+        let (meta, state) = self.staged_snapshot.take().expect("raft accepts only the snapshot just staged");
+        assert_eq!((meta.position.index, meta.position.term), (metadata.index, metadata.term));
+        assert_eq!(meta.conf_state, (metadata.get_conf_state()).into(), "the file's membership is raft's");
+        assert!(meta.position.index > self.state_machine.applied_index(), "a snapshot moves the state forward");
+        tracing::info!(partition = %self.config.partition, node = %self.config.node, position = ?meta.position,
+            "installing snapshot");
+        write.snapshot = Some((meta.position, meta.conf_state.clone()));
+        self.raw.mut_store().apply_snapshot(meta);
+        self.state_machine = state;
+        self.applied_bytes_since_snapshot = 0;
+        self.conf_state_dirty = false;
+        if self.config.partition == crate::ids::DIRECTORY && self.directory_ready {
+            // The directory jumped over entries whose changes were never reported one by one:
+            // the node reconciles with the whole of it again.
+            let partitions = self.state_machine.directory().partitions().map(|(p, info)| (p, info.clone())).collect();
+            self.outputs.push_back(Output::DirectoryReady { partitions });
+        }
+    }
+
     fn apply_committed(&mut self, entries: Vec<Entry>) {
         for entry in entries {
             let mut membership: Option<Response> = None;
@@ -117,6 +147,7 @@ impl Partition {
             if let Some(observer) = &self.config.observer {
                 observer.applied(self.config.node, self.config.partition, index, entry.term, &entry.data);
             }
+            self.applied_bytes_since_snapshot += entry.data.len() as u64;
             let result = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     // A new leader's empty entry.

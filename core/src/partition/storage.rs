@@ -3,7 +3,7 @@
 //! from its own unstable log until `on_persist_ready`, and from here after), and dropped when
 //! compacted.
 
-use crate::persist::{ConfState, HardState, LogEntry, LogPosition, RecoveredPartition};
+use crate::persist::{ConfState, HardState, LogEntry, LogPosition, RecoveredPartition, SnapshotMeta};
 use raft::eraftpb::{self, Entry};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::collections::VecDeque;
@@ -15,15 +15,23 @@ pub struct PartitionStorage {
     compacted: LogPosition,
     /// Entries from `compacted.index + 1`, contiguous.
     entries: VecDeque<Entry>,
+    /// The newest snapshot file this replica holds: what raft-rs sends a follower that needs
+    /// entries compacted away. Always at `compacted` when present.
+    snapshot: Option<SnapshotMeta>,
+    /// raft-rs asked for a snapshot that `snapshot` cannot serve (none yet, too old, or from
+    /// before the receiver was a member): the partition saves a fresh one.
+    snapshot_wanted: std::cell::Cell<bool>,
 }
 
 impl PartitionStorage {
-    pub fn new(recovered: &RecoveredPartition) -> PartitionStorage {
+    pub fn new(recovered: &RecoveredPartition, snapshot: Option<SnapshotMeta>) -> PartitionStorage {
         let storage = PartitionStorage {
             hard_state: recovered.hard_state.into(),
             conf_state: (&recovered.conf_state).into(),
             compacted: recovered.compacted,
             entries: recovered.entries.iter().map(Entry::from).collect(),
+            snapshot,
+            snapshot_wanted: std::cell::Cell::new(false),
         };
         storage.assert_contiguous();
         storage
@@ -50,6 +58,41 @@ impl PartitionStorage {
 
     pub fn set_conf_state(&mut self, conf_state: eraftpb::ConfState) {
         self.conf_state = conf_state;
+    }
+
+    pub fn compacted(&self) -> LogPosition {
+        self.compacted
+    }
+
+    pub fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref()
+    }
+
+    /// Whether raft-rs asked for a snapshot newer than the one held; clears the request.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// A snapshot through `meta.position` is durable: drop the entries it covers.
+    pub fn compact(&mut self, meta: SnapshotMeta) {
+        let position = meta.position;
+        assert!(position.index > self.compacted.index, "compaction moves forward");
+        assert!(position.index <= self.last_index_held(), "compaction covers only held entries");
+        let drop = (position.index - self.compacted.index) as usize;
+        let dropped_last = self.entries.drain(..drop).last().expect("at least one entry dropped");
+        assert_eq!(dropped_last.term, position.term, "the snapshot's term is its last entry's");
+        self.compacted = position;
+        self.snapshot = Some(meta);
+        self.assert_contiguous();
+    }
+
+    /// A snapshot from the leader replaces the whole log.
+    pub fn apply_snapshot(&mut self, meta: SnapshotMeta) {
+        assert!(meta.position.index > self.compacted.index, "a received snapshot is newer");
+        self.entries.clear();
+        self.compacted = meta.position;
+        self.conf_state = (&meta.conf_state).into();
+        self.snapshot = Some(meta);
     }
 
     fn last_index_held(&self) -> u64 {
@@ -114,9 +157,28 @@ impl raft::Storage for PartitionStorage {
         Ok(self.last_index_held())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<eraftpb::Snapshot> {
-        // Snapshots of the state machine are not built yet: until they are, the log is never
-        // compacted below what every replica has, so raft never needs one.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    /// The snapshot's description only; its file is streamed beside Raft (`crate::snapshot`).
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<eraftpb::Snapshot> {
+        let serves = |meta: &SnapshotMeta| {
+            let cs = &meta.conf_state;
+            meta.position.index >= request_index
+                && [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next]
+                    .iter()
+                    .any(|ids| ids.contains(&to))
+        };
+        match &self.snapshot {
+            Some(meta) if serves(meta) => {
+                let mut snapshot = eraftpb::Snapshot::default();
+                let metadata = snapshot.mut_metadata();
+                metadata.index = meta.position.index;
+                metadata.term = meta.position.term;
+                metadata.set_conf_state((&meta.conf_state).into());
+                Ok(snapshot)
+            }
+            _ => {
+                self.snapshot_wanted.set(true);
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            }
+        }
     }
 }

@@ -202,7 +202,7 @@ fn votes_and_append_acks_never_run_ahead_of_the_log() {
     let mut seq = 0;
     for step in 0..20_000 {
         for envelope in cluster.in_flight() {
-            let m = &envelope.message;
+            let Some(m) = envelope.raft() else { continue };
             if m.reject {
                 continue;
             }
@@ -461,4 +461,94 @@ fn leadership_moves_to_the_voter_asked_for() {
     assert_eq!(request_on_leader(&mut cluster, Request::TransferLeader(target)), Response::Transferring);
     assert!(cluster.drive_until(STEPS_MAX, |c| c.leader() == Some(target)), "leadership moved");
     assert!(matches!(request_on_leader(&mut cluster, Request::TransferLeader(NodeId(9))), Response::Refused(_)));
+}
+
+// ---- snapshots and log compaction ----
+
+fn write_many(cluster: &mut Cluster, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
+        assert_written(&request_on_leader(cluster, set_main(1, seq, &seq.to_le_bytes()).0));
+    }
+}
+
+#[test]
+fn replicas_snapshot_and_compact_their_log_past_the_threshold() {
+    let mut cluster = Cluster::with_snapshots_every(3, 30, 10);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    write_many(&mut cluster, 2..60);
+    for node in cluster.nodes() {
+        let durable = cluster.durable(node);
+        assert!(durable.compacted.index >= 50, "node {node} compacted through {:?}", durable.compacted);
+        assert!(durable.entries.len() < 20, "node {node} holds {} entries", durable.entries.len());
+        let status = cluster.replica(node).status();
+        assert_eq!(status.snapshot_index, durable.compacted.index);
+    }
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn a_lagging_follower_catches_up_by_snapshot() {
+    let mut cluster = Cluster::with_snapshots_every(3, 31, 10);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let leader = elect(&mut cluster);
+    let lagging = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    cluster.isolate(lagging);
+    write_many(&mut cluster, 2..60);
+    assert_eq!(cluster.snapshots_delivered, 0);
+    cluster.heal();
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, lagging)), "the follower catches up");
+    assert!(cluster.snapshots_delivered >= 1, "the follower needed a snapshot: its entries were compacted away");
+    let leader = cluster.leader().unwrap();
+    assert_eq!(cluster.replica(lagging).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    assert!(cluster.durable(lagging).snapshot.is_some(), "the installed snapshot is in its log");
+    // It goes on replicating normally afterwards, and restarts from the snapshot it got.
+    write_many(&mut cluster, 60..65);
+    cluster.crash(lagging);
+    cluster.restart(lagging);
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, lagging)));
+    let leader = cluster.leader().unwrap();
+    assert_eq!(cluster.replica(lagging).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn a_new_learner_catches_up_by_snapshot_and_learns_the_membership_from_it() {
+    let mut cluster = Cluster::with_snapshots_every(3, 32, 10);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    write_many(&mut cluster, 2..40);
+    let new = NodeId(4);
+    assert!(matches!(change(&mut cluster, MembershipChange::AddLearner(new)), Response::Membership(_)));
+    cluster.add_empty_replica(new);
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, new)), "the learner catches up");
+    assert!(cluster.snapshots_delivered >= 1, "the log's start was compacted away");
+    let status = cluster.replica(new).status();
+    assert_eq!(status.role, Role::Learner);
+    assert_eq!(status.conf_state.voters, vec![1, 2, 3]);
+    let leader = cluster.leader().unwrap();
+    assert_eq!(cluster.replica(new).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    assert!(matches!(change(&mut cluster, MembershipChange::Promote(new)), Response::Membership(_)));
+    write_many(&mut cluster, 40..45);
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, new)));
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn a_replica_restarts_from_its_snapshot_and_the_entries_after_it() {
+    let mut cluster = Cluster::with_snapshots_every(3, 33, 10);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    write_many(&mut cluster, 2..25);
+    let leader = elect(&mut cluster);
+    let digest = cluster.replica(leader).state_machine().digest();
+    for node in cluster.nodes() {
+        cluster.crash(node);
+    }
+    for node in [NodeId(1), NodeId(2), NodeId(3)] {
+        let durable = cluster.crashed_durable(node).clone();
+        assert!(durable.compacted.index > 0 && !durable.entries.is_empty(), "snapshot plus a log tail");
+        cluster.restart(node);
+    }
+    let leader = elect(&mut cluster);
+    assert_eq!(cluster.replica(leader).state_machine().digest(), digest, "no write lost across the restart");
+    write_many(&mut cluster, 25..30);
+    cluster.assert_logs_agree();
 }

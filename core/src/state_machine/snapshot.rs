@@ -92,6 +92,18 @@ impl StateMachine {
         })
     }
 
+    /// Streams the same bytes as `to_snapshot_bytes` into `out`.
+    pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        codec::encode_into_writer(
+            &SnapshotRef {
+                format_version: SNAPSHOT_FORMAT_VERSION,
+                applied_index: self.applied_index,
+                state: self.state_ref(),
+            },
+            out,
+        )
+    }
+
     /// Restores a state from `to_snapshot_bytes`. Bad bytes, including well-formed bytes of an
     /// inconsistent state (which would trip an assert later), are a `DecodeError`.
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<StateMachine, DecodeError> {

@@ -1,9 +1,9 @@
 //! Several replicas of one partition, driven by hand.
 
-use crate::env::{Envelope, Instant};
+use crate::env::{Envelope, Instant, Payload};
 use crate::ids::{NodeId, PartitionId, RequestId};
 use crate::partition::{Output, Partition, PartitionConfig, Request, Response};
-use crate::persist::{LogWrite, RecoveredPartition};
+use crate::persist::{LogPosition, LogWrite, RecoveredPartition, SnapshotMeta};
 use crate::state_machine::StateMachine;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -18,11 +18,20 @@ pub struct Delivered {
 
 struct Replica {
     partition: Partition,
-    /// Writes handed out and not yet durable, in order.
-    pending_writes: VecDeque<(u64, LogWrite)>,
+    /// Writes handed out and not yet durable, in order, with the ready number to report
+    /// (none for a compaction).
+    pending_writes: VecDeque<(Option<u64>, LogWrite)>,
     /// What this node's log holds durably: the reference model of the log engine.
     durable: RecoveredPartition,
 }
+
+/// A node's saved snapshot files (saved durably at once, as a real save is before it
+/// reports), kept across crashes.
+type SnapshotFiles = BTreeMap<LogPosition, (SnapshotMeta, Vec<u8>)>;
+
+/// A `MsgSnapshot` on its way: (from, to, message). Delivered whole or not at all, as the
+/// transfer protocol (tested on its own) makes it.
+type SnapshotInFlight = (NodeId, NodeId, raft::eraftpb::Message);
 
 /// Replicas of one partition with a hand-driven network and disk.
 pub struct Cluster {
@@ -31,6 +40,12 @@ pub struct Cluster {
     replicas: BTreeMap<NodeId, Replica>,
     crashed: BTreeMap<NodeId, RecoveredPartition>,
     in_flight: VecDeque<Envelope>,
+    snapshots_in_flight: VecDeque<SnapshotInFlight>,
+    snapshot_files: BTreeMap<NodeId, SnapshotFiles>,
+    /// Applied entries (or bytes) after which replicas snapshot; `None`: the defaults.
+    pub snapshot_entries: Option<u64>,
+    /// Snapshots delivered so far (tests check that catching up used one).
+    pub snapshots_delivered: usize,
     /// Links that drop everything, as (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Probability in [0, 1) that a message is dropped.
@@ -55,6 +70,10 @@ impl Cluster {
             replicas: BTreeMap::new(),
             crashed: BTreeMap::new(),
             in_flight: VecDeque::new(),
+            snapshots_in_flight: VecDeque::new(),
+            snapshot_files: BTreeMap::new(),
+            snapshot_entries: None,
+            snapshots_delivered: 0,
             cut: BTreeSet::new(),
             drop_rate: 0.0,
             auto_persist: true,
@@ -64,7 +83,7 @@ impl Cluster {
             seed,
         };
         for &node in &voters {
-            let config = PartitionConfig::new(node, partition, seed.wrapping_add(node.0));
+            let config = cluster.config(node, seed.wrapping_add(node.0));
             let replica = Partition::create(config, &voters, now);
             cluster.replicas.insert(
                 node,
@@ -73,6 +92,31 @@ impl Cluster {
         }
         cluster.collect_all();
         cluster
+    }
+
+    /// A new partition on nodes 1..=n whose replicas snapshot every `entries` applied entries.
+    pub fn with_snapshots_every(n: u64, seed: u64, entries: u64) -> Cluster {
+        let mut cluster = Cluster::new(0, seed);
+        cluster.snapshot_entries = Some(entries);
+        let voters: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        for &node in &voters {
+            let config = cluster.config(node, seed.wrapping_add(node.0));
+            let replica = Partition::create(config, &voters, cluster.now);
+            cluster.replicas.insert(
+                node,
+                Replica { partition: replica, pending_writes: VecDeque::new(), durable: RecoveredPartition::default() },
+            );
+        }
+        cluster.collect_all();
+        cluster
+    }
+
+    fn config(&self, node: NodeId, seed: u64) -> PartitionConfig {
+        let mut config = PartitionConfig::new(node, self.partition, seed);
+        if let Some(entries) = self.snapshot_entries {
+            config.snapshot_entries = entries;
+        }
+        config
     }
 
     pub fn nodes(&self) -> Vec<NodeId> {
@@ -85,6 +129,11 @@ impl Cluster {
 
     pub fn durable(&self, node: NodeId) -> &RecoveredPartition {
         &self.replicas[&node].durable
+    }
+
+    /// What a crashed node's log holds.
+    pub fn crashed_durable(&self, node: NodeId) -> &RecoveredPartition {
+        &self.crashed[&node]
     }
 
     /// The replicas that think they lead, with their terms.
@@ -132,7 +181,7 @@ impl Cluster {
     /// Starts an empty replica on a node that is not in the cluster yet (a member being added).
     pub fn add_empty_replica(&mut self, node: NodeId) {
         assert!(!self.replicas.contains_key(&node), "node {node} has no replica yet");
-        let config = PartitionConfig::new(node, self.partition, self.seed.wrapping_add(node.0));
+        let config = self.config(node, self.seed.wrapping_add(node.0));
         let partition = Partition::create_empty(config, self.now);
         self.replicas.insert(
             node,
@@ -145,15 +194,23 @@ impl Cluster {
     pub fn crash(&mut self, node: NodeId) {
         let replica = self.replicas.remove(&node).expect("node is up");
         self.in_flight.retain(|e| e.to != node && e.from != node);
+        // A snapshot on its way to a crashed node is reported failed when its turn comes.
+        self.snapshots_in_flight.retain(|(from, _, _)| *from != node);
         self.crashed.insert(node, replica.durable);
     }
 
-    /// Restarts a crashed node from its durable log, with an empty state machine: committed
-    /// entries are applied again.
+    /// Restarts a crashed node from its durable log and the snapshot it was compacted through
+    /// (if any): committed entries after it are applied again.
     pub fn restart(&mut self, node: NodeId) {
         let durable = self.crashed.remove(&node).expect("node was crashed");
-        let config = PartitionConfig::new(node, self.partition, self.seed.wrapping_add(node.0 * 1000));
-        let partition = Partition::open(config, durable.clone(), StateMachine::new(), self.now);
+        let config = self.config(node, self.seed.wrapping_add(node.0 * 1000));
+        let (snapshot, state_machine) = if durable.compacted.index > 0 {
+            let (meta, bytes) = &self.snapshot_files[&node][&durable.compacted];
+            (Some(meta.clone()), StateMachine::from_snapshot_bytes(bytes).expect("a saved snapshot restores"))
+        } else {
+            (None, StateMachine::new())
+        };
+        let partition = Partition::open(config, durable.clone(), state_machine, snapshot, self.now);
         self.replicas.insert(node, Replica { partition, pending_writes: VecDeque::new(), durable });
         self.collect(node);
     }
@@ -178,7 +235,7 @@ impl Cluster {
         let mut last = None;
         while let Some((number, write)) = replica.pending_writes.pop_front() {
             replica.durable.apply(&write);
-            last = Some(number);
+            last = number.or(last);
         }
         if let Some(number) = last {
             replica.partition.handle_persisted(now, number);
@@ -200,7 +257,18 @@ impl Cluster {
                 any = true;
                 match output {
                     Output::Send(envelope) => self.in_flight.push_back(envelope),
-                    Output::Persist { ready_number, write } => replica.pending_writes.push_back((ready_number, write)),
+                    Output::Persist { ready_number, write } => {
+                        replica.pending_writes.push_back((Some(ready_number), write))
+                    }
+                    Output::Compact { write, .. } => replica.pending_writes.push_back((None, write)),
+                    Output::SendSnapshot { to, message } => self.snapshots_in_flight.push_back((node, to, message)),
+                    Output::SaveSnapshot(meta) => {
+                        let mut bytes = Vec::new();
+                        replica.partition.write_snapshot(&meta, &mut bytes).expect("writing to memory");
+                        let files = self.snapshot_files.entry(node).or_default();
+                        files.insert(meta.position, (meta.clone(), bytes));
+                        replica.partition.handle_snapshot_saved(self.now, Ok(meta));
+                    }
                     Output::Respond { request, response } => self.responses.push(Delivered { node, request, response }),
                     // One partition only here: the directory's allocations have no replica to
                     // create.
@@ -222,13 +290,20 @@ impl Cluster {
     /// Does one thing: delivers the next message if any, else advances time to the earliest
     /// timeout and ticks. Returns false when nothing at all can happen.
     pub fn step(&mut self) -> bool {
+        if let Some((from, to, message)) = self.snapshots_in_flight.pop_front() {
+            self.deliver_snapshot(from, to, message);
+            return true;
+        }
         if let Some(envelope) = self.in_flight.pop_front() {
             let dropped = self.cut.contains(&(envelope.from, envelope.to))
                 || (self.drop_rate > 0.0 && self.rng.gen_bool(self.drop_rate));
             let to = envelope.to;
             if !dropped {
                 if let Some(replica) = self.replicas.get_mut(&to) {
-                    replica.partition.handle_message(self.now, envelope);
+                    let Payload::Raft(message) = envelope.payload else {
+                        panic!("the harness sends only raft messages")
+                    };
+                    replica.partition.handle_message(self.now, message);
                     self.collect(to);
                 }
             }
@@ -244,6 +319,31 @@ impl Cluster {
             self.collect(node);
         }
         true
+    }
+
+    /// Hands the snapshot `from` saved at the message's position to `to`, then tells `from`
+    /// how it went.
+    fn deliver_snapshot(&mut self, from: NodeId, to: NodeId, message: raft::eraftpb::Message) {
+        let metadata = message.get_snapshot().get_metadata();
+        let position = LogPosition { index: metadata.index, term: metadata.term };
+        let file = self.snapshot_files.get(&from).and_then(|files| files.get(&position)).cloned();
+        let reachable = !self.cut.contains(&(from, to)) && self.replicas.contains_key(&to);
+        let delivered = match (file, reachable) {
+            (Some((meta, bytes)), true) => {
+                let state = StateMachine::from_snapshot_bytes(&bytes).expect("a saved snapshot restores");
+                let replica = self.replicas.get_mut(&to).expect("reachable");
+                replica.partition.handle_snapshot_received(self.now, message, meta.clone(), state);
+                self.snapshot_files.entry(to).or_default().insert(position, (meta, bytes));
+                self.snapshots_delivered += 1;
+                self.collect(to);
+                true
+            }
+            _ => false,
+        };
+        if let Some(replica) = self.replicas.get_mut(&from) {
+            replica.partition.report_snapshot(self.now, to, delivered);
+            self.collect(from);
+        }
     }
 
     /// Steps until `done` holds, at most `steps_max` steps; returns whether it held.

@@ -1,6 +1,6 @@
 //! Two real TCP transports on loopback.
 
-use cohort_core::env::{Envelope, Transport};
+use cohort_core::env::{Envelope, Payload, Transport};
 use cohort_core::ids::{NodeId, PartitionId};
 use cohort_net::{TcpTransport, TransportConfig};
 use futures::channel::mpsc;
@@ -25,7 +25,7 @@ fn envelope(from: u64, to: u64, partition: u64, index: u64) -> Envelope {
     message.to = to;
     message.index = index;
     message.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
-    Envelope { partition: PartitionId(partition), from: NodeId(from), to: NodeId(to), message }
+    Envelope { partition: PartitionId(partition), from: NodeId(from), to: NodeId(to), payload: Payload::Raft(message) }
 }
 
 struct Pair {

@@ -1,0 +1,348 @@
+//! A replica's snapshot files, in its own directory `partitions/<authority>/<partition>/`
+//! (the authority is the storage the partition was created for), so that a node keeps the
+//! replicas it hosts for other storages apart from its own.
+//!
+//! A snapshot file is, in order: the magic `COHSNAP1`; a u32 (LE) header length and the header
+//! (the [`SnapshotMeta`], bincode); the state machine's snapshot encoding; a trailer of the u64
+//! (LE) length of everything before it and the u32 (LE) CRC32C of everything before it. The
+//! trailer makes a cut or damaged file an error, never a wrong state.
+//!
+//! Names: `snap-<index>-<term>` is a complete, durable snapshot; `*.tmp` is being written and
+//! is deleted when the replica next opens. A file is renamed to its final name only after it
+//! is synced, and the directory is synced after the rename, so a crash leaves either no file or
+//! the whole file. Which snapshot is current is decided by the log (its compaction or snapshot
+//! record), never by which files exist.
+
+use crate::codec::{self, DecodeError};
+use crate::env::{Disk, DiskError, DiskFile};
+use crate::ids::PartitionId;
+use crate::limits::SNAPSHOT_WRITE_BUFFER_BYTES;
+use crate::persist::{LogPosition, SnapshotMeta};
+use crate::state_machine::StateMachine;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const MAGIC: &[u8; 8] = b"COHSNAP1";
+const TRAILER_BYTES: usize = 12;
+const SNAPSHOT_PREFIX: &str = "snap-";
+const TMP_SUFFIX: &str = ".tmp";
+const INCOMING_NAME: &str = "incoming.tmp";
+const PARTITIONS_DIR: &str = "partitions";
+
+/// The authority directory of the directory partition (partition 0), which belongs to the
+/// cluster rather than to a storage.
+pub const DIRECTORY_AUTHORITY: &str = "cluster";
+
+/// Where a replica of `partition`, created for `authority`, keeps its files.
+pub fn partition_dir(authority: &str, partition: PartitionId) -> PathBuf {
+    Path::new(PARTITIONS_DIR).join(authority).join(partition.0.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("snapshot file {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("writing snapshot {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// One replica's snapshot files.
+#[derive(Clone)]
+pub struct SnapshotStore {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+}
+
+impl SnapshotStore {
+    pub fn new(disk: Arc<dyn Disk>, authority: &str, partition: PartitionId) -> SnapshotStore {
+        SnapshotStore { disk, dir: partition_dir(authority, partition) }
+    }
+
+    /// The files of a replica whose authority is not known (a restart, before the directory
+    /// has replayed): the first `partitions/<authority>/<partition>` that exists.
+    pub fn find(disk: Arc<dyn Disk>, partition: PartitionId) -> Result<Option<SnapshotStore>, DiskError> {
+        let name = partition.0.to_string();
+        for authority in disk.list(Path::new(PARTITIONS_DIR))? {
+            let dir = Path::new(PARTITIONS_DIR).join(&authority);
+            if disk.list(&dir)?.contains(&name) {
+                return Ok(Some(SnapshotStore { disk, dir: dir.join(&name) }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every replica directory on the disk: (authority, partition).
+    pub fn all(disk: &dyn Disk) -> Result<Vec<(String, PartitionId)>, DiskError> {
+        let mut out = Vec::new();
+        for authority in disk.list(Path::new(PARTITIONS_DIR))? {
+            for name in disk.list(&Path::new(PARTITIONS_DIR).join(&authority))? {
+                if let Ok(id) = name.parse::<u64>() {
+                    out.push((authority.clone(), PartitionId(id)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates the replica's directory durably, so that a restart finds it (and with it the
+    /// replica's authority) before the directory partition has replayed.
+    pub fn create_dir(&self) -> Result<(), DiskError> {
+        self.disk.create_dir_all(&self.dir)?;
+        let authority_dir = self.dir.parent().expect("partitions/<authority>/<id>");
+        self.disk.sync_dir(authority_dir)?;
+        self.disk.sync_dir(Path::new(PARTITIONS_DIR))?;
+        self.disk.sync_dir(Path::new(""))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, position: LogPosition) -> PathBuf {
+        self.dir.join(format!("{SNAPSHOT_PREFIX}{}-{}", position.index, position.term))
+    }
+
+    /// Writes a snapshot durably: `write_state` streams the state machine's encoding into the
+    /// file (no copy of it is held in memory). Returns the file's size.
+    pub fn save(
+        &self,
+        meta: &SnapshotMeta,
+        write_state: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<u64, SnapshotError> {
+        self.disk.create_dir_all(&self.dir)?;
+        let path = self.path(meta.position);
+        let mut tmp_name = path.file_name().expect("a file name").to_os_string();
+        tmp_name.push(TMP_SUFFIX);
+        let tmp = self.dir.join(tmp_name);
+        self.remove_if_present(&tmp)?;
+        let mut writer = FileWriter::new(self.disk.open_append(&tmp)?);
+        let header = codec::encode(meta);
+        let write_err = |source| SnapshotError::Write { path: tmp.clone(), source };
+        writer.write_all(MAGIC).map_err(write_err)?;
+        writer.write_all(&(header.len() as u32).to_le_bytes()).map_err(write_err)?;
+        writer.write_all(&header).map_err(write_err)?;
+        write_state(&mut writer).map_err(write_err)?;
+        let size_bytes = writer.finish()?;
+        self.disk.rename(&tmp, &path)?;
+        self.disk.sync_dir(&self.dir)?;
+        Ok(size_bytes)
+    }
+
+    /// Reads and checks the snapshot at `position`.
+    pub fn load(&self, position: LogPosition) -> Result<(SnapshotMeta, StateMachine), SnapshotError> {
+        let path = self.path(position);
+        let bytes = self.disk.read(&path)?;
+        let corrupt = |reason: String| SnapshotError::Corrupt { path: path.clone(), reason };
+        let (meta, state) = decode_file(&bytes).map_err(corrupt)?;
+        if meta.position != position {
+            return Err(corrupt(format!("holds position {:?}, named {:?}", meta.position, position)));
+        }
+        Ok((meta, state))
+    }
+
+    /// Size of the snapshot file at `position`.
+    pub fn size(&self, position: LogPosition) -> Result<u64, SnapshotError> {
+        let path = self.path(position);
+        if !self.disk.exists(&path)? {
+            let error = std::io::Error::new(std::io::ErrorKind::NotFound, "no such snapshot");
+            return Err(DiskError::new("open", &path, error).into());
+        }
+        Ok(self.disk.open_append(&path)?.len())
+    }
+
+    pub fn read_chunk(&self, position: LogPosition, offset: u64, len: usize) -> Result<Vec<u8>, SnapshotError> {
+        Ok(self.disk.read_at(&self.path(position), offset, len)?)
+    }
+
+    /// Starts receiving a snapshot: an empty temporary file, replacing any earlier one.
+    pub fn begin_incoming(&self) -> Result<Box<dyn DiskFile>, SnapshotError> {
+        self.disk.create_dir_all(&self.dir)?;
+        let path = self.dir.join(INCOMING_NAME);
+        self.remove_if_present(&path)?;
+        Ok(self.disk.open_append(&path)?)
+    }
+
+    /// Finishes receiving the snapshot at `position`: syncs the file, checks it whole, and
+    /// renames it to its final name. A file that does not check out is deleted.
+    pub fn install_incoming(
+        &self,
+        mut file: Box<dyn DiskFile>,
+        position: LogPosition,
+    ) -> Result<(SnapshotMeta, StateMachine), SnapshotError> {
+        file.sync()?;
+        drop(file);
+        let incoming = self.dir.join(INCOMING_NAME);
+        let bytes = self.disk.read(&incoming)?;
+        let checked = decode_file(&bytes).and_then(|(meta, state)| {
+            if meta.position == position {
+                Ok((meta, state))
+            } else {
+                Err(format!("holds position {:?}, announced {:?}", meta.position, position))
+            }
+        });
+        match checked {
+            Ok(loaded) => {
+                self.disk.rename(&incoming, &self.path(position))?;
+                self.disk.sync_dir(&self.dir)?;
+                Ok(loaded)
+            }
+            Err(reason) => {
+                self.remove_if_present(&incoming)?;
+                Err(SnapshotError::Corrupt { path: incoming, reason })
+            }
+        }
+    }
+
+    /// Drops an unfinished incoming snapshot.
+    pub fn abandon_incoming(&self) -> Result<(), SnapshotError> {
+        Ok(self.remove_if_present(&self.dir.join(INCOMING_NAME))?)
+    }
+
+    /// Deletes snapshots older than `index` (superseded by a durable newer one).
+    pub fn remove_older_than(&self, index: u64) -> Result<(), SnapshotError> {
+        for name in self.disk.list(&self.dir)? {
+            if parse_name(&name).is_some_and(|p| p.index < index) {
+                self.disk.remove_file(&self.dir.join(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every file but the snapshot at `keep` (on open: temporary files, snapshots the
+    /// log never made current, snapshots superseded before they could be deleted).
+    pub fn retain_only(&self, keep: Option<LogPosition>) -> Result<(), SnapshotError> {
+        let keep_name = keep.map(|p| self.path(p).file_name().expect("a file name").to_string_lossy().into_owned());
+        for name in self.disk.list(&self.dir)? {
+            if Some(&name) != keep_name.as_ref() {
+                self.disk.remove_file(&self.dir.join(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the replica's directory (it left the partition).
+    pub fn remove_all(&self) -> Result<(), SnapshotError> {
+        Ok(self.disk.remove_dir_all(&self.dir)?)
+    }
+
+    fn remove_if_present(&self, path: &Path) -> Result<(), DiskError> {
+        match self.disk.remove_file(path) {
+            Err(e) if !e.is_not_found() => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn parse_name(name: &str) -> Option<LogPosition> {
+    let rest = name.strip_prefix(SNAPSHOT_PREFIX)?;
+    let (index, term) = rest.split_once('-')?;
+    Some(LogPosition { index: index.parse().ok()?, term: term.parse().ok()? })
+}
+
+/// Checks a whole snapshot file and decodes it. Never panics on bad bytes.
+fn decode_file(bytes: &[u8]) -> Result<(SnapshotMeta, StateMachine), String> {
+    if bytes.len() < MAGIC.len() + 4 + TRAILER_BYTES {
+        return Err(format!("{} bytes is too short", bytes.len()));
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - TRAILER_BYTES);
+    let length = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(trailer[8..].try_into().expect("4 bytes"));
+    if length != body.len() as u64 {
+        return Err(format!("trailer says {length} bytes, {} present", body.len()));
+    }
+    if crc32c::crc32c(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    if &body[..MAGIC.len()] != MAGIC {
+        return Err("not a snapshot file (bad magic)".into());
+    }
+    let header_len = u32::from_le_bytes(body[MAGIC.len()..MAGIC.len() + 4].try_into().expect("4 bytes")) as usize;
+    let header_start = MAGIC.len() + 4;
+    let Some(header) = body.get(header_start..header_start + header_len) else {
+        return Err(format!("header of {header_len} bytes runs past the end"));
+    };
+    let meta: SnapshotMeta = codec::decode("snapshot header", header).map_err(|e: DecodeError| e.to_string())?;
+    let state = StateMachine::from_snapshot_bytes(&body[header_start + header_len..]).map_err(|e| e.to_string())?;
+    if state.applied_index() != meta.position.index {
+        return Err(format!("state applied through {}, header says {}", state.applied_index(), meta.position.index));
+    }
+    Ok((meta, state))
+}
+
+/// Buffers appends to a file and keeps the length and CRC32C of everything written.
+struct FileWriter {
+    file: Box<dyn DiskFile>,
+    buffer: Vec<u8>,
+    crc: u32,
+    length: u64,
+}
+
+impl FileWriter {
+    fn new(file: Box<dyn DiskFile>) -> FileWriter {
+        FileWriter { file, buffer: Vec::with_capacity(SNAPSHOT_WRITE_BUFFER_BYTES), crc: 0, length: 0 }
+    }
+
+    fn flush_buffer(&mut self) -> Result<(), DiskError> {
+        if !self.buffer.is_empty() {
+            self.file.append(&self.buffer)?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    /// Appends the trailer and syncs; returns the file's size.
+    fn finish(mut self) -> Result<u64, DiskError> {
+        let mut trailer = [0u8; TRAILER_BYTES];
+        trailer[..8].copy_from_slice(&self.length.to_le_bytes());
+        trailer[8..].copy_from_slice(&self.crc.to_le_bytes());
+        self.buffer.extend_from_slice(&trailer);
+        self.flush_buffer()?;
+        self.file.sync()?;
+        Ok(self.length + TRAILER_BYTES as u64)
+    }
+}
+
+impl Write for FileWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.length += bytes.len() as u64;
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= SNAPSHOT_WRITE_BUFFER_BYTES {
+            self.flush_buffer().map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(parse_name("snap-12-3"), Some(LogPosition { index: 12, term: 3 }));
+        assert_eq!(parse_name("snap-12-3.tmp"), None);
+        assert_eq!(parse_name("incoming.tmp"), None);
+    }
+
+    #[test]
+    fn bad_files_are_errors_not_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for _ in 0..2000 {
+            let len = rng.gen_range(0..80);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            if len > 8 && rng.gen_bool(0.5) {
+                bytes[..8].copy_from_slice(MAGIC);
+            }
+            assert!(decode_file(&bytes).is_err());
+        }
+    }
+}

@@ -112,7 +112,7 @@ impl SnapshotStore {
         meta: &SnapshotMeta,
         write_state: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<u64, SnapshotError> {
-        self.disk.create_dir_all(&self.dir)?;
+        self.create_dir()?;
         let path = self.path(meta.position);
         let mut tmp_name = path.file_name().expect("a file name").to_os_string();
         tmp_name.push(TMP_SUFFIX);
@@ -159,7 +159,7 @@ impl SnapshotStore {
 
     /// Starts receiving a snapshot: an empty temporary file, replacing any earlier one.
     pub fn begin_incoming(&self) -> Result<Box<dyn DiskFile>, SnapshotError> {
-        self.disk.create_dir_all(&self.dir)?;
+        self.create_dir()?;
         let path = self.dir.join(INCOMING_NAME);
         self.remove_if_present(&path)?;
         Ok(self.disk.open_append(&path)?)

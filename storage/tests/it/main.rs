@@ -5,3 +5,4 @@ mod group_commit;
 mod log;
 mod log_model;
 mod recovery_input;
+mod snapshots;

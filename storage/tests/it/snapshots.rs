@@ -1,0 +1,291 @@
+//! Snapshot files and snapshot transfers (cohort-core's `snapshot`) on the disks of this
+//! crate: a real file system for damaged files, the crash-faithful `SimDisk` for crashes in
+//! the middle of a transfer or an install.
+
+use cohort_core::env::{Disk, Envelope, Instant, Payload};
+use cohort_core::ids::{ClientId, NodeId, PartitionId};
+use cohort_core::metrics::NodeMetrics;
+use cohort_core::persist::{ConfState, LogPosition, SnapshotMeta};
+use cohort_core::snapshot::{SnapshotMessage, SnapshotStore, TransferEvents, Transfers};
+use cohort_core::state_machine::{
+    Command, Expected, NewObject, ObjectKind, Oid, RefName, RefUpdate, RefValue, RelativePath, RepoId, StateMachine,
+    WriteOp,
+};
+use cohort_storage::{FsDisk, SimDisk};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+const PARTITION: PartitionId = PartitionId(9);
+const SENDER: NodeId = NodeId(1);
+const RECEIVER: NodeId = NodeId(2);
+
+/// A state of about `blobs` × 64 KiB: a repository holding that many random blobs.
+fn state(blobs: u64, seed: u64) -> StateMachine {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let repo = RepoId { storage: "default".into(), relative_path: RelativePath::new("a/b.git").unwrap() };
+    let mut state = StateMachine::new();
+    let create = WriteOp::CreateRepository { repo: repo.clone(), fork_of: None };
+    assert!(state.apply(1, &Command { client: ClientId(1), seq: 1, op: create }).is_ok());
+    for i in 0..blobs {
+        let data: Vec<u8> = (0..64 * 1024).map(|_| rng.gen()).collect();
+        let oid = Oid::hash_object(ObjectKind::Blob, &data);
+        let op = WriteOp::Transaction {
+            repo: repo.clone(),
+            objects: vec![NewObject { kind: ObjectKind::Blob, data, oid }],
+            refs: vec![RefUpdate {
+                name: RefName::new(&format!("refs/heads/b{i}")).unwrap(),
+                expected: Expected::Any,
+                new: Some(RefValue::Direct(oid)),
+            }],
+        };
+        assert!(state.apply(i + 2, &Command { client: ClientId(1), seq: i + 2, op }).is_ok());
+    }
+    state
+}
+
+fn meta_of(state: &StateMachine) -> SnapshotMeta {
+    SnapshotMeta {
+        position: LogPosition { index: state.applied_index(), term: 3 },
+        conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+    }
+}
+
+fn save(store: &SnapshotStore, state: &StateMachine) -> SnapshotMeta {
+    let meta = meta_of(state);
+    store.save(&meta, |out| state.write_snapshot(out)).unwrap();
+    meta
+}
+
+fn msg_snapshot(meta: &SnapshotMeta) -> raft::eraftpb::Message {
+    let mut message = raft::eraftpb::Message::default();
+    message.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    message.from = SENDER.0;
+    message.to = RECEIVER.0;
+    message.term = meta.position.term;
+    let metadata = message.mut_snapshot().mut_metadata();
+    metadata.index = meta.position.index;
+    metadata.term = meta.position.term;
+    message
+}
+
+fn transfers(disk: Arc<dyn Disk>, node: NodeId) -> Transfers {
+    let store = SnapshotStore::new(disk, "default", PARTITION);
+    Transfers::new(PARTITION, node, store, Arc::new(NodeMetrics::default()), node.0)
+}
+
+fn snapshot_message(envelope: Envelope) -> SnapshotMessage {
+    match envelope.payload {
+        Payload::Snapshot(message) => message,
+        Payload::Raft(_) => panic!("transfers send only snapshot messages"),
+    }
+}
+
+#[test]
+fn a_saved_snapshot_loads_back_and_a_damaged_one_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(dir.path()).unwrap());
+    let store = SnapshotStore::new(disk.clone(), "default", PARTITION);
+    let state = state(3, 1);
+    let meta = save(&store, &state);
+    let (loaded_meta, loaded) = store.load(meta.position).unwrap();
+    assert_eq!(loaded_meta, meta);
+    assert_eq!(loaded.digest(), state.digest());
+    assert_eq!(loaded.applied_index(), state.applied_index());
+    assert!(dir.path().join("partitions/default/9").is_dir(), "the replica's files live under its authority");
+
+    let path = dir.path().join(store.path(meta.position));
+    let good = std::fs::read(&path).unwrap();
+    for offset in [0, 10, good.len() / 2, good.len() - 3] {
+        let mut bad = good.clone();
+        bad[offset] ^= 0x40;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(store.load(meta.position).is_err(), "a flipped byte at {offset} is caught");
+    }
+    std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+    assert!(store.load(meta.position).is_err(), "a cut file is caught");
+}
+
+/// Runs a transfer over a network that loses, duplicates and reorders chunks; returns the
+/// installed snapshot, the most chunks one acknowledgement released, and what the sender
+/// reported.
+fn transfer_through(
+    sender: &mut Transfers,
+    receiver: &mut Transfers,
+    meta: &SnapshotMeta,
+    rng: &mut StdRng,
+    loss: f64,
+) -> (Option<cohort_core::snapshot::Installed>, usize, Vec<(NodeId, bool)>) {
+    let now = Instant::ZERO;
+    let mut events = TransferEvents::default();
+    sender.start(now, RECEIVER, &msg_snapshot(meta), &mut events);
+    let mut network: VecDeque<Envelope> = events.send.drain(..).collect();
+    let (mut installed, mut in_flight_max, mut finished) = (None, 0, events.finished);
+    for round in 0..100_000 {
+        if !finished.is_empty() {
+            break;
+        }
+        let Some(envelope) = (if rng.gen_bool(0.2) { network.pop_back() } else { network.pop_front() }) else {
+            // Nothing in flight: time passes.
+            let mut events = TransferEvents::default();
+            sender.tick(&mut events);
+            receiver.tick(&mut events);
+            network.extend(events.send);
+            finished.extend(events.finished);
+            continue;
+        };
+        if rng.gen_bool(loss) {
+            continue;
+        }
+        if rng.gen_bool(0.05) {
+            network.push_back(envelope.clone());
+        }
+        let mut events = TransferEvents::default();
+        let (to, from) = (envelope.to, envelope.from);
+        let target = if to == RECEIVER { &mut *receiver } else { &mut *sender };
+        target.handle(now, from, snapshot_message(envelope), &mut events);
+        if to == SENDER {
+            // What one acknowledgement lets the sender put in flight.
+            in_flight_max = in_flight_max.max(events.send.len());
+        }
+        if round % 7 == 0 {
+            sender.tick(&mut events);
+        }
+        network.extend(events.send);
+        finished.extend(events.finished);
+        if let Some(done) = events.installed {
+            assert!(installed.is_none(), "installed once");
+            installed = Some(done);
+        }
+    }
+    (installed, in_flight_max, finished)
+}
+
+#[test]
+fn a_snapshot_crosses_a_lossy_network_whole_with_a_bounded_window() {
+    let sender_disk: Arc<dyn Disk> = Arc::new(SimDisk::new(1));
+    let receiver_disk: Arc<dyn Disk> = Arc::new(SimDisk::new(2));
+    let state = state(40, 2); // about 2.6 MiB: ten or so chunks
+    let mut sender = transfers(sender_disk, SENDER);
+    let mut receiver = transfers(receiver_disk.clone(), RECEIVER);
+    let meta = save(sender.store(), &state);
+    let mut rng = StdRng::seed_from_u64(3);
+    let (installed, in_flight_max, finished) = transfer_through(&mut sender, &mut receiver, &meta, &mut rng, 0.2);
+    assert_eq!(finished, vec![(RECEIVER, true)], "the sender saw the transfer complete");
+    let installed = installed.expect("the receiver installed the snapshot");
+    assert_eq!(installed.meta, meta);
+    assert_eq!(installed.state.digest(), state.digest());
+    assert_eq!(installed.message.get_snapshot().get_metadata().index, meta.position.index);
+    let window = cohort_core::limits::SNAPSHOT_WINDOW_CHUNKS as usize;
+    assert!(in_flight_max <= window, "one acknowledgement released {in_flight_max} chunks, window {window}");
+    // The installed file is the receiver's own, whole: it loads after a crash.
+    let store = SnapshotStore::new(receiver_disk, "default", PARTITION);
+    let (_, loaded) = store.load(meta.position).unwrap();
+    assert_eq!(loaded.digest(), state.digest());
+}
+
+#[test]
+fn a_transfer_to_an_unreachable_receiver_fails_after_its_retries() {
+    let mut sender = transfers(Arc::new(SimDisk::new(4)), SENDER);
+    let meta = save(sender.store(), &state(2, 4));
+    let mut events = TransferEvents::default();
+    sender.start(Instant::ZERO, RECEIVER, &msg_snapshot(&meta), &mut events);
+    assert!(!events.send.is_empty());
+    let mut finished = Vec::new();
+    for _ in 0..1000 {
+        let mut events = TransferEvents::default();
+        sender.tick(&mut events);
+        finished.extend(events.finished);
+    }
+    assert_eq!(finished, vec![(RECEIVER, false)], "raft is told the snapshot failed, once");
+    assert_eq!(sender.outgoing_count(), 0);
+}
+
+#[test]
+fn a_receiver_that_crashes_mid_transfer_keeps_its_previous_state_and_the_transfer_restarts() {
+    let receiver_disk = Arc::new(SimDisk::new(5));
+    let state = state(30, 5);
+    let mut sender = transfers(Arc::new(SimDisk::new(6)), SENDER);
+    let meta = save(sender.store(), &state);
+    // The receiver already holds an older snapshot, made current by its log.
+    let older = self::state(1, 7);
+    let receiver_store = SnapshotStore::new(receiver_disk.clone(), "default", PARTITION);
+    let older_meta = save(&receiver_store, &older);
+
+    let mut receiver = transfers(receiver_disk.clone(), RECEIVER);
+    let mut events = TransferEvents::default();
+    sender.start(Instant::ZERO, RECEIVER, &msg_snapshot(&meta), &mut events);
+    // Half the window arrives, then the receiver's machine loses power.
+    for envelope in events.send.drain(..).take(4) {
+        let mut out = TransferEvents::default();
+        receiver.handle(Instant::ZERO, SENDER, snapshot_message(envelope), &mut out);
+        assert!(out.installed.is_none());
+    }
+    receiver_disk.crash();
+    drop(receiver);
+    let names = receiver_disk.list(receiver_store.dir()).unwrap();
+    assert!(!names.iter().any(|n| n == &format!("snap-{}-{}", meta.position.index, meta.position.term)));
+    receiver_store.retain_only(Some(older_meta.position)).unwrap();
+    let (_, kept) = receiver_store.load(older_meta.position).unwrap();
+    assert_eq!(kept.digest(), older.digest(), "the previous snapshot survives");
+
+    // The restarted receiver asks the sender to start over, and the transfer completes.
+    let mut receiver = transfers(receiver_disk, RECEIVER);
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut network: VecDeque<Envelope> = VecDeque::new();
+    let mut events = TransferEvents::default();
+    sender.tick(&mut events); // nothing yet
+    for _ in 0..cohort_core::limits::SNAPSHOT_ACK_TIMEOUT_TICKS {
+        sender.tick(&mut events);
+    }
+    network.extend(events.send);
+    let mut installed = None;
+    while let Some(envelope) = network.pop_front() {
+        let mut out = TransferEvents::default();
+        let (to, from) = (envelope.to, envelope.from);
+        let target = if to == RECEIVER { &mut receiver } else { &mut sender };
+        target.handle(Instant::ZERO, from, snapshot_message(envelope), &mut out);
+        network.extend(out.send);
+        installed = installed.or(out.installed);
+        let _ = rng.gen::<u8>();
+    }
+    let installed = installed.expect("the restarted transfer completes");
+    assert_eq!(installed.state.digest(), state.digest());
+}
+
+#[test]
+fn power_loss_at_any_point_of_an_install_leaves_no_file_or_the_whole_file() {
+    let state = state(12, 9);
+    let source = transfers(Arc::new(SimDisk::new(10)), SENDER);
+    let meta = save(source.store(), &state);
+    let final_name = format!("snap-{}-{}", meta.position.index, meta.position.term);
+    let mut outcomes = (0, 0);
+    for ops in 0..40 {
+        let disk = Arc::new(SimDisk::new(11 + ops));
+        let mut sender = transfers(Arc::new(SimDisk::new(10)), SENDER);
+        save(sender.store(), &state);
+        let mut receiver = transfers(disk.clone(), RECEIVER);
+        disk.set_power_loss_after_ops(Some(ops));
+        let mut network: VecDeque<Envelope> = VecDeque::new();
+        let mut events = TransferEvents::default();
+        sender.start(Instant::ZERO, RECEIVER, &msg_snapshot(&meta), &mut events);
+        network.extend(events.send);
+        while let Some(envelope) = network.pop_front() {
+            let mut out = TransferEvents::default();
+            let (to, from) = (envelope.to, envelope.from);
+            let target = if to == RECEIVER { &mut receiver } else { &mut sender };
+            target.handle(Instant::ZERO, from, snapshot_message(envelope), &mut out);
+            network.extend(out.send);
+        }
+        disk.crash();
+        let store = SnapshotStore::new(disk.clone(), "default", PARTITION);
+        if disk.list(store.dir()).unwrap().contains(&final_name) {
+            let (_, loaded) = store.load(meta.position).expect("a file under its final name is whole");
+            assert_eq!(loaded.digest(), state.digest());
+            outcomes.1 += 1;
+        } else {
+            outcomes.0 += 1;
+        }
+    }
+    assert!(outcomes.0 > 0 && outcomes.1 > 0, "both outcomes were exercised: {outcomes:?}");
+}

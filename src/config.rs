@@ -222,8 +222,8 @@ impl Config {
                 client: parse("client_address", &node.client_address)?,
                 http: parse("http_address", &node.http_address)?,
             };
-            if node.id == 0 {
-                return Err("node ids must not be 0".into());
+            if node.id == 0 || node.id > cohort_core::ids::PeerId::NODE_ID_MAX {
+                return Err(format!("node ids must be in 1..={}", cohort_core::ids::PeerId::NODE_ID_MAX));
             }
             if nodes.insert(NodeId(node.id), addresses).is_some() {
                 return Err(format!("node {} is listed twice", node.id));

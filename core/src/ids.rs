@@ -20,10 +20,44 @@ macro_rules! id_type {
 }
 
 id_type!(
-    /// A cohort process. Also the Raft peer id of every replica it hosts: a node hosts at most
-    /// one replica of a partition.
+    /// A cohort process. A node hosts at most one replica of a partition.
     NodeId
 );
+
+/// A replica's id in its partition's Raft group: the node hosting it and the incarnation of
+/// that node's membership. A node removed from a partition and added back is a new Raft peer,
+/// so nothing its old replica said (acknowledgements still in flight, a replica not yet
+/// deleted) can count for the new, empty one. Initial members have incarnation 0, so their
+/// peer id is their node id; a member added later takes the log index of the change that
+/// added it, which no other change shares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerId(pub u64);
+
+impl PeerId {
+    /// Node ids fit in these low bits (the configuration refuses larger ones).
+    pub const NODE_BITS: u32 = 16;
+    pub const NODE_ID_MAX: u64 = (1 << Self::NODE_BITS) - 1;
+
+    pub fn new(node: NodeId, incarnation: u64) -> PeerId {
+        assert!(node.0 <= Self::NODE_ID_MAX, "node id {node} exceeds {}", Self::NODE_ID_MAX);
+        assert!(incarnation < 1 << (64 - Self::NODE_BITS), "incarnation {incarnation} too large");
+        PeerId(incarnation << Self::NODE_BITS | node.0)
+    }
+
+    pub fn node(self) -> NodeId {
+        NodeId(self.0 & Self::NODE_ID_MAX)
+    }
+
+    pub fn incarnation(self) -> u64 {
+        self.0 >> Self::NODE_BITS
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.node(), self.incarnation())
+    }
+}
 id_type!(
     /// A Raft group holding one or more repositories; unique in the cluster.
     PartitionId
@@ -40,3 +74,16 @@ id_type!(
 /// The partition that holds the directory (repository -> partition, partition -> members). It
 /// exists on every node from the start.
 pub const DIRECTORY: PartitionId = PartitionId(0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_ids_keep_node_and_incarnation_apart() {
+        let peer = PeerId::new(NodeId(7), 1234);
+        assert_eq!((peer.node(), peer.incarnation()), (NodeId(7), 1234));
+        assert_eq!(PeerId::new(NodeId(7), 0).0, 7, "initial members' peer id is their node id");
+        assert_ne!(PeerId::new(NodeId(7), 5), PeerId::new(NodeId(7), 6));
+    }
+}

@@ -42,6 +42,31 @@ pub struct ConfState {
     pub auto_leave: bool,
 }
 
+impl ConfState {
+    /// The nodes of the voters (whose ids are peer ids), sorted.
+    pub fn voter_nodes(&self) -> Vec<crate::ids::NodeId> {
+        nodes_of(&self.voters)
+    }
+
+    /// The nodes of the learners, sorted.
+    pub fn learner_nodes(&self) -> Vec<crate::ids::NodeId> {
+        nodes_of(&self.learners)
+    }
+
+    /// Every member's peer id (voters and learners), sorted.
+    pub fn members(&self) -> Vec<u64> {
+        let mut members: Vec<u64> = self.voters.iter().chain(&self.learners).copied().collect();
+        members.sort_unstable();
+        members
+    }
+}
+
+fn nodes_of(peers: &[u64]) -> Vec<crate::ids::NodeId> {
+    let mut nodes: Vec<_> = peers.iter().map(|&p| crate::ids::PeerId(p).node()).collect();
+    nodes.sort_unstable();
+    nodes
+}
+
 /// A position in a Raft log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LogPosition {

@@ -13,7 +13,7 @@ use crate::peer::backoff::Backoff;
 use crate::peer::handshake::{self, Credentials};
 use crate::peer::outbox::Outbox;
 use cohort_core::env::{Envelope, Payload, Transport};
-use cohort_core::ids::{NodeId, PartitionId};
+use cohort_core::ids::{NodeId, PartitionId, PeerId};
 use futures::channel::mpsc;
 use protobuf::Message as _;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -345,7 +345,8 @@ impl TcpTransport {
                         };
                         // The connection is authenticated as `link.peer`: a message claiming
                         // another sender or addressed elsewhere is a protocol violation.
-                        if message.from != link.peer.0 || message.to != self.config.node.0 {
+                        let (from, to) = (PeerId(message.from).node(), PeerId(message.to).node());
+                        if from != link.peer || to != self.config.node {
                             return PeerError::Protocol(format!(
                                 "message from {} to {} on the connection with node {}",
                                 message.from, message.to, link.peer

@@ -584,8 +584,9 @@ async fn check_convergence(shared: &Shared, clients: &madsim::runtime::NodeHandl
                             .router()
                             .inspect(partition, |p| {
                                 let status = p.status();
-                                let mut members = status.conf_state.voters.clone();
-                                members.extend(&status.conf_state.learners);
+                                let mut members: Vec<u64> =
+                                    status.conf_state.voter_nodes().iter().map(|n| n.0).collect();
+                                members.extend(status.conf_state.learner_nodes().iter().map(|n| n.0));
                                 let leading = p.is_leader().then_some(members);
                                 ((p.state_machine().applied_index(), p.state_machine().digest().to_string()), leading)
                             })

@@ -4,7 +4,7 @@
 use super::actor::{Actor, PartitionInput};
 use super::persisted::PersistSignal;
 use crate::env::{Env, Envelope, Transport};
-use crate::ids::{NodeId, PartitionId};
+use crate::ids::{NodeId, PartitionId, PeerId};
 use crate::limits::MAILBOX_MESSAGES_MAX;
 use crate::partition::{Partition, PartitionConfig, PartitionStatus, Request, Response};
 use crate::persist::{PersistRequest, RecoveredPartition, SnapshotMeta};
@@ -50,6 +50,13 @@ pub struct RouterStats {
     pub messages_dropped_unknown_partition: AtomicU64,
 }
 
+/// A replica this node runs.
+struct Hosted {
+    mailbox: mpsc::Sender<PartitionInput>,
+    /// Its Raft id: which incarnation of this node's membership it is.
+    peer: PeerId,
+}
+
 pub struct Router {
     config: RouterConfig,
     env: Env,
@@ -57,10 +64,11 @@ pub struct Router {
     /// Taken by `stop_all`, so that the log writer sees its queue close once every actor has
     /// stopped.
     persist: Mutex<Option<mpsc::Sender<PersistRequest>>>,
-    mailboxes: Mutex<BTreeMap<PartitionId, mpsc::Sender<PartitionInput>>>,
-    /// Replicas being deleted, until their removal is durable; `Some(authority)`: this node
-    /// became a member again meanwhile, so a new replica starts once the old one is gone.
-    retiring: Mutex<BTreeMap<PartitionId, Option<String>>>,
+    mailboxes: Mutex<BTreeMap<PartitionId, Hosted>>,
+    /// Replicas being deleted, until their removal is durable; `Some((authority, peer))`:
+    /// this node became a member again meanwhile (as `peer`), so a new replica starts once the
+    /// old one is gone.
+    retiring: Mutex<BTreeMap<PartitionId, Option<(String, PeerId)>>>,
     pub stats: RouterStats,
     this: Weak<Router>,
 }
@@ -96,9 +104,11 @@ impl Router {
         self.config.tick_interval
     }
 
-    fn partition_config(&self, partition: PartitionId) -> PartitionConfig {
+    fn partition_config(&self, partition: PartitionId, peer: PeerId) -> PartitionConfig {
+        assert_eq!(peer.node(), self.config.node, "a replica here is this node's peer");
         PartitionConfig {
             node: self.config.node,
+            peer,
             partition,
             tick_interval: self.config.tick_interval,
             election_ticks: self.config.election_ticks,
@@ -129,41 +139,47 @@ impl Router {
             return Err(RouteError::PartitionExists(partition));
         }
         let now = self.env.clock.now();
-        let mut replica = Partition::create(self.partition_config(partition), voters, now);
+        let peer = PeerId::new(self.config.node, 0);
+        let mut replica = Partition::create(self.partition_config(partition, peer), voters, now);
         if campaign {
             replica.campaign(now);
         }
-        mailboxes.insert(partition, self.start(replica, self.store(authority, partition))?);
+        let mailbox = self.start(replica, self.store(authority, partition))?;
+        mailboxes.insert(partition, Hosted { mailbox, peer });
         Ok(())
     }
 
     /// Brings this node's replica of `partition` in line with the directory's members:
     /// starts an empty one if this node is a member without a replica (the leader brings it
-    /// the log), deletes this node's replica if it is no longer a member.
+    /// the log or a snapshot), deletes this node's replica if it is no longer a member or if
+    /// the member now is another incarnation (removed and added back meanwhile).
     pub fn reconcile(&self, partition: PartitionId, info: &PartitionInfo) {
         let me = self.config.node;
-        let member = info.voters.contains(&me) || info.learners.contains(&me);
+        let wanted = info.peer_of(me);
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
         let mut retiring = self.retiring.lock().expect("not poisoned");
-        match (member, mailboxes.contains_key(&partition)) {
-            (true, false) if retiring.contains_key(&partition) => {
+        let hosted = mailboxes.get(&partition).map(|h| h.peer);
+        match (wanted, hosted) {
+            (Some(peer), None) if retiring.contains_key(&partition) => {
                 // Its old replica's removal is not durable yet: start afresh after it.
-                retiring.insert(partition, Some(info.authority.clone()));
+                retiring.insert(partition, Some((info.authority.clone(), peer)));
             }
-            (true, false) => {
+            (Some(peer), None) => {
                 let now = self.env.clock.now();
-                let replica = Partition::create_empty(self.partition_config(partition), now);
+                let replica = Partition::create_empty(self.partition_config(partition, peer), now);
                 match self.start(replica, self.store(&info.authority, partition)) {
                     Ok(mailbox) => {
-                        mailboxes.insert(partition, mailbox);
-                        tracing::info!(node = %me, %partition, "joined partition as a new replica");
+                        mailboxes.insert(partition, Hosted { mailbox, peer });
+                        tracing::info!(node = %me, %partition, %peer, "joined partition as a new replica");
                     }
                     Err(error) => tracing::error!(%partition, %error, "cannot start the new replica"),
                 }
             }
-            (false, true) => {
-                let mut mailbox = mailboxes.remove(&partition).expect("present");
-                retiring.insert(partition, None);
+            (wanted, Some(old)) if wanted != Some(old) => {
+                let hosted = mailboxes.remove(&partition).expect("present");
+                tracing::info!(node = %me, %partition, %old, "retiring replica");
+                retiring.insert(partition, wanted.map(|peer| (info.authority.clone(), peer)));
+                let mut mailbox = hosted.mailbox;
                 // Sent with backpressure: the removal must reach the actor, after its inputs.
                 self.env.spawn.spawn(
                     "retire replica",
@@ -180,8 +196,9 @@ impl Router {
     /// The removal of this node's old replica of `partition` is durable.
     pub fn on_retired(&self, partition: PartitionId) {
         let rejoin = self.retiring.lock().expect("not poisoned").remove(&partition).flatten();
-        if let Some(authority) = rejoin {
-            let info = PartitionInfo { authority, voters: vec![self.config.node], learners: Vec::new() };
+        if let Some((authority, peer)) = rejoin {
+            let info =
+                PartitionInfo { authority, voters: vec![self.config.node], learners: Vec::new(), peers: vec![peer] };
             self.reconcile(partition, &info);
         }
     }
@@ -214,8 +231,17 @@ impl Router {
             return Err(RouteError::PartitionExists(partition));
         }
         let now = self.env.clock.now();
-        let replica = Partition::open(self.partition_config(partition), recovered, state_machine, snapshot, now);
-        mailboxes.insert(partition, self.start(replica, store)?);
+        // The replica's own membership names its incarnation. One without any (an empty
+        // replica that had received nothing) takes the initial one; if the directory says
+        // otherwise, `reconcile` replaces it once the directory has replayed.
+        let me = self.config.node;
+        let conf = &recovered.conf_state;
+        let member = conf.members().into_iter().map(PeerId).find(|p| p.node() == me);
+        let peer = member.unwrap_or(PeerId::new(me, 0));
+        let config = self.partition_config(partition, peer);
+        let replica = Partition::open(config, recovered, state_machine, snapshot, now);
+        let mailbox = self.start(replica, store)?;
+        mailboxes.insert(partition, Hosted { mailbox, peer });
         Ok(())
     }
 
@@ -259,7 +285,7 @@ impl Router {
     }
 
     fn mailbox(&self, partition: PartitionId) -> Option<mpsc::Sender<PartitionInput>> {
-        self.mailboxes.lock().expect("not poisoned").get(&partition).cloned()
+        self.mailboxes.lock().expect("not poisoned").get(&partition).map(|h| h.mailbox.clone())
     }
 
     /// Delivers Raft messages that arrived from the network. A full mailbox drops the message
@@ -272,8 +298,8 @@ impl Router {
                 continue;
             }
             match mailboxes.get_mut(&envelope.partition) {
-                Some(mailbox) => {
-                    if mailbox.try_send(PartitionInput::Message(envelope)).is_err() {
+                Some(hosted) => {
+                    if hosted.mailbox.try_send(PartitionInput::Message(envelope)).is_err() {
                         self.stats.messages_dropped_mailbox_full.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -328,7 +354,7 @@ impl Router {
     pub fn stop_all(&self) {
         self.persist.lock().expect("not poisoned").take();
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
-        for (_, mut mailbox) in std::mem::take(&mut *mailboxes) {
+        for (_, Hosted { mut mailbox, .. }) in std::mem::take(&mut *mailboxes) {
             // A full mailbox: closing the channel stops the actor all the same.
             if mailbox.try_send(PartitionInput::Stop).is_err() {
                 mailbox.close_channel();

@@ -3,7 +3,7 @@
 //! typed result. The gRPC layer (`cohort-net`) only converts to and from wire types.
 
 use super::router::{RouteError, Router};
-use crate::ids::{ClientId, NodeId, PartitionId};
+use crate::ids::{ClientId, NodeId, PartitionId, PeerId};
 use crate::partition::{MembershipChange, ReadConsistency, Request, Response};
 use crate::persist::ConfState;
 use crate::state_machine::{
@@ -389,26 +389,28 @@ impl NodeService {
         }
         match action {
             MembersAction::AddLearner => {
-                self.membership_step(partition, MembershipChange::AddLearner(node), |c| c.learners.contains(&node.0))
-                    .await?;
+                self.membership_step(partition, MembershipChange::AddLearner(node), |c| {
+                    c.learner_nodes().contains(&node)
+                })
+                .await?;
             }
             MembersAction::AddVoter => {
                 self.membership_step(partition, MembershipChange::AddLearner(node), |c| {
-                    c.learners.contains(&node.0) || c.voters.contains(&node.0)
+                    c.learner_nodes().contains(&node) || c.voter_nodes().contains(&node)
                 })
                 .await?;
                 self.wait_caught_up(partition, node).await?;
-                self.membership_step(partition, MembershipChange::Promote(node), |c| c.voters.contains(&node.0))
+                self.membership_step(partition, MembershipChange::Promote(node), |c| c.voter_nodes().contains(&node))
                     .await?;
             }
             MembersAction::Promote => {
                 self.wait_caught_up(partition, node).await?;
-                self.membership_step(partition, MembershipChange::Promote(node), |c| c.voters.contains(&node.0))
+                self.membership_step(partition, MembershipChange::Promote(node), |c| c.voter_nodes().contains(&node))
                     .await?;
             }
             MembersAction::Remove => {
                 self.membership_step(partition, MembershipChange::Remove(node), |c| {
-                    !c.voters.contains(&node.0) && !c.learners.contains(&node.0)
+                    !c.voter_nodes().contains(&node) && !c.learner_nodes().contains(&node)
                 })
                 .await?;
             }
@@ -451,9 +453,10 @@ impl NodeService {
         // A fresh writer for each update: the update sets whole member lists, so it needs no
         // deduplication, and a node-made sequence could collide with a client's.
         let writer = self.next_internal_writer();
-        let voters = conf.voters.iter().map(|&n| NodeId(n)).collect();
-        let learners = conf.learners.iter().map(|&n| NodeId(n)).collect();
-        let op = WriteOp::SetPartitionMembers { partition, voters, learners };
+        let voters = conf.voter_nodes();
+        let learners = conf.learner_nodes();
+        let peers = conf.members().into_iter().map(PeerId).collect();
+        let op = WriteOp::SetPartitionMembers { partition, voters, learners, peers };
         self.forwarded_write(DIRECTORY, Command { client: writer, seq: 1, op }).await.map(|_| ())
     }
 

@@ -22,7 +22,7 @@ pub use input::{MembershipChange, ReadConsistency, Request};
 pub use output::{Output, Response};
 
 use crate::env::{Envelope, Instant, Payload};
-use crate::ids::{NodeId, PartitionId, RequestId};
+use crate::ids::{NodeId, PartitionId, PeerId, RequestId};
 use crate::limits;
 use crate::observe::Observer;
 use crate::persist::{
@@ -44,6 +44,8 @@ use storage::PartitionStorage;
 #[derive(Clone, Debug)]
 pub struct PartitionConfig {
     pub node: NodeId,
+    /// This replica's Raft id (see [`PeerId`]); `node`'s own id for an initial member.
+    pub peer: PeerId,
     pub partition: PartitionId,
     pub tick_interval: Duration,
     /// A follower that hears no leader for between `election_ticks` and twice that (drawn
@@ -64,6 +66,7 @@ impl PartitionConfig {
     pub fn new(node: NodeId, partition: PartitionId, seed: u64) -> PartitionConfig {
         PartitionConfig {
             node,
+            peer: PeerId::new(node, 0),
             partition,
             tick_interval: Duration::from_millis(100),
             election_ticks: 10,
@@ -154,6 +157,7 @@ impl Partition {
     /// list on every replica). Its first output persists that membership.
     pub fn create(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
         assert!(voters.contains(&config.node), "a partition is created on one of its voters");
+        assert_eq!(config.peer, PeerId::new(config.node, 0), "initial members are incarnation 0");
         let bootstrap = bootstrap_entries(voters);
         let last = bootstrap.last().expect("at least one voter").index;
         let recovered = RecoveredPartition {
@@ -201,7 +205,7 @@ impl Partition {
         let replayed_through = recovered.hard_state.commit;
         let storage = PartitionStorage::new(&recovered, snapshot);
         let raft_config = raft::Config {
-            id: config.node.0,
+            id: config.peer.0,
             election_tick: config.election_ticks,
             heartbeat_tick: config.heartbeat_ticks,
             // raft-rs draws its timeout from its own unseeded generator; we overwrite it from
@@ -218,6 +222,7 @@ impl Partition {
         };
         raft_config.validate().expect("raft config is valid");
         let logger = raft_logger(config.node.0, config.partition.0);
+        assert_eq!(config.peer.node(), config.node, "a replica's peer id names its node");
         let raw = RawNode::new(&raft_config, storage, &logger).expect("raft node starts from recovered state");
         let rng = StdRng::seed_from_u64(config.seed ^ config.partition.0.rotate_left(32));
         let mut partition = Partition {
@@ -265,7 +270,7 @@ impl Partition {
     pub fn leader(&self) -> Option<NodeId> {
         match self.raw.raft.leader_id {
             raft::INVALID_ID => None,
-            id => Some(NodeId(id)),
+            id => Some(PeerId(id).node()),
         }
     }
 
@@ -294,7 +299,7 @@ impl Partition {
     pub fn status(&self) -> PartitionStatus {
         let raft = &self.raw.raft;
         let conf_state: ConfState = (&raft.prs().conf().to_conf_state()).into();
-        let is_learner = conf_state.learners.contains(&self.config.node.0);
+        let is_learner = conf_state.learners.contains(&self.config.peer.0);
         let role = match raft.state {
             StateRole::Leader => Role::Leader,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
@@ -306,7 +311,7 @@ impl Partition {
                 .prs()
                 .iter()
                 .map(|(&id, pr)| ReplicaProgress {
-                    node: NodeId(id),
+                    node: PeerId(id).node(),
                     voter: !conf_state.learners.contains(&id),
                     match_index: pr.matched,
                 })
@@ -335,7 +340,13 @@ impl Partition {
 
     /// A Raft message from another replica of this partition.
     pub fn handle_message(&mut self, now: Instant, message: raft::eraftpb::Message) {
-        assert_eq!(message.to, self.config.node.0, "message routed to its replica");
+        if message.to != self.config.peer.0 {
+            // For another incarnation of this node's membership (an old replica, or one not
+            // created yet): it must not count for this one.
+            tracing::debug!(partition = %self.config.partition, to = %PeerId(message.to), me = %self.config.peer,
+                "message for another incarnation dropped");
+            return;
+        }
         if self.fatal.is_some() {
             return;
         }
@@ -366,7 +377,9 @@ impl Partition {
         meta: SnapshotMeta,
         state: StateMachine,
     ) -> bool {
-        assert_eq!(message.to, self.config.node.0, "snapshot routed to its replica");
+        if message.to != self.config.peer.0 {
+            return false;
+        }
         let metadata = message.get_snapshot().get_metadata();
         let index = metadata.index;
         assert_eq!((metadata.index, metadata.term), (meta.position.index, meta.position.term));
@@ -391,7 +404,10 @@ impl Partition {
             return;
         }
         let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
-        self.raw.report_snapshot(to.0, status);
+        let peer = self.raw.raft.prs().iter().map(|(&id, _)| PeerId(id)).find(|p| p.node() == to);
+        if let Some(peer) = peer {
+            self.raw.report_snapshot(peer.0, status);
+        }
         self.after_input(now);
     }
 
@@ -674,17 +690,22 @@ impl Partition {
             return;
         }
         use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-        let (change_type, node) = match change {
-            MembershipChange::AddLearner(node) => (ConfChangeType::AddLearnerNode, node),
-            MembershipChange::Promote(node) => (ConfChangeType::AddNode, node),
-            MembershipChange::Remove(node) => (ConfChangeType::RemoveNode, node),
+        let last_before = self.raw.raft.raft_log.last_index();
+        let (change_type, peer) = match change {
+            // A new incarnation: the index this change takes.
+            MembershipChange::AddLearner(node) => (ConfChangeType::AddLearnerNode, PeerId::new(node, last_before + 1)),
+            MembershipChange::Promote(node) => {
+                (ConfChangeType::AddNode, self.member_peer(node).expect("checked: a learner"))
+            }
+            MembershipChange::Remove(node) => {
+                (ConfChangeType::RemoveNode, self.member_peer(node).expect("checked: a member"))
+            }
         };
         let mut single = ConfChangeSingle::default();
         single.set_change_type(change_type);
-        single.node_id = node.0;
+        single.node_id = peer.0;
         let mut conf_change = ConfChangeV2::default();
         conf_change.mut_changes().push(single);
-        let last_before = self.raw.raft.raft_log.last_index();
         match self.raw.propose_conf_change(Vec::new(), conf_change) {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
@@ -699,6 +720,14 @@ impl Partition {
         }
     }
 
+    /// The peer id of `node`'s replica if it is a member (voter or learner).
+    fn member_peer(&self, node: NodeId) -> Option<PeerId> {
+        let conf = self.raw.raft.prs().conf();
+        let voters = conf.voters().ids();
+        let found = voters.iter().chain(conf.learners().iter().copied()).find(|&id| PeerId(id).node() == node);
+        found.map(PeerId)
+    }
+
     fn check_membership(&self, change: MembershipChange) -> Result<(), String> {
         let raft = &self.raw.raft;
         if raft.has_pending_conf() {
@@ -706,8 +735,8 @@ impl Partition {
         }
         let conf = raft.prs().conf();
         let voters: Vec<u64> = conf.voters().ids().iter().collect();
-        let is_voter = |n: NodeId| voters.contains(&n.0);
-        let is_learner = |n: NodeId| conf.learners().contains(&n.0);
+        let is_voter = |n: NodeId| voters.iter().any(|&v| PeerId(v).node() == n);
+        let is_learner = |n: NodeId| conf.learners().iter().any(|&l| PeerId(l).node() == n);
         match change {
             MembershipChange::AddLearner(node) => {
                 if is_voter(node) || is_learner(node) {
@@ -730,14 +759,14 @@ impl Partition {
                     return Err(format!("node {node} leads this partition; transfer leadership first"));
                 }
                 if is_voter(node) {
-                    let remaining: Vec<u64> = voters.iter().copied().filter(|&v| v != node.0).collect();
+                    let remaining: Vec<u64> = voters.iter().copied().filter(|&v| PeerId(v).node() != node).collect();
                     if remaining.is_empty() {
                         return Err("that would remove the last voter".into());
                     }
                     // Voters the leader has heard from within an election timeout, itself included.
                     let answering = remaining
                         .iter()
-                        .filter(|&&v| v == self.config.node.0 || raft.prs().get(v).is_some_and(|p| p.recent_active))
+                        .filter(|&&v| v == self.config.peer.0 || raft.prs().get(v).is_some_and(|p| p.recent_active))
                         .count();
                     if answering < remaining.len() / 2 + 1 {
                         return Err(format!(
@@ -757,13 +786,13 @@ impl Partition {
             self.respond(request, Response::NotLeader { leader });
             return;
         }
-        let is_voter = self.raw.raft.prs().conf().voters().ids().iter().any(|v| v == to.0);
-        if !is_voter {
+        let voter = self.raw.raft.prs().conf().voters().ids().iter().find(|&v| PeerId(v).node() == to);
+        let Some(voter) = voter else {
             self.respond(request, Response::Refused(format!("node {to} is not a voter of this partition")));
             return;
-        }
+        };
         if to != self.config.node {
-            self.raw.transfer_leader(to.0);
+            self.raw.transfer_leader(voter);
         }
         self.respond(request, Response::Transferring);
     }
@@ -840,7 +869,7 @@ impl Partition {
     }
 
     fn send(&mut self, message: raft::eraftpb::Message) {
-        let to = NodeId(message.to);
+        let to = PeerId(message.to).node();
         if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
             self.outputs.push_back(Output::SendSnapshot { to, message });
             return;

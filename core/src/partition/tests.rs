@@ -373,7 +373,8 @@ fn a_learner_joins_empty_catches_up_from_the_log_and_is_promoted() {
     match change(&mut cluster, MembershipChange::AddLearner(new)) {
         Response::Membership(conf) => {
             assert_eq!(conf.voters, vec![1, 2, 3]);
-            assert_eq!(conf.learners, vec![4]);
+            assert_eq!(conf.learner_nodes(), vec![NodeId(4)]);
+            assert_ne!(conf.learners, vec![4], "a new member is a new incarnation, not the node id");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -391,12 +392,12 @@ fn a_learner_joins_empty_catches_up_from_the_log_and_is_promoted() {
     );
 
     match change(&mut cluster, MembershipChange::Promote(new)) {
-        Response::Membership(conf) => assert_eq!(conf.voters, vec![1, 2, 3, 4]),
+        Response::Membership(conf) => assert_eq!(conf.voter_nodes(), (1..=4).map(NodeId).collect::<Vec<_>>()),
         other => panic!("unexpected {other:?}"),
     }
     let follower = cluster.nodes().into_iter().find(|&n| n != cluster.leader().unwrap() && n != new).unwrap();
     match change(&mut cluster, MembershipChange::Remove(follower)) {
-        Response::Membership(conf) => assert!(!conf.voters.contains(&follower.0) && conf.voters.len() == 3),
+        Response::Membership(conf) => assert!(!conf.voter_nodes().contains(&follower) && conf.voters.len() == 3),
         other => panic!("unexpected {other:?}"),
     }
     assert_written(&request_on_leader(&mut cluster, set_main(1, 20, b"after changes").0));
@@ -549,6 +550,38 @@ fn a_replica_restarts_from_its_snapshot_and_the_entries_after_it() {
     }
     let leader = elect(&mut cluster);
     assert_eq!(cluster.replica(leader).state_machine().digest(), digest, "no write lost across the restart");
+    write_many(&mut cluster, 25..30);
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn a_node_removed_and_added_back_is_a_new_peer_that_its_old_replica_cannot_answer_for() {
+    let mut cluster = Cluster::with_snapshots_every(3, 34, 10);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    write_many(&mut cluster, 2..20);
+    let leader = elect(&mut cluster);
+    let node = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    assert!(matches!(change(&mut cluster, MembershipChange::Remove(node)), Response::Membership(_)));
+    // Its old replica lives on (its node has not seen the directory yet) while the node is
+    // added back: the old replica must not answer for the new member.
+    let conf = match change(&mut cluster, MembershipChange::AddLearner(node)) {
+        Response::Membership(conf) => conf,
+        other => panic!("unexpected {other:?}"),
+    };
+    let peer = conf.learners.iter().copied().map(PeerId).find(|p| p.node() == node).unwrap();
+    assert_ne!(peer.0, node.0, "the new member is a new incarnation");
+    write_many(&mut cluster, 20..25);
+    cluster.drive_until(2_000, |_| false);
+    let leader = cluster.leader().unwrap();
+    let progress = cluster.replica(leader).status().progress;
+    let new_member = progress.iter().find(|p| p.node == node).expect("the new member has progress");
+    assert_eq!(new_member.match_index, 0, "nothing the old replica said counts for the new member");
+    // The node deletes its old replica and starts an empty one: it catches up by snapshot.
+    cluster.delete_replica(node);
+    cluster.add_empty_replica(node);
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, node)), "the new replica catches up");
+    assert_eq!(cluster.replica(node).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    assert!(matches!(change(&mut cluster, MembershipChange::Promote(node)), Response::Membership(_)));
     write_many(&mut cluster, 25..30);
     cluster.assert_logs_agree();
 }

@@ -9,7 +9,7 @@
 //! decode (with every invariant checked), so a snapshot cannot hold an inconsistent count.
 
 use super::{validate_storage_name, Rejection, RepoId, PARTITION_REPOSITORIES_MAX};
-use crate::ids::{NodeId, PartitionId};
+use crate::ids::{NodeId, PartitionId, PeerId};
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -36,6 +36,20 @@ pub struct PartitionInfo {
     pub voters: Vec<NodeId>,
     /// Sorted, distinct, disjoint from `voters`.
     pub learners: Vec<NodeId>,
+    /// The Raft peer id of every member, sorted; one per node of `voters` and `learners`
+    /// (see [`PeerId`]).
+    pub peers: Vec<PeerId>,
+}
+
+impl PartitionInfo {
+    /// The peer id of `node`'s replica, if `node` is a member.
+    pub fn peer_of(&self, node: NodeId) -> Option<PeerId> {
+        self.peers.iter().copied().find(|p| p.node() == node)
+    }
+
+    pub fn is_member(&self, node: NodeId) -> bool {
+        self.peer_of(node).is_some()
+    }
 }
 
 /// The routing table of the cluster. See the module doc.
@@ -112,12 +126,26 @@ pub(super) fn check_members(voters: &[NodeId], learners: &[NodeId]) -> Result<()
     // Bounded by the two limits above.
     let mut seen = BTreeSet::new();
     for node in voters.iter().chain(learners) {
-        if node.0 == 0 {
-            return invalid("node 0 is not a valid member (it is raft's invalid peer id)".into());
+        if node.0 == 0 || node.0 > PeerId::NODE_ID_MAX {
+            return invalid(format!("node {node} is not a valid member (ids are 1..={})", PeerId::NODE_ID_MAX));
         }
         if !seen.insert(*node) {
             return invalid(format!("node {node} is listed twice"));
         }
+    }
+    Ok(())
+}
+
+/// Checks that `peers` names exactly the members, once each.
+pub(super) fn check_peers(voters: &[NodeId], learners: &[NodeId], peers: &[PeerId]) -> Result<(), Rejection> {
+    let invalid = |reason: String| Err(Rejection::InvalidMembers { reason });
+    if peers.len() != voters.len() + learners.len() {
+        return invalid(format!("{} peer ids for {} members", peers.len(), voters.len() + learners.len()));
+    }
+    let members: BTreeSet<NodeId> = voters.iter().chain(learners).copied().collect();
+    let peer_nodes: BTreeSet<NodeId> = peers.iter().map(|p| p.node()).collect();
+    if members != peer_nodes {
+        return invalid("peer ids do not name the members".into());
     }
     Ok(())
 }
@@ -188,7 +216,10 @@ impl Directory {
 
         let id = PartitionId(self.next_partition);
         self.next_partition = next;
-        let info = PartitionInfo { authority: repo.storage.clone(), voters: sorted(voters), learners: Vec::new() };
+        // Initial members are incarnation 0: their peer id is their node id.
+        let peers = sorted(voters).iter().map(|&n| PeerId::new(n, 0)).collect();
+        let info =
+            PartitionInfo { authority: repo.storage.clone(), voters: sorted(voters), learners: Vec::new(), peers };
         let replaced = self.partitions.insert(id, info);
         assert!(replaced.is_none(), "partition {id} allocated twice");
         self.insert_route(repo, id);
@@ -227,10 +258,14 @@ impl Directory {
         partition: PartitionId,
         voters: &[NodeId],
         learners: &[NodeId],
+        peers: &[PeerId],
     ) -> Result<(), Rejection> {
         let info = self.partitions.get_mut(&partition).ok_or(Rejection::PartitionNotFound { partition })?;
         info.voters = sorted(voters);
         info.learners = sorted(learners);
+        let mut peers = peers.to_vec();
+        peers.sort_unstable();
+        info.peers = peers;
         Ok(())
     }
 
@@ -279,8 +314,13 @@ impl Directory {
             if let Err(rejection) = validate_storage_name(&info.authority) {
                 return Err(format!("partition {id}: {rejection}"));
             }
-            if let Err(rejection) = check_members(&info.voters, &info.learners) {
+            if let Err(rejection) = check_members(&info.voters, &info.learners)
+                .and_then(|_| check_peers(&info.voters, &info.learners, &info.peers))
+            {
                 return Err(format!("partition {id}: {rejection}"));
+            }
+            if !info.peers.windows(2).all(|pair| pair[0] < pair[1]) {
+                return Err(format!("partition {id}: peer ids are not sorted"));
             }
             let ascending = |nodes: &[NodeId]| nodes.windows(2).all(|pair| pair[0] < pair[1]);
             if !ascending(&info.voters) || !ascending(&info.learners) {

@@ -33,7 +33,7 @@ pub use refs::{Expected, RefName, RefUpdate, RefValue, REF_NAME_BYTES_MAX};
 pub use snapshot::Digest;
 
 use crate::codec::{self, DecodeError};
-use crate::ids::{ClientId, NodeId, PartitionId};
+use crate::ids::{ClientId, NodeId, PartitionId, PeerId};
 use crate::limits::COMMAND_SIZE_BYTES_MAX;
 use dedup::{DedupTable, Lookup};
 use directory::Nodes;
@@ -107,7 +107,7 @@ pub enum WriteOp {
     /// Directory: removes the route of `repo`.
     UnrouteRepository { repo: RepoId },
     /// Directory: records a partition's membership (after a membership change).
-    SetPartitionMembers { partition: PartitionId, voters: Vec<NodeId>, learners: Vec<NodeId> },
+    SetPartitionMembers { partition: PartitionId, voters: Vec<NodeId>, learners: Vec<NodeId>, peers: Vec<PeerId> },
 }
 
 /// An object a transaction writes, with the id the client claims for it.
@@ -367,8 +367,8 @@ impl StateMachine {
             }
             WriteOp::RouteRepository { repo, partition } => self.directory.route_repository(repo, *partition)?,
             WriteOp::UnrouteRepository { repo } => self.directory.unroute_repository(repo)?,
-            WriteOp::SetPartitionMembers { partition, voters, learners } => {
-                self.directory.set_partition_members(*partition, voters, learners)?
+            WriteOp::SetPartitionMembers { partition, voters, learners, peers } => {
+                self.directory.set_partition_members(*partition, voters, learners, peers)?
             }
         }
         Ok(WriteOk { index, object_ids: Vec::new(), partition: None })
@@ -505,7 +505,9 @@ fn check_op(op: &WriteOp) -> Result<(), Rejection> {
         }
         WriteOp::RouteRepository { repo, partition: _ } => repo.validate(),
         WriteOp::UnrouteRepository { repo } => repo.validate(),
-        WriteOp::SetPartitionMembers { partition: _, voters, learners } => directory::check_members(voters, learners),
+        WriteOp::SetPartitionMembers { partition: _, voters, learners, peers } => {
+            directory::check_members(voters, learners).and_then(|_| directory::check_peers(voters, learners, peers))
+        }
     }
 }
 
@@ -525,7 +527,7 @@ impl fmt::Display for Command {
                 format!("route {repo} to partition {partition}")
             }
             WriteOp::UnrouteRepository { repo } => format!("unroute {repo}"),
-            WriteOp::SetPartitionMembers { partition, voters, learners } => {
+            WriteOp::SetPartitionMembers { partition, voters, learners, .. } => {
                 format!("set members of partition {partition}: voters {}, learners {}", Nodes(voters), Nodes(learners))
             }
         };

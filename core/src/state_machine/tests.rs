@@ -62,11 +62,19 @@ fn unroute(path: &str) -> WriteOp {
 }
 
 fn set_members(partition: u64, voters: &[u64], learners: &[u64]) -> WriteOp {
-    WriteOp::SetPartitionMembers { partition: PartitionId(partition), voters: nodes(voters), learners: nodes(learners) }
+    let peers = voters.iter().chain(learners).map(|&n| PeerId::new(NodeId(n), 0)).collect();
+    WriteOp::SetPartitionMembers {
+        partition: PartitionId(partition),
+        voters: nodes(voters),
+        learners: nodes(learners),
+        peers,
+    }
 }
 
 fn partition_info(authority: &str, voters: &[u64], learners: &[u64]) -> PartitionInfo {
-    PartitionInfo { authority: authority.to_string(), voters: nodes(voters), learners: nodes(learners) }
+    let mut peers: Vec<PeerId> = voters.iter().chain(learners).map(|&n| PeerId::new(NodeId(n), 0)).collect();
+    peers.sort();
+    PartitionInfo { authority: authority.to_string(), voters: nodes(voters), learners: nodes(learners), peers }
 }
 
 /// The answer of an `AllocatePartition` applied at `index`.

@@ -1,7 +1,7 @@
 //! Several replicas of one partition, driven by hand.
 
 use crate::env::{Envelope, Instant, Payload};
-use crate::ids::{NodeId, PartitionId, RequestId};
+use crate::ids::{NodeId, PartitionId, PeerId, RequestId};
 use crate::partition::{Output, Partition, PartitionConfig, Request, Response};
 use crate::persist::{LogPosition, LogWrite, RecoveredPartition, SnapshotMeta};
 use crate::state_machine::StateMachine;
@@ -178,16 +178,29 @@ impl Cluster {
         self.responses.iter().find(|d| d.request == request).map(|d| &d.response)
     }
 
-    /// Starts an empty replica on a node that is not in the cluster yet (a member being added).
+    /// Starts an empty replica on a node that is not in the cluster yet (a member being added),
+    /// as the peer the leader's membership names for it.
     pub fn add_empty_replica(&mut self, node: NodeId) {
         assert!(!self.replicas.contains_key(&node), "node {node} has no replica yet");
-        let config = self.config(node, self.seed.wrapping_add(node.0));
+        let leader = self.leader().expect("a member is added through a leader");
+        let conf = self.replica(leader).status().conf_state;
+        let peer = conf.members().into_iter().map(PeerId).find(|p| p.node() == node).expect("added by the leader");
+        let mut config = self.config(node, self.seed.wrapping_add(node.0));
+        config.peer = peer;
         let partition = Partition::create_empty(config, self.now);
         self.replicas.insert(
             node,
             Replica { partition, pending_writes: VecDeque::new(), durable: RecoveredPartition::default() },
         );
         self.collect(node);
+    }
+
+    /// Deletes `node`'s replica and everything it held (it left the partition).
+    pub fn delete_replica(&mut self, node: NodeId) {
+        self.replicas.remove(&node).expect("node is up");
+        self.in_flight.retain(|e| e.from != node);
+        self.snapshots_in_flight.retain(|(from, _, _)| *from != node);
+        self.snapshot_files.remove(&node);
     }
 
     /// Stops `node` at once: what it had not made durable is lost.
@@ -203,7 +216,10 @@ impl Cluster {
     /// (if any): committed entries after it are applied again.
     pub fn restart(&mut self, node: NodeId) {
         let durable = self.crashed.remove(&node).expect("node was crashed");
-        let config = self.config(node, self.seed.wrapping_add(node.0 * 1000));
+        let mut config = self.config(node, self.seed.wrapping_add(node.0 * 1000));
+        // As the router does: the replica's own membership names its incarnation.
+        let member = durable.conf_state.members().into_iter().map(PeerId).find(|p| p.node() == node);
+        config.peer = member.unwrap_or(PeerId::new(node, 0));
         let (snapshot, state_machine) = if durable.compacted.index > 0 {
             let (meta, bytes) = &self.snapshot_files[&node][&durable.compacted];
             (Some(meta.clone()), StateMachine::from_snapshot_bytes(bytes).expect("a saved snapshot restores"))

@@ -107,6 +107,10 @@ pub async fn start(
     let nodes = spec.nodes();
     let has_directory = recovered.contains_key(&DIRECTORY);
     remove_orphan_replicas(&*env.disk, &recovered);
+    // The directory opens last: once it has replayed it reconciles this node's replicas with
+    // its members, which must find every recovered replica already open.
+    let mut recovered: Vec<_> = recovered.into_iter().collect();
+    recovered.sort_by_key(|(partition, _)| (*partition == DIRECTORY, *partition));
     for (partition, state) in recovered {
         let store = router.store_for_recovered(partition, DIRECTORY_AUTHORITY);
         let snapshot_error = |source| StartError::Snapshot { partition, source };

@@ -5,6 +5,7 @@ use cohort::config::{RawConfig, RawLimits, RawNode, RawRaft};
 use cohort_core::state_machine::{RelativePath, RepoId};
 use cohort_net::client::{Client, ClientConfig};
 use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -67,6 +68,20 @@ impl TestCluster {
             cluster.wait_serving(id);
         }
         cluster
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.configs[id as usize - 1].data_dir.clone()
+    }
+
+    /// The sum of a metric's samples on node `id` (0 if it is not exported).
+    pub fn metric(&self, id: u64, name: &str) -> f64 {
+        let metrics = http_get(&self.node(id).http_address, "/metrics");
+        metrics
+            .lines()
+            .filter(|line| line.split([' ', '{']).next() == Some(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn config_path(&self, id: u64) -> PathBuf {
@@ -152,6 +167,17 @@ impl TestCluster {
         self.cli_at(&self.endpoints().join(","), args, None)
     }
 
+    /// The CLI with `args` against every node, to run on another thread.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cohort"));
+        command
+            .args(args)
+            .env("COHORT_ENDPOINTS", self.endpoints().join(","))
+            .env("COHORT_LOG", "error")
+            .stdin(Stdio::null());
+        command
+    }
+
     pub fn cli_at(&self, endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
         use std::io::Write;
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
@@ -225,4 +251,24 @@ pub fn runtime() -> tokio::runtime::Runtime {
 pub fn stdout(output: &Output) -> String {
     assert!(output.status.success(), "command failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// One plain HTTP GET; returns the whole response.
+pub fn http_get(address: &str, path: &str) -> String {
+    // The HTTP server starts just after the client API: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(stream) => break stream,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "HTTP at {address}: {error}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

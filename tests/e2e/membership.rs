@@ -1,6 +1,7 @@
 //! Adding, promoting and removing replicas and moving leadership on a live partition.
 
-use crate::cluster::{repo, runtime, stdout, TestCluster};
+use crate::cluster::{repo, runtime, stdout, test_raft, TestCluster};
+use cohort::config::RawRaft;
 use cohort_core::state_machine::{Expected, NewObject, ObjectKind, RefName, RefValue};
 use cohort_net::client::RefChange;
 use std::collections::BTreeSet;
@@ -41,9 +42,18 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Replicas snapshot and compact their log every `SNAPSHOT_ENTRIES` entries, so a new replica
+/// cannot catch up from the log alone.
+const SNAPSHOT_ENTRIES: u64 = 100;
+const WRITES: u32 = 2000;
+
+fn compacting_raft() -> RawRaft {
+    RawRaft { snapshot_entries: SNAPSHOT_ENTRIES, ..test_raft() }
+}
+
 #[test]
 fn replicas_are_added_promoted_removed_and_leadership_moves() {
-    let mut cluster = TestCluster::start_with_replicas(5, Some(3));
+    let mut cluster = TestCluster::start_with(5, Some(3), compacting_raft());
     let rt = runtime();
     let client = cluster.client(31);
     rt.block_on(client.create_repository(&repo("m.git"), None)).unwrap();
@@ -56,7 +66,7 @@ fn replicas_are_added_promoted_removed_and_leadership_moves() {
         };
         rt.block_on(client.write(&repo("m.git"), vec![object], vec![change])).unwrap();
     };
-    for key in 0..300 {
+    for key in 0..WRITES {
         write(key);
     }
     let info: serde_json::Value =
@@ -71,8 +81,12 @@ fn replicas_are_added_promoted_removed_and_leadership_moves() {
     assert!(out.contains(&format!("node {outsider} learner")), "{out}");
     wait_for("the learner to catch up", || {
         let out = cluster.cli_at(&cluster.endpoint(outsider), &["ref", "list", "m.git", "--stale"], None);
-        String::from_utf8_lossy(&out.stdout).lines().count() == 300
+        String::from_utf8_lossy(&out.stdout).lines().count() == WRITES as usize
     });
+    assert!(
+        cluster.metric(outsider, "cohort_snapshots_received_total") >= 1.0,
+        "the learner caught up by snapshot: the log's start was compacted away"
+    );
 
     // It becomes a voter; an original voter leaves and deletes its replica.
     let out = stdout(&cluster.cli(&["partition", "promote", &partition, "--node", &outsider.to_string()]));
@@ -103,7 +117,7 @@ fn replicas_are_added_promoted_removed_and_leadership_moves() {
     stdout(&cluster.cli(&["partition", "transfer-leader", &partition, "--node", &outsider.to_string()]));
     wait_for("leadership to move", || cluster.leader_of(p) == outsider);
     cluster.kill9(outsider);
-    for key in 300..320 {
+    for key in WRITES..WRITES + 20 {
         write(key);
     }
 
@@ -120,7 +134,83 @@ fn replicas_are_added_promoted_removed_and_leadership_moves() {
         cluster.wait_serving(id);
     }
     let (refs, _) = rt.block_on(cluster.client(32).read_refs(&repo("m.git"), false)).unwrap();
-    assert_eq!(refs.len(), 320, "every acknowledged write survived");
+    assert_eq!(refs.len(), WRITES as usize + 20, "every acknowledged write survived");
     wait_for("every member to host the partition again", || voters.iter().all(|&v| hosted(&cluster, v).contains(&p)));
     assert!(!hosted(&cluster, leaving).contains(&p), "the removed node did not bring its replica back");
+}
+
+#[test]
+fn a_node_killed_while_receiving_a_snapshot_recovers_and_catches_up() {
+    let mut cluster = TestCluster::start_with(4, Some(3), compacting_raft());
+    let rt = runtime();
+    let client = cluster.client(41);
+    rt.block_on(client.create_repository(&repo("big.git"), None)).unwrap();
+    // Large enough that the transfer takes a while: 48 blobs of 256 KiB.
+    const BLOBS: usize = 48;
+    for key in 0..BLOBS {
+        let data: Vec<u8> = (0..256 * 1024).map(|i| (i as u64 * 31 + key as u64 * 7919) as u8).collect();
+        let object = NewObject::new(ObjectKind::Blob, data);
+        let change = RefChange {
+            name: RefName::new(&format!("refs/heads/b{key}")).unwrap(),
+            expected: Expected::Any,
+            new: Some(RefValue::Direct(object.oid)),
+        };
+        rt.block_on(client.write(&repo("big.git"), vec![object], vec![change])).unwrap();
+    }
+    // Enough small writes after them that the log is compacted past the start.
+    for key in 0..2 * SNAPSHOT_ENTRIES {
+        let object = NewObject::new(ObjectKind::Blob, format!("small {key}").into_bytes());
+        let change = RefChange {
+            name: RefName::new("refs/heads/small").unwrap(),
+            expected: Expected::Any,
+            new: Some(RefValue::Direct(object.oid)),
+        };
+        rt.block_on(client.write(&repo("big.git"), vec![object], vec![change])).unwrap();
+    }
+    let info: serde_json::Value =
+        serde_json::from_str(&stdout(&cluster.cli(&["repo", "info", "big.git", "--json"]))).unwrap();
+    let partition = info["partition"].as_u64().unwrap();
+    let (voters, _) = members(&info);
+    let outsider = (1..=4).find(|n| !voters.contains(n)).unwrap();
+    let authority_dir = cluster.data_dir(outsider).join("partitions/default").join(partition.to_string());
+    let incoming = authority_dir.join("incoming.tmp");
+
+    // Add the learner from another thread; kill it as soon as its snapshot starts arriving.
+    let mut cli = cluster.cli_command(&[
+        "partition",
+        "add-replica",
+        &partition.to_string(),
+        "--node",
+        &outsider.to_string(),
+        "--learner",
+    ]);
+    let adding = std::thread::spawn(move || cli.output());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::fs::metadata(&incoming).is_ok_and(|m| m.len() > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot started arriving at node {outsider}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cluster.kill9(outsider);
+    let snapshot_files = || -> Vec<String> {
+        std::fs::read_dir(&authority_dir)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default()
+    };
+    let complete: Vec<String> = snapshot_files().into_iter().filter(|n| n.starts_with("snap-")).collect();
+    assert!(complete.is_empty(), "killed mid-transfer, node {outsider} has no installed snapshot: {complete:?}");
+
+    // It restarts, drops the partial file, receives the snapshot again and catches up.
+    cluster.start_node(outsider);
+    cluster.wait_serving(outsider);
+    let added = adding.join().unwrap().unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    wait_for("the restarted node to catch up", || {
+        let out = cluster.cli_at(&cluster.endpoint(outsider), &["ref", "list", "big.git", "--stale"], None);
+        String::from_utf8_lossy(&out.stdout).lines().count() == BLOBS + 1
+    });
+    assert!(cluster.metric(outsider, "cohort_snapshots_received_total") >= 1.0);
+    assert!(!snapshot_files().contains(&"incoming.tmp".to_string()), "the partial transfer is gone");
 }

@@ -1,28 +1,9 @@
 //! What an operator touches: `cohort dev`, the HTTP endpoints, the client token.
 
-use crate::cluster::{stdout, TestCluster};
-use std::io::{Read, Write};
+use crate::cluster::{http_get, stdout, TestCluster};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn http_get(address: &str, path: &str) -> String {
-    // The HTTP server starts just after the client API: give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match std::net::TcpStream::connect(address) {
-            Ok(stream) => break stream,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "HTTP at {address}: {error}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
 
 #[test]
 fn health_metrics_and_status_page_are_served() {

@@ -21,7 +21,7 @@
 use super::file::{SnapshotError, SnapshotStore};
 use super::message::{SnapshotChunk, SnapshotMessage};
 use crate::env::{DiskFile, Envelope, Instant, Payload};
-use crate::ids::{NodeId, PartitionId};
+use crate::ids::{NodeId, PartitionId, PeerId};
 use crate::limits::{
     SNAPSHOT_ACK_TIMEOUT_TICKS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_INCOMING_IDLE_TICKS_MAX, SNAPSHOT_OUTGOING_MAX,
     SNAPSHOT_RETRIES_MAX, SNAPSHOT_WINDOW_CHUNKS,
@@ -366,7 +366,8 @@ impl Transfers {
             }
         };
         let metadata = message.get_snapshot().get_metadata();
-        if (metadata.index, metadata.term) != (position.index, position.term) || message.to != self.node.0 {
+        if (metadata.index, metadata.term) != (position.index, position.term) || PeerId(message.to).node() != self.node
+        {
             let _ = self.store.abandon_incoming();
             let error = SnapshotError::Corrupt {
                 path: self.store.dir().to_owned(),

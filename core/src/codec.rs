@@ -38,6 +38,24 @@ pub fn encode_into_writer<T: Serialize>(value: &T, out: &mut dyn std::io::Write)
     }
 }
 
+/// Largest value `decode_from_reader` accepts: a whole partition's snapshot. Decoding from a
+/// reader never allocates ahead of the bytes actually read (serde caps preallocation), so a
+/// hostile length prefix costs a read error, not memory.
+pub const STREAM_DECODE_SIZE_BYTES_MAX: usize = 1 << 40;
+
+fn stream_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_fixed_int_encoding().with_limit::<STREAM_DECODE_SIZE_BYTES_MAX>()
+}
+
+/// Decodes one `T` from `reader`, reading no further than its end.
+pub fn decode_from_reader<T: DeserializeOwned>(
+    what: &'static str,
+    reader: &mut dyn std::io::Read,
+) -> Result<T, DecodeError> {
+    bincode::serde::decode_from_std_read(&mut &mut *reader, stream_config())
+        .map_err(|e| DecodeError { what, reason: e.to_string() })
+}
+
 /// Decodes exactly one `T` from `bytes`; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, used): (T, usize) =

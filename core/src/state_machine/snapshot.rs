@@ -107,7 +107,16 @@ impl StateMachine {
     /// Restores a state from `to_snapshot_bytes`. Bad bytes, including well-formed bytes of an
     /// inconsistent state (which would trip an assert later), are a `DecodeError`.
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<StateMachine, DecodeError> {
-        let snapshot: SnapshotOwned = codec::decode(SNAPSHOT_WHAT, bytes)?;
+        StateMachine::from_snapshot(codec::decode(SNAPSHOT_WHAT, bytes)?)
+    }
+
+    /// Restores a state streamed from `reader` (what `write_snapshot` wrote), never holding
+    /// its encoding in memory. The caller checks that `reader` is then at its end.
+    pub fn read_snapshot(reader: &mut dyn std::io::Read) -> Result<StateMachine, DecodeError> {
+        StateMachine::from_snapshot(codec::decode_from_reader(SNAPSHOT_WHAT, reader)?)
+    }
+
+    fn from_snapshot(snapshot: SnapshotOwned) -> Result<StateMachine, DecodeError> {
         if snapshot.format_version != SNAPSHOT_FORMAT_VERSION {
             return Err(DecodeError {
                 what: SNAPSHOT_WHAT,

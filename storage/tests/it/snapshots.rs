@@ -289,3 +289,42 @@ fn power_loss_at_any_point_of_an_install_leaves_no_file_or_the_whole_file() {
     }
     assert!(outcomes.0 > 0 && outcomes.1 > 0, "both outcomes were exercised: {outcomes:?}");
 }
+
+#[test]
+fn arbitrary_bytes_in_a_snapshot_file_are_an_error_never_a_panic() {
+    let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(12));
+    let store = SnapshotStore::new(disk.clone(), "default", PARTITION);
+    store.create_dir().unwrap();
+    let position = LogPosition { index: 5, term: 1 };
+    let path = store.path(position);
+    let good = {
+        let other = SnapshotStore::new(Arc::new(SimDisk::new(13)), "default", PARTITION);
+        let state = state(1, 13);
+        let meta = save(&other, &state);
+        (other, meta)
+    };
+    let good_bytes = good.0.read_chunk(good.1.position, 0, 1 << 20).unwrap();
+    let mut rng = StdRng::seed_from_u64(14);
+    for round in 0..400 {
+        let bytes: Vec<u8> = match round % 3 {
+            // Noise, sometimes behind the magic.
+            0 => (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect(),
+            1 => b"COHSNAP1".iter().copied().chain((0..rng.gen_range(0..200)).map(|_| rng.gen())).collect(),
+            // A real file with bytes flipped or cut.
+            _ => {
+                let mut bytes = good_bytes.clone();
+                let at = rng.gen_range(0..bytes.len());
+                if rng.gen_bool(0.5) {
+                    bytes[at] ^= 1 << rng.gen_range(0..8);
+                } else {
+                    bytes.truncate(at);
+                }
+                bytes
+            }
+        };
+        let _ = disk.remove_file(&path);
+        let mut file = disk.open_append(&path).unwrap();
+        file.append(&bytes).unwrap();
+        assert!(store.load(position).is_err(), "round {round}: bad bytes are an error");
+    }
+}

@@ -9,4 +9,9 @@ pub trait Observer: std::fmt::Debug + Send + Sync + 'static {
     fn applied(&self, node: NodeId, partition: PartitionId, index: u64, term: u64, data: &[u8]);
     /// Replica (`node`, `partition`) became leader of `term`.
     fn became_leader(&self, node: NodeId, partition: PartitionId, term: u64);
+    /// Replica (`node`, `partition`) replaced its state with a snapshot received through
+    /// `index`.
+    fn snapshot_installed(&self, node: NodeId, partition: PartitionId, index: u64) {
+        let _ = (node, partition, index);
+    }
 }

@@ -17,6 +17,7 @@ pub struct SeedSummary {
     pub simulated_ms: u64,
     pub operations: usize,
     pub episodes: u64,
+    pub snapshots_installed: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +77,7 @@ pub fn run_seed(seed: u64, scenario: &str, bug: Option<&str>) -> SeedSummary {
                 simulated_ms: 0,
                 operations: 0,
                 episodes: 0,
+                snapshots_installed: 0,
             }
         }
     }
@@ -146,12 +148,15 @@ pub fn run(options: &CampaignOptions) -> CampaignResult {
         failed.len()
     );
     println!(
-        "wall {:.1} s  simulated {:.0} s  simulated/wall {:.1}x  seeds/minute {:.1}  operations {}",
+        "wall {:.1} s  simulated {:.0} s  simulated/wall {:.1}x  seeds/minute {:.1}  operations {}  \
+         snapshots installed {} (in {} seeds)",
         wall_seconds,
         simulated_seconds,
         simulated_seconds / wall_seconds.max(1e-9),
         summaries.len() as f64 * 60.0 / wall_seconds.max(1e-9),
-        summaries.iter().map(|s| s.operations).sum::<usize>()
+        summaries.iter().map(|s| s.operations).sum::<usize>(),
+        summaries.iter().map(|s| s.snapshots_installed).sum::<u64>(),
+        summaries.iter().filter(|s| s.snapshots_installed > 0).count(),
     );
     println!("faults (seeds with it on / of those failed):");
     for (fault, (on, failed)) in &per_fault {

@@ -155,14 +155,16 @@ fn run_one(seed: u64, scenario: &str, bug: Option<&str>, json: bool, trace: bool
             simulated_ms: report.simulated_ns / 1_000_000,
             operations: report.operations,
             episodes: report.episodes,
+            snapshots_installed: report.snapshots_installed,
         };
         println!("{}", serde_json::to_string(&summary).expect("serializable"));
     } else {
         println!(
-            "seed {seed}: {} ({} operations, {} fault episodes, {:.0} s simulated)",
+            "seed {seed}: {} ({} operations, {} fault episodes, {} snapshots installed, {:.0} s simulated)",
             if passed { "passed" } else { "FAILED" },
             report.operations,
             report.episodes,
+            report.snapshots_installed,
             report.simulated_ns as f64 / 1e9,
         );
         for failure in &report.failures {

@@ -15,6 +15,7 @@ struct State {
     violations: Vec<String>,
     /// (partition, index) already reported as diverged: each is reported once.
     reported: std::collections::BTreeSet<(PartitionId, u64)>,
+    snapshots_installed: u64,
 }
 
 pub struct SafetyObserver {
@@ -58,6 +59,11 @@ impl SafetyObserver {
         state.leaders.range((partition, 0)..=(partition, u64::MAX)).next_back().map(|(_, &node)| node)
     }
 
+    /// Snapshots replicas received and installed (how much the run exercised transfers).
+    pub fn snapshots_installed(&self) -> u64 {
+        self.state.lock().expect("not poisoned").snapshots_installed
+    }
+
     pub fn elections_won(&self) -> usize {
         self.state.lock().expect("not poisoned").leaders.len()
     }
@@ -83,6 +89,11 @@ impl Observer for SafetyObserver {
                 }
             }
         }
+    }
+
+    fn snapshot_installed(&self, node: NodeId, partition: PartitionId, index: u64) {
+        self.trace.event(now_ns(), format!("snapshot installed partition={partition} node={node} index={index}"));
+        self.state.lock().expect("not poisoned").snapshots_installed += 1;
     }
 
     fn became_leader(&self, node: NodeId, partition: PartitionId, term: u64) {

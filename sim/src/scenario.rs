@@ -212,6 +212,7 @@ pub struct RunReport {
     pub simulated_ns: u64,
     pub operations: usize,
     pub episodes: u64,
+    pub snapshots_installed: u64,
 }
 
 fn trace_event(trace: &Trace, line: impl AsRef<str>) {
@@ -361,6 +362,7 @@ pub async fn run(options: RunOptions) -> RunReport {
         simulated_ns: now_ns(),
         operations: history.len(),
         episodes,
+        snapshots_installed: observer.snapshots_installed(),
     }
 }
 

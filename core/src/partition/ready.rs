@@ -123,6 +123,9 @@ impl Partition {
         assert!(meta.position.index > self.state_machine.applied_index(), "a snapshot moves the state forward");
         tracing::info!(partition = %self.config.partition, node = %self.config.node, position = ?meta.position,
             "installing snapshot");
+        if let Some(observer) = &self.config.observer {
+            observer.snapshot_installed(self.config.node, self.config.partition, meta.position.index);
+        }
         write.snapshot = Some((meta.position, meta.conf_state.clone()));
         self.raw.mut_store().apply_snapshot(meta);
         self.state_machine = state;

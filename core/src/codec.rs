@@ -85,4 +85,22 @@ mod tests {
         let bytes = u64::MAX.to_le_bytes();
         assert!(decode::<Vec<u8>>("vec", &bytes).is_err());
     }
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct AsBytes(#[serde(with = "serde_bytes")] Vec<u8>);
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct AsSequence(Vec<u8>);
+
+    /// `serde_bytes` fields are written in one run; their encoding must stay the one a byte
+    /// sequence has, so the log, snapshots and digests keep their meaning.
+    #[test]
+    fn bytes_encode_as_a_byte_sequence_does() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let bytes = encode(&AsBytes(data.clone()));
+        assert_eq!(bytes, encode(&AsSequence(data.clone())));
+        assert_eq!(decode::<AsBytes>("bytes", &bytes).unwrap(), AsBytes(data.clone()));
+        let mut reader: &[u8] = &bytes;
+        assert_eq!(decode_from_reader::<AsSequence>("bytes", &mut reader).unwrap(), AsSequence(data));
+    }
 }

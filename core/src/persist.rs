@@ -13,7 +13,10 @@ pub struct LogEntry {
     pub index: u64,
     pub term: u64,
     pub kind: EntryKind,
+    // Bytes as one run, not one element at a time (the same encoding, far faster).
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
 }
 

@@ -26,7 +26,11 @@ pub enum Frame {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireMessage {
     /// A protobuf-encoded raft-rs message.
-    Raft { partition: u64, message: Vec<u8> },
+    Raft {
+        partition: u64,
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+    },
     /// A step of a snapshot transfer.
     Snapshot { partition: u64, message: SnapshotMessage },
 }

@@ -5,7 +5,7 @@ use super::router::Router;
 use crate::env::{BoxFuture, Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, RequestId};
 use crate::partition::{Output, Partition, Request, Response};
-use crate::persist::{LogWrite, PersistRequest};
+use crate::persist::{LogWrite, PersistRequest, SnapshotMeta};
 use crate::snapshot::{TransferEvents, Transfers};
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -48,7 +48,12 @@ pub(super) struct Actor {
     pub transfers: Transfers,
     /// What transfers asked for since the last drain.
     pub transfer_events: TransferEvents,
+    /// The snapshot being written away from this task, if any: its outcome arrives here.
+    pub saving: Option<oneshot::Receiver<SnapshotSaved>>,
 }
+
+/// How writing a snapshot ended.
+pub(super) type SnapshotSaved = Result<SnapshotMeta, String>;
 
 /// Tells the actor how its write ended. If the writer drops the write without answering (it
 /// stopped, or panicked on a broken invariant), that counts as a failure: the partition must
@@ -87,6 +92,7 @@ struct Pending {
 enum Wake {
     Input(Option<PartitionInput>),
     Persist(PersistEvent),
+    SnapshotSaved(SnapshotSaved),
     Timer,
 }
 
@@ -107,6 +113,13 @@ impl Actor {
             let wake = poll_fn(|cx| {
                 if let Poll::Ready(event) = self.signal.poll_event(&mut persisted_seen, cx) {
                     return Poll::Ready(Wake::Persist(event));
+                }
+                if let Some(saving) = self.saving.as_mut() {
+                    if let Poll::Ready(outcome) = saving.poll_unpin(cx) {
+                        let outcome =
+                            outcome.unwrap_or_else(|_| Err("the snapshot writer ended without an answer".into()));
+                        return Poll::Ready(Wake::SnapshotSaved(outcome));
+                    }
                 }
                 if accepting {
                     if let Poll::Ready(input) = self.mailbox.poll_next_unpin(cx) {
@@ -169,6 +182,10 @@ impl Actor {
                 Wake::Input(Some(PartitionInput::Inspect(f))) => f(&self.partition),
                 Wake::Persist(PersistEvent::DurableThrough(number)) => self.partition.handle_persisted(now, number),
                 Wake::Persist(PersistEvent::Failed(error)) => self.partition.handle_persist_failed(error),
+                Wake::SnapshotSaved(outcome) => {
+                    self.saving = None;
+                    self.partition.handle_snapshot_saved(now, outcome);
+                }
                 Wake::Timer => {
                     timer = None;
                     self.partition.handle_tick(now);
@@ -220,6 +237,28 @@ impl Actor {
         }
     }
 
+    /// Writes the snapshot `meta` describes on a blocking thread; its outcome wakes the actor.
+    fn save_snapshot(&mut self, meta: SnapshotMeta) {
+        assert!(self.saving.is_none(), "one snapshot is written at a time");
+        let view = self.partition.snapshot_view(&meta);
+        let store = self.transfers.store().clone();
+        let (partition, metrics) = (self.partition.id(), self.env.metrics.clone());
+        let (tx, rx) = oneshot::channel();
+        let work = Box::new(move || {
+            let outcome = match store.save(&meta, |out| view.write_snapshot(out)) {
+                Ok(size_bytes) => {
+                    tracing::info!(%partition, position = ?meta.position, size_bytes, "snapshot saved");
+                    metrics.snapshots_saved.inc();
+                    Ok(meta)
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            let _ = tx.send(outcome);
+        });
+        self.env.spawn.spawn("save snapshot", self.env.spawn.run_blocking(work));
+        self.saving = Some(rx);
+    }
+
     /// Carries out the partition's outputs; false if the node is stopping.
     async fn drain_outputs(
         &mut self,
@@ -233,21 +272,7 @@ impl Actor {
                     let now = self.env.clock.now();
                     self.transfers.start(now, to, &message, &mut self.transfer_events);
                 }
-                Output::SaveSnapshot(meta) => {
-                    let partition = &self.partition;
-                    let saved = self.transfers.store().save(&meta, |out| partition.write_snapshot(&meta, out));
-                    let result = match saved {
-                        Ok(size_bytes) => {
-                            tracing::info!(partition = %partition.id(), position = ?meta.position, size_bytes,
-                                "snapshot saved");
-                            self.env.metrics.snapshots_saved.inc();
-                            Ok(meta)
-                        }
-                        Err(error) => Err(error.to_string()),
-                    };
-                    let now = self.env.clock.now();
-                    self.partition.handle_snapshot_saved(now, result);
-                }
+                Output::SaveSnapshot(meta) => self.save_snapshot(meta),
                 Output::Compact { write, snapshot } => {
                     let store = self.transfers.store().clone();
                     let done = Box::new(move |result: Result<(), _>| {

@@ -39,6 +39,8 @@ pub enum RouteError {
     MailboxFull(PartitionId),
     #[error("partition {0} stopped before answering")]
     Stopped(PartitionId),
+    #[error("partition {partition}: {reason}")]
+    Disk { partition: PartitionId, reason: String },
 }
 
 /// Counters a node exports.
@@ -144,7 +146,7 @@ impl Router {
         if campaign {
             replica.campaign(now);
         }
-        let mailbox = self.start(replica, self.store(authority, partition))?;
+        let mailbox = self.start(replica, self.store(authority, partition), true)?;
         mailboxes.insert(partition, Hosted { mailbox, peer });
         Ok(())
     }
@@ -167,7 +169,7 @@ impl Router {
             (Some(peer), None) => {
                 let now = self.env.clock.now();
                 let replica = Partition::create_empty(self.partition_config(partition, peer), now);
-                match self.start(replica, self.store(&info.authority, partition)) {
+                match self.start(replica, self.store(&info.authority, partition), true) {
                     Ok(mailbox) => {
                         mailboxes.insert(partition, Hosted { mailbox, peer });
                         tracing::info!(node = %me, %partition, %peer, "joined partition as a new replica");
@@ -231,16 +233,18 @@ impl Router {
             return Err(RouteError::PartitionExists(partition));
         }
         let now = self.env.clock.now();
-        // The replica's own membership names its incarnation. One without any (an empty
-        // replica that had received nothing) takes the initial one; if the directory says
-        // otherwise, `reconcile` replaces it once the directory has replayed.
+        // The replica recorded its incarnation before it first spoke. A replica without the
+        // record never started, so it never acknowledged anything; it takes the incarnation
+        // its membership names, or the initial one (`reconcile` replaces it if the directory
+        // says otherwise).
         let me = self.config.node;
+        let recorded = store.read_peer().map_err(|e| RouteError::Disk { partition, reason: e.to_string() })?;
         let conf = &recovered.conf_state;
         let member = conf.members().into_iter().map(PeerId).find(|p| p.node() == me);
-        let peer = member.unwrap_or(PeerId::new(me, 0));
+        let peer = recorded.or(member).unwrap_or(PeerId::new(me, 0));
         let config = self.partition_config(partition, peer);
         let replica = Partition::open(config, recovered, state_machine, snapshot, now);
-        let mailbox = self.start(replica, store)?;
+        let mailbox = self.start(replica, store, recorded.is_none())?;
         mailboxes.insert(partition, Hosted { mailbox, peer });
         Ok(())
     }
@@ -254,11 +258,17 @@ impl Router {
         }
     }
 
-    fn start(&self, partition: Partition, store: SnapshotStore) -> Result<mpsc::Sender<PartitionInput>, RouteError> {
+    /// Starts the actor of `partition`; with `record_peer`, first records its peer id durably.
+    fn start(
+        &self,
+        partition: Partition,
+        store: SnapshotStore,
+        record_peer: bool,
+    ) -> Result<mpsc::Sender<PartitionInput>, RouteError> {
         let id = partition.id();
-        if let Err(error) = store.create_dir() {
-            // Snapshots will fail to save and be retried; the replica runs on its log meanwhile.
-            tracing::error!(partition = %id, %error, "cannot create the replica's directory");
+        if record_peer {
+            let peer = partition.peer();
+            store.write_peer(peer).map_err(|e| RouteError::Disk { partition: id, reason: e.to_string() })?;
         }
         let persist = self.persist.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let (tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
@@ -274,6 +284,7 @@ impl Router {
             router: self.this.clone(),
             transfers,
             transfer_events: Default::default(),
+            saving: None,
         };
         self.env.spawn.spawn("partition", Box::pin(actor.run()));
         Ok(tx)

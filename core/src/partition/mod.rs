@@ -263,6 +263,11 @@ impl Partition {
         self.config.node
     }
 
+    /// This replica's Raft id.
+    pub fn peer(&self) -> PeerId {
+        self.config.peer
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }
@@ -411,12 +416,13 @@ impl Partition {
         self.after_input(now);
     }
 
-    /// Streams the snapshot a `SaveSnapshot` asked for into `out`. Call it before any other
-    /// input, while the state is still the one the output describes.
-    pub fn write_snapshot(&self, meta: &SnapshotMeta, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    /// The state a `SaveSnapshot` asked to save: a copy that shares the objects (cheap), to be
+    /// written while this replica goes on. Take it before any other input, while the state is
+    /// still the one the output describes.
+    pub fn snapshot_view(&self, meta: &SnapshotMeta) -> StateMachine {
         assert!(self.saving_snapshot, "a snapshot was asked for");
         assert_eq!(self.state_machine.applied_index(), meta.position.index, "the state is still the snapshot's");
-        self.state_machine.write_snapshot(out)
+        self.state_machine.clone()
     }
 
     /// The snapshot a `SaveSnapshot` asked for is durable (`Ok`) or could not be written.
@@ -437,7 +443,7 @@ impl Partition {
         }
         let store = self.raw.mut_store();
         if meta.position.index <= store.compacted().index {
-            return; // A received snapshot overtook it.
+            return; // A snapshot received while this one was written overtook it.
         }
         store.compact(meta.clone());
         self.applied_bytes_since_snapshot = 0;

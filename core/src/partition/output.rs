@@ -16,9 +16,9 @@ pub enum Output {
     /// Deliver Raft's `MsgSnapshot` to `to`: stream the snapshot file it names (see
     /// `crate::snapshot`), then call `Partition::report_snapshot`.
     SendSnapshot { to: NodeId, message: raft::eraftpb::Message },
-    /// Save a snapshot of the applied state: stream `Partition::write_snapshot` into a
-    /// durable file, then call `Partition::handle_snapshot_saved`. No other input may come
-    /// between this output and the write.
+    /// Save a snapshot of the applied state: take `Partition::snapshot_view` before any other
+    /// input, write it to a durable file (away from the partition's task: it can take a
+    /// while), then call `Partition::handle_snapshot_saved`. The replica goes on meanwhile.
     SaveSnapshot(SnapshotMeta),
     /// Append `write` (a log compaction through `snapshot`) to the log after every earlier
     /// `Persist`; nothing waits for it. Once it is durable, older snapshot files may go.

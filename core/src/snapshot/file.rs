@@ -14,8 +14,8 @@
 //! record), never by which files exist.
 
 use crate::codec::{self, DecodeError};
-use crate::env::{Disk, DiskError, DiskFile};
-use crate::ids::PartitionId;
+use crate::env::{write_file_atomic, Disk, DiskError, DiskFile};
+use crate::ids::{PartitionId, PeerId};
 use crate::limits::SNAPSHOT_WRITE_BUFFER_BYTES;
 use crate::persist::{LogPosition, SnapshotMeta};
 use crate::state_machine::StateMachine;
@@ -30,6 +30,8 @@ const HEADER_BYTES_MAX: u64 = 1024 * 1024;
 const SNAPSHOT_PREFIX: &str = "snap-";
 const TMP_SUFFIX: &str = ".tmp";
 const INCOMING_NAME: &str = "incoming.tmp";
+/// Holds the replica's Raft peer id, written before the replica says anything to its peers.
+const PEER_NAME: &str = "peer";
 const PARTITIONS_DIR: &str = "partitions";
 
 /// The authority directory of the directory partition (partition 0), which belongs to the
@@ -97,6 +99,28 @@ impl SnapshotStore {
         self.disk.sync_dir(authority_dir)?;
         self.disk.sync_dir(Path::new(PARTITIONS_DIR))?;
         self.disk.sync_dir(Path::new(""))
+    }
+
+    /// Records durably which incarnation this replica is. Written before the replica starts,
+    /// so a restart knows it even when nothing else the replica holds names it: a replica
+    /// that acknowledged entries under one peer id must never come back under another.
+    pub fn write_peer(&self, peer: PeerId) -> Result<(), DiskError> {
+        self.create_dir()?;
+        write_file_atomic(&*self.disk, &self.dir.join(PEER_NAME), peer.0.to_string().as_bytes())
+    }
+
+    /// The peer id `write_peer` recorded, if any.
+    pub fn read_peer(&self) -> Result<Option<PeerId>, SnapshotError> {
+        let path = self.dir.join(PEER_NAME);
+        if !self.disk.exists(&path)? {
+            return Ok(None);
+        }
+        let bytes = self.disk.read(&path)?;
+        let parsed = std::str::from_utf8(&bytes).ok().and_then(|text| text.parse::<u64>().ok());
+        match parsed {
+            Some(id) => Ok(Some(PeerId(id))),
+            None => Err(SnapshotError::Corrupt { path, reason: "not a peer id".into() }),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -212,12 +236,12 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// Deletes every file but the snapshot at `keep` (on open: temporary files, snapshots the
+    /// Deletes every file but the snapshot at `keep` and the peer id (on open: temporary files, snapshots the
     /// log never made current, snapshots superseded before they could be deleted).
     pub fn retain_only(&self, keep: Option<LogPosition>) -> Result<(), SnapshotError> {
         let keep_name = keep.map(|p| self.path(p).file_name().expect("a file name").to_string_lossy().into_owned());
         for name in self.disk.list(&self.dir)? {
-            if Some(&name) != keep_name.as_ref() {
+            if Some(&name) != keep_name.as_ref() && name != PEER_NAME {
                 self.disk.remove_file(&self.dir.join(name))?;
             }
         }

@@ -26,12 +26,14 @@ pub struct SnapshotChunk {
     pub size_bytes: u64,
     /// Where `data` starts in the file.
     pub offset: u64,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// CRC32C of `data`.
     pub crc32c: u32,
     /// Raft's `MsgSnapshot` (protobuf), stepped by the receiver once the whole file is
     /// installed. Carried by every chunk: it is small, and the receiver then needs no state
     /// beyond the file to finish.
+    #[serde(with = "serde_bytes")]
     pub raft_message: Vec<u8>,
 }
 

@@ -114,6 +114,7 @@ pub enum WriteOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewObject {
     pub kind: ObjectKind,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Verified: must equal `Oid::hash_object(kind, data)`.
     pub oid: Oid,
@@ -314,7 +315,7 @@ impl StateMachine {
             ReadQuery::GetObject { repo, oid } => match self.repository(repo) {
                 Ok(repository) if repository.objects.contains(oid) => {
                     let object = self.objects.get(oid).expect("a held object is pooled");
-                    ReadResult::Object(Some((object.kind, object.data.clone())))
+                    ReadResult::Object(Some((object.kind, object.data.to_vec())))
                 }
                 Ok(_) => ReadResult::Object(None),
                 Err(rejection) => ReadResult::Rejected(rejection),
@@ -413,7 +414,7 @@ impl StateMachine {
             self.repositories.get(repo).ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
         for object in objects {
             if let Some(pooled) = self.objects.get(&object.oid) {
-                if pooled.kind != object.kind || pooled.data != object.data {
+                if pooled.kind != object.kind || *pooled.data != *object.data {
                     return Err(Rejection::ObjectHashCollision { oid: object.oid });
                 }
             }

@@ -6,6 +6,7 @@ use sha1::{Digest as _, Sha1};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A Git object id (SHA-1). Displayed and parsed as 40 lowercase hex digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -105,9 +106,22 @@ impl FromStr for ObjectKind {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PooledObject {
     pub kind: ObjectKind,
-    pub data: Vec<u8>,
+    /// Shared, so that a copy of the state for a snapshot costs no copy of the objects. Encodes
+    /// as a byte sequence, like a `Vec<u8>`.
+    #[serde(serialize_with = "serialize_shared_bytes", deserialize_with = "deserialize_shared_bytes")]
+    pub data: Arc<[u8]>,
     /// Repositories whose object set contains this oid; the object is dropped at zero.
     pub holders: u64,
+}
+
+/// Object content as one run of bytes (the encoding of a byte sequence, written at once).
+fn serialize_shared_bytes<S: serde::Serializer>(data: &Arc<[u8]>, serializer: S) -> Result<S::Ok, S::Error> {
+    serde_bytes::serialize(&**data, serializer)
+}
+
+fn deserialize_shared_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Arc<[u8]>, D::Error> {
+    let data: Vec<u8> = serde_bytes::deserialize(deserializer)?;
+    Ok(data.into())
 }
 
 impl fmt::Debug for PooledObject {
@@ -149,11 +163,11 @@ impl ObjectPool {
     pub fn hold(&mut self, oid: Oid, kind: ObjectKind, data: &[u8]) {
         match self.objects.get_mut(&oid) {
             Some(object) => {
-                assert!(object.kind == kind && object.data == data, "pooled object {oid} has other content");
+                assert!(object.kind == kind && *object.data == *data, "pooled object {oid} has other content");
                 object.holders += 1;
             }
             None => {
-                self.objects.insert(oid, PooledObject { kind, data: data.to_vec(), holders: 1 });
+                self.objects.insert(oid, PooledObject { kind, data: data.into(), holders: 1 });
             }
         }
     }

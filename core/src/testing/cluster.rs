@@ -280,7 +280,8 @@ impl Cluster {
                     Output::SendSnapshot { to, message } => self.snapshots_in_flight.push_back((node, to, message)),
                     Output::SaveSnapshot(meta) => {
                         let mut bytes = Vec::new();
-                        replica.partition.write_snapshot(&meta, &mut bytes).expect("writing to memory");
+                        let view = replica.partition.snapshot_view(&meta);
+                        view.write_snapshot(&mut bytes).expect("writing to memory");
                         let files = self.snapshot_files.entry(node).or_default();
                         files.insert(meta.position, (meta.clone(), bytes));
                         replica.partition.handle_snapshot_saved(self.now, Ok(meta));

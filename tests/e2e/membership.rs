@@ -34,6 +34,23 @@ fn hosted(cluster: &TestCluster, id: u64) -> BTreeSet<u64> {
         .collect()
 }
 
+/// Waits until every voter holds a snapshot past the log's start, so that a new replica cannot
+/// catch up from the log alone (replicas save snapshots in the background).
+fn wait_compacted(cluster: &TestCluster, partition: u64, voters: &BTreeSet<u64>) {
+    wait_for("every voter to compact its log", || {
+        voters.iter().all(|&v| {
+            let dir = cluster.data_dir(v).join("partitions/default").join(partition.to_string());
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).any(|name| {
+                    let complete = name.strip_prefix("snap-").filter(|rest| !rest.ends_with(".tmp"));
+                    let index = complete.and_then(|rest| rest.split('-').next()?.parse::<u64>().ok());
+                    index.is_some_and(|index| index >= SNAPSHOT_ENTRIES)
+                })
+            })
+        })
+    });
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -74,6 +91,7 @@ fn replicas_are_added_promoted_removed_and_leadership_moves() {
     let partition = info["partition"].as_u64().unwrap().to_string();
     let (voters, _) = members(&info);
     let outsider = (1..=5).find(|n| !voters.contains(n)).unwrap();
+    wait_compacted(&cluster, partition.parse().unwrap(), &voters);
 
     // A learner joins, catches up, and serves stale reads.
     let out =
@@ -172,6 +190,7 @@ fn a_node_killed_while_receiving_a_snapshot_recovers_and_catches_up() {
     let partition = info["partition"].as_u64().unwrap();
     let (voters, _) = members(&info);
     let outsider = (1..=4).find(|n| !voters.contains(n)).unwrap();
+    wait_compacted(&cluster, partition, &voters);
     let authority_dir = cluster.data_dir(outsider).join("partitions/default").join(partition.to_string());
     let incoming = authority_dir.join("incoming.tmp");
 

@@ -37,6 +37,8 @@ pub struct ReplicaJson {
     pub role: String,
     pub applied_index: u64,
     pub match_index: u64,
+    /// The newest snapshot the replica holds (0: none, or not reported by its node).
+    pub snapshot_index: u64,
 }
 
 fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
@@ -87,6 +89,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                         if own {
                             existing.role = r.role.clone();
                             existing.applied_index = r.applied_index;
+                            existing.snapshot_index = r.snapshot_index;
                         }
                         existing.match_index = existing.match_index.max(r.match_index);
                     }
@@ -95,6 +98,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                         role: r.role.clone(),
                         applied_index: if own { r.applied_index } else { 0 },
                         match_index: r.match_index,
+                        snapshot_index: if own { r.snapshot_index } else { 0 },
                     }),
                 }
             }
@@ -144,7 +148,10 @@ pub async fn run(cli: &Cli, json: bool) -> anyhow::Result<()> {
             p.id, leader, p.term, p.commit_index, repos
         );
         for r in &p.replicas {
-            println!("    node {:<3} {:<10} applied {:<6} match {}", r.node, r.role, r.applied_index, r.match_index);
+            println!(
+                "    node {:<3} {:<10} applied {:<6} match {:<6} snapshot {}",
+                r.node, r.role, r.applied_index, r.match_index, r.snapshot_index
+            );
         }
     }
     Ok(())

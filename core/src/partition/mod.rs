@@ -150,6 +150,10 @@ pub struct Partition {
     snapshot_retry_tick: u64,
     /// A snapshot received whole, waiting for Raft to accept it in a Ready.
     staged_snapshot: Option<(SnapshotMeta, StateMachine)>,
+    /// A saved snapshot whose compaction waits (on a leader) for followers just behind it,
+    /// until `compaction_deadline_tick` at the latest.
+    saved_uncompacted: Option<SnapshotMeta>,
+    compaction_deadline_tick: u64,
 }
 
 impl Partition {
@@ -247,6 +251,8 @@ impl Partition {
             saving_snapshot: false,
             snapshot_retry_tick: 0,
             staged_snapshot: None,
+            saved_uncompacted: None,
+            compaction_deadline_tick: 0,
         };
         partition.announce_directory_if_replayed();
         partition.rejitter();
@@ -441,16 +447,53 @@ impl Partition {
         if self.fatal.is_some() {
             return;
         }
-        let store = self.raw.mut_store();
-        if meta.position.index <= store.compacted().index {
+        if meta.position.index <= self.raw.store().compacted().index {
             return; // A snapshot received while this one was written overtook it.
         }
-        store.compact(meta.clone());
         self.applied_bytes_since_snapshot = 0;
+        self.raw.mut_store().set_snapshot(meta.clone());
+        self.saved_uncompacted = Some(meta);
+        self.compaction_deadline_tick =
+            self.ticks + COMPACTION_WAIT_TICKS_PER_ELECTION * self.config.election_ticks as u64;
+        self.after_input(now);
+    }
+
+    /// Compacts the log through the saved snapshot, unless (on a leader) a live follower is
+    /// just behind it: it would need the whole snapshot for want of a few entries, so the
+    /// compaction waits for it, up to a deadline. A follower further behind than a snapshot's
+    /// worth of entries is not waited for.
+    fn maybe_compact(&mut self) {
+        let Some(meta) = &self.saved_uncompacted else { return };
+        let index = meta.position.index;
+        if index <= self.raw.store().compacted().index {
+            self.saved_uncompacted = None;
+            return;
+        }
+        if self.is_leader() && self.ticks < self.compaction_deadline_tick {
+            let floor = index.saturating_sub(self.config.snapshot_entries);
+            let me = self.config.peer.0;
+            let waiting = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .any(|(&id, pr)| id != me && pr.recent_active && (floor..index).contains(&pr.matched));
+            if waiting {
+                return;
+            }
+        }
+        let meta = self.saved_uncompacted.take().expect("checked above");
+        let position = self.raw.mut_store().compact_to_snapshot();
+        assert_eq!(position, meta.position, "the held snapshot is the one saved last");
         let mut write = LogWrite::new(self.config.partition);
         write.compact_through = Some(meta.position);
         self.outputs.push_back(Output::Compact { write, snapshot: meta });
-        self.after_input(now);
+    }
+
+    /// The newest snapshot saved, compacted through or not.
+    fn newest_snapshot_index(&self) -> u64 {
+        let compacted = self.raw.store().compacted().index;
+        self.saved_uncompacted.as_ref().map_or(compacted, |m| m.position.index.max(compacted))
     }
 
     /// Time passed. Ticks Raft once if a tick is due.
@@ -561,6 +604,7 @@ impl Partition {
         // Starting reads may have produced raft messages (singleton leaders answer at once).
         self.process_ready();
         self.note_leadership();
+        self.maybe_compact();
         self.maybe_save_snapshot();
     }
 
@@ -572,7 +616,7 @@ impl Partition {
             return;
         }
         let applied = self.state_machine.applied_index();
-        let since = self.raw.store().compacted().index;
+        let since = self.newest_snapshot_index();
         // Asked for by raft-rs for a follower; cleared even when nothing new was applied (the
         // snapshot held then serves, unless the follower joined after it: see below).
         let wanted = self.raw.store().take_snapshot_wanted();
@@ -913,6 +957,9 @@ impl Partition {
         self.outputs.push_back(Output::Persist { ready_number: 0, write });
     }
 }
+
+/// Election timeouts a leader holds back a compaction for a follower just behind it.
+const COMPACTION_WAIT_TICKS_PER_ELECTION: u64 = 4;
 
 /// Ticks to wait after a failed snapshot save before trying again.
 const SNAPSHOT_RETRY_TICKS: u64 = 50;

@@ -16,7 +16,7 @@ pub struct PartitionStorage {
     /// Entries from `compacted.index + 1`, contiguous.
     entries: VecDeque<Entry>,
     /// The newest snapshot file this replica holds: what raft-rs sends a follower that needs
-    /// entries compacted away. Always at `compacted` when present.
+    /// entries compacted away. At or after `compacted` (a leader may hold back compacting).
     snapshot: Option<SnapshotMeta>,
     /// raft-rs asked for a snapshot that `snapshot` cannot serve (none yet, too old, or from
     /// before the receiver was a member): the partition saves a fresh one.
@@ -73,17 +73,24 @@ impl PartitionStorage {
         self.snapshot_wanted.replace(false)
     }
 
-    /// A snapshot through `meta.position` is durable: drop the entries it covers.
-    pub fn compact(&mut self, meta: SnapshotMeta) {
-        let position = meta.position;
+    /// A snapshot through `meta.position` is durable: it is what followers that need one get.
+    pub fn set_snapshot(&mut self, meta: SnapshotMeta) {
+        let newer = self.snapshot.as_ref().is_none_or(|held| meta.position.index > held.position.index);
+        assert!(newer, "snapshots move forward");
+        self.snapshot = Some(meta);
+    }
+
+    /// Drops the entries the held snapshot covers.
+    pub fn compact_to_snapshot(&mut self) -> LogPosition {
+        let position = self.snapshot.as_ref().expect("compaction follows a snapshot").position;
         assert!(position.index > self.compacted.index, "compaction moves forward");
         assert!(position.index <= self.last_index_held(), "compaction covers only held entries");
         let drop = (position.index - self.compacted.index) as usize;
         let dropped_last = self.entries.drain(..drop).last().expect("at least one entry dropped");
         assert_eq!(dropped_last.term, position.term, "the snapshot's term is its last entry's");
         self.compacted = position;
-        self.snapshot = Some(meta);
         self.assert_contiguous();
+        position
     }
 
     /// A snapshot from the leader replaces the whole log.

@@ -46,7 +46,7 @@ async fn write(client: &Client, key: u64, n: u64) -> Duration {
     data[..16].copy_from_slice(&[key.to_le_bytes(), n.to_le_bytes()].concat());
     let object = NewObject::new(ObjectKind::Blob, data);
     let change = RefChange {
-        name: RefName::new(&format!("refs/heads/c{key}")).unwrap(),
+        name: RefName::new(format!("refs/heads/c{key}")).unwrap(),
         expected: Expected::Any,
         new: Some(RefValue::Direct(object.oid)),
     };

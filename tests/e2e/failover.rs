@@ -11,7 +11,7 @@ async fn put(client: &Client, key: u32, value: &str) -> Result<Oid, String> {
     let object = NewObject::new(ObjectKind::Blob, value.as_bytes().to_vec());
     let oid = object.oid;
     let change = RefChange {
-        name: RefName::new(&format!("refs/heads/k{key}")).unwrap(),
+        name: RefName::new(format!("refs/heads/k{key}")).unwrap(),
         expected: Expected::Any,
         new: Some(RefValue::Direct(oid)),
     };

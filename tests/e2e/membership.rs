@@ -77,7 +77,7 @@ fn replicas_are_added_promoted_removed_and_leadership_moves() {
     let write = |key: u32| {
         let object = NewObject::new(ObjectKind::Blob, format!("value {key}").into_bytes());
         let change = RefChange {
-            name: RefName::new(&format!("refs/heads/k{key}")).unwrap(),
+            name: RefName::new(format!("refs/heads/k{key}")).unwrap(),
             expected: Expected::Any,
             new: Some(RefValue::Direct(object.oid)),
         };
@@ -169,7 +169,7 @@ fn a_node_killed_while_receiving_a_snapshot_recovers_and_catches_up() {
         let data: Vec<u8> = (0..256 * 1024).map(|i| (i as u64 * 31 + key as u64 * 7919) as u8).collect();
         let object = NewObject::new(ObjectKind::Blob, data);
         let change = RefChange {
-            name: RefName::new(&format!("refs/heads/b{key}")).unwrap(),
+            name: RefName::new(format!("refs/heads/b{key}")).unwrap(),
             expected: Expected::Any,
             new: Some(RefValue::Direct(object.oid)),
         };

@@ -330,7 +330,7 @@ impl<'a> Search<'a> {
                     continue;
                 }
                 (OpKind::Cas { new: Some(value), .. }, Outcome::Unknown | Outcome::Pending)
-                    if mentioned_until_seq.get(value).map_or(true, |&until_seq| until_seq < op.invoked_seq) =>
+                    if mentioned_until_seq.get(value).is_none_or(|&until_seq| until_seq < op.invoked_seq) =>
                 {
                     ignored_writes += 1;
                     continue;

@@ -34,7 +34,7 @@ fn state(blobs: u64, seed: u64) -> StateMachine {
             repo: repo.clone(),
             objects: vec![NewObject { kind: ObjectKind::Blob, data, oid }],
             refs: vec![RefUpdate {
-                name: RefName::new(&format!("refs/heads/b{i}")).unwrap(),
+                name: RefName::new(format!("refs/heads/b{i}")).unwrap(),
                 expected: Expected::Any,
                 new: Some(RefValue::Direct(oid)),
             }],

@@ -293,6 +293,7 @@ impl Transfers {
         let transfer = chunk.transfer;
         let end = chunk.offset.checked_add(chunk.data.len() as u64);
         let sane = chunk.data.len() <= SNAPSHOT_CHUNK_BYTES
+            && chunk.size_bytes <= crate::codec::STREAM_DECODE_SIZE_BYTES_MAX as u64
             && end.is_some_and(|end| end <= chunk.size_bytes)
             && crc32c::crc32c(&chunk.data) == chunk.crc32c;
         if !sane {

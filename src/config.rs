@@ -78,9 +78,6 @@ impl Default for RawLimits {
     }
 }
 
-/// The smallest frame limit: a frame must carry a snapshot chunk in half its room.
-const FRAME_SIZE_BYTES_MIN: usize = 4 * cohort_core::limits::SNAPSHOT_CHUNK_BYTES;
-
 /// The TOML file, as written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,10 +192,12 @@ impl Config {
         if r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
             return Err("raft.election_ticks must exceed raft.heartbeat_ticks, which must be at least 1".into());
         }
-        if !(FRAME_SIZE_BYTES_MIN..=cohort_net::limits::FRAME_SIZE_BYTES_MAX).contains(&raw.limits.frame_size_bytes_max)
+        if !(cohort_net::limits::FRAME_SIZE_BYTES_MIN..=cohort_net::limits::FRAME_SIZE_BYTES_MAX)
+            .contains(&raw.limits.frame_size_bytes_max)
         {
             return Err(format!(
-                "limits.frame_size_bytes_max must be in {FRAME_SIZE_BYTES_MIN}..={}",
+                "limits.frame_size_bytes_max must be in {}..={}",
+                cohort_net::limits::FRAME_SIZE_BYTES_MIN,
                 cohort_net::limits::FRAME_SIZE_BYTES_MAX
             ));
         }

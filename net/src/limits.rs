@@ -2,6 +2,10 @@
 
 /// Largest frame accepted from or sent to a peer. A frame above it closes the connection.
 pub const FRAME_SIZE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Room kept in a frame for its own encoding beyond the messages' estimated sizes.
+pub const FRAME_MARGIN_BYTES: usize = 64 * 1024;
+/// The smallest frame limit: one largest command (in one Raft append) must fit.
+pub const FRAME_SIZE_BYTES_MIN: usize = cohort_core::limits::COMMAND_SIZE_BYTES_MAX + 1024 * 1024;
 /// Raft messages queued for one peer; beyond it new messages are dropped and counted.
 pub const OUTBOX_MESSAGES_MAX: usize = 4096;
 /// Messages written in one frame.
@@ -15,5 +19,7 @@ pub const BACKOFF_MAX_MS: u64 = 2_000;
 pub const INBOX_BATCHES_MAX: usize = 1024;
 
 const _: () = assert!(FRAME_MESSAGES_MAX <= OUTBOX_MESSAGES_MAX);
+const _: () = assert!(FRAME_SIZE_BYTES_MIN <= FRAME_SIZE_BYTES_MAX);
+const _: () = assert!(FRAME_SIZE_BYTES_MIN - FRAME_MARGIN_BYTES > cohort_core::limits::COMMAND_SIZE_BYTES_MAX);
 const _: () = assert!(BACKOFF_MIN_MS < BACKOFF_MAX_MS);
 const _: () = assert!(FRAME_SIZE_BYTES_MAX < cohort_core::codec::DECODE_SIZE_BYTES_MAX);

@@ -289,11 +289,12 @@ impl TcpTransport {
 }
 
 impl TcpTransport {
-    /// Encodes `batch` into frames of at most half of `frame_max` bytes each, so that a frame
+    /// Encodes `batch` into frames of at most `frame_max` less a margin for the frame's own
+    /// encoding each, so that a frame
     /// never exceeds the limit however large the messages queued together. A message too large
     /// for any frame is dropped and counted (Raft bounds its messages far below the limit).
     fn frames(&self, batch: Vec<Envelope>, frame_max: usize) -> Vec<Frame> {
-        let budget_bytes = frame_max / 2;
+        let budget_bytes = frame_max.saturating_sub(limits::FRAME_MARGIN_BYTES);
         let mut frames = Vec::new();
         let (mut current, mut current_bytes) = (Vec::new(), 0);
         for envelope in batch {

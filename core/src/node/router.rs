@@ -191,6 +191,10 @@ impl Router {
                     }),
                 );
             }
+            (None, None) if retiring.contains_key(&partition) => {
+                // Added back and removed again while the old replica was being deleted.
+                retiring.insert(partition, None);
+            }
             _ => {}
         }
     }

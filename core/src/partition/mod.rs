@@ -452,9 +452,13 @@ impl Partition {
         }
         self.applied_bytes_since_snapshot = 0;
         self.raw.mut_store().set_snapshot(meta.clone());
+        if self.saved_uncompacted.is_none() {
+            // The earliest deadline stands: saves coming faster than it must not hold
+            // compaction back for ever.
+            self.compaction_deadline_tick =
+                self.ticks + COMPACTION_WAIT_TICKS_PER_ELECTION * self.config.election_ticks as u64;
+        }
         self.saved_uncompacted = Some(meta);
-        self.compaction_deadline_tick =
-            self.ticks + COMPACTION_WAIT_TICKS_PER_ELECTION * self.config.election_ticks as u64;
         self.after_input(now);
     }
 

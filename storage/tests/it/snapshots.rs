@@ -161,6 +161,25 @@ fn transfer_through(
     (installed, in_flight_max, finished)
 }
 
+/// Delivers every message, in order and without loss, until none is left; returns what the
+/// receiver installed.
+fn deliver_in_order(
+    sender: &mut Transfers,
+    receiver: &mut Transfers,
+    mut network: VecDeque<Envelope>,
+) -> Option<cohort_core::snapshot::Installed> {
+    let mut installed = None;
+    while let Some(envelope) = network.pop_front() {
+        let mut out = TransferEvents::default();
+        let (to, from) = (envelope.to, envelope.from);
+        let target = if to == RECEIVER { &mut *receiver } else { &mut *sender };
+        target.handle(Instant::ZERO, from, snapshot_message(envelope), &mut out);
+        network.extend(out.send);
+        installed = installed.or(out.installed);
+    }
+    installed
+}
+
 #[test]
 fn a_snapshot_crosses_a_lossy_network_whole_with_a_bounded_window() {
     let sender_disk: Arc<dyn Disk> = Arc::new(SimDisk::new(1));
@@ -231,7 +250,6 @@ fn a_receiver_that_crashes_mid_transfer_keeps_its_previous_state_and_the_transfe
 
     // The restarted receiver asks the sender to start over, and the transfer completes.
     let mut receiver = transfers(receiver_disk, RECEIVER);
-    let mut rng = StdRng::seed_from_u64(8);
     let mut network: VecDeque<Envelope> = VecDeque::new();
     let mut events = TransferEvents::default();
     sender.tick(&mut events); // nothing yet
@@ -239,17 +257,7 @@ fn a_receiver_that_crashes_mid_transfer_keeps_its_previous_state_and_the_transfe
         sender.tick(&mut events);
     }
     network.extend(events.send);
-    let mut installed = None;
-    while let Some(envelope) = network.pop_front() {
-        let mut out = TransferEvents::default();
-        let (to, from) = (envelope.to, envelope.from);
-        let target = if to == RECEIVER { &mut receiver } else { &mut sender };
-        target.handle(Instant::ZERO, from, snapshot_message(envelope), &mut out);
-        network.extend(out.send);
-        installed = installed.or(out.installed);
-        let _ = rng.gen::<u8>();
-    }
-    let installed = installed.expect("the restarted transfer completes");
+    let installed = deliver_in_order(&mut sender, &mut receiver, network).expect("the restarted transfer completes");
     assert_eq!(installed.state.digest(), state.digest());
 }
 
@@ -270,13 +278,7 @@ fn power_loss_at_any_point_of_an_install_leaves_no_file_or_the_whole_file() {
         let mut events = TransferEvents::default();
         sender.start(Instant::ZERO, RECEIVER, &msg_snapshot(&meta), &mut events);
         network.extend(events.send);
-        while let Some(envelope) = network.pop_front() {
-            let mut out = TransferEvents::default();
-            let (to, from) = (envelope.to, envelope.from);
-            let target = if to == RECEIVER { &mut receiver } else { &mut sender };
-            target.handle(Instant::ZERO, from, snapshot_message(envelope), &mut out);
-            network.extend(out.send);
-        }
+        deliver_in_order(&mut sender, &mut receiver, network);
         disk.crash();
         let store = SnapshotStore::new(disk.clone(), "default", PARTITION);
         if disk.list(store.dir()).unwrap().contains(&final_name) {

@@ -38,6 +38,7 @@ impl SafetyObserver {
         SafetyObserver { state: Mutex::new(State::default()), trace }
     }
 
+    /// Raft safety violations seen so far, in the order they happened.
     pub fn violations(&self) -> Vec<String> {
         self.state.lock().expect("not poisoned").violations.clone()
     }
@@ -80,7 +81,7 @@ impl Observer for SafetyObserver {
             Some(&(first_term, first_hash, first_node)) => {
                 if (first_term, first_hash) != (term, hash) && state.reported.insert((partition, index)) {
                     let message = format!(
-                        "raft safety: partition {partition} index {index}: node {first_node} applied term {first_term} \
+                        "partition {partition} index {index}: node {first_node} applied term {first_term} \
                          data {first_hash:016x}, node {node} applied term {term} data {hash:016x}"
                     );
                     drop(state);
@@ -102,7 +103,7 @@ impl Observer for SafetyObserver {
         match state.leaders.insert((partition, term), node) {
             Some(other) if other != node => {
                 let message =
-                    format!("raft safety: partition {partition} term {term} has two leaders: {other} and {node}");
+                    format!("partition {partition} term {term} has two leaders: {other} and {node}");
                 state.violations.push(message.clone());
                 drop(state);
                 self.trace.event(now_ns(), format!("VIOLATION {message}"));

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 const K: &str = "repo-a.git:refs/heads/k1";
 const K2: &str = "repo-b.git:refs/heads/k2";
 
-fn cas(expected: Expected, new: Option<Value>) -> OpKind {
+pub(crate) fn cas(expected: Expected, new: Option<Value>) -> OpKind {
     OpKind::Cas { expected, new }
 }
 
@@ -33,7 +33,7 @@ fn assert_not_linearizable(history: &History, key: &str) -> String {
 }
 
 /// Records a whole op at once, for sequential sections of a history.
-fn op(
+pub(crate) fn op(
     history: &mut History,
     client: u64,
     key: &str,
@@ -334,7 +334,7 @@ fn many_concurrent_clients_check_quickly() {
 const NEVER_WRITTEN: Value = 1 << 40;
 
 #[derive(Clone, Copy, Debug)]
-enum Fate {
+pub(crate) enum Fate {
     /// Completed with an outcome computed from the register.
     Definite,
     /// Completed with `Unknown` at its completion time (the client gave up).
@@ -344,29 +344,29 @@ enum Fate {
 }
 
 #[derive(Clone, Debug)]
-struct GenOp {
-    client: u64,
-    key: &'static str,
-    kind: OpKind,
-    invoked_ns: u64,
-    completed_ns: u64,
-    fate: Fate,
+pub(crate) struct GenOp {
+    pub(crate) client: u64,
+    pub(crate) key: &'static str,
+    pub(crate) kind: OpKind,
+    pub(crate) invoked_ns: u64,
+    pub(crate) completed_ns: u64,
+    pub(crate) fate: Fate,
     /// When it takes effect, if ever: strictly inside its interval (definite ops), or strictly
     /// after its invocation (unknown ones), so the order in which events sharing a timestamp
     /// are recorded never matters.
-    effect_ns: Option<u64>,
-    outcome: Outcome,
+    pub(crate) effect_ns: Option<u64>,
+    pub(crate) outcome: Outcome,
 }
 
 #[derive(Clone, Copy, Debug)]
-struct GenParams {
-    seed: u64,
-    clients: u64,
-    ops_per_client: u64,
-    keys: usize,
-    unknown_percent: u32,
+pub(crate) struct GenParams {
+    pub(crate) seed: u64,
+    pub(crate) clients: u64,
+    pub(crate) ops_per_client: u64,
+    pub(crate) keys: usize,
+    pub(crate) unknown_percent: u32,
     /// Every write writes a fresh value (tight constraints) rather than one of a few.
-    unique_values: bool,
+    pub(crate) unique_values: bool,
 }
 
 /// Event timestamps are multiples of `TICK_NS`, so many events share one.
@@ -374,7 +374,7 @@ const TICK_NS: u64 = 10;
 
 /// Ops whose effect instants are within their intervals, outcomes computed by a real register
 /// at those instants: linearizable by construction.
-fn generate(params: GenParams) -> Vec<GenOp> {
+pub(crate) fn generate(params: GenParams) -> Vec<GenOp> {
     let GenParams { seed, clients, ops_per_client, keys, unknown_percent, unique_values } = params;
     let mut rng = StdRng::seed_from_u64(seed);
     let key_names = [K, K2, "repo-c.git:refs/tags/v1"];
@@ -450,7 +450,7 @@ fn generate(params: GenParams) -> Vec<GenOp> {
 }
 
 /// Records the ops' events in time order; events sharing a timestamp in a random order.
-fn record(ops: &[GenOp], seed: u64) -> History {
+pub(crate) fn record(ops: &[GenOp], seed: u64) -> History {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     // (time, tie-breaker, op index, is completion)
     let mut events = Vec::new();
@@ -479,7 +479,7 @@ fn record(ops: &[GenOp], seed: u64) -> History {
     history
 }
 
-fn params_strategy() -> impl Strategy<Value = GenParams> {
+pub(crate) fn params_strategy() -> impl Strategy<Value = GenParams> {
     (any::<u64>(), 1..=8u64, 1..=25u64, 1..=3usize, 0..=25u32, any::<bool>()).prop_map(
         |(seed, clients, ops_per_client, keys, unknown_percent, unique_values)| GenParams {
             seed,

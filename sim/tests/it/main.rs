@@ -1,3 +1,5 @@
 //! Integration tests of cohort-sim through its public API.
 
 mod linearizability;
+
+mod lost_writes;

@@ -43,11 +43,13 @@ fn killing_the_leader_loses_nothing_and_writes_resume() {
     let leader = cluster.leader_of(1);
     cluster.kill9(leader);
     let killed_at = Instant::now();
-    // Writes go on: the first one succeeds within a few election timeouts.
+    // Writes go on: the first one succeeds within two election timeouts of the kill (one for
+    // the followers to notice, one for a split vote or the client finding the new leader).
     let oid = rt.block_on(put(&client, 100, "after-kill")).expect("a write after the leader died");
     let failover = killed_at.elapsed();
+    eprintln!("failover: the first write after the kill succeeded after {failover:?}");
     acknowledged.insert(100, oid);
-    assert!(failover < 6 * ELECTION_TIMEOUT_MAX, "failover took {failover:?}");
+    assert!(failover < 2 * ELECTION_TIMEOUT_MAX, "failover took {failover:?}");
     for key in 20..40 {
         acknowledged.insert(key, rt.block_on(put(&client, key, &format!("v{key}"))).unwrap());
     }

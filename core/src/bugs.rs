@@ -13,10 +13,31 @@ pub enum Bug {
     ApplyUncommitted,
     /// A leader serves linearizable reads from its own state, without a ReadIndex round.
     StaleRead,
+    /// Group commit's fsync lags one batch: each batch first syncs the one before it, then is
+    /// appended and acknowledged, so the newest batch is acknowledged but not durable until
+    /// the next one comes. Batches that install, compact or remove still sync before they are
+    /// acknowledged, so snapshot files are never deleted early and every node can restart:
+    /// what is lost is only acknowledged entries, which the checkers must notice.
+    LaggingFsync,
+    /// A leader answers a write as soon as it has proposed it, as if it had applied, before
+    /// any quorum has the entry (the entry still applies normally if it commits). The node's
+    /// own assertions stay quiet; only the clients' view shows the bug.
+    AckUncommitted,
+    /// A follower silently skips some committed writes (it records their index as applied but
+    /// changes nothing), so its state drifts from the leader's without any error.
+    SkipApply,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [Bug::AckBeforeFsync, Bug::ForgetVote, Bug::ApplyUncommitted, Bug::StaleRead];
+    pub const ALL: [Bug; 7] = [
+        Bug::AckBeforeFsync,
+        Bug::ForgetVote,
+        Bug::ApplyUncommitted,
+        Bug::StaleRead,
+        Bug::LaggingFsync,
+        Bug::AckUncommitted,
+        Bug::SkipApply,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -24,6 +45,9 @@ impl Bug {
             Bug::ForgetVote => "forget-vote",
             Bug::ApplyUncommitted => "apply-uncommitted",
             Bug::StaleRead => "stale-read",
+            Bug::LaggingFsync => "lagging-fsync",
+            Bug::AckUncommitted => "ack-uncommitted",
+            Bug::SkipApply => "skip-apply",
         }
     }
 

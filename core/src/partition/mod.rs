@@ -716,6 +716,15 @@ impl Partition {
                 let index = self.raw.raft.raft_log.last_index();
                 assert_eq!(index, last_before + 1, "a proposal appends exactly one entry");
                 let term = self.raw.raft.term;
+                if crate::bugs::is_active(crate::bugs::Bug::AckUncommitted) {
+                    if let state_machine::WriteOp::Transaction { objects, .. } = &command.op {
+                        // Planted: answer as if applied, before any quorum has the entry.
+                        let object_ids = objects.iter().map(|o| o.oid).collect();
+                        let ok = state_machine::WriteOk { index, object_ids, partition: None };
+                        self.respond(request, Response::Written(Ok(ok)));
+                        return;
+                    }
+                }
                 if let Some(displaced) = self.proposals.insert(index, term, request) {
                     let leader = self.leader();
                     self.respond(displaced, Response::NotLeader { leader });

@@ -158,6 +158,11 @@ impl Partition {
                     None
                 }
                 EntryType::EntryNormal => match Command::decode(&entry.data) {
+                    Ok(command) if self.planted_skip(index, &command) => {
+                        // Planted: the entry counts as applied, but nothing changed.
+                        self.state_machine.apply_noop(index);
+                        None
+                    }
                     Ok(command) => {
                         let result = self.state_machine.apply(index, &command);
                         self.after_apply(index, &command, &result);
@@ -196,6 +201,14 @@ impl Partition {
                 None => {}
             }
         }
+    }
+
+    /// Whether the planted `skip-apply` bug skips this entry: on a follower, one write in 16.
+    fn planted_skip(&self, index: u64, command: &Command) -> bool {
+        bugs::is_active(Bug::SkipApply)
+            && !self.is_leader()
+            && index.is_multiple_of(16)
+            && matches!(command.op, WriteOp::Transaction { .. })
     }
 
     /// Effects of an applied command beyond the state machine: answering a forwarded write,

@@ -44,6 +44,29 @@ fn write_size_bytes_estimate(write: &LogWrite) -> usize {
     WRITE_FIXED_BYTES + write.entries.iter().map(|e| ENTRY_FIXED_BYTES + e.data.len() + e.context.len()).sum::<usize>()
 }
 
+/// When a batch is synced relative to its append. Only `AfterAppend` is correct; the others
+/// exist for the planted bugs of simulation builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyncOrder {
+    AfterAppend,
+    /// Planted `lagging-fsync`: sync the previous batch, then append this one unsynced.
+    BeforeAppend,
+    /// Planted `ack-before-fsync`: never sync.
+    Never,
+}
+
+fn planted_sync_order(writes: &[LogWrite], batches: u64) -> SyncOrder {
+    use cohort_core::bugs::{is_active, Bug};
+    if is_active(Bug::AckBeforeFsync) {
+        return SyncOrder::Never;
+    }
+    let moves_snapshots = writes.iter().any(|w| w.snapshot.is_some() || w.compact_through.is_some() || w.remove);
+    if is_active(Bug::LaggingFsync) && !moves_snapshots {
+        return if batches % 8 == 7 { SyncOrder::AfterAppend } else { SyncOrder::Never };
+    }
+    SyncOrder::AfterAppend
+}
+
 /// Runs `work` on the engine inside `spawn.run_blocking`, moving the engine there and back.
 /// `None` if the work never came back (it panicked): the engine is lost with it.
 async fn on_engine<T: Send + 'static>(
@@ -96,14 +119,16 @@ pub async fn run_group_commit(
         let (writes, dones): (Vec<LogWrite>, Vec<_>) = batch.into_iter().map(|r| (r.write, r.done)).unzip();
         let writes_count = writes.len();
         let current = engine.take().expect("the engine is home between batches");
-        // Planted bug (simulation builds only): acknowledge what was merely appended.
-        let skip_sync = cohort_core::bugs::is_active(cohort_core::bugs::Bug::AckBeforeFsync);
-        let outcome = on_engine(&*spawn, current, move |engine| {
-            engine.append(&writes)?;
-            if skip_sync {
-                return Ok(());
+        let sync = planted_sync_order(&writes, batches);
+        let outcome = on_engine(&*spawn, current, move |engine| -> Result<(), LogError> {
+            if sync == SyncOrder::BeforeAppend {
+                engine.sync()?;
             }
-            engine.sync()
+            engine.append(&writes)?;
+            if sync == SyncOrder::AfterAppend {
+                engine.sync()?;
+            }
+            Ok(())
         })
         .await;
         let result = match outcome {

@@ -2,6 +2,7 @@
 //! `scripts/sim` wrapper does); a normal build only explains that.
 
 use clap::{Parser, Subcommand};
+use cohort_sim::checkers::Checker;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -57,6 +58,28 @@ enum Commands {
         /// first failure.
         #[arg(long)]
         expect_failure: bool,
+        /// With --expect-failure: only a failure reported by one of these checkers counts
+        /// (linearizability, lost-write, raft-safety, convergence, liveness, crash).
+        #[arg(long, value_delimiter = ',', requires = "expect_failure")]
+        expect_checker: Vec<String>,
+    },
+    /// Run every scenario round-robin over a fresh window of seeds until the time is up; write
+    /// a JSON summary. Fails if any seed failed.
+    Nightly {
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// First seed of the window (default: one drawn from the wall clock, printed in the
+        /// summary, so each night explores seeds no campaign ran before).
+        #[arg(long)]
+        first_seed: Option<u64>,
+        /// Scenarios to run (default: all).
+        #[arg(long, value_delimiter = ',')]
+        scenario: Vec<String>,
+        /// Where the JSON summary goes.
+        #[arg(long, default_value = "sim-nightly.json")]
+        out: std::path::PathBuf,
     },
     /// Run one seed twice in separate processes and compare trace hashes.
     CheckDeterminism {
@@ -70,30 +93,100 @@ fn main() -> ExitCode {
     match cli.command {
         Commands::Run { run, json, trace } => run_one(run.seed, &run.scenario, run.bug.as_deref(), json, trace),
         Commands::Replay { run } => run_one(run.seed, &run.scenario, run.bug.as_deref(), false, true),
-        Commands::Campaign { seeds, first_seed, scenario, bug, jobs, expect_failure } => {
+        Commands::Campaign { seeds, first_seed, scenario, bug, jobs, expect_failure, expect_checker } => {
+            let mut checkers = Vec::new();
+            for name in &expect_checker {
+                match Checker::from_name(name) {
+                    Some(checker) => checkers.push(checker),
+                    None => {
+                        eprintln!("unknown checker {name:?}; known: {:?}", Checker::ALL.map(|c| c.name()));
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             let options = cohort_sim::campaign::CampaignOptions {
                 seeds,
                 first_seed,
                 scenario,
                 bug,
                 jobs,
-                stop_on_failure: expect_failure,
+                stop_on: expect_failure.then_some(checkers.clone()),
             };
             let result = cohort_sim::campaign::run(&options);
-            match (expect_failure, result.failed.is_empty()) {
-                (false, true) => ExitCode::SUCCESS,
-                (false, false) => ExitCode::FAILURE,
-                (true, false) => {
-                    println!("as expected, seed {} caught the planted bug", result.failed[0].seed);
+            let wanted = if checkers.is_empty() {
+                "any checker".to_owned()
+            } else {
+                checkers.iter().map(|c| c.name()).collect::<Vec<_>>().join(" or ")
+            };
+            match (expect_failure, result.caught, result.failed.is_empty()) {
+                (false, _, true) => ExitCode::SUCCESS,
+                (false, _, false) => ExitCode::FAILURE,
+                (true, Some(caught), _) => {
+                    let by = caught.checkers().iter().map(|c| c.name()).collect::<Vec<_>>().join(", ");
+                    println!("as expected, seed {} caught the planted bug (by {by}; wanted {wanted})", caught.seed);
                     ExitCode::SUCCESS
                 }
-                (true, true) => {
-                    println!("the planted bug was NOT caught in {} seeds", result.run);
+                (true, None, _) => {
+                    println!("the planted bug was NOT caught by {wanted} in {} seeds", result.run);
                     ExitCode::FAILURE
                 }
             }
         }
+        Commands::Nightly { minutes, jobs, first_seed, scenario, out } => nightly(minutes, jobs, first_seed, scenario, &out),
         Commands::CheckDeterminism { run } => check_determinism(run.seed, &run.scenario, run.bug.as_deref()),
+    }
+}
+
+fn nightly(
+    minutes: f64,
+    jobs: usize,
+    first_seed: Option<u64>,
+    scenarios: Vec<String>,
+    out: &std::path::Path,
+) -> ExitCode {
+    if !(minutes > 0.0 && minutes.is_finite()) {
+        eprintln!("--minutes must be a positive number, not {minutes}");
+        return ExitCode::FAILURE;
+    }
+    // Outside any simulation: the wall clock only picks a seed window, printed for replays.
+    let first_seed = first_seed.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        // Far above CI's windows (seeds 1..=200), a new window each minute.
+        1_000_000 + (now.as_secs() / 60) * 10_000
+    });
+    let known = known_scenarios();
+    if known.is_empty() {
+        eprintln!("cohort-sim runs seeds only when built with RUSTFLAGS=\"--cfg madsim\": use scripts/sim");
+        return ExitCode::FAILURE;
+    }
+    if let Some(unknown) = scenarios.iter().find(|s| !known.contains(s)) {
+        eprintln!("unknown scenario {unknown:?}; known: {known:?}");
+        return ExitCode::FAILURE;
+    }
+    let options = cohort_sim::campaign::NightlyOptions {
+        scenarios: if scenarios.is_empty() { known } else { scenarios },
+        budget: std::time::Duration::from_secs_f64(minutes * 60.0),
+        first_seed,
+        jobs,
+    };
+    println!(
+        "nightly: {} minutes, {} jobs, scenarios {}, seeds from {first_seed}; summary to {}",
+        minutes,
+        jobs,
+        options.scenarios.join(","),
+        out.display()
+    );
+    let summary = cohort_sim::campaign::nightly(&options);
+    cohort_sim::campaign::print_nightly(&summary);
+    let json = serde_json::to_string_pretty(&summary).expect("serializable");
+    if let Err(error) = std::fs::write(out, json + "\n") {
+        eprintln!("cannot write {}: {error}", out.display());
+        return ExitCode::FAILURE;
+    }
+    if summary.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -112,6 +205,16 @@ fn check_determinism(seed: u64, scenario: &str, bug: Option<&str>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(madsim)]
+fn known_scenarios() -> Vec<String> {
+    cohort_sim::scenario::scenarios().iter().map(|s| s.name.to_owned()).collect()
+}
+
+#[cfg(not(madsim))]
+fn known_scenarios() -> Vec<String> {
+    Vec::new()
 }
 
 #[cfg(madsim)]

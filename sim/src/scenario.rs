@@ -2,7 +2,7 @@
 //! the workload through a safety phase under faults, then everything heals and the run checks
 //! liveness, convergence, Raft safety and linearizability.
 
-use crate::checkers::linearizability::check_linearizable;
+use crate::checkers::{check_linearizable, check_no_lost_writes, Checker, Failure};
 use crate::cluster::SimCluster;
 use crate::faults::{NetworkFaults, SharedFaults};
 use crate::trace::{now_ns, Trace};
@@ -33,23 +33,61 @@ pub struct Scenario {
     pub name: &'static str,
     pub nodes: u64,
     pub workload: WorkloadConfig,
-    /// Whether the swarm may include operator membership changes.
-    pub membership: bool,
+    /// Which faults the seed's swarm may draw.
+    pub menu: FaultMenu,
+}
+
+/// The faults a scenario's swarms draw from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultMenu {
+    /// Every fault but operator membership changes.
+    Standard,
+    /// Every fault, membership changes included.
+    WithMembership,
+    /// Power losses of the whole cluster (always on) and every network, disk-latency, pause
+    /// and clock fault, but no crash of some nodes only: a durability bug then loses data on
+    /// every replica at once, which only the clients' history can show (a node that lost what
+    /// it acknowledged while its leader lives trips raft-rs's own assertions first). Jepsen's
+    /// LazyFS tests lose unsynced writes the same way.
+    PowerLoss,
+}
+
+impl FaultMenu {
+    fn allows(self, fault: Fault) -> bool {
+        match self {
+            FaultMenu::Standard => fault != Fault::Membership,
+            FaultMenu::WithMembership => true,
+            FaultMenu::PowerLoss => !matches!(
+                fault,
+                Fault::Crash
+                    | Fault::CrashMany
+                    | Fault::CrashStorm
+                    | Fault::CrashVoter
+                    | Fault::FsyncFailure
+                    | Fault::Membership
+            ),
+        }
+    }
+
+    fn always(self, fault: Fault) -> bool {
+        self == FaultMenu::PowerLoss && fault == Fault::PowerLoss
+    }
 }
 
 pub fn scenarios() -> Vec<Scenario> {
     let workload = WorkloadConfig { repos: 3, keys_per_repo: 3, clients: 5, read_ratio: 0.4 };
     vec![
-        Scenario { name: "three", nodes: 3, workload: workload.clone(), membership: false },
+        Scenario { name: "three", nodes: 3, workload: workload.clone(), menu: FaultMenu::Standard },
         // More partitions than nodes: more elections collide after each mass restart.
         Scenario {
             name: "five",
             nodes: 5,
             workload: WorkloadConfig { repos: 6, ..workload.clone() },
-            membership: false,
+            menu: FaultMenu::Standard,
         },
-        Scenario { name: "three-membership", nodes: 3, workload: workload.clone(), membership: true },
-        Scenario { name: "five-membership", nodes: 5, workload, membership: true },
+        Scenario { name: "three-membership", nodes: 3, workload: workload.clone(), menu: FaultMenu::WithMembership },
+        Scenario { name: "five-membership", nodes: 5, workload: workload.clone(), menu: FaultMenu::WithMembership },
+        Scenario { name: "three-power", nodes: 3, workload, menu: FaultMenu::PowerLoss },
     ]
 }
 
@@ -62,6 +100,9 @@ pub fn scenario(name: &str) -> Option<Scenario> {
 pub enum Fault {
     Crash,
     CrashMany,
+    /// Every node loses power at the same instant and comes back together: only what each
+    /// synced survives, and no surviving leader remembers what its followers acknowledged.
+    PowerLoss,
     /// Crash and restart nodes again and again, each right after a leader is elected.
     CrashStorm,
     /// Restart every node at once (elections collide), then crash each node the moment it
@@ -86,9 +127,10 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 17] = [
+    pub const ALL: [Fault; 18] = [
         Fault::Crash,
         Fault::CrashMany,
+        Fault::PowerLoss,
         Fault::CrashStorm,
         Fault::CrashVoter,
         Fault::Pause,
@@ -110,6 +152,7 @@ impl Fault {
         match self {
             Fault::Crash => "crash",
             Fault::CrashMany => "crash-many",
+            Fault::PowerLoss => "power-loss",
             Fault::CrashStorm => "crash-storm",
             Fault::CrashVoter => "crash-voter",
             Fault::Pause => "pause",
@@ -149,16 +192,16 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    pub fn choose(rng: &mut StdRng, nodes: u64, membership: bool) -> Swarm {
+    pub fn choose(rng: &mut StdRng, nodes: u64, menu: FaultMenu) -> Swarm {
         let mut faults = BTreeSet::new();
         for fault in Fault::ALL {
-            if fault == Fault::Membership && !membership {
+            if !menu.allows(fault) {
                 continue;
             }
             // Faults that strike at the worst instant find the subtlest bugs: favour them.
             let odds =
                 if matches!(fault, Fault::CrashVoter | Fault::CrashStorm | Fault::PauseLeader) { 0.7 } else { 0.5 };
-            if rng.gen_bool(odds) {
+            if rng.gen_bool(odds) || menu.always(fault) {
                 faults.insert(fault);
             }
         }
@@ -205,7 +248,7 @@ pub struct RunOptions {
 #[derive(Clone, Debug)]
 pub struct RunReport {
     pub seed: u64,
-    pub failures: Vec<String>,
+    pub failures: Vec<Failure>,
     pub faults: Vec<Fault>,
     pub trace_hash: String,
     pub trace: Vec<String>,
@@ -227,7 +270,7 @@ pub async fn run(options: RunOptions) -> RunReport {
     cohort_core::bugs::activate(options.bug);
     let trace = Trace::new(options.keep_trace);
     let mut rng = StdRng::seed_from_u64(seed);
-    let swarm = Swarm::choose(&mut rng, scenario.nodes, scenario.membership);
+    let swarm = Swarm::choose(&mut rng, scenario.nodes, scenario.menu);
     trace_event(
         &trace,
         format!(
@@ -324,26 +367,39 @@ pub async fn run(options: RunOptions) -> RunReport {
     };
     let missing = liveness.await.expect("the liveness client does not panic");
     if !missing.is_empty() {
-        failures.push(format!(
-            "liveness: repositories {missing:?} took no write or read within {LIVENESS_BOUND:?} after the heal"
+        failures.push(Failure::new(
+            Checker::Liveness,
+            format!("repositories {missing:?} took no write or read within {LIVENESS_BOUND:?} after the heal"),
         ));
     }
     trace_event(&trace, format!("liveness checked after {} ms", (now_ns() - healed_at) / 1_000_000));
 
     // Convergence: equal applied index and digest on every replica of every partition.
     if let Some(failure) = check_convergence(&shared, &clients, scenario.workload.repos).await {
-        failures.push(failure);
+        failures.push(Failure::new(Checker::Convergence, failure));
     }
 
-    failures.extend(observer.violations());
+    failures.extend(observer.violations().into_iter().map(|v| Failure::new(Checker::RaftSafety, v)));
     let history = shared.history.lock().expect("not poisoned").clone();
+    match check_no_lost_writes(&history) {
+        Ok(report) => trace_event(
+            &trace,
+            format!("no lost writes: {} observations, {} acknowledged writes", report.observations, report.acknowledged_writes),
+        ),
+        Err(lost) => {
+            for lost in lost {
+                trace_event(&trace, format!("LOST WRITE: {lost}"));
+                failures.push(Failure::new(Checker::LostWrite, lost.to_string()));
+            }
+        }
+    }
     match check_linearizable(&history, LINEARIZABILITY_STATES_MAX) {
         Ok(report) => {
             trace_event(&trace, format!("linearizable: {} ops, {} states", report.ops_total(), report.states_total()))
         }
         Err(violation) => {
             trace_event(&trace, format!("NOT LINEARIZABLE: {violation}"));
-            failures.push(format!("linearizability: {violation}"));
+            failures.push(Failure::new(Checker::Linearizability, violation.to_string()));
         }
     }
     trace_event(
@@ -407,6 +463,15 @@ async fn drive_faults(
                 }
                 tokio::time::sleep(hold).await;
                 for &v in &victims {
+                    cluster.lock().unwrap().restart(v);
+                }
+            }
+            Fault::PowerLoss => {
+                for &v in &ids {
+                    cluster.lock().unwrap().crash(v);
+                }
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(10..1000))).await;
+                for &v in &ids {
                     cluster.lock().unwrap().restart(v);
                 }
             }
@@ -556,8 +621,9 @@ fn heal(cluster: &Arc<Mutex<SimCluster>>, faults: &SharedFaults) {
     }
 }
 
-/// Waits until every replica of every partition has applied the same index, then compares
-/// their state digests.
+/// Waits until every member of every partition (voters and learners, as its leader's
+/// configuration lists them) holds a replica whose applied index and state digest equal the
+/// leader's; `Some(explanation)` if that does not happen within the bound.
 async fn check_convergence(shared: &Shared, clients: &madsim::runtime::NodeHandle, repos: usize) -> Option<String> {
     let services = shared.services.clone();
     let trace = shared.trace.clone();
@@ -568,52 +634,12 @@ async fn check_convergence(shared: &Shared, clients: &madsim::runtime::NodeHandl
             partitions.extend((1..=repos as u64).map(cohort_core::ids::PartitionId));
             let mut last = String::new();
             while tokio::time::Instant::now() < deadline {
-                let mut all_equal = true;
                 let mut views = Vec::new();
+                let mut all_equal = true;
                 for &partition in &partitions {
-                    // Each replica's (applied index, digest); and the members as the leader
-                    // knows them: a replica removed before it heard of its removal keeps
-                    // running until its node applies the directory's update, and is not
-                    // compared.
-                    let mut replicas = BTreeMap::new();
-                    let mut members: Option<Vec<u64>> = None;
-                    for id in services.ids() {
-                        let Some(service) = services.get(id) else {
-                            all_equal = false;
-                            continue;
-                        };
-                        let view = service
-                            .router()
-                            .inspect(partition, |p| {
-                                let status = p.status();
-                                let mut members: Vec<u64> =
-                                    status.conf_state.voter_nodes().iter().map(|n| n.0).collect();
-                                members.extend(status.conf_state.learner_nodes().iter().map(|n| n.0));
-                                let leading = p.is_leader().then_some(members);
-                                ((p.state_machine().applied_index(), p.state_machine().digest().to_string()), leading)
-                            })
-                            .await;
-                        match view {
-                            Ok((view, leading)) => {
-                                replicas.insert(id.0, view);
-                                if leading.is_some() {
-                                    members = leading;
-                                }
-                            }
-                            // Not a member: partitions live on replica sets, not every node.
-                            Err(cohort_core::node::RouteError::UnknownPartition(_)) => {}
-                            Err(_) => all_equal = false,
-                        }
-                    }
-                    let Some(members) = members else {
-                        all_equal = false;
-                        views.push(format!("partition {partition}: no leader"));
-                        continue;
-                    };
-                    let seen: BTreeSet<_> =
-                        replicas.iter().filter(|(n, _)| members.contains(n)).map(|(_, v)| v.clone()).collect();
-                    all_equal &= seen.len() == 1;
-                    views.push(format!("partition {partition}: {seen:?}"));
+                    let view = partition_view(&services, partition).await;
+                    all_equal &= view.converged();
+                    views.push(format!("partition {partition}: {view}"));
                 }
                 last = views.join("; ");
                 if all_equal {
@@ -622,8 +648,74 @@ async fn check_convergence(shared: &Shared, clients: &madsim::runtime::NodeHandl
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Some(format!("convergence: replicas differ {CONVERGENCE_BOUND:?} after the heal: {last}"))
+            Some(format!("replicas differ {CONVERGENCE_BOUND:?} after the heal: {last}"))
         })
         .await
         .expect("the convergence check does not panic")
+}
+
+/// One partition as every node sees it, for the convergence check.
+struct PartitionView {
+    /// The leader and its configuration's members (voters and learners), if a leader answered.
+    leader: Option<(NodeId, Vec<NodeId>)>,
+    /// Each node's replica: (applied index, digest), or why there is none to compare.
+    replicas: BTreeMap<NodeId, Result<(u64, String), String>>,
+}
+
+impl PartitionView {
+    /// Every member holds a replica equal to the leader's.
+    fn converged(&self) -> bool {
+        let Some((leader, members)) = &self.leader else { return false };
+        let Some(Ok(reference)) = self.replicas.get(leader) else { return false };
+        members.iter().all(|m| matches!(self.replicas.get(m), Some(Ok(view)) if view == reference))
+    }
+}
+
+impl std::fmt::Display for PartitionView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some((leader, members)) = &self.leader else { return write!(f, "no leader") };
+        write!(f, "leader {leader}")?;
+        for member in members {
+            match self.replicas.get(member) {
+                Some(Ok((applied, digest))) => write!(f, ", member {member} applied {applied} digest {digest}")?,
+                Some(Err(reason)) => write!(f, ", member {member} {reason}")?,
+                None => write!(f, ", member {member} not asked")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn partition_view(services: &crate::cluster::Services, partition: cohort_core::ids::PartitionId) -> PartitionView {
+    let mut view = PartitionView { leader: None, replicas: BTreeMap::new() };
+    for id in services.ids() {
+        let Some(service) = services.get(id) else {
+            view.replicas.insert(id, Err("is down".to_owned()));
+            continue;
+        };
+        let answer = service
+            .router()
+            .inspect(partition, |p| {
+                let status = p.status();
+                let mut members = status.conf_state.voter_nodes();
+                members.extend(status.conf_state.learner_nodes());
+                let leading = p.is_leader().then_some(members);
+                ((p.state_machine().applied_index(), p.state_machine().digest().to_string()), leading)
+            })
+            .await;
+        let replica = match answer {
+            Ok((replica, leading)) => {
+                if let Some(members) = leading {
+                    view.leader = Some((id, members));
+                }
+                Ok(replica)
+            }
+            // A node that is not a member has no replica, rightly; a member without one is a
+            // failure that `converged` reports.
+            Err(cohort_core::node::RouteError::UnknownPartition(_)) => Err("has no replica".to_owned()),
+            Err(error) => Err(format!("did not answer: {error}")),
+        };
+        view.replicas.insert(id, replica);
+    }
+    view
 }

@@ -209,6 +209,11 @@ impl SimClient {
                                 current: current.as_ref().and_then(|v| shared.value_of(v)),
                             })
                         }
+                        // The repository exists from setup on: a replica that applied the
+                        // write without it saw every reference missing (the checkers judge).
+                        Err(ApiError::Rejected(Rejection::RepositoryNotFound { .. })) => {
+                            Attempt::Done(Outcome::CasFailed { current: None })
+                        }
                         Err(error) => Self::retry_for(&error),
                     }
                 }
@@ -252,6 +257,8 @@ impl SimClient {
                             ReadResult::Refs(refs) => Attempt::Done(refs),
                             other => panic!("unexpected answer to a ref listing: {other:?}"),
                         },
+                        // As for writes: a repository that is missing has no references.
+                        Err(ApiError::Rejected(Rejection::RepositoryNotFound { .. })) => Attempt::Done(Vec::new()),
                         Err(error) => match Self::retry_for(&error) {
                             Attempt::Retry { at } => Attempt::Retry { at },
                             Attempt::Done(_) => unreachable!(),

@@ -1,7 +1,7 @@
 //! A `Disk` wrapper that records how long each fsync takes, for the fsync latency histogram.
 //! Production only: it reads the wall clock, which core and storage never do.
 
-use cohort_core::env::{Disk, DiskError, DiskFile};
+use cohort_core::env::{Disk, DiskError, DiskFile, PositionalFile};
 use prometheus_client::metrics::histogram::Histogram;
 use std::path::Path;
 use std::time::Instant;
@@ -39,6 +39,36 @@ impl DiskFile for MeteredFile {
     }
 }
 
+struct MeteredPositionalFile {
+    inner: Box<dyn PositionalFile>,
+    fsync_latency_seconds: Histogram,
+}
+
+impl PositionalFile for MeteredPositionalFile {
+    fn len(&self) -> Result<u64, DiskError> {
+        self.inner.len()
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<(), DiskError> {
+        self.inner.read_at(offset, out)
+    }
+
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
+        self.inner.write_at(offset, bytes)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), DiskError> {
+        self.inner.set_len(len)
+    }
+
+    fn sync(&self) -> Result<(), DiskError> {
+        let started = Instant::now();
+        let result = self.inner.sync();
+        self.fsync_latency_seconds.observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
 impl<D: Disk> Disk for MeteredDisk<D> {
     fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError> {
         self.inner.create_dir_all(dir)
@@ -47,6 +77,11 @@ impl<D: Disk> Disk for MeteredDisk<D> {
     fn open_append(&self, path: &Path) -> Result<Box<dyn DiskFile>, DiskError> {
         let inner = self.inner.open_append(path)?;
         Ok(Box::new(MeteredFile { inner, fsync_latency_seconds: self.fsync_latency_seconds.clone() }))
+    }
+
+    fn open_positional(&self, path: &Path) -> Result<Box<dyn PositionalFile>, DiskError> {
+        let inner = self.inner.open_positional(path)?;
+        Ok(Box::new(MeteredPositionalFile { inner, fsync_latency_seconds: self.fsync_latency_seconds.clone() }))
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, DiskError> {

@@ -1,8 +1,9 @@
 //! The production [`Disk`]: the real file system under one root directory, with real fsyncs.
 
-use cohort_core::env::{Disk, DiskError, DiskFile};
+use cohort_core::env::{Disk, DiskError, DiskFile, PositionalFile};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
 /// A [`Disk`] over the real file system; every path is relative to `root`.
@@ -50,6 +51,18 @@ impl Disk for FsDisk {
             .map_err(|e| DiskError::new("open_append", &full, e))?;
         let len = file.metadata().map_err(|e| DiskError::new("metadata", &full, e))?.len();
         Ok(Box::new(FsFile { file, path: full, len }))
+    }
+
+    fn open_positional(&self, path: &Path) -> Result<Box<dyn PositionalFile>, DiskError> {
+        let full = self.full(path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&full)
+            .map_err(|e| DiskError::new("open_positional", &full, e))?;
+        Ok(Box::new(FsPositionalFile { file, path: full }))
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, DiskError> {
@@ -160,5 +173,34 @@ impl DiskFile for FsFile {
 
     fn len(&self) -> u64 {
         self.len
+    }
+}
+
+/// A file of [`FsDisk`] opened for positional reads and writes (`pread`/`pwrite`, unbuffered).
+struct FsPositionalFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl PositionalFile for FsPositionalFile {
+    fn len(&self) -> Result<u64, DiskError> {
+        Ok(self.file.metadata().map_err(|e| DiskError::new("metadata", &self.path, e))?.len())
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<(), DiskError> {
+        self.file.read_exact_at(out, offset).map_err(|e| DiskError::new("read_at", &self.path, e))
+    }
+
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
+        self.file.write_all_at(bytes, offset).map_err(|e| DiskError::new("write_at", &self.path, e))
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), DiskError> {
+        self.file.set_len(len).map_err(|e| DiskError::new("set_len", &self.path, e))
+    }
+
+    fn sync(&self) -> Result<(), DiskError> {
+        // fdatasync also flushes a changed length: it is needed to read the data back.
+        self.file.sync_data().map_err(|e| DiskError::new("sync", &self.path, e))
     }
 }

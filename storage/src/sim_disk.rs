@@ -2,9 +2,14 @@
 //! crash semantics and injectable faults.
 //!
 //! What survives [`SimDisk::crash`]:
-//! - a file's bytes up to its last successful sync; of the bytes appended after it, a random
-//!   prefix, whose last bytes may be torn (zero-filled or garbled, at most
+//! - of an appended file, its bytes up to its last successful sync; of the bytes appended
+//!   after it, a random prefix, whose last bytes may be torn (zero-filled or garbled, at most
 //!   [`SIM_TORN_BYTES_MAX`]), as when a machine loses power in the middle of a write-back;
+//! - of a file written in place ([`Disk::open_positional`]), its bytes as of its last
+//!   successful sync, then each write and length change made since, in order, each decided
+//!   on its own: a length change survives whole or not at all; a write survives, vanishes or
+//!   tears, and a torn write leaves every byte of its range either old or new (the contract
+//!   redb relies on: it checksums its pages and needs no atomic sector);
 //! - a directory's entries as of its last successful [`Disk::sync_dir`]: creations, renames
 //!   and removals not followed by one are undone.
 //!
@@ -15,7 +20,7 @@
 //! its whole subtree along. No real I/O, no threads, no clock: only the seed decides.
 
 use crate::limits::SIM_TORN_BYTES_MAX;
-use cohort_core::env::{Disk, DiskError, DiskFile};
+use cohort_core::env::{Disk, DiskError, DiskFile, PositionalFile};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,8 +72,78 @@ enum Node {
 struct FileNode {
     /// Every byte of the file, durable or not.
     data: Vec<u8>,
-    /// `data[..synced_len]` survives a crash intact.
+    /// `data[..synced_len]` survives a crash intact (appended files).
     synced_len: usize,
+    /// In-place changes since the last sync, oldest first, each with what it replaced, so that
+    /// a crash can rebuild the synced bytes and decide each change on its own.
+    unsynced: Vec<InPlace>,
+}
+
+/// One in-place change not yet synced.
+enum InPlace {
+    Write { offset: usize, old: Vec<u8>, new: Vec<u8> },
+    SetLen { old_len: usize, new_len: usize, cut: Vec<u8> },
+}
+
+impl FileNode {
+    fn new() -> FileNode {
+        FileNode { data: Vec::new(), synced_len: 0, unsynced: Vec::new() }
+    }
+
+    fn sync(&mut self) {
+        self.synced_len = self.data.len();
+        self.unsynced.clear();
+    }
+
+    /// The bytes as of the last sync, from the current ones and the undo records.
+    fn synced_image(&self) -> Vec<u8> {
+        let mut image = self.data.clone();
+        for change in self.unsynced.iter().rev() {
+            match change {
+                InPlace::Write { offset, old, .. } => image[*offset..offset + old.len()].copy_from_slice(old),
+                InPlace::SetLen { old_len, cut, .. } => {
+                    image.truncate(*old_len.min(&image.len()));
+                    image.extend_from_slice(cut);
+                    image.resize(*old_len, 0);
+                }
+            }
+        }
+        image
+    }
+
+    /// What an in-place file holds after a crash (see the module docs).
+    fn crash_in_place(&mut self, rng: &mut StdRng) {
+        let mut image = self.synced_image();
+        for change in &self.unsynced {
+            match change {
+                InPlace::SetLen { new_len, .. } => {
+                    if rng.gen_bool(0.5) {
+                        image.resize(*new_len, 0);
+                    }
+                }
+                InPlace::Write { offset, new, .. } => {
+                    // Bytes past a length change that did not survive are gone with it.
+                    let end = (offset + new.len()).min(image.len());
+                    if *offset >= end {
+                        continue;
+                    }
+                    let range = *offset..end;
+                    match rng.gen_range(0..3) {
+                        0 => image[range.clone()].copy_from_slice(&new[..range.len()]),
+                        1 => {} // vanished
+                        _ => {
+                            for (i, byte) in range.enumerate() {
+                                if rng.gen_bool(0.5) {
+                                    image[byte] = new[i];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.data = image;
+    }
 }
 
 #[derive(Default)]
@@ -179,6 +254,10 @@ impl SimState {
             let rng = &mut self.rng;
             match self.nodes.get_mut(&id).expect("listed node") {
                 Node::Dir(dir) => dir.entries = dir.durable.clone(),
+                Node::File(file) if !file.unsynced.is_empty() => {
+                    file.crash_in_place(rng);
+                    file.sync();
+                }
                 Node::File(file) => {
                     let unsynced = file.data.len() - file.synced_len;
                     let kept = rng.gen_range(0..=unsynced);
@@ -290,6 +369,30 @@ impl SimDisk {
     }
 }
 
+impl SimDisk {
+    /// A handle on the file at `path`, created empty if missing.
+    fn open_file(&self, op: &'static str, path: &Path) -> Result<SimFile, DiskError> {
+        let mut state = self.lock();
+        state.power(op, path, true)?;
+        let names = names(path);
+        let (parent, name) = state.parent(op, path, &names)?;
+        let id = match state.dir(parent).expect("parent is a directory").entries.get(name) {
+            Some(&id) => {
+                if state.file_mut(id).is_none() {
+                    return Err(error(op, path, io::ErrorKind::Other, "is a directory"));
+                }
+                id
+            }
+            None => {
+                let id = state.new_node(Node::File(FileNode::new()));
+                state.dir_mut(parent).entries.insert(name.to_owned(), id);
+                id
+            }
+        };
+        Ok(SimFile { state: Arc::clone(&self.state), node: id, generation: state.generation, path: path.to_owned() })
+    }
+}
+
 impl std::fmt::Debug for SimDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.lock();
@@ -326,29 +429,11 @@ impl Disk for SimDisk {
     }
 
     fn open_append(&self, path: &Path) -> Result<Box<dyn DiskFile>, DiskError> {
-        let mut state = self.lock();
-        state.power("open_append", path, true)?;
-        let names = names(path);
-        let (parent, name) = state.parent("open_append", path, &names)?;
-        let id = match state.dir(parent).expect("parent is a directory").entries.get(name) {
-            Some(&id) => {
-                if state.file_mut(id).is_none() {
-                    return Err(error("open_append", path, io::ErrorKind::Other, "is a directory"));
-                }
-                id
-            }
-            None => {
-                let id = state.new_node(Node::File(FileNode { data: Vec::new(), synced_len: 0 }));
-                state.dir_mut(parent).entries.insert(name.to_owned(), id);
-                id
-            }
-        };
-        Ok(Box::new(SimFile {
-            state: Arc::clone(&self.state),
-            node: id,
-            generation: state.generation,
-            path: path.to_owned(),
-        }))
+        Ok(Box::new(self.open_file("open_append", path)?))
+    }
+
+    fn open_positional(&self, path: &Path) -> Result<Box<dyn PositionalFile>, DiskError> {
+        Ok(Box::new(self.open_file("open_positional", path)?))
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, DiskError> {
@@ -379,7 +464,7 @@ impl Disk for SimDisk {
         let file = state.file_mut(id).ok_or_else(|| error("truncate", path, io::ErrorKind::Other, "is a directory"))?;
         let len = usize::try_from(len).expect("simulated files fit in memory");
         file.data.resize(len, 0);
-        file.synced_len = len;
+        file.sync();
         state.stats.truncates += 1;
         Ok(())
     }
@@ -511,6 +596,7 @@ impl DiskFile for SimFile {
         state.stats.appends += 1;
         state.stats.appended_bytes += bytes.len() as u64;
         let file = state.file_mut(self.node).expect("an open file's inode lives until a crash");
+        assert!(file.unsynced.is_empty(), "{}: appended while written in place and unsynced", self.path.display());
         file.data.extend_from_slice(bytes);
         Ok(())
     }
@@ -522,8 +608,7 @@ impl DiskFile for SimFile {
             return Err(error("sync", &self.path, io::ErrorKind::Other, "injected sync failure"));
         }
         state.stats.file_syncs += 1;
-        let file = state.file_mut(self.node).expect("an open file's inode lives until a crash");
-        file.synced_len = file.data.len();
+        state.file_mut(self.node).expect("an open file's inode lives until a crash").sync();
         Ok(())
     }
 
@@ -533,5 +618,80 @@ impl DiskFile for SimFile {
             // A stale handle's file is gone as far as its owner can tell.
             Err(_) => 0,
         }
+    }
+}
+
+impl PositionalFile for SimFile {
+    fn len(&self) -> Result<u64, DiskError> {
+        let mut state = self.lock("len")?;
+        state.power("len", &self.path, false)?;
+        Ok(state.file_mut(self.node).expect("an open file's inode lives until a crash").data.len() as u64)
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<(), DiskError> {
+        let mut state = self.lock("read_at")?;
+        state.power("read_at", &self.path, false)?;
+        let file = state.file_mut(self.node).expect("an open file's inode lives until a crash");
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start.checked_add(out.len()).filter(|&end| end <= file.data.len()) {
+            Some(end) => {
+                out.copy_from_slice(&file.data[start..end]);
+                Ok(())
+            }
+            None => Err(error("read_at", &self.path, io::ErrorKind::UnexpectedEof, "read past the end of the file")),
+        }
+    }
+
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), DiskError> {
+        let mut state = self.lock("write_at")?;
+        state.power("write_at", &self.path, true)?;
+        if state.fail_appends {
+            return Err(error("write_at", &self.path, io::ErrorKind::Other, "no space left on device (injected)"));
+        }
+        state.stats.appends += 1;
+        state.stats.appended_bytes += bytes.len() as u64;
+        let file = state.file_mut(self.node).expect("an open file's inode lives until a crash");
+        assert_eq!(file.synced_len, file.data.len(), "{}: written in place with unsynced appends", self.path.display());
+        let start = usize::try_from(offset).expect("simulated files fit in memory");
+        let end = start.checked_add(bytes.len()).expect("simulated files fit in memory");
+        if end > file.data.len() {
+            // redb sizes its file with set_len before writing into it; a write past the end
+            // would extend it, which the crash model does not cover.
+            return Err(error("write_at", &self.path, io::ErrorKind::InvalidInput, "write past the end of the file"));
+        }
+        let old = file.data[start..end].to_vec();
+        file.data[start..end].copy_from_slice(bytes);
+        file.unsynced.push(InPlace::Write { offset: start, old, new: bytes.to_vec() });
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), DiskError> {
+        let mut state = self.lock("set_len")?;
+        state.power("set_len", &self.path, true)?;
+        let file = state.file_mut(self.node).expect("an open file's inode lives until a crash");
+        let new_len = usize::try_from(len).expect("simulated files fit in memory");
+        let old_len = file.data.len();
+        if new_len > old_len && state.fail_appends {
+            return Err(error("set_len", &self.path, io::ErrorKind::Other, "no space left on device (injected)"));
+        }
+        let file = state.file_mut(self.node).expect("an open file's inode lives until a crash");
+        assert_eq!(file.synced_len, file.data.len(), "{}: resized with unsynced appends", self.path.display());
+        let cut = file.data.get(new_len..).map(<[u8]>::to_vec).unwrap_or_default();
+        file.data.resize(new_len, 0);
+        file.unsynced.push(InPlace::SetLen { old_len, new_len, cut });
+        // Appends' durable prefix follows the length: an in-place file has no unsynced tail.
+        file.synced_len = new_len;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), DiskError> {
+        let mut state = self.lock("sync")?;
+        state.power("sync", &self.path, true)?;
+        if state.fail_syncs {
+            return Err(error("sync", &self.path, io::ErrorKind::Other, "injected sync failure"));
+        }
+        state.stats.file_syncs += 1;
+        state.file_mut(self.node).expect("an open file's inode lives until a crash").sync();
+        Ok(())
     }
 }

@@ -33,6 +33,27 @@ pub trait DiskFile: Send + 'static {
     }
 }
 
+/// A file opened for reads and writes at any offset: the state store's database file. Methods
+/// take `&self` (the store reads while it writes); implementations serialize what must be.
+///
+/// Crash contract (what the state store relies on): bytes are durable only after
+/// [`PositionalFile::sync`]; at a crash each write since the last sync survives, vanishes or
+/// tears independently and in any order, every byte ending as its old or its new value, and
+/// never changes a byte outside its range; a [`PositionalFile::set_len`] since the last sync
+/// survives whole or not at all.
+pub trait PositionalFile: Send + Sync + 'static {
+    /// Bytes in the file, durable or not.
+    fn len(&self) -> Result<u64, DiskError>;
+    /// Fills `out` from `offset`; an error if the file ends before `out` is full.
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> Result<(), DiskError>;
+    /// Writes `bytes` at `offset`, within the file's length.
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), DiskError>;
+    /// Cuts or extends the file to `len` bytes; new bytes read as zeros.
+    fn set_len(&self, len: u64) -> Result<(), DiskError>;
+    /// Makes every write and length change so far durable (fdatasync).
+    fn sync(&self) -> Result<(), DiskError>;
+}
+
 /// A directory tree of files, rooted at a node's data directory; every path is relative to
 /// that root. Creating, renaming or removing a file is durable only after [`Disk::sync_dir`]
 /// on its parent directory, as on a real file system.
@@ -40,6 +61,9 @@ pub trait Disk: Send + Sync + 'static {
     fn create_dir_all(&self, dir: &Path) -> Result<(), DiskError>;
     /// Opens `path` for appending, creating it empty if it does not exist.
     fn open_append(&self, path: &Path) -> Result<Box<dyn DiskFile>, DiskError>;
+    /// Opens `path` for reads and writes at any offset, creating it empty if it does not
+    /// exist. A file is used one way or the other (appended or written in place), never both.
+    fn open_positional(&self, path: &Path) -> Result<Box<dyn PositionalFile>, DiskError>;
     /// Reads the whole file.
     fn read(&self, path: &Path) -> Result<Vec<u8>, DiskError>;
     /// Reads `len` bytes at `offset`; fewer only at the end of the file.

@@ -11,7 +11,7 @@ mod spawn;
 mod transport;
 
 pub use clock::{Clock, Instant};
-pub use disk::{write_file_atomic, Disk, DiskError, DiskFile};
+pub use disk::{write_file_atomic, Disk, DiskError, DiskFile, PositionalFile};
 pub use spawn::{BoxFuture, Spawn};
 pub use transport::{Envelope, Payload, Transport};
 

@@ -23,6 +23,8 @@ pub fn disk_suite(make: impl Fn() -> Arc<dyn Disk>) {
         ("sync_dir_and_file_sync", sync_dir_and_file_sync),
         ("write_file_atomic_replaces", write_file_atomic_replaces),
         ("exists_for_files_and_dirs", exists_for_files_and_dirs),
+        ("positional_write_read_and_resize", positional_write_read_and_resize),
+        ("positional_reopen_sees_what_was_written", positional_reopen_sees_what_was_written),
     ];
     for (name, case) in cases {
         eprintln!("disk_suite: {name}");
@@ -173,6 +175,52 @@ fn exists_for_files_and_dirs(disk: &dyn Disk) {
     assert!(disk.exists(p("a/b/f")).unwrap(), "create_dir_all of an existing directory keeps it");
 }
 
+fn positional_write_read_and_resize(disk: &dyn Disk) {
+    let file = disk.open_positional(p("db")).unwrap();
+    assert_eq!(file.len().unwrap(), 0);
+    let mut one = [0u8; 1];
+    assert!(file.read_at(0, &mut one).is_err(), "reading past the end is an error");
+    file.set_len(4096).unwrap();
+    assert_eq!(file.len().unwrap(), 4096);
+    let mut page = vec![1u8; 4096];
+    file.read_at(0, &mut page).unwrap();
+    assert!(page.iter().all(|&b| b == 0), "new bytes read as zeros");
+    file.write_at(100, b"hello").unwrap();
+    file.write_at(4091, b"world").unwrap();
+    let mut five = [0u8; 5];
+    file.read_at(100, &mut five).unwrap();
+    assert_eq!(&five, b"hello", "written bytes read back before any sync");
+    file.read_at(4091, &mut five).unwrap();
+    assert_eq!(&five, b"world");
+    assert!(file.read_at(4092, &mut five).is_err(), "a read crossing the end is an error");
+    file.write_at(102, b"LL").unwrap();
+    file.read_at(100, &mut five).unwrap();
+    assert_eq!(&five, b"heLLo", "a write changes only its own range");
+    file.sync().unwrap();
+    file.set_len(102).unwrap();
+    assert_eq!(file.len().unwrap(), 102);
+    file.set_len(200).unwrap();
+    let mut tail = [9u8; 98];
+    file.read_at(102, &mut tail).unwrap();
+    assert!(tail.iter().all(|&b| b == 0), "bytes cut and grown back read as zeros");
+    file.sync().unwrap();
+    assert_eq!(disk.read(p("db")).unwrap().len(), 200, "the whole-file read sees the same file");
+}
+
+fn positional_reopen_sees_what_was_written(disk: &dyn Disk) {
+    {
+        let file = disk.open_positional(p("db")).unwrap();
+        file.set_len(10).unwrap();
+        file.write_at(0, b"0123456789").unwrap();
+        file.sync().unwrap();
+    }
+    let file = disk.open_positional(p("db")).unwrap();
+    assert_eq!(file.len().unwrap(), 10, "opening an existing file keeps it");
+    let mut all = [0u8; 10];
+    file.read_at(0, &mut all).unwrap();
+    assert_eq!(&all, b"0123456789");
+}
+
 type CrashCase = (&'static str, fn(&dyn Fn(u64) -> Arc<SimDisk>));
 
 /// Runs the crash cases of [`SimDisk`], each on fresh disks from `make(seed)`: synced data
@@ -194,6 +242,10 @@ pub fn sim_crash_suite(make: impl Fn(u64) -> Arc<SimDisk>) {
         ("same_seed_same_crash", same_seed_same_crash),
         ("write_file_atomic_is_atomic", write_file_atomic_is_atomic),
         ("power_loss_stops_every_operation", power_loss_stops_every_operation),
+        ("in_place_synced_bytes_survive", in_place_synced_bytes_survive),
+        ("in_place_writes_survive_vanish_or_tear_byte_by_byte", in_place_writes_survive_vanish_or_tear),
+        ("in_place_length_changes_are_all_or_nothing", in_place_length_changes_are_all_or_nothing),
+        ("in_place_failed_sync_makes_nothing_durable", in_place_failed_sync_makes_nothing_durable),
     ];
     for (name, case) in cases {
         eprintln!("sim_crash_suite: {name}");
@@ -436,4 +488,104 @@ fn power_loss_stops_every_operation(make: &dyn Fn(u64) -> Arc<SimDisk>) {
     disk.crash();
     assert!(!disk.is_powered_off());
     assert_eq!(disk.read(p("d/f")).unwrap(), b"abcd", "what was synced before the power loss survives");
+}
+
+/// A synced in-place file `db` of `len` bytes, each `fill`.
+fn durable_in_place(disk: &SimDisk, len: usize, fill: u8) -> Box<dyn cohort_core::env::PositionalFile> {
+    let file = disk.open_positional(p("db")).unwrap();
+    file.set_len(len as u64).unwrap();
+    file.write_at(0, &vec![fill; len]).unwrap();
+    file.sync().unwrap();
+    disk.sync_dir(p("")).unwrap();
+    file
+}
+
+fn in_place_synced_bytes_survive(make: &dyn Fn(u64) -> Arc<SimDisk>) {
+    for seed in 0..SEEDS {
+        let disk = make(seed);
+        let file = durable_in_place(&disk, 64, 7);
+        file.write_at(8, &[1; 8]).unwrap();
+        file.sync().unwrap();
+        drop(file);
+        disk.crash();
+        let mut expected = vec![7u8; 64];
+        expected[8..16].fill(1);
+        assert_eq!(disk.read(p("db")).unwrap(), expected, "seed {seed}");
+    }
+}
+
+fn in_place_writes_survive_vanish_or_tear(make: &dyn Fn(u64) -> Arc<SimDisk>) {
+    let (mut whole, mut vanished, mut torn) = (0, 0, 0);
+    for seed in 0..SEEDS {
+        let disk = make(seed);
+        let file = durable_in_place(&disk, 256, 0xAA);
+        // Two unsynced writes, one overlapping the other, and bytes between them untouched.
+        file.write_at(16, &[0x11; 64]).unwrap();
+        file.write_at(48, &[0x22; 64]).unwrap();
+        file.write_at(200, &[0x33; 32]).unwrap();
+        drop(file);
+        disk.crash();
+        let after = disk.read(p("db")).unwrap();
+        assert_eq!(after.len(), 256, "seed {seed}: the length did not change");
+        for (i, &byte) in after.iter().enumerate() {
+            let allowed: &[u8] = match i {
+                16..48 => &[0xAA, 0x11],
+                48..80 => &[0xAA, 0x11, 0x22],
+                80..112 => &[0xAA, 0x22],
+                200..232 => &[0xAA, 0x33],
+                _ => &[0xAA],
+            };
+            assert!(allowed.contains(&byte), "seed {seed}: byte {i} is {byte:#x}, neither old nor new");
+        }
+        let last = &after[200..232];
+        if last.iter().all(|&b| b == 0x33) {
+            whole += 1;
+        } else if last.iter().all(|&b| b == 0xAA) {
+            vanished += 1;
+        } else {
+            torn += 1;
+        }
+        disk.crash();
+        assert_eq!(disk.read(p("db")).unwrap(), after, "seed {seed}: what survived a crash is durable");
+    }
+    assert!(whole > 0 && vanished > 0 && torn > 0, "writes vary: {whole} whole, {vanished} vanished, {torn} torn");
+}
+
+fn in_place_length_changes_are_all_or_nothing(make: &dyn Fn(u64) -> Arc<SimDisk>) {
+    let (mut grown, mut kept) = (0, 0);
+    for seed in 0..SEEDS {
+        let disk = make(seed);
+        let file = durable_in_place(&disk, 100, 5);
+        file.set_len(300).unwrap();
+        file.write_at(250, &[9; 10]).unwrap();
+        drop(file);
+        disk.crash();
+        let after = disk.read(p("db")).unwrap();
+        assert_eq!(&after[..100], &[5u8; 100][..], "seed {seed}: synced bytes never change");
+        match after.len() {
+            100 => kept += 1,
+            300 => {
+                grown += 1;
+                assert!(after[100..250].iter().all(|&b| b == 0), "seed {seed}: grown bytes are zeros");
+                assert!(after[250..260].iter().all(|&b| b == 0 || b == 9), "seed {seed}");
+            }
+            other => panic!("seed {seed}: length {other}, neither the old 100 nor the new 300"),
+        }
+    }
+    assert!(grown > 0 && kept > 0, "length changes vary: {grown} grown, {kept} kept");
+}
+
+fn in_place_failed_sync_makes_nothing_durable(make: &dyn Fn(u64) -> Arc<SimDisk>) {
+    for seed in 0..SEEDS {
+        let disk = make(seed);
+        let file = durable_in_place(&disk, 32, 1);
+        file.write_at(0, &[2; 32]).unwrap();
+        disk.set_fail_syncs(true);
+        assert!(file.sync().is_err());
+        disk.set_fail_syncs(false);
+        drop(file);
+        disk.crash();
+        let after = disk.read(p("db")).unwrap();
+        assert!(after.iter().all(|&b| b == 1 || b == 2), "seed {seed}: every byte old or new");
+    }
 }

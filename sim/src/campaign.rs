@@ -147,6 +147,16 @@ fn format_counts(counts: &BTreeMap<Checker, u64>) -> String {
     counts.iter().map(|(checker, n)| format!("{checker} {n}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Prints a line above the bar; a hidden bar (output not a terminal, as in CI or cron) would
+/// swallow it, so then it goes to stdout directly.
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template"));
@@ -200,9 +210,9 @@ pub fn run(options: &CampaignOptions) -> CampaignResult {
         bar.inc(1);
         if !summary.passed {
             for failure in &summary.failures {
-                bar.println(format!("seed {} FAILED: {failure}", summary.seed));
+                say(&bar, format!("seed {} FAILED: {failure}", summary.seed));
             }
-            bar.println(format!("  replay: {}", job.replay_command()));
+            say(&bar, format!("  replay: {}", job.replay_command()));
         }
         let stop = match &options.stop_on {
             Some(checkers) if caught.is_none() && caught_by(&summary, checkers) => {
@@ -366,9 +376,9 @@ pub fn nightly(options: &NightlyOptions) -> NightlySummary {
                 *totals.failures_by_checker.entry(checker).or_default() += 1;
             }
             for failure in &summary.failures {
-                bar.println(format!("{} seed {} FAILED: {failure}", job.scenario, job.seed));
+                say(&bar, format!("{} seed {} FAILED: {failure}", job.scenario, job.seed));
             }
-            bar.println(format!("  replay: {}", job.replay_command()));
+            say(&bar, format!("  replay: {}", job.replay_command()));
             failures.push(NightlyFailure {
                 scenario: job.scenario.clone(),
                 seed: job.seed,
@@ -386,7 +396,7 @@ pub fn nightly(options: &NightlyOptions) -> NightlySummary {
         bar.set_message(where_it_is.clone());
         if last_report.elapsed() >= NIGHTLY_REPORT_EVERY {
             last_report = Instant::now();
-            bar.println(format!("[{:>5} s] {where_it_is}", started.elapsed().as_secs()));
+            say(&bar, format!("[{:>5} s] {where_it_is}", started.elapsed().as_secs()));
         }
         false
     });

@@ -18,5 +18,6 @@ pub mod persist;
 mod raft_logger;
 pub mod snapshot;
 pub mod state_machine;
+pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -30,6 +30,8 @@ pub const SNAPSHOT_RETRIES_MAX: u32 = 10;
 pub const SNAPSHOT_INCOMING_IDLE_TICKS_MAX: u32 = 100;
 /// Snapshots one replica sends at once (one per receiver).
 pub const SNAPSHOT_OUTGOING_MAX: usize = 4;
+/// Memory the state store's page cache may use, by default.
+pub const STORE_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 /// Buffer between the state machine's encoder and a snapshot file.
 pub const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 

@@ -112,7 +112,7 @@ impl Default for Directory {
 /// Checks a partition's membership as proposed: 1 to `PARTITION_VOTERS_MAX` voters, at most
 /// `PARTITION_LEARNERS_MAX` learners, no node listed twice (in either list or in both), and no
 /// node 0 (raft's invalid peer id; a node id is also its raft peer id).
-pub(super) fn check_members(voters: &[NodeId], learners: &[NodeId]) -> Result<(), Rejection> {
+pub fn check_members(voters: &[NodeId], learners: &[NodeId]) -> Result<(), Rejection> {
     let invalid = |reason: String| Err(Rejection::InvalidMembers { reason });
     if voters.is_empty() {
         return invalid("no voters".to_string());
@@ -137,7 +137,7 @@ pub(super) fn check_members(voters: &[NodeId], learners: &[NodeId]) -> Result<()
 }
 
 /// Checks that `peers` names exactly the members, once each.
-pub(super) fn check_peers(voters: &[NodeId], learners: &[NodeId], peers: &[PeerId]) -> Result<(), Rejection> {
+pub fn check_peers(voters: &[NodeId], learners: &[NodeId], peers: &[PeerId]) -> Result<(), Rejection> {
     let invalid = |reason: String| Err(Rejection::InvalidMembers { reason });
     if peers.len() != voters.len() + learners.len() {
         return invalid(format!("{} peer ids for {} members", peers.len(), voters.len() + learners.len()));

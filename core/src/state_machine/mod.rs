@@ -24,7 +24,7 @@ mod tests;
 
 pub use dedup::{DEDUP_CLIENTS_MAX, DEDUP_RESULTS_BYTES_MAX, DEDUP_WINDOW_MAX};
 pub use directory::{
-    Directory, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_LEARNERS_MAX,
+    check_members, check_peers, Directory, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_LEARNERS_MAX,
     PARTITION_VOTERS_MAX,
 };
 pub use objects::{ObjectKind, ObjectKindParseError, Oid, OidParseError};
@@ -461,7 +461,7 @@ pub fn validate(command: &Command) -> Result<(), Rejection> {
 
 /// The checks that depend on the operation alone, in a fixed order so that every replica
 /// reports the same first problem.
-fn check_op(op: &WriteOp) -> Result<(), Rejection> {
+pub fn check_op(op: &WriteOp) -> Result<(), Rejection> {
     match op {
         WriteOp::CreateRepository { repo, fork_of: _ } => repo.validate(),
         WriteOp::DeleteRepository { repo } => repo.validate(),

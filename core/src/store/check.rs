@@ -1,0 +1,314 @@
+//! Verifying a partition's rows whole, and digesting them.
+//!
+//! [`check_partition`] is the store's fsck for one partition: every key and value decodes,
+//! every object hashes to its id, every reference points to an object its repository holds,
+//! every count is what the rows say. It runs on every snapshot a replica installs (rows from
+//! another node are untrusted bytes) and in tests after every change; it is linear in the
+//! partition's size, so never on the apply path. It returns the counts the record must hold.
+//!
+//! [`digest`] hashes a partition's rows in key order, table by table: replicas with the same
+//! rows have the same digest, whatever their applied index.
+
+use super::keys::{self, KeyReader};
+use super::loose;
+use super::tables::{self, ClientRecord, Counts, RepoRecord, Rows, TableId};
+use super::StoreError;
+use crate::ids::{ClientId, PartitionId};
+use crate::state_machine::{
+    check_members, check_peers, validate_storage_name, Digest, Oid, PartitionInfo, RefValue, Rejection, RepoId,
+    WriteResult, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_REPOSITORIES_MAX, REPOSITORY_REFS_MAX,
+};
+use sha1::{Digest as _, Sha1};
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+/// SHA-1 over every row of `partition` (its record excluded), table by table in key order,
+/// keys without the partition's prefix: the same rows digest the same under any partition id.
+pub fn digest(rows: &dyn Rows, partition: PartitionId) -> Result<Digest, StoreError> {
+    let prefix = keys::partition_prefix(partition);
+    let mut hasher = Sha1::new();
+    for table in TableId::ALL {
+        rows.scan(table, &prefix, &mut |key, value| {
+            let key = &key[prefix.len()..];
+            hasher.update([table as u8]);
+            hasher.update((key.len() as u64).to_le_bytes());
+            hasher.update(key);
+            hasher.update((value.len() as u64).to_le_bytes());
+            hasher.update(value);
+            Ok(ControlFlow::Continue(()))
+        })?;
+    }
+    let mut digest = [0u8; 20];
+    digest.copy_from_slice(&hasher.finalize());
+    Ok(Digest(digest))
+}
+
+/// Checks every row of `partition`; returns the counts its record must hold, or the first
+/// problem found.
+pub fn check_partition(rows: &dyn Rows, partition: PartitionId, limits: &super::DedupLimits) -> Result<Counts, String> {
+    let mut checker = Checker { rows, partition, prefix: keys::partition_prefix(partition), counts: Counts::default() };
+    checker.run(limits).map_err(|problem| format!("partition {partition}: {problem}"))?;
+    Ok(checker.counts)
+}
+
+struct Checker<'a> {
+    rows: &'a dyn Rows,
+    partition: PartitionId,
+    prefix: [u8; keys::PARTITION_BYTES],
+    counts: Counts,
+}
+
+/// Runs `visit` on every row of `table` in the partition, with the key after the prefix.
+fn each(
+    rows: &dyn Rows,
+    table: TableId,
+    prefix: &[u8],
+    mut visit: impl FnMut(KeyReader<'_>, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut problem = None;
+    rows.scan(table, prefix, &mut |key, value| match visit(KeyReader::new(&key[prefix.len()..]), value) {
+        Ok(()) => Ok(ControlFlow::Continue(())),
+        Err(p) => {
+            problem = Some(format!("{}: {p}", table.name()));
+            Ok(ControlFlow::Break(()))
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    problem.map_or(Ok(()), Err)
+}
+
+fn bad(e: keys::BadKey) -> String {
+    e.0
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, String> {
+    tables::decode(what, bytes).map_err(|e| e.to_string())
+}
+
+fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, String> {
+    tables::decode_u64(what, bytes).map_err(|e| e.to_string())
+}
+
+impl Checker<'_> {
+    fn run(&mut self, limits: &super::DedupLimits) -> Result<(), String> {
+        let (rows, prefix) = (self.rows, self.prefix);
+        // Repositories and their reference counts.
+        let mut repos: BTreeMap<RepoId, RepoRecord> = BTreeMap::new();
+        each(rows, TableId::Repositories, &prefix, |mut key, value| {
+            let repo = key.take_repo().map_err(bad)?;
+            key.end().map_err(bad)?;
+            repos.insert(repo, decode("repository", value)?);
+            Ok(())
+        })?;
+        if repos.len() > PARTITION_REPOSITORIES_MAX {
+            return Err(format!("{} repositories, more than {PARTITION_REPOSITORIES_MAX}", repos.len()));
+        }
+        self.counts.repositories = repos.len() as u64;
+
+        // Objects held by each repository, and holders per object.
+        let mut held: BTreeMap<(RepoId, Oid), ()> = BTreeMap::new();
+        let mut holders: BTreeMap<Oid, u64> = BTreeMap::new();
+        each(rows, TableId::Held, &prefix, |mut key, value| {
+            let repo = key.take_repo().map_err(bad)?;
+            let oid = key.take_oid().map_err(bad)?;
+            key.end().map_err(bad)?;
+            if !value.is_empty() {
+                return Err(format!("{repo} holds {oid} with a value"));
+            }
+            if !repos.contains_key(&repo) {
+                return Err(format!("{repo} holds {oid} but does not exist"));
+            }
+            *holders.entry(oid).or_default() += 1;
+            held.insert((repo, oid), ());
+            Ok(())
+        })?;
+
+        let mut refs_per_repo: BTreeMap<RepoId, u64> = BTreeMap::new();
+        each(rows, TableId::Refs, &prefix, |mut key, value| {
+            let repo = key.take_repo().map_err(bad)?;
+            let name = key.take_ref_name().map_err(bad)?;
+            let value: RefValue = decode("reference", value)?;
+            match &value {
+                RefValue::Direct(oid) if !held.contains_key(&(repo.clone(), *oid)) => {
+                    return Err(format!("{repo}: {name} points to {oid}, which it does not hold"));
+                }
+                RefValue::Symbolic(target) if !target.is_under_refs() => {
+                    return Err(format!("{repo}: {name} points to {target}, outside refs/"));
+                }
+                _ => {}
+            }
+            if !repos.contains_key(&repo) {
+                return Err(format!("{repo} has references but does not exist"));
+            }
+            *refs_per_repo.entry(repo).or_default() += 1;
+            Ok(())
+        })?;
+        for (repo, record) in &repos {
+            let counted = refs_per_repo.get(repo).copied().unwrap_or(0);
+            if record.refs != counted || counted > REPOSITORY_REFS_MAX as u64 {
+                return Err(format!("{repo} counts {} references, holds {counted}", record.refs));
+            }
+        }
+
+        let mut stored: BTreeMap<Oid, ()> = BTreeMap::new();
+        each(rows, TableId::Objects, &prefix, |mut key, value| {
+            let oid = key.take_oid().map_err(bad)?;
+            key.end().map_err(bad)?;
+            loose::decode(&oid, value)?;
+            stored.insert(oid, ());
+            Ok(())
+        })?;
+        let mut counted_holders = 0usize;
+        each(rows, TableId::Holders, &prefix, |mut key, value| {
+            let oid = key.take_oid().map_err(bad)?;
+            key.end().map_err(bad)?;
+            let count = decode_u64("holders", value)?;
+            let held_by = holders.get(&oid).copied().unwrap_or(0);
+            if count != held_by || count == 0 {
+                return Err(format!("object {oid} counts {count} holders, {held_by} hold it"));
+            }
+            if !stored.contains_key(&oid) {
+                return Err(format!("object {oid} is held but not stored"));
+            }
+            counted_holders += 1;
+            Ok(())
+        })?;
+        if counted_holders != holders.len() || stored.len() != holders.len() {
+            return Err(format!(
+                "{} objects stored, {} counted, {} held",
+                stored.len(),
+                counted_holders,
+                holders.len()
+            ));
+        }
+
+        self.check_dedup(limits)?;
+        self.check_directory()
+    }
+
+    fn check_dedup(&mut self, limits: &super::DedupLimits) -> Result<(), String> {
+        let (rows, prefix) = (self.rows, self.prefix);
+        let mut clients: BTreeMap<ClientId, ClientRecord> = BTreeMap::new();
+        each(rows, TableId::DedupClients, &prefix, |mut key, value| {
+            let client = ClientId(key.take_u64().map_err(bad)?);
+            key.end().map_err(bad)?;
+            clients.insert(client, decode("dedup client", value)?);
+            Ok(())
+        })?;
+        let mut results: BTreeMap<ClientId, (u64, u64)> = BTreeMap::new();
+        let mut bytes_total = 0u64;
+        each(rows, TableId::DedupResults, &prefix, |mut key, value| {
+            let client = ClientId(key.take_u64().map_err(bad)?);
+            let seq = key.take_u64().map_err(bad)?;
+            key.end().map_err(bad)?;
+            let Some(record) = clients.get(&client) else {
+                return Err(format!("a result of unknown client {client}"));
+            };
+            let result: WriteResult = decode("dedup result", value)?;
+            match &result {
+                Ok(ok) if ok.index > record.last_index => {
+                    return Err(format!("client {client} seq {seq} has a result from after its last write"));
+                }
+                Err(Rejection::SequenceTooOld { .. }) => {
+                    return Err(format!("client {client} has a recorded SequenceTooOld"));
+                }
+                _ => {}
+            }
+            let entry = results.entry(client).or_default();
+            entry.0 += 1;
+            entry.1 += value.len() as u64;
+            bytes_total += value.len() as u64;
+            Ok(())
+        })?;
+        let mut ordered = 0u64;
+        each(rows, TableId::DedupOrder, &prefix, |mut key, value| {
+            let index = key.take_u64().map_err(bad)?;
+            key.end().map_err(bad)?;
+            let client = ClientId(u64::from_be_bytes(value.try_into().map_err(|_| "a bad client id".to_string())?));
+            match clients.get(&client) {
+                Some(record) if record.last_index == index => {
+                    ordered += 1;
+                    Ok(())
+                }
+                _ => Err(format!("index {index} names client {client}, whose last write is elsewhere")),
+            }
+        })?;
+        for (client, record) in &clients {
+            let (count, bytes) = results.get(client).copied().unwrap_or((0, 0));
+            if record.results != count || record.results_bytes != bytes || count == 0 || count > limits.window_max {
+                return Err(format!("dedup client {client} counts {} results of {} bytes, holds {count} of {bytes}", record.results, record.results_bytes));
+            }
+        }
+        if ordered != clients.len() as u64 {
+            return Err(format!("{} dedup clients, {ordered} in order", clients.len()));
+        }
+        if clients.len() as u64 > limits.clients_max || (bytes_total > limits.results_bytes_max && clients.len() > 1) {
+            return Err(format!("dedup holds {} clients and {bytes_total} bytes, over its bounds", clients.len()));
+        }
+        self.counts.dedup_clients = clients.len() as u64;
+        self.counts.dedup_results_bytes = bytes_total;
+        Ok(())
+    }
+
+    fn check_directory(&mut self) -> Result<(), String> {
+        let (rows, prefix) = (self.rows, self.prefix);
+        let mut partitions: BTreeMap<PartitionId, ()> = BTreeMap::new();
+        let mut next_partition = 1u64;
+        each(rows, TableId::Members, &prefix, |mut key, value| {
+            let id = PartitionId(key.take_u64().map_err(bad)?);
+            key.end().map_err(bad)?;
+            if id.0 == 0 {
+                return Err("partition 0 is recorded".into());
+            }
+            let info: PartitionInfo = decode("partition members", value)?;
+            validate_storage_name(&info.authority).map_err(|e| format!("partition {id}: {e}"))?;
+            check_members(&info.voters, &info.learners)
+                .and_then(|_| check_peers(&info.voters, &info.learners, &info.peers))
+                .map_err(|e| format!("partition {id}: {e}"))?;
+            let ascending = |ids: &[u64]| ids.windows(2).all(|pair| pair[0] < pair[1]);
+            let nodes = |list: &[crate::ids::NodeId]| list.iter().map(|n| n.0).collect::<Vec<_>>();
+            let peers: Vec<u64> = info.peers.iter().map(|p| p.0).collect();
+            if !ascending(&nodes(&info.voters)) || !ascending(&nodes(&info.learners)) || !ascending(&peers) {
+                return Err(format!("partition {id}: member lists are not sorted"));
+            }
+            next_partition = id.0 + 1;
+            partitions.insert(id, ());
+            Ok(())
+        })?;
+        if partitions.len() > DIRECTORY_PARTITIONS_MAX {
+            return Err(format!("{} partitions recorded", partitions.len()));
+        }
+        let mut routes_per_partition: BTreeMap<PartitionId, u64> = BTreeMap::new();
+        let mut routes = 0u64;
+        each(rows, TableId::Routes, &prefix, |mut key, value| {
+            let repo = key.take_repo().map_err(bad)?;
+            key.end().map_err(bad)?;
+            let routed = PartitionId(decode_u64("route", value)?);
+            if !partitions.contains_key(&routed) {
+                return Err(format!("{repo} is routed to unknown partition {routed}"));
+            }
+            *routes_per_partition.entry(routed).or_default() += 1;
+            routes += 1;
+            Ok(())
+        })?;
+        let mut counted = 0usize;
+        each(rows, TableId::RouteCounts, &prefix, |mut key, value| {
+            let id = PartitionId(key.take_u64().map_err(bad)?);
+            key.end().map_err(bad)?;
+            let count = decode_u64("route count", value)?;
+            if routes_per_partition.get(&id).copied() != Some(count) || count > PARTITION_REPOSITORIES_MAX as u64 {
+                return Err(format!("partition {id} counts {count} routes"));
+            }
+            counted += 1;
+            Ok(())
+        })?;
+        if counted != routes_per_partition.len() || routes > DIRECTORY_ROUTES_MAX as u64 {
+            return Err(format!("{routes} routes, {counted} partitions counting them"));
+        }
+        self.counts.directory_partitions = partitions.len() as u64;
+        self.counts.directory_routes = routes;
+        self.counts.next_partition = if partitions.is_empty() { 0 } else { next_partition };
+        let _ = self.partition;
+        Ok(())
+    }
+}

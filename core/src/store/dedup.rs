@@ -1,0 +1,192 @@
+//! The idempotency table in the store: per client, the results of its recent sequence numbers,
+//! so that a retried write returns its first result instead of being applied twice.
+//!
+//! Bounded three ways, all deterministic (every replica evicts the same rows at the same
+//! index): `window_max` results per client (the oldest sequence goes), `clients_max` clients,
+//! and `results_bytes_max` bytes of encoded results. A full table evicts the client whose last
+//! write has the lowest raft index (the first row of `dedup_order`). A retry from an evicted
+//! client is applied again: the price of a bounded table.
+
+use super::keys;
+use super::tables::{self, ClientRecord, Counts, Rows, TableId, WriteRows};
+use super::StoreError;
+use crate::ids::{ClientId, PartitionId};
+use crate::state_machine::{Rejection, WriteResult, TRANSACTION_OBJECTS_MAX};
+use std::ops::ControlFlow;
+
+/// Sequence numbers remembered per client.
+pub const DEDUP_WINDOW_MAX: u64 = 128;
+/// Clients remembered per partition.
+pub const DEDUP_CLIENTS_MAX: u64 = 4096;
+/// Encoded results remembered per partition, all clients together.
+pub const DEDUP_RESULTS_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Upper bound of one encoded result: a `WriteOk` naming the most objects (rejections are
+/// smaller: their strings are cut to a few KiB).
+const RESULT_SIZE_BYTES_MAX: u64 = 64 + 20 * TRANSACTION_OBJECTS_MAX as u64;
+// One client's full window always fits, so byte eviction never evicts the client that is
+// writing (it has the highest index, and eviction stops at one client).
+const _: () = assert!(DEDUP_WINDOW_MAX * RESULT_SIZE_BYTES_MAX <= DEDUP_RESULTS_BYTES_MAX);
+const _: () = assert!(DEDUP_WINDOW_MAX >= 1 && DEDUP_CLIENTS_MAX >= 1);
+
+/// The bounds of one table; [`DedupLimits::DEFAULT`] outside tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupLimits {
+    pub window_max: u64,
+    pub clients_max: u64,
+    pub results_bytes_max: u64,
+}
+
+impl DedupLimits {
+    pub const DEFAULT: DedupLimits = DedupLimits {
+        window_max: DEDUP_WINDOW_MAX,
+        clients_max: DEDUP_CLIENTS_MAX,
+        results_bytes_max: DEDUP_RESULTS_BYTES_MAX,
+    };
+}
+
+impl Default for DedupLimits {
+    fn default() -> DedupLimits {
+        DedupLimits::DEFAULT
+    }
+}
+
+/// What the table knows of a `(client, seq)` about to be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Not remembered: apply it.
+    New,
+    /// Applied before: answer this again.
+    Retry(WriteResult),
+    /// Older than everything a full window keeps: it may have been applied, its result is lost.
+    TooOld { oldest_kept: u64 },
+}
+
+fn client_record(rows: &dyn Rows, partition: PartitionId, client: ClientId) -> Result<Option<ClientRecord>, StoreError> {
+    match rows.get(TableId::DedupClients, &keys::client(partition, client))? {
+        Some(bytes) => Ok(Some(tables::decode("dedup client", &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// The oldest sequence number remembered for `client`.
+fn oldest_seq(rows: &dyn Rows, partition: PartitionId, client: ClientId) -> Result<Option<u64>, StoreError> {
+    let prefix = keys::client(partition, client);
+    match rows.first(TableId::DedupResults, &prefix)? {
+        Some((key, _)) => {
+            let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
+            let seq = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+            Ok(Some(seq))
+        }
+        None => Ok(None),
+    }
+}
+
+pub fn lookup(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    limits: &DedupLimits,
+    client: ClientId,
+    seq: u64,
+) -> Result<Lookup, StoreError> {
+    let Some(record) = client_record(rows, partition, client)? else { return Ok(Lookup::New) };
+    if let Some(bytes) = rows.get(TableId::DedupResults, &keys::client_result(partition, client, seq))? {
+        return Ok(Lookup::Retry(tables::decode("dedup result", &bytes)?));
+    }
+    let oldest_kept = oldest_seq(rows, partition, client)?
+        .ok_or_else(|| StoreError::Corrupt { reason: format!("dedup client {client} remembers no result") })?;
+    // A window that is not full has forgotten nothing: a lower seq was never applied.
+    if record.results >= limits.window_max && seq < oldest_kept {
+        return Ok(Lookup::TooOld { oldest_kept });
+    }
+    Ok(Lookup::New)
+}
+
+/// Remembers the result of `(client, seq)`, applied at `index`; `lookup` said `New`.
+pub fn record(
+    rows: &mut WriteRows<'_>,
+    partition: PartitionId,
+    counts: &mut Counts,
+    limits: &DedupLimits,
+    index: u64,
+    client: ClientId,
+    seq: u64,
+    result: &WriteResult,
+) -> Result<(), StoreError> {
+    assert!(
+        !matches!(result, Err(Rejection::SequenceTooOld { .. })),
+        "SequenceTooOld is an answer about the table, never recorded in it"
+    );
+    let encoded = tables::encode(result);
+    let size_bytes = encoded.len() as u64;
+    let mut record = match client_record(rows, partition, client)? {
+        Some(record) => {
+            let unindexed = rows.remove(TableId::DedupOrder, &keys::index(partition, record.last_index))?;
+            assert!(unindexed, "dedup order out of step with client {client}");
+            record
+        }
+        None => {
+            counts.dedup_clients += 1;
+            ClientRecord { last_index: 0, results: 0, results_bytes: 0 }
+        }
+    };
+    assert!(index > record.last_index, "dedup record at index {index} is not the client's newest");
+    let result_key = keys::client_result(partition, client, seq);
+    assert!(!rows.contains(TableId::DedupResults, &result_key)?, "client {client} seq {seq} recorded twice");
+    rows.insert(TableId::DedupResults, &result_key, &encoded)?;
+    record.results += 1;
+    record.results_bytes += size_bytes;
+    counts.dedup_results_bytes += size_bytes;
+    if record.results > limits.window_max {
+        let prefix = keys::client(partition, client);
+        let (oldest_key, oldest) = rows.first(TableId::DedupResults, &prefix)?.expect("a full window");
+        assert!(oldest_key != result_key, "the window dropped the result it just recorded");
+        rows.remove(TableId::DedupResults, &oldest_key)?;
+        record.results -= 1;
+        record.results_bytes -= oldest.len() as u64;
+        counts.dedup_results_bytes -= oldest.len() as u64;
+    }
+    record.last_index = index;
+    let displaced = rows.get(TableId::DedupOrder, &keys::index(partition, index))?;
+    assert!(displaced.is_none(), "two clients recorded at index {index}");
+    rows.insert(TableId::DedupOrder, &keys::index(partition, index), &tables::encode_client(client))?;
+    rows.insert(TableId::DedupClients, &keys::client(partition, client), &tables::encode(&record))?;
+
+    // Bounded: each turn removes a client. The writer has the highest index, and the loop
+    // stops at one client, so it is never the one evicted.
+    while counts.dedup_clients > limits.clients_max
+        || (counts.dedup_results_bytes > limits.results_bytes_max && counts.dedup_clients > 1)
+    {
+        let evicted = evict_least_recent(rows, partition, counts)?;
+        assert!(evicted != client, "evicted the client being recorded");
+    }
+    Ok(())
+}
+
+fn evict_least_recent(
+    rows: &mut WriteRows<'_>,
+    partition: PartitionId,
+    counts: &mut Counts,
+) -> Result<ClientId, StoreError> {
+    let prefix = keys::partition_prefix(partition);
+    let (order_key, client_bytes) = rows.first(TableId::DedupOrder, &prefix)?.expect("a client to evict");
+    let client = ClientId(u64::from_be_bytes(
+        client_bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt { reason: "a dedup order row".into() })?,
+    ));
+    rows.remove(TableId::DedupOrder, &order_key)?;
+    let record = client_record(rows, partition, client)?.expect("an ordered client is remembered");
+    let mut results = Vec::new();
+    rows.scan(TableId::DedupResults, &keys::client(partition, client), &mut |key, _| {
+        results.push(key.to_vec());
+        Ok(ControlFlow::Continue(()))
+    })?;
+    assert_eq!(results.len() as u64, record.results, "dedup client {client} counts its results");
+    for key in results {
+        rows.remove(TableId::DedupResults, &key)?;
+    }
+    rows.remove(TableId::DedupClients, &keys::client(partition, client))?;
+    assert!(record.results_bytes <= counts.dedup_results_bytes, "dedup byte count below zero");
+    counts.dedup_results_bytes -= record.results_bytes;
+    counts.dedup_clients -= 1;
+    Ok(client)
+}

@@ -1,0 +1,177 @@
+//! The state store: every hosted replica's state machine, on disk, in one redb database per
+//! node (`state/store.redb`), reached through cohort's [`Disk`] so that the simulator's crashes
+//! reach it. Each partition's rows are one key range of every table (see [`tables`]), with a
+//! record of how far it has applied.
+//!
+//! - [`Store::write`] runs one write transaction (the node's applier batches every partition's
+//!   committed entries into one); commits are cheap (`Durability::None`) unless made durable,
+//!   and a durable commit makes every earlier one durable with it.
+//! - [`Store::read`] opens an MVCC snapshot: reads, digests and snapshot exports see one
+//!   consistent state while writes go on.
+//! - [`apply`] changes a partition's rows for one committed command; [`read`] answers queries;
+//!   [`snapshot`] exports and imports a partition's range; [`check`] verifies a range and
+//!   digests it.
+//!
+//! Invariant: a partition's rows are exactly the effect of its log through the `applied`
+//! position of its record, in the same transaction: the applied index is never committed
+//! apart from the effects of the entries it counts.
+
+pub mod apply;
+mod backend;
+pub mod check;
+pub mod dedup;
+mod directory;
+pub mod keys;
+pub mod loose;
+pub mod read;
+pub mod snapshot;
+pub mod tables;
+#[cfg(test)]
+mod tests;
+
+pub use apply::PartitionWriter;
+pub use dedup::DedupLimits;
+pub use tables::{Counts, PartitionRecord, ReadRows, Rows, TableId, WriteRows};
+
+use crate::env::{Disk, DiskError};
+use crate::ids::PartitionId;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Where the store lives in a node's data directory.
+pub const STORE_DIR: &str = "state";
+pub const STORE_FILE: &str = "state/store.redb";
+
+/// Why the store could not do what it was asked. Any of these but `Corrupt` leaves redb unable
+/// to go on (it latches I/O errors): the node stops, as for a failed fsync of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("state store {op}: {source}")]
+    Database { op: &'static str, source: redb::Error },
+    /// Bytes in the store that are not what this code writes.
+    #[error("state store holds bad data: {reason}")]
+    Corrupt { reason: String },
+}
+
+/// How the store is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// redb's page cache (memory the store may use for pages read or written).
+    pub cache_size_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions { cache_size_bytes: crate::limits::STORE_CACHE_BYTES_DEFAULT }
+    }
+}
+
+/// How far a write transaction's commit goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Visible to readers at once, durable with the next durable commit.
+    Lazy,
+    /// Durable (with every lazy commit before it) when the commit returns.
+    Durable,
+}
+
+pub struct Store {
+    db: redb::Database,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// redb writes this first; a file without it never held a committed database (a crash during
+/// its very first creation), and is started afresh.
+const REDB_MAGIC: &[u8] = b"redb";
+
+impl Store {
+    /// Opens the node's store on `disk`, creating it if missing.
+    pub fn open(disk: &Arc<dyn Disk>, options: &StoreOptions) -> Result<Store, StoreError> {
+        disk.create_dir_all(Path::new(STORE_DIR))?;
+        disk.sync_dir(Path::new(""))?;
+        let path = Path::new(STORE_FILE);
+        let file = disk.open_positional(path)?;
+        let len = file.len()?;
+        let mut magic = [0u8; 4];
+        if len > 0 && (len < magic.len() as u64 || file.read_at(0, &mut magic).is_err() || magic != REDB_MAGIC) {
+            tracing::warn!(len, "the state store file holds no database (its creation was cut short); starting it afresh");
+            file.set_len(0)?;
+            file.sync()?;
+        }
+        disk.sync_dir(Path::new(STORE_DIR))?;
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_size_bytes)
+            .create_with_backend(backend::DiskBackend::new(file))
+            .map_err(|e| StoreError::Database { op: "open", source: e.into() })?;
+        let store = Store { db };
+        store.write(Commit::Durable, |rows| {
+            // Creates every table, so that readers never meet a missing one.
+            let _ = rows;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// A store in memory, for tests that need no disk.
+    pub fn in_memory() -> Store {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("an in-memory database opens");
+        let store = Store { db };
+        store.write(Commit::Durable, |_| Ok(())).expect("an in-memory database takes a write");
+        store
+    }
+
+    /// Runs `work` in one write transaction and commits it (`Commit::Durable`: durably). An
+    /// error from `work` aborts the transaction: nothing it did is kept.
+    pub fn write<T>(
+        &self,
+        commit: Commit,
+        work: impl FnOnce(&mut WriteRows<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = match self.db.try_begin_write() {
+            Ok(txn) => txn,
+            Err(redb::TransactionError::WouldBlock) => panic!("the state store has one writer at a time"),
+            Err(e) => return Err(StoreError::Database { op: "begin write", source: e.into() }),
+        };
+        let durability = match commit {
+            Commit::Lazy => redb::Durability::None,
+            Commit::Durable => redb::Durability::Immediate,
+        };
+        txn.set_durability(durability).map_err(|e| StoreError::Corrupt { reason: e.to_string() })?;
+        let out = {
+            let mut rows = WriteRows::open(&txn)?;
+            work(&mut rows)?
+        };
+        txn.commit().map_err(|e| StoreError::Database { op: "commit", source: e.into() })?;
+        Ok(out)
+    }
+
+    /// A consistent view of the store as of now, unaffected by later writes.
+    pub fn read(&self) -> Result<ReadRows, StoreError> {
+        use redb::ReadableDatabase as _;
+        let txn = self.db.begin_read().map_err(|e| StoreError::Database { op: "begin read", source: e.into() })?;
+        ReadRows::open(&txn)
+    }
+
+    /// Deletes every row of `partition` and its record, durably.
+    pub fn remove_partition(&self, partition: PartitionId) -> Result<(), StoreError> {
+        self.write(Commit::Durable, |rows| remove_rows(rows, partition))
+    }
+}
+
+/// Deletes every row of `partition` and its record.
+pub fn remove_rows(rows: &mut WriteRows<'_>, partition: PartitionId) -> Result<(), StoreError> {
+    let prefix = keys::partition_prefix(partition);
+    for table in TableId::ALL {
+        rows.remove_prefix(table, &prefix)?;
+    }
+    rows.remove_partition_record(partition)
+}

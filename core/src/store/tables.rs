@@ -1,0 +1,334 @@
+//! The store's tables and their rows, and one way to reach them from a read or a write
+//! transaction ([`Rows`], [`WriteRows`]), so that the state machine's code is written once.
+//!
+//! | table | key (after the partition's 8 bytes) | value |
+//! | --- | --- | --- |
+//! | `partitions` | the partition id (the whole key) | [`PartitionRecord`] |
+//! | `repositories` | repository | [`RepoRecord`] |
+//! | `refs` | repository, reference name | `RefValue` |
+//! | `held` | repository, object id | empty: the repository holds the object |
+//! | `objects` | object id | the object in Git's loose encoding (zlib) |
+//! | `holders` | object id | u64: repositories holding it |
+//! | `dedup_clients` | client id | [`ClientRecord`] |
+//! | `dedup_results` | client id, sequence | the write's `WriteResult` |
+//! | `dedup_order` | raft index of a client's last write | client id |
+//! | `routes` | repository (directory only) | partition id |
+//! | `members` | partition id (directory only) | `PartitionInfo` |
+//! | `route_counts` | partition id (directory only) | u64: repositories routed to it |
+
+use super::StoreError;
+use crate::codec;
+use crate::ids::{ClientId, PartitionId};
+use crate::persist::{ConfState, LogPosition};
+use redb::{ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::ops::ControlFlow;
+
+pub(crate) const PARTITIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("partitions");
+
+/// The tables that hold a partition's state, in the order snapshots and digests visit them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TableId {
+    Repositories = 1,
+    Refs = 2,
+    Held = 3,
+    Objects = 4,
+    Holders = 5,
+    DedupClients = 6,
+    DedupResults = 7,
+    DedupOrder = 8,
+    Routes = 9,
+    Members = 10,
+    RouteCounts = 11,
+}
+
+impl TableId {
+    pub const ALL: [TableId; 11] = [
+        TableId::Repositories,
+        TableId::Refs,
+        TableId::Held,
+        TableId::Objects,
+        TableId::Holders,
+        TableId::DedupClients,
+        TableId::DedupResults,
+        TableId::DedupOrder,
+        TableId::Routes,
+        TableId::Members,
+        TableId::RouteCounts,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TableId::Repositories => "repositories",
+            TableId::Refs => "refs",
+            TableId::Held => "held",
+            TableId::Objects => "objects",
+            TableId::Holders => "holders",
+            TableId::DedupClients => "dedup_clients",
+            TableId::DedupResults => "dedup_results",
+            TableId::DedupOrder => "dedup_order",
+            TableId::Routes => "routes",
+            TableId::Members => "members",
+            TableId::RouteCounts => "route_counts",
+        }
+    }
+
+    pub fn from_u8(byte: u8) -> Option<TableId> {
+        TableId::ALL.into_iter().find(|t| *t as u8 == byte)
+    }
+
+    fn definition(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+        TableDefinition::new(self.name())
+    }
+
+    fn position(self) -> usize {
+        self as usize - 1
+    }
+}
+
+/// What the store knows of a partition besides its rows: how far it has applied, the
+/// membership as of then, and counts that bound its tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// The last entry applied: the state is exactly the effect of the log through it.
+    pub applied: LogPosition,
+    /// The membership as of `applied` (the snapshot metadata of this state).
+    pub conf_state: ConfState,
+    pub counts: Counts,
+}
+
+/// Row counts a command's bounds are checked against; derived from the rows, so a snapshot
+/// does not carry them (the receiver counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub repositories: u64,
+    pub dedup_clients: u64,
+    pub dedup_results_bytes: u64,
+    /// Directory only: partitions recorded, repositories routed, the next partition id.
+    pub directory_partitions: u64,
+    pub directory_routes: u64,
+    pub next_partition: u64,
+}
+
+/// One repository's row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoRecord {
+    pub refs: u64,
+}
+
+/// One client of the dedup table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// Raft index of its last recorded write (its key in `dedup_order`).
+    pub last_index: u64,
+    /// Results remembered, and their encoded size.
+    pub results: u64,
+    pub results_bytes: u64,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    codec::encode(value)
+}
+
+pub fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    codec::decode(table, bytes).map_err(|e| StoreError::Corrupt { reason: e.to_string() })
+}
+
+pub fn encode_u64(value: u64) -> [u8; 8] {
+    value.to_le_bytes()
+}
+
+pub fn decode_u64(table: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] =
+        bytes.try_into().map_err(|_| StoreError::Corrupt { reason: format!("{table}: a count of {} bytes", bytes.len()) })?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+pub fn encode_client(client: ClientId) -> [u8; 8] {
+    client.0.to_be_bytes()
+}
+
+/// Reading rows, from a read or a write transaction.
+pub trait Rows {
+    fn get(&self, table: TableId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Calls `visit` on every row whose key starts with `prefix`, in key order, until it
+    /// breaks.
+    fn scan(
+        &self,
+        table: TableId,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError>;
+
+    fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError>;
+
+    fn contains(&self, table: TableId, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(table, key)?.is_some())
+    }
+
+    /// The first row whose key starts with `prefix`.
+    fn first(&self, table: TableId, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut found = None;
+        self.scan(table, prefix, &mut |key, value| {
+            found = Some((key.to_vec(), value.to_vec()));
+            Ok(ControlFlow::Break(()))
+        })?;
+        Ok(found)
+    }
+}
+
+fn db(op: &'static str) -> impl Fn(redb::Error) -> StoreError {
+    move |source| StoreError::Database { op, source }
+}
+
+fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let value = table.get(key).map_err(|e| db("get")(e.into()))?;
+    Ok(value.map(|v| v.value().to_vec()))
+}
+
+fn scan_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    prefix: &[u8],
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<(), StoreError> {
+    let end = super::keys::prefix_end(prefix);
+    let range = match &end {
+        Some(end) => table.range::<&[u8]>(prefix..end.as_slice()),
+        None => table.range::<&[u8]>(prefix..),
+    }
+    .map_err(|e| db("range")(e.into()))?;
+    for row in range {
+        let (key, value) = row.map_err(|e| db("range")(e.into()))?;
+        if visit(key.value(), value.value())?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn partition_in<T: ReadableTable<u64, &'static [u8]>>(
+    table: &T,
+    partition: PartitionId,
+) -> Result<Option<PartitionRecord>, StoreError> {
+    match table.get(partition.0).map_err(|e| db("get")(e.into()))? {
+        Some(value) => Ok(Some(decode("partition record", value.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Every table, opened in a read transaction.
+pub struct ReadRows {
+    tables: Vec<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    partitions: redb::ReadOnlyTable<u64, &'static [u8]>,
+}
+
+impl ReadRows {
+    pub fn open(txn: &redb::ReadTransaction) -> Result<ReadRows, StoreError> {
+        let tables = TableId::ALL
+            .iter()
+            .map(|t| txn.open_table(t.definition()).map_err(|e| db("open table")(e.into())))
+            .collect::<Result<_, _>>()?;
+        let partitions = txn.open_table(PARTITIONS).map_err(|e| db("open table")(e.into()))?;
+        Ok(ReadRows { tables, partitions })
+    }
+
+    /// Every partition record, by id.
+    pub fn partitions(&self) -> Result<Vec<(PartitionId, PartitionRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.partitions.iter().map_err(|e| db("iterate")(e.into()))? {
+            let (key, value) = row.map_err(|e| db("iterate")(e.into()))?;
+            out.push((PartitionId(key.value()), decode("partition record", value.value())?));
+        }
+        Ok(out)
+    }
+}
+
+impl Rows for ReadRows {
+    fn get(&self, table: TableId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        get_in(&self.tables[table.position()], key)
+    }
+
+    fn scan(
+        &self,
+        table: TableId,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        scan_in(&self.tables[table.position()], prefix, visit)
+    }
+
+    fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError> {
+        partition_in(&self.partitions, partition)
+    }
+}
+
+/// Every table, opened in a write transaction.
+pub struct WriteRows<'txn> {
+    tables: Vec<redb::Table<'txn, &'static [u8], &'static [u8]>>,
+    partitions: redb::Table<'txn, u64, &'static [u8]>,
+}
+
+impl<'txn> WriteRows<'txn> {
+    pub fn open(txn: &'txn redb::WriteTransaction) -> Result<WriteRows<'txn>, StoreError> {
+        let tables = TableId::ALL
+            .iter()
+            .map(|t| txn.open_table(t.definition()).map_err(|e| db("open table")(e.into())))
+            .collect::<Result<_, _>>()?;
+        let partitions = txn.open_table(PARTITIONS).map_err(|e| db("open table")(e.into()))?;
+        Ok(WriteRows { tables, partitions })
+    }
+
+    pub fn insert(&mut self, table: TableId, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tables[table.position()].insert(key, value).map_err(|e| db("insert")(e.into()))?;
+        Ok(())
+    }
+
+    /// Removes a row; returns whether it was there.
+    pub fn remove(&mut self, table: TableId, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.tables[table.position()].remove(key).map_err(|e| db("remove")(e.into()))?.is_some())
+    }
+
+    /// Removes every row whose key starts with `prefix`.
+    pub fn remove_prefix(&mut self, table: TableId, prefix: &[u8]) -> Result<(), StoreError> {
+        let end = super::keys::prefix_end(prefix);
+        let table = &mut self.tables[table.position()];
+        match &end {
+            Some(end) => table.retain_in::<&[u8], _>(prefix..end.as_slice(), |_, _| false),
+            None => table.retain_in::<&[u8], _>(prefix.., |_, _| false),
+        }
+        .map_err(|e| db("remove range")(e.into()))
+    }
+
+    pub fn set_partition(&mut self, partition: PartitionId, record: &PartitionRecord) -> Result<(), StoreError> {
+        self.partitions.insert(partition.0, encode(record).as_slice()).map_err(|e| db("insert")(e.into()))?;
+        Ok(())
+    }
+
+    pub fn remove_partition_record(&mut self, partition: PartitionId) -> Result<(), StoreError> {
+        self.partitions.remove(partition.0).map_err(|e| db("remove")(e.into()))?;
+        Ok(())
+    }
+}
+
+impl Rows for WriteRows<'_> {
+    fn get(&self, table: TableId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        get_in(&self.tables[table.position()], key)
+    }
+
+    fn scan(
+        &self,
+        table: TableId,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        scan_in(&self.tables[table.position()], prefix, visit)
+    }
+
+    fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError> {
+        partition_in(&self.partitions, partition)
+    }
+}

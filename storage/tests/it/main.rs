@@ -6,3 +6,4 @@ mod log;
 mod log_model;
 mod recovery_input;
 mod snapshots;
+mod store;

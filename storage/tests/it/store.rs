@@ -1,0 +1,199 @@
+//! The state store (redb) on the simulated disk and the real file system: power loss at every
+//! disk operation of a commit leaves the store at the previous or the new applied index, never
+//! between, with exactly the state of that index; lazy commits are lost to a crash unless a
+//! durable one followed; a store whose first creation was cut short starts afresh.
+
+use cohort_core::env::Disk;
+use cohort_core::ids::{ClientId, PartitionId};
+use cohort_core::persist::LogPosition;
+use cohort_core::state_machine::{Command, Expected, NewObject, ObjectKind, RefName, RefUpdate, RefValue, RepoId, WriteOp};
+use cohort_core::store::check::{check_partition, digest};
+use cohort_core::store::{Commit, DedupLimits, PartitionWriter, Rows, Store, StoreOptions};
+use cohort_storage::{FsDisk, SimDisk};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const P: PartitionId = PartitionId(3);
+
+fn options() -> StoreOptions {
+    StoreOptions { cache_size_bytes: 1024 * 1024 }
+}
+
+fn repo() -> RepoId {
+    RepoId::new("default", "crash.git").unwrap()
+}
+
+/// Batch `batch` of the workload: a few entries, each writing an object and moving a ref.
+fn batch_commands(batch: u64) -> Vec<Command> {
+    if batch == 1 {
+        return vec![Command { client: ClientId(1), seq: 1, op: WriteOp::CreateRepository { repo: repo(), fork_of: None } }];
+    }
+    (0..3)
+        .map(|i| {
+            let object = NewObject::new(ObjectKind::Blob, format!("batch {batch} entry {i} {}", "x".repeat(300)).into_bytes());
+            let update = RefUpdate {
+                name: RefName::new(format!("refs/heads/b{}", i % 2)).unwrap(),
+                expected: Expected::Any,
+                new: Some(RefValue::Direct(object.oid)),
+            };
+            Command { client: ClientId(1), seq: batch * 10 + i, op: WriteOp::Transaction { repo: repo(), objects: vec![object], refs: vec![update] } }
+        })
+        .collect()
+}
+
+/// Applies batch `batch` (entries after `applied`) in one transaction; returns the new index.
+fn apply_batch(store: &Store, batch: u64, applied: u64, commit: Commit) -> Result<u64, String> {
+    store
+        .write(commit, |rows| {
+            let mut writer = PartitionWriter::open(rows, P)?;
+            assert_eq!(writer.applied().index, applied, "batches apply in order");
+            let mut index = applied;
+            for command in batch_commands(batch) {
+                index += 1;
+                writer.apply(LogPosition { index, term: 1 }, &command)?.expect("the workload's writes succeed");
+            }
+            writer.finish()?;
+            Ok(index)
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// (applied index, digest) of the store's partition, after checking its rows whole.
+fn state_of(store: &Store) -> (u64, String) {
+    let rows = store.read().unwrap();
+    let Some(record) = rows.partition(P).unwrap() else { return (0, String::new()) };
+    let counts = check_partition(&rows, P, &DedupLimits::DEFAULT).unwrap_or_else(|p| panic!("{p}"));
+    assert_eq!(counts, record.counts);
+    (record.applied.index, digest(&rows, P).unwrap().to_string())
+}
+
+const BATCHES: u64 = 6;
+
+/// The digest after each batch, from a run without faults.
+fn reference() -> BTreeMap<u64, String> {
+    let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(0));
+    let store = Store::open(&disk, &options()).unwrap();
+    let mut states = BTreeMap::from([(0, String::new())]);
+    let mut applied = 0;
+    for batch in 1..=BATCHES {
+        applied = apply_batch(&store, batch, applied, Commit::Durable).unwrap();
+        let (index, digest) = state_of(&store);
+        assert_eq!(index, applied);
+        states.insert(index, digest);
+    }
+    states
+}
+
+#[test]
+fn power_loss_at_every_operation_leaves_a_committed_state() {
+    let states = reference();
+    let (mut cut_short, mut survived_in_flight, mut lost_in_flight) = (0, 0, 0);
+    // Each run cuts the power after one more disk operation, until a run completes.
+    for ops in 0.. {
+        let sim = Arc::new(SimDisk::new(ops));
+        let disk: Arc<dyn Disk> = sim.clone();
+        sim.set_power_loss_after_ops(Some(ops));
+        let mut durable = 0;
+        let mut in_flight = None;
+        let completed = match Store::open(&disk, &options()) {
+            Err(_) => false,
+            Ok(store) => {
+                let mut completed = true;
+                for batch in 1..=BATCHES {
+                    let next = durable + batch_commands(batch).len() as u64;
+                    match apply_batch(&store, batch, durable, Commit::Durable) {
+                        Ok(index) => durable = index,
+                        Err(_) => {
+                            in_flight = Some(next);
+                            completed = false;
+                            break;
+                        }
+                    }
+                }
+                completed
+            }
+        };
+        if completed {
+            assert!(ops > 10, "a run of {BATCHES} durable commits takes more than {ops} disk operations");
+            break;
+        }
+        cut_short += 1;
+        sim.crash();
+        let store = Store::open(&disk, &options()).unwrap_or_else(|e| panic!("ops {ops}: reopening after a crash: {e}"));
+        let (index, digest) = state_of(&store);
+        assert!(
+            index == durable || Some(index) == in_flight,
+            "ops {ops}: the store is at index {index}, neither the last durable {durable} nor the one in flight {in_flight:?}"
+        );
+        assert_eq!(Some(&digest), states.get(&index), "ops {ops}: the state is exactly that of index {index}");
+        if in_flight.is_some() {
+            if Some(index) == in_flight {
+                survived_in_flight += 1;
+            } else {
+                lost_in_flight += 1;
+            }
+        }
+        // The store goes on from there.
+        let next_batch = states.keys().position(|&i| i == index).unwrap() as u64 + 1;
+        if next_batch <= BATCHES {
+            apply_batch(&store, next_batch, index, Commit::Durable).unwrap();
+        }
+    }
+    assert!(cut_short > 20, "power was cut at {cut_short} points");
+    assert!(lost_in_flight > 0, "some commits in flight were lost ({survived_in_flight} survived)");
+}
+
+#[test]
+fn lazy_commits_are_durable_only_with_a_later_durable_one() {
+    for seed in 0..20 {
+        let sim = Arc::new(SimDisk::new(seed));
+        let disk: Arc<dyn Disk> = sim.clone();
+        let store = Store::open(&disk, &options()).unwrap();
+        let durable = apply_batch(&store, 1, 0, Commit::Durable).unwrap();
+        let lazy = apply_batch(&store, 2, durable, Commit::Lazy).unwrap();
+        assert_eq!(state_of(&store).0, lazy, "readers see a lazy commit at once");
+        // The power goes first: dropping the store then cannot make the lazy commit durable
+        // (a clean close would).
+        sim.crash();
+        drop(store);
+        let store = Store::open(&disk, &options()).unwrap();
+        assert_eq!(state_of(&store).0, durable, "seed {seed}: the lazy commit is lost");
+
+        let lazy = apply_batch(&store, 2, durable, Commit::Lazy).unwrap();
+        let again = apply_batch(&store, 3, lazy, Commit::Durable).unwrap();
+        sim.crash();
+        drop(store);
+        let store = Store::open(&disk, &options()).unwrap();
+        assert_eq!(state_of(&store).0, again, "seed {seed}: a durable commit carries the lazy one before it");
+    }
+}
+
+#[test]
+fn a_store_cut_short_at_creation_starts_afresh() {
+    for ops in 0..8 {
+        let sim = Arc::new(SimDisk::new(ops));
+        let disk: Arc<dyn Disk> = sim.clone();
+        sim.set_power_loss_after_ops(Some(ops));
+        let _ = Store::open(&disk, &options());
+        sim.crash();
+        let store = Store::open(&disk, &options()).unwrap_or_else(|e| panic!("ops {ops}: {e}"));
+        assert_eq!(state_of(&store).0, 0);
+        apply_batch(&store, 1, 0, Commit::Durable).unwrap();
+    }
+}
+
+#[test]
+fn the_store_works_on_the_real_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(dir.path()).unwrap());
+    let mut applied = 0;
+    {
+        let store = Store::open(&disk, &options()).unwrap();
+        for batch in 1..=3 {
+            applied = apply_batch(&store, batch, applied, Commit::Durable).unwrap();
+        }
+    }
+    let store = Store::open(&disk, &options()).unwrap();
+    assert_eq!(state_of(&store), (applied, reference()[&applied].clone()));
+    assert!(dir.path().join("state/store.redb").exists());
+}

@@ -1,5 +1,6 @@
 //! Snapshot benchmark on loopback with real `cohort` processes. Fills one partition of a
-//! 5-node cluster (3 replicas per partition, a compacting log) with random 1 MiB blobs, then
+//! 5-node cluster (3 replicas per partition, logs compacted as the store makes state durable)
+//! with random 1 MiB blobs, then
 //! adds a learner on a node outside the partition. Because the log's start was compacted away,
 //! the learner can only catch up through a snapshot streamed by the leader. Prints, in one run:
 //! the partition's size, the snapshot's size, the transfer's throughput (from the leader's
@@ -32,9 +33,9 @@ const REPLICAS: usize = 3;
 const BLOB_BYTES: usize = 1024 * 1024;
 /// Fill writes in flight at once, each from its own client (a client's writes are sequenced).
 const IN_FLIGHT: u64 = 8;
-/// Low, so that a burst of small writes after the fill makes every replica snapshot and
-/// compact its log: then the learner cannot be caught up from the log alone.
-const SNAPSHOT_ENTRIES: u64 = 200;
+/// Low, so that a burst of small writes after the fill makes every replica compact its log
+/// past its start: then the learner cannot be caught up from the log alone.
+const RETAINED_ENTRIES: u64 = 200;
 const REPO: &str = "snapshot-bench.git";
 
 fn client(cluster: &TestCluster, id: u64) -> Client {
@@ -89,15 +90,6 @@ fn random_blob(_: u64) -> Vec<u8> {
 
 fn small_blob(n: u64) -> Vec<u8> {
     format!("compaction filler {n}").into_bytes()
-}
-
-/// A snapshot file of `partition` on node `id` (`partitions/<authority>/<partition>/snap-*`),
-/// i.e. the node's replica has compacted its log.
-fn has_snapshot(cluster: &TestCluster, id: u64, partition: u64) -> bool {
-    let dir = cluster.data_dir(id).join("partitions/default").join(partition.to_string());
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).any(|name| name.starts_with("snap-"))
-    })
 }
 
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -175,7 +167,7 @@ fn main() {
         4
     });
     let blobs = (mib * 1024 * 1024).div_ceil(BLOB_BYTES as u64);
-    let raft = RawRaft { snapshot_entries: SNAPSHOT_ENTRIES, ..cluster::test_raft() };
+    let raft = RawRaft { log_retain_entries: RETAINED_ENTRIES, ..cluster::test_raft() };
     let cluster = TestCluster::start_with(NODES, Some(REPLICAS), raft);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let admin = client(&cluster, 1);
@@ -185,16 +177,16 @@ fn main() {
     let fill_elapsed = rt.block_on(write_many(&cluster, blobs, "blob", random_blob));
     let fill_bytes = blobs as f64 * BLOB_BYTES as f64;
 
-    // 1 MiB writes are few entries: small writes make every voter snapshot by entry count and
-    // drop the log's start, which forces the learner onto a snapshot.
-    rt.block_on(write_many(&cluster, SNAPSHOT_ENTRIES + 10, "small", small_blob));
+    // 1 MiB writes are few entries: small writes take every voter's log past what a leader
+    // keeps for followers, which forces the learner onto a snapshot.
+    rt.block_on(write_many(&cluster, RETAINED_ENTRIES + 10, "small", small_blob));
     let info = rt.block_on(admin.repo_info(&repo(REPO))).unwrap();
     let partition = info.id;
     let voters: BTreeSet<u64> = info.voters.iter().copied().collect();
     assert_eq!(voters.len(), REPLICAS, "{info:?}");
     assert!(info.learners.is_empty(), "{info:?}");
     wait_for("every voter to compact its log", Duration::from_secs(60), || {
-        voters.iter().all(|&v| has_snapshot(&cluster, v, partition))
+        voters.iter().all(|&v| cluster.compacted_index(v, partition) >= RETAINED_ENTRIES)
     });
     let leader = cluster.leader_of(partition);
     let learner = (1..=NODES).find(|n| !voters.contains(n)).unwrap();
@@ -244,7 +236,7 @@ fn main() {
     let fill_throughput = fill_bytes / MIB / fill_elapsed.as_secs_f64();
 
     println!(
-        "cluster: {NODES} nodes, {REPLICAS} replicas, snapshot every {SNAPSHOT_ENTRIES} entries; \
+        "cluster: {NODES} nodes, {REPLICAS} replicas, log kept for followers {RETAINED_ENTRIES} entries behind; \
          partition {partition}, leader node {leader}, learner node {learner}"
     );
     println!(

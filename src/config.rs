@@ -34,20 +34,15 @@ pub struct RawRaft {
     pub tick_interval_ms: u64,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
-    /// A replica saves a snapshot and compacts its log once this many entries, or this many
-    /// bytes of entries, were applied since its last snapshot.
-    #[serde(default = "default_snapshot_entries")]
-    pub snapshot_entries: u64,
-    #[serde(default = "default_snapshot_bytes")]
-    pub snapshot_bytes: u64,
+    /// A replica compacts its log through what its store has made durable; a leader holds
+    /// that back (for up to four election timeouts) for a live follower at most this many
+    /// entries behind, so that it catches up from the log rather than by a whole snapshot.
+    #[serde(default = "default_log_retain_entries")]
+    pub log_retain_entries: u64,
 }
 
-fn default_snapshot_entries() -> u64 {
+fn default_log_retain_entries() -> u64 {
     10_000
-}
-
-fn default_snapshot_bytes() -> u64 {
-    64 * 1024 * 1024
 }
 
 impl Default for RawRaft {
@@ -56,8 +51,29 @@ impl Default for RawRaft {
             tick_interval_ms: 100,
             election_ticks: 10,
             heartbeat_ticks: 2,
-            snapshot_entries: default_snapshot_entries(),
-            snapshot_bytes: default_snapshot_bytes(),
+            log_retain_entries: default_log_retain_entries(),
+        }
+    }
+}
+
+/// The state store (`<data_dir>/state/store.redb`): its page cache, and how often what was
+/// applied is made durable (the log is compacted only through durable state, so these also
+/// bound how much log a restart replays).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub cache_bytes: usize,
+    pub durable_interval_ms: u64,
+    pub durable_bytes: u64,
+}
+
+impl Default for RawStore {
+    fn default() -> RawStore {
+        let applier = cohort_core::node::ApplierOptions::default();
+        RawStore {
+            cache_bytes: cohort_core::limits::STORE_CACHE_BYTES_DEFAULT,
+            durable_interval_ms: applier.durable_interval.as_millis() as u64,
+            durable_bytes: applier.durable_bytes,
         }
     }
 }
@@ -96,6 +112,8 @@ pub struct RawConfig {
     pub raft: RawRaft,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub store: RawStore,
     /// Voters of each new partition (a replica set chosen among the nodes); default: 3, or
     /// every node of a smaller cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,8 +172,9 @@ pub struct Config {
     pub tick_interval: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
-    pub snapshot_entries: u64,
-    pub snapshot_bytes: u64,
+    pub log_retain_entries: u64,
+    pub store: cohort_core::store::StoreOptions,
+    pub applier: cohort_core::node::ApplierOptions,
     pub frame_size_bytes_max: usize,
     pub outbox_messages_max: usize,
     pub replicas: usize,
@@ -201,8 +220,18 @@ impl Config {
                 cohort_net::limits::FRAME_SIZE_BYTES_MAX
             ));
         }
-        if r.snapshot_entries == 0 || r.snapshot_bytes < 1024 {
-            return Err("raft.snapshot_entries must be at least 1 and raft.snapshot_bytes at least 1024".into());
+        if r.log_retain_entries == 0 {
+            return Err("raft.log_retain_entries must be at least 1".into());
+        }
+        let st = &raw.store;
+        if st.cache_bytes < 1024 * 1024 {
+            return Err("store.cache_bytes must be at least 1048576 (1 MiB)".into());
+        }
+        if !(1..=600_000).contains(&st.durable_interval_ms) {
+            return Err("store.durable_interval_ms must be in 1..=600000".into());
+        }
+        if st.durable_bytes < 1024 {
+            return Err("store.durable_bytes must be at least 1024".into());
         }
         if !(16..=1_000_000).contains(&raw.limits.outbox_messages_max) {
             return Err("limits.outbox_messages_max must be in 16..=1000000".into());
@@ -245,8 +274,13 @@ impl Config {
             tick_interval: Duration::from_millis(raw.raft.tick_interval_ms),
             election_ticks: raw.raft.election_ticks,
             heartbeat_ticks: raw.raft.heartbeat_ticks,
-            snapshot_entries: raw.raft.snapshot_entries,
-            snapshot_bytes: raw.raft.snapshot_bytes,
+            log_retain_entries: raw.raft.log_retain_entries,
+            store: cohort_core::store::StoreOptions { cache_size_bytes: raw.store.cache_bytes },
+            applier: cohort_core::node::ApplierOptions {
+                durable_bytes: raw.store.durable_bytes,
+                durable_interval: Duration::from_millis(raw.store.durable_interval_ms),
+                ..cohort_core::node::ApplierOptions::default()
+            },
             frame_size_bytes_max: raw.limits.frame_size_bytes_max,
             outbox_messages_max: raw.limits.outbox_messages_max,
             replicas,
@@ -273,6 +307,7 @@ mod tests {
             token: None,
             raft: RawRaft::default(),
             limits: RawLimits::default(),
+            store: RawStore::default(),
             replicas: None,
             nodes: vec![RawNode {
                 id: 1,
@@ -302,6 +337,8 @@ mod tests {
             (|c| c.nodes.push(c.nodes[0].clone()), "listed twice"),
             (|c| c.storage = "../x".into(), "storage"),
             (|c| c.replicas = Some(2), "replicas"),
+            (|c| c.store.durable_interval_ms = 0, "durable_interval_ms"),
+            (|c| c.store.cache_bytes = 10, "cache_bytes"),
         ];
         for (break_it, expected) in cases {
             let mut c = raw();

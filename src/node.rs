@@ -77,8 +77,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         frame_size_bytes_max: config.frame_size_bytes_max,
         outbox_messages_max: config.outbox_messages_max,
         replicas: config.replicas,
-        snapshot_entries: config.snapshot_entries,
-        snapshot_bytes: config.snapshot_bytes,
+        log_retain_entries: config.log_retain_entries,
+        store: config.store.clone(),
+        applier: config.applier.clone(),
     };
     let node = cohort_net::node::start(env, spec, |transport| transport as Arc<dyn Transport>)
         .await

@@ -26,10 +26,17 @@ pub enum Bug {
     /// A follower silently skips some committed writes (it records their index as applied but
     /// changes nothing), so its state drifts from the leader's without any error.
     SkipApply,
+    /// A linearizable read is answered as soon as its read index is confirmed, before this
+    /// replica's store has applied through it.
+    ReadBeforeApply,
+    /// The applier commits a batch's effects, then the applied index (with the dedup results)
+    /// in a transaction of its own: a crash between them makes the replica apply entries
+    /// again on top of their own effects.
+    ApplyNotAtomic,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeFsync,
         Bug::ForgetVote,
         Bug::ApplyUncommitted,
@@ -37,6 +44,8 @@ impl Bug {
         Bug::LaggingFsync,
         Bug::AckUncommitted,
         Bug::SkipApply,
+        Bug::ReadBeforeApply,
+        Bug::ApplyNotAtomic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +57,8 @@ impl Bug {
             Bug::LaggingFsync => "lagging-fsync",
             Bug::AckUncommitted => "ack-uncommitted",
             Bug::SkipApply => "skip-apply",
+            Bug::ReadBeforeApply => "read-before-apply",
+            Bug::ApplyNotAtomic => "apply-not-atomic",
         }
     }
 

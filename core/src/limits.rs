@@ -15,6 +15,13 @@ pub const RAFT_MESSAGE_ENTRIES_SIZE_BYTES_MAX: u64 = 1024 * 1024;
 pub const RAFT_UNCOMMITTED_SIZE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Append messages in flight to one follower.
 pub const RAFT_INFLIGHT_MESSAGES_MAX: usize = 256;
+/// Committed entries one `Apply` hands to the store (raft-rs's committed bytes per Ready).
+pub const APPLY_BATCH_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// `Apply` batches of one partition handed to the store and not yet answered; at this bound
+/// the partition's actor takes no inputs until the store catches up.
+pub const APPLY_BATCHES_IN_FLIGHT_MAX: usize = 64;
+/// Apply requests queued for the node's applier (all partitions of a node).
+pub const APPLY_QUEUE_REQUESTS_MAX: usize = 4096;
 /// Log writes queued for the group-commit writer (all partitions of a node).
 pub const PERSIST_QUEUE_WRITES_MAX: usize = 8192;
 
@@ -36,6 +43,7 @@ pub const STORE_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 pub const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 const _: () = assert!(COMMAND_SIZE_BYTES_MAX as u64 <= RAFT_UNCOMMITTED_SIZE_BYTES_MAX);
+const _: () = assert!(COMMAND_SIZE_BYTES_MAX as u64 <= APPLY_BATCH_BYTES_MAX);
 const _: () = assert!(COMMAND_SIZE_BYTES_MAX < crate::codec::DECODE_SIZE_BYTES_MAX);
 const _: () = assert!(PROPOSALS_PENDING_MAX >= MAILBOX_MESSAGES_MAX);
 const _: () = assert!(SNAPSHOT_INCOMING_IDLE_TICKS_MAX > SNAPSHOT_ACK_TIMEOUT_TICKS * 2);

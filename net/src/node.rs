@@ -1,16 +1,17 @@
 //! A node's moving parts put together over a given `Env`: the log recovered and its group
-//! commit, the peer transport, the router with every recovered partition (and the directory on
-//! a brand-new node), and the request service. Production (`src/node.rs`) and the simulator
+//! commit, the state store and its applier, the peer transport, the router with every
+//! recovered partition (and the directory on a brand-new node), and the request service. Production (`src/node.rs`) and the simulator
 //! both start nodes through here, so the simulator runs the same assembly.
 
 use crate::{TcpTransport, TransportConfig};
 use cohort_core::env::{Disk, Env, Envelope, Transport};
 use cohort_core::ids::{NodeId, PartitionId};
-use cohort_core::limits::PERSIST_QUEUE_WRITES_MAX;
-use cohort_core::node::{NodeService, RouteError, Router, RouterConfig, DIRECTORY};
+use cohort_core::limits::{APPLY_QUEUE_REQUESTS_MAX, PERSIST_QUEUE_WRITES_MAX};
+use cohort_core::node::{run_applier, ApplierOptions, NodeService, RouteError, Router, RouterConfig, DIRECTORY};
+use cohort_core::partition::StoredState;
 use cohort_core::persist::RecoveredPartition;
 use cohort_core::snapshot::{partition_dir, SnapshotError, SnapshotStore, DIRECTORY_AUTHORITY};
-use cohort_core::state_machine::StateMachine;
+use cohort_core::store::{Store, StoreError, StoreOptions};
 use cohort_storage::log::{run_group_commit, GroupCommitOptions};
 use cohort_storage::{LogEngine, LogError, LogOptions};
 use futures::channel::mpsc;
@@ -37,10 +38,11 @@ pub struct NodeSpec {
     pub outbox_messages_max: usize,
     /// Voters of each new partition.
     pub replicas: usize,
-    /// A replica saves a snapshot and compacts its log after this many applied entries or
-    /// bytes of entries.
-    pub snapshot_entries: u64,
-    pub snapshot_bytes: u64,
+    /// How far behind a live follower a leader holds back compacting its log.
+    pub log_retain_entries: u64,
+    pub store: StoreOptions,
+    /// When the store's commits are made durable (and logs compacted through them).
+    pub applier: ApplierOptions,
 }
 
 impl NodeSpec {
@@ -61,8 +63,10 @@ pub enum StartError {
     Bind { address: SocketAddr, source: std::io::Error },
     #[error("starting partitions: {0}")]
     Route(#[from] RouteError),
-    #[error("restoring partition {partition} from its snapshot: {source}")]
+    #[error("snapshot files of partition {partition}: {source}")]
     Snapshot { partition: PartitionId, source: SnapshotError },
+    #[error("opening the state store: {0}")]
+    Store(#[from] StoreError),
 }
 
 pub struct RunningNode {
@@ -70,6 +74,7 @@ pub struct RunningNode {
     pub transport: Arc<TcpTransport>,
     pub service: Arc<NodeService>,
     group_commit: tokio::task::JoinHandle<()>,
+    applier: tokio::task::JoinHandle<()>,
 }
 
 /// Starts a node. `wrap_transport` may put a layer between the partitions and the TCP
@@ -81,9 +86,15 @@ pub async fn start(
 ) -> Result<RunningNode, StartError> {
     let (engine, recovered) = LogEngine::open(env.disk.clone(), Path::new("wal"), LogOptions::default())?;
     tracing::info!(node = %spec.node, partitions = recovered.len(), "log recovered");
+    let store = Arc::new(Store::open(&env.disk, &spec.store)?);
+    let stored = remove_orphan_rows(&store, &recovered)?;
+    tracing::info!(node = %spec.node, partitions = stored.len(), "state store opened");
     let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE_WRITES_MAX);
     let group_commit =
         tokio::spawn(run_group_commit(engine, persist_rx, env.spawn.clone(), GroupCommitOptions::default()));
+    let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_REQUESTS_MAX);
+    let applier =
+        tokio::spawn(run_applier(store.clone(), apply_rx, env.spawn.clone(), env.clock.clone(), spec.applier.clone()));
 
     let listener = tokio::net::TcpListener::bind(spec.listen_peer)
         .await
@@ -100,10 +111,10 @@ pub async fn start(
         tick_interval: spec.tick_interval,
         election_ticks: spec.election_ticks,
         heartbeat_ticks: spec.heartbeat_ticks,
-        snapshot_entries: spec.snapshot_entries,
-        snapshot_bytes: spec.snapshot_bytes,
+        log_retain_entries: spec.log_retain_entries,
     };
-    let router = Router::new(router_config, env.clone(), wrap_transport(transport.clone()), persist_tx);
+    let router =
+        Router::new(router_config, env.clone(), wrap_transport(transport.clone()), persist_tx, store, apply_tx);
     let nodes = spec.nodes();
     let has_directory = recovered.contains_key(&DIRECTORY);
     remove_orphan_replicas(&*env.disk, &recovered);
@@ -112,16 +123,11 @@ pub async fn start(
     let mut recovered: Vec<_> = recovered.into_iter().collect();
     recovered.sort_by_key(|(partition, _)| (*partition == DIRECTORY, *partition));
     for (partition, state) in recovered {
-        let store = router.store_for_recovered(partition, DIRECTORY_AUTHORITY);
-        let snapshot_error = |source| StartError::Snapshot { partition, source };
-        let (snapshot, state_machine) = if state.compacted.index > 0 {
-            let (meta, state_machine) = store.load(state.compacted).map_err(snapshot_error)?;
-            (Some(meta), state_machine)
-        } else {
-            (None, StateMachine::new())
-        };
-        store.retain_only(snapshot.as_ref().map(|m| m.position)).map_err(snapshot_error)?;
-        router.open_partition(partition, state, state_machine, snapshot, store)?;
+        let files = router.store_for_recovered(partition, DIRECTORY_AUTHORITY);
+        // Snapshot files only carry a state between replicas; none is needed after a start.
+        files.retain_only(None).map_err(|source| StartError::Snapshot { partition, source })?;
+        let stored = stored.get(&partition).cloned().unwrap_or_default();
+        router.open_partition(partition, state, stored, files)?;
     }
     if !has_directory {
         // A brand-new node: the directory is on every node from the start.
@@ -134,7 +140,26 @@ pub async fn start(
         }
     });
     let service = Arc::new(NodeService::new(router.clone(), nodes, spec.replicas));
-    Ok(RunningNode { router, transport, service, group_commit })
+    Ok(RunningNode { router, transport, service, group_commit, applier })
+}
+
+/// Deletes the store's rows of partitions the log no longer knows (their removal became
+/// durable but the node stopped before deleting them); returns what the store holds of the
+/// others.
+fn remove_orphan_rows(
+    store: &Store,
+    recovered: &BTreeMap<PartitionId, RecoveredPartition>,
+) -> Result<BTreeMap<PartitionId, StoredState>, StoreError> {
+    let mut stored = BTreeMap::new();
+    for (partition, record) in store.read()?.partitions()? {
+        if recovered.contains_key(&partition) {
+            stored.insert(partition, StoredState { applied: record.applied, conf_state: record.conf_state });
+        } else {
+            tracing::info!(%partition, "deleting the state of a removed replica");
+            store.remove_partition(partition)?;
+        }
+    }
+    Ok(stored)
 }
 
 /// Deletes the files of replicas the log no longer knows: their removal became durable but
@@ -153,13 +178,18 @@ fn remove_orphan_replicas(disk: &dyn Disk, recovered: &BTreeMap<PartitionId, Rec
 }
 
 impl RunningNode {
-    /// Stops every partition, then waits (up to `limit`) for the log writer to make what is
-    /// queued durable. Returns whether it finished in time.
+    /// Stops every partition, then waits (up to `limit`) for the log writer and the applier
+    /// to make what is queued durable. Returns whether they finished in time.
     pub async fn stop(self, limit: Duration) -> bool {
         self.router.stop_all();
-        let RunningNode { router, service, group_commit, .. } = self;
+        let RunningNode { router, service, group_commit, applier, .. } = self;
         drop(service);
         drop(router);
-        tokio::time::timeout(limit, group_commit).await.is_ok()
+        tokio::time::timeout(limit, async move {
+            let _ = group_commit.await;
+            let _ = applier.await;
+        })
+        .await
+        .is_ok()
     }
 }

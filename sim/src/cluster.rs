@@ -60,10 +60,20 @@ fn address(node: NodeId) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, node.0 as u8)), PEER_PORT)
 }
 
-/// Entries between snapshots: low, so that snapshots, compaction and snapshot transfers happen
-/// in every run, at a rate the seed picks.
-fn snapshot_entries(seed: u64) -> u64 {
+/// Entries a leader keeps for a follower just behind: low, so that compaction and snapshot
+/// transfers happen in every run, at a rate the seed picks.
+fn log_retain_entries(seed: u64) -> u64 {
     [8, 25, 80][(seed % 3) as usize]
+}
+
+/// When the applier makes the store durable: often, at a pace the seed picks, so that crashes
+/// find both lazy commits to lose and durable ones to keep, and logs are compacted.
+fn applier_options(seed: u64) -> cohort_core::node::ApplierOptions {
+    cohort_core::node::ApplierOptions {
+        durable_interval: Duration::from_millis([50, 300, 1500][(seed / 3 % 3) as usize]),
+        durable_bytes: [16 * 1024, 256 * 1024, 4 * 1024 * 1024][(seed / 9 % 3) as usize],
+        ..cohort_core::node::ApplierOptions::default()
+    }
 }
 
 impl SimCluster {
@@ -97,8 +107,9 @@ impl SimCluster {
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
                 replicas: count.min(3) as usize,
-                snapshot_entries: snapshot_entries(seed),
-                snapshot_bytes: 64 * 1024 * 1024,
+                log_retain_entries: log_retain_entries(seed),
+                store: cohort_core::store::StoreOptions { cache_size_bytes: 4 * 1024 * 1024 },
+                applier: applier_options(seed),
             };
             let init = {
                 let (disk, service, faults, observer) =
@@ -161,14 +172,16 @@ impl SimCluster {
     }
 
     /// Power loss: the node stops at once and its disk keeps only what was synced (or torn).
+    /// The disk goes first: the node's code, dropped after, finds every file handle dead, so
+    /// nothing it does on its way out (redb's close commits) reaches the disk.
     pub fn crash(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("known node");
         if !node.up {
             return;
         }
+        node.disk.crash();
         Handle::current().kill(node.handle.id());
         node.service.lock().expect("not poisoned").take();
-        node.disk.crash();
         node.up = false;
         node.paused = false;
         self.trace.event(now_ns(), format!("fault: crash node {id}"));

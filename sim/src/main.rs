@@ -132,7 +132,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Commands::Nightly { minutes, jobs, first_seed, scenario, out } => nightly(minutes, jobs, first_seed, scenario, &out),
+        Commands::Nightly { minutes, jobs, first_seed, scenario, out } => {
+            nightly(minutes, jobs, first_seed, scenario, &out)
+        }
         Commands::CheckDeterminism { run } => check_determinism(run.seed, &run.scenario, run.bug.as_deref()),
     }
 }

@@ -102,8 +102,7 @@ impl Observer for SafetyObserver {
         let mut state = self.state.lock().expect("not poisoned");
         match state.leaders.insert((partition, term), node) {
             Some(other) if other != node => {
-                let message =
-                    format!("partition {partition} term {term} has two leaders: {other} and {node}");
+                let message = format!("partition {partition} term {term} has two leaders: {other} and {node}");
                 state.violations.push(message.clone());
                 drop(state);
                 self.trace.event(now_ns(), format!("VIOLATION {message}"));

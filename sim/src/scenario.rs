@@ -63,6 +63,7 @@ impl FaultMenu {
                     | Fault::CrashMany
                     | Fault::CrashStorm
                     | Fault::CrashVoter
+                    | Fault::CrashAfterAck
                     | Fault::FsyncFailure
                     | Fault::Membership
             ),
@@ -108,6 +109,10 @@ pub enum Fault {
     /// Restart every node at once (elections collide), then crash each node the moment it
     /// grants a vote.
     CrashVoter,
+    /// Crash a node the instant it has acknowledged a write: its followers may not know yet
+    /// that the write committed, so the next leader learns it late, with clients already
+    /// counting on it.
+    CrashAfterAck,
     Pause,
     /// Freeze a leader; it wakes still believing it leads.
     PauseLeader,
@@ -124,15 +129,20 @@ pub enum Fault {
     FsyncFailure,
     /// An operator adds and removes replicas of a partition while everything else goes on.
     Membership,
+    /// All along, an operator moves partitions' leadership to other nodes: each new leader
+    /// takes over at once, its state machine perhaps still applying what the old one
+    /// committed.
+    TransferLeader,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 18] = [
+    pub const ALL: [Fault; 20] = [
         Fault::Crash,
         Fault::CrashMany,
         Fault::PowerLoss,
         Fault::CrashStorm,
         Fault::CrashVoter,
+        Fault::CrashAfterAck,
         Fault::Pause,
         Fault::PauseLeader,
         Fault::SlowDisk,
@@ -146,6 +156,7 @@ impl Fault {
         Fault::ClockSkew,
         Fault::FsyncFailure,
         Fault::Membership,
+        Fault::TransferLeader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -155,6 +166,7 @@ impl Fault {
             Fault::PowerLoss => "power-loss",
             Fault::CrashStorm => "crash-storm",
             Fault::CrashVoter => "crash-voter",
+            Fault::CrashAfterAck => "crash-after-ack",
             Fault::Pause => "pause",
             Fault::PauseLeader => "pause-leader",
             Fault::SlowDisk => "slow-disk",
@@ -168,12 +180,16 @@ impl Fault {
             Fault::ClockSkew => "clock-skew",
             Fault::FsyncFailure => "fsync-failure",
             Fault::Membership => "membership",
+            Fault::TransferLeader => "transfer-leader",
         }
     }
 
     /// Faults that happen in episodes (the others are background conditions).
     fn is_episode(self) -> bool {
-        !matches!(self, Fault::Loss | Fault::Delay | Fault::Duplicate | Fault::ClockSkew | Fault::SlowDisk)
+        !matches!(
+            self,
+            Fault::Loss | Fault::Delay | Fault::Duplicate | Fault::ClockSkew | Fault::SlowDisk | Fault::TransferLeader
+        )
     }
 }
 
@@ -200,7 +216,11 @@ impl Swarm {
             }
             // Faults that strike at the worst instant find the subtlest bugs: favour them.
             let odds =
-                if matches!(fault, Fault::CrashVoter | Fault::CrashStorm | Fault::PauseLeader) { 0.7 } else { 0.5 };
+                if matches!(fault, Fault::CrashVoter | Fault::CrashStorm | Fault::CrashAfterAck | Fault::PauseLeader) {
+                    0.7
+                } else {
+                    0.5
+                };
             if rng.gen_bool(odds) || menu.always(fault) {
                 faults.insert(fault);
             }
@@ -321,9 +341,16 @@ pub async fn run(options: RunOptions) -> RunReport {
         let config = scenario.workload.clone();
         workers.push(clients.spawn(client.run(config)));
     }
+    let transfers = swarm.faults.contains(&Fault::TransferLeader).then(|| {
+        let (shared, trace, repos, nodes) = (shared.clone(), trace.clone(), scenario.workload.repos, scenario.nodes);
+        clients.spawn(transfer_leaders(SimClient::new(3_000, seed, shared), trace, seed, repos, nodes))
+    });
     let mut operator = SimClient::new(2_000, seed, shared.clone());
     let episodes =
         drive_faults(&cluster, &swarm, &mut rng, &trace, scenario.nodes, &mut operator, scenario.workload.repos).await;
+    if let Some(transfers) = transfers {
+        transfers.await.expect("the transfer operator does not panic");
+    }
 
     // Heal: no fault from here on.
     trace_event(&trace, "heal");
@@ -384,7 +411,10 @@ pub async fn run(options: RunOptions) -> RunReport {
     match check_no_lost_writes(&history) {
         Ok(report) => trace_event(
             &trace,
-            format!("no lost writes: {} observations, {} acknowledged writes", report.observations, report.acknowledged_writes),
+            format!(
+                "no lost writes: {} observations, {} acknowledged writes",
+                report.observations, report.acknowledged_writes
+            ),
         ),
         Err(lost) => {
             for lost in lost {
@@ -532,6 +562,26 @@ async fn drive_faults(
                     }
                 }
             }
+            Fault::CrashAfterAck => {
+                let acks = operator.acks();
+                for _ in 0..rng.gen_range(1..=4) {
+                    *acks.lock().unwrap() = Some(Vec::new());
+                    let wait_end = tokio::time::Instant::now() + Duration::from_secs(3);
+                    let acked = loop {
+                        let first = acks.lock().unwrap().as_ref().and_then(|a| a.first().copied());
+                        if first.is_some() || tokio::time::Instant::now() >= wait_end {
+                            break first;
+                        }
+                        tokio::time::sleep(Duration::from_micros(50)).await;
+                    };
+                    *acks.lock().unwrap() = None;
+                    let Some(node) = acked else { continue };
+                    trace_event(trace, format!("node {node} acknowledged a write: crashing it"));
+                    cluster.lock().unwrap().crash(node);
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(10..hold.as_millis() as u64))).await;
+                    cluster.lock().unwrap().restart(node);
+                }
+            }
             Fault::Membership => {
                 // Take a replica out, then bring it back as a voter (it rejoins empty and
                 // catches up from the log); with more nodes than replicas, sometimes add a
@@ -590,10 +640,31 @@ async fn drive_faults(
                 c.crash(victim);
                 c.restart(victim);
             }
-            Fault::Loss | Fault::Delay | Fault::Duplicate | Fault::ClockSkew | Fault::SlowDisk => {
-                unreachable!("background faults")
-            }
+            Fault::Loss
+            | Fault::Delay
+            | Fault::Duplicate
+            | Fault::ClockSkew
+            | Fault::SlowDisk
+            | Fault::TransferLeader => unreachable!("background faults"),
         }
+    }
+}
+
+/// The `TransferLeader` fault's operator: until the safety phase ends, moves the leadership of
+/// a random partition to a random node every so often (refusals, for non-voters, are fine).
+async fn transfer_leaders(mut operator: SimClient, trace: Trace, seed: u64, repos: usize, nodes: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7a5f);
+    let end = tokio::time::Instant::now() + SAFETY_PHASE;
+    loop {
+        let gap = Duration::from_millis(rng.gen_range(100..1500));
+        if tokio::time::Instant::now() + gap >= end {
+            return;
+        }
+        tokio::time::sleep(gap).await;
+        let partition = cohort_core::ids::PartitionId(rng.gen_range(1..=repos as u64));
+        let node = NodeId(rng.gen_range(1..=nodes));
+        let outcome = operator.change_members(partition, node, MembersAction::TransferLeader).await;
+        trace_event(&trace, format!("transfer leader of partition {partition} to node {node}: {outcome:?}"));
     }
 }
 
@@ -686,7 +757,22 @@ impl std::fmt::Display for PartitionView {
     }
 }
 
-async fn partition_view(services: &crate::cluster::Services, partition: cohort_core::ids::PartitionId) -> PartitionView {
+/// A replica's applied index and state digest, from one read of its node's store.
+fn stored_state(
+    store: &cohort_core::store::Store,
+    partition: cohort_core::ids::PartitionId,
+) -> Result<(u64, String), String> {
+    use cohort_core::store::Rows as _;
+    let rows = store.read().map_err(|e| format!("cannot read its store: {e}"))?;
+    let applied = rows.partition(partition).map_err(|e| e.to_string())?.map_or(0, |r| r.applied.index);
+    let digest = cohort_core::store::check::digest(&rows, partition).map_err(|e| e.to_string())?;
+    Ok((applied, digest.to_string()))
+}
+
+async fn partition_view(
+    services: &crate::cluster::Services,
+    partition: cohort_core::ids::PartitionId,
+) -> PartitionView {
     let mut view = PartitionView { leader: None, replicas: BTreeMap::new() };
     for id in services.ids() {
         let Some(service) = services.get(id) else {
@@ -699,16 +785,15 @@ async fn partition_view(services: &crate::cluster::Services, partition: cohort_c
                 let status = p.status();
                 let mut members = status.conf_state.voter_nodes();
                 members.extend(status.conf_state.learner_nodes());
-                let leading = p.is_leader().then_some(members);
-                ((p.state_machine().applied_index(), p.state_machine().digest().to_string()), leading)
+                p.is_leader().then_some(members)
             })
             .await;
         let replica = match answer {
-            Ok((replica, leading)) => {
+            Ok(leading) => {
                 if let Some(members) = leading {
                     view.leader = Some((id, members));
                 }
-                Ok(replica)
+                stored_state(service.router().store(), partition)
             }
             // A node that is not a member has no replica, rightly; a member without one is a
             // failure that `converged` reports.

@@ -52,6 +52,9 @@ pub struct Shared {
     pub services: Services,
     pub trace: Trace,
     pub stop: Arc<AtomicBool>,
+    /// Nodes that acknowledged a write, in order, while a fault watches for them (see
+    /// `Fault::CrashAfterAck`); `None` while nobody watches.
+    pub acks: Arc<Mutex<Option<Vec<NodeId>>>>,
 }
 
 impl Shared {
@@ -62,6 +65,7 @@ impl Shared {
             services,
             trace,
             stop: Arc::new(AtomicBool::new(false)),
+            acks: Arc::default(),
         }
     }
 
@@ -223,6 +227,9 @@ impl SimClient {
         match &outcome {
             Outcome::CasOk => {
                 self.seen.insert(key.clone(), Some(token));
+                if let Some(acks) = self.shared.acks.lock().expect("not poisoned").as_mut() {
+                    acks.push(self.target);
+                }
             }
             Outcome::CasFailed { current } => {
                 self.seen.insert(key.clone(), *current);
@@ -310,6 +317,11 @@ impl SimClient {
 }
 
 impl SimClient {
+    /// Where nodes that acknowledge writes are reported while a fault watches.
+    pub fn acks(&self) -> Arc<Mutex<Option<Vec<NodeId>>>> {
+        self.shared.acks.clone()
+    }
+
     /// An operator's membership change of a partition, retried like a client request until it
     /// is applied, refused, or its deadline passes (`None`: unknown).
     pub async fn change_members(

@@ -2,7 +2,7 @@
 //! a child process (`cohort node --config ...`), waits until all serve, prints the endpoints,
 //! and stops the children on Ctrl-C or SIGTERM. A child that dies is reported, not restarted.
 
-use crate::config::{loopback_nodes, RawConfig, RawLimits, RawRaft};
+use crate::config::{loopback_nodes, RawConfig, RawLimits, RawRaft, RawStore};
 use anyhow::Context as _;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,7 @@ fn new_cluster(dir: &Path, count: u64, replicas: Option<usize>) -> anyhow::Resul
             token: None,
             raft: RawRaft::default(),
             limits: RawLimits::default(),
+            store: RawStore::default(),
             replicas,
             nodes: nodes.clone(),
         })

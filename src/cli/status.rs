@@ -37,8 +37,10 @@ pub struct ReplicaJson {
     pub role: String,
     pub applied_index: u64,
     pub match_index: u64,
-    /// The newest snapshot the replica holds (0: none, or not reported by its node).
-    pub snapshot_index: u64,
+    /// The replica's log starts after this entry (0: not compacted, or not reported).
+    pub compacted_index: u64,
+    /// The replica's state is durable in its store through here (0: not reported).
+    pub durable_index: u64,
 }
 
 fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
@@ -89,7 +91,8 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                         if own {
                             existing.role = r.role.clone();
                             existing.applied_index = r.applied_index;
-                            existing.snapshot_index = r.snapshot_index;
+                            existing.compacted_index = r.compacted_index;
+                            existing.durable_index = r.durable_index;
                         }
                         existing.match_index = existing.match_index.max(r.match_index);
                     }
@@ -98,7 +101,8 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                         role: r.role.clone(),
                         applied_index: if own { r.applied_index } else { 0 },
                         match_index: r.match_index,
-                        snapshot_index: if own { r.snapshot_index } else { 0 },
+                        compacted_index: if own { r.compacted_index } else { 0 },
+                        durable_index: if own { r.durable_index } else { 0 },
                     }),
                 }
             }
@@ -149,8 +153,8 @@ pub async fn run(cli: &Cli, json: bool) -> anyhow::Result<()> {
         );
         for r in &p.replicas {
             println!(
-                "    node {:<3} {:<10} applied {:<6} match {:<6} snapshot {}",
-                r.node, r.role, r.applied_index, r.match_index, r.snapshot_index
+                "    node {:<3} {:<10} applied {:<6} match {:<6} durable {:<6} compacted {}",
+                r.node, r.role, r.applied_index, r.match_index, r.durable_index, r.compacted_index
             );
         }
     }

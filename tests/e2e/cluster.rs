@@ -1,7 +1,7 @@
 //! A cluster of real `cohort node` processes for tests, each with its own config and data
 //! directory under one temporary directory.
 
-use cohort::config::{RawConfig, RawLimits, RawNode, RawRaft};
+use cohort::config::{RawConfig, RawLimits, RawNode, RawRaft, RawStore};
 use cohort_core::state_machine::{RelativePath, RepoId};
 use cohort_net::client::{Client, ClientConfig};
 use std::collections::BTreeMap;
@@ -52,6 +52,7 @@ impl TestCluster {
                 token: None,
                 raft: raft.clone(),
                 limits: RawLimits::default(),
+                store: RawStore::default(),
                 replicas,
                 nodes: nodes.clone(),
             })
@@ -160,6 +161,16 @@ impl TestCluster {
         config.deadline = Duration::from_secs(20);
         config.attempt_timeout = Duration::from_secs(2);
         Client::new(config).unwrap()
+    }
+
+    /// The entry node `id`'s replica of `partition` has compacted its log through (0: none,
+    /// or no such replica), as `cohort status` reports it.
+    pub fn compacted_index(&self, id: u64, partition: u64) -> u64 {
+        let json: serde_json::Value = serde_json::from_str(&stdout(&self.cli(&["status", "--json"]))).unwrap();
+        let partitions = json["partitions"].as_array().cloned().unwrap_or_default();
+        let replicas = partitions.iter().find(|p| p["id"] == partition).and_then(|p| p["replicas"].as_array().cloned());
+        let replica = replicas.unwrap_or_default().into_iter().find(|r| r["node"] == id);
+        replica.and_then(|r| r["compacted_index"].as_u64()).unwrap_or(0)
     }
 
     /// Runs the CLI against the whole cluster.

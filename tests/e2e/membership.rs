@@ -34,20 +34,11 @@ fn hosted(cluster: &TestCluster, id: u64) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Waits until every voter holds a snapshot past the log's start, so that a new replica cannot
-/// catch up from the log alone (replicas save snapshots in the background).
+/// Waits until every voter has compacted its log past its start (through what its store made
+/// durable), so that a new replica cannot catch up from the log alone.
 fn wait_compacted(cluster: &TestCluster, partition: u64, voters: &BTreeSet<u64>) {
     wait_for("every voter to compact its log", || {
-        voters.iter().all(|&v| {
-            let dir = cluster.data_dir(v).join("partitions/default").join(partition.to_string());
-            std::fs::read_dir(dir).is_ok_and(|entries| {
-                entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).any(|name| {
-                    let complete = name.strip_prefix("snap-").filter(|rest| !rest.ends_with(".tmp"));
-                    let index = complete.and_then(|rest| rest.split('-').next()?.parse::<u64>().ok());
-                    index.is_some_and(|index| index >= SNAPSHOT_ENTRIES)
-                })
-            })
-        })
+        voters.iter().all(|&v| cluster.compacted_index(v, partition) >= RETAINED_ENTRIES)
     });
 }
 
@@ -59,13 +50,14 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Replicas snapshot and compact their log every `SNAPSHOT_ENTRIES` entries, so a new replica
-/// cannot catch up from the log alone.
-const SNAPSHOT_ENTRIES: u64 = 100;
+/// Replicas compact their log through what their store made durable; a leader keeps at most
+/// this many entries for a follower just behind. A new replica then cannot catch up from the
+/// log alone.
+const RETAINED_ENTRIES: u64 = 100;
 const WRITES: u32 = 2000;
 
 fn compacting_raft() -> RawRaft {
-    RawRaft { snapshot_entries: SNAPSHOT_ENTRIES, ..test_raft() }
+    RawRaft { log_retain_entries: RETAINED_ENTRIES, ..test_raft() }
 }
 
 #[test]
@@ -176,7 +168,7 @@ fn a_node_killed_while_receiving_a_snapshot_recovers_and_catches_up() {
         rt.block_on(client.write(&repo("big.git"), vec![object], vec![change])).unwrap();
     }
     // Enough small writes after them that the log is compacted past the start.
-    for key in 0..2 * SNAPSHOT_ENTRIES {
+    for key in 0..2 * RETAINED_ENTRIES {
         let object = NewObject::new(ObjectKind::Blob, format!("small {key}").into_bytes());
         let change = RefChange {
             name: RefName::new("refs/heads/small").unwrap(),

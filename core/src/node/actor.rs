@@ -1,15 +1,18 @@
 //! The task that drives one partition replica.
 
+use super::applier::{ApplyDone, ApplyRequest, ApplyResult, ApplyWork, DurableSignal};
 use super::persisted::{PersistEvent, PersistSignal};
 use super::router::Router;
 use crate::env::{BoxFuture, Env, Envelope, Payload, Transport};
-use crate::ids::{NodeId, RequestId};
+use crate::ids::{NodeId, PartitionId, RequestId, DIRECTORY};
 use crate::partition::{Output, Partition, Request, Response};
-use crate::persist::{LogWrite, PersistRequest, SnapshotMeta};
-use crate::snapshot::{TransferEvents, Transfers};
+use crate::persist::{LogWrite, PersistError, PersistRequest, SnapshotMeta};
+use crate::snapshot::{SnapshotStore, TransferEvents, Transfers};
+use crate::state_machine::ReadQuery;
+use crate::store::{self, Rows as _, Store};
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, SinkExt, StreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::{Arc, Weak};
 use std::task::Poll;
@@ -31,7 +34,7 @@ pub enum PartitionInput {
     /// reply channel).
     Stop,
     /// The replica left the partition: make its removal durable (after every write it queued
-    /// before), then stop.
+    /// before), then delete its state, then stop.
     Remove,
 }
 
@@ -42,6 +45,11 @@ pub(super) struct Actor {
     pub transport: Arc<dyn Transport>,
     pub persist: mpsc::Sender<PersistRequest>,
     pub signal: PersistSignal,
+    /// The node's state store (reads), and its applier (every write to it).
+    pub store: Arc<Store>,
+    pub applier: mpsc::Sender<ApplyRequest>,
+    /// How far the store has made this partition's state durable.
+    pub durable: DurableSignal,
     /// The router that owns this actor, told about partitions the directory allocates.
     pub router: Weak<Router>,
     /// Snapshot files and transfers of this replica.
@@ -64,7 +72,7 @@ struct Completion {
 }
 
 impl Completion {
-    fn complete(mut self, result: Result<(), crate::persist::PersistError>) {
+    fn complete(mut self, result: Result<(), PersistError>) {
         let signal = self.signal.take().expect("completed once");
         match result {
             Ok(()) => signal.persisted(self.ready_number),
@@ -77,7 +85,7 @@ impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(signal) = self.signal.take() {
             let error = std::io::Error::other("the log writer dropped the write without making it durable");
-            signal.failed(crate::persist::PersistError(Arc::new(error)));
+            signal.failed(PersistError(Arc::new(error)));
         }
     }
 }
@@ -92,8 +100,14 @@ struct Pending {
 enum Wake {
     Input(Option<PartitionInput>),
     Persist(PersistEvent),
+    Applied(ApplyResult),
+    Durable(crate::persist::LogPosition),
     SnapshotSaved(SnapshotSaved),
     Timer,
+}
+
+fn applier_gone() -> PersistError {
+    PersistError(Arc::new(std::io::Error::other("the store's applier stopped")))
 }
 
 impl Actor {
@@ -101,18 +115,33 @@ impl Actor {
         let mut replies: BTreeMap<RequestId, Pending> = BTreeMap::new();
         let mut next_request = 0u64;
         let mut persisted_seen = PersistSignal::NOTHING_SEEN;
+        let mut durable_seen = self.partition.applied().index;
+        // Answers of the store, in the order the work was handed to it.
+        let mut applying: VecDeque<oneshot::Receiver<ApplyResult>> = VecDeque::new();
         let mut timer: Option<(crate::env::Instant, BoxFuture<()>)> = None;
         let (mut last_leader, mut was_candidate) = (self.partition.leader(), false);
-        self.drain(&mut replies).await;
+        if !self.drain(&mut replies, &mut applying).await {
+            return;
+        }
         loop {
             let deadline = self.partition.poll_timeout();
             if timer.as_ref().map(|(at, _)| Some(*at)) != Some(deadline) {
                 timer = deadline.map(|at| (at, self.env.clock.sleep_until(at)));
             }
-            let accepting = self.partition.unpersisted_readies() < UNPERSISTED_READIES_MAX;
+            let accepting = self.partition.unpersisted_readies() < UNPERSISTED_READIES_MAX
+                && self.partition.apply_batches_in_flight() < crate::limits::APPLY_BATCHES_IN_FLIGHT_MAX;
             let wake = poll_fn(|cx| {
                 if let Poll::Ready(event) = self.signal.poll_event(&mut persisted_seen, cx) {
                     return Poll::Ready(Wake::Persist(event));
+                }
+                if let Some(front) = applying.front_mut() {
+                    if let Poll::Ready(outcome) = front.poll_unpin(cx) {
+                        applying.pop_front();
+                        return Poll::Ready(Wake::Applied(outcome.unwrap_or_else(|_| Err(applier_gone()))));
+                    }
+                }
+                if let Poll::Ready(position) = self.durable.poll_durable(&mut durable_seen, cx) {
+                    return Poll::Ready(Wake::Durable(position));
                 }
                 if let Some(saving) = self.saving.as_mut() {
                     if let Poll::Ready(outcome) = saving.poll_unpin(cx) {
@@ -138,24 +167,7 @@ impl Actor {
             match wake {
                 Wake::Input(None) | Wake::Input(Some(PartitionInput::Stop)) => return,
                 Wake::Input(Some(PartitionInput::Remove)) => {
-                    let partition = self.partition.id();
-                    tracing::info!(%partition, node = %self.partition.node(), "replica removed; deleting its data");
-                    let write = LogWrite { remove: true, ..LogWrite::new(partition) };
-                    // The removal follows every write this replica queued; once it is durable
-                    // its snapshot files go, and the router may start a new replica here.
-                    let router = self.router.clone();
-                    let store = self.transfers.store().clone();
-                    let done = Box::new(move |result: Result<(), _>| {
-                        if result.is_ok() {
-                            if let Err(error) = store.remove_all() {
-                                tracing::warn!(%partition, %error, "cannot delete a removed replica's files");
-                            }
-                        }
-                        if let Some(router) = router.upgrade() {
-                            router.on_retired(partition);
-                        }
-                    });
-                    let _ = self.persist.send(PersistRequest { write, done }).await;
+                    self.remove().await;
                     return;
                 }
                 Wake::Input(Some(PartitionInput::Message(envelope))) => match envelope.payload {
@@ -182,6 +194,12 @@ impl Actor {
                 Wake::Input(Some(PartitionInput::Inspect(f))) => f(&self.partition),
                 Wake::Persist(PersistEvent::DurableThrough(number)) => self.partition.handle_persisted(now, number),
                 Wake::Persist(PersistEvent::Failed(error)) => self.partition.handle_persist_failed(error),
+                Wake::Applied(Ok(Ok(ApplyDone::Applied(applied)))) => self.partition.handle_applied(now, applied),
+                Wake::Applied(Ok(Ok(ApplyDone::Installed))) => self.partition.handle_snapshot_installed(now, Ok(())),
+                Wake::Applied(Ok(Err(reason))) => self.partition.handle_snapshot_installed(now, Err(reason)),
+                Wake::Applied(Ok(Ok(ApplyDone::Removed))) => unreachable!("a removal is awaited where it is asked"),
+                Wake::Applied(Err(error)) => self.partition.handle_apply_failed(error),
+                Wake::Durable(position) => self.partition.handle_store_durable(now, position),
                 Wake::SnapshotSaved(outcome) => {
                     self.saving = None;
                     self.partition.handle_snapshot_saved(now, outcome);
@@ -200,18 +218,64 @@ impl Actor {
                 self.env.metrics.elections.inc();
             }
             (last_leader, was_candidate) = (leader, candidate);
-            self.drain(&mut replies).await;
+            if !self.drain(&mut replies, &mut applying).await {
+                return;
+            }
         }
     }
 
+    /// The replica left the partition: its removal goes to the log after every write it queued;
+    /// once that is durable its state leaves the store, then its files, and the router may
+    /// start a new replica here. In this order a crash leaves at worst rows or files of a
+    /// partition the log no longer knows, which the next start deletes.
+    async fn remove(&mut self) {
+        let partition = self.partition.id();
+        tracing::info!(%partition, node = %self.partition.node(), "replica removed; deleting its data");
+        let write = LogWrite { remove: true, ..LogWrite::new(partition) };
+        let (logged, removal_durable) = oneshot::channel();
+        let done = Box::new(move |result: Result<(), PersistError>| {
+            let _ = logged.send(result);
+        });
+        let (mut applier, files, router) = (self.applier.clone(), self.transfers.store().clone(), self.router.clone());
+        let durable = self.durable.clone();
+        if self.persist.send(PersistRequest { write, done }).await.is_err() {
+            return;
+        }
+        // The rest waits for the log, which must not hold up this task's caller.
+        self.env.spawn.spawn(
+            "remove replica",
+            Box::pin(async move {
+                if !matches!(removal_durable.await, Ok(Ok(()))) {
+                    return;
+                }
+                let (done, removed) = oneshot::channel();
+                let request = ApplyRequest { partition, work: ApplyWork::Remove, durable, done };
+                if applier.send(request).await.is_err() || !matches!(removed.await, Ok(Ok(Ok(ApplyDone::Removed)))) {
+                    tracing::warn!(%partition, "cannot delete a removed replica's state; the next start will");
+                    return;
+                }
+                if let Err(error) = files.remove_all() {
+                    tracing::warn!(%partition, %error, "cannot delete a removed replica's files");
+                }
+                if let Some(router) = router.upgrade() {
+                    router.on_retired(partition);
+                }
+            }),
+        );
+    }
+
     /// Carries out every output the partition has, in order, and feeds it what snapshot
-    /// transfers produced, until neither has anything left.
-    async fn drain(&mut self, replies: &mut BTreeMap<RequestId, Pending>) {
+    /// transfers produced, until neither has anything left. False if the node is stopping.
+    async fn drain(
+        &mut self,
+        replies: &mut BTreeMap<RequestId, Pending>,
+        applying: &mut VecDeque<oneshot::Receiver<ApplyResult>>,
+    ) -> bool {
         // Messages to one node in one drain go out as one batch.
         let mut batches: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
         loop {
-            if !self.drain_outputs(replies, &mut batches).await {
-                return;
+            if !self.drain_outputs(replies, applying, &mut batches).await {
+                return false;
             }
             let events = std::mem::take(&mut self.transfer_events);
             for envelope in events.send {
@@ -220,14 +284,14 @@ impl Actor {
             if events.finished.is_empty() && events.installed.is_none() {
                 break;
             }
-            // Inputs only now, after every output was carried out (see `Output::SaveSnapshot`).
+            // Inputs only now, after every output was carried out.
             let now = self.env.clock.now();
             for (to, delivered) in events.finished {
                 self.partition.report_snapshot(now, to, delivered);
             }
             if let Some(installed) = events.installed {
                 let position = installed.meta.position;
-                if !self.partition.handle_snapshot_received(now, installed.message, installed.meta, installed.state) {
+                if !self.partition.handle_snapshot_received(now, installed.message, installed.meta) {
                     tracing::info!(partition = %self.partition.id(), ?position, "received snapshot is stale; dropped");
                 }
             }
@@ -235,34 +299,44 @@ impl Actor {
         for (to, batch) in batches {
             self.transport.send(to, batch);
         }
+        true
     }
 
-    /// Writes the snapshot `meta` describes on a blocking thread; its outcome wakes the actor.
-    fn save_snapshot(&mut self, meta: SnapshotMeta) {
+    /// Writes a snapshot of the partition's state in the store (one read transaction) on a
+    /// blocking thread; its outcome wakes the actor.
+    fn save_snapshot(&mut self) {
         assert!(self.saving.is_none(), "one snapshot is written at a time");
-        let view = self.partition.snapshot_view(&meta);
-        let store = self.transfers.store().clone();
+        let (store, files) = (self.store.clone(), self.transfers.store().clone());
         let (partition, metrics) = (self.partition.id(), self.env.metrics.clone());
         let (tx, rx) = oneshot::channel();
         let work = Box::new(move || {
-            let outcome = match store.save(&meta, |out| view.write_snapshot(out)) {
-                Ok(size_bytes) => {
-                    tracing::info!(%partition, position = ?meta.position, size_bytes, "snapshot saved");
-                    metrics.snapshots_saved.inc();
-                    Ok(meta)
-                }
-                Err(error) => Err(error.to_string()),
-            };
-            let _ = tx.send(outcome);
+            let _ = tx.send(save_snapshot(&store, &files, partition, &metrics));
         });
         self.env.spawn.spawn("save snapshot", self.env.spawn.run_blocking(work));
         self.saving = Some(rx);
+    }
+
+    /// The store's answer to a read, with the index it is as of.
+    fn read(&self, query: &ReadQuery) -> Response {
+        let partition = self.partition.id();
+        let answer = self.store.read().and_then(|rows| {
+            let applied_index = rows.partition(partition)?.map_or(0, |record| record.applied.index);
+            Ok((store::read::read(&rows, partition, query)?, applied_index))
+        });
+        match answer {
+            Ok((result, applied_index)) => Response::Read { result, applied_index },
+            Err(error) => {
+                tracing::error!(%partition, %error, "cannot read the state store");
+                Response::Failed(PersistError(Arc::new(error)))
+            }
+        }
     }
 
     /// Carries out the partition's outputs; false if the node is stopping.
     async fn drain_outputs(
         &mut self,
         replies: &mut BTreeMap<RequestId, Pending>,
+        applying: &mut VecDeque<oneshot::Receiver<ApplyResult>>,
         batches: &mut BTreeMap<NodeId, Vec<Envelope>>,
     ) -> bool {
         while let Some(output) = self.partition.poll_output() {
@@ -272,17 +346,24 @@ impl Actor {
                     let now = self.env.clock.now();
                     self.transfers.start(now, to, &message, &mut self.transfer_events);
                 }
-                Output::SaveSnapshot(meta) => self.save_snapshot(meta),
-                Output::Compact { write, snapshot } => {
-                    let store = self.transfers.store().clone();
-                    let done = Box::new(move |result: Result<(), _>| {
-                        // Older snapshots are superseded once the log says this one is current.
-                        if result.is_ok() {
-                            if let Err(error) = store.remove_older_than(snapshot.position.index) {
-                                tracing::warn!(%error, "cannot delete superseded snapshots");
-                            }
-                        }
-                    });
+                Output::SaveSnapshot => self.save_snapshot(),
+                Output::Apply(entries) => {
+                    if !self.apply(ApplyWork::Entries(entries), applying).await {
+                        return false;
+                    }
+                }
+                Output::InstallSnapshot(meta) => {
+                    let files = self.transfers.store().clone();
+                    if !self.apply(ApplyWork::Install { meta, files }, applying).await {
+                        return false;
+                    }
+                }
+                Output::Read { request, query } => {
+                    let response = self.read(&query);
+                    self.respond(replies, request, response);
+                }
+                Output::Compact(write) => {
+                    let done = Box::new(|_: Result<(), PersistError>| {});
                     if self.persist.send(PersistRequest { write, done }).await.is_err() {
                         return false;
                     }
@@ -306,25 +387,70 @@ impl Actor {
                         router.reconcile(partition, &info);
                     }
                 }
-                Output::DirectoryReady { partitions } => {
-                    if let Some(router) = self.router.upgrade() {
-                        for (partition, info) in &partitions {
-                            router.reconcile(*partition, info);
+                Output::DirectoryReady => {
+                    let partitions =
+                        self.store.read().and_then(|rows| store::read::directory_partitions(&rows, DIRECTORY));
+                    match (partitions, self.router.upgrade()) {
+                        (Ok(partitions), Some(router)) => {
+                            for (partition, info) in &partitions {
+                                router.reconcile(*partition, info);
+                            }
                         }
+                        (Err(error), _) => tracing::error!(%error, "cannot read the directory from the store"),
+                        (Ok(_), None) => {}
                     }
                 }
-                Output::Respond { request, response } => {
-                    if let Some(pending) = replies.remove(&request) {
-                        if pending.is_write && matches!(response, Response::Written(_)) {
-                            let elapsed = self.env.clock.now().saturating_duration_since(pending.arrived);
-                            self.env.metrics.commit_latency_seconds.observe(elapsed.as_secs_f64());
-                        }
-                        // The caller may have stopped waiting; that is its business.
-                        let _ = pending.reply.send(response);
-                    }
-                }
+                Output::Respond { request, response } => self.respond(replies, request, response),
             }
         }
         true
     }
+
+    /// Hands work to the store's applier (waiting while its queue is full); its answer comes
+    /// back in order through `applying`. False if the applier is gone (the node is stopping).
+    async fn apply(&mut self, work: ApplyWork, applying: &mut VecDeque<oneshot::Receiver<ApplyResult>>) -> bool {
+        let (done, answer) = oneshot::channel();
+        let request = ApplyRequest { partition: self.partition.id(), work, durable: self.durable.clone(), done };
+        if self.applier.send(request).await.is_err() {
+            return false;
+        }
+        applying.push_back(answer);
+        true
+    }
+
+    fn respond(&self, replies: &mut BTreeMap<RequestId, Pending>, request: RequestId, response: Response) {
+        if let Some(pending) = replies.remove(&request) {
+            if pending.is_write && matches!(response, Response::Written(_)) {
+                let elapsed = self.env.clock.now().saturating_duration_since(pending.arrived);
+                self.env.metrics.commit_latency_seconds.observe(elapsed.as_secs_f64());
+            }
+            // The caller may have stopped waiting; that is its business.
+            let _ = pending.reply.send(response);
+        }
+    }
+}
+
+/// Exports `partition`'s state from one read transaction into a snapshot file; returns its
+/// position and membership.
+fn save_snapshot(
+    store: &Store,
+    files: &SnapshotStore,
+    partition: PartitionId,
+    metrics: &crate::metrics::NodeMetrics,
+) -> SnapshotSaved {
+    let rows = store.read().map_err(|e| e.to_string())?;
+    let record = rows
+        .partition(partition)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("partition {partition} has applied nothing yet"))?;
+    let meta = SnapshotMeta { position: record.applied, conf_state: record.conf_state };
+    let size_bytes =
+        files.save(&meta, |out| store::snapshot::export(&rows, partition, out)).map_err(|e| e.to_string())?;
+    // The newest file is the one raft-rs sends; older ones serve no one.
+    if let Err(error) = files.remove_older_than(meta.position.index) {
+        tracing::warn!(%partition, %error, "cannot delete superseded snapshots");
+    }
+    tracing::info!(%partition, position = ?meta.position, size_bytes, "snapshot saved");
+    metrics.snapshots_saved.inc();
+    Ok(meta)
 }

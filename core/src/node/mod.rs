@@ -7,11 +7,13 @@
 //! code runs on tokio and on madsim.
 
 mod actor;
+mod applier;
 mod persisted;
 mod router;
 mod service;
 
 pub use actor::PartitionInput;
+pub use applier::{run_applier, ApplierOptions, ApplyDone, ApplyRequest, ApplyResult, ApplyWork, DurableSignal};
 pub use router::{RouteError, Router, RouterConfig, RouterStats};
 pub use service::{
     place, ApiError, MembersAction, NodeService, PartitionView, ReadAnswer, RoutedRepository, DIRECTORY,

@@ -2,14 +2,16 @@
 //! requests to their mailboxes.
 
 use super::actor::{Actor, PartitionInput};
+use super::applier::{ApplyRequest, DurableSignal};
 use super::persisted::PersistSignal;
 use crate::env::{Env, Envelope, Transport};
 use crate::ids::{NodeId, PartitionId, PeerId};
 use crate::limits::MAILBOX_MESSAGES_MAX;
-use crate::partition::{Partition, PartitionConfig, PartitionStatus, Request, Response};
-use crate::persist::{PersistRequest, RecoveredPartition, SnapshotMeta};
+use crate::partition::{Partition, PartitionConfig, PartitionStatus, Request, Response, StoredState};
+use crate::persist::{PersistRequest, RecoveredPartition};
 use crate::snapshot::{SnapshotStore, Transfers, DIRECTORY_AUTHORITY};
-use crate::state_machine::{PartitionInfo, StateMachine};
+use crate::state_machine::PartitionInfo;
+use crate::store::Store;
 use futures::channel::{mpsc, oneshot};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,9 +25,8 @@ pub struct RouterConfig {
     pub tick_interval: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
-    /// When replicas save a snapshot and compact their log (see `PartitionConfig`).
-    pub snapshot_entries: u64,
-    pub snapshot_bytes: u64,
+    /// How far behind a live follower a leader holds back compacting (see `PartitionConfig`).
+    pub log_retain_entries: u64,
 }
 
 /// Why a request did not reach a partition.
@@ -66,6 +67,10 @@ pub struct Router {
     /// Taken by `stop_all`, so that the log writer sees its queue close once every actor has
     /// stopped.
     persist: Mutex<Option<mpsc::Sender<PersistRequest>>>,
+    /// The node's state store, and the queue of its one writer (taken by `stop_all`, like
+    /// `persist`).
+    store: Arc<Store>,
+    applier: Mutex<Option<mpsc::Sender<ApplyRequest>>>,
     mailboxes: Mutex<BTreeMap<PartitionId, Hosted>>,
     /// Replicas being deleted, until their removal is durable; `Some((authority, peer))`:
     /// this node became a member again meanwhile (as `peer`), so a new replica starts once the
@@ -81,12 +86,16 @@ impl Router {
         env: Env,
         transport: Arc<dyn Transport>,
         persist: mpsc::Sender<PersistRequest>,
+        store: Arc<Store>,
+        applier: mpsc::Sender<ApplyRequest>,
     ) -> Arc<Router> {
         Arc::new_cyclic(|this| Router {
             config,
             env,
             transport,
             persist: Mutex::new(Some(persist)),
+            store,
+            applier: Mutex::new(Some(applier)),
             mailboxes: Mutex::new(BTreeMap::new()),
             retiring: Mutex::new(BTreeMap::new()),
             stats: RouterStats::default(),
@@ -100,6 +109,11 @@ impl Router {
 
     pub fn env(&self) -> &Env {
         &self.env
+    }
+
+    /// The node's state store, for reads.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     pub fn tick_interval(&self) -> Duration {
@@ -117,12 +131,12 @@ impl Router {
             heartbeat_ticks: self.config.heartbeat_ticks,
             seed: self.env.seed,
             observer: self.env.observer.clone(),
-            snapshot_entries: self.config.snapshot_entries,
-            snapshot_bytes: self.config.snapshot_bytes,
+            log_retain_entries: self.config.log_retain_entries,
         }
     }
 
-    fn store(&self, authority: &str, partition: PartitionId) -> SnapshotStore {
+    /// Where a replica of `partition` created for `authority` keeps its snapshot files.
+    fn files(&self, authority: &str, partition: PartitionId) -> SnapshotStore {
         let authority = if partition == crate::ids::DIRECTORY { DIRECTORY_AUTHORITY } else { authority };
         SnapshotStore::new(self.env.disk.clone(), authority, partition)
     }
@@ -146,7 +160,7 @@ impl Router {
         if campaign {
             replica.campaign(now);
         }
-        let mailbox = self.start(replica, self.store(authority, partition), true)?;
+        let mailbox = self.start(replica, self.files(authority, partition), true)?;
         mailboxes.insert(partition, Hosted { mailbox, peer });
         Ok(())
     }
@@ -169,7 +183,7 @@ impl Router {
             (Some(peer), None) => {
                 let now = self.env.clock.now();
                 let replica = Partition::create_empty(self.partition_config(partition, peer), now);
-                match self.start(replica, self.store(&info.authority, partition), true) {
+                match self.start(replica, self.files(&info.authority, partition), true) {
                     Ok(mailbox) => {
                         mailboxes.insert(partition, Hosted { mailbox, peer });
                         tracing::info!(node = %me, %partition, %peer, "joined partition as a new replica");
@@ -222,14 +236,12 @@ impl Router {
         }
     }
 
-    /// Starts a replica from recovered state: the log's, and the state machine restored from
-    /// `snapshot` (in `store`) if the log was compacted.
+    /// Starts a replica from recovered state: the log's, and what the store holds.
     pub fn open_partition(
         &self,
         partition: PartitionId,
         recovered: RecoveredPartition,
-        state_machine: StateMachine,
-        snapshot: Option<SnapshotMeta>,
+        stored: StoredState,
         store: SnapshotStore,
     ) -> Result<(), RouteError> {
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
@@ -247,7 +259,7 @@ impl Router {
         let member = conf.members().into_iter().map(PeerId).find(|p| p.node() == me);
         let peer = recorded.or(member).unwrap_or(PeerId::new(me, 0));
         let config = self.partition_config(partition, peer);
-        let replica = Partition::open(config, recovered, state_machine, snapshot, now);
+        let replica = Partition::open(config, recovered, stored, now);
         let mailbox = self.start(replica, store, recorded.is_none())?;
         mailboxes.insert(partition, Hosted { mailbox, peer });
         Ok(())
@@ -258,7 +270,7 @@ impl Router {
     pub fn store_for_recovered(&self, partition: PartitionId, authority: &str) -> SnapshotStore {
         match SnapshotStore::find(self.env.disk.clone(), partition) {
             Ok(Some(store)) => store,
-            _ => self.store(authority, partition),
+            _ => self.files(authority, partition),
         }
     }
 
@@ -275,6 +287,7 @@ impl Router {
             store.write_peer(peer).map_err(|e| RouteError::Disk { partition: id, reason: e.to_string() })?;
         }
         let persist = self.persist.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
+        let applier = self.applier.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let (tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
         let seed = self.env.seed ^ self.env.clock.now().as_nanos();
         let transfers = Transfers::new(id, self.config.node, store, self.env.metrics.clone(), seed);
@@ -285,6 +298,9 @@ impl Router {
             transport: self.transport.clone(),
             persist,
             signal: PersistSignal::new(),
+            store: self.store.clone(),
+            applier,
+            durable: DurableSignal::default(),
             router: self.this.clone(),
             transfers,
             transfer_events: Default::default(),
@@ -368,6 +384,7 @@ impl Router {
     /// are gone, the writer makes what is queued durable and ends.
     pub fn stop_all(&self) {
         self.persist.lock().expect("not poisoned").take();
+        self.applier.lock().expect("not poisoned").take();
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
         for (_, Hosted { mut mailbox, .. }) in std::mem::take(&mut *mailboxes) {
             // A full mailbox: closing the channel stops the actor all the same.

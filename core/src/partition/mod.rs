@@ -1,10 +1,14 @@
-//! One partition's replica as a plain struct (sans-IO): it owns a Raft node and the state
-//! machine, is fed events through `handle_*`, and is drained through `poll_*`.
+//! One partition's replica as a plain struct (sans-IO): it owns a Raft node and decides what
+//! its state machine must do, is fed events through `handle_*`, and is drained through
+//! `poll_*`. The state machine itself lives in the node's store (`crate::store`): committed
+//! entries leave as `Output::Apply` and their results come back through `handle_applied`;
+//! reads leave as `Output::Read` once they may be answered.
 //!
 //! The driver (the actor in `node`, or a test) follows one loop:
-//! 1. feed an input: `handle_message`, `handle_tick`, `handle_request`, `handle_persisted`;
+//! 1. feed an input: `handle_message`, `handle_tick`, `handle_request`, `handle_persisted`,
+//!    `handle_applied`, `handle_store_durable`, ...;
 //! 2. drain `poll_output` until it returns `None`, carrying each output out in order
-//!    (`Persist` outputs must become durable in that order);
+//!    (`Persist` outputs must become durable in that order, `Apply` outputs applied in it);
 //! 3. sleep until `poll_timeout` (none means nothing will happen until the next input).
 //!
 //! A `Partition` never reads a clock, touches a disk or a socket, or draws unseeded
@@ -29,7 +33,8 @@ use crate::persist::{
     ConfState, EntryKind, HardState, LogEntry, LogPosition, LogWrite, PersistError, RecoveredPartition, SnapshotMeta,
 };
 use crate::raft_logger::raft_logger;
-use crate::state_machine::{self, Command, ReadQuery, StateMachine};
+use crate::state_machine::{self, Command, ReadQuery};
+use crate::store::Applied;
 use forwarded::Forwarded;
 use proposals::Proposals;
 use raft::{RawNode, StateRole};
@@ -56,10 +61,10 @@ pub struct PartitionConfig {
     pub seed: u64,
     /// Watches applies and elections (simulation checkers); `None` in production.
     pub observer: Option<Arc<dyn Observer>>,
-    /// A snapshot is saved (and the log compacted through it) once this many entries, or
-    /// this many bytes of entries, were applied since the last one.
-    pub snapshot_entries: u64,
-    pub snapshot_bytes: u64,
+    /// The log is compacted through what the store has made durable; a leader holds a
+    /// compaction back (for a while) for a live follower at most this many entries behind,
+    /// which would otherwise need a whole snapshot for want of a few entries.
+    pub log_retain_entries: u64,
 }
 
 impl PartitionConfig {
@@ -73,8 +78,7 @@ impl PartitionConfig {
             heartbeat_ticks: 2,
             seed,
             observer: None,
-            snapshot_entries: 10_000,
-            snapshot_bytes: 64 * 1024 * 1024,
+            log_retain_entries: 10_000,
         }
     }
 }
@@ -108,18 +112,27 @@ pub struct PartitionStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_index: u64,
-    /// The newest snapshot this replica holds (0: none); the log starts after it.
-    pub snapshot_index: u64,
+    /// The last entry compacted away: the log starts after it.
+    pub compacted_index: u64,
+    /// The store has made its state durable through here.
+    pub durable_index: u64,
     pub conf_state: ConfState,
     /// Filled on the leader only.
     pub progress: Vec<ReplicaProgress>,
+}
+
+/// What the store holds of a partition when its replica opens: how far it has applied, and
+/// the membership as of then (`None` fields of a partition the store has never applied).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredState {
+    pub applied: LogPosition,
+    pub conf_state: ConfState,
 }
 
 /// A replica of one partition. See the module documentation for how to drive it.
 pub struct Partition {
     config: PartitionConfig,
     raw: RawNode<PartitionStorage>,
-    state_machine: StateMachine,
     proposals: Proposals,
     forwarded: Forwarded,
     /// Ticks since this replica started; times out forwarded writes.
@@ -142,23 +155,34 @@ pub struct Partition {
     /// whose directory changes must not be acted on again (see `Output::DirectoryReady`).
     replayed_through: u64,
     directory_ready: bool,
-    /// Bytes of entries applied since the newest snapshot (an estimate after a restart).
-    applied_bytes_since_snapshot: u64,
+    /// The store has applied every entry through here (`handle_applied`).
+    applied: LogPosition,
+    /// Committed entries were handed to the store (`Output::Apply`) through this index.
+    applying: u64,
+    /// `Output::Apply` batches handed out and not yet answered.
+    apply_batches_in_flight: usize,
+    /// The store has made its state durable through here (`handle_store_durable`): the log
+    /// may be compacted up to it, and no further.
+    store_durable: LogPosition,
     /// A `SaveSnapshot` was handed out and not yet reported saved or failed.
     saving_snapshot: bool,
     /// After a failed save, the tick before which no new one is tried.
     snapshot_retry_tick: u64,
-    /// A snapshot received whole, waiting for Raft to accept it in a Ready.
-    staged_snapshot: Option<(SnapshotMeta, StateMachine)>,
-    /// A saved snapshot whose compaction waits (on a leader) for followers just behind it,
-    /// until `compaction_deadline_tick` at the latest.
-    saved_uncompacted: Option<SnapshotMeta>,
-    compaction_deadline_tick: u64,
+    /// A snapshot received whole, waiting for Raft to accept it.
+    staged_snapshot: Option<SnapshotMeta>,
+    /// A snapshot Raft accepted, being installed into the store (`Output::InstallSnapshot`);
+    /// no Ready is handled until it is (`handle_snapshot_installed`).
+    installing: Option<SnapshotMeta>,
+    /// A leader holding a compaction back for a follower just behind gives up at this tick.
+    compaction_deadline_tick: Option<u64>,
+    /// A snapshot the store took, waiting for the Ready that records it in the log.
+    installed_snapshot: Option<SnapshotMeta>,
 }
 
 impl Partition {
     /// Creates a brand-new replica of a partition whose initial voters are `voters` (the same
-    /// list on every replica). Its first output persists that membership.
+    /// list on every replica). Its first output persists that membership; the store applies
+    /// it like any committed entry.
     pub fn create(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
         assert!(voters.contains(&config.node), "a partition is created on one of its voters");
         assert_eq!(config.peer, PeerId::new(config.node, 0), "initial members are incarnation 0");
@@ -170,11 +194,7 @@ impl Partition {
             entries: bootstrap.clone(),
             ..RecoveredPartition::default()
         };
-        let mut state_machine = StateMachine::new();
-        for entry in &bootstrap {
-            state_machine.apply_noop(entry.index);
-        }
-        let mut partition = Partition::open(config, recovered, state_machine, None, now);
+        let mut partition = Partition::open(config, recovered, StoredState::default(), now);
         partition.persist_metadata(bootstrap);
         partition
     }
@@ -182,32 +202,52 @@ impl Partition {
     /// A replica that knows nothing yet, on a node newly added to the partition: the leader
     /// brings it its log (membership included) from the first entry, or a snapshot.
     pub fn create_empty(config: PartitionConfig, now: Instant) -> Partition {
-        Partition::open(config, RecoveredPartition::default(), StateMachine::new(), None, now)
+        Partition::open(config, RecoveredPartition::default(), StoredState::default(), now)
     }
 
-    /// Reopens a replica from what the log recovered and a state machine restored at
-    /// `state_machine.applied_index()` (from `snapshot`, the snapshot the log was compacted
-    /// through, if any); committed entries after that are applied again.
+    /// Reopens a replica from what the log recovered and what the store holds: committed
+    /// entries after the store's applied index are applied again.
+    ///
+    /// The store may be ahead of the log: a snapshot installed into the store whose log record
+    /// was lost to a crash. Then the log starts after the store's position, as if that record
+    /// had been written, and it is written now.
     pub fn open(
         config: PartitionConfig,
-        recovered: RecoveredPartition,
-        state_machine: StateMachine,
-        snapshot: Option<SnapshotMeta>,
+        mut recovered: RecoveredPartition,
+        stored: StoredState,
         now: Instant,
     ) -> Partition {
         assert!(config.election_ticks > config.heartbeat_ticks, "election outlasts heartbeats");
-        let applied = state_machine.applied_index();
-        assert!(applied >= recovered.compacted.index, "the state machine covers every entry compacted away");
-        assert!(applied <= recovered.hard_state.commit.max(recovered.compacted.index));
-        match &snapshot {
-            Some(meta) => {
-                assert_eq!(meta.position, recovered.compacted, "the log was compacted through its snapshot");
-                assert_eq!(applied, meta.position.index, "the state machine is the snapshot's");
-            }
-            None => assert_eq!(recovered.compacted.index, 0, "a compacted log comes with its snapshot"),
-        }
+        let applied = stored.applied;
+        assert!(
+            applied.index >= recovered.compacted.index,
+            "partition {}: the log is compacted through {:?}, past what the store made durable ({applied:?})",
+            config.partition,
+            recovered.compacted
+        );
+        let log_holds_applied = applied.index == recovered.compacted.index
+            || recovered
+                .entries
+                .get((applied.index - recovered.compacted.index - 1) as usize)
+                .is_some_and(|e| e.term == applied.term);
+        let snapshot_record = if log_holds_applied {
+            assert!(
+                applied.index > recovered.compacted.index || applied.term == recovered.compacted.term,
+                "the store's position agrees with the log's compaction"
+            );
+            None
+        } else {
+            tracing::info!(partition = %config.partition, ?applied, "the store is ahead of the log: it starts after the store");
+            recovered.entries.clear();
+            recovered.compacted = applied;
+            recovered.snapshot = Some(applied);
+            recovered.conf_state = stored.conf_state.clone();
+            Some((applied, stored.conf_state.clone()))
+        };
+        // The store applies only committed entries: whatever it applied is committed.
+        recovered.hard_state.commit = recovered.hard_state.commit.max(applied.index);
         let replayed_through = recovered.hard_state.commit;
-        let storage = PartitionStorage::new(&recovered, snapshot);
+        let storage = PartitionStorage::new(&recovered);
         let raft_config = raft::Config {
             id: config.peer.0,
             election_tick: config.election_ticks,
@@ -216,10 +256,11 @@ impl Partition {
             // `rng` whenever raft resets it (see `rejitter`).
             min_election_tick: config.election_ticks,
             max_election_tick: 2 * config.election_ticks,
-            applied,
+            applied: applied.index,
             max_size_per_msg: limits::RAFT_MESSAGE_ENTRIES_SIZE_BYTES_MAX,
             max_inflight_msgs: limits::RAFT_INFLIGHT_MESSAGES_MAX,
             max_uncommitted_size: limits::RAFT_UNCOMMITTED_SIZE_BYTES_MAX,
+            max_committed_size_per_ready: limits::APPLY_BATCH_BYTES_MAX,
             check_quorum: true,
             pre_vote: true,
             ..raft::Config::default()
@@ -234,7 +275,6 @@ impl Partition {
             observed: (u64::MAX, StateRole::Follower, u64::MAX),
             config,
             raw,
-            state_machine,
             proposals: Proposals::default(),
             forwarded: Forwarded::default(),
             ticks: 0,
@@ -247,13 +287,24 @@ impl Partition {
             leading_term: None,
             replayed_through,
             directory_ready: false,
-            applied_bytes_since_snapshot: 0,
+            applied,
+            applying: applied.index,
+            apply_batches_in_flight: 0,
+            store_durable: applied,
             saving_snapshot: false,
             snapshot_retry_tick: 0,
             staged_snapshot: None,
-            saved_uncompacted: None,
-            compaction_deadline_tick: 0,
+            installing: None,
+            compaction_deadline_tick: None,
+            installed_snapshot: None,
         };
+        if let Some((position, conf_state)) = snapshot_record {
+            let mut write = LogWrite::new(partition.config.partition);
+            write.snapshot = Some((position, conf_state));
+            write.hard_state = Some(partition.raw.store().hard_state());
+            partition.unpersisted.push_back((0, Vec::new()));
+            partition.outputs.push_back(Output::Persist { ready_number: 0, write });
+        }
         partition.announce_directory_if_replayed();
         partition.rejitter();
         partition
@@ -294,13 +345,19 @@ impl Partition {
         self.raw.raft.term
     }
 
-    pub fn state_machine(&self) -> &StateMachine {
-        &self.state_machine
+    /// The last entry the store has applied.
+    pub fn applied(&self) -> LogPosition {
+        self.applied
     }
 
     /// Readies handed out as `Persist` and not yet reported durable.
     pub fn unpersisted_readies(&self) -> usize {
         self.unpersisted.len()
+    }
+
+    /// `Apply` batches handed out and not yet answered.
+    pub fn apply_batches_in_flight(&self) -> usize {
+        self.apply_batches_in_flight
     }
 
     pub fn is_failed(&self) -> bool {
@@ -339,9 +396,10 @@ impl Partition {
             term: raft.term,
             leader: self.leader(),
             commit_index: raft.raft_log.committed,
-            applied_index: self.state_machine.applied_index(),
+            applied_index: self.applied.index,
             last_index: raft.raft_log.last_index(),
-            snapshot_index: self.raw.store().snapshot_meta().map_or(0, |m| m.position.index),
+            compacted_index: self.raw.store().compacted().index,
+            durable_index: self.store_durable.index,
             conf_state,
             progress,
         }
@@ -377,35 +435,58 @@ impl Partition {
         }
     }
 
-    /// A snapshot arrived whole and is installed as a file: `message` is the leader's
-    /// `MsgSnapshot` for it, `state` the state machine it holds. Returns whether Raft took it
-    /// (it refuses one no newer than what this replica has committed); if it did, the state
-    /// replaces this replica's once its Ready is handled.
+    /// A snapshot arrived whole and checked as a file: `message` is the leader's `MsgSnapshot`
+    /// for it. Returns whether Raft took it (it refuses one no newer than what this replica has
+    /// committed); if it did, `Output::InstallSnapshot` asks the store to take the file's
+    /// state, and nothing else happens to the log until `handle_snapshot_installed`.
     pub fn handle_snapshot_received(
         &mut self,
         now: Instant,
         message: raft::eraftpb::Message,
         meta: SnapshotMeta,
-        state: StateMachine,
     ) -> bool {
-        if message.to != self.config.peer.0 {
+        if message.to != self.config.peer.0 || self.fatal.is_some() || self.installing.is_some() {
             return false;
         }
         let metadata = message.get_snapshot().get_metadata();
         let index = metadata.index;
         assert_eq!((metadata.index, metadata.term), (meta.position.index, meta.position.term));
-        assert_eq!(state.applied_index(), meta.position.index, "the state is the snapshot's");
-        if self.fatal.is_some() {
-            return false;
-        }
-        self.staged_snapshot = Some((meta, state));
+        self.staged_snapshot = Some(meta);
         self.step(message);
         let accepted = self.raw.raft.snap().is_some_and(|s| s.get_metadata().index == index);
-        if !accepted {
-            self.staged_snapshot = None;
+        let staged = self.staged_snapshot.take().expect("staged above");
+        if accepted {
+            assert!(staged.position.index > self.applying, "a snapshot Raft takes is ahead of what is applied");
+            self.installing = Some(staged.clone());
+            self.outputs.push_back(Output::InstallSnapshot(staged));
         }
         self.after_input(now);
         accepted
+    }
+
+    /// The store took (`Ok`) the snapshot `Output::InstallSnapshot` asked for, durably: the
+    /// replica's state is the snapshot's, and the log records it next. A failure stops the
+    /// replica (Raft has accepted the snapshot; there is no going back to the old log).
+    pub fn handle_snapshot_installed(&mut self, now: Instant, result: Result<(), String>) {
+        let meta = self.installing.take().expect("a snapshot was being installed");
+        if let Err(reason) = result {
+            tracing::error!(partition = %self.config.partition, %reason, "partition stopped: installing a snapshot failed");
+            self.stop(PersistError(Arc::new(std::io::Error::other(format!("installing a snapshot: {reason}")))));
+            return;
+        }
+        tracing::info!(partition = %self.config.partition, node = %self.config.node, position = ?meta.position,
+            "snapshot installed in the store");
+        if let Some(observer) = &self.config.observer {
+            observer.snapshot_installed(self.config.node, self.config.partition, meta.position.index);
+        }
+        assert_eq!(self.apply_batches_in_flight, 0, "the store applies in order: earlier batches came back first");
+        self.applied = meta.position;
+        self.applying = meta.position.index;
+        self.store_durable = self.store_durable.max(meta.position);
+        self.conf_state_dirty = false;
+        self.installed_snapshot = Some(meta);
+        self.serve_ready_reads();
+        self.after_input(now);
     }
 
     /// A snapshot transfer to `to` ended: Raft resumes replicating to it (after a failure,
@@ -422,17 +503,9 @@ impl Partition {
         self.after_input(now);
     }
 
-    /// The state a `SaveSnapshot` asked to save: a copy that shares the objects (cheap), to be
-    /// written while this replica goes on. Take it before any other input, while the state is
-    /// still the one the output describes.
-    pub fn snapshot_view(&self, meta: &SnapshotMeta) -> StateMachine {
-        assert!(self.saving_snapshot, "a snapshot was asked for");
-        assert_eq!(self.state_machine.applied_index(), meta.position.index, "the state is still the snapshot's");
-        self.state_machine.clone()
-    }
-
-    /// The snapshot a `SaveSnapshot` asked for is durable (`Ok`) or could not be written.
-    /// Once saved, the log is compacted through it.
+    /// The snapshot a `SaveSnapshot` asked for is written (`Ok`, with the position and
+    /// membership of the state it holds) or could not be. A saved snapshot is what raft-rs
+    /// sends followers that need one.
     pub fn handle_snapshot_saved(&mut self, now: Instant, result: Result<SnapshotMeta, String>) {
         assert!(self.saving_snapshot, "a snapshot was asked for");
         self.saving_snapshot = false;
@@ -447,57 +520,90 @@ impl Partition {
         if self.fatal.is_some() {
             return;
         }
-        if meta.position.index <= self.raw.store().compacted().index {
-            return; // A snapshot received while this one was written overtook it.
+        let held = self.raw.store().snapshot_meta().map_or(0, |m| m.position.index);
+        if meta.position.index > held {
+            self.raw.mut_store().set_snapshot(meta);
         }
-        self.applied_bytes_since_snapshot = 0;
-        self.raw.mut_store().set_snapshot(meta.clone());
-        if self.saved_uncompacted.is_none() {
-            // The earliest deadline stands: saves coming faster than it must not hold
-            // compaction back for ever.
-            self.compaction_deadline_tick =
-                self.ticks + COMPACTION_WAIT_TICKS_PER_ELECTION * self.config.election_ticks as u64;
-        }
-        self.saved_uncompacted = Some(meta);
         self.after_input(now);
     }
 
-    /// Compacts the log through the saved snapshot, unless (on a leader) a live follower is
-    /// just behind it: it would need the whole snapshot for want of a few entries, so the
-    /// compaction waits for it, up to a deadline. A follower further behind than a snapshot's
-    /// worth of entries is not waited for.
-    fn maybe_compact(&mut self) {
-        let Some(meta) = &self.saved_uncompacted else { return };
-        let index = meta.position.index;
-        if index <= self.raw.store().compacted().index {
-            self.saved_uncompacted = None;
+    /// The store applied `applied` (the next entries handed out, in order): answer their
+    /// proposals and forwarded writes, act on directory changes, serve reads now due.
+    pub fn handle_applied(&mut self, now: Instant, applied: Vec<Applied>) {
+        assert!(self.apply_batches_in_flight > 0, "applied entries were handed out");
+        self.apply_batches_in_flight -= 1;
+        if self.fatal.is_some() {
             return;
         }
-        if self.is_leader() && self.ticks < self.compaction_deadline_tick {
-            let floor = index.saturating_sub(self.config.snapshot_entries);
+        for Applied { position, outcome } in applied {
+            assert_eq!(position.index, self.applied.index + 1, "entries come back applied in order, once");
+            self.applied = position;
+            self.settle_applied(position, outcome);
+        }
+        self.advance_raft_applied();
+        self.serve_ready_reads();
+        self.announce_directory_if_replayed();
+        self.after_input(now);
+    }
+
+    /// The store failed to apply: nothing it would have answered can be; the replica stops.
+    pub fn handle_apply_failed(&mut self, error: PersistError) {
+        tracing::error!(partition = %self.config.partition, %error, "partition stopped: the store failed");
+        self.apply_batches_in_flight = self.apply_batches_in_flight.saturating_sub(1);
+        self.stop(error);
+    }
+
+    /// The store's state is durable through `position`: the log may drop what it covers.
+    pub fn handle_store_durable(&mut self, now: Instant, position: LogPosition) {
+        if self.fatal.is_some() || position.index <= self.store_durable.index {
+            return;
+        }
+        assert!(position.index <= self.applied.index, "the store makes durable only what it applied");
+        self.store_durable = position;
+        self.after_input(now);
+    }
+
+    /// Compacts the log through what the store has made durable, unless (on a leader) a live
+    /// follower is just behind it: it would need a whole snapshot for want of a few entries,
+    /// so the compaction waits for it, up to a deadline. A follower further behind than
+    /// `log_retain_entries` is not waited for.
+    fn maybe_compact(&mut self) {
+        let compacted = self.raw.store().compacted();
+        let mut target = self.store_durable;
+        if target.index <= compacted.index || self.installing.is_some() {
+            return;
+        }
+        if self.is_leader() {
+            let floor = target.index.saturating_sub(self.config.log_retain_entries);
             let me = self.config.peer.0;
-            let waiting = self
+            let behind = self
                 .raw
                 .raft
                 .prs()
                 .iter()
-                .any(|(&id, pr)| id != me && pr.recent_active && (floor..index).contains(&pr.matched));
-            if waiting {
-                return;
+                .filter(|(&id, pr)| id != me && pr.recent_active && (floor..target.index).contains(&pr.matched))
+                .map(|(_, pr)| pr.matched)
+                .min();
+            if let Some(matched) = behind {
+                let deadline = *self
+                    .compaction_deadline_tick
+                    .get_or_insert(self.ticks + COMPACTION_WAIT_TICKS_PER_ELECTION * self.config.election_ticks as u64);
+                if self.ticks < deadline {
+                    // Keep what the follower still needs; compact the rest.
+                    if matched <= compacted.index {
+                        return;
+                    }
+                    let term = self.raw.raft.raft_log.term(matched).expect("a held entry's term is known");
+                    target = LogPosition { index: matched, term };
+                }
+            } else {
+                self.compaction_deadline_tick = None;
             }
         }
-        let meta = self.saved_uncompacted.take().expect("checked above");
-        let position = self.raw.mut_store().compact_to_snapshot();
-        assert_eq!(position, meta.position, "the held snapshot is the one saved last");
+        self.raw.mut_store().compact_to(target);
         let mut write = LogWrite::new(self.config.partition);
-        write.compact_through = Some(meta.position);
-        self.outputs.push_back(Output::Compact { write, snapshot: meta });
-    }
-
-    /// The newest snapshot saved, compacted through or not.
-    fn newest_snapshot_index(&self) -> u64 {
-        let compacted = self.raw.store().compacted().index;
-        self.saved_uncompacted.as_ref().map_or(compacted, |m| m.position.index.max(compacted))
+        write.compact_through = Some(target);
+        self.outputs.push_back(Output::Compact(write));
     }
 
     /// Time passed. Ticks Raft once if a tick is due.
@@ -526,7 +632,7 @@ impl Partition {
         match body {
             Request::Write(command) => self.propose(request, command, false),
             Request::ForwardedWrite(command) => self.propose(request, command, true),
-            Request::Read { query, consistency: ReadConsistency::Stale } => self.serve_read(request, &query),
+            Request::Read { query, consistency: ReadConsistency::Stale } => self.serve_read(request, query),
             Request::Read { query, consistency: ReadConsistency::Linearizable } => {
                 self.read_linearizable(request, query)
             }
@@ -574,6 +680,11 @@ impl Partition {
     /// every waiting request fails.
     pub fn handle_persist_failed(&mut self, error: PersistError) {
         tracing::error!(partition = %self.config.partition, %error, "partition stopped: log write failed");
+        self.stop(error);
+    }
+
+    /// Stops the replica for good: every waiting request fails with `error`.
+    fn stop(&mut self, error: PersistError) {
         for request in self.proposals.drain().into_iter().chain(self.forwarded.drain()) {
             self.respond(request, Response::Failed(error.clone()));
         }
@@ -612,32 +723,16 @@ impl Partition {
         self.maybe_save_snapshot();
     }
 
-    /// Asks for a snapshot of the applied state once enough was applied since the last one.
-    /// Asked at the end of an input so that the state stays as described until the driver
-    /// writes it.
+    /// Saves a snapshot of the store's state when raft-rs asked for one that the held one
+    /// cannot serve (none yet, too old, or from before the receiver was a member).
     fn maybe_save_snapshot(&mut self) {
         if self.saving_snapshot || self.fatal.is_some() || self.ticks < self.snapshot_retry_tick {
             return;
         }
-        let applied = self.state_machine.applied_index();
-        let since = self.newest_snapshot_index();
-        // Asked for by raft-rs for a follower; cleared even when nothing new was applied (the
-        // snapshot held then serves, unless the follower joined after it: see below).
-        let wanted = self.raw.store().take_snapshot_wanted();
-        if applied <= since {
-            return;
+        if self.raw.store().take_snapshot_wanted() {
+            self.saving_snapshot = true;
+            self.outputs.push_back(Output::SaveSnapshot);
         }
-        let due = wanted
-            || applied - since >= self.config.snapshot_entries
-            || self.applied_bytes_since_snapshot >= self.config.snapshot_bytes;
-        if !due {
-            return;
-        }
-        let term = self.raw.raft.raft_log.term(applied).expect("an applied entry's term is known");
-        let conf_state = (&self.raw.raft.prs().conf().to_conf_state()).into();
-        let meta = SnapshotMeta { position: LogPosition { index: applied, term }, conf_state };
-        self.saving_snapshot = true;
-        self.outputs.push_back(Output::SaveSnapshot(meta));
     }
 
     /// On the directory's replica, once history is replayed: one `DirectoryReady`.
@@ -645,12 +740,11 @@ impl Partition {
         if self.config.partition != crate::ids::DIRECTORY || self.directory_ready {
             return;
         }
-        if self.state_machine.applied_index() < self.replayed_through {
+        if self.applied.index < self.replayed_through {
             return;
         }
         self.directory_ready = true;
-        let partitions = self.state_machine.directory().partitions().map(|(p, info)| (p, info.clone())).collect();
-        self.outputs.push_back(Output::DirectoryReady { partitions });
+        self.outputs.push_back(Output::DirectoryReady);
     }
 
     /// Whether an entry at `index` is live (not a replay of what was committed before start).
@@ -887,7 +981,7 @@ impl Partition {
         }
         if crate::bugs::is_active(crate::bugs::Bug::StaleRead) {
             // Planted: a leader that may already be deposed answers from its own state.
-            self.serve_read(request, &query);
+            self.serve_read(request, query);
             return;
         }
         if self.reads.is_full() {
@@ -915,16 +1009,19 @@ impl Partition {
     }
 
     fn serve_ready_reads(&mut self) {
-        let applied = self.state_machine.applied_index();
+        let mut applied = self.applied.index;
+        if crate::bugs::is_active(crate::bugs::Bug::ReadBeforeApply) {
+            // Planted: a confirmed read index is taken as applied already.
+            applied = u64::MAX - 1;
+        }
         for (request, query) in self.reads.take_ready(applied) {
-            self.serve_read(request, &query);
+            self.serve_read(request, query);
         }
     }
 
-    fn serve_read(&mut self, request: RequestId, query: &ReadQuery) {
-        let result = self.state_machine.read(query);
-        let applied_index = self.state_machine.applied_index();
-        self.respond(request, Response::Read { result, applied_index });
+    /// Answers a read from the store's state, which holds at least everything applied here.
+    fn serve_read(&mut self, request: RequestId, query: ReadQuery) {
+        self.outputs.push_back(Output::Read { request, query });
     }
 
     fn respond(&mut self, request: RequestId, response: Response) {

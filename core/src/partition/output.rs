@@ -3,7 +3,8 @@
 use crate::env::Envelope;
 use crate::ids::{NodeId, PartitionId, RequestId};
 use crate::persist::{ConfState, LogWrite, PersistError, SnapshotMeta};
-use crate::state_machine::{PartitionInfo, ReadResult, WriteResult};
+use crate::state_machine::{PartitionInfo, ReadQuery, ReadResult, WriteResult};
+use crate::store::ApplyEntry;
 
 /// One effect for the driver to carry out, in the order polled.
 #[derive(Debug)]
@@ -16,13 +17,23 @@ pub enum Output {
     /// Deliver Raft's `MsgSnapshot` to `to`: stream the snapshot file it names (see
     /// `crate::snapshot`), then call `Partition::report_snapshot`.
     SendSnapshot { to: NodeId, message: raft::eraftpb::Message },
-    /// Save a snapshot of the applied state: take `Partition::snapshot_view` before any other
-    /// input, write it to a durable file (away from the partition's task: it can take a
-    /// while), then call `Partition::handle_snapshot_saved`. The replica goes on meanwhile.
-    SaveSnapshot(SnapshotMeta),
-    /// Append `write` (a log compaction through `snapshot`) to the log after every earlier
-    /// `Persist`; nothing waits for it. Once it is durable, older snapshot files may go.
-    Compact { write: LogWrite, snapshot: SnapshotMeta },
+    /// Apply these committed entries to the partition's state in the store, after every
+    /// earlier `Apply`, then call `Partition::handle_applied` with what each did.
+    Apply(Vec<ApplyEntry>),
+    /// Answer `request` with the store's answer to `query` (the store holds at least every
+    /// entry this replica has seen applied).
+    Read { request: RequestId, query: ReadQuery },
+    /// Save a snapshot of the partition's state in the store, from one read transaction (away
+    /// from the partition's task: it can take a while), then call
+    /// `Partition::handle_snapshot_saved` with its position and membership.
+    SaveSnapshot,
+    /// Replace the partition's state in the store with the snapshot file received for
+    /// `SnapshotMeta` (one durable write transaction, after every earlier `Apply`), then call
+    /// `Partition::handle_snapshot_installed`.
+    InstallSnapshot(SnapshotMeta),
+    /// Append this log compaction to the log after every earlier `Persist`; nothing waits for
+    /// it.
+    Compact(LogWrite),
     /// Answer the request `request`.
     Respond { request: RequestId, response: Response },
     /// The directory (partition 0) applied the allocation of a new partition: the node
@@ -33,10 +44,10 @@ pub enum Output {
     /// became a member, and deletes it if it no longer is.
     MembersChanged { partition: PartitionId, info: PartitionInfo },
     /// The directory replica has applied everything committed before this start: the node
-    /// brings its replicas in line with `partitions` once. Changes applied while replaying the
-    /// directory's history are not reported one by one: acting on a past membership would
-    /// delete or recreate replicas the present one keeps.
-    DirectoryReady { partitions: Vec<(PartitionId, PartitionInfo)> },
+    /// brings its replicas in line with the directory's partitions (in the store) once.
+    /// Changes applied while replaying the directory's history are not reported one by one:
+    /// acting on a past membership would delete or recreate replicas the present one keeps.
+    DirectoryReady,
 }
 
 /// The answer to one request.

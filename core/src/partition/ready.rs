@@ -1,23 +1,29 @@
-//! Handling one raft-rs `Ready`, in the order its contract requires. This is the only place
-//! that calls `ready()` and `advance_append_async`.
+//! Handling one raft-rs `Ready`, in the order its contract requires, and what comes back from
+//! the store for the committed entries it handed out. This is the only place that calls
+//! `ready()` and `advance_append_async`.
 //!
 //! For each Ready, in order:
 //! 1. messages sendable now (a leader's appends go out before its own fsync: Raft thesis
 //!    10.2.1) are queued for sending;
-//! 2. new entries and the hard state are copied into `PartitionStorage` (raft-rs reads them
-//!    from there once `on_persist_ready` is called) and handed to the log as one `Persist`;
+//! 2. a snapshot Raft accepted (already installed in the store, see
+//!    `Partition::handle_snapshot_received`), new entries and the hard state are copied into
+//!    `PartitionStorage` (raft-rs reads them from there once `on_persist_ready` is called) and
+//!    handed to the log as one `Persist`;
 //! 3. `persisted_messages` (votes, append responses) wait until that `Persist` is durable:
 //!    they promise what the log holds;
 //! 4. `advance_append_async`;
-//! 5. committed entries (raft-rs hands out only entries durable here) are applied, their
-//!    proposals answered, and read states recorded;
-//! 6. `advance_apply_to`.
+//! 5. committed entries (raft-rs hands out only entries durable here) go to the store as one
+//!    `Apply`; membership changes among them are applied to Raft at once, so that the store
+//!    records the membership with the index; read states are recorded.
+//!
+//! The store answers through `handle_applied`, in order; only then are proposals answered,
+//! reads served and raft-rs told what is applied (`advance_apply_to`).
 
 use super::proposals::Fate;
 use super::{reads, Output, Partition, Response};
 use crate::bugs::{self, Bug};
-use crate::persist::LogWrite;
-use crate::state_machine::{Command, WriteOp, WriteResult};
+use crate::persist::{LogPosition, LogWrite};
+use crate::store::{AppliedOutcome, ApplyEntry, ApplyKind, DirectoryChange};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 
 /// Readies handled per input before giving control back; each Ready either persists
@@ -26,6 +32,10 @@ const READIES_PER_INPUT_MAX: usize = 64;
 
 impl Partition {
     pub(super) fn process_ready(&mut self) {
+        if self.installing.is_some() {
+            // The Ready would record a snapshot the store does not hold yet.
+            return;
+        }
         for _ in 0..READIES_PER_INPUT_MAX {
             if !self.raw.has_ready() {
                 return;
@@ -44,7 +54,7 @@ impl Partition {
         }
         let mut write = LogWrite::new(self.config.partition);
         if !ready.snapshot().is_empty() {
-            self.install_snapshot(ready.snapshot(), &mut write);
+            self.record_snapshot(ready.snapshot(), &mut write);
         }
         let store = self.raw.mut_store();
         write.entries = store.append(ready.entries());
@@ -71,9 +81,8 @@ impl Partition {
         let read_states = ready.take_read_states();
         self.raw.advance_append_async(ready);
 
-        self.apply_committed(premature);
-        self.apply_committed(committed);
-        self.announce_directory_if_replayed();
+        self.hand_out_committed(premature);
+        self.hand_out_committed(committed);
         if self.conf_state_dirty {
             write.conf_state = Some(self.raw.store().conf_state());
             self.conf_state_dirty = false;
@@ -84,7 +93,6 @@ impl Partition {
             }
         }
         self.serve_ready_reads();
-        self.advance_raft_applied();
 
         if write.is_empty() && self.unpersisted.is_empty() {
             // Nothing new to make durable and nothing earlier still in flight: what these
@@ -104,7 +112,7 @@ impl Partition {
     /// applied only once raft-rs knows the snapshot is durable.
     pub(super) fn advance_raft_applied(&mut self) {
         let log = &self.raw.raft.raft_log;
-        let mut applied = self.state_machine.applied_index().min(log.persisted);
+        let mut applied = self.applied.index.min(log.persisted);
         if bugs::is_active(Bug::ApplyUncommitted) {
             // raft-rs refuses an applied index past commit; the planted bug hides it.
             applied = applied.min(log.committed);
@@ -114,131 +122,102 @@ impl Partition {
         }
     }
 
-    /// Raft accepted a snapshot from the leader: it replaces the log and the state machine.
-    fn install_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot, write: &mut LogWrite) {
+    /// Raft accepted a snapshot, which the store already holds: the log restarts after it.
+    fn record_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot, write: &mut LogWrite) {
         let metadata = snapshot.get_metadata();
-        let (meta, state) = self.staged_snapshot.take().expect("raft accepts only the snapshot just staged");
+        let meta = self.installed_snapshot.take().expect("raft records only the snapshot the store installed");
         assert_eq!((meta.position.index, meta.position.term), (metadata.index, metadata.term));
         assert_eq!(meta.conf_state, (metadata.get_conf_state()).into(), "the file's membership is raft's");
-        assert!(meta.position.index > self.state_machine.applied_index(), "a snapshot moves the state forward");
-        tracing::info!(partition = %self.config.partition, node = %self.config.node, position = ?meta.position,
-            "installing snapshot");
-        if let Some(observer) = &self.config.observer {
-            observer.snapshot_installed(self.config.node, self.config.partition, meta.position.index);
-        }
         write.snapshot = Some((meta.position, meta.conf_state.clone()));
         self.raw.mut_store().apply_snapshot(meta);
-        self.state_machine = state;
-        self.applied_bytes_since_snapshot = 0;
         self.conf_state_dirty = false;
         if self.config.partition == crate::ids::DIRECTORY && self.directory_ready {
             // The directory jumped over entries whose changes were never reported one by one:
             // the node reconciles with the whole of it again.
-            let partitions = self.state_machine.directory().partitions().map(|(p, info)| (p, info.clone())).collect();
-            self.outputs.push_back(Output::DirectoryReady { partitions });
+            self.outputs.push_back(Output::DirectoryReady);
         }
     }
 
-    fn apply_committed(&mut self, entries: Vec<Entry>) {
+    /// Hands committed entries to the store as one `Apply`, in order.
+    fn hand_out_committed(&mut self, entries: Vec<Entry>) {
+        let mut batch = Vec::with_capacity(entries.len());
         for entry in entries {
-            let mut membership: Option<Response> = None;
             let index = entry.index;
-            if bugs::is_active(Bug::ApplyUncommitted) && index <= self.state_machine.applied_index() {
-                continue; // Applied early by the planted bug.
+            if bugs::is_active(Bug::ApplyUncommitted) && index <= self.applying {
+                continue; // Handed out early by the planted bug.
             }
-            assert_eq!(index, self.state_machine.applied_index() + 1, "entries apply in order, once");
+            assert_eq!(index, self.applying + 1, "entries are handed to the store in order, once");
+            self.applying = index;
             if let Some(observer) = &self.config.observer {
                 observer.applied(self.config.node, self.config.partition, index, entry.term, &entry.data);
             }
-            self.applied_bytes_since_snapshot += entry.data.len() as u64;
-            let result = match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => {
-                    // A new leader's empty entry.
-                    self.state_machine.apply_noop(index);
-                    None
-                }
-                EntryType::EntryNormal => match Command::decode(&entry.data) {
-                    Ok(command) if self.planted_skip(index, &command) => {
-                        // Planted: the entry counts as applied, but nothing changed.
-                        self.state_machine.apply_noop(index);
-                        None
-                    }
-                    Ok(command) => {
-                        let result = self.state_machine.apply(index, &command);
-                        self.after_apply(index, &command, &result);
-                        Some(result)
-                    }
-                    Err(error) => {
-                        // Every replica decodes the same committed bytes the same way, so
-                        // skipping keeps replicas equal; but our leader encoded this entry,
-                        // so it means a version skew or a bug. Say so loudly.
-                        tracing::error!(partition = %self.config.partition, index, %error,
-                            "committed entry does not decode; applied as a no-op");
-                        self.state_machine.apply_noop(index);
-                        None
-                    }
-                },
+            let kind = match entry.get_entry_type() {
+                // A new leader's empty entry.
+                EntryType::EntryNormal if entry.data.is_empty() => ApplyKind::Noop,
+                EntryType::EntryNormal if self.planted_skip(index) => ApplyKind::Noop,
+                EntryType::EntryNormal => ApplyKind::Command(entry.data.to_vec()),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let outcome = self.apply_conf_change(&entry);
-                    self.state_machine.apply_noop(index);
-                    membership = Some(outcome);
-                    None
+                    ApplyKind::Membership(self.apply_conf_change(&entry))
                 }
             };
-            match self.proposals.settle(index, entry.term) {
-                Some(Fate::Applied(request)) => {
-                    let response = match (result, membership) {
-                        (Some(result), _) => Response::Written(result),
-                        (None, Some(membership)) => membership,
-                        (None, None) => Response::Unknown,
-                    };
-                    self.outputs.push_back(Output::Respond { request, response });
-                }
-                Some(Fate::Overwritten(request)) => {
-                    let leader = self.leader();
-                    self.outputs.push_back(Output::Respond { request, response: Response::NotLeader { leader } });
-                }
-                None => {}
+            batch.push(ApplyEntry { position: LogPosition { index, term: entry.term }, kind });
+        }
+        if !batch.is_empty() {
+            self.apply_batches_in_flight += 1;
+            self.outputs.push_back(Output::Apply(batch));
+        }
+    }
+
+    /// Whether the planted `skip-apply` bug skips this entry: on a follower, one entry in 16
+    /// (applied as a no-op: it counts as applied, but nothing changed).
+    fn planted_skip(&self, index: u64) -> bool {
+        bugs::is_active(Bug::SkipApply) && !self.is_leader() && index.is_multiple_of(16)
+    }
+
+    /// Answers for an entry the store applied at `position`.
+    pub(super) fn settle_applied(&mut self, position: LogPosition, outcome: AppliedOutcome) {
+        let response = match outcome {
+            AppliedOutcome::Noop => Response::Unknown,
+            AppliedOutcome::Undecodable(error) => {
+                // Every replica decodes the same committed bytes the same way, so skipping
+                // keeps replicas equal; but our leader encoded this entry, so it means a
+                // version skew or a bug. Say so loudly.
+                tracing::error!(partition = %self.config.partition, index = position.index, %error,
+                    "committed entry does not decode; applied as a no-op");
+                Response::Unknown
             }
-        }
-    }
-
-    /// Whether the planted `skip-apply` bug skips this entry: on a follower, one write in 16.
-    fn planted_skip(&self, index: u64, command: &Command) -> bool {
-        bugs::is_active(Bug::SkipApply)
-            && !self.is_leader()
-            && index.is_multiple_of(16)
-            && matches!(command.op, WriteOp::Transaction { .. })
-    }
-
-    /// Effects of an applied command beyond the state machine: answering a forwarded write,
-    /// and telling the node about a partition the directory allocated.
-    fn after_apply(&mut self, index: u64, command: &Command, result: &WriteResult) {
-        let live = self.is_live(index);
-        if let (true, WriteOp::SetPartitionMembers { partition, .. }, Ok(_)) = (live, &command.op, result) {
-            if let Some(info) = self.state_machine.directory().partition(*partition) {
-                let info = info.clone();
-                self.outputs.push_back(Output::MembersChanged { partition: *partition, info });
+            AppliedOutcome::Membership(Ok(conf_state)) => Response::Membership(conf_state),
+            AppliedOutcome::Membership(Err(reason)) => Response::Refused(reason),
+            AppliedOutcome::Command { client, seq, result, directory } => {
+                if let Some(change) = directory.filter(|_| self.is_live(position.index)) {
+                    self.outputs.push_back(match change {
+                        DirectoryChange::Allocated { partition, info } => {
+                            Output::PartitionAllocated { partition, info, campaign: self.is_leader() }
+                        }
+                        DirectoryChange::MembersChanged { partition, info } => {
+                            Output::MembersChanged { partition, info }
+                        }
+                    });
+                }
+                if let Some(request) = self.forwarded.settle((client, seq)) {
+                    self.outputs.push_back(Output::Respond { request, response: Response::Written(result.clone()) });
+                }
+                Response::Written(result)
             }
-        }
-        if let (true, WriteOp::AllocatePartition { .. }, Ok(ok)) = (live, &command.op, result) {
-            let partition = ok.partition.expect("an allocation names its partition");
-            let info = self
-                .state_machine
-                .directory()
-                .partition(partition)
-                .expect("an allocated partition is in the directory")
-                .clone();
-            let campaign = self.is_leader();
-            self.outputs.push_back(Output::PartitionAllocated { partition, info, campaign });
-        }
-        if let Some(request) = self.forwarded.settle((command.client, command.seq)) {
-            self.outputs.push_back(Output::Respond { request, response: Response::Written(result.clone()) });
+        };
+        match self.proposals.settle(position.index, position.term) {
+            Some(Fate::Applied(request)) => self.outputs.push_back(Output::Respond { request, response }),
+            Some(Fate::Overwritten(request)) => {
+                let leader = self.leader();
+                self.outputs.push_back(Output::Respond { request, response: Response::NotLeader { leader } });
+            }
+            None => {}
         }
     }
 
-    /// Applies a committed membership change; returns the answer for whoever proposed it.
-    fn apply_conf_change(&mut self, entry: &Entry) -> Response {
+    /// Applies a committed membership change to Raft; returns the members after it, or why
+    /// Raft refused it (deterministic on every replica; the membership stays as it was).
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<crate::persist::ConfState, String> {
         use protobuf::Message as _;
         let conf_state = if entry.get_entry_type() == EntryType::EntryConfChange {
             let mut change = ConfChange::default();
@@ -253,16 +232,15 @@ impl Partition {
                 self.raw.mut_store().set_conf_state(conf_state);
                 self.conf_state_dirty = true;
                 tracing::info!(partition = %self.config.partition, node = %self.config.node, ?applied, "membership changed");
-                Response::Membership(applied)
+                Ok(applied)
             }
-            // Deterministic on every replica; the membership stays as it was.
             Ok(Err(error)) => {
                 tracing::warn!(partition = %self.config.partition, %error, "committed membership change refused by raft");
-                Response::Refused(format!("raft refused the change: {error}"))
+                Err(format!("raft refused the change: {error}"))
             }
             Err(error) => {
                 tracing::error!(partition = %self.config.partition, %error, "committed membership change does not decode");
-                Response::Refused(format!("the change does not decode: {error}"))
+                Err(format!("the change does not decode: {error}"))
             }
         }
     }

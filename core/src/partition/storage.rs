@@ -15,8 +15,8 @@ pub struct PartitionStorage {
     compacted: LogPosition,
     /// Entries from `compacted.index + 1`, contiguous.
     entries: VecDeque<Entry>,
-    /// The newest snapshot file this replica holds: what raft-rs sends a follower that needs
-    /// entries compacted away. At or after `compacted` (a leader may hold back compacting).
+    /// The newest snapshot file this replica saved or received: what raft-rs sends a follower
+    /// that needs entries compacted away, while it is not older than `compacted`.
     snapshot: Option<SnapshotMeta>,
     /// raft-rs asked for a snapshot that `snapshot` cannot serve (none yet, too old, or from
     /// before the receiver was a member): the partition saves a fresh one.
@@ -24,13 +24,13 @@ pub struct PartitionStorage {
 }
 
 impl PartitionStorage {
-    pub fn new(recovered: &RecoveredPartition, snapshot: Option<SnapshotMeta>) -> PartitionStorage {
+    pub fn new(recovered: &RecoveredPartition) -> PartitionStorage {
         let storage = PartitionStorage {
             hard_state: recovered.hard_state.into(),
             conf_state: (&recovered.conf_state).into(),
             compacted: recovered.compacted,
             entries: recovered.entries.iter().map(Entry::from).collect(),
-            snapshot,
+            snapshot: None,
             snapshot_wanted: std::cell::Cell::new(false),
         };
         storage.assert_contiguous();
@@ -73,24 +73,22 @@ impl PartitionStorage {
         self.snapshot_wanted.replace(false)
     }
 
-    /// A snapshot through `meta.position` is durable: it is what followers that need one get.
+    /// A snapshot file through `meta.position` is saved: it is what followers that need one get.
     pub fn set_snapshot(&mut self, meta: SnapshotMeta) {
         let newer = self.snapshot.as_ref().is_none_or(|held| meta.position.index > held.position.index);
         assert!(newer, "snapshots move forward");
         self.snapshot = Some(meta);
     }
 
-    /// Drops the entries the held snapshot covers.
-    pub fn compact_to_snapshot(&mut self) -> LogPosition {
-        let position = self.snapshot.as_ref().expect("compaction follows a snapshot").position;
+    /// Drops the entries through `position`, which the store holds durably.
+    pub fn compact_to(&mut self, position: LogPosition) {
         assert!(position.index > self.compacted.index, "compaction moves forward");
         assert!(position.index <= self.last_index_held(), "compaction covers only held entries");
         let drop = (position.index - self.compacted.index) as usize;
         let dropped_last = self.entries.drain(..drop).last().expect("at least one entry dropped");
-        assert_eq!(dropped_last.term, position.term, "the snapshot's term is its last entry's");
+        assert_eq!(dropped_last.term, position.term, "the compaction's term is its last entry's");
         self.compacted = position;
         self.assert_contiguous();
-        position
     }
 
     /// A snapshot from the leader replaces the whole log.
@@ -168,7 +166,9 @@ impl raft::Storage for PartitionStorage {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<eraftpb::Snapshot> {
         let serves = |meta: &SnapshotMeta| {
             let cs = &meta.conf_state;
+            // One older than the log's start would need entries that are gone.
             meta.position.index >= request_index
+                && meta.position.index >= self.compacted.index
                 && [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next]
                     .iter()
                     .any(|ids| ids.contains(&to))

@@ -94,9 +94,9 @@ fn writes_replicate_and_every_replica_applies_the_same_state() {
     assert!(
         cluster.drive_until(STEPS_MAX, |c| c.nodes().iter().all(|&n| c.replica(n).status().applied_index == commit))
     );
-    let digest = cluster.replica(leader).state_machine().digest();
+    let digest = cluster.digest(leader);
     for node in cluster.nodes() {
-        assert_eq!(cluster.replica(node).state_machine().digest(), digest, "node {node} converged");
+        assert_eq!(cluster.digest(node), digest, "node {node} converged");
     }
     cluster.assert_logs_agree();
 }
@@ -148,8 +148,8 @@ fn losing_the_leader_elects_another_and_keeps_every_committed_write() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let digest = cluster.replica(new_leader).state_machine().digest();
-    assert_eq!(cluster.replica(old_leader).state_machine().digest(), digest);
+    let digest = cluster.digest(new_leader);
+    assert_eq!(cluster.digest(old_leader), digest);
     cluster.assert_logs_agree();
 }
 
@@ -181,10 +181,10 @@ fn retried_write_returns_the_original_result_and_applies_once() {
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     let (body, _) = set_main(1, 2, b"once");
     let first = request_on_leader(&mut cluster, body.clone());
-    let applied_after_first = cluster.replica(cluster.leader().unwrap()).state_machine().digest();
+    let applied_after_first = cluster.digest(cluster.leader().unwrap());
     let second = request_on_leader(&mut cluster, body);
     assert_eq!(first, second, "a retry answers like the original");
-    assert_eq!(cluster.replica(cluster.leader().unwrap()).state_machine().digest(), applied_after_first);
+    assert_eq!(cluster.digest(cluster.leader().unwrap()), applied_after_first);
 }
 
 /// Every vote granted and every append acknowledged on the wire is backed by the sender's
@@ -384,7 +384,7 @@ fn a_learner_joins_empty_catches_up_from_the_log_and_is_promoted() {
     assert_eq!(status.role, Role::Learner);
     assert_eq!(status.conf_state.voters, vec![1, 2, 3], "it learned the membership from the log");
     let leader = cluster.leader().unwrap();
-    assert_eq!(cluster.replica(new).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    assert_eq!(cluster.digest(new), cluster.digest(leader));
     // A stale read on the learner sees the data.
     let read = cluster.request(new, list_refs(ReadConsistency::Stale));
     assert!(
@@ -473,23 +473,24 @@ fn write_many(cluster: &mut Cluster, seqs: std::ops::Range<u64>) {
 }
 
 #[test]
-fn replicas_snapshot_and_compact_their_log_past_the_threshold() {
-    let mut cluster = Cluster::with_snapshots_every(3, 30, 10);
+fn replicas_compact_their_log_through_what_the_store_made_durable() {
+    let mut cluster = Cluster::with_log_retained(3, 30, 10);
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..60);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.nodes().iter().all(|&n| caught_up(c, n))));
     for node in cluster.nodes() {
         let durable = cluster.durable(node);
-        assert!(durable.compacted.index >= 50, "node {node} compacted through {:?}", durable.compacted);
-        assert!(durable.entries.len() < 20, "node {node} holds {} entries", durable.entries.len());
         let status = cluster.replica(node).status();
-        assert!(status.snapshot_index >= durable.compacted.index, "the log is compacted through a held snapshot");
+        assert!(durable.compacted.index >= 55, "node {node} compacted through {:?}", durable.compacted);
+        assert!(durable.compacted.index <= status.durable_index, "never past what the store holds durably");
+        assert!(durable.entries.len() < 10, "node {node} holds {} entries", durable.entries.len());
     }
     cluster.assert_logs_agree();
 }
 
 #[test]
 fn a_lagging_follower_catches_up_by_snapshot() {
-    let mut cluster = Cluster::with_snapshots_every(3, 31, 10);
+    let mut cluster = Cluster::with_log_retained(3, 31, 10);
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     let leader = elect(&mut cluster);
     let lagging = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
@@ -500,7 +501,7 @@ fn a_lagging_follower_catches_up_by_snapshot() {
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, lagging)), "the follower catches up");
     assert!(cluster.snapshots_delivered >= 1, "the follower needed a snapshot: its entries were compacted away");
     let leader = cluster.leader().unwrap();
-    assert_eq!(cluster.replica(lagging).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    assert_eq!(cluster.digest(lagging), cluster.digest(leader));
     assert!(cluster.durable(lagging).snapshot.is_some(), "the installed snapshot is in its log");
     // It goes on replicating normally afterwards, and restarts from the snapshot it got.
     write_many(&mut cluster, 60..65);
@@ -508,13 +509,13 @@ fn a_lagging_follower_catches_up_by_snapshot() {
     cluster.restart(lagging);
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, lagging)));
     let leader = cluster.leader().unwrap();
-    assert_eq!(cluster.replica(lagging).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    assert_eq!(cluster.digest(lagging), cluster.digest(leader));
     cluster.assert_logs_agree();
 }
 
 #[test]
 fn a_new_learner_catches_up_by_snapshot_and_learns_the_membership_from_it() {
-    let mut cluster = Cluster::with_snapshots_every(3, 32, 10);
+    let mut cluster = Cluster::with_log_retained(3, 32, 10);
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..40);
     let new = NodeId(4);
@@ -526,7 +527,7 @@ fn a_new_learner_catches_up_by_snapshot_and_learns_the_membership_from_it() {
     assert_eq!(status.role, Role::Learner);
     assert_eq!(status.conf_state.voters, vec![1, 2, 3]);
     let leader = cluster.leader().unwrap();
-    assert_eq!(cluster.replica(new).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    assert_eq!(cluster.digest(new), cluster.digest(leader));
     assert!(matches!(change(&mut cluster, MembershipChange::Promote(new)), Response::Membership(_)));
     write_many(&mut cluster, 40..45);
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, new)));
@@ -534,29 +535,29 @@ fn a_new_learner_catches_up_by_snapshot_and_learns_the_membership_from_it() {
 }
 
 #[test]
-fn a_replica_restarts_from_its_snapshot_and_the_entries_after_it() {
-    let mut cluster = Cluster::with_snapshots_every(3, 33, 10);
+fn a_replica_restarts_from_its_store_and_its_log() {
+    let mut cluster = Cluster::with_log_retained(3, 33, 10);
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..25);
     let leader = elect(&mut cluster);
-    let digest = cluster.replica(leader).state_machine().digest();
+    let digest = cluster.digest(leader);
     for node in cluster.nodes() {
         cluster.crash(node);
     }
     for node in [NodeId(1), NodeId(2), NodeId(3)] {
         let durable = cluster.crashed_durable(node).clone();
-        assert!(durable.compacted.index > 0 && !durable.entries.is_empty(), "snapshot plus a log tail");
+        assert!(durable.compacted.index > 0, "the log was compacted: the state is the store's");
         cluster.restart(node);
     }
     let leader = elect(&mut cluster);
-    assert_eq!(cluster.replica(leader).state_machine().digest(), digest, "no write lost across the restart");
+    assert_eq!(cluster.digest(leader), digest, "no write lost across the restart");
     write_many(&mut cluster, 25..30);
     cluster.assert_logs_agree();
 }
 
 #[test]
 fn a_node_removed_and_added_back_is_a_new_peer_that_its_old_replica_cannot_answer_for() {
-    let mut cluster = Cluster::with_snapshots_every(3, 34, 10);
+    let mut cluster = Cluster::with_log_retained(3, 34, 10);
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..20);
     let leader = elect(&mut cluster);
@@ -580,7 +581,7 @@ fn a_node_removed_and_added_back_is_a_new_peer_that_its_old_replica_cannot_answe
     cluster.delete_replica(node);
     cluster.add_empty_replica(node);
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, node)), "the new replica catches up");
-    assert_eq!(cluster.replica(node).state_machine().digest(), cluster.replica(leader).state_machine().digest());
+    assert_eq!(cluster.digest(node), cluster.digest(leader));
     assert!(matches!(change(&mut cluster, MembershipChange::Promote(node)), Response::Membership(_)));
     write_many(&mut cluster, 25..30);
     cluster.assert_logs_agree();
@@ -588,26 +589,23 @@ fn a_node_removed_and_added_back_is_a_new_peer_that_its_old_replica_cannot_answe
 
 #[test]
 fn a_leader_holds_back_compaction_for_a_follower_just_behind_and_it_catches_up_from_the_log() {
-    let mut cluster = Cluster::with_snapshots_every(3, 35, 10);
+    let mut cluster = Cluster::with_log_retained(3, 35, 10);
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..8);
     let leader = elect(&mut cluster);
     let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
-    // The follower misses a few writes across the leader's next snapshot.
+    // The follower misses a few writes; the leader's store makes them durable at once.
     cluster.isolate(follower);
-    let behind = cluster.replica(follower).status().applied_index;
-    let mut seq = 8;
-    while cluster.replica(leader).status().snapshot_index <= behind {
-        write_many(&mut cluster, seq..seq + 1);
-        seq += 1;
-        assert!(seq < 30, "the leader snapshots every 10 entries");
-    }
+    let behind = cluster.replica(follower).status().last_index;
+    write_many(&mut cluster, 8..13);
     let leader_status = cluster.replica(leader).status();
-    assert!(leader_status.snapshot_index > cluster.replica(follower).status().applied_index, "a snapshot past it");
+    assert!(leader_status.durable_index > behind + 4, "the leader's state is durable past the follower");
+    let compacted = cluster.durable(leader).compacted.index;
+    assert!(compacted <= behind, "the leader kept the entries the follower lacks ({compacted} > {behind})");
     cluster.heal();
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, follower)), "the follower catches up");
     assert_eq!(cluster.snapshots_delivered, 0, "from the log: the leader kept the entries it lacked");
     // Once it has them, the leader compacts.
-    assert!(cluster.drive_until(STEPS_MAX, |c| c.durable(leader).compacted.index >= leader_status.snapshot_index));
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.durable(leader).compacted.index >= leader_status.durable_index));
     cluster.assert_logs_agree();
 }

@@ -2,28 +2,28 @@
 //! (the authority is the storage the partition was created for), so that a node keeps the
 //! replicas it hosts for other storages apart from its own.
 //!
-//! A snapshot file is, in order: the magic `COHSNAP1`; a u32 (LE) header length and the header
-//! (the [`SnapshotMeta`], bincode); the state machine's snapshot encoding; a trailer of the u64
-//! (LE) length of everything before it and the u32 (LE) CRC32C of everything before it. The
-//! trailer makes a cut or damaged file an error, never a wrong state.
+//! A snapshot file is, in order: the magic `COHSNAP2`; a u32 (LE) header length and the header
+//! (the [`SnapshotMeta`], bincode); the partition's rows as the store streams them
+//! (`crate::store::snapshot`); a trailer of the u64 (LE) length of everything before it and
+//! the u32 (LE) CRC32C of everything before it. The trailer makes a cut or damaged file an
+//! error, never a wrong state.
 //!
 //! Names: `snap-<index>-<term>` is a complete, durable snapshot; `*.tmp` is being written and
 //! is deleted when the replica next opens. A file is renamed to its final name only after it
 //! is synced, and the directory is synced after the rename, so a crash leaves either no file or
-//! the whole file. Which snapshot is current is decided by the log (its compaction or snapshot
-//! record), never by which files exist.
+//! the whole file. Snapshot files only carry a state from one replica to another: the state
+//! itself lives in the store, so a restart deletes them all.
 
 use crate::codec::{self, DecodeError};
 use crate::env::{write_file_atomic, Disk, DiskError, DiskFile};
 use crate::ids::{PartitionId, PeerId};
 use crate::limits::SNAPSHOT_WRITE_BUFFER_BYTES;
 use crate::persist::{LogPosition, SnapshotMeta};
-use crate::state_machine::StateMachine;
-use std::io::{Read as _, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const MAGIC: &[u8; 8] = b"COHSNAP1";
+const MAGIC: &[u8; 8] = b"COHSNAP2";
 const TRAILER_BYTES: usize = 12;
 /// A header is a position and a membership: far below this.
 const HEADER_BYTES_MAX: u64 = 1024 * 1024;
@@ -157,15 +157,17 @@ impl SnapshotStore {
         Ok(size_bytes)
     }
 
-    /// Reads and checks the snapshot at `position`.
-    pub fn load(&self, position: LogPosition) -> Result<(SnapshotMeta, StateMachine), SnapshotError> {
+    /// The rows of the snapshot at `position` (checked whole when it was saved or received),
+    /// as a stream for the store to import.
+    pub fn open_rows(&self, position: LogPosition) -> Result<Box<dyn std::io::Read + Send>, SnapshotError> {
         let path = self.path(position);
-        let (meta, state) = decode_file(&*self.disk, &path)?;
+        let mut reader = FileReader::open(self.disk.clone(), path.clone())?;
+        let meta = reader.read_header()?;
         if meta.position != position {
             let reason = format!("holds position {:?}, named {:?}", meta.position, position);
             return Err(SnapshotError::Corrupt { path, reason });
         }
-        Ok((meta, state))
+        Ok(Box::new(reader))
     }
 
     /// Size of the snapshot file at `position`.
@@ -196,13 +198,13 @@ impl SnapshotStore {
         &self,
         mut file: Box<dyn DiskFile>,
         position: LogPosition,
-    ) -> Result<(SnapshotMeta, StateMachine), SnapshotError> {
+    ) -> Result<SnapshotMeta, SnapshotError> {
         file.sync()?;
         drop(file);
         let incoming = self.dir.join(INCOMING_NAME);
-        let checked = decode_file(&*self.disk, &incoming).and_then(|(meta, state)| {
+        let checked = check_file(&self.disk, &incoming).and_then(|meta| {
             if meta.position == position {
-                Ok((meta, state))
+                Ok(meta)
             } else {
                 let reason = format!("holds position {:?}, announced {:?}", meta.position, position);
                 Err(SnapshotError::Corrupt { path: incoming.clone(), reason })
@@ -267,65 +269,31 @@ fn parse_name(name: &str) -> Option<LogPosition> {
     Some(LogPosition { index: index.parse().ok()?, term: term.parse().ok()? })
 }
 
-/// Reads, checks and decodes the snapshot file at `path`, streaming it: memory holds the
-/// decoded state and one read buffer, never the file. Never panics on bad bytes.
-fn decode_file(disk: &dyn Disk, path: &Path) -> Result<(SnapshotMeta, StateMachine), SnapshotError> {
-    let corrupt = |reason: String| SnapshotError::Corrupt { path: path.to_owned(), reason };
-    if !disk.exists(path)? {
-        let error = std::io::Error::new(std::io::ErrorKind::NotFound, "no such snapshot");
-        return Err(DiskError::new("open", path, error).into());
+/// Checks the snapshot file at `path` whole (length, magic, header, checksum), streaming it:
+/// memory holds one read buffer, never the file. Returns its header. Never panics on bad
+/// bytes; the rows themselves are checked when the store imports them.
+pub fn check_file(disk: &Arc<dyn Disk>, path: &Path) -> Result<SnapshotMeta, SnapshotError> {
+    let mut reader = FileReader::open(disk.clone(), path.to_owned())?;
+    let meta = reader.read_header()?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match std::io::Read::read(&mut reader, &mut buffer) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(reader.corrupt(e.to_string())),
+        }
     }
-    let size_bytes = disk.open_append(path)?.len();
-    let minimum = (MAGIC.len() + 4 + TRAILER_BYTES) as u64;
-    if size_bytes < minimum {
-        return Err(corrupt(format!("{size_bytes} bytes is too short")));
+    if reader.crc != reader.expected_crc {
+        return Err(reader.corrupt("checksum mismatch".into()));
     }
-    let body_bytes = size_bytes - TRAILER_BYTES as u64;
-    let trailer = disk.read_at(path, body_bytes, TRAILER_BYTES)?;
-    if trailer.len() != TRAILER_BYTES {
-        return Err(corrupt("the trailer is cut".into()));
-    }
-    let length = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(trailer[8..].try_into().expect("4 bytes"));
-    if length != body_bytes {
-        return Err(corrupt(format!("trailer says {length} bytes, {body_bytes} present")));
-    }
-    let mut reader = FileReader { disk, path, offset: 0, end: body_bytes, buffer: Vec::new(), at: 0, crc: 0 };
-    let mut fixed = [0u8; MAGIC.len() + 4];
-    reader.read_exact(&mut fixed).map_err(|e| corrupt(e.to_string()))?;
-    if &fixed[..MAGIC.len()] != MAGIC {
-        return Err(corrupt("not a snapshot file (bad magic)".into()));
-    }
-    let header_len = u32::from_le_bytes(fixed[MAGIC.len()..].try_into().expect("4 bytes")) as u64;
-    if header_len > HEADER_BYTES_MAX || header_len > body_bytes - fixed.len() as u64 {
-        return Err(corrupt(format!("header of {header_len} bytes")));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    reader.read_exact(&mut header).map_err(|e| corrupt(e.to_string()))?;
-    let meta: SnapshotMeta =
-        codec::decode("snapshot header", &header).map_err(|e: DecodeError| corrupt(e.to_string()))?;
-    let state = StateMachine::read_snapshot(&mut reader).map_err(|e| corrupt(e.to_string()))?;
-    if reader.offset != reader.end || reader.at != reader.buffer.len() {
-        return Err(corrupt("bytes after the state".into()));
-    }
-    if reader.crc != crc {
-        return Err(corrupt("checksum mismatch".into()));
-    }
-    if state.applied_index() != meta.position.index {
-        return Err(corrupt(format!(
-            "state applied through {}, header says {}",
-            state.applied_index(),
-            meta.position.index
-        )));
-    }
-    Ok((meta, state))
+    Ok(meta)
 }
 
-/// Reads a file's bytes up to `end` through `Disk::read_at`, a buffer at a time, keeping the
-/// CRC32C of everything read.
-struct FileReader<'a> {
-    disk: &'a dyn Disk,
-    path: &'a Path,
+/// Reads a snapshot file's bytes up to its trailer through `Disk::read_at`, a buffer at a
+/// time, keeping the CRC32C of everything read.
+struct FileReader {
+    disk: Arc<dyn Disk>,
+    path: PathBuf,
     /// Where the next buffer is read from.
     offset: u64,
     end: u64,
@@ -333,9 +301,59 @@ struct FileReader<'a> {
     /// Bytes of `buffer` already handed out.
     at: usize,
     crc: u32,
+    /// What the trailer says the CRC of everything before it is.
+    expected_crc: u32,
 }
 
-impl std::io::Read for FileReader<'_> {
+impl FileReader {
+    /// Opens `path`, checking its size against its trailer.
+    fn open(disk: Arc<dyn Disk>, path: PathBuf) -> Result<FileReader, SnapshotError> {
+        let corrupt = |reason: String| SnapshotError::Corrupt { path: path.clone(), reason };
+        if !disk.exists(&path)? {
+            let error = std::io::Error::new(std::io::ErrorKind::NotFound, "no such snapshot");
+            return Err(DiskError::new("open", &path, error).into());
+        }
+        let size_bytes = disk.open_append(&path)?.len();
+        let minimum = (MAGIC.len() + 4 + TRAILER_BYTES) as u64;
+        if size_bytes < minimum {
+            return Err(corrupt(format!("{size_bytes} bytes is too short")));
+        }
+        let body_bytes = size_bytes - TRAILER_BYTES as u64;
+        let trailer = disk.read_at(&path, body_bytes, TRAILER_BYTES)?;
+        if trailer.len() != TRAILER_BYTES {
+            return Err(corrupt("the trailer is cut".into()));
+        }
+        let length = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
+        let expected_crc = u32::from_le_bytes(trailer[8..].try_into().expect("4 bytes"));
+        if length != body_bytes {
+            return Err(corrupt(format!("trailer says {length} bytes, {body_bytes} present")));
+        }
+        Ok(FileReader { disk, path, offset: 0, end: body_bytes, buffer: Vec::new(), at: 0, crc: 0, expected_crc })
+    }
+
+    fn corrupt(&self, reason: String) -> SnapshotError {
+        SnapshotError::Corrupt { path: self.path.clone(), reason }
+    }
+
+    /// Reads the magic and the header.
+    fn read_header(&mut self) -> Result<SnapshotMeta, SnapshotError> {
+        use std::io::Read as _;
+        let mut fixed = [0u8; MAGIC.len() + 4];
+        self.read_exact(&mut fixed).map_err(|e| self.corrupt(e.to_string()))?;
+        if &fixed[..MAGIC.len()] != MAGIC {
+            return Err(self.corrupt("not a snapshot file (bad magic)".into()));
+        }
+        let header_len = u32::from_le_bytes(fixed[MAGIC.len()..].try_into().expect("4 bytes")) as u64;
+        if header_len > HEADER_BYTES_MAX || header_len > self.end - fixed.len() as u64 {
+            return Err(self.corrupt(format!("header of {header_len} bytes")));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        self.read_exact(&mut header).map_err(|e| self.corrupt(e.to_string()))?;
+        codec::decode("snapshot header", &header).map_err(|e: DecodeError| self.corrupt(e.to_string()))
+    }
+}
+
+impl std::io::Read for FileReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.at == self.buffer.len() {
             let len = (self.end - self.offset).min(SNAPSHOT_WRITE_BUFFER_BYTES as u64) as usize;
@@ -343,7 +361,7 @@ impl std::io::Read for FileReader<'_> {
                 return Ok(0);
             }
             self.buffer =
-                self.disk.read_at(self.path, self.offset, len).map_err(|e| std::io::Error::other(e.to_string()))?;
+                self.disk.read_at(&self.path, self.offset, len).map_err(|e| std::io::Error::other(e.to_string()))?;
             if self.buffer.len() != len {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "snapshot file shrank"));
             }

@@ -4,9 +4,9 @@
 //! hands it to its actor instead of sending it, and the actor's `Transfers` sends the snapshot
 //! file in checksummed chunks. The receiver appends them to a temporary file, acknowledges each
 //! one, and when the file is whole it syncs it, checks it end to end, renames it into place and
-//! only then steps the `MsgSnapshot` into its Raft node. The log's snapshot record, written when
-//! Raft accepts the snapshot, is what makes it current: a receiver killed at any point before
-//! that restarts from its previous state.
+//! only then steps the `MsgSnapshot` into its Raft node. Raft accepting it makes the store
+//! import the file in one durable transaction; a receiver killed at any point before that
+//! restarts from its previous state.
 //!
 //! Flow control is go-back-N: at most `SNAPSHOT_WINDOW_CHUNKS` unacknowledged chunks are in
 //! flight, so each side holds a bounded number of chunk buffers whatever the snapshot's size.
@@ -28,17 +28,15 @@ use crate::limits::{
 };
 use crate::metrics::NodeMetrics;
 use crate::persist::{LogPosition, SnapshotMeta};
-use crate::state_machine::StateMachine;
 use protobuf::Message as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// A snapshot received whole and installed as a file, ready for Raft.
+/// A snapshot received whole and checked as a file, ready for Raft.
 pub struct Installed {
     /// The `MsgSnapshot` to step into Raft.
     pub message: raft::eraftpb::Message,
     pub meta: SnapshotMeta,
-    pub state: StateMachine,
 }
 
 /// What the actor must do after a call into `Transfers`.
@@ -377,13 +375,13 @@ impl Transfers {
             return self.refuse(from, transfer, error, events);
         }
         match self.store.install_incoming(incoming.file, position) {
-            Ok((meta, state)) => {
+            Ok(meta) => {
                 tracing::info!(partition = %self.partition, %from, ?position, size_bytes, "snapshot received");
                 self.metrics.snapshots_received.inc();
                 self.metrics.snapshot_received_bytes.inc_by(size_bytes);
                 events.send.push(self.envelope(from, SnapshotMessage::Ack { transfer, next_offset: size_bytes }));
                 self.last_installed = Some((from, transfer, size_bytes));
-                events.installed = Some(Installed { message, meta, state });
+                events.installed = Some(Installed { message, meta });
             }
             Err(error) => self.refuse(from, transfer, error, events),
         }

@@ -1,46 +1,36 @@
-//! The deterministic replicated state machine of one partition: repositories, their objects
-//! and references, the idempotency table and (in partition 0) the cluster directory, changed
-//! only by committed commands.
+//! What a partition's replicated state machine is asked to do, and what it answers: commands
+//! (`Command`, `WriteOp`), their results and rejections, queries, and the names they use
+//! (object ids, reference names, repository paths), each validated on construction.
 //!
-//! Every replica applies the same commands in the same raft order and must end in the same
-//! state, so nothing here reads a clock, draws randomness or iterates a hash map; every
-//! collection is a `BTreeMap`/`BTreeSet`. Checks that decide a command's fate run at apply
-//! time (on every replica, against the state at that index); [`validate`] repeats the
-//! stateless ones before proposing only so that garbage is not replicated.
+//! The state itself lives in the node's store and is changed there (`crate::store`), by
+//! committed commands only. Checks that decide a command's fate run at apply time (on every
+//! replica, against the state at that index); [`validate`] repeats the stateless ones before
+//! proposing only so that garbage is not replicated.
 //!
-//! Files: `objects.rs` (object ids, hashing, the object pool), `refs.rs` (reference names and
-//! compare-and-set), `path.rs` (repository ids), `dedup.rs` (idempotency), `directory.rs`
-//! (the cluster directory: routes and partition members), `snapshot.rs` (snapshots, digest,
-//! invariant checks).
+//! Files: `objects.rs` (object ids and Git's hashing), `refs.rs` (reference names and
+//! compare-and-set), `path.rs` (repository ids), `directory.rs` (partition members).
 
-mod dedup;
 mod directory;
 mod objects;
 mod path;
 mod refs;
-mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use dedup::{DEDUP_CLIENTS_MAX, DEDUP_RESULTS_BYTES_MAX, DEDUP_WINDOW_MAX};
 pub use directory::{
-    check_members, check_peers, Directory, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_LEARNERS_MAX,
+    check_members, check_peers, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_LEARNERS_MAX,
     PARTITION_VOTERS_MAX,
 };
 pub use objects::{ObjectKind, ObjectKindParseError, Oid, OidParseError};
 pub use path::{validate_storage_name, RelativePath, RepoId, RELATIVE_PATH_BYTES_MAX, STORAGE_NAME_BYTES_MAX};
 pub use refs::{Expected, RefName, RefUpdate, RefValue, REF_NAME_BYTES_MAX};
-pub use snapshot::Digest;
 
 use crate::codec::{self, DecodeError};
 use crate::ids::{ClientId, NodeId, PartitionId, PeerId};
 use crate::limits::COMMAND_SIZE_BYTES_MAX;
-use dedup::{DedupTable, Lookup};
 use directory::Nodes;
-use objects::ObjectPool;
-use refs::RefTable;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Largest object content accepted, in bytes.
@@ -242,206 +232,14 @@ pub enum ReadResult {
     Partitions(Vec<(PartitionId, PartitionInfo, Vec<RepoId>)>),
 }
 
-/// One repository: its references and the set of objects it holds (in the partition's pool).
-///
-/// Invariant: every direct reference names an object in `objects`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Repository {
-    pub refs: RefTable,
-    pub objects: BTreeSet<Oid>,
-}
+/// SHA-1 over a partition's state (see `crate::store::check::digest`): replicas with the same
+/// state have the same digest, whatever their applied index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Digest(pub [u8; 20]);
 
-/// The state of one partition. See the module doc.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StateMachine {
-    /// Highest raft index applied, command or not; 0 before the first.
-    applied_index: u64,
-    repositories: BTreeMap<RepoId, Repository>,
-    objects: ObjectPool,
-    dedup: DedupTable,
-    /// Empty outside partition 0.
-    directory: Directory,
-}
-
-impl StateMachine {
-    pub fn new() -> StateMachine {
-        StateMachine::default()
-    }
-
-    /// Applies a committed command at raft `index`. Deterministic. A `(client, seq)` already
-    /// applied answers its first result without applying again.
-    pub fn apply(&mut self, index: u64, command: &Command) -> WriteResult {
-        self.advance_applied_index(index);
-        match self.dedup.lookup(command.client, command.seq) {
-            Lookup::Retry(result) => return result,
-            Lookup::TooOld { oldest_kept } => {
-                // Not recorded: the answer is about the table, and recording it would evict
-                // a result that can still be asked for.
-                return Err(Rejection::SequenceTooOld { client: command.client, seq: command.seq, oldest_kept });
-            }
-            Lookup::New => {}
-        }
-        let result = self.execute(index, &command.op);
-        self.dedup.record(index, command.client, command.seq, result.clone());
-        result
-    }
-
-    /// Records that raft `index` was applied without a command (empty entries, conf changes).
-    pub fn apply_noop(&mut self, index: u64) {
-        self.advance_applied_index(index);
-    }
-
-    fn advance_applied_index(&mut self, index: u64) {
-        assert!(
-            index > self.applied_index,
-            "raft index {index} applied after {}: indexes must increase",
-            self.applied_index
-        );
-        self.applied_index = index;
-    }
-
-    pub fn applied_index(&self) -> u64 {
-        self.applied_index
-    }
-
-    pub fn read(&self, query: &ReadQuery) -> ReadResult {
-        match query {
-            ReadQuery::ListRefs { repo } => match self.repository(repo) {
-                Ok(repository) => ReadResult::Refs(
-                    repository.refs.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),
-                ),
-                Err(rejection) => ReadResult::Rejected(rejection),
-            },
-            ReadQuery::GetObject { repo, oid } => match self.repository(repo) {
-                Ok(repository) if repository.objects.contains(oid) => {
-                    let object = self.objects.get(oid).expect("a held object is pooled");
-                    ReadResult::Object(Some((object.kind, object.data.to_vec())))
-                }
-                Ok(_) => ReadResult::Object(None),
-                Err(rejection) => ReadResult::Rejected(rejection),
-            },
-            ReadQuery::ListRepositories => ReadResult::Repositories(self.repositories()),
-            ReadQuery::RepositoryExists { repo } => match repo.validate() {
-                Ok(()) => ReadResult::Exists(self.repositories.contains_key(repo)),
-                Err(rejection) => ReadResult::Rejected(rejection),
-            },
-            ReadQuery::Route { repo } => match repo.validate() {
-                Ok(()) => ReadResult::Route(self.directory.route(repo).map(|partition| {
-                    let info = self.directory.partition(partition).expect("a route names a recorded partition");
-                    (partition, info.clone())
-                })),
-                Err(rejection) => ReadResult::Rejected(rejection),
-            },
-            ReadQuery::Partitions => ReadResult::Partitions(self.directory.partitions_with_routes()),
-        }
-    }
-
-    /// The cluster directory (empty outside partition 0).
-    pub fn directory(&self) -> &Directory {
-        &self.directory
-    }
-
-    /// Repositories held, sorted.
-    pub fn repositories(&self) -> Vec<RepoId> {
-        self.repositories.keys().cloned().collect()
-    }
-
-    fn repository(&self, repo: &RepoId) -> Result<&Repository, Rejection> {
-        repo.validate()?;
-        self.repositories.get(repo).ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })
-    }
-
-    /// Runs one new command against the state; on a rejection nothing has changed.
-    fn execute(&mut self, index: u64, op: &WriteOp) -> WriteResult {
-        check_op(op)?;
-        match op {
-            WriteOp::CreateRepository { repo, fork_of } => self.create_repository(repo, fork_of.as_ref())?,
-            WriteOp::DeleteRepository { repo } => self.delete_repository(repo)?,
-            WriteOp::Transaction { repo, objects, refs } => {
-                self.transaction(repo, objects, refs)?;
-                let object_ids = objects.iter().map(|object| object.oid).collect();
-                return Ok(WriteOk { index, object_ids, partition: None });
-            }
-            WriteOp::AllocatePartition { repo, voters } => {
-                let partition = self.directory.allocate_partition(repo, voters)?;
-                return Ok(WriteOk { index, object_ids: Vec::new(), partition: Some(partition) });
-            }
-            WriteOp::RouteRepository { repo, partition } => self.directory.route_repository(repo, *partition)?,
-            WriteOp::UnrouteRepository { repo } => self.directory.unroute_repository(repo)?,
-            WriteOp::SetPartitionMembers { partition, voters, learners, peers } => {
-                self.directory.set_partition_members(*partition, voters, learners, peers)?
-            }
-        }
-        Ok(WriteOk { index, object_ids: Vec::new(), partition: None })
-    }
-
-    fn create_repository(&mut self, repo: &RepoId, fork_of: Option<&RelativePath>) -> Result<(), Rejection> {
-        if self.repositories.contains_key(repo) {
-            return Err(Rejection::RepositoryExists { repo: repo.clone() });
-        }
-        if self.repositories.len() >= PARTITION_REPOSITORIES_MAX {
-            return Err(Rejection::TooManyRepositories { count_max: PARTITION_REPOSITORIES_MAX as u64 });
-        }
-        let repository = match fork_of {
-            None => Repository::default(),
-            Some(parent_path) => {
-                let parent_id = RepoId { storage: repo.storage.clone(), relative_path: parent_path.clone() };
-                let parent =
-                    self.repositories.get(&parent_id).ok_or(Rejection::RepositoryNotFound { repo: parent_id })?;
-                // Bounded by the parent's object set, itself bounded by what was applied.
-                for oid in &parent.objects {
-                    self.objects.hold_existing(oid);
-                }
-                parent.clone()
-            }
-        };
-        self.repositories.insert(repo.clone(), repository);
-        Ok(())
-    }
-
-    fn delete_repository(&mut self, repo: &RepoId) -> Result<(), Rejection> {
-        let repository =
-            self.repositories.remove(repo).ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
-        for oid in &repository.objects {
-            self.objects.release(oid);
-        }
-        Ok(())
-    }
-
-    /// Checks everything first, then changes the state: no check may fail after a change.
-    fn transaction(&mut self, repo: &RepoId, objects: &[NewObject], updates: &[RefUpdate]) -> Result<(), Rejection> {
-        let repository =
-            self.repositories.get(repo).ok_or_else(|| Rejection::RepositoryNotFound { repo: repo.clone() })?;
-        for object in objects {
-            if let Some(pooled) = self.objects.get(&object.oid) {
-                if pooled.kind != object.kind || *pooled.data != *object.data {
-                    return Err(Rejection::ObjectHashCollision { oid: object.oid });
-                }
-            }
-        }
-        let written: BTreeSet<Oid> = objects.iter().map(|object| object.oid).collect();
-        refs::check_updates(&repository.refs, updates, |oid| {
-            repository.objects.contains(oid) || written.contains(oid)
-        })?;
-        let refs_count = refs::count_after(&repository.refs, updates);
-        if refs_count > REPOSITORY_REFS_MAX {
-            return Err(Rejection::TooManyRefs {
-                repo: repo.clone(),
-                count: refs_count as u64,
-                count_max: REPOSITORY_REFS_MAX as u64,
-            });
-        }
-
-        let repository = self.repositories.get_mut(repo).expect("checked above");
-        for object in objects {
-            // A repository holds an object once, however often it is written.
-            if repository.objects.insert(object.oid) {
-                self.objects.hold(object.oid, object.kind, &object.data);
-            }
-        }
-        refs::apply_updates(&mut repository.refs, updates);
-        assert_eq!(repository.refs.len(), refs_count, "reference count after a transaction");
-        Ok(())
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
     }
 }
 

@@ -4,7 +4,7 @@
 use super::objects::Oid;
 use super::{echo, Rejection};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// Longest reference name accepted, in bytes.
@@ -157,9 +157,6 @@ pub struct RefUpdate {
     pub new: Option<RefValue>,
 }
 
-/// The references of one repository.
-pub(crate) type RefTable = BTreeMap<RefName, RefValue>;
-
 /// Checks what does not depend on the state: no name twice (preconditions are all checked
 /// against the state before the transaction, so a second update of a name would be
 /// ambiguous) and symbolic targets under `refs/` (so `HEAD` cannot point to itself).
@@ -176,56 +173,4 @@ pub(crate) fn check_update_shapes(updates: &[RefUpdate]) -> Result<(), Rejection
         }
     }
     Ok(())
-}
-
-/// Checks every update against `refs` as they are before the transaction: its precondition,
-/// then that a direct target is an object the repository can reach (`object_present`).
-pub(crate) fn check_updates(
-    refs: &RefTable,
-    updates: &[RefUpdate],
-    object_present: impl Fn(&Oid) -> bool,
-) -> Result<(), Rejection> {
-    for update in updates {
-        let current = refs.get(&update.name);
-        if !update.expected.matches(current) {
-            return Err(Rejection::PreconditionFailed {
-                name: update.name.clone(),
-                expected: update.expected.clone(),
-                current: current.cloned(),
-            });
-        }
-        if let Some(RefValue::Direct(oid)) = &update.new {
-            if !object_present(oid) {
-                return Err(Rejection::ObjectNotFound { oid: *oid });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Number of references after `updates` (names unique, checked against `refs`).
-pub(crate) fn count_after(refs: &RefTable, updates: &[RefUpdate]) -> usize {
-    let mut count = refs.len();
-    for update in updates {
-        match (refs.contains_key(&update.name), update.new.is_some()) {
-            (false, true) => count += 1,
-            (true, false) => count -= 1,
-            _ => {}
-        }
-    }
-    count
-}
-
-/// Applies checked updates.
-pub(crate) fn apply_updates(refs: &mut RefTable, updates: &[RefUpdate]) {
-    for update in updates {
-        match &update.new {
-            Some(value) => {
-                refs.insert(update.name.clone(), value.clone());
-            }
-            None => {
-                refs.remove(&update.name);
-            }
-        }
-    }
 }

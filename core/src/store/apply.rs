@@ -9,13 +9,13 @@ use super::dedup::{self, DedupLimits, Lookup};
 use super::directory::DirectoryWriter;
 use super::keys;
 use super::loose;
-use super::tables::{self, PartitionRecord, RepoRecord, Rows, TableId, WriteRows};
+use super::tables::{self, Counts, PartitionRecord, RepoRecord, Rows, TableId, WriteRows};
 use super::StoreError;
 use crate::ids::PartitionId;
 use crate::persist::{ConfState, LogPosition};
 use crate::state_machine::{
-    check_op, Command, NewObject, Oid, RefUpdate, RefValue, Rejection, RelativePath, RepoId, WriteOk,
-    WriteOp, WriteResult, PARTITION_REPOSITORIES_MAX, REPOSITORY_REFS_MAX,
+    check_op, Command, NewObject, Oid, RefUpdate, RefValue, Rejection, RelativePath, RepoId, WriteOk, WriteOp,
+    WriteResult, PARTITION_REPOSITORIES_MAX, REPOSITORY_REFS_MAX,
 };
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -26,7 +26,12 @@ pub struct PartitionWriter<'a, 'txn> {
     partition: PartitionId,
     record: PartitionRecord,
     limits: DedupLimits,
+    /// Planted `apply-not-atomic` only: dedup results kept back for a later transaction.
+    deferred_dedup: Option<Vec<DedupRecord>>,
 }
+
+/// A dedup result to record: (index, client, seq, result).
+type DedupRecord = (u64, crate::ids::ClientId, u64, WriteResult);
 
 impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     pub fn open(rows: &'a mut WriteRows<'txn>, partition: PartitionId) -> Result<Self, StoreError> {
@@ -39,7 +44,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         limits: DedupLimits,
     ) -> Result<Self, StoreError> {
         let record = rows.partition(partition)?.unwrap_or_default();
-        Ok(PartitionWriter { rows, partition, record, limits })
+        Ok(PartitionWriter { rows, partition, record, limits, deferred_dedup: None })
     }
 
     pub fn applied(&self) -> LogPosition {
@@ -87,6 +92,10 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             Lookup::New => {}
         }
         let result = self.execute(position.index, &command.op)?;
+        if let Some(deferred) = &mut self.deferred_dedup {
+            deferred.push((position.index, command.client, command.seq, result.clone()));
+            return Ok(result);
+        }
         let (partition, limits) = (self.partition, self.limits);
         let counts = &mut self.record.counts;
         dedup::record(self.rows, partition, counts, &limits, position.index, command.client, command.seq, &result)?;
@@ -109,16 +118,15 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             WriteOp::CreateRepository { repo, fork_of } => self.create_repository(repo, fork_of.as_ref())?,
             WriteOp::DeleteRepository { repo } => self.delete_repository(repo)?,
             WriteOp::Transaction { repo, objects, refs } => {
-                return Ok(self.transaction(repo, objects, refs)?.map(|()| WriteOk {
-                    object_ids: objects.iter().map(|object| object.oid).collect(),
-                    ..ok
-                }));
+                return Ok(self
+                    .transaction(repo, objects, refs)?
+                    .map(|()| WriteOk { object_ids: objects.iter().map(|object| object.oid).collect(), ..ok }));
             }
             WriteOp::AllocatePartition { repo, voters } => {
-                return Ok(self.directory().allocate_partition(repo, voters)?.map(|partition| WriteOk {
-                    partition: Some(partition),
-                    ..ok
-                }));
+                return Ok(self
+                    .directory()
+                    .allocate_partition(repo, voters)?
+                    .map(|partition| WriteOk { partition: Some(partition), ..ok }));
             }
             WriteOp::RouteRepository { repo, partition } => self.directory().route_repository(repo, *partition)?,
             WriteOp::UnrouteRepository { repo } => self.directory().unroute_repository(repo)?,
@@ -202,7 +210,11 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         let prefix = keys::repo(self.partition, repo);
         let mut held = Vec::new();
         self.rows.scan(TableId::Held, &prefix, &mut |key, _| {
-            held.push(keys::KeyReader::new(&key[prefix.len()..]).take_oid().map_err(|e| StoreError::Corrupt { reason: e.0 })?);
+            held.push(
+                keys::KeyReader::new(&key[prefix.len()..])
+                    .take_oid()
+                    .map_err(|e| StoreError::Corrupt { reason: e.0 })?,
+            );
             Ok(ControlFlow::Continue(()))
         })?;
         for oid in &held {
@@ -323,4 +335,176 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         self.set_repo_record(repo, &record)?;
         Ok(Ok(()))
     }
+}
+
+/// One committed entry, as a replica hands it to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyEntry {
+    pub position: LogPosition,
+    pub kind: ApplyKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyKind {
+    /// An empty entry (a new leader's), or one that changes nothing here.
+    Noop,
+    /// A client command, encoded as replicated.
+    Command(Vec<u8>),
+    /// A membership change, already applied to Raft: the members after it, or why Raft refused
+    /// it (then the membership stays as it was).
+    Membership(Result<ConfState, String>),
+}
+
+/// What applying one entry did, in the order applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub position: LogPosition,
+    pub outcome: AppliedOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AppliedOutcome {
+    Noop,
+    Command {
+        client: crate::ids::ClientId,
+        seq: u64,
+        result: WriteResult,
+        /// A directory command that succeeded, with the partition's members after it (the node
+        /// reacts to these).
+        directory: Option<DirectoryChange>,
+    },
+    /// Committed bytes that do not decode as a command: applied as a no-op on every replica
+    /// alike. Our own leader encoded them, so this means a version skew or a bug.
+    Undecodable(String),
+    Membership(Result<ConfState, String>),
+}
+
+/// A change of the directory that the node acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirectoryChange {
+    Allocated { partition: PartitionId, info: crate::state_machine::PartitionInfo },
+    MembersChanged { partition: PartitionId, info: crate::state_machine::PartitionInfo },
+}
+
+/// Applies `entries` (the next ones, in order) to `partition`'s rows and records the new
+/// applied position: one part of the applier's transaction.
+pub fn apply_entries(
+    rows: &mut WriteRows<'_>,
+    partition: PartitionId,
+    entries: &[ApplyEntry],
+) -> Result<Vec<Applied>, StoreError> {
+    let mut writer = PartitionWriter::open(rows, partition)?;
+    let mut applied = Vec::with_capacity(entries.len());
+    for entry in entries {
+        applied.push(apply_one(&mut writer, entry)?);
+    }
+    writer.finish()?;
+    Ok(applied)
+}
+
+/// Applies one entry with `writer`.
+fn apply_one(writer: &mut PartitionWriter<'_, '_>, entry: &ApplyEntry) -> Result<Applied, StoreError> {
+    {
+        let outcome = match &entry.kind {
+            ApplyKind::Noop => {
+                writer.apply_noop(entry.position);
+                AppliedOutcome::Noop
+            }
+            ApplyKind::Membership(outcome) => {
+                match outcome {
+                    Ok(conf_state) => writer.apply_membership(entry.position, conf_state.clone()),
+                    Err(_) => writer.apply_noop(entry.position),
+                }
+                AppliedOutcome::Membership(outcome.clone())
+            }
+            ApplyKind::Command(bytes) => match Command::decode(bytes) {
+                Ok(command) => {
+                    let result = writer.apply(entry.position, &command)?;
+                    let directory = writer.directory_change(&command.op, &result)?;
+                    AppliedOutcome::Command { client: command.client, seq: command.seq, result, directory }
+                }
+                Err(error) => {
+                    writer.apply_noop(entry.position);
+                    AppliedOutcome::Undecodable(error.to_string())
+                }
+            },
+        };
+        Ok(Applied { position: entry.position, outcome })
+    }
+}
+
+impl PartitionWriter<'_, '_> {
+    /// The directory change a successful directory command made, for the node to act on.
+    fn directory_change(&self, op: &WriteOp, result: &WriteResult) -> Result<Option<DirectoryChange>, StoreError> {
+        let Ok(ok) = result else { return Ok(None) };
+        let info = |partition| -> Result<_, StoreError> {
+            super::directory::partition_info(self.rows, self.partition, partition)?
+                .ok_or_else(|| StoreError::Corrupt { reason: format!("partition {partition} was just recorded") })
+        };
+        Ok(match op {
+            WriteOp::AllocatePartition { .. } => {
+                let partition = ok.partition.expect("an allocation names its partition");
+                Some(DirectoryChange::Allocated { partition, info: info(partition)? })
+            }
+            WriteOp::SetPartitionMembers { partition, .. } => {
+                Some(DirectoryChange::MembersChanged { partition: *partition, info: info(*partition)? })
+            }
+            _ => None,
+        })
+    }
+}
+
+/// What the planted `apply-not-atomic` bug commits after a batch's effects: the partition's
+/// record (its applied index) and the dedup results.
+pub struct Deferred {
+    partition: PartitionId,
+    record: PartitionRecord,
+    dedup: Vec<DedupRecord>,
+}
+
+/// Planted `apply-not-atomic` only: applies `entries`' effects, keeping their dedup results and
+/// the new applied position for [`commit_deferred`] in a later transaction. `pending` holds
+/// what earlier calls in the same transaction deferred, per partition.
+pub fn apply_entries_deferred(
+    rows: &mut WriteRows<'_>,
+    partition: PartitionId,
+    entries: &[ApplyEntry],
+    pending: &mut std::collections::BTreeMap<PartitionId, Deferred>,
+) -> Result<Vec<Applied>, StoreError> {
+    let stored = rows.partition(partition)?.unwrap_or_default();
+    let (record, mut dedup) = match pending.remove(&partition) {
+        Some(earlier) => (earlier.record, earlier.dedup),
+        None => (stored.clone(), Vec::new()),
+    };
+    let mut writer =
+        PartitionWriter { rows, partition, record, limits: DedupLimits::DEFAULT, deferred_dedup: Some(Vec::new()) };
+    let mut applied = Vec::with_capacity(entries.len());
+    for entry in entries {
+        applied.push(apply_one(&mut writer, entry)?);
+    }
+    dedup.extend(writer.deferred_dedup.take().expect("set above"));
+    let record = writer.record.clone();
+    // The effects' transaction keeps the stored position and dedup counts.
+    let kept = Counts {
+        dedup_clients: stored.counts.dedup_clients,
+        dedup_results_bytes: stored.counts.dedup_results_bytes,
+        ..record.counts
+    };
+    rows.set_partition(partition, &PartitionRecord { counts: kept, ..stored })?;
+    pending.insert(partition, Deferred { partition, record, dedup });
+    Ok(applied)
+}
+
+/// Planted `apply-not-atomic` only: the second half of [`apply_entries_deferred`].
+pub fn commit_deferred(rows: &mut WriteRows<'_>, deferred: Deferred) -> Result<(), StoreError> {
+    let Deferred { partition, mut record, dedup } = deferred;
+    let stored = rows.partition(partition)?.unwrap_or_default();
+    record.counts.dedup_clients = stored.counts.dedup_clients;
+    record.counts.dedup_results_bytes = stored.counts.dedup_results_bytes;
+    for (index, client, seq, result) in dedup {
+        if let Lookup::New = dedup::lookup(rows, partition, &DedupLimits::DEFAULT, client, seq)? {
+            dedup::record(rows, partition, &mut record.counts, &DedupLimits::DEFAULT, index, client, seq, &result)?;
+        }
+    }
+    rows.set_partition(partition, &record)
 }

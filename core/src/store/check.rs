@@ -236,7 +236,10 @@ impl Checker<'_> {
         for (client, record) in &clients {
             let (count, bytes) = results.get(client).copied().unwrap_or((0, 0));
             if record.results != count || record.results_bytes != bytes || count == 0 || count > limits.window_max {
-                return Err(format!("dedup client {client} counts {} results of {} bytes, holds {count} of {bytes}", record.results, record.results_bytes));
+                return Err(format!(
+                    "dedup client {client} counts {} results of {} bytes, holds {count} of {bytes}",
+                    record.results, record.results_bytes
+                ));
             }
         }
         if ordered != clients.len() as u64 {

@@ -62,7 +62,11 @@ pub enum Lookup {
     TooOld { oldest_kept: u64 },
 }
 
-fn client_record(rows: &dyn Rows, partition: PartitionId, client: ClientId) -> Result<Option<ClientRecord>, StoreError> {
+fn client_record(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    client: ClientId,
+) -> Result<Option<ClientRecord>, StoreError> {
     match rows.get(TableId::DedupClients, &keys::client(partition, client))? {
         Some(bytes) => Ok(Some(tables::decode("dedup client", &bytes)?)),
         None => Ok(None),

@@ -57,7 +57,8 @@ pub fn partitions_with_routes(
     let mut routed: std::collections::BTreeMap<PartitionId, Vec<RepoId>> = Default::default();
     // In repository order, so each list comes out sorted.
     rows.scan(TableId::Routes, &prefix, &mut |key, value| {
-        let repo = keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        let repo =
+            keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
         routed.entry(PartitionId(tables::decode_u64("route", value)?)).or_default().push(repo);
         Ok(ControlFlow::Continue(()))
     })?;
@@ -98,7 +99,11 @@ pub struct DirectoryWriter<'a, 'txn> {
 impl DirectoryWriter<'_, '_> {
     /// Allocates the next partition id for `repo` (created on `repo.storage` with `voters`) and
     /// routes `repo` to it. `voters` passed `check_members`.
-    pub fn allocate_partition(&mut self, repo: &RepoId, voters: &[NodeId]) -> Result<Result<PartitionId, Rejection>, StoreError> {
+    pub fn allocate_partition(
+        &mut self,
+        repo: &RepoId,
+        voters: &[NodeId],
+    ) -> Result<Result<PartitionId, Rejection>, StoreError> {
         if let Err(rejection) = self.check_unrouted(repo)? {
             return Ok(Err(rejection));
         }
@@ -116,7 +121,8 @@ impl DirectoryWriter<'_, '_> {
         self.counts.next_partition = next;
         // Initial members are incarnation 0: their peer id is their node id.
         let peers = sorted(voters).iter().map(|&n| PeerId::new(n, 0)).collect();
-        let info = PartitionInfo { authority: repo.storage.clone(), voters: sorted(voters), learners: Vec::new(), peers };
+        let info =
+            PartitionInfo { authority: repo.storage.clone(), voters: sorted(voters), learners: Vec::new(), peers };
         let key = keys::about(self.directory, id);
         assert!(!self.rows.contains(TableId::Members, &key)?, "partition {id} allocated twice");
         self.rows.insert(TableId::Members, &key, &tables::encode(&info))?;
@@ -126,7 +132,11 @@ impl DirectoryWriter<'_, '_> {
     }
 
     /// Routes `repo` to an existing partition (a fork placed in its parent's).
-    pub fn route_repository(&mut self, repo: &RepoId, partition: PartitionId) -> Result<Result<(), Rejection>, StoreError> {
+    pub fn route_repository(
+        &mut self,
+        repo: &RepoId,
+        partition: PartitionId,
+    ) -> Result<Result<(), Rejection>, StoreError> {
         if partition_info(self.rows, self.directory, partition)?.is_none() {
             return Ok(Err(Rejection::PartitionNotFound { partition }));
         }
@@ -200,7 +210,11 @@ impl DirectoryWriter<'_, '_> {
         assert!(!self.rows.contains(TableId::Routes, &key)?, "{repo} routed twice");
         self.rows.insert(TableId::Routes, &key, &tables::encode_u64(partition.0))?;
         let count = route_count(self.rows, self.directory, partition)?;
-        self.rows.insert(TableId::RouteCounts, &keys::about(self.directory, partition), &tables::encode_u64(count + 1))?;
+        self.rows.insert(
+            TableId::RouteCounts,
+            &keys::about(self.directory, partition),
+            &tables::encode_u64(count + 1),
+        )?;
         self.counts.directory_routes += 1;
         Ok(())
     }

@@ -42,10 +42,7 @@ fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 
 /// The key of a repository in `partition`; also the prefix of its references and objects.
 pub fn repo(partition: PartitionId, repo: &RepoId) -> Vec<u8> {
-    key(
-        &partition_prefix(partition),
-        &[repo.storage.as_bytes(), &[0], repo.relative_path.as_str().as_bytes(), &[0]],
-    )
+    key(&partition_prefix(partition), &[repo.storage.as_bytes(), &[0], repo.relative_path.as_str().as_bytes(), &[0]])
 }
 
 pub fn reference(partition: PartitionId, repo_id: &RepoId, name: &RefName) -> Vec<u8> {

@@ -48,10 +48,7 @@ pub fn decode(oid: &Oid, bytes: &[u8]) -> Result<(ObjectKind, Vec<u8>), String> 
     }
     let mut data = Vec::with_capacity(size);
     // One byte more than announced, to notice a stream that goes on.
-    decoder
-        .take(size as u64 + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("object {oid}: bad zlib stream: {e}"))?;
+    decoder.take(size as u64 + 1).read_to_end(&mut data).map_err(|e| format!("object {oid}: bad zlib stream: {e}"))?;
     if data.len() != size {
         return Err(format!("object {oid}: header says {size} bytes, content has {}", data.len()));
     }

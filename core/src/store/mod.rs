@@ -29,7 +29,7 @@ pub mod tables;
 #[cfg(test)]
 mod tests;
 
-pub use apply::PartitionWriter;
+pub use apply::{apply_entries, Applied, AppliedOutcome, ApplyEntry, ApplyKind, DirectoryChange, PartitionWriter};
 pub use dedup::DedupLimits;
 pub use tables::{Counts, PartitionRecord, ReadRows, Rows, TableId, WriteRows};
 
@@ -101,7 +101,10 @@ impl Store {
         let len = file.len()?;
         let mut magic = [0u8; 4];
         if len > 0 && (len < magic.len() as u64 || file.read_at(0, &mut magic).is_err() || magic != REDB_MAGIC) {
-            tracing::warn!(len, "the state store file holds no database (its creation was cut short); starting it afresh");
+            tracing::warn!(
+                len,
+                "the state store file holds no database (its creation was cut short); starting it afresh"
+            );
             file.set_len(0)?;
             file.sync()?;
         }

@@ -44,7 +44,11 @@ pub fn read(rows: &dyn Rows, partition: PartitionId, query: &ReadQuery) -> Resul
     })
 }
 
-fn check_repository(rows: &dyn Rows, partition: PartitionId, repo: &RepoId) -> Result<Result<(), Rejection>, StoreError> {
+fn check_repository(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    repo: &RepoId,
+) -> Result<Result<(), Rejection>, StoreError> {
     if let Err(rejection) = repo.validate() {
         return Ok(Err(rejection));
     }
@@ -73,7 +77,9 @@ pub fn held_objects(rows: &dyn Rows, partition: PartitionId, repo: &RepoId) -> R
     let prefix = keys::repo(partition, repo);
     let mut out = Vec::new();
     rows.scan(TableId::Held, &prefix, &mut |key, _| {
-        out.push(keys::KeyReader::new(&key[prefix.len()..]).take_oid().map_err(|e| StoreError::Corrupt { reason: e.0 })?);
+        out.push(
+            keys::KeyReader::new(&key[prefix.len()..]).take_oid().map_err(|e| StoreError::Corrupt { reason: e.0 })?,
+        );
         Ok(ControlFlow::Continue(()))
     })?;
     Ok(out)
@@ -100,8 +106,18 @@ pub fn repositories(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<RepoI
     let prefix = keys::partition_prefix(partition);
     let mut out = Vec::new();
     rows.scan(TableId::Repositories, &prefix, &mut |key, _| {
-        out.push(keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?);
+        out.push(
+            keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?,
+        );
         Ok(ControlFlow::Continue(()))
     })?;
     Ok(out)
+}
+
+/// Every partition the directory records, by increasing id.
+pub fn directory_partitions(
+    rows: &dyn Rows,
+    directory: PartitionId,
+) -> Result<Vec<(PartitionId, crate::state_machine::PartitionInfo)>, StoreError> {
+    directory::partitions(rows, directory)
 }

@@ -139,8 +139,9 @@ pub fn encode_u64(value: u64) -> [u8; 8] {
 }
 
 pub fn decode_u64(table: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
-    let bytes: [u8; 8] =
-        bytes.try_into().map_err(|_| StoreError::Corrupt { reason: format!("{table}: a count of {} bytes", bytes.len()) })?;
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt { reason: format!("{table}: a count of {} bytes", bytes.len()) })?;
     Ok(u64::from_le_bytes(bytes))
 }
 

@@ -546,7 +546,10 @@ fn directory_allocates_partition_ids_from_one() {
     assert_eq!(h.route_of("c"), None);
     assert_eq!(h.route_of("a").unwrap().1, partition_info(STORAGE, &[1, 2, 3], &[]), "voters are recorded sorted");
     let partitions = h.partitions();
-    assert_eq!(partitions.iter().map(|p| p.0).collect::<Vec<_>>(), vec![PartitionId(1), PartitionId(2), PartitionId(3)]);
+    assert_eq!(
+        partitions.iter().map(|p| p.0).collect::<Vec<_>>(),
+        vec![PartitionId(1), PartitionId(2), PartitionId(3)]
+    );
     assert_eq!(partitions[2].1.authority, "other");
     assert_eq!(partitions[2].2, vec![other_storage]);
     assert_eq!(h.counts().next_partition, 4);
@@ -680,7 +683,10 @@ fn directory_reads() {
         ]
     );
     let bad = RepoId { storage: String::new(), relative_path: RelativePath::new("a").unwrap() };
-    assert!(matches!(h.read(ReadQuery::Route { repo: bad }), ReadResult::Rejected(Rejection::InvalidStorageName { .. })));
+    assert!(matches!(
+        h.read(ReadQuery::Route { repo: bad }),
+        ReadResult::Rejected(Rejection::InvalidStorageName { .. })
+    ));
 }
 
 #[test]
@@ -848,8 +854,7 @@ fn bad_snapshot_streams_are_refused_and_keep_nothing() {
     // Rows out of order (the same row twice).
     let mut doubled = bytes[..bytes.len() - 1].to_vec();
     let first_row_len = 1 + 4 + u32::from_le_bytes(bytes[1..5].try_into().unwrap()) as usize;
-    let first_value_len =
-        u32::from_le_bytes(bytes[first_row_len..first_row_len + 4].try_into().unwrap()) as usize;
+    let first_value_len = u32::from_le_bytes(bytes[first_row_len..first_row_len + 4].try_into().unwrap()) as usize;
     doubled.extend_from_slice(&bytes[..first_row_len + 4 + first_value_len]);
     doubled.push(0);
     refused(&doubled, "out of order");

@@ -2,9 +2,10 @@
 
 use crate::env::{Envelope, Instant, Payload};
 use crate::ids::{NodeId, PartitionId, PeerId, RequestId};
-use crate::partition::{Output, Partition, PartitionConfig, Request, Response};
+use crate::partition::{Output, Partition, PartitionConfig, Request, Response, StoredState};
 use crate::persist::{LogPosition, LogWrite, RecoveredPartition, SnapshotMeta};
-use crate::state_machine::StateMachine;
+use crate::state_machine::Digest;
+use crate::store::{self, Commit, Rows as _, Store};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -26,7 +27,7 @@ struct Replica {
 }
 
 /// A node's saved snapshot files (saved durably at once, as a real save is before it
-/// reports), kept across crashes.
+/// reports), kept across crashes: the partition's rows as a snapshot stream.
 type SnapshotFiles = BTreeMap<LogPosition, (SnapshotMeta, Vec<u8>)>;
 
 /// A `MsgSnapshot` on its way: (from, to, message). Delivered whole or not at all, as the
@@ -39,11 +40,13 @@ pub struct Cluster {
     pub now: Instant,
     replicas: BTreeMap<NodeId, Replica>,
     crashed: BTreeMap<NodeId, RecoveredPartition>,
+    /// Each node's state store. Every apply commits durably here, so a crash loses none of it.
+    stores: BTreeMap<NodeId, Store>,
     in_flight: VecDeque<Envelope>,
     snapshots_in_flight: VecDeque<SnapshotInFlight>,
     snapshot_files: BTreeMap<NodeId, SnapshotFiles>,
-    /// Applied entries (or bytes) after which replicas snapshot; `None`: the defaults.
-    pub snapshot_entries: Option<u64>,
+    /// How far behind a live follower a leader holds compaction back; `None`: the default.
+    pub log_retain_entries: Option<u64>,
     /// Snapshots delivered so far (tests check that catching up used one).
     pub snapshots_delivered: usize,
     /// Links that drop everything, as (from, to).
@@ -69,10 +72,11 @@ impl Cluster {
             now,
             replicas: BTreeMap::new(),
             crashed: BTreeMap::new(),
+            stores: BTreeMap::new(),
             in_flight: VecDeque::new(),
             snapshots_in_flight: VecDeque::new(),
             snapshot_files: BTreeMap::new(),
-            snapshot_entries: None,
+            log_retain_entries: None,
             snapshots_delivered: 0,
             cut: BTreeSet::new(),
             drop_rate: 0.0,
@@ -82,41 +86,51 @@ impl Cluster {
             next_request: 0,
             seed,
         };
-        for &node in &voters {
-            let config = cluster.config(node, seed.wrapping_add(node.0));
-            let replica = Partition::create(config, &voters, now);
-            cluster.replicas.insert(
-                node,
-                Replica { partition: replica, pending_writes: VecDeque::new(), durable: RecoveredPartition::default() },
-            );
-        }
-        cluster.collect_all();
+        cluster.start_replicas(&voters);
         cluster
     }
 
-    /// A new partition on nodes 1..=n whose replicas snapshot every `entries` applied entries.
-    pub fn with_snapshots_every(n: u64, seed: u64, entries: u64) -> Cluster {
+    /// A new partition on nodes 1..=n whose leaders hold compaction back for followers at most
+    /// `entries` behind.
+    pub fn with_log_retained(n: u64, seed: u64, entries: u64) -> Cluster {
         let mut cluster = Cluster::new(0, seed);
-        cluster.snapshot_entries = Some(entries);
+        cluster.log_retain_entries = Some(entries);
         let voters: Vec<NodeId> = (1..=n).map(NodeId).collect();
-        for &node in &voters {
-            let config = cluster.config(node, seed.wrapping_add(node.0));
-            let replica = Partition::create(config, &voters, cluster.now);
-            cluster.replicas.insert(
+        cluster.start_replicas(&voters);
+        cluster
+    }
+
+    fn start_replicas(&mut self, voters: &[NodeId]) {
+        for &node in voters {
+            let config = self.config(node, self.seed.wrapping_add(node.0));
+            let replica = Partition::create(config, voters, self.now);
+            self.stores.insert(node, Store::in_memory());
+            self.replicas.insert(
                 node,
                 Replica { partition: replica, pending_writes: VecDeque::new(), durable: RecoveredPartition::default() },
             );
         }
-        cluster.collect_all();
-        cluster
+        self.collect_all();
     }
 
     fn config(&self, node: NodeId, seed: u64) -> PartitionConfig {
         let mut config = PartitionConfig::new(node, self.partition, seed);
-        if let Some(entries) = self.snapshot_entries {
-            config.snapshot_entries = entries;
+        if let Some(entries) = self.log_retain_entries {
+            config.log_retain_entries = entries;
         }
         config
+    }
+
+    /// The store's applied index and digest of `node`'s replica.
+    pub fn state(&self, node: NodeId) -> (u64, Digest) {
+        let rows = self.stores[&node].read().expect("an in-memory store reads");
+        let applied = rows.partition(self.partition).expect("reads").map_or(0, |r| r.applied.index);
+        (applied, store::check::digest(&rows, self.partition).expect("reads"))
+    }
+
+    /// The digest of `node`'s replica's state.
+    pub fn digest(&self, node: NodeId) -> Digest {
+        self.state(node).1
     }
 
     pub fn nodes(&self) -> Vec<NodeId> {
@@ -188,6 +202,7 @@ impl Cluster {
         let mut config = self.config(node, self.seed.wrapping_add(node.0));
         config.peer = peer;
         let partition = Partition::create_empty(config, self.now);
+        self.stores.insert(node, Store::in_memory());
         self.replicas.insert(
             node,
             Replica { partition, pending_writes: VecDeque::new(), durable: RecoveredPartition::default() },
@@ -201,6 +216,7 @@ impl Cluster {
         self.in_flight.retain(|e| e.from != node);
         self.snapshots_in_flight.retain(|(from, _, _)| *from != node);
         self.snapshot_files.remove(&node);
+        self.stores.remove(&node);
     }
 
     /// Stops `node` at once: what it had not made durable is lost.
@@ -212,21 +228,17 @@ impl Cluster {
         self.crashed.insert(node, replica.durable);
     }
 
-    /// Restarts a crashed node from its durable log and the snapshot it was compacted through
-    /// (if any): committed entries after it are applied again.
+    /// Restarts a crashed node from its durable log and its store: committed entries after
+    /// the store's applied index are applied again.
     pub fn restart(&mut self, node: NodeId) {
         let durable = self.crashed.remove(&node).expect("node was crashed");
         let mut config = self.config(node, self.seed.wrapping_add(node.0 * 1000));
         // As the router does: the replica's own membership names its incarnation.
         let member = durable.conf_state.members().into_iter().map(PeerId).find(|p| p.node() == node);
         config.peer = member.unwrap_or(PeerId::new(node, 0));
-        let (snapshot, state_machine) = if durable.compacted.index > 0 {
-            let (meta, bytes) = &self.snapshot_files[&node][&durable.compacted];
-            (Some(meta.clone()), StateMachine::from_snapshot_bytes(bytes).expect("a saved snapshot restores"))
-        } else {
-            (None, StateMachine::new())
-        };
-        let partition = Partition::open(config, durable.clone(), state_machine, snapshot, self.now);
+        let record = self.stores[&node].read().expect("reads").partition(self.partition).expect("reads");
+        let stored = record.map(|r| StoredState { applied: r.applied, conf_state: r.conf_state }).unwrap_or_default();
+        let partition = Partition::open(config, durable.clone(), stored, self.now);
         self.replicas.insert(node, Replica { partition, pending_writes: VecDeque::new(), durable });
         self.collect(node);
     }
@@ -276,22 +288,62 @@ impl Cluster {
                     Output::Persist { ready_number, write } => {
                         replica.pending_writes.push_back((Some(ready_number), write))
                     }
-                    Output::Compact { write, .. } => replica.pending_writes.push_back((None, write)),
+                    Output::Compact(write) => replica.pending_writes.push_back((None, write)),
                     Output::SendSnapshot { to, message } => self.snapshots_in_flight.push_back((node, to, message)),
-                    Output::SaveSnapshot(meta) => {
+                    Output::Apply(entries) => {
+                        let store = &self.stores[&node];
+                        let partition = self.partition;
+                        let applied = store
+                            .write(Commit::Durable, |rows| store::apply_entries(rows, partition, &entries))
+                            .expect("an in-memory store applies");
+                        let last = applied.last().expect("a batch applies something").position;
+                        replica.partition.handle_applied(self.now, applied);
+                        replica.partition.handle_store_durable(self.now, last);
+                    }
+                    Output::Read { request, query } => {
+                        let rows = self.stores[&node].read().expect("reads");
+                        let applied_index =
+                            rows.partition(self.partition).expect("reads").map_or(0, |r| r.applied.index);
+                        let result = store::read::read(&rows, self.partition, &query).expect("reads");
+                        let response = Response::Read { result, applied_index };
+                        self.responses.push(Delivered { node, request, response });
+                    }
+                    Output::SaveSnapshot => {
+                        let rows = self.stores[&node].read().expect("reads");
+                        let record = rows.partition(self.partition).expect("reads").expect("something was applied");
+                        let meta = SnapshotMeta { position: record.applied, conf_state: record.conf_state };
                         let mut bytes = Vec::new();
-                        let view = replica.partition.snapshot_view(&meta);
-                        view.write_snapshot(&mut bytes).expect("writing to memory");
+                        store::snapshot::export(&rows, self.partition, &mut bytes).expect("writing to memory");
                         let files = self.snapshot_files.entry(node).or_default();
                         files.insert(meta.position, (meta.clone(), bytes));
                         replica.partition.handle_snapshot_saved(self.now, Ok(meta));
                     }
+                    Output::InstallSnapshot(meta) => {
+                        let (_, bytes) = &self.snapshot_files[&node][&meta.position];
+                        let partition = self.partition;
+                        self.stores[&node]
+                            .write(Commit::Durable, |rows| {
+                                let counts = store::snapshot::import(
+                                    rows,
+                                    partition,
+                                    &mut &bytes[..],
+                                    &store::DedupLimits::DEFAULT,
+                                )
+                                .expect("a saved snapshot imports");
+                                let record = store::PartitionRecord {
+                                    applied: meta.position,
+                                    conf_state: meta.conf_state.clone(),
+                                    counts,
+                                };
+                                rows.set_partition(partition, &record)
+                            })
+                            .expect("an in-memory store installs");
+                        replica.partition.handle_snapshot_installed(self.now, Ok(()));
+                    }
                     Output::Respond { request, response } => self.responses.push(Delivered { node, request, response }),
                     // One partition only here: the directory's allocations have no replica to
                     // create.
-                    Output::PartitionAllocated { .. }
-                    | Output::MembersChanged { .. }
-                    | Output::DirectoryReady { .. } => {}
+                    Output::PartitionAllocated { .. } | Output::MembersChanged { .. } | Output::DirectoryReady => {}
                 }
             }
             if !any || !self.auto_persist {
@@ -347,10 +399,9 @@ impl Cluster {
         let reachable = !self.cut.contains(&(from, to)) && self.replicas.contains_key(&to);
         let delivered = match (file, reachable) {
             (Some((meta, bytes)), true) => {
-                let state = StateMachine::from_snapshot_bytes(&bytes).expect("a saved snapshot restores");
+                self.snapshot_files.entry(to).or_default().insert(position, (meta.clone(), bytes));
                 let replica = self.replicas.get_mut(&to).expect("reachable");
-                replica.partition.handle_snapshot_received(self.now, message, meta.clone(), state);
-                self.snapshot_files.entry(to).or_default().insert(position, (meta, bytes));
+                replica.partition.handle_snapshot_received(self.now, message, meta);
                 self.snapshots_delivered += 1;
                 self.collect(to);
                 true

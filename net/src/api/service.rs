@@ -304,7 +304,8 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
         role: role_name(status.role).to_owned(),
         applied_index: status.applied_index,
         match_index: status.progress.iter().find(|p| p.node == me).map_or(status.last_index, |p| p.match_index),
-        snapshot_index: status.snapshot_index,
+        compacted_index: status.compacted_index,
+        durable_index: status.durable_index,
     }];
     for progress in status.progress.iter().filter(|p| p.node != me) {
         replicas.push(proto::ReplicaStatus {
@@ -312,7 +313,8 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
             role: if progress.voter { "follower" } else { "learner" }.to_owned(),
             applied_index: 0,
             match_index: progress.match_index,
-            snapshot_index: 0,
+            compacted_index: 0,
+            durable_index: 0,
         });
     }
     proto::PartitionStatus {

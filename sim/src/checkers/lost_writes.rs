@@ -139,8 +139,7 @@ fn check_key(key: &str, ops: &[&Op], report: &mut Report) -> Vec<LostWrite> {
             },
         };
         let vanished = acknowledged.iter().find(|w| {
-            w.completed_seq < observation.invoked_seq
-                && after_seq.is_none_or(|after| w.op.invoked_seq > after)
+            w.completed_seq < observation.invoked_seq && after_seq.is_none_or(|after| w.op.invoked_seq > after)
         });
         if let Some(w) = vanished {
             lost.push(LostWrite {

@@ -1,16 +1,17 @@
 //! Snapshot files and snapshot transfers (cohort-core's `snapshot`) on the disks of this
 //! crate: a real file system for damaged files, the crash-faithful `SimDisk` for crashes in
-//! the middle of a transfer or an install.
+//! the middle of a transfer or an install. A snapshot holds a partition's rows exported from a
+//! store; a received one is checked by importing it into a fresh store.
 
 use cohort_core::env::{Disk, Envelope, Instant, Payload};
 use cohort_core::ids::{ClientId, NodeId, PartitionId};
 use cohort_core::metrics::NodeMetrics;
 use cohort_core::persist::{ConfState, LogPosition, SnapshotMeta};
-use cohort_core::snapshot::{SnapshotMessage, SnapshotStore, TransferEvents, Transfers};
+use cohort_core::snapshot::{check_file, SnapshotMessage, SnapshotStore, TransferEvents, Transfers};
 use cohort_core::state_machine::{
-    Command, Expected, NewObject, ObjectKind, Oid, RefName, RefUpdate, RefValue, RelativePath, RepoId, StateMachine,
-    WriteOp,
+    Command, Digest, Expected, NewObject, ObjectKind, Oid, RefName, RefUpdate, RefValue, RelativePath, RepoId, WriteOp,
 };
+use cohort_core::store::{self, Commit, DedupLimits, PartitionWriter, Rows as _, Store};
 use cohort_storage::{FsDisk, SimDisk};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::VecDeque;
@@ -20,13 +21,13 @@ const PARTITION: PartitionId = PartitionId(9);
 const SENDER: NodeId = NodeId(1);
 const RECEIVER: NodeId = NodeId(2);
 
-/// A state of about `blobs` × 64 KiB: a repository holding that many random blobs.
-fn state(blobs: u64, seed: u64) -> StateMachine {
+/// A partition's state of about `blobs` × 64 KiB in a store: a repository holding that many
+/// random blobs.
+fn state(blobs: u64, seed: u64) -> Store {
     let mut rng = StdRng::seed_from_u64(seed);
     let repo = RepoId { storage: "default".into(), relative_path: RelativePath::new("a/b.git").unwrap() };
-    let mut state = StateMachine::new();
     let create = WriteOp::CreateRepository { repo: repo.clone(), fork_of: None };
-    assert!(state.apply(1, &Command { client: ClientId(1), seq: 1, op: create }).is_ok());
+    let mut commands = vec![Command { client: ClientId(1), seq: 1, op: create }];
     for i in 0..blobs {
         let data: Vec<u8> = (0..64 * 1024).map(|_| rng.gen()).collect();
         let oid = Oid::hash_object(ObjectKind::Blob, &data);
@@ -39,22 +40,56 @@ fn state(blobs: u64, seed: u64) -> StateMachine {
                 new: Some(RefValue::Direct(oid)),
             }],
         };
-        assert!(state.apply(i + 2, &Command { client: ClientId(1), seq: i + 2, op }).is_ok());
+        commands.push(Command { client: ClientId(1), seq: i + 2, op });
     }
-    state
+    let store = Store::in_memory();
+    store
+        .write(Commit::Durable, |rows| {
+            let mut writer = PartitionWriter::open(rows, PARTITION)?;
+            for (i, command) in commands.iter().enumerate() {
+                assert!(writer.apply(LogPosition { index: i as u64 + 1, term: 3 }, command)?.is_ok());
+            }
+            writer.apply_membership(
+                LogPosition { index: commands.len() as u64 + 1, term: 3 },
+                ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
+            );
+            writer.finish()
+        })
+        .unwrap();
+    store
 }
 
-fn meta_of(state: &StateMachine) -> SnapshotMeta {
-    SnapshotMeta {
-        position: LogPosition { index: state.applied_index(), term: 3 },
-        conf_state: ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
-    }
+fn digest(store: &Store) -> Digest {
+    store::check::digest(&store.read().unwrap(), PARTITION).unwrap()
 }
 
-fn save(store: &SnapshotStore, state: &StateMachine) -> SnapshotMeta {
+fn meta_of(store: &Store) -> SnapshotMeta {
+    let record = store.read().unwrap().partition(PARTITION).unwrap().unwrap();
+    SnapshotMeta { position: record.applied, conf_state: record.conf_state }
+}
+
+fn save(files: &SnapshotStore, state: &Store) -> SnapshotMeta {
     let meta = meta_of(state);
-    store.save(&meta, |out| state.write_snapshot(out)).unwrap();
+    let rows = state.read().unwrap();
+    files.save(&meta, |out| store::snapshot::export(&rows, PARTITION, out)).unwrap();
     meta
+}
+
+/// Checks the snapshot file at `position` whole and imports it into a fresh store; returns the
+/// digest of what it holds.
+fn load(files: &SnapshotStore, disk: &Arc<dyn Disk>, position: LogPosition) -> Result<Digest, String> {
+    let meta = check_file(disk, &files.path(position)).map_err(|e| e.to_string())?;
+    assert_eq!(meta.position, position);
+    let mut rows_reader = files.open_rows(position).map_err(|e| e.to_string())?;
+    let fresh = Store::in_memory();
+    fresh
+        .write(Commit::Durable, |rows| {
+            store::snapshot::import(rows, PARTITION, &mut rows_reader, &DedupLimits::DEFAULT)
+                .map(|_| ())
+                .map_err(|e| store::StoreError::Corrupt { reason: e.to_string() })
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(digest(&fresh))
 }
 
 fn msg_snapshot(meta: &SnapshotMeta) -> raft::eraftpb::Message {
@@ -88,10 +123,8 @@ fn a_saved_snapshot_loads_back_and_a_damaged_one_is_an_error() {
     let store = SnapshotStore::new(disk.clone(), "default", PARTITION);
     let state = state(3, 1);
     let meta = save(&store, &state);
-    let (loaded_meta, loaded) = store.load(meta.position).unwrap();
-    assert_eq!(loaded_meta, meta);
-    assert_eq!(loaded.digest(), state.digest());
-    assert_eq!(loaded.applied_index(), state.applied_index());
+    assert_eq!(check_file(&disk, &store.path(meta.position)).unwrap(), meta);
+    assert_eq!(load(&store, &disk, meta.position).unwrap(), digest(&state));
     assert!(dir.path().join("partitions/default/9").is_dir(), "the replica's files live under its authority");
 
     let path = dir.path().join(store.path(meta.position));
@@ -100,10 +133,10 @@ fn a_saved_snapshot_loads_back_and_a_damaged_one_is_an_error() {
         let mut bad = good.clone();
         bad[offset] ^= 0x40;
         std::fs::write(&path, &bad).unwrap();
-        assert!(store.load(meta.position).is_err(), "a flipped byte at {offset} is caught");
+        assert!(check_file(&disk, &store.path(meta.position)).is_err(), "a flipped byte at {offset} is caught");
     }
     std::fs::write(&path, &good[..good.len() - 100]).unwrap();
-    assert!(store.load(meta.position).is_err(), "a cut file is caught");
+    assert!(check_file(&disk, &store.path(meta.position)).is_err(), "a cut file is caught");
 }
 
 /// Runs a transfer over a network that loses, duplicates and reorders chunks; returns the
@@ -193,14 +226,12 @@ fn a_snapshot_crosses_a_lossy_network_whole_with_a_bounded_window() {
     assert_eq!(finished, vec![(RECEIVER, true)], "the sender saw the transfer complete");
     let installed = installed.expect("the receiver installed the snapshot");
     assert_eq!(installed.meta, meta);
-    assert_eq!(installed.state.digest(), state.digest());
     assert_eq!(installed.message.get_snapshot().get_metadata().index, meta.position.index);
     let window = cohort_core::limits::SNAPSHOT_WINDOW_CHUNKS as usize;
     assert!(in_flight_max <= window, "one acknowledgement released {in_flight_max} chunks, window {window}");
-    // The installed file is the receiver's own, whole: it loads after a crash.
-    let store = SnapshotStore::new(receiver_disk, "default", PARTITION);
-    let (_, loaded) = store.load(meta.position).unwrap();
-    assert_eq!(loaded.digest(), state.digest());
+    // The received file is the receiver's own, whole: it imports to the sender's state.
+    let store = SnapshotStore::new(receiver_disk.clone(), "default", PARTITION);
+    assert_eq!(load(&store, &receiver_disk, meta.position).unwrap(), digest(&state));
 }
 
 #[test]
@@ -245,8 +276,12 @@ fn a_receiver_that_crashes_mid_transfer_keeps_its_previous_state_and_the_transfe
     let names = receiver_disk.list(receiver_store.dir()).unwrap();
     assert!(!names.iter().any(|n| n == &format!("snap-{}-{}", meta.position.index, meta.position.term)));
     receiver_store.retain_only(Some(older_meta.position)).unwrap();
-    let (_, kept) = receiver_store.load(older_meta.position).unwrap();
-    assert_eq!(kept.digest(), older.digest(), "the previous snapshot survives");
+    let receiver_dyn: Arc<dyn Disk> = receiver_disk.clone();
+    assert_eq!(
+        load(&receiver_store, &receiver_dyn, older_meta.position).unwrap(),
+        digest(&older),
+        "the previous snapshot survives"
+    );
 
     // The restarted receiver asks the sender to start over, and the transfer completes.
     let mut receiver = transfers(receiver_disk, RECEIVER);
@@ -258,7 +293,7 @@ fn a_receiver_that_crashes_mid_transfer_keeps_its_previous_state_and_the_transfe
     }
     network.extend(events.send);
     let installed = deliver_in_order(&mut sender, &mut receiver, network).expect("the restarted transfer completes");
-    assert_eq!(installed.state.digest(), state.digest());
+    assert_eq!(load(&receiver_store, &receiver_dyn, installed.meta.position).unwrap(), digest(&state));
 }
 
 #[test]
@@ -282,8 +317,9 @@ fn power_loss_at_any_point_of_an_install_leaves_no_file_or_the_whole_file() {
         disk.crash();
         let store = SnapshotStore::new(disk.clone(), "default", PARTITION);
         if disk.list(store.dir()).unwrap().contains(&final_name) {
-            let (_, loaded) = store.load(meta.position).expect("a file under its final name is whole");
-            assert_eq!(loaded.digest(), state.digest());
+            let disk_dyn: Arc<dyn Disk> = disk.clone();
+            let loaded = load(&store, &disk_dyn, meta.position).expect("a file under its final name is whole");
+            assert_eq!(loaded, digest(&state));
             outcomes.1 += 1;
         } else {
             outcomes.0 += 1;
@@ -311,7 +347,7 @@ fn arbitrary_bytes_in_a_snapshot_file_are_an_error_never_a_panic() {
         let bytes: Vec<u8> = match round % 3 {
             // Noise, sometimes behind the magic.
             0 => (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect(),
-            1 => b"COHSNAP1".iter().copied().chain((0..rng.gen_range(0..200)).map(|_| rng.gen())).collect(),
+            1 => b"COHSNAP2".iter().copied().chain((0..rng.gen_range(0..200)).map(|_| rng.gen())).collect(),
             // A real file with bytes flipped or cut.
             _ => {
                 let mut bytes = good_bytes.clone();
@@ -327,6 +363,6 @@ fn arbitrary_bytes_in_a_snapshot_file_are_an_error_never_a_panic() {
         let _ = disk.remove_file(&path);
         let mut file = disk.open_append(&path).unwrap();
         file.append(&bytes).unwrap();
-        assert!(store.load(position).is_err(), "round {round}: bad bytes are an error");
+        assert!(load(&store, &disk, position).is_err(), "round {round}: bad bytes are an error");
     }
 }

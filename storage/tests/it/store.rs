@@ -6,7 +6,9 @@
 use cohort_core::env::Disk;
 use cohort_core::ids::{ClientId, PartitionId};
 use cohort_core::persist::LogPosition;
-use cohort_core::state_machine::{Command, Expected, NewObject, ObjectKind, RefName, RefUpdate, RefValue, RepoId, WriteOp};
+use cohort_core::state_machine::{
+    Command, Expected, NewObject, ObjectKind, RefName, RefUpdate, RefValue, RepoId, WriteOp,
+};
 use cohort_core::store::check::{check_partition, digest};
 use cohort_core::store::{Commit, DedupLimits, PartitionWriter, Rows, Store, StoreOptions};
 use cohort_storage::{FsDisk, SimDisk};
@@ -26,17 +28,26 @@ fn repo() -> RepoId {
 /// Batch `batch` of the workload: a few entries, each writing an object and moving a ref.
 fn batch_commands(batch: u64) -> Vec<Command> {
     if batch == 1 {
-        return vec![Command { client: ClientId(1), seq: 1, op: WriteOp::CreateRepository { repo: repo(), fork_of: None } }];
+        return vec![Command {
+            client: ClientId(1),
+            seq: 1,
+            op: WriteOp::CreateRepository { repo: repo(), fork_of: None },
+        }];
     }
     (0..3)
         .map(|i| {
-            let object = NewObject::new(ObjectKind::Blob, format!("batch {batch} entry {i} {}", "x".repeat(300)).into_bytes());
+            let object =
+                NewObject::new(ObjectKind::Blob, format!("batch {batch} entry {i} {}", "x".repeat(300)).into_bytes());
             let update = RefUpdate {
                 name: RefName::new(format!("refs/heads/b{}", i % 2)).unwrap(),
                 expected: Expected::Any,
                 new: Some(RefValue::Direct(object.oid)),
             };
-            Command { client: ClientId(1), seq: batch * 10 + i, op: WriteOp::Transaction { repo: repo(), objects: vec![object], refs: vec![update] } }
+            Command {
+                client: ClientId(1),
+                seq: batch * 10 + i,
+                op: WriteOp::Transaction { repo: repo(), objects: vec![object], refs: vec![update] },
+            }
         })
         .collect()
 }
@@ -119,7 +130,8 @@ fn power_loss_at_every_operation_leaves_a_committed_state() {
         }
         cut_short += 1;
         sim.crash();
-        let store = Store::open(&disk, &options()).unwrap_or_else(|e| panic!("ops {ops}: reopening after a crash: {e}"));
+        let store =
+            Store::open(&disk, &options()).unwrap_or_else(|e| panic!("ops {ops}: reopening after a crash: {e}"));
         let (index, digest) = state_of(&store);
         assert!(
             index == durable || Some(index) == in_flight,

@@ -1,0 +1,402 @@
+//! The applier: the one writer of the node's state store, turning the committed entries of
+//! every partition that are waiting at once into one write transaction (group apply).
+//!
+//! Loop: wait for a request (or, while lazy commits are pending, for the durable interval to
+//! pass); take every other request already queued, up to the batch bounds; carry them out in
+//! order inside `Spawn::run_blocking` (consecutive `Entries` share one transaction; an install
+//! or a removal is a durable transaction of its own); then answer each request in order.
+//!
+//! Commits are lazy (`Commit::Lazy`: visible at once, durable later) until `durable_bytes`
+//! were applied or `durable_interval` passed since the last durable commit; then one commit is
+//! durable, and every partition applied since learns through its [`DurableSignal`] how far its
+//! state is durable, which is how far it may compact its log. A partition's log therefore
+//! never drops an entry the store could lose.
+//!
+//! A failure answers the batch with the error and every later request too: redb latches I/O
+//! errors, and nothing after may be made durable.
+
+use crate::env::{Clock, Spawn};
+use crate::ids::PartitionId;
+use crate::limits::APPLY_QUEUE_REQUESTS_MAX;
+use crate::persist::{LogPosition, PersistError, SnapshotMeta};
+use crate::snapshot::SnapshotStore;
+use crate::store::{self, Applied, ApplyEntry, Commit, Store, StoreError};
+use futures::channel::{mpsc, oneshot};
+use futures::future::{select, Either};
+use futures::task::AtomicWaker;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// When the applier makes its commits durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplierOptions {
+    /// Bytes of entries applied lazily before a durable commit.
+    pub durable_bytes: u64,
+    /// Time after the last durable commit before pending lazy commits are made durable.
+    pub durable_interval: Duration,
+    /// Requests taken into one batch.
+    pub batch_requests_max: usize,
+}
+
+impl Default for ApplierOptions {
+    fn default() -> ApplierOptions {
+        ApplierOptions {
+            durable_bytes: 64 * 1024 * 1024,
+            durable_interval: Duration::from_secs(1),
+            batch_requests_max: APPLY_QUEUE_REQUESTS_MAX,
+        }
+    }
+}
+
+/// What a partition asks of the store.
+pub enum ApplyWork {
+    /// Apply the next committed entries.
+    Entries(Vec<ApplyEntry>),
+    /// Replace the partition's state with the snapshot file at `meta.position` in `files`.
+    Install { meta: SnapshotMeta, files: SnapshotStore },
+    /// Delete the partition's state (the replica left).
+    Remove,
+}
+
+pub enum ApplyDone {
+    Applied(Vec<Applied>),
+    Installed,
+    Removed,
+}
+
+/// What the work came to: done, the work itself failed (a bad snapshot; the store is fine),
+/// or the store failed (it takes no more work).
+pub type ApplyResult = Result<Result<ApplyDone, String>, PersistError>;
+
+pub struct ApplyRequest {
+    pub partition: PartitionId,
+    pub work: ApplyWork,
+    pub durable: DurableSignal,
+    pub done: oneshot::Sender<ApplyResult>,
+}
+
+/// How the applier tells a partition that its state is durable through a position: a
+/// watermark and a waker, so no queue can fill.
+#[derive(Clone, Default)]
+pub struct DurableSignal {
+    inner: Arc<(Mutex<Option<LogPosition>>, AtomicWaker)>,
+}
+
+impl DurableSignal {
+    pub fn durable(&self, position: LogPosition) {
+        let mut held = self.inner.0.lock().expect("not poisoned");
+        if held.is_none_or(|p| p.index < position.index) {
+            *held = Some(position);
+        }
+        drop(held);
+        self.inner.1.wake();
+    }
+
+    /// Ready with a position newer than `seen`.
+    pub fn poll_durable(&self, seen: &mut u64, cx: &mut Context<'_>) -> Poll<LogPosition> {
+        self.inner.1.register(cx.waker());
+        match *self.inner.0.lock().expect("not poisoned") {
+            Some(position) if position.index > *seen => {
+                *seen = position.index;
+                Poll::Ready(position)
+            }
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// Bytes an entry batch counts for against `durable_bytes`.
+fn work_bytes(work: &ApplyWork) -> u64 {
+    match work {
+        ApplyWork::Entries(entries) => entries
+            .iter()
+            .map(|e| 32 + if let store::ApplyKind::Command(bytes) = &e.kind { bytes.len() as u64 } else { 0 })
+            .sum(),
+        ApplyWork::Install { .. } | ApplyWork::Remove => 0,
+    }
+}
+
+/// The applier's own state between batches.
+struct Applier {
+    store: Arc<Store>,
+    options: ApplierOptions,
+    clock: Arc<dyn Clock>,
+    /// Partitions applied lazily since the last durable commit: their newest position.
+    dirty: BTreeMap<PartitionId, (LogPosition, DurableSignal)>,
+    bytes_since_durable: u64,
+    last_durable: crate::env::Instant,
+    failure: Option<PersistError>,
+}
+
+/// What one batch did, computed away from the async task.
+struct BatchOutcome {
+    results: Vec<ApplyResult>,
+    /// Whether the batch ended with a durable commit.
+    durable: bool,
+    /// Planted `apply-not-atomic` only: what the batch's second transaction commits, apart.
+    deferred: BTreeMap<PartitionId, store::apply::Deferred>,
+}
+
+fn store_failure(error: StoreError) -> PersistError {
+    PersistError(Arc::new(error))
+}
+
+/// Carries out `works` in order: consecutive entry batches in one transaction (durable if
+/// `durable`), installs and removals each in a durable transaction of their own.
+fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool) -> BatchOutcome {
+    let mut results: Vec<ApplyResult> = Vec::with_capacity(works.len());
+    let mut works = works.into_iter().peekable();
+    let mut ended_durable = false;
+    let mut failed: Option<PersistError> = None;
+    let mut deferred = BTreeMap::new();
+    while let Some((partition, work)) = works.next() {
+        if let Some(error) = &failed {
+            results.push(Err(error.clone()));
+            continue;
+        }
+        match work {
+            ApplyWork::Entries(first) => {
+                let mut group = vec![(partition, first)];
+                while let Some((_, ApplyWork::Entries(_))) = works.peek() {
+                    let Some((p, ApplyWork::Entries(entries))) = works.next() else { unreachable!("peeked") };
+                    group.push((p, entries));
+                }
+                let last_of_batch = works.peek().is_none();
+                let commit = if durable && last_of_batch { Commit::Durable } else { Commit::Lazy };
+                match apply_group(store, &group, commit, &mut deferred) {
+                    Ok(applied) => {
+                        ended_durable = commit == Commit::Durable;
+                        results.extend(applied.into_iter().map(|a| Ok(Ok(ApplyDone::Applied(a)))));
+                    }
+                    Err(error) => {
+                        let error = store_failure(error);
+                        results.extend(group.iter().map(|_| Err(error.clone())));
+                        failed = Some(error);
+                    }
+                }
+            }
+            ApplyWork::Install { meta, files } => {
+                let outcome = install(store, partition, &meta, &files);
+                ended_durable = outcome.is_ok();
+                match outcome {
+                    Ok(Ok(())) => results.push(Ok(Ok(ApplyDone::Installed))),
+                    Ok(Err(reason)) => results.push(Ok(Err(reason))),
+                    Err(error) => {
+                        let error = store_failure(error);
+                        results.push(Err(error.clone()));
+                        failed = Some(error);
+                    }
+                }
+            }
+            ApplyWork::Remove => match store.remove_partition(partition) {
+                Ok(()) => {
+                    ended_durable = true;
+                    results.push(Ok(Ok(ApplyDone::Removed)));
+                }
+                Err(error) => {
+                    let error = store_failure(error);
+                    results.push(Err(error.clone()));
+                    failed = Some(error);
+                }
+            },
+        }
+    }
+    BatchOutcome { results, durable: ended_durable && failed.is_none(), deferred }
+}
+
+/// One transaction applying every partition's entries of `group`.
+fn apply_group(
+    store: &Store,
+    group: &[(PartitionId, Vec<ApplyEntry>)],
+    commit: Commit,
+    deferred: &mut BTreeMap<PartitionId, store::apply::Deferred>,
+) -> Result<Vec<Vec<Applied>>, StoreError> {
+    if crate::bugs::is_active(crate::bugs::Bug::ApplyNotAtomic) && commit == Commit::Durable {
+        // Planted: the effects durably first; the applied index and dedup results follow in a
+        // transaction of their own (see `BatchOutcome::deferred`).
+        return store.write(Commit::Durable, |rows| {
+            group
+                .iter()
+                .map(|(partition, entries)| store::apply::apply_entries_deferred(rows, *partition, entries, deferred))
+                .collect()
+        });
+    }
+    store.write(commit, |rows| {
+        group.iter().map(|(partition, entries)| store::apply_entries(rows, *partition, entries)).collect()
+    })
+}
+
+/// Imports the snapshot file into the partition's range, durably; `Ok(Err)` if its rows do
+/// not check out (nothing is kept then).
+fn install(
+    store: &Store,
+    partition: PartitionId,
+    meta: &SnapshotMeta,
+    files: &SnapshotStore,
+) -> Result<Result<(), String>, StoreError> {
+    let mut reader = match files.open_rows(meta.position) {
+        Ok(reader) => reader,
+        Err(error) => return Ok(Err(error.to_string())),
+    };
+    let outcome = store.write(Commit::Durable, |rows| {
+        match store::snapshot::import(rows, partition, &mut reader, &store::DedupLimits::DEFAULT) {
+            Ok(counts) => {
+                let record =
+                    store::PartitionRecord { applied: meta.position, conf_state: meta.conf_state.clone(), counts };
+                rows.set_partition(partition, &record)?;
+                Ok(Ok(()))
+            }
+            Err(store::snapshot::ImportError::Store(error)) => Err(error),
+            // Aborts the transaction: nothing of the file is kept.
+            Err(bad) => Err(StoreError::Corrupt { reason: format!("snapshot {:?}: {bad}", meta.position) }),
+        }
+    });
+    match outcome {
+        Ok(inner) => Ok(inner),
+        Err(StoreError::Corrupt { reason }) => Ok(Err(reason)),
+        Err(error) => Err(error),
+    }
+}
+
+impl Applier {
+    fn durable_due(&self, batch_bytes: u64) -> bool {
+        self.bytes_since_durable + batch_bytes >= self.options.durable_bytes
+            || self.clock.now().saturating_duration_since(self.last_durable) >= self.options.durable_interval
+    }
+
+    /// Tells every partition applied since the last durable commit how far it is durable.
+    fn made_durable(&mut self) {
+        for (_, (position, signal)) in std::mem::take(&mut self.dirty) {
+            signal.durable(position);
+        }
+        self.bytes_since_durable = 0;
+        self.last_durable = self.clock.now();
+    }
+
+    async fn run_on_store<T: Send + 'static>(
+        &self,
+        spawn: &dyn Spawn,
+        work: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (done, result) = oneshot::channel();
+        let store = self.store.clone();
+        spawn
+            .run_blocking(Box::new(move || {
+                let _ = done.send(work(&store));
+            }))
+            .await;
+        result.await.ok()
+    }
+}
+
+/// The applier over `store` until `requests` closes (see the module docs).
+pub async fn run_applier(
+    store: Arc<Store>,
+    mut requests: mpsc::Receiver<ApplyRequest>,
+    spawn: Arc<dyn Spawn>,
+    clock: Arc<dyn Clock>,
+    options: ApplierOptions,
+) {
+    assert!(options.batch_requests_max >= 1, "a batch holds at least one request");
+    let last_durable = clock.now();
+    let mut applier =
+        Applier { store, options, clock, dirty: BTreeMap::new(), bytes_since_durable: 0, last_durable, failure: None };
+    loop {
+        let first = if applier.dirty.is_empty() || applier.failure.is_some() {
+            requests.next().await
+        } else {
+            let deadline = applier.last_durable + applier.options.durable_interval;
+            match select(requests.next(), applier.clock.sleep_until(deadline)).await {
+                Either::Left((request, _)) => request,
+                Either::Right(((), _)) => {
+                    // Idle with lazy commits pending: make them durable.
+                    let outcome = applier.run_on_store(&*spawn, |store| store.write(Commit::Durable, |_| Ok(()))).await;
+                    match outcome {
+                        Some(Ok(())) => applier.made_durable(),
+                        Some(Err(error)) => applier.failure = Some(store_failure(error)),
+                        None => {
+                            applier.failure =
+                                Some(store_failure(StoreError::Corrupt { reason: "the applier panicked".into() }))
+                        }
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else {
+            // Every partition stopped: make what was applied durable, and end.
+            if !applier.dirty.is_empty() && applier.failure.is_none() {
+                let outcome = applier.run_on_store(&*spawn, |store| store.write(Commit::Durable, |_| Ok(()))).await;
+                if let Some(Ok(())) = outcome {
+                    applier.made_durable();
+                }
+            }
+            return;
+        };
+        if let Some(error) = &applier.failure {
+            let _ = first.done.send(Err(error.clone()));
+            continue;
+        }
+        let mut batch = vec![first];
+        while batch.len() < applier.options.batch_requests_max {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let batch_bytes: u64 = batch.iter().map(|r| work_bytes(&r.work)).sum();
+        let durable = applier.durable_due(batch_bytes);
+        let mut works = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for request in batch {
+            if let ApplyWork::Entries(entries) = &request.work {
+                if let Some(last) = entries.last() {
+                    applier.dirty.insert(request.partition, (last.position, request.durable.clone()));
+                }
+            }
+            if matches!(request.work, ApplyWork::Remove) {
+                applier.dirty.remove(&request.partition);
+            }
+            works.push((request.partition, request.work));
+            replies.push(request.done);
+        }
+        let outcome = applier.run_on_store(&*spawn, move |store| run_batch(store, works, durable)).await;
+        let Some(BatchOutcome { results, durable, deferred }) = outcome else {
+            let error = store_failure(StoreError::Corrupt { reason: "the applier panicked".into() });
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+            applier.failure = Some(error);
+            continue;
+        };
+        assert_eq!(results.len(), replies.len(), "one result per request");
+        if !deferred.is_empty() {
+            // Planted `apply-not-atomic`: a crash can strike between the two transactions.
+            let second = applier
+                .run_on_store(&*spawn, move |store| {
+                    store.write(Commit::Durable, |rows| {
+                        deferred.into_values().try_for_each(|d| store::apply::commit_deferred(rows, d))
+                    })
+                })
+                .await;
+            if !matches!(second, Some(Ok(()))) {
+                applier.failure =
+                    Some(store_failure(StoreError::Corrupt { reason: "the second commit failed".into() }));
+            }
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            if let Err(error) = &result {
+                applier.failure = Some(error.clone());
+            }
+            // The partition may have stopped waiting; that is its business.
+            let _ = reply.send(result);
+        }
+        applier.bytes_since_durable += batch_bytes;
+        if durable {
+            applier.made_durable();
+        }
+    }
+}

@@ -7,11 +7,16 @@ use cohort_net::client::RefChange;
 
 #[derive(Subcommand, Debug)]
 pub enum RefCommand {
-    /// Point a reference at an object, optionally only if it currently has a given value.
+    /// Point a reference at an object (or, with --symbolic, at another reference), optionally
+    /// only if it currently has a given value.
     Update {
         repo: String,
         refname: String,
-        new_oid: String,
+        #[arg(required_unless_present = "symbolic")]
+        new_oid: Option<String>,
+        /// Make it a symbolic reference to this one (e.g. `HEAD` to `refs/heads/main`).
+        #[arg(long, conflicts_with = "new_oid")]
+        symbolic: Option<String>,
         /// Only if the reference currently points at this object.
         #[arg(long, conflicts_with = "must_not_exist")]
         old: Option<String>,
@@ -35,7 +40,7 @@ fn oid(text: &str) -> anyhow::Result<Oid> {
 pub async fn run(cli: &Cli, command: &RefCommand) -> anyhow::Result<()> {
     let client = client(cli)?;
     match command {
-        RefCommand::Update { repo, refname, new_oid, old, must_not_exist } => {
+        RefCommand::Update { repo, refname, new_oid, symbolic, old, must_not_exist } => {
             let repo = repo_id(cli, repo)?;
             let name = RefName::new(refname).map_err(|e| anyhow::anyhow!("{e}"))?;
             let expected = match (old, must_not_exist) {
@@ -43,7 +48,12 @@ pub async fn run(cli: &Cli, command: &RefCommand) -> anyhow::Result<()> {
                 (None, true) => Expected::MustNotExist,
                 (None, false) => Expected::Any,
             };
-            let change = RefChange { name, expected, new: Some(RefValue::Direct(oid(new_oid)?)) };
+            let new = match (new_oid, symbolic) {
+                (Some(new_oid), _) => RefValue::Direct(oid(new_oid)?),
+                (None, Some(target)) => RefValue::Symbolic(RefName::new(target).map_err(|e| anyhow::anyhow!("{e}"))?),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let change = RefChange { name, expected, new: Some(new) };
             client.write(&repo, Vec::new(), vec![change]).await?;
         }
         RefCommand::List { repo, stale } => {

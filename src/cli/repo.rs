@@ -1,7 +1,11 @@
-//! `cohort repo create|delete|list`.
+//! `cohort repo create|delete|list|info|export`.
 
 use super::{client, repo_id, Cli};
+use anyhow::Context as _;
 use clap::Subcommand;
+use cohort_core::state_machine::{Oid, RefName, RefValue, RepoId};
+use cohort_net::client::Client;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
 pub enum RepoCommand {
@@ -21,6 +25,10 @@ pub enum RepoCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the repository to DIR as a bare Git repository (loose objects, packed-refs,
+    /// HEAD), which `git` reads: `git log`, `git clone`, `git fsck`. DIR must not exist, or be
+    /// empty.
+    Export { relative_path: String, dir: PathBuf },
 }
 
 pub async fn run(cli: &Cli, command: &RepoCommand) -> anyhow::Result<()> {
@@ -41,11 +49,74 @@ pub async fn run(cli: &Cli, command: &RepoCommand) -> anyhow::Result<()> {
             let info = client.repo_info(&repo).await?;
             super::partition::print(&client, &[info], *json, true).await?;
         }
+        RepoCommand::Export { relative_path, dir } => {
+            let repo = repo_id(cli, relative_path)?;
+            let (objects, refs) = export(&client, &repo, dir).await?;
+            println!("exported {repo} to {}: {objects} objects, {refs} references", dir.display());
+        }
         RepoCommand::List => {
             for (repo, partition) in client.list_repositories().await? {
                 println!("{repo}\tpartition {partition}");
             }
         }
     }
+    Ok(())
+}
+
+/// Writes `repo` as a bare Git repository in `dir`; returns how many objects and references
+/// it wrote. References are read first: every object they reach is held by then, and a
+/// repository never drops an object it holds, so the objects listed after are a superset.
+async fn export(client: &Client, repo: &RepoId, dir: &Path) -> anyhow::Result<(usize, usize)> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!("{} exists and is not empty", dir.display());
+    }
+    let (refs, _) = client.read_refs(repo, false).await?;
+    for sub in ["objects/info", "objects/pack", "refs/heads", "refs/tags"] {
+        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    let mut objects = 0;
+    let mut after: Option<Oid> = None;
+    loop {
+        let (page, complete) = client.list_objects(repo, after).await?;
+        for (oid, loose) in &page {
+            // What the node sent must be the object it names.
+            cohort_core::store::loose::decode(oid, loose).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let hex = oid.to_string();
+            let path = dir.join("objects").join(&hex[..2]).join(&hex[2..]);
+            std::fs::create_dir_all(path.parent().expect("objects/xx"))?;
+            std::fs::write(&path, loose).with_context(|| format!("writing {}", path.display()))?;
+            objects += 1;
+        }
+        after = page.last().map(|(oid, _)| *oid).or(after);
+        if complete || page.is_empty() {
+            break;
+        }
+    }
+    write_refs(dir, &refs)?;
+    std::fs::write(dir.join("config"), "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n")?;
+    std::fs::write(dir.join("description"), format!("{repo}, exported by cohort\n"))?;
+    Ok((objects, refs.len()))
+}
+
+/// `HEAD`, `packed-refs` (direct references under refs/, sorted) and loose files for symbolic
+/// references under refs/, as Git lays them out.
+fn write_refs(dir: &Path, refs: &[(RefName, RefValue)]) -> anyhow::Result<()> {
+    // No `peeled` trait: git then peels annotated tags itself.
+    let mut packed = String::from("# pack-refs with: sorted \n");
+    let mut head = "ref: refs/heads/main\n".to_owned();
+    for (name, value) in refs {
+        match (name.is_under_refs(), value) {
+            (false, RefValue::Direct(oid)) => head = format!("{oid}\n"),
+            (false, RefValue::Symbolic(target)) => head = format!("ref: {target}\n"),
+            (true, RefValue::Direct(oid)) => packed.push_str(&format!("{oid} {name}\n")),
+            (true, RefValue::Symbolic(target)) => {
+                let path = dir.join(name.as_str());
+                std::fs::create_dir_all(path.parent().expect("refs/..."))?;
+                std::fs::write(&path, format!("ref: {target}\n"))?;
+            }
+        }
+    }
+    std::fs::write(dir.join("packed-refs"), packed)?;
+    std::fs::write(dir.join("HEAD"), head)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod basics;
 mod cluster;
+mod export;
 mod failover;
 mod membership;
 mod operations;

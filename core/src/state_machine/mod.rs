@@ -207,13 +207,29 @@ pub(crate) fn echo_bytes_max(text: &str, bytes_max: usize) -> String {
 /// A read of the state at the replica's applied index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadQuery {
-    ListRefs { repo: RepoId },
-    GetObject { repo: RepoId, oid: Oid },
+    ListRefs {
+        repo: RepoId,
+    },
+    GetObject {
+        repo: RepoId,
+        oid: Oid,
+    },
     ListRepositories,
-    RepositoryExists { repo: RepoId },
+    RepositoryExists {
+        repo: RepoId,
+    },
     // Directory (partition 0): the partition `repo` is routed to; every partition.
-    Route { repo: RepoId },
+    Route {
+        repo: RepoId,
+    },
     Partitions,
+    /// The objects a repository holds, by id, in Git's loose encoding: those after `after`,
+    /// about `bytes_max` bytes of them (at least one), for exporting a repository page by page.
+    LooseObjects {
+        repo: RepoId,
+        after: Option<Oid>,
+        bytes_max: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +246,11 @@ pub enum ReadResult {
     Route(Option<(PartitionId, PartitionInfo)>),
     /// By increasing id, each with the repositories routed to it (sorted).
     Partitions(Vec<(PartitionId, PartitionInfo, Vec<RepoId>)>),
+    /// By id; `complete`: no object comes after the last one.
+    LooseObjects {
+        objects: Vec<(Oid, Vec<u8>)>,
+        complete: bool,
+    },
 }
 
 /// SHA-1 over a partition's state (see `crate::store::check::digest`): replicas with the same

@@ -41,7 +41,56 @@ pub fn read(rows: &dyn Rows, partition: PartitionId, query: &ReadQuery) -> Resul
             Err(rejection) => ReadResult::Rejected(rejection),
         },
         ReadQuery::Partitions => ReadResult::Partitions(directory::partitions_with_routes(rows, partition)?),
+        ReadQuery::LooseObjects { repo, after, bytes_max } => match check_repository(rows, partition, repo)? {
+            Ok(()) => {
+                let (objects, complete) = loose_objects(rows, partition, repo, after.as_ref(), *bytes_max)?;
+                ReadResult::LooseObjects { objects, complete }
+            }
+            Err(rejection) => ReadResult::Rejected(rejection),
+        },
     })
+}
+
+/// A page of a repository's objects in their loose encoding, by id after `after`: at least
+/// one, then while they fit in `bytes_max`. `true` with the last page.
+fn loose_objects(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    repo: &RepoId,
+    after: Option<&Oid>,
+    bytes_max: u64,
+) -> Result<(Vec<(Oid, Vec<u8>)>, bool), StoreError> {
+    let prefix = keys::repo(partition, repo);
+    let mut page: Vec<(Oid, Vec<u8>)> = Vec::new();
+    let mut bytes = 0u64;
+    let mut complete = true;
+    let mut failure = None;
+    let mut visit = |key: &[u8], _: &[u8]| -> Result<ControlFlow<()>, StoreError> {
+        let oid =
+            keys::KeyReader::new(&key[prefix.len()..]).take_oid().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        let loose = match loose_object(rows, partition, &oid) {
+            Ok(loose) => loose,
+            Err(error) => {
+                failure = Some(error);
+                return Ok(ControlFlow::Break(()));
+            }
+        };
+        if !page.is_empty() && bytes + loose.len() as u64 > bytes_max {
+            complete = false;
+            return Ok(ControlFlow::Break(()));
+        }
+        bytes += loose.len() as u64;
+        page.push((oid, loose));
+        Ok(ControlFlow::Continue(()))
+    };
+    match after {
+        Some(after) => rows.scan_after(TableId::Held, &prefix, &keys::held(partition, repo, after), &mut visit)?,
+        None => rows.scan(TableId::Held, &prefix, &mut visit)?,
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok((page, complete)),
+    }
 }
 
 fn check_repository(

@@ -162,6 +162,15 @@ pub trait Rows {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError>;
 
+    /// Like `scan`, starting after the key `after` (which need not exist).
+    fn scan_after(
+        &self,
+        table: TableId,
+        prefix: &[u8],
+        after: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError>;
+
     fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError>;
 
     fn contains(&self, table: TableId, key: &[u8]) -> Result<bool, StoreError> {
@@ -191,17 +200,20 @@ fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(value.map(|v| v.value().to_vec()))
 }
 
+/// Rows with keys in `start` (inclusive or not) up to the end of `prefix`'s keys.
 fn scan_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
     prefix: &[u8],
+    start: std::ops::Bound<&[u8]>,
     visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<(), StoreError> {
+    use std::ops::Bound;
     let end = super::keys::prefix_end(prefix);
-    let range = match &end {
-        Some(end) => table.range::<&[u8]>(prefix..end.as_slice()),
-        None => table.range::<&[u8]>(prefix..),
-    }
-    .map_err(|e| db("range")(e.into()))?;
+    let end_bound = match &end {
+        Some(end) => Bound::Excluded(end.as_slice()),
+        None => Bound::Unbounded,
+    };
+    let range = table.range::<&[u8]>((start, end_bound)).map_err(|e| db("range")(e.into()))?;
     for row in range {
         let (key, value) = row.map_err(|e| db("range")(e.into()))?;
         if visit(key.value(), value.value())?.is_break() {
@@ -259,7 +271,18 @@ impl Rows for ReadRows {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
-        scan_in(&self.tables[table.position()], prefix, visit)
+        scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Included(prefix), visit)
+    }
+
+    fn scan_after(
+        &self,
+        table: TableId,
+        prefix: &[u8],
+        after: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        assert!(after.starts_with(prefix), "a scan starts inside its prefix");
+        scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Excluded(after), visit)
     }
 
     fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError> {
@@ -326,7 +349,18 @@ impl Rows for WriteRows<'_> {
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
-        scan_in(&self.tables[table.position()], prefix, visit)
+        scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Included(prefix), visit)
+    }
+
+    fn scan_after(
+        &self,
+        table: TableId,
+        prefix: &[u8],
+        after: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        assert!(after.starts_with(prefix), "a scan starts inside its prefix");
+        scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Excluded(after), visit)
     }
 
     fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError> {

@@ -242,6 +242,39 @@ impl Cohort for ApiServer {
         Ok(Response::new(reply))
     }
 
+    async fn list_objects(
+        &self,
+        request: Request<proto::ListObjectsRequest>,
+    ) -> Result<Response<proto::ListObjectsReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let repo = convert::repo(request.repo).map_err(Status::invalid_argument)?;
+        let after = match request.after.is_empty() {
+            true => None,
+            false => Some(convert::oid(&request.after).map_err(Status::invalid_argument)?),
+        };
+        // Half a message's room: one object may be as large as a whole write.
+        let bytes_max = cohort_core::limits::COMMAND_SIZE_BYTES_MAX as u64 / 2;
+        let query = ReadQuery::LooseObjects { repo: repo.clone(), after, bytes_max };
+        let answer = self
+            .service
+            .read_repository(&repo, query, consistency(request.stale))
+            .await
+            .map_err(|e| self.status_of(e))?;
+        match answer.result {
+            ReadResult::LooseObjects { objects, complete } => Ok(Response::new(proto::ListObjectsReply {
+                objects: objects
+                    .into_iter()
+                    .map(|(oid, loose)| proto::LooseObject { oid: oid.0.to_vec(), loose })
+                    .collect(),
+                complete,
+                applied_index: answer.applied_index,
+            })),
+            ReadResult::Rejected(rejection) => Err(Status::failed_precondition(rejection.to_string())),
+            _ => Err(Status::internal("unexpected answer to an object listing")),
+        }
+    }
+
     async fn list_repositories(
         &self,
         request: Request<proto::ListRepositoriesRequest>,

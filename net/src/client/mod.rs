@@ -313,6 +313,32 @@ impl Client {
         Ok(Some((convert::kind(&reply.kind).map_err(ClientError::Invalid)?, reply.data)))
     }
 
+    /// A page of `repo`'s objects in Git's loose encoding, by id after `after`; `true` when no
+    /// object follows the page.
+    pub async fn list_objects(
+        &self,
+        repo: &RepoId,
+        after: Option<Oid>,
+    ) -> Result<(Vec<(Oid, Vec<u8>)>, bool), ClientError> {
+        let message = proto::ListObjectsRequest {
+            repo: Some(convert::repo_to_wire(repo)),
+            after: after.map_or_else(Vec::new, |oid| oid.0.to_vec()),
+            stale: false,
+        };
+        let reply = self
+            .call(Some(Self::key(repo)), |mut c| {
+                let request = self.request(message.clone());
+                async move { c.list_objects(request).await }
+            })
+            .await?;
+        let objects = reply
+            .objects
+            .into_iter()
+            .map(|o| Ok((convert::oid(&o.oid).map_err(ClientError::Invalid)?, o.loose)))
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok((objects, reply.complete))
+    }
+
     pub async fn list_repositories(&self) -> Result<Vec<(RepoId, u64)>, ClientError> {
         let reply = self
             .call(None, |mut c| {

@@ -1,0 +1,92 @@
+//! What the cluster benchmarks share: clients that wait long enough, blob writes, waiting, and
+//! reading nodes' metrics and replication progress.
+
+use crate::cluster::{self, TestCluster};
+use cohort_core::state_machine::{Expected, NewObject, ObjectKind, RefName, RefValue, RepoId};
+use cohort_net::client::{Client, ClientConfig, RefChange};
+use std::time::{Duration, Instant};
+
+pub fn client(cluster: &TestCluster, id: u64) -> Client {
+    let mut config = ClientConfig::new(cluster.endpoints(), id);
+    // 1 MiB writes on a loaded 2-core machine can be slow; a retry reuses the write id.
+    config.deadline = Duration::from_secs(120);
+    Client::new(config).unwrap()
+}
+
+/// One write: a blob of `data` and the reference `refs/heads/<name>` to it.
+pub async fn write_blob(client: &Client, repo: &RepoId, name: &str, data: Vec<u8>) {
+    let object = NewObject::new(ObjectKind::Blob, data);
+    let change = RefChange {
+        name: RefName::new(format!("refs/heads/{name}")).unwrap(),
+        expected: Expected::Any,
+        new: Some(RefValue::Direct(object.oid)),
+    };
+    client.write(repo, vec![object], vec![change]).await.expect("write");
+}
+
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A metric's value on node `id`, asserting that it is exported: `TestCluster::metric` reads
+/// a missing (say, renamed) metric as 0, which would make the benchmark silently wrong.
+pub fn metric(cluster: &TestCluster, id: u64, name: &str) -> f64 {
+    let text = cluster::http_get(&cluster.node(id).http_address, "/metrics");
+    assert!(text.lines().any(|line| line.split([' ', '{']).next() == Some(name)), "node {id} exports no metric {name}");
+    cluster.metric(id, name)
+}
+
+/// A node's snapshot transfer counters (names as prometheus-client exports them: counters get
+/// `_total`, and the unit is appended before it).
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotMetrics {
+    pub sent: f64,
+    pub sent_bytes: f64,
+    pub send_seconds_sum: f64,
+    pub send_seconds_count: f64,
+    pub received: f64,
+    pub received_bytes: f64,
+}
+
+impl SnapshotMetrics {
+    pub fn read(cluster: &TestCluster, id: u64) -> SnapshotMetrics {
+        SnapshotMetrics {
+            sent: metric(cluster, id, "cohort_snapshots_sent_total"),
+            sent_bytes: metric(cluster, id, "cohort_snapshot_sent_bytes_total"),
+            send_seconds_sum: metric(cluster, id, "cohort_snapshot_send_seconds_sum"),
+            send_seconds_count: metric(cluster, id, "cohort_snapshot_send_seconds_count"),
+            received: metric(cluster, id, "cohort_snapshots_received_total"),
+            received_bytes: metric(cluster, id, "cohort_snapshot_received_bytes_total"),
+        }
+    }
+
+    pub fn since(&self, before: &SnapshotMetrics) -> SnapshotMetrics {
+        SnapshotMetrics {
+            sent: self.sent - before.sent,
+            sent_bytes: self.sent_bytes - before.sent_bytes,
+            send_seconds_sum: self.send_seconds_sum - before.send_seconds_sum,
+            send_seconds_count: self.send_seconds_count - before.send_seconds_count,
+            received: self.received - before.received,
+            received_bytes: self.received_bytes - before.received_bytes,
+        }
+    }
+}
+
+/// `partition`'s commit index on the leader and the learner's applied index, each from its
+/// own node's status (a node reports applied indexes only for its own replicas).
+pub async fn progress(client: &Client, cluster: &TestCluster, partition: u64, leader: u64, learner: u64) -> (u64, u64) {
+    let leader_status = client.status_of(&cluster.endpoint(leader)).await.expect("leader status");
+    let commit = leader_status.partitions.iter().find(|p| p.id == partition).map_or(0, |p| p.commit_index);
+    let learner_status = client.status_of(&cluster.endpoint(learner)).await.expect("learner status");
+    let applied = learner_status
+        .partitions
+        .iter()
+        .find(|p| p.id == partition)
+        .and_then(|p| p.replicas.iter().find(|r| r.node == learner))
+        .map_or(0, |r| r.applied_index);
+    (commit, applied)
+}

@@ -20,34 +20,13 @@ pub struct LogModel {
 }
 
 impl LogModel {
+    /// Applies `write` with the reference meaning of a log write (`RecoveredPartition::apply`).
     pub fn apply(&mut self, write: &LogWrite) {
         if write.remove {
             self.partitions.remove(&write.partition);
             return;
         }
-        let p = self.partitions.entry(write.partition).or_default();
-        if let Some((position, conf_state)) = &write.snapshot {
-            p.entries.clear();
-            p.compacted = *position;
-            p.snapshot = Some(*position);
-            p.conf_state = conf_state.clone();
-        }
-        if let Some(position) = write.compact_through {
-            if position.index > p.compacted.index {
-                p.entries.retain(|e| e.index > position.index);
-                p.compacted = position;
-            }
-        }
-        if let Some(first) = write.entries.first() {
-            p.entries.retain(|e| e.index < first.index);
-            p.entries.extend(write.entries.iter().cloned());
-        }
-        if let Some(hard_state) = write.hard_state {
-            p.hard_state = hard_state;
-        }
-        if let Some(conf_state) = &write.conf_state {
-            p.conf_state = conf_state.clone();
-        }
+        self.partitions.entry(write.partition).or_default().apply(write);
     }
 
     pub fn partitions(&self) -> &BTreeMap<PartitionId, RecoveredPartition> {

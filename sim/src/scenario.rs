@@ -588,8 +588,12 @@ async fn drive_faults(
                 // node that never held the partition.
                 let partition = cohort_core::ids::PartitionId(rng.gen_range(1..=repos as u64));
                 let node = ids[rng.gen_range(0..ids.len())];
+                // Sometimes the operator gives up early: the change may be committed in Raft
+                // and not yet recorded in the directory, which the partition's leader then does.
+                let patience =
+                    if rng.gen_bool(0.5) { workload::OP_TIMEOUT } else { Duration::from_millis(rng.gen_range(5..300)) };
                 for action in [MembersAction::Remove, MembersAction::AddVoter] {
-                    let outcome = operator.change_members(partition, node, action).await;
+                    let outcome = operator.change_members_within(patience, partition, node, action).await;
                     trace_event(trace, format!("membership {action:?} node {node} partition {partition}: {outcome:?}"));
                 }
             }

@@ -115,12 +115,21 @@ impl SimClient {
     }
 
     /// Runs `attempt` against nodes until it gives a definite answer or the deadline passes.
-    async fn with_retries<T, F, Fut>(&mut self, mut attempt: F) -> Option<T>
+    async fn with_retries<T, F, Fut>(&mut self, attempt: F) -> Option<T>
     where
         F: FnMut(Arc<NodeService>) -> Fut,
         Fut: std::future::Future<Output = Attempt<T>>,
     {
-        let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+        self.with_retries_within(OP_TIMEOUT, attempt).await
+    }
+
+    /// `with_retries`, giving up after `timeout`.
+    async fn with_retries_within<T, F, Fut>(&mut self, timeout: Duration, mut attempt: F) -> Option<T>
+    where
+        F: FnMut(Arc<NodeService>) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -330,7 +339,19 @@ impl SimClient {
         node: NodeId,
         action: MembersAction,
     ) -> Option<Result<(), String>> {
-        self.with_retries(|service| async move {
+        self.change_members_within(OP_TIMEOUT, partition, node, action).await
+    }
+
+    /// `change_members`, given up after `timeout`: the change may be cut short anywhere, Raft
+    /// committing it and the directory not yet recording it included.
+    pub async fn change_members_within(
+        &mut self,
+        timeout: Duration,
+        partition: PartitionId,
+        node: NodeId,
+        action: MembersAction,
+    ) -> Option<Result<(), String>> {
+        self.with_retries_within(timeout, |service| async move {
             match service.change_members(partition, node, action).await {
                 Ok(_) => Attempt::Done(Ok(())),
                 Err(ApiError::Refused(reason)) => Attempt::Done(Err(reason)),

@@ -17,6 +17,9 @@ use std::future::poll_fn;
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 
+/// Ticks between two attempts to record a leader's members in the directory.
+const MEMBERS_RETRY_TICKS: u32 = 10;
+
 /// Readies handed to the log and not yet durable, per partition. At this bound the actor
 /// stops taking inputs until the log catches up: backpressure instead of an unbounded queue.
 pub const UNPERSISTED_READIES_MAX: usize = 256;
@@ -58,6 +61,18 @@ pub(super) struct Actor {
     pub transfer_events: TransferEvents,
     /// The snapshot being written away from this task, if any: its outcome arrives here.
     pub saving: Option<oneshot::Receiver<SnapshotSaved>>,
+    /// Members this replica, as leader, wants the directory to record (see
+    /// `Output::LeaderMembers`), and the recording under way, if any.
+    pub members: MembersRecord,
+}
+
+/// The directory recording of a leader's members: at most one attempt at a time, retried
+/// (while this replica leads) until the directory records them.
+#[derive(Default)]
+pub(super) struct MembersRecord {
+    wanted: Option<crate::persist::ConfState>,
+    attempt: Option<(crate::persist::ConfState, oneshot::Receiver<bool>)>,
+    not_before: crate::env::Instant,
 }
 
 /// How writing a snapshot ended.
@@ -103,6 +118,7 @@ enum Wake {
     Applied(ApplyResult),
     Durable(crate::persist::LogPosition),
     SnapshotSaved(SnapshotSaved),
+    MembersRecorded(bool),
     Timer,
 }
 
@@ -142,6 +158,11 @@ impl Actor {
                 }
                 if let Poll::Ready(position) = self.durable.poll_durable(&mut durable_seen, cx) {
                     return Poll::Ready(Wake::Durable(position));
+                }
+                if let Some((_, attempt)) = self.members.attempt.as_mut() {
+                    if let Poll::Ready(recorded) = attempt.poll_unpin(cx) {
+                        return Poll::Ready(Wake::MembersRecorded(recorded.unwrap_or(false)));
+                    }
                 }
                 if let Some(saving) = self.saving.as_mut() {
                     if let Poll::Ready(outcome) = saving.poll_unpin(cx) {
@@ -204,6 +225,14 @@ impl Actor {
                     self.saving = None;
                     self.partition.handle_snapshot_saved(now, outcome);
                 }
+                Wake::MembersRecorded(recorded) => {
+                    let (conf, _) = self.members.attempt.take().expect("an attempt was polled");
+                    if recorded && self.members.wanted.as_ref() == Some(&conf) {
+                        self.members.wanted = None;
+                    } else if !recorded {
+                        self.members.not_before = now + self.env_tick() * MEMBERS_RETRY_TICKS;
+                    }
+                }
                 Wake::Timer => {
                     timer = None;
                     self.partition.handle_tick(now);
@@ -221,7 +250,34 @@ impl Actor {
             if !self.drain(&mut replies, &mut applying).await {
                 return;
             }
+            self.record_members(now);
         }
+    }
+
+    fn env_tick(&self) -> std::time::Duration {
+        self.router.upgrade().map_or(std::time::Duration::from_millis(100), |r| r.tick_interval())
+    }
+
+    /// Starts recording the wanted members in the directory, if due and this replica still
+    /// leads (a new leader takes the task over).
+    fn record_members(&mut self, now: crate::env::Instant) {
+        if !self.partition.is_leader() {
+            self.members.wanted = None;
+        }
+        if self.members.attempt.is_some() || now < self.members.not_before {
+            return;
+        }
+        let (Some(conf), Some(router)) = (self.members.wanted.clone(), self.router.upgrade()) else { return };
+        let (tx, rx) = oneshot::channel();
+        let partition = self.partition.id();
+        let attempt_conf = conf.clone();
+        self.env.spawn.spawn(
+            "record members",
+            Box::pin(async move {
+                let _ = tx.send(router.record_members(partition, attempt_conf).await);
+            }),
+        );
+        self.members.attempt = Some((conf, rx));
     }
 
     /// The replica left the partition: its removal goes to the log after every write it queued;
@@ -387,6 +443,7 @@ impl Actor {
                         router.reconcile(partition, &info);
                     }
                 }
+                Output::LeaderMembers(conf) => self.members.wanted = Some(conf),
                 Output::DirectoryReady => {
                     let partitions =
                         self.store.read().and_then(|rows| store::read::directory_partitions(&rows, DIRECTORY));

@@ -5,7 +5,7 @@ use super::actor::{Actor, PartitionInput};
 use super::applier::{ApplyRequest, DurableSignal};
 use super::persisted::PersistSignal;
 use crate::env::{Env, Envelope, Transport};
-use crate::ids::{NodeId, PartitionId, PeerId};
+use crate::ids::{NodeId, PartitionId, PeerId, DIRECTORY};
 use crate::limits::MAILBOX_MESSAGES_MAX;
 use crate::partition::{Partition, PartitionConfig, PartitionStatus, Request, Response, StoredState};
 use crate::persist::{PersistRequest, RecoveredPartition};
@@ -77,6 +77,8 @@ pub struct Router {
     /// old one is gone.
     retiring: Mutex<BTreeMap<PartitionId, Option<(String, PeerId)>>>,
     pub stats: RouterStats,
+    /// Directory updates this node made, to name each with its own writer.
+    internal_writes: AtomicU64,
     this: Weak<Router>,
 }
 
@@ -99,6 +101,7 @@ impl Router {
             mailboxes: Mutex::new(BTreeMap::new()),
             retiring: Mutex::new(BTreeMap::new()),
             stats: RouterStats::default(),
+            internal_writes: AtomicU64::new(0),
             this: this.clone(),
         })
     }
@@ -109,6 +112,50 @@ impl Router {
 
     pub fn env(&self) -> &Env {
         &self.env
+    }
+
+    /// The directory write that records `conf` as `partition`'s members, under a fresh writer:
+    /// the update sets whole member lists, so it needs no deduplication, and a node-made
+    /// sequence could collide with a client's.
+    pub fn members_command(
+        &self,
+        partition: PartitionId,
+        conf: &crate::persist::ConfState,
+    ) -> crate::state_machine::Command {
+        let n = self.internal_writes.fetch_add(1, Ordering::Relaxed);
+        // Spread over the id space; mixing the node's seed keeps ids apart across restarts.
+        let writer = crate::ids::ClientId(
+            (self.env.seed ^ (self.config.node.0 << 48) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1 << 63,
+        );
+        let op = crate::state_machine::WriteOp::SetPartitionMembers {
+            partition,
+            voters: conf.voter_nodes(),
+            learners: conf.learner_nodes(),
+            peers: conf.members().into_iter().map(PeerId).collect(),
+        };
+        crate::state_machine::Command { client: writer, seq: 1, op }
+    }
+
+    /// Whether this node's directory replica records `conf` as `partition`'s members.
+    pub fn directory_records(&self, partition: PartitionId, conf: &crate::persist::ConfState) -> bool {
+        let recorded = self.store.read().ok().and_then(|rows| {
+            crate::store::read::directory_partitions(&rows, DIRECTORY).ok()?.into_iter().find(|(p, _)| *p == partition)
+        });
+        let peers: Vec<PeerId> = conf.members().into_iter().map(PeerId).collect();
+        recorded.is_some_and(|(_, info)| {
+            info.voters == conf.voter_nodes() && info.learners == conf.learner_nodes() && info.peers == peers
+        })
+    }
+
+    /// Makes sure the directory records `conf` as `partition`'s members: nothing if this
+    /// node's directory replica already does, else one write through the directory's leader.
+    /// Whether the directory records them now.
+    pub async fn record_members(&self, partition: PartitionId, conf: crate::persist::ConfState) -> bool {
+        if self.directory_records(partition, &conf) {
+            return true;
+        }
+        let command = self.members_command(partition, &conf);
+        matches!(self.request(DIRECTORY, Request::ForwardedWrite(command)).await, Ok(Response::Written(Ok(_))))
     }
 
     /// The node's state store, for reads.
@@ -305,6 +352,7 @@ impl Router {
             transfers,
             transfer_events: Default::default(),
             saving: None,
+            members: Default::default(),
         };
         self.env.spawn.spawn("partition", Box::pin(actor.run()));
         Ok(tx)

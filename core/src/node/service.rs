@@ -3,7 +3,7 @@
 //! typed result. The gRPC layer (`cohort-net`) only converts to and from wire types.
 
 use super::router::{RouteError, Router};
-use crate::ids::{ClientId, NodeId, PartitionId, PeerId};
+use crate::ids::{ClientId, NodeId, PartitionId};
 use crate::partition::{MembershipChange, ReadConsistency, Request, Response};
 use crate::persist::ConfState;
 use crate::state_machine::{
@@ -73,6 +73,9 @@ pub enum MembersAction {
     TransferLeader,
 }
 
+/// How long a membership change may wait for the directory to record it.
+const RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long a new replica may take to catch up before its promotion is given up.
 const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -95,7 +98,6 @@ pub struct RoutedRepository {
 pub struct NodeService {
     router: Arc<Router>,
     /// Directory updates this node made, to name each with its own writer.
-    internal_writes: std::sync::atomic::AtomicU64,
     /// Every node of the static cluster: where new partitions may be placed.
     nodes: Vec<NodeId>,
     /// Voters of each new partition.
@@ -129,7 +131,7 @@ impl NodeService {
     pub fn new(router: Arc<Router>, nodes: Vec<NodeId>, replicas: usize) -> NodeService {
         assert!(nodes.contains(&router.node()), "this node is one of the cluster's nodes");
         assert!((1..=nodes.len()).contains(&replicas), "replicas between 1 and the cluster's size");
-        NodeService { router, nodes, replicas, internal_writes: std::sync::atomic::AtomicU64::new(0) }
+        NodeService { router, nodes, replicas }
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -448,23 +450,24 @@ impl NodeService {
         self.record_members(partition, &conf).await
     }
 
-    /// Writes `conf` to the directory; nodes create or delete their replicas when they apply it.
+    /// Waits until this node's directory replica records `conf` as `partition`'s members
+    /// (nodes create or delete their replicas when they apply that). The partition's leader
+    /// records them itself (`Output::LeaderMembers`), so the directory follows the partition
+    /// even when this call is cut short.
     async fn record_members(&self, partition: PartitionId, conf: &ConfState) -> Result<(), ApiError> {
-        // A fresh writer for each update: the update sets whole member lists, so it needs no
-        // deduplication, and a node-made sequence could collide with a client's.
-        let writer = self.next_internal_writer();
-        let voters = conf.voter_nodes();
-        let learners = conf.learner_nodes();
-        let peers = conf.members().into_iter().map(PeerId).collect();
-        let op = WriteOp::SetPartitionMembers { partition, voters, learners, peers };
-        self.forwarded_write(DIRECTORY, Command { client: writer, seq: 1, op }).await.map(|_| ())
-    }
-
-    fn next_internal_writer(&self) -> ClientId {
-        let n = self.internal_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let seed = self.router.env().seed;
-        // Spread over the id space; mixing the node's seed keeps ids apart across restarts.
-        ClientId((seed ^ (self.router.node().0 << 48) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1 << 63)
+        let clock = self.router.env().clock.clone();
+        let deadline = clock.now() + RECORD_TIMEOUT;
+        loop {
+            if self.router.directory_records(partition, conf) {
+                return Ok(());
+            }
+            if clock.now() >= deadline {
+                return Err(ApiError::Unavailable(format!(
+                    "the directory has not recorded the members of partition {partition} within {RECORD_TIMEOUT:?}"
+                )));
+            }
+            clock.sleep_until(clock.now() + self.router.tick_interval()).await;
+        }
     }
 
     /// Waits until `node`'s replica has every committed entry, as the leader (here) sees it.

@@ -747,6 +747,15 @@ impl Partition {
         self.outputs.push_back(Output::DirectoryReady);
     }
 
+    /// On a leader of a partition other than the directory: asks the node to make sure the
+    /// directory records this replica's membership.
+    pub(super) fn announce_members(&mut self) {
+        if self.config.partition != crate::ids::DIRECTORY && self.is_leader() {
+            let conf_state = self.raw.store().conf_state();
+            self.outputs.push_back(Output::LeaderMembers(conf_state));
+        }
+    }
+
     /// Whether an entry at `index` is live (not a replay of what was committed before start).
     pub(super) fn is_live(&self, index: u64) -> bool {
         index > self.replayed_through
@@ -766,6 +775,7 @@ impl Partition {
                 if let Some(observer) = &self.config.observer {
                     observer.became_leader(node, partition, term);
                 }
+                self.announce_members();
             }
             None => {
                 tracing::info!(%partition, %node, term, "stepped down");

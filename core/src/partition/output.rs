@@ -43,6 +43,11 @@ pub enum Output {
     /// The directory applied new members for `partition`: the node creates its replica if it
     /// became a member, and deletes it if it no longer is.
     MembersChanged { partition: PartitionId, info: PartitionInfo },
+    /// This replica leads its partition (not the directory) and its members are these: the node
+    /// makes sure the directory records them. Emitted on becoming leader and after each
+    /// membership change, so the directory follows the partition even when the operator's call
+    /// that changed it was cut short.
+    LeaderMembers(ConfState),
     /// The directory replica has applied everything committed before this start: the node
     /// brings its replicas in line with the directory's partitions (in the store) once.
     /// Changes applied while replaying the directory's history are not reported one by one:

@@ -157,7 +157,11 @@ impl Partition {
                 EntryType::EntryNormal if self.planted_skip(index) => ApplyKind::Noop,
                 EntryType::EntryNormal => ApplyKind::Command(entry.data.to_vec()),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    ApplyKind::Membership(self.apply_conf_change(&entry))
+                    let outcome = self.apply_conf_change(&entry);
+                    if outcome.is_ok() {
+                        self.announce_members();
+                    }
+                    ApplyKind::Membership(outcome)
                 }
             };
             batch.push(ApplyEntry { position: LogPosition { index, term: entry.term }, kind });

@@ -343,7 +343,10 @@ impl Cluster {
                     Output::Respond { request, response } => self.responses.push(Delivered { node, request, response }),
                     // One partition only here: the directory's allocations have no replica to
                     // create.
-                    Output::PartitionAllocated { .. } | Output::MembersChanged { .. } | Output::DirectoryReady => {}
+                    Output::PartitionAllocated { .. }
+                    | Output::MembersChanged { .. }
+                    | Output::DirectoryReady
+                    | Output::LeaderMembers(_) => {}
                 }
             }
             if !any || !self.auto_persist {

@@ -227,7 +227,10 @@ fn replay_entries() -> Vec<cohort_core::store::ApplyEntry> {
         };
         let op = WriteOp::Transaction { repo: repo(), objects: vec![object], refs: vec![update] };
         let command = Command { client: ClientId(2), seq: i + 1, op };
-        entries.push(ApplyEntry { position: LogPosition { index: i + 2, term: 1 }, kind: ApplyKind::Command(command.encode()) });
+        entries.push(ApplyEntry {
+            position: LogPosition { index: i + 2, term: 1 },
+            kind: ApplyKind::Command(command.encode()),
+        });
     }
     entries
 }

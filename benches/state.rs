@@ -4,8 +4,9 @@
 //! - the disk's sequential write rate (a file written and fsynced next to the nodes' data);
 //! - creating many repositories (each its own partition), then writing objects across them
 //!   (one large repository among them), as MiB/s and as a ratio to the disk's rate;
-//! - each node's RSS before and after, and its growth as a share of the data written (the goal:
-//!   at most 10%: a node's memory does not grow with the data it stores);
+//! - each node's RSS before and after, and its growth as a share of the data written and of the
+//!   data the node holds a replica of (the goal: at most 10%: a node's memory does not grow with
+//!   the data it stores);
 //! - the restart time of a node holding that data, then again once one partition has applied
 //!   many more log entries (the goal: at most 2 s, and independent of the log's length);
 //! - the time to send the large repository's partition to a new learner as a snapshot.
@@ -138,6 +139,27 @@ fn restart_time(cluster: &mut TestCluster, id: u64) -> Duration {
     started.elapsed()
 }
 
+/// The object bytes each node holds a replica of, from each repository's voters.
+fn held_bytes_by_node(
+    rt: &tokio::runtime::Runtime,
+    admin: &cohort_net::client::Client,
+    sizes: &Sizes,
+    big_objects: u64,
+    rest_objects: u64,
+) -> Vec<u64> {
+    let small = sizes.repos - 1;
+    let mut held = vec![0u64; NODES as usize];
+    let repos = std::iter::once((BIG.to_string(), big_objects))
+        .chain((0..small).map(|n| (small_repo(n), rest_objects / small + u64::from(n < rest_objects % small))));
+    for (name, objects) in repos {
+        let info = rt.block_on(admin.repo_info(&repo(&name))).unwrap();
+        for voter in info.voters {
+            held[voter as usize - 1] += objects * OBJECT_BYTES as u64;
+        }
+    }
+    held
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let sizes = sizes(full);
@@ -169,6 +191,7 @@ fn main() {
     // Let the stores make it all durable and the logs compact.
     std::thread::sleep(Duration::from_secs(3));
     let rss_after = rss_all(&cluster);
+    let held_bytes = held_bytes_by_node(&rt, &admin, &sizes, big_objects, rest_objects);
     let restart_short_log = restart_time(&mut cluster, 1);
 
     // Many more entries, in one small repository's partition.
@@ -228,11 +251,14 @@ fn main() {
     for id in 1..=NODES {
         let (b, a) = (rss_before[id as usize - 1], rss_after[id as usize - 1]);
         let growth = a.saturating_sub(b);
+        let held = held_bytes[id as usize - 1];
         println!(
-            "node {id}: RSS {:.0} MiB before, {:.0} MiB after; growth {:.1}% of the data written",
+            "node {id}: RSS {:.0} MiB before, {:.0} MiB after; growth {:.1}% of the data written, {:.1}% of the {:.0} MiB it holds (goal: at most 10%)",
             b as f64 / MIB,
             a as f64 / MIB,
-            100.0 * growth as f64 / written_bytes as f64
+            100.0 * growth as f64 / written_bytes as f64,
+            100.0 * growth as f64 / held.max(1) as f64,
+            held as f64 / MIB
         );
     }
     println!(

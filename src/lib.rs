@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+mod memory;
 mod metered_disk;
 pub mod node;

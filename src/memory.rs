@@ -1,0 +1,37 @@
+//! Giving freed heap memory back to the kernel.
+//!
+//! A node allocates and frees large buffers (objects, log entries, messages) at a high rate.
+//! glibc's allocator raises its mmap threshold each time such a buffer is freed, after which they
+//! come from its heaps, and a heap keeps the pages of what was freed in it. The node's RSS then
+//! reflects its busiest moment, not what it holds. Measured by `cargo bench --bench state`
+//! (512 MiB over 100 repositories): each node's RSS grew by 200–250 MiB without trimming, by
+//! 90–100 MiB with a trim every second, at the same write rate (pinning the mmap threshold
+//! instead cost 15% of it; jemalloc and mimalloc kept as much as glibc did).
+
+use std::time::Duration;
+
+/// How often freed heap pages are handed back.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts, once per process, a thread that hands the heaps' free pages back to the kernel every
+/// `TRIM_INTERVAL`. A trim walks the free lists and takes well under a millisecond on a node's
+/// heaps; it runs on its own thread so that it never holds up the runtime's.
+/// Elsewhere it does nothing: other allocators return memory on their own terms.
+pub fn spawn_heap_trimmer() {
+    let _ = TRIM_INTERVAL;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            let spawned = std::thread::Builder::new().name("heap-trim".into()).spawn(|| loop {
+                std::thread::sleep(TRIM_INTERVAL);
+                // SAFETY: malloc_trim takes the allocator's own locks; it is safe to call from
+                // any thread at any time.
+                unsafe { libc::malloc_trim(0) };
+            });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "cannot start the heap trimmer; freed memory stays with the process");
+            }
+        });
+    }
+}

@@ -329,7 +329,8 @@ mod tests {
 
     #[test]
     fn bad_configs_say_what_is_wrong() {
-        let cases: Vec<(fn(&mut RawConfig), &str)> = vec![
+        type Case = (fn(&mut RawConfig), &'static str);
+        let cases: Vec<Case> = vec![
             (|c| c.node_id = 2, "node_id 2 is not among nodes"),
             (|c| c.secret = "short".into(), "secret"),
             (|c| c.raft.election_ticks = 1, "election_ticks"),

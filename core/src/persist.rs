@@ -228,9 +228,7 @@ impl From<&raft::eraftpb::Entry> for LogEntry {
 impl From<&LogEntry> for raft::eraftpb::Entry {
     fn from(e: &LogEntry) -> raft::eraftpb::Entry {
         use raft::eraftpb::EntryType;
-        let mut out = raft::eraftpb::Entry::default();
-        out.index = e.index;
-        out.term = e.term;
+        let mut out = raft::eraftpb::Entry { index: e.index, term: e.term, ..Default::default() };
         out.set_entry_type(match e.kind {
             EntryKind::Normal => EntryType::EntryNormal,
             EntryKind::ConfChange => EntryType::EntryConfChange,
@@ -250,11 +248,7 @@ impl From<&raft::eraftpb::HardState> for HardState {
 
 impl From<HardState> for raft::eraftpb::HardState {
     fn from(hs: HardState) -> raft::eraftpb::HardState {
-        let mut out = raft::eraftpb::HardState::default();
-        out.term = hs.term;
-        out.vote = hs.vote;
-        out.commit = hs.commit;
-        out
+        raft::eraftpb::HardState { term: hs.term, vote: hs.vote, commit: hs.commit, ..Default::default() }
     }
 }
 
@@ -279,13 +273,14 @@ impl From<&raft::eraftpb::ConfState> for ConfState {
 
 impl From<&ConfState> for raft::eraftpb::ConfState {
     fn from(cs: &ConfState) -> raft::eraftpb::ConfState {
-        let mut out = raft::eraftpb::ConfState::default();
-        out.voters = cs.voters.clone();
-        out.learners = cs.learners.clone();
-        out.voters_outgoing = cs.voters_outgoing.clone();
-        out.learners_next = cs.learners_next.clone();
-        out.auto_leave = cs.auto_leave;
-        out
+        raft::eraftpb::ConfState {
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            voters_outgoing: cs.voters_outgoing.clone(),
+            learners_next: cs.learners_next.clone(),
+            auto_leave: cs.auto_leave,
+            ..Default::default()
+        }
     }
 }
 

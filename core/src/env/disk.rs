@@ -41,6 +41,7 @@ pub trait DiskFile: Send + 'static {
 /// tears independently and in any order, every byte ending as its old or its new value, and
 /// never changes a byte outside its range; a [`PositionalFile::set_len`] since the last sync
 /// survives whole or not at all.
+#[allow(clippy::len_without_is_empty)] // `len` is an I/O call that can fail, not a container's size
 pub trait PositionalFile: Send + Sync + 'static {
     /// Bytes in the file, durable or not.
     fn len(&self) -> Result<u64, DiskError>;

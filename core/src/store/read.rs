@@ -53,13 +53,15 @@ pub fn read(rows: &dyn Rows, partition: PartitionId, query: &ReadQuery) -> Resul
 
 /// A page of a repository's objects in their loose encoding, by id after `after`: at least
 /// one, then while they fit in `bytes_max`. `true` with the last page.
+type LoosePage = (Vec<(Oid, Vec<u8>)>, bool);
+
 fn loose_objects(
     rows: &dyn Rows,
     partition: PartitionId,
     repo: &RepoId,
     after: Option<&Oid>,
     bytes_max: u64,
-) -> Result<(Vec<(Oid, Vec<u8>)>, bool), StoreError> {
+) -> Result<LoosePage, StoreError> {
     let prefix = keys::repo(partition, repo);
     let mut page: Vec<(Oid, Vec<u8>)> = Vec::new();
     let mut bytes = 0u64;

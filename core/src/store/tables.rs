@@ -155,12 +155,7 @@ pub trait Rows {
 
     /// Calls `visit` on every row whose key starts with `prefix`, in key order, until it
     /// breaks.
-    fn scan(
-        &self,
-        table: TableId,
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<(), StoreError>;
+    fn scan(&self, table: TableId, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StoreError>;
 
     /// Like `scan`, starting after the key `after` (which need not exist).
     fn scan_after(
@@ -168,7 +163,7 @@ pub trait Rows {
         table: TableId,
         prefix: &[u8],
         after: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+        visit: &mut RowVisitor<'_>,
     ) -> Result<(), StoreError>;
 
     fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError>;
@@ -178,7 +173,7 @@ pub trait Rows {
     }
 
     /// The first row whose key starts with `prefix`.
-    fn first(&self, table: TableId, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn first(&self, table: TableId, prefix: &[u8]) -> Result<Option<Row>, StoreError> {
         let mut found = None;
         self.scan(table, prefix, &mut |key, value| {
             found = Some((key.to_vec(), value.to_vec()));
@@ -187,6 +182,12 @@ pub trait Rows {
         Ok(found)
     }
 }
+
+/// A row's key and value.
+pub type Row = (Vec<u8>, Vec<u8>);
+
+/// Called on each row of a scan, in key order; `Break` ends the scan.
+pub type RowVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError> + 'a;
 
 fn db(op: &'static str) -> impl Fn(redb::Error) -> StoreError {
     move |source| StoreError::Database { op, source }
@@ -205,7 +206,7 @@ fn scan_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
     prefix: &[u8],
     start: std::ops::Bound<&[u8]>,
-    visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    visit: &mut RowVisitor<'_>,
 ) -> Result<(), StoreError> {
     use std::ops::Bound;
     let end = super::keys::prefix_end(prefix);
@@ -265,12 +266,7 @@ impl Rows for ReadRows {
         get_in(&self.tables[table.position()], key)
     }
 
-    fn scan(
-        &self,
-        table: TableId,
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<(), StoreError> {
+    fn scan(&self, table: TableId, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StoreError> {
         scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Included(prefix), visit)
     }
 
@@ -279,7 +275,7 @@ impl Rows for ReadRows {
         table: TableId,
         prefix: &[u8],
         after: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+        visit: &mut RowVisitor<'_>,
     ) -> Result<(), StoreError> {
         assert!(after.starts_with(prefix), "a scan starts inside its prefix");
         scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Excluded(after), visit)
@@ -343,12 +339,7 @@ impl Rows for WriteRows<'_> {
         get_in(&self.tables[table.position()], key)
     }
 
-    fn scan(
-        &self,
-        table: TableId,
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<(), StoreError> {
+    fn scan(&self, table: TableId, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StoreError> {
         scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Included(prefix), visit)
     }
 
@@ -357,7 +348,7 @@ impl Rows for WriteRows<'_> {
         table: TableId,
         prefix: &[u8],
         after: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+        visit: &mut RowVisitor<'_>,
     ) -> Result<(), StoreError> {
         assert!(after.starts_with(prefix), "a scan starts inside its prefix");
         scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Excluded(after), visit)

@@ -155,7 +155,7 @@ pub async fn run_group_commit(
             }
         }
         batches += 1;
-        if batches % options.compact_every_batches == 0 {
+        if batches.is_multiple_of(options.compact_every_batches) {
             let current = engine.take().expect("the engine is home between batches");
             match on_engine(&*spawn, current, |engine| engine.compact()).await {
                 Some((back, Ok(stats))) => {

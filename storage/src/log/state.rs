@@ -287,7 +287,7 @@ impl PartitionLogState {
         assert!(self.held_from() > self.compacted.index, "no run holds a compacted entry");
         if let Some(held) = held {
             debug_assert_eq!(held.len() as u64, self.live_entries(), "held entries mirror the runs");
-            debug_assert!(held.front().map_or(true, |e| e.index == self.held_from()));
+            debug_assert!(held.front().is_none_or(|e| e.index == self.held_from()));
         }
     }
 

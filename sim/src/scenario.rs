@@ -129,9 +129,9 @@ pub enum Fault {
     FsyncFailure,
     /// An operator adds and removes replicas of a partition while everything else goes on.
     Membership,
-    /// All along, an operator moves partitions' leadership to other nodes: each new leader
-    /// takes over at once, its state machine perhaps still applying what the old one
-    /// committed.
+    /// All along, an operator moves partitions' leadership to other nodes, at random moments
+    /// or while a write to the partition is in flight: each new leader takes over at once, its
+    /// state machine perhaps still applying what the old one committed and answered for.
     TransferLeader,
 }
 
@@ -343,7 +343,8 @@ pub async fn run(options: RunOptions) -> RunReport {
     }
     let transfers = swarm.faults.contains(&Fault::TransferLeader).then(|| {
         let (shared, trace, repos, nodes) = (shared.clone(), trace.clone(), scenario.workload.repos, scenario.nodes);
-        clients.spawn(transfer_leaders(SimClient::new(3_000, seed, shared), trace, seed, repos, nodes))
+        let cluster = cluster.clone();
+        clients.spawn(transfer_leaders(cluster, SimClient::new(3_000, seed, shared), trace, seed, repos, nodes))
     });
     let mut operator = SimClient::new(2_000, seed, shared.clone());
     let episodes =
@@ -656,7 +657,14 @@ async fn drive_faults(
 
 /// The `TransferLeader` fault's operator: until the safety phase ends, moves the leadership of
 /// a random partition to a random node every so often (refusals, for non-voters, are fine).
-async fn transfer_leaders(mut operator: SimClient, trace: Trace, seed: u64, repos: usize, nodes: u64) {
+async fn transfer_leaders(
+    cluster: Arc<Mutex<SimCluster>>,
+    mut operator: SimClient,
+    trace: Trace,
+    seed: u64,
+    repos: usize,
+    nodes: u64,
+) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x7a5f);
     let end = tokio::time::Instant::now() + SAFETY_PHASE;
     loop {
@@ -664,9 +672,29 @@ async fn transfer_leaders(mut operator: SimClient, trace: Trace, seed: u64, repo
         if tokio::time::Instant::now() + gap >= end {
             return;
         }
-        tokio::time::sleep(gap).await;
-        let partition = cohort_core::ids::PartitionId(rng.gen_range(1..=repos as u64));
-        let node = NodeId(rng.gen_range(1..=nodes));
+        let (partition, node) = if rng.gen_bool(0.5) {
+            tokio::time::sleep(gap).await;
+            (cohort_core::ids::PartitionId(rng.gen_range(1..=repos as u64)), NodeId(rng.gen_range(1..=nodes)))
+        } else {
+            // While a write is in flight, its partition's leader moves: the new leader may learn
+            // only after it took over that the old one committed the write (and answered for
+            // it), and the write's client may read it back at once from the new leader.
+            let writing = operator.writing();
+            if tokio::time::timeout(gap, writing.notify.notified()).await.is_err() {
+                continue;
+            }
+            let Some(repo_index) = *writing.last_repo.lock().unwrap() else { continue };
+            // Setup creates repository i in partition i + 1 (the directory is partition 0).
+            let partition = cohort_core::ids::PartitionId(repo_index as u64 + 1);
+            trace_event(&trace, format!("a write to partition {partition} is in flight: moving its leader"));
+            // Straight to the leader, and to another node: a detour would let the moment pass.
+            let leader = current_leader(&cluster, partition.0);
+            if let Some(leader) = leader {
+                operator.aim_at(leader);
+            }
+            let others: Vec<NodeId> = (1..=nodes).map(NodeId).filter(|n| Some(*n) != leader).collect();
+            (partition, others[rng.gen_range(0..others.len())])
+        };
         let outcome = operator.change_members(partition, node, MembersAction::TransferLeader).await;
         trace_event(&trace, format!("transfer leader of partition {partition} to node {node}: {outcome:?}"));
     }

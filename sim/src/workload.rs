@@ -55,6 +55,15 @@ pub struct Shared {
     /// Nodes that acknowledged a write, in order, while a fault watches for them (see
     /// `Fault::CrashAfterAck`); `None` while nobody watches.
     pub acks: Arc<Mutex<Option<Vec<NodeId>>>>,
+    /// Wakes whoever waits for the next write to be sent (see `Fault::TransferLeader`).
+    pub writing: Arc<WriteSignal>,
+}
+
+/// The repository of the latest write sent, and a wake-up for those waiting for one.
+#[derive(Default)]
+pub struct WriteSignal {
+    pub notify: tokio::sync::Notify,
+    pub last_repo: Mutex<Option<usize>>,
 }
 
 impl Shared {
@@ -66,6 +75,7 @@ impl Shared {
             trace,
             stop: Arc::new(AtomicBool::new(false)),
             acks: Arc::default(),
+            writing: Arc::default(),
         }
     }
 
@@ -209,6 +219,8 @@ impl SimClient {
         self.shared
             .trace
             .event(now_ns(), format!("op {op} client {} seq {} cas {key} {expected:?} -> {token}", self.id, self.seq));
+        *self.shared.writing.last_repo.lock().expect("not poisoned") = Some(repo_index);
+        self.shared.writing.notify.notify_waiters();
         let shared = self.shared.clone();
         let outcome = self
             .with_retries(|service| {
@@ -319,6 +331,11 @@ impl SimClient {
             } else {
                 let k = self.rng.gen_range(0..config.keys_per_repo);
                 self.cas(repo_index, k, false).await;
+                // Half the time, read back at once what was just written, as clients do: a
+                // replica that serves a read before applying what it confirmed shows it here.
+                if self.rng.gen_bool(0.5) {
+                    self.read(repo_index, config.keys_per_repo).await;
+                }
             }
             tokio::time::sleep(Duration::from_millis(self.rng.gen_range(1..50))).await;
         }
@@ -329,6 +346,16 @@ impl SimClient {
     /// Where nodes that acknowledge writes are reported while a fault watches.
     pub fn acks(&self) -> Arc<Mutex<Option<Vec<NodeId>>>> {
         self.shared.acks.clone()
+    }
+
+    /// Sends the next request to `node` first.
+    pub fn aim_at(&mut self, node: NodeId) {
+        self.target = node;
+    }
+
+    /// Wakes when the next write is sent.
+    pub fn writing(&self) -> Arc<WriteSignal> {
+        self.shared.writing.clone()
     }
 
     /// An operator's membership change of a partition, retried like a client request until it

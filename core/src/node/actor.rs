@@ -70,8 +70,8 @@ pub(super) struct Actor {
 /// (while this replica leads) until the directory records them.
 #[derive(Default)]
 pub(super) struct MembersRecord {
-    wanted: Option<crate::persist::ConfState>,
-    attempt: Option<(crate::persist::ConfState, oneshot::Receiver<bool>)>,
+    wanted: Option<(crate::persist::ConfState, u64)>,
+    attempt: Option<((crate::persist::ConfState, u64), oneshot::Receiver<bool>)>,
     not_before: crate::env::Instant,
 }
 
@@ -226,8 +226,8 @@ impl Actor {
                     self.partition.handle_snapshot_saved(now, outcome);
                 }
                 Wake::MembersRecorded(recorded) => {
-                    let (conf, _) = self.members.attempt.take().expect("an attempt was polled");
-                    if recorded && self.members.wanted.as_ref() == Some(&conf) {
+                    let (attempted, _) = self.members.attempt.take().expect("an attempt was polled");
+                    if recorded && self.members.wanted.as_ref() == Some(&attempted) {
                         self.members.wanted = None;
                     } else if !recorded {
                         self.members.not_before = now + self.env_tick() * MEMBERS_RETRY_TICKS;
@@ -267,17 +267,17 @@ impl Actor {
         if self.members.attempt.is_some() || now < self.members.not_before {
             return;
         }
-        let (Some(conf), Some(router)) = (self.members.wanted.clone(), self.router.upgrade()) else { return };
+        let (Some(wanted), Some(router)) = (self.members.wanted.clone(), self.router.upgrade()) else { return };
         let (tx, rx) = oneshot::channel();
         let partition = self.partition.id();
-        let attempt_conf = conf.clone();
+        let (conf, as_of) = wanted.clone();
         self.env.spawn.spawn(
             "record members",
             Box::pin(async move {
-                let _ = tx.send(router.record_members(partition, attempt_conf).await);
+                let _ = tx.send(router.record_members(partition, conf, as_of).await);
             }),
         );
-        self.members.attempt = Some((conf, rx));
+        self.members.attempt = Some((wanted, rx));
     }
 
     /// The replica left the partition: its removal goes to the log after every write it queued;
@@ -443,7 +443,7 @@ impl Actor {
                         router.reconcile(partition, &info);
                     }
                 }
-                Output::LeaderMembers(conf) => self.members.wanted = Some(conf),
+                Output::LeaderMembers { conf, as_of } => self.members.wanted = Some((conf, as_of)),
                 Output::DirectoryReady => {
                     let partitions =
                         self.store.read().and_then(|rows| store::read::directory_partitions(&rows, DIRECTORY));

@@ -114,13 +114,14 @@ impl Router {
         &self.env
     }
 
-    /// The directory write that records `conf` as `partition`'s members, under a fresh writer:
-    /// the update sets whole member lists, so it needs no deduplication, and a node-made
-    /// sequence could collide with a client's.
-    pub fn members_command(
+    /// The directory write that records `conf` as `partition`'s members as of its log index
+    /// `as_of`, under a fresh writer: the update sets whole member lists, so it needs no
+    /// deduplication, and a node-made sequence could collide with a client's.
+    fn members_command(
         &self,
         partition: PartitionId,
         conf: &crate::persist::ConfState,
+        as_of: u64,
     ) -> crate::state_machine::Command {
         let n = self.internal_writes.fetch_add(1, Ordering::Relaxed);
         // Spread over the id space; mixing the node's seed keeps ids apart across restarts.
@@ -132,6 +133,7 @@ impl Router {
             voters: conf.voter_nodes(),
             learners: conf.learner_nodes(),
             peers: conf.members().into_iter().map(PeerId).collect(),
+            as_of,
         };
         crate::state_machine::Command { client: writer, seq: 1, op }
     }
@@ -150,11 +152,11 @@ impl Router {
     /// Makes sure the directory records `conf` as `partition`'s members: nothing if this
     /// node's directory replica already does, else one write through the directory's leader.
     /// Whether the directory records them now.
-    pub async fn record_members(&self, partition: PartitionId, conf: crate::persist::ConfState) -> bool {
+    pub async fn record_members(&self, partition: PartitionId, conf: crate::persist::ConfState, as_of: u64) -> bool {
         if self.directory_records(partition, &conf) {
             return true;
         }
-        let command = self.members_command(partition, &conf);
+        let command = self.members_command(partition, &conf, as_of);
         matches!(self.request(DIRECTORY, Request::ForwardedWrite(command)).await, Ok(Response::Written(Ok(_))))
     }
 
@@ -264,8 +266,13 @@ impl Router {
     pub fn on_retired(&self, partition: PartitionId) {
         let rejoin = self.retiring.lock().expect("not poisoned").remove(&partition).flatten();
         if let Some((authority, peer)) = rejoin {
-            let info =
-                PartitionInfo { authority, voters: vec![self.config.node], learners: Vec::new(), peers: vec![peer] };
+            let info = PartitionInfo {
+                authority,
+                voters: vec![self.config.node],
+                learners: Vec::new(),
+                peers: vec![peer],
+                members_as_of: 0,
+            };
             self.reconcile(partition, &info);
         }
     }

@@ -751,8 +751,9 @@ impl Partition {
     /// directory records this replica's membership.
     pub(super) fn announce_members(&mut self) {
         if self.config.partition != crate::ids::DIRECTORY && self.is_leader() {
-            let conf_state = self.raw.store().conf_state();
-            self.outputs.push_back(Output::LeaderMembers(conf_state));
+            // Raft's configuration holds every membership change handed out so far.
+            let conf = self.raw.store().conf_state();
+            self.outputs.push_back(Output::LeaderMembers { conf, as_of: self.applying });
         }
     }
 

@@ -46,8 +46,9 @@ pub enum Output {
     /// This replica leads its partition (not the directory) and its members are these: the node
     /// makes sure the directory records them. Emitted on becoming leader and after each
     /// membership change, so the directory follows the partition even when the operator's call
-    /// that changed it was cut short.
-    LeaderMembers(ConfState),
+    /// that changed it was cut short. `as_of`: the log index through which these are the
+    /// members (the directory keeps the latest report).
+    LeaderMembers { conf: ConfState, as_of: u64 },
     /// The directory replica has applied everything committed before this start: the node
     /// brings its replicas in line with the directory's partitions (in the store) once.
     /// Changes applied while replaying the directory's history are not reported one by one:

@@ -34,6 +34,10 @@ pub struct PartitionInfo {
     /// The Raft peer id of every member, sorted; one per node of `voters` and `learners`
     /// (see [`PeerId`]).
     pub peers: Vec<PeerId>,
+    /// The partition's log index through which its leader knew these members when it reported
+    /// them (0: as allocated). A report with a lower one is older than what is recorded and is
+    /// ignored: a deposed leader's late report cannot undo a newer membership.
+    pub members_as_of: u64,
 }
 
 impl PartitionInfo {

@@ -96,8 +96,15 @@ pub enum WriteOp {
     RouteRepository { repo: RepoId, partition: PartitionId },
     /// Directory: removes the route of `repo`.
     UnrouteRepository { repo: RepoId },
-    /// Directory: records a partition's membership (after a membership change).
-    SetPartitionMembers { partition: PartitionId, voters: Vec<NodeId>, learners: Vec<NodeId>, peers: Vec<PeerId> },
+    /// Directory: records a partition's membership, as its leader knew it through the
+    /// partition's log index `as_of` (ignored if the directory records a later one).
+    SetPartitionMembers {
+        partition: PartitionId,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        peers: Vec<PeerId>,
+        as_of: u64,
+    },
 }
 
 /// An object a transaction writes, with the id the client claims for it.
@@ -325,7 +332,7 @@ pub fn check_op(op: &WriteOp) -> Result<(), Rejection> {
         }
         WriteOp::RouteRepository { repo, partition: _ } => repo.validate(),
         WriteOp::UnrouteRepository { repo } => repo.validate(),
-        WriteOp::SetPartitionMembers { partition: _, voters, learners, peers } => {
+        WriteOp::SetPartitionMembers { partition: _, voters, learners, peers, as_of: _ } => {
             directory::check_members(voters, learners).and_then(|_| directory::check_peers(voters, learners, peers))
         }
     }
@@ -347,8 +354,12 @@ impl fmt::Display for Command {
                 format!("route {repo} to partition {partition}")
             }
             WriteOp::UnrouteRepository { repo } => format!("unroute {repo}"),
-            WriteOp::SetPartitionMembers { partition, voters, learners, .. } => {
-                format!("set members of partition {partition}: voters {}, learners {}", Nodes(voters), Nodes(learners))
+            WriteOp::SetPartitionMembers { partition, voters, learners, as_of, .. } => {
+                format!(
+                    "set members of partition {partition} as of index {as_of}: voters {}, learners {}",
+                    Nodes(voters),
+                    Nodes(learners)
+                )
             }
         };
         write!(f, "client {} seq {}: {op}", self.client, self.seq)

@@ -51,6 +51,7 @@ fn set_members(partition: u64, voters: &[u64], learners: &[u64]) -> WriteOp {
         voters: nodes(voters),
         learners: nodes(learners),
         peers,
+        as_of: 0,
     }
 }
 
@@ -256,7 +257,7 @@ fn directory_commands_display_and_encode() {
         (allocate("a", &[3, 1]), "allocate a partition for default:a on voters [3, 1]"),
         (route("a/f", 2), "route default:a/f to partition 2"),
         (unroute("a"), "unroute default:a"),
-        (set_members(2, &[1], &[]), "set members of partition 2: voters [1], learners []"),
+        (set_members(2, &[1], &[]), "set members of partition 2 as of index 0: voters [1], learners []"),
         (allocate("a", &many), "allocate a partition for default:a on voters [1, 2, 3, 4, 5, 6, 7, 8, … 20 in all]"),
     ] {
         let command = Command { client: ClientId(2), seq: 3, op };

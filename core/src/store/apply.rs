@@ -130,8 +130,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             }
             WriteOp::RouteRepository { repo, partition } => self.directory().route_repository(repo, *partition)?,
             WriteOp::UnrouteRepository { repo } => self.directory().unroute_repository(repo)?,
-            WriteOp::SetPartitionMembers { partition, voters, learners, peers } => {
-                self.directory().set_partition_members(*partition, voters, learners, peers)?
+            WriteOp::SetPartitionMembers { partition, voters, learners, peers, as_of } => {
+                self.directory().set_partition_members(*partition, voters, learners, peers, *as_of)?
             }
         };
         Ok(outcome.map(|()| ok))

@@ -121,8 +121,13 @@ impl DirectoryWriter<'_, '_> {
         self.counts.next_partition = next;
         // Initial members are incarnation 0: their peer id is their node id.
         let peers = sorted(voters).iter().map(|&n| PeerId::new(n, 0)).collect();
-        let info =
-            PartitionInfo { authority: repo.storage.clone(), voters: sorted(voters), learners: Vec::new(), peers };
+        let info = PartitionInfo {
+            authority: repo.storage.clone(),
+            voters: sorted(voters),
+            learners: Vec::new(),
+            peers,
+            members_as_of: 0,
+        };
         let key = keys::about(self.directory, id);
         assert!(!self.rows.contains(TableId::Members, &key)?, "partition {id} allocated twice");
         self.rows.insert(TableId::Members, &key, &tables::encode(&info))?;
@@ -177,10 +182,16 @@ impl DirectoryWriter<'_, '_> {
         voters: &[NodeId],
         learners: &[NodeId],
         peers: &[PeerId],
+        as_of: u64,
     ) -> Result<Result<(), Rejection>, StoreError> {
         let Some(mut info) = partition_info(self.rows, self.directory, partition)? else {
             return Ok(Err(Rejection::PartitionNotFound { partition }));
         };
+        if as_of < info.members_as_of {
+            // A report older than the recorded one: the record stands.
+            return Ok(Ok(()));
+        }
+        info.members_as_of = as_of;
         info.voters = sorted(voters);
         info.learners = sorted(learners);
         let mut peers = peers.to_vec();

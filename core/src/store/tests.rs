@@ -77,13 +77,20 @@ fn set_members(partition: u64, voters: &[u64], learners: &[u64]) -> WriteOp {
         voters: nodes(voters),
         learners: nodes(learners),
         peers,
+        as_of: 0,
     }
 }
 
 fn partition_info(authority: &str, voters: &[u64], learners: &[u64]) -> PartitionInfo {
     let mut peers: Vec<PeerId> = voters.iter().chain(learners).map(|&n| PeerId::new(NodeId(n), 0)).collect();
     peers.sort();
-    PartitionInfo { authority: authority.to_string(), voters: nodes(voters), learners: nodes(learners), peers }
+    PartitionInfo {
+        authority: authority.to_string(),
+        voters: nodes(voters),
+        learners: nodes(learners),
+        peers,
+        members_as_of: 0,
+    }
 }
 
 /// The answer of an `AllocatePartition` applied at `index`.
@@ -656,6 +663,29 @@ fn directory_set_partition_members() {
     assert_eq!(h.route_of("a").unwrap().1.authority, STORAGE);
     assert_eq!(h.write(set_members(2, &[1], &[])), Err(Rejection::PartitionNotFound { partition: PartitionId(2) }));
     assert_eq!(h.partitions().len(), 1);
+}
+
+#[test]
+fn directory_keeps_the_latest_membership_report() {
+    let mut h = Harness::new();
+    h.write(allocate("a", &[1, 2, 3])).unwrap();
+    let as_of = |op: WriteOp, index: u64| match op {
+        WriteOp::SetPartitionMembers { partition, voters, learners, peers, .. } => {
+            WriteOp::SetPartitionMembers { partition, voters, learners, peers, as_of: index }
+        }
+        _ => unreachable!("set_members builds SetPartitionMembers"),
+    };
+    h.write(as_of(set_members(1, &[1, 2, 4], &[]), 40)).unwrap();
+    let recorded = h.route_of("a").unwrap().1;
+    assert_eq!((recorded.voters.clone(), recorded.members_as_of), (nodes(&[1, 2, 4]), 40));
+    // A deposed leader's late report of older members changes nothing, and is no error.
+    h.write(as_of(set_members(1, &[1, 2, 3], &[]), 39)).unwrap();
+    assert_eq!(h.route_of("a").unwrap().1, recorded);
+    // A report as of the same or a later index is recorded.
+    h.write(as_of(set_members(1, &[1, 4], &[5]), 40)).unwrap();
+    h.write(as_of(set_members(1, &[1, 4, 5], &[]), 57)).unwrap();
+    let recorded = h.route_of("a").unwrap().1;
+    assert_eq!((recorded.voters, recorded.learners, recorded.members_as_of), (nodes(&[1, 4, 5]), vec![], 57));
 }
 
 #[test]

@@ -346,7 +346,7 @@ impl Cluster {
                     Output::PartitionAllocated { .. }
                     | Output::MembersChanged { .. }
                     | Output::DirectoryReady
-                    | Output::LeaderMembers(_) => {}
+                    | Output::LeaderMembers { .. } => {}
                 }
             }
             if !any || !self.auto_persist {

@@ -8,19 +8,13 @@
 //! 90–100 MiB with a trim every second, at the same write rate (pinning the mmap threshold
 //! instead cost 15% of it; jemalloc and mimalloc kept as much as glibc did).
 
-use std::time::Duration;
-
-/// How often freed heap pages are handed back.
-const TRIM_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Starts, once per process, a thread that hands the heaps' free pages back to the kernel every
-/// `TRIM_INTERVAL`. A trim walks the free lists and takes well under a millisecond on a node's
-/// heaps; it runs on its own thread so that it never holds up the runtime's.
-/// Elsewhere it does nothing: other allocators return memory on their own terms.
+/// second, on its own thread so that a trim never holds up the runtime's. On other targets it
+/// does nothing: their allocators return memory on their own terms.
 pub fn spawn_heap_trimmer() {
-    let _ = TRIM_INTERVAL;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
         static STARTED: std::sync::Once = std::sync::Once::new();
         STARTED.call_once(|| {
             let spawned = std::thread::Builder::new().name("heap-trim".into()).spawn(|| loop {

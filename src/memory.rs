@@ -8,9 +8,9 @@
 //! 90–100 MiB with a trim every second, at the same write rate (pinning the mmap threshold
 //! instead cost 15% of it; jemalloc and mimalloc kept as much as glibc did).
 
-/// Starts, once per process, a thread that hands the heaps' free pages back to the kernel every
-/// second, on its own thread so that a trim never holds up the runtime's. On other targets it
-/// does nothing: their allocators return memory on their own terms.
+/// Starts, once per process, a thread of its own (a trim never holds up the runtime's threads)
+/// that hands the heaps' free pages back to the kernel every second. On other targets it does
+/// nothing: their allocators return memory on their own terms.
 pub fn spawn_heap_trimmer() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -219,6 +219,29 @@ impl Partition {
         }
     }
 
+    /// A leader applied its own removal. `check_membership` refuses to remove the leader that
+    /// proposes it, but a removal proposed by an earlier leader can commit under this one.
+    /// raft-rs leaves such a leader leading with no progress of its own, and its next
+    /// acknowledgement panics (`maybe_commit`). Hand leadership to the voter furthest along
+    /// (it campaigns at once; if it cannot win, the others elect one after a timeout), then
+    /// step down; this replica is no longer promotable, so it never campaigns again.
+    fn step_down_after_own_removal(&mut self) {
+        let raft = &self.raw.raft;
+        let successor = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| raft.prs().conf().voters().contains(**id))
+            .max_by_key(|(id, pr)| (pr.matched, **id));
+        let successor = successor.map(|(id, _)| *id);
+        tracing::info!(partition = %self.config.partition, node = %self.config.node, ?successor,
+            "this leader applied its own removal: stepping down");
+        if let Some(successor) = successor {
+            self.raw.raft.send_timeout_now(successor);
+        }
+        let term = self.raw.raft.term;
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
+    }
+
     /// Applies a committed membership change to Raft; returns the members after it, or why
     /// Raft refused it (deterministic on every replica; the membership stays as it was).
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<crate::persist::ConfState, String> {
@@ -233,9 +256,13 @@ impl Partition {
         match conf_state {
             Ok(Ok(conf_state)) => {
                 let applied = (&conf_state).into();
+                let still_voter = conf_state.voters.contains(&self.raw.raft.id);
                 self.raw.mut_store().set_conf_state(conf_state);
                 self.conf_state_dirty = true;
                 tracing::info!(partition = %self.config.partition, node = %self.config.node, ?applied, "membership changed");
+                if self.is_leader() && !still_voter {
+                    self.step_down_after_own_removal();
+                }
                 Ok(applied)
             }
             Ok(Err(error)) => {

@@ -464,6 +464,38 @@ fn leadership_moves_to_the_voter_asked_for() {
     assert!(matches!(request_on_leader(&mut cluster, Request::TransferLeader(NodeId(9))), Response::Refused(_)));
 }
 
+/// A removal is checked against the leader that proposes it, but it applies wherever it lands:
+/// here the leader crashes after the removed voter has the entry and before it commits, and
+/// the removed voter wins the next election and applies its own removal as leader. It steps
+/// down (raft-rs leaves a removed leader leading, with no progress of its own to commit by,
+/// and panics on the next acknowledgement), and the remaining voters elect one of them.
+#[test]
+fn a_leader_that_applies_its_own_removal_steps_down_and_the_others_go_on() {
+    let mut cluster = Cluster::new(3, 25);
+    let leader = elect(&mut cluster);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.nodes().into_iter().all(|n| caught_up(c, n))));
+    let others: Vec<NodeId> = cluster.nodes().into_iter().filter(|&n| n != leader).collect();
+    let (target, bystander) = (others[0], others[1]);
+    // The bystander misses the removal, so only the target can win the next election.
+    cluster.isolate(bystander);
+    cluster.request(leader, Request::ChangeMembership(MembershipChange::Remove(target)));
+    let removal_index = cluster.replica(leader).status().last_index;
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.replica(target).status().last_index >= removal_index));
+    assert!(cluster.replica(target).status().commit_index < removal_index, "the target has not seen it commit");
+    cluster.crash(leader);
+    cluster.heal();
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader() == Some(target)), "the target wins the election");
+    assert!(
+        cluster.drive_until(STEPS_MAX, |c| c.replica(target).status().conf_state.voters.len() == 2),
+        "the target applies its own removal"
+    );
+    cluster.restart(leader);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some_and(|l| l != target)), "the others elect a leader");
+    assert_ne!(cluster.replica(target).status().role, Role::Leader, "the removed voter does not lead");
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    assert_one_leader_per_term(&cluster);
+}
+
 // ---- snapshots and log compaction ----
 
 fn write_many(cluster: &mut Cluster, seqs: std::ops::Range<u64>) {

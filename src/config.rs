@@ -83,6 +83,13 @@ impl Default for RawStore {
 pub struct RawLimits {
     pub frame_size_bytes_max: usize,
     pub outbox_messages_max: usize,
+    /// Largest object a client may store; larger ones are refused before any piece is sent.
+    #[serde(default = "default_object_size_bytes_max")]
+    pub object_size_bytes_max: u64,
+}
+
+fn default_object_size_bytes_max() -> u64 {
+    cohort_net::api::OBJECT_SIZE_BYTES_MAX_DEFAULT
 }
 
 impl Default for RawLimits {
@@ -90,6 +97,7 @@ impl Default for RawLimits {
         RawLimits {
             frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
             outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
+            object_size_bytes_max: default_object_size_bytes_max(),
         }
     }
 }
@@ -177,6 +185,7 @@ pub struct Config {
     pub applier: cohort_core::node::ApplierOptions,
     pub frame_size_bytes_max: usize,
     pub outbox_messages_max: usize,
+    pub object_size_bytes_max: u64,
     pub replicas: usize,
     pub nodes: BTreeMap<NodeId, NodeAddresses>,
 }
@@ -233,6 +242,12 @@ impl Config {
         if st.durable_bytes < 1024 {
             return Err("store.durable_bytes must be at least 1024".into());
         }
+        if !(1..=cohort_core::state_machine::UPLOAD_SIZE_BYTES_MAX).contains(&raw.limits.object_size_bytes_max) {
+            return Err(format!(
+                "limits.object_size_bytes_max must be in 1..={}",
+                cohort_core::state_machine::UPLOAD_SIZE_BYTES_MAX
+            ));
+        }
         if !(16..=1_000_000).contains(&raw.limits.outbox_messages_max) {
             return Err("limits.outbox_messages_max must be in 16..=1000000".into());
         }
@@ -283,6 +298,7 @@ impl Config {
             },
             frame_size_bytes_max: raw.limits.frame_size_bytes_max,
             outbox_messages_max: raw.limits.outbox_messages_max,
+            object_size_bytes_max: raw.limits.object_size_bytes_max,
             replicas,
             nodes,
         })

@@ -19,7 +19,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            // A client error says what kind of failure it was (see `ClientError::exit_code`).
+            match error.downcast_ref::<cohort_net::client::ClientError>() {
+                Some(client_error) => ExitCode::from(client_error.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -93,7 +93,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         service: node.service.clone(),
     });
     let directory = Arc::new(Peers { config: config.clone(), transport: node.transport.clone() });
-    let api = ApiServer::new(node.service.clone(), directory, config.token.clone()).into_service();
+    let api = ApiServer::new(node.service.clone(), directory, config.token.clone())
+        .with_object_size_bytes_max(config.object_size_bytes_max)
+        .into_service();
     let http = tokio::spawn(crate::http::serve(me.http, handle.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grpc =

@@ -3,8 +3,9 @@
 use super::{client, repo_id, Cli};
 use anyhow::Context as _;
 use clap::Subcommand;
-use cohort_core::state_machine::{Oid, RefName, RefValue, RepoId};
-use cohort_net::client::Client;
+use cohort_core::state_machine::{ObjectHasher, ObjectKind, Oid, RefName, RefValue, RepoId};
+use cohort_net::client::{Client, ListedObject};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
@@ -78,13 +79,20 @@ async fn export(client: &Client, repo: &RepoId, dir: &Path) -> anyhow::Result<(u
     let mut after: Option<Oid> = None;
     loop {
         let (page, complete) = client.list_objects(repo, after).await?;
-        for (oid, loose) in &page {
-            // What the node sent must be the object it names.
-            cohort_core::store::loose::decode(oid, loose).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (oid, object) in &page {
             let hex = oid.to_string();
             let path = dir.join("objects").join(&hex[..2]).join(&hex[2..]);
             std::fs::create_dir_all(path.parent().expect("objects/xx"))?;
-            std::fs::write(&path, loose).with_context(|| format!("writing {}", path.display()))?;
+            match object {
+                ListedObject::Loose(loose) => {
+                    // What the node sent must be the object it names.
+                    cohort_core::store::loose::decode(oid, loose).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    std::fs::write(&path, loose).with_context(|| format!("writing {}", path.display()))?;
+                }
+                ListedObject::Large { kind, size_bytes } => {
+                    export_large(client, repo, *oid, *kind, *size_bytes, &path).await?;
+                }
+            }
             objects += 1;
         }
         after = page.last().map(|(oid, _)| *oid).or(after);
@@ -96,6 +104,52 @@ async fn export(client: &Client, repo: &RepoId, dir: &Path) -> anyhow::Result<(u
     std::fs::write(dir.join("config"), "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n")?;
     std::fs::write(dir.join("description"), format!("{repo}, exported by cohort\n"))?;
     Ok((objects, refs.len()))
+}
+
+/// Writes a large object as a loose object file, compressing and hashing it as its pieces
+/// arrive (never whole in memory), and keeps it only if it is the object it names.
+async fn export_large(
+    client: &Client,
+    repo: &RepoId,
+    oid: Oid,
+    kind: ObjectKind,
+    size_bytes: u64,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut encoder = flate2::write::ZlibEncoder::new(std::io::BufWriter::new(file), flate2::Compression::fast());
+    encoder.write_all(format!("{kind} {size_bytes}\0").as_bytes())?;
+    let mut out = HashingWriter { inner: encoder, hasher: Some(ObjectHasher::new(kind, size_bytes)) };
+    match client.read_object_to(repo, oid, false, &mut out).await? {
+        Some((read_kind, read_size)) if (read_kind, read_size) == (kind, size_bytes) => {}
+        other => anyhow::bail!("object {oid} changed while exporting: {other:?}"),
+    }
+    let actual = out.hasher.take().expect("hashed once").finish();
+    if actual != oid {
+        anyhow::bail!("object {oid} read back hashes to {actual}");
+    }
+    out.inner.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&partial, path).with_context(|| format!("renaming {}", partial.display()))?;
+    Ok(())
+}
+
+/// Hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Option<ObjectHasher>,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(data)?;
+        self.hasher.as_mut().expect("hashing until finished").update(&data[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// `HEAD`, `packed-refs` (direct references under refs/, sorted) and loose files for symbolic

@@ -16,5 +16,6 @@ pub use actor::PartitionInput;
 pub use applier::{run_applier, ApplierOptions, ApplyDone, ApplyRequest, ApplyResult, ApplyWork, DurableSignal};
 pub use router::{RouteError, Router, RouterConfig, RouterStats};
 pub use service::{
-    place, ApiError, MembersAction, NodeService, PartitionView, ReadAnswer, RoutedRepository, DIRECTORY,
+    place, ApiError, MembersAction, NodeService, PartitionView, ReadAnswer, RoutedRepository, UploadBegun, DIRECTORY,
+    UPLOAD_PIECE_BYTES,
 };

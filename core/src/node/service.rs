@@ -38,6 +38,23 @@ pub enum ApiError {
     /// A membership change or leadership transfer that would be unsafe or is not possible.
     #[error("refused: {0}")]
     Refused(String),
+    /// Larger than this node accepts; no retry can fix it.
+    #[error("too large: {0}")]
+    TooLarge(String),
+}
+
+/// Pieces of the uploads this node begins: a Raft entry each, under the per-message bound.
+pub const UPLOAD_PIECE_BYTES: u32 = crate::state_machine::UPLOAD_CHUNK_BYTES_MAX;
+
+/// Where an upload stands once begun.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UploadBegun {
+    /// Its write finished before, with this answer.
+    Finished(WriteOk),
+    InProgress {
+        chunk_bytes: u32,
+        status: crate::state_machine::UploadStatus,
+    },
 }
 
 impl From<RouteError> for ApiError {
@@ -326,6 +343,69 @@ impl NodeService {
         let mut ok = Self::write_result(self.call(partition, Request::Write(command)).await?)?;
         ok.partition = Some(partition);
         Ok(ok)
+    }
+
+    /// Begins (or finds again) the upload of `client`'s write `seq`: the object is stored
+    /// already if that write finished, else where the next piece goes.
+    pub async fn begin_upload(
+        &self,
+        client: ClientId,
+        seq: u64,
+        repo: RepoId,
+        kind: crate::state_machine::ObjectKind,
+        size_bytes: u64,
+        size_bytes_max: u64,
+    ) -> Result<UploadBegun, ApiError> {
+        if size_bytes > size_bytes_max {
+            return Err(ApiError::TooLarge(format!(
+                "an object of {size_bytes} bytes is larger than this node's limit of {size_bytes_max} bytes"
+            )));
+        }
+        let partition = self.route(&repo).await?;
+        let chunk_bytes = UPLOAD_PIECE_BYTES;
+        let op = WriteOp::BeginUpload { repo: repo.clone(), kind, size_bytes, chunk_bytes };
+        let begun = Self::write_result(self.call(partition, Request::Write(Command { client, seq, op })).await?)?;
+        if !begun.object_ids.is_empty() {
+            // Only the finishing write names objects: this one finished already.
+            return Ok(UploadBegun::Finished(WriteOk { partition: Some(partition), ..begun }));
+        }
+        // This replica just applied the beginning, so its state has the upload.
+        let query = ReadQuery::Upload { repo, client, seq };
+        match self.read(partition, query, ReadConsistency::Stale).await?.result {
+            ReadResult::Upload(Some(status)) => Ok(UploadBegun::InProgress { chunk_bytes, status }),
+            // Finished or dropped in between: the caller begins again.
+            ReadResult::Upload(None) => Err(ApiError::Unknown),
+            other => Err(ApiError::Invalid(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Stores one piece of an upload (see `WriteOp::UploadChunk`).
+    pub async fn upload_piece(
+        &self,
+        client: ClientId,
+        seq: u64,
+        repo: RepoId,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), ApiError> {
+        let partition = self.route(&repo).await?;
+        let op = WriteOp::UploadChunk { repo, offset, data };
+        Self::write_result(self.call(partition, Request::Write(Command { client, seq, op })).await?).map(|_| ())
+    }
+
+    /// Finishes an upload: the object is verified and added, and `refs` applied, atomically.
+    pub async fn finish_upload(
+        &self,
+        client: ClientId,
+        seq: u64,
+        repo: RepoId,
+        oid: crate::state_machine::Oid,
+        refs: Vec<crate::state_machine::RefUpdate>,
+    ) -> Result<WriteOk, ApiError> {
+        let partition = self.route(&repo).await?;
+        let op = WriteOp::FinishUpload { repo, oid, refs };
+        let ok = Self::write_result(self.call(partition, Request::Write(Command { client, seq, op })).await?)?;
+        Ok(WriteOk { partition: Some(partition), ..ok })
     }
 
     /// A read of one repository.

@@ -21,7 +21,7 @@ pub use directory::{
     check_members, check_peers, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_LEARNERS_MAX,
     PARTITION_VOTERS_MAX,
 };
-pub use objects::{ObjectKind, ObjectKindParseError, Oid, OidParseError};
+pub use objects::{ObjectHasher, ObjectKind, ObjectKindParseError, Oid, OidParseError};
 pub use path::{validate_storage_name, RelativePath, RepoId, RELATIVE_PATH_BYTES_MAX, STORAGE_NAME_BYTES_MAX};
 pub use refs::{Expected, RefName, RefUpdate, RefValue, REF_NAME_BYTES_MAX};
 
@@ -33,8 +33,19 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Largest object content accepted, in bytes.
+/// Largest object content a `Transaction` carries whole, in bytes; larger objects are
+/// uploaded in pieces (`BeginUpload`).
 pub const OBJECT_SIZE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest object an upload may hold, whatever a node's configured limit (which is lower).
+pub const UPLOAD_SIZE_BYTES_MAX: u64 = 1 << 40;
+/// Bounds of an upload's piece size: small pieces for tests and the simulator, large ones to
+/// keep the per-entry overhead low; one piece must fit in a command with room to spare.
+pub const UPLOAD_CHUNK_BYTES_MIN: u32 = 1024;
+pub const UPLOAD_CHUNK_BYTES_MAX: u32 = 1024 * 1024;
+/// Uploads in progress in one partition (each holds its pieces until it finishes or aborts).
+pub const PARTITION_UPLOADS_MAX: u64 = 1024;
+/// Longest piece of an object one range read answers.
+pub const OBJECT_RANGE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Objects in one transaction.
 pub const TRANSACTION_OBJECTS_MAX: usize = 4096;
 /// Reference updates in one transaction.
@@ -47,8 +58,9 @@ pub const PARTITION_REPOSITORIES_MAX: usize = 64 * 1024;
 /// rejections (the dedup table) stay small.
 pub const REJECTION_ECHO_BYTES_MAX: usize = 256;
 
-// An object must fit in a command.
+// An object must fit in a command, and so must an upload's piece.
 const _: () = assert!(OBJECT_SIZE_BYTES_MAX < COMMAND_SIZE_BYTES_MAX);
+const _: () = assert!((UPLOAD_CHUNK_BYTES_MAX as usize) < COMMAND_SIZE_BYTES_MAX / 2);
 // A fork copies its parent's references, which must fit in the fork.
 const _: () = assert!(TRANSACTION_REF_UPDATES_MAX <= REPOSITORY_REFS_MAX);
 
@@ -105,6 +117,39 @@ pub enum WriteOp {
         peers: Vec<PeerId>,
         as_of: u64,
     },
+    /// Starts the upload of one object of `size_bytes` into `repo`, sent in pieces of
+    /// `chunk_bytes` (the last one may be shorter). The upload is named by the command's client
+    /// and sequence: the same pair finds the same upload again, and the write that finishes it
+    /// carries that pair too. Not recorded in the dedup table (its `FinishUpload` is); once the
+    /// upload has finished, the pair answers the finished write's result. The result's index
+    /// names the upload's pieces.
+    BeginUpload { repo: RepoId, kind: ObjectKind, size_bytes: u64, chunk_bytes: u32 },
+    /// Stores the piece at `offset` of the upload named by the command's client and sequence.
+    /// Pieces arrive in order; one already stored is not stored again (a retry), so this is
+    /// idempotent and not recorded in the dedup table.
+    UploadChunk {
+        repo: RepoId,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Ends the upload named by the command's client and sequence: checks it holds every piece
+    /// and that its content is object `oid`, then adds the object to `repo` and applies `refs`,
+    /// atomically, as a `Transaction` would. Unlike other writes, a rejected one also drops the
+    /// upload: its space is never kept for a write that cannot succeed.
+    FinishUpload { repo: RepoId, oid: Oid, refs: Vec<RefUpdate> },
+    /// Drops the upload named by the command's client and sequence, and its pieces (an upload
+    /// its client abandoned). Not recorded in the dedup table; nothing if there is none.
+    AbortUpload { repo: RepoId },
+}
+
+impl WriteOp {
+    /// Whether applying this operation records its result in the dedup table. Upload pieces
+    /// are idempotent by offset; beginning and aborting share their pair with the finishing
+    /// write, whose result is the one to remember.
+    pub fn is_recorded(&self) -> bool {
+        !matches!(self, WriteOp::BeginUpload { .. } | WriteOp::UploadChunk { .. } | WriteOp::AbortUpload { .. })
+    }
 }
 
 /// An object a transaction writes, with the id the client claims for it.
@@ -136,6 +181,34 @@ pub struct WriteOk {
     pub object_ids: Vec<Oid>,
     /// The partition an `AllocatePartition` allocated; `None` for other operations.
     pub partition: Option<PartitionId>,
+}
+
+/// Where an upload stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadStatus {
+    pub size_bytes: u64,
+    /// Content stored so far, from the start: the next piece goes at this offset.
+    pub received_bytes: u64,
+}
+
+/// One piece of an object's content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRange {
+    pub kind: ObjectKind,
+    /// The whole object's size.
+    pub size_bytes: u64,
+    /// The content from the requested offset: up to the requested length, less at the end.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// An object of a page of a repository's objects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PagedObject {
+    /// Git's loose encoding (zlib), whole.
+    Loose(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// An object too large for a page: read it by ranges.
+    Large { kind: ObjectKind, size_bytes: u64 },
 }
 
 /// Why a write or read was refused. Deterministic: decided from the command and the state at
@@ -176,6 +249,18 @@ pub enum Rejection {
     PreconditionFailed { name: RefName, expected: Expected, current: Option<RefValue> },
     #[error("command encodes to {size_bytes} bytes, more than {size_bytes_max}")]
     CommandTooLarge { size_bytes: u64, size_bytes_max: u64 },
+    #[error("no upload of client {client} sequence {seq} is in progress (it finished, was abandoned, or never began)")]
+    UploadNotFound { client: ClientId, seq: u64 },
+    #[error("upload of client {client} sequence {seq} was begun with other parameters ({begun})")]
+    UploadMismatch { client: ClientId, seq: u64, begun: String },
+    #[error("upload piece at offset {offset} is out of order: the next piece goes at {expected}")]
+    UploadOutOfOrder { offset: u64, expected: u64 },
+    #[error("upload holds {received_bytes} of {size_bytes} bytes: not complete")]
+    UploadIncomplete { received_bytes: u64, size_bytes: u64 },
+    #[error("invalid upload: {reason}")]
+    InvalidUpload { reason: String },
+    #[error("partition has {count_max} uploads in progress, its limit")]
+    TooManyUploads { count_max: u64 },
     #[error("sequence {seq} of client {client} is older than the oldest result kept ({oldest_kept}): it may have been applied, its result is forgotten")]
     SequenceTooOld { client: ClientId, seq: u64, oldest_kept: u64 },
     #[error("partition {partition} not found")]
@@ -217,10 +302,27 @@ pub enum ReadQuery {
     ListRefs {
         repo: RepoId,
     },
+    /// An object whole: objects over `OBJECT_SIZE_BYTES_MAX` are rejected (read them by range).
     GetObject {
         repo: RepoId,
         oid: Oid,
     },
+    /// Up to `len_max` bytes (at most `OBJECT_RANGE_BYTES_MAX`) of an object's content from
+    /// `offset`.
+    ObjectRange {
+        repo: RepoId,
+        oid: Oid,
+        offset: u64,
+        len_max: u64,
+    },
+    /// The upload of `client` and `seq` into `repo`, if one is in progress.
+    Upload {
+        repo: RepoId,
+        client: ClientId,
+        seq: u64,
+    },
+    /// Every upload in progress in the partition, by client and sequence.
+    Uploads,
     ListRepositories,
     RepositoryExists {
         repo: RepoId,
@@ -245,6 +347,11 @@ pub enum ReadResult {
     Refs(Vec<(RefName, RefValue)>),
     /// `None`: the repository does not hold this object.
     Object(Option<(ObjectKind, Vec<u8>)>),
+    /// `None`: the repository does not hold this object.
+    ObjectRange(Option<ObjectRange>),
+    /// `None`: no such upload is in progress.
+    Upload(Option<UploadStatus>),
+    Uploads(Vec<(ClientId, u64, UploadStatus)>),
     /// Sorted.
     Repositories(Vec<RepoId>),
     Exists(bool),
@@ -255,7 +362,7 @@ pub enum ReadResult {
     Partitions(Vec<(PartitionId, PartitionInfo, Vec<RepoId>)>),
     /// By id; `complete`: no object comes after the last one.
     LooseObjects {
-        objects: Vec<(Oid, Vec<u8>)>,
+        objects: Vec<(Oid, PagedObject)>,
         complete: bool,
     },
 }
@@ -335,6 +442,43 @@ pub fn check_op(op: &WriteOp) -> Result<(), Rejection> {
         WriteOp::SetPartitionMembers { partition: _, voters, learners, peers, as_of: _ } => {
             directory::check_members(voters, learners).and_then(|_| directory::check_peers(voters, learners, peers))
         }
+        WriteOp::BeginUpload { repo, kind: _, size_bytes, chunk_bytes } => {
+            repo.validate()?;
+            if *size_bytes == 0 {
+                return Err(Rejection::InvalidUpload { reason: "an empty object: write it in a transaction".into() });
+            }
+            if *size_bytes > UPLOAD_SIZE_BYTES_MAX {
+                return Err(Rejection::InvalidUpload {
+                    reason: format!("{size_bytes} bytes, more than {UPLOAD_SIZE_BYTES_MAX}"),
+                });
+            }
+            if !(UPLOAD_CHUNK_BYTES_MIN..=UPLOAD_CHUNK_BYTES_MAX).contains(chunk_bytes) {
+                return Err(Rejection::InvalidUpload {
+                    reason: format!(
+                        "pieces of {chunk_bytes} bytes, not between {UPLOAD_CHUNK_BYTES_MIN} and {UPLOAD_CHUNK_BYTES_MAX}"
+                    ),
+                });
+            }
+            Ok(())
+        }
+        WriteOp::UploadChunk { repo, offset: _, data } => {
+            repo.validate()?;
+            if data.is_empty() || data.len() > UPLOAD_CHUNK_BYTES_MAX as usize {
+                return Err(Rejection::InvalidUpload { reason: format!("a piece of {} bytes", data.len()) });
+            }
+            Ok(())
+        }
+        WriteOp::FinishUpload { repo, oid: _, refs } => {
+            repo.validate()?;
+            if refs.len() > TRANSACTION_REF_UPDATES_MAX {
+                return Err(Rejection::TooManyRefUpdates {
+                    count: refs.len() as u64,
+                    count_max: TRANSACTION_REF_UPDATES_MAX as u64,
+                });
+            }
+            refs::check_update_shapes(refs)
+        }
+        WriteOp::AbortUpload { repo } => repo.validate(),
     }
 }
 
@@ -361,6 +505,16 @@ impl fmt::Display for Command {
                     Nodes(learners)
                 )
             }
+            WriteOp::BeginUpload { repo, kind, size_bytes, chunk_bytes } => {
+                format!("begin upload of a {size_bytes}-byte {kind} into {repo} in pieces of {chunk_bytes} bytes")
+            }
+            WriteOp::UploadChunk { repo, offset, data } => {
+                format!("upload {} bytes at offset {offset} into {repo}", data.len())
+            }
+            WriteOp::FinishUpload { repo, oid, refs } => {
+                format!("finish upload of {oid} into {repo} with {} ref updates", refs.len())
+            }
+            WriteOp::AbortUpload { repo } => format!("abort upload into {repo}"),
         };
         write!(f, "client {} seq {}: {op}", self.client, self.seq)
     }

@@ -13,14 +13,40 @@ impl Oid {
     /// Git's object id: SHA-1 of `"<kind> <len>\0"` followed by the content, so that
     /// `git hash-object -t <kind>` agrees.
     pub fn hash_object(kind: ObjectKind, data: &[u8]) -> Oid {
-        let mut hasher = Sha1::new();
-        hasher.update(kind.as_str().as_bytes());
-        hasher.update(b" ");
-        hasher.update(data.len().to_string().as_bytes());
-        hasher.update([0u8]);
+        let mut hasher = ObjectHasher::new(kind, data.len() as u64);
         hasher.update(data);
+        hasher.finish()
+    }
+}
+
+/// Git's object id computed piece by piece, for objects too large to hold at once.
+pub struct ObjectHasher {
+    sha1: Sha1,
+    size_bytes: u64,
+    hashed_bytes: u64,
+}
+
+impl ObjectHasher {
+    /// Starts the id of a `kind` object of `size_bytes` bytes (Git hashes the size first).
+    pub fn new(kind: ObjectKind, size_bytes: u64) -> ObjectHasher {
+        let mut sha1 = Sha1::new();
+        sha1.update(kind.as_str().as_bytes());
+        sha1.update(b" ");
+        sha1.update(size_bytes.to_string().as_bytes());
+        sha1.update([0u8]);
+        ObjectHasher { sha1, size_bytes, hashed_bytes: 0 }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.hashed_bytes += data.len() as u64;
+        assert!(self.hashed_bytes <= self.size_bytes, "more content than the announced size");
+        self.sha1.update(data);
+    }
+
+    pub fn finish(self) -> Oid {
+        assert_eq!(self.hashed_bytes, self.size_bytes, "the whole content is hashed");
         let mut oid = [0u8; 20];
-        oid.copy_from_slice(&hasher.finalize());
+        oid.copy_from_slice(&self.sha1.finalize());
         Oid(oid)
     }
 }

@@ -9,13 +9,16 @@ use super::dedup::{self, DedupLimits, Lookup};
 use super::directory::DirectoryWriter;
 use super::keys;
 use super::loose;
-use super::tables::{self, Counts, PartitionRecord, RepoRecord, Rows, TableId, WriteRows};
+use super::tables::{
+    self, Counts, LargeObjectRecord, PartitionRecord, RepoRecord, Rows, TableId, UploadRecord, WriteRows,
+};
 use super::StoreError;
+use crate::ids::ClientId;
 use crate::ids::PartitionId;
 use crate::persist::{ConfState, LogPosition};
 use crate::state_machine::{
-    check_op, Command, NewObject, Oid, RefUpdate, RefValue, Rejection, RelativePath, RepoId, WriteOk, WriteOp,
-    WriteResult, PARTITION_REPOSITORIES_MAX, REPOSITORY_REFS_MAX,
+    check_op, Command, NewObject, ObjectHasher, ObjectKind, Oid, RefUpdate, RefValue, Rejection, RelativePath, RepoId,
+    WriteOk, WriteOp, WriteResult, PARTITION_REPOSITORIES_MAX, PARTITION_UPLOADS_MAX, REPOSITORY_REFS_MAX,
 };
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -91,7 +94,10 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             }
             Lookup::New => {}
         }
-        let result = self.execute(position.index, &command.op)?;
+        let result = self.execute(position.index, command)?;
+        if !command.op.is_recorded() {
+            return Ok(result);
+        }
         if let Some(deferred) = &mut self.deferred_dedup {
             deferred.push((position.index, command.client, command.seq, result.clone()));
             return Ok(result);
@@ -109,7 +115,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     }
 
     /// Runs one new command against the rows; on a rejection nothing has changed.
-    fn execute(&mut self, index: u64, op: &WriteOp) -> Result<WriteResult, StoreError> {
+    fn execute(&mut self, index: u64, command: &Command) -> Result<WriteResult, StoreError> {
+        let (op, client, seq) = (&command.op, command.client, command.seq);
         let ok = WriteOk { index, object_ids: Vec::new(), partition: None };
         if let Err(rejection) = check_op(op) {
             return Ok(Err(rejection));
@@ -132,6 +139,23 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             WriteOp::UnrouteRepository { repo } => self.directory().unroute_repository(repo)?,
             WriteOp::SetPartitionMembers { partition, voters, learners, peers, as_of } => {
                 self.directory().set_partition_members(*partition, voters, learners, peers, *as_of)?
+            }
+            WriteOp::BeginUpload { repo, kind, size_bytes, chunk_bytes } => {
+                return Ok(self
+                    .begin_upload(index, client, seq, repo, *kind, *size_bytes, *chunk_bytes)?
+                    .map(|blob| WriteOk { index: blob, ..ok }));
+            }
+            WriteOp::UploadChunk { repo, offset, data } => self.upload_chunk(client, seq, repo, *offset, data)?,
+            WriteOp::FinishUpload { repo, oid, refs } => {
+                return Ok(self
+                    .finish_upload(client, seq, repo, oid, refs)?
+                    .map(|()| WriteOk { object_ids: vec![*oid], ..ok }));
+            }
+            WriteOp::AbortUpload { repo: _ } => {
+                if let Some(upload) = self.upload(client, seq)? {
+                    self.drop_upload(client, seq, &upload)?;
+                }
+                Ok(())
             }
         };
         Ok(outcome.map(|()| ok))
@@ -220,6 +244,22 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         for oid in &held {
             self.release(oid)?;
         }
+        // Uploads into it (at most `PARTITION_UPLOADS_MAX` to look through).
+        let mut uploads = Vec::new();
+        let partition_prefix = keys::partition_prefix(self.partition);
+        self.rows.scan(TableId::Uploads, &partition_prefix, &mut |key, value| {
+            let upload: UploadRecord = tables::decode("upload", value)?;
+            if &upload.repo == repo {
+                let mut reader = keys::KeyReader::new(&key[partition_prefix.len()..]);
+                let client = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+                let seq = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+                uploads.push((ClientId(client), seq, upload));
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        for (client, seq, upload) in &uploads {
+            self.drop_upload(*client, *seq, upload)?;
+        }
         self.rows.remove_prefix(TableId::Held, &prefix)?;
         self.rows.remove_prefix(TableId::Refs, &prefix)?;
         self.rows.remove(TableId::Repositories, &prefix)?;
@@ -258,11 +298,188 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         assert!(holders >= 1, "refcount of {oid} would go below zero");
         if holders == 1 {
             self.rows.remove(TableId::Holders, &key)?;
-            self.rows.remove(TableId::Objects, &key)?;
+            if !self.rows.remove(TableId::Objects, &key)? {
+                let bytes = self.rows.get(TableId::LargeObjects, &key)?;
+                let bytes = bytes
+                    .ok_or_else(|| StoreError::Corrupt { reason: format!("object {oid} is held but not stored") })?;
+                let large: LargeObjectRecord = tables::decode("large object", &bytes)?;
+                self.rows.remove(TableId::LargeObjects, &key)?;
+                self.rows.remove_prefix(TableId::Chunks, &keys::blob(self.partition, large.blob))?;
+            }
             Ok(())
         } else {
             self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders - 1))
         }
+    }
+
+    fn upload(&self, client: ClientId, seq: u64) -> Result<Option<UploadRecord>, StoreError> {
+        match self.rows.get(TableId::Uploads, &keys::upload(self.partition, client, seq))? {
+            Some(bytes) => Ok(Some(tables::decode("upload", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Drops an upload and the pieces it stored.
+    fn drop_upload(&mut self, client: ClientId, seq: u64, upload: &UploadRecord) -> Result<(), StoreError> {
+        self.rows.remove(TableId::Uploads, &keys::upload(self.partition, client, seq))?;
+        self.rows.remove_prefix(TableId::Chunks, &keys::blob(self.partition, upload.blob))?;
+        assert!(self.record.counts.uploads > 0, "an upload in progress is counted");
+        self.record.counts.uploads -= 1;
+        Ok(())
+    }
+
+    /// Begins an upload, or finds the one this client and sequence began; answers where its
+    /// pieces go (the index that began it).
+    #[allow(clippy::too_many_arguments)] // One command's fields, named.
+    fn begin_upload(
+        &mut self,
+        index: u64,
+        client: ClientId,
+        seq: u64,
+        repo: &RepoId,
+        kind: ObjectKind,
+        size_bytes: u64,
+        chunk_bytes: u32,
+    ) -> Result<Result<u64, Rejection>, StoreError> {
+        if let Some(upload) = self.upload(client, seq)? {
+            if (&upload.repo, upload.kind, upload.size_bytes, upload.chunk_bytes)
+                != (repo, kind, size_bytes, chunk_bytes)
+            {
+                let begun = format!(
+                    "a {}-byte {} into {} in pieces of {} bytes",
+                    upload.size_bytes, upload.kind, upload.repo, upload.chunk_bytes
+                );
+                return Ok(Err(Rejection::UploadMismatch { client, seq, begun }));
+            }
+            return Ok(Ok(upload.blob));
+        }
+        if self.repo_record(repo)?.is_none() {
+            return Ok(Err(Rejection::RepositoryNotFound { repo: repo.clone() }));
+        }
+        if self.record.counts.uploads >= PARTITION_UPLOADS_MAX {
+            return Ok(Err(Rejection::TooManyUploads { count_max: PARTITION_UPLOADS_MAX }));
+        }
+        let upload = UploadRecord { repo: repo.clone(), kind, size_bytes, chunk_bytes, received_bytes: 0, blob: index };
+        self.rows.insert(TableId::Uploads, &keys::upload(self.partition, client, seq), &tables::encode(&upload))?;
+        self.record.counts.uploads += 1;
+        Ok(Ok(index))
+    }
+
+    /// Stores the next piece of an upload; a piece it already has is a retry, and changes
+    /// nothing.
+    fn upload_chunk(
+        &mut self,
+        client: ClientId,
+        seq: u64,
+        repo: &RepoId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Result<(), Rejection>, StoreError> {
+        let Some(mut upload) = self.upload(client, seq)?.filter(|u| &u.repo == repo) else {
+            return Ok(Err(Rejection::UploadNotFound { client, seq }));
+        };
+        let chunk_bytes = u64::from(upload.chunk_bytes);
+        let expected_len = chunk_bytes.min(upload.size_bytes.saturating_sub(offset));
+        if offset % chunk_bytes != 0 || offset >= upload.size_bytes || data.len() as u64 != expected_len {
+            let reason = format!(
+                "a piece of {} bytes at offset {offset} of a {}-byte object in pieces of {chunk_bytes} bytes",
+                data.len(),
+                upload.size_bytes
+            );
+            return Ok(Err(Rejection::InvalidUpload { reason }));
+        }
+        if offset > upload.received_bytes {
+            return Ok(Err(Rejection::UploadOutOfOrder { offset, expected: upload.received_bytes }));
+        }
+        if offset < upload.received_bytes {
+            return Ok(Ok(())); // Stored already: a retry.
+        }
+        self.rows.insert(TableId::Chunks, &keys::chunk(self.partition, upload.blob, offset / chunk_bytes), data)?;
+        upload.received_bytes += data.len() as u64;
+        self.rows.insert(TableId::Uploads, &keys::upload(self.partition, client, seq), &tables::encode(&upload))?;
+        Ok(Ok(()))
+    }
+
+    /// Turns a complete upload into an object held by `repo` and applies `updates`; the upload
+    /// is gone afterwards whatever the outcome.
+    fn finish_upload(
+        &mut self,
+        client: ClientId,
+        seq: u64,
+        repo: &RepoId,
+        oid: &Oid,
+        updates: &[RefUpdate],
+    ) -> Result<Result<(), Rejection>, StoreError> {
+        let Some(upload) = self.upload(client, seq)?.filter(|u| &u.repo == repo) else {
+            return Ok(Err(Rejection::UploadNotFound { client, seq }));
+        };
+        let outcome = self.check_finished_upload(&upload, repo, oid, updates)?;
+        let keep_pieces = outcome.is_ok() && self.holders(oid)? == 0;
+        if keep_pieces {
+            // The pieces become the object's: only the upload's own row goes.
+            self.rows.remove(TableId::Uploads, &keys::upload(self.partition, client, seq))?;
+            self.record.counts.uploads -= 1;
+        } else {
+            self.drop_upload(client, seq, &upload)?;
+        }
+        if outcome.is_err() {
+            return Ok(outcome);
+        }
+        let held_key = keys::held(self.partition, repo, oid);
+        if !self.rows.contains(TableId::Held, &held_key)? {
+            self.rows.insert(TableId::Held, &held_key, &[])?;
+            let key = keys::object(self.partition, oid);
+            let holders = self.holders(oid)?;
+            if holders == 0 {
+                assert!(keep_pieces, "a new object keeps its upload's pieces");
+                let large = LargeObjectRecord {
+                    kind: upload.kind,
+                    size_bytes: upload.size_bytes,
+                    chunk_bytes: upload.chunk_bytes,
+                    blob: upload.blob,
+                };
+                self.rows.insert(TableId::LargeObjects, &key, &tables::encode(&large))?;
+            }
+            self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders + 1))?;
+        }
+        self.update_refs(repo, updates)?;
+        Ok(Ok(()))
+    }
+
+    /// Whether a finished upload may become object `oid` of `repo` with `updates`: it holds
+    /// every piece, its content hashes to `oid`, and the references' preconditions hold.
+    fn check_finished_upload(
+        &self,
+        upload: &UploadRecord,
+        repo: &RepoId,
+        oid: &Oid,
+        updates: &[RefUpdate],
+    ) -> Result<Result<(), Rejection>, StoreError> {
+        if upload.received_bytes != upload.size_bytes {
+            return Ok(Err(Rejection::UploadIncomplete {
+                received_bytes: upload.received_bytes,
+                size_bytes: upload.size_bytes,
+            }));
+        }
+        let mut hasher = ObjectHasher::new(upload.kind, upload.size_bytes);
+        let mut hashed_bytes = 0u64;
+        self.rows.scan(TableId::Chunks, &keys::blob(self.partition, upload.blob), &mut |_, piece| {
+            hashed_bytes += piece.len() as u64;
+            if hashed_bytes > upload.size_bytes {
+                return Err(StoreError::Corrupt { reason: format!("upload of {oid} holds more than its size") });
+            }
+            hasher.update(piece);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        if hashed_bytes != upload.size_bytes {
+            return Err(StoreError::Corrupt { reason: format!("upload of {oid} counts pieces it does not hold") });
+        }
+        let actual = hasher.finish();
+        if actual != *oid {
+            return Ok(Err(Rejection::ObjectIdMismatch { claimed: *oid, actual }));
+        }
+        let written = BTreeSet::from([*oid]);
+        Ok(self.check_ref_updates(repo, &written, updates)?.map(|_| ()))
     }
 
     fn reference(&self, repo: &RepoId, update: &RefUpdate) -> Result<Option<RefValue>, StoreError> {
@@ -280,10 +497,33 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         objects: &[NewObject],
         updates: &[RefUpdate],
     ) -> Result<Result<(), Rejection>, StoreError> {
-        let Some(mut record) = self.repo_record(repo)? else {
+        let written: BTreeSet<Oid> = objects.iter().map(|object| object.oid).collect();
+        if let Err(rejection) = self.check_ref_updates(repo, &written, updates)? {
+            return Ok(Err(rejection));
+        }
+        for object in objects {
+            // A repository holds an object once, however often it is written.
+            let held_key = keys::held(self.partition, repo, &object.oid);
+            if !self.rows.contains(TableId::Held, &held_key)? {
+                self.rows.insert(TableId::Held, &held_key, &[])?;
+                self.hold(object)?;
+            }
+        }
+        self.update_refs(repo, updates)?;
+        Ok(Ok(()))
+    }
+
+    /// Checks reference updates of `repo` against its rows, where `written` are the objects
+    /// the same write adds; answers the repository's reference count after them.
+    fn check_ref_updates(
+        &self,
+        repo: &RepoId,
+        written: &BTreeSet<Oid>,
+        updates: &[RefUpdate],
+    ) -> Result<Result<u64, Rejection>, StoreError> {
+        let Some(record) = self.repo_record(repo)? else {
             return Ok(Err(Rejection::RepositoryNotFound { repo: repo.clone() }));
         };
-        let written: BTreeSet<Oid> = objects.iter().map(|object| object.oid).collect();
         let mut refs_count = record.refs;
         for update in updates {
             let current = self.reference(repo, update)?;
@@ -313,27 +553,30 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
                 count_max: REPOSITORY_REFS_MAX as u64,
             }));
         }
+        Ok(Ok(refs_count))
+    }
 
-        for object in objects {
-            // A repository holds an object once, however often it is written.
-            let held_key = keys::held(self.partition, repo, &object.oid);
-            if !self.rows.contains(TableId::Held, &held_key)? {
-                self.rows.insert(TableId::Held, &held_key, &[])?;
-                self.hold(object)?;
-            }
-        }
+    /// Applies reference updates already checked by `check_ref_updates`.
+    fn update_refs(&mut self, repo: &RepoId, updates: &[RefUpdate]) -> Result<(), StoreError> {
+        let mut record = self.repo_record(repo)?.expect("checked: the repository exists");
         for update in updates {
             let key = keys::reference(self.partition, repo, &update.name);
-            match &update.new {
-                Some(value) => self.rows.insert(TableId::Refs, &key, &tables::encode(value))?,
-                None => {
-                    self.rows.remove(TableId::Refs, &key)?;
+            let existed = match &update.new {
+                Some(value) => {
+                    let existed = self.rows.contains(TableId::Refs, &key)?;
+                    self.rows.insert(TableId::Refs, &key, &tables::encode(value))?;
+                    existed
                 }
+                None => self.rows.remove(TableId::Refs, &key)?,
+            };
+            match (existed, update.new.is_some()) {
+                (false, true) => record.refs += 1,
+                (true, false) => record.refs -= 1,
+                _ => {}
             }
         }
-        record.refs = refs_count;
-        self.set_repo_record(repo, &record)?;
-        Ok(Ok(()))
+        assert!(record.refs <= REPOSITORY_REFS_MAX as u64, "checked: the reference count stays bounded");
+        self.set_repo_record(repo, &record)
     }
 }
 

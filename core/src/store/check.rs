@@ -11,12 +11,13 @@
 
 use super::keys::{self, KeyReader};
 use super::loose;
-use super::tables::{self, ClientRecord, Counts, RepoRecord, Rows, TableId};
+use super::tables::{self, ClientRecord, Counts, LargeObjectRecord, RepoRecord, Rows, TableId, UploadRecord};
 use super::StoreError;
 use crate::ids::{ClientId, PartitionId};
 use crate::state_machine::{
-    check_members, check_peers, validate_storage_name, Digest, Oid, PartitionInfo, RefValue, Rejection, RepoId,
-    WriteResult, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_REPOSITORIES_MAX, REPOSITORY_REFS_MAX,
+    check_members, check_peers, validate_storage_name, Digest, ObjectHasher, Oid, PartitionInfo, RefValue, Rejection,
+    RepoId, WriteResult, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_REPOSITORIES_MAX,
+    PARTITION_UPLOADS_MAX, REPOSITORY_REFS_MAX, UPLOAD_CHUNK_BYTES_MAX, UPLOAD_CHUNK_BYTES_MIN,
 };
 use sha1::{Digest as _, Sha1};
 use std::collections::BTreeMap;
@@ -158,6 +159,7 @@ impl Checker<'_> {
             stored.insert(oid, ());
             Ok(())
         })?;
+        self.check_pieces(&repos, &mut stored)?;
         let mut counted_holders = 0usize;
         each(rows, TableId::Holders, &prefix, |mut key, value| {
             let oid = key.take_oid().map_err(bad)?;
@@ -184,6 +186,108 @@ impl Checker<'_> {
 
         self.check_dedup(limits)?;
         self.check_directory()
+    }
+
+    /// Objects stored in pieces and uploads in progress: each blob belongs to one of them, its
+    /// pieces are numbered from 0 without gaps, all full but the last, and a large object's
+    /// content hashes to its id. Adds large objects to `stored`.
+    fn check_pieces(
+        &mut self,
+        repos: &BTreeMap<RepoId, RepoRecord>,
+        stored: &mut BTreeMap<Oid, ()>,
+    ) -> Result<(), String> {
+        let (rows, prefix) = (self.rows, self.prefix);
+        // blob -> (piece size, bytes it must hold, the object it is, if finished)
+        let mut blobs: BTreeMap<u64, (u32, u64, Option<(Oid, LargeObjectRecord)>)> = BTreeMap::new();
+        let piece_size_ok = |bytes: u32| (UPLOAD_CHUNK_BYTES_MIN..=UPLOAD_CHUNK_BYTES_MAX).contains(&bytes);
+        each(rows, TableId::LargeObjects, &prefix, |mut key, value| {
+            let oid = key.take_oid().map_err(bad)?;
+            key.end().map_err(bad)?;
+            let large: LargeObjectRecord = decode("large object", value)?;
+            if !piece_size_ok(large.chunk_bytes) {
+                return Err(format!("object {oid} has pieces of {} bytes", large.chunk_bytes));
+            }
+            if stored.insert(oid, ()).is_some() {
+                return Err(format!("object {oid} is stored whole and in pieces"));
+            }
+            if blobs.insert(large.blob, (large.chunk_bytes, large.size_bytes, Some((oid, large)))).is_some() {
+                return Err(format!("blob {} belongs to two objects", large.blob));
+            }
+            Ok(())
+        })?;
+        each(rows, TableId::Uploads, &prefix, |mut key, value| {
+            let client = key.take_u64().map_err(bad)?;
+            let seq = key.take_u64().map_err(bad)?;
+            key.end().map_err(bad)?;
+            let upload: UploadRecord = decode("upload", value)?;
+            if !repos.contains_key(&upload.repo) || !piece_size_ok(upload.chunk_bytes) {
+                return Err(format!("upload of client {client} seq {seq}: bad repository or piece size"));
+            }
+            if upload.received_bytes > upload.size_bytes {
+                return Err(format!("upload of client {client} seq {seq} holds more than its size"));
+            }
+            if blobs.insert(upload.blob, (upload.chunk_bytes, upload.received_bytes, None)).is_some() {
+                return Err(format!("blob {} belongs to two uploads or objects", upload.blob));
+            }
+            self.counts.uploads += 1;
+            Ok(())
+        })?;
+        if self.counts.uploads > PARTITION_UPLOADS_MAX {
+            return Err(format!("{} uploads, more than {PARTITION_UPLOADS_MAX}", self.counts.uploads));
+        }
+        // The blob being read: its id, next piece number, bytes so far, and hasher if an object.
+        let mut current: Option<(u64, u64, u64, Option<ObjectHasher>)> = None;
+        let mut finished: BTreeMap<u64, ()> = BTreeMap::new();
+        let mut finish = |blob: u64, bytes: u64, hasher: Option<ObjectHasher>| -> Result<(), String> {
+            let (_, expected, object) = &blobs[&blob];
+            if bytes != *expected {
+                return Err(format!("blob {blob} holds {bytes} bytes, not {expected}"));
+            }
+            if let (Some(hasher), Some((oid, _))) = (hasher, object) {
+                let actual = hasher.finish();
+                if actual != *oid {
+                    return Err(format!("object {oid} in pieces hashes to {actual}"));
+                }
+            }
+            finished.insert(blob, ());
+            Ok(())
+        };
+        each(rows, TableId::Chunks, &prefix, |mut key, piece| {
+            let blob = key.take_u64().map_err(bad)?;
+            let number = key.take_u64().map_err(bad)?;
+            key.end().map_err(bad)?;
+            let Some((chunk_bytes, expected, object)) = blobs.get(&blob) else {
+                return Err(format!("piece {number} of blob {blob}, which nothing holds"));
+            };
+            if current.as_ref().is_some_and(|(b, ..)| *b != blob) {
+                let (done, _, bytes, hasher) = current.take().expect("checked: some");
+                finish(done, bytes, hasher)?;
+            }
+            let (_, next, bytes, hasher) = current.get_or_insert_with(|| {
+                let hasher = object.as_ref().map(|(_, large)| ObjectHasher::new(large.kind, large.size_bytes));
+                (blob, 0, 0, hasher)
+            });
+            let full = piece.len() as u64 == u64::from(*chunk_bytes);
+            let last = *bytes + piece.len() as u64 == *expected;
+            if number != *next || piece.is_empty() || !(full || last) || *bytes + piece.len() as u64 > *expected {
+                return Err(format!("blob {blob}: piece {number} of {} bytes is out of place", piece.len()));
+            }
+            if let Some(hasher) = hasher {
+                hasher.update(piece);
+            }
+            *next += 1;
+            *bytes += piece.len() as u64;
+            Ok(())
+        })?;
+        if let Some((blob, _, bytes, hasher)) = current {
+            finish(blob, bytes, hasher)?;
+        }
+        for (blob, (_, expected, _)) in &blobs {
+            if *expected > 0 && !finished.contains_key(blob) {
+                return Err(format!("blob {blob} holds no pieces, not {expected} bytes"));
+            }
+        }
+        Ok(())
     }
 
     fn check_dedup(&mut self, limits: &super::DedupLimits) -> Result<(), String> {

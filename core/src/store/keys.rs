@@ -70,6 +70,21 @@ pub fn index(partition: PartitionId, index: u64) -> Vec<u8> {
     key(&partition_prefix(partition), &[&index.to_be_bytes()])
 }
 
+/// An upload in progress, named by its client and sequence.
+pub fn upload(partition: PartitionId, client_id: ClientId, seq: u64) -> Vec<u8> {
+    client_result(partition, client_id, seq)
+}
+
+/// The pieces of one upload or large object (`blob`: the index that began its upload).
+pub fn blob(partition: PartitionId, blob: u64) -> Vec<u8> {
+    index(partition, blob)
+}
+
+/// One piece of a blob, by its number (offset / piece size).
+pub fn chunk(partition: PartitionId, blob_id: u64, number: u64) -> Vec<u8> {
+    key(&blob(partition, blob_id), &[&number.to_be_bytes()])
+}
+
 /// A directory row about partition `about`, kept in the directory's own range.
 pub fn about(directory: PartitionId, about: PartitionId) -> Vec<u8> {
     key(&partition_prefix(directory), &[&about.0.to_be_bytes()])

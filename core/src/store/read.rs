@@ -3,10 +3,14 @@
 use super::directory;
 use super::keys;
 use super::loose;
-use super::tables::{self, Rows, TableId};
+use super::tables::{self, LargeObjectRecord, Rows, TableId, UploadRecord};
 use super::StoreError;
+use crate::ids::ClientId;
 use crate::ids::PartitionId;
-use crate::state_machine::{Oid, ReadQuery, ReadResult, RefName, RefValue, Rejection, RepoId};
+use crate::state_machine::{
+    ObjectRange, Oid, PagedObject, ReadQuery, ReadResult, RefName, RefValue, Rejection, RepoId, UploadStatus,
+    OBJECT_RANGE_BYTES_MAX, OBJECT_SIZE_BYTES_MAX,
+};
 use std::ops::ControlFlow;
 
 /// The answer to `query` in `partition`'s rows.
@@ -18,11 +22,36 @@ pub fn read(rows: &dyn Rows, partition: PartitionId, query: &ReadQuery) -> Resul
         },
         ReadQuery::GetObject { repo, oid } => match check_repository(rows, partition, repo)? {
             Ok(()) if rows.contains(TableId::Held, &keys::held(partition, repo, oid))? => {
-                ReadResult::Object(Some(object(rows, partition, oid)?))
+                match large_object(rows, partition, oid)? {
+                    Some(large) => ReadResult::Rejected(Rejection::ObjectTooLarge {
+                        oid: *oid,
+                        size_bytes: large.size_bytes,
+                        size_bytes_max: OBJECT_SIZE_BYTES_MAX as u64,
+                    }),
+                    None => ReadResult::Object(Some(object(rows, partition, oid)?)),
+                }
             }
             Ok(()) => ReadResult::Object(None),
             Err(rejection) => ReadResult::Rejected(rejection),
         },
+        ReadQuery::ObjectRange { repo, oid, offset, len_max } => match check_repository(rows, partition, repo)? {
+            Ok(()) if rows.contains(TableId::Held, &keys::held(partition, repo, oid))? => {
+                let len_max = (*len_max).min(OBJECT_RANGE_BYTES_MAX);
+                ReadResult::ObjectRange(Some(object_range(rows, partition, oid, *offset, len_max)?))
+            }
+            Ok(()) => ReadResult::ObjectRange(None),
+            Err(rejection) => ReadResult::Rejected(rejection),
+        },
+        ReadQuery::Upload { repo, client, seq } => match check_repository(rows, partition, repo)? {
+            Ok(()) => {
+                let upload = upload(rows, partition, *client, *seq)?.filter(|u| &u.repo == repo);
+                ReadResult::Upload(
+                    upload.map(|u| UploadStatus { size_bytes: u.size_bytes, received_bytes: u.received_bytes }),
+                )
+            }
+            Err(rejection) => ReadResult::Rejected(rejection),
+        },
+        ReadQuery::Uploads => ReadResult::Uploads(uploads(rows, partition)?),
         ReadQuery::ListRepositories => ReadResult::Repositories(repositories(rows, partition)?),
         ReadQuery::RepositoryExists { repo } => match repo.validate() {
             Ok(()) => ReadResult::Exists(rows.contains(TableId::Repositories, &keys::repo(partition, repo))?),
@@ -53,7 +82,7 @@ pub fn read(rows: &dyn Rows, partition: PartitionId, query: &ReadQuery) -> Resul
 
 /// A page of a repository's objects in their loose encoding, by id after `after`: at least
 /// one, then while they fit in `bytes_max`. `true` with the last page.
-type LoosePage = (Vec<(Oid, Vec<u8>)>, bool);
+type LoosePage = (Vec<(Oid, PagedObject)>, bool);
 
 fn loose_objects(
     rows: &dyn Rows,
@@ -63,26 +92,30 @@ fn loose_objects(
     bytes_max: u64,
 ) -> Result<LoosePage, StoreError> {
     let prefix = keys::repo(partition, repo);
-    let mut page: Vec<(Oid, Vec<u8>)> = Vec::new();
+    let mut page: Vec<(Oid, PagedObject)> = Vec::new();
     let mut bytes = 0u64;
     let mut complete = true;
     let mut failure = None;
     let mut visit = |key: &[u8], _: &[u8]| -> Result<ControlFlow<()>, StoreError> {
         let oid =
             keys::KeyReader::new(&key[prefix.len()..]).take_oid().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
-        let loose = match loose_object(rows, partition, &oid) {
-            Ok(loose) => loose,
+        let object = match paged_object(rows, partition, &oid) {
+            Ok(object) => object,
             Err(error) => {
                 failure = Some(error);
                 return Ok(ControlFlow::Break(()));
             }
         };
-        if !page.is_empty() && bytes + loose.len() as u64 > bytes_max {
+        let size_bytes = match &object {
+            PagedObject::Loose(loose) => loose.len() as u64,
+            PagedObject::Large { .. } => 0,
+        };
+        if !page.is_empty() && bytes + size_bytes > bytes_max {
             complete = false;
             return Ok(ControlFlow::Break(()));
         }
-        bytes += loose.len() as u64;
-        page.push((oid, loose));
+        bytes += size_bytes;
+        page.push((oid, object));
         Ok(ControlFlow::Continue(()))
     };
     match after {
@@ -140,6 +173,89 @@ pub fn held_objects(rows: &dyn Rows, partition: PartitionId, repo: &RepoId) -> R
 pub fn loose_object(rows: &dyn Rows, partition: PartitionId, oid: &Oid) -> Result<Vec<u8>, StoreError> {
     rows.get(TableId::Objects, &keys::object(partition, oid))?
         .ok_or_else(|| StoreError::Corrupt { reason: format!("object {oid} is held but not stored") })
+}
+
+fn paged_object(rows: &dyn Rows, partition: PartitionId, oid: &Oid) -> Result<PagedObject, StoreError> {
+    Ok(match large_object(rows, partition, oid)? {
+        Some(large) => PagedObject::Large { kind: large.kind, size_bytes: large.size_bytes },
+        None => PagedObject::Loose(loose_object(rows, partition, oid)?),
+    })
+}
+
+/// The record of an object stored in pieces, or `None` if it is stored whole (or not at all).
+pub fn large_object(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    oid: &Oid,
+) -> Result<Option<LargeObjectRecord>, StoreError> {
+    match rows.get(TableId::LargeObjects, &keys::object(partition, oid))? {
+        Some(bytes) => Ok(Some(tables::decode("large object", &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Up to `len_max` bytes of a stored object's content from `offset`, reading only the pieces
+/// that hold them.
+fn object_range(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    oid: &Oid,
+    offset: u64,
+    len_max: u64,
+) -> Result<ObjectRange, StoreError> {
+    let Some(large) = large_object(rows, partition, oid)? else {
+        let (kind, data) = object(rows, partition, oid)?;
+        let size_bytes = data.len() as u64;
+        let start = offset.min(size_bytes) as usize;
+        let end = offset.saturating_add(len_max).min(size_bytes) as usize;
+        return Ok(ObjectRange { kind, size_bytes, data: data[start..end].to_vec() });
+    };
+    let end = offset.saturating_add(len_max).min(large.size_bytes);
+    let chunk_bytes = u64::from(large.chunk_bytes);
+    let mut data = Vec::with_capacity(end.saturating_sub(offset) as usize);
+    let mut position = offset;
+    while position < end {
+        let number = position / chunk_bytes;
+        let piece = rows
+            .get(TableId::Chunks, &keys::chunk(partition, large.blob, number))?
+            .ok_or_else(|| StoreError::Corrupt { reason: format!("object {oid} lacks piece {number}") })?;
+        let piece_start = (position - number * chunk_bytes) as usize;
+        let piece_end = ((end - number * chunk_bytes) as usize).min(piece.len());
+        if piece_start >= piece_end {
+            return Err(StoreError::Corrupt { reason: format!("object {oid}: piece {number} is short") });
+        }
+        data.extend_from_slice(&piece[piece_start..piece_end]);
+        position += (piece_end - piece_start) as u64;
+    }
+    Ok(ObjectRange { kind: large.kind, size_bytes: large.size_bytes, data })
+}
+
+fn upload(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    client: ClientId,
+    seq: u64,
+) -> Result<Option<UploadRecord>, StoreError> {
+    match rows.get(TableId::Uploads, &keys::upload(partition, client, seq))? {
+        Some(bytes) => Ok(Some(tables::decode("upload", &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every upload in progress, by client and sequence.
+fn uploads(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<(ClientId, u64, UploadStatus)>, StoreError> {
+    let prefix = keys::partition_prefix(partition);
+    let mut out = Vec::new();
+    rows.scan(TableId::Uploads, &prefix, &mut |key, value| {
+        let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
+        let client = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        let seq = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        let upload: UploadRecord = tables::decode("upload", value)?;
+        let status = UploadStatus { size_bytes: upload.size_bytes, received_bytes: upload.received_bytes };
+        out.push((ClientId(client), seq, status));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(out)
 }
 
 /// A stored object's kind and content, checked against its id.

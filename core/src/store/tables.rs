@@ -15,6 +15,12 @@
 //! | `routes` | repository (directory only) | partition id |
 //! | `members` | partition id (directory only) | `PartitionInfo` |
 //! | `route_counts` | partition id (directory only) | u64: repositories routed to it |
+//! | `uploads` | client id, sequence | [`UploadRecord`]: an upload in progress |
+//! | `chunks` | blob (u64), piece number (u64) | a piece of an upload's or large object's content |
+//! | `large_objects` | object id | [`LargeObjectRecord`]: an object stored in pieces |
+//!
+//! An object is stored in `objects` (whole, if it came in a transaction) or in
+//! `large_objects` and `chunks` (if it was uploaded in pieces), never both.
 
 use super::StoreError;
 use crate::codec;
@@ -40,10 +46,13 @@ pub enum TableId {
     Routes = 9,
     Members = 10,
     RouteCounts = 11,
+    Uploads = 12,
+    Chunks = 13,
+    LargeObjects = 14,
 }
 
 impl TableId {
-    pub const ALL: [TableId; 11] = [
+    pub const ALL: [TableId; 14] = [
         TableId::Repositories,
         TableId::Refs,
         TableId::Held,
@@ -55,6 +64,9 @@ impl TableId {
         TableId::Routes,
         TableId::Members,
         TableId::RouteCounts,
+        TableId::Uploads,
+        TableId::Chunks,
+        TableId::LargeObjects,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +82,9 @@ impl TableId {
             TableId::Routes => "routes",
             TableId::Members => "members",
             TableId::RouteCounts => "route_counts",
+            TableId::Uploads => "uploads",
+            TableId::Chunks => "chunks",
+            TableId::LargeObjects => "large_objects",
         }
     }
 
@@ -108,12 +123,43 @@ pub struct Counts {
     pub directory_partitions: u64,
     pub directory_routes: u64,
     pub next_partition: u64,
+    /// Uploads in progress.
+    pub uploads: u64,
 }
 
 /// One repository's row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoRecord {
     pub refs: u64,
+}
+
+/// An upload in progress: its object's shape, and how much of it is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub repo: crate::state_machine::RepoId,
+    pub kind: crate::state_machine::ObjectKind,
+    pub size_bytes: u64,
+    pub chunk_bytes: u32,
+    pub received_bytes: u64,
+    /// Where its pieces are kept (`chunks`): the index of the write that began it.
+    pub blob: u64,
+}
+
+/// An object stored in pieces: `chunks` rows `blob, 0..` of `chunk_bytes` each (the last
+/// shorter), `size_bytes` in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LargeObjectRecord {
+    pub kind: crate::state_machine::ObjectKind,
+    pub size_bytes: u64,
+    pub chunk_bytes: u32,
+    pub blob: u64,
+}
+
+impl LargeObjectRecord {
+    /// How many pieces an object of `size_bytes` in pieces of `chunk_bytes` has.
+    pub fn chunks(size_bytes: u64, chunk_bytes: u32) -> u64 {
+        size_bytes.div_ceil(u64::from(chunk_bytes))
+    }
 }
 
 /// One client of the dedup table.

@@ -921,6 +921,210 @@ fn removing_a_partition_deletes_its_range_only() {
     h.assert_consistent();
 }
 
+// ---- Objects uploaded in pieces -------------------------------------------------------------
+
+const PIECE: u32 = UPLOAD_CHUNK_BYTES_MIN;
+
+/// Content of `len` bytes that differs from piece to piece.
+fn content(len: usize, salt: u8) -> Vec<u8> {
+    (0..len).map(|i| (i / 7) as u8 ^ salt).collect()
+}
+
+fn begin(path: &str, size_bytes: usize) -> WriteOp {
+    WriteOp::BeginUpload { repo: repo(path), kind: ObjectKind::Blob, size_bytes: size_bytes as u64, chunk_bytes: PIECE }
+}
+
+fn piece(path: &str, data: &[u8], number: usize) -> WriteOp {
+    let start = number * PIECE as usize;
+    let end = (start + PIECE as usize).min(data.len());
+    WriteOp::UploadChunk { repo: repo(path), offset: start as u64, data: data[start..end].to_vec() }
+}
+
+fn finish(path: &str, oid: Oid, refs: Vec<RefUpdate>) -> WriteOp {
+    WriteOp::FinishUpload { repo: repo(path), oid, refs }
+}
+
+impl Harness {
+    /// Uploads `data` into `path` as client 2's write `seq`, every piece once, and finishes.
+    fn upload(&mut self, path: &str, seq: u64, data: &[u8], refs: Vec<RefUpdate>) -> WriteResult {
+        let client = ClientId(2);
+        self.apply(client, seq, begin(path, data.len()))?;
+        for number in 0..data.len().div_ceil(PIECE as usize) {
+            self.apply(client, seq, piece(path, data, number))?;
+        }
+        self.apply(client, seq, finish(path, Oid::hash_object(ObjectKind::Blob, data), refs))
+    }
+
+    fn range(&self, path: &str, oid: Oid, offset: u64, len_max: u64) -> Option<ObjectRange> {
+        match self.read(ReadQuery::ObjectRange { repo: repo(path), oid, offset, len_max }) {
+            ReadResult::ObjectRange(range) => range,
+            other => panic!("ObjectRange answered {other:?}"),
+        }
+    }
+
+    fn rows_of(&self, table: TableId) -> usize {
+        let rows = self.store.read().unwrap();
+        let mut count = 0;
+        rows.scan(table, &keys::partition_prefix(P), &mut |_, _| {
+            count += 1;
+            Ok(std::ops::ControlFlow::Continue(()))
+        })
+        .unwrap();
+        count
+    }
+}
+
+#[test]
+fn an_upload_becomes_an_object_only_when_finished_and_reads_back_by_range() {
+    let mut h = Harness::new();
+    h.write(create("a")).unwrap();
+    let data = content(5 * PIECE as usize + 17, 3);
+    let oid = Oid::hash_object(ObjectKind::Blob, &data);
+    let client = ClientId(2);
+    let blob = h.apply(client, 1, begin("a", data.len())).unwrap().index;
+    for number in 0..6 {
+        h.apply(client, 1, piece("a", &data, number)).unwrap();
+        assert_eq!(h.range("a", oid, 0, 10), None, "not visible before it finishes");
+        assert!(h.refs("a").is_empty());
+    }
+    match h.read(ReadQuery::Upload { repo: repo("a"), client, seq: 1 }) {
+        ReadResult::Upload(Some(status)) => assert_eq!(status.received_bytes, data.len() as u64),
+        other => panic!("{other:?}"),
+    }
+    let main = set("refs/heads/main", Expected::MustNotExist, Some(RefValue::Direct(oid)));
+    let finished = h.apply(client, 1, finish("a", oid, vec![main.clone()])).unwrap();
+    assert_eq!(finished.object_ids, vec![oid]);
+    assert_eq!(h.refs("a"), vec![(name("refs/heads/main"), RefValue::Direct(oid))]);
+    assert_eq!(h.counts().uploads, 0);
+    assert_eq!(h.rows_of(TableId::Uploads), 0);
+
+    // Any range, across pieces, reads what was written.
+    for (offset, len) in
+        [(0, 1), (0, data.len()), (PIECE as usize - 3, 10), (2 * PIECE as usize, PIECE as usize), (data.len() - 5, 100)]
+    {
+        let range = h.range("a", oid, offset as u64, len as u64).expect("the object");
+        assert_eq!((range.kind, range.size_bytes), (ObjectKind::Blob, data.len() as u64));
+        assert_eq!(range.data, data[offset..(offset + len).min(data.len())], "offset {offset} len {len}");
+    }
+    assert!(h.range("a", oid, data.len() as u64, 10).unwrap().data.is_empty(), "past the end: nothing");
+    assert!(
+        matches!(
+            h.read(ReadQuery::GetObject { repo: repo("a"), oid }),
+            ReadResult::Rejected(Rejection::ObjectTooLarge { .. })
+        ),
+        "a large object is not read whole"
+    );
+    match h.read(ReadQuery::LooseObjects { repo: repo("a"), after: None, bytes_max: 1 << 20 }) {
+        ReadResult::LooseObjects { objects, complete: true } => {
+            assert_eq!(
+                objects,
+                vec![(oid, PagedObject::Large { kind: ObjectKind::Blob, size_bytes: data.len() as u64 })]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The finishing write is remembered: retried, or begun again, it answers the same.
+    assert_eq!(h.apply(client, 1, finish("a", oid, vec![main])), Ok(finished.clone()));
+    assert_eq!(h.apply(client, 1, begin("a", data.len())), Ok(finished));
+    assert_ne!(blob, 0);
+}
+
+#[test]
+fn pieces_come_in_order_and_a_retried_piece_changes_nothing() {
+    let mut h = Harness::new();
+    h.write(create("a")).unwrap();
+    let data = content(3 * PIECE as usize, 1);
+    let client = ClientId(2);
+    h.apply(client, 7, begin("a", data.len())).unwrap();
+    assert_eq!(
+        h.apply(client, 7, piece("a", &data, 1)),
+        Err(Rejection::UploadOutOfOrder { offset: PIECE as u64, expected: 0 })
+    );
+    h.apply(client, 7, piece("a", &data, 0)).unwrap();
+    let before = h.digest_without_dedup();
+    h.apply(client, 7, piece("a", &data, 0)).unwrap();
+    assert_eq!(h.digest_without_dedup(), before, "a retried piece is not stored again");
+    let short = WriteOp::UploadChunk { repo: repo("a"), offset: PIECE as u64, data: vec![1; 10] };
+    assert!(matches!(h.apply(client, 7, short), Err(Rejection::InvalidUpload { .. })));
+    assert!(matches!(h.apply(client, 8, piece("a", &data, 0)), Err(Rejection::UploadNotFound { .. })));
+    let other_shape =
+        WriteOp::BeginUpload { repo: repo("a"), kind: ObjectKind::Blob, size_bytes: 5, chunk_bytes: PIECE };
+    assert!(matches!(h.apply(client, 7, other_shape), Err(Rejection::UploadMismatch { .. })));
+    let oid = Oid::hash_object(ObjectKind::Blob, &data);
+    assert_eq!(
+        h.apply(client, 7, finish("a", oid, vec![])),
+        Err(Rejection::UploadIncomplete { received_bytes: PIECE as u64, size_bytes: data.len() as u64 })
+    );
+    assert_eq!(h.rows_of(TableId::Chunks), 0, "a rejected finish drops the upload's pieces");
+    assert_eq!(h.counts().uploads, 0);
+}
+
+#[test]
+fn a_finish_that_fails_keeps_nothing_of_the_upload() {
+    let mut h = Harness::new();
+    h.write(create("a")).unwrap();
+    let data = content(2 * PIECE as usize + 1, 9);
+    let before = h.digest_without_dedup();
+    let client = ClientId(2);
+    h.apply(client, 1, begin("a", data.len())).unwrap();
+    for number in 0..3 {
+        h.apply(client, 1, piece("a", &data, number)).unwrap();
+    }
+    let lie = Oid([7; 20]);
+    assert!(matches!(h.apply(client, 1, finish("a", lie, vec![])), Err(Rejection::ObjectIdMismatch { .. })));
+    assert_eq!(h.digest_without_dedup(), before);
+
+    // A failed precondition too.
+    let refs = vec![set("refs/heads/main", Expected::Value(RefValue::Direct(lie)), None)];
+    assert!(matches!(h.upload("a", 2, &data, refs), Err(Rejection::PreconditionFailed { .. })));
+    assert_eq!(h.digest_without_dedup(), before);
+
+    // Abandoned, then aborted.
+    h.apply(client, 3, begin("a", data.len())).unwrap();
+    h.apply(client, 3, piece("a", &data, 0)).unwrap();
+    h.apply(client, 3, WriteOp::AbortUpload { repo: repo("a") }).unwrap();
+    assert_eq!(h.digest_without_dedup(), before);
+}
+
+#[test]
+fn an_object_uploaded_twice_is_stored_once_and_goes_with_its_last_holder() {
+    let mut h = Harness::new();
+    h.write(create("a")).unwrap();
+    h.write(create("b")).unwrap();
+    let data = content(4 * PIECE as usize, 5);
+    let oid = Oid::hash_object(ObjectKind::Blob, &data);
+    h.upload("a", 1, &data, vec![]).unwrap();
+    h.upload("b", 2, &data, vec![]).unwrap();
+    h.upload("b", 3, &data, vec![]).unwrap();
+    assert_eq!((h.rows_of(TableId::LargeObjects), h.rows_of(TableId::Chunks)), (1, 4));
+    assert_eq!(h.holders(&oid), 2);
+    h.write(delete("a")).unwrap();
+    assert_eq!(h.range("b", oid, 0, 4).unwrap().data, data[..4]);
+    h.write(delete("b")).unwrap();
+    assert_eq!((h.rows_of(TableId::LargeObjects), h.rows_of(TableId::Chunks)), (0, 0));
+}
+
+#[test]
+fn snapshots_carry_uploads_and_large_objects_and_refuse_a_damaged_piece() {
+    let mut h = sample();
+    let data = content(3 * PIECE as usize + 100, 2);
+    h.upload("a", 1, &data, vec![]).unwrap();
+    h.apply(ClientId(2), 2, begin("a", data.len())).unwrap();
+    h.apply(ClientId(2), 2, piece("a", &data, 0)).unwrap();
+    let bytes = h.export();
+    let other = Store::in_memory();
+    assert_eq!(import_into(&other, P, &bytes).unwrap(), h.counts());
+    assert_eq!(digest(&other.read().unwrap(), P).unwrap(), h.digest());
+
+    // One byte of a finished object's piece changed: its hash no longer matches.
+    let position = bytes.windows(64).position(|w| w == &data[PIECE as usize..PIECE as usize + 64]).unwrap();
+    let mut damaged = bytes.clone();
+    damaged[position + 10] ^= 1;
+    let error = import_into(&Store::in_memory(), P, &damaged).unwrap_err();
+    assert!(error.contains("hashes to"), "{error}");
+}
+
 // ---- Random command sequences --------------------------------------------------------------
 
 const PATHS: [&str; 3] = ["a", "b", "a/fork"];
@@ -971,8 +1175,19 @@ fn arb_op() -> impl Strategy<Value = WriteOp> {
         1 => (0..PATHS.len()).prop_map(|p| unroute(PATHS[p])),
         1 => (arb_partition(), arb_nodes(), arb_nodes())
             .prop_map(|(partition, voters, learners)| set_members(partition, &voters, &learners)),
+        // Uploads into "a" of one of two objects of three pieces, finished with its id or
+        // a lie.
+        2 => Just(begin("a", UPLOADED_BYTES)),
+        4 => (0..2u8, 0..3usize).prop_map(|(salt, number)| piece("a", &content(UPLOADED_BYTES, salt), number)),
+        2 => (0..2u8, proptest::bool::weighted(0.2)).prop_map(|(salt, lying)| {
+            let oid = if lying { Oid([1; 20]) } else { Oid::hash_object(ObjectKind::Blob, &content(UPLOADED_BYTES, salt)) };
+            finish("a", oid, vec![])
+        }),
+        1 => Just(WriteOp::AbortUpload { repo: repo("a") }),
     ]
 }
+
+const UPLOADED_BYTES: usize = 2 * PIECE as usize + 10;
 
 /// Mostly the first ids allocated; sometimes partition 0 (never allocated) or a later one.
 fn arb_partition() -> impl Strategy<Value = u64> {
@@ -1063,11 +1278,18 @@ proptest! {
             prop_assert_eq!(check_partition(&rows, P, &DedupLimits::DEFAULT), Ok(record.counts));
             prop_assert_eq!(digest(&rows, P).unwrap(), digest(&right.read().unwrap(), P).unwrap());
             let (Some(command), Some(result)) = (entry, result) else { continue };
-            // A rejection changes nothing but the dedup table.
-            if result.is_err() {
+            // A rejection changes nothing but the dedup table (a finishing write also drops
+            // its upload).
+            let upload_op = matches!(command.op, WriteOp::BeginUpload { .. } | WriteOp::UploadChunk { .. }
+                | WriteOp::FinishUpload { .. } | WriteOp::AbortUpload { .. });
+            if result.is_err() && !upload_op {
                 prop_assert_eq!(&without_dedup(&left), &before);
             }
-            // Seqs stay far inside the window: every retry answers the first result.
+            // Seqs stay far inside the window: every retry answers the first result (of the
+            // writes the dedup table records).
+            if !command.op.is_recorded() && !first_results.contains_key(&(command.client, command.seq)) {
+                continue;
+            }
             match first_results.get(&(command.client, command.seq)) {
                 Some(first) => prop_assert_eq!(first, &result),
                 None => {

@@ -9,4 +9,4 @@ pub mod proto {
     tonic::include_proto!("cohort.v1");
 }
 
-pub use service::{ApiServer, NodeDirectory, NodeInfo, LEADER_METADATA, TOKEN_METADATA};
+pub use service::{ApiServer, NodeDirectory, NodeInfo, LEADER_METADATA, OBJECT_SIZE_BYTES_MAX_DEFAULT, TOKEN_METADATA};

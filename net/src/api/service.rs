@@ -3,9 +3,9 @@
 use super::convert;
 use super::proto::{self, cohort_server::Cohort};
 use cohort_core::ids::{NodeId, PartitionId};
-use cohort_core::node::{ApiError, MembersAction, NodeService, PartitionView};
+use cohort_core::node::{ApiError, MembersAction, NodeService, PartitionView, UploadBegun};
 use cohort_core::partition::{PartitionStatus, ReadConsistency, Role};
-use cohort_core::state_machine::{ReadQuery, ReadResult, RelativePath, WriteOk};
+use cohort_core::state_machine::{PagedObject, ReadQuery, ReadResult, Rejection, RelativePath, WriteOk};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -34,11 +34,20 @@ pub struct ApiServer {
     service: Arc<NodeService>,
     directory: Arc<dyn NodeDirectory>,
     token: Option<String>,
+    object_size_bytes_max: u64,
 }
+
+/// Largest object a node accepts unless configured otherwise.
+pub const OBJECT_SIZE_BYTES_MAX_DEFAULT: u64 = 4 << 30;
 
 impl ApiServer {
     pub fn new(service: Arc<NodeService>, directory: Arc<dyn NodeDirectory>, token: Option<String>) -> ApiServer {
-        ApiServer { service, directory, token }
+        ApiServer { service, directory, token, object_size_bytes_max: OBJECT_SIZE_BYTES_MAX_DEFAULT }
+    }
+
+    /// Objects larger than this are refused (`OUT_OF_RANGE`) before any piece is sent.
+    pub fn with_object_size_bytes_max(self, object_size_bytes_max: u64) -> ApiServer {
+        ApiServer { object_size_bytes_max, ..self }
     }
 
     pub fn into_service(self) -> proto::cohort_server::CohortServer<ApiServer> {
@@ -70,7 +79,11 @@ impl ApiServer {
                 status
             }
             ApiError::NotFound(what) => Status::not_found(what),
+            ApiError::Rejected(rejection @ Rejection::ObjectTooLarge { .. }) => {
+                Status::out_of_range(rejection.to_string())
+            }
             ApiError::Rejected(rejection) => Status::failed_precondition(rejection.to_string()),
+            ApiError::TooLarge(message) => Status::out_of_range(message),
             ApiError::Invalid(message) => Status::invalid_argument(message),
             ApiError::Busy => Status::resource_exhausted("busy: too many requests in flight"),
             ApiError::Unknown => Status::unavailable("outcome unknown; retry with the same client id and sequence"),
@@ -265,7 +278,17 @@ impl Cohort for ApiServer {
             ReadResult::LooseObjects { objects, complete } => Ok(Response::new(proto::ListObjectsReply {
                 objects: objects
                     .into_iter()
-                    .map(|(oid, loose)| proto::LooseObject { oid: oid.0.to_vec(), loose })
+                    .map(|(oid, object)| match object {
+                        PagedObject::Loose(loose) => {
+                            proto::LooseObject { oid: oid.0.to_vec(), loose, ..Default::default() }
+                        }
+                        PagedObject::Large { kind, size_bytes } => proto::LooseObject {
+                            oid: oid.0.to_vec(),
+                            loose: Vec::new(),
+                            large_kind: kind.as_str().to_owned(),
+                            large_size: size_bytes,
+                        },
+                    })
                     .collect(),
                 complete,
                 applied_index: answer.applied_index,
@@ -273,6 +296,94 @@ impl Cohort for ApiServer {
             ReadResult::Rejected(rejection) => Err(Status::failed_precondition(rejection.to_string())),
             _ => Err(Status::internal("unexpected answer to an object listing")),
         }
+    }
+
+    async fn read_object_range(
+        &self,
+        request: Request<proto::ReadObjectRangeRequest>,
+    ) -> Result<Response<proto::ReadObjectRangeReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let repo = convert::repo(request.repo).map_err(Status::invalid_argument)?;
+        let oid = convert::oid(&request.oid).map_err(Status::invalid_argument)?;
+        let query = ReadQuery::ObjectRange { repo: repo.clone(), oid, offset: request.offset, len_max: request.length };
+        let answer = self
+            .service
+            .read_repository(&repo, query, consistency(request.stale))
+            .await
+            .map_err(|e| self.status_of(e))?;
+        match answer.result {
+            ReadResult::ObjectRange(Some(range)) => Ok(Response::new(proto::ReadObjectRangeReply {
+                found: true,
+                kind: range.kind.as_str().to_owned(),
+                size: range.size_bytes,
+                data: range.data,
+                applied_index: answer.applied_index,
+            })),
+            ReadResult::ObjectRange(None) => Ok(Response::new(proto::ReadObjectRangeReply {
+                found: false,
+                applied_index: answer.applied_index,
+                ..Default::default()
+            })),
+            ReadResult::Rejected(rejection) => Err(self.status_of(ApiError::Rejected(rejection))),
+            _ => Err(Status::internal("unexpected answer to an object range read")),
+        }
+    }
+
+    async fn begin_upload(
+        &self,
+        request: Request<proto::BeginUploadRequest>,
+    ) -> Result<Response<proto::BeginUploadReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let repo = convert::repo(request.repo).map_err(Status::invalid_argument)?;
+        let (client, seq) = convert::write_id(request.id).map_err(Status::invalid_argument)?;
+        let kind = convert::kind(&request.kind).map_err(Status::invalid_argument)?;
+        let begun = self
+            .service
+            .begin_upload(client, seq, repo, kind, request.size, self.object_size_bytes_max)
+            .await
+            .map_err(|e| self.status_of(e))?;
+        Ok(Response::new(match begun {
+            UploadBegun::Finished(ok) => {
+                proto::BeginUploadReply { finished: Some(write_reply(ok)), piece_size: 0, received_bytes: 0 }
+            }
+            UploadBegun::InProgress { chunk_bytes, status } => proto::BeginUploadReply {
+                finished: None,
+                piece_size: u64::from(chunk_bytes),
+                received_bytes: status.received_bytes,
+            },
+        }))
+    }
+
+    async fn upload_piece(
+        &self,
+        request: Request<proto::UploadPieceRequest>,
+    ) -> Result<Response<proto::UploadPieceReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let repo = convert::repo(request.repo).map_err(Status::invalid_argument)?;
+        let (client, seq) = convert::write_id(request.id).map_err(Status::invalid_argument)?;
+        self.service
+            .upload_piece(client, seq, repo, request.offset, request.data)
+            .await
+            .map_err(|e| self.status_of(e))?;
+        Ok(Response::new(proto::UploadPieceReply {}))
+    }
+
+    async fn finish_upload(
+        &self,
+        request: Request<proto::FinishUploadRequest>,
+    ) -> Result<Response<proto::WriteReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let repo = convert::repo(request.repo).map_err(Status::invalid_argument)?;
+        let (client, seq) = convert::write_id(request.id).map_err(Status::invalid_argument)?;
+        let oid = convert::oid(&request.oid).map_err(Status::invalid_argument)?;
+        let refs = request.refs.into_iter().map(convert::ref_update).collect::<Result<Vec<_>, _>>();
+        let refs = refs.map_err(Status::invalid_argument)?;
+        let ok = self.service.finish_upload(client, seq, repo, oid, refs).await.map_err(|e| self.status_of(e))?;
+        Ok(Response::new(write_reply(ok)))
     }
 
     async fn list_repositories(

@@ -49,10 +49,52 @@ pub enum ClientError {
     Invalid(String),
     #[error("the cluster refused the client token: {0}")]
     Unauthenticated(String),
+    #[error("not permitted: {0}")]
+    PermissionDenied(String),
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The server failed in a way a retry does not fix (a bug, or an unsupported call).
+    #[error("server error ({code}): {message}")]
+    Server { code: String, message: String },
+    #[error("reading the object to upload: {0}")]
+    Input(String),
+    #[error("writing the object read: {0}")]
+    Output(String),
     #[error("gave up after {elapsed_ms} ms and {attempts} attempts; last error: {last}")]
     Timeout { elapsed_ms: u128, attempts: usize, last: String },
     #[error("bad endpoint {endpoint}: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
+}
+
+/// Bytes of an object one range read asks for.
+pub const READ_PIECE_BYTES: u64 = 1024 * 1024;
+
+/// A piece of an object's content, with the object's kind and whole size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectPiece {
+    pub kind: ObjectKind,
+    pub size_bytes: u64,
+    pub data: Vec<u8>,
+}
+
+/// An object of a listing page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListedObject {
+    /// Git's loose encoding (zlib of the header and content).
+    Loose(Vec<u8>),
+    /// Too large for a page: read it by range.
+    Large { kind: ObjectKind, size_bytes: u64 },
+}
+
+/// Input read at any offset (a file), so an upload can go on from where the cluster stands.
+pub trait ReadAt {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
 }
 
 /// A reference update, as the client states it.
@@ -80,15 +122,42 @@ enum Next {
     Fail(ClientError),
 }
 
+impl ClientError {
+    /// The process exit status the CLI reports this error with: 2 the request is wrong (invalid,
+    /// too large), 3 the cluster refused it (a failed precondition, not found, not permitted),
+    /// 4 the cluster could not be reached or did not answer in time, 5 anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Invalid(_) | ClientError::TooLarge(_) | ClientError::BadEndpoint { .. } => 2,
+            ClientError::Rejected(_)
+            | ClientError::NotFound(_)
+            | ClientError::Unauthenticated(_)
+            | ClientError::PermissionDenied(_) => 3,
+            ClientError::Timeout { .. } => 4,
+            ClientError::Server { .. } | ClientError::Input(_) | ClientError::Output(_) => 5,
+        }
+    }
+}
+
+/// Retries only what a retry can fix: an unavailable node or one that is not the leader
+/// (following its hint), a busy node (with backoff), an attempt that timed out or was
+/// cancelled (writes carry their write id, so a retry is safe). Everything else fails at once
+/// with its cause.
 fn classify(status: &Status) -> Next {
+    let message = status.message().to_owned();
     match status.code() {
-        Code::FailedPrecondition => Next::Fail(ClientError::Rejected(status.message().to_owned())),
-        Code::NotFound => Next::Fail(ClientError::NotFound(status.message().to_owned())),
-        Code::InvalidArgument => Next::Fail(ClientError::Invalid(status.message().to_owned())),
-        Code::Unauthenticated => Next::Fail(ClientError::Unauthenticated(status.message().to_owned())),
-        _ => {
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
             let hint = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_owned);
             Next::Retry { hint }
+        }
+        Code::FailedPrecondition | Code::AlreadyExists => Next::Fail(ClientError::Rejected(message)),
+        Code::NotFound => Next::Fail(ClientError::NotFound(message)),
+        Code::InvalidArgument => Next::Fail(ClientError::Invalid(message)),
+        Code::OutOfRange => Next::Fail(ClientError::TooLarge(message)),
+        Code::Unauthenticated => Next::Fail(ClientError::Unauthenticated(message)),
+        Code::PermissionDenied => Next::Fail(ClientError::PermissionDenied(message)),
+        code @ (Code::Ok | Code::Unknown | Code::Internal | Code::Unimplemented | Code::DataLoss) => {
+            Next::Fail(ClientError::Server { code: format!("{code:?}"), message })
         }
     }
 }
@@ -319,7 +388,7 @@ impl Client {
         &self,
         repo: &RepoId,
         after: Option<Oid>,
-    ) -> Result<(Vec<(Oid, Vec<u8>)>, bool), ClientError> {
+    ) -> Result<(Vec<(Oid, ListedObject)>, bool), ClientError> {
         let message = proto::ListObjectsRequest {
             repo: Some(convert::repo_to_wire(repo)),
             after: after.map_or_else(Vec::new, |oid| oid.0.to_vec()),
@@ -334,9 +403,181 @@ impl Client {
         let objects = reply
             .objects
             .into_iter()
-            .map(|o| Ok((convert::oid(&o.oid).map_err(ClientError::Invalid)?, o.loose)))
+            .map(|o| {
+                let oid = convert::oid(&o.oid).map_err(ClientError::Invalid)?;
+                if o.large_kind.is_empty() {
+                    return Ok((oid, ListedObject::Loose(o.loose)));
+                }
+                let kind = convert::kind(&o.large_kind).map_err(ClientError::Invalid)?;
+                Ok((oid, ListedObject::Large { kind, size_bytes: o.large_size }))
+            })
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok((objects, reply.complete))
+    }
+
+    /// Up to `length` bytes of an object from `offset` (the server answers at most 4 MiB):
+    /// `None` if `repo` does not hold it.
+    pub async fn read_object_range(
+        &self,
+        repo: &RepoId,
+        oid: Oid,
+        offset: u64,
+        length: u64,
+        stale: bool,
+    ) -> Result<Option<ObjectPiece>, ClientError> {
+        let message = proto::ReadObjectRangeRequest {
+            repo: Some(convert::repo_to_wire(repo)),
+            oid: oid.0.to_vec(),
+            stale,
+            offset,
+            length,
+        };
+        let key = if stale { None } else { Some(Self::key(repo)) };
+        let reply = self
+            .call(key, |mut c| {
+                let request = self.request(message.clone());
+                async move { c.read_object_range(request).await }
+            })
+            .await?;
+        if !reply.found {
+            return Ok(None);
+        }
+        let kind = convert::kind(&reply.kind).map_err(ClientError::Invalid)?;
+        Ok(Some(ObjectPiece { kind, size_bytes: reply.size, data: reply.data }))
+    }
+
+    /// Writes a whole object of any size to `out`, piece by piece (`READ_PIECE_BYTES` at a
+    /// time, so memory stays bounded); `None` if `repo` does not hold it. With `stale`, any
+    /// replica answers (a follower may not have it yet).
+    pub async fn read_object_to(
+        &self,
+        repo: &RepoId,
+        oid: Oid,
+        stale: bool,
+        out: &mut dyn std::io::Write,
+    ) -> Result<Option<(ObjectKind, u64)>, ClientError> {
+        let mut offset = 0u64;
+        let mut shape = None;
+        loop {
+            // The object is immutable once stored, so later pieces may come from any replica
+            // that has it; the first decides whether it exists at all.
+            let Some(piece) = self.read_object_range(repo, oid, offset, READ_PIECE_BYTES, stale).await? else {
+                if shape.is_some() {
+                    return Err(ClientError::NotFound(format!("object {oid} was deleted while being read")));
+                }
+                return Ok(None);
+            };
+            if *shape.get_or_insert((piece.kind, piece.size_bytes)) != (piece.kind, piece.size_bytes) {
+                return Err(ClientError::Server {
+                    code: "DataLoss".into(),
+                    message: format!("object {oid} changed shape"),
+                });
+            }
+            out.write_all(&piece.data).map_err(|e| ClientError::Output(e.to_string()))?;
+            offset += piece.data.len() as u64;
+            if offset >= piece.size_bytes {
+                return Ok(shape);
+            }
+            if piece.data.is_empty() {
+                return Err(ClientError::Server {
+                    code: "DataLoss".into(),
+                    message: format!("object {oid}: empty piece at {offset}"),
+                });
+            }
+        }
+    }
+
+    /// Stores an object of any size read from `input` (`size_bytes` long, hashing to `oid`),
+    /// in pieces, under one write id, and applies `refs` with it atomically. Survives leader
+    /// changes and node restarts: it begins again with the same write id and goes on from what
+    /// the cluster holds. `input` is read once per attempt, from where the upload stands.
+    pub async fn upload_object(
+        &self,
+        repo: &RepoId,
+        kind: ObjectKind,
+        size_bytes: u64,
+        oid: Oid,
+        refs: Vec<RefChange>,
+        input: &mut (dyn ReadAt + Send),
+    ) -> Result<proto::WriteReply, ClientError> {
+        let id = self.write_id();
+        let key = Some(Self::key(repo));
+        let started = tokio::time::Instant::now();
+        let refs: Vec<proto::RefUpdate> = refs.into_iter().map(ref_change_to_wire).collect();
+        loop {
+            let begin = proto::BeginUploadRequest {
+                repo: Some(convert::repo_to_wire(repo)),
+                id: Some(id),
+                kind: kind.as_str().to_owned(),
+                size: size_bytes,
+            };
+            let begun = self
+                .call(key.clone(), |mut c| {
+                    let request = self.request(begin.clone());
+                    async move { c.begin_upload(request).await }
+                })
+                .await?;
+            if let Some(finished) = begun.finished {
+                return Ok(finished);
+            }
+            let piece_bytes = begun.piece_size;
+            if piece_bytes == 0 {
+                return Err(ClientError::Server { code: "Internal".into(), message: "pieces of 0 bytes".into() });
+            }
+            let mut offset = begun.received_bytes;
+            let mut buffer = vec![0u8; piece_bytes as usize];
+            let mut lost = false;
+            while offset < size_bytes {
+                let len = piece_bytes.min(size_bytes - offset) as usize;
+                input.read_exact_at(&mut buffer[..len], offset).map_err(|e| ClientError::Input(e.to_string()))?;
+                let piece = proto::UploadPieceRequest {
+                    repo: Some(convert::repo_to_wire(repo)),
+                    id: Some(id),
+                    offset,
+                    data: buffer[..len].to_vec(),
+                };
+                let sent = self
+                    .call(key.clone(), |mut c| {
+                        let request = self.request(piece.clone());
+                        async move { c.upload_piece(request).await }
+                    })
+                    .await;
+                match sent {
+                    Ok(_) => offset += len as u64,
+                    // The upload moved on or went (a retried piece after a failover, or a
+                    // leader that dropped an idle upload): begin again from what it holds.
+                    Err(ClientError::Rejected(message))
+                        if message.starts_with("no upload of") || message.starts_with("upload piece at offset") =>
+                    {
+                        lost = true;
+                        break;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            if lost {
+                if started.elapsed() >= self.config.deadline * 4 {
+                    return Err(ClientError::Timeout {
+                        elapsed_ms: started.elapsed().as_millis(),
+                        attempts: 0,
+                        last: "the upload kept restarting".into(),
+                    });
+                }
+                continue;
+            }
+            let finish = proto::FinishUploadRequest {
+                repo: Some(convert::repo_to_wire(repo)),
+                id: Some(id),
+                oid: oid.0.to_vec(),
+                refs: refs.clone(),
+            };
+            return self
+                .call(key.clone(), |mut c| {
+                    let request = self.request(finish.clone());
+                    async move { c.finish_upload(request).await }
+                })
+                .await;
+        }
     }
 
     pub async fn list_repositories(&self) -> Result<Vec<(RepoId, u64)>, ClientError> {

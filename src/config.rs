@@ -86,6 +86,13 @@ pub struct RawLimits {
     /// Largest object a client may store; larger ones are refused before any piece is sent.
     #[serde(default = "default_object_size_bytes_max")]
     pub object_size_bytes_max: u64,
+    /// An upload that has not grown for this long is dropped with its pieces.
+    #[serde(default = "default_upload_idle_timeout_ms")]
+    pub upload_idle_timeout_ms: u64,
+}
+
+fn default_upload_idle_timeout_ms() -> u64 {
+    10 * 60 * 1000
 }
 
 fn default_object_size_bytes_max() -> u64 {
@@ -98,6 +105,7 @@ impl Default for RawLimits {
             frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
             outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
             object_size_bytes_max: default_object_size_bytes_max(),
+            upload_idle_timeout_ms: default_upload_idle_timeout_ms(),
         }
     }
 }
@@ -186,6 +194,7 @@ pub struct Config {
     pub frame_size_bytes_max: usize,
     pub outbox_messages_max: usize,
     pub object_size_bytes_max: u64,
+    pub upload_idle_timeout: Duration,
     pub replicas: usize,
     pub nodes: BTreeMap<NodeId, NodeAddresses>,
 }
@@ -248,6 +257,9 @@ impl Config {
                 cohort_core::state_machine::UPLOAD_SIZE_BYTES_MAX
             ));
         }
+        if !(100..=7 * 24 * 3600 * 1000).contains(&raw.limits.upload_idle_timeout_ms) {
+            return Err("limits.upload_idle_timeout_ms must be between 100 ms and a week".into());
+        }
         if !(16..=1_000_000).contains(&raw.limits.outbox_messages_max) {
             return Err("limits.outbox_messages_max must be in 16..=1000000".into());
         }
@@ -299,6 +311,7 @@ impl Config {
             frame_size_bytes_max: raw.limits.frame_size_bytes_max,
             outbox_messages_max: raw.limits.outbox_messages_max,
             object_size_bytes_max: raw.limits.object_size_bytes_max,
+            upload_idle_timeout: Duration::from_millis(raw.limits.upload_idle_timeout_ms),
             replicas,
             nodes,
         })

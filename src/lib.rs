@@ -7,3 +7,4 @@ pub mod http;
 mod memory;
 mod metered_disk;
 pub mod node;
+mod uploads;

@@ -97,6 +97,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_object_size_bytes_max(config.object_size_bytes_max)
         .into_service();
     let http = tokio::spawn(crate::http::serve(me.http, handle.clone()));
+    let sweeper = tokio::spawn(crate::uploads::sweep_idle_uploads(node.service.clone(), config.upload_idle_timeout));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let grpc =
         tokio::spawn(tonic::transport::Server::builder().add_service(api).serve_with_shutdown(me.client, async {
@@ -110,6 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let _ = stop_tx.send(());
     http.abort();
+    sweeper.abort();
     drop(handle);
     if node.stop(Duration::from_secs(10)).await {
         tracing::info!("log synced; stopped");

@@ -40,6 +40,14 @@ impl TestCluster {
     }
 
     pub fn start_with(count: u64, replicas: Option<usize>, raft: RawRaft) -> TestCluster {
+        TestCluster::start_configured(count, |config| {
+            config.replicas = replicas;
+            config.raft = raft.clone();
+        })
+    }
+
+    /// A cluster of `count` nodes, each node's configuration changed by `configure` first.
+    pub fn start_configured(count: u64, configure: impl Fn(&mut RawConfig)) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let nodes = cohort::config::loopback_nodes(count).unwrap();
         let configs: Vec<RawConfig> = (1..=count)
@@ -50,11 +58,15 @@ impl TestCluster {
                 cluster_id: "e2e".into(),
                 secret: "e2e-secret-0123".into(),
                 token: None,
-                raft: raft.clone(),
+                raft: test_raft(),
                 limits: RawLimits::default(),
                 store: RawStore::default(),
-                replicas,
+                replicas: None,
                 nodes: nodes.clone(),
+            })
+            .map(|mut config| {
+                configure(&mut config);
+                config
             })
             .collect();
         for config in &configs {

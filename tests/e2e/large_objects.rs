@@ -87,3 +87,49 @@ fn what_no_retry_can_fix_fails_at_once_with_its_cause() {
         assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
     }
 }
+
+/// Input that fails after `good_bytes`, as a client that dies mid-upload would stop.
+struct FailingInput {
+    content: Vec<u8>,
+    good_bytes: u64,
+}
+
+impl cohort_net::client::ReadAt for FailingInput {
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset + buf.len() as u64 > self.good_bytes {
+            return Err(std::io::Error::other("the client went away"));
+        }
+        buf.copy_from_slice(&self.content[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_abandoned_upload_is_dropped_once_idle_and_a_later_retry_still_succeeds() {
+    let cluster = TestCluster::start_configured(3, |config| config.limits.upload_idle_timeout_ms = 1_000);
+    stdout(&cluster.cli(&["repo", "create", "gone.git"]));
+    let content = noise(5 * 1024 * 1024);
+    let kind = cohort_core::state_machine::ObjectKind::Blob;
+    let oid = cohort_core::state_machine::Oid::hash_object(kind, &content);
+    let repo = crate::cluster::repo("gone.git");
+    let client = cluster.client(77);
+    let runtime = crate::cluster::runtime();
+    let mut input = FailingInput { content: content.clone(), good_bytes: 3 * 1024 * 1024 };
+    let failed = runtime.block_on(client.upload_object(&repo, kind, content.len() as u64, oid, vec![], &mut input));
+    assert!(matches!(failed, Err(cohort_net::client::ClientError::Input(_))), "{failed:?}");
+
+    // Its leader drops it after a second without a new piece.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(1..=3).any(|id| cluster.log(id).contains("dropped an upload idle")) {
+        assert!(Instant::now() < deadline, "the abandoned upload is dropped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The object never appeared, and a whole upload still works.
+    assert!(runtime.block_on(client.read_object_range(&repo, oid, 0, 1, false)).unwrap().is_none());
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &content).unwrap();
+    runtime.block_on(client.upload_object(&repo, kind, content.len() as u64, oid, vec![], &mut file)).unwrap();
+    let mut read = Vec::new();
+    runtime.block_on(client.read_object_to(&repo, oid, false, &mut read)).unwrap();
+    assert!(read == content);
+}

@@ -408,6 +408,36 @@ impl NodeService {
         Ok(WriteOk { partition: Some(partition), ..ok })
     }
 
+    /// Uploads in progress in the partitions this node leads (from its own replicas).
+    pub async fn led_uploads(&self) -> Vec<(PartitionId, ClientId, u64, RepoId, crate::state_machine::UploadStatus)> {
+        let mut out = Vec::new();
+        for partition in self.router.partitions() {
+            let leads =
+                matches!(self.router.status(partition).await, Ok(s) if s.role == crate::partition::Role::Leader);
+            if !leads {
+                continue;
+            }
+            if let Ok(answer) = self.read(partition, ReadQuery::Uploads, ReadConsistency::Stale).await {
+                if let ReadResult::Uploads(uploads) = answer.result {
+                    out.extend(uploads.into_iter().map(|(c, s, repo, status)| (partition, c, s, repo, status)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops an upload and its pieces (see `WriteOp::AbortUpload`).
+    pub async fn abort_upload(
+        &self,
+        partition: PartitionId,
+        client: ClientId,
+        seq: u64,
+        repo: RepoId,
+    ) -> Result<(), ApiError> {
+        let command = Command { client, seq, op: WriteOp::AbortUpload { repo } };
+        Self::write_result(self.call(partition, Request::Write(command)).await?).map(|_| ())
+    }
+
     /// A read of one repository.
     pub async fn read_repository(
         &self,

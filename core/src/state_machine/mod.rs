@@ -351,7 +351,8 @@ pub enum ReadResult {
     ObjectRange(Option<ObjectRange>),
     /// `None`: no such upload is in progress.
     Upload(Option<UploadStatus>),
-    Uploads(Vec<(ClientId, u64, UploadStatus)>),
+    /// By client and sequence, with the repository each goes to.
+    Uploads(Vec<(ClientId, u64, RepoId, UploadStatus)>),
     /// Sorted.
     Repositories(Vec<RepoId>),
     Exists(bool),

@@ -243,7 +243,9 @@ fn upload(
 }
 
 /// Every upload in progress, by client and sequence.
-fn uploads(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<(ClientId, u64, UploadStatus)>, StoreError> {
+type UploadRow = (ClientId, u64, RepoId, UploadStatus);
+
+fn uploads(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<UploadRow>, StoreError> {
     let prefix = keys::partition_prefix(partition);
     let mut out = Vec::new();
     rows.scan(TableId::Uploads, &prefix, &mut |key, value| {
@@ -252,7 +254,7 @@ fn uploads(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<(ClientId, u64
         let seq = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
         let upload: UploadRecord = tables::decode("upload", value)?;
         let status = UploadStatus { size_bytes: upload.size_bytes, received_bytes: upload.received_bytes };
-        out.push((ClientId(client), seq, status));
+        out.push((ClientId(client), seq, upload.repo, status));
         Ok(ControlFlow::Continue(()))
     })?;
     Ok(out)

@@ -380,7 +380,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         };
         let chunk_bytes = u64::from(upload.chunk_bytes);
         let expected_len = chunk_bytes.min(upload.size_bytes.saturating_sub(offset));
-        if offset % chunk_bytes != 0 || offset >= upload.size_bytes || data.len() as u64 != expected_len {
+        if !offset.is_multiple_of(chunk_bytes) || offset >= upload.size_bytes || data.len() as u64 != expected_len {
             let reason = format!(
                 "a piece of {} bytes at offset {offset} of a {}-byte object in pieces of {chunk_bytes} bytes",
                 data.len(),

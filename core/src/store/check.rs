@@ -198,7 +198,8 @@ impl Checker<'_> {
     ) -> Result<(), String> {
         let (rows, prefix) = (self.rows, self.prefix);
         // blob -> (piece size, bytes it must hold, the object it is, if finished)
-        let mut blobs: BTreeMap<u64, (u32, u64, Option<(Oid, LargeObjectRecord)>)> = BTreeMap::new();
+        type Blob = (u32, u64, Option<(Oid, LargeObjectRecord)>);
+        let mut blobs: BTreeMap<u64, Blob> = BTreeMap::new();
         let piece_size_ok = |bytes: u32| (UPLOAD_CHUNK_BYTES_MIN..=UPLOAD_CHUNK_BYTES_MAX).contains(&bytes);
         each(rows, TableId::LargeObjects, &prefix, |mut key, value| {
             let oid = key.take_oid().map_err(bad)?;

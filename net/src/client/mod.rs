@@ -141,15 +141,23 @@ impl ClientError {
 
 /// Retries only what a retry can fix: an unavailable node or one that is not the leader
 /// (following its hint), a busy node (with backoff), an attempt that timed out or was
-/// cancelled (writes carry their write id, so a retry is safe). Everything else fails at once
-/// with its cause.
+/// cancelled, a connection that failed (tonic reports a refused or broken connection as
+/// `UNKNOWN` "transport error", or `INTERNAL` "h2 protocol error"; cohort's server sends
+/// neither code for those). Writes carry their write id, so a retry is safe. Everything else
+/// fails at once with its cause.
 fn classify(status: &Status) -> Next {
     let message = status.message().to_owned();
+    let transport_failure = match status.code() {
+        Code::Unknown => true,
+        Code::Internal => message.starts_with("h2 protocol error") || message.contains("transport error"),
+        _ => false,
+    };
     match status.code() {
         Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
             let hint = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_owned);
             Next::Retry { hint }
         }
+        _ if transport_failure => Next::Retry { hint: None },
         Code::FailedPrecondition | Code::AlreadyExists => Next::Fail(ClientError::Rejected(message)),
         Code::NotFound => Next::Fail(ClientError::NotFound(message)),
         Code::InvalidArgument => Next::Fail(ClientError::Invalid(message)),
@@ -663,5 +671,45 @@ fn ref_change_to_wire(change: RefChange) -> proto::RefUpdate {
         name: change.name.as_str().to_owned(),
         expected: Some(expected),
         new_value: change.new.as_ref().map(convert::ref_value_to_wire),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retried(status: Status) -> bool {
+        matches!(classify(&status), Next::Retry { .. })
+    }
+
+    #[test]
+    fn only_what_a_retry_can_fix_is_retried() {
+        for status in [
+            Status::unavailable("not the leader"),
+            Status::resource_exhausted("busy: too many requests in flight"),
+            Status::deadline_exceeded("timed out"),
+            Status::unknown("transport error"),
+            Status::internal("h2 protocol error: error reading a body from connection"),
+        ] {
+            assert!(retried(status.clone()), "{status:?}");
+        }
+        let failures = [
+            (Status::failed_precondition("precondition failed"), 3),
+            (Status::not_found("repository x"), 3),
+            (Status::permission_denied("no"), 3),
+            (Status::invalid_argument("bad path"), 2),
+            (Status::out_of_range("decoded message length too large"), 2),
+            (Status::internal("unexpected answer to an object read"), 5),
+            (Status::unimplemented("no such method"), 5),
+        ];
+        for (status, exit_code) in failures {
+            match classify(&status) {
+                Next::Fail(error) => {
+                    assert_eq!(error.exit_code(), exit_code, "{status:?}");
+                    assert!(error.to_string().contains(status.message()), "the cause is kept: {error}");
+                }
+                Next::Retry { .. } => panic!("{status:?} is retried"),
+            }
+        }
     }
 }

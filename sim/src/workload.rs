@@ -8,7 +8,7 @@ use crate::history::{self, History, OpKind, Outcome, Value};
 use crate::trace::{now_ns, Trace};
 use cohort_core::ids::PartitionId;
 use cohort_core::ids::{ClientId, NodeId};
-use cohort_core::node::{ApiError, MembersAction, NodeService};
+use cohort_core::node::{ApiError, MembersAction, NodeService, UploadBegun};
 use cohort_core::partition::ReadConsistency;
 use cohort_core::state_machine::{
     Command, Expected, NewObject, ObjectKind, Oid, ReadQuery, ReadResult, RefName, RefUpdate, RefValue, Rejection,
@@ -22,6 +22,11 @@ use std::time::Duration;
 
 /// How long one operation may take, retries included, before it counts as unknown.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Share of writes whose object is uploaded in pieces, and the pieces' size: small, so that
+/// an object of a few KiB spans several pieces (each its own Raft entry) under the faults.
+const UPLOADED_SHARE: f64 = 0.15;
+const UPLOAD_PIECE_BYTES: u32 = cohort_core::state_machine::UPLOAD_CHUNK_BYTES_MIN;
 
 #[derive(Clone, Debug)]
 pub struct WorkloadConfig {
@@ -172,7 +177,70 @@ impl SimClient {
             ApiError::Invalid(message) => panic!("the workload sent an invalid request: {message}"),
             ApiError::Rejected(rejection) => panic!("unexpected rejection {rejection}"),
             ApiError::Refused(reason) => panic!("the workload changes no membership, yet: {reason}"),
+            ApiError::TooLarge(reason) => panic!("the workload's objects are small: {reason}"),
         }
+    }
+
+    /// Stores `object` through an upload in pieces, finished with `refs`: begins (or finds the
+    /// upload again, or its finished result), sends the pieces it lacks, finishes.
+    async fn upload(
+        service: &NodeService,
+        client: ClientId,
+        seq: u64,
+        repo: RepoId,
+        object: &NewObject,
+        refs: Vec<RefUpdate>,
+    ) -> Result<cohort_core::state_machine::WriteOk, ApiError> {
+        let size_bytes = object.data.len() as u64;
+        let begun = service
+            .begin_upload(client, seq, repo.clone(), object.kind, size_bytes, u64::MAX, UPLOAD_PIECE_BYTES)
+            .await?;
+        let (chunk_bytes, mut offset) = match begun {
+            UploadBegun::Finished(ok) => return Ok(ok),
+            UploadBegun::InProgress { chunk_bytes, status } => (u64::from(chunk_bytes), status.received_bytes),
+        };
+        while offset < size_bytes {
+            let end = (offset + chunk_bytes).min(size_bytes);
+            let piece = object.data[offset as usize..end as usize].to_vec();
+            service.upload_piece(client, seq, repo.clone(), offset, piece).await?;
+            offset = end;
+        }
+        service.finish_upload(client, seq, repo, object.oid, refs).await
+    }
+
+    /// Reads an object back by range, piece by piece, and checks it is `object`. A replica
+    /// that answers other bytes for an id breaks the store's first promise: fail loudly.
+    async fn read_back(&mut self, repo_index: usize, object: &NewObject) {
+        let (oid, size_bytes) = (object.oid, object.data.len() as u64);
+        let mut data = Vec::new();
+        while (data.len() as u64) < size_bytes {
+            let offset = data.len() as u64;
+            let piece = self
+                .with_retries(|service| async move {
+                    let query = ReadQuery::ObjectRange { repo: repo(repo_index), oid, offset, len_max: 1500 };
+                    match service.read_repository(&repo(repo_index), query, ReadConsistency::Linearizable).await {
+                        Ok(answer) => match answer.result {
+                            ReadResult::ObjectRange(range) => Attempt::Done(range),
+                            other => panic!("unexpected answer to a range read: {other:?}"),
+                        },
+                        Err(error) => match Self::retry_for(&error) {
+                            Attempt::Retry { at } => Attempt::Retry { at },
+                            Attempt::Done(_) => unreachable!(),
+                        },
+                    }
+                })
+                .await;
+            match piece {
+                None => return, // Unknown: the faults kept every replica away.
+                Some(None) => panic!("object {oid}, acknowledged, is not held by r{repo_index}"),
+                Some(Some(range)) => {
+                    assert_eq!((range.kind, range.size_bytes), (object.kind, size_bytes), "object {oid}'s shape");
+                    assert!(!range.data.is_empty(), "object {oid}: an empty piece at {offset}");
+                    data.extend_from_slice(&range.data);
+                }
+            }
+        }
+        assert!(data == object.data, "object {oid} read back differs from what was written");
     }
 
     /// A compare-and-set of one reference to a fresh value.
@@ -180,7 +248,14 @@ impl SimClient {
         let key = key(repo_index, k);
         self.next_token += 1;
         let token: Value = (self.id << 32) | self.next_token;
-        let data = format!("value {token}").into_bytes();
+        let uploaded = self.rng.gen_bool(UPLOADED_SHARE);
+        let mut data = format!("value {token}").into_bytes();
+        if uploaded {
+            // Two to six pieces, the last one short.
+            let size_bytes = self.rng.gen_range(UPLOAD_PIECE_BYTES as usize + 1..6 * UPLOAD_PIECE_BYTES as usize);
+            let filler: Vec<u8> = (0..size_bytes - data.len()).map(|_| self.rng.gen()).collect();
+            data.extend_from_slice(&filler);
+        }
         let object = NewObject::new(ObjectKind::Blob, data);
         self.shared.values.lock().expect("not poisoned").insert(object.oid, token);
         let last_seen = self.seen.get(&key).copied().flatten();
@@ -216,9 +291,19 @@ impl SimClient {
             OpKind::Cas { expected, new: Some(token) },
             now_ns(),
         );
-        self.shared
-            .trace
-            .event(now_ns(), format!("op {op} client {} seq {} cas {key} {expected:?} -> {token}", self.id, self.seq));
+        self.shared.trace.event(
+            now_ns(),
+            format!(
+                "op {op} client {} seq {} cas {key} {expected:?} -> {token}{}",
+                self.id,
+                self.seq,
+                match &command.op {
+                    WriteOp::Transaction { objects, .. } if uploaded =>
+                        format!(" (uploaded, {} bytes)", objects[0].data.len()),
+                    _ => String::new(),
+                }
+            ),
+        );
         *self.shared.writing.last_repo.lock().expect("not poisoned") = Some(repo_index);
         self.shared.writing.notify.notify_waiters();
         let shared = self.shared.clone();
@@ -227,8 +312,20 @@ impl SimClient {
                 let command = command.clone();
                 let shared = shared.clone();
                 async move {
-                    match service.write(command).await {
+                    let written = match (&command.op, uploaded) {
+                        (WriteOp::Transaction { repo, objects, refs }, true) => {
+                            Self::upload(&service, command.client, command.seq, repo.clone(), &objects[0], refs.clone())
+                                .await
+                        }
+                        _ => service.write(command).await,
+                    };
+                    match written {
                         Ok(_) => Attempt::Done(Outcome::CasOk),
+                        // The upload went on without this attempt (a piece retried after its
+                        // leader changed, or a finish that dropped it): begin again.
+                        Err(ApiError::Rejected(
+                            Rejection::UploadNotFound { .. } | Rejection::UploadOutOfOrder { .. },
+                        )) => Attempt::Retry { at: None },
                         Err(ApiError::Rejected(Rejection::PreconditionFailed { current, .. })) => {
                             Attempt::Done(Outcome::CasFailed {
                                 current: current.as_ref().and_then(|v| shared.value_of(v)),
@@ -259,6 +356,10 @@ impl SimClient {
         }
         self.shared.history.lock().expect("not poisoned").complete(op, outcome.clone(), now_ns());
         self.shared.trace.event(now_ns(), format!("op {op} -> {outcome:?}"));
+        if uploaded && outcome == Outcome::CasOk && self.rng.gen_bool(0.5) {
+            let WriteOp::Transaction { objects, .. } = &command.op else { unreachable!("built above") };
+            self.read_back(repo_index, &objects[0]).await;
+        }
         outcome
     }
 

@@ -345,8 +345,10 @@ impl NodeService {
         Ok(ok)
     }
 
-    /// Begins (or finds again) the upload of `client`'s write `seq`: the object is stored
-    /// already if that write finished, else where the next piece goes.
+    /// Begins (or finds again) the upload of `client`'s write `seq`, in pieces of
+    /// `chunk_bytes` (`UPLOAD_PIECE_BYTES` for clients; smaller in tests and the simulator):
+    /// the object is stored already if that write finished, else where the next piece goes.
+    #[allow(clippy::too_many_arguments)] // One request's fields and this node's limits, named.
     pub async fn begin_upload(
         &self,
         client: ClientId,
@@ -355,6 +357,7 @@ impl NodeService {
         kind: crate::state_machine::ObjectKind,
         size_bytes: u64,
         size_bytes_max: u64,
+        chunk_bytes: u32,
     ) -> Result<UploadBegun, ApiError> {
         if size_bytes > size_bytes_max {
             return Err(ApiError::TooLarge(format!(
@@ -362,7 +365,6 @@ impl NodeService {
             )));
         }
         let partition = self.route(&repo).await?;
-        let chunk_bytes = UPLOAD_PIECE_BYTES;
         let op = WriteOp::BeginUpload { repo: repo.clone(), kind, size_bytes, chunk_bytes };
         let begun = Self::write_result(self.call(partition, Request::Write(Command { client, seq, op })).await?)?;
         if !begun.object_ids.is_empty() {

@@ -3,7 +3,7 @@
 use super::convert;
 use super::proto::{self, cohort_server::Cohort};
 use cohort_core::ids::{NodeId, PartitionId};
-use cohort_core::node::{ApiError, MembersAction, NodeService, PartitionView, UploadBegun};
+use cohort_core::node::{ApiError, MembersAction, NodeService, PartitionView, UploadBegun, UPLOAD_PIECE_BYTES};
 use cohort_core::partition::{PartitionStatus, ReadConsistency, Role};
 use cohort_core::state_machine::{PagedObject, ReadQuery, ReadResult, Rejection, RelativePath, WriteOk};
 use std::collections::BTreeMap;
@@ -341,7 +341,7 @@ impl Cohort for ApiServer {
         let kind = convert::kind(&request.kind).map_err(Status::invalid_argument)?;
         let begun = self
             .service
-            .begin_upload(client, seq, repo, kind, request.size, self.object_size_bytes_max)
+            .begin_upload(client, seq, repo, kind, request.size, self.object_size_bytes_max, UPLOAD_PIECE_BYTES)
             .await
             .map_err(|e| self.status_of(e))?;
         Ok(Response::new(match begun {

@@ -111,6 +111,18 @@ async fn metrics(node: &NodeHandle) -> String {
         "Peers with an authenticated connection",
         ConstGauge::new(node.transport.connected_peers().len() as i64),
     );
+    if let Ok((uploads, upload_bytes)) = node.router.store().uploads_in_progress() {
+        registry.register(
+            "uploads_in_progress",
+            "Uploads begun and neither finished nor dropped, over this node's replicas",
+            ConstGauge::new(uploads as i64),
+        );
+        registry.register(
+            "upload_bytes_held",
+            "Content held by uploads in progress, over this node's replicas",
+            ConstGauge::new(upload_bytes as i64),
+        );
+    }
     let stats = &node.router.stats;
     registry.register(
         "router_messages_dropped",

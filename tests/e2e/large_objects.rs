@@ -2,7 +2,8 @@
 //! leader and from a follower, exported as a loose object Git accepts; and a request no retry
 //! can fix fails at once with its cause.
 
-use crate::cluster::{stdout, TestCluster};
+use crate::cluster::{stdout, test_raft, TestCluster};
+use cohort::config::RawRaft;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,27 @@ fn git_hash_object(path: &std::path::Path) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The partition of `path` and its voters, from `repo info`.
+fn partition_of(cluster: &TestCluster, path: &str) -> (String, Vec<u64>, u64) {
+    let info: serde_json::Value =
+        serde_json::from_str(&stdout(&cluster.cli(&["repo", "info", path, "--json"]))).unwrap();
+    let replicas = info["replicas"].as_array().unwrap();
+    let voters = replicas.iter().filter(|r| r["role"] == "voter").map(|r| r["node"].as_u64().unwrap()).collect();
+    (info["partition"].as_u64().unwrap().to_string(), voters, info["leader"].as_u64().unwrap_or(0))
+}
+
 #[test]
 fn a_large_object_goes_up_in_pieces_and_comes_back_whole_from_every_replica() {
-    let cluster = TestCluster::start(3);
+    // Logs keep few entries, so that a replica added later catches up by snapshot.
+    let cluster = TestCluster::start_with(4, Some(3), RawRaft { log_retain_entries: 4, ..test_raft() });
     stdout(&cluster.cli(&["repo", "create", "big.git"]));
     let work = tempfile::tempdir().unwrap();
     // 24 MiB and a bit: three times a whole message, and 25 pieces, the last one short.
@@ -42,8 +61,13 @@ fn a_large_object_goes_up_in_pieces_and_comes_back_whole_from_every_replica() {
     let got = cluster.cli(&["object", "get", "big.git", &expected]);
     assert!(got.stdout == content, "read back from the leader: {} bytes", got.stdout.len());
 
+    // A learner added afterwards receives it in a snapshot.
+    let (partition, voters, _) = partition_of(&cluster, "big.git");
+    let outsider = (1..=4).find(|n| !voters.contains(n)).unwrap();
+    stdout(&cluster.cli(&["partition", "add-replica", &partition, "--node", &outsider.to_string(), "--learner"]));
+
     // Every replica holds it: a stale read on each node's own endpoint, once it has applied.
-    for id in 1..=3 {
+    for id in 1..=4 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let got = cluster.cli_at(&cluster.endpoint(id), &["object", "get", "--stale", "big.git", &expected], None);
@@ -54,6 +78,8 @@ fn a_large_object_goes_up_in_pieces_and_comes_back_whole_from_every_replica() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+
+    assert!(cluster.metric(outsider, "cohort_snapshots_received_total") >= 1.0, "the learner got a snapshot");
 
     // Exported as a loose object, written piece by piece: Git reads it back.
     let bare = work.path().join("big-export.git");
@@ -132,4 +158,40 @@ fn an_abandoned_upload_is_dropped_once_idle_and_a_later_retry_still_succeeds() {
     let mut read = Vec::new();
     runtime.block_on(client.read_object_to(&repo, oid, false, &mut read)).unwrap();
     assert!(read == content);
+}
+
+#[test]
+fn killing_the_leader_mid_upload_loses_nothing_and_leaves_no_upload_behind() {
+    let mut cluster = TestCluster::start(3);
+    stdout(&cluster.cli(&["repo", "create", "kill.git"]));
+    let (_, _, leader) = partition_of(&cluster, "kill.git");
+    assert_ne!(leader, 0, "the partition has a leader");
+    let work = tempfile::tempdir().unwrap();
+    let content = noise(48 * 1024 * 1024);
+    let file = work.path().join("blob");
+    std::fs::write(&file, &content).unwrap();
+    let expected = git_hash_object(&file);
+
+    let mut put = cluster.cli_command(&["object", "put", "kill.git", file.to_str().unwrap()]);
+    let put = std::thread::spawn(move || put.output());
+    // Once the leader holds part of the upload, it dies.
+    wait_for("part of the upload", Duration::from_secs(60), || {
+        put.is_finished() || cluster.metric(leader, "cohort_upload_bytes_held") >= 8.0 * 1024.0 * 1024.0
+    });
+    assert!(!put.is_finished(), "the put ended before the kill: {:?}", put.join().unwrap());
+    cluster.kill9(leader);
+    let output = put.join().unwrap().unwrap();
+    assert_eq!(stdout(&output).trim(), expected, "the put went on with the new leader and finished");
+
+    cluster.start_node(leader);
+    cluster.wait_serving(leader);
+    for id in 1..=3 {
+        wait_for("every replica to hold the object", Duration::from_secs(30), || {
+            let got = cluster.cli_at(&cluster.endpoint(id), &["object", "get", "--stale", "kill.git", &expected], None);
+            got.status.success() && got.stdout == content
+        });
+        // The upload became the object: nothing of it is left to hold space.
+        assert_eq!(cluster.metric(id, "cohort_uploads_in_progress"), 0.0, "node {id}");
+        assert_eq!(cluster.metric(id, "cohort_upload_bytes_held"), 0.0, "node {id}");
+    }
 }

@@ -158,7 +158,17 @@ fn a_node_killed_while_receiving_a_snapshot_recovers_and_catches_up() {
     // Large enough that the transfer takes a while: 48 blobs of 256 KiB.
     const BLOBS: usize = 48;
     for key in 0..BLOBS {
-        let data: Vec<u8> = (0..256 * 1024).map(|i| (i as u64 * 31 + key as u64 * 7919) as u8).collect();
+        // Incompressible (objects are stored zlib-compressed): the snapshot must take long
+        // enough to send that the node can be killed while it arrives.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ key as u64;
+        let data: Vec<u8> = (0..256 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
         let object = NewObject::new(ObjectKind::Blob, data);
         let change = RefChange {
             name: RefName::new(format!("refs/heads/b{key}")).unwrap(),

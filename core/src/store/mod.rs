@@ -164,6 +164,20 @@ impl Store {
         ReadRows::open(&txn)
     }
 
+    /// Uploads in progress in every hosted replica, and the content they hold so far: what
+    /// abandoned uploads would cost until they are dropped.
+    pub fn uploads_in_progress(&self) -> Result<(u64, u64), StoreError> {
+        let rows = self.read()?;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        rows.scan(TableId::Uploads, &[], &mut |_, value| {
+            let upload: tables::UploadRecord = tables::decode("upload", value)?;
+            count += 1;
+            bytes += upload.received_bytes;
+            Ok(std::ops::ControlFlow::Continue(()))
+        })?;
+        Ok((count, bytes))
+    }
+
     /// Deletes every row of `partition` and its record, durably.
     pub fn remove_partition(&self, partition: PartitionId) -> Result<(), StoreError> {
         self.write(Commit::Durable, |rows| remove_rows(rows, partition))

@@ -1,0 +1,189 @@
+//! Large-object benchmark, with real `cohort` processes on loopback: 3 nodes, every partition
+//! on all three. Measures, in one run and on one disk:
+//!
+//! - the disk's sequential write rate (a file written and fsynced next to the nodes' data);
+//! - uploading one object in pieces through the client (`Client::upload_object`, as
+//!   `cohort object put` does), as MiB/s and as a ratio to the disk's rate;
+//! - downloading it by range from the leader (`Client::read_object_to`, as `cohort object get`
+//!   does), checking its id as it arrives;
+//! - each node's RSS at idle and its peak while each transfer runs, sampled every 20 ms (the
+//!   goal: at most 64 MiB above idle: no node holds a whole object).
+//!
+//! `cargo bench --bench objects` moves 1 GiB (`COHORT_BENCH_OBJECT_MIB` overrides); without
+//! `--bench` (as `cargo test --all-targets` runs it) it makes a small smoke run that asserts
+//! the object comes back intact.
+
+#[path = "../tests/e2e/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
+#[allow(dead_code)]
+mod common;
+
+use cluster::{repo, TestCluster};
+use cohort_core::state_machine::{ObjectHasher, ObjectKind, Oid};
+use rand::RngCore as _;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: f64 = 1024.0 * 1024.0;
+const NODES: u64 = 3;
+
+/// A process's resident set, in bytes, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
+}
+
+/// Samples every node's RSS until stopped; returns each one's peak.
+struct PeakRss {
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl PeakRss {
+    fn start(pids: Vec<u32>) -> PeakRss {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peaks = vec![0u64; pids.len()];
+            while !stopped.load(Ordering::Relaxed) {
+                for (peak, pid) in peaks.iter_mut().zip(&pids) {
+                    *peak = (*peak).max(rss_bytes(*pid));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peaks
+        });
+        PeakRss { stop, sampler }
+    }
+
+    fn finish(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.join().unwrap()
+    }
+}
+
+/// Writes `mib` MiB to a file in `dir` in 1 MiB appends and fsyncs it; returns MiB/s.
+fn disk_write_rate(dir: &std::path::Path, mib: u64) -> f64 {
+    let path = dir.join("disk-rate.bin");
+    let mut chunk = vec![0u8; 1024 * 1024];
+    rand::thread_rng().fill_bytes(&mut chunk);
+    let started = Instant::now();
+    let mut file = std::fs::File::create(&path).unwrap();
+    for _ in 0..mib {
+        file.write_all(&chunk).unwrap();
+    }
+    file.sync_all().unwrap();
+    let rate = mib as f64 / started.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    rate
+}
+
+/// A file of `mib` MiB of random bytes; returns it with the blob's id.
+fn random_file(dir: &std::path::Path, mib: u64) -> (std::fs::File, Oid) {
+    let path = dir.join("object.bin");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut hasher = ObjectHasher::new(ObjectKind::Blob, mib * 1024 * 1024);
+    let mut chunk = vec![0u8; 1024 * 1024];
+    for _ in 0..mib {
+        rand::thread_rng().fill_bytes(&mut chunk);
+        hasher.update(&chunk);
+        file.write_all(&chunk).unwrap();
+    }
+    file.flush().unwrap();
+    (std::fs::File::open(&path).unwrap(), hasher.finish())
+}
+
+/// Hashes what is written to it, keeping none of it.
+struct HashingSink(Option<ObjectHasher>);
+
+impl std::io::Write for HashingSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.as_mut().unwrap().update(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn print_rss(what: &str, idle: &[u64], peaks: &[u64]) -> u64 {
+    let mut worst = 0;
+    for (i, (idle, peak)) in idle.iter().zip(peaks).enumerate() {
+        let above = peak.saturating_sub(*idle);
+        worst = worst.max(above);
+        println!(
+            "  node {}: RSS idle {:.1} MiB, peak during {what} {:.1} MiB: {:+.1} MiB",
+            i + 1,
+            *idle as f64 / MIB,
+            *peak as f64 / MIB,
+            above as f64 / MIB
+        );
+    }
+    worst
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let mib: u64 = std::env::var("COHORT_BENCH_OBJECT_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(if full {
+        1024
+    } else {
+        6
+    });
+    let cluster = TestCluster::start_with(NODES, Some(NODES as usize), cluster::test_raft());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let disk_rate = disk_write_rate(cluster.dir.path(), if full { 512 } else { 16 });
+    let work = tempfile::tempdir().unwrap();
+    let (mut file, oid) = random_file(work.path(), mib);
+    let client = common::client(&cluster, 1);
+    let big = repo("big.git");
+    rt.block_on(client.create_repository(&big, None)).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let pids: Vec<u32> = (1..=NODES).map(|id| cluster.children[&id].id()).collect();
+    let idle: Vec<u64> = pids.iter().map(|&pid| rss_bytes(pid)).collect();
+
+    let sampler = PeakRss::start(pids.clone());
+    let started = Instant::now();
+    let size_bytes = mib * 1024 * 1024;
+    rt.block_on(client.upload_object(&big, ObjectKind::Blob, size_bytes, oid, vec![], &mut file)).unwrap();
+    let upload_elapsed = started.elapsed();
+    let upload_peaks = sampler.finish();
+
+    let sampler = PeakRss::start(pids);
+    let started = Instant::now();
+    let mut sink = HashingSink(Some(ObjectHasher::new(ObjectKind::Blob, size_bytes)));
+    let shape = rt.block_on(client.read_object_to(&big, oid, false, &mut sink)).unwrap();
+    let download_elapsed = started.elapsed();
+    let download_peaks = sampler.finish();
+    assert_eq!(shape, Some((ObjectKind::Blob, size_bytes)));
+    assert_eq!(sink.0.take().unwrap().finish(), oid, "the object comes back intact");
+
+    let upload_rate = mib as f64 / upload_elapsed.as_secs_f64();
+    let download_rate = mib as f64 / download_elapsed.as_secs_f64();
+    println!("large objects: {NODES} nodes on loopback, one {mib} MiB blob in 1 MiB pieces");
+    println!("  disk sequential write (1 MiB appends, fsync): {disk_rate:.0} MiB/s");
+    println!(
+        "  upload: {:.1} s, {upload_rate:.1} MiB/s = {:.3}x the disk",
+        upload_elapsed.as_secs_f64(),
+        upload_rate / disk_rate
+    );
+    println!(
+        "  download (linearizable, from the leader): {:.1} s, {download_rate:.1} MiB/s = {:.3}x the disk",
+        download_elapsed.as_secs_f64(),
+        download_rate / disk_rate
+    );
+    let upload_worst = print_rss("upload", &idle, &upload_peaks);
+    let download_worst = print_rss("download", &idle, &download_peaks);
+    println!(
+        "  worst peak above idle: upload {:.1} MiB, download {:.1} MiB (goal: at most 64 MiB)",
+        upload_worst as f64 / MIB,
+        download_worst as f64 / MIB
+    );
+}

@@ -96,8 +96,17 @@ fn a_large_object_goes_up_in_pieces_and_comes_back_whole_from_every_replica() {
 
 #[test]
 fn what_no_retry_can_fix_fails_at_once_with_its_cause() {
-    let cluster = TestCluster::start(3);
+    let cluster = TestCluster::start_configured(3, |config| config.limits.object_size_bytes_max = 2 * 1024 * 1024);
     stdout(&cluster.cli(&["repo", "create", "once.git"]));
+
+    // An object over the nodes' limit: refused before any piece is sent, exit status 2.
+    let started = Instant::now();
+    let output = cluster.cli_at(&cluster.endpoints().join(","), &["object", "put", "once.git"], Some(&noise(3 << 20)));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(stderr.contains("too large") && stderr.contains("2097152"), "{stderr}");
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+
     // The cluster refuses each (exit status 3); a client that retried them would take its
     // whole deadline (30 s) and hide the cause.
     let cases: [(&[&str], &str, i32); 2] = [

@@ -20,6 +20,10 @@ pub const APPLY_BATCH_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// `Apply` batches of one partition handed to the store and not yet answered; at this bound
 /// the partition's actor takes no inputs until the store catches up.
 pub const APPLY_BATCHES_IN_FLIGHT_MAX: usize = 64;
+/// Command bytes of one partition handed to the store and not yet answered; likewise. A batch
+/// larger than this may still be in flight alone. Bounds memory when entries are large (an
+/// upload's 1 MiB pieces) and the store applies slower than Raft commits.
+pub const APPLY_BYTES_IN_FLIGHT_MAX: u64 = 8 * 1024 * 1024;
 /// Apply requests queued for the node's applier (all partitions of a node).
 pub const APPLY_QUEUE_REQUESTS_MAX: usize = 4096;
 /// Log writes queued for the group-commit writer (all partitions of a node).
@@ -38,7 +42,7 @@ pub const SNAPSHOT_INCOMING_IDLE_TICKS_MAX: u32 = 100;
 /// Snapshots one replica sends at once (one per receiver).
 pub const SNAPSHOT_OUTGOING_MAX: usize = 4;
 /// Memory the state store's page cache may use, by default.
-pub const STORE_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+pub const STORE_CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
 /// Buffer between the state machine's encoder and a snapshot file.
 pub const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 

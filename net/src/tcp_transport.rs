@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
+/// Capacity a connection's read buffer keeps between frames; a larger one is given back.
+const READ_BUFFER_RETAINED_BYTES_MAX: usize = 1024 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
     pub node: NodeId,
@@ -333,6 +336,10 @@ impl TcpTransport {
                 Ok(frame) => frame,
                 Err(error) => return PeerError::Frame(error),
             };
+            if buffer.capacity() > READ_BUFFER_RETAINED_BYTES_MAX {
+                // A frame of large entries would otherwise keep its size allocated per peer.
+                buffer = Vec::new();
+            }
             let Frame::Batch(items) = frame else {
                 return PeerError::Protocol("a handshake frame after the handshake".into());
             };

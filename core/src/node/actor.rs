@@ -145,7 +145,8 @@ impl Actor {
                 timer = deadline.map(|at| (at, self.env.clock.sleep_until(at)));
             }
             let accepting = self.partition.unpersisted_readies() < UNPERSISTED_READIES_MAX
-                && self.partition.apply_batches_in_flight() < crate::limits::APPLY_BATCHES_IN_FLIGHT_MAX;
+                && self.partition.apply_batches_in_flight() < crate::limits::APPLY_BATCHES_IN_FLIGHT_MAX
+                && self.partition.apply_bytes_in_flight() < crate::limits::APPLY_BYTES_IN_FLIGHT_MAX;
             let wake = poll_fn(|cx| {
                 if let Poll::Ready(event) = self.signal.poll_event(&mut persisted_seen, cx) {
                     return Poll::Ready(Wake::Persist(event));

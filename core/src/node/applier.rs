@@ -44,7 +44,7 @@ pub struct ApplierOptions {
 impl Default for ApplierOptions {
     fn default() -> ApplierOptions {
         ApplierOptions {
-            durable_bytes: 64 * 1024 * 1024,
+            durable_bytes: 16 * 1024 * 1024,
             durable_interval: Duration::from_secs(1),
             batch_requests_max: APPLY_QUEUE_REQUESTS_MAX,
         }

@@ -159,8 +159,10 @@ pub struct Partition {
     applied: LogPosition,
     /// Committed entries were handed to the store (`Output::Apply`) through this index.
     applying: u64,
-    /// `Output::Apply` batches handed out and not yet answered.
-    apply_batches_in_flight: usize,
+    /// Command bytes of each `Output::Apply` batch handed out and not yet answered, oldest
+    /// first, and their sum.
+    apply_batches_in_flight: VecDeque<u64>,
+    apply_bytes_in_flight: u64,
     /// The store has made its state durable through here (`handle_store_durable`): the log
     /// may be compacted up to it, and no further.
     store_durable: LogPosition,
@@ -289,7 +291,8 @@ impl Partition {
             directory_ready: false,
             applied,
             applying: applied.index,
-            apply_batches_in_flight: 0,
+            apply_batches_in_flight: VecDeque::new(),
+            apply_bytes_in_flight: 0,
             store_durable: applied,
             saving_snapshot: false,
             snapshot_retry_tick: 0,
@@ -357,7 +360,17 @@ impl Partition {
 
     /// `Apply` batches handed out and not yet answered.
     pub fn apply_batches_in_flight(&self) -> usize {
-        self.apply_batches_in_flight
+        self.apply_batches_in_flight.len()
+    }
+
+    pub fn apply_bytes_in_flight(&self) -> u64 {
+        self.apply_bytes_in_flight
+    }
+
+    /// The oldest batch handed to the store came back (applied, or failed).
+    fn apply_batch_returned(&mut self) {
+        let bytes = self.apply_batches_in_flight.pop_front().expect("applied entries were handed out");
+        self.apply_bytes_in_flight -= bytes;
     }
 
     pub fn is_failed(&self) -> bool {
@@ -479,7 +492,7 @@ impl Partition {
         if let Some(observer) = &self.config.observer {
             observer.snapshot_installed(self.config.node, self.config.partition, meta.position.index);
         }
-        assert_eq!(self.apply_batches_in_flight, 0, "the store applies in order: earlier batches came back first");
+        assert!(self.apply_batches_in_flight.is_empty(), "the store applies in order: earlier batches came back first");
         self.applied = meta.position;
         self.applying = meta.position.index;
         self.store_durable = self.store_durable.max(meta.position);
@@ -530,8 +543,7 @@ impl Partition {
     /// The store applied `applied` (the next entries handed out, in order): answer their
     /// proposals and forwarded writes, act on directory changes, serve reads now due.
     pub fn handle_applied(&mut self, now: Instant, applied: Vec<Applied>) {
-        assert!(self.apply_batches_in_flight > 0, "applied entries were handed out");
-        self.apply_batches_in_flight -= 1;
+        self.apply_batch_returned();
         if self.fatal.is_some() {
             return;
         }
@@ -549,7 +561,9 @@ impl Partition {
     /// The store failed to apply: nothing it would have answered can be; the replica stops.
     pub fn handle_apply_failed(&mut self, error: PersistError) {
         tracing::error!(partition = %self.config.partition, %error, "partition stopped: the store failed");
-        self.apply_batches_in_flight = self.apply_batches_in_flight.saturating_sub(1);
+        if !self.apply_batches_in_flight.is_empty() {
+            self.apply_batch_returned();
+        }
         self.stop(error);
     }
 

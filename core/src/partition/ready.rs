@@ -167,7 +167,15 @@ impl Partition {
             batch.push(ApplyEntry { position: LogPosition { index, term: entry.term }, kind });
         }
         if !batch.is_empty() {
-            self.apply_batches_in_flight += 1;
+            let bytes = batch
+                .iter()
+                .map(|e| match &e.kind {
+                    ApplyKind::Command(data) => data.len() as u64,
+                    _ => 0,
+                })
+                .sum();
+            self.apply_batches_in_flight.push_back(bytes);
+            self.apply_bytes_in_flight += bytes;
             self.outputs.push_back(Output::Apply(batch));
         }
     }

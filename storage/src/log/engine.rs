@@ -83,6 +83,9 @@ pub(crate) type EncodedRecords = Vec<(Range<usize>, Vec<u8>)>;
 
 /// Encodes `writes` as `Writes` record payloads of at most `size_bytes_max` bytes each: one
 /// record for the whole batch unless it is too large. Each write stays whole in one record.
+/// Capacity the append buffer keeps between appends; a larger one is given back.
+const APPEND_BUFFER_RETAINED_BYTES_MAX: usize = 1024 * 1024;
+
 pub(crate) fn encode_writes(writes: &[LogWrite], size_bytes_max: usize) -> Result<EncodedRecords, LogError> {
     let whole = codec::encode(&RecordRef::Writes(writes));
     if whole.len() <= size_bytes_max {
@@ -385,6 +388,11 @@ impl LogEngine {
         assert_eq!(locations.len(), writes.len(), "every write has a location");
         self.head.file.append(&self.buf)?;
         self.head.len += self.buf.len() as u64;
+        if self.buf.capacity() > APPEND_BUFFER_RETAINED_BYTES_MAX {
+            // A batch of large entries (an upload's pieces) would otherwise leave its whole
+            // size allocated for as long as the node runs.
+            self.buf = Vec::new();
+        }
         self.head.has_writes = true;
         self.unsynced = true;
         self.segments.insert(seq, self.head.len);

@@ -62,6 +62,7 @@ pub struct NodeHandle {
 /// Runs a node until `shutdown` completes, then stops it cleanly: partitions stop, the log
 /// writes already queued are made durable, and the function returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    crate::memory::tune_allocator();
     crate::memory::spawn_heap_trimmer();
     let seed: u64 = rand::random();
     let env = production_env(&config, seed)?;

@@ -82,6 +82,11 @@ impl ApiServer {
             ApiError::Rejected(rejection @ Rejection::ObjectTooLarge { .. }) => {
                 Status::out_of_range(rejection.to_string())
             }
+            // The upload moved on without this call (a retried piece after a leader change, or
+            // an upload dropped as idle): the client begins it again.
+            ApiError::Rejected(rejection @ (Rejection::UploadNotFound { .. } | Rejection::UploadOutOfOrder { .. })) => {
+                Status::aborted(rejection.to_string())
+            }
             ApiError::Rejected(rejection) => Status::failed_precondition(rejection.to_string()),
             ApiError::TooLarge(message) => Status::out_of_range(message),
             ApiError::Invalid(message) => Status::invalid_argument(message),

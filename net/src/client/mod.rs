@@ -53,6 +53,9 @@ pub enum ClientError {
     PermissionDenied(String),
     #[error("too large: {0}")]
     TooLarge(String),
+    /// An upload went on without this call (see `upload_object`, which begins it again).
+    #[error("aborted: {0}")]
+    Aborted(String),
     /// The server failed in a way a retry does not fix (a bug, or an unsupported call).
     #[error("server error ({code}): {message}")]
     Server { code: String, message: String },
@@ -133,7 +136,7 @@ impl ClientError {
             | ClientError::NotFound(_)
             | ClientError::Unauthenticated(_)
             | ClientError::PermissionDenied(_) => 3,
-            ClientError::Timeout { .. } => 4,
+            ClientError::Timeout { .. } | ClientError::Aborted(_) => 4,
             ClientError::Server { .. } | ClientError::Input(_) | ClientError::Output(_) => 5,
         }
     }
@@ -153,12 +156,14 @@ fn classify(status: &Status) -> Next {
         _ => false,
     };
     match status.code() {
-        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Cancelled => {
             let hint = status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_owned);
             Next::Retry { hint }
         }
         _ if transport_failure => Next::Retry { hint: None },
         Code::FailedPrecondition | Code::AlreadyExists => Next::Fail(ClientError::Rejected(message)),
+        // Retrying the same call cannot help; the caller restarts what it belongs to.
+        Code::Aborted => Next::Fail(ClientError::Aborted(message)),
         Code::NotFound => Next::Fail(ClientError::NotFound(message)),
         Code::InvalidArgument => Next::Fail(ClientError::Invalid(message)),
         Code::OutOfRange => Next::Fail(ClientError::TooLarge(message)),
@@ -554,9 +559,7 @@ impl Client {
                     Ok(_) => offset += len as u64,
                     // The upload moved on or went (a retried piece after a failover, or a
                     // leader that dropped an idle upload): begin again from what it holds.
-                    Err(ClientError::Rejected(message))
-                        if message.starts_with("no upload of") || message.starts_with("upload piece at offset") =>
-                    {
+                    Err(ClientError::Aborted(_)) => {
                         lost = true;
                         break;
                     }
@@ -701,6 +704,7 @@ mod tests {
             (Status::out_of_range("decoded message length too large"), 2),
             (Status::internal("unexpected answer to an object read"), 5),
             (Status::unimplemented("no such method"), 5),
+            (Status::aborted("upload piece at offset 0 is out of order"), 4),
         ];
         for (status, exit_code) in failures {
             match classify(&status) {

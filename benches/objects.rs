@@ -22,6 +22,7 @@ mod common;
 
 use cluster::{repo, TestCluster};
 use cohort_core::state_machine::{ObjectHasher, ObjectKind, Oid};
+use common::{disk_write_rate, peak_rss_bytes, rss_bytes};
 use rand::RngCore as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,26 +31,6 @@ use std::time::{Duration, Instant};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const NODES: u64 = 3;
-
-/// A process's resident set, in bytes, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
-    kib.unwrap_or(0) * 1024
-}
-
-/// A process's peak resident set since it started or since `reset_peak_rss`, from /proc.
-fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
-    kib.unwrap_or(0) * 1024
-}
 
 /// Resets the kernel's record of a process's peak RSS (Linux 4.0+); false if not allowed.
 fn reset_peak_rss(pid: u32) -> bool {
@@ -93,23 +74,6 @@ impl PeakRss {
         }
         self.pids.iter().map(|&pid| peak_rss_bytes(pid)).collect()
     }
-}
-
-/// Writes `mib` MiB to a file in `dir` in 1 MiB appends and fsyncs it; returns MiB/s.
-fn disk_write_rate(dir: &std::path::Path, mib: u64) -> f64 {
-    let path = dir.join("disk-rate.bin");
-    let mut chunk = vec![0u8; 1024 * 1024];
-    rand::thread_rng().fill_bytes(&mut chunk);
-    let started = Instant::now();
-    let mut file = std::fs::File::create(&path).unwrap();
-    for _ in 0..mib {
-        file.write_all(&chunk).unwrap();
-    }
-    file.sync_all().unwrap();
-    let rate = mib as f64 / started.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(&path).unwrap();
-    rate
 }
 
 /// A file of `mib` MiB of random bytes; returns it with the blob's id.

@@ -23,10 +23,9 @@ mod cluster;
 mod common;
 
 use cluster::{repo, TestCluster};
-use common::{client, progress, wait_for, write_blob, SnapshotMetrics};
+use common::{client, disk_write_rate, progress, rss_bytes, wait_for, write_blob, SnapshotMetrics};
 use rand::RngCore as _;
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,35 +64,8 @@ fn small_repo(i: u64) -> String {
     format!("r/{i:05}.git")
 }
 
-/// A process's resident set, in bytes, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
-    kib.unwrap_or(0) * 1024
-}
-
 fn rss_all(cluster: &TestCluster) -> Vec<u64> {
     (1..=NODES).map(|id| rss_bytes(cluster.children[&id].id())).collect()
-}
-
-/// Writes `mib` MiB to a file in `dir` in 1 MiB appends and fsyncs it; returns MiB/s.
-fn disk_write_rate(dir: &std::path::Path, mib: u64) -> f64 {
-    let path = dir.join("disk-rate.bin");
-    let mut chunk = vec![0u8; 1024 * 1024];
-    rand::thread_rng().fill_bytes(&mut chunk);
-    let started = Instant::now();
-    let mut file = std::fs::File::create(&path).unwrap();
-    for _ in 0..mib {
-        file.write_all(&chunk).unwrap();
-    }
-    file.sync_all().unwrap();
-    let rate = mib as f64 / started.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(&path).unwrap();
-    rate
 }
 
 /// Runs `count` jobs `job(n)` from `IN_FLIGHT` tasks; returns the wall time.

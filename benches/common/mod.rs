@@ -90,3 +90,42 @@ pub async fn progress(client: &Client, cluster: &TestCluster, partition: u64, le
         .map_or(0, |r| r.applied_index);
     (commit, applied)
 }
+
+/// A field of a process's /proc status in bytes (`VmRSS`, `VmHWM`, ...), 0 if unreadable.
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
+}
+
+/// A process's resident set, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS")
+}
+
+/// A process's peak resident set since it started or since its peak was reset, in bytes.
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmHWM")
+}
+
+/// Writes `mib` MiB to a file in `dir` in 1 MiB appends and fsyncs it; returns MiB/s.
+pub fn disk_write_rate(dir: &std::path::Path, mib: u64) -> f64 {
+    use rand::RngCore as _;
+    use std::io::Write as _;
+    let path = dir.join("disk-rate.bin");
+    let mut chunk = vec![0u8; 1024 * 1024];
+    rand::thread_rng().fill_bytes(&mut chunk);
+    let started = Instant::now();
+    let mut file = std::fs::File::create(&path).unwrap();
+    for _ in 0..mib {
+        file.write_all(&chunk).unwrap();
+    }
+    file.sync_all().unwrap();
+    let rate = mib as f64 / started.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    rate
+}

@@ -2,6 +2,7 @@
 //! with every default filled in and every bound enforced.
 
 use cohort_core::ids::NodeId;
+use cohort_core::partition::ReplicaOptions;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -39,10 +40,18 @@ pub struct RawRaft {
     /// entries behind, so that it catches up from the log rather than by a whole snapshot.
     #[serde(default = "default_log_retain_entries")]
     pub log_retain_entries: u64,
+    /// A partition whose leader has had nothing to do for this long quiesces: its replicas
+    /// stop ticking and heartbeating until a request or a message wakes them. 0: never.
+    #[serde(default = "default_quiesce_after_ms")]
+    pub quiesce_after_ms: u64,
 }
 
 fn default_log_retain_entries() -> u64 {
     10_000
+}
+
+fn default_quiesce_after_ms() -> u64 {
+    2_000
 }
 
 impl Default for RawRaft {
@@ -52,6 +61,7 @@ impl Default for RawRaft {
             election_ticks: 10,
             heartbeat_ticks: 2,
             log_retain_entries: default_log_retain_entries(),
+            quiesce_after_ms: default_quiesce_after_ms(),
         }
     }
 }
@@ -185,10 +195,7 @@ pub struct Config {
     pub cluster_id: String,
     pub secret: Vec<u8>,
     pub token: Option<String>,
-    pub tick_interval: Duration,
-    pub election_ticks: usize,
-    pub heartbeat_ticks: usize,
-    pub log_retain_entries: u64,
+    pub replica: ReplicaOptions,
     pub store: cohort_core::store::StoreOptions,
     pub applier: cohort_core::node::ApplierOptions,
     pub frame_size_bytes_max: usize,
@@ -298,10 +305,13 @@ impl Config {
             cluster_id: raw.cluster_id,
             secret: raw.secret.into_bytes(),
             token: raw.token,
-            tick_interval: Duration::from_millis(raw.raft.tick_interval_ms),
-            election_ticks: raw.raft.election_ticks,
-            heartbeat_ticks: raw.raft.heartbeat_ticks,
-            log_retain_entries: raw.raft.log_retain_entries,
+            replica: ReplicaOptions {
+                tick_interval: Duration::from_millis(raw.raft.tick_interval_ms),
+                election_ticks: raw.raft.election_ticks,
+                heartbeat_ticks: raw.raft.heartbeat_ticks,
+                log_retain_entries: raw.raft.log_retain_entries,
+                quiesce_after_ticks: raw.raft.quiesce_after_ms.div_ceil(raw.raft.tick_interval_ms),
+            },
             store: cohort_core::store::StoreOptions { cache_size_bytes: raw.store.cache_bytes },
             applier: cohort_core::node::ApplierOptions {
                 durable_bytes: raw.store.durable_bytes,

@@ -33,10 +33,13 @@ pub enum Bug {
     /// in a transaction of its own: a crash between them makes the replica apply entries
     /// again on top of their own effects.
     ApplyNotAtomic,
+    /// A quiesced follower ignores its node learning that its leader's node went down: it
+    /// sleeps on, and the partition never elects a new leader until something else wakes it.
+    QuiesceIgnoresLiveness,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::AckBeforeFsync,
         Bug::ForgetVote,
         Bug::ApplyUncommitted,
@@ -46,6 +49,7 @@ impl Bug {
         Bug::SkipApply,
         Bug::ReadBeforeApply,
         Bug::ApplyNotAtomic,
+        Bug::QuiesceIgnoresLiveness,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +62,7 @@ impl Bug {
             Bug::AckUncommitted => "ack-uncommitted",
             Bug::SkipApply => "skip-apply",
             Bug::ReadBeforeApply => "read-before-apply",
+            Bug::QuiesceIgnoresLiveness => "quiesce-ignores-liveness",
             Bug::ApplyNotAtomic => "apply-not-atomic",
         }
     }

@@ -3,9 +3,14 @@
 //! cardinality is bounded: nothing is labelled per partition.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+
+/// A metric's labels: a handful of fixed names and values (a cause, a peer node), never a
+/// partition.
+pub type Labels = Vec<(&'static str, String)>;
 
 /// Latency buckets from 50 µs to about 3 s, in seconds.
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -17,8 +22,16 @@ pub struct NodeMetrics {
     pub proposals: Counter,
     /// Times a replica saw its partition's leader change.
     pub leader_changes: Counter,
-    /// Elections this node's replicas started.
-    pub elections: Counter,
+    /// Elections this node's replicas started, by cause (`ElectionCause::name`).
+    pub elections: Family<Labels, Counter>,
+    /// Quiesced replicas that woke, by cause (`WakeCause::name`).
+    pub wakes: Family<Labels, Counter>,
+    /// Replicas on this node that are quiesced.
+    pub partitions_quiesced: Gauge,
+    /// Whether each other node answers (1) or not (0), as node liveness sees it.
+    pub peer_alive: Family<Labels, Gauge>,
+    /// Times a node was seen to stop answering.
+    pub peer_down_events: Counter,
     /// From a write's arrival at its partition to its answer after apply.
     pub commit_latency_seconds: Histogram,
     /// One fsync of the write-ahead log.
@@ -44,7 +57,11 @@ impl Default for NodeMetrics {
         NodeMetrics {
             proposals: Counter::default(),
             leader_changes: Counter::default(),
-            elections: Counter::default(),
+            elections: Family::default(),
+            wakes: Family::default(),
+            partitions_quiesced: Gauge::default(),
+            peer_alive: Family::default(),
+            peer_down_events: Counter::default(),
             commit_latency_seconds: Histogram::new(latency_buckets()),
             fsync_latency_seconds: Histogram::new(latency_buckets()),
             snapshots_saved: Counter::default(),
@@ -70,7 +87,23 @@ impl NodeMetrics {
             self.proposals.clone(),
         );
         registry.register("leader_changes", "Leader changes seen by this node's replicas", self.leader_changes.clone());
-        registry.register("elections", "Elections started by this node's replicas", self.elections.clone());
+        registry.register("elections", "Elections started by this node's replicas, by cause", self.elections.clone());
+        registry.register("wakes", "Quiesced replicas on this node that woke, by cause", self.wakes.clone());
+        registry.register(
+            "partitions_quiesced",
+            "Replicas on this node that are quiesced (no timer, no messages)",
+            self.partitions_quiesced.clone(),
+        );
+        registry.register(
+            "peer_alive",
+            "Whether each other node answers node-liveness heartbeats (1) or not (0)",
+            self.peer_alive.clone(),
+        );
+        registry.register(
+            "peer_down_events",
+            "Times node liveness saw another node stop answering",
+            self.peer_down_events.clone(),
+        );
         registry.register_with_unit(
             "commit_latency",
             "Time from a write's arrival at its partition to its answer after apply",

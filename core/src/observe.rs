@@ -3,6 +3,7 @@
 //! synchronous and must not block; production installs none.
 
 use crate::ids::{NodeId, PartitionId};
+use crate::partition::ElectionCause;
 
 pub trait Observer: std::fmt::Debug + Send + Sync + 'static {
     /// Replica (`node`, `partition`) applied the committed entry `index` of `term`.
@@ -13,5 +14,10 @@ pub trait Observer: std::fmt::Debug + Send + Sync + 'static {
     /// `index`.
     fn snapshot_installed(&self, node: NodeId, partition: PartitionId, index: u64) {
         let _ = (node, partition, index);
+    }
+    /// Replica (`node`, `partition`), at `term`, started an election (pre-vote or vote) for
+    /// `cause`.
+    fn election_started(&self, node: NodeId, partition: PartitionId, term: u64, cause: ElectionCause) {
+        let _ = (node, partition, term, cause);
     }
 }

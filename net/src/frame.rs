@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Protocol version, checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// One unit on a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,8 @@ pub enum WireMessage {
     },
     /// A step of a snapshot transfer.
     Snapshot { partition: u64, message: SnapshotMessage },
+    /// Node liveness: the sender is alive.
+    NodeHeartbeat,
 }
 
 impl WireMessage {
@@ -46,7 +48,7 @@ impl WireMessage {
                     chunk.data.len() + chunk.raft_message.len()
                 }
                 WireMessage::Snapshot { message: SnapshotMessage::Refuse { reason, .. }, .. } => reason.len(),
-                WireMessage::Snapshot { .. } => 0,
+                WireMessage::Snapshot { .. } | WireMessage::NodeHeartbeat => 0,
             }
     }
 }

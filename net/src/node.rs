@@ -8,7 +8,7 @@ use cohort_core::env::{Disk, Env, Envelope, Transport};
 use cohort_core::ids::{NodeId, PartitionId};
 use cohort_core::limits::{APPLY_QUEUE_REQUESTS_MAX, PERSIST_QUEUE_WRITES_MAX};
 use cohort_core::node::{run_applier, ApplierOptions, NodeService, RouteError, Router, RouterConfig, DIRECTORY};
-use cohort_core::partition::StoredState;
+use cohort_core::partition::{ReplicaOptions, StoredState};
 use cohort_core::persist::RecoveredPartition;
 use cohort_core::snapshot::{partition_dir, SnapshotError, SnapshotStore, DIRECTORY_AUTHORITY};
 use cohort_core::store::{Store, StoreError, StoreOptions};
@@ -31,15 +31,11 @@ pub struct NodeSpec {
     pub listen_peer: SocketAddr,
     /// Every other node and its peer address.
     pub peers: BTreeMap<NodeId, SocketAddr>,
-    pub tick_interval: Duration,
-    pub election_ticks: usize,
-    pub heartbeat_ticks: usize,
+    pub replica: ReplicaOptions,
     pub frame_size_bytes_max: usize,
     pub outbox_messages_max: usize,
     /// Voters of each new partition.
     pub replicas: usize,
-    /// How far behind a live follower a leader holds back compacting its log.
-    pub log_retain_entries: u64,
     pub store: StoreOptions,
     /// When the store's commits are made durable (and logs compacted through them).
     pub applier: ApplierOptions,
@@ -106,13 +102,8 @@ pub async fn start(
     let (inbox_tx, mut inbox_rx) = mpsc::channel::<Vec<Envelope>>(crate::limits::INBOX_BATCHES_MAX);
     let transport = TcpTransport::start(transport_config, listener, inbox_tx);
 
-    let router_config = RouterConfig {
-        node: spec.node,
-        tick_interval: spec.tick_interval,
-        election_ticks: spec.election_ticks,
-        heartbeat_ticks: spec.heartbeat_ticks,
-        log_retain_entries: spec.log_retain_entries,
-    };
+    let peers = spec.peers.keys().copied().collect();
+    let router_config = RouterConfig { node: spec.node, peers, replica: spec.replica.clone() };
     let router =
         Router::new(router_config, env.clone(), wrap_transport(transport.clone()), persist_tx, store, apply_tx);
     let nodes = spec.nodes();
@@ -133,6 +124,7 @@ pub async fn start(
         // A brand-new node: the directory is on every node from the start.
         router.create_partition(DIRECTORY, DIRECTORY_AUTHORITY, &nodes, false)?;
     }
+    router.start_liveness();
     let pump = router.clone();
     tokio::spawn(async move {
         while let Some(batch) = inbox_rx.next().await {

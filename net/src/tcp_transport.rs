@@ -307,6 +307,7 @@ impl TcpTransport {
                     WireMessage::Raft { partition, message: message.write_to_bytes().expect("raft messages encode") }
                 }
                 Payload::Snapshot(message) => WireMessage::Snapshot { partition, message },
+                Payload::NodeHeartbeat => WireMessage::NodeHeartbeat,
             };
             let size_bytes = message.size_bytes();
             if size_bytes > budget_bytes {
@@ -363,6 +364,7 @@ impl TcpTransport {
                         (partition, Payload::Raft(message))
                     }
                     WireMessage::Snapshot { partition, message } => (partition, Payload::Snapshot(message)),
+                    WireMessage::NodeHeartbeat => (0, Payload::NodeHeartbeat),
                 };
                 envelopes.push(Envelope {
                     partition: PartitionId(partition),

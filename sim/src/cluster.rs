@@ -10,6 +10,7 @@ use cohort_core::env::Env;
 use cohort_core::ids::NodeId;
 use cohort_core::metrics::NodeMetrics;
 use cohort_core::node::NodeService;
+use cohort_core::partition::ReplicaOptions;
 use cohort_net::node::NodeSpec;
 use cohort_storage::SimDisk;
 use madsim::runtime::{Handle, NodeHandle};
@@ -66,6 +67,12 @@ fn log_retain_entries(seed: u64) -> u64 {
     [8, 25, 80][(seed % 3) as usize]
 }
 
+/// How long a leader idles before its partition quiesces, in ticks: from eagerly (so that
+/// quiescing and waking race with every fault) to never, as the seed picks.
+fn quiesce_after_ticks(seed: u64) -> u64 {
+    [3, 3, 12, 30, 0][(seed / 27 % 5) as usize]
+}
+
 /// When the applier makes the store durable: often, at a pace the seed picks, so that crashes
 /// find both lazy commits to lose and durable ones to keep, and logs are compacted.
 fn applier_options(seed: u64) -> cohort_core::node::ApplierOptions {
@@ -101,13 +108,16 @@ impl SimCluster {
                 secret: b"simulation-secret".to_vec(),
                 listen_peer: address(id),
                 peers: ids.iter().filter(|&&p| p != id).map(|&p| (p, address(p))).collect(),
-                tick_interval: Duration::from_millis(TICK_MS),
-                election_ticks: ELECTION_TICKS,
-                heartbeat_ticks: 2,
+                replica: ReplicaOptions {
+                    tick_interval: Duration::from_millis(TICK_MS),
+                    election_ticks: ELECTION_TICKS,
+                    heartbeat_ticks: 2,
+                    log_retain_entries: log_retain_entries(seed),
+                    quiesce_after_ticks: quiesce_after_ticks(seed),
+                },
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
                 replicas: count.min(3) as usize,
-                log_retain_entries: log_retain_entries(seed),
                 store: cohort_core::store::StoreOptions { cache_size_bytes: 4 * 1024 * 1024 },
                 applier: applier_options(seed),
             };

@@ -18,6 +18,9 @@ pub enum Payload {
     Raft(raft::eraftpb::Message),
     /// A piece of a snapshot transfer, which travels beside Raft (see `crate::snapshot`).
     Snapshot(SnapshotMessage),
+    /// Node liveness: "I am alive", once per interval per pair of nodes (see
+    /// `node::liveness`). Its envelope's partition means nothing.
+    NodeHeartbeat,
 }
 
 impl Envelope {
@@ -25,7 +28,7 @@ impl Envelope {
     pub fn raft(&self) -> Option<&raft::eraftpb::Message> {
         match &self.payload {
             Payload::Raft(message) => Some(message),
-            Payload::Snapshot(_) => None,
+            Payload::Snapshot(_) | Payload::NodeHeartbeat => None,
         }
     }
 }

@@ -5,7 +5,7 @@ use super::persisted::{PersistEvent, PersistSignal};
 use super::router::Router;
 use crate::env::{BoxFuture, Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, RequestId, DIRECTORY};
-use crate::partition::{Output, Partition, Request, Response};
+use crate::partition::{ElectionCause, Output, Partition, Request, Response, WakeCause};
 use crate::persist::{LogWrite, PersistError, PersistRequest, SnapshotMeta};
 use crate::snapshot::{SnapshotStore, TransferEvents, Transfers};
 use crate::state_machine::ReadQuery;
@@ -31,6 +31,8 @@ pub enum PartitionInput {
         body: Request,
         reply: oneshot::Sender<Response>,
     },
+    /// The nodes node liveness now reports down.
+    Liveness(Arc<std::collections::BTreeSet<NodeId>>),
     /// Runs `f` on the partition between two inputs (status pages, tests, debugging).
     Inspect(Box<dyn FnOnce(&Partition) + Send>),
     /// Stops the actor; the partition's pending requests are dropped (callers see a closed
@@ -105,6 +107,42 @@ impl Drop for Completion {
     }
 }
 
+/// Keeps the node's count of quiesced replicas and of wakes by cause as this replica changes.
+struct QuiesceGauge {
+    metrics: Arc<crate::metrics::NodeMetrics>,
+    quiesced: bool,
+    last_wake: Option<(WakeCause, u64)>,
+}
+
+impl QuiesceGauge {
+    fn observe(&mut self, partition: &Partition) {
+        let quiesced = partition.is_quiesced();
+        if quiesced != self.quiesced {
+            if quiesced {
+                self.metrics.partitions_quiesced.inc();
+            } else {
+                self.metrics.partitions_quiesced.dec();
+            }
+            self.quiesced = quiesced;
+        }
+        let last_wake = partition.last_wake();
+        if last_wake != self.last_wake {
+            if let Some((cause, _)) = last_wake {
+                self.metrics.wakes.get_or_create(&vec![("cause", cause.name().to_string())]).inc();
+            }
+            self.last_wake = last_wake;
+        }
+    }
+}
+
+impl Drop for QuiesceGauge {
+    fn drop(&mut self) {
+        if self.quiesced {
+            self.metrics.partitions_quiesced.dec();
+        }
+    }
+}
+
 /// A request waiting for its partition's answer.
 struct Pending {
     reply: oneshot::Sender<Response>,
@@ -136,11 +174,15 @@ impl Actor {
         let mut applying: VecDeque<oneshot::Receiver<ApplyResult>> = VecDeque::new();
         let mut timer: Option<(crate::env::Instant, BoxFuture<()>)> = None;
         let (mut last_leader, mut was_candidate) = (self.partition.leader(), false);
+        let mut quiesce = QuiesceGauge { metrics: self.env.metrics.clone(), quiesced: false, last_wake: None };
         if !self.drain(&mut replies, &mut applying).await {
             return;
         }
         loop {
-            let deadline = self.partition.poll_timeout();
+            // A quiesced replica has no timer, unless this shell still has work to retry.
+            let retry_members =
+                (self.members.wanted.is_some() && self.members.attempt.is_none()).then_some(self.members.not_before);
+            let deadline = self.partition.poll_timeout().or(retry_members);
             if timer.as_ref().map(|(at, _)| Some(*at)) != Some(deadline) {
                 timer = deadline.map(|at| (at, self.env.clock.sleep_until(at)));
             }
@@ -197,7 +239,9 @@ impl Actor {
                     Payload::Snapshot(message) => {
                         self.transfers.handle(now, envelope.from, message, &mut self.transfer_events)
                     }
+                    Payload::NodeHeartbeat => {}
                 },
+                Wake::Input(Some(PartitionInput::Liveness(down))) => self.partition.handle_down_nodes(now, &down),
                 Wake::Input(Some(PartitionInput::Request { body, reply })) => {
                     next_request += 1;
                     let request = RequestId(next_request);
@@ -245,9 +289,11 @@ impl Actor {
                 self.env.metrics.leader_changes.inc();
             }
             if candidate && !was_candidate {
-                self.env.metrics.elections.inc();
+                let cause = self.partition.last_election().unwrap_or(ElectionCause::Timeout);
+                self.env.metrics.elections.get_or_create(&vec![("cause", cause.name().to_string())]).inc();
             }
             (last_leader, was_candidate) = (leader, candidate);
+            quiesce.observe(&self.partition);
             if !self.drain(&mut replies, &mut applying).await {
                 return;
             }

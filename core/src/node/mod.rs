@@ -8,6 +8,7 @@
 
 mod actor;
 mod applier;
+pub mod liveness;
 mod persisted;
 mod router;
 mod service;

@@ -3,30 +3,29 @@
 
 use super::actor::{Actor, PartitionInput};
 use super::applier::{ApplyRequest, DurableSignal};
+use super::liveness::{Liveness, LivenessOptions};
 use super::persisted::PersistSignal;
-use crate::env::{Env, Envelope, Transport};
+use crate::env::{Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, PeerId, DIRECTORY};
 use crate::limits::MAILBOX_MESSAGES_MAX;
-use crate::partition::{Partition, PartitionConfig, PartitionStatus, Request, Response, StoredState};
+use crate::partition::{Partition, PartitionConfig, PartitionStatus, ReplicaOptions, Request, Response, StoredState};
 use crate::persist::{PersistRequest, RecoveredPartition};
 use crate::snapshot::{SnapshotStore, Transfers, DIRECTORY_AUTHORITY};
 use crate::state_machine::PartitionInfo;
 use crate::store::Store;
 use futures::channel::{mpsc, oneshot};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-/// Raft timing shared by every partition of a node.
+/// What a node's router needs: who it is, and how its replicas run Raft.
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
     pub node: NodeId,
-    pub tick_interval: Duration,
-    pub election_ticks: usize,
-    pub heartbeat_ticks: usize,
-    /// How far behind a live follower a leader holds back compacting (see `PartitionConfig`).
-    pub log_retain_entries: u64,
+    /// Every other node of the cluster: node liveness watches them.
+    pub peers: Vec<NodeId>,
+    pub replica: ReplicaOptions,
 }
 
 /// Why a request did not reach a partition.
@@ -79,6 +78,11 @@ pub struct Router {
     pub stats: RouterStats,
     /// Directory updates this node made, to name each with its own writer.
     internal_writes: AtomicU64,
+    /// Who this node hears from (see `liveness.rs`); a change is told to every replica by the
+    /// task `start_liveness` starts, woken through `liveness_changed`.
+    liveness: Mutex<Liveness>,
+    liveness_options: LivenessOptions,
+    liveness_changed: Mutex<Option<mpsc::Sender<()>>>,
     this: Weak<Router>,
 }
 
@@ -91,7 +95,12 @@ impl Router {
         store: Arc<Store>,
         applier: mpsc::Sender<ApplyRequest>,
     ) -> Arc<Router> {
+        let liveness_options = LivenessOptions::for_replicas(&config.replica);
+        let liveness = Liveness::new(&config.peers, liveness_options.timeout, env.clock.now());
         Arc::new_cyclic(|this| Router {
+            liveness: Mutex::new(liveness),
+            liveness_options,
+            liveness_changed: Mutex::new(None),
             config,
             env,
             transport,
@@ -108,6 +117,87 @@ impl Router {
 
     pub fn node(&self) -> NodeId {
         self.config.node
+    }
+
+    /// Starts node liveness: a task that heartbeats every other node and marks silent ones
+    /// down, and one that tells every replica here about each change (paced; see
+    /// `liveness.rs`). Both end when the router stops.
+    pub fn start_liveness(&self) {
+        let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
+        *self.liveness_changed.lock().expect("not poisoned") = Some(changed_tx);
+        for peer in self.liveness.lock().expect("not poisoned").peers() {
+            self.env.metrics.peer_alive.get_or_create(&vec![("peer", peer.to_string())]).set(1);
+        }
+        let (clock, interval) = (self.env.clock.clone(), self.liveness_options.interval);
+        let this = self.this.clone();
+        self.env.spawn.spawn(
+            "node liveness",
+            Box::pin(async move {
+                loop {
+                    clock.sleep_until(clock.now() + interval).await;
+                    let Some(router) = this.upgrade() else { return };
+                    if !router.heartbeat_peers() {
+                        return;
+                    }
+                }
+            }),
+        );
+        let (clock, options) = (self.env.clock.clone(), self.liveness_options);
+        let this = self.this.clone();
+        self.env.spawn.spawn(
+            "liveness notices",
+            Box::pin(async move {
+                use futures::{SinkExt, StreamExt};
+                while changed_rx.next().await.is_some() {
+                    let Some(router) = this.upgrade() else { return };
+                    let down = Arc::new(router.liveness.lock().expect("not poisoned").down().clone());
+                    let mailboxes: Vec<_> =
+                        router.mailboxes.lock().expect("not poisoned").values().map(|h| h.mailbox.clone()).collect();
+                    drop(router);
+                    for (told, mut mailbox) in mailboxes.into_iter().enumerate() {
+                        // With backpressure: a notice must not be lost (a follower that never
+                        // learns its leader died would sleep forever).
+                        let _ = mailbox.send(PartitionInput::Liveness(down.clone())).await;
+                        if (told + 1) % options.notices_per_interval == 0 {
+                            clock.sleep_until(clock.now() + options.interval).await;
+                        }
+                    }
+                }
+            }),
+        );
+    }
+
+    /// Sends every peer a node heartbeat and marks silent ones down. False once the router
+    /// is stopping.
+    fn heartbeat_peers(&self) -> bool {
+        let Some(changed) = self.liveness_changed.lock().expect("not poisoned").clone() else { return false };
+        let now = self.env.clock.now();
+        let mut liveness = self.liveness.lock().expect("not poisoned");
+        for peer in liveness.peers() {
+            let heartbeat =
+                Envelope { partition: DIRECTORY, from: self.config.node, to: peer, payload: Payload::NodeHeartbeat };
+            self.transport.send(peer, vec![heartbeat]);
+        }
+        let before = liveness.down().clone();
+        if liveness.check(now) {
+            for node in liveness.down().difference(&before) {
+                tracing::warn!(node = %self.config.node, peer = %node, "peer node stopped answering");
+                self.env.metrics.peer_alive.get_or_create(&vec![("peer", node.to_string())]).set(0);
+                self.env.metrics.peer_down_events.inc();
+            }
+            Self::liveness_changed(changed);
+        }
+        true
+    }
+
+    fn liveness_changed(mut changed: mpsc::Sender<()>) {
+        // Full: a notice pass is already due, and it reads the newest state.
+        let _ = changed.try_send(());
+    }
+
+    /// The nodes node liveness reports down.
+    pub fn down_nodes(&self) -> BTreeSet<NodeId> {
+        self.liveness.lock().expect("not poisoned").down().clone()
     }
 
     pub fn env(&self) -> &Env {
@@ -166,7 +256,7 @@ impl Router {
     }
 
     pub fn tick_interval(&self) -> Duration {
-        self.config.tick_interval
+        self.config.replica.tick_interval
     }
 
     fn partition_config(&self, partition: PartitionId, peer: PeerId) -> PartitionConfig {
@@ -175,12 +265,9 @@ impl Router {
             node: self.config.node,
             peer,
             partition,
-            tick_interval: self.config.tick_interval,
-            election_ticks: self.config.election_ticks,
-            heartbeat_ticks: self.config.heartbeat_ticks,
+            options: self.config.replica.clone(),
             seed: self.env.seed,
             observer: self.env.observer.clone(),
-            log_retain_entries: self.config.log_retain_entries,
         }
     }
 
@@ -342,7 +429,11 @@ impl Router {
         }
         let persist = self.persist.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let applier = self.applier.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
-        let (tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let (mut tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let down = self.down_nodes();
+        if !down.is_empty() {
+            tx.try_send(PartitionInput::Liveness(Arc::new(down))).expect("a new mailbox has room");
+        }
         let seed = self.env.seed ^ self.env.clock.now().as_nanos();
         let transfers = Transfers::new(id, self.config.node, store, self.env.metrics.clone(), seed);
         let actor = Actor {
@@ -377,8 +468,12 @@ impl Router {
     /// Delivers Raft messages that arrived from the network. A full mailbox drops the message
     /// (Raft retransmits) and counts it.
     pub fn deliver(&self, envelopes: Vec<Envelope>) {
+        self.heard_from(&envelopes);
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");
         for envelope in envelopes {
+            if matches!(envelope.payload, Payload::NodeHeartbeat) {
+                continue;
+            }
             if envelope.to != self.config.node {
                 self.stats.messages_dropped_unknown_partition.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -392,6 +487,26 @@ impl Router {
                 None => {
                     self.stats.messages_dropped_unknown_partition.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+        }
+    }
+
+    /// Anything that arrives from a node shows it alive.
+    fn heard_from(&self, envelopes: &[Envelope]) {
+        let now = self.env.clock.now();
+        let mut liveness = self.liveness.lock().expect("not poisoned");
+        let mut back = false;
+        for envelope in envelopes {
+            if liveness.heard(envelope.from, now) {
+                tracing::info!(node = %self.config.node, peer = %envelope.from, "peer node answers again");
+                self.env.metrics.peer_alive.get_or_create(&vec![("peer", envelope.from.to_string())]).set(1);
+                back = true;
+            }
+        }
+        drop(liveness);
+        if back {
+            if let Some(changed) = self.liveness_changed.lock().expect("not poisoned").clone() {
+                Self::liveness_changed(changed);
             }
         }
     }
@@ -438,6 +553,7 @@ impl Router {
     /// Stops every partition actor and lets go of the log writer's queue: once the actors
     /// are gone, the writer makes what is queued durable and ends.
     pub fn stop_all(&self) {
+        self.liveness_changed.lock().expect("not poisoned").take();
         self.persist.lock().expect("not poisoned").take();
         self.applier.lock().expect("not poisoned").take();
         let mut mailboxes = self.mailboxes.lock().expect("not poisoned");

@@ -17,6 +17,10 @@ impl Forwarded {
         self.waiting.len() >= PROPOSALS_PENDING_MAX
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
     /// Records a forwarded write; returns an earlier request for the same key it replaces.
     pub fn insert(&mut self, key: (ClientId, u64), request: RequestId, give_up_at_tick: u64) -> Option<RequestId> {
         assert!(!self.is_full(), "forwarded writes are bounded by PROPOSALS_PENDING_MAX");

@@ -18,12 +18,14 @@ mod forwarded;
 mod input;
 mod output;
 mod proposals;
+mod quiesce;
 mod reads;
 mod ready;
 mod storage;
 
 pub use input::{MembershipChange, ReadConsistency, Request};
 pub use output::{Output, Response};
+pub use quiesce::{ElectionCause, WakeCause};
 
 use crate::env::{Envelope, Instant, Payload};
 use crate::ids::{NodeId, PartitionId, PeerId, RequestId};
@@ -37,34 +39,56 @@ use crate::state_machine::{self, Command, ReadQuery};
 use crate::store::Applied;
 use forwarded::Forwarded;
 use proposals::Proposals;
+use quiesce::Quiesce;
 use raft::{RawNode, StateRole};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use reads::Reads;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use storage::PartitionStorage;
 
-/// How a replica runs Raft. The timing is in ticks of `tick_interval`.
+/// How every replica of a node runs Raft: one definition, from the node's configuration down
+/// to each `Partition`. The timing is in ticks of `tick_interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaOptions {
+    pub tick_interval: Duration,
+    /// A follower that hears no leader for between `election_ticks` and twice that (drawn
+    /// from the seeded source) starts an election.
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// The log is compacted through what the store has made durable; a leader holds a
+    /// compaction back (for a while) for a live follower at most this many entries behind,
+    /// which would otherwise need a whole snapshot for want of a few entries.
+    pub log_retain_entries: u64,
+    /// A leader idle for this many ticks quiesces its partition (see `quiesce.rs`); 0 never.
+    pub quiesce_after_ticks: u64,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> ReplicaOptions {
+        ReplicaOptions {
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            log_retain_entries: 10_000,
+            quiesce_after_ticks: 20,
+        }
+    }
+}
+
+/// One replica's identity, seed and hooks, with the node's `ReplicaOptions`.
 #[derive(Clone, Debug)]
 pub struct PartitionConfig {
     pub node: NodeId,
     /// This replica's Raft id (see [`PeerId`]); `node`'s own id for an initial member.
     pub peer: PeerId,
     pub partition: PartitionId,
-    pub tick_interval: Duration,
-    /// A follower that hears no leader for between `election_ticks` and twice that (drawn
-    /// from the seeded source) starts an election.
-    pub election_ticks: usize,
-    pub heartbeat_ticks: usize,
+    pub options: ReplicaOptions,
     /// Seeds this replica's election jitter.
     pub seed: u64,
     /// Watches applies and elections (simulation checkers); `None` in production.
     pub observer: Option<Arc<dyn Observer>>,
-    /// The log is compacted through what the store has made durable; a leader holds a
-    /// compaction back (for a while) for a live follower at most this many entries behind,
-    /// which would otherwise need a whole snapshot for want of a few entries.
-    pub log_retain_entries: u64,
 }
 
 impl PartitionConfig {
@@ -73,12 +97,9 @@ impl PartitionConfig {
             node,
             peer: PeerId::new(node, 0),
             partition,
-            tick_interval: Duration::from_millis(100),
-            election_ticks: 10,
-            heartbeat_ticks: 2,
+            options: ReplicaOptions::default(),
             seed,
             observer: None,
-            log_retain_entries: 10_000,
         }
     }
 }
@@ -179,6 +200,18 @@ pub struct Partition {
     compaction_deadline_tick: Option<u64>,
     /// A snapshot the store took, waiting for the Ready that records it in the log.
     installed_snapshot: Option<SnapshotMeta>,
+    /// Awake, asking to quiesce, or quiesced (see `quiesce.rs`).
+    quiesce: Quiesce,
+    /// Why and at which tick this replica last woke from quiescence.
+    last_wake: Option<(WakeCause, u64)>,
+    /// Nodes the node's liveness monitor reports down.
+    down_nodes: BTreeSet<NodeId>,
+    /// Whether this replica was campaigning at the end of the last input, what made it start
+    /// when the cause is known before Raft acts (a transfer, a request), and why the latest
+    /// election it started started.
+    was_candidate: bool,
+    campaign_trigger: Option<ElectionCause>,
+    last_election: Option<ElectionCause>,
 }
 
 impl Partition {
@@ -219,7 +252,7 @@ impl Partition {
         stored: StoredState,
         now: Instant,
     ) -> Partition {
-        assert!(config.election_ticks > config.heartbeat_ticks, "election outlasts heartbeats");
+        assert!(config.options.election_ticks > config.options.heartbeat_ticks, "election outlasts heartbeats");
         let applied = stored.applied;
         assert!(
             applied.index >= recovered.compacted.index,
@@ -252,12 +285,12 @@ impl Partition {
         let storage = PartitionStorage::new(&recovered);
         let raft_config = raft::Config {
             id: config.peer.0,
-            election_tick: config.election_ticks,
-            heartbeat_tick: config.heartbeat_ticks,
+            election_tick: config.options.election_ticks,
+            heartbeat_tick: config.options.heartbeat_ticks,
             // raft-rs draws its timeout from its own unseeded generator; we overwrite it from
             // `rng` whenever raft resets it (see `rejitter`).
-            min_election_tick: config.election_ticks,
-            max_election_tick: 2 * config.election_ticks,
+            min_election_tick: config.options.election_ticks,
+            max_election_tick: 2 * config.options.election_ticks,
             applied: applied.index,
             max_size_per_msg: limits::RAFT_MESSAGE_ENTRIES_SIZE_BYTES_MAX,
             max_inflight_msgs: limits::RAFT_INFLIGHT_MESSAGES_MAX,
@@ -273,7 +306,7 @@ impl Partition {
         let raw = RawNode::new(&raft_config, storage, &logger).expect("raft node starts from recovered state");
         let rng = StdRng::seed_from_u64(config.seed ^ config.partition.0.rotate_left(32));
         let mut partition = Partition {
-            next_tick_at: now + config.tick_interval,
+            next_tick_at: now + config.options.tick_interval,
             observed: (u64::MAX, StateRole::Follower, u64::MAX),
             config,
             raw,
@@ -300,6 +333,12 @@ impl Partition {
             installing: None,
             compaction_deadline_tick: None,
             installed_snapshot: None,
+            quiesce: Quiesce::awake(),
+            last_wake: None,
+            down_nodes: BTreeSet::new(),
+            was_candidate: false,
+            campaign_trigger: None,
+            last_election: None,
         };
         if let Some((position, conf_state)) = snapshot_record {
             let mut write = LogWrite::new(partition.config.partition);
@@ -436,7 +475,19 @@ impl Partition {
             message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot,
             "snapshots arrive through handle_snapshot_received"
         );
+        if message.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow {
+            self.campaign_trigger = Some(ElectionCause::Transfer);
+        }
+        if !self.quiesce_before_step(now, &message) {
+            return;
+        }
+        let quiesce_request = (message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
+            && quiesce::is_quiesce_mark(&message))
+        .then(|| message.clone());
         self.step(message);
+        if let Some(request) = quiesce_request {
+            self.quiesce_after_step(&request);
+        }
         self.after_input(now);
     }
 
@@ -461,6 +512,7 @@ impl Partition {
         if message.to != self.config.peer.0 || self.fatal.is_some() || self.installing.is_some() {
             return false;
         }
+        self.wake(now, WakeCause::Message);
         let metadata = message.get_snapshot().get_metadata();
         let index = metadata.index;
         assert_eq!((metadata.index, metadata.term), (meta.position.index, meta.position.term));
@@ -508,6 +560,7 @@ impl Partition {
         if self.fatal.is_some() {
             return;
         }
+        self.wake(now, WakeCause::Message);
         let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
         let peer = self.raw.raft.prs().iter().map(|(&id, _)| PeerId(id)).find(|p| p.node() == to);
         if let Some(peer) = peer {
@@ -588,7 +641,7 @@ impl Partition {
             return;
         }
         if self.is_leader() {
-            let floor = target.index.saturating_sub(self.config.log_retain_entries);
+            let floor = target.index.saturating_sub(self.config.options.log_retain_entries);
             let me = self.config.peer.0;
             let behind = self
                 .raw
@@ -599,9 +652,9 @@ impl Partition {
                 .map(|(_, pr)| pr.matched)
                 .min();
             if let Some(matched) = behind {
-                let deadline = *self
-                    .compaction_deadline_tick
-                    .get_or_insert(self.ticks + COMPACTION_WAIT_TICKS_PER_ELECTION * self.config.election_ticks as u64);
+                let deadline = *self.compaction_deadline_tick.get_or_insert(
+                    self.ticks + COMPACTION_WAIT_TICKS_PER_ELECTION * self.config.options.election_ticks as u64,
+                );
                 if self.ticks < deadline {
                     // Keep what the follower still needs; compact the rest.
                     if matched <= compacted.index {
@@ -622,18 +675,21 @@ impl Partition {
 
     /// Time passed. Ticks Raft once if a tick is due.
     pub fn handle_tick(&mut self, now: Instant) {
-        if self.fatal.is_some() || now < self.next_tick_at {
+        if self.fatal.is_some() || now < self.next_tick_at || self.is_quiesced() {
             return;
         }
         // One tick per call even after a long pause: a paused process resumes with one timer
         // firing, not a burst that would start an election at once.
-        self.next_tick_at = now + self.config.tick_interval;
+        self.next_tick_at = now + self.config.options.tick_interval;
         self.ticks += 1;
         for request in self.forwarded.expire(self.ticks) {
             self.respond(request, Response::Unknown);
         }
-        self.raw.tick();
+        if self.quiesce_on_tick(now) {
+            self.raw.tick();
+        }
         self.after_input(now);
+        self.maybe_quiesce();
     }
 
     /// A client request. The answer comes as an `Output::Respond` for `request`, now or later.
@@ -642,6 +698,11 @@ impl Partition {
             let response = Response::Failed(err.clone());
             self.respond(request, response);
             return;
+        }
+        if !matches!(body, Request::Read { consistency: ReadConsistency::Stale, .. }) {
+            self.wake(now, WakeCause::Request);
+            // A request is activity: a leader's idle count starts again.
+            self.quiesce = Quiesce::awake();
         }
         match body {
             Request::Write(command) => self.propose(request, command, false),
@@ -684,6 +745,8 @@ impl Partition {
         if self.fatal.is_some() || self.is_leader() {
             return;
         }
+        self.wake(now, WakeCause::Request);
+        self.campaign_trigger = Some(ElectionCause::Requested);
         if let Err(error) = self.raw.campaign() {
             tracing::warn!(partition = %self.config.partition, %error, "campaign refused");
         }
@@ -717,7 +780,7 @@ impl Partition {
 
     /// When `handle_tick` next has work; `None` if the replica has stopped.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.fatal.is_some() {
+        if self.fatal.is_some() || self.is_quiesced() {
             return None;
         }
         Some(self.next_tick_at)
@@ -733,6 +796,7 @@ impl Partition {
         // Starting reads may have produced raft messages (singleton leaders answer at once).
         self.process_ready();
         self.note_leadership();
+        self.note_election();
         self.maybe_compact();
         self.maybe_save_snapshot();
     }
@@ -803,6 +867,25 @@ impl Partition {
             }
         }
         self.leading_term = leading;
+    }
+
+    /// Records why an election this replica just started started.
+    fn note_election(&mut self) {
+        let candidate = self.status_role_is_candidate();
+        if candidate && !self.was_candidate {
+            let cause = self.campaign_trigger.unwrap_or_else(|| self.election_cause());
+            self.last_election = Some(cause);
+            if let Some(observer) = &self.config.observer {
+                observer.election_started(self.config.node, self.config.partition, self.raw.raft.term, cause);
+            }
+        }
+        self.was_candidate = candidate;
+        self.campaign_trigger = None;
+    }
+
+    /// Why the latest election this replica started started.
+    pub fn last_election(&self) -> Option<ElectionCause> {
+        self.last_election
     }
 
     fn propose(&mut self, request: RequestId, command: Command, forward: bool) {
@@ -986,7 +1069,7 @@ impl Partition {
             Ok(()) => {
                 // Two election timeouts: long enough for a leader change, short enough that a
                 // lost forward is retried soon.
-                let give_up_at = self.ticks + 2 * self.config.election_ticks as u64;
+                let give_up_at = self.ticks + 2 * self.config.options.election_ticks as u64;
                 if let Some(replaced) = self.forwarded.insert(key, request, give_up_at) {
                     self.respond(replaced, Response::Unknown);
                 }
@@ -1074,7 +1157,7 @@ impl Partition {
             return;
         }
         self.observed = now;
-        let ticks = self.config.election_ticks;
+        let ticks = self.config.options.election_ticks;
         let timeout = self.rng.gen_range(ticks..2 * ticks);
         self.raw.raft.set_randomized_election_timeout(timeout);
     }

@@ -24,6 +24,10 @@ impl Proposals {
         self.by_index.len() >= PROPOSALS_PENDING_MAX
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.by_index.is_empty()
+    }
+
     /// Records a proposal; returns the proposal it displaces, if any. This replica may lead
     /// again in a later term and append at an index it had proposed at before: the old entry
     /// was then overwritten and will never apply.

@@ -26,6 +26,10 @@ impl Reads {
         self.len >= READS_PENDING_MAX
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn hold(&mut self, read: PendingRead) {
         assert!(!self.is_full(), "reads are bounded by READS_PENDING_MAX");
         self.awaiting_term_commit.push_back(read);

@@ -36,6 +36,14 @@ fn list_refs(consistency: ReadConsistency) -> Request {
     Request::Read { query: ReadQuery::ListRefs { repo: repo() }, consistency }
 }
 
+fn log_retained(entries: u64) -> ReplicaOptions {
+    ReplicaOptions { log_retain_entries: entries, ..ReplicaOptions::default() }
+}
+
+fn never_quiescing() -> ReplicaOptions {
+    ReplicaOptions { quiesce_after_ticks: 0, ..ReplicaOptions::default() }
+}
+
 fn elect(cluster: &mut Cluster) -> NodeId {
     assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some()), "a leader is elected");
     // Let the new leader commit its empty entry so that reads and writes can be served.
@@ -195,7 +203,8 @@ fn retried_write_returns_the_original_result_and_applies_once() {
 fn votes_and_append_acks_never_run_ahead_of_the_log() {
     use raft::eraftpb::MessageType;
     use rand::{Rng, SeedableRng};
-    let mut cluster = Cluster::new(3, 7);
+    // Heartbeats all along: quiet stretches between writes must not end the run.
+    let mut cluster = Cluster::with_options(3, 7, never_quiescing());
     cluster.auto_persist = false;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut votes_checked, mut acks_checked) = (0, 0);
@@ -506,7 +515,7 @@ fn write_many(cluster: &mut Cluster, seqs: std::ops::Range<u64>) {
 
 #[test]
 fn replicas_compact_their_log_through_what_the_store_made_durable() {
-    let mut cluster = Cluster::with_log_retained(3, 30, 10);
+    let mut cluster = Cluster::with_options(3, 30, log_retained(10));
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..60);
     assert!(cluster.drive_until(STEPS_MAX, |c| c.nodes().iter().all(|&n| caught_up(c, n))));
@@ -522,7 +531,7 @@ fn replicas_compact_their_log_through_what_the_store_made_durable() {
 
 #[test]
 fn a_lagging_follower_catches_up_by_snapshot() {
-    let mut cluster = Cluster::with_log_retained(3, 31, 10);
+    let mut cluster = Cluster::with_options(3, 31, log_retained(10));
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     let leader = elect(&mut cluster);
     let lagging = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
@@ -547,7 +556,7 @@ fn a_lagging_follower_catches_up_by_snapshot() {
 
 #[test]
 fn a_new_learner_catches_up_by_snapshot_and_learns_the_membership_from_it() {
-    let mut cluster = Cluster::with_log_retained(3, 32, 10);
+    let mut cluster = Cluster::with_options(3, 32, log_retained(10));
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..40);
     let new = NodeId(4);
@@ -568,7 +577,7 @@ fn a_new_learner_catches_up_by_snapshot_and_learns_the_membership_from_it() {
 
 #[test]
 fn a_replica_restarts_from_its_store_and_its_log() {
-    let mut cluster = Cluster::with_log_retained(3, 33, 10);
+    let mut cluster = Cluster::with_options(3, 33, log_retained(10));
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..25);
     let leader = elect(&mut cluster);
@@ -589,7 +598,7 @@ fn a_replica_restarts_from_its_store_and_its_log() {
 
 #[test]
 fn a_node_removed_and_added_back_is_a_new_peer_that_its_old_replica_cannot_answer_for() {
-    let mut cluster = Cluster::with_log_retained(3, 34, 10);
+    let mut cluster = Cluster::with_options(3, 34, log_retained(10));
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..20);
     let leader = elect(&mut cluster);
@@ -621,7 +630,7 @@ fn a_node_removed_and_added_back_is_a_new_peer_that_its_old_replica_cannot_answe
 
 #[test]
 fn a_leader_holds_back_compaction_for_a_follower_just_behind_and_it_catches_up_from_the_log() {
-    let mut cluster = Cluster::with_log_retained(3, 35, 10);
+    let mut cluster = Cluster::with_options(3, 35, log_retained(10));
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     write_many(&mut cluster, 2..8);
     let leader = elect(&mut cluster);
@@ -639,5 +648,155 @@ fn a_leader_holds_back_compaction_for_a_follower_just_behind_and_it_catches_up_f
     assert_eq!(cluster.snapshots_delivered, 0, "from the log: the leader kept the entries it lacked");
     // Once it has them, the leader compacts.
     assert!(cluster.drive_until(STEPS_MAX, |c| c.durable(leader).compacted.index >= leader_status.durable_index));
+    cluster.assert_logs_agree();
+}
+
+// ---- quiescing (quiesce.rs) ----
+
+fn all_quiesced(cluster: &Cluster) -> bool {
+    cluster.nodes().iter().all(|&n| cluster.replica(n).is_quiesced())
+}
+
+/// Elects a leader, writes once and drives until every replica is quiesced.
+fn quiesced_cluster(seed: u64) -> (Cluster, NodeId) {
+    let mut cluster = Cluster::new(3, seed);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    assert!(cluster.drive_until(STEPS_MAX, all_quiesced), "an idle partition quiesces");
+    let leader = cluster.leader().unwrap();
+    (cluster, leader)
+}
+
+fn no_election_since_start(cluster: &Cluster) -> bool {
+    cluster.nodes().iter().all(|&n| {
+        let cause = cluster.replica(n).last_election();
+        cause.is_none() || cause == Some(ElectionCause::Requested) || cause == Some(ElectionCause::Timeout)
+    })
+}
+
+#[test]
+fn an_idle_partition_quiesces_and_then_nothing_happens() {
+    let (mut cluster, leader) = quiesced_cluster(40);
+    let term = cluster.replica(leader).term();
+    for node in cluster.nodes() {
+        assert_eq!(cluster.replica(node).poll_timeout(), None, "node {node}: a quiesced replica has no timer");
+    }
+    assert_eq!(cluster.in_flight().count(), 0, "nothing in flight");
+    assert!(!cluster.step(), "a quiesced partition does nothing at all");
+    assert_eq!(cluster.replica(leader).term(), term);
+}
+
+#[test]
+fn a_write_to_a_quiesced_leader_wakes_the_partition_without_an_election() {
+    let (mut cluster, leader) = quiesced_cluster(41);
+    let term = cluster.replica(leader).term();
+    let elections: Vec<_> = cluster.nodes().iter().map(|&n| cluster.replica(n).last_election()).collect();
+    let (body, _) = set_main(1, 2, b"after a nap");
+    let request = cluster.request(leader, body);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()));
+    assert_written(cluster.response(request).unwrap());
+    assert_eq!(cluster.replica(leader).last_wake().map(|(cause, _)| cause), Some(WakeCause::Request));
+    assert!(cluster.drive_until(STEPS_MAX, all_quiesced), "it quiesces again");
+    assert_eq!(cluster.leader(), Some(leader));
+    assert_eq!(cluster.replica(leader).term(), term, "no election");
+    let after: Vec<_> = cluster.nodes().iter().map(|&n| cluster.replica(n).last_election()).collect();
+    assert_eq!(elections, after, "no replica campaigned");
+    let digest = cluster.digest(leader);
+    assert!(cluster.nodes().iter().all(|&n| cluster.digest(n) == digest), "every replica applied the write");
+}
+
+#[test]
+fn a_request_at_a_quiesced_follower_wakes_the_leader_without_an_election() {
+    let (mut cluster, leader) = quiesced_cluster(42);
+    let term = cluster.replica(leader).term();
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    let request = cluster.request(follower, list_refs(ReadConsistency::Linearizable));
+    assert!(matches!(cluster.response(request), Some(Response::NotLeader { leader: Some(l) }) if *l == leader));
+    // The follower ticks again; it must hear from the leader before its election clock runs out.
+    assert!(cluster.drive_until(STEPS_MAX, |c| !c.replica(leader).is_quiesced()), "the follower woke its leader");
+    assert!(cluster.drive_until(STEPS_MAX, all_quiesced), "and everything quiesces again");
+    assert_eq!(cluster.replica(leader).term(), term, "no election");
+    assert!(no_election_since_start(&cluster), "nobody campaigned after waking");
+}
+
+#[test]
+fn quiesced_followers_elect_when_their_leaders_node_goes_down() {
+    let (mut cluster, leader) = quiesced_cluster(43);
+    let term = cluster.replica(leader).term();
+    cluster.crash(leader);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some_and(|l| l != leader)), "a new leader");
+    let new_leader = cluster.leader().unwrap();
+    assert!(cluster.replica(new_leader).term() > term);
+    assert_eq!(cluster.replica(new_leader).last_election(), Some(ElectionCause::LeaderNodeDown));
+    let (body, _) = set_main(1, 2, b"under new management");
+    let request = cluster.request(new_leader, body);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()));
+    assert_written(cluster.response(request).unwrap());
+}
+
+#[test]
+fn a_quiesced_leader_cut_off_from_its_quorum_steps_down_and_the_others_elect() {
+    let (mut cluster, leader) = quiesced_cluster(44);
+    cluster.isolate(leader);
+    assert!(
+        cluster.drive_until(STEPS_MAX, |c| !c.replica(leader).is_leader()
+            && c.nodes().iter().any(|&n| n != leader && c.replica(n).is_leader())),
+        "the isolated leader steps down and the majority elects"
+    );
+    assert_eq!(cluster.replica(leader).last_wake().map(|(cause, _)| cause), Some(WakeCause::QuorumNodesDown));
+}
+
+#[test]
+fn a_member_on_a_down_node_is_excused_and_caught_up_when_it_returns() {
+    let mut cluster = Cluster::new(3, 45);
+    let leader = elect(&mut cluster);
+    let lagging = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    cluster.isolate(lagging);
+    for seq in 1..=3 {
+        let body = if seq == 1 { create_repo(1) } else { set_main(1, seq, &seq.to_le_bytes()).0 };
+        let request = cluster.request(leader, body);
+        assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()));
+        assert_written(cluster.response(request).unwrap());
+    }
+    // The isolated member campaigns on its own (pre-vote keeps the term); the others quiesce.
+    assert!(
+        cluster.drive_until(STEPS_MAX, |c| c
+            .nodes()
+            .iter()
+            .filter(|&&n| n != lagging)
+            .all(|&n| c.replica(n).is_quiesced())),
+        "one node down does not keep the partition awake"
+    );
+    cluster.heal();
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, lagging) && all_quiesced(c)), "caught up, then quiet");
+    assert_eq!(cluster.digest(lagging), cluster.digest(cluster.leader().unwrap()));
+}
+
+#[test]
+fn quiescing_and_waking_under_message_loss_never_loses_a_write() {
+    let mut cluster =
+        Cluster::with_options(3, 46, ReplicaOptions { quiesce_after_ticks: 3, ..ReplicaOptions::default() });
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    cluster.drop_rate = 0.2;
+    let mut written = 0;
+    for seq in 2..=30u64 {
+        let Some(leader) = cluster.leader() else {
+            assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some()));
+            continue;
+        };
+        let request = cluster.request(leader, set_main(1, seq, &seq.to_le_bytes()).0);
+        cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some());
+        if matches!(cluster.response(request), Some(Response::Written(Ok(_)))) {
+            written += 1;
+        }
+        // Idle long enough to quiesce, or try to, between writes.
+        let until = cluster.now + std::time::Duration::from_secs(2);
+        cluster.drive_until(STEPS_MAX, |c| c.now >= until);
+    }
+    assert!(written > 10, "writes go through ({written})");
+    cluster.drop_rate = 0.0;
+    assert!(cluster.drive_until(STEPS_MAX, all_quiesced), "it settles");
+    let digest = cluster.digest(cluster.leader().unwrap());
+    assert!(cluster.nodes().iter().all(|&n| cluster.digest(n) == digest));
+    assert_one_leader_per_term(&cluster);
     cluster.assert_logs_agree();
 }

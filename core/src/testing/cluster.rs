@@ -2,7 +2,7 @@
 
 use crate::env::{Envelope, Instant, Payload};
 use crate::ids::{NodeId, PartitionId, PeerId, RequestId};
-use crate::partition::{Output, Partition, PartitionConfig, Request, Response, StoredState};
+use crate::partition::{Output, Partition, PartitionConfig, ReplicaOptions, Request, Response, StoredState};
 use crate::persist::{LogPosition, LogWrite, RecoveredPartition, SnapshotMeta};
 use crate::state_machine::Digest;
 use crate::store::{self, Commit, Rows as _, Store};
@@ -45,8 +45,8 @@ pub struct Cluster {
     in_flight: VecDeque<Envelope>,
     snapshots_in_flight: VecDeque<SnapshotInFlight>,
     snapshot_files: BTreeMap<NodeId, SnapshotFiles>,
-    /// How far behind a live follower a leader holds compaction back; `None`: the default.
-    pub log_retain_entries: Option<u64>,
+    /// How every replica runs Raft.
+    pub options: ReplicaOptions,
     /// Snapshots delivered so far (tests check that catching up used one).
     pub snapshots_delivered: usize,
     /// Links that drop everything, as (from, to).
@@ -76,7 +76,7 @@ impl Cluster {
             in_flight: VecDeque::new(),
             snapshots_in_flight: VecDeque::new(),
             snapshot_files: BTreeMap::new(),
-            log_retain_entries: None,
+            options: ReplicaOptions::default(),
             snapshots_delivered: 0,
             cut: BTreeSet::new(),
             drop_rate: 0.0,
@@ -90,11 +90,10 @@ impl Cluster {
         cluster
     }
 
-    /// A new partition on nodes 1..=n whose leaders hold compaction back for followers at most
-    /// `entries` behind.
-    pub fn with_log_retained(n: u64, seed: u64, entries: u64) -> Cluster {
+    /// A new partition on nodes 1..=n whose replicas run with `options`.
+    pub fn with_options(n: u64, seed: u64, options: ReplicaOptions) -> Cluster {
         let mut cluster = Cluster::new(0, seed);
-        cluster.log_retain_entries = Some(entries);
+        cluster.options = options;
         let voters: Vec<NodeId> = (1..=n).map(NodeId).collect();
         cluster.start_replicas(&voters);
         cluster
@@ -115,9 +114,7 @@ impl Cluster {
 
     fn config(&self, node: NodeId, seed: u64) -> PartitionConfig {
         let mut config = PartitionConfig::new(node, self.partition, seed);
-        if let Some(entries) = self.log_retain_entries {
-            config.log_retain_entries = entries;
-        }
+        config.options = self.options.clone();
         config
     }
 
@@ -172,10 +169,28 @@ impl Cluster {
                 self.cut.insert((other, node));
             }
         }
+        self.report_liveness();
     }
 
     pub fn heal(&mut self) {
         self.cut.clear();
+        self.report_liveness();
+    }
+
+    /// Tells every replica which nodes it cannot hear from, as each node's liveness monitor
+    /// would once its timeout passed: nodes crashed, and nodes on the far side of a cut.
+    pub fn report_liveness(&mut self) {
+        let nodes: BTreeSet<NodeId> = self.nodes().into_iter().chain(self.crashed.keys().copied()).collect();
+        for node in self.nodes() {
+            let down: BTreeSet<NodeId> = nodes
+                .iter()
+                .copied()
+                .filter(|&o| self.crashed.contains_key(&o) || self.cut.contains(&(o, node)))
+                .collect();
+            let now = self.now;
+            self.replicas.get_mut(&node).expect("listed").partition.handle_down_nodes(now, &down);
+            self.collect(node);
+        }
     }
 
     /// Sends a request to `node`'s replica; its answer lands in `responses`.
@@ -226,6 +241,7 @@ impl Cluster {
         // A snapshot on its way to a crashed node is reported failed when its turn comes.
         self.snapshots_in_flight.retain(|(from, _, _)| *from != node);
         self.crashed.insert(node, replica.durable);
+        self.report_liveness();
     }
 
     /// Restarts a crashed node from its durable log and its store: committed entries after
@@ -241,6 +257,7 @@ impl Cluster {
         let partition = Partition::open(config, durable.clone(), stored, self.now);
         self.replicas.insert(node, Replica { partition, pending_writes: VecDeque::new(), durable });
         self.collect(node);
+        self.report_liveness();
     }
 
     /// Makes every pending write of `node` durable and tells its replica.

@@ -1,0 +1,106 @@
+//! Node liveness: one heartbeat per pair of nodes, whatever the number of partitions, so that
+//! quiesced partitions need no heartbeats of their own (see `partition/quiesce.rs`).
+//!
+//! Every `interval` a node sends each other node a `Payload::NodeHeartbeat`. Anything that
+//! arrives from a node (a heartbeat or any Raft message) counts as hearing from it. A node not
+//! heard from for `timeout` is *down*; heard again, it is *up*. Each change is told to every
+//! replica on this node, at most `notices_per_tick` replicas per tick, so that a dead node that
+//! led 10,000 partitions does not start 10,000 elections at once (each replica's randomised
+//! election timeout spreads them further).
+
+use crate::env::Instant;
+use crate::ids::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// How often heartbeats go out and how long silence means down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LivenessOptions {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Replicas told of a change per tick of `interval`.
+    pub notices_per_interval: usize,
+}
+
+impl LivenessOptions {
+    /// Heartbeats at Raft's heartbeat interval; down after two election timeouts of silence
+    /// (a loaded node may drop a heartbeat or two; a wrong "down" only wakes partitions).
+    pub fn for_replicas(options: &crate::partition::ReplicaOptions) -> LivenessOptions {
+        LivenessOptions {
+            interval: options.tick_interval * options.heartbeat_ticks as u32,
+            timeout: options.tick_interval * (2 * options.election_ticks) as u32,
+            notices_per_interval: NOTICES_PER_INTERVAL,
+        }
+    }
+}
+
+/// Replicas told of a liveness change per heartbeat interval (5,000 a second at the default
+/// 200 ms).
+const NOTICES_PER_INTERVAL: usize = 1_000;
+
+/// Who this node has heard from, and when. Pure: fed what arrived and the time.
+#[derive(Debug)]
+pub struct Liveness {
+    timeout: Duration,
+    last_heard: BTreeMap<NodeId, Instant>,
+    down: BTreeSet<NodeId>,
+}
+
+impl Liveness {
+    /// Every node in `peers` counts as heard at `now`: a node silent from the start is down
+    /// after one `timeout`.
+    pub fn new(peers: &[NodeId], timeout: Duration, now: Instant) -> Liveness {
+        Liveness { timeout, last_heard: peers.iter().map(|&p| (p, now)).collect(), down: BTreeSet::new() }
+    }
+
+    /// Something arrived from `node`. Returns true if that brings it back up.
+    pub fn heard(&mut self, node: NodeId, now: Instant) -> bool {
+        match self.last_heard.get_mut(&node) {
+            Some(at) => *at = (*at).max(now),
+            // Not a peer of this node's configuration: nothing to track.
+            None => return false,
+        }
+        self.down.remove(&node)
+    }
+
+    /// Marks down every node silent for longer than the timeout. Returns whether any was.
+    pub fn check(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for (&node, &at) in &self.last_heard {
+            if now.saturating_duration_since(at) > self.timeout && self.down.insert(node) {
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    pub fn down(&self) -> &BTreeSet<NodeId> {
+        &self.down
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.last_heard.keys().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_nanos(ms * 1_000_000)
+    }
+
+    #[test]
+    fn a_silent_node_is_down_after_the_timeout_and_up_when_heard() {
+        let mut liveness = Liveness::new(&[NodeId(2), NodeId(3)], Duration::from_millis(1000), at(0));
+        assert!(!liveness.check(at(1000)), "silent for exactly the timeout is not down yet");
+        liveness.heard(NodeId(2), at(900));
+        assert!(liveness.check(at(1001)));
+        assert_eq!(liveness.down().iter().copied().collect::<Vec<_>>(), vec![NodeId(3)]);
+        assert!(!liveness.check(at(1500)), "no new change");
+        assert!(liveness.heard(NodeId(3), at(1600)), "heard again: up");
+        assert!(liveness.down().is_empty());
+        assert!(!liveness.heard(NodeId(9), at(1600)), "a node outside the cluster is not tracked");
+    }
+}

@@ -1,0 +1,442 @@
+//! Quiescing: the replicas of an idle partition stop ticking and stop talking, and wake
+//! without an election when there is work again.
+//!
+//! The protocol, after CockroachDB's quiescence and TiKV's hibernation (see
+//! `../shared/research/multiraft-peers.md` for the bugs both hit):
+//!
+//! 1. A leader that has been idle for `quiesce_after_ticks` (nothing proposed, nothing pending:
+//!    no proposals, reads, forwarded writes, unpersisted readies, entries being applied,
+//!    membership change, transfer or snapshot), whose every member on a live node has matched
+//!    its last index, which is committed and applied, *asks*: it sends each of them one
+//!    heartbeat carrying its term and commit and marked [`QUIESCE_CONTEXT`], and stops
+//!    heartbeating. Members on nodes known to be down are excused (they are *lagging*), so one
+//!    dead node does not keep every partition awake (TiKV #19070), as long as the live voters
+//!    are a quorum.
+//! 2. A follower quiesces if the heartbeat comes from the leader it follows, in its term, and
+//!    its log ends at the leader's commit with nothing of its own pending. Raft answers every
+//!    heartbeat; the answer keeps the mark if the follower quiesced and loses it if not.
+//! 3. The leader quiesces once every asked member answered with the mark. An answer without
+//!    it, any other message, or an election timeout without every answer wakes it.
+//! 4. A quiesced replica has no timer and sends nothing. Anything that needs Raft wakes it: a
+//!    request (not a stale read), any Raft message other than the quiesce exchange, a
+//!    snapshot. A waking leader resets its election clock, counts every member as recently
+//!    active (so check-quorum cannot depose it before they answer) and heartbeats at once, which
+//!    wakes its followers. A follower woken by anything but its leader tells the leader (an
+//!    unmarked heartbeat answer), so the leader heartbeats again before the follower's
+//!    election clock runs out: a wake never starts an election while the leader is reachable
+//!    (CockroachDB #9372).
+//! 5. Node liveness replaces per-partition heartbeats (the shell calls
+//!    `handle_down_nodes`): a quiesced follower whose leader's node went down wakes with its
+//!    election clock run out, so it grants votes at once and campaigns after its randomised
+//!    timeout; a quiesced leader that no longer reaches a quorum of its voters' nodes wakes (and
+//!    check-quorum deposes it if that lasts); a lagging node that comes back wakes the groups it
+//!    lags in, and only those (CockroachDB #50865).
+
+use super::Partition;
+use crate::env::Instant;
+use crate::ids::{NodeId, PeerId};
+use raft::eraftpb::{Message, MessageType};
+use raft::StateRole;
+use std::collections::BTreeSet;
+
+/// Marks the leader's heartbeat that asks followers to quiesce, and a follower's answer that it
+/// did. Heartbeat contexts are otherwise ReadIndex contexts, which are eight bytes.
+pub(super) const QUIESCE_CONTEXT: &[u8] = b"cohort-quiesce";
+
+/// Whether `message` carries the quiesce mark.
+pub(super) fn is_quiesce_mark(message: &Message) -> bool {
+    message.context[..] == *QUIESCE_CONTEXT
+}
+
+/// Why a quiesced replica woke, for metrics and the simulator's checkers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WakeCause {
+    /// A request that needs Raft arrived.
+    Request,
+    /// A Raft message other than the quiesce exchange arrived.
+    Message,
+    /// The node of this follower's leader stopped answering.
+    LeaderNodeDown,
+    /// This leader no longer reaches a quorum of its voters' nodes.
+    QuorumNodesDown,
+    /// A node whose replica lagged when the partition quiesced answers again.
+    LaggingNodeUp,
+    /// A member did not agree to quiesce (or did not answer in time).
+    QuiesceRefused,
+}
+
+impl WakeCause {
+    pub const ALL: [WakeCause; 6] = [
+        WakeCause::Request,
+        WakeCause::Message,
+        WakeCause::LeaderNodeDown,
+        WakeCause::QuorumNodesDown,
+        WakeCause::LaggingNodeUp,
+        WakeCause::QuiesceRefused,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WakeCause::Request => "request",
+            WakeCause::Message => "message",
+            WakeCause::LeaderNodeDown => "leader_node_down",
+            WakeCause::QuorumNodesDown => "quorum_nodes_down",
+            WakeCause::LaggingNodeUp => "lagging_node_up",
+            WakeCause::QuiesceRefused => "quiesce_refused",
+        }
+    }
+}
+
+/// Why a replica started an election (a pre-vote or a vote), for metrics and checkers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ElectionCause {
+    /// Its election clock ran out while it was awake: the leader went quiet.
+    Timeout,
+    /// It woke because its leader's node went down, then campaigned.
+    LeaderNodeDown,
+    /// It campaigned within two election timeouts of waking for any other reason. With a live,
+    /// reachable leader this never happens; the simulator checks it.
+    AfterWake,
+    /// The leader handed leadership over (`MsgTimeoutNow`).
+    Transfer,
+    /// Asked to (`Partition::campaign`, a brand-new partition).
+    Requested,
+}
+
+impl ElectionCause {
+    pub const ALL: [ElectionCause; 5] = [
+        ElectionCause::Timeout,
+        ElectionCause::LeaderNodeDown,
+        ElectionCause::AfterWake,
+        ElectionCause::Transfer,
+        ElectionCause::Requested,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ElectionCause::Timeout => "timeout",
+            ElectionCause::LeaderNodeDown => "leader_node_down",
+            ElectionCause::AfterWake => "after_wake",
+            ElectionCause::Transfer => "transfer",
+            ElectionCause::Requested => "requested",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) enum Quiesce {
+    Awake {
+        /// Consecutive ticks this leader has been idle.
+        idle_ticks: u64,
+        /// (term, last index, commit) at the last tick: any change is activity.
+        seen: (u64, u64, u64),
+    },
+    /// A leader asked its members to quiesce at tick `asked_tick` and waits for their answers.
+    Asking { asked_tick: u64, unanswered: BTreeSet<u64>, lagging: BTreeSet<NodeId> },
+    /// No timer, no messages. `lagging`: nodes (a leader's members) that were down when it
+    /// quiesced; when one answers again the partition wakes to catch it up.
+    Quiesced { lagging: BTreeSet<NodeId> },
+}
+
+impl Quiesce {
+    pub(super) fn awake() -> Quiesce {
+        Quiesce::Awake { idle_ticks: 0, seen: (0, 0, 0) }
+    }
+}
+
+/// Ticks a leader waits for its members' answers before it gives up quiescing, in election
+/// timeouts.
+const ASKING_TIMEOUT_ELECTIONS: u64 = 1;
+
+impl Partition {
+    /// Whether this replica is quiesced: no timer, nothing sent until an input wakes it.
+    pub fn is_quiesced(&self) -> bool {
+        matches!(self.quiesce, Quiesce::Quiesced { .. })
+    }
+
+    /// Why this replica last woke, and at which of its ticks.
+    pub fn last_wake(&self) -> Option<(WakeCause, u64)> {
+        self.last_wake
+    }
+
+    /// The nodes the node's liveness monitor (one heartbeat per pair of nodes, instead of one
+    /// per partition) now reports down.
+    pub fn handle_down_nodes(&mut self, now: Instant, down: &BTreeSet<NodeId>) {
+        let mut down = down.clone();
+        down.remove(&self.config.node);
+        let went_down: Vec<NodeId> = down.difference(&self.down_nodes).copied().collect();
+        let came_up: Vec<NodeId> = self.down_nodes.difference(&down).copied().collect();
+        self.down_nodes = down;
+        if self.fatal.is_some() {
+            return;
+        }
+        for node in came_up {
+            let lagged = match &self.quiesce {
+                Quiesce::Quiesced { lagging } | Quiesce::Asking { lagging, .. } => lagging.contains(&node),
+                Quiesce::Awake { .. } => false,
+            };
+            if lagged {
+                self.wake(now, WakeCause::LaggingNodeUp);
+            }
+        }
+        for node in went_down {
+            if matches!(self.quiesce, Quiesce::Awake { .. }) {
+                break;
+            }
+            if self.is_leader() {
+                if !self.live_voters_are_quorum() {
+                    self.wake(now, WakeCause::QuorumNodesDown);
+                }
+            } else if self.leader() == Some(node) && !crate::bugs::is_active(crate::bugs::Bug::QuiesceIgnoresLiveness) {
+                self.wake(now, WakeCause::LeaderNodeDown);
+                // The leader is gone: do not wait out a full election timeout before granting
+                // votes or campaigning; the randomised part of the timeout still spreads the
+                // elections of many partitions over time.
+                self.raw.raft.election_elapsed = self.raw.raft.election_timeout();
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// Wakes this replica if it is quiesced (or a leader asking to be); returns whether it was.
+    /// See the module documentation for what waking does. A follower woken by a message tells
+    /// its leader itself when the message did not come from the leader.
+    pub(super) fn wake(&mut self, now: Instant, cause: WakeCause) -> bool {
+        if matches!(self.quiesce, Quiesce::Awake { .. }) {
+            return false;
+        }
+        self.quiesce = Quiesce::awake();
+        self.last_wake = Some((cause, self.ticks));
+        self.next_tick_at = now + self.config.options.tick_interval;
+        let raft = &mut self.raw.raft;
+        raft.election_elapsed = 0;
+        if raft.state == StateRole::Leader {
+            // Check-quorum must not depose a leader for the silence it asked for: members on
+            // live nodes count as recently heard; those on nodes known down do not.
+            let me = raft.id;
+            for (id, progress) in raft.mut_prs().iter_mut() {
+                if *id != me {
+                    progress.recent_active = !self.down_nodes.contains(&PeerId(*id).node());
+                }
+            }
+            raft.ping();
+        } else if !matches!(cause, WakeCause::Message | WakeCause::LeaderNodeDown) {
+            self.tell_leader_awake();
+        }
+        true
+    }
+
+    /// An unmarked heartbeat answer makes a quiesced (or asking) leader wake; an awake one
+    /// ignores it.
+    fn tell_leader_awake(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.leader_id == raft::INVALID_ID || raft.leader_id == raft.id {
+            return;
+        }
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeatResponse);
+        message.to = raft.leader_id;
+        message.from = raft.id;
+        message.term = raft.term;
+        message.commit = raft.raft_log.committed;
+        self.send(message);
+    }
+
+    /// The quiesce side of an incoming Raft message, before Raft steps it. Returns false if the
+    /// message is fully handled (a leader's quiesce answer).
+    pub(super) fn quiesce_before_step(&mut self, now: Instant, message: &Message) -> bool {
+        let is_mark = is_quiesce_mark(message);
+        let term = self.raw.raft.term;
+        match &mut self.quiesce {
+            Quiesce::Awake { .. } => true,
+            Quiesce::Asking { unanswered, lagging, .. }
+                if is_mark && message.get_msg_type() == MessageType::MsgHeartbeatResponse && message.term == term =>
+            {
+                unanswered.remove(&message.from);
+                if unanswered.is_empty() {
+                    let lagging = std::mem::take(lagging);
+                    self.quiesce = Quiesce::Quiesced { lagging };
+                }
+                false
+            }
+            Quiesce::Quiesced { .. }
+                if is_mark
+                    && matches!(
+                        message.get_msg_type(),
+                        MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+                    )
+                    && message.term == term =>
+            {
+                // The leader asking again (an answer was lost), or a late answer: no work.
+                message.get_msg_type() == MessageType::MsgHeartbeat
+            }
+            _ => {
+                let from_leader = message.from == self.raw.raft.leader_id;
+                if self.wake(now, WakeCause::Message) && !from_leader {
+                    self.tell_leader_awake();
+                }
+                true
+            }
+        }
+    }
+
+    /// The quiesce side of an incoming Raft message, after Raft stepped it: a follower asked to
+    /// quiesce decides, and Raft's answer says what it decided.
+    pub(super) fn quiesce_after_step(&mut self, message: &Message) {
+        if message.get_msg_type() != MessageType::MsgHeartbeat || !is_quiesce_mark(message) {
+            return;
+        }
+        let raft = &self.raw.raft;
+        let agrees = raft.state == StateRole::Follower
+            && raft.leader_id == message.from
+            && raft.term == message.term
+            && raft.raft_log.last_index() == message.commit
+            && raft.raft_log.committed == message.commit
+            && self.forwarded.is_empty()
+            && self.installing.is_none()
+            && self.staged_snapshot.is_none();
+        if agrees {
+            self.quiesce = Quiesce::Quiesced { lagging: BTreeSet::new() };
+            return;
+        }
+        // Asked again while quiesced, and no longer agreeing: awake, and the answer says so.
+        if self.is_quiesced() {
+            self.quiesce = Quiesce::awake();
+        }
+        // Raft answered with the heartbeat's context; without it the answer wakes the leader.
+        for answer in self.raw.raft.msgs.iter_mut() {
+            if answer.get_msg_type() == MessageType::MsgHeartbeatResponse
+                && answer.to == message.from
+                && is_quiesce_mark(answer)
+            {
+                answer.context.clear();
+            }
+        }
+    }
+
+    /// Called on each tick while not quiesced: a leader idle long enough asks its members to
+    /// quiesce; a leader asking resends to members that did not answer, and gives up after an
+    /// election timeout. Returns whether Raft should tick (not while asking: no heartbeats).
+    pub(super) fn quiesce_on_tick(&mut self, now: Instant) -> bool {
+        let (asked_tick, unanswered) = match &self.quiesce {
+            Quiesce::Awake { .. } => return true,
+            Quiesce::Quiesced { .. } => return false,
+            Quiesce::Asking { asked_tick, unanswered, .. } => (*asked_tick, unanswered.clone()),
+        };
+        let waited = self.ticks - asked_tick;
+        if waited >= ASKING_TIMEOUT_ELECTIONS * self.config.options.election_ticks as u64 {
+            self.wake(now, WakeCause::QuiesceRefused);
+            return true;
+        }
+        if waited % self.config.options.heartbeat_ticks as u64 == 0 {
+            for peer in unanswered {
+                self.send_quiesce(peer);
+            }
+        }
+        false
+    }
+
+    /// After a tick of an awake replica: counts a leader's idle ticks and asks to quiesce once
+    /// it has been idle long enough.
+    pub(super) fn maybe_quiesce(&mut self) {
+        let raft = &self.raw.raft;
+        let seen_now = (raft.term, raft.raft_log.last_index(), raft.raft_log.committed);
+        let idle = self.config.options.quiesce_after_ticks > 0 && self.is_leader() && self.nothing_pending();
+        let Quiesce::Awake { idle_ticks, seen } = &mut self.quiesce else { return };
+        if !idle || *seen != seen_now {
+            *idle_ticks = 0;
+            *seen = seen_now;
+            return;
+        }
+        *idle_ticks += 1;
+        if *idle_ticks < self.config.options.quiesce_after_ticks {
+            return;
+        }
+        let Some((asked, lagging)) = self.quiesce_targets() else { return };
+        if asked.is_empty() {
+            self.quiesce = Quiesce::Quiesced { lagging };
+            return;
+        }
+        for &peer in &asked {
+            self.send_quiesce(peer);
+        }
+        self.quiesce = Quiesce::Asking { asked_tick: self.ticks, unanswered: asked, lagging };
+    }
+
+    /// A leader with nothing in flight: everything it appended is committed, applied and
+    /// durable in its log, and no request, membership change, transfer or snapshot is under way.
+    fn nothing_pending(&self) -> bool {
+        let raft = &self.raw.raft;
+        let last = raft.raft_log.last_index();
+        self.fatal.is_none()
+            && raft.lead_transferee.is_none()
+            && !raft.has_pending_conf()
+            && raft.prs().conf().to_conf_state().get_voters_outgoing().is_empty()
+            && raft.raft_log.committed == last
+            && self.applied.index == last
+            && self.applying == last
+            && self.apply_batches_in_flight.is_empty()
+            && self.unpersisted.is_empty()
+            && self.proposals.is_empty()
+            && self.forwarded.is_empty()
+            && self.reads.is_empty()
+            && !self.saving_snapshot
+            && self.staged_snapshot.is_none()
+            && self.installing.is_none()
+            && self.compaction_deadline_tick.is_none()
+    }
+
+    /// The members to ask (every other member on a live node, each matched through the last
+    /// index), and the nodes excused as down. `None` if some live member is behind or the
+    /// live voters are not a quorum.
+    fn quiesce_targets(&self) -> Option<(BTreeSet<u64>, BTreeSet<NodeId>)> {
+        let raft = &self.raw.raft;
+        let last = raft.raft_log.last_index();
+        let (mut asked, mut lagging) = (BTreeSet::new(), BTreeSet::new());
+        for (&id, progress) in raft.prs().iter() {
+            if id == raft.id {
+                continue;
+            }
+            let node = PeerId(id).node();
+            if self.down_nodes.contains(&node) {
+                lagging.insert(node);
+            } else if progress.matched == last {
+                asked.insert(id);
+            } else {
+                return None;
+            }
+        }
+        self.live_voters_are_quorum().then_some((asked, lagging))
+    }
+
+    /// Whether the voters on nodes not known to be down are a quorum.
+    fn live_voters_are_quorum(&self) -> bool {
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        let total = voters.len();
+        let live = voters.iter().filter(|&id| !self.down_nodes.contains(&PeerId(id).node())).count();
+        live > total / 2
+    }
+
+    fn send_quiesce(&mut self, to: u64) {
+        let raft = &self.raw.raft;
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.to = to;
+        message.from = raft.id;
+        message.term = raft.term;
+        message.commit = raft.raft_log.committed;
+        message.context = QUIESCE_CONTEXT.to_vec().into();
+        self.send(message);
+    }
+
+    /// Why an election this replica is starting now started.
+    pub(super) fn election_cause(&self) -> ElectionCause {
+        match self.last_wake {
+            Some((cause, tick)) if self.ticks <= tick + 2 * self.config.options.election_ticks as u64 => match cause {
+                WakeCause::LeaderNodeDown | WakeCause::QuorumNodesDown => ElectionCause::LeaderNodeDown,
+                _ => ElectionCause::AfterWake,
+            },
+            _ => ElectionCause::Timeout,
+        }
+    }
+}

@@ -68,9 +68,11 @@ fn log_retain_entries(seed: u64) -> u64 {
 }
 
 /// How long a leader idles before its partition quiesces, in ticks: from eagerly (so that
-/// quiescing and waking race with every fault) to never, as the seed picks.
-fn quiesce_after_ticks(seed: u64) -> u64 {
-    [3, 3, 12, 30, 0][(seed / 27 % 5) as usize]
+/// quiescing and waking race with every fault) to never, as the seed picks; never "never" when
+/// the scenario checks quiescence.
+fn quiesce_after_ticks(seed: u64, must_quiesce: bool) -> u64 {
+    let choices: &[u64] = if must_quiesce { &[3, 12, 30] } else { &[3, 3, 12, 30, 0] };
+    choices[(seed / 27 % choices.len() as u64) as usize]
 }
 
 /// When the applier makes the store durable: often, at a pace the seed picks, so that crashes
@@ -92,6 +94,7 @@ impl SimCluster {
         trace: Trace,
         clock_rates_ppm: &BTreeMap<NodeId, i64>,
         disk_latency_max: Duration,
+        must_quiesce: bool,
     ) -> SimCluster {
         let observer = Arc::new(SafetyObserver::new(trace.clone()));
         let handle = Handle::current();
@@ -113,7 +116,7 @@ impl SimCluster {
                     election_ticks: ELECTION_TICKS,
                     heartbeat_ticks: 2,
                     log_retain_entries: log_retain_entries(seed),
-                    quiesce_after_ticks: quiesce_after_ticks(seed),
+                    quiesce_after_ticks: quiesce_after_ticks(seed, must_quiesce),
                 },
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,

@@ -16,6 +16,8 @@ pub mod faults;
 #[cfg(madsim)]
 pub mod observer;
 #[cfg(madsim)]
+pub mod quiescence;
+#[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]
 pub mod sim_env;

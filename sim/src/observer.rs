@@ -4,6 +4,7 @@
 use crate::trace::{now_ns, Trace};
 use cohort_core::ids::{NodeId, PartitionId};
 use cohort_core::observe::Observer;
+use cohort_core::partition::ElectionCause;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -16,6 +17,8 @@ struct State {
     /// (partition, index) already reported as diverged: each is reported once.
     reported: std::collections::BTreeSet<(PartitionId, u64)>,
     snapshots_installed: u64,
+    /// Elections started (pre-vote or vote), in order: (node, partition, term, cause).
+    elections_started: Vec<(NodeId, PartitionId, u64, ElectionCause)>,
 }
 
 pub struct SafetyObserver {
@@ -65,12 +68,23 @@ impl SafetyObserver {
         self.state.lock().expect("not poisoned").snapshots_installed
     }
 
+    /// Elections replicas started so far, with their causes.
+    pub fn elections_started(&self) -> Vec<(NodeId, PartitionId, u64, ElectionCause)> {
+        self.state.lock().expect("not poisoned").elections_started.clone()
+    }
+
     pub fn elections_won(&self) -> usize {
         self.state.lock().expect("not poisoned").leaders.len()
     }
 }
 
 impl Observer for SafetyObserver {
+    fn election_started(&self, node: NodeId, partition: PartitionId, term: u64, cause: ElectionCause) {
+        self.trace
+            .event(now_ns(), format!("node {node} partition {partition} campaigns at term {term}: {}", cause.name()));
+        self.state.lock().expect("not poisoned").elections_started.push((node, partition, term, cause));
+    }
+
     fn applied(&self, node: NodeId, partition: PartitionId, index: u64, term: u64, data: &[u8]) {
         let hash = fnv1a(data);
         let mut state = self.state.lock().expect("not poisoned");

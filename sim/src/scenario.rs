@@ -35,6 +35,9 @@ pub struct Scenario {
     pub workload: WorkloadConfig,
     /// Which faults the seed's swarm may draw.
     pub menu: FaultMenu,
+    /// After the usual checks, idle partitions must quiesce, wake without elections and fail
+    /// over through node liveness alone (`quiescence.rs`).
+    pub quiescence: bool,
 }
 
 /// The faults a scenario's swarms draw from.
@@ -77,18 +80,26 @@ impl FaultMenu {
 
 pub fn scenarios() -> Vec<Scenario> {
     let workload = WorkloadConfig { repos: 3, keys_per_repo: 3, clients: 5, read_ratio: 0.4 };
+    let scenario = |name, nodes, workload: &WorkloadConfig, menu| Scenario {
+        name,
+        nodes,
+        workload: workload.clone(),
+        menu,
+        quiescence: false,
+    };
     vec![
-        Scenario { name: "three", nodes: 3, workload: workload.clone(), menu: FaultMenu::Standard },
+        scenario("three", 3, &workload, FaultMenu::Standard),
         // More partitions than nodes: more elections collide after each mass restart.
+        scenario("five", 5, &WorkloadConfig { repos: 6, ..workload.clone() }, FaultMenu::Standard),
+        scenario("three-membership", 3, &workload, FaultMenu::WithMembership),
+        scenario("five-membership", 5, &workload, FaultMenu::WithMembership),
+        scenario("three-power", 3, &workload, FaultMenu::PowerLoss),
+        // Many partitions, few of them busy at a time: they quiesce and wake under every fault,
+        // then must quiesce, wake without elections and fail over with no request to help.
         Scenario {
-            name: "five",
-            nodes: 5,
-            workload: WorkloadConfig { repos: 6, ..workload.clone() },
-            menu: FaultMenu::Standard,
+            quiescence: true,
+            ..scenario("three-quiesce", 3, &WorkloadConfig { repos: 24, ..workload.clone() }, FaultMenu::Standard)
         },
-        Scenario { name: "three-membership", nodes: 3, workload: workload.clone(), menu: FaultMenu::WithMembership },
-        Scenario { name: "five-membership", nodes: 5, workload: workload.clone(), menu: FaultMenu::WithMembership },
-        Scenario { name: "three-power", nodes: 3, workload, menu: FaultMenu::PowerLoss },
     ]
 }
 
@@ -313,6 +324,7 @@ pub async fn run(options: RunOptions) -> RunReport {
         trace.clone(),
         &swarm.clock_rates_ppm,
         swarm.disk_latency_max,
+        scenario.quiescence,
     )));
     let (services, observer) = {
         let c = cluster.lock().expect("not poisoned");
@@ -405,6 +417,19 @@ pub async fn run(options: RunOptions) -> RunReport {
     // Convergence: equal applied index and digest on every replica of every partition.
     if let Some(failure) = check_convergence(&shared, &clients, scenario.workload.repos).await {
         failures.push(Failure::new(Checker::Convergence, failure));
+    }
+
+    if scenario.quiescence {
+        let phase = crate::quiescence::QuiescencePhase {
+            cluster: &cluster,
+            shared: &shared,
+            clients: &clients,
+            observer: &observer,
+            trace: &trace,
+            repos: scenario.workload.repos,
+            seed,
+        };
+        failures.extend(phase.run().await);
     }
 
     failures.extend(observer.violations().into_iter().map(|v| Failure::new(Checker::RaftSafety, v)));

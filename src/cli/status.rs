@@ -41,6 +41,9 @@ pub struct ReplicaJson {
     pub compacted_index: u64,
     /// The replica's state is durable in its store through here (0: not reported).
     pub durable_index: u64,
+    /// Quiesced: no timer and no heartbeats until a request or a message wakes it (as its own
+    /// node reports it; false when not reported).
+    pub quiesced: bool,
 }
 
 fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
@@ -93,6 +96,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                             existing.applied_index = r.applied_index;
                             existing.compacted_index = r.compacted_index;
                             existing.durable_index = r.durable_index;
+                            existing.quiesced = r.quiesced;
                         }
                         existing.match_index = existing.match_index.max(r.match_index);
                     }
@@ -103,6 +107,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                         match_index: r.match_index,
                         compacted_index: if own { r.compacted_index } else { 0 },
                         durable_index: if own { r.durable_index } else { 0 },
+                        quiesced: own && r.quiesced,
                     }),
                 }
             }
@@ -153,8 +158,14 @@ pub async fn run(cli: &Cli, json: bool) -> anyhow::Result<()> {
         );
         for r in &p.replicas {
             println!(
-                "    node {:<3} {:<10} applied {:<6} match {:<6} durable {:<6} compacted {}",
-                r.node, r.role, r.applied_index, r.match_index, r.durable_index, r.compacted_index
+                "    node {:<3} {:<10} applied {:<6} match {:<6} durable {:<6} compacted {:<6} {}",
+                r.node,
+                r.role,
+                r.applied_index,
+                r.match_index,
+                r.durable_index,
+                r.compacted_index,
+                if r.quiesced { "quiesced" } else { "awake" }
             );
         }
     }

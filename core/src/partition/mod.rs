@@ -137,6 +137,8 @@ pub struct PartitionStatus {
     pub compacted_index: u64,
     /// The store has made its state durable through here.
     pub durable_index: u64,
+    /// Quiesced: no timer, nothing sent until an input wakes it (`quiesce.rs`).
+    pub quiesced: bool,
     pub conf_state: ConfState,
     /// Filled on the leader only.
     pub progress: Vec<ReplicaProgress>,
@@ -452,6 +454,7 @@ impl Partition {
             last_index: raft.raft_log.last_index(),
             compacted_index: self.raw.store().compacted().index,
             durable_index: self.store_durable.index,
+            quiesced: self.is_quiesced(),
             conf_state,
             progress,
         }

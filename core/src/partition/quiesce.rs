@@ -14,15 +14,17 @@
 //!    are a quorum.
 //! 2. A follower quiesces if the heartbeat comes from the leader it follows, in its term, and
 //!    its log ends at the leader's commit with nothing of its own pending. Raft answers every
-//!    heartbeat; the answer keeps the mark if the follower quiesced and loses it if not.
-//! 3. The leader quiesces once every asked member answered with the mark. An answer without
-//!    it, any other message, or an election timeout without every answer wakes it.
+//!    heartbeat; the answer keeps the mark if the follower quiesced and carries
+//!    [`WAKE_CONTEXT`] if not.
+//! 3. The leader quiesces once every asked member answered with the mark. A wake answer, any
+//!    message other than a heartbeat answer, or an election timeout without every answer wakes
+//!    it. Plain heartbeat answers (to heartbeats sent before it asked, arriving late) do not.
 //! 4. A quiesced replica has no timer and sends nothing. Anything that needs Raft wakes it: a
 //!    request (not a stale read), any Raft message other than the quiesce exchange, a
 //!    snapshot. A waking leader resets its election clock, counts every member as recently
 //!    active (so check-quorum cannot depose it before they answer) and heartbeats at once, which
-//!    wakes its followers. A follower woken by anything but its leader tells the leader (an
-//!    unmarked heartbeat answer), so the leader heartbeats again before the follower's
+//!    wakes its followers. A follower woken by anything but its leader tells the leader (a
+//!    heartbeat answer carrying [`WAKE_CONTEXT`]), so the leader heartbeats again before the follower's
 //!    election clock runs out: a wake never starts an election while the leader is reachable
 //!    (CockroachDB #9372).
 //! 5. Node liveness replaces per-partition heartbeats (the shell calls
@@ -43,9 +45,34 @@ use std::collections::BTreeSet;
 /// did. Heartbeat contexts are otherwise ReadIndex contexts, which are eight bytes.
 pub(super) const QUIESCE_CONTEXT: &[u8] = b"cohort-quiesce";
 
+/// Marks a follower's heartbeat answer that wakes its leader: it refused to quiesce, or woke
+/// for a reason of its own. Unmarked answers (to ordinary heartbeats, arriving late) never
+/// wake a quiesced leader.
+pub(super) const WAKE_CONTEXT: &[u8] = b"cohort-wake";
+
 /// Whether `message` carries the quiesce mark.
 pub(super) fn is_quiesce_mark(message: &Message) -> bool {
     message.context[..] == *QUIESCE_CONTEXT
+}
+
+/// What a heartbeat answer says about quiescing.
+enum Signal {
+    /// Nothing: an answer to an ordinary heartbeat.
+    None,
+    /// The follower quiesced.
+    Quiesced,
+    /// The follower is awake and wants its leader awake.
+    Wake,
+}
+
+fn quiesce_signal(answer: &Message) -> Signal {
+    if is_quiesce_mark(answer) {
+        Signal::Quiesced
+    } else if answer.context[..] == *WAKE_CONTEXT {
+        Signal::Wake
+    } else {
+        Signal::None
+    }
 }
 
 /// Why a quiesced replica woke, for metrics and the simulator's checkers.
@@ -154,6 +181,11 @@ impl Partition {
         matches!(self.quiesce, Quiesce::Quiesced { .. })
     }
 
+    /// The quiesce state, the tick count and the nodes known down, for debugging.
+    pub fn quiesce_debug(&self) -> String {
+        format!("{:?} at tick {} down {:?}", self.quiesce, self.ticks, self.down_nodes)
+    }
+
     /// Why this replica last woke, and at which of its ticks.
     pub fn last_wake(&self) -> Option<(WakeCause, u64)> {
         self.last_wake
@@ -226,8 +258,8 @@ impl Partition {
         true
     }
 
-    /// An unmarked heartbeat answer makes a quiesced (or asking) leader wake; an awake one
-    /// ignores it.
+    /// A heartbeat answer marked [`WAKE_CONTEXT`] makes a quiesced (or asking) leader wake;
+    /// an awake one ignores it.
     fn tell_leader_awake(&mut self) {
         let raft = &self.raw.raft;
         if raft.leader_id == raft::INVALID_ID || raft.leader_id == raft.id {
@@ -239,19 +271,21 @@ impl Partition {
         message.from = raft.id;
         message.term = raft.term;
         message.commit = raft.raft_log.committed;
+        message.context = WAKE_CONTEXT.to_vec().into();
         self.send(message);
     }
 
     /// The quiesce side of an incoming Raft message, before Raft steps it. Returns false if the
     /// message is fully handled (a leader's quiesce answer).
     pub(super) fn quiesce_before_step(&mut self, now: Instant, message: &Message) -> bool {
-        let is_mark = is_quiesce_mark(message);
+        if matches!(self.quiesce, Quiesce::Awake { .. }) {
+            return true;
+        }
         let term = self.raw.raft.term;
-        match &mut self.quiesce {
-            Quiesce::Awake { .. } => true,
-            Quiesce::Asking { unanswered, lagging, .. }
-                if is_mark && message.get_msg_type() == MessageType::MsgHeartbeatResponse && message.term == term =>
-            {
+        let signal = (message.get_msg_type() == MessageType::MsgHeartbeatResponse && message.term == term)
+            .then(|| quiesce_signal(message));
+        match (&mut self.quiesce, signal) {
+            (Quiesce::Asking { unanswered, lagging, .. }, Some(Signal::Quiesced)) => {
                 unanswered.remove(&message.from);
                 if unanswered.is_empty() {
                     let lagging = std::mem::take(lagging);
@@ -259,16 +293,17 @@ impl Partition {
                 }
                 false
             }
-            Quiesce::Quiesced { .. }
-                if is_mark
-                    && matches!(
-                        message.get_msg_type(),
-                        MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
-                    )
+            // A late answer to an earlier heartbeat, or to an earlier request to quiesce: no
+            // news, and no work.
+            (_, Some(Signal::None | Signal::Quiesced)) => false,
+            // Asked again while quiesced (an answer was lost): Raft answers, and the answer says
+            // whether this replica still agrees.
+            (Quiesce::Quiesced { .. }, _)
+                if message.get_msg_type() == MessageType::MsgHeartbeat
+                    && is_quiesce_mark(message)
                     && message.term == term =>
             {
-                // The leader asking again (an answer was lost), or a late answer: no work.
-                message.get_msg_type() == MessageType::MsgHeartbeat
+                true
             }
             _ => {
                 let from_leader = message.from == self.raw.raft.leader_id;
@@ -303,13 +338,13 @@ impl Partition {
         if self.is_quiesced() {
             self.quiesce = Quiesce::awake();
         }
-        // Raft answered with the heartbeat's context; without it the answer wakes the leader.
+        // Raft answered with the heartbeat's context; the answer must wake the leader instead.
         for answer in self.raw.raft.msgs.iter_mut() {
             if answer.get_msg_type() == MessageType::MsgHeartbeatResponse
                 && answer.to == message.from
                 && is_quiesce_mark(answer)
             {
-                answer.context.clear();
+                answer.context = WAKE_CONTEXT.to_vec().into();
             }
         }
     }
@@ -366,24 +401,31 @@ impl Partition {
     /// A leader with nothing in flight: everything it appended is committed, applied and
     /// durable in its log, and no request, membership change, transfer or snapshot is under way.
     fn nothing_pending(&self) -> bool {
+        self.pending_work().is_none()
+    }
+
+    /// What keeps this replica from quiescing as a leader (for status and debugging), if
+    /// anything.
+    pub fn pending_work(&self) -> Option<&'static str> {
         let raft = &self.raw.raft;
         let last = raft.raft_log.last_index();
-        self.fatal.is_none()
-            && raft.lead_transferee.is_none()
-            && !raft.has_pending_conf()
-            && raft.prs().conf().to_conf_state().get_voters_outgoing().is_empty()
-            && raft.raft_log.committed == last
-            && self.applied.index == last
-            && self.applying == last
-            && self.apply_batches_in_flight.is_empty()
-            && self.unpersisted.is_empty()
-            && self.proposals.is_empty()
-            && self.forwarded.is_empty()
-            && self.reads.is_empty()
-            && !self.saving_snapshot
-            && self.staged_snapshot.is_none()
-            && self.installing.is_none()
-            && self.compaction_deadline_tick.is_none()
+        let checks = [
+            (self.fatal.is_none(), "failed"),
+            (raft.lead_transferee.is_none(), "transferring leadership"),
+            (!raft.has_pending_conf(), "membership change in flight"),
+            (raft.prs().conf().to_conf_state().get_voters_outgoing().is_empty(), "joint configuration"),
+            (raft.raft_log.committed == last, "uncommitted entries"),
+            (self.applied.index == last && self.applying == last, "entries not applied"),
+            (self.apply_batches_in_flight.is_empty(), "store applying"),
+            (self.unpersisted.is_empty(), "log writes not durable"),
+            (self.proposals.is_empty(), "proposals pending"),
+            (self.forwarded.is_empty(), "forwarded writes pending"),
+            (self.reads.is_empty(), "reads pending"),
+            (!self.saving_snapshot, "saving a snapshot"),
+            (self.staged_snapshot.is_none() && self.installing.is_none(), "installing a snapshot"),
+            (self.compaction_deadline_tick.is_none(), "holding compaction for a follower"),
+        ];
+        checks.into_iter().find(|(ok, _)| !ok).map(|(_, why)| why)
     }
 
     /// The members to ask (every other member on a live node, each matched through the last

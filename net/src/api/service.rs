@@ -455,6 +455,7 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
         match_index: status.progress.iter().find(|p| p.node == me).map_or(status.last_index, |p| p.match_index),
         compacted_index: status.compacted_index,
         durable_index: status.durable_index,
+        quiesced: status.quiesced,
     }];
     for progress in status.progress.iter().filter(|p| p.node != me) {
         replicas.push(proto::ReplicaStatus {
@@ -464,6 +465,7 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
             match_index: progress.match_index,
             compacted_index: 0,
             durable_index: 0,
+            quiesced: false,
         });
     }
     proto::PartitionStatus {

@@ -29,17 +29,21 @@ pub enum Checker {
     Convergence,
     /// After the heal, a partition took no write or read within the bound.
     Liveness,
+    /// Idle partitions did not quiesce, or waking quiesced partitions with every node up
+    /// started an election.
+    Quiesce,
     /// The run died: an assertion or panic in a node or the harness.
     Crash,
 }
 
 impl Checker {
-    pub const ALL: [Checker; 6] = [
+    pub const ALL: [Checker; 7] = [
         Checker::Linearizability,
         Checker::LostWrite,
         Checker::RaftSafety,
         Checker::Convergence,
         Checker::Liveness,
+        Checker::Quiesce,
         Checker::Crash,
     ];
 
@@ -50,6 +54,7 @@ impl Checker {
             Checker::RaftSafety => "raft-safety",
             Checker::Convergence => "convergence",
             Checker::Liveness => "liveness",
+            Checker::Quiesce => "quiesce",
             Checker::Crash => "crash",
         }
     }

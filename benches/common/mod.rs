@@ -129,3 +129,16 @@ pub fn disk_write_rate(dir: &std::path::Path, mib: u64) -> f64 {
     std::fs::remove_file(&path).unwrap();
     rate
 }
+
+/// CPU time (user + system) a process has used, in seconds; 0 if unreadable.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis are
+    // space-separated, utime and stime being the 12th and 13th of them.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / per_second
+}

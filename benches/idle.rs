@@ -3,7 +3,7 @@
 //! Measures, in one run:
 //!
 //! - partitions created per second (one repository each, 16 creations in flight);
-//! - once every replica has quiesced: the nodes' CPU over an idle window (as a share of one
+//! - idle with no partition, then once every replica has quiesced: the nodes' CPU over an idle window (as a share of one
 //!   core) and the peer messages per second (only node liveness should remain: independent of
 //!   the number of partitions), and RSS per quiesced partition per node;
 //! - wake latency: the first write to each of a sample of quiesced partitions, p50 and p99,
@@ -14,7 +14,8 @@
 //!
 //! `cargo bench --bench idle` uses 2,000 partitions (`COHORT_BENCH_IDLE_PARTITIONS`
 //! overrides); without `--bench` (as `cargo test --all-targets` runs it) it makes a 1,000
-//! partition smoke run that asserts the mechanisms worked.
+//! partition smoke run that asserts the mechanisms worked. The store's page cache is 4 MiB, so
+//! that RSS per replica measures the replicas, not a cache filling up.
 
 #[path = "../tests/e2e/cluster.rs"]
 #[allow(dead_code)]
@@ -94,6 +95,19 @@ fn leaders(cluster: &TestCluster) -> BTreeMap<u64, u64> {
         .collect()
 }
 
+/// The nodes' CPU (share of one core, all nodes together) and peer messages per second over
+/// `IDLE_WINDOW`.
+fn idle_window(cluster: &TestCluster, pids: &[u32]) -> (f64, f64) {
+    let cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
+    let sent_before = sum_metric(cluster, "cohort_transport_messages_sent_total");
+    let started = Instant::now();
+    std::thread::sleep(IDLE_WINDOW);
+    let idle = started.elapsed().as_secs_f64();
+    let cpu = (pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu_before) / idle;
+    let messages = (sum_metric(cluster, "cohort_transport_messages_sent_total") - sent_before) / idle;
+    (cpu, messages)
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let partitions = env_or("COHORT_BENCH_IDLE_PARTITIONS", if full { 2_000 } else { 1_000 });
@@ -101,24 +115,20 @@ fn main() {
     let mut cluster = TestCluster::start_configured(NODES, |config| {
         config.replicas = Some(3);
         config.raft = cohort::config::RawRaft::default();
+        // A small page cache, so that RSS per replica is the replicas' and not a cache filling.
+        config.store.cache_bytes = 4 << 20;
     });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let pids: Vec<u32> = (1..=NODES).map(|id| cluster.children[&id].id()).collect();
     let hosted = partitions + 1; // every partition has a replica on every node, and the directory
     wait_all_quiesced(&cluster, 1, Duration::from_secs(60));
     let rss_before: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
+    let (empty_cpu, empty_messages) = idle_window(&cluster, &pids);
 
     let create_elapsed = create_all(&rt, &cluster, partitions);
     let quiesce_elapsed = wait_all_quiesced(&cluster, hosted, Duration::from_secs(600));
 
-    // The idle window.
-    let cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
-    let sent_before = sum_metric(&cluster, "cohort_transport_messages_sent_total");
-    let started = Instant::now();
-    std::thread::sleep(IDLE_WINDOW);
-    let idle = started.elapsed().as_secs_f64();
-    let idle_cpu = (pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu_before) / idle;
-    let idle_messages = (sum_metric(&cluster, "cohort_transport_messages_sent_total") - sent_before) / idle;
+    let (idle_cpu, idle_messages) = idle_window(&cluster, &pids);
     let rss_after: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
     let still_quiesced = (1..=NODES).all(|id| metric(&cluster, id, "cohort_partitions_quiesced") as u64 >= hosted);
 
@@ -170,10 +180,16 @@ fn main() {
         quiesce_elapsed.as_secs_f64()
     );
     println!(
-        "idle: {:.2}% of one core for the {NODES} nodes together, {:.1} peer messages/s ({:.4} per partition) over {idle:.0} s; all still quiesced: {still_quiesced}",
+        "idle, no partition but the directory: {:.2}% of one core for the {NODES} nodes together, {:.1} peer messages/s",
+        100.0 * empty_cpu,
+        empty_messages
+    );
+    println!(
+        "idle, {partitions} quiesced partitions: {:.2}% of one core, {:.1} peer messages/s ({:.4} per partition), over {} s; all still quiesced: {still_quiesced}",
         100.0 * idle_cpu,
         idle_messages,
-        idle_messages / partitions as f64
+        idle_messages / partitions as f64,
+        IDLE_WINDOW.as_secs()
     );
     for (i, (b, a)) in rss_before.iter().zip(&rss_after).enumerate() {
         println!(

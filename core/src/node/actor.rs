@@ -165,7 +165,9 @@ fn applier_gone() -> PersistError {
 }
 
 impl Actor {
-    pub async fn run(mut self) {
+    /// Boxed: an async fn keeps its arguments twice in its state (rust-lang/rust#62958), and
+    /// an idle replica's whole cost is that state, so it holds a pointer rather than the actor.
+    pub async fn run(mut self: Box<Self>) {
         let mut replies: BTreeMap<RequestId, Pending> = BTreeMap::new();
         let mut next_request = 0u64;
         let mut persisted_seen = PersistSignal::NOTHING_SEEN;
@@ -175,7 +177,7 @@ impl Actor {
         let mut timer: Option<(crate::env::Instant, BoxFuture<()>)> = None;
         let (mut last_leader, mut was_candidate) = (self.partition.leader(), false);
         let mut quiesce = QuiesceGauge { metrics: self.env.metrics.clone(), quiesced: false, last_wake: None };
-        if !self.drain(&mut replies, &mut applying).await {
+        if !Box::pin(self.drain(&mut replies, &mut applying)).await {
             return;
         }
         loop {
@@ -231,7 +233,7 @@ impl Actor {
             match wake {
                 Wake::Input(None) | Wake::Input(Some(PartitionInput::Stop)) => return,
                 Wake::Input(Some(PartitionInput::Remove)) => {
-                    self.remove().await;
+                    Box::pin(self.remove()).await;
                     return;
                 }
                 Wake::Input(Some(PartitionInput::Message(envelope))) => match envelope.payload {
@@ -294,7 +296,7 @@ impl Actor {
             }
             (last_leader, was_candidate) = (leader, candidate);
             quiesce.observe(&self.partition);
-            if !self.drain(&mut replies, &mut applying).await {
+            if !Box::pin(self.drain(&mut replies, &mut applying)).await {
                 return;
             }
             self.record_members(now);

@@ -230,11 +230,13 @@ impl Router {
 
     /// Whether this node's directory replica records `conf` as `partition`'s members.
     pub fn directory_records(&self, partition: PartitionId, conf: &crate::persist::ConfState) -> bool {
-        let recorded = self.store.read().ok().and_then(|rows| {
-            crate::store::read::directory_partitions(&rows, DIRECTORY).ok()?.into_iter().find(|(p, _)| *p == partition)
-        });
+        let recorded = self
+            .store
+            .read()
+            .ok()
+            .and_then(|rows| crate::store::read::directory_partition(&rows, DIRECTORY, partition).ok().flatten());
         let peers: Vec<PeerId> = conf.members().into_iter().map(PeerId).collect();
-        recorded.is_some_and(|(_, info)| {
+        recorded.is_some_and(|info| {
             info.voters == conf.voter_nodes() && info.learners == conf.learner_nodes() && info.peers == peers
         })
     }
@@ -452,7 +454,7 @@ impl Router {
             saving: None,
             members: Default::default(),
         };
-        self.env.spawn.spawn("partition", Box::pin(actor.run()));
+        self.env.spawn.spawn("partition", Box::pin(Box::new(actor).run()));
         Ok(tx)
     }
 

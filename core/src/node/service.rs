@@ -123,14 +123,14 @@ pub struct NodeService {
 
 /// Chooses the voters of a new partition: the `replicas` nodes that host the fewest
 /// partitions, ties to the lower id. Deterministic, and it spreads partitions evenly.
-pub fn place(
+pub fn place<'a>(
     nodes: &[NodeId],
     replicas: usize,
-    partitions: &[(PartitionId, PartitionInfo, Vec<RepoId>)],
+    partitions: impl IntoIterator<Item = &'a PartitionInfo>,
 ) -> Vec<NodeId> {
     assert!((1..=nodes.len()).contains(&replicas), "a partition has between 1 and all nodes as voters");
     let mut load: std::collections::BTreeMap<NodeId, usize> = nodes.iter().map(|&n| (n, 0)).collect();
-    for (_, info, _) in partitions {
+    for info in partitions {
         for node in info.voters.iter().chain(&info.learners) {
             if let Some(count) = load.get_mut(node) {
                 *count += 1;
@@ -201,13 +201,18 @@ impl NodeService {
         }
     }
 
-    /// The partition of `repo`. The local directory replica answers if it knows; if not, and
-    /// another node leads the directory, the caller is sent there (its directory is newer).
+    /// The partition of `repo`. This node's copy of the directory answers if it knows (one
+    /// point read of the store, which holds what the local directory replica applied: no
+    /// request through the directory's replica, no Raft); if not, the directory's leader is
+    /// asked (its directory is newer).
     pub async fn route(&self, repo: &RepoId) -> Result<PartitionId, ApiError> {
         let query = ReadQuery::Route { repo: repo.clone() };
-        let stale = self.read(DIRECTORY, query.clone(), ReadConsistency::Stale).await?;
-        if let ReadResult::Route(Some((partition, _))) = stale.result {
-            return Ok(partition);
+        let local = self.router.store().read().and_then(|rows| crate::store::read::read(&rows, DIRECTORY, &query));
+        match local {
+            Ok(ReadResult::Route(Some((partition, _)))) => return Ok(partition),
+            Ok(ReadResult::Rejected(rejection)) => return Err(ApiError::Rejected(rejection)),
+            Ok(_) => {}
+            Err(error) => return Err(ApiError::Unavailable(format!("cannot read this node's directory: {error}"))),
         }
         match self.read(DIRECTORY, query, ReadConsistency::Linearizable).await?.result {
             ReadResult::Route(Some((partition, _))) => Ok(partition),
@@ -277,8 +282,8 @@ impl NodeService {
         let partition = match (existing, &fork_of) {
             (Some(partition), _) => partition,
             (None, None) => {
-                let partitions = self.partitions(ReadConsistency::Stale).await?;
-                let voters = place(&self.nodes, self.replicas, &partitions);
+                let partitions = self.local_partitions()?;
+                let voters = place(&self.nodes, self.replicas, partitions.iter().map(|(_, info)| info));
                 let op = WriteOp::AllocatePartition { repo: repo.clone(), voters };
                 let ok = self.forwarded_write(DIRECTORY, Command { client, seq, op }).await?;
                 ok.partition.expect("an allocation names its partition")
@@ -309,12 +314,22 @@ impl NodeService {
     /// Whether the directory places `partition` on this node (its replica may not exist yet).
     async fn will_host(&self, partition: PartitionId) -> bool {
         let me = self.router.node();
-        match self.partitions(ReadConsistency::Stale).await {
-            Ok(partitions) => partitions
-                .iter()
-                .any(|(p, info, _)| *p == partition && (info.voters.contains(&me) || info.learners.contains(&me))),
-            Err(_) => false,
-        }
+        let info = self
+            .router
+            .store()
+            .read()
+            .and_then(|rows| crate::store::read::directory_partition(&rows, DIRECTORY, partition));
+        matches!(info, Ok(Some(info)) if info.voters.contains(&me) || info.learners.contains(&me))
+    }
+
+    /// Every partition this node's copy of the directory records, with its members (one scan
+    /// of the store's member rows: no repositories, no request through the directory replica).
+    fn local_partitions(&self) -> Result<Vec<(PartitionId, PartitionInfo)>, ApiError> {
+        self.router
+            .store()
+            .read()
+            .and_then(|rows| crate::store::read::directory_partitions(&rows, DIRECTORY))
+            .map_err(|error| ApiError::Unavailable(format!("cannot read this node's directory: {error}")))
     }
 
     /// Deletes a repository's data, then its route.

@@ -214,6 +214,8 @@ pub struct Partition {
     was_candidate: bool,
     campaign_trigger: Option<ElectionCause>,
     last_election: Option<ElectionCause>,
+    /// `campaign` was called; the election starts once Raft allows it.
+    campaign_asked: bool,
 }
 
 impl Partition {
@@ -341,6 +343,7 @@ impl Partition {
             was_candidate: false,
             campaign_trigger: None,
             last_election: None,
+            campaign_asked: false,
         };
         if let Some((position, conf_state)) = snapshot_record {
             let mut write = LogWrite::new(partition.config.partition);
@@ -742,18 +745,34 @@ impl Partition {
         self.after_input(now);
     }
 
-    /// Starts an election now instead of waiting for the election timeout (a brand-new
-    /// partition whose creator wants it usable at once).
+    /// Starts an election as soon as Raft allows instead of waiting for the election timeout
+    /// (a brand-new partition whose creator wants it usable at once): raft-rs refuses to
+    /// campaign while committed membership changes are unapplied, as a new partition's
+    /// bootstrap entries are until the store has applied them.
     pub fn campaign(&mut self, now: Instant) {
         if self.fatal.is_some() || self.is_leader() {
             return;
         }
         self.wake(now, WakeCause::Request);
+        self.campaign_asked = true;
+        self.after_input(now);
+    }
+
+    /// Campaigns if asked to and Raft can: everything committed is applied, and no leader has
+    /// shown up meanwhile.
+    fn campaign_if_asked(&mut self) {
+        let raft = &self.raw.raft;
+        if !self.campaign_asked || raft.raft_log.applied < raft.raft_log.committed {
+            return;
+        }
+        self.campaign_asked = false;
+        if self.fatal.is_some() || raft.leader_id != raft::INVALID_ID {
+            return;
+        }
         self.campaign_trigger = Some(ElectionCause::Requested);
         if let Err(error) = self.raw.campaign() {
             tracing::warn!(partition = %self.config.partition, %error, "campaign refused");
         }
-        self.after_input(now);
     }
 
     /// A log write failed: nothing that depended on it may be acknowledged. The replica stops;
@@ -793,6 +812,7 @@ impl Partition {
 
     fn after_input(&mut self, now: Instant) {
         let _ = now;
+        self.campaign_if_asked();
         self.process_ready();
         self.rejitter();
         self.start_reads();

@@ -289,7 +289,7 @@ impl Partition {
                 unanswered.remove(&message.from);
                 if unanswered.is_empty() {
                     let lagging = std::mem::take(lagging);
-                    self.quiesce = Quiesce::Quiesced { lagging };
+                    self.enter_quiesced(lagging);
                 }
                 false
             }
@@ -331,7 +331,7 @@ impl Partition {
             && self.installing.is_none()
             && self.staged_snapshot.is_none();
         if agrees {
-            self.quiesce = Quiesce::Quiesced { lagging: BTreeSet::new() };
+            self.enter_quiesced(BTreeSet::new());
             return;
         }
         // Asked again while quiesced, and no longer agreeing: awake, and the answer says so.
@@ -389,13 +389,23 @@ impl Partition {
         }
         let Some((asked, lagging)) = self.quiesce_targets() else { return };
         if asked.is_empty() {
-            self.quiesce = Quiesce::Quiesced { lagging };
+            self.enter_quiesced(lagging);
             return;
         }
         for &peer in &asked {
             self.send_quiesce(peer);
         }
         self.quiesce = Quiesce::Asking { asked_tick: self.ticks, unanswered: asked, lagging };
+    }
+
+    /// A replica quiesces: it lets go of memory only an active replica needs (a leader's
+    /// buffer of `max_inflight_msgs` slots per follower, spare capacity of the log's vectors);
+    /// all of it comes back on the next append.
+    fn enter_quiesced(&mut self, lagging: BTreeSet<NodeId>) {
+        self.quiesce = Quiesce::Quiesced { lagging };
+        self.raw.raft.maybe_free_inflight_buffers();
+        self.raw.raft.raft_log.unstable.entries.shrink_to_fit();
+        self.raw.mut_store().release_spare_capacity();
     }
 
     /// A leader with nothing in flight: everything it appended is committed, applied and

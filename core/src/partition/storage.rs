@@ -88,6 +88,7 @@ impl PartitionStorage {
         let dropped_last = self.entries.drain(..drop).last().expect("at least one entry dropped");
         assert_eq!(dropped_last.term, position.term, "the compaction's term is its last entry's");
         self.compacted = position;
+        self.release_spare_capacity();
         self.assert_contiguous();
     }
 
@@ -98,6 +99,14 @@ impl PartitionStorage {
         self.compacted = meta.position;
         self.conf_state = (&meta.conf_state).into();
         self.snapshot = Some(meta);
+    }
+
+    /// Gives back memory a burst of entries left behind: an idle replica should hold only the
+    /// few entries it has.
+    pub fn release_spare_capacity(&mut self) {
+        if self.entries.capacity() > 4 * self.entries.len().max(4) {
+            self.entries.shrink_to_fit();
+        }
     }
 
     fn last_index_held(&self) -> u64 {

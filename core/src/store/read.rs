@@ -283,6 +283,15 @@ pub fn repositories(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<RepoI
     Ok(out)
 }
 
+/// What the directory records of one partition (a point read).
+pub fn directory_partition(
+    rows: &dyn Rows,
+    directory: PartitionId,
+    partition: PartitionId,
+) -> Result<Option<crate::state_machine::PartitionInfo>, StoreError> {
+    directory::partition_info(rows, directory, partition)
+}
+
 /// Every partition the directory records, by increasing id.
 pub fn directory_partitions(
     rows: &dyn Rows,

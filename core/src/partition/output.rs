@@ -37,8 +37,9 @@ pub enum Output {
     /// Answer the request `request`.
     Respond { request: RequestId, response: Response },
     /// The directory (partition 0) applied the allocation of a new partition: the node
-    /// creates its replica if it is a member. `campaign`: this replica leads the directory, so
-    /// its node should start the new partition's first election at once rather than wait.
+    /// creates its replica if it is a member. `campaign`: this node is the voter chosen to start
+    /// the new partition's first election at once rather than wait (one per partition, spread
+    /// over the voters).
     PartitionAllocated { partition: PartitionId, info: PartitionInfo, campaign: bool },
     /// The directory applied new members for `partition`: the node creates its replica if it
     /// became a member, and deletes it if it no longer is.

@@ -204,7 +204,8 @@ impl Partition {
                 if let Some(change) = directory.filter(|_| self.is_live(position.index)) {
                     self.outputs.push_back(match change {
                         DirectoryChange::Allocated { partition, info } => {
-                            Output::PartitionAllocated { partition, info, campaign: self.is_leader() }
+                            let campaign = first_leader(partition, &info.voters) == Some(self.config.node);
+                            Output::PartitionAllocated { partition, info, campaign }
                         }
                         DirectoryChange::MembersChanged { partition, info } => {
                             Output::MembersChanged { partition, info }
@@ -283,4 +284,14 @@ impl Partition {
             }
         }
     }
+}
+
+/// The voter of a new partition that starts its first election: one per partition, the same
+/// on every node, and spread over the voters, so that leadership (and the work and failover
+/// that come with it) is spread too. Had the directory's leader campaigned for every
+/// partition, its node would lead them all.
+fn first_leader(partition: crate::ids::PartitionId, voters: &[crate::ids::NodeId]) -> Option<crate::ids::NodeId> {
+    let mut sorted = voters.to_vec();
+    sorted.sort();
+    sorted.get((partition.0 % sorted.len().max(1) as u64) as usize).copied()
 }

@@ -248,6 +248,17 @@ fn run_one(seed: u64, scenario: &str, bug: Option<&str>, json: bool, trace: bool
     let mut config = madsim::Config::default();
     config.net.send_latency = std::time::Duration::from_micros(50)..std::time::Duration::from_millis(2);
     let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, config);
+    if !json {
+        // A run that dies (a node's assertion, a harness bug) still ends with its trace hash,
+        // so that it replays deterministically like any other failure.
+        let report_panic = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report_panic(info);
+            if let Some(hash) = cohort_sim::trace::current_hash() {
+                println!("trace-hash: {hash}");
+            }
+        }));
+    }
     let report = runtime.block_on(scenario::run(options));
     let passed = report.failures.is_empty();
     if json {

@@ -27,8 +27,9 @@ const QUIESCE_BOUND: Duration = Duration::from_secs(10);
 /// Time for the mass wake's writes to commit.
 const WAKE_BOUND: Duration = Duration::from_secs(10);
 /// From a leader's node dying to every partition it led having a live leader, with no
-/// requests: liveness timeout (2 election timeouts) + an election or two.
-const FAILOVER_BOUND: Duration = Duration::from_secs(8);
+/// requests: liveness timeout (2 election timeouts, 2 s) and then elections, a few of which
+/// may split (each round 1-2 s).
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 
 pub struct QuiescencePhase<'a> {
     pub cluster: &'a Arc<Mutex<SimCluster>>,
@@ -153,7 +154,7 @@ impl QuiescencePhase<'_> {
                 let mut leaderless = Vec::new();
                 for partition in checked {
                     if live_leader(&services, partition).await.is_none() {
-                        leaderless.push(partition);
+                        leaderless.push(format!("{partition} ({})", describe(&services, partition).await));
                     }
                 }
                 leaderless
@@ -169,7 +170,8 @@ impl QuiescencePhase<'_> {
             Checker::Liveness,
             format!(
                 "{FAILOVER_BOUND:?} after node {victim} died while its partitions were quiesced, partitions \
-                 {leaderless:?} have no leader on a live node"
+                 {} have no leader on a live node",
+                leaderless.join(", ")
             ),
         )]
     }
@@ -210,6 +212,33 @@ async fn awake_replicas(services: &Services, partitions: &[PartitionId]) -> Vec<
         }
     }
     awake
+}
+
+/// Every live replica of `partition`: role, term, indexes, quiesce state, last election.
+async fn describe(services: &Services, partition: PartitionId) -> String {
+    let mut replicas = Vec::new();
+    for node in services.ids() {
+        let Some(service) = services.get(node) else { continue };
+        let state = service
+            .router()
+            .inspect(partition, |p| {
+                let s = p.status();
+                format!(
+                    "{:?} term {} leader {:?} last {} commit {} applied {} {} last election {:?}",
+                    s.role,
+                    s.term,
+                    s.leader,
+                    s.last_index,
+                    s.commit_index,
+                    s.applied_index,
+                    p.quiesce_debug(),
+                    p.last_election()
+                )
+            })
+            .await;
+        replicas.push(format!("node {node}: {}", state.unwrap_or_else(|e| e.to_string())));
+    }
+    replicas.join("; ")
 }
 
 /// A node that is up and leads `partition`, if any.

@@ -17,10 +17,28 @@ pub struct Trace {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// The run's trace, for a panic hook: each seed runs in its own process, one run per process.
+static CURRENT: Mutex<Option<Trace>> = Mutex::new(None);
+
+/// The hash of the current run's trace so far, if there is a run and its trace is not locked
+/// (a panic hook must not wait).
+pub fn current_hash() -> Option<String> {
+    let trace = CURRENT.try_lock().ok()?.clone()?;
+    let inner = match trace.inner.try_lock() {
+        Ok(inner) => inner,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
+    Some(hex::encode(inner.hasher.clone().finalize()))
+}
+
 impl Trace {
-    /// `keep`: hold every line for printing (replay); otherwise only hash.
+    /// `keep`: hold every line for printing (replay); otherwise only hash. Becomes the
+    /// process's current trace (`current_hash`).
     pub fn new(keep: bool) -> Trace {
-        Trace { inner: Arc::new(Mutex::new(Inner { keep, ..Inner::default() })) }
+        let trace = Trace { inner: Arc::new(Mutex::new(Inner { keep, ..Inner::default() })) };
+        *CURRENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(trace.clone());
+        trace
     }
 
     pub fn event(&self, now_ns: u64, line: impl AsRef<str>) {

@@ -1236,3 +1236,4 @@ fn bootstrap_entries(voters: &[NodeId]) -> Vec<LogEntry> {
 
 #[cfg(test)]
 mod tests;
+

@@ -39,7 +39,9 @@ use crate::env::Instant;
 use crate::ids::{NodeId, PeerId};
 use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
+use rand::Rng;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// Marks the leader's heartbeat that asks followers to quiesce, and a follower's answer that it
 /// did. Heartbeat contexts are otherwise ReadIndex contexts, which are eight bytes.
@@ -239,7 +241,11 @@ impl Partition {
         }
         self.quiesce = Quiesce::awake();
         self.last_wake = Some((cause, self.ticks));
-        self.next_tick_at = now + self.config.options.tick_interval;
+        // The next tick at a random phase: replicas woken by one event (a node declared down
+        // on every node at once) would otherwise tick in step, and draw equal election
+        // timeouts into split votes round after round.
+        let tick_nanos = self.config.options.tick_interval.as_nanos() as u64;
+        self.next_tick_at = now + Duration::from_nanos(self.rng.gen_range(tick_nanos / 2..=tick_nanos * 3 / 2));
         let raft = &mut self.raw.raft;
         raft.election_elapsed = 0;
         if raft.state == StateRole::Leader {

@@ -194,7 +194,8 @@ fn nightly(
 
 /// Runs `cohort-sim replay` for the seed in two fresh processes and compares the hashes.
 fn check_determinism(seed: u64, scenario: &str, bug: Option<&str>) -> ExitCode {
-    // A run that died has no trace hash: that is no proof of determinism.
+    // A run that died without a summary has no trace hash: that is no proof of determinism (a
+    // run that panicked reports its hash up to the panic).
     let hash = || Some(cohort_sim::campaign::run_seed(seed, scenario, bug).trace_hash).filter(|h| !h.is_empty());
     let (first, second) = (hash(), hash());
     match (first, second) {
@@ -248,18 +249,41 @@ fn run_one(seed: u64, scenario: &str, bug: Option<&str>, json: bool, trace: bool
     let mut config = madsim::Config::default();
     config.net.send_latency = std::time::Duration::from_micros(50)..std::time::Duration::from_millis(2);
     let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, config);
-    if !json {
-        // A run that dies (a node's assertion, a harness bug) still ends with its trace hash,
-        // so that it replays deterministically like any other failure.
-        let report_panic = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            report_panic(info);
-            if let Some(hash) = cohort_sim::trace::current_hash() {
-                println!("trace-hash: {hash}");
+    // A run that dies (a node's assertion, a harness bug) still ends with its trace hash, so
+    // that it replays deterministically like any other failure.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(scenario::run(options))));
+    let report = match outcome {
+        Ok(report) => report,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic without a message");
+            let trace_hash = cohort_sim::trace::current_hash().unwrap_or_default();
+            if json {
+                let summary = cohort_sim::campaign::SeedSummary {
+                    seed,
+                    passed: false,
+                    failures: vec![cohort_sim::checkers::Failure::new(
+                        cohort_sim::checkers::Checker::Crash,
+                        format!("the run panicked: {message}"),
+                    )],
+                    faults: Vec::new(),
+                    trace_hash,
+                    simulated_ms: 0,
+                    operations: 0,
+                    episodes: 0,
+                    snapshots_installed: 0,
+                };
+                println!("{}", serde_json::to_string(&summary).expect("serializable"));
+            } else {
+                println!("seed {seed}: FAILED (the run panicked: {message})");
+                println!("trace-hash: {trace_hash}");
             }
-        }));
-    }
-    let report = runtime.block_on(scenario::run(options));
+            return ExitCode::FAILURE;
+        }
+    };
     let passed = report.failures.is_empty();
     if json {
         let summary = cohort_sim::campaign::SeedSummary {

@@ -1236,4 +1236,3 @@ fn bootstrap_entries(voters: &[NodeId]) -> Vec<LogEntry> {
 
 #[cfg(test)]
 mod tests;
-

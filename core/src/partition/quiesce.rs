@@ -369,7 +369,7 @@ impl Partition {
             self.wake(now, WakeCause::QuiesceRefused);
             return true;
         }
-        if waited % self.config.options.heartbeat_ticks as u64 == 0 {
+        if waited.is_multiple_of(self.config.options.heartbeat_ticks as u64) {
             for peer in unanswered {
                 self.send_quiesce(peer);
             }

@@ -10,7 +10,9 @@
 //!   next to the latency of writes to a partition already awake, and the elections started
 //!   while waking them (goal: none);
 //! - failover: the node leading the most partitions is killed once they have quiesced again;
-//!   the time until every partition it led has a leader on another node.
+//!   the time until every partition it led has a leader on another node;
+//! - (full run only) the write throughput of 48 busy partitions among all the idle ones, next
+//!   to 48 busy partitions in a fresh cluster of only 48.
 //!
 //! `cargo bench --bench idle` uses 2,000 partitions (`COHORT_BENCH_IDLE_PARTITIONS`
 //! overrides); without `--bench` (as `cargo test --all-targets` runs it) it makes a 1,000
@@ -33,6 +35,9 @@ use std::time::{Duration, Instant};
 const NODES: u64 = 3;
 const IN_FLIGHT: u64 = 16;
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Busy partitions among the idle ones, and how long they are driven.
+const ACTIVE: u64 = 48;
+const ACTIVE_WINDOW: Duration = Duration::from_secs(10);
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -75,6 +80,33 @@ fn create_all(rt: &tokio::runtime::Runtime, cluster: &TestCluster, count: u64) -
         }
     });
     started.elapsed()
+}
+
+/// Writes per second of `ACTIVE` clients, each writing to its own repository (`name(0)` to
+/// `name(ACTIVE - 1)`) for `ACTIVE_WINDOW`, after one warm-up write each.
+fn active_throughput(rt: &tokio::runtime::Runtime, cluster: &TestCluster) -> f64 {
+    let writes = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..ACTIVE {
+            let (client, writes) = (client(cluster, 100 + i), writes.clone());
+            tasks.push(tokio::spawn(async move {
+                let repo = repo(&name(i));
+                write_blob(&client, &repo, "active", b"warm-up".to_vec()).await;
+                let deadline = Instant::now() + ACTIVE_WINDOW;
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    write_blob(&client, &repo, "active", n.to_le_bytes().to_vec()).await;
+                    n += 1;
+                }
+                writes.fetch_add(n, Ordering::Relaxed);
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    writes.load(Ordering::Relaxed) as f64 / ACTIVE_WINDOW.as_secs_f64()
 }
 
 /// Waits until every node reports `hosted` quiesced replicas; returns how long that took.
@@ -172,6 +204,21 @@ fn main() {
     });
     let failover = started.elapsed();
 
+    // 48 busy partitions among all the others, then in a cluster of only 48 (full run only).
+    let throughput = full.then(|| {
+        cluster.start_node(victim);
+        cluster.wait_serving(victim);
+        let among_all = active_throughput(&rt, &cluster);
+        drop(cluster);
+        let alone = TestCluster::start_configured(NODES, |config| {
+            config.replicas = Some(3);
+            config.raft = cohort::config::RawRaft::default();
+            config.store.cache_bytes = 4 << 20;
+        });
+        create_all(&rt, &alone, ACTIVE);
+        (among_all, active_throughput(&rt, &alone))
+    });
+
     println!(
         "cluster: {NODES} nodes, 3 replicas per partition, {partitions} partitions (+ the directory), 100 ms ticks, quiesce after 2 s"
     );
@@ -215,6 +262,12 @@ fn main() {
         victims.len(),
         failover.as_secs_f64()
     );
+    if let Some((among_all, alone)) = throughput {
+        println!(
+            "active: {ACTIVE} busy partitions among {partitions}: {among_all:.0} writes/s; {ACTIVE} in a cluster of {ACTIVE}: {alone:.0} writes/s: {:.2} (goal: at least 0.90)",
+            among_all / alone
+        );
+    }
     if !full {
         // The smoke run: the mechanisms worked, with loose bounds for a loaded CI machine.
         assert!(still_quiesced, "replicas woke while idle");

@@ -132,13 +132,14 @@ fn leaders(cluster: &TestCluster) -> BTreeMap<u64, u64> {
 /// The nodes' CPU (share of one core, all nodes together) and peer messages per second over
 /// `IDLE_WINDOW`.
 fn idle_window(cluster: &TestCluster, pids: &[u32]) -> (f64, f64) {
-    let cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
+    // The scrapes stay outside the CPU window: they are the benchmark's work, not idling.
     let sent_before = sum_metric(cluster, "cohort_transport_messages_sent_total");
+    let cpu_before: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
     let started = Instant::now();
     std::thread::sleep(IDLE_WINDOW);
-    let idle = started.elapsed().as_secs_f64();
-    let cpu = (pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu_before) / idle;
-    let messages = (sum_metric(cluster, "cohort_transport_messages_sent_total") - sent_before) / idle;
+    let cpu = (pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu_before) / started.elapsed().as_secs_f64();
+    let messages =
+        (sum_metric(cluster, "cohort_transport_messages_sent_total") - sent_before) / started.elapsed().as_secs_f64();
     (cpu, messages)
 }
 

@@ -45,7 +45,7 @@ pub struct NodeMetrics {
     pub snapshot_received_bytes: Counter,
     /// From a snapshot transfer's first chunk to its last acknowledgement (sender side).
     pub snapshot_send_seconds: Histogram,
-    /// Replicas by role, refreshed when scraped.
+    /// Replicas by role, kept by each replica's actor as its role changes.
     pub partitions_leader: Gauge,
     pub partitions_follower: Gauge,
     pub partitions_candidate: Gauge,

@@ -5,7 +5,7 @@ use super::persisted::{PersistEvent, PersistSignal};
 use super::router::Router;
 use crate::env::{BoxFuture, Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, RequestId, DIRECTORY};
-use crate::partition::{ElectionCause, Output, Partition, Request, Response, WakeCause};
+use crate::partition::{ElectionCause, Output, Partition, Request, Response, Role, WakeCause};
 use crate::persist::{LogWrite, PersistError, PersistRequest, SnapshotMeta};
 use crate::snapshot::{SnapshotStore, TransferEvents, Transfers};
 use crate::state_machine::ReadQuery;
@@ -66,6 +66,8 @@ pub(super) struct Actor {
     /// Members this replica, as leader, wants the directory to record (see
     /// `Output::LeaderMembers`), and the recording under way, if any.
     pub members: MembersRecord,
+    /// Where this replica's lag as a leader is published (`Router::replica_lag_entries_max`).
+    pub lag_entries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The directory recording of a leader's members: at most one attempt at a time, retried
@@ -107,15 +109,34 @@ impl Drop for Completion {
     }
 }
 
-/// Keeps the node's count of quiesced replicas and of wakes by cause as this replica changes.
-struct QuiesceGauge {
+/// Keeps the node's counts of replicas by role and of quiesced replicas, and of wakes by
+/// cause, as this replica changes: a scrape reads them without asking every replica.
+struct ReplicaGauges {
     metrics: Arc<crate::metrics::NodeMetrics>,
+    role: Option<Role>,
     quiesced: bool,
     last_wake: Option<(WakeCause, u64)>,
 }
 
-impl QuiesceGauge {
+impl ReplicaGauges {
+    fn role_gauge(&self, role: Role) -> &prometheus_client::metrics::gauge::Gauge {
+        match role {
+            Role::Leader => &self.metrics.partitions_leader,
+            Role::Follower => &self.metrics.partitions_follower,
+            Role::Candidate => &self.metrics.partitions_candidate,
+            Role::Learner => &self.metrics.partitions_learner,
+        }
+    }
+
     fn observe(&mut self, partition: &Partition) {
+        let role = partition.role();
+        if self.role != Some(role) {
+            if let Some(old) = self.role {
+                self.role_gauge(old).dec();
+            }
+            self.role_gauge(role).inc();
+            self.role = Some(role);
+        }
         let quiesced = partition.is_quiesced();
         if quiesced != self.quiesced {
             if quiesced {
@@ -135,8 +156,11 @@ impl QuiesceGauge {
     }
 }
 
-impl Drop for QuiesceGauge {
+impl Drop for ReplicaGauges {
     fn drop(&mut self) {
+        if let Some(role) = self.role {
+            self.role_gauge(role).dec();
+        }
         if self.quiesced {
             self.metrics.partitions_quiesced.dec();
         }
@@ -176,7 +200,9 @@ impl Actor {
         let mut applying: VecDeque<oneshot::Receiver<ApplyResult>> = VecDeque::new();
         let mut timer: Option<(crate::env::Instant, BoxFuture<()>)> = None;
         let (mut last_leader, mut was_candidate) = (self.partition.leader(), false);
-        let mut quiesce = QuiesceGauge { metrics: self.env.metrics.clone(), quiesced: false, last_wake: None };
+        let mut gauges =
+            ReplicaGauges { metrics: self.env.metrics.clone(), role: None, quiesced: false, last_wake: None };
+        let lag_entries = self.lag_entries.clone();
         if !Box::pin(self.drain(&mut replies, &mut applying)).await {
             return;
         }
@@ -295,7 +321,8 @@ impl Actor {
                 self.env.metrics.elections.get_or_create(&vec![("cause", cause.name().to_string())]).inc();
             }
             (last_leader, was_candidate) = (leader, candidate);
-            quiesce.observe(&self.partition);
+            gauges.observe(&self.partition);
+            lag_entries.store(self.partition.leader_lag_entries(), std::sync::atomic::Ordering::Relaxed);
             if !Box::pin(self.drain(&mut replies, &mut applying)).await {
                 return;
             }

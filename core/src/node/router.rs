@@ -57,6 +57,9 @@ struct Hosted {
     mailbox: mpsc::Sender<PartitionInput>,
     /// Its Raft id: which incarnation of this node's membership it is.
     peer: PeerId,
+    /// How far its furthest-behind follower is behind it, in entries, while it leads (0
+    /// otherwise); kept by its actor, read by metric scrapes without asking the replica.
+    lag_entries: Arc<AtomicU64>,
 }
 
 pub struct Router {
@@ -298,8 +301,8 @@ impl Router {
         if campaign {
             replica.campaign(now);
         }
-        let mailbox = self.start(replica, self.files(authority, partition), true)?;
-        mailboxes.insert(partition, Hosted { mailbox, peer });
+        let (mailbox, lag_entries) = self.start(replica, self.files(authority, partition), true)?;
+        mailboxes.insert(partition, Hosted { mailbox, peer, lag_entries });
         Ok(())
     }
 
@@ -322,8 +325,8 @@ impl Router {
                 let now = self.env.clock.now();
                 let replica = Partition::create_empty(self.partition_config(partition, peer), now);
                 match self.start(replica, self.files(&info.authority, partition), true) {
-                    Ok(mailbox) => {
-                        mailboxes.insert(partition, Hosted { mailbox, peer });
+                    Ok((mailbox, lag_entries)) => {
+                        mailboxes.insert(partition, Hosted { mailbox, peer, lag_entries });
                         tracing::info!(node = %me, %partition, %peer, "joined partition as a new replica");
                     }
                     Err(error) => tracing::error!(%partition, %error, "cannot start the new replica"),
@@ -403,8 +406,8 @@ impl Router {
         let peer = recorded.or(member).unwrap_or(PeerId::new(me, 0));
         let config = self.partition_config(partition, peer);
         let replica = Partition::open(config, recovered, stored, now);
-        let mailbox = self.start(replica, store, recorded.is_none())?;
-        mailboxes.insert(partition, Hosted { mailbox, peer });
+        let (mailbox, lag_entries) = self.start(replica, store, recorded.is_none())?;
+        mailboxes.insert(partition, Hosted { mailbox, peer, lag_entries });
         Ok(())
     }
 
@@ -423,7 +426,7 @@ impl Router {
         partition: Partition,
         store: SnapshotStore,
         record_peer: bool,
-    ) -> Result<mpsc::Sender<PartitionInput>, RouteError> {
+    ) -> Result<(mpsc::Sender<PartitionInput>, Arc<AtomicU64>), RouteError> {
         let id = partition.id();
         if record_peer {
             let peer = partition.peer();
@@ -432,6 +435,7 @@ impl Router {
         let persist = self.persist.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let applier = self.applier.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let (mut tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let lag_entries = Arc::new(AtomicU64::new(0));
         let down = self.down_nodes();
         if !down.is_empty() {
             tx.try_send(PartitionInput::Liveness(Arc::new(down))).expect("a new mailbox has room");
@@ -453,9 +457,16 @@ impl Router {
             transfer_events: Default::default(),
             saving: None,
             members: Default::default(),
+            lag_entries: lag_entries.clone(),
         };
         self.env.spawn.spawn("partition", Box::pin(Box::new(actor).run()));
-        Ok(tx)
+        Ok((tx, lag_entries))
+    }
+
+    /// The largest lag, in entries, of a follower behind a leader here.
+    pub fn replica_lag_entries_max(&self) -> u64 {
+        let mailboxes = self.mailboxes.lock().expect("not poisoned");
+        mailboxes.values().map(|h| h.lag_entries.load(Ordering::Relaxed)).max().unwrap_or(0)
     }
 
     /// The partitions this node hosts, sorted.

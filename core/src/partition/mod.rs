@@ -421,16 +421,36 @@ impl Partition {
         self.fatal.is_some()
     }
 
+    /// How far the furthest-behind member is behind this leader, in entries; 0 unless leading.
+    pub fn leader_lag_entries(&self) -> u64 {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return 0;
+        }
+        let last = raft.raft_log.last_index();
+        raft.prs()
+            .iter()
+            .filter(|(&id, _)| id != raft.id)
+            .map(|(_, p)| last.saturating_sub(p.matched))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// This replica's role (cheap: no copy of the membership).
+    pub fn role(&self) -> Role {
+        let raft = &self.raw.raft;
+        match raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower if raft.prs().conf().learners().contains(&self.config.peer.0) => Role::Learner,
+            StateRole::Follower => Role::Follower,
+        }
+    }
+
     pub fn status(&self) -> PartitionStatus {
         let raft = &self.raw.raft;
         let conf_state: ConfState = (&raft.prs().conf().to_conf_state()).into();
-        let is_learner = conf_state.learners.contains(&self.config.peer.0);
-        let role = match raft.state {
-            StateRole::Leader => Role::Leader,
-            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
-            StateRole::Follower if is_learner => Role::Learner,
-            StateRole::Follower => Role::Follower,
-        };
+        let role = self.role();
         let progress = if raft.state == StateRole::Leader {
             let mut progress: Vec<_> = raft
                 .prs()

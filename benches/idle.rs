@@ -10,7 +10,8 @@
 //!   next to the latency of writes to a partition already awake, and the elections started
 //!   while waking them (goal: none);
 //! - failover: the node leading the most partitions is killed once they have quiesced again;
-//!   the time until every partition it led has a leader on another node;
+//!   the time until every partition it led has a leader on another node; then it restarts:
+//!   time to serving and to every replica quiesced again, and elections meanwhile (goal: none);
 //! - (full run only) the write throughput of 48 busy partitions among all the idle ones, next
 //!   to 48 busy partitions in a fresh cluster of only 48.
 //!
@@ -205,10 +206,27 @@ fn main() {
     });
     let failover = started.elapsed();
 
+    // The killed node comes back: its replicas rest, the leaders that excused it catch it up,
+    // and nothing should be elected.
+    let elections_before = sum_metric(&cluster, "cohort_elections_total");
+    let started = Instant::now();
+    cluster.start_node(victim);
+    cluster.wait_serving(victim);
+    let restart_serving = started.elapsed();
+    let requiesced = wait_all_quiesced(&cluster, hosted, Duration::from_secs(300)) + restart_serving;
+    let restart_elections = sum_metric(&cluster, "cohort_elections_total") - elections_before;
+    let election_causes: Vec<String> = (1..=NODES)
+        .flat_map(|id| {
+            cluster::http_get(&cluster.node(id).http_address, "/metrics")
+                .lines()
+                .filter(|l| l.starts_with("cohort_elections_total{"))
+                .map(|l| format!("node {id} {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+
     // 48 busy partitions among all the others, then in a cluster of only 48 (full run only).
     let throughput = full.then(|| {
-        cluster.start_node(victim);
-        cluster.wait_serving(victim);
         let among_all = active_throughput(&rt, &cluster);
         drop(cluster);
         let alone = TestCluster::start_configured(NODES, |config| {
@@ -263,6 +281,11 @@ fn main() {
         victims.len(),
         failover.as_secs_f64()
     );
+    println!(
+        "restart: node {victim} back with {hosted} replicas: serving after {:.2} s, every replica quiesced again after {:.2} s; elections: {restart_elections} (goal: 0 but the directory replica, which stays awake and may pre-vote once)",
+        restart_serving.as_secs_f64(),
+        requiesced.as_secs_f64()
+    );
     if let Some((among_all, alone)) = throughput {
         println!(
             "active: {ACTIVE} busy partitions among {partitions}: {among_all:.0} writes/s; {ACTIVE} in a cluster of {ACTIVE}: {alone:.0} writes/s: {:.2} (goal: at least 0.90)",
@@ -275,5 +298,8 @@ fn main() {
         assert!(idle_messages < 100.0, "idle peer messages {idle_messages:.1}/s: only node liveness should talk");
         assert!(idle_messages > 0.0, "node liveness heartbeats are counted as peer messages");
         assert_eq!(wake_elections, 0.0, "waking quiesced partitions started elections");
+        // The restarted node's directory replica stays awake (it is never put to rest) and may
+        // pre-vote once before its leader's heartbeat reaches it; no other replica may.
+        assert!(restart_elections <= 1.0, "a node's restart started elections: {election_causes:?}");
     }
 }

@@ -405,7 +405,15 @@ impl Router {
         let member = conf.members().into_iter().map(PeerId).find(|p| p.node() == me);
         let peer = recorded.or(member).unwrap_or(PeerId::new(me, 0));
         let config = self.partition_config(partition, peer);
-        let replica = Partition::open(config, recovered, stored, now);
+        let mut replica = Partition::open(config, recovered, stored, now);
+        if partition != DIRECTORY {
+            // A restart does not wake, let alone elect, every partition this node hosts: each
+            // sleeps until a request or a message needs it. The directory stays awake: the
+            // nodes' bookkeeping (members, allocations) needs its leader without a request to
+            // wake it (resting it too left it leaderless after whole-cluster restarts in the
+            // simulator).
+            replica.rest();
+        }
         let (mailbox, lag_entries) = self.start(replica, store, recorded.is_none())?;
         mailboxes.insert(partition, Hosted { mailbox, peer, lag_entries });
         Ok(())

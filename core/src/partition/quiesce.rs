@@ -183,6 +183,17 @@ impl Partition {
         matches!(self.quiesce, Quiesce::Quiesced { .. })
     }
 
+    /// Puts a replica that has just opened (a node restarting) to rest: quiesced, with no
+    /// timer, until a request or a message needs it. Its partition's leader, if alive, is
+    /// quiesced or heartbeating (which wakes it); if the partition has no leader (its leader
+    /// was this node), the first request elects one. A restart then costs no election and no
+    /// traffic for partitions nobody uses.
+    pub fn rest(&mut self) {
+        if self.fatal.is_none() && !self.is_leader() {
+            self.quiesce = Quiesce::Quiesced { lagging: BTreeSet::new() };
+        }
+    }
+
     /// The quiesce state, the tick count and the nodes known down, for debugging.
     pub fn quiesce_debug(&self) -> String {
         format!("{:?} at tick {} down {:?}", self.quiesce, self.ticks, self.down_nodes)

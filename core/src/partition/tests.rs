@@ -800,3 +800,36 @@ fn quiescing_and_waking_under_message_loss_never_loses_a_write() {
     assert_one_leader_per_term(&cluster);
     cluster.assert_logs_agree();
 }
+
+#[test]
+fn a_restarted_cluster_rests_until_a_request_elects_a_leader_and_loses_nothing() {
+    let (mut cluster, leader) = quiesced_cluster(47);
+    let (body, _) = set_main(1, 2, b"before the restart");
+    let request = cluster.request(leader, body);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()));
+    assert_written(cluster.response(request).unwrap());
+    let term = cluster.replica(leader).term();
+    for node in cluster.nodes() {
+        cluster.crash(node);
+    }
+    for node in [NodeId(1), NodeId(2), NodeId(3)] {
+        cluster.restart_resting(node);
+    }
+    // Nothing to do: driving ends at once (no timer, no message), with no leader elected.
+    assert!(!cluster.drive_until(STEPS_MAX, |c| c.leader().is_some()), "a resting cluster elects nobody");
+    assert!(all_quiesced(&cluster), "restarted replicas rest");
+    // A request wakes one; it elects, and the write before the restart is still there.
+    let read = cluster.request(NodeId(2), list_refs(ReadConsistency::Linearizable));
+    assert!(matches!(cluster.response(read), Some(Response::NotLeader { leader: None })));
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some()), "the woken replica elects");
+    assert!(cluster.replica(cluster.leader().unwrap()).term() > term);
+    let leader = elect(&mut cluster);
+    let read = cluster.request(leader, list_refs(ReadConsistency::Linearizable));
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(read).is_some()));
+    match cluster.response(read) {
+        Some(Response::Read { result: crate::state_machine::ReadResult::Refs(refs), .. }) => {
+            assert_eq!(refs.len(), 1, "refs/heads/main survives: {refs:?}")
+        }
+        other => panic!("expected the refs, got {other:?}"),
+    }
+}

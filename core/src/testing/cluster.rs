@@ -260,6 +260,12 @@ impl Cluster {
         self.report_liveness();
     }
 
+    /// Restarts a crashed node as the router does: its replica rests until something needs it.
+    pub fn restart_resting(&mut self, node: NodeId) {
+        self.restart(node);
+        self.replicas.get_mut(&node).expect("restarted").partition.rest();
+    }
+
     /// Makes every pending write of `node` durable and tells its replica.
     pub fn complete_persists(&mut self, node: NodeId) {
         self.persist_pending(node);

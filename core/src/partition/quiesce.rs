@@ -269,6 +269,12 @@ impl Partition {
                 }
             }
             raft.ping();
+        } else if raft.leader_id == raft::INVALID_ID && cause == WakeCause::Request {
+            // Woken from rest by a request, knowing no leader (this node restarted): ask for
+            // votes now rather than an election timeout from now. Pre-vote keeps it harmless:
+            // if the partition has a leader, its followers and the leader itself refuse, and
+            // the leader, woken by the ask, heartbeats.
+            self.campaign_asked = true;
         } else if !matches!(cause, WakeCause::Message | WakeCause::LeaderNodeDown) {
             self.tell_leader_awake();
         }

@@ -109,11 +109,14 @@ impl Drop for Completion {
     }
 }
 
-/// Keeps the node's counts of replicas by role and of quiesced replicas, and of wakes by
-/// cause, as this replica changes: a scrape reads them without asking every replica.
+/// Keeps the node's metrics of this replica as it changes (replicas by role and quiesced,
+/// elections by cause, leader changes, wakes by cause, its lag as a leader): a scrape reads
+/// them without asking every replica.
 struct ReplicaGauges {
     metrics: Arc<crate::metrics::NodeMetrics>,
+    lag_entries: Arc<std::sync::atomic::AtomicU64>,
     role: Option<Role>,
+    leader: Option<NodeId>,
     quiesced: bool,
     last_wake: Option<(WakeCause, u64)>,
 }
@@ -135,8 +138,18 @@ impl ReplicaGauges {
                 self.role_gauge(old).dec();
             }
             self.role_gauge(role).inc();
+            if role == Role::Candidate {
+                let cause = partition.last_election().unwrap_or(ElectionCause::Timeout);
+                self.metrics.elections.get_or_create(&vec![("cause", cause.name().to_string())]).inc();
+            }
             self.role = Some(role);
         }
+        let leader = partition.leader();
+        if leader != self.leader && leader.is_some() {
+            self.metrics.leader_changes.inc();
+        }
+        self.leader = leader;
+        self.lag_entries.store(partition.leader_lag_entries(), std::sync::atomic::Ordering::Relaxed);
         let quiesced = partition.is_quiesced();
         if quiesced != self.quiesced {
             if quiesced {
@@ -199,10 +212,14 @@ impl Actor {
         // Answers of the store, in the order the work was handed to it.
         let mut applying: VecDeque<oneshot::Receiver<ApplyResult>> = VecDeque::new();
         let mut timer: Option<(crate::env::Instant, BoxFuture<()>)> = None;
-        let (mut last_leader, mut was_candidate) = (self.partition.leader(), false);
-        let mut gauges =
-            ReplicaGauges { metrics: self.env.metrics.clone(), role: None, quiesced: false, last_wake: None };
-        let lag_entries = self.lag_entries.clone();
+        let mut gauges = ReplicaGauges {
+            metrics: self.env.metrics.clone(),
+            lag_entries: self.lag_entries.clone(),
+            role: None,
+            leader: self.partition.leader(),
+            quiesced: false,
+            last_wake: None,
+        };
         if !Box::pin(self.drain(&mut replies, &mut applying)).await {
             return;
         }
@@ -312,17 +329,7 @@ impl Actor {
                     self.transfers.tick(&mut self.transfer_events);
                 }
             }
-            let (leader, candidate) = (self.partition.leader(), self.partition.status_role_is_candidate());
-            if leader != last_leader && leader.is_some() {
-                self.env.metrics.leader_changes.inc();
-            }
-            if candidate && !was_candidate {
-                let cause = self.partition.last_election().unwrap_or(ElectionCause::Timeout);
-                self.env.metrics.elections.get_or_create(&vec![("cause", cause.name().to_string())]).inc();
-            }
-            (last_leader, was_candidate) = (leader, candidate);
             gauges.observe(&self.partition);
-            lag_entries.store(self.partition.leader_lag_entries(), std::sync::atomic::Ordering::Relaxed);
             if !Box::pin(self.drain(&mut replies, &mut applying)).await {
                 return;
             }

@@ -4,7 +4,7 @@
 //! Every `interval` a node sends each other node a `Payload::NodeHeartbeat`. Anything that
 //! arrives from a node (a heartbeat or any Raft message) counts as hearing from it. A node not
 //! heard from for `timeout` is *down*; heard again, it is *up*. Each change is told to every
-//! replica on this node, at most `notices_per_tick` replicas per tick, so that a dead node that
+//! replica on this node, at most `NOTICES_PER_INTERVAL` replicas per interval, so that a dead node that
 //! led 10,000 partitions does not start 10,000 elections at once (each replica's randomised
 //! election timeout spreads them further).
 
@@ -18,8 +18,6 @@ use std::time::Duration;
 pub struct LivenessOptions {
     pub interval: Duration,
     pub timeout: Duration,
-    /// Replicas told of a change per tick of `interval`.
-    pub notices_per_interval: usize,
 }
 
 impl LivenessOptions {
@@ -29,14 +27,13 @@ impl LivenessOptions {
         LivenessOptions {
             interval: options.tick_interval * options.heartbeat_ticks as u32,
             timeout: options.tick_interval * (2 * options.election_ticks) as u32,
-            notices_per_interval: NOTICES_PER_INTERVAL,
         }
     }
 }
 
 /// Replicas told of a liveness change per heartbeat interval (5,000 a second at the default
 /// 200 ms).
-const NOTICES_PER_INTERVAL: usize = 1_000;
+pub const NOTICES_PER_INTERVAL: usize = 1_000;
 
 /// Who this node has heard from, and when. Pure: fed what arrived and the time.
 #[derive(Debug)]

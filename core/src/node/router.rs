@@ -3,7 +3,7 @@
 
 use super::actor::{Actor, PartitionInput};
 use super::applier::{ApplyRequest, DurableSignal};
-use super::liveness::{Liveness, LivenessOptions};
+use super::liveness::{Liveness, LivenessOptions, NOTICES_PER_INTERVAL};
 use super::persisted::PersistSignal;
 use crate::env::{Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, PeerId, DIRECTORY};
@@ -161,7 +161,7 @@ impl Router {
                         // With backpressure: a notice must not be lost (a follower that never
                         // learns its leader died would sleep forever).
                         let _ = mailbox.send(PartitionInput::Liveness(down.clone())).await;
-                        if (told + 1) % options.notices_per_interval == 0 {
+                        if (told + 1) % NOTICES_PER_INTERVAL == 0 {
                             clock.sleep_until(clock.now() + options.interval).await;
                         }
                     }

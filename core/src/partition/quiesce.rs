@@ -95,15 +95,6 @@ pub enum WakeCause {
 }
 
 impl WakeCause {
-    pub const ALL: [WakeCause; 6] = [
-        WakeCause::Request,
-        WakeCause::Message,
-        WakeCause::LeaderNodeDown,
-        WakeCause::QuorumNodesDown,
-        WakeCause::LaggingNodeUp,
-        WakeCause::QuiesceRefused,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             WakeCause::Request => "request",
@@ -133,14 +124,6 @@ pub enum ElectionCause {
 }
 
 impl ElectionCause {
-    pub const ALL: [ElectionCause; 5] = [
-        ElectionCause::Timeout,
-        ElectionCause::LeaderNodeDown,
-        ElectionCause::AfterWake,
-        ElectionCause::Transfer,
-        ElectionCause::Requested,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             ElectionCause::Timeout => "timeout",
@@ -288,13 +271,20 @@ impl Partition {
         if raft.leader_id == raft::INVALID_ID || raft.leader_id == raft.id {
             return;
         }
+        self.send_marked(MessageType::MsgHeartbeatResponse, raft.leader_id, WAKE_CONTEXT);
+    }
+
+    /// Sends `to` a heartbeat or heartbeat answer of this replica's term and commit, carrying
+    /// `mark` as its context.
+    fn send_marked(&mut self, message_type: MessageType, to: u64, mark: &[u8]) {
+        let raft = &self.raw.raft;
         let mut message = Message::default();
-        message.set_msg_type(MessageType::MsgHeartbeatResponse);
-        message.to = raft.leader_id;
+        message.set_msg_type(message_type);
+        message.to = to;
         message.from = raft.id;
         message.term = raft.term;
         message.commit = raft.raft_log.committed;
-        message.context = WAKE_CONTEXT.to_vec().into();
+        message.context = mark.to_vec().into();
         self.send(message);
     }
 
@@ -493,15 +483,7 @@ impl Partition {
     }
 
     fn send_quiesce(&mut self, to: u64) {
-        let raft = &self.raw.raft;
-        let mut message = Message::default();
-        message.set_msg_type(MessageType::MsgHeartbeat);
-        message.to = to;
-        message.from = raft.id;
-        message.term = raft.term;
-        message.commit = raft.raft_log.committed;
-        message.context = QUIESCE_CONTEXT.to_vec().into();
-        self.send(message);
+        self.send_marked(MessageType::MsgHeartbeat, to, QUIESCE_CONTEXT);
     }
 
     /// Why an election this replica is starting now started.

@@ -1,14 +1,15 @@
 //! What idle partitions cost, with real `cohort` processes on loopback: 3 nodes, 3 replicas per
-//! partition, production Raft timing (100 ms ticks, 1 s election timeout, quiesce after 2 s).
-//! Measures, in one run:
+//! partition, production Raft timing (100 ms ticks, 1 s election timeout, quiesce after 2 s),
+//! followers unloaded after 60 s (20 s in the smoke run). Measures, in one run:
 //!
 //! - partitions created per second (one repository each, 16 creations in flight);
-//! - idle with no partition, then once every replica has quiesced: the nodes' CPU over an idle window (as a share of one
+//! - idle with no partition; then once every replica has quiesced (before any unloads); then
+//!   once every follower has unloaded: the nodes' CPU over an idle window (as a share of one
 //!   core) and the peer messages per second (only node liveness should remain: independent of
-//!   the number of partitions), and RSS per quiesced partition per node;
-//! - wake latency: the first write to each of a sample of quiesced partitions, p50 and p99,
-//!   next to the latency of writes to a partition already awake, and the elections started
-//!   while waking them (goal: none);
+//!   the number of partitions), and RSS per quiesced replica and per unloaded replica;
+//! - wake latency: the first write to each of a sample of quiesced partitions, and of another
+//!   sample whose followers are unloaded, p50 and p99, next to the latency of writes to a
+//!   partition already awake, and the elections started while waking them (goal: none);
 //! - failover: the node leading the most partitions is killed once they have quiesced again;
 //!   the time until every partition it led has a leader on another node; then it restarts:
 //!   time to serving and to every replica quiesced again, and elections meanwhile (goal: none);
@@ -39,6 +40,15 @@ const IDLE_WINDOW: Duration = Duration::from_secs(10);
 /// Busy partitions among the idle ones, and how long they are driven.
 const ACTIVE: u64 = 48;
 const ACTIVE_WINDOW: Duration = Duration::from_secs(10);
+/// Metrics per node that count replicas loaded but asleep, and unloaded.
+const QUIESCED: &str = "cohort_partitions_quiesced";
+const UNLOADED: &str = "cohort_partitions_unloaded";
+/// The heap a node holds (allocated, not freed): unlike RSS, it shrinks when replicas unload.
+const HEAP: &str = "cohort_heap_in_use_bytes";
+
+fn heaps(cluster: &TestCluster) -> Vec<f64> {
+    (1..=NODES).map(|id| metric(cluster, id, HEAP)).collect()
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -110,13 +120,51 @@ fn active_throughput(rt: &tokio::runtime::Runtime, cluster: &TestCluster) -> f64
     writes.load(Ordering::Relaxed) as f64 / ACTIVE_WINDOW.as_secs_f64()
 }
 
-/// Waits until every node reports `hosted` quiesced replicas; returns how long that took.
-fn wait_all_quiesced(cluster: &TestCluster, hosted: u64, limit: Duration) -> Duration {
+/// Whether node `id` has all of its `hosted` replicas quiesced or unloaded.
+fn at_rest(cluster: &TestCluster, id: u64, hosted: u64) -> bool {
+    (metric(cluster, id, QUIESCED) + metric(cluster, id, UNLOADED)) as u64 >= hosted
+}
+
+/// Waits until every node has its `hosted` replicas quiesced or unloaded; returns how long
+/// that took.
+fn wait_all_at_rest(cluster: &TestCluster, hosted: u64, limit: Duration) -> Duration {
     let started = Instant::now();
-    wait_for("every replica to quiesce", limit, || {
-        (1..=NODES).all(|id| metric(cluster, id, "cohort_partitions_quiesced") as u64 >= hosted)
-    });
+    wait_for("every replica to quiesce", limit, || (1..=NODES).all(|id| at_rest(cluster, id, hosted)));
     started.elapsed()
+}
+
+/// Waits until every node has unloaded every replica it does not lead (but the directory's,
+/// which never unloads); returns the unloaded replicas per node.
+fn wait_followers_unloaded(cluster: &TestCluster, hosted: u64, limit: Duration) -> Vec<u64> {
+    wait_for("every follower to unload", limit, || {
+        (1..=NODES).all(|id| {
+            let loaded_followers =
+                ["cohort_partitions_follower", "cohort_partitions_candidate", "cohort_partitions_learner"]
+                    .iter()
+                    .map(|m| metric(cluster, id, m))
+                    .sum::<f64>();
+            at_rest(cluster, id, hosted) && loaded_followers <= 1.0
+        })
+    });
+    (1..=NODES).map(|id| metric(cluster, id, UNLOADED) as u64).collect()
+}
+
+/// The first write to each of `partitions` (asleep), one at a time.
+fn first_writes(
+    rt: &tokio::runtime::Runtime,
+    writer: &cohort_net::client::Client,
+    partitions: &[u64],
+) -> Vec<Duration> {
+    let mut latencies: Vec<Duration> = partitions
+        .iter()
+        .map(|&i| {
+            let started = Instant::now();
+            rt.block_on(write_blob(writer, &repo(&name(i)), "wake", b"wake".to_vec()));
+            started.elapsed()
+        })
+        .collect();
+    latencies.sort();
+    latencies
 }
 
 /// Each partition's leader, from the merged status.
@@ -147,39 +195,39 @@ fn idle_window(cluster: &TestCluster, pids: &[u32]) -> (f64, f64) {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let partitions = env_or("COHORT_BENCH_IDLE_PARTITIONS", if full { 2_000 } else { 1_000 });
-    let samples = partitions.min(if full { 500 } else { 100 });
-    let mut cluster = TestCluster::start_configured(NODES, |config| {
+    let samples = partitions.min(if full { 500 } else { 100 }) / 2;
+    let unload_after_ms = if full { 60_000 } else { 20_000 };
+    let configure = |config: &mut cohort::config::RawConfig| {
         config.replicas = Some(3);
-        config.raft = cohort::config::RawRaft::default();
+        config.raft = cohort::config::RawRaft { unload_after_ms, ..cohort::config::RawRaft::default() };
         // A small page cache, so that RSS per replica is the replicas' and not a cache filling.
         config.store.cache_bytes = 4 << 20;
-    });
+    };
+    let mut cluster = TestCluster::start_configured(NODES, configure);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let pids: Vec<u32> = (1..=NODES).map(|id| cluster.children[&id].id()).collect();
     let hosted = partitions + 1; // every partition has a replica on every node, and the directory
-    wait_all_quiesced(&cluster, 1, Duration::from_secs(60));
+    wait_all_at_rest(&cluster, 1, Duration::from_secs(60));
     let rss_before: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
+    let heap_before = heaps(&cluster);
     let (empty_cpu, empty_messages) = idle_window(&cluster, &pids);
 
+    // Every replica quiesced, none unloaded yet (if creating took less than unload_after_ms).
     let create_elapsed = create_all(&rt, &cluster, partitions);
-    let quiesce_elapsed = wait_all_quiesced(&cluster, hosted, Duration::from_secs(600));
+    let quiesce_elapsed = wait_all_at_rest(&cluster, hosted, Duration::from_secs(600));
+    let (quiesced_cpu, quiesced_messages) = idle_window(&cluster, &pids);
+    let rss_quiesced: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
+    let heap_quiesced = heaps(&cluster);
+    let unloaded_early: Vec<u64> = (1..=NODES).map(|id| metric(&cluster, id, UNLOADED) as u64).collect();
+    let still_quiesced = (1..=NODES).all(|id| at_rest(&cluster, id, hosted));
 
-    let (idle_cpu, idle_messages) = idle_window(&cluster, &pids);
-    let rss_after: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
-    let still_quiesced = (1..=NODES).all(|id| metric(&cluster, id, "cohort_partitions_quiesced") as u64 >= hosted);
-
-    // Wake latency: the first write to quiesced partitions, then writes to an awake one.
+    // Wake latency: the first write to quiesced partitions (the even ones of a sample), then
+    // writes to an awake one.
     let writer = client(&cluster, 7);
+    let step = partitions / (2 * samples);
+    let sample: Vec<u64> = (0..2 * samples).map(|i| i * step).collect();
     let elections_before = sum_metric(&cluster, "cohort_elections_total");
-    let step = partitions / samples;
-    let mut wake: Vec<Duration> = (0..samples)
-        .map(|i| {
-            let started = Instant::now();
-            rt.block_on(write_blob(&writer, &repo(&name(i * step)), "wake", b"wake".to_vec()));
-            started.elapsed()
-        })
-        .collect();
-    let wake_elections = sum_metric(&cluster, "cohort_elections_total") - elections_before;
+    let wake = first_writes(&rt, &writer, &sample.iter().copied().step_by(2).collect::<Vec<_>>());
     let mut awake: Vec<Duration> = (0..samples)
         .map(|i| {
             let started = Instant::now();
@@ -187,11 +235,22 @@ fn main() {
             started.elapsed()
         })
         .collect();
-    wake.sort();
     awake.sort();
 
-    // Failover of quiesced partitions.
-    wait_all_quiesced(&cluster, hosted, Duration::from_secs(120));
+    // Every follower unloaded: idle again, then the first write to the odd ones of the sample,
+    // untouched since they were created.
+    let unloaded = wait_followers_unloaded(&cluster, hosted, Duration::from_secs(600));
+    let (unloaded_cpu, unloaded_messages) = idle_window(&cluster, &pids);
+    // The heap trimmer runs every second; give it one to hand freed pages back.
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_unloaded: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
+    let heap_unloaded = heaps(&cluster);
+    let load = first_writes(&rt, &writer, &sample.iter().copied().skip(1).step_by(2).collect::<Vec<_>>());
+    let wake_elections = sum_metric(&cluster, "cohort_elections_total") - elections_before;
+    let loads = sum_metric(&cluster, "cohort_partition_loads_total");
+
+    // Failover of quiesced partitions whose followers are unloaded.
+    wait_followers_unloaded(&cluster, hosted, Duration::from_secs(600));
     let before = leaders(&cluster);
     let mut led: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for (&partition, &leader) in &before {
@@ -206,14 +265,15 @@ fn main() {
     });
     let failover = started.elapsed();
 
-    // The killed node comes back: its replicas rest, the leaders that excused it catch it up,
-    // and nothing should be elected.
+    // The killed node comes back: its replicas open unloaded or resting, the leaders that
+    // excused it catch it up, and nothing should be elected.
     let elections_before = sum_metric(&cluster, "cohort_elections_total");
     let started = Instant::now();
     cluster.start_node(victim);
     cluster.wait_serving(victim);
     let restart_serving = started.elapsed();
-    let requiesced = wait_all_quiesced(&cluster, hosted, Duration::from_secs(300)) + restart_serving;
+    let restart_unloaded = metric(&cluster, victim, UNLOADED) as u64;
+    let requiesced = wait_all_at_rest(&cluster, hosted, Duration::from_secs(300)) + restart_serving;
     let restart_elections = sum_metric(&cluster, "cohort_elections_total") - elections_before;
     let election_causes: Vec<String> = (1..=NODES)
         .flat_map(|id| {
@@ -229,17 +289,14 @@ fn main() {
     let throughput = full.then(|| {
         let among_all = active_throughput(&rt, &cluster);
         drop(cluster);
-        let alone = TestCluster::start_configured(NODES, |config| {
-            config.replicas = Some(3);
-            config.raft = cohort::config::RawRaft::default();
-            config.store.cache_bytes = 4 << 20;
-        });
+        let alone = TestCluster::start_configured(NODES, configure);
         create_all(&rt, &alone, ACTIVE);
         (among_all, active_throughput(&rt, &alone))
     });
 
     println!(
-        "cluster: {NODES} nodes, 3 replicas per partition, {partitions} partitions (+ the directory), 100 ms ticks, quiesce after 2 s"
+        "cluster: {NODES} nodes, 3 replicas per partition, {partitions} partitions (+ the directory), 100 ms ticks, quiesce after 2 s, unload followers after {} s",
+        unload_after_ms / 1000
     );
     println!(
         "create: {partitions} partitions in {:.1} s ({:.0}/s, {IN_FLIGHT} in flight); all quiesced {:.1} s later",
@@ -252,37 +309,76 @@ fn main() {
         100.0 * empty_cpu,
         empty_messages
     );
-    println!(
-        "idle, {partitions} quiesced partitions: {:.2}% of one core, {:.1} peer messages/s ({:.4} per partition), over {} s; all still quiesced: {still_quiesced}",
-        100.0 * idle_cpu,
-        idle_messages,
-        idle_messages / partitions as f64,
-        IDLE_WINDOW.as_secs()
-    );
-    for (i, (b, a)) in rss_before.iter().zip(&rss_after).enumerate() {
+    for (state, cpu, messages) in [
+        ("quiesced", quiesced_cpu, quiesced_messages),
+        ("quiesced, followers unloaded", unloaded_cpu, unloaded_messages),
+    ] {
         println!(
-            "node {}: RSS {:.1} MiB before creating, {:.1} MiB with {hosted} quiesced replicas: {:.1} KiB per replica (goal: at most 8)",
-            i + 1,
-            *b as f64 / 1048576.0,
-            *a as f64 / 1048576.0,
-            a.saturating_sub(*b) as f64 / 1024.0 / hosted as f64
+            "idle, {partitions} partitions {state}: {:.2}% of one core, {:.1} peer messages/s ({:.4} per partition), over {} s",
+            100.0 * cpu,
+            messages,
+            messages / partitions as f64,
+            IDLE_WINDOW.as_secs()
         );
     }
+    println!("all still at rest after the first idle window: {still_quiesced}");
+    for i in 0..NODES as usize {
+        // Per replica: (loaded) the growth with every replica quiesced, over the replicas;
+        // (unloaded) what is left once followers unloaded, less the loaded replicas' share,
+        // over the unloaded ones. Early unloads (creating took longer than unload_after) make
+        // the first an underestimate; they are printed.
+        let per_replica = |before: f64, quiesced: f64, unloaded_state: f64| {
+            let per_loaded = (quiesced - before) / hosted as f64;
+            let loaded_left = (hosted - unloaded[i]) as f64;
+            (per_loaded, (unloaded_state - before - loaded_left * per_loaded) / unloaded[i].max(1) as f64)
+        };
+        let (rss_loaded, rss_unloaded_each) =
+            per_replica(rss_before[i] as f64, rss_quiesced[i] as f64, rss_unloaded[i] as f64);
+        let (heap_loaded, heap_unloaded_each) = per_replica(heap_before[i], heap_quiesced[i], heap_unloaded[i]);
+        println!(
+            "node {}: {hosted} replicas, {} unloaded during the first window; RSS {:.1} -> {:.1} -> {:.1} MiB, heap in use {:.1} -> {:.1} -> {:.1} MiB \
+             (before creating -> all quiesced -> {} followers unloaded)",
+            i + 1,
+            unloaded_early[i],
+            rss_before[i] as f64 / 1048576.0,
+            rss_quiesced[i] as f64 / 1048576.0,
+            rss_unloaded[i] as f64 / 1048576.0,
+            heap_before[i] / 1048576.0,
+            heap_quiesced[i] / 1048576.0,
+            heap_unloaded[i] / 1048576.0,
+            unloaded[i],
+        );
+        let freed_per_unload =
+            (heap_quiesced[i] - heap_unloaded[i]) / unloaded[i].saturating_sub(unloaded_early[i]).max(1) as f64;
+        println!(
+            "node {}: per quiesced replica {:.1} KiB RSS, {:.1} KiB heap (goal: at most 8); per unloaded replica {:.0} B RSS, {:.0} B heap (goal: at most 512; both include its share of the log's index and of the store's page cache); heap freed per unload {:.1} KiB",
+            i + 1,
+            rss_loaded / 1024.0,
+            heap_loaded / 1024.0,
+            rss_unloaded_each,
+            heap_unloaded_each,
+            freed_per_unload / 1024.0
+        );
+    }
+    let ms = |sorted: &[Duration], p: f64| percentile(sorted, p).as_secs_f64() * 1e3;
     println!(
-        "wake: first write to {samples} quiesced partitions p50 {:.2} ms p99 {:.2} ms; writes to an awake partition p50 {:.2} ms p99 {:.2} ms: p99 ratio {:.2} (goal: at most 2); elections while waking: {wake_elections} (goal: 0)",
-        percentile(&wake, 0.5).as_secs_f64() * 1e3,
-        percentile(&wake, 0.99).as_secs_f64() * 1e3,
-        percentile(&awake, 0.5).as_secs_f64() * 1e3,
-        percentile(&awake, 0.99).as_secs_f64() * 1e3,
-        percentile(&wake, 0.99).as_secs_f64() / percentile(&awake, 0.99).as_secs_f64()
+        "wake: first write to {samples} quiesced partitions p50 {:.2} ms p99 {:.2} ms; to {samples} whose followers are unloaded p50 {:.2} ms p99 {:.2} ms ({loads} loads); writes to an awake partition p50 {:.2} ms p99 {:.2} ms: p99 ratios {:.2} and {:.2} (goal: at most 2); elections while waking: {wake_elections} (goal: 0)",
+        ms(&wake, 0.5),
+        ms(&wake, 0.99),
+        ms(&load, 0.5),
+        ms(&load, 0.99),
+        ms(&awake, 0.5),
+        ms(&awake, 0.99),
+        ms(&wake, 0.99) / ms(&awake, 0.99),
+        ms(&load, 0.99) / ms(&awake, 0.99)
     );
     println!(
-        "failover: node {victim} killed leading {} quiesced partitions; every one had a new leader {:.2} s later",
+        "failover: node {victim} killed leading {} quiesced partitions (followers unloaded); every one had a new leader {:.2} s later",
         victims.len(),
         failover.as_secs_f64()
     );
     println!(
-        "restart: node {victim} back with {hosted} replicas: serving after {:.2} s, every replica quiesced again after {:.2} s; elections: {restart_elections} (goal: 0 but the directory replica, which stays awake and may pre-vote once)",
+        "restart: node {victim} back with {hosted} replicas ({restart_unloaded} opened unloaded): serving after {:.2} s, every replica at rest again after {:.2} s; elections: {restart_elections} (goal: 0 but the directory replica, which stays awake and may pre-vote once)",
         restart_serving.as_secs_f64(),
         requiesced.as_secs_f64()
     );
@@ -295,9 +391,13 @@ fn main() {
     if !full {
         // The smoke run: the mechanisms worked, with loose bounds for a loaded CI machine.
         assert!(still_quiesced, "replicas woke while idle");
-        assert!(idle_messages < 100.0, "idle peer messages {idle_messages:.1}/s: only node liveness should talk");
-        assert!(idle_messages > 0.0, "node liveness heartbeats are counted as peer messages");
-        assert_eq!(wake_elections, 0.0, "waking quiesced partitions started elections");
+        for messages in [quiesced_messages, unloaded_messages] {
+            assert!(messages < 100.0, "idle peer messages {messages:.1}/s: only node liveness should talk");
+            assert!(messages > 0.0, "node liveness heartbeats are counted as peer messages");
+        }
+        assert!(unloaded.iter().all(|&n| n > 0), "every node unloaded followers: {unloaded:?}");
+        assert!(loads > 0.0, "the first writes loaded unloaded replicas");
+        assert_eq!(wake_elections, 0.0, "waking quiesced and unloaded partitions started elections");
         // The restarted node's directory replica stays awake (it is never put to rest) and may
         // pre-vote once before its leader's heartbeat reaches it; no other replica may.
         assert!(restart_elections <= 1.0, "a node's restart started elections: {election_causes:?}");

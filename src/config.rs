@@ -44,6 +44,10 @@ pub struct RawRaft {
     /// stop ticking and heartbeating until a request or a message wakes them. 0: never.
     #[serde(default = "default_quiesce_after_ms")]
     pub quiesce_after_ms: u64,
+    /// A follower replica quiesced this long with nothing in flight is unloaded from memory:
+    /// a few hundred bytes stay until a request or a message loads it again. 0: never.
+    #[serde(default = "default_unload_after_ms")]
+    pub unload_after_ms: u64,
 }
 
 fn default_log_retain_entries() -> u64 {
@@ -54,6 +58,10 @@ fn default_quiesce_after_ms() -> u64 {
     2_000
 }
 
+fn default_unload_after_ms() -> u64 {
+    10_000
+}
+
 impl Default for RawRaft {
     fn default() -> RawRaft {
         RawRaft {
@@ -62,6 +70,7 @@ impl Default for RawRaft {
             heartbeat_ticks: 2,
             log_retain_entries: default_log_retain_entries(),
             quiesce_after_ms: default_quiesce_after_ms(),
+            unload_after_ms: default_unload_after_ms(),
         }
     }
 }
@@ -311,6 +320,7 @@ impl Config {
                 heartbeat_ticks: raw.raft.heartbeat_ticks,
                 log_retain_entries: raw.raft.log_retain_entries,
                 quiesce_after_ticks: raw.raft.quiesce_after_ms.div_ceil(raw.raft.tick_interval_ms),
+                unload_after_ticks: raw.raft.unload_after_ms.div_ceil(raw.raft.tick_interval_ms),
             },
             store: cohort_core::store::StoreOptions { cache_size_bytes: raw.store.cache_bytes },
             applier: cohort_core::node::ApplierOptions {

@@ -107,6 +107,13 @@ async fn metrics(node: &NodeHandle) -> String {
         "Peers with an authenticated connection",
         ConstGauge::new(node.transport.connected_peers().len() as i64),
     );
+    if let Some(bytes) = crate::memory::heap_in_use_bytes() {
+        registry.register(
+            "heap_in_use_bytes",
+            "Heap memory the node holds (allocated and not freed; its resident set may be larger)",
+            ConstGauge::new(bytes as i64),
+        );
+    }
     if let Ok((uploads, upload_bytes)) = node.router.store().uploads_in_progress() {
         registry.register(
             "uploads_in_progress",

@@ -38,28 +38,31 @@ pub fn tune_allocator() {
 /// that hands the heaps' free pages back to the kernel, checking every second. A trim walks
 /// every heap, which costs in proportion to the heap, not to what it frees: with 2,000 idle
 /// partitions, trimming every second was over half of an idle node's CPU (`perf`). So it trims
-/// only when the resident set has grown by `TRIM_GROWTH_BYTES` since the last trim: an idle
-/// node's stays put. On other targets it does nothing: their allocators return memory on their
-/// own terms.
+/// only when the resident set has grown by `TRIM_CHANGE_BYTES` since the last trim, or the
+/// heap in use has shrunk by as much (replicas unloaded: their memory is free but resident):
+/// an idle node's stays put. On other targets it does nothing: their allocators return memory
+/// on their own terms.
 pub fn spawn_heap_trimmer() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-        const TRIM_GROWTH_BYTES: u64 = 4 * 1024 * 1024;
+        const TRIM_CHANGE_BYTES: u64 = 4 * 1024 * 1024;
         static STARTED: std::sync::Once = std::sync::Once::new();
         STARTED.call_once(|| {
             let spawned = std::thread::Builder::new().name("heap-trim".into()).spawn(|| {
-                let mut after_last_trim = 0;
+                let (mut resident_after_trim, mut in_use_at_trim) = (0, 0);
                 loop {
                     std::thread::sleep(TRIM_INTERVAL);
-                    let rss = resident_bytes();
-                    if rss.is_some_and(|rss| rss < after_last_trim + TRIM_GROWTH_BYTES) {
+                    let grew = resident_bytes().is_none_or(|rss| rss >= resident_after_trim + TRIM_CHANGE_BYTES);
+                    let freed = heap_in_use_bytes().is_some_and(|b| b + TRIM_CHANGE_BYTES <= in_use_at_trim);
+                    if !grew && !freed {
                         continue;
                     }
                     // SAFETY: malloc_trim takes the allocator's own locks; it is safe to call from
                     // any thread at any time.
                     unsafe { libc::malloc_trim(0) };
-                    after_last_trim = resident_bytes().unwrap_or(0);
+                    resident_after_trim = resident_bytes().unwrap_or(0);
+                    in_use_at_trim = heap_in_use_bytes().unwrap_or(0);
                 }
             });
             if let Err(error) = spawned {
@@ -77,4 +80,20 @@ fn resident_bytes() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
     let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page_bytes).ok()?)
+}
+
+/// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`: heap chunks in
+/// use plus mapped ones): what the node holds, unlike its resident set, which keeps the pages
+/// of freed memory until a trim. `None` on other targets.
+pub fn heap_in_use_bytes() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics, under its own locks.
+        let info = unsafe { libc::mallinfo2() };
+        Some((info.uordblks + info.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
 }

@@ -26,8 +26,14 @@ pub struct NodeMetrics {
     pub elections: Family<Labels, Counter>,
     /// Quiesced replicas that woke, by cause (`WakeCause::name`).
     pub wakes: Family<Labels, Counter>,
-    /// Replicas on this node that are quiesced.
+    /// Replicas on this node that are quiesced (loaded ones; unloaded ones are counted apart).
     pub partitions_quiesced: Gauge,
+    /// Replicas on this node that are unloaded: a `Dormant` record each, no task, no timer.
+    pub partitions_unloaded: Gauge,
+    /// Unloaded replicas loaded again, by what needed them (`LoadCause::name`).
+    pub partition_loads: Family<Labels, Counter>,
+    /// Replicas unloaded.
+    pub partition_unloads: Counter,
     /// Whether each other node answers (1) or not (0), as node liveness sees it.
     pub peer_alive: Family<Labels, Gauge>,
     /// Times a node was seen to stop answering.
@@ -60,6 +66,9 @@ impl Default for NodeMetrics {
             elections: Family::default(),
             wakes: Family::default(),
             partitions_quiesced: Gauge::default(),
+            partitions_unloaded: Gauge::default(),
+            partition_loads: Family::default(),
+            partition_unloads: Counter::default(),
             peer_alive: Family::default(),
             peer_down_events: Counter::default(),
             commit_latency_seconds: Histogram::new(latency_buckets()),
@@ -94,6 +103,17 @@ impl NodeMetrics {
             "Replicas on this node that are quiesced (no timer, no messages)",
             self.partitions_quiesced.clone(),
         );
+        registry.register(
+            "partitions_unloaded",
+            "Replicas on this node that are unloaded (a few hundred bytes each until needed)",
+            self.partitions_unloaded.clone(),
+        );
+        registry.register(
+            "partition_loads",
+            "Unloaded replicas on this node loaded again, by cause",
+            self.partition_loads.clone(),
+        );
+        registry.register("partition_unloads", "Replicas on this node unloaded", self.partition_unloads.clone());
         registry.register(
             "peer_alive",
             "Whether each other node answers node-liveness heartbeats (1) or not (0)",

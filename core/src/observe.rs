@@ -20,4 +20,8 @@ pub trait Observer: std::fmt::Debug + Send + Sync + 'static {
     fn election_started(&self, node: NodeId, partition: PartitionId, term: u64, cause: ElectionCause) {
         let _ = (node, partition, term, cause);
     }
+    /// Replica (`node`, `partition`) was unloaded (`loaded`: false) or loaded again (true).
+    fn load_changed(&self, node: NodeId, partition: PartitionId, loaded: bool) {
+        let _ = (node, partition, loaded);
+    }
 }

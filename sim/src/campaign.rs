@@ -27,6 +27,8 @@ pub struct SeedSummary {
     pub operations: usize,
     pub episodes: u64,
     pub snapshots_installed: u64,
+    #[serde(default)]
+    pub unloads: u64,
 }
 
 impl SeedSummary {
@@ -90,6 +92,7 @@ pub fn run_seed(seed: u64, scenario: &str, bug: Option<&str>) -> SeedSummary {
                 operations: 0,
                 episodes: 0,
                 snapshots_installed: 0,
+                unloads: 0,
             }
         }
     }
@@ -249,7 +252,7 @@ pub fn run(options: &CampaignOptions) -> CampaignResult {
     );
     println!(
         "wall {:.1} s  simulated {:.0} s  simulated/wall {:.1}x  seeds/minute {:.1}  operations {}  \
-         snapshots installed {} (in {} seeds)",
+         snapshots installed {} (in {} seeds)  replicas unloaded {} (in {} seeds)",
         wall_seconds,
         simulated_seconds,
         simulated_seconds / wall_seconds.max(1e-9),
@@ -257,6 +260,8 @@ pub fn run(options: &CampaignOptions) -> CampaignResult {
         summaries.iter().map(|s| s.operations).sum::<usize>(),
         summaries.iter().map(|s| s.snapshots_installed).sum::<u64>(),
         summaries.iter().filter(|s| s.snapshots_installed > 0).count(),
+        summaries.iter().map(|s| s.unloads).sum::<u64>(),
+        summaries.iter().filter(|s| s.unloads > 0).count(),
     );
     println!("failed seeds by checker: {}", format_counts(&count_by_checker(&failed)));
     println!("faults (seeds with it on / of those failed):");

@@ -75,6 +75,12 @@ fn quiesce_after_ticks(seed: u64, must_quiesce: bool) -> u64 {
     choices[(seed / 27 % choices.len() as u64) as usize]
 }
 
+/// How long a quiesced follower stays loaded, in ticks: from at once (so that unloading and
+/// loading race with every fault) to never, as the seed picks.
+fn unload_after_ticks(seed: u64) -> u64 {
+    [1, 10, 40, 0][(seed / 81 % 4) as usize]
+}
+
 /// When the applier makes the store durable: often, at a pace the seed picks, so that crashes
 /// find both lazy commits to lose and durable ones to keep, and logs are compacted.
 fn applier_options(seed: u64) -> cohort_core::node::ApplierOptions {
@@ -117,6 +123,7 @@ impl SimCluster {
                     heartbeat_ticks: 2,
                     log_retain_entries: log_retain_entries(seed),
                     quiesce_after_ticks: quiesce_after_ticks(seed, must_quiesce),
+                    unload_after_ticks: unload_after_ticks(seed),
                 },
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,

@@ -275,6 +275,7 @@ fn run_one(seed: u64, scenario: &str, bug: Option<&str>, json: bool, trace: bool
                     operations: 0,
                     episodes: 0,
                     snapshots_installed: 0,
+                    unloads: 0,
                 };
                 println!("{}", serde_json::to_string(&summary).expect("serializable"));
             } else {
@@ -296,6 +297,7 @@ fn run_one(seed: u64, scenario: &str, bug: Option<&str>, json: bool, trace: bool
             operations: report.operations,
             episodes: report.episodes,
             snapshots_installed: report.snapshots_installed,
+            unloads: report.unloads,
         };
         println!("{}", serde_json::to_string(&summary).expect("serializable"));
     } else {

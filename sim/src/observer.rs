@@ -17,6 +17,8 @@ struct State {
     /// (partition, index) already reported as diverged: each is reported once.
     reported: std::collections::BTreeSet<(PartitionId, u64)>,
     snapshots_installed: u64,
+    /// Replicas unloaded (each one loaded again, or still unloaded, later).
+    unloads: u64,
     /// Elections started (pre-vote or vote), in order: (node, partition, term, cause).
     elections_started: Vec<(NodeId, PartitionId, u64, ElectionCause)>,
 }
@@ -68,6 +70,11 @@ impl SafetyObserver {
         self.state.lock().expect("not poisoned").snapshots_installed
     }
 
+    /// Replicas unloaded so far (how much the run exercised unloading and loading).
+    pub fn unloads(&self) -> u64 {
+        self.state.lock().expect("not poisoned").unloads
+    }
+
     /// Elections replicas started so far, with their causes.
     pub fn elections_started(&self) -> Vec<(NodeId, PartitionId, u64, ElectionCause)> {
         self.state.lock().expect("not poisoned").elections_started.clone()
@@ -103,6 +110,14 @@ impl Observer for SafetyObserver {
                     self.state.lock().expect("not poisoned").violations.push(message);
                 }
             }
+        }
+    }
+
+    fn load_changed(&self, node: NodeId, partition: PartitionId, loaded: bool) {
+        let what = if loaded { "loaded" } else { "unloaded" };
+        self.trace.event(now_ns(), format!("replica {what} partition={partition} node={node}"));
+        if !loaded {
+            self.state.lock().expect("not poisoned").unloads += 1;
         }
     }
 

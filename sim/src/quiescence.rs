@@ -205,7 +205,10 @@ async fn awake_replicas(services: &Services, partitions: &[PartitionId]) -> Vec<
                 })
                 .await;
             match state {
-                Ok((true, _)) | Err(cohort_core::node::RouteError::UnknownPartition(_)) => {}
+                Ok((true, _))
+                | Err(
+                    cohort_core::node::RouteError::UnknownPartition(_) | cohort_core::node::RouteError::Unloaded(_),
+                ) => {}
                 Ok((false, why)) => awake.push(format!("partition {partition} on node {node} ({why})")),
                 Err(error) => awake.push(format!("partition {partition} on node {node} ({error})")),
             }

@@ -287,6 +287,7 @@ pub struct RunReport {
     pub operations: usize,
     pub episodes: u64,
     pub snapshots_installed: u64,
+    pub unloads: u64,
 }
 
 fn trace_event(trace: &Trace, line: impl AsRef<str>) {
@@ -475,6 +476,7 @@ pub async fn run(options: RunOptions) -> RunReport {
         operations: history.len(),
         episodes,
         snapshots_installed: observer.snapshots_installed(),
+        unloads: observer.unloads(),
     }
 }
 
@@ -852,6 +854,8 @@ async fn partition_view(
                 }
                 stored_state(service.router().store(), partition)
             }
+            // An unloaded replica leads nothing; its state is the store's.
+            Err(cohort_core::node::RouteError::Unloaded(_)) => stored_state(service.router().store(), partition),
             // A node that is not a member has no replica, rightly; a member without one is a
             // failure that `converged` reports.
             Err(cohort_core::node::RouteError::UnknownPartition(_)) => Err("has no replica".to_owned()),

@@ -44,6 +44,9 @@ pub struct ReplicaJson {
     /// Quiesced: no timer and no heartbeats until a request or a message wakes it (as its own
     /// node reports it; false when not reported).
     pub quiesced: bool,
+    /// Unloaded: a few hundred bytes in memory until a request or a message loads it (as its
+    /// own node reports it).
+    pub unloaded: bool,
 }
 
 fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
@@ -97,6 +100,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                             existing.compacted_index = r.compacted_index;
                             existing.durable_index = r.durable_index;
                             existing.quiesced = r.quiesced;
+                            existing.unloaded = r.unloaded;
                         }
                         existing.match_index = existing.match_index.max(r.match_index);
                     }
@@ -108,6 +112,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                         compacted_index: if own { r.compacted_index } else { 0 },
                         durable_index: if own { r.durable_index } else { 0 },
                         quiesced: own && r.quiesced,
+                        unloaded: own && r.unloaded,
                     }),
                 }
             }
@@ -165,7 +170,11 @@ pub async fn run(cli: &Cli, json: bool) -> anyhow::Result<()> {
                 r.match_index,
                 r.durable_index,
                 r.compacted_index,
-                if r.quiesced { "quiesced" } else { "awake" }
+                match (r.unloaded, r.quiesced) {
+                    (true, _) => "unloaded",
+                    (false, true) => "quiesced",
+                    (false, false) => "awake",
+                }
             );
         }
     }

@@ -2,7 +2,7 @@
 
 use super::applier::{ApplyDone, ApplyRequest, ApplyResult, ApplyWork, DurableSignal};
 use super::persisted::{PersistEvent, PersistSignal};
-use super::router::Router;
+use super::router::{Router, Unload};
 use crate::env::{BoxFuture, Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, RequestId, DIRECTORY};
 use crate::partition::{ElectionCause, Output, Partition, Request, Response, Role, WakeCause};
@@ -223,11 +223,21 @@ impl Actor {
         if !Box::pin(self.drain(&mut replies, &mut applying)).await {
             return;
         }
+        // When this replica was last seen quiesced: it unloads `unload_after_ticks` later.
+        let mut quiesced_since: Option<crate::env::Instant> = None;
+        let unload_after = self.unload_after();
         loop {
-            // A quiesced replica has no timer, unless this shell still has work to retry.
+            // A quiesced replica has no timer, unless this shell still has work to retry, or
+            // it is to unload.
             let retry_members =
                 (self.members.wanted.is_some() && self.members.attempt.is_none()).then_some(self.members.not_before);
-            let deadline = self.partition.poll_timeout().or(retry_members);
+            if !self.partition.is_quiesced() {
+                quiesced_since = None;
+            } else if quiesced_since.is_none() {
+                quiesced_since = Some(self.env.clock.now());
+            }
+            let unload_at = unload_after.and_then(|after| Some(quiesced_since? + after));
+            let deadline = [self.partition.poll_timeout(), retry_members, unload_at].into_iter().flatten().min();
             if timer.as_ref().map(|(at, _)| Some(*at)) != Some(deadline) {
                 timer = deadline.map(|at| (at, self.env.clock.sleep_until(at)));
             }
@@ -274,35 +284,11 @@ impl Actor {
             .await;
             let now = self.env.clock.now();
             match wake {
-                Wake::Input(None) | Wake::Input(Some(PartitionInput::Stop)) => return,
-                Wake::Input(Some(PartitionInput::Remove)) => {
-                    Box::pin(self.remove()).await;
-                    return;
-                }
-                Wake::Input(Some(PartitionInput::Message(envelope))) => match envelope.payload {
-                    Payload::Raft(message) => self.partition.handle_message(now, message),
-                    Payload::Snapshot(message) => {
-                        self.transfers.handle(now, envelope.from, message, &mut self.transfer_events)
+                Wake::Input(input) => {
+                    if !self.handle_input(now, input, &mut replies, &mut next_request).await {
+                        return;
                     }
-                    Payload::NodeHeartbeat => {}
-                },
-                Wake::Input(Some(PartitionInput::Liveness(down))) => self.partition.handle_down_nodes(now, &down),
-                Wake::Input(Some(PartitionInput::Request { body, reply })) => {
-                    next_request += 1;
-                    let request = RequestId(next_request);
-                    let is_write = matches!(body, Request::Write(_) | Request::ForwardedWrite(_));
-                    let proposes = match body {
-                        Request::Write(_) => self.partition.is_leader(),
-                        Request::ForwardedWrite(_) => true,
-                        Request::Read { .. } | Request::ChangeMembership(_) | Request::TransferLeader(_) => false,
-                    };
-                    if proposes {
-                        self.env.metrics.proposals.inc();
-                    }
-                    replies.insert(request, Pending { reply, arrived: now, is_write });
-                    self.partition.handle_request(now, request, body);
                 }
-                Wake::Input(Some(PartitionInput::Inspect(f))) => f(&self.partition),
                 Wake::Persist(PersistEvent::DurableThrough(number)) => self.partition.handle_persisted(now, number),
                 Wake::Persist(PersistEvent::Failed(error)) => self.partition.handle_persist_failed(error),
                 Wake::Applied(Ok(Ok(ApplyDone::Applied(applied)))) => self.partition.handle_applied(now, applied),
@@ -323,6 +309,19 @@ impl Actor {
                         self.members.not_before = now + self.env_tick() * MEMBERS_RETRY_TICKS;
                     }
                 }
+                Wake::Timer if unload_at.is_some_and(|at| now >= at) => {
+                    timer = None;
+                    match self.unload(replies.is_empty() && applying.is_empty()) {
+                        Some(Unload::Done) => return,
+                        Some(Unload::Input(input)) => {
+                            if !self.handle_input(now, Some(input), &mut replies, &mut next_request).await {
+                                return;
+                            }
+                        }
+                        // Not now: try again after another wait.
+                        Some(Unload::Refused) | None => quiesced_since = Some(now),
+                    }
+                }
                 Wake::Timer => {
                     timer = None;
                     self.partition.handle_tick(now);
@@ -335,6 +334,81 @@ impl Actor {
             }
             self.record_members(now);
         }
+    }
+
+    /// Handles one input from the mailbox (`None`: it closed); false once the actor must end.
+    async fn handle_input(
+        &mut self,
+        now: crate::env::Instant,
+        input: Option<PartitionInput>,
+        replies: &mut BTreeMap<RequestId, Pending>,
+        next_request: &mut u64,
+    ) -> bool {
+        match input {
+            None | Some(PartitionInput::Stop) => return false,
+            Some(PartitionInput::Remove) => {
+                Box::pin(self.remove()).await;
+                return false;
+            }
+            Some(PartitionInput::Message(envelope)) => match envelope.payload {
+                Payload::Raft(message) => self.partition.handle_message(now, message),
+                Payload::Snapshot(message) => {
+                    self.transfers.handle(now, envelope.from, message, &mut self.transfer_events)
+                }
+                Payload::NodeHeartbeat => {}
+            },
+            Some(PartitionInput::Liveness(down)) => self.partition.handle_down_nodes(now, &down),
+            Some(PartitionInput::Request { body, reply }) => {
+                *next_request += 1;
+                let request = RequestId(*next_request);
+                let is_write = matches!(body, Request::Write(_) | Request::ForwardedWrite(_));
+                let proposes = match body {
+                    Request::Write(_) => self.partition.is_leader(),
+                    Request::ForwardedWrite(_) => true,
+                    Request::Read { .. } | Request::ChangeMembership(_) | Request::TransferLeader(_) => false,
+                };
+                if proposes {
+                    self.env.metrics.proposals.inc();
+                }
+                replies.insert(request, Pending { reply, arrived: now, is_write });
+                self.partition.handle_request(now, request, body);
+            }
+            Some(PartitionInput::Inspect(f)) => f(&self.partition),
+        }
+        true
+    }
+
+    /// How long this replica stays loaded once quiesced; `None`: always (the directory, or
+    /// unloading is off).
+    fn unload_after(&self) -> Option<std::time::Duration> {
+        let router = self.router.upgrade()?;
+        let options = router.replica_options();
+        let ticks = u32::try_from(options.unload_after_ticks).unwrap_or(u32::MAX);
+        (ticks > 0 && self.partition.id() != DIRECTORY).then(|| options.tick_interval * ticks)
+    }
+
+    /// Unloads this replica if it and this shell hold nothing that would be lost (`idle`: no
+    /// request waits for an answer and the store owes it none). `None` if it may not unload
+    /// now.
+    fn unload(&mut self, idle: bool) -> Option<Unload> {
+        let shell_idle = idle
+            && self.saving.is_none()
+            && self.members.wanted.is_none()
+            && self.members.attempt.is_none()
+            && self.transfers.is_idle();
+        if !shell_idle {
+            return None;
+        }
+        let dormant = self.partition.dormant()?;
+        let router = self.router.upgrade()?;
+        if self.partition.forget_snapshot_file() {
+            // A reopened replica holds no snapshot file: the file goes now (a restart would
+            // delete it too).
+            if let Err(error) = self.transfers.store().retain_only(None) {
+                tracing::warn!(partition = %self.partition.id(), %error, "cannot delete an unloading replica's snapshot");
+            }
+        }
+        Some(router.unload(self.partition.id(), dormant, self.transfers.store().clone(), &mut self.mailbox))
     }
 
     fn env_tick(&self) -> std::time::Duration {

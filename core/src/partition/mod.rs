@@ -14,6 +14,7 @@
 //! A `Partition` never reads a clock, touches a disk or a socket, or draws unseeded
 //! randomness, so tests can drive three of them by hand in one thread.
 
+mod dormant;
 mod forwarded;
 mod input;
 mod output;
@@ -23,6 +24,7 @@ mod reads;
 mod ready;
 mod storage;
 
+pub use dormant::Dormant;
 pub use input::{MembershipChange, ReadConsistency, Request};
 pub use output::{Output, Response};
 pub use quiesce::{ElectionCause, WakeCause};
@@ -63,6 +65,9 @@ pub struct ReplicaOptions {
     pub log_retain_entries: u64,
     /// A leader idle for this many ticks quiesces its partition (see `quiesce.rs`); 0 never.
     pub quiesce_after_ticks: u64,
+    /// A follower quiesced this many ticks with nothing in flight is unloaded: only its
+    /// `Dormant` record stays in memory until a request or a message needs it; 0 never.
+    pub unload_after_ticks: u64,
 }
 
 impl Default for ReplicaOptions {
@@ -73,6 +78,7 @@ impl Default for ReplicaOptions {
             heartbeat_ticks: 2,
             log_retain_entries: 10_000,
             quiesce_after_ticks: 20,
+            unload_after_ticks: 100,
         }
     }
 }
@@ -139,6 +145,8 @@ pub struct PartitionStatus {
     pub durable_index: u64,
     /// Quiesced: no timer, nothing sent until an input wakes it (`quiesce.rs`).
     pub quiesced: bool,
+    /// Unloaded: only its `Dormant` record is in memory (`dormant.rs`); implies quiesced.
+    pub unloaded: bool,
     pub conf_state: ConfState,
     /// Filled on the leader only.
     pub progress: Vec<ReplicaProgress>,
@@ -478,6 +486,7 @@ impl Partition {
             compacted_index: self.raw.store().compacted().index,
             durable_index: self.store_durable.index,
             quiesced: self.is_quiesced(),
+            unloaded: false,
             conf_state,
             progress,
         }
@@ -786,7 +795,9 @@ impl Partition {
             return;
         }
         self.campaign_asked = false;
-        if self.fatal.is_some() || raft.leader_id != raft::INVALID_ID {
+        // raft-rs campaigns when told to even if this replica is no voter (a learner, or a new
+        // replica that has not received its membership yet), and then fails an assertion.
+        if self.fatal.is_some() || raft.leader_id != raft::INVALID_ID || !raft.promotable() {
             return;
         }
         self.campaign_trigger = Some(ElectionCause::Requested);

@@ -80,6 +80,12 @@ impl PartitionStorage {
         self.snapshot = Some(meta);
     }
 
+    /// Forgets the snapshot file held (its owner deletes it): raft-rs then asks for a fresh
+    /// one the next time a follower needs one.
+    pub fn forget_snapshot(&mut self) -> Option<SnapshotMeta> {
+        self.snapshot.take()
+    }
+
     /// Drops the entries through `position`, which the store holds durably.
     pub fn compact_to(&mut self, position: LogPosition) {
         assert!(position.index > self.compacted.index, "compaction moves forward");

@@ -802,6 +802,66 @@ fn quiescing_and_waking_under_message_loss_never_loses_a_write() {
 }
 
 #[test]
+fn an_unloaded_follower_reloads_at_rest_and_a_request_to_it_costs_no_election() {
+    let (mut cluster, leader) = quiesced_cluster(48);
+    assert!(cluster.unload_and_reload(leader).is_none(), "a leader never unloads");
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    let term = cluster.replica(leader).term();
+    let before = cluster.replica(follower).status();
+    let dormant = cluster.unload_and_reload(follower).expect("a quiesced follower with nothing in flight unloads");
+    assert_eq!(dormant.leader.map(|p| p.node()), Some(leader));
+    assert_eq!(dormant.position.index, before.applied_index);
+    let after = cluster.replica(follower).status();
+    assert!(after.quiesced, "it reloads at rest");
+    assert_eq!(cluster.replica(follower).poll_timeout(), None, "with no timer");
+    assert_eq!(after.leader, Some(leader), "following the leader it followed");
+    assert_eq!((after.term, after.applied_index, after.conf_state), (term, before.applied_index, before.conf_state));
+    assert!(!cluster.step(), "reloading sends nothing");
+    // A write through the reloaded follower wakes the partition and commits, in the same term.
+    let Request::Write(command) = set_main(1, 2, b"through a reloaded follower").0 else { unreachable!() };
+    let request = cluster.request(follower, Request::ForwardedWrite(command));
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()));
+    assert_written(cluster.response(request).unwrap());
+    assert_eq!(cluster.replica(leader).term(), term, "no election");
+    assert!(no_election_since_start(&cluster));
+    assert!(cluster.drive_until(STEPS_MAX, |c| all_quiesced(c) && c.state(follower) == c.state(leader)));
+    cluster.assert_logs_agree();
+}
+
+#[test]
+fn a_resting_replica_that_is_no_voter_yet_does_not_campaign_when_a_request_wakes_it() {
+    let mut cluster = Cluster::new(3, 50);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let new = NodeId(4);
+    assert!(matches!(change(&mut cluster, MembershipChange::AddLearner(new)), Response::Membership(_)));
+    cluster.isolate(new);
+    cluster.add_empty_replica(new);
+    // It restarts before hearing from the leader: it knows no membership, and rests.
+    cluster.crash(new);
+    cluster.restart_resting(new);
+    let read = cluster.request(new, list_refs(ReadConsistency::Linearizable));
+    assert!(matches!(cluster.response(read), Some(Response::NotLeader { leader: None })));
+    assert!(cluster.replica(new).last_election().is_none(), "a replica outside the voters never campaigns");
+}
+
+#[test]
+fn a_follower_with_work_in_flight_does_not_unload() {
+    let (mut cluster, leader) = quiesced_cluster(49);
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    cluster.auto_persist = false;
+    let request = cluster.request(leader, set_main(1, 2, b"in flight").0);
+    cluster.drive_until(200, |c| c.replica(follower).status().last_index > c.replica(follower).status().applied_index);
+    assert!(!cluster.replica(follower).is_quiesced(), "the write woke it");
+    assert!(cluster.unload_and_reload(follower).is_none(), "an awake follower stays loaded");
+    cluster.auto_persist = true;
+    for node in cluster.nodes() {
+        cluster.complete_persists(node);
+    }
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()));
+    assert_written(cluster.response(request).unwrap());
+}
+
+#[test]
 fn a_restarted_cluster_rests_until_a_request_elects_a_leader_and_loses_nothing() {
     let (mut cluster, leader) = quiesced_cluster(47);
     let (body, _) = set_main(1, 2, b"before the restart");

@@ -205,6 +205,11 @@ impl Transfers {
         }
     }
 
+    /// No transfer in either direction: nothing would be lost if this replica unloaded.
+    pub fn is_idle(&self) -> bool {
+        self.outgoing.is_empty() && self.incoming.is_none()
+    }
+
     /// Outgoing transfers in progress (status, tests).
     pub fn outgoing_count(&self) -> usize {
         self.outgoing.len()

@@ -266,6 +266,18 @@ impl Cluster {
         self.replicas.get_mut(&node).expect("restarted").partition.rest();
     }
 
+    /// Unloads `node`'s replica and loads it again at once, as the router does, if it may
+    /// unload now; the record it was reduced to.
+    pub fn unload_and_reload(&mut self, node: NodeId) -> Option<crate::partition::Dormant> {
+        let dormant = self.replicas[&node].partition.dormant()?;
+        let mut config = self.config(node, self.seed.wrapping_add(node.0 * 1000));
+        config.peer = dormant.peer;
+        let replica = self.replicas.get_mut(&node).expect("node is up");
+        replica.partition = Partition::reopen(config, &dormant, self.now);
+        self.collect(node);
+        Some(dormant)
+    }
+
     /// Makes every pending write of `node` durable and tells its replica.
     pub fn complete_persists(&mut self, node: NodeId) {
         self.persist_pending(node);

@@ -456,6 +456,7 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
         compacted_index: status.compacted_index,
         durable_index: status.durable_index,
         quiesced: status.quiesced,
+        unloaded: status.unloaded,
     }];
     for progress in status.progress.iter().filter(|p| p.node != me) {
         replicas.push(proto::ReplicaStatus {
@@ -466,6 +467,7 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
             compacted_index: 0,
             durable_index: 0,
             quiesced: false,
+            unloaded: false,
         });
     }
     proto::PartitionStatus {

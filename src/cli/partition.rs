@@ -57,6 +57,10 @@ pub struct ReplicaJson {
     pub node: u64,
     /// `voter` or `learner`.
     pub role: &'static str,
+    /// `awake`, `quiesced` or `unloaded`, as the replica's node reports it (`repo info` only;
+    /// absent if that node did not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
 }
 
 /// Prints partitions; a leader the answering node did not know is looked up in every
@@ -68,8 +72,12 @@ pub async fn print(
     json: bool,
     single: bool,
 ) -> anyhow::Result<()> {
-    let status =
-        if partitions.iter().any(|p| p.leader == 0) { super::status::collect(client).await.ok() } else { None };
+    // `repo info` shows each replica's state, which only the replica's own node knows.
+    let status = if single || partitions.iter().any(|p| p.leader == 0) {
+        super::status::collect(client).await.ok()
+    } else {
+        None
+    };
     let views: Vec<PartitionJson> = partitions
         .iter()
         .map(|p| {
@@ -77,9 +85,14 @@ pub async fn print(
                 (0, Some(status)) => status.partitions.iter().find(|s| s.id == p.id).map_or(0, |s| s.leader),
                 (leader, _) => leader,
             };
-            let mut replicas: Vec<ReplicaJson> =
-                p.voters.iter().map(|&node| ReplicaJson { node, role: "voter" }).collect();
-            replicas.extend(p.learners.iter().map(|&node| ReplicaJson { node, role: "learner" }));
+            let state = |node: u64| {
+                let replicas = &status.as_ref()?.partitions.iter().find(|s| s.id == p.id)?.replicas;
+                let replica = replicas.iter().find(|r| r.node == node && r.reported)?;
+                Some(super::status::replica_state(replica))
+            };
+            let replica = |node: u64, role| ReplicaJson { node, role, state: if single { state(node) } else { None } };
+            let mut replicas: Vec<ReplicaJson> = p.voters.iter().map(|&node| replica(node, "voter")).collect();
+            replicas.extend(p.learners.iter().map(|&node| replica(node, "learner")));
             replicas.sort_by_key(|r| r.node);
             PartitionJson {
                 partition: p.id,
@@ -104,7 +117,8 @@ pub async fn print(
         println!("partition {} (authority {}): leader {leader}", view.partition, view.authority);
         for replica in &view.replicas {
             let leading = if replica.node == view.leader { ", leader" } else { "" };
-            println!("  node {} {}{leading}", replica.node, replica.role);
+            let state = replica.state.map(|s| format!(", {s}")).unwrap_or_default();
+            println!("  node {} {}{leading}{state}", replica.node, replica.role);
         }
         for repo in &view.repositories {
             println!("  repository {repo}");

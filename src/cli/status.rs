@@ -47,6 +47,9 @@ pub struct ReplicaJson {
     /// Unloaded: a few hundred bytes in memory until a request or a message loads it (as its
     /// own node reports it).
     pub unloaded: bool,
+    /// Whether the replica's own node answered (the fields above marked so are its own).
+    #[serde(skip)]
+    pub reported: bool,
 }
 
 fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
@@ -101,6 +104,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                             existing.durable_index = r.durable_index;
                             existing.quiesced = r.quiesced;
                             existing.unloaded = r.unloaded;
+                            existing.reported = true;
                         }
                         existing.match_index = existing.match_index.max(r.match_index);
                     }
@@ -113,6 +117,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                         durable_index: if own { r.durable_index } else { 0 },
                         quiesced: own && r.quiesced,
                         unloaded: own && r.unloaded,
+                        reported: own,
                     }),
                 }
             }
@@ -170,13 +175,18 @@ pub async fn run(cli: &Cli, json: bool) -> anyhow::Result<()> {
                 r.match_index,
                 r.durable_index,
                 r.compacted_index,
-                match (r.unloaded, r.quiesced) {
-                    (true, _) => "unloaded",
-                    (false, true) => "quiesced",
-                    (false, false) => "awake",
-                }
+                replica_state(r)
             );
         }
     }
     Ok(())
+}
+
+/// What a replica's own node says of it: `awake`, `quiesced` or `unloaded`.
+pub fn replica_state(replica: &ReplicaJson) -> &'static str {
+    match (replica.unloaded, replica.quiesced) {
+        (true, _) => "unloaded",
+        (false, true) => "quiesced",
+        (false, false) => "awake",
+    }
 }

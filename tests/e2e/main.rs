@@ -4,6 +4,7 @@ mod basics;
 mod cluster;
 mod export;
 mod failover;
+mod idle;
 mod large_objects;
 mod membership;
 mod operations;

@@ -223,7 +223,8 @@ impl Actor {
         if !Box::pin(self.drain(&mut replies, &mut applying)).await {
             return;
         }
-        // When this replica was last seen quiesced: it unloads `unload_after_ticks` later.
+        // When this replica was last seen quiesced as a follower: it unloads
+        // `unload_after_ticks` later.
         let mut quiesced_since: Option<crate::env::Instant> = None;
         let unload_after = self.unload_after();
         loop {
@@ -231,7 +232,8 @@ impl Actor {
             // it is to unload.
             let retry_members =
                 (self.members.wanted.is_some() && self.members.attempt.is_none()).then_some(self.members.not_before);
-            if !self.partition.is_quiesced() {
+            // Leaders never unload (`partition/dormant.rs`): a quiesced leader keeps no timer.
+            if !self.partition.is_quiesced() || self.partition.is_leader() {
                 quiesced_since = None;
             } else if quiesced_since.is_none() {
                 quiesced_since = Some(self.env.clock.now());

@@ -720,7 +720,11 @@ impl Partition {
         for request in self.forwarded.expire(self.ticks) {
             self.respond(request, Response::Unknown);
         }
-        if self.quiesce_on_tick(now) {
+        // Not while a snapshot is installed but Raft has not yet been told it is applied:
+        // an election timeout would make raft-rs read entries the snapshot compacted away,
+        // which it treats as fatal (three-quiesce seed 117, a pause between the two).
+        let snapshot_settling = self.raw.raft.raft_log.applied < self.raw.store().compacted().index;
+        if self.quiesce_on_tick(now) && !snapshot_settling {
             self.raw.tick();
         }
         self.after_input(now);

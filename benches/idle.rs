@@ -284,6 +284,17 @@ fn main() {
                 .collect::<Vec<_>>()
         })
         .collect();
+    // The restarted node leads nothing now: once its followers unload, its memory holds only
+    // unloaded replicas, with no history of having loaded them (unlike the nodes above, whose
+    // heaps keep the pages that loaded replicas freed).
+    let victim_index = victim as usize - 1;
+    wait_for("the restarted node to unload every replica", Duration::from_secs(600), || {
+        metric(&cluster, victim, UNLOADED) as u64 + 1 >= hosted
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let victim_pid = cluster.children[&victim].id();
+    let restarted_rss = rss_bytes(victim_pid);
+    let restarted_heap = metric(&cluster, victim, HEAP);
 
     // 48 busy partitions among all the others, then in a cluster of only 48 (full run only).
     let throughput = full.then(|| {
@@ -381,6 +392,13 @@ fn main() {
         "restart: node {victim} back with {hosted} replicas ({restart_unloaded} opened unloaded): serving after {:.2} s, every replica at rest again after {:.2} s; elections: {restart_elections} (goal: 0 but the directory replica, which stays awake and may pre-vote once)",
         restart_serving.as_secs_f64(),
         requiesced.as_secs_f64()
+    );
+    println!(
+        "restarted node {victim}, every replica but the directory's unloaded: RSS {:.1} MiB, heap in use {:.1} MiB: {:.0} B RSS and {:.0} B heap per unloaded replica over the node before creating (goal: at most 512; includes its share of the log's index and of the store's page cache)",
+        restarted_rss as f64 / 1048576.0,
+        restarted_heap / 1048576.0,
+        restarted_rss.saturating_sub(rss_before[victim_index]) as f64 / (hosted - 1) as f64,
+        (restarted_heap - heap_before[victim_index]) / (hosted - 1) as f64
     );
     if let Some((among_all, alone)) = throughput {
         println!(

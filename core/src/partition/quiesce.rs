@@ -412,13 +412,25 @@ impl Partition {
     }
 
     /// A replica quiesces: it lets go of memory only an active replica needs (a leader's
-    /// buffer of `max_inflight_msgs` slots per follower, spare capacity of the log's vectors);
-    /// all of it comes back on the next append.
+    /// buffer of `max_inflight_msgs` slots per follower, the capacity of its queues and of the
+    /// log's vectors, the nodes of empty request maps: together about 2.5 KiB per replica,
+    /// measured with heaptrack); all of it comes back with the next request or append.
     fn enter_quiesced(&mut self, lagging: BTreeSet<NodeId>) {
         self.quiesce = Quiesce::Quiesced { lagging };
         self.raw.raft.maybe_free_inflight_buffers();
         self.raw.raft.raft_log.unstable.entries.shrink_to_fit();
-        self.raw.mut_store().release_spare_capacity();
+        self.raw.mut_store().release_all_capacity();
+        self.outputs.shrink_to_fit();
+        self.unpersisted.shrink_to_fit();
+        self.apply_batches_in_flight.shrink_to_fit();
+        // An emptied map keeps its root node; a fresh one holds nothing. (Not the reads: their
+        // counter of ReadIndex contexts must never restart.)
+        if self.proposals.is_empty() {
+            self.proposals = Default::default();
+        }
+        if self.forwarded.is_empty() {
+            self.forwarded = Default::default();
+        }
     }
 
     /// A leader with nothing in flight: everything it appended is committed, applied and

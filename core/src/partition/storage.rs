@@ -115,6 +115,11 @@ impl PartitionStorage {
         }
     }
 
+    /// Gives back every byte of spare capacity (a replica going quiet).
+    pub fn release_all_capacity(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
     fn last_index_held(&self) -> u64 {
         self.compacted.index + self.entries.len() as u64
     }

@@ -71,11 +71,12 @@ pub(super) struct Actor {
 }
 
 /// The directory recording of a leader's members: at most one attempt at a time, retried
-/// (while this replica leads) until the directory records them.
+/// (while this replica leads) until the directory records them. The members are boxed:
+/// rarely set, and every replica's actor holds a `MembersRecord`.
 #[derive(Default)]
 pub(super) struct MembersRecord {
-    wanted: Option<(crate::persist::ConfState, u64)>,
-    attempt: Option<((crate::persist::ConfState, u64), oneshot::Receiver<bool>)>,
+    wanted: Option<Box<(crate::persist::ConfState, u64)>>,
+    attempt: Option<(Box<(crate::persist::ConfState, u64)>, oneshot::Receiver<bool>)>,
     not_before: crate::env::Instant,
 }
 
@@ -185,6 +186,14 @@ struct Pending {
     reply: oneshot::Sender<Response>,
     arrived: crate::env::Instant,
     is_write: bool,
+}
+
+/// What an input asks of the actor.
+enum Flow {
+    Continue,
+    Stop,
+    /// The replica left its partition (`PartitionInput::Remove`).
+    Remove,
 }
 
 enum Wake {
@@ -297,7 +306,8 @@ impl Actor {
             let now = self.env.clock.now();
             match wake {
                 Wake::Input(input) => {
-                    if !self.handle_input(now, input, &mut replies, &mut next_request).await {
+                    let flow = self.handle_input(now, input, &mut replies, &mut next_request);
+                    if !self.follow(flow).await {
                         return;
                     }
                 }
@@ -326,7 +336,8 @@ impl Actor {
                     match self.unload(replies.is_empty() && applying.is_empty()) {
                         Some(Unload::Done) => return,
                         Some(Unload::Input(input)) => {
-                            if !self.handle_input(now, Some(input), &mut replies, &mut next_request).await {
+                            let flow = self.handle_input(now, Some(input), &mut replies, &mut next_request);
+                            if !self.follow(flow).await {
                                 return;
                             }
                         }
@@ -348,20 +359,18 @@ impl Actor {
         }
     }
 
-    /// Handles one input from the mailbox (`None`: it closed); false once the actor must end.
-    async fn handle_input(
+    /// Handles one input from the mailbox (`None`: it closed). Not async, so that the input
+    /// and its handling are no part of the actor's future, which every replica holds.
+    fn handle_input(
         &mut self,
         now: crate::env::Instant,
         input: Option<PartitionInput>,
         replies: &mut BTreeMap<RequestId, Pending>,
         next_request: &mut u64,
-    ) -> bool {
+    ) -> Flow {
         match input {
-            None | Some(PartitionInput::Stop) => return false,
-            Some(PartitionInput::Remove) => {
-                Box::pin(self.remove()).await;
-                return false;
-            }
+            None | Some(PartitionInput::Stop) => return Flow::Stop,
+            Some(PartitionInput::Remove) => return Flow::Remove,
             Some(PartitionInput::Message(envelope)) => match envelope.payload {
                 Payload::Raft(message) => self.partition.handle_message(now, message),
                 Payload::Snapshot(message) => {
@@ -387,7 +396,19 @@ impl Actor {
             }
             Some(PartitionInput::Inspect(f)) => f(&self.partition),
         }
-        true
+        Flow::Continue
+    }
+
+    /// Carries out what an input asked of the actor; false once it must end.
+    async fn follow(&mut self, flow: Flow) -> bool {
+        match flow {
+            Flow::Continue => true,
+            Flow::Stop => false,
+            Flow::Remove => {
+                Box::pin(self.remove()).await;
+                false
+            }
+        }
     }
 
     /// How long this replica stays loaded once quiesced; `None`: always (the directory, or
@@ -439,7 +460,7 @@ impl Actor {
         let (Some(wanted), Some(router)) = (self.members.wanted.clone(), self.router.upgrade()) else { return };
         let (tx, rx) = oneshot::channel();
         let partition = self.partition.id();
-        let (conf, as_of) = wanted.clone();
+        let (conf, as_of) = (*wanted).clone();
         self.env.spawn.spawn(
             "record members",
             Box::pin(async move {
@@ -515,8 +536,9 @@ impl Actor {
                 self.partition.report_snapshot(now, to, delivered);
             }
             if let Some(installed) = events.installed {
-                let position = installed.meta.position;
-                if !self.partition.handle_snapshot_received(now, installed.message, installed.meta) {
+                let crate::snapshot::Installed { message, meta } = *installed;
+                let position = meta.position;
+                if !self.partition.handle_snapshot_received(now, message, meta) {
                     tracing::info!(partition = %self.partition.id(), ?position, "received snapshot is stale; dropped");
                 }
             }
@@ -612,7 +634,7 @@ impl Actor {
                         router.reconcile(partition, &info);
                     }
                 }
-                Output::LeaderMembers { conf, as_of } => self.members.wanted = Some((conf, as_of)),
+                Output::LeaderMembers { conf, as_of } => self.members.wanted = Some(Box::new((conf, as_of))),
                 Output::DirectoryReady => {
                     let partitions =
                         self.store.read().and_then(|rows| store::read::directory_partitions(&rows, DIRECTORY));

@@ -46,7 +46,8 @@ pub struct TransferEvents {
     /// Outgoing transfers that ended: (receiver, whether it has the whole snapshot). Raft is
     /// told through `Partition::report_snapshot`.
     pub finished: Vec<(NodeId, bool)>,
-    pub installed: Option<Installed>,
+    /// Boxed: rare, and every replica's actor holds a `TransferEvents`.
+    pub installed: Option<Box<Installed>>,
 }
 
 struct Outgoing {
@@ -386,7 +387,7 @@ impl Transfers {
                 self.metrics.snapshot_received_bytes.inc_by(size_bytes);
                 events.send.push(self.envelope(from, SnapshotMessage::Ack { transfer, next_offset: size_bytes }));
                 self.last_installed = Some((from, transfer, size_bytes));
-                events.installed = Some(Installed { message, meta });
+                events.installed = Some(Box::new(Installed { message, meta }));
             }
             Err(error) => self.refuse(from, transfer, error, events),
         }

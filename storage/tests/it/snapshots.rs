@@ -188,7 +188,7 @@ fn transfer_through(
         finished.extend(events.finished);
         if let Some(done) = events.installed {
             assert!(installed.is_none(), "installed once");
-            installed = Some(done);
+            installed = Some(*done);
         }
     }
     (installed, in_flight_max, finished)
@@ -208,7 +208,7 @@ fn deliver_in_order(
         let target = if to == RECEIVER { &mut *receiver } else { &mut *sender };
         target.handle(Instant::ZERO, from, snapshot_message(envelope), &mut out);
         network.extend(out.send);
-        installed = installed.or(out.installed);
+        installed = installed.or(out.installed.map(|boxed| *boxed));
     }
     installed
 }

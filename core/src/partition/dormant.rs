@@ -56,7 +56,7 @@ impl Dormant {
             node: self.peer.node(),
             role: if self.conf_state.learners.contains(&self.peer.0) { Role::Learner } else { Role::Follower },
             term: self.hard_state.term,
-            leader: self.leader.map(PeerId::node),
+            leader: self.leader_node(),
             commit_index: index,
             applied_index: index,
             last_index: index,
@@ -83,6 +83,7 @@ impl Partition {
         let raft = &self.raw.raft;
         let storage = self.raw.store();
         let last = raft.raft_log.last_index();
+        // `pending_work` covers the log being committed and applied through its last entry.
         let unloadable = self.is_quiesced()
             && raft.state == StateRole::Follower
             && self.pending_work().is_none()
@@ -91,7 +92,6 @@ impl Partition {
             && self.installed_snapshot.is_none()
             && self.store_durable == self.applied
             && storage.compacted().index == last
-            && self.applied.index == last
             && raft.raft_log.unstable.entries.is_empty()
             && raft.raft_log.unstable.snapshot.is_none();
         if !unloadable {

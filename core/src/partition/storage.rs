@@ -109,7 +109,7 @@ impl PartitionStorage {
 
     /// Gives back memory a burst of entries left behind: an idle replica should hold only the
     /// few entries it has.
-    pub fn release_spare_capacity(&mut self) {
+    fn release_spare_capacity(&mut self) {
         if self.entries.capacity() > 4 * self.entries.len().max(4) {
             self.entries.shrink_to_fit();
         }

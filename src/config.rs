@@ -153,6 +153,9 @@ pub struct RawConfig {
     /// every node of a smaller cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
+    /// Workers that drive the node's partition replicas; default: one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
     /// Every node of the cluster, this one included.
     pub nodes: Vec<RawNode>,
 }
@@ -212,8 +215,12 @@ pub struct Config {
     pub object_size_bytes_max: u64,
     pub upload_idle_timeout: Duration,
     pub replicas: usize,
+    pub workers: usize,
     pub nodes: BTreeMap<NodeId, NodeAddresses>,
 }
+
+/// Most partition workers a node runs.
+pub const WORKERS_MAX: usize = 1024;
 
 /// Largest static cluster.
 pub const CLUSTER_NODES_MAX: usize = 7;
@@ -307,6 +314,11 @@ impl Config {
         if !(1..=nodes.len()).contains(&replicas) {
             return Err(format!("replicas must be between 1 and the {} nodes", nodes.len()));
         }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let workers = raw.workers.unwrap_or(cores);
+        if !(1..=WORKERS_MAX).contains(&workers) {
+            return Err(format!("workers must be in 1..={WORKERS_MAX}"));
+        }
         Ok(Config {
             node: NodeId(raw.node_id),
             storage: raw.storage,
@@ -333,6 +345,7 @@ impl Config {
             object_size_bytes_max: raw.limits.object_size_bytes_max,
             upload_idle_timeout: Duration::from_millis(raw.limits.upload_idle_timeout_ms),
             replicas,
+            workers,
             nodes,
         })
     }
@@ -358,6 +371,7 @@ mod tests {
             limits: RawLimits::default(),
             store: RawStore::default(),
             replicas: None,
+            workers: None,
             nodes: vec![RawNode {
                 id: 1,
                 peer_address: "127.0.0.1:1".into(),

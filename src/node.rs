@@ -77,6 +77,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         frame_size_bytes_max: config.frame_size_bytes_max,
         outbox_messages_max: config.outbox_messages_max,
         replicas: config.replicas,
+        workers: config.workers,
         store: config.store.clone(),
         applier: config.applier.clone(),
     };

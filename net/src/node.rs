@@ -36,6 +36,8 @@ pub struct NodeSpec {
     pub outbox_messages_max: usize,
     /// Voters of each new partition.
     pub replicas: usize,
+    /// Workers that drive the partition replicas.
+    pub workers: usize,
     pub store: StoreOptions,
     /// When the store's commits are made durable (and logs compacted through them).
     pub applier: ApplierOptions,
@@ -103,7 +105,7 @@ pub async fn start(
     let transport = TcpTransport::start(transport_config, listener, inbox_tx);
 
     let peers = spec.peers.keys().copied().collect();
-    let router_config = RouterConfig { node: spec.node, peers, replica: spec.replica.clone() };
+    let router_config = RouterConfig { node: spec.node, peers, replica: spec.replica.clone(), workers: spec.workers };
     let router =
         Router::new(router_config, env.clone(), wrap_transport(transport.clone()), persist_tx, store, apply_tx);
     let nodes = spec.nodes();

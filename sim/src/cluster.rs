@@ -81,6 +81,11 @@ fn unload_after_ticks(seed: u64) -> u64 {
     [1, 10, 40, 0][(seed / 81 % 4) as usize]
 }
 
+/// Partition workers per node: one steps every replica in turn, more interleave them.
+fn workers(seed: u64) -> usize {
+    1 + (seed / 324 % 3) as usize
+}
+
 /// When the applier makes the store durable: often, at a pace the seed picks, so that crashes
 /// find both lazy commits to lose and durable ones to keep, and logs are compacted.
 fn applier_options(seed: u64) -> cohort_core::node::ApplierOptions {
@@ -128,6 +133,7 @@ impl SimCluster {
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
                 replicas: count.min(3) as usize,
+                workers: workers(seed),
                 store: cohort_core::store::StoreOptions { cache_size_bytes: 4 * 1024 * 1024 },
                 applier: applier_options(seed),
             };

@@ -43,6 +43,7 @@ fn new_cluster(dir: &Path, count: u64, replicas: Option<usize>) -> anyhow::Resul
             limits: RawLimits::default(),
             store: RawStore::default(),
             replicas,
+            workers: None,
             nodes: nodes.clone(),
         })
         .collect())

@@ -62,6 +62,7 @@ impl TestCluster {
                 limits: RawLimits::default(),
                 store: RawStore::default(),
                 replicas: None,
+                workers: None,
                 nodes: nodes.clone(),
             })
             .map(|mut config| {

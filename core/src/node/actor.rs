@@ -1,9 +1,12 @@
-//! The task that drives one partition replica.
+//! The shell that drives one partition replica: a [`Shell`] its worker steps
+//! (`workers.rs`). It turns mailbox inputs, log and store completions and its ticks into the
+//! partition's `handle_*` calls, and carries out what `poll_output` returns.
 
 use super::applier::{ApplyDone, ApplyRequest, ApplyResult, ApplyWork, DurableSignal};
 use super::persisted::{PersistEvent, PersistSignal};
 use super::router::{Router, Unload};
-use crate::env::{BoxFuture, Env, Envelope, Payload, Transport};
+use super::workers::{Shell, Step};
+use crate::env::{Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, RequestId, DIRECTORY};
 use crate::partition::{ElectionCause, Output, Partition, Request, Response, Role, WakeCause};
 use crate::persist::{LogWrite, PersistError, PersistRequest, SnapshotMeta};
@@ -13,9 +16,8 @@ use crate::store::{self, Rows as _, Store};
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::{BTreeMap, VecDeque};
-use std::future::poll_fn;
 use std::sync::{Arc, Weak};
-use std::task::Poll;
+use std::task::{ready, Context, Poll};
 
 /// Ticks between two attempts to record a leader's members in the directory.
 const MEMBERS_RETRY_TICKS: u32 = 10;
@@ -66,8 +68,8 @@ pub(super) struct Actor {
     /// Members this replica, as leader, wants the directory to record (see
     /// `Output::LeaderMembers`), and the recording under way, if any.
     pub members: MembersRecord,
-    /// Where this replica's lag as a leader is published (`Router::replica_lag_entries_max`).
-    pub lag_entries: Arc<std::sync::atomic::AtomicU64>,
+    /// What it keeps between steps.
+    pub state: ActorState,
 }
 
 /// The directory recording of a leader's members: at most one attempt at a time, retried
@@ -206,122 +208,114 @@ enum Wake {
     Timer,
 }
 
+/// Work handed to the log writer or the store's applier whose queue was full: the actor
+/// takes nothing else until it is handed over (backpressure, as an `await` on the send).
+enum Blocked {
+    Persist(PersistRequest),
+    Apply(ApplyRequest, oneshot::Receiver<ApplyResult>),
+}
+
+/// Events an actor handles in one step before it lets its worker step others.
+const EVENTS_PER_STEP: usize = 32;
+
 fn applier_gone() -> PersistError {
     PersistError(Arc::new(std::io::Error::other("the store's applier stopped")))
 }
 
-impl Actor {
-    /// Boxed: an async fn keeps its arguments twice in its state (rust-lang/rust#62958), and
-    /// an idle replica's whole cost is that state, so it holds a pointer rather than the actor.
-    pub async fn run(mut self: Box<Self>) {
-        let mut replies: BTreeMap<RequestId, Pending> = BTreeMap::new();
-        let mut next_request = 0u64;
-        let mut persisted_seen = PersistSignal::NOTHING_SEEN;
-        let mut durable_seen = self.partition.applied().index;
-        // Answers of the store, in the order the work was handed to it.
-        let mut applying: VecDeque<oneshot::Receiver<ApplyResult>> = VecDeque::new();
-        let mut timer: Option<(crate::env::Instant, BoxFuture<()>)> = None;
-        let mut gauges = ReplicaGauges {
-            metrics: self.env.metrics.clone(),
-            lag_entries: self.lag_entries.clone(),
-            role: None,
-            leader: self.partition.leader(),
-            quiesced: false,
-            last_wake: None,
-        };
-        if !Box::pin(self.drain(&mut replies, &mut applying)).await {
-            return;
+/// What the actor keeps between steps, besides the partition and its connections.
+pub(super) struct ActorState {
+    replies: BTreeMap<RequestId, Pending>,
+    next_request: u64,
+    persisted_seen: u64,
+    durable_seen: u64,
+    /// Answers of the store, in the order the work was handed to it.
+    applying: VecDeque<oneshot::Receiver<ApplyResult>>,
+    gauges: ReplicaGauges,
+    /// Messages to send at the end of the current drain, one batch per node.
+    outbox: BTreeMap<NodeId, Vec<Envelope>>,
+    blocked: Option<Blocked>,
+    /// When this replica was last seen quiesced as a follower: it unloads
+    /// `unload_after` later.
+    quiesced_since: Option<crate::env::Instant>,
+    was_quiesced: bool,
+    unload_after: Option<std::time::Duration>,
+}
+
+impl ActorState {
+    pub fn new(
+        partition: &Partition,
+        metrics: Arc<crate::metrics::NodeMetrics>,
+        lag_entries: Arc<std::sync::atomic::AtomicU64>,
+        unload_after: Option<std::time::Duration>,
+    ) -> ActorState {
+        ActorState {
+            replies: BTreeMap::new(),
+            next_request: 0,
+            persisted_seen: PersistSignal::NOTHING_SEEN,
+            durable_seen: partition.applied().index,
+            applying: VecDeque::new(),
+            gauges: ReplicaGauges {
+                metrics,
+                lag_entries,
+                role: None,
+                leader: partition.leader(),
+                quiesced: false,
+                last_wake: None,
+            },
+            outbox: BTreeMap::new(),
+            blocked: None,
+            quiesced_since: None,
+            was_quiesced: false,
+            unload_after: unload_after.filter(|_| partition.id() != DIRECTORY),
         }
-        // When this replica was last seen quiesced as a follower: it unloads
-        // `unload_after_ticks` later.
-        let mut quiesced_since: Option<crate::env::Instant> = None;
-        let mut was_quiesced = false;
-        let unload_after = self.unload_after();
-        loop {
-            // A quiesced replica has no timer, unless this shell still has work to retry, or
-            // it is to unload.
-            let retry_members =
-                (self.members.wanted.is_some() && self.members.attempt.is_none()).then_some(self.members.not_before);
-            let quiesced = self.partition.is_quiesced();
-            if quiesced && !was_quiesced {
-                // Gone quiet: an emptied map keeps its root node (about 370 bytes here).
-                if replies.is_empty() {
-                    replies = BTreeMap::new();
-                }
-                applying.shrink_to_fit();
+    }
+}
+
+impl Shell for Actor {
+    /// Handles up to `EVENTS_PER_STEP` events, carrying out the partition's outputs after
+    /// each; returns when it next needs a tick.
+    fn step(&mut self, cx: &mut Context<'_>) -> Step {
+        for _ in 0..EVENTS_PER_STEP {
+            match self.drain(cx) {
+                // Waiting for room in the log writer's or the applier's queue: no tick
+                // until then, as no input.
+                Poll::Pending => return Step::Wait { deadline: None },
+                Poll::Ready(false) => return Step::Done,
+                Poll::Ready(true) => {}
             }
-            was_quiesced = quiesced;
-            // Leaders never unload (`partition/dormant.rs`): a quiesced leader keeps no timer.
-            if !quiesced || self.partition.is_leader() {
-                quiesced_since = None;
-            } else if quiesced_since.is_none() {
-                quiesced_since = Some(self.env.clock.now());
-            }
-            let unload_at = unload_after.and_then(|after| Some(quiesced_since? + after));
-            let deadline = [self.partition.poll_timeout(), retry_members, unload_at].into_iter().flatten().min();
-            if timer.as_ref().map(|(at, _)| Some(*at)) != Some(deadline) {
-                timer = deadline.map(|at| (at, self.env.clock.sleep_until(at)));
-            }
-            let accepting = self.partition.unpersisted_readies() < UNPERSISTED_READIES_MAX
-                && self.partition.apply_batches_in_flight() < crate::limits::APPLY_BATCHES_IN_FLIGHT_MAX
-                && self.partition.apply_bytes_in_flight() < crate::limits::APPLY_BYTES_IN_FLIGHT_MAX;
-            let wake = poll_fn(|cx| {
-                if let Poll::Ready(event) = self.signal.poll_event(&mut persisted_seen, cx) {
-                    return Poll::Ready(Wake::Persist(event));
-                }
-                if let Some(front) = applying.front_mut() {
-                    if let Poll::Ready(outcome) = front.poll_unpin(cx) {
-                        applying.pop_front();
-                        return Poll::Ready(Wake::Applied(outcome.unwrap_or_else(|_| Err(applier_gone()))));
-                    }
-                }
-                if let Poll::Ready(position) = self.durable.poll_durable(&mut durable_seen, cx) {
-                    return Poll::Ready(Wake::Durable(position));
-                }
-                if let Some((_, attempt)) = self.members.attempt.as_mut() {
-                    if let Poll::Ready(recorded) = attempt.poll_unpin(cx) {
-                        return Poll::Ready(Wake::MembersRecorded(recorded.unwrap_or(false)));
-                    }
-                }
-                if let Some(saving) = self.saving.as_mut() {
-                    if let Poll::Ready(outcome) = saving.poll_unpin(cx) {
-                        let outcome =
-                            outcome.unwrap_or_else(|_| Err("the snapshot writer ended without an answer".into()));
-                        return Poll::Ready(Wake::SnapshotSaved(outcome));
-                    }
-                }
-                if accepting {
-                    if let Poll::Ready(input) = self.mailbox.poll_next_unpin(cx) {
-                        return Poll::Ready(Wake::Input(input));
-                    }
-                }
-                if let Some((_, sleep)) = timer.as_mut() {
-                    if sleep.poll_unpin(cx).is_ready() {
-                        return Poll::Ready(Wake::Timer);
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
             let now = self.env.clock.now();
-            match wake {
-                Wake::Input(input) => {
-                    let flow = self.handle_input(now, input, &mut replies, &mut next_request);
-                    if !self.follow(flow).await {
-                        return;
-                    }
+            self.record_members(now);
+            let (deadline, unload_at) = self.deadlines(now);
+            let Some(wake) = self.poll_wake(cx, now, deadline) else { return Step::Wait { deadline } };
+            let now = self.env.clock.now();
+            let flow = match wake {
+                Wake::Input(input) => self.handle_input(now, input),
+                Wake::Persist(PersistEvent::DurableThrough(number)) => {
+                    self.partition.handle_persisted(now, number);
+                    Flow::Continue
                 }
-                Wake::Persist(PersistEvent::DurableThrough(number)) => self.partition.handle_persisted(now, number),
-                Wake::Persist(PersistEvent::Failed(error)) => self.partition.handle_persist_failed(error),
-                Wake::Applied(Ok(Ok(ApplyDone::Applied(applied)))) => self.partition.handle_applied(now, applied),
-                Wake::Applied(Ok(Ok(ApplyDone::Installed))) => self.partition.handle_snapshot_installed(now, Ok(())),
-                Wake::Applied(Ok(Err(reason))) => self.partition.handle_snapshot_installed(now, Err(reason)),
-                Wake::Applied(Ok(Ok(ApplyDone::Removed))) => unreachable!("a removal is awaited where it is asked"),
-                Wake::Applied(Err(error)) => self.partition.handle_apply_failed(error),
-                Wake::Durable(position) => self.partition.handle_store_durable(now, position),
+                Wake::Persist(PersistEvent::Failed(error)) => {
+                    self.partition.handle_persist_failed(error);
+                    Flow::Continue
+                }
+                Wake::Applied(outcome) => {
+                    match outcome {
+                        Ok(Ok(ApplyDone::Applied(applied))) => self.partition.handle_applied(now, applied),
+                        Ok(Ok(ApplyDone::Installed)) => self.partition.handle_snapshot_installed(now, Ok(())),
+                        Ok(Err(reason)) => self.partition.handle_snapshot_installed(now, Err(reason)),
+                        Ok(Ok(ApplyDone::Removed)) => unreachable!("a removal is awaited where it is asked"),
+                        Err(error) => self.partition.handle_apply_failed(error),
+                    }
+                    Flow::Continue
+                }
+                Wake::Durable(position) => {
+                    self.partition.handle_store_durable(now, position);
+                    Flow::Continue
+                }
                 Wake::SnapshotSaved(outcome) => {
                     self.saving = None;
                     self.partition.handle_snapshot_saved(now, outcome);
+                    Flow::Continue
                 }
                 Wake::MembersRecorded(recorded) => {
                     let (attempted, _) = self.members.attempt.take().expect("an attempt was polled");
@@ -330,44 +324,114 @@ impl Actor {
                     } else if !recorded {
                         self.members.not_before = now + self.env_tick() * MEMBERS_RETRY_TICKS;
                     }
+                    Flow::Continue
                 }
-                Wake::Timer if unload_at.is_some_and(|at| now >= at) => {
-                    timer = None;
-                    match self.unload(replies.is_empty() && applying.is_empty()) {
-                        Some(Unload::Done) => return,
-                        Some(Unload::Input(input)) => {
-                            let flow = self.handle_input(now, Some(input), &mut replies, &mut next_request);
-                            if !self.follow(flow).await {
-                                return;
-                            }
-                        }
-                        // Not now: try again after another wait.
-                        Some(Unload::Refused) | None => quiesced_since = Some(now),
+                Wake::Timer if unload_at.is_some_and(|at| now >= at) => match self.unload() {
+                    Some(Unload::Done) => return Step::Done,
+                    Some(Unload::Input(input)) => self.handle_input(now, Some(input)),
+                    // Not now: try again after another wait.
+                    Some(Unload::Refused) | None => {
+                        self.state.quiesced_since = Some(now);
+                        Flow::Continue
                     }
-                }
+                },
                 Wake::Timer => {
-                    timer = None;
                     self.partition.handle_tick(now);
                     self.transfers.tick(&mut self.transfer_events);
+                    Flow::Continue
+                }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Stop => return Step::Done,
+                Flow::Remove => {
+                    self.remove();
+                    return Step::Done;
                 }
             }
-            gauges.observe(&self.partition);
-            if !Box::pin(self.drain(&mut replies, &mut applying)).await {
-                return;
-            }
-            self.record_members(now);
+            self.state.gauges.observe(&self.partition);
         }
+        // More may be ready: let the worker step the others first.
+        cx.waker().wake_by_ref();
+        Step::Wait { deadline: None }
+    }
+}
+
+impl Actor {
+    /// When this replica next needs its timer: Raft's next tick, a retry of this shell's
+    /// own work, or its unloading; and when it unloads, if it is to. Also gives back memory
+    /// when the replica has just gone quiet.
+    fn deadlines(&mut self, now: crate::env::Instant) -> (Option<crate::env::Instant>, Option<crate::env::Instant>) {
+        let state = &mut self.state;
+        // A quiesced replica has no timer, unless this shell still has work to retry, or it
+        // is to unload.
+        let retry_members =
+            (self.members.wanted.is_some() && self.members.attempt.is_none()).then_some(self.members.not_before);
+        let quiesced = self.partition.is_quiesced();
+        if quiesced && !state.was_quiesced {
+            // Gone quiet: an emptied map keeps its root node (about 370 bytes here).
+            if state.replies.is_empty() {
+                state.replies = BTreeMap::new();
+            }
+            state.applying.shrink_to_fit();
+        }
+        state.was_quiesced = quiesced;
+        // Leaders never unload (`partition/dormant.rs`): a quiesced leader keeps no timer.
+        if !quiesced || self.partition.is_leader() {
+            state.quiesced_since = None;
+        } else if state.quiesced_since.is_none() {
+            state.quiesced_since = Some(now);
+        }
+        let unload_at = state.unload_after.and_then(|after| Some(state.quiesced_since? + after));
+        let deadline = [self.partition.poll_timeout(), retry_members, unload_at].into_iter().flatten().min();
+        (deadline, unload_at)
     }
 
-    /// Handles one input from the mailbox (`None`: it closed). Not async, so that the input
-    /// and its handling are no part of the actor's future, which every replica holds.
-    fn handle_input(
+    /// The first thing ready, in order of priority: completions before new inputs, and
+    /// inputs only while the log and the store keep up.
+    fn poll_wake(
         &mut self,
+        cx: &mut Context<'_>,
         now: crate::env::Instant,
-        input: Option<PartitionInput>,
-        replies: &mut BTreeMap<RequestId, Pending>,
-        next_request: &mut u64,
-    ) -> Flow {
+        deadline: Option<crate::env::Instant>,
+    ) -> Option<Wake> {
+        let state = &mut self.state;
+        if let Poll::Ready(event) = self.signal.poll_event(&mut state.persisted_seen, cx) {
+            return Some(Wake::Persist(event));
+        }
+        if let Some(front) = state.applying.front_mut() {
+            if let Poll::Ready(outcome) = front.poll_unpin(cx) {
+                state.applying.pop_front();
+                return Some(Wake::Applied(outcome.unwrap_or_else(|_| Err(applier_gone()))));
+            }
+        }
+        if let Poll::Ready(position) = self.durable.poll_durable(&mut state.durable_seen, cx) {
+            return Some(Wake::Durable(position));
+        }
+        if let Some((_, attempt)) = self.members.attempt.as_mut() {
+            if let Poll::Ready(recorded) = attempt.poll_unpin(cx) {
+                return Some(Wake::MembersRecorded(recorded.unwrap_or(false)));
+            }
+        }
+        if let Some(saving) = self.saving.as_mut() {
+            if let Poll::Ready(outcome) = saving.poll_unpin(cx) {
+                let outcome = outcome.unwrap_or_else(|_| Err("the snapshot writer ended without an answer".into()));
+                return Some(Wake::SnapshotSaved(outcome));
+            }
+        }
+        let accepting = self.partition.unpersisted_readies() < UNPERSISTED_READIES_MAX
+            && self.partition.apply_batches_in_flight() < crate::limits::APPLY_BATCHES_IN_FLIGHT_MAX
+            && self.partition.apply_bytes_in_flight() < crate::limits::APPLY_BYTES_IN_FLIGHT_MAX;
+        if accepting {
+            if let Poll::Ready(input) = self.mailbox.poll_next_unpin(cx) {
+                return Some(Wake::Input(input));
+            }
+        }
+        deadline.is_some_and(|at| at <= now).then_some(Wake::Timer)
+    }
+
+    /// Handles one input from the mailbox (`None`: it closed).
+    fn handle_input(&mut self, now: crate::env::Instant, input: Option<PartitionInput>) -> Flow {
         match input {
             None | Some(PartitionInput::Stop) => return Flow::Stop,
             Some(PartitionInput::Remove) => return Flow::Remove,
@@ -380,8 +444,8 @@ impl Actor {
             },
             Some(PartitionInput::Liveness(down)) => self.partition.handle_down_nodes(now, &down),
             Some(PartitionInput::Request { body, reply }) => {
-                *next_request += 1;
-                let request = RequestId(*next_request);
+                self.state.next_request += 1;
+                let request = RequestId(self.state.next_request);
                 let is_write = matches!(body, Request::Write(_) | Request::ForwardedWrite(_));
                 let proposes = match body {
                     Request::Write(_) => self.partition.is_leader(),
@@ -391,7 +455,7 @@ impl Actor {
                 if proposes {
                     self.env.metrics.proposals.inc();
                 }
-                replies.insert(request, Pending { reply, arrived: now, is_write });
+                self.state.replies.insert(request, Pending { reply, arrived: now, is_write });
                 self.partition.handle_request(now, request, body);
             }
             Some(PartitionInput::Inspect(f)) => f(&self.partition),
@@ -399,32 +463,12 @@ impl Actor {
         Flow::Continue
     }
 
-    /// Carries out what an input asked of the actor; false once it must end.
-    async fn follow(&mut self, flow: Flow) -> bool {
-        match flow {
-            Flow::Continue => true,
-            Flow::Stop => false,
-            Flow::Remove => {
-                Box::pin(self.remove()).await;
-                false
-            }
-        }
-    }
-
-    /// How long this replica stays loaded once quiesced; `None`: always (the directory, or
-    /// unloading is off).
-    fn unload_after(&self) -> Option<std::time::Duration> {
-        let router = self.router.upgrade()?;
-        let options = router.replica_options();
-        let ticks = u32::try_from(options.unload_after_ticks).unwrap_or(u32::MAX);
-        (ticks > 0 && self.partition.id() != DIRECTORY).then(|| options.tick_interval * ticks)
-    }
-
-    /// Unloads this replica if it and this shell hold nothing that would be lost (`idle`: no
-    /// request waits for an answer and the store owes it none). `None` if it may not unload
-    /// now.
-    fn unload(&mut self, idle: bool) -> Option<Unload> {
-        let shell_idle = idle
+    /// Unloads this replica if it and this shell hold nothing that would be lost. `None` if
+    /// it may not unload now.
+    fn unload(&mut self) -> Option<Unload> {
+        let shell_idle = self.state.replies.is_empty()
+            && self.state.applying.is_empty()
+            && self.state.blocked.is_none()
             && self.saving.is_none()
             && self.members.wanted.is_none()
             && self.members.attempt.is_none()
@@ -470,11 +514,14 @@ impl Actor {
         self.members.attempt = Some((wanted, rx));
     }
 
-    /// The replica left the partition: its removal goes to the log after every write it queued;
-    /// once that is durable its state leaves the store, then its files, and the router may
-    /// start a new replica here. In this order a crash leaves at worst rows or files of a
-    /// partition the log no longer knows, which the next start deletes.
-    async fn remove(&mut self) {
+    /// The replica left the partition: its removal goes to the log after every write it queued
+    /// (all of them are handed over: the actor takes an input only then); once that is
+    /// durable its state leaves the store, then its files, and the router may start a new
+    /// replica here. In this order a crash leaves at worst rows or files of a partition the
+    /// log no longer knows, which the next start deletes. The actor ends; a task carries this
+    /// out.
+    fn remove(&mut self) {
+        assert!(self.state.blocked.is_none(), "every write the replica queued was handed to the log");
         let partition = self.partition.id();
         tracing::info!(%partition, node = %self.partition.node(), "replica removed; deleting its data");
         let write = LogWrite { remove: true, ..LogWrite::new(partition) };
@@ -482,15 +529,15 @@ impl Actor {
         let done = Box::new(move |result: Result<(), PersistError>| {
             let _ = logged.send(result);
         });
+        let mut persist = self.persist.clone();
         let (mut applier, files, router) = (self.applier.clone(), self.transfers.store().clone(), self.router.clone());
         let durable = self.durable.clone();
-        if self.persist.send(PersistRequest { write, done }).await.is_err() {
-            return;
-        }
-        // The rest waits for the log, which must not hold up this task's caller.
         self.env.spawn.spawn(
             "remove replica",
             Box::pin(async move {
+                if persist.send(PersistRequest { write, done }).await.is_err() {
+                    return;
+                }
                 if !matches!(removal_durable.await, Ok(Ok(()))) {
                     return;
                 }
@@ -511,21 +558,21 @@ impl Actor {
     }
 
     /// Carries out every output the partition has, in order, and feeds it what snapshot
-    /// transfers produced, until neither has anything left. False if the node is stopping.
-    async fn drain(
-        &mut self,
-        replies: &mut BTreeMap<RequestId, Pending>,
-        applying: &mut VecDeque<oneshot::Receiver<ApplyResult>>,
-    ) -> bool {
-        // Messages to one node in one drain go out as one batch.
-        let mut batches: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
+    /// transfers produced, until neither has anything left; then sends the messages, one
+    /// batch per node. `Pending` while work waits for room in a full queue (the drain goes
+    /// on from there when woken); `Ready(false)` if the node is stopping.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
-            if !self.drain_outputs(replies, applying, &mut batches).await {
-                return false;
+            if !ready!(self.hand_over_blocked(cx)) {
+                return Poll::Ready(false);
+            }
+            if let Some(output) = self.partition.poll_output() {
+                self.carry_out(output);
+                continue;
             }
             let events = std::mem::take(&mut self.transfer_events);
             for envelope in events.send {
-                batches.entry(envelope.to).or_default().push(envelope);
+                self.state.outbox.entry(envelope.to).or_default().push(envelope);
             }
             if events.finished.is_empty() && events.installed.is_none() {
                 break;
@@ -543,10 +590,39 @@ impl Actor {
                 }
             }
         }
-        for (to, batch) in batches {
+        for (to, batch) in std::mem::take(&mut self.state.outbox) {
             self.transport.send(to, batch);
         }
-        true
+        Poll::Ready(true)
+    }
+
+    /// Hands the blocked work, if any, to its queue. `Ready(false)` if the queue's reader is
+    /// gone (the node is stopping: nothing more becomes durable).
+    fn hand_over_blocked(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let sent = match self.state.blocked.take() {
+            None => return Poll::Ready(true),
+            Some(Blocked::Persist(request)) => match self.persist.poll_ready(cx) {
+                Poll::Pending => {
+                    self.state.blocked = Some(Blocked::Persist(request));
+                    return Poll::Pending;
+                }
+                Poll::Ready(room) => room.and_then(|()| self.persist.start_send(request)).is_ok(),
+            },
+            Some(Blocked::Apply(request, answer)) => match self.applier.poll_ready(cx) {
+                Poll::Pending => {
+                    self.state.blocked = Some(Blocked::Apply(request, answer));
+                    return Poll::Pending;
+                }
+                Poll::Ready(room) => {
+                    let sent = room.and_then(|()| self.applier.start_send(request)).is_ok();
+                    if sent {
+                        self.state.applying.push_back(answer);
+                    }
+                    sent
+                }
+            },
+        };
+        Poll::Ready(sent)
     }
 
     /// Writes a snapshot of the partition's state in the store (one read transaction) on a
@@ -579,95 +655,73 @@ impl Actor {
         }
     }
 
-    /// Carries out the partition's outputs; false if the node is stopping.
-    async fn drain_outputs(
-        &mut self,
-        replies: &mut BTreeMap<RequestId, Pending>,
-        applying: &mut VecDeque<oneshot::Receiver<ApplyResult>>,
-        batches: &mut BTreeMap<NodeId, Vec<Envelope>>,
-    ) -> bool {
-        while let Some(output) = self.partition.poll_output() {
-            match output {
-                Output::Send(envelope) => batches.entry(envelope.to).or_default().push(envelope),
-                Output::SendSnapshot { to, message } => {
-                    let now = self.env.clock.now();
-                    self.transfers.start(now, to, &message, &mut self.transfer_events);
-                }
-                Output::SaveSnapshot => self.save_snapshot(),
-                Output::Apply(entries) => {
-                    if !self.apply(ApplyWork::Entries(entries), applying).await {
-                        return false;
-                    }
-                }
-                Output::InstallSnapshot(meta) => {
-                    let files = self.transfers.store().clone();
-                    if !self.apply(ApplyWork::Install { meta, files }, applying).await {
-                        return false;
-                    }
-                }
-                Output::Read { request, query } => {
-                    let response = self.read(&query);
-                    self.respond(replies, request, response);
-                }
-                Output::Compact(write) => {
-                    let done = Box::new(|_: Result<(), PersistError>| {});
-                    if self.persist.send(PersistRequest { write, done }).await.is_err() {
-                        return false;
-                    }
-                }
-                Output::Persist { ready_number, write } => {
-                    let completion = Completion { signal: Some(self.signal.clone()), ready_number };
-                    let done = Box::new(move |result| completion.complete(result));
-                    // Waits when the writer's queue is full: the writer never waits on us.
-                    if self.persist.send(PersistRequest { write, done }).await.is_err() {
-                        // The writer is gone (the node is stopping); nothing more is durable.
-                        return false;
-                    }
-                }
-                Output::PartitionAllocated { partition, info, campaign } => {
-                    if let Some(router) = self.router.upgrade() {
-                        router.on_partition_allocated(partition, &info, campaign);
-                    }
-                }
-                Output::MembersChanged { partition, info } => {
-                    if let Some(router) = self.router.upgrade() {
-                        router.reconcile(partition, &info);
-                    }
-                }
-                Output::LeaderMembers { conf, as_of } => self.members.wanted = Some(Box::new((conf, as_of))),
-                Output::DirectoryReady => {
-                    let partitions =
-                        self.store.read().and_then(|rows| store::read::directory_partitions(&rows, DIRECTORY));
-                    match (partitions, self.router.upgrade()) {
-                        (Ok(partitions), Some(router)) => {
-                            for (partition, info) in &partitions {
-                                router.reconcile(*partition, info);
-                            }
-                        }
-                        (Err(error), _) => tracing::error!(%error, "cannot read the directory from the store"),
-                        (Ok(_), None) => {}
-                    }
-                }
-                Output::Respond { request, response } => self.respond(replies, request, response),
+    /// Carries out one of the partition's outputs. Work for the log writer or the applier
+    /// is queued as blocked: the drain hands it over before anything else.
+    fn carry_out(&mut self, output: Output) {
+        assert!(self.state.blocked.is_none(), "an output is carried out only once the last one was handed over");
+        match output {
+            Output::Send(envelope) => self.state.outbox.entry(envelope.to).or_default().push(envelope),
+            Output::SendSnapshot { to, message } => {
+                let now = self.env.clock.now();
+                self.transfers.start(now, to, &message, &mut self.transfer_events);
             }
+            Output::SaveSnapshot => self.save_snapshot(),
+            Output::Apply(entries) => self.apply(ApplyWork::Entries(entries)),
+            Output::InstallSnapshot(meta) => {
+                let files = self.transfers.store().clone();
+                self.apply(ApplyWork::Install { meta, files });
+            }
+            Output::Read { request, query } => {
+                let response = self.read(&query);
+                self.respond(request, response);
+            }
+            Output::Compact(write) => {
+                let done = Box::new(|_: Result<(), PersistError>| {});
+                self.state.blocked = Some(Blocked::Persist(PersistRequest { write, done }));
+            }
+            Output::Persist { ready_number, write } => {
+                let completion = Completion { signal: Some(self.signal.clone()), ready_number };
+                let done = Box::new(move |result| completion.complete(result));
+                // Handed over when the writer's queue has room: the writer never waits on us.
+                self.state.blocked = Some(Blocked::Persist(PersistRequest { write, done }));
+            }
+            Output::PartitionAllocated { partition, info, campaign } => {
+                if let Some(router) = self.router.upgrade() {
+                    router.on_partition_allocated(partition, &info, campaign);
+                }
+            }
+            Output::MembersChanged { partition, info } => {
+                if let Some(router) = self.router.upgrade() {
+                    router.reconcile(partition, &info);
+                }
+            }
+            Output::LeaderMembers { conf, as_of } => self.members.wanted = Some(Box::new((conf, as_of))),
+            Output::DirectoryReady => {
+                let partitions = self.store.read().and_then(|rows| store::read::directory_partitions(&rows, DIRECTORY));
+                match (partitions, self.router.upgrade()) {
+                    (Ok(partitions), Some(router)) => {
+                        for (partition, info) in &partitions {
+                            router.reconcile(*partition, info);
+                        }
+                    }
+                    (Err(error), _) => tracing::error!(%error, "cannot read the directory from the store"),
+                    (Ok(_), None) => {}
+                }
+            }
+            Output::Respond { request, response } => self.respond(request, response),
         }
-        true
     }
 
-    /// Hands work to the store's applier (waiting while its queue is full); its answer comes
-    /// back in order through `applying`. False if the applier is gone (the node is stopping).
-    async fn apply(&mut self, work: ApplyWork, applying: &mut VecDeque<oneshot::Receiver<ApplyResult>>) -> bool {
+    /// Hands work to the store's applier (when its queue has room); its answer comes back in
+    /// order through `applying`.
+    fn apply(&mut self, work: ApplyWork) {
         let (done, answer) = oneshot::channel();
         let request = ApplyRequest { partition: self.partition.id(), work, durable: self.durable.clone(), done };
-        if self.applier.send(request).await.is_err() {
-            return false;
-        }
-        applying.push_back(answer);
-        true
+        self.state.blocked = Some(Blocked::Apply(request, answer));
     }
 
-    fn respond(&self, replies: &mut BTreeMap<RequestId, Pending>, request: RequestId, response: Response) {
-        if let Some(pending) = replies.remove(&request) {
+    fn respond(&mut self, request: RequestId, response: Response) {
+        if let Some(pending) = self.state.replies.remove(&request) {
             if pending.is_write && matches!(response, Response::Written(_)) {
                 let elapsed = self.env.clock.now().saturating_duration_since(pending.arrived);
                 self.env.metrics.commit_latency_seconds.observe(elapsed.as_secs_f64());
@@ -677,7 +731,6 @@ impl Actor {
         }
     }
 }
-
 /// Exports `partition`'s state from one read transaction into a snapshot file; returns its
 /// position and membership.
 fn save_snapshot(

@@ -1,10 +1,11 @@
 //! The node-level owner of partition actors: creates and opens them, unloads idle ones and
 //! loads them again on demand, and routes messages and requests to their mailboxes.
 
-use super::actor::{Actor, PartitionInput};
+use super::actor::{Actor, ActorState, PartitionInput};
 use super::applier::{ApplyRequest, DurableSignal};
 use super::liveness::{Liveness, LivenessOptions, NOTICES_PER_INTERVAL};
 use super::persisted::PersistSignal;
+use super::workers::Workers;
 use crate::env::{Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, PeerId, DIRECTORY};
 use crate::limits::MAILBOX_MESSAGES_MAX;
@@ -28,6 +29,9 @@ pub struct RouterConfig {
     /// Every other node of the cluster: node liveness watches them.
     pub peers: Vec<NodeId>,
     pub replica: ReplicaOptions,
+    /// Workers that drive the loaded replicas (`workers.rs`); one per core is the usual
+    /// choice.
+    pub workers: usize,
 }
 
 /// Why a request did not reach a partition.
@@ -133,6 +137,8 @@ pub struct Router {
     store: Arc<Store>,
     applier: Mutex<Option<mpsc::Sender<ApplyRequest>>>,
     replicas: Mutex<BTreeMap<PartitionId, Replica>>,
+    /// Where loaded replicas run.
+    workers: Workers,
     /// Replicas being deleted, until their removal is durable; `Some((authority, peer))`:
     /// this node became a member again meanwhile (as `peer`), so a new replica starts once the
     /// old one is gone.
@@ -159,7 +165,9 @@ impl Router {
     ) -> Arc<Router> {
         let liveness_options = LivenessOptions::for_replicas(&config.replica);
         let liveness = Liveness::new(&config.peers, liveness_options.timeout, env.clock.now());
+        let workers = Workers::start(config.workers, env.clock.clone(), &*env.spawn);
         Arc::new_cyclic(|this| Router {
+            workers,
             liveness: Mutex::new(liveness),
             liveness_options,
             liveness_changed: Mutex::new(None),
@@ -550,6 +558,9 @@ impl Router {
         }
         let seed = self.env.seed ^ self.env.clock.now().as_nanos();
         let transfers = Transfers::new(id, self.config.node, store, self.env.metrics.clone(), seed);
+        let ticks = u32::try_from(self.config.replica.unload_after_ticks).unwrap_or(u32::MAX);
+        let unload_after = (ticks > 0).then(|| self.config.replica.tick_interval * ticks);
+        let state = ActorState::new(&partition, self.env.metrics.clone(), lag_entries.clone(), unload_after);
         let actor = Actor {
             partition,
             mailbox: rx,
@@ -565,9 +576,9 @@ impl Router {
             transfer_events: Default::default(),
             saving: None,
             members: Default::default(),
-            lag_entries: lag_entries.clone(),
+            state,
         };
-        self.env.spawn.spawn("partition", Box::pin(Box::new(actor).run()));
+        self.workers.insert(id, Box::new(actor));
         Ok((tx, lag_entries))
     }
 
@@ -773,6 +784,8 @@ impl Router {
                 mailbox.close_channel();
             }
         }
+        drop(replicas);
+        self.workers.stop();
     }
 }
 

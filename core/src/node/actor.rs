@@ -26,7 +26,8 @@ const MEMBERS_RETRY_TICKS: u32 = 10;
 /// stops taking inputs until the log catches up: backpressure instead of an unbounded queue.
 pub const UNPERSISTED_READIES_MAX: usize = 256;
 
-/// What a partition's mailbox carries.
+/// What a partition's mailbox carries. A mailbox is bounded in inputs
+/// (`MAILBOX_MESSAGES_MAX`) and in bytes (`MAILBOX_BYTES_MAX`, by [`PartitionInput::size_bytes`]).
 pub enum PartitionInput {
     Message(Envelope),
     Request {
@@ -45,9 +46,36 @@ pub enum PartitionInput {
     Remove,
 }
 
+impl PartitionInput {
+    /// What it holds in memory, roughly: its own size and the payload bytes it carries (Raft
+    /// entries, snapshot chunks, objects in a write).
+    pub fn size_bytes(&self) -> usize {
+        let payload = match self {
+            PartitionInput::Message(envelope) => match &envelope.payload {
+                Payload::Raft(message) => {
+                    message.entries.iter().map(|entry| entry.data.len() + entry.context.len()).sum::<usize>()
+                        + message.context.len()
+                }
+                Payload::Snapshot(crate::snapshot::SnapshotMessage::Chunk(chunk)) => chunk.data.len(),
+                Payload::Snapshot(_) | Payload::NodeHeartbeat => 0,
+            },
+            PartitionInput::Request { body: Request::Write(command) | Request::ForwardedWrite(command), .. } => {
+                command.op.data_bytes()
+            }
+            _ => 0,
+        };
+        std::mem::size_of::<PartitionInput>() + payload
+    }
+}
+
+/// How many bytes wait in a replica's mailbox: senders add (under the router's lock, refusing
+/// what would pass `MAILBOX_BYTES_MAX`), the actor subtracts what it takes out.
+pub(super) type MailboxBytes = Arc<std::sync::atomic::AtomicUsize>;
+
 pub(super) struct Actor {
     pub partition: Partition,
     pub mailbox: mpsc::Receiver<PartitionInput>,
+    pub mailbox_bytes: MailboxBytes,
     pub env: Env,
     pub transport: Arc<dyn Transport>,
     pub persist: mpsc::Sender<PersistRequest>,
@@ -328,7 +356,10 @@ impl Shell for Actor {
                 }
                 Wake::Timer if unload_at.is_some_and(|at| now >= at) => match self.unload() {
                     Some(Unload::Done) => return Step::Done,
-                    Some(Unload::Input(input)) => self.handle_input(now, Some(input)),
+                    Some(Unload::Input(input)) => {
+                        self.took_out(&input);
+                        self.handle_input(now, Some(input))
+                    }
                     // Not now: try again after another wait.
                     Some(Unload::Refused) | None => {
                         self.state.quiesced_since = Some(now);
@@ -424,10 +455,19 @@ impl Actor {
             && self.partition.apply_bytes_in_flight() < crate::limits::APPLY_BYTES_IN_FLIGHT_MAX;
         if accepting {
             if let Poll::Ready(input) = self.mailbox.poll_next_unpin(cx) {
+                if let Some(input) = &input {
+                    self.took_out(input);
+                }
                 return Some(Wake::Input(input));
             }
         }
         deadline.is_some_and(|at| at <= now).then_some(Wake::Timer)
+    }
+
+    /// `input` left the mailbox: its bytes no longer count against the bound.
+    fn took_out(&self, input: &PartitionInput) {
+        let before = self.mailbox_bytes.fetch_sub(input.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        assert!(before >= input.size_bytes(), "a mailbox's bytes count every input in it");
     }
 
     /// Handles one input from the mailbox (`None`: it closed).

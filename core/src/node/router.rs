@@ -1,14 +1,14 @@
 //! The node-level owner of partition actors: creates and opens them, unloads idle ones and
 //! loads them again on demand, and routes messages and requests to their mailboxes.
 
-use super::actor::{Actor, ActorState, PartitionInput};
+use super::actor::{Actor, ActorState, MailboxBytes, PartitionInput};
 use super::applier::{ApplyRequest, DurableSignal};
 use super::liveness::{Liveness, LivenessOptions, NOTICES_PER_INTERVAL};
 use super::persisted::PersistSignal;
 use super::workers::Workers;
 use crate::env::{Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, PeerId, DIRECTORY};
-use crate::limits::MAILBOX_MESSAGES_MAX;
+use crate::limits::{MAILBOX_BYTES_MAX, MAILBOX_MESSAGES_MAX};
 use crate::partition::{
     Dormant, Partition, PartitionConfig, PartitionStatus, ReplicaOptions, Request, Response, StoredState,
 };
@@ -115,9 +115,55 @@ pub(super) enum Unload {
     Refused,
 }
 
+/// The sending side of a replica's mailbox, bounded in inputs and in bytes.
+#[derive(Clone)]
+struct Mailbox {
+    sender: mpsc::Sender<PartitionInput>,
+    bytes: MailboxBytes,
+}
+
+/// Why an input did not go in a mailbox.
+enum Refused {
+    Full,
+    Closed,
+}
+
+impl Mailbox {
+    /// Puts `input` in the mailbox unless it is full, in inputs or in bytes. Called under the
+    /// router's lock on the router's own sender: a clone of a sender is never parked, so the
+    /// input bound holds only for the one stored sender.
+    fn try_send(&mut self, input: PartitionInput) -> Result<(), Refused> {
+        let size = input.size_bytes();
+        if self.bytes.load(Ordering::Relaxed) + size > MAILBOX_BYTES_MAX {
+            return Err(Refused::Full);
+        }
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.sender.try_send(input).map_err(|error| {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            if error.is_full() {
+                Refused::Full
+            } else {
+                Refused::Closed
+            }
+        })
+    }
+
+    /// Puts `input` in the mailbox once it has room for one more input, on a clone of the
+    /// sender, for inputs that must not be lost (liveness notices, a removal). They are small,
+    /// and not held to the byte bound.
+    async fn send(mut self, input: PartitionInput) {
+        use futures::SinkExt;
+        let size = input.size_bytes();
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        if self.sender.send(input).await.is_err() {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A replica this node runs.
 struct Hosted {
-    mailbox: mpsc::Sender<PartitionInput>,
+    mailbox: Mailbox,
     /// Its Raft id: which incarnation of this node's membership it is.
     peer: PeerId,
     /// How far its furthest-behind follower is behind it, in entries, while it leads (0
@@ -217,7 +263,7 @@ impl Router {
         self.env.spawn.spawn(
             "liveness notices",
             Box::pin(async move {
-                use futures::{SinkExt, StreamExt};
+                use futures::StreamExt;
                 while changed_rx.next().await.is_some() {
                     let Some(router) = this.upgrade() else { return };
                     let down = Arc::new(router.liveness.lock().expect("not poisoned").down().clone());
@@ -228,11 +274,11 @@ impl Router {
                         let Some(router) = this.upgrade() else { return };
                         let mailbox = router.liveness_mailbox(partition, &down);
                         drop(router);
-                        let Some(mut mailbox) = mailbox else { continue };
+                        let Some(mailbox) = mailbox else { continue };
                         // With backpressure: a notice must not be lost (a follower that never
                         // learns its leader died would sleep forever). An actor that unloads
                         // meanwhile drops it, and learns the down set when it loads.
-                        let _ = mailbox.send(PartitionInput::Liveness(down.clone())).await;
+                        mailbox.send(PartitionInput::Liveness(down.clone())).await;
                         told += 1;
                         if told % NOTICES_PER_INTERVAL == 0 {
                             clock.sleep_until(clock.now() + options.interval).await;
@@ -250,7 +296,7 @@ impl Router {
         &self,
         partition: PartitionId,
         down: &BTreeSet<NodeId>,
-    ) -> Option<mpsc::Sender<PartitionInput>> {
+    ) -> Option<Mailbox> {
         let mut replicas = self.replicas.lock().expect("not poisoned");
         let leader_down = match replicas.get(&partition)? {
             Replica::Loaded(hosted) => return Some(hosted.mailbox.clone()),
@@ -432,17 +478,14 @@ impl Router {
             (wanted, Some(old)) if wanted != Some(old) => {
                 // The removal goes through the log, which the replica's actor writes to.
                 let Some(hosted) = self.load(&mut replicas, partition, LoadCause::Membership) else { return };
-                let mut mailbox = hosted.mailbox.clone();
+                let mailbox = hosted.mailbox.clone();
                 replicas.remove(&partition);
                 tracing::info!(node = %me, %partition, %old, "retiring replica");
                 retiring.insert(partition, wanted.map(|peer| (info.authority.clone(), peer)));
                 // Sent with backpressure: the removal must reach the actor, after its inputs.
                 self.env.spawn.spawn(
                     "retire replica",
-                    Box::pin(async move {
-                        use futures::SinkExt;
-                        let _ = mailbox.send(PartitionInput::Remove).await;
-                    }),
+                    Box::pin(mailbox.send(PartitionInput::Remove)),
                 );
             }
             (None, None) if retiring.contains_key(&partition) => {
@@ -542,7 +585,7 @@ impl Router {
         partition: Partition,
         store: SnapshotStore,
         record_peer: bool,
-    ) -> Result<(mpsc::Sender<PartitionInput>, Arc<AtomicU64>), RouteError> {
+    ) -> Result<(Mailbox, Arc<AtomicU64>), RouteError> {
         let id = partition.id();
         if record_peer {
             let peer = partition.peer();
@@ -550,11 +593,12 @@ impl Router {
         }
         let persist = self.persist.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let applier = self.applier.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
-        let (mut tx, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let (sender, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let mut mailbox = Mailbox { sender, bytes: MailboxBytes::default() };
         let lag_entries = Arc::new(AtomicU64::new(0));
         let down = self.down_nodes();
-        if !down.is_empty() {
-            tx.try_send(PartitionInput::Liveness(Arc::new(down))).expect("a new mailbox has room");
+        if !down.is_empty() && mailbox.try_send(PartitionInput::Liveness(Arc::new(down))).is_err() {
+            unreachable!("a new mailbox has room");
         }
         let seed = self.env.seed ^ self.env.clock.now().as_nanos();
         let transfers = Transfers::new(id, self.config.node, store, self.env.metrics.clone(), seed);
@@ -564,6 +608,7 @@ impl Router {
         let actor = Actor {
             partition,
             mailbox: rx,
+            mailbox_bytes: mailbox.bytes.clone(),
             env: self.env.clone(),
             transport: self.transport.clone(),
             persist,
@@ -579,7 +624,7 @@ impl Router {
             state,
         };
         self.workers.insert(id, Box::new(actor));
-        Ok((tx, lag_entries))
+        Ok((mailbox, lag_entries))
     }
 
     /// The largest lag, in entries, of a follower behind a leader here.
@@ -677,12 +722,9 @@ impl Router {
         }
         let cause = load.unwrap_or(LoadCause::Request);
         let hosted = self.load(&mut replicas, partition, cause).ok_or(RouteError::Stopped(partition))?;
-        hosted.mailbox.try_send(input).map_err(|e| {
-            if e.is_full() {
-                RouteError::MailboxFull(partition)
-            } else {
-                RouteError::Stopped(partition)
-            }
+        hosted.mailbox.try_send(input).map_err(|refused| match refused {
+            Refused::Full => RouteError::MailboxFull(partition),
+            Refused::Closed => RouteError::Stopped(partition),
         })
     }
 
@@ -781,7 +823,7 @@ impl Router {
             };
             // A full mailbox: closing the channel stops the actor all the same.
             if mailbox.try_send(PartitionInput::Stop).is_err() {
-                mailbox.close_channel();
+                mailbox.sender.close_channel();
             }
         }
         drop(replicas);
@@ -792,6 +834,34 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mailbox_is_bounded_in_bytes_as_well_as_in_inputs() {
+        let (sender, mut receiver) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let mut mailbox = Mailbox { sender, bytes: MailboxBytes::default() };
+        // Raft appends carrying 1 MiB each: far fewer than the input bound fit.
+        let append = || {
+            let mut message = raft::eraftpb::Message::default();
+            message.entries.push(raft::eraftpb::Entry { data: vec![0; 1 << 20].into(), ..Default::default() });
+            let envelope =
+                Envelope { partition: PartitionId(1), from: NodeId(2), to: NodeId(1), payload: Payload::Raft(message) };
+            PartitionInput::Message(envelope)
+        };
+        let size = append().size_bytes();
+        let fit = MAILBOX_BYTES_MAX / size;
+        assert!(fit < MAILBOX_MESSAGES_MAX);
+        for _ in 0..fit {
+            assert!(mailbox.try_send(append()).is_ok());
+        }
+        assert!(matches!(mailbox.try_send(append()), Err(Refused::Full)), "past the byte bound");
+        assert_eq!(mailbox.bytes.load(Ordering::Relaxed), fit * size, "a refused input is not counted");
+        // What the actor takes out makes room (as `Actor::took_out` does).
+        let taken = receiver.try_next().unwrap().unwrap();
+        mailbox.bytes.fetch_sub(taken.size_bytes(), Ordering::Relaxed);
+        assert!(mailbox.try_send(append()).is_ok());
+        drop(receiver);
+        assert!(matches!(mailbox.try_send(PartitionInput::Stop), Err(Refused::Closed)));
+    }
 
     /// What the router keeps per unloaded replica, counted from the types: its map entry, the
     /// boxed record, and the record's own allocations (three voters; a snapshot directory path

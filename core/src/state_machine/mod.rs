@@ -150,6 +150,16 @@ impl WriteOp {
     pub fn is_recorded(&self) -> bool {
         !matches!(self, WriteOp::BeginUpload { .. } | WriteOp::UploadChunk { .. } | WriteOp::AbortUpload { .. })
     }
+
+    /// The object bytes it carries: all but a few hundred bytes of a large command, which is
+    /// what queues bound it by without encoding it.
+    pub fn data_bytes(&self) -> usize {
+        match self {
+            WriteOp::Transaction { objects, .. } => objects.iter().map(|object| object.data.len()).sum(),
+            WriteOp::UploadChunk { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// An object a transaction writes, with the id the client claims for it.

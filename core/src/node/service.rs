@@ -9,6 +9,7 @@ use crate::persist::ConfState;
 use crate::state_machine::{
     Command, PartitionInfo, ReadQuery, ReadResult, Rejection, RelativePath, RepoId, WriteOk, WriteOp,
 };
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use crate::ids::DIRECTORY;
@@ -114,30 +115,48 @@ pub struct RoutedRepository {
 
 pub struct NodeService {
     router: Arc<Router>,
-    /// Directory updates this node made, to name each with its own writer.
     /// Every node of the static cluster: where new partitions may be placed.
     nodes: Vec<NodeId>,
     /// Voters of each new partition.
     replicas: usize,
+    placement: std::sync::Mutex<PlacementLoad>,
 }
 
-/// Chooses the voters of a new partition: the `replicas` nodes that host the fewest
-/// partitions, ties to the lower id. Deterministic, and it spreads partitions evenly.
-pub fn place<'a>(
-    nodes: &[NodeId],
-    replicas: usize,
-    partitions: impl IntoIterator<Item = &'a PartitionInfo>,
-) -> Vec<NodeId> {
-    assert!((1..=nodes.len()).contains(&replicas), "a partition has between 1 and all nodes as voters");
-    let mut load: std::collections::BTreeMap<NodeId, usize> = nodes.iter().map(|&n| (n, 0)).collect();
-    for info in partitions {
-        for node in info.voters.iter().chain(&info.learners) {
-            if let Some(count) = load.get_mut(node) {
-                *count += 1;
+/// How long placement counts replicas per node incrementally before it counts them all again.
+const PLACEMENT_RECOUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many partitions each node hosts, as this node's directory records them, for placing
+/// new ones. Counting every partition for each creation would make creating N partitions cost
+/// N² row reads, so new partitions (ids only grow) are added as they appear, and the whole
+/// count is redone every `PLACEMENT_RECOUNT_INTERVAL`: replicas that membership changes move
+/// weigh in within that time. Placement only balances, so a count that old is good enough.
+#[derive(Default)]
+struct PlacementLoad {
+    load: BTreeMap<NodeId, usize>,
+    /// The highest partition id counted, if any.
+    through: Option<PartitionId>,
+    counted_at: Option<crate::env::Instant>,
+}
+
+impl PlacementLoad {
+    fn count(&mut self, partitions: &[(PartitionId, PartitionInfo)]) {
+        for (id, info) in partitions {
+            for node in info.voters.iter().chain(&info.learners) {
+                *self.load.entry(*node).or_default() += 1;
             }
+            assert!(self.through < Some(*id), "partitions are counted once, by increasing id");
+            self.through = Some(*id);
         }
     }
-    let mut by_load: Vec<(usize, NodeId)> = load.into_iter().map(|(n, c)| (c, n)).collect();
+}
+
+/// Chooses the voters of a new partition from how many partitions each node hosts
+/// (`hosted`): the `replicas` nodes that host the fewest, ties to the lower id. Deterministic,
+/// and it spreads partitions evenly.
+pub fn place(nodes: &[NodeId], replicas: usize, hosted: &BTreeMap<NodeId, usize>) -> Vec<NodeId> {
+    assert!((1..=nodes.len()).contains(&replicas), "a partition has between 1 and all nodes as voters");
+    let load = nodes.iter().map(|&n| (n, hosted.get(&n).copied().unwrap_or(0)));
+    let mut by_load: Vec<(usize, NodeId)> = load.map(|(n, c)| (c, n)).collect();
     by_load.sort();
     let mut voters: Vec<NodeId> = by_load.into_iter().take(replicas).map(|(_, n)| n).collect();
     voters.sort();
@@ -148,7 +167,7 @@ impl NodeService {
     pub fn new(router: Arc<Router>, nodes: Vec<NodeId>, replicas: usize) -> NodeService {
         assert!(nodes.contains(&router.node()), "this node is one of the cluster's nodes");
         assert!((1..=nodes.len()).contains(&replicas), "replicas between 1 and the cluster's size");
-        NodeService { router, nodes, replicas }
+        NodeService { router, nodes, replicas, placement: Default::default() }
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -282,8 +301,7 @@ impl NodeService {
         let partition = match (existing, &fork_of) {
             (Some(partition), _) => partition,
             (None, None) => {
-                let partitions = self.local_partitions()?;
-                let voters = place(&self.nodes, self.replicas, partitions.iter().map(|(_, info)| info));
+                let voters = self.place_new_partition()?;
                 let op = WriteOp::AllocatePartition { repo: repo.clone(), voters };
                 let ok = self.forwarded_write(DIRECTORY, Command { client, seq, op }).await?;
                 ok.partition.expect("an allocation names its partition")
@@ -322,14 +340,29 @@ impl NodeService {
         matches!(info, Ok(Some(info)) if info.voters.contains(&me) || info.learners.contains(&me))
     }
 
-    /// Every partition this node's copy of the directory records, with its members (one scan
-    /// of the store's member rows: no repositories, no request through the directory replica).
-    fn local_partitions(&self) -> Result<Vec<(PartitionId, PartitionInfo)>, ApiError> {
-        self.router
-            .store()
-            .read()
-            .and_then(|rows| crate::store::read::directory_partitions(&rows, DIRECTORY))
-            .map_err(|error| ApiError::Unavailable(format!("cannot read this node's directory: {error}")))
+    /// The voters of a new partition (see `PlacementLoad`).
+    fn place_new_partition(&self) -> Result<Vec<NodeId>, ApiError> {
+        let now = self.router.env().clock.now();
+        let mut placement = self.placement.lock().expect("not poisoned");
+        let stale = placement.counted_at.is_none_or(|at| now.saturating_duration_since(at) >= PLACEMENT_RECOUNT_INTERVAL);
+        if stale {
+            *placement = PlacementLoad { counted_at: Some(now), ..PlacementLoad::default() };
+        }
+        let unavailable = |error: crate::store::StoreError| {
+            ApiError::Unavailable(format!("cannot read this node's directory: {error}"))
+        };
+        let rows = self.router.store().read().map_err(unavailable)?;
+        let new = match placement.through {
+            None => crate::store::read::directory_partitions(&rows, DIRECTORY),
+            Some(through) => crate::store::read::directory_partitions_after(&rows, DIRECTORY, through),
+        };
+        let new = new.map_err(|error| {
+            // Counted again in full next time.
+            placement.counted_at = None;
+            unavailable(error)
+        })?;
+        placement.count(&new);
+        Ok(place(&self.nodes, self.replicas, &placement.load))
     }
 
     /// Deletes a repository's data, then its route.
@@ -645,5 +678,33 @@ impl NodeService {
             ReadResult::Partitions(partitions) => Ok(partitions),
             other => Err(ApiError::Invalid(format!("unexpected directory answer {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(voters: &[u64]) -> PartitionInfo {
+        PartitionInfo {
+            authority: "default".into(),
+            voters: voters.iter().map(|&n| NodeId(n)).collect(),
+            learners: Vec::new(),
+            peers: voters.iter().map(|&n| crate::ids::PeerId::new(NodeId(n), 0)).collect(),
+            members_as_of: 0,
+        }
+    }
+
+    #[test]
+    fn placement_picks_the_least_loaded_nodes_and_counts_new_partitions_once() {
+        let nodes: Vec<NodeId> = (1..=4).map(NodeId).collect();
+        let mut placement = PlacementLoad::default();
+        placement.count(&[(PartitionId(1), info(&[1, 2, 3])), (PartitionId(2), info(&[1, 2, 4]))]);
+        assert_eq!(place(&nodes, 3, &placement.load), vec![NodeId(1), NodeId(3), NodeId(4)]);
+        assert_eq!(placement.through, Some(PartitionId(2)));
+        // The next partitions are counted on top, as `partitions_after` returns them.
+        placement.count(&[(PartitionId(3), info(&[2, 3, 4]))]);
+        assert_eq!(place(&nodes, 2, &placement.load), vec![NodeId(1), NodeId(3)]);
+        assert_eq!(place(&nodes, 1, &BTreeMap::new()), vec![NodeId(1)], "ties go to the lower id");
     }
 }

@@ -37,14 +37,27 @@ pub fn partition_info(
 
 /// Every recorded partition, by increasing id.
 pub fn partitions(rows: &dyn Rows, directory: PartitionId) -> Result<Vec<(PartitionId, PartitionInfo)>, StoreError> {
+    partitions_after(rows, directory, None)
+}
+
+/// Every recorded partition with an id above `after` (all with `None`), by increasing id.
+pub fn partitions_after(
+    rows: &dyn Rows,
+    directory: PartitionId,
+    after: Option<PartitionId>,
+) -> Result<Vec<(PartitionId, PartitionInfo)>, StoreError> {
     let prefix = keys::partition_prefix(directory);
     let mut out = Vec::new();
-    rows.scan(TableId::Members, &prefix, &mut |key, value| {
+    let mut visit = |key: &[u8], value: &[u8]| {
         let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
         let id = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
         out.push((PartitionId(id), tables::decode("partition members", value)?));
         Ok(ControlFlow::Continue(()))
-    })?;
+    };
+    match after {
+        None => rows.scan(TableId::Members, &prefix, &mut visit)?,
+        Some(after) => rows.scan_after(TableId::Members, &prefix, &keys::about(directory, after), &mut visit)?,
+    }
     Ok(out)
 }
 

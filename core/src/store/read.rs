@@ -299,3 +299,12 @@ pub fn directory_partitions(
 ) -> Result<Vec<(PartitionId, crate::state_machine::PartitionInfo)>, StoreError> {
     directory::partitions(rows, directory)
 }
+
+/// The directory's partitions with ids above `after`, by increasing id.
+pub fn directory_partitions_after(
+    rows: &dyn Rows,
+    directory: PartitionId,
+    after: PartitionId,
+) -> Result<Vec<(PartitionId, crate::state_machine::PartitionInfo)>, StoreError> {
+    directory::partitions_after(rows, directory, Some(after))
+}

@@ -59,9 +59,27 @@ pub struct NodeHandle {
     pub service: Arc<NodeService>,
 }
 
+/// Makes any panic stop the node (fail-stop). A panic is a broken invariant: the replica (or
+/// part) that broke it cannot be trusted to go on, and a panic inside a partition worker's step
+/// would otherwise end that worker and silently stop every replica it drives while the node
+/// still answered `/health`. Stopping leaves the disk as a crash would; a restart recovers from
+/// it. The report names the partition whose replica was being stepped, if any.
+fn fail_stop_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        match cohort_core::node::stepping_partition() {
+            Some(partition) => tracing::error!(%partition, "partition {partition}'s replica panicked: {info}; the node stops"),
+            None => tracing::error!("panicked: {info}; the node stops"),
+        }
+        std::process::abort();
+    }));
+}
+
 /// Runs a node until `shutdown` completes, then stops it cleanly: partitions stop, the log
 /// writes already queued are made durable, and the function returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    fail_stop_on_panic();
     crate::memory::tune_allocator();
     crate::memory::spawn_heap_trimmer();
     let seed: u64 = rand::random();

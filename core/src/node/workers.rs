@@ -19,6 +19,7 @@ use crate::env::{Clock, Instant, Spawn};
 use crate::ids::PartitionId;
 use futures::task::{waker, ArcWake, AtomicWaker};
 use futures::FutureExt;
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, Weak};
@@ -27,6 +28,33 @@ use std::task::{Context, Poll, Waker};
 /// Shells a worker steps before it yields to the runtime (other tasks: the transport, the
 /// log writer, the applier, gRPC).
 pub const STEPS_PER_POLL: usize = 64;
+
+thread_local! {
+    /// The partition whose shell this thread is stepping.
+    static STEPPING: Cell<Option<PartitionId>> = const { Cell::new(None) };
+}
+
+/// The partition whose replica the current thread is stepping, if any: a panic hook names it
+/// (a panic in a step is a broken invariant of that replica, and ends its whole worker).
+pub fn stepping_partition() -> Option<PartitionId> {
+    STEPPING.with(Cell::get)
+}
+
+/// Marks the thread as stepping a partition until dropped (also when a step unwinds).
+struct Stepping;
+
+impl Stepping {
+    fn start(partition: PartitionId) -> Stepping {
+        STEPPING.with(|s| s.set(Some(partition)));
+        Stepping
+    }
+}
+
+impl Drop for Stepping {
+    fn drop(&mut self) {
+        STEPPING.with(|s| s.set(None));
+    }
+}
 
 /// What a worker runs: one replica's shell.
 pub(super) trait Shell: Send + 'static {
@@ -71,7 +99,7 @@ impl Workers {
         state.next_id += 1;
         let id = state.next_id;
         let wake = Arc::new(ShellWake { worker: Arc::downgrade(worker), id });
-        let slot = Slot { shell: Some(shell), waker: waker(wake), scheduled: true, deadline: None };
+        let slot = Slot { partition, shell: Some(shell), waker: waker(wake), scheduled: true, deadline: None };
         state.shells.insert(id, slot);
         state.ready.push_back(id);
         drop(state);
@@ -117,6 +145,7 @@ struct WorkerState {
 }
 
 struct Slot {
+    partition: PartitionId,
     /// `None` while the worker steps it (outside the lock).
     shell: Option<Box<dyn Shell>>,
     waker: Waker,
@@ -208,11 +237,13 @@ impl Worker {
                 let Some(slot) = state.shells.get_mut(&id) else { continue };
                 slot.scheduled = false;
                 let mut shell = slot.shell.take().expect("only its worker takes a shell, and puts it back");
-                let waker = slot.waker.clone();
+                let (waker, partition) = (slot.waker.clone(), slot.partition);
                 // Stepped outside the lock: a step wakes other shells (and may start new
                 // ones) on this worker.
                 drop(state);
+                let stepping = Stepping::start(partition);
                 let step = shell.step(&mut Context::from_waker(&waker));
+                drop(stepping);
                 let mut state = self.state.lock().expect("not poisoned");
                 let finished = match step {
                     Step::Wait { deadline } => {
@@ -366,6 +397,24 @@ mod tests {
         executor.run_until_stalled(100);
         assert_eq!(steps.load(Ordering::SeqCst), 2);
         assert_eq!(workers.len(), 0);
+    }
+
+    #[test]
+    fn a_panicking_step_names_its_partition_to_the_panic_hook_and_ends_its_worker() {
+        struct Broken;
+        impl Shell for Broken {
+            fn step(&mut self, _: &mut Context<'_>) -> Step {
+                assert_eq!(stepping_partition(), Some(PartitionId(9)));
+                panic!("a broken invariant");
+            }
+        }
+        let (executor, clock) = (ManualExecutor::default(), ManualClock::default());
+        let workers = Workers::start(1, Arc::new(clock.clone()), &executor);
+        workers.insert(PartitionId(9), Box::new(Broken));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| executor.run_until_stalled(100)));
+        let panic = outcome.expect_err("the panic reaches the worker's runtime");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"a broken invariant"));
+        assert_eq!(stepping_partition(), None, "the mark is gone once the step unwound");
     }
 
     #[test]

@@ -637,6 +637,11 @@ impl Router {
         lags.max().unwrap_or(0)
     }
 
+    /// Whether this node hosts a replica of `partition` (loaded or not).
+    pub fn hosts(&self, partition: PartitionId) -> bool {
+        self.replicas.lock().expect("not poisoned").contains_key(&partition)
+    }
+
     /// The partitions this node hosts, sorted.
     pub fn partitions(&self) -> Vec<PartitionId> {
         self.replicas.lock().expect("not poisoned").keys().copied().collect()
@@ -856,7 +861,7 @@ mod tests {
         assert!(matches!(mailbox.try_send(append()), Err(Refused::Full)), "past the byte bound");
         assert_eq!(mailbox.bytes.load(Ordering::Relaxed), fit * size, "a refused input is not counted");
         // What the actor takes out makes room (as `Actor::took_out` does).
-        let taken = receiver.try_next().unwrap().unwrap();
+        let taken = receiver.try_recv().unwrap();
         mailbox.bytes.fetch_sub(taken.size_bytes(), Ordering::Relaxed);
         assert!(mailbox.try_send(append()).is_ok());
         drop(receiver);

@@ -177,24 +177,23 @@ impl NodeService {
     async fn call(&self, partition: PartitionId, request: Request) -> Result<Response, ApiError> {
         match self.router.request(partition, request).await {
             Ok(response) => Ok(response),
-            Err(RouteError::UnknownPartition(_)) if partition != DIRECTORY => Err(self.redirect(partition).await),
+            Err(RouteError::UnknownPartition(_)) if partition != DIRECTORY => Err(self.redirect(partition)),
             Err(error) => Err(error.into()),
         }
     }
 
     /// This node does not host `partition`: send the caller to a node that does.
-    async fn redirect(&self, partition: PartitionId) -> ApiError {
-        let query = ReadQuery::Partitions;
-        let answer = self.router.request(DIRECTORY, Request::Read { query, consistency: ReadConsistency::Stale }).await;
-        let members = match answer {
-            Ok(Response::Read { result: ReadResult::Partitions(partitions), .. }) => {
-                partitions.into_iter().find(|(p, _, _)| *p == partition).map(|(_, info, _)| info)
-            }
-            _ => None,
-        };
+    fn redirect(&self, partition: PartitionId) -> ApiError {
+        // One point read of this node's directory rows: never the whole directory.
+        let members = self
+            .router
+            .store()
+            .read()
+            .and_then(|rows| crate::store::read::directory_partition(&rows, DIRECTORY, partition));
         match members {
-            Some(info) => ApiError::NotLeader { leader: info.voters.first().copied() },
-            None => ApiError::Unavailable(format!("partition {partition} is not known here yet")),
+            Ok(Some(info)) => ApiError::NotLeader { leader: info.voters.first().copied() },
+            Ok(None) => ApiError::Unavailable(format!("partition {partition} is not known here yet")),
+            Err(error) => ApiError::Unavailable(format!("cannot read this node's directory: {error}")),
         }
     }
 
@@ -322,9 +321,9 @@ impl NodeService {
 
     /// Like `forwarded_write`, but a partition this node does not host is redirected.
     async fn forwarded_write_anywhere(&self, partition: PartitionId, command: Command) -> Result<WriteOk, ApiError> {
-        let hosted = self.router.partitions().contains(&partition);
+        let hosted = self.router.hosts(partition);
         if !hosted && !self.will_host(partition).await {
-            return Err(self.redirect(partition).await);
+            return Err(self.redirect(partition));
         }
         self.forwarded_write(partition, command).await
     }
@@ -458,10 +457,20 @@ impl NodeService {
         Ok(WriteOk { partition: Some(partition), ..ok })
     }
 
-    /// Uploads in progress in the partitions this node leads (from its own replicas).
+    /// Uploads in progress in the partitions this node leads (from its own replicas). Only
+    /// partitions whose rows here hold uploads are asked, so an idle node with many
+    /// partitions does no work per partition.
     pub async fn led_uploads(&self) -> Vec<(PartitionId, ClientId, u64, RepoId, crate::state_machine::UploadStatus)> {
         let mut out = Vec::new();
-        for partition in self.router.partitions() {
+        let with_uploads = self.router.store().read().and_then(|rows| crate::store::read::partitions_with_uploads(&rows));
+        let with_uploads = match with_uploads {
+            Ok(partitions) => partitions,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the partitions with uploads");
+                return out;
+            }
+        };
+        for partition in with_uploads {
             let leads =
                 matches!(self.router.status(partition).await, Ok(s) if s.role == crate::partition::Role::Leader);
             if !leads {

@@ -260,6 +260,20 @@ fn uploads(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<UploadRow>, St
     Ok(out)
 }
 
+/// The partitions with uploads in progress, by increasing id: one scan of the uploads rows of
+/// every partition (there are few), so that finding idle uploads asks no replica.
+pub fn partitions_with_uploads(rows: &dyn Rows) -> Result<Vec<PartitionId>, StoreError> {
+    let mut out: Vec<PartitionId> = Vec::new();
+    rows.scan(TableId::Uploads, &[], &mut |key, _| {
+        let id = keys::KeyReader::new(key).take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        if out.last() != Some(&PartitionId(id)) {
+            out.push(PartitionId(id));
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(out)
+}
+
 /// A stored object's kind and content, checked against its id.
 pub fn object(
     rows: &dyn Rows,

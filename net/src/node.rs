@@ -65,6 +65,8 @@ pub enum StartError {
     Snapshot { partition: PartitionId, source: SnapshotError },
     #[error("opening the state store: {0}")]
     Store(#[from] StoreError),
+    #[error("listing the replicas' directories: {0}")]
+    Disk(#[from] cohort_core::env::DiskError),
 }
 
 pub struct RunningNode {
@@ -110,13 +112,15 @@ pub async fn start(
         Router::new(router_config, env.clone(), wrap_transport(transport.clone()), persist_tx, store, apply_tx);
     let nodes = spec.nodes();
     let has_directory = recovered.contains_key(&DIRECTORY);
-    remove_orphan_replicas(&*env.disk, &recovered);
+    // Listed once: a lookup per replica would list every replica's directory each time.
+    let authorities = remove_orphan_replicas(&*env.disk, &recovered)?;
     // The directory opens last: once it has replayed it reconciles this node's replicas with
     // its members, which must find every recovered replica already open.
     let mut recovered: Vec<_> = recovered.into_iter().collect();
     recovered.sort_by_key(|(partition, _)| (*partition == DIRECTORY, *partition));
     for (partition, state) in recovered {
-        let files = router.store_for_recovered(partition, DIRECTORY_AUTHORITY);
+        let authority = authorities.get(&partition).map_or(DIRECTORY_AUTHORITY, String::as_str);
+        let files = router.store_for_recovered(partition, authority);
         // Snapshot files only carry a state between replicas; none is needed after a start.
         files.retain_only(None).map_err(|source| StartError::Snapshot { partition, source })?;
         let stored = stored.get(&partition).cloned().unwrap_or_default();
@@ -157,11 +161,17 @@ fn remove_orphan_rows(
 }
 
 /// Deletes the files of replicas the log no longer knows: their removal became durable but
-/// the node stopped before deleting them.
-fn remove_orphan_replicas(disk: &dyn Disk, recovered: &BTreeMap<PartitionId, RecoveredPartition>) {
-    let Ok(dirs) = SnapshotStore::all(disk) else { return };
-    for (authority, partition) in dirs {
-        if !recovered.contains_key(&partition) {
+/// the node stopped before deleting them. Returns the authority under which each other
+/// replica's directory is.
+fn remove_orphan_replicas(
+    disk: &dyn Disk,
+    recovered: &BTreeMap<PartitionId, RecoveredPartition>,
+) -> Result<BTreeMap<PartitionId, String>, cohort_core::env::DiskError> {
+    let mut authorities = BTreeMap::new();
+    for (authority, partition) in SnapshotStore::all(disk)? {
+        if recovered.contains_key(&partition) {
+            authorities.insert(partition, authority);
+        } else {
             let dir = partition_dir(&authority, partition);
             tracing::info!(%partition, dir = %dir.display(), "deleting the files of a removed replica");
             if let Err(error) = disk.remove_dir_all(&dir) {
@@ -169,6 +179,7 @@ fn remove_orphan_replicas(disk: &dyn Disk, recovered: &BTreeMap<PartitionId, Rec
             }
         }
     }
+    Ok(authorities)
 }
 
 impl RunningNode {

@@ -121,10 +121,16 @@ impl TestCluster {
     }
 
     pub fn wait_serving(&self, id: u64) {
+        self.wait_serving_within(id, Duration::from_secs(20));
+    }
+
+    /// Like `wait_serving`, for a node that may take `limit` to start (many partitions).
+    pub fn wait_serving_within(&self, id: u64, limit: Duration) {
         let address = self.node(id).client_address.clone();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + limit;
         while std::net::TcpStream::connect(&address).is_err() {
-            assert!(Instant::now() < deadline, "node {id} never served; log:\n{}", self.log(id));
+            // The log's tail only: a large node's whole log is too long to read.
+            assert!(Instant::now() < deadline, "node {id} never served; log's end:\n{}", tail(&self.log(id), 50));
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -295,4 +301,10 @@ pub fn http_get(address: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

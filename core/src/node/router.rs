@@ -570,13 +570,10 @@ impl Router {
         Ok(())
     }
 
-    /// Where a replica whose authority is unknown keeps its files: where a past start put
-    /// them, else under `authority`.
+    /// Where a recovered replica keeps its files: under `authority`, where a past start put
+    /// them (or where they go if it had none).
     pub fn store_for_recovered(&self, partition: PartitionId, authority: &str) -> SnapshotStore {
-        match SnapshotStore::find(self.env.disk.clone(), partition) {
-            Ok(Some(store)) => store,
-            _ => self.files(authority, partition),
-        }
+        self.files(authority, partition)
     }
 
     /// Starts the actor of `partition`; with `record_peer`, first records its peer id durably.

@@ -65,19 +65,6 @@ impl SnapshotStore {
         SnapshotStore { disk, dir: partition_dir(authority, partition) }
     }
 
-    /// The files of a replica whose authority is not known (a restart, before the directory
-    /// has replayed): the first `partitions/<authority>/<partition>` that exists.
-    pub fn find(disk: Arc<dyn Disk>, partition: PartitionId) -> Result<Option<SnapshotStore>, DiskError> {
-        let name = partition.0.to_string();
-        for authority in disk.list(Path::new(PARTITIONS_DIR))? {
-            let dir = Path::new(PARTITIONS_DIR).join(&authority);
-            if disk.list(&dir)?.contains(&name) {
-                return Ok(Some(SnapshotStore { disk, dir: dir.join(&name) }));
-            }
-        }
-        Ok(None)
-    }
-
     /// Every replica directory on the disk: (authority, partition).
     pub fn all(disk: &dyn Disk) -> Result<Vec<(String, PartitionId)>, DiskError> {
         let mut out = Vec::new();

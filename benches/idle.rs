@@ -275,7 +275,10 @@ fn main() {
     cluster.wait_serving_within(victim, Duration::from_secs(600));
     let restart_serving = started.elapsed();
     let restart_unloaded = metric(&cluster, victim, UNLOADED) as u64;
-    progress(format!("restart: serving after {:.2} s, {restart_unloaded} opened unloaded", restart_serving.as_secs_f64()));
+    progress(format!(
+        "restart: serving after {:.2} s, {restart_unloaded} opened unloaded",
+        restart_serving.as_secs_f64()
+    ));
     let requiesced = wait_all_at_rest(&cluster, hosted, Duration::from_secs(300)) + restart_serving;
     let restart_elections = sum_metric(&cluster, "cohort_elections_total") - elections_before;
     let election_causes: Vec<String> = (1..=NODES)

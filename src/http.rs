@@ -59,14 +59,19 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
         .expect("a well-formed response")
 }
 
-async fn statuses(node: &NodeHandle) -> Vec<PartitionStatus> {
+/// Replicas the status page lists: each costs a round trip to its replica.
+const STATUS_PAGE_REPLICAS_MAX: usize = 1_000;
+
+/// The first `STATUS_PAGE_REPLICAS_MAX` replicas' statuses, and how many the node hosts.
+async fn statuses(node: &NodeHandle) -> (Vec<PartitionStatus>, usize) {
+    let hosted = node.router.partitions_hosted();
     let mut out = Vec::new();
-    for partition in node.router.partitions() {
+    for partition in node.router.partitions_from(cohort_core::ids::DIRECTORY, STATUS_PAGE_REPLICAS_MAX) {
         if let Ok(status) = node.router.status(partition).await {
             out.push(status);
         }
     }
-    out
+    (out, hosted)
 }
 
 async fn metrics(node: &NodeHandle) -> String {
@@ -164,7 +169,9 @@ async fn status_page(node: &NodeHandle) -> String {
         );
     }
     let _ = write!(page, "</table><h2>Partitions</h2><table border=1><tr><th>partition</th><th>role</th><th>term</th><th>leader</th><th>commit</th><th>applied</th></tr>");
-    for s in statuses(node).await {
+    let (statuses, hosted) = statuses(node).await;
+    let listed = statuses.len();
+    for s in statuses {
         let leader = s.leader.map_or("-".to_owned(), |l| l.to_string());
         let _ = write!(
             page,
@@ -173,5 +180,11 @@ async fn status_page(node: &NodeHandle) -> String {
         );
     }
     page.push_str("</table>");
+    if hosted > listed {
+        let _ = write!(
+            page,
+            "<p>{listed} of {hosted} replicas listed; <code>cohort status --all</code> lists every one.</p>"
+        );
+    }
     page
 }

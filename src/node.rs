@@ -69,7 +69,9 @@ fn fail_stop_on_panic() {
     std::panic::set_hook(Box::new(move |info| {
         report(info);
         match cohort_core::node::stepping_partition() {
-            Some(partition) => tracing::error!(%partition, "partition {partition}'s replica panicked: {info}; the node stops"),
+            Some(partition) => {
+                tracing::error!(%partition, "partition {partition}'s replica panicked: {info}; the node stops")
+            }
             None => tracing::error!("panicked: {info}; the node stops"),
         }
         std::process::abort();

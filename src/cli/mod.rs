@@ -54,10 +54,14 @@ pub enum Command {
     /// Partitions: their members and leaders.
     #[command(subcommand)]
     Partition(partition::PartitionCommand),
-    /// The cluster's nodes and partitions.
+    /// The cluster's nodes, their replicas counted by role and state, and the partitions (listed
+    /// when few, or with `--all`).
     Status {
         #[arg(long)]
         json: bool,
+        /// List every partition, however many.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -80,7 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Object(command) => object::run(&cli, command).await,
         Command::Ref(command) => refs::run(&cli, command).await,
         Command::Partition(command) => partition::run(&cli, command).await,
-        Command::Status { json } => status::run(&cli, *json).await,
+        Command::Status { json, all } => status::run(&cli, *json, *all).await,
     }
 }
 

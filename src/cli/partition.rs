@@ -73,7 +73,10 @@ pub async fn print(
     single: bool,
 ) -> anyhow::Result<()> {
     // `repo info` shows each replica's state, which only the replica's own node knows.
-    let status = if single || partitions.iter().any(|p| p.leader == 0) {
+    assert!(!single || partitions.len() == 1, "`single` prints one partition");
+    let status = if single {
+        super::status::collect_partition(client, partitions[0].id).await.ok()
+    } else if partitions.iter().any(|p| p.leader == 0) {
         super::status::collect(client).await.ok()
     } else {
         None

@@ -1,15 +1,34 @@
-//! `cohort status [--json]`: asks every endpoint for its view and merges them. A node that
-//! does not answer is shown down.
+//! `cohort status [--all] [--json]`: asks every endpoint for its view and merges them. A node
+//! that does not answer is shown down. Each node's replicas are counted by role and state;
+//! they are listed one by one when there are few (at most `LIST_REPLICAS_MAX` on every node),
+//! with `--all`, or in JSON, read a page at a time.
 
 use super::{client, Cli};
 use cohort_net::api::proto;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// Without `--all`, replicas are listed only if no node hosts more than this.
+const LIST_REPLICAS_MAX: u64 = 100;
+
 #[derive(Serialize, Debug)]
 pub struct StatusJson {
     pub nodes: Vec<NodeJson>,
+    /// Each answering node's replicas counted by role and by state.
+    pub summaries: Vec<SummaryJson>,
     pub partitions: Vec<PartitionJson>,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct SummaryJson {
+    pub node: u64,
+    pub hosted: u64,
+    pub leaders: u64,
+    pub followers: u64,
+    pub candidates: u64,
+    pub learners: u64,
+    pub quiesced: u64,
+    pub unloaded: u64,
 }
 
 #[derive(Serialize, Debug)]
@@ -128,22 +147,68 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
         p.replicas.sort_by_key(|r| r.node);
         p.repositories.sort();
     }
-    StatusJson { nodes: nodes.into_values().collect(), partitions }
+    let summaries = answered
+        .iter()
+        .map(|reply| {
+            let s = reply.summary.clone().unwrap_or_default();
+            SummaryJson {
+                node: reply.node,
+                hosted: s.hosted,
+                leaders: s.leaders,
+                followers: s.followers,
+                candidates: s.candidates,
+                learners: s.learners,
+                quiesced: s.quiesced,
+                unloaded: s.unloaded,
+            }
+        })
+        .collect();
+    StatusJson { nodes: nodes.into_values().collect(), summaries, partitions }
 }
 
-/// Every endpoint's view, merged.
-pub async fn collect(client: &cohort_net::client::Client) -> anyhow::Result<StatusJson> {
+/// Which replicas each endpoint is asked for.
+#[derive(Clone, Copy)]
+enum Replicas {
+    None,
+    All,
+    /// Those of one partition.
+    Of(u64),
+}
+
+async fn collect_with(client: &cohort_net::client::Client, replicas: Replicas) -> anyhow::Result<StatusJson> {
     let mut replies = Vec::new();
     for endpoint in client.endpoints() {
-        replies.push((endpoint.clone(), client.status_of(endpoint).await.ok()));
+        let reply = match replicas {
+            Replicas::None => client.status_summary_of(endpoint).await,
+            Replicas::All => client.status_of(endpoint).await,
+            Replicas::Of(partition) => client.status_page(endpoint, partition, 1).await.map(|mut reply| {
+                reply.partitions.retain(|p| p.id == partition);
+                reply
+            }),
+        };
+        replies.push((endpoint.clone(), reply.ok()));
     }
     anyhow::ensure!(replies.iter().any(|(_, r)| r.is_some()), "no endpoint answered: {:?}", client.endpoints());
     Ok(merge(&replies))
 }
 
-pub async fn run(cli: &Cli, json: bool) -> anyhow::Result<()> {
+/// Every endpoint's view with every replica, merged.
+pub async fn collect(client: &cohort_net::client::Client) -> anyhow::Result<StatusJson> {
+    collect_with(client, Replicas::All).await
+}
+
+/// Every endpoint's view of one partition, merged.
+pub async fn collect_partition(client: &cohort_net::client::Client, partition: u64) -> anyhow::Result<StatusJson> {
+    collect_with(client, Replicas::Of(partition)).await
+}
+
+pub async fn run(cli: &Cli, json: bool, all: bool) -> anyhow::Result<()> {
     let client = client(cli)?;
-    let status = collect(&client).await?;
+    let list = json || all || {
+        let summary = collect_with(&client, Replicas::None).await?;
+        summary.summaries.iter().all(|s| s.hosted <= LIST_REPLICAS_MAX)
+    };
+    let status = collect_with(&client, if list { Replicas::All } else { Replicas::None }).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -157,6 +222,17 @@ pub async fn run(cli: &Cli, json: bool) -> anyhow::Result<()> {
             n.peer_address,
             n.client_address
         );
+    }
+    println!("REPLICAS BY NODE");
+    for s in &status.summaries {
+        println!(
+            "  node {:<3} {} hosted: {} leading, {} following, {} learning, {} candidates; {} quiesced, {} unloaded",
+            s.node, s.hosted, s.leaders, s.followers, s.learners, s.candidates, s.quiesced, s.unloaded
+        );
+    }
+    if !list {
+        println!("(more than {LIST_REPLICAS_MAX} replicas on a node: `cohort status --all` lists every partition)");
+        return Ok(());
     }
     println!("PARTITIONS");
     for p in &status.partitions {

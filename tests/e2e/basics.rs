@@ -70,3 +70,44 @@ fn a_single_node_cluster_serves_on_its_own() {
     stdout(&cluster.cli(&["ref", "update", "solo.git", "refs/heads/main", &oid]));
     assert_eq!(stdout(&cluster.cli(&["ref", "list", "solo.git"])), format!("{oid} refs/heads/main\n"));
 }
+
+#[test]
+fn listings_are_read_a_page_at_a_time() {
+    let cluster = TestCluster::start(3);
+    let names: Vec<String> = (0..5).map(|i| format!("paged/{i}.git")).collect();
+    for name in &names {
+        stdout(&cluster.cli(&["repo", "create", name]));
+    }
+    let rt = crate::cluster::runtime();
+    let client = cluster.client(41);
+    rt.block_on(async {
+        // Repositories, two to a page, in order; an empty page is the last.
+        let first = client.list_repositories_page(None, 2).await.unwrap();
+        let listed: Vec<String> = first.iter().map(|(r, _)| r.relative_path.as_str().to_owned()).collect();
+        assert_eq!(listed, names[..2]);
+        let rest = client.list_repositories_page(Some(&first[1].0), 10).await.unwrap();
+        assert_eq!(rest.len(), 3);
+        assert!(client.list_repositories_page(Some(&rest[2].0), 10).await.unwrap().is_empty());
+        assert_eq!(client.list_repositories().await.unwrap().len(), 5);
+        assert_eq!(client.list_partitions().await.unwrap().len(), 5);
+
+        // One node's replicas, two to a page from a start, and counted in the summary.
+        let endpoint = &cluster.endpoint(1);
+        let page = client.status_page(endpoint, 0, 2).await.unwrap();
+        assert_eq!(page.partitions.iter().map(|p| p.id).collect::<Vec<_>>(), vec![0, 1]);
+        let page = client.status_page(endpoint, 4, 2).await.unwrap();
+        assert_eq!(page.partitions.iter().map(|p| p.id).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(client.status_page(endpoint, 6, 2).await.unwrap().partitions.is_empty());
+        let summary = client.status_summary_of(endpoint).await.unwrap();
+        assert!(summary.partitions.is_empty(), "a summary lists no replica");
+        let counts = summary.summary.expect("a summary");
+        assert_eq!(counts.hosted, 6, "five partitions and the directory: {counts:?}");
+        assert_eq!(counts.leaders + counts.followers + counts.candidates + counts.learners + counts.unloaded, 6);
+        assert_eq!(client.status_of(endpoint).await.unwrap().partitions.len(), 6);
+    });
+    let text = stdout(&cluster.cli(&["status"]));
+    assert!(text.contains("REPLICAS BY NODE") && text.contains("6 hosted"), "{text}");
+    assert!(text.contains("paged/4.git"), "few replicas are listed: {text}");
+    let info = stdout(&cluster.cli(&["repo", "info", "paged/3.git"]));
+    assert!(info.contains("paged/3.git"), "{info}");
+}

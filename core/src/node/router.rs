@@ -292,11 +292,7 @@ impl Router {
     /// Where to tell `partition`'s replica about a liveness change: its mailbox if it runs; if
     /// it is unloaded, only if the leader it followed is down (it is loaded to take part in
     /// the election); the others learn the down set whenever they load.
-    fn liveness_mailbox(
-        &self,
-        partition: PartitionId,
-        down: &BTreeSet<NodeId>,
-    ) -> Option<Mailbox> {
+    fn liveness_mailbox(&self, partition: PartitionId, down: &BTreeSet<NodeId>) -> Option<Mailbox> {
         let mut replicas = self.replicas.lock().expect("not poisoned");
         let leader_down = match replicas.get(&partition)? {
             Replica::Loaded(hosted) => return Some(hosted.mailbox.clone()),
@@ -483,10 +479,7 @@ impl Router {
                 tracing::info!(node = %me, %partition, %old, "retiring replica");
                 retiring.insert(partition, wanted.map(|peer| (info.authority.clone(), peer)));
                 // Sent with backpressure: the removal must reach the actor, after its inputs.
-                self.env.spawn.spawn(
-                    "retire replica",
-                    Box::pin(mailbox.send(PartitionInput::Remove)),
-                );
+                self.env.spawn.spawn("retire replica", Box::pin(mailbox.send(PartitionInput::Remove)));
             }
             (None, None) if retiring.contains_key(&partition) => {
                 // Added back and removed again while the old replica was being deleted.
@@ -642,6 +635,16 @@ impl Router {
     /// The partitions this node hosts, sorted.
     pub fn partitions(&self) -> Vec<PartitionId> {
         self.replicas.lock().expect("not poisoned").keys().copied().collect()
+    }
+
+    /// How many partitions this node hosts.
+    pub fn partitions_hosted(&self) -> usize {
+        self.replicas.lock().expect("not poisoned").len()
+    }
+
+    /// Up to `limit` of the partitions this node hosts, from `start` on, sorted.
+    pub fn partitions_from(&self, start: PartitionId, limit: usize) -> Vec<PartitionId> {
+        self.replicas.lock().expect("not poisoned").range(start..).map(|(&id, _)| id).take(limit).collect()
     }
 
     /// Loads `partition`'s replica if it is unloaded; its running actor, or `None` if this

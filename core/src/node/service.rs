@@ -343,7 +343,8 @@ impl NodeService {
     fn place_new_partition(&self) -> Result<Vec<NodeId>, ApiError> {
         let now = self.router.env().clock.now();
         let mut placement = self.placement.lock().expect("not poisoned");
-        let stale = placement.counted_at.is_none_or(|at| now.saturating_duration_since(at) >= PLACEMENT_RECOUNT_INTERVAL);
+        let stale =
+            placement.counted_at.is_none_or(|at| now.saturating_duration_since(at) >= PLACEMENT_RECOUNT_INTERVAL);
         if stale {
             *placement = PlacementLoad { counted_at: Some(now), ..PlacementLoad::default() };
         }
@@ -462,7 +463,8 @@ impl NodeService {
     /// partitions does no work per partition.
     pub async fn led_uploads(&self) -> Vec<(PartitionId, ClientId, u64, RepoId, crate::state_machine::UploadStatus)> {
         let mut out = Vec::new();
-        let with_uploads = self.router.store().read().and_then(|rows| crate::store::read::partitions_with_uploads(&rows));
+        let with_uploads =
+            self.router.store().read().and_then(|rows| crate::store::read::partitions_with_uploads(&rows));
         let with_uploads = match with_uploads {
             Ok(partitions) => partitions,
             Err(error) => {
@@ -508,37 +510,65 @@ impl NodeService {
         self.read(partition, query, consistency).await
     }
 
-    /// Every repository and its partition, from the directory (linearizable).
-    pub async fn list_repositories(&self) -> Result<Vec<RoutedRepository>, ApiError> {
-        let partitions = self.partitions(ReadConsistency::Linearizable).await?;
-        let mut out: Vec<_> = partitions
-            .into_iter()
-            .flat_map(|(partition, _, repos)| repos.into_iter().map(move |repo| RoutedRepository { repo, partition }))
-            .collect();
-        out.sort_by(|a, b| a.repo.cmp(&b.repo));
-        Ok(out)
+    /// A page of the repositories and their partitions, by repository after `after`, from
+    /// the directory (linearizable); an empty page is the last.
+    pub async fn list_repositories(
+        &self,
+        after: Option<RepoId>,
+        limit: u32,
+    ) -> Result<Vec<RoutedRepository>, ApiError> {
+        let query = ReadQuery::Routes { after, limit };
+        match self.read(DIRECTORY, query, ReadConsistency::Linearizable).await?.result {
+            ReadResult::Routes(routes) => {
+                Ok(routes.into_iter().map(|(repo, partition)| RoutedRepository { repo, partition }).collect())
+            }
+            other => Err(ApiError::Invalid(format!("unexpected directory answer {other:?}"))),
+        }
     }
 
     /// The partition of `repo` with its members and repositories, and the leader if this node
     /// hosts a replica and knows it.
     pub async fn repository_partition(&self, repo: &RepoId) -> Result<PartitionView, ApiError> {
         let partition = self.route(repo).await?;
-        let views = self.partition_views(ReadConsistency::Linearizable).await?;
-        views
-            .into_iter()
-            .find(|v| v.partition == partition)
-            .ok_or_else(|| ApiError::NotFound(format!("partition {partition}")))
+        self.partition_view(partition, ReadConsistency::Linearizable).await
     }
 
-    /// Every partition the directory knows, with the leader where this node knows it.
-    pub async fn partition_views(&self, consistency: ReadConsistency) -> Result<Vec<PartitionView>, ApiError> {
-        let mut views = Vec::new();
-        for (partition, info, repositories) in self.partitions(consistency).await? {
-            let leader = match self.router.status(partition).await {
-                Ok(status) => status.leader,
-                Err(_) => None,
-            };
-            views.push(PartitionView { partition, info, repositories, leader });
+    /// One partition as the directory records it, with the leader if this node knows it.
+    async fn partition_view(
+        &self,
+        partition: PartitionId,
+        consistency: ReadConsistency,
+    ) -> Result<PartitionView, ApiError> {
+        let query = ReadQuery::Partition { partition };
+        let (info, repositories) = match self.read(DIRECTORY, query, consistency).await?.result {
+            ReadResult::Partition(Some(found)) => found,
+            ReadResult::Partition(None) => return Err(ApiError::NotFound(format!("partition {partition}"))),
+            other => return Err(ApiError::Invalid(format!("unexpected directory answer {other:?}"))),
+        };
+        Ok(PartitionView { partition, info, repositories, leader: self.known_leader(partition).await })
+    }
+
+    /// The leader of `partition` as this node's replica knows it (`None` if it hosts none).
+    async fn known_leader(&self, partition: PartitionId) -> Option<NodeId> {
+        self.router.status(partition).await.ok().and_then(|status| status.leader)
+    }
+
+    /// A page of the partitions the directory knows (ids above `after`, at most `limit`), with
+    /// the leader where this node knows it; an empty page is the last.
+    pub async fn partition_views(
+        &self,
+        after: Option<PartitionId>,
+        limit: u32,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<PartitionView>, ApiError> {
+        let query = ReadQuery::Partitions { after, limit };
+        let page = match self.read(DIRECTORY, query, consistency).await?.result {
+            ReadResult::Partitions(page) => page,
+            other => return Err(ApiError::Invalid(format!("unexpected directory answer {other:?}"))),
+        };
+        let mut views = Vec::with_capacity(page.len());
+        for (partition, info, repositories) in page {
+            views.push(PartitionView { partition, info, repositories, leader: self.known_leader(partition).await });
         }
         Ok(views)
     }
@@ -590,11 +620,7 @@ impl NodeService {
         // This node applied the directory update it waited for: its own replica of the
         // directory is fresh enough, and asking the directory's leader would send the caller
         // away from the partition's leader.
-        let views = self.partition_views(ReadConsistency::Stale).await?;
-        views
-            .into_iter()
-            .find(|v| v.partition == partition)
-            .ok_or_else(|| ApiError::NotFound(format!("partition {partition}")))
+        self.partition_view(partition, ReadConsistency::Stale).await
     }
 
     /// One membership change on the partition's leader (here), then the directory update.
@@ -676,17 +702,6 @@ impl NodeService {
             clock.sleep_until(clock.now() + self.router.tick_interval()).await;
         }
         Err(ApiError::Unavailable(format!("leadership did not move to node {node} in time")))
-    }
-
-    /// The directory's partitions, with their members and repositories.
-    pub async fn partitions(
-        &self,
-        consistency: ReadConsistency,
-    ) -> Result<Vec<(PartitionId, PartitionInfo, Vec<RepoId>)>, ApiError> {
-        match self.read(DIRECTORY, ReadQuery::Partitions, consistency).await?.result {
-            ReadResult::Partitions(partitions) => Ok(partitions),
-            other => Err(ApiError::Invalid(format!("unexpected directory answer {other:?}"))),
-        }
     }
 }
 

@@ -81,7 +81,11 @@ impl Workers {
     pub fn start(count: usize, clock: Arc<dyn Clock>, spawn: &dyn Spawn) -> Workers {
         let workers: Vec<Arc<Worker>> = (0..count.max(1))
             .map(|_| {
-                Arc::new(Worker { state: Mutex::new(WorkerState::default()), task: AtomicWaker::new(), clock: clock.clone() })
+                Arc::new(Worker {
+                    state: Mutex::new(WorkerState::default()),
+                    task: AtomicWaker::new(),
+                    clock: clock.clone(),
+                })
             })
             .collect();
         for worker in &workers {

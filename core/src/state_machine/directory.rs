@@ -13,6 +13,12 @@ use std::fmt;
 pub const DIRECTORY_PARTITIONS_MAX: usize = 1_000_000;
 /// Repositories the directory routes, all partitions together.
 pub const DIRECTORY_ROUTES_MAX: usize = 4_000_000;
+/// Partitions in one page of a directory listing; a page also ends once it holds
+/// `PAGE_ROUTES_MAX` repositories (after at least one partition).
+pub const PARTITIONS_PAGE_MAX: usize = 1_000;
+pub const PAGE_ROUTES_MAX: usize = 8_192;
+/// Repositories in one page of a listing of routes.
+pub const ROUTES_PAGE_MAX: usize = 10_000;
 /// Voters of one partition.
 pub const PARTITION_VOTERS_MAX: usize = 7;
 /// Learners of one partition.

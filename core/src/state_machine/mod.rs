@@ -18,8 +18,8 @@ mod refs;
 mod tests;
 
 pub use directory::{
-    check_members, check_peers, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_LEARNERS_MAX,
-    PARTITION_VOTERS_MAX,
+    check_members, check_peers, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PAGE_ROUTES_MAX,
+    PARTITIONS_PAGE_MAX, PARTITION_LEARNERS_MAX, PARTITION_VOTERS_MAX, ROUTES_PAGE_MAX,
 };
 pub use objects::{ObjectHasher, ObjectKind, ObjectKindParseError, Oid, OidParseError};
 pub use path::{validate_storage_name, RelativePath, RepoId, RELATIVE_PATH_BYTES_MAX, STORAGE_NAME_BYTES_MAX};
@@ -337,11 +337,24 @@ pub enum ReadQuery {
     RepositoryExists {
         repo: RepoId,
     },
-    // Directory (partition 0): the partition `repo` is routed to; every partition.
+    // Directory (partition 0): the partition `repo` is routed to; a page of the partitions
+    // (ids above `after`, at most `limit` of them and `PARTITIONS_PAGE_MAX`); one partition.
     Route {
         repo: RepoId,
     },
-    Partitions,
+    Partitions {
+        after: Option<PartitionId>,
+        limit: u32,
+    },
+    Partition {
+        partition: PartitionId,
+    },
+    /// A page of the routes, by repository after `after` (at most `limit` and
+    /// `ROUTES_PAGE_MAX`).
+    Routes {
+        after: Option<RepoId>,
+        limit: u32,
+    },
     /// The objects a repository holds, by id, in Git's loose encoding: those after `after`,
     /// about `bytes_max` bytes of them (at least one), for exporting a repository page by page.
     LooseObjects {
@@ -369,8 +382,13 @@ pub enum ReadResult {
     Rejected(Rejection),
     /// `None`: the repository is not routed.
     Route(Option<(PartitionId, PartitionInfo)>),
-    /// By increasing id, each with the repositories routed to it (sorted).
+    /// By increasing id, each with the repositories routed to it (sorted); an empty page is
+    /// the last.
     Partitions(Vec<(PartitionId, PartitionInfo, Vec<RepoId>)>),
+    /// `None`: the directory records no such partition.
+    Partition(Option<(PartitionInfo, Vec<RepoId>)>),
+    /// By repository; an empty page is the last.
+    Routes(Vec<(RepoId, PartitionId)>),
     /// By id; `complete`: no object comes after the last one.
     LooseObjects {
         objects: Vec<(Oid, PagedObject)>,

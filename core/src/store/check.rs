@@ -20,7 +20,7 @@ use crate::state_machine::{
     PARTITION_UPLOADS_MAX, REPOSITORY_REFS_MAX, UPLOAD_CHUNK_BYTES_MAX, UPLOAD_CHUNK_BYTES_MIN,
 };
 use sha1::{Digest as _, Sha1};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 
 /// SHA-1 over every row of `partition` (its record excluded), table by table in key order,
@@ -388,17 +388,34 @@ impl Checker<'_> {
         }
         let mut routes_per_partition: BTreeMap<PartitionId, u64> = BTreeMap::new();
         let mut routes = 0u64;
+        let mut routed: BTreeSet<(PartitionId, RepoId)> = BTreeSet::new();
         each(rows, TableId::Routes, &prefix, |mut key, value| {
             let repo = key.take_repo().map_err(bad)?;
             key.end().map_err(bad)?;
-            let routed = PartitionId(decode_u64("route", value)?);
-            if !partitions.contains_key(&routed) {
-                return Err(format!("{repo} is routed to unknown partition {routed}"));
+            let partition = PartitionId(decode_u64("route", value)?);
+            if !partitions.contains_key(&partition) {
+                return Err(format!("{repo} is routed to unknown partition {partition}"));
             }
-            *routes_per_partition.entry(routed).or_default() += 1;
+            *routes_per_partition.entry(partition).or_default() += 1;
             routes += 1;
+            routed.insert((partition, repo));
             Ok(())
         })?;
+        // The index of routes by partition holds exactly the routes.
+        let mut indexed = 0u64;
+        each(rows, TableId::PartitionRoutes, &prefix, |mut key, value| {
+            let partition = PartitionId(key.take_u64().map_err(bad)?);
+            let repo = key.take_repo().map_err(bad)?;
+            key.end().map_err(bad)?;
+            if !value.is_empty() || !routed.contains(&(partition, repo.clone())) {
+                return Err(format!("{repo} is indexed under partition {partition} but not routed there"));
+            }
+            indexed += 1;
+            Ok(())
+        })?;
+        if indexed != routes {
+            return Err(format!("{routes} routes, {indexed} indexed by partition"));
+        }
         let mut counted = 0usize;
         each(rows, TableId::RouteCounts, &prefix, |mut key, value| {
             let id = PartitionId(key.take_u64().map_err(bad)?);

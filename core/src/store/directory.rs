@@ -8,7 +8,8 @@ use super::tables::{self, Counts, Rows, TableId, WriteRows};
 use super::StoreError;
 use crate::ids::{NodeId, PartitionId, PeerId};
 use crate::state_machine::{
-    PartitionInfo, Rejection, RepoId, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PARTITION_REPOSITORIES_MAX,
+    PartitionInfo, Rejection, RepoId, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PAGE_ROUTES_MAX,
+    PARTITION_REPOSITORIES_MAX,
 };
 use std::ops::ControlFlow;
 
@@ -35,20 +36,51 @@ pub fn partition_info(
     }
 }
 
-/// Every recorded partition, by increasing id.
-pub fn partitions(rows: &dyn Rows, directory: PartitionId) -> Result<Vec<(PartitionId, PartitionInfo)>, StoreError> {
-    partitions_after(rows, directory, None)
+/// Up to `limit` routes of repositories after `after` (from the first with `None`), by
+/// repository.
+pub fn routes_after(
+    rows: &dyn Rows,
+    directory: PartitionId,
+    after: Option<&RepoId>,
+    limit: usize,
+) -> Result<Vec<(RepoId, PartitionId)>, StoreError> {
+    let prefix = keys::partition_prefix(directory);
+    let mut out = Vec::new();
+    let mut visit = |key: &[u8], value: &[u8]| {
+        if out.len() == limit {
+            return Ok(ControlFlow::Break(()));
+        }
+        let repo =
+            keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        out.push((repo, PartitionId(tables::decode_u64("route", value)?)));
+        Ok(ControlFlow::Continue(()))
+    };
+    match after {
+        None => rows.scan(TableId::Routes, &prefix, &mut visit)?,
+        Some(after) => rows.scan_after(TableId::Routes, &prefix, &keys::repo(directory, after), &mut visit)?,
+    }
+    Ok(out)
 }
 
-/// Every recorded partition with an id above `after` (all with `None`), by increasing id.
+/// Every recorded partition, by increasing id.
+pub fn partitions(rows: &dyn Rows, directory: PartitionId) -> Result<Vec<(PartitionId, PartitionInfo)>, StoreError> {
+    partitions_after(rows, directory, None, usize::MAX)
+}
+
+/// Up to `limit` recorded partitions with ids above `after` (from the first with `None`), by
+/// increasing id.
 pub fn partitions_after(
     rows: &dyn Rows,
     directory: PartitionId,
     after: Option<PartitionId>,
+    limit: usize,
 ) -> Result<Vec<(PartitionId, PartitionInfo)>, StoreError> {
     let prefix = keys::partition_prefix(directory);
     let mut out = Vec::new();
     let mut visit = |key: &[u8], value: &[u8]| {
+        if out.len() == limit {
+            return Ok(ControlFlow::Break(()));
+        }
         let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
         let id = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
         out.push((PartitionId(id), tables::decode("partition members", value)?));
@@ -61,27 +93,38 @@ pub fn partitions_after(
     Ok(out)
 }
 
-/// Every partition by increasing id, with the repositories routed to it (sorted).
+/// The repositories routed to `partition`, sorted (a prefix scan of the directory's index).
+pub fn routed_to(rows: &dyn Rows, directory: PartitionId, partition: PartitionId) -> Result<Vec<RepoId>, StoreError> {
+    let prefix = keys::about(directory, partition);
+    let mut out = Vec::new();
+    rows.scan(TableId::PartitionRoutes, &prefix, &mut |key, _| {
+        out.push(
+            keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?,
+        );
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(out)
+}
+
+/// Up to `limit` partitions with ids above `after` (from the first with `None`), by
+/// increasing id, each with the repositories routed to it (sorted).
 pub fn partitions_with_routes(
     rows: &dyn Rows,
     directory: PartitionId,
+    after: Option<PartitionId>,
+    limit: usize,
 ) -> Result<Vec<(PartitionId, PartitionInfo, Vec<RepoId>)>, StoreError> {
-    let prefix = keys::partition_prefix(directory);
-    let mut routed: std::collections::BTreeMap<PartitionId, Vec<RepoId>> = Default::default();
-    // In repository order, so each list comes out sorted.
-    rows.scan(TableId::Routes, &prefix, &mut |key, value| {
-        let repo =
-            keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
-        routed.entry(PartitionId(tables::decode_u64("route", value)?)).or_default().push(repo);
-        Ok(ControlFlow::Continue(()))
-    })?;
-    Ok(partitions(rows, directory)?
-        .into_iter()
-        .map(|(id, info)| {
-            let repos = routed.remove(&id).unwrap_or_default();
-            (id, info, repos)
-        })
-        .collect())
+    let mut page = Vec::new();
+    let mut routes = 0;
+    for (id, info) in partitions_after(rows, directory, after, limit)? {
+        if routes >= PAGE_ROUTES_MAX {
+            break;
+        }
+        let repositories = routed_to(rows, directory, id)?;
+        routes += repositories.len();
+        page.push((id, info, repositories));
+    }
+    Ok(page)
 }
 
 fn route_count(rows: &dyn Rows, directory: PartitionId, partition: PartitionId) -> Result<u64, StoreError> {
@@ -176,6 +219,9 @@ impl DirectoryWriter<'_, '_> {
             return Ok(Err(Rejection::RepositoryNotFound { repo: repo.clone() }));
         };
         self.rows.remove(TableId::Routes, &keys::repo(self.directory, repo))?;
+        let indexed =
+            self.rows.remove(TableId::PartitionRoutes, &keys::partition_route(self.directory, partition, repo))?;
+        assert!(indexed, "{repo}'s route to partition {partition} is not indexed");
         let count = route_count(self.rows, self.directory, partition)?;
         assert!(count >= 1, "partition {partition} counts no routes");
         let count_key = keys::about(self.directory, partition);
@@ -233,6 +279,7 @@ impl DirectoryWriter<'_, '_> {
         let key = keys::repo(self.directory, repo);
         assert!(!self.rows.contains(TableId::Routes, &key)?, "{repo} routed twice");
         self.rows.insert(TableId::Routes, &key, &tables::encode_u64(partition.0))?;
+        self.rows.insert(TableId::PartitionRoutes, &keys::partition_route(self.directory, partition, repo), &[])?;
         let count = route_count(self.rows, self.directory, partition)?;
         self.rows.insert(
             TableId::RouteCounts,

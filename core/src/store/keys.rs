@@ -94,6 +94,13 @@ pub fn about(directory: PartitionId, about: PartitionId) -> Vec<u8> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadKey(pub String);
 
+/// The directory's index of the repositories routed to `about`: the `about` key followed by
+/// the repository, so that one partition's repositories are one prefix scan.
+pub fn partition_route(directory: PartitionId, about_partition: PartitionId, repo_id: &RepoId) -> Vec<u8> {
+    let repo_key = repo(directory, repo_id);
+    key(&about(directory, about_partition), &[&repo_key[PARTITION_BYTES..]])
+}
+
 /// Reads keys back: each `take_*` consumes one part from the front.
 pub struct KeyReader<'a> {
     rest: &'a [u8],

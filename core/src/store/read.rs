@@ -69,7 +69,19 @@ pub fn read(rows: &dyn Rows, partition: PartitionId, query: &ReadQuery) -> Resul
             },
             Err(rejection) => ReadResult::Rejected(rejection),
         },
-        ReadQuery::Partitions => ReadResult::Partitions(directory::partitions_with_routes(rows, partition)?),
+        ReadQuery::Partitions { after, limit } => {
+            let limit = (*limit as usize).min(crate::state_machine::PARTITIONS_PAGE_MAX);
+            ReadResult::Partitions(directory::partitions_with_routes(rows, partition, *after, limit)?)
+        }
+        ReadQuery::Routes { after, limit } => {
+            let limit = (*limit as usize).min(crate::state_machine::ROUTES_PAGE_MAX);
+            ReadResult::Routes(directory::routes_after(rows, partition, after.as_ref(), limit)?)
+        }
+        ReadQuery::Partition { partition: about } => ReadResult::Partition(
+            directory::partition_info(rows, partition, *about)?
+                .map(|info| Ok::<_, StoreError>((info, directory::routed_to(rows, partition, *about)?)))
+                .transpose()?,
+        ),
         ReadQuery::LooseObjects { repo, after, bytes_max } => match check_repository(rows, partition, repo)? {
             Ok(()) => {
                 let (objects, complete) = loose_objects(rows, partition, repo, after.as_ref(), *bytes_max)?;
@@ -306,6 +318,15 @@ pub fn directory_partition(
     directory::partition_info(rows, directory, partition)
 }
 
+/// The repositories the directory routes to `partition`, sorted.
+pub fn directory_routed_to(
+    rows: &dyn Rows,
+    directory: PartitionId,
+    partition: PartitionId,
+) -> Result<Vec<RepoId>, StoreError> {
+    directory::routed_to(rows, directory, partition)
+}
+
 /// Every partition the directory records, by increasing id.
 pub fn directory_partitions(
     rows: &dyn Rows,
@@ -320,5 +341,5 @@ pub fn directory_partitions_after(
     directory: PartitionId,
     after: PartitionId,
 ) -> Result<Vec<(PartitionId, crate::state_machine::PartitionInfo)>, StoreError> {
-    directory::partitions_after(rows, directory, Some(after))
+    directory::partitions_after(rows, directory, Some(after), usize::MAX)
 }

@@ -49,10 +49,11 @@ pub enum TableId {
     Uploads = 12,
     Chunks = 13,
     LargeObjects = 14,
+    PartitionRoutes = 15,
 }
 
 impl TableId {
-    pub const ALL: [TableId; 14] = [
+    pub const ALL: [TableId; 15] = [
         TableId::Repositories,
         TableId::Refs,
         TableId::Held,
@@ -67,6 +68,7 @@ impl TableId {
         TableId::Uploads,
         TableId::Chunks,
         TableId::LargeObjects,
+        TableId::PartitionRoutes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +87,7 @@ impl TableId {
             TableId::Uploads => "uploads",
             TableId::Chunks => "chunks",
             TableId::LargeObjects => "large_objects",
+            TableId::PartitionRoutes => "partition_routes",
         }
     }
 

@@ -219,10 +219,19 @@ impl Harness {
         }
     }
 
+    /// Every partition, read two to a page.
     fn partitions(&self) -> Vec<(PartitionId, PartitionInfo, Vec<RepoId>)> {
-        match self.read(ReadQuery::Partitions) {
-            ReadResult::Partitions(partitions) => partitions,
-            other => panic!("Partitions answered {other:?}"),
+        let mut all: Vec<(PartitionId, PartitionInfo, Vec<RepoId>)> = Vec::new();
+        loop {
+            let after = all.last().map(|p| p.0);
+            match self.read(ReadQuery::Partitions { after, limit: 2 }) {
+                ReadResult::Partitions(page) if page.is_empty() => return all,
+                ReadResult::Partitions(page) => {
+                    assert!(page.len() <= 2, "a page holds at most its limit");
+                    all.extend(page);
+                }
+                other => panic!("Partitions answered {other:?}"),
+            }
         }
     }
 
@@ -652,6 +661,22 @@ fn directory_routes_forks_and_unroutes() {
 }
 
 #[test]
+fn the_index_of_routes_by_partition_is_checked_against_the_routes() {
+    let mut h = Harness::new();
+    h.write(allocate("a", &[1])).unwrap();
+    h.write(route("a/fork", 1)).unwrap();
+    let check = |h: &Harness| check_partition(&h.store.read().unwrap(), P, &h.limits);
+    assert!(check(&h).is_ok());
+    let indexed = keys::partition_route(P, PartitionId(1), &repo("a/fork"));
+    h.store.write(Commit::Lazy, |rows| rows.remove(TableId::PartitionRoutes, &indexed).map(|_| ())).unwrap();
+    assert_eq!(check(&h), Err(format!("partition {P}: 2 routes, 1 indexed by partition")));
+    // Indexed under another partition than the route's.
+    let wrong = keys::partition_route(P, PartitionId(2), &repo("a/fork"));
+    h.store.write(Commit::Lazy, |rows| rows.insert(TableId::PartitionRoutes, &wrong, &[])).unwrap();
+    assert!(check(&h).unwrap_err().contains("indexed under partition 2 but not routed there"));
+}
+
+#[test]
 fn directory_set_partition_members() {
     let mut h = Harness::new();
     h.write(allocate("a", &[1, 2, 3])).unwrap();
@@ -712,6 +737,27 @@ fn directory_reads() {
             (PartitionId(3), partition_info(STORAGE, &[1], &[]), vec![]),
         ]
     );
+    // One partition, from the index of routes by partition (kept by routing and unrouting).
+    assert_eq!(
+        h.read(ReadQuery::Partition { partition: PartitionId(1) }),
+        ReadResult::Partition(Some((
+            partition_info(STORAGE, &[1, 2], &[]),
+            vec![repo("b"), repo("b/fork"), repo("b/z")]
+        )))
+    );
+    assert_eq!(
+        h.read(ReadQuery::Partition { partition: PartitionId(3) }),
+        ReadResult::Partition(Some((partition_info(STORAGE, &[1], &[]), vec![])))
+    );
+    assert_eq!(h.read(ReadQuery::Partition { partition: PartitionId(4) }), ReadResult::Partition(None));
+    // Routes by repository, a page at a time.
+    let routes = |after: Option<&str>| match h.read(ReadQuery::Routes { after: after.map(repo), limit: 2 }) {
+        ReadResult::Routes(page) => page,
+        other => panic!("Routes answered {other:?}"),
+    };
+    assert_eq!(routes(None), vec![(repo("a"), PartitionId(2)), (repo("b"), PartitionId(1))]);
+    assert_eq!(routes(Some("b")), vec![(repo("b/fork"), PartitionId(1)), (repo("b/z"), PartitionId(1))]);
+    assert_eq!(routes(Some("b/z")), vec![]);
     let bad = RepoId { storage: String::new(), relative_path: RelativePath::new("a").unwrap() };
     assert!(matches!(
         h.read(ReadQuery::Route { repo: bad }),
@@ -1246,7 +1292,7 @@ proptest! {
             let rows = store.read().unwrap();
             let mut out = Vec::new();
             for table in [TableId::Repositories, TableId::Refs, TableId::Held, TableId::Objects, TableId::Holders,
-                TableId::Routes, TableId::Members, TableId::RouteCounts] {
+                TableId::Routes, TableId::Members, TableId::RouteCounts, TableId::PartitionRoutes] {
                 rows.scan(table, &keys::partition_prefix(P), &mut |k, v| {
                     out.push((table, k.to_vec(), v.to_vec()));
                     Ok(std::ops::ControlFlow::Continue(()))

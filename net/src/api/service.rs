@@ -2,11 +2,10 @@
 
 use super::convert;
 use super::proto::{self, cohort_server::Cohort};
-use cohort_core::ids::{NodeId, PartitionId};
+use cohort_core::ids::{NodeId, PartitionId, DIRECTORY};
 use cohort_core::node::{ApiError, MembersAction, NodeService, PartitionView, UploadBegun, UPLOAD_PIECE_BYTES};
 use cohort_core::partition::{PartitionStatus, ReadConsistency, Role};
 use cohort_core::state_machine::{PagedObject, ReadQuery, ReadResult, Rejection, RelativePath, WriteOk};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -127,6 +126,13 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// Page sizes when a listing asks for the server's default (`limit` 0).
+const ROUTES_PAGE_DEFAULT: u32 = 10_000;
+const PARTITIONS_PAGE_DEFAULT: u32 = 1_000;
+const STATUS_PAGE_DEFAULT: u32 = 1_000;
+/// Replicas in one status page: each costs a round trip to its replica.
+const STATUS_PAGE_MAX: u32 = 1_000;
+
 #[tonic::async_trait]
 impl Cohort for ApiServer {
     async fn repo_info(
@@ -166,7 +172,14 @@ impl Cohort for ApiServer {
         request: Request<proto::ListPartitionsRequest>,
     ) -> Result<Response<proto::ListPartitionsReply>, Status> {
         self.authorize(&request)?;
-        let views = self.service.partition_views(ReadConsistency::Linearizable).await.map_err(|e| self.status_of(e))?;
+        let request = request.into_inner();
+        let after = (request.after > 0).then_some(PartitionId(request.after));
+        let limit = if request.limit == 0 { PARTITIONS_PAGE_DEFAULT } else { request.limit };
+        let views = self
+            .service
+            .partition_views(after, limit, ReadConsistency::Linearizable)
+            .await
+            .map_err(|e| self.status_of(e))?;
         Ok(Response::new(proto::ListPartitionsReply { partitions: views.iter().map(partition_info).collect() }))
     }
 
@@ -396,7 +409,10 @@ impl Cohort for ApiServer {
         request: Request<proto::ListRepositoriesRequest>,
     ) -> Result<Response<proto::ListRepositoriesReply>, Status> {
         self.authorize(&request)?;
-        let repositories = self.service.list_repositories().await.map_err(|e| self.status_of(e))?;
+        let request = request.into_inner();
+        let after = request.after.map(|r| convert::repo(Some(r))).transpose().map_err(Status::invalid_argument)?;
+        let limit = if request.limit == 0 { ROUTES_PAGE_DEFAULT } else { request.limit };
+        let repositories = self.service.list_repositories(after, limit).await.map_err(|e| self.status_of(e))?;
         let repositories = repositories
             .iter()
             .map(|r| proto::RepositoryInfo { repo: Some(convert::repo_to_wire(&r.repo)), partition: r.partition.0 })
@@ -419,19 +435,45 @@ impl Cohort for ApiServer {
                 up: n.id == me || self.directory.is_up(n.id),
             })
             .collect();
-        // Repositories by partition, from this node's directory replica (may be a little behind).
-        let mut repositories: BTreeMap<PartitionId, Vec<proto::Repo>> = BTreeMap::new();
-        if let Ok(partitions) = self.service.partitions(ReadConsistency::Stale).await {
-            for (partition, _, repos) in partitions {
-                repositories.insert(partition, repos.iter().map(convert::repo_to_wire).collect());
+        let request = request.into_inner();
+        let metrics = &router.env().metrics;
+        let gauge = |value: i64| value.max(0) as u64;
+        let (leaders, followers, candidates, learners) = (
+            gauge(metrics.partitions_leader.get()),
+            gauge(metrics.partitions_follower.get()),
+            gauge(metrics.partitions_candidate.get()),
+            gauge(metrics.partitions_learner.get()),
+        );
+        let unloaded = gauge(metrics.partitions_unloaded.get());
+        let summary = proto::StatusSummary {
+            // Unloaded replicas keep no role: the roles count loaded ones.
+            hosted: leaders + followers + candidates + learners + unloaded,
+            leaders,
+            followers,
+            candidates,
+            learners,
+            quiesced: gauge(metrics.partitions_quiesced.get()),
+            unloaded,
+        };
+        let mut partitions = Vec::new();
+        if !request.summary_only {
+            let limit = if request.limit == 0 { STATUS_PAGE_DEFAULT } else { request.limit.min(STATUS_PAGE_MAX) };
+            let rows = router.store().read();
+            for partition in router.partitions_from(PartitionId(request.start), limit as usize) {
+                let Ok(status) = router.status(partition).await else { continue };
+                // The repositories routed to it, from this node's directory replica (may be a
+                // little behind).
+                let repositories = match &rows {
+                    Ok(rows) if partition != DIRECTORY => {
+                        cohort_core::store::read::directory_routed_to(rows, DIRECTORY, partition).unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
+                let repositories = repositories.iter().map(convert::repo_to_wire).collect();
+                partitions.push(partition_status(me, status, repositories));
             }
         }
-        let mut partitions = Vec::new();
-        for partition in router.partitions() {
-            let Ok(status) = router.status(partition).await else { continue };
-            partitions.push(partition_status(me, status, repositories.remove(&partition).unwrap_or_default()));
-        }
-        Ok(Response::new(proto::StatusReply { node: me.0, nodes, partitions }))
+        Ok(Response::new(proto::StatusReply { node: me.0, nodes, partitions, summary: Some(summary) }))
     }
 }
 

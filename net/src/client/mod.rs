@@ -591,10 +591,29 @@ impl Client {
         }
     }
 
+    /// Every repository and its partition, by repository (read a page at a time).
     pub async fn list_repositories(&self) -> Result<Vec<(RepoId, u64)>, ClientError> {
+        let mut all: Vec<(RepoId, u64)> = Vec::new();
+        loop {
+            let page = self.list_repositories_page(all.last().map(|(repo, _)| repo), 0).await?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
+    }
+
+    /// Up to `limit` repositories after `after` (0: the server's default page); an empty page
+    /// is the last.
+    pub async fn list_repositories_page(
+        &self,
+        after: Option<&RepoId>,
+        limit: u32,
+    ) -> Result<Vec<(RepoId, u64)>, ClientError> {
+        let message = proto::ListRepositoriesRequest { after: after.map(convert::repo_to_wire), limit };
         let reply = self
             .call(None, |mut c| {
-                let request = self.request(proto::ListRepositoriesRequest {});
+                let request = self.request(message.clone());
                 async move { c.list_repositories(request).await }
             })
             .await?;
@@ -632,20 +651,59 @@ impl Client {
         .await
     }
 
+    /// Every partition the directory records (read a page at a time).
     pub async fn list_partitions(&self) -> Result<Vec<proto::PartitionInfo>, ClientError> {
-        let reply = self
-            .call(None, |mut c| {
-                let request = self.request(proto::ListPartitionsRequest {});
-                async move { c.list_partitions(request).await }
-            })
-            .await?;
-        Ok(reply.partitions)
+        let mut all: Vec<proto::PartitionInfo> = Vec::new();
+        loop {
+            let message = proto::ListPartitionsRequest { after: all.last().map_or(0, |p| p.id), limit: 0 };
+            let reply = self
+                .call(None, |mut c| {
+                    let request = self.request(message.clone());
+                    async move { c.list_partitions(request).await }
+                })
+                .await?;
+            if reply.partitions.is_empty() {
+                return Ok(all);
+            }
+            all.extend(reply.partitions);
+        }
     }
 
-    /// The status as one endpoint sees it (no failover: status is per node).
+    /// The status as one endpoint sees it, with every replica it hosts (read a page at a
+    /// time; no failover: status is per node).
     pub async fn status_of(&self, endpoint: &str) -> Result<proto::StatusReply, ClientError> {
+        let mut whole = self.status_page(endpoint, 0, 0).await?;
+        loop {
+            let start = match whole.partitions.last() {
+                Some(last) => last.id + 1,
+                None => return Ok(whole),
+            };
+            let page = self.status_page(endpoint, start, 0).await?;
+            if page.partitions.is_empty() {
+                return Ok(whole);
+            }
+            whole.partitions.extend(page.partitions);
+        }
+    }
+
+    /// One endpoint's nodes and counts of replicas, without listing them.
+    pub async fn status_summary_of(&self, endpoint: &str) -> Result<proto::StatusReply, ClientError> {
+        self.status_call(endpoint, proto::StatusRequest { start: 0, limit: 0, summary_only: true }).await
+    }
+
+    /// One endpoint's status with up to `limit` of its replicas from partition `start` on (0:
+    /// the server's default page); an empty page is the last.
+    pub async fn status_page(&self, endpoint: &str, start: u64, limit: u32) -> Result<proto::StatusReply, ClientError> {
+        self.status_call(endpoint, proto::StatusRequest { start, limit, summary_only: false }).await
+    }
+
+    async fn status_call(
+        &self,
+        endpoint: &str,
+        message: proto::StatusRequest,
+    ) -> Result<proto::StatusReply, ClientError> {
         let mut client = CohortClient::new(self.channel(endpoint)?);
-        let request = self.request(proto::StatusRequest {});
+        let request = self.request(message);
         match tokio::time::timeout(self.config.attempt_timeout, client.status(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => {

@@ -11,11 +11,15 @@ use crate::state_machine::{
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::ids::DIRECTORY;
 
-/// Attempts to reach a freshly created partition's leader before giving up.
-const NEW_PARTITION_ATTEMPTS_MAX: usize = 50;
+/// How long a write waits for a freshly created partition's replica and leader (in ticks),
+/// and the first pause between its attempts, which doubles up to a tick: a new partition is
+/// usually ready within a few round trips and fsyncs, far less than a tick.
+const NEW_PARTITION_WAIT_TICKS: u32 = 50;
+const NEW_PARTITION_FIRST_PAUSE: Duration = Duration::from_millis(1);
 
 /// Why a request did not succeed.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -253,12 +257,15 @@ impl NodeService {
     }
 
     /// A write this node makes on the client's behalf, forwarded to the partition's leader
-    /// if need be. A partition that has no leader yet (just created) is retried for a while.
+    /// if need be. A partition that has no replica here or no leader yet (just created) is
+    /// retried for a while, soon at first.
     async fn forwarded_write(&self, partition: PartitionId, command: Command) -> Result<WriteOk, ApiError> {
         let clock = self.router.env().clock.clone();
-        let pause = self.router.tick_interval();
+        let tick = self.router.tick_interval();
+        let deadline = clock.now() + tick * NEW_PARTITION_WAIT_TICKS;
+        let mut pause = NEW_PARTITION_FIRST_PAUSE.min(tick);
         let mut last_error = ApiError::Unavailable(format!("partition {partition} has no replica here"));
-        for _ in 0..NEW_PARTITION_ATTEMPTS_MAX {
+        while clock.now() < deadline {
             let outcome = match self.router.request(partition, Request::ForwardedWrite(command.clone())).await {
                 Ok(response) => Self::write_result(response),
                 Err(RouteError::UnknownPartition(_)) => {
@@ -275,6 +282,7 @@ impl NodeService {
                 ) => {
                     last_error = error;
                     clock.sleep_until(clock.now() + pause).await;
+                    pause = (pause * 2).min(tick);
                 }
                 other => return other,
             }

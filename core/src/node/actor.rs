@@ -4,16 +4,16 @@
 
 use super::applier::{ApplyDone, ApplyRequest, ApplyResult, ApplyWork, DurableSignal};
 use super::persisted::{PersistEvent, PersistSignal};
-use super::router::{Router, Unload};
 use super::workers::{Shell, Step};
 use crate::env::{Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, RequestId, DIRECTORY};
-use crate::partition::{ElectionCause, Output, Partition, Request, Response, Role, WakeCause};
-use crate::persist::{LogWrite, PersistError, PersistRequest, SnapshotMeta};
+use crate::partition::{Dormant, ElectionCause, Output, Partition, Request, Response, Role, WakeCause};
+use crate::persist::{ConfState, LogWrite, PersistError, PersistRequest, SnapshotMeta};
 use crate::snapshot::{SnapshotStore, TransferEvents, Transfers};
-use crate::state_machine::ReadQuery;
+use crate::state_machine::{PartitionInfo, ReadQuery};
 use crate::store::{self, Rows as _, Store};
 use futures::channel::{mpsc, oneshot};
+use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Weak};
@@ -72,6 +72,41 @@ impl PartitionInput {
 /// what would pass `MAILBOX_BYTES_MAX`), the actor subtracts what it takes out.
 pub(super) type MailboxBytes = Arc<std::sync::atomic::AtomicUsize>;
 
+/// What a replica's actor needs of the node hosting it. The router implements it and owns
+/// every replica's lifecycle (creating, unloading, retiring): an actor reports what its
+/// partition did and asks to unload itself, and never starts or stops a replica itself.
+pub(super) trait ReplicaHost: Send + Sync {
+    fn tick_interval(&self) -> std::time::Duration;
+    /// The directory (this replica) applied the allocation of `partition`.
+    fn partition_allocated(&self, partition: PartitionId, info: &PartitionInfo, campaign: bool);
+    /// The directory (this replica) records `info` as `partition`'s members.
+    fn members_changed(&self, partition: PartitionId, info: &PartitionInfo);
+    /// This actor's replica is idle: replace it by `dormant`, unless an input waits in
+    /// `mailbox` (see [`Unload`]).
+    fn unload(
+        &self,
+        partition: PartitionId,
+        dormant: Dormant,
+        files: SnapshotStore,
+        mailbox: &mut mpsc::Receiver<PartitionInput>,
+    ) -> Unload;
+    /// The removal of this node's replica of `partition` is complete, files and all.
+    fn retired(&self, partition: PartitionId);
+    /// Records `conf` (as of log index `as_of`) as `partition`'s members in the directory;
+    /// true once it is recorded.
+    fn record_members(&self, partition: PartitionId, conf: ConfState, as_of: u64) -> BoxFuture<'static, bool>;
+}
+
+/// How an actor's request to unload its replica ended (`ReplicaHost::unload`).
+pub(super) enum Unload {
+    Done,
+    /// An input was waiting in its mailbox: the actor handles it and stays loaded.
+    Input(PartitionInput),
+    /// The host no longer runs this replica as this actor (it is retiring, or the node is
+    /// stopping): the actor carries on.
+    Refused,
+}
+
 pub(super) struct Actor {
     pub partition: Partition,
     pub mailbox: mpsc::Receiver<PartitionInput>,
@@ -85,8 +120,9 @@ pub(super) struct Actor {
     pub applier: mpsc::Sender<ApplyRequest>,
     /// How far the store has made this partition's state durable.
     pub durable: DurableSignal,
-    /// The router that owns this actor, told about partitions the directory allocates.
-    pub router: Weak<Router>,
+    /// The node hosting this replica (the router), which owns its lifecycle: the actor tells
+    /// it what happened and asks it to unload; it never changes other replicas itself.
+    pub host: Weak<dyn ReplicaHost>,
     /// Snapshot files and transfers of this replica.
     pub transfers: Transfers,
     /// What transfers asked for since the last drain.
@@ -517,7 +553,7 @@ impl Actor {
             return None;
         }
         let dormant = self.partition.dormant()?;
-        let router = self.router.upgrade()?;
+        let host = self.host.upgrade()?;
         if self.partition.forget_snapshot_file() {
             // A reopened replica holds no snapshot file: the file goes now (a restart would
             // delete it too).
@@ -525,11 +561,11 @@ impl Actor {
                 tracing::warn!(partition = %self.partition.id(), %error, "cannot delete an unloading replica's snapshot");
             }
         }
-        Some(router.unload(self.partition.id(), dormant, self.transfers.store().clone(), &mut self.mailbox))
+        Some(host.unload(self.partition.id(), dormant, self.transfers.store().clone(), &mut self.mailbox))
     }
 
     fn env_tick(&self) -> std::time::Duration {
-        self.router.upgrade().map_or(std::time::Duration::from_millis(100), |r| r.tick_interval())
+        self.host.upgrade().map_or(std::time::Duration::from_millis(100), |host| host.tick_interval())
     }
 
     /// Starts recording the wanted members in the directory, if due and this replica still
@@ -541,14 +577,15 @@ impl Actor {
         if self.members.attempt.is_some() || now < self.members.not_before {
             return;
         }
-        let (Some(wanted), Some(router)) = (self.members.wanted.clone(), self.router.upgrade()) else { return };
+        let (Some(wanted), Some(host)) = (self.members.wanted.clone(), self.host.upgrade()) else { return };
         let (tx, rx) = oneshot::channel();
         let partition = self.partition.id();
         let (conf, as_of) = (*wanted).clone();
+        let recorded = host.record_members(partition, conf, as_of);
         self.env.spawn.spawn(
             "record members",
             Box::pin(async move {
-                let _ = tx.send(router.record_members(partition, conf, as_of).await);
+                let _ = tx.send(recorded.await);
             }),
         );
         self.members.attempt = Some((wanted, rx));
@@ -570,7 +607,7 @@ impl Actor {
             let _ = logged.send(result);
         });
         let mut persist = self.persist.clone();
-        let (mut applier, files, router) = (self.applier.clone(), self.transfers.store().clone(), self.router.clone());
+        let (mut applier, files, host) = (self.applier.clone(), self.transfers.store().clone(), self.host.clone());
         let durable = self.durable.clone();
         self.env.spawn.spawn(
             "remove replica",
@@ -590,8 +627,8 @@ impl Actor {
                 if let Err(error) = files.remove_all() {
                     tracing::warn!(%partition, %error, "cannot delete a removed replica's files");
                 }
-                if let Some(router) = router.upgrade() {
-                    router.on_retired(partition);
+                if let Some(host) = host.upgrade() {
+                    host.retired(partition);
                 }
             }),
         );
@@ -726,22 +763,22 @@ impl Actor {
                 self.state.blocked = Some(Blocked::Persist(PersistRequest { write, done }));
             }
             Output::PartitionAllocated { partition, info, campaign } => {
-                if let Some(router) = self.router.upgrade() {
-                    router.on_partition_allocated(partition, &info, campaign);
+                if let Some(host) = self.host.upgrade() {
+                    host.partition_allocated(partition, &info, campaign);
                 }
             }
             Output::MembersChanged { partition, info } => {
-                if let Some(router) = self.router.upgrade() {
-                    router.reconcile(partition, &info);
+                if let Some(host) = self.host.upgrade() {
+                    host.members_changed(partition, &info);
                 }
             }
             Output::LeaderMembers { conf, as_of } => self.members.wanted = Some(Box::new((conf, as_of))),
             Output::DirectoryReady => {
                 let partitions = self.store.read().and_then(|rows| store::read::directory_partitions(&rows, DIRECTORY));
-                match (partitions, self.router.upgrade()) {
-                    (Ok(partitions), Some(router)) => {
+                match (partitions, self.host.upgrade()) {
+                    (Ok(partitions), Some(host)) => {
                         for (partition, info) in &partitions {
-                            router.reconcile(*partition, info);
+                            host.members_changed(*partition, info);
                         }
                     }
                     (Err(error), _) => tracing::error!(%error, "cannot read the directory from the store"),

@@ -1,7 +1,7 @@
 //! The node-level owner of partition actors: creates and opens them, unloads idle ones and
 //! loads them again on demand, and routes messages and requests to their mailboxes.
 
-use super::actor::{Actor, ActorState, MailboxBytes, PartitionInput};
+use super::actor::{Actor, ActorState, MailboxBytes, PartitionInput, ReplicaHost, Unload};
 use super::applier::{ApplyRequest, DurableSignal};
 use super::liveness::{Liveness, LivenessOptions, NOTICES_PER_INTERVAL};
 use super::persisted::PersistSignal;
@@ -12,11 +12,12 @@ use crate::limits::{MAILBOX_BYTES_MAX, MAILBOX_MESSAGES_MAX};
 use crate::partition::{
     Dormant, Partition, PartitionConfig, PartitionStatus, ReplicaOptions, Request, Response, StoredState,
 };
-use crate::persist::{PersistRequest, RecoveredPartition};
+use crate::persist::{ConfState, PersistRequest, RecoveredPartition};
 use crate::snapshot::{SnapshotStore, Transfers, DIRECTORY_AUTHORITY};
 use crate::state_machine::PartitionInfo;
 use crate::store::Store;
 use futures::channel::{mpsc, oneshot};
+use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -103,16 +104,6 @@ impl LoadCause {
             LoadCause::Membership => "membership",
         }
     }
-}
-
-/// How an actor's request to unload its replica ended (`Router::unload`).
-pub(super) enum Unload {
-    Done,
-    /// An input was waiting in its mailbox: the actor handles it and stays loaded.
-    Input(PartitionInput),
-    /// The router no longer hosts this replica as running (it is retiring, or the node is
-    /// stopping): the actor carries on.
-    Refused,
 }
 
 /// The sending side of a replica's mailbox, bounded in inputs and in bytes.
@@ -378,17 +369,6 @@ impl Router {
         })
     }
 
-    /// Makes sure the directory records `conf` as `partition`'s members: nothing if this
-    /// node's directory replica already does, else one write through the directory's leader.
-    /// Whether the directory records them now.
-    pub async fn record_members(&self, partition: PartitionId, conf: crate::persist::ConfState, as_of: u64) -> bool {
-        if self.directory_records(partition, &conf) {
-            return true;
-        }
-        let command = self.members_command(partition, &conf, as_of);
-        matches!(self.request(DIRECTORY, Request::ForwardedWrite(command)).await, Ok(Response::Written(Ok(_))))
-    }
-
     /// The node's state store, for reads.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
@@ -489,34 +469,6 @@ impl Router {
         }
     }
 
-    /// The removal of this node's old replica of `partition` is durable.
-    pub fn on_retired(&self, partition: PartitionId) {
-        let rejoin = self.retiring.lock().expect("not poisoned").remove(&partition).flatten();
-        if let Some((authority, peer)) = rejoin {
-            let info = PartitionInfo {
-                authority,
-                voters: vec![self.config.node],
-                learners: Vec::new(),
-                peers: vec![peer],
-                members_as_of: 0,
-            };
-            self.reconcile(partition, &info);
-        }
-    }
-
-    /// The directory allocated `partition`: host a replica of it if this node is a member.
-    /// Replaying the directory's log after a restart allocates again what exists already.
-    pub fn on_partition_allocated(&self, partition: PartitionId, info: &PartitionInfo, campaign: bool) {
-        if !info.voters.contains(&self.config.node) {
-            return;
-        }
-        match self.create_partition(partition, &info.authority, &info.voters, campaign) {
-            Ok(()) => tracing::info!(node = %self.config.node, %partition, "created partition replica"),
-            Err(RouteError::PartitionExists(_)) => {}
-            Err(error) => tracing::error!(%partition, %error, "cannot create partition replica"),
-        }
-    }
-
     /// Starts a replica from recovered state: the log's, and what the store holds.
     pub fn open_partition(
         &self,
@@ -606,7 +558,7 @@ impl Router {
             store: self.store.clone(),
             applier,
             durable: DurableSignal::default(),
-            router: self.this.clone(),
+            host: self.this.clone() as Weak<dyn ReplicaHost>,
             transfers,
             transfer_events: Default::default(),
             saving: None,
@@ -680,36 +632,6 @@ impl Router {
             Replica::Loaded(hosted) => Some(hosted),
             Replica::Unloaded(_) => unreachable!("loaded above"),
         }
-    }
-
-    /// Unloads the replica of `partition` whose actor calls this, leaving `dormant` in its
-    /// place, unless an input waits in its `mailbox` or it no longer runs as that actor (see
-    /// [`Unload`]). Senders use the mailbox under this lock, so once it is empty here nothing
-    /// more arrives in it.
-    pub(super) fn unload(
-        &self,
-        partition: PartitionId,
-        dormant: Dormant,
-        files: SnapshotStore,
-        mailbox: &mut mpsc::Receiver<PartitionInput>,
-    ) -> Unload {
-        let mut replicas = self.replicas.lock().expect("not poisoned");
-        match replicas.get(&partition) {
-            Some(Replica::Loaded(hosted)) if hosted.peer == dormant.peer => {}
-            _ => return Unload::Refused,
-        }
-        match mailbox.try_recv() {
-            Ok(input) => return Unload::Input(input),
-            Err(mpsc::TryRecvError::Closed) => return Unload::Refused,
-            Err(mpsc::TryRecvError::Empty) => {}
-        }
-        replicas.insert(partition, Replica::Unloaded(Box::new(Unloaded { dormant, files })));
-        self.env.metrics.partitions_unloaded.inc();
-        self.env.metrics.partition_unloads.inc();
-        if let Some(observer) = &self.env.observer {
-            observer.load_changed(self.config.node, partition, false);
-        }
-        Unload::Done
     }
 
     /// Puts `input` in `partition`'s mailbox, loading the replica first if `load` names why.
@@ -833,6 +755,90 @@ impl Router {
         }
         drop(replicas);
         self.workers.stop();
+    }
+}
+
+/// The replicas' actors report to the router, which owns their lifecycle.
+impl ReplicaHost for Router {
+    fn tick_interval(&self) -> Duration {
+        self.config.replica.tick_interval
+    }
+
+    /// The directory allocated `partition`: host a replica of it if this node is a member.
+    /// Replaying the directory's log after a restart allocates again what exists already.
+    fn partition_allocated(&self, partition: PartitionId, info: &PartitionInfo, campaign: bool) {
+        if !info.voters.contains(&self.config.node) {
+            return;
+        }
+        match self.create_partition(partition, &info.authority, &info.voters, campaign) {
+            Ok(()) => tracing::info!(node = %self.config.node, %partition, "created partition replica"),
+            Err(RouteError::PartitionExists(_)) => {}
+            Err(error) => tracing::error!(%partition, %error, "cannot create partition replica"),
+        }
+    }
+
+    fn members_changed(&self, partition: PartitionId, info: &PartitionInfo) {
+        self.reconcile(partition, info);
+    }
+
+    /// Unloads the replica of `partition` whose actor calls this, leaving `dormant` in its
+    /// place, unless an input waits in its `mailbox` or it no longer runs as that actor (see
+    /// [`Unload`]). Senders use the mailbox under this lock, so once it is empty here nothing
+    /// more arrives in it.
+    fn unload(
+        &self,
+        partition: PartitionId,
+        dormant: Dormant,
+        files: SnapshotStore,
+        mailbox: &mut mpsc::Receiver<PartitionInput>,
+    ) -> Unload {
+        let mut replicas = self.replicas.lock().expect("not poisoned");
+        match replicas.get(&partition) {
+            Some(Replica::Loaded(hosted)) if hosted.peer == dormant.peer => {}
+            _ => return Unload::Refused,
+        }
+        match mailbox.try_recv() {
+            Ok(input) => return Unload::Input(input),
+            Err(mpsc::TryRecvError::Closed) => return Unload::Refused,
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        replicas.insert(partition, Replica::Unloaded(Box::new(Unloaded { dormant, files })));
+        self.env.metrics.partitions_unloaded.inc();
+        self.env.metrics.partition_unloads.inc();
+        if let Some(observer) = &self.env.observer {
+            observer.load_changed(self.config.node, partition, false);
+        }
+        Unload::Done
+    }
+
+    /// The removal of this node's old replica of `partition` is durable.
+    fn retired(&self, partition: PartitionId) {
+        let rejoin = self.retiring.lock().expect("not poisoned").remove(&partition).flatten();
+        if let Some((authority, peer)) = rejoin {
+            let info = PartitionInfo {
+                authority,
+                voters: vec![self.config.node],
+                learners: Vec::new(),
+                peers: vec![peer],
+                members_as_of: 0,
+            };
+            self.reconcile(partition, &info);
+        }
+    }
+
+    /// Makes sure the directory records `conf` as `partition`'s members: nothing if this
+    /// node's directory replica already does, else one write through the directory's leader.
+    /// Whether the directory records them now.
+    fn record_members(&self, partition: PartitionId, conf: ConfState, as_of: u64) -> BoxFuture<'static, bool> {
+        let this = self.this.clone();
+        Box::pin(async move {
+            let Some(router) = this.upgrade() else { return false };
+            if router.directory_records(partition, &conf) {
+                return true;
+            }
+            let command = router.members_command(partition, &conf, as_of);
+            matches!(router.request(DIRECTORY, Request::ForwardedWrite(command)).await, Ok(Response::Written(Ok(_))))
+        })
     }
 }
 

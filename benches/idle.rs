@@ -73,29 +73,35 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Creates `count` repositories from `IN_FLIGHT` clients; returns the wall time.
-fn create_all(rt: &tokio::runtime::Runtime, cluster: &TestCluster, count: u64) -> Duration {
+/// Creates `count` repositories from `IN_FLIGHT` clients; returns the wall time and when each
+/// creation (by index) completed.
+fn create_all(rt: &tokio::runtime::Runtime, cluster: &TestCluster, count: u64) -> (Duration, Vec<Instant>) {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let mut completed = vec![started; count as usize];
     rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..IN_FLIGHT {
             let (client, next) = (client(cluster, rand::random()), next.clone());
             tasks.push(tokio::spawn(async move {
+                let mut done = Vec::new();
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= count {
-                        break;
+                        break done;
                     }
                     client.create_repository(&repo(&name(n)), None).await.expect("create");
+                    done.push((n, Instant::now()));
                 }
             }));
         }
         for task in tasks {
-            task.await.unwrap();
+            for (n, at) in task.await.unwrap() {
+                completed[n as usize] = at;
+            }
         }
     });
-    started.elapsed()
+    (started.elapsed(), completed)
 }
 
 /// Writes per second of `ACTIVE` clients, each writing to its own repository (`name(0)` to
@@ -208,7 +214,7 @@ fn main() {
     let (empty_cpu, empty_messages) = idle_window(&cluster, &pids);
 
     // Every replica quiesced, none unloaded yet (if creating took less than unload_after_ms).
-    let create_elapsed = create_all(&rt, &cluster, partitions);
+    let (create_elapsed, created_at) = create_all(&rt, &cluster, partitions);
     progress(format!("created {partitions} in {:.1} s", create_elapsed.as_secs_f64()));
     let quiesce_elapsed = wait_all_at_rest(&cluster, hosted, Duration::from_secs(600));
     let (quiesced_cpu, quiesced_messages) = idle_window(&cluster, &pids);
@@ -218,13 +224,23 @@ fn main() {
     let unloaded_early: Vec<u64> = (1..=NODES).map(|id| metric(&cluster, id, UNLOADED) as u64).collect();
     let still_quiesced = (1..=NODES).all(|id| at_rest(&cluster, id, hosted));
 
-    // Wake latency: the first write to quiesced partitions (the even ones of a sample), then
-    // writes to an awake one.
+    // Wake latency: the first write to quiesced partitions, then writes to an awake one. The
+    // sample is spread over the partitions created recently enough that their followers are
+    // still loaded (all of them unless creating took longer than `unload_after`).
     let writer = client(&cluster, 7);
-    let step = partitions / (2 * samples);
-    let sample: Vec<u64> = (0..2 * samples).map(|i| i * step).collect();
+    let loaded_since = Instant::now().checked_sub(Duration::from_millis(unload_after_ms) / 2).unwrap_or(created_at[0]);
+    let recent = created_at.iter().position(|&at| at >= loaded_since).unwrap_or(0) as u64;
+    let recent_step = ((partitions - recent) / samples).max(1);
+    let quiesced_sample: Vec<u64> =
+        (0..samples).map(|i| recent + i * recent_step).filter(|&i| i < partitions).collect();
+    progress(format!(
+        "waking {} quiesced partitions among the {} created last",
+        quiesced_sample.len(),
+        partitions - recent
+    ));
     let elections_before = sum_metric(&cluster, "cohort_elections_total");
-    let wake = first_writes(&rt, &writer, &sample.iter().copied().step_by(2).collect::<Vec<_>>());
+    let wake = first_writes(&rt, &writer, &quiesced_sample);
+    progress(format!("woke {}: p99 {:.2} ms", wake.len(), percentile(&wake, 0.99).as_secs_f64() * 1e3));
     let mut awake: Vec<Duration> = (0..samples)
         .map(|i| {
             let started = Instant::now();
@@ -234,8 +250,7 @@ fn main() {
         .collect();
     awake.sort();
 
-    // Every follower unloaded: idle again, then the first write to the odd ones of the sample,
-    // untouched since they were created.
+    // Every follower unloaded: idle again, then the first writes to unloaded partitions.
     let unloaded = wait_followers_unloaded(&cluster, hosted, Duration::from_secs(600));
     let (unloaded_cpu, unloaded_messages) = idle_window(&cluster, &pids);
     progress(format!(
@@ -247,9 +262,32 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let rss_unloaded: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
     let heap_unloaded = heaps(&cluster);
-    let load = first_writes(&rt, &writer, &sample.iter().copied().skip(1).step_by(2).collect::<Vec<_>>());
+    // The first write to partitions untouched since they were created, spread over them all.
+    let step = (partitions / samples).max(1);
+    let untouched: Vec<u64> =
+        (0..samples).map(|i| i * step + step / 2).filter(|i| *i < partitions && !quiesced_sample.contains(i)).collect();
+    let load = first_writes(&rt, &writer, &untouched);
+    progress(format!("loaded {}: p99 {:.2} ms", load.len(), percentile(&load, 0.99).as_secs_f64() * 1e3));
     let wake_elections = sum_metric(&cluster, "cohort_elections_total") - elections_before;
     let loads = sum_metric(&cluster, "cohort_partition_loads_total");
+
+    // The operator's view at this size: `cohort status` (counts per node; every replica with
+    // `--all`) and `cohort repo info` of one repository.
+    let timed_cli = |args: &[&str]| {
+        let started = Instant::now();
+        let out = cluster.cli(args);
+        assert!(out.status.success(), "cohort {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        (started.elapsed(), out.stdout.len())
+    };
+    let (status_time, _) = timed_cli(&["status"]);
+    let (status_all_time, status_all_bytes) = timed_cli(&["status", "--all"]);
+    let (info_time, _) = timed_cli(&["repo", "info", &name(partitions / 2)]);
+    progress(format!(
+        "cohort status {:.0} ms, status --all {:.0} ms ({status_all_bytes} bytes), repo info {:.0} ms",
+        status_time.as_secs_f64() * 1e3,
+        status_all_time.as_secs_f64() * 1e3,
+        info_time.as_secs_f64() * 1e3
+    ));
 
     // Failover of quiesced partitions whose followers are unloaded.
     wait_followers_unloaded(&cluster, hosted, Duration::from_secs(600));
@@ -307,7 +345,7 @@ fn main() {
         let among_all = active_throughput(&rt, &cluster);
         drop(cluster);
         let alone = TestCluster::start_configured(NODES, configure);
-        create_all(&rt, &alone, ACTIVE);
+        let _ = create_all(&rt, &alone, ACTIVE);
         (among_all, active_throughput(&rt, &alone))
     });
 
@@ -379,15 +417,23 @@ fn main() {
     }
     let ms = |sorted: &[Duration], p: f64| percentile(sorted, p).as_secs_f64() * 1e3;
     println!(
-        "wake: first write to {samples} quiesced partitions p50 {:.2} ms p99 {:.2} ms; to {samples} whose followers are unloaded p50 {:.2} ms p99 {:.2} ms ({loads} loads); writes to an awake partition p50 {:.2} ms p99 {:.2} ms: p99 ratios {:.2} and {:.2} (goal: at most 2); elections while waking: {wake_elections} (goal: 0)",
+        "wake: first write to {} quiesced partitions p50 {:.2} ms p99 {:.2} ms; to {} whose followers are unloaded p50 {:.2} ms p99 {:.2} ms ({loads} loads); writes to an awake partition p50 {:.2} ms p99 {:.2} ms: p99 ratios {:.2} and {:.2} (goal: at most 2); elections while waking: {wake_elections} (goal: 0)",
+        wake.len(),
         ms(&wake, 0.5),
         ms(&wake, 0.99),
+        load.len(),
         ms(&load, 0.5),
         ms(&load, 0.99),
         ms(&awake, 0.5),
         ms(&awake, 0.99),
         ms(&wake, 0.99) / ms(&awake, 0.99),
         ms(&load, 0.99) / ms(&awake, 0.99)
+    );
+    println!(
+        "operator: `cohort status` {:.0} ms, `cohort status --all` {:.0} ms ({status_all_bytes} bytes of output), `cohort repo info` {:.0} ms (CLI processes, each end to end)",
+        status_time.as_secs_f64() * 1e3,
+        status_all_time.as_secs_f64() * 1e3,
+        info_time.as_secs_f64() * 1e3
     );
     println!(
         "failover: node {victim} killed leading {victims} quiesced partitions (followers unloaded); every one had a new leader {:.2} s later",

@@ -57,9 +57,27 @@ pub fn decode_from_reader<T: DeserializeOwned>(
 }
 
 /// Decodes exactly one `T` from `bytes`; trailing bytes are an error.
+/// Decodes `bytes` whole. bincode allocates a byte buffer's announced length before reading
+/// it, and checks the announcement only against the decode's limit; so the limit follows the
+/// input: the smallest of a ladder of limits (4 KiB, then ×4 up to `DECODE_SIZE_BYTES_MAX`) at
+/// least 4 times the input's size. A length that lies costs at most that, never more.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
-    let (value, used): (T, usize) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| DecodeError { what, reason: e.to_string() })?;
+    fn with<T: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<(T, usize), bincode::error::DecodeError> {
+        let config = bincode::config::standard().with_fixed_int_encoding().with_limit::<LIMIT>();
+        bincode::serde::decode_from_slice(bytes, config)
+    }
+    let decoded = match bytes.len().saturating_mul(4) {
+        ..=0x1000 => with::<T, 0x1000>(bytes),
+        ..=0x4000 => with::<T, 0x4000>(bytes),
+        ..=0x1_0000 => with::<T, 0x1_0000>(bytes),
+        ..=0x4_0000 => with::<T, 0x4_0000>(bytes),
+        ..=0x10_0000 => with::<T, 0x10_0000>(bytes),
+        ..=0x40_0000 => with::<T, 0x40_0000>(bytes),
+        ..=0x100_0000 => with::<T, 0x100_0000>(bytes),
+        ..=0x400_0000 => with::<T, 0x400_0000>(bytes),
+        _ => with::<T, DECODE_SIZE_BYTES_MAX>(bytes),
+    };
+    let (value, used) = decoded.map_err(|e| DecodeError { what, reason: e.to_string() })?;
     if used != bytes.len() {
         return Err(DecodeError { what, reason: format!("{} trailing bytes after the value", bytes.len() - used) });
     }
@@ -84,6 +102,22 @@ mod tests {
         // A Vec<u8> whose length prefix claims 2^63 bytes.
         let bytes = u64::MAX.to_le_bytes();
         assert!(decode::<Vec<u8>>("vec", &bytes).is_err());
+    }
+
+    /// A byte field whose length prefix claims far more than the input holds is refused
+    /// without allocating what it claims (the limit follows the input's size).
+    #[test]
+    fn a_lying_byte_length_is_refused_within_the_input_s_bound() {
+        let mut bytes = encode(&AsBytes(vec![7; 100]));
+        // The prefix now claims 64 MiB, which a 4 KiB limit refuses before allocating.
+        bytes[..8].copy_from_slice(&(64u64 << 20).to_le_bytes());
+        let error = decode::<AsBytes>("bytes", &bytes).unwrap_err();
+        assert!(error.reason.contains("LimitExceeded"), "{error}");
+        // What fits the input still decodes, at every rung of the ladder.
+        for len in [0, 1000, 5000, 300_000, 5_000_000] {
+            let value = AsBytes(vec![1; len]);
+            assert_eq!(decode::<AsBytes>("bytes", &encode(&value)).unwrap(), value);
+        }
     }
 
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]

@@ -18,6 +18,7 @@ mod dormant;
 mod forwarded;
 mod input;
 mod output;
+mod peer_check;
 mod proposals;
 mod quiesce;
 mod reads;
@@ -509,10 +510,11 @@ impl Partition {
         if self.fatal.is_some() {
             return;
         }
-        assert!(
-            message.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot,
-            "snapshots arrive through handle_snapshot_received"
-        );
+        if let Err(refusal) = peer_check::check(&self.raw.raft, &message) {
+            tracing::warn!(partition = %self.config.partition, from = %PeerId(message.from), kind = ?message.get_msg_type(),
+                %refusal, "refused a peer's raft message");
+            return;
+        }
         if message.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow {
             self.campaign_trigger = Some(ElectionCause::Transfer);
         }
@@ -558,8 +560,16 @@ impl Partition {
         self.step(message);
         let accepted = self.raw.raft.snap().is_some_and(|s| s.get_metadata().index == index);
         let staged = self.staged_snapshot.take().expect("staged above");
+        if accepted && staged.position.index <= self.applying {
+            // Raft replaces only an uncommitted past with a snapshot; one at or behind what was
+            // applied means this replica's committed log and its leader's disagree, which no
+            // honest peer causes. The replica stops rather than the node.
+            tracing::error!(partition = %self.config.partition, snapshot = ?staged.position, applied = self.applying,
+                "partition stopped: Raft took a snapshot behind what this replica applied (its peers broke Raft's rules)");
+            self.stop(PersistError(Arc::new(std::io::Error::other("a snapshot behind the applied state"))));
+            return false;
+        }
         if accepted {
-            assert!(staged.position.index > self.applying, "a snapshot Raft takes is ahead of what is applied");
             self.installing = Some(staged.clone());
             self.outputs.push_back(Output::InstallSnapshot(staged));
         }

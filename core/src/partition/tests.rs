@@ -893,3 +893,86 @@ fn a_restarted_cluster_rests_until_a_request_elects_a_leader_and_loses_nothing()
         other => panic!("expected the refs, got {other:?}"),
     }
 }
+
+/// A message to `to` from `from`, at the partition's current term on `to`.
+fn hostile(cluster: &Cluster, from: NodeId, to: NodeId, kind: raft::eraftpb::MessageType) -> raft::eraftpb::Message {
+    let mut message = raft::eraftpb::Message::default();
+    message.set_msg_type(kind);
+    message.from = PeerId::new(from, 0).0;
+    message.to = PeerId::new(to, 0).0;
+    message.term = cluster.replica(to).status().term;
+    message
+}
+
+fn entry(index: u64, term: u64) -> raft::eraftpb::Entry {
+    raft::eraftpb::Entry { index, term, ..Default::default() }
+}
+
+/// Peers are authenticated, but a buggy or hostile one may send what raft-rs would die of (a
+/// commit past the log's end, entries out of order into committed ones) or what it must not
+/// act on (its local messages, a snapshot outside a transfer, a forwarded membership change,
+/// a term that would overflow): each is refused, and the partition goes on committing.
+#[test]
+fn messages_no_honest_peer_sends_are_refused_and_the_partition_goes_on() {
+    use raft::eraftpb::{EntryType, MessageType};
+    let mut cluster = Cluster::new(3, 5);
+    let leader = elect(&mut cluster);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    let term = cluster.replica(follower).status().term;
+    let last = cluster.replica(follower).status().last_index;
+
+    let mut messages = Vec::new();
+    let mut heartbeat = hostile(&cluster, leader, follower, MessageType::MsgHeartbeat);
+    heartbeat.commit = last + 100;
+    messages.push((leader, heartbeat));
+    let mut reaching_back = hostile(&cluster, leader, follower, MessageType::MsgAppend);
+    (reaching_back.index, reaching_back.log_term) = (last, term);
+    reaching_back.entries = vec![entry(1, term + 1)].into();
+    messages.push((leader, reaching_back));
+    let mut terms_backwards = hostile(&cluster, leader, follower, MessageType::MsgAppend);
+    (terms_backwards.index, terms_backwards.log_term) = (last, term);
+    terms_backwards.entries = vec![entry(last + 1, term), entry(last + 2, term - 1)].into();
+    messages.push((leader, terms_backwards));
+    for local in [MessageType::MsgHup, MessageType::MsgBeat, MessageType::MsgCheckQuorum, MessageType::MsgSnapshot] {
+        messages.push((leader, hostile(&cluster, leader, follower, local)));
+    }
+    let mut membership = hostile(&cluster, follower, leader, MessageType::MsgPropose);
+    let mut change = entry(0, 0);
+    change.set_entry_type(EntryType::EntryConfChangeV2);
+    membership.entries = vec![change].into();
+    messages.push((follower, membership));
+    let mut acked_too_far = hostile(&cluster, follower, leader, MessageType::MsgAppendResponse);
+    acked_too_far.index = last + 1_000;
+    messages.push((follower, acked_too_far));
+    // Found by the `raft_message` fuzz target: each made raft-rs panic.
+    let mut past_the_end = hostile(&cluster, leader, follower, MessageType::MsgAppend);
+    (past_the_end.index, past_the_end.log_term, past_the_end.commit) = (last + 4, 0, last + 4);
+    messages.push((leader, past_the_end));
+    messages.push((follower, hostile(&cluster, follower, leader, MessageType::MsgPropose)));
+    let mut no_context = hostile(&cluster, follower, leader, MessageType::MsgReadIndex);
+    no_context.term = 0;
+    messages.push((follower, no_context));
+    messages.push((leader, hostile(&cluster, leader, follower, MessageType::MsgTransferLeader)));
+    let mut termless = hostile(&cluster, leader, follower, MessageType::MsgHeartbeat);
+    termless.term = 0;
+    messages.push((leader, termless));
+    let mut overflowing = hostile(&cluster, leader, follower, MessageType::MsgRequestVote);
+    overflowing.term = u64::MAX;
+    messages.push((leader, overflowing));
+
+    for (from, message) in messages {
+        let to = PeerId(message.to).node();
+        cluster.inject(Envelope { partition: cluster.partition, from, to, payload: Payload::Raft(message) });
+        assert!(cluster.step(), "the message is delivered");
+        for node in [leader, follower] {
+            let status = cluster.replica(node).status();
+            assert_eq!(status.term, term, "node {node}: no refused message moves the term");
+            assert!(status.commit_index <= status.last_index, "node {node}: nothing committed past the log");
+        }
+    }
+    assert_eq!(cluster.leader(), Some(leader), "no refused message started an election");
+    let (write, _) = set_main(1, 2, b"after the hostile messages");
+    assert_written(&request_on_leader(&mut cluster, write));
+    cluster.assert_logs_agree();
+}

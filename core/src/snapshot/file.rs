@@ -179,27 +179,28 @@ impl SnapshotStore {
         Ok(self.disk.open_append(&path)?)
     }
 
-    /// Finishes receiving the snapshot at `position`: syncs the file, checks it whole, and
-    /// renames it to its final name. A file that does not check out is deleted.
+    /// Finishes receiving the snapshot the leader's Raft message `announced` (position and
+    /// membership): syncs the file, checks it whole and that it is that snapshot, and renames
+    /// it to its final name. A file that does not check out is deleted.
     pub fn install_incoming(
         &self,
         mut file: Box<dyn DiskFile>,
-        position: LogPosition,
+        announced: &SnapshotMeta,
     ) -> Result<SnapshotMeta, SnapshotError> {
         file.sync()?;
         drop(file);
         let incoming = self.dir.join(INCOMING_NAME);
         let checked = check_file(&self.disk, &incoming).and_then(|meta| {
-            if meta.position == position {
+            if meta == *announced {
                 Ok(meta)
             } else {
-                let reason = format!("holds position {:?}, announced {:?}", meta.position, position);
+                let reason = format!("holds {meta:?}, announced {announced:?}");
                 Err(SnapshotError::Corrupt { path: incoming.clone(), reason })
             }
         });
         match checked {
             Ok(loaded) => {
-                self.disk.rename(&incoming, &self.path(position))?;
+                self.disk.rename(&incoming, &self.path(announced.position))?;
                 self.disk.sync_dir(&self.dir)?;
                 Ok(loaded)
             }

@@ -370,17 +370,26 @@ impl Transfers {
                 return self.refuse(from, transfer, error, events);
             }
         };
+        // The Raft message must be the sender's, for this node, about this file: its position
+        // (checked here and against the file) and its membership (against the file). Raft
+        // takes the message's word for both, and the store the file's.
         let metadata = message.get_snapshot().get_metadata();
-        if (metadata.index, metadata.term) != (position.index, position.term) || PeerId(message.to).node() != self.node
+        let announced = SnapshotMeta {
+            position: LogPosition { index: metadata.index, term: metadata.term },
+            conf_state: metadata.get_conf_state().into(),
+        };
+        if announced.position != position
+            || PeerId(message.to).node() != self.node
+            || PeerId(message.from).node() != from
         {
             let _ = self.store.abandon_incoming();
             let error = SnapshotError::Corrupt {
                 path: self.store.dir().to_owned(),
-                reason: "the transfer's raft message names another snapshot or replica".into(),
+                reason: "the transfer's raft message names another snapshot, sender or replica".into(),
             };
             return self.refuse(from, transfer, error, events);
         }
-        match self.store.install_incoming(incoming.file, position) {
+        match self.store.install_incoming(incoming.file, &announced) {
             Ok(meta) => {
                 tracing::info!(partition = %self.partition, %from, ?position, size_bytes, "snapshot received");
                 self.metrics.snapshots_received.inc();

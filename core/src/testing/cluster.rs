@@ -452,6 +452,12 @@ impl Cluster {
         }
     }
 
+    /// Puts `envelope` at the head of the network, as if a peer had just sent it (tests of
+    /// hostile or buggy peers).
+    pub fn inject(&mut self, envelope: Envelope) {
+        self.in_flight.push_front(envelope);
+    }
+
     /// Steps until `done` holds, at most `steps_max` steps; returns whether it held.
     pub fn drive_until(&mut self, steps_max: usize, mut done: impl FnMut(&Cluster) -> bool) -> bool {
         for _ in 0..steps_max {

@@ -229,7 +229,8 @@ fn main() {
     // still loaded (all of them unless creating took longer than `unload_after`).
     let writer = client(&cluster, 7);
     let loaded_since = Instant::now().checked_sub(Duration::from_millis(unload_after_ms) / 2).unwrap_or(created_at[0]);
-    let recent = created_at.iter().position(|&at| at >= loaded_since).unwrap_or(0) as u64;
+    // (If none is that recent, the last created are the likeliest still loaded.)
+    let recent = created_at.iter().position(|&at| at >= loaded_since).map_or(partitions - samples, |i| i as u64);
     let recent_step = ((partitions - recent) / samples).max(1);
     let quiesced_sample: Vec<u64> =
         (0..samples).map(|i| recent + i * recent_step).filter(|&i| i < partitions).collect();

@@ -101,6 +101,7 @@ fn msg_snapshot(meta: &SnapshotMeta) -> raft::eraftpb::Message {
     let metadata = message.mut_snapshot().mut_metadata();
     metadata.index = meta.position.index;
     metadata.term = meta.position.term;
+    metadata.set_conf_state((&meta.conf_state).into());
     message
 }
 
@@ -232,6 +233,42 @@ fn a_snapshot_crosses_a_lossy_network_whole_with_a_bounded_window() {
     // The received file is the receiver's own, whole: it imports to the sender's state.
     let store = SnapshotStore::new(receiver_disk.clone(), "default", PARTITION);
     assert_eq!(load(&store, &receiver_disk, meta.position).unwrap(), digest(&state));
+}
+
+/// A transfer whose Raft message lies about the file (another membership) or about who sends
+/// it is refused whole: nothing installed, no file left, and the sender told.
+#[test]
+fn a_transfer_whose_raft_message_lies_is_refused() {
+    let lies: [fn(&mut raft::eraftpb::Message); 2] = [
+        |message| message.mut_snapshot().mut_metadata().mut_conf_state().voters.push(99),
+        |message| message.from = RECEIVER.0 + 40,
+    ];
+    for (seed, lie) in lies.into_iter().enumerate() {
+        let receiver_disk: Arc<dyn Disk> = Arc::new(SimDisk::new(10 + seed as u64));
+        let mut sender = transfers(Arc::new(SimDisk::new(20 + seed as u64)), SENDER);
+        let mut receiver = transfers(receiver_disk.clone(), RECEIVER);
+        let meta = save(sender.store(), &state(4, 2));
+        let mut message = msg_snapshot(&meta);
+        lie(&mut message);
+        let mut events = TransferEvents::default();
+        sender.start(Instant::ZERO, RECEIVER, &message, &mut events);
+        let mut network: VecDeque<Envelope> = events.send.into();
+        let mut finished = Vec::new();
+        let mut installed = false;
+        while let Some(envelope) = network.pop_front() {
+            let mut out = TransferEvents::default();
+            let (to, from) = (envelope.to, envelope.from);
+            let target = if to == RECEIVER { &mut receiver } else { &mut sender };
+            target.handle(Instant::ZERO, from, snapshot_message(envelope), &mut out);
+            network.extend(out.send);
+            finished.extend(out.finished);
+            installed |= out.installed.is_some();
+        }
+        assert!(!installed, "lie {seed}: a lying transfer is not installed");
+        assert_eq!(finished, vec![(RECEIVER, false)], "lie {seed}: the sender learns it failed");
+        let store = SnapshotStore::new(receiver_disk.clone(), "default", PARTITION);
+        assert!(load(&store, &receiver_disk, meta.position).is_err(), "lie {seed}: no snapshot file is kept");
+    }
 }
 
 #[test]

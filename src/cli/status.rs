@@ -204,11 +204,14 @@ pub async fn collect_partition(client: &cohort_net::client::Client, partition: u
 
 pub async fn run(cli: &Cli, json: bool, all: bool) -> anyhow::Result<()> {
     let client = client(cli)?;
-    let list = json || all || {
-        let summary = collect_with(&client, Replicas::None).await?;
-        summary.summaries.iter().all(|s| s.hosted <= LIST_REPLICAS_MAX)
+    // Without `--all` or `--json`, the counts decide whether to list; they are what is shown
+    // if not.
+    let summary = if json || all { None } else { Some(collect_with(&client, Replicas::None).await?) };
+    let list = summary.as_ref().is_none_or(|s| s.summaries.iter().all(|s| s.hosted <= LIST_REPLICAS_MAX));
+    let status = match summary {
+        Some(summary) if !list => summary,
+        _ => collect_with(&client, Replicas::All).await?,
     };
-    let status = collect_with(&client, if list { Replicas::All } else { Replicas::None }).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());

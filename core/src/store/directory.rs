@@ -11,7 +11,6 @@ use crate::state_machine::{
     PartitionInfo, Rejection, RepoId, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PAGE_ROUTES_MAX,
     PARTITION_REPOSITORIES_MAX,
 };
-use std::ops::ControlFlow;
 
 /// The id the next allocation takes (1 before the first).
 pub fn next_partition(counts: &Counts) -> u64 {
@@ -44,22 +43,18 @@ pub fn routes_after(
     after: Option<&RepoId>,
     limit: usize,
 ) -> Result<Vec<(RepoId, PartitionId)>, StoreError> {
-    let prefix = keys::partition_prefix(directory);
-    let mut out = Vec::new();
-    let mut visit = |key: &[u8], value: &[u8]| {
-        if out.len() == limit {
-            return Ok(ControlFlow::Break(()));
-        }
-        let repo =
-            keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
-        out.push((repo, PartitionId(tables::decode_u64("route", value)?)));
-        Ok(ControlFlow::Continue(()))
-    };
-    match after {
-        None => rows.scan(TableId::Routes, &prefix, &mut visit)?,
-        Some(after) => rows.scan_after(TableId::Routes, &prefix, &keys::repo(directory, after), &mut visit)?,
-    }
-    Ok(out)
+    let after = after.map(|repo| keys::repo(directory, repo));
+    tables::scan_page(
+        rows,
+        TableId::Routes,
+        &keys::partition_prefix(directory),
+        after.as_deref(),
+        limit,
+        |repo, value| {
+            let repo = keys::KeyReader::new(repo).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+            Ok((repo, PartitionId(tables::decode_u64("route", value)?)))
+        },
+    )
 }
 
 /// Every recorded partition, by increasing id.
@@ -75,35 +70,23 @@ pub fn partitions_after(
     after: Option<PartitionId>,
     limit: usize,
 ) -> Result<Vec<(PartitionId, PartitionInfo)>, StoreError> {
-    let prefix = keys::partition_prefix(directory);
-    let mut out = Vec::new();
-    let mut visit = |key: &[u8], value: &[u8]| {
-        if out.len() == limit {
-            return Ok(ControlFlow::Break(()));
-        }
-        let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
-        let id = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
-        out.push((PartitionId(id), tables::decode("partition members", value)?));
-        Ok(ControlFlow::Continue(()))
-    };
-    match after {
-        None => rows.scan(TableId::Members, &prefix, &mut visit)?,
-        Some(after) => rows.scan_after(TableId::Members, &prefix, &keys::about(directory, after), &mut visit)?,
-    }
-    Ok(out)
+    let after = after.map(|partition| keys::about(directory, partition));
+    tables::scan_page(
+        rows,
+        TableId::Members,
+        &keys::partition_prefix(directory),
+        after.as_deref(),
+        limit,
+        |id, value| {
+            let id = keys::KeyReader::new(id).take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+            Ok((PartitionId(id), tables::decode("partition members", value)?))
+        },
+    )
 }
 
 /// The repositories routed to `partition`, sorted (a prefix scan of the directory's index).
 pub fn routed_to(rows: &dyn Rows, directory: PartitionId, partition: PartitionId) -> Result<Vec<RepoId>, StoreError> {
-    let prefix = keys::about(directory, partition);
-    let mut out = Vec::new();
-    rows.scan(TableId::PartitionRoutes, &prefix, &mut |key, _| {
-        out.push(
-            keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?,
-        );
-        Ok(ControlFlow::Continue(()))
-    })?;
-    Ok(out)
+    tables::scan_repositories(rows, TableId::PartitionRoutes, &keys::about(directory, partition))
 }
 
 /// Up to `limit` partitions with ids above `after` (from the first with `None`), by

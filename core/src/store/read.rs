@@ -298,15 +298,7 @@ pub fn object(
 
 /// The repositories of a partition, sorted.
 pub fn repositories(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<RepoId>, StoreError> {
-    let prefix = keys::partition_prefix(partition);
-    let mut out = Vec::new();
-    rows.scan(TableId::Repositories, &prefix, &mut |key, _| {
-        out.push(
-            keys::KeyReader::new(&key[prefix.len()..]).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?,
-        );
-        Ok(ControlFlow::Continue(()))
-    })?;
-    Ok(out)
+    tables::scan_repositories(rows, TableId::Repositories, &keys::partition_prefix(partition))
 }
 
 /// What the directory records of one partition (a point read).

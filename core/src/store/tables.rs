@@ -22,10 +22,12 @@
 //! An object is stored in `objects` (whole, if it came in a transaction) or in
 //! `large_objects` and `chunks` (if it was uploaded in pieces), never both.
 
+use super::keys;
 use super::StoreError;
 use crate::codec;
 use crate::ids::{ClientId, PartitionId};
 use crate::persist::{ConfState, LogPosition};
+use crate::state_machine::RepoId;
 use redb::{ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::ops::ControlFlow;
@@ -230,6 +232,39 @@ pub trait Rows {
         })?;
         Ok(found)
     }
+}
+
+/// Up to `limit` rows of `table` under `prefix`, in key order, after the key `after` (from the
+/// first with `None`), each made a `T` by `decode` from its key less `prefix` and its value.
+pub fn scan_page<T>(
+    rows: &dyn Rows,
+    table: TableId,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+    mut decode: impl FnMut(&[u8], &[u8]) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    let mut visit = |key: &[u8], value: &[u8]| {
+        if out.len() == limit {
+            return Ok(ControlFlow::Break(()));
+        }
+        out.push(decode(&key[prefix.len()..], value)?);
+        Ok(ControlFlow::Continue(()))
+    };
+    match after {
+        None => rows.scan(table, prefix, &mut visit)?,
+        Some(after) => rows.scan_after(table, prefix, after, &mut visit)?,
+    }
+    Ok(out)
+}
+
+/// The repositories that the keys of `table` under `prefix` name (each key is `prefix` then a
+/// repository), sorted.
+pub fn scan_repositories(rows: &dyn Rows, table: TableId, prefix: &[u8]) -> Result<Vec<RepoId>, StoreError> {
+    scan_page(rows, table, prefix, None, usize::MAX, |repo, _| {
+        keys::KeyReader::new(repo).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })
+    })
 }
 
 /// A row's key and value.

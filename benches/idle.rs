@@ -29,6 +29,7 @@ mod common;
 
 use cluster::{repo, TestCluster};
 use common::{client, cpu_seconds, metric, rss_bytes, wait_for, write_blob};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +68,19 @@ fn name(i: u64) -> String {
 /// sample until their first event, so a missing one counts as 0 here.
 fn sum_metric(cluster: &TestCluster, name: &str) -> f64 {
     (1..=NODES).filter(|id| cluster.children.contains_key(id)).map(|id| cluster.metric(id, name)).sum()
+}
+
+/// Elections started so far, by node and cause, from every running node's metrics.
+fn elections_by_cause(cluster: &TestCluster) -> BTreeMap<(u64, String), f64> {
+    let mut counts = BTreeMap::new();
+    for id in (1..=NODES).filter(|id| cluster.children.contains_key(id)) {
+        for line in cluster::http_get(&cluster.node(id).http_address, "/metrics").lines() {
+            let Some(rest) = line.strip_prefix("cohort_elections_total{cause=\"") else { continue };
+            let Some((cause, value)) = rest.split_once("\"} ") else { continue };
+            counts.insert((id, cause.to_string()), value.trim().parse().unwrap_or(0.0));
+        }
+    }
+    counts
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -309,6 +323,7 @@ fn main() {
     // The killed node comes back: its replicas open unloaded or resting, the leaders that
     // excused it catch it up, and nothing should be elected.
     let elections_before = sum_metric(&cluster, "cohort_elections_total");
+    let causes_before = elections_by_cause(&cluster);
     let started = Instant::now();
     cluster.start_node(victim);
     cluster.wait_serving_within(victim, Duration::from_secs(600));
@@ -325,14 +340,11 @@ fn main() {
         requiesced.as_secs_f64(),
         metric(&cluster, victim, "cohort_partitions_leader")
     ));
-    let election_causes: Vec<String> = (1..=NODES)
-        .flat_map(|id| {
-            cluster::http_get(&cluster.node(id).http_address, "/metrics")
-                .lines()
-                .filter(|l| l.starts_with("cohort_elections_total{"))
-                .map(|l| format!("node {id} {l}"))
-                .collect::<Vec<_>>()
-        })
+    let election_causes: Vec<String> = elections_by_cause(&cluster)
+        .into_iter()
+        .map(|(key, count)| (key.clone(), count - causes_before.get(&key).copied().unwrap_or(0.0)))
+        .filter(|(_, count)| *count > 0.0)
+        .map(|((node, cause), count)| format!("node {node} {cause}: {count}"))
         .collect();
     // The restarted node leads nothing now: once its followers unload, its memory holds only
     // unloaded replicas, with no history of having loaded them (unlike the nodes above, whose
@@ -448,7 +460,7 @@ fn main() {
         failover.as_secs_f64()
     );
     println!(
-        "restart: node {victim} back with {hosted} replicas ({restart_unloaded} opened unloaded): serving after {:.2} s, every replica at rest again after {:.2} s; elections: {restart_elections} (goal: 0 but the directory replica, which stays awake and may pre-vote once)",
+        "restart: node {victim} back with {hosted} replicas ({restart_unloaded} opened unloaded): serving after {:.2} s, every replica at rest again after {:.2} s; elections: {restart_elections} {election_causes:?} (goal: 0 but the directory replica, which stays awake and may pre-vote once)",
         restart_serving.as_secs_f64(),
         requiesced.as_secs_f64()
     );

@@ -32,6 +32,12 @@ pub const APPLY_QUEUE_REQUESTS_MAX: usize = 4096;
 /// Log writes queued for the group-commit writer (all partitions of a node).
 pub const PERSIST_QUEUE_WRITES_MAX: usize = 8192;
 
+/// Log bytes a leader keeps (uncompacted) for a member on a node known down, so that it catches
+/// up from the log when it returns rather than by a snapshot: enough for the empty entry that
+/// begins a failover's term and a few small writes; a busier partition compacts and sends a
+/// snapshot. Per partition, kept only while that node is down.
+pub const DOWN_MEMBER_LOG_RETAIN_BYTES_MAX: usize = 4 * 1024;
+
 /// Bytes of snapshot file in one transfer chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// Unacknowledged chunks in flight per transfer: each side holds at most this many chunks.

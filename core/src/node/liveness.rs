@@ -50,6 +50,15 @@ impl Liveness {
         Liveness { timeout, last_heard: peers.iter().map(|&p| (p, now)).collect(), down: BTreeSet::new() }
     }
 
+    /// Counts every peer as heard at `now`: the node starts listening. Opening thousands of
+    /// replicas can take longer than the timeout, and silence before the node listened is not
+    /// a peer's.
+    pub fn start_listening(&mut self, now: Instant) {
+        for at in self.last_heard.values_mut() {
+            *at = now;
+        }
+    }
+
     /// Something arrived from `node`. Returns true if that brings it back up.
     pub fn heard(&mut self, node: NodeId, now: Instant) -> bool {
         match self.last_heard.get_mut(&node) {
@@ -99,5 +108,13 @@ mod tests {
         assert!(liveness.heard(NodeId(3), at(1600)), "heard again: up");
         assert!(liveness.down().is_empty());
         assert!(!liveness.heard(NodeId(9), at(1600)), "a node outside the cluster is not tracked");
+    }
+
+    #[test]
+    fn silence_before_the_node_listens_does_not_count() {
+        let mut liveness = Liveness::new(&[NodeId(2)], Duration::from_millis(1000), at(0));
+        liveness.start_listening(at(2500));
+        assert!(!liveness.check(at(3000)), "silent for 500 ms since it listened");
+        assert!(liveness.check(at(3501)));
     }
 }

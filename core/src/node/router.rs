@@ -232,9 +232,12 @@ impl Router {
     pub fn start_liveness(&self) {
         let (changed_tx, mut changed_rx) = mpsc::channel::<()>(1);
         *self.liveness_changed.lock().expect("not poisoned") = Some(changed_tx);
-        for peer in self.liveness.lock().expect("not poisoned").peers() {
+        let mut liveness = self.liveness.lock().expect("not poisoned");
+        liveness.start_listening(self.env.clock.now());
+        for peer in liveness.peers() {
             self.env.metrics.peer_alive.get_or_create(&vec![("peer", peer.to_string())]).set(1);
         }
+        drop(liveness);
         let (clock, interval) = (self.env.clock.clone(), self.liveness_options.interval);
         let this = self.this.clone();
         self.env.spawn.spawn(

@@ -714,11 +714,42 @@ impl Partition {
             } else {
                 self.compaction_deadline_tick = None;
             }
+            if let Some(held) = self.held_for_down_members(target) {
+                if held.index <= compacted.index {
+                    return;
+                }
+                target = held;
+            }
         }
         self.raw.mut_store().compact_to(target);
         let mut write = LogWrite::new(self.config.partition);
         write.compact_through = Some(target);
         self.outputs.push_back(Output::Compact(write));
+    }
+
+    /// Where a leader stops compacting (before `target`) for members on nodes known down, if
+    /// what they will lack when they return is small: from what each matched, or, for one this
+    /// leader never heard from (it was elected because that node died), from the start of its
+    /// term. Such a member then catches up from the log, not by a snapshot: after a node that
+    /// led thousands of partitions dies and restarts, its replicas need only the entries of
+    /// the terms their new leaders began, not thousands of snapshots at once.
+    fn held_for_down_members(&self, target: LogPosition) -> Option<LogPosition> {
+        let raft = &self.raw.raft;
+        let storage = self.raw.store();
+        let compacted = storage.compacted();
+        let term_start = storage.first_index_of_term(raft.term).map(|first| first - 1);
+        let held = raft
+            .prs()
+            .iter()
+            .filter(|(&id, _)| id != raft.id && self.down_nodes.contains(&PeerId(id).node()))
+            .filter_map(|(_, pr)| if pr.matched > 0 { Some(pr.matched) } else { term_start })
+            .filter(|&matched| matched < target.index && matched >= compacted.index)
+            .min()?;
+        if storage.size_bytes_after(held) > limits::DOWN_MEMBER_LOG_RETAIN_BYTES_MAX {
+            return None;
+        }
+        let term = raft.raft_log.term(held).expect("a held entry's term is known");
+        Some(LogPosition { index: held, term })
     }
 
     /// Time passed. Ticks Raft once if a tick is due.

@@ -120,6 +120,19 @@ impl PartitionStorage {
         self.entries.shrink_to_fit();
     }
 
+    /// The index of the first held entry of `term`, if any is held.
+    pub fn first_index_of_term(&self, term: u64) -> Option<u64> {
+        // Terms never decrease along the log.
+        let at = self.entries.partition_point(|e| e.term < term);
+        self.entries.get(at).filter(|e| e.term == term).map(|e| e.index)
+    }
+
+    /// Bytes of the held entries after `after` (their data and context).
+    pub fn size_bytes_after(&self, after: u64) -> usize {
+        let skip = after.saturating_sub(self.compacted.index) as usize;
+        self.entries.iter().skip(skip).map(|e| e.data.len() + e.context.len()).sum()
+    }
+
     fn last_index_held(&self) -> u64 {
         self.compacted.index + self.entries.len() as u64
     }

@@ -651,6 +651,35 @@ fn a_leader_holds_back_compaction_for_a_follower_just_behind_and_it_catches_up_f
     cluster.assert_logs_agree();
 }
 
+#[test]
+fn a_new_leader_keeps_its_terms_entries_for_the_dead_leader_which_catches_up_from_the_log() {
+    let (mut cluster, leader) = quiesced_cluster(46);
+    cluster.crash(leader);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some_and(|l| l != leader)), "a new leader");
+    let new_leader = cluster.leader().unwrap();
+    // The new term's first entry is durable everywhere alive, and the partition quiesces
+    // with the dead node excused.
+    assert!(cluster.drive_until(STEPS_MAX, |c| {
+        let status = c.replica(new_leader).status();
+        all_quiesced(c) && status.durable_index == status.last_index
+    }));
+    let status = cluster.replica(new_leader).status();
+    assert!(
+        status.compacted_index < status.last_index,
+        "the leader kept its term's entries for the member it never heard from: {status:?}"
+    );
+    // The dead node returns: it catches up from the log, and then the leader compacts.
+    cluster.restart(leader);
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, leader) && all_quiesced(c)), "caught up, then quiet");
+    assert_eq!(cluster.snapshots_delivered, 0, "from the log, not by a snapshot");
+    cluster.request(new_leader, create_repo(9));
+    assert!(cluster.drive_until(STEPS_MAX, |c| {
+        let status = c.replica(new_leader).status();
+        status.compacted_index == status.durable_index && status.durable_index == status.last_index
+    }));
+    cluster.assert_logs_agree();
+}
+
 // ---- quiescing (quiesce.rs) ----
 
 fn all_quiesced(cluster: &Cluster) -> bool {

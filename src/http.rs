@@ -103,6 +103,11 @@ async fn metrics(node: &NodeHandle) -> String {
         ConstCounter::new(transport.connections_rejected.load(Ordering::Relaxed)),
     );
     registry.register(
+        "transport_peers_refused_identity",
+        "Peer handshakes refused because the peer came back with another data directory (wiped or replaced)",
+        ConstCounter::new(transport.peers_refused_identity.load(Ordering::Relaxed)),
+    );
+    registry.register(
         "transport_queue_messages",
         "Raft messages waiting in outboxes",
         ConstGauge::new(node.transport.outbox_messages() as i64),

@@ -2,20 +2,24 @@
 //! Decoding never panics: bad bytes are an error that closes the connection.
 
 use cohort_core::codec::{self, DecodeError};
+use cohort_core::env::{Envelope, Payload};
+use cohort_core::ids::{NodeId, PartitionId, PeerId};
 use cohort_core::snapshot::SnapshotMessage;
+use protobuf::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Protocol version, checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// One unit on a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// Dialer → acceptor: who I am, who I think you are, and a fresh nonce.
-    Hello { version: u32, cluster_id: String, from: u64, to: u64, nonce: [u8; 32] },
-    /// Acceptor → dialer: its nonce and proof that it knows the secret.
-    Challenge { nonce: [u8; 32], proof: [u8; 32] },
+    /// Dialer → acceptor: who I am, who I think you are, a fresh nonce, and my data
+    /// directory's instance id (little-endian).
+    Hello { version: u32, cluster_id: String, from: u64, to: u64, nonce: [u8; 32], instance: [u8; 16] },
+    /// Acceptor → dialer: its nonce, its instance id and proof that it knows the secret.
+    Challenge { nonce: [u8; 32], proof: [u8; 32], instance: [u8; 16] },
     /// Dialer → acceptor: proof that it knows the secret.
     Proof { proof: [u8; 32] },
     /// Messages between replicas, each for one partition.
@@ -77,6 +81,44 @@ pub fn decode_payload(payload: &[u8]) -> Result<Frame, DecodeError> {
     codec::decode("peer frame", payload)
 }
 
+/// Why a decoded frame from a peer is refused: the connection that carried it is closed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("a handshake frame after the handshake")]
+    HandshakeFrame,
+    #[error("raft message does not decode: {0}")]
+    RaftDecode(String),
+    #[error("message from {from} to {to} on the connection with node {peer}")]
+    Mislabeled { from: PeerId, to: PeerId, peer: NodeId },
+}
+
+/// The messages of a frame received from `peer` (authenticated) by `me`, ready for the router.
+/// Every Raft message must be from a replica on `peer` to one on `me`; the envelope's
+/// sender is the connection's, whatever the bytes claim.
+pub fn received_envelopes(frame: Frame, peer: NodeId, me: NodeId) -> Result<Vec<Envelope>, ProtocolError> {
+    let Frame::Batch(items) = frame else {
+        return Err(ProtocolError::HandshakeFrame);
+    };
+    let mut envelopes = Vec::with_capacity(items.len());
+    for item in items {
+        let (partition, payload) = match item {
+            WireMessage::Raft { partition, message: bytes } => {
+                let message = raft::eraftpb::Message::parse_from_bytes(&bytes)
+                    .map_err(|e| ProtocolError::RaftDecode(e.to_string()))?;
+                let (from, to) = (PeerId(message.from), PeerId(message.to));
+                if from.node() != peer || to.node() != me {
+                    return Err(ProtocolError::Mislabeled { from, to, peer });
+                }
+                (partition, Payload::Raft(message))
+            }
+            WireMessage::Snapshot { partition, message } => (partition, Payload::Snapshot(message)),
+            WireMessage::NodeHeartbeat => (0, Payload::NodeHeartbeat),
+        };
+        envelopes.push(Envelope { partition: PartitionId(partition), from: peer, to: me, payload });
+    }
+    Ok(envelopes)
+}
+
 /// Writes one frame and flushes it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
@@ -121,6 +163,24 @@ mod tests {
         ]);
         let bytes = encode(&frame);
         assert_eq!(decode_payload(&bytes[4..]).unwrap(), frame);
+    }
+
+    #[test]
+    fn a_raft_message_claiming_another_sender_or_receiver_is_refused() {
+        let raft = |from: u64, to: u64| {
+            let mut message = raft::eraftpb::Message::default();
+            message.from = from;
+            message.to = to;
+            Frame::Batch(vec![WireMessage::Raft { partition: 1, message: message.write_to_bytes().unwrap() }])
+        };
+        let (peer, me) = (NodeId(2), NodeId(1));
+        let envelopes = received_envelopes(raft(PeerId::new(peer, 3).0, 1), peer, me).unwrap();
+        assert_eq!((envelopes[0].from, envelopes[0].to), (peer, me));
+        for (from, to) in [(3, 1), (2, 3)] {
+            assert!(matches!(received_envelopes(raft(from, to), peer, me), Err(ProtocolError::Mislabeled { .. })));
+        }
+        let hello = Frame::Proof { proof: [0; 32] };
+        assert_eq!(received_envelopes(hello, peer, me).unwrap_err(), ProtocolError::HandshakeFrame);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod client;
 pub mod frame;
 pub mod limits;
 pub mod node;
-mod peer;
+pub mod peer;
 pub mod runtime;
 mod tcp_transport;
 

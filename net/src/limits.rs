@@ -12,6 +12,8 @@ pub const OUTBOX_MESSAGES_MAX: usize = 4096;
 pub const FRAME_MESSAGES_MAX: usize = 1024;
 /// Time a new connection has to complete its handshake.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Connections accepted and still in their handshake; more are closed at once.
+pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 16;
 /// Reconnect backoff bounds.
 pub const BACKOFF_MIN_MS: u64 = 50;
 pub const BACKOFF_MAX_MS: u64 = 2_000;

@@ -7,6 +7,7 @@ use crate::{TcpTransport, TransportConfig};
 use cohort_core::env::{Disk, Env, Envelope, Transport};
 use cohort_core::ids::{NodeId, PartitionId};
 use cohort_core::limits::{APPLY_QUEUE_REQUESTS_MAX, PERSIST_QUEUE_WRITES_MAX};
+use cohort_core::node::identity::{Identity, IdentityError, PeerInstances};
 use cohort_core::node::{run_applier, ApplierOptions, NodeService, RouteError, Router, RouterConfig, DIRECTORY};
 use cohort_core::partition::{ReplicaOptions, StoredState};
 use cohort_core::persist::RecoveredPartition;
@@ -67,6 +68,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("listing the replicas' directories: {0}")]
     Disk(#[from] cohort_core::env::DiskError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 pub struct RunningNode {
@@ -84,6 +87,12 @@ pub async fn start(
     spec: NodeSpec,
     wrap_transport: impl FnOnce(Arc<TcpTransport>) -> Arc<dyn Transport>,
 ) -> Result<RunningNode, StartError> {
+    // Before anything else is written: which data directory this is, and whether it is this
+    // node's (see `node::identity`).
+    let instance_seed = u128::from(env.seed) << 64 | u128::from(env.seed.rotate_left(29) ^ spec.node.0);
+    let identity = Identity::open_or_create(&*env.disk, &spec.cluster_id, spec.node, instance_seed)?;
+    let peer_instances = Arc::new(PeerInstances::open(env.disk.clone())?);
+    tracing::info!(node = %spec.node, instance = %identity.instance, "data directory identity");
     let (engine, recovered) = LogEngine::open(env.disk.clone(), Path::new("wal"), LogOptions::default())?;
     tracing::info!(node = %spec.node, partitions = recovered.len(), "log recovered");
     let store = Arc::new(Store::open(&env.disk, &spec.store)?);
@@ -99,8 +108,15 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(spec.listen_peer)
         .await
         .map_err(|source| StartError::Bind { address: spec.listen_peer, source })?;
-    let mut transport_config =
-        TransportConfig::new(spec.node, &spec.cluster_id, &spec.secret, spec.peers.clone(), env.seed);
+    let mut transport_config = TransportConfig::new(
+        spec.node,
+        &spec.cluster_id,
+        &spec.secret,
+        spec.peers.clone(),
+        env.seed,
+        identity.instance,
+        peer_instances,
+    );
     transport_config.frame_size_bytes_max = spec.frame_size_bytes_max;
     transport_config.outbox_messages_max = spec.outbox_messages_max;
     let (inbox_tx, mut inbox_rx) = mpsc::channel::<Vec<Envelope>>(crate::limits::INBOX_BATCHES_MAX);

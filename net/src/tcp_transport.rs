@@ -7,13 +7,14 @@
 //! outbox out and received frames into the node's inbox. Bad bytes from a peer close that
 //! connection only.
 
-use crate::frame::{read_frame, write_frame, Frame, FrameError, WireMessage};
+use crate::frame::{read_frame, received_envelopes, write_frame, Frame, FrameError, ProtocolError, WireMessage};
 use crate::limits;
 use crate::peer::backoff::Backoff;
-use crate::peer::handshake::{self, Credentials};
+use crate::peer::handshake::{self, Credentials, HandshakeError};
 use crate::peer::outbox::Outbox;
 use cohort_core::env::{Envelope, Payload, Transport};
-use cohort_core::ids::{NodeId, PartitionId, PeerId};
+use cohort_core::ids::NodeId;
+use cohort_core::node::identity::{InstanceId, PeerInstances};
 use futures::channel::mpsc;
 use protobuf::Message as _;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -38,6 +39,10 @@ pub struct TransportConfig {
     pub outbox_messages_max: usize,
     /// Seeds handshake nonces and backoff jitter.
     pub seed: u64,
+    /// This node's data directory, presented to peers.
+    pub instance: InstanceId,
+    /// The data directory each peer first presented; another is refused.
+    pub peer_instances: Arc<PeerInstances>,
 }
 
 impl TransportConfig {
@@ -47,8 +52,12 @@ impl TransportConfig {
         secret: &[u8],
         peers: BTreeMap<NodeId, SocketAddr>,
         seed: u64,
+        instance: InstanceId,
+        peer_instances: Arc<PeerInstances>,
     ) -> TransportConfig {
         TransportConfig {
+            instance,
+            peer_instances,
             node,
             cluster_id: cluster_id.to_owned(),
             secret: secret.to_vec(),
@@ -69,6 +78,9 @@ pub struct TransportStats {
     pub messages_dropped: AtomicU64,
     /// Connections closed for a failed handshake or a bad frame.
     pub connections_rejected: AtomicU64,
+    /// Handshakes refused because the peer presented another data directory than the one
+    /// this node first saw for it (it was wiped or replaced; `node::identity`).
+    pub peers_refused_identity: AtomicU64,
 }
 
 struct Link {
@@ -87,6 +99,8 @@ pub struct TcpTransport {
     stats: Arc<TransportStats>,
     rng: Mutex<StdRng>,
     inbox: mpsc::Sender<Vec<Envelope>>,
+    /// Permits for unauthenticated connections in their handshake.
+    handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl TcpTransport {
@@ -120,6 +134,7 @@ impl TcpTransport {
             links,
             stats: Arc::new(TransportStats::default()),
             inbox,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(limits::HANDSHAKES_IN_FLIGHT_MAX)),
         });
         tokio::spawn(transport.clone().accept_loop(listener));
         for link in transport.links.values() {
@@ -147,7 +162,13 @@ impl TcpTransport {
     }
 
     fn credentials(&self) -> Credentials<'_> {
-        Credentials { cluster_id: &self.config.cluster_id, secret: &self.config.secret, node: self.config.node.0 }
+        Credentials {
+            cluster_id: &self.config.cluster_id,
+            secret: &self.config.secret,
+            node: self.config.node.0,
+            instance: self.config.instance,
+            peers: &self.config.peer_instances,
+        }
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
@@ -160,6 +181,13 @@ impl TcpTransport {
                     continue;
                 }
             };
+            // Unauthenticated connections are capped: a flood of them is refused at once
+            // rather than each holding a task, a socket and a handshake timer.
+            let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+                self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%remote, "peer connection refused: too many handshakes in progress");
+                continue;
+            };
             let transport = self.clone();
             // Raft messages are small and latency-bound: never wait to coalesce them.
             let _ = stream.set_nodelay(true);
@@ -167,14 +195,24 @@ impl TcpTransport {
                 let mut stream = stream;
                 let nonce = transport.nonce();
                 let credentials = transport.credentials();
-                let handshake =
-                    handshake::accept(&mut stream, &credentials, |id| transport.links.contains_key(&NodeId(id)), nonce);
+                // Of each pair the lower id dials: only those peers connect here.
+                let me = transport.config.node;
+                let dials_here = |id| NodeId(id) < me && transport.links.contains_key(&NodeId(id));
+                let handshake = handshake::accept(&mut stream, &credentials, dials_here, nonce);
                 let result = tokio::time::timeout(Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS), handshake).await;
+                drop(permit);
                 match result {
                     Ok(Ok(peer)) => {
-                        let link = &transport.links[&NodeId(peer)];
-                        // The link task picks it up; if two are queued the newest wins there.
-                        let _ = link.accepted_tx.send(stream).await;
+                        // The link task picks it up; a newer one replaces it there. Never
+                        // waits: with two already queued, this one is dropped.
+                        if transport.links[&NodeId(peer)].accepted_tx.try_send(stream).is_err() {
+                            tracing::warn!(%remote, %peer, "peer connection dropped: two newer are queued");
+                        }
+                    }
+                    Ok(Err(error @ HandshakeError::Identity(_))) => {
+                        transport.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                        transport.stats.peers_refused_identity.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%remote, %error, "peer refused");
                     }
                     Ok(Err(error)) => {
                         transport.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
@@ -193,10 +231,17 @@ impl TcpTransport {
         let connect = async {
             let mut stream = TcpStream::connect(link.address).await.map_err(|e| e.to_string())?;
             let _ = stream.set_nodelay(true);
-            handshake::dial(&mut stream, &self.credentials(), link.peer.0, self.nonce())
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(stream)
+            match handshake::dial(&mut stream, &self.credentials(), link.peer.0, self.nonce()).await {
+                Ok(()) => Ok(stream),
+                Err(error @ HandshakeError::Identity(_)) => {
+                    // Not a network failure: an operator must act. Said loudly at each retry.
+                    self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                    self.stats.peers_refused_identity.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(peer = %link.peer, %error, "peer refused");
+                    Err(error.to_string())
+                }
+                Err(error) => Err(error.to_string()),
+            }
         };
         match tokio::time::timeout(Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS), connect).await {
             Ok(result) => result,
@@ -341,38 +386,10 @@ impl TcpTransport {
                 // A frame of large entries would otherwise keep its size allocated per peer.
                 buffer = Vec::new();
             }
-            let Frame::Batch(items) = frame else {
-                return PeerError::Protocol("a handshake frame after the handshake".into());
+            let envelopes = match received_envelopes(frame, link.peer, self.config.node) {
+                Ok(envelopes) => envelopes,
+                Err(error) => return PeerError::Protocol(error),
             };
-            let mut envelopes = Vec::with_capacity(items.len());
-            for item in items {
-                let (partition, payload) = match item {
-                    WireMessage::Raft { partition, message: bytes } => {
-                        let message = match raft::eraftpb::Message::parse_from_bytes(&bytes) {
-                            Ok(message) => message,
-                            Err(e) => return PeerError::Protocol(format!("raft message does not decode: {e}")),
-                        };
-                        // The connection is authenticated as `link.peer`: a message claiming
-                        // another sender or addressed elsewhere is a protocol violation.
-                        let (from, to) = (PeerId(message.from).node(), PeerId(message.to).node());
-                        if from != link.peer || to != self.config.node {
-                            return PeerError::Protocol(format!(
-                                "message from {} to {} on the connection with node {}",
-                                message.from, message.to, link.peer
-                            ));
-                        }
-                        (partition, Payload::Raft(message))
-                    }
-                    WireMessage::Snapshot { partition, message } => (partition, Payload::Snapshot(message)),
-                    WireMessage::NodeHeartbeat => (0, Payload::NodeHeartbeat),
-                };
-                envelopes.push(Envelope {
-                    partition: PartitionId(partition),
-                    from: link.peer,
-                    to: self.config.node,
-                    payload,
-                });
-            }
             let count = envelopes.len() as u64;
             self.stats.messages_received.fetch_add(count, Ordering::Relaxed);
             if inbox.try_send(envelopes).is_err() {
@@ -387,7 +404,7 @@ enum PeerError {
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("protocol violation: {0}")]
-    Protocol(String),
+    Protocol(#[from] ProtocolError),
 }
 
 struct PumpOutcome {

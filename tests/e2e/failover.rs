@@ -97,3 +97,57 @@ fn restarting_the_whole_cluster_keeps_every_acknowledged_write() {
     // And the cluster takes writes again.
     rt.block_on(put(&client, 999, "after-restart")).unwrap();
 }
+
+/// A node whose data directory is wiped comes back under its old id having forgotten every
+/// vote and entry it promised: its peers refuse it (it is never heard from, so it can neither
+/// vote nor acknowledge as its old self), and the other two go on losing nothing.
+#[test]
+fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_and_nothing_is_lost() {
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    let client = cluster.client(31);
+    rt.block_on(client.create_repository(&repo("f.git"), None)).unwrap();
+    let mut acknowledged = BTreeMap::new();
+    for key in 0..20 {
+        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("v{key}"))).unwrap());
+    }
+    let identity = |cluster: &TestCluster, id| std::fs::read_to_string(cluster.data_dir(id).join("identity")).unwrap();
+    let before = identity(&cluster, 3);
+    cluster.kill9(3);
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    cluster.start_node(3);
+    cluster.wait_serving(3);
+    assert_ne!(identity(&cluster, 3), before, "a new data directory is a new instance");
+    let refused = |cluster: &TestCluster, id| cluster.metric(id, "cohort_transport_peers_refused_identity_total");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while refused(&cluster, 1) == 0.0 || refused(&cluster, 2) == 0.0 {
+        assert!(Instant::now() < deadline, "nodes 1 and 2 never refused the wiped node 3");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in [1, 2] {
+        assert!(cluster.log(id).contains("came back with another data directory"), "node {id} says why");
+        // Never heard from: down once node liveness's timeout passes.
+        let down = |cluster: &TestCluster| {
+            let metrics = crate::cluster::http_get(&cluster.node(id).http_address, "/metrics");
+            metrics.lines().any(|l| l == "cohort_peer_alive{peer=\"3\"} 0")
+        };
+        while !down(&cluster) {
+            assert!(Instant::now() < deadline, "node {id} never counted node 3 down");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for key in 20..40 {
+        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("v{key}"))).unwrap());
+    }
+    rt.block_on(check_all(&client, &acknowledged));
+    // Restarting a survivor does not forget whom it knew.
+    cluster.kill9(2);
+    cluster.start_node(2);
+    cluster.wait_serving(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while refused(&cluster, 2) == 0.0 {
+        assert!(Instant::now() < deadline, "restarted node 2 accepted the wiped node 3");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    rt.block_on(check_all(&client, &acknowledged));
+}

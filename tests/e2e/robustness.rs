@@ -56,3 +56,175 @@ fn sigterm_stops_a_node_cleanly() {
     let listed = stdout(&cluster.cli(&["repo", "list"]));
     assert!(listed.contains("t.git"), "{listed}");
 }
+
+/// A peer that knows the cluster's secret (node 1's, its process killed and impersonated)
+/// dials nodes 2 and 3 and sends what no honest replica sends: messages raft-rs would panic on
+/// or that lie about their sender, frames too large, undecodable or out of place, the same
+/// batch over and over, and snapshot transfers that lie about their size, their checksum,
+/// their file or their Raft message. Every connection it abuses is closed or its messages
+/// refused; nodes 2 and 3 keep running, keep serving writes, and lose nothing.
+#[test]
+fn an_authenticated_hostile_peer_cannot_kill_wedge_or_corrupt_a_node() {
+    use cohort_core::node::identity::{InstanceId, PeerInstances};
+    use cohort_core::persist::LogPosition;
+    use cohort_core::snapshot::{SnapshotChunk, SnapshotMessage};
+    use cohort_net::frame::{encode, write_frame, Frame, WireMessage};
+    use cohort_net::peer::handshake::{self, Credentials};
+    use protobuf::Message as _;
+    use raft::eraftpb::{Entry, Message, MessageType};
+    use tokio::io::AsyncWriteExt;
+
+    let mut cluster = TestCluster::start(3);
+    let rt = runtime();
+    let client = cluster.client(41);
+    rt.block_on(client.create_repository(&crate::cluster::repo("h.git"), None)).unwrap();
+    let write = |key: u32| {
+        let object = cohort_core::state_machine::NewObject::new(
+            cohort_core::state_machine::ObjectKind::Blob,
+            format!("v{key}").into_bytes(),
+        );
+        let oid = object.oid;
+        let change = cohort_net::client::RefChange {
+            name: cohort_core::state_machine::RefName::new(format!("refs/heads/k{key}")).unwrap(),
+            expected: cohort_core::state_machine::Expected::Any,
+            new: Some(cohort_core::state_machine::RefValue::Direct(oid)),
+        };
+        rt.block_on(client.write(&crate::cluster::repo("h.git"), vec![object], vec![change])).map(|_| oid)
+    };
+    let mut acknowledged: Vec<(u32, _)> = (0..10).map(|k| (k, write(k).unwrap())).collect();
+
+    // Node 1 dies; a hostile process takes its place with its secret and its data
+    // directory's identity.
+    let identity = std::fs::read_to_string(cluster.data_dir(1).join("identity")).unwrap();
+    let instance: InstanceId =
+        identity.lines().find_map(|l| l.strip_prefix("instance = ")).unwrap().trim().parse().unwrap();
+    cluster.kill9(1);
+    let memory = PeerInstances::open(std::sync::Arc::new(cohort_storage::SimDisk::new(1))).unwrap();
+    let credentials = Credentials { cluster_id: "e2e", secret: b"e2e-secret-0123", node: 1, instance, peers: &memory };
+
+    let raft = |to: u64, kind: MessageType, tweak: &dyn Fn(&mut Message)| {
+        let mut message = Message::default();
+        message.set_msg_type(kind);
+        message.from = 1;
+        message.to = to;
+        message.term = 1;
+        tweak(&mut message);
+        message.write_to_bytes().unwrap()
+    };
+    let entry = |index: u64, term: u64| {
+        let mut entry = Entry::default();
+        (entry.index, entry.term) = (index, term);
+        entry
+    };
+    let chunk = |size_bytes: u64, data: Vec<u8>, crc32c: u32, raft_message: Vec<u8>| SnapshotChunk {
+        transfer: 7,
+        position: LogPosition { index: 1_000, term: 50 },
+        size_bytes,
+        offset: 0,
+        crc32c,
+        data,
+        raft_message,
+    };
+    for target in [2u64, 3] {
+        // Messages raft-rs panics on or must never see from a peer, for the directory, the
+        // repository's partition and a partition that does not exist.
+        let mut abusive = Vec::new();
+        for partition in [0, 1, 999] {
+            let kinds: Vec<(MessageType, Box<dyn Fn(&mut Message)>)> = vec![
+                (MessageType::MsgSnapshot, Box::new(|m| m.mut_snapshot().mut_metadata().index = 5)),
+                (MessageType::MsgHeartbeat, Box::new(|m| (m.term, m.commit) = (u64::MAX / 2, u64::MAX))),
+                (
+                    MessageType::MsgAppend,
+                    Box::new(|m| {
+                        (m.index, m.log_term, m.commit) = (1, 1, u64::MAX);
+                        m.entries = vec![entry(3, 1), entry(2, 9)].into();
+                    }),
+                ),
+                (MessageType::MsgHup, Box::new(|_| {})),
+                (MessageType::MsgBeat, Box::new(|_| {})),
+                (MessageType::MsgCheckQuorum, Box::new(|_| {})),
+                (MessageType::MsgTransferLeader, Box::new(|_| {})),
+                (MessageType::MsgPropose, Box::new(|m| m.term = 0)),
+                (MessageType::MsgReadIndex, Box::new(|m| m.term = 0)),
+                (MessageType::MsgAppendResponse, Box::new(|m| m.index = u64::MAX - 1)),
+                (MessageType::MsgRequestVote, Box::new(|m| m.term = 0)),
+            ];
+            for (kind, tweak) in &kinds {
+                abusive.push(WireMessage::Raft { partition, message: raft(target, *kind, tweak.as_ref()) });
+            }
+            // Snapshot transfers that lie.
+            let good_raft = raft(target, MessageType::MsgSnapshot, &|m| {
+                let metadata = m.mut_snapshot().mut_metadata();
+                (metadata.index, metadata.term) = (1_000, 50);
+                metadata.mut_conf_state().voters = vec![1, 2, 3];
+            });
+            let data = b"not a snapshot file".to_vec();
+            let crc = crc32c::crc32c(&data);
+            for lie in [
+                chunk(1 << 40, data.clone(), crc, good_raft.clone()),
+                chunk(data.len() as u64, data.clone(), crc ^ 1, good_raft.clone()),
+                chunk(data.len() as u64, data.clone(), crc, vec![1, 2, 3]),
+                chunk(data.len() as u64, data.clone(), crc, good_raft.clone()),
+                chunk(data.len() as u64, data.clone(), crc, raft(9, MessageType::MsgSnapshot, &|_| {})),
+            ] {
+                abusive.push(WireMessage::Snapshot { partition, message: SnapshotMessage::Chunk(lie) });
+            }
+        }
+        let mislabeled =
+            vec![WireMessage::Raft { partition: 1, message: raft(target, MessageType::MsgHeartbeat, &|m| m.from = 2) }];
+        let address = cluster.node(target).peer_address.clone();
+        rt.block_on(async {
+            let connect = || async {
+                let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+                handshake::dial(&mut stream, &credentials, target, [target as u8; 32]).await.expect("authenticated");
+                stream
+            };
+            // Refused message by message: the connection stays; sent again and again.
+            let mut stream = connect().await;
+            for _ in 0..20 {
+                let _ = write_frame(&mut stream, &Frame::Batch(abusive.clone()), 16 << 20).await;
+            }
+            // Each of these closes its connection.
+            let closing: Vec<Vec<u8>> = vec![
+                encode(&Frame::Batch(mislabeled.clone())),
+                encode(&Frame::Batch(vec![WireMessage::Raft { partition: 1, message: vec![0xff; 40] }])),
+                encode(&Frame::Proof { proof: [0; 32] }),
+                u32::MAX.to_le_bytes().to_vec(),
+                [&20u32.to_le_bytes()[..], &[0xee; 20]].concat(),
+            ];
+            for bytes in closing {
+                let mut stream = connect().await;
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    // Nodes 2 and 3 are alive (a panic stops a node), still a quorum, and lose nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    for id in [2, 3] {
+        assert!(cluster.children.get_mut(&id).unwrap().try_wait().unwrap().is_none(), "node {id} still runs");
+        assert!(crate::cluster::http_get(&cluster.node(id).http_address, "/health").contains("200 OK"));
+        let log = cluster.log(id);
+        assert!(!log.contains("panicked"), "node {id} panicked:\n{log}");
+        assert!(log.contains("refused a peer's raft message"), "node {id} logged what it refused");
+    }
+    acknowledged.extend((10..20).map(|k| (k, write(k).expect("writes go on"))));
+    let (refs, _) = rt.block_on(client.read_refs(&crate::cluster::repo("h.git"), false)).unwrap();
+    for (key, oid) in &acknowledged {
+        let name = format!("refs/heads/k{key}");
+        assert!(
+            refs.iter().any(|(n, v)| n.as_str() == name && *v == cohort_core::state_machine::RefValue::Direct(*oid)),
+            "{name} survives"
+        );
+    }
+    // The real node 1 comes back and is accepted as itself.
+    cluster.start_node(1);
+    cluster.wait_serving(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cluster.metric(2, "cohort_peer_alive") < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "node 1 was not taken back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

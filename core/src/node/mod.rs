@@ -9,6 +9,7 @@
 
 mod actor;
 mod applier;
+pub mod identity;
 pub mod liveness;
 mod persisted;
 mod router;

@@ -1,12 +1,17 @@
 //! Mutual authentication of a new peer connection with the cluster's shared secret.
 //!
-//! Dialer sends `Hello` (cluster id, its id, the id it expects, a nonce). The acceptor checks
-//! the cluster id and that the dialer is a known peer, and answers `Challenge` with its own
-//! nonce and an HMAC proving it knows the secret. The dialer checks that proof and answers
-//! `Proof`, its own HMAC. Both HMACs cover both nonces and both ids, so a recorded exchange is
-//! useless on another connection, and neither side reveals the secret.
+//! Dialer sends `Hello` (cluster id, its id, the id it expects, a nonce, its data directory's
+//! instance id). The acceptor checks the cluster id and that the dialer is a known peer, and
+//! answers `Challenge` with its own nonce and instance and an HMAC proving it knows the secret.
+//! The dialer checks that proof and answers `Proof`, its own HMAC. Both HMACs cover both
+//! nonces, both ids and both instances, so a recorded exchange is useless on another
+//! connection, and neither side reveals the secret. Once a side has verified the other's
+//! proof, it admits the other's instance (`node::identity`): a node whose data directory was
+//! replaced is refused as its old self.
 
 use crate::frame::{read_frame, write_frame, Frame, FrameError, PROTOCOL_VERSION};
+use cohort_core::ids::NodeId;
+use cohort_core::node::identity::{IdentityError, InstanceId, PeerInstances};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,12 +29,14 @@ pub enum HandshakeError {
     Version(u32),
     #[error("peer belongs to cluster {0:?}")]
     WrongCluster(String),
-    #[error("peer claims node id {0}, which is not a configured peer")]
+    #[error("peer claims node id {0}, which may not dial this node (not a configured peer, or not the lower id of the pair)")]
     UnknownPeer(u64),
     #[error("peer expected node {expected}, this is node {actual}")]
     WrongTarget { expected: u64, actual: u64 },
     #[error("peer failed to prove it knows the cluster secret")]
     BadProof,
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 /// What both ends need to authenticate.
@@ -37,6 +44,10 @@ pub struct Credentials<'a> {
     pub cluster_id: &'a str,
     pub secret: &'a [u8],
     pub node: u64,
+    /// This node's data directory.
+    pub instance: InstanceId,
+    /// The instance each peer first presented.
+    pub peers: &'a PeerInstances,
 }
 
 /// The HMAC one side sends: `role` says which side, so a proof cannot be reflected back.
@@ -46,6 +57,8 @@ struct ProofInput<'a> {
     acceptor: u64,
     dialer_nonce: &'a [u8; 32],
     acceptor_nonce: &'a [u8; 32],
+    dialer_instance: InstanceId,
+    acceptor_instance: InstanceId,
 }
 
 fn proof_mac(secret: &[u8], role: &[u8], input: &ProofInput<'_>) -> Hmac<Sha256> {
@@ -56,6 +69,8 @@ fn proof_mac(secret: &[u8], role: &[u8], input: &ProofInput<'_>) -> Hmac<Sha256>
     mac.update(&input.acceptor.to_le_bytes());
     mac.update(input.dialer_nonce);
     mac.update(input.acceptor_nonce);
+    mac.update(&input.dialer_instance.0.to_le_bytes());
+    mac.update(&input.acceptor_instance.0.to_le_bytes());
     mac
 }
 
@@ -81,28 +96,33 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
         from: me.node,
         to: peer,
         nonce,
+        instance: me.instance.0.to_le_bytes(),
     };
     write_frame(stream, &hello, HANDSHAKE_FRAME_SIZE_BYTES_MAX).await?;
     let mut buffer = Vec::new();
-    let Frame::Challenge { nonce: their_nonce, proof: their_proof } =
+    let Frame::Challenge { nonce: their_nonce, proof: their_proof, instance: their_instance } =
         read_frame(stream, HANDSHAKE_FRAME_SIZE_BYTES_MAX, &mut buffer).await?
     else {
         return Err(HandshakeError::Unexpected);
     };
+    let their_instance = InstanceId(u128::from_le_bytes(their_instance));
     let input = ProofInput {
         cluster_id: me.cluster_id,
         dialer: me.node,
         acceptor: peer,
         dialer_nonce: &nonce,
         acceptor_nonce: &their_nonce,
+        dialer_instance: me.instance,
+        acceptor_instance: their_instance,
     };
     verify(me.secret, b"acceptor", &input, &their_proof)?;
+    me.peers.admit(NodeId(peer), their_instance)?;
     let mine = proof(me.secret, b"dialer", &input);
     write_frame(stream, &Frame::Proof { proof: mine }, HANDSHAKE_FRAME_SIZE_BYTES_MAX).await?;
     Ok(())
 }
 
-/// The accepting side. `is_peer` says whether a node id is a configured peer. Returns the
+/// The accepting side. `is_peer` says whether a node id is a peer that may dial this node. Returns the
 /// authenticated peer's id.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
@@ -111,7 +131,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     nonce: [u8; 32],
 ) -> Result<u64, HandshakeError> {
     let mut buffer = Vec::new();
-    let Frame::Hello { version, cluster_id, from, to, nonce: their_nonce } =
+    let Frame::Hello { version, cluster_id, from, to, nonce: their_nonce, instance: their_instance } =
         read_frame(stream, HANDSHAKE_FRAME_SIZE_BYTES_MAX, &mut buffer).await?
     else {
         return Err(HandshakeError::Unexpected);
@@ -134,13 +154,17 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         acceptor: me.node,
         dialer_nonce: &their_nonce,
         acceptor_nonce: &nonce,
+        dialer_instance: InstanceId(u128::from_le_bytes(their_instance)),
+        acceptor_instance: me.instance,
     };
     let mine = proof(me.secret, b"acceptor", &input);
-    write_frame(stream, &Frame::Challenge { nonce, proof: mine }, HANDSHAKE_FRAME_SIZE_BYTES_MAX).await?;
+    let challenge = Frame::Challenge { nonce, proof: mine, instance: me.instance.0.to_le_bytes() };
+    write_frame(stream, &challenge, HANDSHAKE_FRAME_SIZE_BYTES_MAX).await?;
     let Frame::Proof { proof: their_proof } = read_frame(stream, HANDSHAKE_FRAME_SIZE_BYTES_MAX, &mut buffer).await?
     else {
         return Err(HandshakeError::Unexpected);
     };
     verify(me.secret, b"dialer", &input, &their_proof)?;
+    me.peers.admit(NodeId(from), input.dialer_instance)?;
     Ok(from)
 }

@@ -2,7 +2,9 @@
 
 use cohort_core::env::{Envelope, Payload, Transport};
 use cohort_core::ids::{NodeId, PartitionId};
+use cohort_core::node::identity::{InstanceId, PeerInstances};
 use cohort_net::{TcpTransport, TransportConfig};
+use cohort_storage::SimDisk;
 use futures::channel::mpsc;
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -36,21 +38,42 @@ struct Pair {
     b_address: SocketAddr,
 }
 
+/// What a node remembers of its peers' data directories, on a disk of its own.
+fn memory() -> Arc<PeerInstances> {
+    Arc::new(PeerInstances::open(Arc::new(SimDisk::new(1))).unwrap())
+}
+
+/// Node `node` of a two-node cluster "c" whose other node listens at `peer`, its data
+/// directory's instance being `instance`.
+fn config(node: u64, secret: &[u8], peer: SocketAddr, instance: u128, memory: &Arc<PeerInstances>) -> TransportConfig {
+    let other = NodeId(3 - node);
+    TransportConfig::new(
+        NodeId(node),
+        "c",
+        secret,
+        BTreeMap::from([(other, peer)]),
+        node,
+        InstanceId(instance),
+        memory.clone(),
+    )
+}
+
 async fn pair(secret_a: &[u8], secret_b: &[u8]) -> Pair {
+    pair_remembering(secret_a, secret_b, &memory(), &memory()).await
+}
+
+async fn pair_remembering(
+    secret_a: &[u8],
+    secret_b: &[u8],
+    memory_a: &Arc<PeerInstances>,
+    memory_b: &Arc<PeerInstances>,
+) -> Pair {
     let (la, aa) = listener().await;
     let (lb, ab) = listener().await;
     let (tx_a, a_inbox) = mpsc::channel(64);
     let (tx_b, b_inbox) = mpsc::channel(64);
-    let a = TcpTransport::start(
-        TransportConfig::new(NodeId(1), "c", secret_a, BTreeMap::from([(NodeId(2), ab)]), 1),
-        la,
-        tx_a,
-    );
-    let b = TcpTransport::start(
-        TransportConfig::new(NodeId(2), "c", secret_b, BTreeMap::from([(NodeId(1), aa)]), 2),
-        lb,
-        tx_b,
-    );
+    let a = TcpTransport::start(config(1, secret_a, ab, 1, memory_a), la, tx_a);
+    let b = TcpTransport::start(config(2, secret_b, aa, 2, memory_b), lb, tx_b);
     Pair { a, b, a_inbox, b_inbox, b_address: ab }
 }
 
@@ -107,6 +130,47 @@ async fn garbage_on_the_peer_port_closes_that_connection_only() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(p.b.stats().connections_rejected.load(Ordering::Relaxed) >= 2);
     // The authenticated connection still carries messages.
+    p.a.send(NodeId(2), vec![envelope(1, 2, 9, 9)]);
+    assert_eq!(next(&mut p.b_inbox).await.expect("still delivered"), vec![envelope(1, 2, 9, 9)]);
+}
+
+#[tokio::test]
+async fn each_side_remembers_the_data_directory_its_peer_first_presented() {
+    let (memory_a, memory_b) = (memory(), memory());
+    let p = pair_remembering(b"s", b"s", &memory_a, &memory_b).await;
+    wait_connected(&p.a).await;
+    wait_connected(&p.b).await;
+    assert_eq!(memory_a.remembered(NodeId(2)), Some(InstanceId(2)));
+    assert_eq!(memory_b.remembered(NodeId(1)), Some(InstanceId(1)));
+}
+
+/// A node that knew its peer as another data directory (the peer was wiped and came back
+/// under its old id) refuses it, whichever side dials.
+#[tokio::test]
+async fn a_peer_back_with_another_data_directory_is_refused_by_either_side() {
+    for refusing_side in [1, 2] {
+        let (memory_a, memory_b) = (memory(), memory());
+        let memory = if refusing_side == 1 { &memory_a } else { &memory_b };
+        memory.admit(NodeId(3 - refusing_side), InstanceId(77)).unwrap();
+        let mut p = pair_remembering(b"s", b"s", &memory_a, &memory_b).await;
+        p.a.send(NodeId(2), vec![envelope(1, 2, 5, 1)]);
+        assert!(tokio::time::timeout(Duration::from_millis(500), p.b_inbox.next()).await.is_err(), "nothing delivered");
+        let refusing = if refusing_side == 1 { &p.a } else { &p.b };
+        assert!(refusing.stats().peers_refused_identity.load(Ordering::Relaxed) > 0, "node {refusing_side} refused");
+        assert!(refusing.connected_peers().is_empty());
+        assert_eq!(memory.remembered(NodeId(3 - refusing_side)), Some(InstanceId(77)), "the first is kept");
+    }
+}
+
+#[tokio::test]
+async fn connections_that_never_finish_their_handshake_are_capped_and_the_peer_link_goes_on() {
+    let mut p = pair(b"s", b"s").await;
+    wait_connected(&p.a).await;
+    let silent: Vec<_> = futures::future::join_all((0..40).map(|_| tokio::net::TcpStream::connect(p.b_address))).await;
+    assert!(silent.iter().all(Result::is_ok));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rejected = p.b.stats().connections_rejected.load(Ordering::Relaxed);
+    assert!(rejected >= 40 - cohort_net::limits::HANDSHAKES_IN_FLIGHT_MAX as u64, "only {rejected} refused at once");
     p.a.send(NodeId(2), vec![envelope(1, 2, 9, 9)]);
     assert_eq!(next(&mut p.b_inbox).await.expect("still delivered"), vec![envelope(1, 2, 9, 9)]);
 }

@@ -2,6 +2,7 @@
 
 mod disks;
 mod group_commit;
+mod identity;
 mod log;
 mod log_model;
 mod recovery_input;

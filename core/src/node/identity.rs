@@ -1,0 +1,178 @@
+//! Node identity: which data directory a node id runs on.
+//!
+//! A node id names a place in the cluster's configuration; the Raft state that node promised
+//! (votes, acknowledged entries) lives in its data directory. A node whose directory was wiped
+//! or swapped and that came back under its old id would vote and acknowledge as replicas that
+//! forgot what they promised, which breaks Raft's safety. So each data directory gets a random
+//! *instance* id at its first start (`identity`, beside the log), every peer connection
+//! presents it (covered by the handshake's proof), and each node remembers durably the instance
+//! it first saw for every peer (`peers`). A peer presenting another instance is refused until
+//! an operator replaces it.
+//!
+//! Both files are small text files an operator can read, each replaced atomically.
+
+use crate::env::{write_file_atomic, Disk, DiskError};
+use crate::ids::NodeId;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Mutex;
+
+const IDENTITY_FILE: &str = "identity";
+const PEERS_FILE: &str = "peers";
+
+/// A data directory's random id, chosen at its first start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceId(pub u128);
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::str::FromStr for InstanceId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<InstanceId, Self::Err> {
+        u128::from_str_radix(s, 16).map(InstanceId)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("node identity files: {0}")]
+    Disk(#[from] DiskError),
+    #[error("{file} is damaged: {reason}")]
+    Corrupt { file: &'static str, reason: String },
+    #[error(
+        "this data directory belongs to node {node} of cluster {cluster_id:?}, not to node {expected_node} of cluster {expected_cluster:?}"
+    )]
+    WrongDirectory { node: NodeId, cluster_id: String, expected_node: NodeId, expected_cluster: String },
+    #[error(
+        "node {node} came back with another data directory (instance {presented}; this node knew {remembered}): \
+         it lost what it promised as a Raft member and is refused until an operator replaces it"
+    )]
+    Replaced { node: NodeId, remembered: InstanceId, presented: InstanceId },
+}
+
+/// Who this data directory is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub node: NodeId,
+    pub instance: InstanceId,
+}
+
+impl Identity {
+    /// Reads the data directory's identity, or gives a new directory one (drawn from `seed`)
+    /// and writes it durably before anything else is. A directory of another node or cluster
+    /// is an error: starting on it would make this node someone else.
+    pub fn open_or_create(
+        disk: &dyn Disk,
+        cluster_id: &str,
+        node: NodeId,
+        seed: u128,
+    ) -> Result<Identity, IdentityError> {
+        let path = Path::new(IDENTITY_FILE);
+        if !disk.exists(path)? {
+            let identity = Identity { cluster_id: cluster_id.to_owned(), node, instance: InstanceId(seed) };
+            write_file_atomic(disk, path, identity.encode().as_bytes())?;
+            return Ok(identity);
+        }
+        let identity = Identity::decode(&disk.read(path)?)?;
+        if identity.node != node || identity.cluster_id != cluster_id {
+            return Err(IdentityError::WrongDirectory {
+                node: identity.node,
+                cluster_id: identity.cluster_id,
+                expected_node: node,
+                expected_cluster: cluster_id.to_owned(),
+            });
+        }
+        Ok(identity)
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "# cohort data directory: written at its first start, never changed\ncluster = {}\nnode = {}\ninstance = {}\n",
+            self.cluster_id, self.node.0, self.instance
+        )
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Identity, IdentityError> {
+        let corrupt = |reason: &str| IdentityError::Corrupt { file: IDENTITY_FILE, reason: reason.to_owned() };
+        let fields = key_values(bytes).map_err(|reason| corrupt(&reason))?;
+        let field = |key: &str| fields.get(key).ok_or_else(|| corrupt(&format!("no {key}")));
+        Ok(Identity {
+            cluster_id: field("cluster")?.clone(),
+            node: NodeId(field("node")?.parse().map_err(|_| corrupt("node is not a number"))?),
+            instance: field("instance")?.parse().map_err(|_| corrupt("instance is not a hex id"))?,
+        })
+    }
+}
+
+/// `key = value` lines (`#` comments), each key once.
+fn key_values(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
+    let mut fields = BTreeMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let (key, value) = line.split_once('=').ok_or_else(|| format!("not a `key = value` line: {line:?}"))?;
+        if fields.insert(key.trim().to_owned(), value.trim().to_owned()).is_some() {
+            return Err(format!("{} given twice", key.trim()));
+        }
+    }
+    Ok(fields)
+}
+
+/// The instance this node first saw for each peer, remembered durably.
+pub struct PeerInstances {
+    disk: std::sync::Arc<dyn Disk>,
+    known: Mutex<BTreeMap<NodeId, InstanceId>>,
+}
+
+impl fmt::Debug for PeerInstances {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.known.lock().expect("not poisoned").iter()).finish()
+    }
+}
+
+impl PeerInstances {
+    pub fn open(disk: std::sync::Arc<dyn Disk>) -> Result<PeerInstances, IdentityError> {
+        let path = Path::new(PEERS_FILE);
+        let mut known = BTreeMap::new();
+        if disk.exists(path)? {
+            let corrupt = |reason: String| IdentityError::Corrupt { file: PEERS_FILE, reason };
+            for (node, instance) in key_values(&disk.read(path)?).map_err(corrupt)? {
+                let node = node.parse().map_err(|_| corrupt(format!("{node:?} is not a node id")))?;
+                let instance = instance.parse().map_err(|_| corrupt(format!("{instance:?} is not a hex id")))?;
+                known.insert(NodeId(node), instance);
+            }
+        }
+        Ok(PeerInstances { disk, known: Mutex::new(known) })
+    }
+
+    /// Whether `node` may connect as `instance`: the first instance seen is remembered
+    /// (durably, before this returns); any other is refused.
+    pub fn admit(&self, node: NodeId, instance: InstanceId) -> Result<(), IdentityError> {
+        let mut known = self.known.lock().expect("not poisoned");
+        match known.get(&node) {
+            Some(&remembered) if remembered == instance => Ok(()),
+            Some(&remembered) => Err(IdentityError::Replaced { node, remembered, presented: instance }),
+            None => {
+                let mut next = known.clone();
+                next.insert(node, instance);
+                let mut text = String::from("# the data directory instance first seen for each peer node\n");
+                for (node, instance) in &next {
+                    text.push_str(&format!("{} = {instance}\n", node.0));
+                }
+                write_file_atomic(&*self.disk, Path::new(PEERS_FILE), text.as_bytes())?;
+                *known = next;
+                Ok(())
+            }
+        }
+    }
+
+    /// The instance remembered for `node`, if any.
+    pub fn remembered(&self, node: NodeId) -> Option<InstanceId> {
+        self.known.lock().expect("not poisoned").get(&node).copied()
+    }
+}

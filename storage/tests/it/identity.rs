@@ -1,0 +1,69 @@
+//! Node identity (cohort-core's `node::identity`) on the crash-faithful `SimDisk`: a data
+//! directory keeps the instance id it was given at its first start, and a node admits each
+//! peer only as the instance it first saw.
+
+use cohort_core::env::{write_file_atomic, Disk};
+use cohort_core::ids::NodeId;
+use cohort_core::node::identity::{Identity, IdentityError, InstanceId, PeerInstances};
+use cohort_storage::SimDisk;
+use std::path::Path;
+use std::sync::Arc;
+
+#[test]
+fn a_directory_keeps_its_identity_and_refuses_another_node() {
+    let disk = SimDisk::new(1);
+    let first = Identity::open_or_create(&disk, "c", NodeId(2), 0xabc).unwrap();
+    let again = Identity::open_or_create(&disk, "c", NodeId(2), 0xdef).unwrap();
+    assert_eq!(first, again, "the instance is chosen once");
+    assert!(matches!(
+        Identity::open_or_create(&disk, "c", NodeId(3), 1),
+        Err(IdentityError::WrongDirectory { node: NodeId(2), .. })
+    ));
+    assert!(matches!(
+        Identity::open_or_create(&disk, "other", NodeId(2), 1),
+        Err(IdentityError::WrongDirectory { .. })
+    ));
+}
+
+#[test]
+fn a_peer_is_admitted_as_its_first_instance_only_and_that_is_remembered() {
+    let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(1));
+    let peers = PeerInstances::open(disk.clone()).unwrap();
+    peers.admit(NodeId(3), InstanceId(7)).unwrap();
+    peers.admit(NodeId(3), InstanceId(7)).unwrap();
+    peers.admit(NodeId(1), InstanceId(9)).unwrap();
+    let reopened = PeerInstances::open(disk).unwrap();
+    assert_eq!(reopened.remembered(NodeId(3)), Some(InstanceId(7)));
+    assert!(matches!(
+        reopened.admit(NodeId(3), InstanceId(8)),
+        Err(IdentityError::Replaced { node: NodeId(3), remembered: InstanceId(7), presented: InstanceId(8) })
+    ));
+    reopened.admit(NodeId(1), InstanceId(9)).unwrap();
+}
+
+#[test]
+fn damaged_identity_files_are_errors() {
+    let disk = SimDisk::new(1);
+    for bytes in [&b"node = 2\n"[..], b"cluster = c\nnode = x\ninstance = 1\n", b"\xff", b"node = 1\nnode = 2\n"] {
+        write_file_atomic(&disk, Path::new("identity"), bytes).unwrap();
+        assert!(matches!(Identity::open_or_create(&disk, "c", NodeId(1), 1), Err(IdentityError::Corrupt { .. })));
+    }
+}
+
+/// Power lost at any step of a first start leaves either no identity (the start never
+/// finished, and nothing else was written after it) or the whole one, never a damaged file.
+#[test]
+fn power_loss_while_creating_the_identity_leaves_none_or_all_of_it() {
+    for ops in 0..12 {
+        let disk = SimDisk::new(ops);
+        disk.set_power_loss_after_ops(Some(ops));
+        let created = Identity::open_or_create(&disk, "c", NodeId(1), 5);
+        disk.crash();
+        let reopened = Identity::open_or_create(&disk, "c", NodeId(1), 6).unwrap();
+        if created.is_ok() {
+            assert_eq!(reopened.instance, InstanceId(5), "a created identity is durable (power lost after op {ops})");
+        } else {
+            assert!(reopened.instance == InstanceId(5) || reopened.instance == InstanceId(6));
+        }
+    }
+}

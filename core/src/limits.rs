@@ -6,6 +6,13 @@ pub const MAILBOX_MESSAGES_MAX: usize = 1024;
 /// Bytes (`PartitionInput::size_bytes`) a partition's mailbox holds before senders see it
 /// full: room for a few of the largest writes, and for a window of snapshot chunks.
 pub const MAILBOX_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Bytes of a mailbox that client requests and inspections may fill; the rest is kept for
+/// Raft's messages (a leader whose mailbox is full of writes must still hear the
+/// acknowledgements that commit them).
+pub const MAILBOX_REQUEST_BYTES_MAX: usize = MAILBOX_BYTES_MAX / 2;
+/// Client requests and inspections a mailbox holds; likewise, the rest of its inputs are kept
+/// for Raft's messages.
+pub const MAILBOX_REQUESTS_MAX: usize = MAILBOX_MESSAGES_MAX / 2;
 /// Proposals a partition holds between `propose` and their answer; beyond it: `Busy`.
 pub const PROPOSALS_PENDING_MAX: usize = 4096;
 /// Linearizable reads waiting for a ReadIndex or for apply; beyond it: `Busy`.
@@ -60,5 +67,6 @@ const _: () = assert!(COMMAND_SIZE_BYTES_MAX as u64 <= APPLY_BATCH_BYTES_MAX);
 const _: () = assert!(COMMAND_SIZE_BYTES_MAX < crate::codec::DECODE_SIZE_BYTES_MAX);
 const _: () = assert!(PROPOSALS_PENDING_MAX >= MAILBOX_MESSAGES_MAX);
 const _: () = assert!(MAILBOX_BYTES_MAX >= 2 * COMMAND_SIZE_BYTES_MAX);
+const _: () = assert!(MAILBOX_REQUEST_BYTES_MAX >= 2 * COMMAND_SIZE_BYTES_MAX);
 const _: () = assert!(MAILBOX_BYTES_MAX >= 2 * SNAPSHOT_WINDOW_CHUNKS as usize * SNAPSHOT_CHUNK_BYTES);
 const _: () = assert!(SNAPSHOT_INCOMING_IDLE_TICKS_MAX > SNAPSHOT_ACK_TIMEOUT_TICKS * 2);

@@ -50,7 +50,19 @@ impl PartitionInput {
     /// What it holds in memory, roughly: its own size and the payload bytes it carries (Raft
     /// entries, snapshot chunks, objects in a write).
     pub fn size_bytes(&self) -> usize {
-        let payload = match self {
+        std::mem::size_of::<PartitionInput>() + self.payload_bytes()
+    }
+
+    /// A client's request or an inspection: what `MAILBOX_REQUEST_*` bound, as opposed to
+    /// what Raft and the node itself send.
+    pub fn is_client_request(&self) -> bool {
+        matches!(self, PartitionInput::Request { .. } | PartitionInput::Inspect(_))
+    }
+
+    /// The bytes this input carries beyond its own struct: entries, snapshot data, a write's
+    /// objects. Zero for Raft's control messages (heartbeats, votes, acknowledgements).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
             PartitionInput::Message(envelope) => match &envelope.payload {
                 Payload::Raft(message) => {
                     message.entries.iter().map(|entry| entry.data.len() + entry.context.len()).sum::<usize>()
@@ -63,14 +75,18 @@ impl PartitionInput {
                 command.op.data_bytes()
             }
             _ => 0,
-        };
-        std::mem::size_of::<PartitionInput>() + payload
+        }
     }
 }
 
-/// How many bytes wait in a replica's mailbox: senders add (under the router's lock, refusing
-/// what would pass `MAILBOX_BYTES_MAX`), the actor subtracts what it takes out.
-pub(super) type MailboxBytes = Arc<std::sync::atomic::AtomicUsize>;
+/// What waits in a replica's mailbox: its bytes, and how many of its inputs are client
+/// requests or inspections. Senders add (under the router's lock, refusing what would pass
+/// the bounds), the actor subtracts what it takes out.
+#[derive(Debug, Default)]
+pub(super) struct MailboxLoad {
+    pub bytes: std::sync::atomic::AtomicUsize,
+    pub requests: std::sync::atomic::AtomicUsize,
+}
 
 /// What a replica's actor needs of the node hosting it. The router implements it and owns
 /// every replica's lifecycle (creating, unloading, retiring): an actor reports what its
@@ -110,7 +126,7 @@ pub(super) enum Unload {
 pub(super) struct Actor {
     pub partition: Partition,
     pub mailbox: mpsc::Receiver<PartitionInput>,
-    pub mailbox_bytes: MailboxBytes,
+    pub mailbox_load: Arc<MailboxLoad>,
     pub env: Env,
     pub transport: Arc<dyn Transport>,
     pub persist: mpsc::Sender<PersistRequest>,
@@ -350,7 +366,9 @@ impl Shell for Actor {
             let now = self.env.clock.now();
             self.record_members(now);
             let (deadline, unload_at) = self.deadlines(now);
-            let Some(wake) = self.poll_wake(cx, now, deadline) else { return Step::Wait { deadline } };
+            let Some(wake) = self.poll_wake(cx, now, deadline) else {
+                return Step::Wait { deadline: deadline.filter(|_| self.accepting()) };
+            };
             let now = self.env.clock.now();
             let flow = match wake {
                 Wake::Input(input) => self.handle_input(now, input),
@@ -486,24 +504,39 @@ impl Actor {
                 return Some(Wake::SnapshotSaved(outcome));
             }
         }
-        let accepting = self.partition.unpersisted_readies() < UNPERSISTED_READIES_MAX
-            && self.partition.apply_batches_in_flight() < crate::limits::APPLY_BATCHES_IN_FLIGHT_MAX
-            && self.partition.apply_bytes_in_flight() < crate::limits::APPLY_BYTES_IN_FLIGHT_MAX;
-        if accepting {
-            if let Poll::Ready(input) = self.mailbox.poll_next_unpin(cx) {
-                if let Some(input) = &input {
-                    self.took_out(input);
-                }
-                return Some(Wake::Input(input));
+        if !self.accepting() {
+            // Neither inputs nor ticks until the log and the store catch up: a tick would count
+            // as silence from peers whose messages wait unread in the mailbox (a leader applying
+            // large entries would step down for want of the acknowledgements queued for it,
+            // and its followers would campaign for want of its heartbeats).
+            return None;
+        }
+        if let Poll::Ready(input) = self.mailbox.poll_next_unpin(cx) {
+            if let Some(input) = &input {
+                self.took_out(input);
             }
+            return Some(Wake::Input(input));
         }
         deadline.is_some_and(|at| at <= now).then_some(Wake::Timer)
     }
 
+    /// Whether the log writer and the store keep up, so that this replica takes inputs and
+    /// ticks; otherwise it waits for their completions, which wake it.
+    fn accepting(&self) -> bool {
+        self.partition.unpersisted_readies() < UNPERSISTED_READIES_MAX
+            && self.partition.apply_batches_in_flight() < crate::limits::APPLY_BATCHES_IN_FLIGHT_MAX
+            && self.partition.apply_bytes_in_flight() < crate::limits::APPLY_BYTES_IN_FLIGHT_MAX
+    }
+
     /// `input` left the mailbox: its bytes no longer count against the bound.
     fn took_out(&self, input: &PartitionInput) {
-        let before = self.mailbox_bytes.fetch_sub(input.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.mailbox_load.bytes.fetch_sub(input.size_bytes(), Relaxed);
         assert!(before >= input.size_bytes(), "a mailbox's bytes count every input in it");
+        if input.is_client_request() {
+            let before = self.mailbox_load.requests.fetch_sub(1, Relaxed);
+            assert!(before > 0, "a mailbox's request count counts every request in it");
+        }
     }
 
     /// Handles one input from the mailbox (`None`: it closed).

@@ -1,14 +1,14 @@
 //! The node-level owner of partition actors: creates and opens them, unloads idle ones and
 //! loads them again on demand, and routes messages and requests to their mailboxes.
 
-use super::actor::{Actor, ActorState, MailboxBytes, PartitionInput, ReplicaHost, Unload};
+use super::actor::{Actor, ActorState, MailboxLoad, PartitionInput, ReplicaHost, Unload};
 use super::applier::{ApplyRequest, DurableSignal};
 use super::liveness::{Liveness, LivenessOptions, NOTICES_PER_INTERVAL};
 use super::persisted::PersistSignal;
 use super::workers::Workers;
 use crate::env::{Env, Envelope, Payload, Transport};
 use crate::ids::{NodeId, PartitionId, PeerId, DIRECTORY};
-use crate::limits::{MAILBOX_BYTES_MAX, MAILBOX_MESSAGES_MAX};
+use crate::limits::{MAILBOX_BYTES_MAX, MAILBOX_MESSAGES_MAX, MAILBOX_REQUESTS_MAX, MAILBOX_REQUEST_BYTES_MAX};
 use crate::partition::{
     Dormant, Partition, PartitionConfig, PartitionStatus, ReplicaOptions, Request, Response, StoredState,
 };
@@ -110,7 +110,7 @@ impl LoadCause {
 #[derive(Clone)]
 struct Mailbox {
     sender: mpsc::Sender<PartitionInput>,
-    bytes: MailboxBytes,
+    load: Arc<MailboxLoad>,
 }
 
 /// Why an input did not go in a mailbox.
@@ -120,17 +120,35 @@ enum Refused {
 }
 
 impl Mailbox {
-    /// Puts `input` in the mailbox unless it is full, in inputs or in bytes. Called under the
-    /// router's lock on the router's own sender: a clone of a sender is never parked, so the
-    /// input bound holds only for the one stored sender.
+    /// Puts `input` in the mailbox unless it is full, in inputs or in bytes. Client requests
+    /// and inspections fill only up to `MAILBOX_REQUEST_BYTES_MAX` and `MAILBOX_REQUESTS_MAX`,
+    /// Raft messages carrying entries or snapshot data up to `MAILBOX_BYTES_MAX`, and Raft's
+    /// control messages (heartbeats, votes, acknowledgements: no payload) are held only to the
+    /// input bound. So a flood of writes or reads crowds out neither the acknowledgements that
+    /// would commit them nor the heartbeats that keep their leader. Called under the router's
+    /// lock on the router's own sender: a clone of a sender is never parked, so the input
+    /// bound holds only for the one stored sender.
     fn try_send(&mut self, input: PartitionInput) -> Result<(), Refused> {
         let size = input.size_bytes();
-        if self.bytes.load(Ordering::Relaxed) + size > MAILBOX_BYTES_MAX {
+        let request = input.is_client_request();
+        let limit_bytes = if request {
+            MAILBOX_REQUEST_BYTES_MAX
+        } else if input.payload_bytes() == 0 {
+            usize::MAX
+        } else {
+            MAILBOX_BYTES_MAX
+        };
+        let load = &self.load;
+        if load.bytes.load(Ordering::Relaxed) + size > limit_bytes
+            || (request && load.requests.load(Ordering::Relaxed) >= MAILBOX_REQUESTS_MAX)
+        {
             return Err(Refused::Full);
         }
-        self.bytes.fetch_add(size, Ordering::Relaxed);
+        load.bytes.fetch_add(size, Ordering::Relaxed);
+        load.requests.fetch_add(usize::from(request), Ordering::Relaxed);
         self.sender.try_send(input).map_err(|error| {
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            load.bytes.fetch_sub(size, Ordering::Relaxed);
+            load.requests.fetch_sub(usize::from(request), Ordering::Relaxed);
             if error.is_full() {
                 Refused::Full
             } else {
@@ -144,10 +162,11 @@ impl Mailbox {
     /// and not held to the byte bound.
     async fn send(mut self, input: PartitionInput) {
         use futures::SinkExt;
+        debug_assert!(!input.is_client_request(), "requests are never waited for");
         let size = input.size_bytes();
-        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.load.bytes.fetch_add(size, Ordering::Relaxed);
         if self.sender.send(input).await.is_err() {
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            self.load.bytes.fetch_sub(size, Ordering::Relaxed);
         }
     }
 }
@@ -539,7 +558,7 @@ impl Router {
         let persist = self.persist.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let applier = self.applier.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let (sender, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
-        let mut mailbox = Mailbox { sender, bytes: MailboxBytes::default() };
+        let mut mailbox = Mailbox { sender, load: Arc::default() };
         let lag_entries = Arc::new(AtomicU64::new(0));
         let down = self.down_nodes();
         if !down.is_empty() && mailbox.try_send(PartitionInput::Liveness(Arc::new(down))).is_err() {
@@ -553,7 +572,7 @@ impl Router {
         let actor = Actor {
             partition,
             mailbox: rx,
-            mailbox_bytes: mailbox.bytes.clone(),
+            mailbox_load: mailbox.load.clone(),
             env: self.env.clone(),
             transport: self.transport.clone(),
             persist,
@@ -852,7 +871,7 @@ mod tests {
     #[test]
     fn a_mailbox_is_bounded_in_bytes_as_well_as_in_inputs() {
         let (sender, mut receiver) = mpsc::channel(MAILBOX_MESSAGES_MAX);
-        let mut mailbox = Mailbox { sender, bytes: MailboxBytes::default() };
+        let mut mailbox = Mailbox { sender, load: Arc::default() };
         // Raft appends carrying 1 MiB each: far fewer than the input bound fit.
         let append = || {
             let mut message = raft::eraftpb::Message::default();
@@ -868,13 +887,73 @@ mod tests {
             assert!(mailbox.try_send(append()).is_ok());
         }
         assert!(matches!(mailbox.try_send(append()), Err(Refused::Full)), "past the byte bound");
-        assert_eq!(mailbox.bytes.load(Ordering::Relaxed), fit * size, "a refused input is not counted");
+        assert_eq!(mailbox.load.bytes.load(Ordering::Relaxed), fit * size, "a refused input is not counted");
         // What the actor takes out makes room (as `Actor::took_out` does).
         let taken = receiver.try_recv().unwrap();
-        mailbox.bytes.fetch_sub(taken.size_bytes(), Ordering::Relaxed);
+        mailbox.load.bytes.fetch_sub(taken.size_bytes(), Ordering::Relaxed);
         assert!(mailbox.try_send(append()).is_ok());
         drop(receiver);
         assert!(matches!(mailbox.try_send(PartitionInput::Stop), Err(Refused::Closed)));
+    }
+
+    #[test]
+    fn client_requests_fill_half_a_mailbox_and_leave_the_rest_to_raft() {
+        let (sender, _receiver) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let mut mailbox = Mailbox { sender, load: Arc::default() };
+        let write = || {
+            let object = crate::state_machine::NewObject::new(crate::state_machine::ObjectKind::Blob, vec![7; 1 << 20]);
+            let repo = crate::state_machine::RepoId {
+                storage: "default".into(),
+                relative_path: crate::state_machine::RelativePath::new("a.git").unwrap(),
+            };
+            let op = crate::state_machine::WriteOp::Transaction { repo, objects: vec![object], refs: Vec::new() };
+            let command = crate::state_machine::Command { client: crate::ids::ClientId(1), seq: 1, op };
+            let (reply, _) = futures::channel::oneshot::channel();
+            PartitionInput::Request { body: crate::partition::Request::Write(command), reply }
+        };
+        let mut requests = 0;
+        while mailbox.try_send(write()).is_ok() {
+            requests += 1;
+        }
+        assert_eq!(requests, MAILBOX_REQUEST_BYTES_MAX / write().size_bytes(), "requests stop at their share");
+        let response = || {
+            let envelope = Envelope {
+                partition: PartitionId(1),
+                from: NodeId(2),
+                to: NodeId(1),
+                payload: Payload::Raft(raft::eraftpb::Message::default()),
+            };
+            PartitionInput::Message(envelope)
+        };
+        for _ in 0..100 {
+            assert!(mailbox.try_send(response()).is_ok(), "Raft's messages still go in");
+        }
+        // Small requests stop at their share of the input bound.
+        let (sender, _receiver) = mpsc::channel(MAILBOX_MESSAGES_MAX);
+        let mut small = Mailbox { sender, load: Arc::default() };
+        let inspect = || PartitionInput::Inspect(Box::new(|_: &crate::partition::Partition| {}));
+        let mut inspections = 0;
+        while small.try_send(inspect()).is_ok() {
+            inspections += 1;
+        }
+        assert_eq!(inspections, MAILBOX_REQUESTS_MAX);
+        for _ in 0..100 {
+            assert!(small.try_send(response()).is_ok(), "a heartbeat or an acknowledgement still goes in");
+        }
+        // Appends fill the rest; Raft's control messages still go in.
+        let mut append = raft::eraftpb::Message::default();
+        append.entries.push(raft::eraftpb::Entry { data: vec![0; 1 << 20].into(), ..Default::default() });
+        let append = || {
+            PartitionInput::Message(Envelope {
+                partition: PartitionId(1),
+                from: NodeId(2),
+                to: NodeId(1),
+                payload: Payload::Raft(append.clone()),
+            })
+        };
+        while mailbox.try_send(append()).is_ok() {}
+        assert!(mailbox.load.bytes.load(Ordering::Relaxed) + append().size_bytes() > MAILBOX_BYTES_MAX);
+        assert!(mailbox.try_send(response()).is_ok(), "a heartbeat or an acknowledgement still goes in");
     }
 
     /// What the router keeps per unloaded replica, counted from the types: its map entry, the

@@ -108,6 +108,14 @@ pub struct RawLimits {
     /// An upload that has not grown for this long is dropped with its pieces.
     #[serde(default = "default_upload_idle_timeout_ms")]
     pub upload_idle_timeout_ms: u64,
+    /// The largest snapshot a replica accepts from a peer (a transfer the disk has no room
+    /// for is refused too).
+    #[serde(default = "default_snapshot_size_bytes_max")]
+    pub snapshot_size_bytes_max: u64,
+}
+
+fn default_snapshot_size_bytes_max() -> u64 {
+    cohort_core::limits::SNAPSHOT_SIZE_BYTES_MAX_DEFAULT
 }
 
 fn default_upload_idle_timeout_ms() -> u64 {
@@ -125,6 +133,7 @@ impl Default for RawLimits {
             outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
             object_size_bytes_max: default_object_size_bytes_max(),
             upload_idle_timeout_ms: default_upload_idle_timeout_ms(),
+            snapshot_size_bytes_max: default_snapshot_size_bytes_max(),
         }
     }
 }
@@ -333,6 +342,7 @@ impl Config {
                 log_retain_entries: raw.raft.log_retain_entries,
                 quiesce_after_ticks: raw.raft.quiesce_after_ms.div_ceil(raw.raft.tick_interval_ms),
                 unload_after_ticks: raw.raft.unload_after_ms.div_ceil(raw.raft.tick_interval_ms),
+                snapshot_size_bytes_max: raw.limits.snapshot_size_bytes_max,
             },
             store: cohort_core::store::StoreOptions { cache_size_bytes: raw.store.cache_bytes },
             applier: cohort_core::node::ApplierOptions {

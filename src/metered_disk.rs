@@ -119,4 +119,8 @@ impl<D: Disk> Disk for MeteredDisk<D> {
     fn exists(&self, path: &Path) -> Result<bool, DiskError> {
         self.inner.exists(path)
     }
+
+    fn available_bytes(&self) -> Result<u64, DiskError> {
+        self.inner.available_bytes()
+    }
 }

@@ -45,6 +45,11 @@ pub const PERSIST_QUEUE_WRITES_MAX: usize = 8192;
 /// snapshot. Per partition, kept only while that node is down.
 pub const DOWN_MEMBER_LOG_RETAIN_BYTES_MAX: usize = 4 * 1024;
 
+/// The largest snapshot a replica accepts from a peer, unless configured otherwise.
+pub const SNAPSHOT_SIZE_BYTES_MAX_DEFAULT: u64 = 64 << 30;
+/// Free disk space a replica keeps when it accepts a snapshot: a transfer that would leave less
+/// is refused, so the log and the store can still write.
+pub const SNAPSHOT_DISK_RESERVE_BYTES: u64 = 256 << 20;
 /// Bytes of snapshot file in one transfer chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// Unacknowledged chunks in flight per transfer: each side holds at most this many chunks.

@@ -167,7 +167,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(2));
     let files = SnapshotStore::new(disk.clone(), "default", PARTITION);
     files.create_dir().unwrap();
-    let mut receiver = Transfers::new(PARTITION, RECEIVER, files.clone(), Arc::new(NodeMetrics::default()), 2);
+    let mut receiver = Transfers::new(PARTITION, RECEIVER, files.clone(), Arc::new(NodeMetrics::default()), 2, 1 << 30);
     for _ in 0..STEPS_MAX {
         let mut events = TransferEvents::default();
         let from = *u.choose(&[SENDER, SENDER, SENDER, NodeId(3)])?;

@@ -140,6 +140,22 @@ impl Disk for FsDisk {
         let full = self.full(path);
         full.try_exists().map_err(|e| DiskError::new("exists", &full, e))
     }
+
+    fn available_bytes(&self) -> Result<u64, DiskError> {
+        use std::os::unix::ffi::OsStrExt;
+        let error = |e| DiskError::new("statvfs", &self.root, e);
+        let path = std::ffi::CString::new(self.root.as_os_str().as_bytes())
+            .map_err(|_| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a NUL-terminated string and `stats` a buffer of the type statvfs
+        // fills; it is read only if the call succeeded.
+        if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+            return Err(error(io::Error::last_os_error()));
+        }
+        // SAFETY: statvfs succeeded, so it initialised `stats`.
+        let stats = unsafe { stats.assume_init() };
+        Ok(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
+    }
 }
 
 /// A file of [`FsDisk`] opened for appending. Every append is one `write_all` on an `O_APPEND`

@@ -61,6 +61,8 @@ struct SimState {
     powered_off: bool,
     /// Chance that a crash tears the end of a file's surviving unsynced bytes.
     torn_write_probability: f64,
+    /// What `available_bytes` reports.
+    available_bytes: u64,
     stats: SimDiskStats,
 }
 
@@ -310,6 +312,7 @@ impl SimDisk {
                 power_loss_after_ops: None,
                 powered_off: false,
                 torn_write_probability: 0.25,
+                available_bytes: u64::MAX,
                 stats: SimDiskStats::default(),
             })),
         }
@@ -331,6 +334,12 @@ impl SimDisk {
     /// durable.
     pub fn set_fail_syncs(&self, fail: bool) {
         self.lock().fail_syncs = fail;
+    }
+
+    /// What `available_bytes` reports from now on (`u64::MAX` at first). Appends do not
+    /// consume it; see `set_fail_appends` for a disk that is full.
+    pub fn set_available_bytes(&self, bytes: u64) {
+        self.lock().available_bytes = bytes;
     }
 
     /// While set, appends fail and write nothing, as on a full disk.
@@ -565,6 +574,12 @@ impl Disk for SimDisk {
         let mut state = self.lock();
         state.power("exists", path, false)?;
         Ok(state.lookup(&names(path)).is_some())
+    }
+
+    fn available_bytes(&self) -> Result<u64, DiskError> {
+        let mut state = self.lock();
+        state.power("available_bytes", Path::new(""), false)?;
+        Ok(state.available_bytes)
     }
 }
 

@@ -80,6 +80,9 @@ pub trait Disk: Send + Sync + 'static {
     /// Makes the creations, renames and removals of entries in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> Result<(), DiskError>;
     fn exists(&self, path: &Path) -> Result<bool, DiskError>;
+    /// Bytes free for new data on the file system holding the root (what an unprivileged
+    /// process may still write).
+    fn available_bytes(&self) -> Result<u64, DiskError>;
 }
 
 /// Writes `bytes` to `path` so that after a crash the file holds either its old content or all

@@ -565,7 +565,14 @@ impl Router {
             unreachable!("a new mailbox has room");
         }
         let seed = self.env.seed ^ self.env.clock.now().as_nanos();
-        let transfers = Transfers::new(id, self.config.node, store, self.env.metrics.clone(), seed);
+        let transfers = Transfers::new(
+            id,
+            self.config.node,
+            store,
+            self.env.metrics.clone(),
+            seed,
+            self.config.replica.snapshot_size_bytes_max,
+        );
         let ticks = u32::try_from(self.config.replica.unload_after_ticks).unwrap_or(u32::MAX);
         let unload_after = (ticks > 0).then(|| self.config.replica.tick_interval * ticks);
         let state = ActorState::new(&partition, self.env.metrics.clone(), lag_entries.clone(), unload_after);

@@ -70,6 +70,9 @@ pub struct ReplicaOptions {
     /// A follower quiesced this many ticks with nothing in flight is unloaded: only its
     /// `Dormant` record stays in memory until a request or a message needs it; 0 never.
     pub unload_after_ticks: u64,
+    /// The largest snapshot this replica accepts from a peer; a larger transfer is refused at
+    /// its first chunk, as is one the disk has no room for.
+    pub snapshot_size_bytes_max: u64,
 }
 
 impl Default for ReplicaOptions {
@@ -81,6 +84,7 @@ impl Default for ReplicaOptions {
             log_retain_entries: 10_000,
             quiesce_after_ticks: 20,
             unload_after_ticks: 100,
+            snapshot_size_bytes_max: limits::SNAPSHOT_SIZE_BYTES_MAX_DEFAULT,
         }
     }
 }

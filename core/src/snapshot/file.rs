@@ -51,6 +51,8 @@ pub enum SnapshotError {
     Corrupt { path: PathBuf, reason: String },
     #[error("writing snapshot {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("a snapshot of {size_bytes} bytes is refused: {reason}")]
+    TooLarge { size_bytes: u64, reason: String },
 }
 
 /// One replica's snapshot files.
@@ -212,6 +214,11 @@ impl SnapshotStore {
     }
 
     /// Drops an unfinished incoming snapshot.
+    /// Free bytes on the disk holding these files.
+    pub fn available_bytes(&self) -> Result<u64, SnapshotError> {
+        Ok(self.disk.available_bytes()?)
+    }
+
     pub fn abandon_incoming(&self) -> Result<(), SnapshotError> {
         Ok(self.remove_if_present(&self.dir.join(INCOMING_NAME))?)
     }

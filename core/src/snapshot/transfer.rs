@@ -23,8 +23,8 @@ use super::message::{SnapshotChunk, SnapshotMessage};
 use crate::env::{DiskFile, Envelope, Instant, Payload};
 use crate::ids::{NodeId, PartitionId, PeerId};
 use crate::limits::{
-    SNAPSHOT_ACK_TIMEOUT_TICKS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_INCOMING_IDLE_TICKS_MAX, SNAPSHOT_OUTGOING_MAX,
-    SNAPSHOT_RETRIES_MAX, SNAPSHOT_WINDOW_CHUNKS,
+    SNAPSHOT_ACK_TIMEOUT_TICKS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_DISK_RESERVE_BYTES, SNAPSHOT_INCOMING_IDLE_TICKS_MAX,
+    SNAPSHOT_OUTGOING_MAX, SNAPSHOT_RETRIES_MAX, SNAPSHOT_WINDOW_CHUNKS,
 };
 use crate::metrics::NodeMetrics;
 use crate::persist::{LogPosition, SnapshotMeta};
@@ -87,16 +87,20 @@ pub struct Transfers {
     /// answered "complete", so a lost final acknowledgement does not restart the transfer.
     last_installed: Option<(NodeId, u64, u64)>,
     next_transfer: u64,
+    /// The largest snapshot accepted from a peer.
+    size_bytes_max: u64,
 }
 
 impl Transfers {
-    /// `seed` makes transfer ids differ across restarts of the sender.
+    /// `seed` makes transfer ids differ across restarts of the sender; `size_bytes_max` caps
+    /// what is accepted from a peer.
     pub fn new(
         partition: PartitionId,
         node: NodeId,
         store: SnapshotStore,
         metrics: Arc<NodeMetrics>,
         seed: u64,
+        size_bytes_max: u64,
     ) -> Transfers {
         Transfers {
             partition,
@@ -107,6 +111,7 @@ impl Transfers {
             incoming: None,
             last_installed: None,
             next_transfer: seed.rotate_left(17) | 1,
+            size_bytes_max,
         }
     }
 
@@ -323,6 +328,9 @@ impl Transfers {
                 return;
             }
             self.drop_incoming();
+            if let Err(error) = self.room_for(chunk.size_bytes) {
+                return self.refuse(from, transfer, error, events);
+            }
             let file = match self.store.begin_incoming() {
                 Ok(file) => file,
                 Err(error) => return self.refuse(from, transfer, error, events),
@@ -355,6 +363,21 @@ impl Transfers {
             return;
         }
         events.send.push(self.envelope(from, SnapshotMessage::Ack { transfer, next_offset }));
+    }
+
+    /// Whether a snapshot of `size_bytes` may be received: within the configured cap, and
+    /// leaving `SNAPSHOT_DISK_RESERVE_BYTES` free on the disk.
+    fn room_for(&self, size_bytes: u64) -> Result<(), SnapshotError> {
+        if size_bytes > self.size_bytes_max {
+            let reason = format!("larger than this node's limit of {} bytes", self.size_bytes_max);
+            return Err(SnapshotError::TooLarge { size_bytes, reason });
+        }
+        let available = self.store.available_bytes()?;
+        if size_bytes.saturating_add(SNAPSHOT_DISK_RESERVE_BYTES) > available {
+            let reason = format!("{available} bytes are free on the disk, and {SNAPSHOT_DISK_RESERVE_BYTES} are kept");
+            return Err(SnapshotError::TooLarge { size_bytes, reason });
+        }
+        Ok(())
     }
 
     fn install(&mut self, from: NodeId, incoming: Incoming, raft_message: &[u8], events: &mut TransferEvents) {

@@ -35,3 +35,11 @@ fn sim_disk_crash_with_every_write_torn() {
         Arc::new(disk)
     });
 }
+
+#[test]
+fn the_real_file_system_reports_its_free_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = FsDisk::new(dir.path()).unwrap();
+    let free = disk.available_bytes().unwrap();
+    assert!(free > 0 && free < 1 << 60, "free space {free}");
+}

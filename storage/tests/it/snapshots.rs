@@ -15,6 +15,7 @@ use cohort_core::store::{self, Commit, DedupLimits, PartitionWriter, Rows as _, 
 use cohort_storage::{FsDisk, SimDisk};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::Arc;
 
 const PARTITION: PartitionId = PartitionId(9);
@@ -107,7 +108,7 @@ fn msg_snapshot(meta: &SnapshotMeta) -> raft::eraftpb::Message {
 
 fn transfers(disk: Arc<dyn Disk>, node: NodeId) -> Transfers {
     let store = SnapshotStore::new(disk, "default", PARTITION);
-    Transfers::new(PARTITION, node, store, Arc::new(NodeMetrics::default()), node.0)
+    Transfers::new(PARTITION, node, store, Arc::new(NodeMetrics::default()), node.0, 1 << 30)
 }
 
 fn snapshot_message(envelope: Envelope) -> SnapshotMessage {
@@ -269,6 +270,56 @@ fn a_transfer_whose_raft_message_lies_is_refused() {
         let store = SnapshotStore::new(receiver_disk.clone(), "default", PARTITION);
         assert!(load(&store, &receiver_disk, meta.position).is_err(), "lie {seed}: no snapshot file is kept");
     }
+}
+
+/// A snapshot larger than the receiver's configured limit, or than its disk can take while
+/// keeping its reserve, is refused at its first chunk: the sender learns it failed, and the
+/// receiver wrote nothing.
+#[test]
+fn a_transfer_too_large_for_the_limit_or_the_free_disk_is_refused_at_its_first_chunk() {
+    use cohort_core::limits::SNAPSHOT_DISK_RESERVE_BYTES;
+    let meta_and_size = |sender: &Transfers| {
+        let meta = save(sender.store(), &state(4, 2));
+        let size = sender.store().size(meta.position).unwrap();
+        (meta, size)
+    };
+    for case in ["limit", "disk"] {
+        let receiver_disk = SimDisk::new(30);
+        let mut sender = transfers(Arc::new(SimDisk::new(31)), SENDER);
+        let (meta, size) = meta_and_size(&sender);
+        let limit = if case == "limit" { size - 1 } else { 1 << 30 };
+        if case == "disk" {
+            receiver_disk.set_available_bytes(size + SNAPSHOT_DISK_RESERVE_BYTES - 1);
+        }
+        let receiver_disk: Arc<dyn Disk> = Arc::new(receiver_disk);
+        let files = SnapshotStore::new(receiver_disk.clone(), "default", PARTITION);
+        let mut receiver = Transfers::new(PARTITION, RECEIVER, files, Arc::new(NodeMetrics::default()), 2, limit);
+        let mut events = TransferEvents::default();
+        sender.start(Instant::ZERO, RECEIVER, &msg_snapshot(&meta), &mut events);
+        let first = events.send.remove(0);
+        let mut out = TransferEvents::default();
+        receiver.handle(Instant::ZERO, SENDER, snapshot_message(first), &mut out);
+        let refusal = match out.send.as_slice() {
+            [envelope] => snapshot_message(envelope.clone()),
+            other => panic!("{case}: one answer expected, got {other:?}"),
+        };
+        let SnapshotMessage::Refuse { reason, .. } = &refusal else { panic!("{case}: refused, not {refusal:?}") };
+        assert!(reason.contains("refused"), "{case}: {reason}");
+        assert!(receiver.is_idle(), "{case}: nothing is being received");
+        assert!(receiver_disk.list(Path::new("partitions/default/9")).unwrap().is_empty(), "{case}: no file");
+        let mut finished = TransferEvents::default();
+        sender.handle(Instant::ZERO, RECEIVER, refusal, &mut finished);
+        assert_eq!(finished.finished, vec![(RECEIVER, false)], "{case}: the sender learns it failed");
+    }
+    // With room, the same transfer goes through.
+    let mut sender = transfers(Arc::new(SimDisk::new(32)), SENDER);
+    let (meta, size) = meta_and_size(&sender);
+    let receiver_disk = SimDisk::new(33);
+    receiver_disk.set_available_bytes(size + SNAPSHOT_DISK_RESERVE_BYTES);
+    let mut receiver = transfers(Arc::new(receiver_disk), RECEIVER);
+    let mut events = TransferEvents::default();
+    sender.start(Instant::ZERO, RECEIVER, &msg_snapshot(&meta), &mut events);
+    assert!(deliver_in_order(&mut sender, &mut receiver, events.send.into()).is_some(), "installed");
 }
 
 #[test]

@@ -209,11 +209,7 @@ impl TcpTransport {
                             tracing::warn!(%remote, %peer, "peer connection dropped: two newer are queued");
                         }
                     }
-                    Ok(Err(error @ HandshakeError::Identity(_))) => {
-                        transport.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
-                        transport.stats.peers_refused_identity.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(%remote, %error, "peer refused");
-                    }
+                    Ok(Err(error @ HandshakeError::Identity(_))) => transport.refused_identity(remote, &error),
                     Ok(Err(error)) => {
                         transport.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%remote, %error, "peer connection refused");
@@ -227,6 +223,15 @@ impl TcpTransport {
         }
     }
 
+    /// A peer presented another data directory than the one this node first saw for it. Not
+    /// a network failure: an operator must act, so it is counted and said loudly at each
+    /// attempt, from either side of the handshake.
+    fn refused_identity(&self, peer: impl std::fmt::Display, error: &HandshakeError) {
+        self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
+        self.stats.peers_refused_identity.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%peer, %error, "peer refused");
+    }
+
     async fn dial(&self, link: &Link) -> Result<TcpStream, String> {
         let connect = async {
             let mut stream = TcpStream::connect(link.address).await.map_err(|e| e.to_string())?;
@@ -234,10 +239,7 @@ impl TcpTransport {
             match handshake::dial(&mut stream, &self.credentials(), link.peer.0, self.nonce()).await {
                 Ok(()) => Ok(stream),
                 Err(error @ HandshakeError::Identity(_)) => {
-                    // Not a network failure: an operator must act. Said loudly at each retry.
-                    self.stats.connections_rejected.fetch_add(1, Ordering::Relaxed);
-                    self.stats.peers_refused_identity.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(peer = %link.peer, %error, "peer refused");
+                    self.refused_identity(link.peer, &error);
                     Err(error.to_string())
                 }
                 Err(error) => Err(error.to_string()),

@@ -213,12 +213,12 @@ impl SnapshotStore {
         }
     }
 
-    /// Drops an unfinished incoming snapshot.
     /// Free bytes on the disk holding these files.
     pub fn available_bytes(&self) -> Result<u64, SnapshotError> {
         Ok(self.disk.available_bytes()?)
     }
 
+    /// Drops an unfinished incoming snapshot.
     pub fn abandon_incoming(&self) -> Result<(), SnapshotError> {
         Ok(self.remove_if_present(&self.dir.join(INCOMING_NAME))?)
     }

@@ -6,15 +6,13 @@
 #![no_main]
 
 use cohort_core::env::{Disk, Instant};
-use cohort_core::ids::{ClientId, NodeId, PartitionId, PeerId};
+use cohort_core::ids::{NodeId, PartitionId, PeerId};
 use cohort_core::limits::SNAPSHOT_CHUNK_BYTES;
 use cohort_core::metrics::NodeMetrics;
-use cohort_core::persist::{ConfState, LogPosition, SnapshotMeta};
+use cohort_core::persist::{ConfState, SnapshotMeta};
 use cohort_core::snapshot::{check_file, SnapshotChunk, SnapshotMessage, SnapshotStore, TransferEvents, Transfers};
-use cohort_core::state_machine::{
-    Command, Expected, NewObject, ObjectKind, Oid, RefName, RefUpdate, RefValue, RelativePath, RepoId, WriteOp,
-};
-use cohort_core::store::{self, Commit, PartitionWriter, Rows as _, Store};
+use cohort_core::store::{self, Rows as _};
+use cohort_core::testing::partition_state;
 use cohort_storage::SimDisk;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -35,49 +33,8 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let repo = RepoId { storage: "default".into(), relative_path: RelativePath::new("a/b.git").unwrap() };
-        let mut commands = vec![Command {
-            client: ClientId(1),
-            seq: 1,
-            op: WriteOp::CreateRepository { repo: repo.clone(), fork_of: None },
-        }];
-        for i in 0..5u64 {
-            // Incompressible bytes (xorshift), so the file is as large as the data.
-            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i;
-            let data: Vec<u8> = (0..120_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            let oid = Oid::hash_object(ObjectKind::Blob, &data);
-            let op = WriteOp::Transaction {
-                repo: repo.clone(),
-                objects: vec![NewObject { kind: ObjectKind::Blob, data, oid }],
-                refs: vec![RefUpdate {
-                    name: RefName::new(format!("refs/heads/b{i}")).unwrap(),
-                    expected: Expected::Any,
-                    new: Some(RefValue::Direct(oid)),
-                }],
-            };
-            commands.push(Command { client: ClientId(1), seq: i + 2, op });
-        }
-        let state = Store::in_memory();
-        state
-            .write(Commit::Durable, |rows| {
-                let mut writer = PartitionWriter::open(rows, PARTITION)?;
-                for (i, command) in commands.iter().enumerate() {
-                    assert!(writer.apply(LogPosition { index: i as u64 + 1, term: 3 }, command)?.is_ok());
-                }
-                writer.apply_membership(
-                    LogPosition { index: commands.len() as u64 + 1, term: 3 },
-                    ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
-                );
-                writer.finish()
-            })
-            .unwrap();
+        // Five random blobs of 120,000 bytes: incompressible, so the file spans three chunks.
+        let state = partition_state(PARTITION, 5, 120_000, 1);
         let record = state.read().unwrap().partition(PARTITION).unwrap().unwrap();
         let meta = SnapshotMeta { position: record.applied, conf_state: record.conf_state };
         let files = SnapshotStore::new(Arc::new(SimDisk::new(1)), "default", PARTITION);

@@ -5,6 +5,8 @@
 
 mod cluster;
 mod runtime;
+mod state;
 
 pub use cluster::{Cluster, Delivered};
 pub use runtime::{ManualClock, ManualExecutor};
+pub use state::partition_state;

@@ -4,14 +4,12 @@
 //! store; a received one is checked by importing it into a fresh store.
 
 use cohort_core::env::{Disk, Envelope, Instant, Payload};
-use cohort_core::ids::{ClientId, NodeId, PartitionId};
+use cohort_core::ids::{NodeId, PartitionId};
 use cohort_core::metrics::NodeMetrics;
-use cohort_core::persist::{ConfState, LogPosition, SnapshotMeta};
+use cohort_core::persist::{LogPosition, SnapshotMeta};
 use cohort_core::snapshot::{check_file, SnapshotMessage, SnapshotStore, TransferEvents, Transfers};
-use cohort_core::state_machine::{
-    Command, Digest, Expected, NewObject, ObjectKind, Oid, RefName, RefUpdate, RefValue, RelativePath, RepoId, WriteOp,
-};
-use cohort_core::store::{self, Commit, DedupLimits, PartitionWriter, Rows as _, Store};
+use cohort_core::state_machine::Digest;
+use cohort_core::store::{self, Commit, DedupLimits, Rows as _, Store};
 use cohort_storage::{FsDisk, SimDisk};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::VecDeque;
@@ -25,39 +23,7 @@ const RECEIVER: NodeId = NodeId(2);
 /// A partition's state of about `blobs` × 64 KiB in a store: a repository holding that many
 /// random blobs.
 fn state(blobs: u64, seed: u64) -> Store {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let repo = RepoId { storage: "default".into(), relative_path: RelativePath::new("a/b.git").unwrap() };
-    let create = WriteOp::CreateRepository { repo: repo.clone(), fork_of: None };
-    let mut commands = vec![Command { client: ClientId(1), seq: 1, op: create }];
-    for i in 0..blobs {
-        let data: Vec<u8> = (0..64 * 1024).map(|_| rng.gen()).collect();
-        let oid = Oid::hash_object(ObjectKind::Blob, &data);
-        let op = WriteOp::Transaction {
-            repo: repo.clone(),
-            objects: vec![NewObject { kind: ObjectKind::Blob, data, oid }],
-            refs: vec![RefUpdate {
-                name: RefName::new(format!("refs/heads/b{i}")).unwrap(),
-                expected: Expected::Any,
-                new: Some(RefValue::Direct(oid)),
-            }],
-        };
-        commands.push(Command { client: ClientId(1), seq: i + 2, op });
-    }
-    let store = Store::in_memory();
-    store
-        .write(Commit::Durable, |rows| {
-            let mut writer = PartitionWriter::open(rows, PARTITION)?;
-            for (i, command) in commands.iter().enumerate() {
-                assert!(writer.apply(LogPosition { index: i as u64 + 1, term: 3 }, command)?.is_ok());
-            }
-            writer.apply_membership(
-                LogPosition { index: commands.len() as u64 + 1, term: 3 },
-                ConfState { voters: vec![1, 2, 3], ..ConfState::default() },
-            );
-            writer.finish()
-        })
-        .unwrap();
-    store
+    cohort_core::testing::partition_state(PARTITION, blobs, 64 * 1024, seed)
 }
 
 fn digest(store: &Store) -> Digest {

@@ -2,8 +2,8 @@
 //! directory under one temporary directory.
 
 use cohort::config::{RawConfig, RawLimits, RawNode, RawRaft, RawStore};
-use cohort_core::state_machine::{RelativePath, RepoId};
-use cohort_net::client::{Client, ClientConfig};
+use cohort_core::state_machine::{Expected, NewObject, ObjectKind, Oid, RefName, RefValue, RelativePath, RepoId};
+use cohort_net::client::{Client, ClientConfig, RefChange};
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
@@ -271,6 +271,47 @@ impl Drop for TestCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Writes `refs/heads/k<key>` of `repo` = a blob of `value`; returns its id.
+pub async fn put(client: &Client, repo: &RepoId, key: u32, value: &str) -> Result<Oid, String> {
+    let object = NewObject::new(ObjectKind::Blob, value.as_bytes().to_vec());
+    let oid = object.oid;
+    let change = RefChange {
+        name: RefName::new(format!("refs/heads/k{key}")).unwrap(),
+        expected: Expected::Any,
+        new: Some(RefValue::Direct(oid)),
+    };
+    client.write(repo, vec![object], vec![change]).await.map(|_| oid).map_err(|e| e.to_string())
+}
+
+/// Writes each key of `keys` (value `<prefix><key>`), which must be acknowledged, and records
+/// it in `acknowledged`.
+pub fn put_all(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    repo: &RepoId,
+    keys: std::ops::Range<u32>,
+    prefix: &str,
+    acknowledged: &mut BTreeMap<u32, Oid>,
+) {
+    for key in keys {
+        let oid = rt.block_on(put(client, repo, key, &format!("{prefix}{key}"))).expect("an acknowledged write");
+        acknowledged.insert(key, oid);
+    }
+}
+
+/// Every write in `acknowledged` (by `put`) is in `repo`, read linearizably.
+pub async fn check_all(client: &Client, repo: &RepoId, acknowledged: &BTreeMap<u32, Oid>) {
+    let (refs, _) = client.read_refs(repo, false).await.expect("read refs");
+    let refs: BTreeMap<String, RefValue> = refs.into_iter().map(|(n, v)| (n.as_str().to_owned(), v)).collect();
+    for (key, oid) in acknowledged {
+        assert_eq!(
+            refs.get(&format!("refs/heads/k{key}")),
+            Some(&RefValue::Direct(*oid)),
+            "acknowledged write k{key} survives"
+        );
     }
 }
 

@@ -1,59 +1,31 @@
 //! Killing leaders and whole clusters loses no acknowledged write.
 
-use crate::cluster::{repo, runtime, TestCluster, ELECTION_TIMEOUT_MAX};
-use cohort_core::state_machine::{Expected, NewObject, ObjectKind, Oid, RefName, RefValue};
-use cohort_net::client::{Client, RefChange};
+use crate::cluster::{check_all, put, put_all, repo, runtime, TestCluster, ELECTION_TIMEOUT_MAX};
+use cohort_net::client::Client;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// Writes `refs/heads/k<key>` = a blob of `value`; returns its id.
-async fn put(client: &Client, key: u32, value: &str) -> Result<Oid, String> {
-    let object = NewObject::new(ObjectKind::Blob, value.as_bytes().to_vec());
-    let oid = object.oid;
-    let change = RefChange {
-        name: RefName::new(format!("refs/heads/k{key}")).unwrap(),
-        expected: Expected::Any,
-        new: Some(RefValue::Direct(oid)),
-    };
-    client.write(&repo("f.git"), vec![object], vec![change]).await.map(|_| oid).map_err(|e| e.to_string())
-}
-
-async fn check_all(client: &Client, acknowledged: &BTreeMap<u32, Oid>) {
-    let (refs, _) = client.read_refs(&repo("f.git"), false).await.expect("read refs");
-    let refs: BTreeMap<String, RefValue> = refs.into_iter().map(|(n, v)| (n.as_str().to_owned(), v)).collect();
-    for (key, oid) in acknowledged {
-        assert_eq!(
-            refs.get(&format!("refs/heads/k{key}")),
-            Some(&RefValue::Direct(*oid)),
-            "acknowledged write k{key} survives"
-        );
-    }
-}
 
 #[test]
 fn killing_the_leader_loses_nothing_and_writes_resume() {
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
     let client = cluster.client(11);
-    rt.block_on(client.create_repository(&repo("f.git"), None)).unwrap();
+    let f = repo("f.git");
+    rt.block_on(client.create_repository(&f, None)).unwrap();
     let mut acknowledged = BTreeMap::new();
-    for key in 0..20 {
-        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("v{key}"))).unwrap());
-    }
+    put_all(&rt, &client, &f, 0..20, "v", &mut acknowledged);
     let leader = cluster.leader_of(1);
     cluster.kill9(leader);
     let killed_at = Instant::now();
     // Writes go on: the first one succeeds within two election timeouts of the kill (one for
     // the followers to notice, one for a split vote or the client finding the new leader).
-    let oid = rt.block_on(put(&client, 100, "after-kill")).expect("a write after the leader died");
+    let oid = rt.block_on(put(&client, &f, 100, "after-kill")).expect("a write after the leader died");
     let failover = killed_at.elapsed();
     eprintln!("failover: the first write after the kill succeeded after {failover:?}");
     acknowledged.insert(100, oid);
     assert!(failover < 2 * ELECTION_TIMEOUT_MAX, "failover took {failover:?}");
-    for key in 20..40 {
-        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("v{key}"))).unwrap());
-    }
-    rt.block_on(check_all(&client, &acknowledged));
+    put_all(&rt, &client, &f, 20..40, "v", &mut acknowledged);
+    rt.block_on(check_all(&client, &f, &acknowledged));
 
     // The old leader comes back and catches up: a stale read from it alone sees everything.
     cluster.start_node(leader);
@@ -77,11 +49,10 @@ fn restarting_the_whole_cluster_keeps_every_acknowledged_write() {
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
     let client = cluster.client(21);
-    rt.block_on(client.create_repository(&repo("f.git"), None)).unwrap();
+    let f = repo("f.git");
+    rt.block_on(client.create_repository(&f, None)).unwrap();
     let mut acknowledged = BTreeMap::new();
-    for key in 0..30 {
-        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("w{key}"))).unwrap());
-    }
+    put_all(&rt, &client, &f, 0..30, "w", &mut acknowledged);
     // Crash two nodes hard and stop one cleanly, then bring all back.
     cluster.kill9(1);
     cluster.kill9(2);
@@ -93,9 +64,9 @@ fn restarting_the_whole_cluster_keeps_every_acknowledged_write() {
         cluster.wait_serving(id);
     }
     let client = cluster.client(22);
-    rt.block_on(check_all(&client, &acknowledged));
+    rt.block_on(check_all(&client, &f, &acknowledged));
     // And the cluster takes writes again.
-    rt.block_on(put(&client, 999, "after-restart")).unwrap();
+    rt.block_on(put(&client, &f, 999, "after-restart")).unwrap();
 }
 
 /// A node whose data directory is wiped comes back under its old id having forgotten every
@@ -106,11 +77,10 @@ fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_and_nothin
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
     let client = cluster.client(31);
-    rt.block_on(client.create_repository(&repo("f.git"), None)).unwrap();
+    let f = repo("f.git");
+    rt.block_on(client.create_repository(&f, None)).unwrap();
     let mut acknowledged = BTreeMap::new();
-    for key in 0..20 {
-        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("v{key}"))).unwrap());
-    }
+    put_all(&rt, &client, &f, 0..20, "v", &mut acknowledged);
     let identity = |cluster: &TestCluster, id| std::fs::read_to_string(cluster.data_dir(id).join("identity")).unwrap();
     let before = identity(&cluster, 3);
     cluster.kill9(3);
@@ -136,10 +106,8 @@ fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_and_nothin
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    for key in 20..40 {
-        acknowledged.insert(key, rt.block_on(put(&client, key, &format!("v{key}"))).unwrap());
-    }
-    rt.block_on(check_all(&client, &acknowledged));
+    put_all(&rt, &client, &f, 20..40, "v", &mut acknowledged);
+    rt.block_on(check_all(&client, &f, &acknowledged));
     // Restarting a survivor does not forget whom it knew.
     cluster.kill9(2);
     cluster.start_node(2);
@@ -149,5 +117,5 @@ fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_and_nothin
         assert!(Instant::now() < deadline, "restarted node 2 accepted the wiped node 3");
         std::thread::sleep(Duration::from_millis(100));
     }
-    rt.block_on(check_all(&client, &acknowledged));
+    rt.block_on(check_all(&client, &f, &acknowledged));
 }

@@ -1,6 +1,6 @@
 //! Bad input does not hurt a node.
 
-use crate::cluster::{runtime, stdout, TestCluster};
+use crate::cluster::{check_all, put_all, runtime, stdout, TestCluster};
 use cohort_net::api::proto::{self, cohort_client::CohortClient};
 use std::io::Write;
 use std::time::Duration;
@@ -77,21 +77,10 @@ fn an_authenticated_hostile_peer_cannot_kill_wedge_or_corrupt_a_node() {
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
     let client = cluster.client(41);
-    rt.block_on(client.create_repository(&crate::cluster::repo("h.git"), None)).unwrap();
-    let write = |key: u32| {
-        let object = cohort_core::state_machine::NewObject::new(
-            cohort_core::state_machine::ObjectKind::Blob,
-            format!("v{key}").into_bytes(),
-        );
-        let oid = object.oid;
-        let change = cohort_net::client::RefChange {
-            name: cohort_core::state_machine::RefName::new(format!("refs/heads/k{key}")).unwrap(),
-            expected: cohort_core::state_machine::Expected::Any,
-            new: Some(cohort_core::state_machine::RefValue::Direct(oid)),
-        };
-        rt.block_on(client.write(&crate::cluster::repo("h.git"), vec![object], vec![change])).map(|_| oid)
-    };
-    let mut acknowledged: Vec<(u32, _)> = (0..10).map(|k| (k, write(k).unwrap())).collect();
+    let h = crate::cluster::repo("h.git");
+    rt.block_on(client.create_repository(&h, None)).unwrap();
+    let mut acknowledged = std::collections::BTreeMap::new();
+    put_all(&rt, &client, &h, 0..10, "v", &mut acknowledged);
 
     // Node 1 dies; a hostile process takes its place with its secret and its data
     // directory's identity.
@@ -210,15 +199,8 @@ fn an_authenticated_hostile_peer_cannot_kill_wedge_or_corrupt_a_node() {
         assert!(!log.contains("panicked"), "node {id} panicked:\n{log}");
         assert!(log.contains("refused a peer's raft message"), "node {id} logged what it refused");
     }
-    acknowledged.extend((10..20).map(|k| (k, write(k).expect("writes go on"))));
-    let (refs, _) = rt.block_on(client.read_refs(&crate::cluster::repo("h.git"), false)).unwrap();
-    for (key, oid) in &acknowledged {
-        let name = format!("refs/heads/k{key}");
-        assert!(
-            refs.iter().any(|(n, v)| n.as_str() == name && *v == cohort_core::state_machine::RefValue::Direct(*oid)),
-            "{name} survives"
-        );
-    }
+    put_all(&rt, &client, &h, 10..20, "v", &mut acknowledged);
+    rt.block_on(check_all(&client, &h, &acknowledged));
     // The real node 1 comes back and is accepted as itself.
     cluster.start_node(1);
     cluster.wait_serving(1);

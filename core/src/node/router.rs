@@ -875,18 +875,33 @@ impl ReplicaHost for Router {
 mod tests {
     use super::*;
 
+    /// A Raft message from node 2 to node 1 of partition 1.
+    fn raft_message(message: raft::eraftpb::Message) -> PartitionInput {
+        PartitionInput::Message(Envelope {
+            partition: PartitionId(1),
+            from: NodeId(2),
+            to: NodeId(1),
+            payload: Payload::Raft(message),
+        })
+    }
+
+    /// An append carrying one entry of 1 MiB.
+    fn append() -> PartitionInput {
+        let mut message = raft::eraftpb::Message::default();
+        message.entries.push(raft::eraftpb::Entry { data: vec![0; 1 << 20].into(), ..Default::default() });
+        raft_message(message)
+    }
+
+    /// A message with no payload, as a heartbeat or an acknowledgement is.
+    fn heartbeat() -> PartitionInput {
+        raft_message(raft::eraftpb::Message::default())
+    }
+
     #[test]
     fn a_mailbox_is_bounded_in_bytes_as_well_as_in_inputs() {
         let (sender, mut receiver) = mpsc::channel(MAILBOX_MESSAGES_MAX);
         let mut mailbox = Mailbox { sender, load: Arc::default() };
         // Raft appends carrying 1 MiB each: far fewer than the input bound fit.
-        let append = || {
-            let mut message = raft::eraftpb::Message::default();
-            message.entries.push(raft::eraftpb::Entry { data: vec![0; 1 << 20].into(), ..Default::default() });
-            let envelope =
-                Envelope { partition: PartitionId(1), from: NodeId(2), to: NodeId(1), payload: Payload::Raft(message) };
-            PartitionInput::Message(envelope)
-        };
         let size = append().size_bytes();
         let fit = MAILBOX_BYTES_MAX / size;
         assert!(fit < MAILBOX_MESSAGES_MAX);
@@ -923,17 +938,8 @@ mod tests {
             requests += 1;
         }
         assert_eq!(requests, MAILBOX_REQUEST_BYTES_MAX / write().size_bytes(), "requests stop at their share");
-        let response = || {
-            let envelope = Envelope {
-                partition: PartitionId(1),
-                from: NodeId(2),
-                to: NodeId(1),
-                payload: Payload::Raft(raft::eraftpb::Message::default()),
-            };
-            PartitionInput::Message(envelope)
-        };
         for _ in 0..100 {
-            assert!(mailbox.try_send(response()).is_ok(), "Raft's messages still go in");
+            assert!(mailbox.try_send(heartbeat()).is_ok(), "Raft's messages still go in");
         }
         // Small requests stop at their share of the input bound.
         let (sender, _receiver) = mpsc::channel(MAILBOX_MESSAGES_MAX);
@@ -945,22 +951,12 @@ mod tests {
         }
         assert_eq!(inspections, MAILBOX_REQUESTS_MAX);
         for _ in 0..100 {
-            assert!(small.try_send(response()).is_ok(), "a heartbeat or an acknowledgement still goes in");
+            assert!(small.try_send(heartbeat()).is_ok(), "a heartbeat or an acknowledgement still goes in");
         }
         // Appends fill the rest; Raft's control messages still go in.
-        let mut append = raft::eraftpb::Message::default();
-        append.entries.push(raft::eraftpb::Entry { data: vec![0; 1 << 20].into(), ..Default::default() });
-        let append = || {
-            PartitionInput::Message(Envelope {
-                partition: PartitionId(1),
-                from: NodeId(2),
-                to: NodeId(1),
-                payload: Payload::Raft(append.clone()),
-            })
-        };
         while mailbox.try_send(append()).is_ok() {}
         assert!(mailbox.load.bytes.load(Ordering::Relaxed) + append().size_bytes() > MAILBOX_BYTES_MAX);
-        assert!(mailbox.try_send(response()).is_ok(), "a heartbeat or an acknowledgement still goes in");
+        assert!(mailbox.try_send(heartbeat()).is_ok(), "a heartbeat or an acknowledgement still goes in");
     }
 
     /// What the router keeps per unloaded replica, counted from the types: its map entry, the

@@ -738,6 +738,9 @@ impl Partition {
     /// led thousands of partitions dies and restarts, its replicas need only the entries of
     /// the terms their new leaders began, not thousands of snapshots at once.
     fn held_for_down_members(&self, target: LogPosition) -> Option<LogPosition> {
+        if self.down_nodes.is_empty() {
+            return None;
+        }
         let raft = &self.raw.raft;
         let storage = self.raw.store();
         let compacted = storage.compacted();

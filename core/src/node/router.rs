@@ -521,6 +521,14 @@ impl Router {
                 self.env.metrics.partitions_unloaded.inc();
                 return Ok(());
             }
+            tracing::info!(
+                %partition,
+                entries = recovered.entries.len(),
+                compacted = recovered.compacted.index,
+                applied = stored.applied.index,
+                commit = recovered.hard_state.commit,
+                "loading at start: the log holds entries past what the store made durable"
+            );
         }
         let config = self.partition_config(partition, peer);
         let mut replica = Partition::open(config, recovered, stored, now);

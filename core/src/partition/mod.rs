@@ -984,6 +984,16 @@ impl Partition {
         if candidate && !self.was_candidate {
             let cause = self.campaign_trigger.unwrap_or_else(|| self.election_cause());
             self.last_election = Some(cause);
+            let raft = &self.raw.raft;
+            let woken = self.last_wake.map(|(wake, tick)| (wake.name(), self.ticks.saturating_sub(tick)));
+            tracing::info!(
+                partition = %self.config.partition,
+                term = raft.term,
+                cause = cause.name(),
+                ?woken,
+                last_index = raft.raft_log.last_index(),
+                "starting an election"
+            );
             if let Some(observer) = &self.config.observer {
                 observer.election_started(self.config.node, self.config.partition, self.raw.raft.term, cause);
             }

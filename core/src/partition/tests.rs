@@ -672,6 +672,11 @@ fn a_new_leader_keeps_its_terms_entries_for_the_dead_leader_which_catches_up_fro
     cluster.restart(leader);
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, leader) && all_quiesced(c)), "caught up, then quiet");
     assert_eq!(cluster.snapshots_delivered, 0, "from the log, not by a snapshot");
+    let status = cluster.replica(new_leader).status();
+    assert!(
+        status.compacted_index == status.durable_index && status.durable_index == status.last_index,
+        "once it caught up and the partition quiesced, nothing is held for it: {status:?}"
+    );
     cluster.request(new_leader, create_repo(9));
     assert!(cluster.drive_until(STEPS_MAX, |c| {
         let status = c.replica(new_leader).status();

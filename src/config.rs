@@ -165,8 +165,22 @@ pub struct RawConfig {
     /// Workers that drive the node's partition replicas; default: one per core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// TLS for peer connections (mutual) and the client API; plain TCP if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
     /// Every node of the cluster, this one included.
     pub nodes: Vec<RawNode>,
+}
+
+/// PEM files; a relative path is relative to the config file's directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// The cluster CA's certificate: peers' certificates must be signed by it.
+    pub ca_path: PathBuf,
+    /// This node's certificate (chain), naming its peer and client addresses.
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
 }
 
 fn default_storage() -> String {
@@ -199,11 +213,14 @@ pub struct NodeAddresses {
     pub peer: SocketAddr,
     pub client: SocketAddr,
     pub http: SocketAddr,
+    /// Whether the cluster serves clients over TLS.
+    pub client_tls: bool,
 }
 
 impl NodeAddresses {
     pub fn client_url(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.client_tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 }
 
@@ -225,6 +242,7 @@ pub struct Config {
     pub upload_idle_timeout: Duration,
     pub replicas: usize,
     pub workers: usize,
+    pub tls: Option<cohort_net::tls::TlsFiles>,
     pub nodes: BTreeMap<NodeId, NodeAddresses>,
 }
 
@@ -238,8 +256,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let raw: RawConfig =
+        let mut raw: RawConfig =
             toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        if let (Some(tls), Some(dir)) = (&mut raw.tls, path.parent()) {
+            for file in [&mut tls.ca_path, &mut tls.cert_path, &mut tls.key_path] {
+                *file = dir.join(&*file);
+            }
+        }
         Config::check(raw).map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
     }
 
@@ -308,6 +331,7 @@ impl Config {
                 peer: parse("peer_address", &node.peer_address)?,
                 client: parse("client_address", &node.client_address)?,
                 http: parse("http_address", &node.http_address)?,
+                client_tls: raw.tls.is_some(),
             };
             if node.id == 0 || node.id > cohort_core::ids::PeerId::NODE_ID_MAX {
                 return Err(format!("node ids must be in 1..={}", cohort_core::ids::PeerId::NODE_ID_MAX));
@@ -356,6 +380,11 @@ impl Config {
             upload_idle_timeout: Duration::from_millis(raw.limits.upload_idle_timeout_ms),
             replicas,
             workers,
+            tls: raw.tls.map(|t| cohort_net::tls::TlsFiles {
+                ca_path: t.ca_path,
+                cert_path: t.cert_path,
+                key_path: t.key_path,
+            }),
             nodes,
         })
     }
@@ -382,6 +411,7 @@ mod tests {
             store: RawStore::default(),
             replicas: None,
             workers: None,
+            tls: None,
             nodes: vec![RawNode {
                 id: 1,
                 peer_address: "127.0.0.1:1".into(),
@@ -398,6 +428,25 @@ mod tests {
         assert_eq!(parsed, raw());
         let config = Config::check(parsed).unwrap();
         assert_eq!(config.me().client_url(), "http://127.0.0.1:2");
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_config_file_and_clients_are_served_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = raw();
+        raw.tls = Some(RawTls {
+            ca_path: "tls/ca.pem".into(),
+            cert_path: "/etc/cohort/node.pem".into(),
+            key_path: "node.key".into(),
+        });
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, toml::to_string(&raw).unwrap()).unwrap();
+        let config = Config::load(&path).unwrap();
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_path, dir.path().join("tls/ca.pem"));
+        assert_eq!(tls.cert_path, PathBuf::from("/etc/cohort/node.pem"));
+        assert_eq!(tls.key_path, dir.path().join("node.key"));
+        assert_eq!(config.me().client_url(), "https://127.0.0.1:2");
     }
 
     #[test]

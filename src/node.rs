@@ -87,6 +87,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let seed: u64 = rand::random();
     let env = production_env(&config, seed)?;
     let me = config.me().clone();
+    let tls = match &config.tls {
+        Some(files) => Some(files.read().context("reading the TLS files")?),
+        None => None,
+    };
+    let peer_tls = tls.as_ref().map(cohort_net::tls::PeerTls::new).transpose().context("peer TLS")?;
     let spec = NodeSpec {
         node: config.node,
         cluster_id: config.cluster_id.clone(),
@@ -100,6 +105,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         workers: config.workers,
         store: config.store.clone(),
         applier: config.applier.clone(),
+        peer_tls,
     };
     let node = cohort_net::node::start(env, spec, |transport| transport as Arc<dyn Transport>)
         .await
@@ -118,11 +124,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let http = tokio::spawn(crate::http::serve(me.http, handle.clone()));
     let sweeper = tokio::spawn(crate::uploads::sweep_idle_uploads(node.service.clone(), config.upload_idle_timeout));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let grpc =
-        tokio::spawn(tonic::transport::Server::builder().add_service(api).serve_with_shutdown(me.client, async {
-            let _ = stop_rx.await;
-        }));
-    tracing::info!(node = %config.node, peer = %me.peer, client = %me.client, http = %me.http, "node serving");
+    let mut server = tonic::transport::Server::builder();
+    if let Some(pems) = &tls {
+        let tls = cohort_net::tls::api_server_config(pems).context("client API TLS")?;
+        server = server.tls_config(tls).context("client API TLS")?;
+    }
+    let grpc = tokio::spawn(server.add_service(api).serve_with_shutdown(me.client, async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(node = %config.node, peer = %me.peer, client = %me.client_url(), http = %me.http, tls = tls.is_some(), "node serving");
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),

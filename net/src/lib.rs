@@ -13,5 +13,6 @@ pub mod node;
 pub mod peer;
 pub mod runtime;
 mod tcp_transport;
+pub mod tls;
 
 pub use tcp_transport::{TcpTransport, TransportConfig, TransportStats};

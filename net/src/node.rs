@@ -42,6 +42,8 @@ pub struct NodeSpec {
     pub store: StoreOptions,
     /// When the store's commits are made durable (and logs compacted through them).
     pub applier: ApplierOptions,
+    /// Mutual TLS between peers, if configured.
+    pub peer_tls: Option<crate::tls::PeerTls>,
 }
 
 impl NodeSpec {
@@ -119,6 +121,7 @@ pub async fn start(
     );
     transport_config.frame_size_bytes_max = spec.frame_size_bytes_max;
     transport_config.outbox_messages_max = spec.outbox_messages_max;
+    transport_config.tls = spec.peer_tls.clone();
     let (inbox_tx, mut inbox_rx) = mpsc::channel::<Vec<Envelope>>(crate::limits::INBOX_BATCHES_MAX);
     let transport = TcpTransport::start(transport_config, listener, inbox_tx);
 

@@ -5,13 +5,15 @@
 //! receive on that one connection. Each peer has a bounded outbox (full: drop and count; Raft
 //! retransmits) and a link task that (re)connects with backoff, authenticates, then pumps the
 //! outbox out and received frames into the node's inbox. Bad bytes from a peer close that
-//! connection only.
+//! connection only. With TLS configured (`crate::tls`), each connection is mutual TLS first
+//! and the handshake runs inside it.
 
 use crate::frame::{read_frame, received_envelopes, write_frame, Frame, FrameError, ProtocolError, WireMessage};
 use crate::limits;
 use crate::peer::backoff::Backoff;
 use crate::peer::handshake::{self, Credentials, HandshakeError};
 use crate::peer::outbox::Outbox;
+use crate::tls::PeerTls;
 use cohort_core::env::{Envelope, Payload, Transport};
 use cohort_core::ids::NodeId;
 use cohort_core::node::identity::{InstanceId, PeerInstances};
@@ -23,10 +25,16 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Capacity a connection's read buffer keeps between frames; a larger one is given back.
 const READ_BUFFER_RETAINED_BYTES_MAX: usize = 1024 * 1024;
+
+/// An authenticated peer connection: TCP, or TLS over TCP.
+trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> PeerIo for T {}
+type PeerStream = Box<dyn PeerIo>;
 
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -43,6 +51,8 @@ pub struct TransportConfig {
     pub instance: InstanceId,
     /// The data directory each peer first presented; another is refused.
     pub peer_instances: Arc<PeerInstances>,
+    /// Mutual TLS under the handshake, if configured (`crate::tls`).
+    pub tls: Option<PeerTls>,
 }
 
 impl TransportConfig {
@@ -65,6 +75,7 @@ impl TransportConfig {
             frame_size_bytes_max: limits::FRAME_SIZE_BYTES_MAX,
             outbox_messages_max: limits::OUTBOX_MESSAGES_MAX,
             seed,
+            tls: None,
         }
     }
 }
@@ -88,8 +99,8 @@ struct Link {
     address: SocketAddr,
     outbox: Outbox,
     /// Accepted connections from this peer, newest wins.
-    accepted: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<TcpStream>>>,
-    accepted_tx: tokio::sync::mpsc::Sender<TcpStream>,
+    accepted: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<PeerStream>>>,
+    accepted_tx: tokio::sync::mpsc::Sender<PeerStream>,
     connected: AtomicBool,
 }
 
@@ -192,17 +203,23 @@ impl TcpTransport {
             // Raft messages are small and latency-bound: never wait to coalesce them.
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let mut stream = stream;
                 let nonce = transport.nonce();
                 let credentials = transport.credentials();
                 // Of each pair the lower id dials: only those peers connect here.
                 let me = transport.config.node;
                 let dials_here = |id| NodeId(id) < me && transport.links.contains_key(&NodeId(id));
-                let handshake = handshake::accept(&mut stream, &credentials, dials_here, nonce);
+                let handshake = async {
+                    let mut stream: PeerStream = match &transport.config.tls {
+                        Some(tls) => Box::new(tls.accept(stream).await.map_err(HandshakeError::Tls)?),
+                        None => Box::new(stream),
+                    };
+                    let peer = handshake::accept(&mut stream, &credentials, dials_here, nonce).await?;
+                    Ok::<_, HandshakeError>((peer, stream))
+                };
                 let result = tokio::time::timeout(Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS), handshake).await;
                 drop(permit);
                 match result {
-                    Ok(Ok(peer)) => {
+                    Ok(Ok((peer, stream))) => {
                         // The link task picks it up; a newer one replaces it there. Never
                         // waits: with two already queued, this one is dropped.
                         if transport.links[&NodeId(peer)].accepted_tx.try_send(stream).is_err() {
@@ -232,10 +249,14 @@ impl TcpTransport {
         tracing::error!(%peer, %error, "peer refused");
     }
 
-    async fn dial(&self, link: &Link) -> Result<TcpStream, String> {
+    async fn dial(&self, link: &Link) -> Result<PeerStream, String> {
         let connect = async {
-            let mut stream = TcpStream::connect(link.address).await.map_err(|e| e.to_string())?;
+            let stream = TcpStream::connect(link.address).await.map_err(|e| e.to_string())?;
             let _ = stream.set_nodelay(true);
+            let mut stream: PeerStream = match &self.config.tls {
+                Some(tls) => Box::new(tls.connect(link.address.ip(), stream).await.map_err(|e| format!("TLS: {e}"))?),
+                None => Box::new(stream),
+            };
             match handshake::dial(&mut stream, &self.credentials(), link.peer.0, self.nonce()).await {
                 Ok(()) => Ok(stream),
                 Err(error @ HandshakeError::Identity(_)) => {
@@ -295,8 +316,8 @@ impl TcpTransport {
     async fn pump(
         &self,
         link: &Link,
-        stream: TcpStream,
-        accepted: Option<&mut tokio::sync::mpsc::Receiver<TcpStream>>,
+        stream: PeerStream,
+        accepted: Option<&mut tokio::sync::mpsc::Receiver<PeerStream>>,
     ) -> PumpOutcome {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let frame_max = self.config.frame_size_bytes_max;
@@ -411,7 +432,7 @@ enum PeerError {
 
 struct PumpOutcome {
     reason: String,
-    replacement: Option<TcpStream>,
+    replacement: Option<PeerStream>,
 }
 
 impl std::fmt::Display for PumpOutcome {

@@ -137,6 +137,8 @@ impl SimCluster {
                 workers: workers(seed),
                 store: cohort_core::store::StoreOptions { cache_size_bytes: 4 * 1024 * 1024 },
                 applier: applier_options(seed),
+                // TLS adds nothing the simulated network can fault; it is tested on real sockets.
+                peer_tls: None,
             };
             let init = {
                 let (disk, service, faults, observer) =

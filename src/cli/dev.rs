@@ -2,7 +2,7 @@
 //! a child process (`cohort node --config ...`), waits until all serve, prints the endpoints,
 //! and stops the children on Ctrl-C or SIGTERM. A child that dies is reported, not restarted.
 
-use crate::config::{loopback_nodes, RawConfig, RawLimits, RawRaft, RawStore};
+use crate::config::{loopback_nodes, RawConfig, RawLimits, RawRaft, RawStore, RawTls};
 use anyhow::Context as _;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,10 @@ pub struct DevArgs {
     /// that already holds a cluster is started again with its data.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Serve peers (mutual TLS) and clients over TLS, with a throwaway CA and node
+    /// certificates made in the data directory (`tls/`). Only for a new cluster.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 fn config_path(dir: &Path, id: u64) -> PathBuf {
@@ -28,11 +32,22 @@ fn config_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 /// The configs of a new cluster in `dir`, on free loopback ports.
-fn new_cluster(dir: &Path, count: u64, replicas: Option<usize>) -> anyhow::Result<Vec<RawConfig>> {
+fn new_cluster(dir: &Path, count: u64, replicas: Option<usize>, tls: bool) -> anyhow::Result<Vec<RawConfig>> {
     let nodes = loopback_nodes(count)?;
     let secret = format!("{:032x}", rand::random::<u128>());
+    let tls_files = if tls {
+        // Every node is on loopback: one set of names serves them all.
+        let hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let certificates =
+            cohort_net::tls::throwaway_certificates(&hosts, count as usize).context("making throwaway certificates")?;
+        let files = certificates.write(&dir.join("tls")).context("writing the certificates")?;
+        files.into_iter().map(Some).collect()
+    } else {
+        vec![None; count as usize]
+    };
     Ok((1..=count)
-        .map(|id| RawConfig {
+        .zip(tls_files)
+        .map(|(id, tls)| RawConfig {
             node_id: id,
             storage: "default".into(),
             data_dir: dir.join(format!("node-{id}")).join("data"),
@@ -44,6 +59,11 @@ fn new_cluster(dir: &Path, count: u64, replicas: Option<usize>) -> anyhow::Resul
             store: RawStore::default(),
             replicas,
             workers: None,
+            tls: tls.map(|files| RawTls {
+                ca_path: files.ca_path,
+                cert_path: files.cert_path,
+                key_path: files.key_path,
+            }),
             nodes: nodes.clone(),
         })
         .collect())
@@ -86,9 +106,18 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
         }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The configs name files under it; nodes resolve relative names from their config's
+    // directory, not from here.
+    let dir = std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?;
     let configs = match load_existing(&dir)? {
         Some(configs) => {
             println!("restarting the {}-node cluster in {}", configs.len(), dir.display());
+            let has_tls = configs.first().is_some_and(|c: &RawConfig| c.tls.is_some());
+            anyhow::ensure!(
+                !args.tls || has_tls,
+                "--tls applies to a new cluster; the one in {} has no TLS",
+                dir.display()
+            );
             configs
         }
         None => {
@@ -98,7 +127,7 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
                     "--replicas must be between 1 and --nodes"
                 );
             }
-            let configs = new_cluster(&dir, args.nodes, args.replicas)?;
+            let configs = new_cluster(&dir, args.nodes, args.replicas, args.tls)?;
             for config in &configs {
                 let path = config_path(&dir, config.node_id);
                 std::fs::create_dir_all(path.parent().expect("has a parent"))?;
@@ -132,13 +161,15 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
             node.id
         );
     }
-    let endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.client_address)).collect();
+    let tls = configs[0].tls.as_ref();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoints: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{}", n.client_address)).collect();
     let endpoints = endpoints.join(",");
     std::fs::write(dir.join("endpoints"), format!("{endpoints}\n"))?;
     println!("cohort dev: {} nodes serving, data in {}", nodes.len(), dir.display());
     for node in nodes {
         println!(
-            "  node {}: client http://{}  http http://{}  log {}",
+            "  node {}: client {scheme}://{}  http http://{}  log {}",
             node.id,
             node.client_address,
             node.http_address,
@@ -147,6 +178,10 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
         println!("          restart by hand: cohort node --config {}", config_path(&dir, node.id).display());
     }
     println!("export COHORT_ENDPOINTS={endpoints}");
+    if let Some(tls) = tls {
+        // The configs' paths are absolute: `new_cluster` wrote them from `dir`.
+        println!("export COHORT_CA={}", tls.ca_path.display());
+    }
 
     let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);

@@ -20,6 +20,9 @@ pub struct Cli {
     /// Client URLs of the cluster's nodes, comma-separated.
     #[arg(long, env = "COHORT_ENDPOINTS", value_delimiter = ',', global = true)]
     pub endpoints: Vec<String>,
+    /// The cluster CA's certificate (PEM), for `https` endpoints.
+    #[arg(long, env = "COHORT_CA", global = true)]
+    pub ca: Option<PathBuf>,
     /// Client token, when the cluster requires one.
     #[arg(long, env = "COHORT_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
@@ -105,6 +108,10 @@ pub fn client(cli: &Cli) -> anyhow::Result<Client> {
     config.token = cli.token.clone();
     config.deadline = Duration::from_secs(cli.timeout);
     config.attempt_timeout = config.deadline.min(Duration::from_secs(5));
+    if let Some(path) = &cli.ca {
+        config.ca_pem =
+            Some(std::fs::read(path).with_context(|| format!("reading the CA certificate {}", path.display()))?);
+    }
     Ok(Client::new(config)?)
 }
 

@@ -1,7 +1,7 @@
 //! A cluster of real `cohort node` processes for tests, each with its own config and data
 //! directory under one temporary directory.
 
-use cohort::config::{RawConfig, RawLimits, RawNode, RawRaft, RawStore};
+use cohort::config::{RawConfig, RawLimits, RawNode, RawRaft, RawStore, RawTls};
 use cohort_core::state_machine::{Expected, NewObject, ObjectKind, Oid, RefName, RefValue, RelativePath, RepoId};
 use cohort_net::client::{Client, ClientConfig, RefChange};
 use std::collections::BTreeMap;
@@ -48,7 +48,27 @@ impl TestCluster {
 
     /// A cluster of `count` nodes, each node's configuration changed by `configure` first.
     pub fn start_configured(count: u64, configure: impl Fn(&mut RawConfig)) -> TestCluster {
+        TestCluster::start_in(tempfile::tempdir().unwrap(), count, configure)
+    }
+
+    /// A cluster whose peers and clients talk TLS, with a throwaway CA and node certificates
+    /// (in `tls/` of its directory).
+    pub fn start_tls(count: u64) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
+        let hosts = ["127.0.0.1".to_owned()];
+        let certificates = cohort_net::tls::throwaway_certificates(&hosts, count as usize).unwrap();
+        let files = certificates.write(&dir.path().join("tls")).unwrap();
+        TestCluster::start_in(dir, count, |config| {
+            let mine = &files[config.node_id as usize - 1];
+            config.tls = Some(RawTls {
+                ca_path: mine.ca_path.clone(),
+                cert_path: mine.cert_path.clone(),
+                key_path: mine.key_path.clone(),
+            });
+        })
+    }
+
+    fn start_in(dir: tempfile::TempDir, count: u64, configure: impl Fn(&mut RawConfig)) -> TestCluster {
         let nodes = cohort::config::loopback_nodes(count).unwrap();
         let configs: Vec<RawConfig> = (1..=count)
             .map(|id| RawConfig {
@@ -63,6 +83,7 @@ impl TestCluster {
                 store: RawStore::default(),
                 replicas: None,
                 workers: None,
+                tls: None,
                 nodes: nodes.clone(),
             })
             .map(|mut config| {
@@ -168,17 +189,24 @@ impl TestCluster {
     }
 
     pub fn endpoints(&self) -> Vec<String> {
-        self.configs[0].nodes.iter().map(|n| format!("http://{}", n.client_address)).collect()
+        (1..=self.configs.len() as u64).map(|id| self.endpoint(id)).collect()
     }
 
     pub fn endpoint(&self, id: u64) -> String {
-        format!("http://{}", self.node(id).client_address)
+        let scheme = if self.configs[0].tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.node(id).client_address)
+    }
+
+    /// The CA clients must trust, if the cluster talks TLS.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        self.configs[0].tls.as_ref().map(|tls| tls.ca_path.clone())
     }
 
     pub fn client(&self, client_id: u64) -> Client {
         let mut config = ClientConfig::new(self.endpoints(), client_id);
         config.deadline = Duration::from_secs(20);
         config.attempt_timeout = Duration::from_secs(2);
+        config.ca_pem = self.ca_path().map(|path| std::fs::read(path).unwrap());
         Client::new(config).unwrap()
     }
 
@@ -205,20 +233,26 @@ impl TestCluster {
             .env("COHORT_ENDPOINTS", self.endpoints().join(","))
             .env("COHORT_LOG", "error")
             .stdin(Stdio::null());
+        if let Some(ca) = self.ca_path() {
+            command.env("COHORT_CA", ca);
+        }
         command
     }
 
     pub fn cli_at(&self, endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
         use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cohort"));
+        command
             .args(args)
             .env("COHORT_ENDPOINTS", endpoints)
             .env("COHORT_LOG", "error")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        if let Some(ca) = self.ca_path() {
+            command.env("COHORT_CA", ca);
+        }
+        let mut child = command.spawn().unwrap();
         let mut input = child.stdin.take().unwrap();
         if let Some(bytes) = stdin {
             input.write_all(bytes).unwrap();

@@ -10,3 +10,4 @@ mod membership;
 mod operations;
 mod replica_sets;
 mod robustness;
+mod tls;

@@ -25,6 +25,9 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Identifies this client's writes; with the sequence number it makes them idempotent.
     pub client_id: u64,
+    /// The cluster CA's certificate (PEM), which `https` endpoints must present a certificate
+    /// signed by.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl ClientConfig {
@@ -35,6 +38,7 @@ impl ClientConfig {
             deadline: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(5),
             client_id,
+            ca_pem: None,
         }
     }
 }
@@ -188,8 +192,7 @@ impl Client {
             round_robin: AtomicUsize::new(0),
         };
         for endpoint in &client.config.endpoints {
-            Endpoint::from_shared(endpoint.clone())
-                .map_err(|e| ClientError::BadEndpoint { endpoint: endpoint.clone(), reason: e.to_string() })?;
+            client.endpoint(endpoint)?;
         }
         Ok(client)
     }
@@ -204,13 +207,24 @@ impl Client {
         if let Some(channel) = channels.get(endpoint) {
             return Ok(channel.clone());
         }
-        let bad = |reason: String| ClientError::BadEndpoint { endpoint: endpoint.to_owned(), reason };
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(self.config.attempt_timeout)
-            .connect_lazy();
+        let channel = self.endpoint(endpoint)?.connect_timeout(self.config.attempt_timeout).connect_lazy();
         channels.insert(endpoint.to_owned(), channel.clone());
         Ok(channel)
+    }
+
+    /// `endpoint` parsed, with TLS if it is `https`.
+    fn endpoint(&self, endpoint: &str) -> Result<Endpoint, ClientError> {
+        let bad = |reason: String| ClientError::BadEndpoint { endpoint: endpoint.to_owned(), reason };
+        let parsed = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| bad(e.to_string()))?;
+        if !endpoint.starts_with("https://") {
+            return Ok(parsed);
+        }
+        let ca =
+            self.config.ca_pem.as_deref().ok_or_else(|| {
+                bad("an https endpoint needs the cluster's CA certificate (--ca or COHORT_CA)".into())
+            })?;
+        let tls = crate::tls::api_client_config(ca).map_err(|e| bad(e.to_string()))?;
+        parsed.tls_config(tls).map_err(|e| bad(e.to_string()))
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {

@@ -37,6 +37,9 @@ pub enum HandshakeError {
     BadProof,
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The TLS handshake under this one failed: no certificate, or one the CA did not sign.
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
 }
 
 /// What both ends need to authenticate.

@@ -3,6 +3,7 @@
 use cohort_core::env::{Envelope, Payload, Transport};
 use cohort_core::ids::{NodeId, PartitionId};
 use cohort_core::node::identity::{InstanceId, PeerInstances};
+use cohort_net::tls::{throwaway_certificates, PeerTls, TlsPems};
 use cohort_net::{TcpTransport, TransportConfig};
 use cohort_storage::SimDisk;
 use futures::channel::mpsc;
@@ -68,13 +69,49 @@ async fn pair_remembering(
     memory_a: &Arc<PeerInstances>,
     memory_b: &Arc<PeerInstances>,
 ) -> Pair {
+    pair_configured(config(1, secret_a, PLACEHOLDER, 1, memory_a), config(2, secret_b, PLACEHOLDER, 2, memory_b)).await
+}
+
+/// Stands for the other node's address until its listener is bound.
+const PLACEHOLDER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Nodes 1 and 2 from their configs, each pointed at the other's listener.
+async fn pair_configured(mut config_a: TransportConfig, mut config_b: TransportConfig) -> Pair {
     let (la, aa) = listener().await;
     let (lb, ab) = listener().await;
+    config_a.peers.insert(NodeId(2), ab);
+    config_b.peers.insert(NodeId(1), aa);
     let (tx_a, a_inbox) = mpsc::channel(64);
     let (tx_b, b_inbox) = mpsc::channel(64);
-    let a = TcpTransport::start(config(1, secret_a, ab, 1, memory_a), la, tx_a);
-    let b = TcpTransport::start(config(2, secret_b, aa, 2, memory_b), lb, tx_b);
+    let a = TcpTransport::start(config_a, la, tx_a);
+    let b = TcpTransport::start(config_b, lb, tx_b);
     Pair { a, b, a_inbox, b_inbox, b_address: ab }
+}
+
+/// Nodes 1 and 2 sharing a secret, each with the TLS given (certificates for 127.0.0.1).
+async fn tls_pair(tls_a: Option<&TlsPems>, tls_b: Option<&TlsPems>) -> Pair {
+    let mut config_a = config(1, b"s", PLACEHOLDER, 1, &memory());
+    let mut config_b = config(2, b"s", PLACEHOLDER, 2, &memory());
+    config_a.tls = tls_a.map(|pems| PeerTls::new(pems).unwrap());
+    config_b.tls = tls_b.map(|pems| PeerTls::new(pems).unwrap());
+    pair_configured(config_a, config_b).await
+}
+
+fn certificates(host: &str) -> Vec<TlsPems> {
+    throwaway_certificates(&[host.to_owned()], 2).unwrap().nodes
+}
+
+/// Neither side connects, nothing sent is delivered, and the refusal is counted.
+async fn assert_refused(mut p: Pair) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(p.a.connected_peers().is_empty() && p.b.connected_peers().is_empty());
+    p.a.send(NodeId(2), vec![envelope(1, 2, 5, 1)]);
+    assert!(tokio::time::timeout(Duration::from_millis(300), p.b_inbox.next()).await.is_err(), "nothing delivered");
+    assert!(
+        p.a.stats().connections_rejected.load(Ordering::Relaxed)
+            + p.b.stats().connections_rejected.load(Ordering::Relaxed)
+            > 0
+    );
 }
 
 async fn next(inbox: &mut mpsc::Receiver<Vec<Envelope>>) -> Option<Vec<Envelope>> {
@@ -105,16 +142,33 @@ async fn messages_flow_both_ways_on_one_connection() {
 
 #[tokio::test]
 async fn a_peer_with_the_wrong_secret_is_refused() {
-    let mut p = pair(b"right", b"wrong").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(p.a.connected_peers().is_empty() && p.b.connected_peers().is_empty());
+    assert_refused(pair(b"right", b"wrong").await).await;
+}
+
+#[tokio::test]
+async fn mutual_tls_carries_messages_both_ways() {
+    let pems = certificates("127.0.0.1");
+    let mut p = tls_pair(Some(&pems[0]), Some(&pems[1])).await;
+    wait_connected(&p.a).await;
+    wait_connected(&p.b).await;
     p.a.send(NodeId(2), vec![envelope(1, 2, 5, 1)]);
-    assert!(tokio::time::timeout(Duration::from_millis(300), p.b_inbox.next()).await.is_err(), "nothing delivered");
-    assert!(
-        p.a.stats().connections_rejected.load(Ordering::Relaxed)
-            + p.b.stats().connections_rejected.load(Ordering::Relaxed)
-            > 0
-    );
+    assert_eq!(next(&mut p.b_inbox).await.expect("b receives"), vec![envelope(1, 2, 5, 1)]);
+    p.b.send(NodeId(1), vec![envelope(2, 1, 5, 3)]);
+    assert_eq!(next(&mut p.a_inbox).await.expect("a receives"), vec![envelope(2, 1, 5, 3)]);
+}
+
+#[tokio::test]
+async fn a_peer_without_the_right_certificate_is_refused() {
+    let ours = certificates("127.0.0.1");
+    // Signed by another CA: each side refuses the other's certificate.
+    let theirs = certificates("127.0.0.1");
+    assert_refused(tls_pair(Some(&ours[0]), Some(&theirs[1])).await).await;
+    // No TLS at all, on either side of the pair.
+    assert_refused(tls_pair(Some(&ours[0]), None).await).await;
+    assert_refused(tls_pair(None, Some(&ours[1])).await).await;
+    // The right CA, but the certificate does not name the address the dialer dialed.
+    let elsewhere = certificates("192.0.2.1");
+    assert_refused(tls_pair(Some(&ours[0]), Some(&elsewhere[1])).await).await;
 }
 
 #[tokio::test]

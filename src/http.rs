@@ -9,7 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -145,6 +145,34 @@ async fn metrics(node: &NodeHandle) -> String {
                 + stats.messages_dropped_unknown_partition.load(Ordering::Relaxed),
         ),
     );
+    let data_dir = &node.config.data_dir;
+    if let Ok(space) = cohort_storage::fs_disk::space(data_dir) {
+        registry.register_with_unit(
+            "disk_available",
+            "Space a writer may still use on the data directory's file system",
+            Unit::Bytes,
+            ConstGauge::new(space.available_bytes as i64),
+        );
+        registry.register_with_unit(
+            "disk_size",
+            "Size of the data directory's file system",
+            Unit::Bytes,
+            ConstGauge::new(space.total_bytes as i64),
+        );
+    }
+    registry.register_with_unit(
+        "log",
+        "Bytes of the write-ahead log's segments",
+        Unit::Bytes,
+        ConstGauge::new(directory_bytes(&data_dir.join(cohort_net::node::WAL_DIR)) as i64),
+    );
+    let store_bytes = std::fs::metadata(data_dir.join(cohort_core::store::STORE_FILE)).map_or(0, |m| m.len());
+    registry.register_with_unit(
+        "store",
+        "Bytes of the state store's file",
+        Unit::Bytes,
+        ConstGauge::new(store_bytes as i64),
+    );
     let lag = node.router.replica_lag_entries_max();
     registry.register(
         "replica_lag_entries_max",
@@ -154,6 +182,12 @@ async fn metrics(node: &NodeHandle) -> String {
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
+}
+
+/// The files directly in `dir`, in bytes (0 if it cannot be read).
+fn directory_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(|entry| entry.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
 }
 
 async fn status_page(node: &NodeHandle) -> String {

@@ -40,8 +40,14 @@ pub struct NodeMetrics {
     pub peer_down_events: Counter,
     /// From a write's arrival at its partition to its answer after apply.
     pub commit_latency_seconds: Histogram,
+    /// From entries handed to the store's applier to their being applied.
+    pub apply_latency_seconds: Histogram,
     /// One fsync of the write-ahead log.
     pub fsync_latency_seconds: Histogram,
+    /// Partitions this node leads with a voter on a node that is down.
+    pub partitions_under_replicated: Gauge,
+    /// Replicas on this node that are awake and know no leader.
+    pub partitions_leaderless: Gauge,
     /// Snapshots saved by this node's replicas (each one compacts the log).
     pub snapshots_saved: Counter,
     /// Snapshot transfers completed, as sender and as receiver, and their bytes.
@@ -72,7 +78,10 @@ impl Default for NodeMetrics {
             peer_alive: Family::default(),
             peer_down_events: Counter::default(),
             commit_latency_seconds: Histogram::new(latency_buckets()),
+            apply_latency_seconds: Histogram::new(latency_buckets()),
             fsync_latency_seconds: Histogram::new(latency_buckets()),
+            partitions_under_replicated: Gauge::default(),
+            partitions_leaderless: Gauge::default(),
             snapshots_saved: Counter::default(),
             snapshots_sent: Counter::default(),
             snapshot_sent_bytes: Counter::default(),
@@ -129,6 +138,22 @@ impl NodeMetrics {
             "Time from a write's arrival at its partition to its answer after apply",
             Unit::Seconds,
             self.commit_latency_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "apply_latency",
+            "Time from committed entries handed to the store's applier to their being applied",
+            Unit::Seconds,
+            self.apply_latency_seconds.clone(),
+        );
+        registry.register(
+            "partitions_under_replicated",
+            "Partitions this node leads that have a voter on a node that is down",
+            self.partitions_under_replicated.clone(),
+        );
+        registry.register(
+            "partitions_leaderless",
+            "Replicas on this node that are awake and know no leader (an election is due or under way)",
+            self.partitions_leaderless.clone(),
         );
         registry.register_with_unit(
             "fsync_latency",

@@ -23,6 +23,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where the write-ahead log's segments are, under the data directory.
+pub const WAL_DIR: &str = "wal";
+
 /// What a node needs to know to start, beyond its `Env`.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -95,7 +98,7 @@ pub async fn start(
     let identity = Identity::open_or_create(&*env.disk, &spec.cluster_id, spec.node, instance_seed)?;
     let peer_instances = Arc::new(PeerInstances::open(env.disk.clone())?);
     tracing::info!(node = %spec.node, instance = %identity.instance, "data directory identity");
-    let (engine, recovered) = LogEngine::open(env.disk.clone(), Path::new("wal"), LogOptions::default())?;
+    let (engine, recovered) = LogEngine::open(env.disk.clone(), Path::new(WAL_DIR), LogOptions::default())?;
     tracing::info!(node = %spec.node, partitions = recovered.len(), "log recovered");
     let store = Arc::new(Store::open(&env.disk, &spec.store)?);
     let stored = remove_orphan_rows(&store, &recovered)?;

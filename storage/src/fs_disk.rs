@@ -142,20 +142,35 @@ impl Disk for FsDisk {
     }
 
     fn available_bytes(&self) -> Result<u64, DiskError> {
-        use std::os::unix::ffi::OsStrExt;
-        let error = |e| DiskError::new("statvfs", &self.root, e);
-        let path = std::ffi::CString::new(self.root.as_os_str().as_bytes())
-            .map_err(|_| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: `path` is a NUL-terminated string and `stats` a buffer of the type statvfs
-        // fills; it is read only if the call succeeded.
-        if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
-            return Err(error(io::Error::last_os_error()));
-        }
-        // SAFETY: statvfs succeeded, so it initialised `stats`.
-        let stats = unsafe { stats.assume_init() };
-        Ok(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
+        space(&self.root).map(|space| space.available_bytes).map_err(|e| DiskError::new("statvfs", &self.root, e))
     }
+}
+
+/// The size of the file system holding a path, and what of it an unprivileged writer may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSpace {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// [`DiskSpace`] of the file system holding `path` (statvfs).
+pub fn space(path: &Path) -> io::Result<DiskSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stats` a buffer of the type statvfs
+    // fills; it is read only if the call succeeded.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it initialised `stats`.
+    let stats = unsafe { stats.assume_init() };
+    let block_bytes = u64::from(stats.f_frsize);
+    Ok(DiskSpace {
+        total_bytes: u64::from(stats.f_blocks).saturating_mul(block_bytes),
+        available_bytes: u64::from(stats.f_bavail).saturating_mul(block_bytes),
+    })
 }
 
 /// A file of [`FsDisk`] opened for appending. Every append is one `write_all` on an `O_APPEND`

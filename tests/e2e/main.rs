@@ -7,6 +7,7 @@ mod failover;
 mod idle;
 mod large_objects;
 mod membership;
+mod observability;
 mod operations;
 mod replica_sets;
 mod robustness;

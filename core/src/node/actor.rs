@@ -201,7 +201,21 @@ struct ReplicaGauges {
     role: Option<Role>,
     leader: Option<NodeId>,
     quiesced: bool,
+    under_replicated: bool,
+    leaderless: bool,
     last_wake: Option<(WakeCause, u64)>,
+}
+
+/// Keeps `gauge` counting this replica while `now` holds, given whether it did (`was`).
+fn count_while(gauge: &prometheus_client::metrics::gauge::Gauge, was: &mut bool, now: bool) {
+    if now != *was {
+        if now {
+            gauge.inc();
+        } else {
+            gauge.dec();
+        }
+        *was = now;
+    }
 }
 
 impl ReplicaGauges {
@@ -233,15 +247,13 @@ impl ReplicaGauges {
         }
         self.leader = leader;
         self.lag_entries.store(partition.leader_lag_entries(), std::sync::atomic::Ordering::Relaxed);
-        let quiesced = partition.is_quiesced();
-        if quiesced != self.quiesced {
-            if quiesced {
-                self.metrics.partitions_quiesced.inc();
-            } else {
-                self.metrics.partitions_quiesced.dec();
-            }
-            self.quiesced = quiesced;
-        }
+        count_while(&self.metrics.partitions_quiesced, &mut self.quiesced, partition.is_quiesced());
+        count_while(
+            &self.metrics.partitions_under_replicated,
+            &mut self.under_replicated,
+            partition.is_under_replicated(),
+        );
+        count_while(&self.metrics.partitions_leaderless, &mut self.leaderless, partition.is_leaderless());
         let last_wake = partition.last_wake();
         if last_wake != self.last_wake {
             if let Some((cause, _)) = last_wake {
@@ -257,8 +269,14 @@ impl Drop for ReplicaGauges {
         if let Some(role) = self.role {
             self.role_gauge(role).dec();
         }
-        if self.quiesced {
-            self.metrics.partitions_quiesced.dec();
+        for (gauge, counted) in [
+            (&self.metrics.partitions_quiesced, self.quiesced),
+            (&self.metrics.partitions_under_replicated, self.under_replicated),
+            (&self.metrics.partitions_leaderless, self.leaderless),
+        ] {
+            if counted {
+                gauge.dec();
+            }
         }
     }
 }
@@ -308,8 +326,9 @@ pub(super) struct ActorState {
     next_request: u64,
     persisted_seen: u64,
     durable_seen: u64,
-    /// Answers of the store, in the order the work was handed to it.
-    applying: VecDeque<oneshot::Receiver<ApplyResult>>,
+    /// Answers of the store, in the order the work was handed to it, with when entries (not
+    /// a snapshot install) were handed over, for the apply latency.
+    applying: VecDeque<(Option<crate::env::Instant>, oneshot::Receiver<ApplyResult>)>,
     gauges: ReplicaGauges,
     /// Messages to send at the end of the current drain, one batch per node.
     outbox: BTreeMap<NodeId, Vec<Envelope>>,
@@ -340,6 +359,8 @@ impl ActorState {
                 role: None,
                 leader: partition.leader(),
                 quiesced: false,
+                under_replicated: false,
+                leaderless: false,
                 last_wake: None,
             },
             outbox: BTreeMap::new(),
@@ -484,8 +505,12 @@ impl Actor {
         if let Poll::Ready(event) = self.signal.poll_event(&mut state.persisted_seen, cx) {
             return Some(Wake::Persist(event));
         }
-        if let Some(front) = state.applying.front_mut() {
+        if let Some((handed_at, front)) = state.applying.front_mut() {
             if let Poll::Ready(outcome) = front.poll_unpin(cx) {
+                if let Some(handed_at) = *handed_at {
+                    let elapsed = now.saturating_duration_since(handed_at);
+                    self.env.metrics.apply_latency_seconds.observe(elapsed.as_secs_f64());
+                }
                 state.applying.pop_front();
                 return Some(Wake::Applied(outcome.unwrap_or_else(|_| Err(applier_gone()))));
             }
@@ -724,9 +749,11 @@ impl Actor {
                     return Poll::Pending;
                 }
                 Poll::Ready(room) => {
+                    let entries = matches!(request.work, ApplyWork::Entries(_));
                     let sent = room.and_then(|()| self.applier.start_send(request)).is_ok();
                     if sent {
-                        self.state.applying.push_back(answer);
+                        let handed_at = entries.then(|| self.env.clock.now());
+                        self.state.applying.push_back((handed_at, answer));
                     }
                     sent
                 }

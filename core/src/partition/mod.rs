@@ -392,6 +392,19 @@ impl Partition {
         self.raw.raft.state == StateRole::Leader
     }
 
+    /// Whether this replica leads a partition with a voter on a node that node liveness
+    /// reports down: one more failure from losing its quorum (or already past it).
+    pub fn is_under_replicated(&self) -> bool {
+        self.is_leader()
+            && self.raw.raft.prs().conf().voters().ids().iter().any(|id| self.down_nodes.contains(&PeerId(id).node()))
+    }
+
+    /// Whether this replica is awake and knows no leader: an election is due or under way.
+    /// (A resting replica that knows none, after a restart, elects on its first request.)
+    pub fn is_leaderless(&self) -> bool {
+        self.leader().is_none() && !self.is_quiesced()
+    }
+
     pub fn leader(&self) -> Option<NodeId> {
         match self.raw.raft.leader_id {
             raft::INVALID_ID => None,

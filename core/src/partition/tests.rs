@@ -685,6 +685,29 @@ fn a_new_leader_keeps_its_terms_entries_for_the_dead_leader_which_catches_up_fro
     cluster.assert_logs_agree();
 }
 
+#[test]
+fn a_leader_with_a_voter_on_a_down_node_is_under_replicated_and_awake_replicas_without_a_leader_say_so() {
+    let (mut cluster, leader) = quiesced_cluster(47);
+    let healthy =
+        |c: &Cluster| c.nodes().iter().all(|&n| !c.replica(n).is_under_replicated() && !c.replica(n).is_leaderless());
+    assert!(healthy(&cluster), "a healthy partition is neither");
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    cluster.crash(follower);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.replica(leader).is_under_replicated()), "its voter's node is down");
+    let other = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    assert!(!cluster.replica(other).is_under_replicated(), "only the leader counts it");
+    cluster.restart(follower);
+    assert!(cluster.drive_until(STEPS_MAX, healthy), "back: healthy again");
+    // The leader dies: the others know no leader until one of them is elected.
+    cluster.crash(leader);
+    let survivors: Vec<NodeId> = cluster.nodes();
+    assert!(cluster.drive_until(STEPS_MAX, |c| survivors.iter().any(|&n| c.replica(n).is_leaderless())));
+    assert!(cluster
+        .drive_until(STEPS_MAX, |c| c.leader().is_some() && survivors.iter().all(|&n| !c.replica(n).is_leaderless())));
+    let new_leader = cluster.leader().unwrap();
+    assert!(cluster.replica(new_leader).is_under_replicated(), "the old leader's node is down");
+}
+
 // ---- quiescing (quiesce.rs) ----
 
 fn all_quiesced(cluster: &Cluster) -> bool {

@@ -1,8 +1,7 @@
-//! The node's HTTP endpoints: `/health`, `/metrics` (Prometheus text) and `/` (a small human
-//! status page).
+//! The node's HTTP endpoints: `/health`, `/metrics` (Prometheus text), `/` (the status page,
+//! `status_page.rs`) and `/status.json` (what it shows).
 
 use crate::node::NodeHandle;
-use cohort_core::partition::PartitionStatus;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -10,7 +9,6 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,7 +44,10 @@ async fn route(request: Request<Incoming>, node: &NodeHandle) -> Response<Full<B
         "/metrics" => {
             text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics(node).await)
         }
-        "/" => text(StatusCode::OK, "text/html; charset=utf-8", status_page(node).await),
+        "/" => text(StatusCode::OK, "text/html; charset=utf-8", crate::status_page::PAGE.into()),
+        "/status.json" => {
+            text(StatusCode::OK, "application/json", crate::status_page::status_json(node).await.to_string())
+        }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -57,21 +58,6 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("a well-formed response")
-}
-
-/// Replicas the status page lists: each costs a round trip to its replica.
-const STATUS_PAGE_REPLICAS_MAX: usize = 1_000;
-
-/// The first `STATUS_PAGE_REPLICAS_MAX` replicas' statuses, and how many the node hosts.
-async fn statuses(node: &NodeHandle) -> (Vec<PartitionStatus>, usize) {
-    let hosted = node.router.partitions_hosted();
-    let mut out = Vec::new();
-    for partition in node.router.partitions_from(cohort_core::ids::DIRECTORY, STATUS_PAGE_REPLICAS_MAX) {
-        if let Ok(status) = node.router.status(partition).await {
-            out.push(status);
-        }
-    }
-    (out, hosted)
 }
 
 async fn metrics(node: &NodeHandle) -> String {
@@ -188,42 +174,4 @@ async fn metrics(node: &NodeHandle) -> String {
 fn directory_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries.filter_map(|entry| entry.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
-}
-
-async fn status_page(node: &NodeHandle) -> String {
-    let mut page = String::new();
-    let me = node.config.node;
-    let _ = write!(page, "<!doctype html><title>cohort node {me}</title><h1>cohort node {me}</h1>");
-    let _ = write!(page, "<h2>Nodes</h2><table border=1><tr><th>id</th><th>peer</th><th>client</th><th>up</th></tr>");
-    let connected = node.transport.connected_peers();
-    for n in node.config.nodes.values() {
-        let up = n.id == me || connected.contains(&n.id);
-        let _ = write!(
-            page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            n.id,
-            n.peer,
-            n.client,
-            if up { "up" } else { "down" }
-        );
-    }
-    let _ = write!(page, "</table><h2>Partitions</h2><table border=1><tr><th>partition</th><th>role</th><th>term</th><th>leader</th><th>commit</th><th>applied</th></tr>");
-    let (statuses, hosted) = statuses(node).await;
-    let listed = statuses.len();
-    for s in statuses {
-        let leader = s.leader.map_or("-".to_owned(), |l| l.to_string());
-        let _ = write!(
-            page,
-            "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            s.partition, s.role, s.term, leader, s.commit_index, s.applied_index
-        );
-    }
-    page.push_str("</table>");
-    if hosted > listed {
-        let _ = write!(
-            page,
-            "<p>{listed} of {hosted} replicas listed; <code>cohort status --all</code> lists every one.</p>"
-        );
-    }
-    page
 }

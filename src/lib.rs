@@ -7,4 +7,5 @@ pub mod http;
 mod memory;
 mod metered_disk;
 pub mod node;
+mod status_page;
 mod uploads;

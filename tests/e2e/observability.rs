@@ -210,3 +210,80 @@ fn prometheus_fires_node_down_and_under_replicated_alerts_and_resolves_them_afte
         !firing.iter().any(|(name, _)| name == "CohortNodeDown" || name == "CohortPartitionUnderReplicated")
     });
 }
+
+/// Waits until the node at `http` says it is healthy (every peer connected, nothing
+/// under-replicated or leaderless); returns its `/status.json`.
+pub fn wait_healthy(http: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = http_get(http, "/status.json");
+        let body: serde_json::Value = serde_json::from_str(&http_body(&response)).expect("status JSON");
+        if body["healthy"] == true {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never healthy: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The page as headless Chromium renders it once its script has run: the DOM, and a
+/// screenshot at `screenshot`.
+fn render_in_chromium(url: &str, screenshot: &Path) -> String {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|name| Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("this test needs Chromium on PATH (Debian's package `chromium`; scripts/test installs it)");
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        let output = Command::new("timeout")
+            .arg("60")
+            .arg(chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,800"])
+            // Lets the page's fetch and timers run before the DOM is taken.
+            .arg("--virtual-time-budget=5000")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    run(&[format!("--screenshot={}", screenshot.display())]);
+    assert!(std::fs::metadata(screenshot).is_ok_and(|m| m.len() > 0), "a screenshot was written");
+    run(&["--dump-dom".to_owned()])
+}
+
+#[test]
+fn the_status_page_shows_nodes_replicas_and_what_needs_attention_in_a_browser() {
+    let mut cluster = TestCluster::start(3);
+    for name in ["a.git", "b.git"] {
+        stdout(&cluster.cli(&["repo", "create", name]));
+    }
+    wait_healthy(&cluster.node(1).http_address);
+    let url = format!("http://{}/", cluster.node(1).http_address);
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dom = render_in_chromium(&url, &artifacts.join("status-page-healthy.png"));
+    assert!(dom.contains(r#"<span id="health" class="ok">healthy</span>"#), "{dom}");
+    assert!(dom.contains("updated "), "the script drew the page");
+    assert_eq!(dom.matches(r#"<td class="ok">up</td>"#).count(), 3, "three nodes up: {dom}");
+    assert!(dom.contains("<td>1 (this node)</td>"));
+    // The directory and the two repositories' partitions, each with its leader.
+    assert!(dom.contains(r#"<td class="n">0 (directory)</td>"#));
+    let rows = dom.split("<tbody>").nth(2).expect("the partitions table").split("</tbody>").next().unwrap();
+    assert!(rows.matches("<tr>").count() >= 3, "every replica is listed: {rows}");
+    assert!(!rows.contains(">none<"), "every partition has a leader: {rows}");
+
+    // Node 3 dies: the page says so, and which partitions it leaves under-replicated.
+    cluster.kill9(3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(&cluster.node(1).http_address, "/status.json").contains(r#""healthy":false"#) {
+        assert!(Instant::now() < deadline, "node 1 never noticed node 3's death");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dom = render_in_chromium(&url, &artifacts.join("status-page-node-down.png"));
+    assert!(dom.contains(r#"<span id="health" class="bad">needs attention: "#), "{dom}");
+    assert!(dom.contains("node 3 does not answer"), "{dom}");
+    assert!(dom.contains(r#"<td class="bad">down</td>"#), "{dom}");
+    eprintln!("status page screenshots in {}", artifacts.display());
+}

@@ -34,8 +34,12 @@ fn health_metrics_and_status_page_are_served() {
             .unwrap_or(0.0);
     }
     assert!(proposals >= 2.0, "the directory and the new partition each took a proposal");
+    // The page draws itself from /status.json (a browser test checks what it shows).
     let page = http_get(&http, "/");
-    assert!(page.contains("cohort node 1") && page.contains("Partitions"), "{page}");
+    assert!(page.contains("Partitions") && page.contains("/status.json"), "{page}");
+    let body = crate::observability::wait_healthy(&http);
+    assert_eq!(body["node"], 1);
+    assert_eq!(body["nodes"].as_array().unwrap().len(), 3);
 }
 
 #[test]

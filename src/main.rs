@@ -15,8 +15,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let outcome = runtime.block_on(cli::run(cli));
+    // Every task ends with the runtime, and with them the last holders of a stopped node's
+    // state store: its file changes no more, and is sealed for offline checks.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    match outcome {
+        Ok(Some(data_dir)) => match cohort::node::seal_store(&data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(None) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             // A client error says what kind of failure it was (see `ClientError::exit_code`).

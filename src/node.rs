@@ -78,9 +78,18 @@ fn fail_stop_on_panic() {
     }));
 }
 
+/// Seals the state store file of the node whose data directory is `data_dir`
+/// (`cohort_core::store::seal`). Only once the node stopped and nothing holds its store: every
+/// task that could has ended (the runtime is gone), so the file changes no more.
+pub fn seal_store(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let disk = FsDisk::new(data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+    cohort_core::store::seal::seal(&disk).context("sealing the state store")
+}
+
 /// Runs a node until `shutdown` completes, then stops it cleanly: partitions stop, the log
-/// writes already queued are made durable, and the function returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// writes already queued are made durable, and the function returns the data directory, to be
+/// sealed (`seal_store`) once the runtime is gone; `None` if the stop was not clean.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Option<std::path::PathBuf>> {
     fail_stop_on_panic();
     crate::memory::tune_allocator();
     crate::memory::spawn_heap_trimmer();
@@ -144,8 +153,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     drop(handle);
     if node.stop(Duration::from_secs(10)).await {
         tracing::info!("log synced; stopped");
+        Ok(Some(config.data_dir.clone()))
     } else {
         tracing::warn!("log writer did not finish within 10 s");
+        Ok(None)
     }
-    Ok(())
 }

@@ -100,6 +100,8 @@ pub async fn start(
     tracing::info!(node = %spec.node, instance = %identity.instance, "data directory identity");
     let (engine, recovered) = LogEngine::open(env.disk.clone(), Path::new(WAL_DIR), LogOptions::default())?;
     tracing::info!(node = %spec.node, partitions = recovered.len(), "log recovered");
+    // The seal of a clean stop goes before the store can change (`store::seal`).
+    cohort_core::store::seal::unseal(&*env.disk)?;
     let store = Arc::new(Store::open(&env.disk, &spec.store)?);
     let stored = remove_orphan_rows(&store, &recovered)?;
     tracing::info!(node = %spec.node, partitions = stored.len(), "state store opened");

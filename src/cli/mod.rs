@@ -1,5 +1,6 @@
 //! The command line: parsing (clap) and one module per subcommand.
 
+mod debug;
 mod dev;
 mod object;
 mod partition;
@@ -57,6 +58,10 @@ pub enum Command {
     /// Partitions: their members and leaders.
     #[command(subcommand)]
     Partition(partition::PartitionCommand),
+    /// Look inside a stopped node's data directory, without writing to it: the log, a
+    /// partition, its entries, the routing table, and every checksum (`verify`).
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
     /// The cluster's nodes, their replicas counted by role and state, and the partitions (listed
     /// when few, or with `--all`).
     Status {
@@ -76,11 +81,14 @@ pub fn init_tracing(cli: &Cli) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command. For `cohort node`, returns the data directory of a node that stopped
+/// cleanly, whose state store the caller seals once the runtime is gone
+/// (`crate::node::seal_store`).
+pub async fn run(cli: Cli) -> anyhow::Result<Option<PathBuf>> {
     match &cli.command {
         Command::Node { config } => {
             let config = crate::config::Config::load(config)?;
-            crate::node::run(config, shutdown_signal()).await
+            return crate::node::run(config, shutdown_signal()).await;
         }
         Command::Dev(args) => dev::run(args).await,
         Command::Repo(command) => repo::run(&cli, command).await,
@@ -88,7 +96,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ref(command) => refs::run(&cli, command).await,
         Command::Partition(command) => partition::run(&cli, command).await,
         Command::Status { json, all } => status::run(&cli, *json, *all).await,
-    }
+        Command::Debug(command) => debug::run(command),
+    }?;
+    Ok(None)
 }
 
 /// Completes on SIGTERM or Ctrl-C.

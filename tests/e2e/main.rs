@@ -2,6 +2,7 @@
 
 mod basics;
 mod cluster;
+mod debug;
 mod export;
 mod failover;
 mod idle;

@@ -223,6 +223,12 @@ impl SnapshotStore {
         Ok(self.remove_if_present(&self.dir.join(INCOMING_NAME))?)
     }
 
+    /// The snapshot files held, by position, with their paths (other files are not listed).
+    pub fn snapshots(&self) -> Result<Vec<(LogPosition, PathBuf)>, DiskError> {
+        let names = self.disk.list(&self.dir)?;
+        Ok(names.into_iter().filter_map(|name| Some((parse_name(&name)?, self.dir.join(name)))).collect())
+    }
+
     /// Deletes snapshots older than `index` (superseded by a durable newer one).
     pub fn remove_older_than(&self, index: u64) -> Result<(), SnapshotError> {
         for name in self.disk.list(&self.dir)? {

@@ -24,6 +24,7 @@ mod directory;
 pub mod keys;
 pub mod loose;
 pub mod read;
+pub mod seal;
 pub mod snapshot;
 pub mod tables;
 #[cfg(test)]
@@ -120,6 +121,17 @@ impl Store {
             Ok(())
         })?;
         Ok(store)
+    }
+
+    /// Opens the store file on `disk` as it is and runs redb's integrity check over it (every
+    /// checksum its trees reach, and its allocator state); `Ok(false)` if it had to repair
+    /// the file. Opening and checking may write to the file: offline tools run it on a copy.
+    pub fn check_integrity(disk: &Arc<dyn Disk>) -> Result<bool, StoreError> {
+        let file = disk.open_positional(Path::new(STORE_FILE))?;
+        let mut db = redb::Builder::new()
+            .create_with_backend(backend::DiskBackend::new(file))
+            .map_err(|e| StoreError::Database { op: "open", source: e.into() })?;
+        db.check_integrity().map_err(|e| StoreError::Database { op: "check_integrity", source: e.into() })
     }
 
     /// A store in memory, for tests that need no disk.

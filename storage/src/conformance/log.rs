@@ -439,6 +439,13 @@ fn torn_tail_is_cut(disk: &Arc<dyn Disk>) {
     file.append(&torn).unwrap();
     file.sync().unwrap();
     drop(file);
+    // An offline look reports the torn tail and leaves it: it writes nothing.
+    let torn_len = disk.read(&path).unwrap().len();
+    let look = crate::log::replay_read_only(&**disk, dir()).unwrap();
+    let (torn_path, tail) = look.torn_tail.expect("the torn tail is reported");
+    assert_eq!((torn_path, tail.offset), (path.clone(), bytes.len() as u64));
+    assert_eq!(disk.read(&path).unwrap().len(), torn_len, "a read-only replay cuts nothing");
+    assert_eq!(look.partitions.len(), 1);
     let engine = reopen_and_check(disk, &model);
     assert_eq!(disk.read(&path).unwrap(), bytes, "the torn bytes were cut off");
     drop(engine);

@@ -20,6 +20,7 @@ pub mod state;
 
 pub use engine::{CompactStats, LogEngine};
 pub use group_commit::{run_group_commit, GroupCommitOptions};
+pub use recovery::{replay_read_only, ReadOnlyReplay};
 pub use state::PartitionLogState;
 
 use crate::limits::{

@@ -7,7 +7,7 @@
 //! deleted segments are not held; they must all be compacted by the end of the replay, or the
 //! log lost entries and recovery says so.
 
-use super::record::{Checkpoint, Record, RecordReader, FORMAT_VERSION};
+use super::record::{Checkpoint, Record, RecordReader, TornTail, FORMAT_VERSION};
 use super::segment::{list_segments, segment_path};
 use super::state::{PartitionLogState, Pins, RecordLocation};
 use super::LogError;
@@ -15,7 +15,7 @@ use cohort_core::env::Disk;
 use cohort_core::ids::PartitionId;
 use cohort_core::persist::{LogEntry, LogWrite, RecoveredPartition};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The log's state after replay: what the engine continues from, and what partitions get back.
 pub(crate) struct Recovered {
@@ -166,6 +166,29 @@ impl Replay {
 /// Replays the log in `dir`. Cuts a torn tail off the last segment (durably, with a warning);
 /// every other inconsistency is [`LogError::Corrupt`].
 pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, LogError> {
+    replay(disk, dir, true).map(|(recovered, _)| recovered)
+}
+
+/// What [`replay_read_only`] found.
+#[derive(Debug)]
+pub struct ReadOnlyReplay {
+    /// Every partition as a start would recover it.
+    pub partitions: BTreeMap<PartitionId, RecoveredPartition>,
+    /// Every segment and the length of its valid records.
+    pub segments: BTreeMap<u64, u64>,
+    /// The last segment's torn tail, left in place: its file and where it starts.
+    pub torn_tail: Option<(PathBuf, TornTail)>,
+}
+
+/// Replays the log in `dir` as a start would, writing nothing: a torn tail is reported, not
+/// cut. For offline inspection of a stopped node's data directory.
+pub fn replay_read_only(disk: &dyn Disk, dir: &Path) -> Result<ReadOnlyReplay, LogError> {
+    let (recovered, torn_tail) = replay(disk, dir, false)?;
+    Ok(ReadOnlyReplay { partitions: recovered.recovered, segments: recovered.segments, torn_tail })
+}
+
+/// Replays; `cut` says whether a torn tail is cut off (a start) or left and returned.
+fn replay(disk: &dyn Disk, dir: &Path, cut: bool) -> Result<(Recovered, Option<(PathBuf, TornTail)>), LogError> {
     let seqs = list_segments(disk, dir)?;
     for pair in seqs.windows(2) {
         if pair[0].checked_add(1) != Some(pair[1]) {
@@ -178,6 +201,7 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, LogError
     }
     let mut replay = Replay::default();
     let mut segments = BTreeMap::new();
+    let mut left_torn = None;
     for (i, &seq) in seqs.iter().enumerate() {
         let is_last = i + 1 == seqs.len();
         let path = segment_path(dir, seq);
@@ -206,14 +230,18 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, LogError
                     reason: format!("{} in a segment that is not the last", torn.reason),
                 });
             }
-            tracing::warn!(
-                path = %path.display(),
-                offset = torn.offset,
-                bytes_cut = len - torn.offset,
-                reason = %torn.reason,
-                "cutting a torn tail off the log"
-            );
-            disk.truncate(&path, torn.offset)?;
+            if cut {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = torn.offset,
+                    bytes_cut = len - torn.offset,
+                    reason = %torn.reason,
+                    "cutting a torn tail off the log"
+                );
+                disk.truncate(&path, torn.offset)?;
+            } else {
+                left_torn = Some((path.clone(), torn.clone()));
+            }
             len = torn.offset;
         }
         assert_eq!(len, reader.valid_len(), "the kept length is that of the valid records");
@@ -227,5 +255,5 @@ pub(crate) fn recover(disk: &dyn Disk, dir: &Path) -> Result<Recovered, LogError
         offset: 0,
         reason,
     })?;
-    Ok(Recovered { partitions: replay.partitions, pins: replay.pins, segments, recovered })
+    Ok((Recovered { partitions: replay.partitions, pins: replay.pins, segments, recovered }, left_torn))
 }

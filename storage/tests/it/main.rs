@@ -6,5 +6,6 @@ mod identity;
 mod log;
 mod log_model;
 mod recovery_input;
+mod seal;
 mod snapshots;
 mod store;

@@ -159,6 +159,18 @@ async fn metrics(node: &NodeHandle) -> String {
         Unit::Bytes,
         ConstGauge::new(store_bytes as i64),
     );
+    let (mailbox_bytes, mailbox_requests) = node.router.mailbox_load();
+    registry.register_with_unit(
+        "mailbox",
+        "Bytes of inputs waiting in the loaded replicas' mailboxes",
+        Unit::Bytes,
+        ConstGauge::new(mailbox_bytes as i64),
+    );
+    registry.register(
+        "mailbox_requests",
+        "Client requests and inspections waiting in the loaded replicas' mailboxes",
+        ConstGauge::new(mailbox_requests as i64),
+    );
     let lag = node.router.replica_lag_entries_max();
     registry.register(
         "replica_lag_entries_max",

@@ -70,6 +70,9 @@ pub enum Command {
         /// List every partition, however many.
         #[arg(long)]
         all: bool,
+        /// Redraw every two seconds until interrupted.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
 }
 
@@ -95,7 +98,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Option<PathBuf>> {
         Command::Object(command) => object::run(&cli, command).await,
         Command::Ref(command) => refs::run(&cli, command).await,
         Command::Partition(command) => partition::run(&cli, command).await,
-        Command::Status { json, all } => status::run(&cli, *json, *all).await,
+        Command::Status { json, all, watch } => status::run(&cli, *json, *all, *watch).await,
         Command::Debug(command) => debug::run(command),
     }?;
     Ok(None)

@@ -1,4 +1,5 @@
-//! `cohort partition list`, and the partition view `cohort repo info` prints.
+//! `cohort partition list|show` and the membership changes, and the partition view `cohort
+//! repo info` prints.
 
 use super::{client, Cli};
 use clap::Subcommand;
@@ -40,6 +41,77 @@ pub enum PartitionCommand {
         #[arg(long)]
         node: u64,
     },
+    /// One partition as each of its replicas' nodes sees it: roles, leader and term, applied,
+    /// matched, durable and compacted indexes, how far each is behind the commit, and whether
+    /// each is awake, quiesced or unloaded.
+    Show {
+        partition: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cohort partition show`: one partition from every node's status.
+async fn show(client: &Client, partition: u64, json: bool) -> anyhow::Result<()> {
+    let status = super::status::collect_partition(client, partition).await?;
+    let view = status
+        .partitions
+        .into_iter()
+        .find(|p| p.id == partition)
+        .ok_or_else(|| anyhow::anyhow!("no answering node hosts partition {partition}"))?;
+    if json {
+        let replicas: Vec<serde_json::Value> = view
+            .replicas
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "node": r.node,
+                    "role": r.role,
+                    "leader": r.node == view.leader,
+                    "applied_index": r.applied_index,
+                    "match_index": r.match_index,
+                    "durable_index": r.durable_index,
+                    "compacted_index": r.compacted_index,
+                    "lag_entries": view.commit_index.saturating_sub(r.match_index),
+                    "state": r.reported.then(|| super::status::replica_state(r)),
+                })
+            })
+            .collect();
+        let value = serde_json::json!({
+            "partition": view.id,
+            "leader": (view.leader != 0).then_some(view.leader),
+            "term": view.term,
+            "commit_index": view.commit_index,
+            "repositories": view.repositories,
+            "replicas": replicas,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let leader = if view.leader == 0 { "none known".to_owned() } else { format!("node {}", view.leader) };
+    println!("partition {}: leader {leader}, term {}, commit {}", view.id, view.term, view.commit_index);
+    for repo in &view.repositories {
+        println!("  repository {repo}");
+    }
+    println!(
+        "  {:<6} {:<9} {:>9} {:>9} {:>9} {:>9} {:>7}  state",
+        "node", "role", "applied", "match", "durable", "compacted", "behind"
+    );
+    for r in &view.replicas {
+        let state = if r.reported { super::status::replica_state(r) } else { "(its node did not answer)" };
+        let role = if r.node == view.leader { "leader".to_owned() } else { r.role.clone() };
+        println!(
+            "  {:<6} {:<9} {:>9} {:>9} {:>9} {:>9} {:>7}  {state}",
+            r.node,
+            role,
+            r.applied_index,
+            r.match_index,
+            r.durable_index,
+            r.compacted_index,
+            view.commit_index.saturating_sub(r.match_index)
+        );
+    }
+    Ok(())
 }
 
 #[derive(Serialize, Debug)]
@@ -154,5 +226,6 @@ pub async fn run(cli: &Cli, command: &PartitionCommand) -> anyhow::Result<()> {
             let info = client.change_members(*partition, *node, "transfer-leader").await?;
             print(&client, &[info], false, true).await
         }
+        PartitionCommand::Show { partition, json } => show(&client, *partition, *json).await,
     }
 }

@@ -1,4 +1,4 @@
-//! `cohort status [--all] [--json]`: asks every endpoint for its view and merges them. A node
+//! `cohort status [--all] [--json] [--watch]`: asks every endpoint for its view and merges them. A node
 //! that does not answer is shown down. Each node's replicas are counted by role and state;
 //! they are listed one by one when there are few (at most `LIST_REPLICAS_MAX` on every node),
 //! with `--all`, or in JSON, read a page at a time.
@@ -202,51 +202,81 @@ pub async fn collect_partition(client: &cohort_net::client::Client, partition: u
     collect_with(client, Replicas::Of(partition)).await
 }
 
-pub async fn run(cli: &Cli, json: bool, all: bool) -> anyhow::Result<()> {
+pub async fn run(cli: &Cli, json: bool, all: bool, watch: bool) -> anyhow::Result<()> {
     let client = client(cli)?;
+    if !watch {
+        print!("{}", render(&client, json, all).await?);
+        return Ok(());
+    }
+    let interrupted = super::shutdown_signal();
+    tokio::pin!(interrupted);
+    loop {
+        // A node that stops answering is shown down, not an error that ends the watch.
+        let text = render(&client, false, all).await.unwrap_or_else(|error| format!("{error:#}\n"));
+        // Clear the screen and go home, then draw: the view replaces itself in place.
+        print!("\x1b[2J\x1b[H{}\n(every 2 s; Ctrl-C stops)\n", text);
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// The status as text (or JSON).
+async fn render(client: &cohort_net::client::Client, json: bool, all: bool) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
     // Without `--all` or `--json`, the counts decide whether to list; they are what is shown
     // if not.
-    let summary = if json || all { None } else { Some(collect_with(&client, Replicas::None).await?) };
+    let summary = if json || all { None } else { Some(collect_with(client, Replicas::None).await?) };
     let list = summary.as_ref().is_none_or(|s| s.summaries.iter().all(|s| s.hosted <= LIST_REPLICAS_MAX));
     let status = match summary {
         Some(summary) if !list => summary,
-        _ => collect_with(&client, Replicas::All).await?,
+        _ => collect_with(client, Replicas::All).await?,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(());
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&status)?));
     }
-    println!("NODES");
+    let mut out = String::new();
+    writeln!(out, "NODES")?;
     for n in &status.nodes {
-        println!(
+        writeln!(
+            out,
             "  node {:<3} {:<5} peer {:<21} client {}",
             n.id,
             if n.up { "up" } else { "DOWN" },
             n.peer_address,
             n.client_address
-        );
+        )?;
     }
-    println!("REPLICAS BY NODE");
+    writeln!(out, "REPLICAS BY NODE")?;
     for s in &status.summaries {
-        println!(
+        writeln!(
+            out,
             "  node {:<3} {} hosted: {} leading, {} following, {} learning, {} candidates; {} quiesced, {} unloaded",
             s.node, s.hosted, s.leaders, s.followers, s.learners, s.candidates, s.quiesced, s.unloaded
-        );
+        )?;
     }
     if !list {
-        println!("(more than {LIST_REPLICAS_MAX} replicas on a node: `cohort status --all` lists every partition)");
-        return Ok(());
+        writeln!(
+            out,
+            "(more than {LIST_REPLICAS_MAX} replicas on a node: `cohort status --all` lists every partition)"
+        )?;
+        return Ok(out);
     }
-    println!("PARTITIONS");
+    writeln!(out, "PARTITIONS")?;
     for p in &status.partitions {
         let leader = if p.leader == 0 { "none".to_owned() } else { p.leader.to_string() };
         let repos = if p.id == 0 { "(directory)".to_owned() } else { p.repositories.join(", ") };
-        println!(
+        writeln!(
+            out,
             "  partition {:<4} leader {:<4} term {:<4} commit {:<6} {}",
             p.id, leader, p.term, p.commit_index, repos
-        );
+        )?;
         for r in &p.replicas {
-            println!(
+            writeln!(
+                out,
                 "    node {:<3} {:<10} applied {:<6} match {:<6} durable {:<6} compacted {:<6} {}",
                 r.node,
                 r.role,
@@ -255,10 +285,10 @@ pub async fn run(cli: &Cli, json: bool, all: bool) -> anyhow::Result<()> {
                 r.durable_index,
                 r.compacted_index,
                 replica_state(r)
-            );
+            )?;
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// What a replica's own node says of it: `awake`, `quiesced` or `unloaded`.

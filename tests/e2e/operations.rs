@@ -124,3 +124,43 @@ fn cohort_dev_starts_a_cluster_and_restarts_it_with_its_data() {
     assert!(listed.contains("dev.git"), "{listed}");
     stop(dev);
 }
+
+#[test]
+fn partition_show_reports_each_replica_and_status_watch_redraws_in_place() {
+    let cluster = TestCluster::start(3);
+    stdout(&cluster.cli(&["repo", "create", "show.git"]));
+    // Every replica caught up: each one's lag behind the commit is 0.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let shown: serde_json::Value =
+            serde_json::from_str(&stdout(&cluster.cli(&["partition", "show", "1", "--json"]))).unwrap();
+        let replicas = shown["replicas"].as_array().unwrap();
+        if replicas.len() == 3 && replicas.iter().all(|r| r["lag_entries"] == 0) {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {shown}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let replicas = shown["replicas"].as_array().unwrap();
+    assert_eq!(replicas.iter().filter(|r| r["leader"] == true).count(), 1, "{shown}");
+    assert_eq!(shown["leader"], replicas.iter().find(|r| r["leader"] == true).unwrap()["node"]);
+    assert!(
+        replicas.iter().all(|r| ["awake", "quiesced", "unloaded"].contains(&r["state"].as_str().unwrap())),
+        "{shown}"
+    );
+    assert_eq!(shown["repositories"], serde_json::json!(["default/show.git"]));
+    let text = stdout(&cluster.cli(&["partition", "show", "1"]));
+    assert!(text.contains("partition 1: leader node") && text.contains("behind"), "{text}");
+    assert!(!cluster.cli(&["partition", "show", "99"]).status.success(), "an unknown partition is an error");
+
+    // `status --watch` draws, clears the screen and draws again until stopped.
+    let mut watch = cluster.cli_command(&["status", "--watch"]);
+    let child = watch.stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(4500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "interrupting the watch is a clean exit");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.matches("\x1b[2J\x1b[H").count() >= 2, "redrawn at least twice: {text}");
+    assert!(text.matches("NODES").count() >= 2 && text.contains("show.git"), "{text}");
+}

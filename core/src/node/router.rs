@@ -616,6 +616,20 @@ impl Router {
         lags.max().unwrap_or(0)
     }
 
+    /// What waits in the loaded replicas' mailboxes, summed: bytes, and client requests (and
+    /// inspections) among them. Read at a scrape, from the counters the bounds are checked
+    /// against.
+    pub fn mailbox_load(&self) -> (usize, usize) {
+        let replicas = self.replicas.lock().expect("not poisoned");
+        let loads = replicas.values().filter_map(|replica| match replica {
+            Replica::Loaded(hosted) => Some(&hosted.mailbox.load),
+            Replica::Unloaded(_) => None,
+        });
+        loads.fold((0, 0), |(bytes, requests), load| {
+            (bytes + load.bytes.load(Ordering::Relaxed), requests + load.requests.load(Ordering::Relaxed))
+        })
+    }
+
     /// Whether this node hosts a replica of `partition` (loaded or not).
     pub fn hosts(&self, partition: PartitionId) -> bool {
         self.replicas.lock().expect("not poisoned").contains_key(&partition)

@@ -165,6 +165,10 @@ pub struct RawConfig {
     /// Workers that drive the node's partition replicas; default: one per core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// What the node logs, as a `tracing` filter (`info`, `warn,cohort_core=debug`, ...);
+    /// `COHORT_LOG` overrides it. Default: `info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
     /// TLS for peer connections (mutual) and the client API; plain TCP if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
@@ -411,6 +415,7 @@ mod tests {
             store: RawStore::default(),
             replicas: None,
             workers: None,
+            log_level: None,
             tls: None,
             nodes: vec![RawNode {
                 id: 1,

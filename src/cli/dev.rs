@@ -59,6 +59,7 @@ fn new_cluster(dir: &Path, count: u64, replicas: Option<usize>, tls: bool) -> an
             store: RawStore::default(),
             replicas,
             workers: None,
+            log_level: None,
             tls: tls.map(|files| RawTls {
                 ca_path: files.ca_path,
                 cert_path: files.cert_path,

@@ -77,16 +77,29 @@ pub enum Command {
 }
 
 pub fn init_tracing(cli: &Cli) {
-    // Nodes log at info; client commands only say what went wrong.
-    let default = if matches!(cli.command, Command::Node { .. } | Command::Dev(_)) { "info" } else { "warn" };
+    // Nodes log at info unless their TOML says otherwise (`log_level`); client commands only
+    // say what went wrong. `COHORT_LOG` overrides both.
+    let default = match &cli.command {
+        Command::Node { config } => configured_log_level(config).unwrap_or_else(|| "info".to_owned()),
+        Command::Dev(_) => "info".to_owned(),
+        _ => "warn".to_owned(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 /// Runs the command. For `cohort node`, returns the data directory of a node that stopped
 /// cleanly, whose state store the caller seals once the runtime is gone
 /// (`crate::node::seal_store`).
+/// The `log_level` of the node's TOML, if it has one. Read before the config is checked (the
+/// check's errors are reported once logging is set up).
+fn configured_log_level(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    toml::from_str::<crate::config::RawConfig>(&text).ok()?.log_level
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<Option<PathBuf>> {
     match &cli.command {
         Command::Node { config } => {

@@ -83,6 +83,7 @@ impl TestCluster {
                 store: RawStore::default(),
                 replicas: None,
                 workers: None,
+                log_level: None,
                 tls: None,
                 nodes: nodes.clone(),
             })

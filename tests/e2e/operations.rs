@@ -164,3 +164,13 @@ fn partition_show_reports_each_replica_and_status_watch_redraws_in_place() {
     assert!(text.matches("\x1b[2J\x1b[H").count() >= 2, "redrawn at least twice: {text}");
     assert!(text.matches("NODES").count() >= 2 && text.contains("show.git"), "{text}");
 }
+
+#[test]
+fn a_node_logs_at_the_level_its_toml_sets() {
+    let cluster = TestCluster::start_configured(1, |config| config.log_level = Some("warn".into()));
+    stdout(&cluster.cli(&["repo", "create", "quiet.git"]));
+    let log = cluster.log(1);
+    assert!(!log.contains("INFO"), "info lines are filtered out at warn: {log}");
+    let cluster = TestCluster::start_configured(1, |config| config.log_level = Some("info".into()));
+    assert!(cluster.log(1).contains("node serving"), "and shown at info");
+}

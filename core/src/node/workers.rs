@@ -40,13 +40,16 @@ pub fn stepping_partition() -> Option<PartitionId> {
     STEPPING.with(Cell::get)
 }
 
-/// Marks the thread as stepping a partition until dropped (also when a step unwinds).
-struct Stepping;
+/// Marks the thread as stepping a partition until dropped (also when a step unwinds), and
+/// enters a `replica` span naming it: every line the step logs carries the partition.
+struct Stepping {
+    _span: tracing::span::EnteredSpan,
+}
 
 impl Stepping {
     fn start(partition: PartitionId) -> Stepping {
         STEPPING.with(|s| s.set(Some(partition)));
-        Stepping
+        Stepping { _span: tracing::info_span!("replica", %partition).entered() }
     }
 }
 

@@ -38,6 +38,8 @@ pub struct NodeMetrics {
     pub peer_alive: Family<Labels, Gauge>,
     /// Times a node was seen to stop answering.
     pub peer_down_events: Counter,
+    /// The latest round trip to each other node, measured by node-liveness heartbeats.
+    pub peer_rtt_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// From a write's arrival at its partition to its answer after apply.
     pub commit_latency_seconds: Histogram,
     /// From entries handed to the store's applier to their being applied.
@@ -77,6 +79,7 @@ impl Default for NodeMetrics {
             partition_unloads: Counter::default(),
             peer_alive: Family::default(),
             peer_down_events: Counter::default(),
+            peer_rtt_seconds: Family::default(),
             commit_latency_seconds: Histogram::new(latency_buckets()),
             apply_latency_seconds: Histogram::new(latency_buckets()),
             fsync_latency_seconds: Histogram::new(latency_buckets()),
@@ -132,6 +135,12 @@ impl NodeMetrics {
             "peer_down_events",
             "Times node liveness saw another node stop answering",
             self.peer_down_events.clone(),
+        );
+        registry.register_with_unit(
+            "peer_rtt",
+            "The latest round trip to each other node, from node-liveness heartbeats",
+            Unit::Seconds,
+            self.peer_rtt_seconds.clone(),
         );
         registry.register_with_unit(
             "commit_latency",

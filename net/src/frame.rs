@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Protocol version, checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// One unit on a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +37,8 @@ pub enum WireMessage {
     },
     /// A step of a snapshot transfer.
     Snapshot { partition: u64, message: SnapshotMessage },
-    /// Node liveness: the sender is alive.
-    NodeHeartbeat,
+    /// Node liveness: the sender is alive (and the round trip's clock readings).
+    NodeHeartbeat(cohort_core::env::Heartbeat),
 }
 
 impl WireMessage {
@@ -52,7 +52,7 @@ impl WireMessage {
                     chunk.data.len() + chunk.raft_message.len()
                 }
                 WireMessage::Snapshot { message: SnapshotMessage::Refuse { reason, .. }, .. } => reason.len(),
-                WireMessage::Snapshot { .. } | WireMessage::NodeHeartbeat => 0,
+                WireMessage::Snapshot { .. } | WireMessage::NodeHeartbeat(_) => 0,
             }
     }
 }
@@ -112,7 +112,7 @@ pub fn received_envelopes(frame: Frame, peer: NodeId, me: NodeId) -> Result<Vec<
                 (partition, Payload::Raft(message))
             }
             WireMessage::Snapshot { partition, message } => (partition, Payload::Snapshot(message)),
-            WireMessage::NodeHeartbeat => (0, Payload::NodeHeartbeat),
+            WireMessage::NodeHeartbeat(heartbeat) => (0, Payload::NodeHeartbeat(heartbeat)),
         };
         envelopes.push(Envelope { partition: PartitionId(partition), from: peer, to: me, payload });
     }

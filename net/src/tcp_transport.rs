@@ -375,7 +375,7 @@ impl TcpTransport {
                     WireMessage::Raft { partition, message: message.write_to_bytes().expect("raft messages encode") }
                 }
                 Payload::Snapshot(message) => WireMessage::Snapshot { partition, message },
-                Payload::NodeHeartbeat => WireMessage::NodeHeartbeat,
+                Payload::NodeHeartbeat(heartbeat) => WireMessage::NodeHeartbeat(heartbeat),
             };
             let size_bytes = message.size_bytes();
             if size_bytes > budget_bytes {

@@ -50,6 +50,22 @@ fn the_alert_rules_and_the_dashboard_read_only_metrics_a_node_exports() {
         assert!(missing.is_empty(), "{file} reads metrics no node exports: {missing:?}");
     }
 
+    // Node liveness measures the round trip to each peer: on loopback, well under a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = http_get(&cluster.node(1).http_address, "/metrics");
+        let rtt = |peer: u64| {
+            let prefix = format!("cohort_peer_rtt_seconds{{peer=\"{peer}\"}} ");
+            metrics.lines().find_map(|line| line.strip_prefix(&prefix)?.parse::<f64>().ok())
+        };
+        if let (Some(two), Some(three)) = (rtt(2), rtt(3)) {
+            assert!((0.0..1.0).contains(&two) && (0.0..1.0).contains(&three), "round trips {two} s and {three} s");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no round trip measured:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The dashboard is one Grafana can import: unique panel ids, every panel placed, titled
     // and querying Prometheus, no two panels overlapping.
     let dashboard: serde_json::Value = serde_json::from_str(&dashboard_text).unwrap();

@@ -13,7 +13,7 @@ mod transport;
 pub use clock::{Clock, Instant};
 pub use disk::{write_file_atomic, Disk, DiskError, DiskFile, PositionalFile};
 pub use spawn::{BoxFuture, Spawn};
-pub use transport::{Envelope, Payload, Transport};
+pub use transport::{Envelope, Heartbeat, HeartbeatEcho, Payload, Transport};
 
 use std::sync::Arc;
 

@@ -20,7 +20,24 @@ pub enum Payload {
     Snapshot(SnapshotMessage),
     /// Node liveness: "I am alive", once per interval per pair of nodes (see
     /// `node::liveness`). Its envelope's partition means nothing.
-    NodeHeartbeat,
+    NodeHeartbeat(Heartbeat),
+}
+
+/// A node-liveness heartbeat, carrying what measures the round trip between two nodes
+/// without comparing their clocks: the sender's clock when it left, and an echo of the last
+/// heartbeat the sender had from the receiver (that one's `sent_nanos`, and how long the
+/// sender held it before this one left). The receiver's round trip is its clock now, less the
+/// echoed time, less the hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Heartbeat {
+    pub sent_nanos: u64,
+    pub echo: Option<HeartbeatEcho>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeartbeatEcho {
+    pub sent_nanos: u64,
+    pub held_nanos: u64,
 }
 
 impl Envelope {
@@ -28,7 +45,7 @@ impl Envelope {
     pub fn raft(&self) -> Option<&raft::eraftpb::Message> {
         match &self.payload {
             Payload::Raft(message) => Some(message),
-            Payload::Snapshot(_) | Payload::NodeHeartbeat => None,
+            Payload::Snapshot(_) | Payload::NodeHeartbeat(_) => None,
         }
     }
 }

@@ -69,7 +69,7 @@ impl PartitionInput {
                         + message.context.len()
                 }
                 Payload::Snapshot(crate::snapshot::SnapshotMessage::Chunk(chunk)) => chunk.data.len(),
-                Payload::Snapshot(_) | Payload::NodeHeartbeat => 0,
+                Payload::Snapshot(_) | Payload::NodeHeartbeat(_) => 0,
             },
             PartitionInput::Request { body: Request::Write(command) | Request::ForwardedWrite(command), .. } => {
                 command.op.data_bytes()
@@ -574,7 +574,7 @@ impl Actor {
                 Payload::Snapshot(message) => {
                     self.transfers.handle(now, envelope.from, message, &mut self.transfer_events)
                 }
-                Payload::NodeHeartbeat => {}
+                Payload::NodeHeartbeat(_) => {}
             },
             Some(PartitionInput::Liveness(down)) => self.partition.handle_down_nodes(now, &down),
             Some(PartitionInput::Request { body, reply }) => {

@@ -8,7 +8,7 @@
 //! led 10,000 partitions does not start 10,000 elections at once (each replica's randomised
 //! election timeout spreads them further).
 
-use crate::env::Instant;
+use crate::env::{Heartbeat, HeartbeatEcho, Instant};
 use crate::ids::NodeId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -41,13 +41,21 @@ pub struct Liveness {
     timeout: Duration,
     last_heard: BTreeMap<NodeId, Instant>,
     down: BTreeSet<NodeId>,
+    /// Each peer's latest heartbeat: its `sent_nanos` and when it arrived, echoed back in
+    /// this node's next heartbeat to that peer.
+    to_echo: BTreeMap<NodeId, (u64, Instant)>,
 }
 
 impl Liveness {
     /// Every node in `peers` counts as heard at `now`: a node silent from the start is down
     /// after one `timeout`.
     pub fn new(peers: &[NodeId], timeout: Duration, now: Instant) -> Liveness {
-        Liveness { timeout, last_heard: peers.iter().map(|&p| (p, now)).collect(), down: BTreeSet::new() }
+        Liveness {
+            timeout,
+            last_heard: peers.iter().map(|&p| (p, now)).collect(),
+            down: BTreeSet::new(),
+            to_echo: BTreeMap::new(),
+        }
     }
 
     /// Counts every peer as heard at `now`: the node starts listening. Opening thousands of
@@ -67,6 +75,29 @@ impl Liveness {
             None => return false,
         }
         self.down.remove(&node)
+    }
+
+    /// The heartbeat to send `peer` now: this node's clock, and an echo of the peer's latest.
+    pub fn heartbeat_for(&self, peer: NodeId, now: Instant) -> Heartbeat {
+        let echo = self.to_echo.get(&peer).map(|&(sent_nanos, arrived)| HeartbeatEcho {
+            sent_nanos,
+            held_nanos: now.saturating_duration_since(arrived).as_nanos() as u64,
+        });
+        Heartbeat { sent_nanos: now.as_nanos(), echo }
+    }
+
+    /// A heartbeat arrived from `peer`: it is echoed back next time, and if it echoes one of
+    /// this node's, returns the round trip that measures (the time since that one left, less
+    /// what the peer held it). A heartbeat that was not a peer's, or an echo of a time still to
+    /// come, measures nothing.
+    pub fn heartbeat_from(&mut self, peer: NodeId, heartbeat: Heartbeat, now: Instant) -> Option<Duration> {
+        if !self.last_heard.contains_key(&peer) {
+            return None;
+        }
+        self.to_echo.insert(peer, (heartbeat.sent_nanos, now));
+        let echo = heartbeat.echo?;
+        let elapsed = now.as_nanos().checked_sub(echo.sent_nanos)?;
+        Some(Duration::from_nanos(elapsed.saturating_sub(echo.held_nanos)))
     }
 
     /// Marks down every node silent for longer than the timeout. Returns whether any was.
@@ -108,6 +139,25 @@ mod tests {
         assert!(liveness.heard(NodeId(3), at(1600)), "heard again: up");
         assert!(liveness.down().is_empty());
         assert!(!liveness.heard(NodeId(9), at(1600)), "a node outside the cluster is not tracked");
+    }
+
+    #[test]
+    fn heartbeats_echo_each_other_and_measure_the_round_trip_without_shared_clocks() {
+        // Node 1 at its clock's 0; node 2's clock is 5 s ahead; each way takes 3 ms.
+        let mut one = Liveness::new(&[NodeId(2)], Duration::from_secs(1), at(0));
+        let mut two = Liveness::new(&[NodeId(1)], Duration::from_secs(1), at(5_000));
+        let first = one.heartbeat_for(NodeId(2), at(0));
+        assert_eq!(first.echo, None, "nothing heard yet, nothing echoed");
+        assert_eq!(two.heartbeat_from(NodeId(1), first, at(5_003)), None, "no echo, no measure");
+        // Node 2 answers 150 ms later with its next heartbeat, which echoes node 1's.
+        let answer = two.heartbeat_for(NodeId(1), at(5_153));
+        assert_eq!(answer.echo.map(|e| e.held_nanos), Some(150_000_000));
+        let rtt = one.heartbeat_from(NodeId(2), answer, at(156)).expect("an echo measures");
+        assert_eq!(rtt, Duration::from_millis(6), "156 ms since it left, less the 150 ms held");
+        // An echo from the future (a peer that lies, or restarted clocks) measures nothing.
+        let lying = Heartbeat { sent_nanos: 1, echo: Some(HeartbeatEcho { sent_nanos: u64::MAX, held_nanos: 0 }) };
+        assert_eq!(one.heartbeat_from(NodeId(2), lying, at(200)), None);
+        assert_eq!(one.heartbeat_from(NodeId(9), answer, at(200)), None, "not a peer");
     }
 
     #[test]

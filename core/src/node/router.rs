@@ -323,9 +323,10 @@ impl Router {
         let Some(changed) = self.liveness_changed.lock().expect("not poisoned").clone() else { return false };
         let now = self.env.clock.now();
         let mut liveness = self.liveness.lock().expect("not poisoned");
-        for peer in liveness.peers() {
-            let heartbeat =
-                Envelope { partition: DIRECTORY, from: self.config.node, to: peer, payload: Payload::NodeHeartbeat };
+        let peers: Vec<NodeId> = liveness.peers().collect();
+        for peer in peers {
+            let payload = Payload::NodeHeartbeat(liveness.heartbeat_for(peer, now));
+            let heartbeat = Envelope { partition: DIRECTORY, from: self.config.node, to: peer, payload };
             self.transport.send(peer, vec![heartbeat]);
         }
         let before = liveness.down().clone();
@@ -712,7 +713,7 @@ impl Router {
         self.heard_from(&envelopes);
         let mut replicas = self.replicas.lock().expect("not poisoned");
         for envelope in envelopes {
-            if matches!(envelope.payload, Payload::NodeHeartbeat) {
+            if matches!(envelope.payload, Payload::NodeHeartbeat(_)) {
                 continue;
             }
             if envelope.to != self.config.node {
@@ -738,6 +739,12 @@ impl Router {
         let mut liveness = self.liveness.lock().expect("not poisoned");
         let mut back = false;
         for envelope in envelopes {
+            if let Payload::NodeHeartbeat(heartbeat) = envelope.payload {
+                if let Some(rtt) = liveness.heartbeat_from(envelope.from, heartbeat, now) {
+                    let peer = vec![("peer", envelope.from.to_string())];
+                    self.env.metrics.peer_rtt_seconds.get_or_create(&peer).set(rtt.as_secs_f64());
+                }
+            }
             if liveness.heard(envelope.from, now) {
                 tracing::info!(node = %self.config.node, peer = %envelope.from, "peer node answers again");
                 self.env.metrics.peer_alive.get_or_create(&vec![("peer", envelope.from.to_string())]).set(1);

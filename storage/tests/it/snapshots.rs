@@ -80,7 +80,7 @@ fn transfers(disk: Arc<dyn Disk>, node: NodeId) -> Transfers {
 fn snapshot_message(envelope: Envelope) -> SnapshotMessage {
     match envelope.payload {
         Payload::Snapshot(message) => message,
-        Payload::Raft(_) | Payload::NodeHeartbeat => panic!("transfers send only snapshot messages"),
+        Payload::Raft(_) | Payload::NodeHeartbeat(_) => panic!("transfers send only snapshot messages"),
     }
 }
 

@@ -98,6 +98,12 @@ async fn metrics(node: &NodeHandle) -> String {
         "Raft messages waiting in outboxes",
         ConstGauge::new(node.transport.outbox_messages() as i64),
     );
+    registry.register_with_unit(
+        "transport_queue",
+        "Payload bytes (entries, snapshot data) waiting in outboxes",
+        Unit::Bytes,
+        ConstGauge::new(node.transport.outbox_payload_bytes() as i64),
+    );
     registry.register(
         "peers_connected",
         "Peers with an authenticated connection",

@@ -8,6 +8,10 @@ pub const FRAME_MARGIN_BYTES: usize = 64 * 1024;
 pub const FRAME_SIZE_BYTES_MIN: usize = cohort_core::limits::COMMAND_SIZE_BYTES_MAX + 1024 * 1024;
 /// Raft messages queued for one peer; beyond it new messages are dropped and counted.
 pub const OUTBOX_MESSAGES_MAX: usize = 4096;
+/// Payload bytes (entries, snapshot data) queued for one peer; beyond it new messages with a
+/// payload are dropped and counted. A few frames' worth: enough to keep a link busy, not
+/// enough for a dead peer's queue to matter.
+pub const OUTBOX_BYTES_MAX: usize = 4 * FRAME_SIZE_BYTES_MAX;
 /// Messages written in one frame.
 pub const FRAME_MESSAGES_MAX: usize = 1024;
 /// Time a new connection has to complete its handshake.

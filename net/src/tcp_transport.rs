@@ -131,7 +131,7 @@ impl TcpTransport {
                 let link = Link {
                     peer,
                     address,
-                    outbox: Outbox::new(config.outbox_messages_max),
+                    outbox: Outbox::new(config.outbox_messages_max, limits::OUTBOX_BYTES_MAX),
                     accepted: tokio::sync::Mutex::new(Some(accepted_rx)),
                     accepted_tx,
                     connected: AtomicBool::new(false),
@@ -166,6 +166,11 @@ impl TcpTransport {
     /// Messages queued for sending, over all peers.
     pub fn outbox_messages(&self) -> usize {
         self.links.values().map(|l| l.outbox.len()).sum()
+    }
+
+    /// Payload bytes (entries, snapshot data) queued for sending, over all peers.
+    pub fn outbox_payload_bytes(&self) -> usize {
+        self.links.values().map(|l| l.outbox.payload_bytes()).sum()
     }
 
     fn nonce(&self) -> [u8; 32] {

@@ -41,6 +41,21 @@ pub struct HeartbeatEcho {
 }
 
 impl Envelope {
+    /// The bytes this envelope carries beyond its own struct: entries and their contexts,
+    /// snapshot data. Zero for Raft's control messages (heartbeats, votes, acknowledgements)
+    /// and node heartbeats, which queues bound by count only, so that data never crowds them
+    /// out.
+    pub fn payload_bytes(&self) -> usize {
+        match &self.payload {
+            Payload::Raft(message) => {
+                message.entries.iter().map(|entry| entry.data.len() + entry.context.len()).sum::<usize>()
+                    + message.context.len()
+            }
+            Payload::Snapshot(SnapshotMessage::Chunk(chunk)) => chunk.data.len(),
+            Payload::Snapshot(_) | Payload::NodeHeartbeat(_) => 0,
+        }
+    }
+
     /// The Raft message, if this envelope carries one.
     pub fn raft(&self) -> Option<&raft::eraftpb::Message> {
         match &self.payload {

@@ -63,14 +63,7 @@ impl PartitionInput {
     /// objects. Zero for Raft's control messages (heartbeats, votes, acknowledgements).
     pub fn payload_bytes(&self) -> usize {
         match self {
-            PartitionInput::Message(envelope) => match &envelope.payload {
-                Payload::Raft(message) => {
-                    message.entries.iter().map(|entry| entry.data.len() + entry.context.len()).sum::<usize>()
-                        + message.context.len()
-                }
-                Payload::Snapshot(crate::snapshot::SnapshotMessage::Chunk(chunk)) => chunk.data.len(),
-                Payload::Snapshot(_) | Payload::NodeHeartbeat(_) => 0,
-            },
+            PartitionInput::Message(envelope) => envelope.payload_bytes(),
             PartitionInput::Request { body: Request::Write(command) | Request::ForwardedWrite(command), .. } => {
                 command.op.data_bytes()
             }

@@ -10,7 +10,9 @@ use cohort_core::ids::{NodeId, PartitionId, PeerId};
 use cohort_core::limits::SNAPSHOT_CHUNK_BYTES;
 use cohort_core::metrics::NodeMetrics;
 use cohort_core::persist::{ConfState, SnapshotMeta};
-use cohort_core::snapshot::{check_file, SnapshotChunk, SnapshotMessage, SnapshotStore, TransferEvents, Transfers};
+use cohort_core::snapshot::{
+    check_file, PendingCheck, SnapshotChunk, SnapshotMessage, SnapshotStore, TransferEvents, Transfers,
+};
 use cohort_core::store::{self, Rows as _};
 use cohort_core::testing::partition_state;
 use cohort_storage::SimDisk;
@@ -119,13 +121,43 @@ fn chunk(u: &mut Unstructured, fixture: &Fixture) -> Result<SnapshotChunk> {
     })
 }
 
+/// What the receiver did in one step for `from`: answers only to it, and a snapshot installed
+/// only whole and true.
+fn verify(events: &TransferEvents, from: NodeId, disk: &Arc<dyn Disk>, files: &SnapshotStore, fixture: &Fixture) {
+    assert!(events.finished.is_empty(), "a receiver has no transfer of its own to finish");
+    assert!(events.send.iter().all(|e| e.to == from && e.from == RECEIVER), "answers go to the sender only");
+    if let Some(installed) = &events.installed {
+        if std::env::var_os("FUZZ_DEBUG").is_some() {
+            eprintln!("installed from {from}");
+        }
+        assert_eq!(installed.meta, fixture.meta, "only the real snapshot installs");
+        assert_eq!(check_file(disk, &files.path(installed.meta.position)).unwrap(), fixture.meta);
+        let metadata = installed.message.get_snapshot().get_metadata();
+        assert_eq!((metadata.index, metadata.term), (fixture.meta.position.index, fixture.meta.position.term));
+        assert_eq!(ConfState::from(metadata.get_conf_state()), fixture.meta.conf_state);
+        assert_eq!(PeerId(installed.message.from).node(), from, "the sender is the one authenticated");
+        assert_eq!(PeerId(installed.message.to).node(), RECEIVER);
+    }
+}
+
 fn run(u: &mut Unstructured) -> Result<()> {
     let fixture = fixture();
     let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(2));
     let files = SnapshotStore::new(disk.clone(), "default", PARTITION);
     files.create_dir().unwrap();
     let mut receiver = Transfers::new(PARTITION, RECEIVER, files.clone(), Arc::new(NodeMetrics::default()), 2, 1 << 30);
-    for _ in 0..STEPS_MAX {
+    // A received file's check runs off the worker in a node: here it finishes some steps
+    // later, with chunks, acknowledgements and ticks arriving meanwhile.
+    let mut checking: Option<Box<PendingCheck>> = None;
+    for step in 0..STEPS_MAX {
+        if checking.is_some() && (step + 1 == STEPS_MAX || u.ratio(1, 3)?) {
+            let check = checking.take().expect("present");
+            let sender = check.sender();
+            let mut events = TransferEvents::default();
+            receiver.checked(check.run(), &mut events);
+            assert!(events.check.is_none(), "a finished check asks for no other");
+            verify(&events, sender, &disk, &files, fixture);
+        }
         let mut events = TransferEvents::default();
         let from = *u.choose(&[SENDER, SENDER, SENDER, NodeId(3)])?;
         match u.int_in_range(0u8..=9)? {
@@ -140,21 +172,12 @@ fn run(u: &mut Unstructured) -> Result<()> {
             }
             _ => receiver.handle(Instant::ZERO, from, SnapshotMessage::Chunk(chunk(u, fixture)?), &mut events),
         }
-        assert!(events.finished.is_empty(), "a receiver has no transfer of its own to finish");
-        assert!(events.send.iter().all(|e| e.to == from && e.from == RECEIVER), "answers go to the sender only");
-        if let Some(installed) = events.installed {
-            if std::env::var_os("FUZZ_DEBUG").is_some() {
-                eprintln!("installed from {from}");
-            }
-            // Installed only whole and true.
-            assert_eq!(installed.meta, fixture.meta, "only the real snapshot installs");
-            assert_eq!(check_file(&disk, &files.path(installed.meta.position)).unwrap(), fixture.meta);
-            let metadata = installed.message.get_snapshot().get_metadata();
-            assert_eq!((metadata.index, metadata.term), (fixture.meta.position.index, fixture.meta.position.term));
-            assert_eq!(ConfState::from(metadata.get_conf_state()), fixture.meta.conf_state);
-            assert_eq!(PeerId(installed.message.from).node(), from, "the sender is the one authenticated");
-            assert_eq!(PeerId(installed.message.to).node(), RECEIVER);
+        if let Some(check) = events.check.take() {
+            assert!(checking.is_none(), "one received file is checked at a time");
+            assert_eq!(check.sender(), from, "the file checked is the sender's");
+            checking = Some(check);
         }
+        verify(&events, from, &disk, &files, fixture);
     }
     Ok(())
 }

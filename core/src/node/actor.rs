@@ -138,6 +138,8 @@ pub(super) struct Actor {
     pub transfer_events: TransferEvents,
     /// The snapshot being written away from this task, if any: its outcome arrives here.
     pub saving: Option<oneshot::Receiver<SnapshotSaved>>,
+    /// A received snapshot file being checked on a blocking thread (`PendingCheck`).
+    pub checking: Option<oneshot::Receiver<crate::snapshot::CheckedSnapshot>>,
     /// Members this replica, as leader, wants the directory to record (see
     /// `Output::LeaderMembers`), and the recording under way, if any.
     pub members: MembersRecord,
@@ -295,6 +297,8 @@ enum Wake {
     Applied(ApplyResult),
     Durable(crate::persist::LogPosition),
     SnapshotSaved(SnapshotSaved),
+    /// Boxed: rare, and large next to the other wakes.
+    SnapshotChecked(Box<crate::snapshot::CheckedSnapshot>),
     MembersRecorded(bool),
     Timer,
 }
@@ -413,6 +417,11 @@ impl Shell for Actor {
                     self.partition.handle_snapshot_saved(now, outcome);
                     Flow::Continue
                 }
+                Wake::SnapshotChecked(checked) => {
+                    self.checking = None;
+                    self.transfers.checked(*checked, &mut self.transfer_events);
+                    Flow::Continue
+                }
                 Wake::MembersRecorded(recorded) => {
                     let (attempted, _) = self.members.attempt.take().expect("an attempt was polled");
                     if recorded && self.members.wanted.as_ref() == Some(&attempted) {
@@ -522,6 +531,12 @@ impl Actor {
                 return Some(Wake::SnapshotSaved(outcome));
             }
         }
+        if let Some(checking) = self.checking.as_mut() {
+            if let Poll::Ready(checked) = checking.poll_unpin(cx) {
+                let checked = checked.expect("a snapshot check always answers");
+                return Some(Wake::SnapshotChecked(Box::new(checked)));
+            }
+        }
         if !self.accepting() {
             // Neither inputs nor ticks until the log and the store catch up: a tick would count
             // as silence from peers whose messages wait unread in the mailbox (a leader applying
@@ -597,6 +612,7 @@ impl Actor {
             && self.state.applying.is_empty()
             && self.state.blocked.is_none()
             && self.saving.is_none()
+            && self.checking.is_none()
             && self.members.wanted.is_none()
             && self.members.attempt.is_none()
             && self.transfers.is_idle();
@@ -660,6 +676,9 @@ impl Actor {
         let mut persist = self.persist.clone();
         let (mut applier, files, host) = (self.applier.clone(), self.transfers.store().clone(), self.host.clone());
         let durable = self.durable.clone();
+        // A snapshot being saved or checked writes into the replica's directory: its files
+        // are deleted only once both are done, so none is left behind.
+        let (saving, checking) = (self.saving.take(), self.checking.take());
         self.env.spawn.spawn(
             "remove replica",
             Box::pin(async move {
@@ -674,6 +693,12 @@ impl Actor {
                 if applier.send(request).await.is_err() || !matches!(removed.await, Ok(Ok(Ok(ApplyDone::Removed)))) {
                     tracing::warn!(%partition, "cannot delete a removed replica's state; the next start will");
                     return;
+                }
+                if let Some(saving) = saving {
+                    let _ = saving.await;
+                }
+                if let Some(checking) = checking {
+                    let _ = checking.await;
                 }
                 if let Err(error) = files.remove_all() {
                     tracing::warn!(%partition, %error, "cannot delete a removed replica's files");
@@ -701,6 +726,9 @@ impl Actor {
             let events = std::mem::take(&mut self.transfer_events);
             for envelope in events.send {
                 self.state.outbox.entry(envelope.to).or_default().push(envelope);
+            }
+            if let Some(check) = events.check {
+                self.check_snapshot(*check);
             }
             if events.finished.is_empty() && events.installed.is_none() {
                 break;
@@ -753,6 +781,18 @@ impl Actor {
             },
         };
         Poll::Ready(sent)
+    }
+
+    /// Syncs and checks a received snapshot file on a blocking thread; its outcome wakes the
+    /// actor.
+    fn check_snapshot(&mut self, check: crate::snapshot::PendingCheck) {
+        assert!(self.checking.is_none(), "one received snapshot is checked at a time");
+        let (tx, rx) = oneshot::channel();
+        let work = Box::new(move || {
+            let _ = tx.send(check.run());
+        });
+        self.env.spawn.spawn("check snapshot", self.env.spawn.run_blocking(work));
+        self.checking = Some(rx);
     }
 
     /// Writes a snapshot of the partition's state in the store (one read transaction) on a

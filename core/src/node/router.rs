@@ -600,6 +600,7 @@ impl Router {
             transfers,
             transfer_events: Default::default(),
             saving: None,
+            checking: None,
             members: Default::default(),
             state,
         };

@@ -13,4 +13,4 @@ mod transfer;
 
 pub use file::{check_file, partition_dir, SnapshotError, SnapshotStore, DIRECTORY_AUTHORITY};
 pub use message::{SnapshotChunk, SnapshotMessage};
-pub use transfer::{Installed, TransferEvents, Transfers};
+pub use transfer::{CheckedSnapshot, Installed, PendingCheck, TransferEvents, Transfers};

@@ -12,6 +12,11 @@
 //! flight, so each side holds a bounded number of chunk buffers whatever the snapshot's size.
 //! The receiver accepts only the next chunk in order and always answers with the offset it
 //! wants next; the sender resends from the last acknowledged offset when acknowledgements stop.
+//!
+//! Syncing a whole received file and checking it end to end reads all of it: that runs off the
+//! replica's worker (which drives many replicas), as a [`PendingCheck`] the actor hands to a
+//! blocking thread and whose outcome it feeds back (`Transfers::checked`). Meanwhile chunks
+//! are ignored (the sender resends; the file being checked is the one incoming file).
 //! Loss, duplication and reordering thus cost time, never correctness. A transfer that makes
 //! no progress for `SNAPSHOT_RETRIES_MAX` timeouts is reported failed to Raft, which sends a
 //! new `MsgSnapshot` later.
@@ -39,6 +44,41 @@ pub struct Installed {
     pub meta: SnapshotMeta,
 }
 
+/// A file received whole, to be synced, checked end to end and renamed into place: the
+/// blocking part of receiving a snapshot, run off the replica's worker.
+pub struct PendingCheck {
+    from: NodeId,
+    transfer: u64,
+    size_bytes: u64,
+    file: Box<dyn DiskFile>,
+    announced: SnapshotMeta,
+    message: raft::eraftpb::Message,
+    store: SnapshotStore,
+}
+
+impl PendingCheck {
+    /// The node the file came from.
+    pub fn sender(&self) -> NodeId {
+        self.from
+    }
+
+    /// Syncs, checks and renames the file (blocking I/O, reading the whole file).
+    pub fn run(self) -> CheckedSnapshot {
+        let PendingCheck { from, transfer, size_bytes, file, announced, message, store } = self;
+        let result = store.install_incoming(file, &announced);
+        CheckedSnapshot { from, transfer, size_bytes, message, result }
+    }
+}
+
+/// What [`PendingCheck::run`] found, for `Transfers::checked`.
+pub struct CheckedSnapshot {
+    from: NodeId,
+    transfer: u64,
+    size_bytes: u64,
+    message: raft::eraftpb::Message,
+    result: Result<SnapshotMeta, SnapshotError>,
+}
+
 /// What the actor must do after a call into `Transfers`.
 #[derive(Default)]
 pub struct TransferEvents {
@@ -48,6 +88,8 @@ pub struct TransferEvents {
     pub finished: Vec<(NodeId, bool)>,
     /// Boxed: rare, and every replica's actor holds a `TransferEvents`.
     pub installed: Option<Box<Installed>>,
+    /// A received file to check off the worker; its outcome goes to `Transfers::checked`.
+    pub check: Option<Box<PendingCheck>>,
 }
 
 struct Outgoing {
@@ -89,6 +131,8 @@ pub struct Transfers {
     next_transfer: u64,
     /// The largest snapshot accepted from a peer.
     size_bytes_max: u64,
+    /// The transfer whose file is being checked (`PendingCheck`): (sender, transfer).
+    checking: Option<(NodeId, u64)>,
 }
 
 impl Transfers {
@@ -112,6 +156,7 @@ impl Transfers {
             last_installed: None,
             next_transfer: seed.rotate_left(17) | 1,
             size_bytes_max,
+            checking: None,
         }
     }
 
@@ -213,7 +258,33 @@ impl Transfers {
 
     /// No transfer in either direction: nothing would be lost if this replica unloaded.
     pub fn is_idle(&self) -> bool {
-        self.outgoing.is_empty() && self.incoming.is_none()
+        self.outgoing.is_empty() && self.incoming.is_none() && self.checking.is_none()
+    }
+
+    /// The outcome of the check `events.check` asked for: the snapshot is installed (and
+    /// acknowledged) or refused.
+    pub fn checked(&mut self, checked: CheckedSnapshot, events: &mut TransferEvents) {
+        let CheckedSnapshot { from, transfer, size_bytes, message, result } = checked;
+        assert_eq!(self.checking.take(), Some((from, transfer)), "a check answers the one asked for");
+        match result {
+            Ok(meta) => {
+                tracing::info!(partition = %self.partition, %from, position = ?meta.position, size_bytes, "snapshot received");
+                self.metrics.snapshots_received.inc();
+                self.metrics.snapshot_received_bytes.inc_by(size_bytes);
+                events.send.push(self.envelope(from, SnapshotMessage::Ack { transfer, next_offset: size_bytes }));
+                self.last_installed = Some((from, transfer, size_bytes));
+                events.installed = Some(Box::new(Installed { message, meta }));
+            }
+            Err(error) => self.refuse(from, transfer, error, events),
+        }
+    }
+
+    /// Runs a pending check on this thread and feeds its outcome back (tests and the fuzzer,
+    /// which have no blocking pool).
+    pub fn check_now(&mut self, events: &mut TransferEvents) {
+        if let Some(check) = events.check.take() {
+            self.checked(check.run(), events);
+        }
     }
 
     /// Outgoing transfers in progress (status, tests).
@@ -308,6 +379,11 @@ impl Transfers {
         if !sane {
             // Damaged or hostile: treat as lost; the sender resends.
             tracing::warn!(partition = %self.partition, %from, ?chunk, "bad snapshot chunk ignored");
+            return;
+        }
+        if self.checking.is_some() {
+            // The one incoming file is being checked: its sender's resends, or another
+            // transfer, wait (the sender resends after its timeout).
             return;
         }
         let same = self
@@ -412,17 +488,10 @@ impl Transfers {
             };
             return self.refuse(from, transfer, error, events);
         }
-        match self.store.install_incoming(incoming.file, &announced) {
-            Ok(meta) => {
-                tracing::info!(partition = %self.partition, %from, ?position, size_bytes, "snapshot received");
-                self.metrics.snapshots_received.inc();
-                self.metrics.snapshot_received_bytes.inc_by(size_bytes);
-                events.send.push(self.envelope(from, SnapshotMessage::Ack { transfer, next_offset: size_bytes }));
-                self.last_installed = Some((from, transfer, size_bytes));
-                events.installed = Some(Box::new(Installed { message, meta }));
-            }
-            Err(error) => self.refuse(from, transfer, error, events),
-        }
+        self.checking = Some((from, transfer));
+        let store = self.store.clone();
+        events.check =
+            Some(Box::new(PendingCheck { from, transfer, size_bytes, file: incoming.file, announced, message, store }));
     }
 
     fn refuse(&mut self, to: NodeId, transfer: u64, error: SnapshotError, events: &mut TransferEvents) {

@@ -145,6 +145,7 @@ fn transfer_through(
         let (to, from) = (envelope.to, envelope.from);
         let target = if to == RECEIVER { &mut *receiver } else { &mut *sender };
         target.handle(now, from, snapshot_message(envelope), &mut events);
+        target.check_now(&mut events);
         if to == SENDER {
             // What one acknowledgement lets the sender put in flight.
             in_flight_max = in_flight_max.max(events.send.len());
@@ -175,6 +176,7 @@ fn deliver_in_order(
         let (to, from) = (envelope.to, envelope.from);
         let target = if to == RECEIVER { &mut *receiver } else { &mut *sender };
         target.handle(Instant::ZERO, from, snapshot_message(envelope), &mut out);
+        target.check_now(&mut out);
         network.extend(out.send);
         installed = installed.or(out.installed.map(|boxed| *boxed));
     }
@@ -227,6 +229,7 @@ fn a_transfer_whose_raft_message_lies_is_refused() {
             let (to, from) = (envelope.to, envelope.from);
             let target = if to == RECEIVER { &mut receiver } else { &mut sender };
             target.handle(Instant::ZERO, from, snapshot_message(envelope), &mut out);
+            target.check_now(&mut out);
             network.extend(out.send);
             finished.extend(out.finished);
             installed |= out.installed.is_some();
@@ -265,6 +268,7 @@ fn a_transfer_too_large_for_the_limit_or_the_free_disk_is_refused_at_its_first_c
         let first = events.send.remove(0);
         let mut out = TransferEvents::default();
         receiver.handle(Instant::ZERO, SENDER, snapshot_message(first), &mut out);
+        receiver.check_now(&mut out);
         let refusal = match out.send.as_slice() {
             [envelope] => snapshot_message(envelope.clone()),
             other => panic!("{case}: one answer expected, got {other:?}"),
@@ -275,6 +279,7 @@ fn a_transfer_too_large_for_the_limit_or_the_free_disk_is_refused_at_its_first_c
         assert!(receiver_disk.list(Path::new("partitions/default/9")).unwrap().is_empty(), "{case}: no file");
         let mut finished = TransferEvents::default();
         sender.handle(Instant::ZERO, RECEIVER, refusal, &mut finished);
+        sender.check_now(&mut finished);
         assert_eq!(finished.finished, vec![(RECEIVER, false)], "{case}: the sender learns it failed");
     }
     // With room, the same transfer goes through.
@@ -323,6 +328,7 @@ fn a_receiver_that_crashes_mid_transfer_keeps_its_previous_state_and_the_transfe
     for envelope in events.send.drain(..).take(4) {
         let mut out = TransferEvents::default();
         receiver.handle(Instant::ZERO, SENDER, snapshot_message(envelope), &mut out);
+        receiver.check_now(&mut out);
         assert!(out.installed.is_none());
     }
     receiver_disk.crash();

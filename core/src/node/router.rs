@@ -433,19 +433,38 @@ impl Router {
         voters: &[NodeId],
         campaign: bool,
     ) -> Result<(), RouteError> {
+        if self.hosts(partition) {
+            return Err(RouteError::PartitionExists(partition));
+        }
+        let peer = PeerId::new(self.config.node, 0);
+        let files = self.recorded_files(authority, partition, peer)?;
         let mut replicas = self.replicas.lock().expect("not poisoned");
         if replicas.contains_key(&partition) {
+            // Created meanwhile, under the same peer id the file records.
             return Err(RouteError::PartitionExists(partition));
         }
         let now = self.env.clock.now();
-        let peer = PeerId::new(self.config.node, 0);
         let mut replica = Partition::create(self.partition_config(partition, peer), voters, now);
         if campaign {
             replica.campaign(now);
         }
-        let (mailbox, lag_entries) = self.start(replica, self.files(authority, partition), true)?;
+        let (mailbox, lag_entries) = self.start(replica, files, false)?;
         replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag_entries }));
         Ok(())
+    }
+
+    /// The files of a new replica of `partition`, its peer id recorded durably (before it can
+    /// speak: see `SnapshotStore::write_peer`). Called without the router's lock held: its
+    /// fsyncs would stall every request and message to every replica meanwhile.
+    fn recorded_files(
+        &self,
+        authority: &str,
+        partition: PartitionId,
+        peer: PeerId,
+    ) -> Result<SnapshotStore, RouteError> {
+        let files = self.files(authority, partition);
+        files.write_peer(peer).map_err(|e| RouteError::Disk { partition, reason: e.to_string() })?;
+        Ok(files)
     }
 
     /// Brings this node's replica of `partition` in line with the directory's members:
@@ -464,9 +483,23 @@ impl Router {
                 retiring.insert(partition, Some((info.authority.clone(), peer)));
             }
             (Some(peer), None) => {
+                drop(retiring);
+                drop(replicas);
+                let files = match self.recorded_files(&info.authority, partition, peer) {
+                    Ok(files) => files,
+                    Err(error) => return tracing::error!(%partition, %error, "cannot start the new replica"),
+                };
+                let mut replicas = self.replicas.lock().expect("not poisoned");
+                if replicas.contains_key(&partition)
+                    || self.retiring.lock().expect("not poisoned").contains_key(&partition)
+                {
+                    // Started or retired meanwhile by a concurrent reconcile; a retirement
+                    // reconciles again once its removal is done.
+                    return;
+                }
                 let now = self.env.clock.now();
                 let replica = Partition::create_empty(self.partition_config(partition, peer), now);
-                match self.start(replica, self.files(&info.authority, partition), true) {
+                match self.start(replica, files, false) {
                     Ok((mailbox, lag_entries)) => {
                         replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag_entries }));
                         tracing::info!(node = %me, %partition, %peer, "joined partition as a new replica");

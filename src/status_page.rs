@@ -17,15 +17,6 @@ const REPLICAS_LISTED_MAX: usize = 1_000;
 /// A follower this many entries behind its leader is shown as lagging.
 const LAGGING_ENTRIES: u64 = 1_000;
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Leader => "leader",
-        Role::Candidate => "candidate",
-        Role::Follower => "follower",
-        Role::Learner => "learner",
-    }
-}
-
 /// How far the furthest member is behind the leader's commit (leaders only).
 fn lag_entries(status: &PartitionStatus) -> Option<u64> {
     (status.role == Role::Leader)
@@ -69,7 +60,7 @@ pub async fn status_json(node: &NodeHandle) -> Value {
         };
         listed.push(json!({
             "partition": status.partition.0,
-            "role": role_name(status.role),
+            "role": status.role.name(),
             "state": state,
             "term": status.term,
             "leader": status.leader.map(|l| l.0),

@@ -8,40 +8,25 @@
 
 use cohort_core::env::{write_file_atomic, Disk};
 use cohort_core::ids::PartitionId;
-use cohort_core::persist::SnapshotMeta;
 use cohort_core::snapshot::{check_file, SnapshotStore};
 use cohort_core::store::check::check_partition;
-use cohort_core::store::{self, Commit, DedupLimits, Rows as _, Store, StoreError};
-use cohort_core::testing::partition_state;
+use cohort_core::store::{self, Commit, DedupLimits, Store, StoreError};
 use cohort_storage::SimDisk;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 const PARTITION: PartitionId = PartitionId(4);
 
-/// A real snapshot file of a few small blobs, its position and its path.
-struct Fixture {
-    file: Vec<u8>,
-    meta: SnapshotMeta,
-    path: PathBuf,
-}
+#[path = "common/snapshot_fixture.rs"]
+mod snapshot_fixture;
 
+use snapshot_fixture::{snapshot_file, Fixture};
+
+/// A real snapshot file of a few small blobs.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let state = partition_state(PARTITION, 3, 200, 7);
-        let record = state.read().unwrap().partition(PARTITION).unwrap().unwrap();
-        let meta = SnapshotMeta { position: record.applied, conf_state: record.conf_state };
-        let files = SnapshotStore::new(Arc::new(SimDisk::new(1)), "default", PARTITION);
-        files.create_dir().unwrap();
-        let rows = state.read().unwrap();
-        files.save(&meta, |out| store::snapshot::export(&rows, PARTITION, out)).unwrap();
-        let size = files.size(meta.position).unwrap();
-        let file = files.read_chunk(meta.position, 0, size as usize).unwrap();
-        Fixture { file, path: files.path(meta.position), meta }
-    })
+    FIXTURE.get_or_init(|| snapshot_file(PARTITION, 3, 200, 7))
 }
 
 /// The fixture changed as `input` says, or `input`'s own bytes.

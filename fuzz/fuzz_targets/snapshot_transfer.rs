@@ -13,8 +13,6 @@ use cohort_core::persist::{ConfState, SnapshotMeta};
 use cohort_core::snapshot::{
     check_file, PendingCheck, SnapshotChunk, SnapshotMessage, SnapshotStore, TransferEvents, Transfers,
 };
-use cohort_core::store::{self, Rows as _};
-use cohort_core::testing::partition_state;
 use cohort_storage::SimDisk;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -26,27 +24,19 @@ const SENDER: NodeId = NodeId(1);
 const RECEIVER: NodeId = NodeId(2);
 const STEPS_MAX: usize = 48;
 
-/// A real snapshot file of a few blobs, spanning three chunks, and what it holds.
-struct Fixture {
-    file: Vec<u8>,
-    meta: SnapshotMeta,
-}
+#[path = "common/snapshot_fixture.rs"]
+mod snapshot_fixture;
 
+use snapshot_fixture::{snapshot_file, Fixture};
+
+/// A real snapshot file of a few blobs, spanning three chunks.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         // Five random blobs of 120,000 bytes: incompressible, so the file spans three chunks.
-        let state = partition_state(PARTITION, 5, 120_000, 1);
-        let record = state.read().unwrap().partition(PARTITION).unwrap().unwrap();
-        let meta = SnapshotMeta { position: record.applied, conf_state: record.conf_state };
-        let files = SnapshotStore::new(Arc::new(SimDisk::new(1)), "default", PARTITION);
-        files.create_dir().unwrap();
-        let rows = state.read().unwrap();
-        files.save(&meta, |out| store::snapshot::export(&rows, PARTITION, out)).unwrap();
-        let size = files.size(meta.position).unwrap();
-        let file = files.read_chunk(meta.position, 0, size as usize).unwrap();
-        assert!(file.len() > 2 * SNAPSHOT_CHUNK_BYTES, "the fixture spans three chunks");
-        Fixture { file, meta }
+        let fixture = snapshot_file(PARTITION, 5, 120_000, 1);
+        assert!(fixture.file.len() > 2 * SNAPSHOT_CHUNK_BYTES, "the fixture spans three chunks");
+        fixture
     })
 }
 
@@ -131,7 +121,8 @@ fn verify(events: &TransferEvents, from: NodeId, disk: &Arc<dyn Disk>, files: &S
             eprintln!("installed from {from}");
         }
         assert_eq!(installed.meta, fixture.meta, "only the real snapshot installs");
-        assert_eq!(check_file(disk, &files.path(installed.meta.position)).unwrap(), fixture.meta);
+        assert_eq!(files.path(installed.meta.position), fixture.path, "installed where the replica keeps it");
+        assert_eq!(check_file(disk, &fixture.path).unwrap(), fixture.meta);
         let metadata = installed.message.get_snapshot().get_metadata();
         assert_eq!((metadata.index, metadata.term), (fixture.meta.position.index, fixture.meta.position.term));
         assert_eq!(ConfState::from(metadata.get_conf_state()), fixture.meta.conf_state);

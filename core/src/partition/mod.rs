@@ -126,6 +126,18 @@ pub enum Role {
     Learner,
 }
 
+impl Role {
+    /// How status pages, the API and the CLI name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Candidate => "candidate",
+            Role::Follower => "follower",
+            Role::Learner => "learner",
+        }
+    }
+}
+
 /// One member's replication progress, as the leader sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaProgress {

@@ -4,7 +4,7 @@ use super::convert;
 use super::proto::{self, cohort_server::Cohort};
 use cohort_core::ids::{NodeId, PartitionId, DIRECTORY};
 use cohort_core::node::{ApiError, MembersAction, NodeService, PartitionView, UploadBegun, UPLOAD_PIECE_BYTES};
-use cohort_core::partition::{PartitionStatus, ReadConsistency, Role};
+use cohort_core::partition::{PartitionStatus, ReadConsistency};
 use cohort_core::state_machine::{PagedObject, ReadQuery, ReadResult, Rejection, RelativePath, WriteOk};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -114,15 +114,6 @@ fn consistency(stale: bool) -> ReadConsistency {
         ReadConsistency::Stale
     } else {
         ReadConsistency::Linearizable
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Leader => "leader",
-        Role::Candidate => "candidate",
-        Role::Follower => "follower",
-        Role::Learner => "learner",
     }
 }
 
@@ -492,7 +483,7 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
     // This node's own replica, always; the others' match index when this node leads.
     let mut replicas = vec![proto::ReplicaStatus {
         node: me.0,
-        role: role_name(status.role).to_owned(),
+        role: status.role.name().to_owned(),
         applied_index: status.applied_index,
         match_index: status.progress.iter().find(|p| p.node == me).map_or(status.last_index, |p| p.match_index),
         compacted_index: status.compacted_index,

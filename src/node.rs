@@ -89,7 +89,11 @@ pub fn seal_store(data_dir: &std::path::Path) -> anyhow::Result<()> {
 /// Runs a node until `shutdown` completes, then stops it cleanly: partitions stop, the log
 /// writes already queued are made durable, and the function returns the data directory, to be
 /// sealed (`seal_store`) once the runtime is gone; `None` if the stop was not clean.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Option<std::path::PathBuf>> {
+pub async fn run(
+    config: Config,
+    join: bool,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
     fail_stop_on_panic();
     crate::memory::tune_allocator();
     crate::memory::spawn_heap_trimmer();
@@ -115,6 +119,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         store: config.store.clone(),
         applier: config.applier.clone(),
         peer_tls,
+        join,
     };
     let node = cohort_net::node::start(env, spec, |transport| transport as Arc<dyn Transport>)
         .await

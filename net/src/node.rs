@@ -7,7 +7,7 @@ use crate::{TcpTransport, TransportConfig};
 use cohort_core::env::{Disk, Env, Envelope, Transport};
 use cohort_core::ids::{NodeId, PartitionId};
 use cohort_core::limits::{APPLY_QUEUE_REQUESTS_MAX, PERSIST_QUEUE_WRITES_MAX};
-use cohort_core::node::identity::{Identity, IdentityError, PeerInstances};
+use cohort_core::node::identity::{Identity, IdentityError, Origin, PeerInstances};
 use cohort_core::node::{run_applier, ApplierOptions, NodeService, RouteError, Router, RouterConfig, DIRECTORY};
 use cohort_core::partition::{ReplicaOptions, StoredState};
 use cohort_core::persist::RecoveredPartition;
@@ -47,6 +47,9 @@ pub struct NodeSpec {
     pub applier: ApplierOptions,
     /// Mutual TLS between peers, if configured.
     pub peer_tls: Option<crate::tls::PeerTls>,
+    /// A new data directory is made to join the cluster as a replacement of this node
+    /// (`cohort node --join`), not to bootstrap it; an existing one keeps its origin.
+    pub join: bool,
 }
 
 impl NodeSpec {
@@ -95,9 +98,13 @@ pub async fn start(
     // Before anything else is written: which data directory this is, and whether it is this
     // node's (see `node::identity`).
     let instance_seed = u128::from(env.seed) << 64 | u128::from(env.seed.rotate_left(29) ^ spec.node.0);
-    let identity = Identity::open_or_create(&*env.disk, &spec.cluster_id, spec.node, instance_seed)?;
+    let origin = if spec.join { Origin::Join } else { Origin::Bootstrap };
+    let identity = Identity::open_or_create(&*env.disk, &spec.cluster_id, spec.node, instance_seed, origin)?;
     let peer_instances = Arc::new(PeerInstances::open(env.disk.clone())?);
-    tracing::info!(node = %spec.node, instance = %identity.instance, "data directory identity");
+    tracing::info!(node = %spec.node, instance = %identity.instance, origin = ?identity.origin, "data directory identity");
+    if spec.join && identity.origin != Origin::Join {
+        tracing::warn!(node = %spec.node, "--join ignored: this data directory already exists and bootstrapped with the cluster");
+    }
     let (engine, recovered) = LogEngine::open(env.disk.clone(), Path::new(WAL_DIR), LogOptions::default())?;
     tracing::info!(node = %spec.node, partitions = recovered.len(), "log recovered");
     // The seal of a clean stop goes before the store can change (`store::seal`).
@@ -122,7 +129,7 @@ pub async fn start(
         spec.peers.clone(),
         env.seed,
         identity.instance,
-        peer_instances,
+        peer_instances.clone(),
     );
     transport_config.frame_size_bytes_max = spec.frame_size_bytes_max;
     transport_config.outbox_messages_max = spec.outbox_messages_max;
@@ -131,7 +138,9 @@ pub async fn start(
     let transport = TcpTransport::start(transport_config, listener, inbox_tx);
 
     let peers = spec.peers.keys().copied().collect();
-    let router_config = RouterConfig { node: spec.node, peers, replica: spec.replica.clone(), workers: spec.workers };
+    let joins = identity.origin == Origin::Join;
+    let router_config =
+        RouterConfig { node: spec.node, peers, replica: spec.replica.clone(), workers: spec.workers, joins };
     let router =
         Router::new(router_config, env.clone(), wrap_transport(transport.clone()), persist_tx, store, apply_tx);
     let nodes = spec.nodes();
@@ -150,9 +159,15 @@ pub async fn start(
         let stored = stored.get(&partition).cloned().unwrap_or_default();
         router.open_partition(partition, state, stored, files)?;
     }
-    if !has_directory {
-        // A brand-new node: the directory is on every node from the start.
-        router.create_partition(DIRECTORY, DIRECTORY_AUTHORITY, &nodes, false)?;
+    match (has_directory, joins) {
+        (true, _) => {}
+        // A brand-new node of a new cluster: the directory is on every node from the start.
+        (false, false) => router.create_partition(DIRECTORY, DIRECTORY_AUTHORITY, &nodes, false)?,
+        (false, true) => tracing::info!(
+            node = %spec.node,
+            "made to join: waiting for the cluster to add this node (`cohort node replace {}`)",
+            spec.node
+        ),
     }
     router.start_liveness();
     let pump = router.clone();
@@ -161,7 +176,7 @@ pub async fn start(
             pump.deliver(batch);
         }
     });
-    let service = Arc::new(NodeService::new(router.clone(), nodes, spec.replicas));
+    let service = Arc::new(NodeService::new(router.clone(), nodes, spec.replicas, peer_instances));
     Ok(RunningNode { router, transport, service, group_commit, applier })
 }
 

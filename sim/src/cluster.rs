@@ -32,6 +32,8 @@ struct SimNode {
     up: bool,
     paused: bool,
     restarts: Arc<Mutex<u64>>,
+    /// Its next start makes a new data directory join the cluster (`NodeSpec::join`).
+    join: Arc<Mutex<bool>>,
 }
 
 /// The nodes' request services as clients see them.
@@ -139,15 +141,20 @@ impl SimCluster {
                 applier: applier_options(seed),
                 // TLS adds nothing the simulated network can fault; it is tested on real sockets.
                 peer_tls: None,
+                // Set for a start after `wipe_and_join`.
+                join: false,
             };
+            let join = Arc::new(Mutex::new(false));
             let init = {
                 let (disk, service, faults, observer) =
                     (disk.clone(), service.clone(), faults.clone(), observer.clone());
                 let (clock_rate_ppm, restarts, trace) = (clock_rate_ppm.clone(), restarts.clone(), trace.clone());
+                let join = join.clone();
                 move || {
                     let (disk, service, faults, observer) =
                         (disk.clone(), service.clone(), faults.clone(), observer.clone());
-                    let (spec, trace) = (spec.clone(), trace.clone());
+                    let (mut spec, trace) = (spec.clone(), trace.clone());
+                    spec.join = *join.lock().expect("not poisoned");
                     let rate = *clock_rate_ppm.lock().expect("not poisoned");
                     let incarnation = *restarts.lock().expect("not poisoned");
                     async move {
@@ -178,7 +185,7 @@ impl SimCluster {
                 }
             };
             let node = handle.create_node().name(format!("node-{id}")).ip(address(id).ip()).init(init).build();
-            nodes.insert(id, SimNode { handle: node, disk, service, up: true, paused: false, restarts });
+            nodes.insert(id, SimNode { handle: node, disk, service, up: true, paused: false, restarts, join });
         }
         SimCluster { nodes, faults, observer, trace }
     }
@@ -226,6 +233,18 @@ impl SimCluster {
         Handle::current().restart(node.handle.id());
         node.up = true;
         self.trace.event(now_ns(), format!("fault: restart node {id}"));
+    }
+
+    /// The node loses its disk (crashed, everything on it gone) and an operator starts it on
+    /// an empty data directory made to join the cluster (`cohort node --join`): its peers
+    /// refuse it until it is replaced (`scenario::replace_node`).
+    pub fn wipe_and_join(&mut self, id: NodeId) {
+        self.crash(id);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.disk.wipe();
+        *node.join.lock().expect("not poisoned") = true;
+        self.trace.event(now_ns(), format!("fault: node {id} lost its data directory"));
+        self.restart(id);
     }
 
     pub fn pause(&mut self, id: NodeId) {

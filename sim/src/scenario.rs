@@ -610,6 +610,17 @@ async fn drive_faults(
                     cluster.lock().unwrap().restart(node);
                 }
             }
+            Fault::Membership if rng.gen_bool(0.25) => {
+                // A node loses its data directory and the operator replaces it: only when no
+                // partition needs it for a quorum (a partition whose other voters are not a
+                // quorum is lost with the disk, in any Raft system).
+                if survives_losing(operator.services(), victim, repos).await {
+                    cluster.lock().unwrap().wipe_and_join(victim);
+                    replace_node(operator, trace, victim, &ids, repos).await;
+                } else {
+                    trace_event(trace, format!("node {victim} keeps its disk: a partition needs it for a quorum"));
+                }
+            }
             Fault::Membership => {
                 // Take a replica out, then bring it back as a voter (it rejoins empty and
                 // catches up from the log); with more nodes than replicas, sometimes add a
@@ -678,6 +689,91 @@ async fn drive_faults(
             | Fault::ClockSkew
             | Fault::SlowDisk
             | Fault::TransferLeader => unreachable!("background faults"),
+        }
+    }
+}
+
+/// Whether every partition (the directory too) keeps a quorum of voters without `node`, in
+/// every replica's view of its membership, and none is changing it through a joint
+/// configuration.
+async fn survives_losing(services: &crate::cluster::Services, node: NodeId, repos: usize) -> bool {
+    let partitions = std::iter::once(DIRECTORY).chain((1..=repos as u64).map(cohort_core::ids::PartitionId));
+    for partition in partitions {
+        for id in services.ids() {
+            let Some(service) = services.get(id) else { continue };
+            let Ok(status) = service.router().status(partition).await else { continue };
+            let conf = &status.conf_state;
+            let voters = conf.voter_nodes();
+            if !conf.voters_outgoing.is_empty() || (voters.contains(&node) && voters.len() < 3) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// How long the operator keeps at one step of a replacement before giving up on it.
+const REPLACE_STEP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `cohort node replace`, as the operator runs it (see `src/cli/node.rs`): every other node
+/// retires `node`'s lost data directory; each partition's replica on `node` that the new
+/// directory does not host yet gives way to a new one; the directory's last. A step that does
+/// not finish within its patience ends the replacement (the node stays refused, and the
+/// cluster goes on without it).
+async fn replace_node(operator: &mut SimClient, trace: &Trace, node: NodeId, ids: &[NodeId], repos: usize) {
+    let services = operator.services().clone();
+    for &other in ids.iter().filter(|&&o| o != node) {
+        let deadline = tokio::time::Instant::now() + REPLACE_STEP_PATIENCE;
+        loop {
+            // Refused while `other` still counts `node` as answering (it heard from the lost
+            // directory within the liveness timeout); unavailable while `other` is down.
+            let outcome = services.get(other).map(|service| service.retire_peer(node));
+            if let Some(Ok(retirement)) = outcome {
+                trace_event(
+                    trace,
+                    format!("replace: node {other} retired node {node}'s data directory: {retirement:?}"),
+                );
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                trace_event(trace, format!("replace: node {other} did not retire node {node}'s directory; given up"));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let hosts = |partition| services.get(node).is_some_and(|service| service.router().hosts(partition));
+    // The directory last: it must not invite the node while a partition names its old
+    // replica. The replacement stops at a step that does not finish.
+    let partitions = (1..=repos as u64).map(cohort_core::ids::PartitionId).chain([DIRECTORY]);
+    for partition in partitions {
+        if !hosts(partition) && !replace_replica(operator, trace, node, partition).await {
+            return;
+        }
+    }
+}
+
+/// Replaces `node`'s replica of `partition` (or finds it is not a member), retrying refusals
+/// (another change in flight, too few voters answering yet) within the patience.
+async fn replace_replica(
+    operator: &mut SimClient,
+    trace: &Trace,
+    node: NodeId,
+    partition: cohort_core::ids::PartitionId,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + REPLACE_STEP_PATIENCE;
+    loop {
+        let patience = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let outcome = operator.change_members_within(patience, partition, node, MembersAction::Replace).await;
+        trace_event(trace, format!("replace: node {node} partition {partition}: {outcome:?}"));
+        match outcome {
+            Some(Ok(())) => return true,
+            // Not a member (moved away by an earlier membership change): nothing to replace.
+            Some(Err(reason)) if reason.contains("not a member") => return true,
+            Some(Err(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => return false,
         }
     }
 }

@@ -449,6 +449,11 @@ impl SimClient {
         self.shared.acks.clone()
     }
 
+    /// Every node's service, to ask one node in particular.
+    pub fn services(&self) -> &Services {
+        &self.shared.services
+    }
+
     /// Sends the next request to `node` first.
     pub fn aim_at(&mut self, node: NodeId) {
         self.target = node;

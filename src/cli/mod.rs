@@ -2,6 +2,7 @@
 
 mod debug;
 mod dev;
+mod node;
 mod object;
 mod partition;
 mod refs;
@@ -39,11 +40,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a node.
-    Node {
-        #[arg(long)]
-        config: PathBuf,
-    },
+    /// Run a node (`--config`), or replace a node that lost its data directory (`replace`).
+    Node(node::NodeArgs),
     /// Run a local cluster on loopback, one child process per node.
     Dev(dev::DevArgs),
     /// Create, delete and list repositories.
@@ -80,7 +78,9 @@ pub fn init_tracing(cli: &Cli) {
     // Nodes log at info unless their TOML says otherwise (`log_level`); client commands only
     // say what went wrong. `COHORT_LOG` overrides both.
     let default = match &cli.command {
-        Command::Node { config } => configured_log_level(config).unwrap_or_else(|| "info".to_owned()),
+        Command::Node(node::NodeArgs { config: Some(config), command: None, .. }) => {
+            configured_log_level(config).unwrap_or_else(|| "info".to_owned())
+        }
         Command::Dev(_) => "info".to_owned(),
         _ => "warn".to_owned(),
     };
@@ -102,10 +102,14 @@ fn configured_log_level(path: &std::path::Path) -> Option<String> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<Option<PathBuf>> {
     match &cli.command {
-        Command::Node { config } => {
-            let config = crate::config::Config::load(config)?;
-            return crate::node::run(config, shutdown_signal()).await;
-        }
+        Command::Node(args) => match (&args.command, &args.config) {
+            (Some(command), _) => node::run(&cli, command).await,
+            (None, Some(config)) => {
+                let config = crate::config::Config::load(config)?;
+                return crate::node::run(config, args.join, shutdown_signal()).await;
+            }
+            (None, None) => anyhow::bail!("`cohort node` needs --config FILE (or a subcommand: replace)"),
+        },
         Command::Dev(args) => dev::run(args).await,
         Command::Repo(command) => repo::run(&cli, command).await,
         Command::Object(command) => object::run(&cli, command).await,

@@ -330,6 +330,15 @@ impl SimDisk {
         self.lock().crash();
     }
 
+    /// The disk is lost or wiped: everything on it is gone, synced or not, and handles opened
+    /// before fail from now on. (A crash first, so that the node's last writes are lost too.)
+    pub fn wipe(&self) {
+        let mut state = self.lock();
+        state.crash();
+        state.nodes.clear();
+        state.nodes.insert(ROOT, Node::Dir(DirNode::default()));
+    }
+
     /// While set, file and directory syncs (and `truncate`, which syncs) fail and make nothing
     /// durable.
     pub fn set_fail_syncs(&self, fail: bool) {

@@ -125,6 +125,11 @@ impl TestCluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
+        self.start_node_with(id, &[]);
+    }
+
+    /// Starts node `id` with `extra` arguments after `cohort node --config FILE`.
+    pub fn start_node_with(&mut self, id: u64, extra: &[&str]) {
         assert!(!self.children.contains_key(&id), "node {id} is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -134,6 +139,7 @@ impl TestCluster {
         let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
             .args(["node", "--config"])
             .arg(self.config_path(id))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -71,9 +71,11 @@ fn restarting_the_whole_cluster_keeps_every_acknowledged_write() {
 
 /// A node whose data directory is wiped comes back under its old id having forgotten every
 /// vote and entry it promised: its peers refuse it (it is never heard from, so it can neither
-/// vote nor acknowledge as its old self), and the other two go on losing nothing.
+/// vote nor acknowledge as its old self), and the other two go on losing nothing. The
+/// documented replacement (`cohort node --join`, then `cohort node replace`) brings it back
+/// as a new member that holds everything and counts towards every quorum.
 #[test]
-fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_and_nothing_is_lost() {
+fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_until_replaced_and_nothing_is_lost() {
     let mut cluster = TestCluster::start(3);
     let rt = runtime();
     let client = cluster.client(31);
@@ -118,4 +120,44 @@ fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_and_nothin
         std::thread::sleep(Duration::from_millis(100));
     }
     rt.block_on(check_all(&client, &f, &acknowledged));
+
+    // Replacement refuses a node that bootstrapped its new directory as if the cluster were new.
+    let replace = |cluster: &TestCluster| cluster.cli(&["node", "replace", "3", "--timeout", "60"]);
+    let output = replace(&cluster);
+    assert!(!output.status.success(), "replaced a node not started with --join");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--join"), "says how: {output:?}");
+    // The documented way: an empty data directory made to join, then `node replace`.
+    cluster.kill9(3);
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    cluster.start_node_with(3, &["--join"]);
+    cluster.wait_serving(3);
+    let output = replace(&cluster);
+    assert!(output.status.success(), "node replace failed: {output:?}\nnode 3's log:\n{}", cluster.log(3));
+    let said = crate::cluster::stdout(&output);
+    assert!(said.contains("retired node 3's old data directory") && said.contains("is replaced"), "{said}");
+    assert!(identity(&cluster, 3).contains("origin = join"));
+    // Run again, it finds everything done.
+    let again = replace(&cluster);
+    assert!(again.status.success(), "a second run failed: {again:?}");
+    assert!(crate::cluster::stdout(&again).contains("0 partitions have a replica on node 3 to replace"));
+    // Node 3 holds every acknowledged write: a stale read from it alone sees them all.
+    let mut config = cohort_net::client::ClientConfig::new(vec![cluster.endpoint(3)], 32);
+    config.deadline = Duration::from_secs(10);
+    let local = Client::new(config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (refs, _) = rt.block_on(local.read_refs(&f, true)).unwrap_or_default();
+        if refs.len() == acknowledged.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 caught up to {} of {} refs", refs.len(), acknowledged.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And it is a voter of the directory and of the partition: with node 1 gone, nodes 2 and
+    // 3 are a quorum of both.
+    cluster.kill9(1);
+    put_all(&rt, &client, &f, 40..50, "v", &mut acknowledged);
+    rt.block_on(check_all(&client, &f, &acknowledged));
+    let created = rt.block_on(client.create_repository(&repo("after-replace.git"), None));
+    assert!(created.is_ok(), "the directory takes writes on nodes 2 and 3: {created:?}");
 }

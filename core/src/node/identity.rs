@@ -9,6 +9,12 @@
 //! it first saw for every peer (`peers`). A peer presenting another instance is refused until
 //! an operator replaces it.
 //!
+//! Replacing node N (`cohort node replace N`) *retires* the instance each other node remembers
+//! for N: a retired instance is refused for good, and the next instance N presents is admitted
+//! as the first was. The replacement's directory says it was made to join (`origin = join`):
+//! it does not bootstrap the directory as the cluster's first nodes did, but waits until the
+//! cluster adds it as a new member (see `Router::join_directory`).
+//!
 //! Both files are small text files an operator can read, each replaced atomically.
 
 use crate::env::{write_file_atomic, Disk, DiskError};
@@ -53,6 +59,25 @@ pub enum IdentityError {
          it lost what it promised as a Raft member and is refused until an operator replaces it"
     )]
     Replaced { node: NodeId, remembered: InstanceId, presented: InstanceId },
+    #[error("node {node} presented instance {instance}, which an operator retired when replacing that node")]
+    Retired { node: NodeId, instance: InstanceId },
+}
+
+/// How a data directory came to be: with the cluster's first nodes, which bootstrap the
+/// directory together, or made to join an existing cluster as a replacement node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Bootstrap,
+    Join,
+}
+
+impl Origin {
+    fn name(self) -> &'static str {
+        match self {
+            Origin::Bootstrap => "bootstrap",
+            Origin::Join => "join",
+        }
+    }
 }
 
 /// Who this data directory is.
@@ -61,21 +86,24 @@ pub struct Identity {
     pub cluster_id: String,
     pub node: NodeId,
     pub instance: InstanceId,
+    pub origin: Origin,
 }
 
 impl Identity {
-    /// Reads the data directory's identity, or gives a new directory one (drawn from `seed`)
-    /// and writes it durably before anything else is. A directory of another node or cluster
-    /// is an error: starting on it would make this node someone else.
+    /// Reads the data directory's identity, or gives a new directory one (drawn from `seed`,
+    /// made as `origin` says) and writes it durably before anything else is. A directory of
+    /// another node or cluster is an error: starting on it would make this node someone else.
+    /// An existing directory keeps the origin it was made with.
     pub fn open_or_create(
         disk: &dyn Disk,
         cluster_id: &str,
         node: NodeId,
         seed: u128,
+        origin: Origin,
     ) -> Result<Identity, IdentityError> {
         let path = Path::new(IDENTITY_FILE);
         if !disk.exists(path)? {
-            let identity = Identity { cluster_id: cluster_id.to_owned(), node, instance: InstanceId(seed) };
+            let identity = Identity { cluster_id: cluster_id.to_owned(), node, instance: InstanceId(seed), origin };
             write_file_atomic(disk, path, identity.encode().as_bytes())?;
             return Ok(identity);
         }
@@ -93,8 +121,11 @@ impl Identity {
 
     fn encode(&self) -> String {
         format!(
-            "# cohort data directory: written at its first start, never changed\ncluster = {}\nnode = {}\ninstance = {}\n",
-            self.cluster_id, self.node.0, self.instance
+            "# cohort data directory: written at its first start, never changed\ncluster = {}\nnode = {}\ninstance = {}\norigin = {}\n",
+            self.cluster_id,
+            self.node.0,
+            self.instance,
+            self.origin.name()
         )
     }
 
@@ -106,6 +137,12 @@ impl Identity {
             cluster_id: field("cluster")?.clone(),
             node: NodeId(field("node")?.parse().map_err(|_| corrupt("node is not a number"))?),
             instance: field("instance")?.parse().map_err(|_| corrupt("instance is not a hex id"))?,
+            // Directories made before replacements existed were all their cluster's first.
+            origin: match fields.get("origin").map(String::as_str) {
+                None | Some("bootstrap") => Origin::Bootstrap,
+                Some("join") => Origin::Join,
+                Some(_) => return Err(corrupt("origin is neither bootstrap nor join")),
+            },
         })
     }
 }
@@ -123,11 +160,21 @@ fn key_values(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
     Ok(fields)
 }
 
-/// The instance this node first saw for each peer, remembered durably.
+/// The instance this node first saw for each peer (since its last replacement), and the
+/// instances retired by replacements, remembered durably.
 pub struct PeerInstances {
     disk: std::sync::Arc<dyn Disk>,
-    known: Mutex<BTreeMap<NodeId, InstanceId>>,
+    known: Mutex<BTreeMap<NodeId, Known>>,
 }
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Known {
+    current: Option<InstanceId>,
+    retired: Vec<InstanceId>,
+}
+
+/// `peers` lines: `<node> = <instance>` for the current one, `retired <node> = <instance>,...`.
+const RETIRED_PREFIX: &str = "retired ";
 
 impl fmt::Debug for PeerInstances {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -138,41 +185,85 @@ impl fmt::Debug for PeerInstances {
 impl PeerInstances {
     pub fn open(disk: std::sync::Arc<dyn Disk>) -> Result<PeerInstances, IdentityError> {
         let path = Path::new(PEERS_FILE);
-        let mut known = BTreeMap::new();
+        let mut known: BTreeMap<NodeId, Known> = BTreeMap::new();
         if disk.exists(path)? {
             let corrupt = |reason: String| IdentityError::Corrupt { file: PEERS_FILE, reason };
-            for (node, instance) in key_values(&disk.read(path)?).map_err(corrupt)? {
-                let node = node.parse().map_err(|_| corrupt(format!("{node:?} is not a node id")))?;
-                let instance = instance.parse().map_err(|_| corrupt(format!("{instance:?} is not a hex id")))?;
-                known.insert(NodeId(node), instance);
+            let instance = |text: &str| text.trim().parse().map_err(|_| corrupt(format!("{text:?} is not a hex id")));
+            for (key, value) in key_values(&disk.read(path)?).map_err(corrupt)? {
+                let (retired, node) = match key.strip_prefix(RETIRED_PREFIX) {
+                    Some(node) => (true, node.trim()),
+                    None => (false, key.as_str()),
+                };
+                let node = NodeId(node.parse().map_err(|_| corrupt(format!("{node:?} is not a node id")))?);
+                let entry = known.entry(node).or_default();
+                if retired {
+                    entry.retired = value.split(',').map(instance).collect::<Result<_, _>>()?;
+                } else {
+                    entry.current = Some(instance(&value)?);
+                }
             }
         }
         Ok(PeerInstances { disk, known: Mutex::new(known) })
     }
 
-    /// Whether `node` may connect as `instance`: the first instance seen is remembered
-    /// (durably, before this returns); any other is refused.
+    /// Whether `node` may connect as `instance`: the first instance seen (since the node was
+    /// last replaced) is remembered, durably before this returns; any other is refused, and
+    /// a retired one always is.
     pub fn admit(&self, node: NodeId, instance: InstanceId) -> Result<(), IdentityError> {
         let mut known = self.known.lock().expect("not poisoned");
-        match known.get(&node) {
-            Some(&remembered) if remembered == instance => Ok(()),
-            Some(&remembered) => Err(IdentityError::Replaced { node, remembered, presented: instance }),
+        let entry = known.get(&node).cloned().unwrap_or_default();
+        if entry.retired.contains(&instance) {
+            return Err(IdentityError::Retired { node, instance });
+        }
+        match entry.current {
+            Some(remembered) if remembered == instance => Ok(()),
+            Some(remembered) => Err(IdentityError::Replaced { node, remembered, presented: instance }),
             None => {
                 let mut next = known.clone();
-                next.insert(node, instance);
-                let mut text = String::from("# the data directory instance first seen for each peer node\n");
-                for (node, instance) in &next {
-                    text.push_str(&format!("{} = {instance}\n", node.0));
-                }
-                write_file_atomic(&*self.disk, Path::new(PEERS_FILE), text.as_bytes())?;
+                next.insert(node, Known { current: Some(instance), ..entry });
+                self.write(&next)?;
                 *known = next;
                 Ok(())
             }
         }
     }
 
+    /// Retires the instance remembered for `node` (an operator is replacing that node): it is
+    /// refused from now on, and the next instance `node` presents is admitted. Returns the
+    /// instance retired, if one was remembered; durable before this returns.
+    pub fn retire(&self, node: NodeId) -> Result<Option<InstanceId>, IdentityError> {
+        let mut known = self.known.lock().expect("not poisoned");
+        let Some(current) = known.get(&node).and_then(|k| k.current) else { return Ok(None) };
+        let mut next = known.clone();
+        let entry = next.get_mut(&node).expect("present above");
+        entry.current = None;
+        entry.retired.push(current);
+        self.write(&next)?;
+        *known = next;
+        Ok(Some(current))
+    }
+
+    fn write(&self, known: &BTreeMap<NodeId, Known>) -> Result<(), IdentityError> {
+        let mut text = String::from("# the data directory instance first seen for each peer node, and those retired\n");
+        for (node, entry) in known {
+            if let Some(instance) = entry.current {
+                text.push_str(&format!("{} = {instance}\n", node.0));
+            }
+            if !entry.retired.is_empty() {
+                let retired: Vec<String> = entry.retired.iter().map(InstanceId::to_string).collect();
+                text.push_str(&format!("{RETIRED_PREFIX}{} = {}\n", node.0, retired.join(",")));
+            }
+        }
+        Ok(write_file_atomic(&*self.disk, Path::new(PEERS_FILE), text.as_bytes())?)
+    }
+
     /// The instance remembered for `node`, if any.
     pub fn remembered(&self, node: NodeId) -> Option<InstanceId> {
-        self.known.lock().expect("not poisoned").get(&node).copied()
+        self.known.lock().expect("not poisoned").get(&node).and_then(|k| k.current)
+    }
+
+    /// Whether an instance of `node` was ever retired (the node was replaced).
+    pub fn was_replaced(&self, node: NodeId) -> bool {
+        self.known.lock().expect("not poisoned").get(&node).is_some_and(|k| !k.retired.is_empty())
     }
 }

@@ -41,6 +41,8 @@ pub struct Liveness {
     timeout: Duration,
     last_heard: BTreeMap<NodeId, Instant>,
     down: BTreeSet<NodeId>,
+    /// Peers never heard from since this node started (counted up until the timeout).
+    unheard: BTreeSet<NodeId>,
     /// Each peer's latest heartbeat: its `sent_nanos` and when it arrived, echoed back in
     /// this node's next heartbeat to that peer.
     to_echo: BTreeMap<NodeId, (u64, Instant)>,
@@ -54,6 +56,7 @@ impl Liveness {
             timeout,
             last_heard: peers.iter().map(|&p| (p, now)).collect(),
             down: BTreeSet::new(),
+            unheard: peers.iter().copied().collect(),
             to_echo: BTreeMap::new(),
         }
     }
@@ -74,7 +77,14 @@ impl Liveness {
             // Not a peer of this node's configuration: nothing to track.
             None => return false,
         }
+        self.unheard.remove(&node);
         self.down.remove(&node)
+    }
+
+    /// Whether `node` has been heard from since this node started, and lately: it answers.
+    /// (A node counts as up until the timeout passes without a word; this does not.)
+    pub fn answers(&self, node: NodeId) -> bool {
+        self.last_heard.contains_key(&node) && !self.unheard.contains(&node) && !self.down.contains(&node)
     }
 
     /// The heartbeat to send `peer` now: this node's clock, and an echo of the peer's latest.
@@ -132,13 +142,17 @@ mod tests {
     fn a_silent_node_is_down_after_the_timeout_and_up_when_heard() {
         let mut liveness = Liveness::new(&[NodeId(2), NodeId(3)], Duration::from_millis(1000), at(0));
         assert!(!liveness.check(at(1000)), "silent for exactly the timeout is not down yet");
+        assert!(!liveness.answers(NodeId(3)), "not down yet, but never heard: it does not answer");
         liveness.heard(NodeId(2), at(900));
+        assert!(liveness.answers(NodeId(2)));
         assert!(liveness.check(at(1001)));
         assert_eq!(liveness.down().iter().copied().collect::<Vec<_>>(), vec![NodeId(3)]);
         assert!(!liveness.check(at(1500)), "no new change");
         assert!(liveness.heard(NodeId(3), at(1600)), "heard again: up");
         assert!(liveness.down().is_empty());
+        assert!(liveness.answers(NodeId(3)));
         assert!(!liveness.heard(NodeId(9), at(1600)), "a node outside the cluster is not tracked");
+        assert!(!liveness.answers(NodeId(9)));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use actor::PartitionInput;
 pub use applier::{run_applier, ApplierOptions, ApplyDone, ApplyRequest, ApplyResult, ApplyWork, DurableSignal};
 pub use router::{RouteError, Router, RouterConfig, RouterStats};
 pub use service::{
-    place, ApiError, MembersAction, NodeService, PartitionView, ReadAnswer, RoutedRepository, UploadBegun, DIRECTORY,
-    UPLOAD_PIECE_BYTES,
+    place, ApiError, MembersAction, NodeService, PartitionView, ReadAnswer, Retirement, RoutedRepository, UploadBegun,
+    DIRECTORY, UPLOAD_PIECE_BYTES,
 };
 pub use workers::stepping_partition;

@@ -33,6 +33,9 @@ pub struct RouterConfig {
     /// Workers that drive the loaded replicas (`workers.rs`); one per core is the usual
     /// choice.
     pub workers: usize,
+    /// This node's data directory was made to join the cluster (`identity::Origin::Join`):
+    /// it hosts no directory replica until the directory's leader adds it.
+    pub joins: bool,
 }
 
 /// Why a request did not reach a partition.
@@ -347,6 +350,16 @@ impl Router {
     }
 
     /// The nodes node liveness reports down.
+    /// Whether this node's data directory was made to join the cluster (`RouterConfig::joins`).
+    pub fn joins(&self) -> bool {
+        self.config.joins
+    }
+
+    /// Whether `node` has been heard from since this node started, and lately.
+    pub fn answers(&self, node: NodeId) -> bool {
+        self.liveness.lock().expect("not poisoned").answers(node)
+    }
+
     pub fn down_nodes(&self) -> BTreeSet<NodeId> {
         self.liveness.lock().expect("not poisoned").down().clone()
     }
@@ -746,6 +759,13 @@ impl Router {
     pub fn deliver(&self, envelopes: Vec<Envelope>) {
         self.heard_from(&envelopes);
         let mut replicas = self.replicas.lock().expect("not poisoned");
+        if self.config.joins && !replicas.contains_key(&DIRECTORY) {
+            if let Some(peer) = envelopes.iter().find_map(|e| self.directory_invitation(e)) {
+                drop(replicas);
+                self.join_directory(peer);
+                replicas = self.replicas.lock().expect("not poisoned");
+            }
+        }
         for envelope in envelopes {
             if matches!(envelope.payload, Payload::NodeHeartbeat(_)) {
                 continue;
@@ -764,6 +784,43 @@ impl Router {
                     self.stats.messages_dropped_unknown_partition.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// The peer id a Raft message of the directory's group addresses on this node, if this
+    /// node hosts no directory replica and that peer is one the cluster added later (a
+    /// replacement's: incarnation above 0). The initial members' ids are never taken this
+    /// way: they belong to the data directories that bootstrapped the directory.
+    fn directory_invitation(&self, envelope: &Envelope) -> Option<PeerId> {
+        let Payload::Raft(message) = &envelope.payload else { return None };
+        let peer = PeerId(message.to);
+        (envelope.partition == DIRECTORY
+            && envelope.to == self.config.node
+            && peer.node() == self.config.node
+            && peer.incarnation() > 0)
+            .then_some(peer)
+    }
+
+    /// Starts an empty directory replica as `peer`, on a node made to join the cluster (its
+    /// data directory's origin is `join`): the directory's leader added it as a member and
+    /// brings it the log or a snapshot. The replica acts on no directory entry before the one
+    /// that added it (see `Partition::open`), then reconciles with the whole directory.
+    fn join_directory(&self, peer: PeerId) {
+        let files = match self.recorded_files(DIRECTORY_AUTHORITY, DIRECTORY, peer) {
+            Ok(files) => files,
+            Err(error) => return tracing::error!(%error, "cannot start the directory replica"),
+        };
+        let mut replicas = self.replicas.lock().expect("not poisoned");
+        if replicas.contains_key(&DIRECTORY) {
+            return;
+        }
+        let replica = Partition::create_empty(self.partition_config(DIRECTORY, peer), self.env.clock.now());
+        match self.start(replica, files, false) {
+            Ok((mailbox, lag_entries)) => {
+                replicas.insert(DIRECTORY, Replica::Loaded(Hosted { mailbox, peer, lag_entries }));
+                tracing::info!(node = %self.config.node, %peer, "joined the cluster: the directory added this node");
+            }
+            Err(error) => tracing::error!(%error, "cannot start the directory replica"),
         }
     }
 

@@ -2,6 +2,7 @@
 //! directory (partition 0), send the request to that partition, and turn its answer into a
 //! typed result. The gRPC layer (`cohort-net`) only converts to and from wire types.
 
+use super::identity::{InstanceId, PeerInstances};
 use super::router::{RouteError, Router};
 use crate::ids::{ClientId, NodeId, PartitionId};
 use crate::partition::{MembershipChange, ReadConsistency, Request, Response};
@@ -93,6 +94,10 @@ pub enum MembersAction {
     Promote,
     Remove,
     TransferLeader,
+    /// The node lost its replica with its data directory: a new, empty one takes its place in
+    /// the same role (`MembershipChange::Replace`). Not repeatable as a no-op: each call makes
+    /// a new replica.
+    Replace,
 }
 
 /// How long a membership change may wait for the directory to record it.
@@ -110,6 +115,17 @@ pub struct PartitionView {
     pub leader: Option<NodeId>,
 }
 
+/// What `NodeService::retire_peer` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retirement {
+    /// This instance of the node is refused from now on.
+    Retired(InstanceId),
+    /// No instance was remembered (never seen, or retired by an earlier call).
+    NothingRemembered,
+    /// An instance was retired earlier and the replacement answers now.
+    AlreadyReplaced,
+}
+
 /// A repository and the partition holding it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutedRepository {
@@ -123,6 +139,8 @@ pub struct NodeService {
     nodes: Vec<NodeId>,
     /// Voters of each new partition.
     replicas: usize,
+    /// The data directory instance this node knows each peer node by.
+    peers: Arc<PeerInstances>,
     placement: std::sync::Mutex<PlacementLoad>,
 }
 
@@ -168,10 +186,10 @@ pub fn place(nodes: &[NodeId], replicas: usize, hosted: &BTreeMap<NodeId, usize>
 }
 
 impl NodeService {
-    pub fn new(router: Arc<Router>, nodes: Vec<NodeId>, replicas: usize) -> NodeService {
+    pub fn new(router: Arc<Router>, nodes: Vec<NodeId>, replicas: usize, peers: Arc<PeerInstances>) -> NodeService {
         assert!(nodes.contains(&router.node()), "this node is one of the cluster's nodes");
         assert!((1..=nodes.len()).contains(&replicas), "replicas between 1 and the cluster's size");
-        NodeService { router, nodes, replicas, placement: Default::default() }
+        NodeService { router, nodes, replicas, peers, placement: Default::default() }
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -590,9 +608,6 @@ impl NodeService {
         node: NodeId,
         action: MembersAction,
     ) -> Result<PartitionView, ApiError> {
-        if partition == DIRECTORY {
-            return Err(ApiError::Invalid("the directory lives on every node; its members do not change".into()));
-        }
         if !self.nodes.contains(&node) {
             return Err(ApiError::Invalid(format!("node {node} is not a node of this cluster")));
         }
@@ -624,6 +639,13 @@ impl NodeService {
                 .await?;
             }
             MembersAction::TransferLeader => self.transfer_leader(partition, node).await?,
+            MembersAction::Replace => {
+                self.membership_step(partition, MembershipChange::Replace(node), |_| false).await?;
+                self.wait_joint_left(partition).await?;
+            }
+        }
+        if partition == DIRECTORY {
+            return self.directory_view().await;
         }
         // This node applied the directory update it waited for: its own replica of the
         // directory is fresh enough, and asking the directory's leader would send the caller
@@ -650,7 +672,58 @@ impl NodeService {
             }
             other => return Err(Self::failure(other)),
         };
+        if partition == DIRECTORY {
+            // The directory does not record its own members: it lives on every node, and only
+            // replacing a node changes them (`cohort node replace`).
+            return Ok(());
+        }
         self.record_members(partition, &conf).await
+    }
+
+    /// The directory's members and leader, from this node's directory replica.
+    async fn directory_view(&self) -> Result<PartitionView, ApiError> {
+        let status = self.router.status(DIRECTORY).await?;
+        let conf = &status.conf_state;
+        let info = PartitionInfo {
+            authority: crate::snapshot::DIRECTORY_AUTHORITY.to_owned(),
+            voters: conf.voter_nodes(),
+            learners: conf.learner_nodes(),
+            peers: conf.members().into_iter().map(crate::ids::PeerId).collect(),
+            members_as_of: status.applied_index,
+        };
+        Ok(PartitionView { partition: DIRECTORY, info, repositories: Vec::new(), leader: status.leader })
+    }
+
+    /// Retires the data directory instance this node remembers for `node`, which an operator
+    /// is replacing (`cohort node replace`): that instance is refused from now on, and the
+    /// next one `node` presents is admitted. Refused while `node` answers as the instance
+    /// remembered: it did not lose its data directory.
+    pub fn retire_peer(&self, node: NodeId) -> Result<Retirement, ApiError> {
+        if node == self.router.node() {
+            return Err(ApiError::Invalid("a node does not replace itself; ask another node".into()));
+        }
+        if !self.nodes.contains(&node) {
+            return Err(ApiError::Invalid(format!("node {node} is not a node of this cluster")));
+        }
+        // Only an admitted peer is ever heard from: one that answers presents the instance
+        // remembered.
+        let answers = self.router.answers(node);
+        if answers && self.peers.was_replaced(node) {
+            return Ok(Retirement::AlreadyReplaced);
+        }
+        if answers {
+            return Err(ApiError::Refused(format!(
+                "node {node} answers with the data directory this node knows it by: it lost nothing, \
+                 and replacing it would throw away a healthy replica set"
+            )));
+        }
+        match self.peers.retire(node).map_err(|e| ApiError::Unavailable(format!("peers file: {e}")))? {
+            Some(instance) => {
+                tracing::warn!(%node, %instance, "retired the node's old data directory: an operator replaces the node");
+                Ok(Retirement::Retired(instance))
+            }
+            None => Ok(Retirement::NothingRemembered),
+        }
     }
 
     /// Waits until this node's directory replica records `conf` as `partition`'s members
@@ -667,6 +740,24 @@ impl NodeService {
             if clock.now() >= deadline {
                 return Err(ApiError::Unavailable(format!(
                     "the directory has not recorded the members of partition {partition} within {RECORD_TIMEOUT:?}"
+                )));
+            }
+            clock.sleep_until(clock.now() + self.router.tick_interval()).await;
+        }
+    }
+
+    /// Waits until `partition` (led here) has left the joint configuration a replacement
+    /// entered, so the next membership change can be made at once.
+    async fn wait_joint_left(&self, partition: PartitionId) -> Result<(), ApiError> {
+        let clock = self.router.env().clock.clone();
+        let deadline = clock.now() + RECORD_TIMEOUT;
+        loop {
+            if self.router.status(partition).await?.conf_state.voters_outgoing.is_empty() {
+                return Ok(());
+            }
+            if clock.now() >= deadline {
+                return Err(ApiError::Unavailable(format!(
+                    "partition {partition} did not leave its joint configuration within {RECORD_TIMEOUT:?}"
                 )));
             }
             clock.sleep_until(clock.now() + self.router.tick_interval()).await;

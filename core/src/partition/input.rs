@@ -33,6 +33,11 @@ pub enum MembershipChange {
     Promote(NodeId),
     /// A voter or learner leaves.
     Remove(NodeId),
+    /// The node's replica (which lost its data with its node's data directory) gives way to a
+    /// new, empty one on the same node in the same role, in one change through a joint
+    /// configuration (left automatically): the node stays a member throughout, and nothing
+    /// the old replica promised can count for the new one, which is a new Raft peer.
+    Replace(NodeId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

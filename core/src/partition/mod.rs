@@ -313,7 +313,14 @@ impl Partition {
         };
         // The store applies only committed entries: whatever it applied is committed.
         recovered.hard_state.commit = recovered.hard_state.commit.max(applied.index);
-        let replayed_through = recovered.hard_state.commit;
+        // A directory replica added to the group later (a replacement node's; its incarnation
+        // is the index of the change that added it) acts on no entry before that: they are the
+        // history of the members it replaced, whose replicas are not its own. Once applied
+        // through there, it reconciles with the whole directory (`Output::DirectoryReady`).
+        let replayed_through = match config.partition {
+            crate::ids::DIRECTORY => recovered.hard_state.commit.max(config.peer.incarnation()),
+            _ => recovered.hard_state.commit,
+        };
         let storage = PartitionStorage::new(&recovered);
         let raft_config = raft::Config {
             id: config.peer.0,
@@ -628,6 +635,8 @@ impl Partition {
         self.conf_state_dirty = false;
         self.installed_snapshot = Some(meta);
         self.serve_ready_reads();
+        // A directory replica that joined late may reach the entry that added it this way.
+        self.announce_directory_if_replayed();
         self.after_input(now);
     }
 
@@ -1100,21 +1109,32 @@ impl Partition {
         }
         use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
         let last_before = self.raw.raft.raft_log.last_index();
-        let (change_type, peer) = match change {
-            // A new incarnation: the index this change takes.
-            MembershipChange::AddLearner(node) => (ConfChangeType::AddLearnerNode, PeerId::new(node, last_before + 1)),
+        // A new incarnation: the index this change takes.
+        let new_peer = |node| PeerId::new(node, last_before + 1);
+        let singles = match change {
+            MembershipChange::AddLearner(node) => vec![(ConfChangeType::AddLearnerNode, new_peer(node))],
             MembershipChange::Promote(node) => {
-                (ConfChangeType::AddNode, self.member_peer(node).expect("checked: a learner"))
+                vec![(ConfChangeType::AddNode, self.member_peer(node).expect("checked: a learner"))]
             }
             MembershipChange::Remove(node) => {
-                (ConfChangeType::RemoveNode, self.member_peer(node).expect("checked: a member"))
+                vec![(ConfChangeType::RemoveNode, self.member_peer(node).expect("checked: a member"))]
+            }
+            MembershipChange::Replace(node) => {
+                let old = self.member_peer(node).expect("checked: a member");
+                let voter = self.raw.raft.prs().conf().voters().contains(old.0);
+                let role = if voter { ConfChangeType::AddNode } else { ConfChangeType::AddLearnerNode };
+                // Two changes: raft enters a joint configuration and leaves it on its own once
+                // the leader applies it (`transition` Auto).
+                vec![(ConfChangeType::RemoveNode, old), (role, new_peer(node))]
             }
         };
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(change_type);
-        single.node_id = peer.0;
         let mut conf_change = ConfChangeV2::default();
-        conf_change.mut_changes().push(single);
+        for (change_type, peer) in singles {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(change_type);
+            single.node_id = peer.0;
+            conf_change.mut_changes().push(single);
+        }
         match self.raw.propose_conf_change(Vec::new(), conf_change) {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
@@ -1144,6 +1164,13 @@ impl Partition {
         }
         let conf = raft.prs().conf();
         let voters: Vec<u64> = conf.voters().ids().iter().collect();
+        // Voters the leader has heard from within an election timeout, itself included.
+        let answering = |peers: &[u64]| {
+            peers
+                .iter()
+                .filter(|&&v| v == self.config.peer.0 || raft.prs().get(v).is_some_and(|p| p.recent_active))
+                .count()
+        };
         let is_voter = |n: NodeId| voters.iter().any(|&v| PeerId(v).node() == n);
         let is_learner = |n: NodeId| conf.learners().iter().any(|&l| PeerId(l).node() == n);
         match change {
@@ -1172,15 +1199,32 @@ impl Partition {
                     if remaining.is_empty() {
                         return Err("that would remove the last voter".into());
                     }
-                    // Voters the leader has heard from within an election timeout, itself included.
-                    let answering = remaining
-                        .iter()
-                        .filter(|&&v| v == self.config.peer.0 || raft.prs().get(v).is_some_and(|p| p.recent_active))
-                        .count();
+                    let answering = answering(&remaining);
                     if answering < remaining.len() / 2 + 1 {
                         return Err(format!(
                             "removing node {node} would leave {answering} of {} remaining voters answering: no quorum",
                             remaining.len()
+                        ));
+                    }
+                }
+            }
+            MembershipChange::Replace(node) => {
+                if !is_voter(node) && !is_learner(node) {
+                    return Err(format!("node {node} is not a member"));
+                }
+                if node == self.config.node {
+                    return Err(format!("node {node} leads this partition: its replica has not lost its data"));
+                }
+                if is_voter(node) {
+                    // Both configurations of the joint one need a quorum; in each, node's
+                    // replica (old or new) does not answer.
+                    let others: Vec<u64> = voters.iter().copied().filter(|&v| PeerId(v).node() != node).collect();
+                    let answering = answering(&others);
+                    let quorum = voters.len() / 2 + 1;
+                    if answering < quorum {
+                        return Err(format!(
+                            "replacing node {node}'s replica needs {quorum} of the other {} voters answering; {answering} do",
+                            others.len()
                         ));
                     }
                 }

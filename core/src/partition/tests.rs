@@ -507,6 +507,10 @@ fn a_leader_that_applies_its_own_removal_steps_down_and_the_others_go_on() {
 
 // ---- snapshots and log compaction ----
 
+fn refused(response: &Response) -> bool {
+    matches!(response, Response::Refused(_))
+}
+
 fn write_many(cluster: &mut Cluster, seqs: std::ops::Range<u64>) {
     for seq in seqs {
         assert_written(&request_on_leader(cluster, set_main(1, seq, &seq.to_le_bytes()).0));
@@ -626,6 +630,68 @@ fn a_node_removed_and_added_back_is_a_new_peer_that_its_old_replica_cannot_answe
     assert!(matches!(change(&mut cluster, MembershipChange::Promote(node)), Response::Membership(_)));
     write_many(&mut cluster, 25..30);
     cluster.assert_logs_agree();
+}
+
+/// A node that lost its data directory: its voter gives way to a new, empty voter on the same
+/// node in one change (a joint configuration, left on its own). The partition commits
+/// throughout on the other two, nothing the old replica said counts for the new one, and the
+/// new one then counts towards the quorum like any voter.
+#[test]
+fn a_lost_voter_is_replaced_by_a_new_one_in_one_change_and_the_new_one_counts() {
+    let mut cluster = Cluster::with_options(3, 36, log_retained(10));
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    write_many(&mut cluster, 2..20);
+    let leader = elect(&mut cluster);
+    let lost = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    let other = cluster.nodes().into_iter().find(|&n| n != leader && n != lost).unwrap();
+    let old_peer =
+        cluster.replica(lost).status().conf_state.members().into_iter().map(PeerId).find(|p| p.node() == lost);
+    // The node loses its disk: its replica is gone, and it is silent meanwhile.
+    cluster.delete_replica(lost);
+    cluster.report_liveness();
+    cluster.drive_until(2_000, |_| false);
+    assert!(refused(&change(&mut cluster, MembershipChange::Replace(leader))), "the leader has not lost its data");
+    assert!(refused(&change(&mut cluster, MembershipChange::Replace(NodeId(9)))), "not a member");
+    let conf = match change(&mut cluster, MembershipChange::Replace(lost)) {
+        Response::Membership(conf) => conf,
+        other => panic!("unexpected {other:?}"),
+    };
+    let new_peer = conf.voters.iter().copied().map(PeerId).find(|p| p.node() == lost).expect("still a voter");
+    assert_ne!(Some(new_peer), old_peer, "a new incarnation");
+    assert!(new_peer.incarnation() > 0);
+    // Raft leaves the joint configuration on its own; writes commit on the other two meanwhile.
+    assert!(cluster.drive_until(STEPS_MAX, |c| {
+        c.leader().is_some_and(|l| c.replica(l).status().conf_state.voters_outgoing.is_empty())
+    }));
+    write_many(&mut cluster, 20..25);
+    let leader = cluster.leader().unwrap();
+    let conf = cluster.replica(leader).status().conf_state;
+    assert_eq!(conf.voter_nodes().len(), 3);
+    assert!(!conf.voters.contains(&old_peer.unwrap().0) && conf.voters.contains(&new_peer.0));
+    // The node comes back on an empty directory, as the new peer: it catches up by snapshot.
+    cluster.add_empty_replica(lost);
+    cluster.report_liveness();
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, lost)), "the new replica catches up");
+    assert_eq!(cluster.digest(lost), cluster.digest(leader));
+    // It is a voter that counts: with the third node gone, the leader and it still commit.
+    cluster.crash(other);
+    write_many(&mut cluster, 25..30);
+    assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, lost)));
+    assert_eq!(cluster.digest(lost), cluster.digest(cluster.leader().unwrap()));
+}
+
+/// Replacing a voter needs a quorum in both halves of the joint configuration without it.
+#[test]
+fn a_voter_is_not_replaced_without_a_quorum_of_the_others() {
+    let mut cluster = Cluster::with_options(3, 37, log_retained(10));
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let leader = elect(&mut cluster);
+    let followers: Vec<NodeId> = cluster.nodes().into_iter().filter(|&n| n != leader).collect();
+    cluster.isolate(followers[1]);
+    cluster.drive_until(2_000, |_| false);
+    // With one follower cut off, replacing the other leaves the leader alone in both halves.
+    let response = change(&mut cluster, MembershipChange::Replace(followers[0]));
+    assert!(refused(&response), "unexpected {response:?}");
 }
 
 #[test]

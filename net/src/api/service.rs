@@ -3,7 +3,9 @@
 use super::convert;
 use super::proto::{self, cohort_server::Cohort};
 use cohort_core::ids::{NodeId, PartitionId, DIRECTORY};
-use cohort_core::node::{ApiError, MembersAction, NodeService, PartitionView, UploadBegun, UPLOAD_PIECE_BYTES};
+use cohort_core::node::{
+    ApiError, MembersAction, NodeService, PartitionView, Retirement, UploadBegun, UPLOAD_PIECE_BYTES,
+};
 use cohort_core::partition::{PartitionStatus, ReadConsistency};
 use cohort_core::state_machine::{PagedObject, ReadQuery, ReadResult, Rejection, RelativePath, WriteOk};
 use std::sync::Arc;
@@ -148,6 +150,7 @@ impl Cohort for ApiServer {
             "promote" => MembersAction::Promote,
             "remove" => MembersAction::Remove,
             "transfer-leader" => MembersAction::TransferLeader,
+            "replace" => MembersAction::Replace,
             other => return Err(Status::invalid_argument(format!("unknown membership action {other:?}"))),
         };
         let view = self
@@ -156,6 +159,31 @@ impl Cohort for ApiServer {
             .await
             .map_err(|e| self.status_of(e))?;
         Ok(Response::new(partition_info(&view)))
+    }
+
+    async fn retire_peer(
+        &self,
+        request: Request<proto::RetirePeerRequest>,
+    ) -> Result<Response<proto::RetirePeerReply>, Status> {
+        self.authorize(&request)?;
+        let node = NodeId(request.into_inner().node);
+        let service = self.service.clone();
+        // The peers file is rewritten and synced: off the async workers.
+        let (done, answer) = futures::channel::oneshot::channel();
+        let work = Box::new(move || {
+            let _ = done.send(service.retire_peer(node));
+        });
+        self.service.router().env().spawn.run_blocking(work).await;
+        let retired = answer
+            .await
+            .map_err(|_| Status::internal("retiring a peer: the work was dropped"))?
+            .map_err(|e| self.status_of(e))?;
+        let (retired_instance, already_replaced) = match retired {
+            Retirement::Retired(instance) => (instance.to_string(), false),
+            Retirement::NothingRemembered => (String::new(), false),
+            Retirement::AlreadyReplaced => (String::new(), true),
+        };
+        Ok(Response::new(proto::RetirePeerReply { retired_instance, already_replaced }))
     }
 
     async fn list_partitions(
@@ -464,7 +492,8 @@ impl Cohort for ApiServer {
                 partitions.push(partition_status(me, status, repositories));
             }
         }
-        Ok(Response::new(proto::StatusReply { node: me.0, nodes, partitions, summary: Some(summary) }))
+        let origin = if router.joins() { "join" } else { "bootstrap" }.to_owned();
+        Ok(Response::new(proto::StatusReply { node: me.0, nodes, partitions, summary: Some(summary), origin }))
     }
 }
 

@@ -665,6 +665,27 @@ impl Client {
         .await
     }
 
+    /// Asks the node at `endpoint` (only that one: each node remembers its peers' data
+    /// directories itself) to retire the instance it knows `node` by.
+    pub async fn retire_peer_at(&self, endpoint: &str, node: u64) -> Result<proto::RetirePeerReply, ClientError> {
+        let mut client = CohortClient::new(self.channel(endpoint)?);
+        let request = self.request(proto::RetirePeerRequest { node });
+        match tokio::time::timeout(self.config.attempt_timeout, client.retire_peer(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(match classify(&status) {
+                Next::Fail(error) => error,
+                Next::Retry { .. } => {
+                    ClientError::Timeout { elapsed_ms: 0, attempts: 1, last: status.message().to_owned() }
+                }
+            }),
+            Err(_) => Err(ClientError::Timeout {
+                elapsed_ms: self.config.attempt_timeout.as_millis(),
+                attempts: 1,
+                last: "no answer".into(),
+            }),
+        }
+    }
+
     /// Every partition the directory records (read a page at a time).
     pub async fn list_partitions(&self) -> Result<Vec<proto::PartitionInfo>, ClientError> {
         let mut all: Vec<proto::PartitionInfo> = Vec::new();

@@ -43,3 +43,18 @@ fn the_real_file_system_reports_its_free_space() {
     let free = disk.available_bytes().unwrap();
     assert!(free > 0 && free < 1 << 60, "free space {free}");
 }
+
+#[test]
+fn a_wiped_sim_disk_is_empty_and_its_old_handles_fail() {
+    use cohort_core::env::write_file_atomic;
+    use std::path::Path;
+    let disk = SimDisk::new(1);
+    disk.create_dir_all(Path::new("a/b")).unwrap();
+    write_file_atomic(&disk, Path::new("a/b/f"), b"synced").unwrap();
+    let mut open = disk.open_append(Path::new("a/g")).unwrap();
+    disk.wipe();
+    assert!(!disk.exists(Path::new("a")).unwrap(), "nothing survives a wipe, synced or not");
+    assert!(open.append(b"x").is_err(), "a handle from before the wipe is dead");
+    write_file_atomic(&disk, Path::new("f"), b"new").unwrap();
+    assert_eq!(disk.read(Path::new("f")).unwrap(), b"new");
+}

@@ -4,7 +4,7 @@
 
 use cohort_core::env::{write_file_atomic, Disk};
 use cohort_core::ids::NodeId;
-use cohort_core::node::identity::{Identity, IdentityError, InstanceId, PeerInstances};
+use cohort_core::node::identity::{Identity, IdentityError, InstanceId, Origin, PeerInstances};
 use cohort_storage::SimDisk;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,15 +12,15 @@ use std::sync::Arc;
 #[test]
 fn a_directory_keeps_its_identity_and_refuses_another_node() {
     let disk = SimDisk::new(1);
-    let first = Identity::open_or_create(&disk, "c", NodeId(2), 0xabc).unwrap();
-    let again = Identity::open_or_create(&disk, "c", NodeId(2), 0xdef).unwrap();
+    let first = Identity::open_or_create(&disk, "c", NodeId(2), 0xabc, Origin::Bootstrap).unwrap();
+    let again = Identity::open_or_create(&disk, "c", NodeId(2), 0xdef, Origin::Bootstrap).unwrap();
     assert_eq!(first, again, "the instance is chosen once");
     assert!(matches!(
-        Identity::open_or_create(&disk, "c", NodeId(3), 1),
+        Identity::open_or_create(&disk, "c", NodeId(3), 1, Origin::Bootstrap),
         Err(IdentityError::WrongDirectory { node: NodeId(2), .. })
     ));
     assert!(matches!(
-        Identity::open_or_create(&disk, "other", NodeId(2), 1),
+        Identity::open_or_create(&disk, "other", NodeId(2), 1, Origin::Bootstrap),
         Err(IdentityError::WrongDirectory { .. })
     ));
 }
@@ -41,12 +41,60 @@ fn a_peer_is_admitted_as_its_first_instance_only_and_that_is_remembered() {
     reopened.admit(NodeId(1), InstanceId(9)).unwrap();
 }
 
+/// Replacing a node retires the instance remembered for it: that instance is refused for good
+/// (even after a restart), and the next one the node presents is admitted like a first.
+#[test]
+fn a_retired_instance_is_refused_for_good_and_its_successor_admitted() {
+    let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(1));
+    let peers = PeerInstances::open(disk.clone()).unwrap();
+    peers.admit(NodeId(3), InstanceId(7)).unwrap();
+    peers.admit(NodeId(2), InstanceId(5)).unwrap();
+    assert!(!peers.was_replaced(NodeId(3)));
+    assert_eq!(peers.retire(NodeId(3)).unwrap(), Some(InstanceId(7)));
+    assert_eq!(peers.retire(NodeId(3)).unwrap(), None, "nothing left to retire");
+    assert!(peers.was_replaced(NodeId(3)));
+    assert!(matches!(peers.admit(NodeId(3), InstanceId(7)), Err(IdentityError::Retired { .. })));
+    peers.admit(NodeId(3), InstanceId(8)).unwrap();
+    let reopened = PeerInstances::open(disk).unwrap();
+    assert_eq!(reopened.remembered(NodeId(3)), Some(InstanceId(8)));
+    assert_eq!(reopened.remembered(NodeId(2)), Some(InstanceId(5)), "other peers are kept");
+    assert!(matches!(reopened.admit(NodeId(3), InstanceId(7)), Err(IdentityError::Retired { .. })));
+    assert!(matches!(reopened.admit(NodeId(3), InstanceId(9)), Err(IdentityError::Replaced { .. })));
+    // Replaced again: both old instances stay refused.
+    assert_eq!(reopened.retire(NodeId(3)).unwrap(), Some(InstanceId(8)));
+    reopened.admit(NodeId(3), InstanceId(9)).unwrap();
+    for old in [7, 8] {
+        assert!(matches!(reopened.admit(NodeId(3), InstanceId(old)), Err(IdentityError::Retired { .. })));
+    }
+}
+
+#[test]
+fn a_directory_made_to_join_says_so_and_keeps_its_origin() {
+    let disk = SimDisk::new(1);
+    let joined = Identity::open_or_create(&disk, "c", NodeId(2), 0xabc, Origin::Join).unwrap();
+    assert_eq!(joined.origin, Origin::Join);
+    let again = Identity::open_or_create(&disk, "c", NodeId(2), 0xdef, Origin::Bootstrap).unwrap();
+    assert_eq!(again, joined, "an existing directory keeps its origin");
+    // A directory written before origins existed was its cluster's first.
+    write_file_atomic(&disk, Path::new("identity"), b"cluster = c\nnode = 2\ninstance = ab\n").unwrap();
+    assert_eq!(Identity::open_or_create(&disk, "c", NodeId(2), 1, Origin::Join).unwrap().origin, Origin::Bootstrap);
+}
+
 #[test]
 fn damaged_identity_files_are_errors() {
     let disk = SimDisk::new(1);
-    for bytes in [&b"node = 2\n"[..], b"cluster = c\nnode = x\ninstance = 1\n", b"\xff", b"node = 1\nnode = 2\n"] {
+    for bytes in [
+        &b"node = 2\n"[..],
+        b"cluster = c\nnode = x\ninstance = 1\n",
+        b"\xff",
+        b"node = 1\nnode = 2\n",
+        b"cluster = c\nnode = 1\ninstance = 1\norigin = maybe\n",
+    ] {
         write_file_atomic(&disk, Path::new("identity"), bytes).unwrap();
-        assert!(matches!(Identity::open_or_create(&disk, "c", NodeId(1), 1), Err(IdentityError::Corrupt { .. })));
+        assert!(matches!(
+            Identity::open_or_create(&disk, "c", NodeId(1), 1, Origin::Bootstrap),
+            Err(IdentityError::Corrupt { .. })
+        ));
     }
 }
 
@@ -57,9 +105,9 @@ fn power_loss_while_creating_the_identity_leaves_none_or_all_of_it() {
     for ops in 0..12 {
         let disk = SimDisk::new(ops);
         disk.set_power_loss_after_ops(Some(ops));
-        let created = Identity::open_or_create(&disk, "c", NodeId(1), 5);
+        let created = Identity::open_or_create(&disk, "c", NodeId(1), 5, Origin::Bootstrap);
         disk.crash();
-        let reopened = Identity::open_or_create(&disk, "c", NodeId(1), 6).unwrap();
+        let reopened = Identity::open_or_create(&disk, "c", NodeId(1), 6, Origin::Bootstrap).unwrap();
         if created.is_ok() {
             assert_eq!(reopened.instance, InstanceId(5), "a created identity is durable (power lost after op {ops})");
         } else {

@@ -177,15 +177,56 @@ async fn metrics(node: &NodeHandle) -> String {
         "Client requests and inspections waiting in the loaded replicas' mailboxes",
         ConstGauge::new(mailbox_requests as i64),
     );
-    let lag = node.router.replica_lag_entries_max();
-    registry.register(
-        "replica_lag_entries_max",
-        "Largest lag of a follower behind its leader, over partitions this node leads",
-        ConstGauge::new(lag as i64),
-    );
+    register_lags(&mut registry, &node.router.leader_lags());
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
+}
+
+/// Upper bounds of the lag histograms over partitions, in seconds and in entries.
+const LAG_SECONDS_BUCKETS: [f64; 5] = [0.1, 1.0, 10.0, 60.0, 600.0];
+const LAG_ENTRIES_BUCKETS: [u64; 5] = [0, 10, 100, 1_000, 10_000];
+
+/// How far behind followers are, over the partitions this node leads: the worst one, and how
+/// many partitions have their furthest member within each bound (a histogram of the present,
+/// recomputed at each scrape: cumulative like a histogram's buckets, but gauges, not counters).
+fn register_lags(registry: &mut Registry, lags: &[(u64, std::time::Duration)]) {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    let entries_max = lags.iter().map(|&(entries, _)| entries).max().unwrap_or(0);
+    let seconds_max = lags.iter().map(|&(_, time)| time.as_secs_f64()).fold(0.0, f64::max);
+    registry.register(
+        "replica_lag_entries_max",
+        "Largest lag in entries of a follower behind its leader, over partitions this node leads",
+        ConstGauge::new(entries_max as i64),
+    );
+    registry.register(
+        "replica_lag_seconds_max",
+        "Largest lag in time of a follower behind its leader (the age of the oldest entry it lacks), over partitions this node leads",
+        ConstGauge::new(seconds_max),
+    );
+    let by_seconds = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    for bound in LAG_SECONDS_BUCKETS {
+        let within = lags.iter().filter(|&&(_, time)| time.as_secs_f64() <= bound).count();
+        by_seconds.get_or_create(&vec![("le", bound.to_string())]).set(within as i64);
+    }
+    by_seconds.get_or_create(&vec![("le", "+Inf".to_owned())]).set(lags.len() as i64);
+    registry.register(
+        "partitions_lag_seconds",
+        "Partitions led here whose furthest-behind member is at most `le` seconds behind",
+        by_seconds,
+    );
+    let by_entries = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    for bound in LAG_ENTRIES_BUCKETS {
+        let within = lags.iter().filter(|&&(entries, _)| entries <= bound).count();
+        by_entries.get_or_create(&vec![("le", bound.to_string())]).set(within as i64);
+    }
+    by_entries.get_or_create(&vec![("le", "+Inf".to_owned())]).set(lags.len() as i64);
+    registry.register(
+        "partitions_lag_entries",
+        "Partitions led here whose furthest-behind member is at most `le` entries behind",
+        by_entries,
+    );
 }
 
 /// The files directly in `dir`, in bytes (0 if it cannot be read).

@@ -16,6 +16,8 @@ const REPLICAS_LISTED_MAX: usize = 1_000;
 
 /// A follower this many entries behind its leader is shown as lagging.
 const LAGGING_ENTRIES: u64 = 1_000;
+/// So is one lacking an entry its leader appended this many seconds ago.
+const LAGGING_SECONDS: f64 = 10.0;
 
 /// How far the furthest member is behind the leader's commit (leaders only).
 fn lag_entries(status: &PartitionStatus) -> Option<u64> {
@@ -69,7 +71,9 @@ pub async fn status_json(node: &NodeHandle) -> Value {
             "lag_entries": lag_entries(&status),
         }));
     }
-    let lag_entries_max = node.router.replica_lag_entries_max();
+    let lags = node.router.leader_lags();
+    let lag_entries_max = lags.iter().map(|&(entries, _)| entries).max().unwrap_or(0);
+    let lag_seconds_max = lags.iter().map(|&(_, time)| time.as_secs_f64()).fold(0.0, f64::max);
     let mut attention = Vec::new();
     for n in &nodes {
         if n["up"] == false {
@@ -93,6 +97,9 @@ pub async fn status_json(node: &NodeHandle) -> Value {
     if lag_entries_max >= LAGGING_ENTRIES {
         attention.push(format!("a follower is {lag_entries_max} entries behind a leader here"));
     }
+    if lag_seconds_max >= LAGGING_SECONDS {
+        attention.push(format!("a follower lacks an entry a leader here appended {lag_seconds_max:.0} s ago"));
+    }
     json!({
         "node": me.0,
         "healthy": attention.is_empty(),
@@ -100,6 +107,7 @@ pub async fn status_json(node: &NodeHandle) -> Value {
         "nodes": nodes,
         "replicas": replicas,
         "lag_entries_max": lag_entries_max,
+        "lag_seconds_max": lag_seconds_max,
         "partitions": listed,
     })
 }

@@ -183,10 +183,11 @@ async fn awake_replicas(services: &Services, partitions: &[PartitionId]) -> Vec<
     for node in services.ids() {
         let Some(service) = services.get(node) else { continue };
         for &partition in partitions {
+            let now = service.router().env().clock.now();
             let state = service
                 .router()
-                .inspect(partition, |p| {
-                    let status = p.status();
+                .inspect(partition, move |p| {
+                    let status = p.status(now);
                     let matched: Vec<_> = status.progress.iter().map(|r| (r.node.0, r.match_index)).collect();
                     (
                         p.is_quiesced(),
@@ -222,10 +223,11 @@ async fn describe(services: &Services, partition: PartitionId) -> String {
     let mut replicas = Vec::new();
     for node in services.ids() {
         let Some(service) = services.get(node) else { continue };
+        let now = service.router().env().clock.now();
         let state = service
             .router()
-            .inspect(partition, |p| {
-                let s = p.status();
+            .inspect(partition, move |p| {
+                let s = p.status(now);
                 format!(
                     "{:?} term {} leader {:?} last {} commit {} applied {} {} last election {:?}",
                     s.role,

@@ -934,10 +934,11 @@ async fn partition_view(
             view.replicas.insert(id, Err("is down".to_owned()));
             continue;
         };
+        let now = service.router().env().clock.now();
         let answer = service
             .router()
-            .inspect(partition, |p| {
-                let status = p.status();
+            .inspect(partition, move |p| {
+                let status = p.status(now);
                 let mut members = status.conf_state.voter_nodes();
                 members.extend(status.conf_state.learner_nodes());
                 p.is_leader().then_some(members)

@@ -42,8 +42,10 @@ pub enum PartitionCommand {
         node: u64,
     },
     /// One partition as each of its replicas' nodes sees it: roles, leader and term, applied,
-    /// matched, durable and compacted indexes, how far each is behind the commit, and whether
-    /// each is awake, quiesced or unloaded.
+    /// matched, durable and compacted indexes, how far each is behind the commit (in entries,
+    /// and in time as the leader sees it), when the leader last heard from each, how it
+    /// replicates to each (probe, replicate, snapshot), and whether each is awake, quiesced or
+    /// unloaded.
     Show {
         partition: u64,
         #[arg(long)]
@@ -73,6 +75,9 @@ async fn show(client: &Client, partition: u64, json: bool) -> anyhow::Result<()>
                     "durable_index": r.durable_index,
                     "compacted_index": r.compacted_index,
                     "lag_entries": view.commit_index.saturating_sub(r.match_index),
+                    "behind_seconds": r.behind_seconds,
+                    "last_heard_seconds": r.last_heard_seconds,
+                    "progress": r.progress,
                     "state": r.reported.then(|| super::status::replica_state(r)),
                 })
             })
@@ -94,21 +99,26 @@ async fn show(client: &Client, partition: u64, json: bool) -> anyhow::Result<()>
         println!("  repository {repo}");
     }
     println!(
-        "  {:<6} {:<9} {:>9} {:>9} {:>9} {:>9} {:>7}  state",
-        "node", "role", "applied", "match", "durable", "compacted", "behind"
+        "  {:<6} {:<9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7}  {:<9}  state",
+        "node", "role", "applied", "match", "durable", "compacted", "behind", "behind_s", "heard", "progress"
     );
+    let seconds = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.1}s"));
     for r in &view.replicas {
         let state = if r.reported { super::status::replica_state(r) } else { "(its node did not answer)" };
         let role = if r.node == view.leader { "leader".to_owned() } else { r.role.clone() };
+        let leader = r.node == view.leader;
         println!(
-            "  {:<6} {:<9} {:>9} {:>9} {:>9} {:>9} {:>7}  {state}",
+            "  {:<6} {:<9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7}  {:<9}  {state}",
             r.node,
             role,
             r.applied_index,
             r.match_index,
             r.durable_index,
             r.compacted_index,
-            view.commit_index.saturating_sub(r.match_index)
+            view.commit_index.saturating_sub(r.match_index),
+            if leader { "-".to_owned() } else { seconds(r.behind_seconds) },
+            if leader { "-".to_owned() } else { seconds(r.last_heard_seconds) },
+            if leader { "-" } else { r.progress.as_deref().unwrap_or("-") },
         );
     }
     Ok(())

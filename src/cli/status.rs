@@ -66,9 +66,29 @@ pub struct ReplicaJson {
     /// Unloaded: a few hundred bytes in memory until a request or a message loads it (as its
     /// own node reports it).
     pub unloaded: bool,
+    /// As the leader sees it (absent if the leader did not answer): how it replicates to it
+    /// (`probe`, `replicate`, `snapshot`), how far behind in time (the age of the oldest entry
+    /// it lacks), and how long since the leader last heard from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behind_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_heard_seconds: Option<f64>,
     /// Whether the replica's own node answered (the fields above marked so are its own).
     #[serde(skip)]
     pub reported: bool,
+}
+
+impl ReplicaJson {
+    /// Takes the leader's view of this member from `r`, if `r` is one.
+    fn take_leader_view(&mut self, r: &proto::ReplicaStatus) {
+        if !r.progress.is_empty() {
+            self.progress = Some(r.progress.clone());
+            self.behind_seconds = Some(r.behind_seconds);
+            self.last_heard_seconds = r.last_heard_seconds;
+        }
+    }
 }
 
 fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
@@ -126,18 +146,26 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                             existing.reported = true;
                         }
                         existing.match_index = existing.match_index.max(r.match_index);
+                        existing.take_leader_view(r);
                     }
-                    None => entry.replicas.push(ReplicaJson {
-                        node: r.node,
-                        role: r.role.clone(),
-                        applied_index: if own { r.applied_index } else { 0 },
-                        match_index: r.match_index,
-                        compacted_index: if own { r.compacted_index } else { 0 },
-                        durable_index: if own { r.durable_index } else { 0 },
-                        quiesced: own && r.quiesced,
-                        unloaded: own && r.unloaded,
-                        reported: own,
-                    }),
+                    None => {
+                        let mut replica = ReplicaJson {
+                            node: r.node,
+                            role: r.role.clone(),
+                            applied_index: if own { r.applied_index } else { 0 },
+                            match_index: r.match_index,
+                            compacted_index: if own { r.compacted_index } else { 0 },
+                            durable_index: if own { r.durable_index } else { 0 },
+                            quiesced: own && r.quiesced,
+                            unloaded: own && r.unloaded,
+                            progress: None,
+                            behind_seconds: None,
+                            last_heard_seconds: None,
+                            reported: own,
+                        };
+                        replica.take_leader_view(r);
+                        entry.replicas.push(replica);
+                    }
                 }
             }
         }

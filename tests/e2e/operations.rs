@@ -149,8 +149,46 @@ fn partition_show_reports_each_replica_and_status_watch_redraws_in_place() {
         "{shown}"
     );
     assert_eq!(shown["repositories"], serde_json::json!(["default/show.git"]));
+    // The leader's view of each follower: how it replicates to it, how far behind in time
+    // (nothing lacked: zero), and when it last heard from it (a quiesced partition hears
+    // nothing, so only that it was heard since the leader took over).
+    for follower in replicas.iter().filter(|r| r["leader"] == false) {
+        assert!(["replicate", "probe"].contains(&follower["progress"].as_str().unwrap_or("")), "{shown}");
+        assert_eq!(follower["behind_seconds"].as_f64(), Some(0.0), "{shown}");
+        assert!(follower["last_heard_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{shown}");
+    }
     let text = stdout(&cluster.cli(&["partition", "show", "1"]));
-    assert!(text.contains("partition 1: leader node") && text.contains("behind"), "{text}");
+    assert!(text.contains("partition 1: leader node") && text.contains("behind") && text.contains("heard"), "{text}");
+    // Node 3 stops: the leader sees it fall behind in time once a write lacks it, and hears
+    // nothing more from it. (If node 3 led, it is the other follower that is checked.)
+    let leader = shown["leader"].as_u64().unwrap();
+    let mut cluster = cluster;
+    let stopped = if leader == 3 { 2 } else { 3 };
+    cluster.kill9(stopped);
+    stdout(&cluster.cli_at(&cluster.endpoints().join(","), &["object", "put", "show.git"], Some(b"lacked")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown: serde_json::Value =
+            serde_json::from_str(&stdout(&cluster.cli(&["partition", "show", "1", "--json"]))).unwrap();
+        let replicas = shown["replicas"].as_array().unwrap();
+        let dead = replicas.iter().find(|r| r["node"] == stopped).unwrap();
+        if dead["behind_seconds"].as_f64().is_some_and(|s| s >= 1.0)
+            && dead["last_heard_seconds"].as_f64().is_some_and(|s| s >= 1.0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader never saw node {stopped} fall behind: {shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = crate::cluster::http_get(&cluster.node(leader).http_address, "/metrics");
+    let lag_max = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cohort_replica_lag_seconds_max ")?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(lag_max >= 1.0, "the leader's worst follower lag in time: {lag_max}");
+    assert!(metrics.contains("cohort_partitions_lag_seconds{le=\"+Inf\"}"), "the histogram over partitions");
+    cluster.start_node(stopped);
+    cluster.wait_serving(stopped);
     assert!(!cluster.cli(&["partition", "show", "99"]).status.success(), "an unknown partition is an error");
 
     // `status --watch` draws, clears the screen and draws again until stopped.

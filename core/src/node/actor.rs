@@ -187,12 +187,21 @@ impl Drop for Completion {
     }
 }
 
+/// How far this replica's furthest-behind member is behind it while it leads (zeros
+/// otherwise), in entries and in time; kept by its actor, read by metric scrapes without
+/// asking the replica.
+#[derive(Debug, Default)]
+pub(super) struct LagGauge {
+    pub entries: std::sync::atomic::AtomicU64,
+    pub millis: std::sync::atomic::AtomicU64,
+}
+
 /// Keeps the node's metrics of this replica as it changes (replicas by role and quiesced,
 /// elections by cause, leader changes, wakes by cause, its lag as a leader): a scrape reads
 /// them without asking every replica.
 struct ReplicaGauges {
     metrics: Arc<crate::metrics::NodeMetrics>,
-    lag_entries: Arc<std::sync::atomic::AtomicU64>,
+    lag: Arc<LagGauge>,
     role: Option<Role>,
     leader: Option<NodeId>,
     quiesced: bool,
@@ -223,7 +232,7 @@ impl ReplicaGauges {
         }
     }
 
-    fn observe(&mut self, partition: &Partition) {
+    fn observe(&mut self, partition: &Partition, now: crate::env::Instant) {
         let role = partition.role();
         if self.role != Some(role) {
             if let Some(old) = self.role {
@@ -241,7 +250,9 @@ impl ReplicaGauges {
             self.metrics.leader_changes.inc();
         }
         self.leader = leader;
-        self.lag_entries.store(partition.leader_lag_entries(), std::sync::atomic::Ordering::Relaxed);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.lag.entries.store(partition.leader_lag_entries(), relaxed);
+        self.lag.millis.store(partition.leader_lag_time(now).as_millis() as u64, relaxed);
         count_while(&self.metrics.partitions_quiesced, &mut self.quiesced, partition.is_quiesced());
         count_while(
             &self.metrics.partitions_under_replicated,
@@ -341,7 +352,7 @@ impl ActorState {
     pub fn new(
         partition: &Partition,
         metrics: Arc<crate::metrics::NodeMetrics>,
-        lag_entries: Arc<std::sync::atomic::AtomicU64>,
+        lag: Arc<LagGauge>,
         unload_after: Option<std::time::Duration>,
     ) -> ActorState {
         ActorState {
@@ -352,7 +363,7 @@ impl ActorState {
             applying: VecDeque::new(),
             gauges: ReplicaGauges {
                 metrics,
-                lag_entries,
+                lag,
                 role: None,
                 leader: partition.leader(),
                 quiesced: false,
@@ -373,6 +384,8 @@ impl Shell for Actor {
     /// Handles up to `EVENTS_PER_STEP` events, carrying out the partition's outputs after
     /// each; returns when it next needs a tick.
     fn step(&mut self, cx: &mut Context<'_>) -> Step {
+        // The worker's `replica` span names the partition; the term is the replica's own.
+        tracing::Span::current().record("term", self.partition.term());
         for _ in 0..EVENTS_PER_STEP {
             match self.drain(cx) {
                 // Waiting for room in the log writer's or the applier's queue: no tick
@@ -457,7 +470,7 @@ impl Shell for Actor {
                     return Step::Done;
                 }
             }
-            self.state.gauges.observe(&self.partition);
+            self.state.gauges.observe(&self.partition, self.env.clock.now());
         }
         // More may be ready: let the worker step the others first.
         cx.waker().wake_by_ref();

@@ -1,7 +1,7 @@
 //! The node-level owner of partition actors: creates and opens them, unloads idle ones and
 //! loads them again on demand, and routes messages and requests to their mailboxes.
 
-use super::actor::{Actor, ActorState, MailboxLoad, PartitionInput, ReplicaHost, Unload};
+use super::actor::{Actor, ActorState, LagGauge, MailboxLoad, PartitionInput, ReplicaHost, Unload};
 use super::applier::{ApplyRequest, DurableSignal};
 use super::liveness::{Liveness, LivenessOptions, NOTICES_PER_INTERVAL};
 use super::persisted::PersistSignal;
@@ -179,9 +179,8 @@ struct Hosted {
     mailbox: Mailbox,
     /// Its Raft id: which incarnation of this node's membership it is.
     peer: PeerId,
-    /// How far its furthest-behind follower is behind it, in entries, while it leads (0
-    /// otherwise); kept by its actor, read by metric scrapes without asking the replica.
-    lag_entries: Arc<AtomicU64>,
+    /// How far its furthest-behind follower is behind it while it leads.
+    lag: Arc<LagGauge>,
 }
 
 pub struct Router {
@@ -461,8 +460,8 @@ impl Router {
         if campaign {
             replica.campaign(now);
         }
-        let (mailbox, lag_entries) = self.start(replica, files, false)?;
-        replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag_entries }));
+        let (mailbox, lag) = self.start(replica, files, false)?;
+        replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag }));
         Ok(())
     }
 
@@ -513,8 +512,8 @@ impl Router {
                 let now = self.env.clock.now();
                 let replica = Partition::create_empty(self.partition_config(partition, peer), now);
                 match self.start(replica, files, false) {
-                    Ok((mailbox, lag_entries)) => {
-                        replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag_entries }));
+                    Ok((mailbox, lag)) => {
+                        replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag }));
                         tracing::info!(node = %me, %partition, %peer, "joined partition as a new replica");
                     }
                     Err(error) => tracing::error!(%partition, %error, "cannot start the new replica"),
@@ -587,8 +586,8 @@ impl Router {
             // simulator).
             replica.rest();
         }
-        let (mailbox, lag_entries) = self.start(replica, store, recorded.is_none())?;
-        replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag_entries }));
+        let (mailbox, lag) = self.start(replica, store, recorded.is_none())?;
+        replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag }));
         Ok(())
     }
 
@@ -604,7 +603,7 @@ impl Router {
         partition: Partition,
         store: SnapshotStore,
         record_peer: bool,
-    ) -> Result<(Mailbox, Arc<AtomicU64>), RouteError> {
+    ) -> Result<(Mailbox, Arc<LagGauge>), RouteError> {
         let id = partition.id();
         if record_peer {
             let peer = partition.peer();
@@ -614,7 +613,7 @@ impl Router {
         let applier = self.applier.lock().expect("not poisoned").clone().ok_or(RouteError::Stopped(id))?;
         let (sender, rx) = mpsc::channel(MAILBOX_MESSAGES_MAX);
         let mut mailbox = Mailbox { sender, load: Arc::default() };
-        let lag_entries = Arc::new(AtomicU64::new(0));
+        let lag = Arc::new(LagGauge::default());
         let down = self.down_nodes();
         if !down.is_empty() && mailbox.try_send(PartitionInput::Liveness(Arc::new(down))).is_err() {
             unreachable!("a new mailbox has room");
@@ -630,7 +629,7 @@ impl Router {
         );
         let ticks = u32::try_from(self.config.replica.unload_after_ticks).unwrap_or(u32::MAX);
         let unload_after = (ticks > 0).then(|| self.config.replica.tick_interval * ticks);
-        let state = ActorState::new(&partition, self.env.metrics.clone(), lag_entries.clone(), unload_after);
+        let state = ActorState::new(&partition, self.env.metrics.clone(), lag.clone(), unload_after);
         let actor = Actor {
             partition,
             mailbox: rx,
@@ -651,17 +650,21 @@ impl Router {
             state,
         };
         self.workers.insert(id, Box::new(actor));
-        Ok((mailbox, lag_entries))
+        Ok((mailbox, lag))
     }
 
-    /// The largest lag, in entries, of a follower behind a leader here.
-    pub fn replica_lag_entries_max(&self) -> u64 {
+    /// How far behind each partition led here is, in entries and in time (its furthest-behind
+    /// member), a pair per loaded replica (others lead nothing: unloaded replicas are quiesced).
+    pub fn leader_lags(&self) -> Vec<(u64, Duration)> {
         let replicas = self.replicas.lock().expect("not poisoned");
         let lags = replicas.values().filter_map(|replica| match replica {
-            Replica::Loaded(hosted) => Some(hosted.lag_entries.load(Ordering::Relaxed)),
+            Replica::Loaded(hosted) => Some((
+                hosted.lag.entries.load(Ordering::Relaxed),
+                Duration::from_millis(hosted.lag.millis.load(Ordering::Relaxed)),
+            )),
             Replica::Unloaded(_) => None,
         });
-        lags.max().unwrap_or(0)
+        lags.collect()
     }
 
     /// What waits in the loaded replicas' mailboxes, summed: bytes, and client requests (and
@@ -713,8 +716,8 @@ impl Router {
             let reopened = Partition::reopen(self.partition_config(partition, dormant.peer), dormant, now);
             let peer = dormant.peer;
             match self.start(reopened, files.clone(), false) {
-                Ok((mailbox, lag_entries)) => {
-                    *replica = Replica::Loaded(Hosted { mailbox, peer, lag_entries });
+                Ok((mailbox, lag)) => {
+                    *replica = Replica::Loaded(Hosted { mailbox, peer, lag });
                     self.env.metrics.partitions_unloaded.dec();
                     if let Some(observer) = &self.env.observer {
                         observer.load_changed(self.config.node, partition, true);
@@ -816,8 +819,8 @@ impl Router {
         }
         let replica = Partition::create_empty(self.partition_config(DIRECTORY, peer), self.env.clock.now());
         match self.start(replica, files, false) {
-            Ok((mailbox, lag_entries)) => {
-                replicas.insert(DIRECTORY, Replica::Loaded(Hosted { mailbox, peer, lag_entries }));
+            Ok((mailbox, lag)) => {
+                replicas.insert(DIRECTORY, Replica::Loaded(Hosted { mailbox, peer, lag }));
                 tracing::info!(node = %self.config.node, %peer, "joined the cluster: the directory added this node");
             }
             Err(error) => tracing::error!(%error, "cannot start the directory replica"),
@@ -882,7 +885,8 @@ impl Router {
         if let Some(status) = unloaded {
             return Ok(status);
         }
-        self.inspect(partition, |p| p.status()).await
+        let now = self.env.clock.now();
+        self.inspect(partition, move |p| p.status(now)).await
     }
 
     /// Stops every partition actor and lets go of the log writer's queue: once the actors

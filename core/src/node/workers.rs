@@ -41,7 +41,8 @@ pub fn stepping_partition() -> Option<PartitionId> {
 }
 
 /// Marks the thread as stepping a partition until dropped (also when a step unwinds), and
-/// enters a `replica` span naming it: every line the step logs carries the partition.
+/// enters a `replica` span naming it: every line the step logs carries the partition, and
+/// the term as the step began (the shell records it).
 struct Stepping {
     _span: tracing::span::EnteredSpan,
 }
@@ -49,7 +50,7 @@ struct Stepping {
 impl Stepping {
     fn start(partition: PartitionId) -> Stepping {
         STEPPING.with(|s| s.set(Some(partition)));
-        Stepping { _span: tracing::info_span!("replica", %partition).entered() }
+        Stepping { _span: tracing::info_span!("replica", %partition, term = tracing::field::Empty).entered() }
     }
 }
 

@@ -17,6 +17,7 @@
 mod dormant;
 mod forwarded;
 mod input;
+mod lag;
 mod output;
 mod peer_check;
 mod proposals;
@@ -144,6 +145,14 @@ pub struct ReplicaProgress {
     pub node: NodeId,
     pub voter: bool,
     pub match_index: u64,
+    /// How the leader replicates to it: `probe` (finding where its log ends), `replicate`
+    /// (streaming entries) or `snapshot` (a snapshot is on its way).
+    pub state: &'static str,
+    /// How far behind in time: the age of the oldest entry it lacks (zero if it lacks none).
+    pub behind: Duration,
+    /// How long since the leader last heard from it (`None`: not since it became leader;
+    /// the leader itself: zero).
+    pub last_heard: Option<Duration>,
 }
 
 /// A replica's view of its partition, for status pages and tests.
@@ -232,6 +241,8 @@ pub struct Partition {
     installed_snapshot: Option<SnapshotMeta>,
     /// Awake, asking to quiesce, or quiesced (see `quiesce.rs`).
     quiesce: Quiesce,
+    /// On a leader: how far behind in time its members are (`lag.rs`).
+    lag: lag::LeaderLag,
     /// Why and at which tick this replica last woke from quiescence.
     last_wake: Option<(WakeCause, u64)>,
     /// Nodes the node's liveness monitor reports down.
@@ -373,6 +384,7 @@ impl Partition {
             compaction_deadline_tick: None,
             installed_snapshot: None,
             quiesce: Quiesce::awake(),
+            lag: lag::LeaderLag::default(),
             last_wake: None,
             down_nodes: BTreeSet::new(),
             was_candidate: false,
@@ -470,6 +482,21 @@ impl Partition {
     }
 
     /// How far the furthest-behind member is behind this leader, in entries; 0 unless leading.
+    /// How far behind in time the furthest member is, on a leader (zero elsewhere).
+    pub fn leader_lag_time(&self, now: Instant) -> Duration {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Duration::ZERO;
+        }
+        let last = raft.raft_log.last_index();
+        raft.prs()
+            .iter()
+            .filter(|(&id, _)| id != raft.id)
+            .map(|(_, p)| self.lag.behind(p.matched, last, now))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
     pub fn leader_lag_entries(&self) -> u64 {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
@@ -495,11 +522,14 @@ impl Partition {
         }
     }
 
-    pub fn status(&self) -> PartitionStatus {
+    /// This replica's view of its partition at `now` (which dates the leader's view of its
+    /// members: how far behind, last heard).
+    pub fn status(&self, now: Instant) -> PartitionStatus {
         let raft = &self.raw.raft;
         let conf_state: ConfState = (&raft.prs().conf().to_conf_state()).into();
         let role = self.role();
         let progress = if raft.state == StateRole::Leader {
+            let last = raft.raft_log.last_index();
             let mut progress: Vec<_> = raft
                 .prs()
                 .iter()
@@ -507,6 +537,13 @@ impl Partition {
                     node: PeerId(id).node(),
                     voter: !conf_state.learners.contains(&id),
                     match_index: pr.matched,
+                    state: match pr.state {
+                        raft::ProgressState::Probe => "probe",
+                        raft::ProgressState::Replicate => "replicate",
+                        raft::ProgressState::Snapshot => "snapshot",
+                    },
+                    behind: if id == raft.id { Duration::ZERO } else { self.lag.behind(pr.matched, last, now) },
+                    last_heard: if id == raft.id { Some(Duration::ZERO) } else { self.lag.last_heard(id, now) },
                 })
                 .collect();
             progress.sort_by_key(|p| p.node);
@@ -550,6 +587,9 @@ impl Partition {
             tracing::warn!(partition = %self.config.partition, from = %PeerId(message.from), kind = ?message.get_msg_type(),
                 %refusal, "refused a peer's raft message");
             return;
+        }
+        if self.is_leader() {
+            self.lag.heard_from(message.from, now);
         }
         if message.get_msg_type() == raft::eraftpb::MessageType::MsgTimeoutNow {
             self.campaign_trigger = Some(ElectionCause::Transfer);
@@ -931,14 +971,14 @@ impl Partition {
     // ---- internals ----
 
     fn after_input(&mut self, now: Instant) {
-        let _ = now;
         self.campaign_if_asked();
         self.process_ready();
         self.rejitter();
         self.start_reads();
         // Starting reads may have produced raft messages (singleton leaders answer at once).
         self.process_ready();
-        self.note_leadership();
+        self.note_leadership(now);
+        self.note_appended(now);
         self.note_election();
         self.maybe_compact();
         self.maybe_save_snapshot();
@@ -985,7 +1025,7 @@ impl Partition {
 
     /// Reports leadership won or lost since the last input (raft changes role inside `step`
     /// and `tick`, so this compares with what the previous input left).
-    fn note_leadership(&mut self) {
+    fn note_leadership(&mut self, now: Instant) {
         let leading = self.is_leader().then_some(self.raw.raft.term);
         if leading == self.leading_term {
             return;
@@ -994,6 +1034,7 @@ impl Partition {
         match leading {
             Some(term) => {
                 tracing::info!(%partition, %node, term, "became leader");
+                self.lag.became_leader(now);
                 if let Some(observer) = &self.config.observer {
                     observer.became_leader(node, partition, term);
                 }
@@ -1001,6 +1042,7 @@ impl Partition {
             }
             None => {
                 tracing::info!(%partition, %node, term, "stepped down");
+                self.lag.stepped_down();
                 // What this replica proposed may still commit under the next leader, or not:
                 // tell the callers now rather than at their timeout. Writes are idempotent, so
                 // they can retry; an entry that applies here later finds no caller.
@@ -1010,6 +1052,17 @@ impl Partition {
             }
         }
         self.leading_term = leading;
+    }
+
+    /// On a leader: dates what it appended, and forgets the dates every member is past.
+    fn note_appended(&mut self, now: Instant) {
+        if !self.is_leader() {
+            return;
+        }
+        let raft = &self.raw.raft;
+        let matched_min = raft.prs().iter().filter(|(&id, _)| id != raft.id).map(|(_, p)| p.matched).min();
+        self.lag.appended(raft.raft_log.last_index(), now);
+        self.lag.prune(matched_min.unwrap_or(u64::MAX));
     }
 
     /// Records why an election this replica just started started.

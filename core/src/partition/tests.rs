@@ -49,7 +49,7 @@ fn elect(cluster: &mut Cluster) -> NodeId {
     // Let the new leader commit its empty entry so that reads and writes can be served.
     let leader = cluster.leader().unwrap();
     assert!(cluster.drive_until(STEPS_MAX, |c| {
-        let status = c.replica(leader).status();
+        let status = c.status_of(leader);
         status.commit_index >= status.last_index && status.applied_index == status.commit_index
     }));
     leader
@@ -83,7 +83,7 @@ fn three_replicas_elect_exactly_one_leader() {
     assert_one_leader_per_term(&cluster);
     let term = cluster.replica(leader).term();
     for node in cluster.nodes() {
-        let status = cluster.replica(node).status();
+        let status = cluster.status_of(node);
         assert_eq!(status.term, term);
         assert_eq!(status.leader, Some(leader), "node {node} knows the leader");
     }
@@ -98,10 +98,8 @@ fn writes_replicate_and_every_replica_applies_the_same_state() {
         assert_written(&request_on_leader(&mut cluster, body));
     }
     let leader = cluster.leader().unwrap();
-    let commit = cluster.replica(leader).status().commit_index;
-    assert!(
-        cluster.drive_until(STEPS_MAX, |c| c.nodes().iter().all(|&n| c.replica(n).status().applied_index == commit))
-    );
+    let commit = cluster.status_of(leader).commit_index;
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.nodes().iter().all(|&n| c.status_of(n).applied_index == commit)));
     let digest = cluster.digest(leader);
     for node in cluster.nodes() {
         assert_eq!(cluster.digest(node), digest, "node {node} converged");
@@ -147,8 +145,8 @@ fn losing_the_leader_elects_another_and_keeps_every_committed_write() {
 
     // The old leader comes back, catches up, and agrees.
     cluster.restart(old_leader);
-    let commit = cluster.replica(new_leader).status().commit_index;
-    assert!(cluster.drive_until(STEPS_MAX, |c| c.replica(old_leader).status().applied_index >= commit));
+    let commit = cluster.status_of(new_leader).commit_index;
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.status_of(old_leader).applied_index >= commit));
     let read = cluster.request(old_leader, list_refs(ReadConsistency::Stale));
     match cluster.response(read) {
         Some(Response::Read { result: ReadResult::Refs(refs), .. }) => {
@@ -367,8 +365,8 @@ fn change(cluster: &mut Cluster, change: MembershipChange) -> Response {
 
 fn caught_up(cluster: &Cluster, node: NodeId) -> bool {
     let leader = cluster.leader().unwrap();
-    let commit = cluster.replica(leader).status().commit_index;
-    cluster.replica(node).status().applied_index >= commit
+    let commit = cluster.status_of(leader).commit_index;
+    cluster.status_of(node).applied_index >= commit
 }
 
 #[test]
@@ -389,7 +387,7 @@ fn a_learner_joins_empty_catches_up_from_the_log_and_is_promoted() {
     }
     cluster.add_empty_replica(new);
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, new)), "the learner catches up");
-    let status = cluster.replica(new).status();
+    let status = cluster.status_of(new);
     assert_eq!(status.role, Role::Learner);
     assert_eq!(status.conf_state.voters, vec![1, 2, 3], "it learned the membership from the log");
     let leader = cluster.leader().unwrap();
@@ -488,19 +486,19 @@ fn a_leader_that_applies_its_own_removal_steps_down_and_the_others_go_on() {
     // The bystander misses the removal, so only the target can win the next election.
     cluster.isolate(bystander);
     cluster.request(leader, Request::ChangeMembership(MembershipChange::Remove(target)));
-    let removal_index = cluster.replica(leader).status().last_index;
-    assert!(cluster.drive_until(STEPS_MAX, |c| c.replica(target).status().last_index >= removal_index));
-    assert!(cluster.replica(target).status().commit_index < removal_index, "the target has not seen it commit");
+    let removal_index = cluster.status_of(leader).last_index;
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.status_of(target).last_index >= removal_index));
+    assert!(cluster.status_of(target).commit_index < removal_index, "the target has not seen it commit");
     cluster.crash(leader);
     cluster.heal();
     assert!(cluster.drive_until(STEPS_MAX, |c| c.leader() == Some(target)), "the target wins the election");
     assert!(
-        cluster.drive_until(STEPS_MAX, |c| c.replica(target).status().conf_state.voters.len() == 2),
+        cluster.drive_until(STEPS_MAX, |c| c.status_of(target).conf_state.voters.len() == 2),
         "the target applies its own removal"
     );
     cluster.restart(leader);
     assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some_and(|l| l != target)), "the others elect a leader");
-    assert_ne!(cluster.replica(target).status().role, Role::Leader, "the removed voter does not lead");
+    assert_ne!(cluster.status_of(target).role, Role::Leader, "the removed voter does not lead");
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     assert_one_leader_per_term(&cluster);
 }
@@ -525,7 +523,7 @@ fn replicas_compact_their_log_through_what_the_store_made_durable() {
     assert!(cluster.drive_until(STEPS_MAX, |c| c.nodes().iter().all(|&n| caught_up(c, n))));
     for node in cluster.nodes() {
         let durable = cluster.durable(node);
-        let status = cluster.replica(node).status();
+        let status = cluster.status_of(node);
         assert!(durable.compacted.index >= 55, "node {node} compacted through {:?}", durable.compacted);
         assert!(durable.compacted.index <= status.durable_index, "never past what the store holds durably");
         assert!(durable.entries.len() < 10, "node {node} holds {} entries", durable.entries.len());
@@ -568,7 +566,7 @@ fn a_new_learner_catches_up_by_snapshot_and_learns_the_membership_from_it() {
     cluster.add_empty_replica(new);
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, new)), "the learner catches up");
     assert!(cluster.snapshots_delivered >= 1, "the log's start was compacted away");
-    let status = cluster.replica(new).status();
+    let status = cluster.status_of(new);
     assert_eq!(status.role, Role::Learner);
     assert_eq!(status.conf_state.voters, vec![1, 2, 3]);
     let leader = cluster.leader().unwrap();
@@ -619,7 +617,7 @@ fn a_node_removed_and_added_back_is_a_new_peer_that_its_old_replica_cannot_answe
     write_many(&mut cluster, 20..25);
     cluster.drive_until(2_000, |_| false);
     let leader = cluster.leader().unwrap();
-    let progress = cluster.replica(leader).status().progress;
+    let progress = cluster.status_of(leader).progress;
     let new_member = progress.iter().find(|p| p.node == node).expect("the new member has progress");
     assert_eq!(new_member.match_index, 0, "nothing the old replica said counts for the new member");
     // The node deletes its old replica and starts an empty one: it catches up by snapshot.
@@ -644,8 +642,7 @@ fn a_lost_voter_is_replaced_by_a_new_one_in_one_change_and_the_new_one_counts() 
     let leader = elect(&mut cluster);
     let lost = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
     let other = cluster.nodes().into_iter().find(|&n| n != leader && n != lost).unwrap();
-    let old_peer =
-        cluster.replica(lost).status().conf_state.members().into_iter().map(PeerId).find(|p| p.node() == lost);
+    let old_peer = cluster.status_of(lost).conf_state.members().into_iter().map(PeerId).find(|p| p.node() == lost);
     // The node loses its disk: its replica is gone, and it is silent meanwhile.
     cluster.delete_replica(lost);
     cluster.report_liveness();
@@ -661,11 +658,11 @@ fn a_lost_voter_is_replaced_by_a_new_one_in_one_change_and_the_new_one_counts() 
     assert!(new_peer.incarnation() > 0);
     // Raft leaves the joint configuration on its own; writes commit on the other two meanwhile.
     assert!(cluster.drive_until(STEPS_MAX, |c| {
-        c.leader().is_some_and(|l| c.replica(l).status().conf_state.voters_outgoing.is_empty())
+        c.leader().is_some_and(|l| c.status_of(l).conf_state.voters_outgoing.is_empty())
     }));
     write_many(&mut cluster, 20..25);
     let leader = cluster.leader().unwrap();
-    let conf = cluster.replica(leader).status().conf_state;
+    let conf = cluster.status_of(leader).conf_state;
     assert_eq!(conf.voter_nodes().len(), 3);
     assert!(!conf.voters.contains(&old_peer.unwrap().0) && conf.voters.contains(&new_peer.0));
     // The node comes back on an empty directory, as the new peer: it catches up by snapshot.
@@ -703,9 +700,9 @@ fn a_leader_holds_back_compaction_for_a_follower_just_behind_and_it_catches_up_f
     let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
     // The follower misses a few writes; the leader's store makes them durable at once.
     cluster.isolate(follower);
-    let behind = cluster.replica(follower).status().last_index;
+    let behind = cluster.status_of(follower).last_index;
     write_many(&mut cluster, 8..13);
-    let leader_status = cluster.replica(leader).status();
+    let leader_status = cluster.status_of(leader);
     assert!(leader_status.durable_index > behind + 4, "the leader's state is durable past the follower");
     let compacted = cluster.durable(leader).compacted.index;
     assert!(compacted <= behind, "the leader kept the entries the follower lacks ({compacted} > {behind})");
@@ -726,10 +723,10 @@ fn a_new_leader_keeps_its_terms_entries_for_the_dead_leader_which_catches_up_fro
     // The new term's first entry is durable everywhere alive, and the partition quiesces
     // with the dead node excused.
     assert!(cluster.drive_until(STEPS_MAX, |c| {
-        let status = c.replica(new_leader).status();
+        let status = c.status_of(new_leader);
         all_quiesced(c) && status.durable_index == status.last_index
     }));
-    let status = cluster.replica(new_leader).status();
+    let status = cluster.status_of(new_leader);
     assert!(
         status.compacted_index < status.last_index,
         "the leader kept its term's entries for the member it never heard from: {status:?}"
@@ -738,14 +735,14 @@ fn a_new_leader_keeps_its_terms_entries_for_the_dead_leader_which_catches_up_fro
     cluster.restart(leader);
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, leader) && all_quiesced(c)), "caught up, then quiet");
     assert_eq!(cluster.snapshots_delivered, 0, "from the log, not by a snapshot");
-    let status = cluster.replica(new_leader).status();
+    let status = cluster.status_of(new_leader);
     assert!(
         status.compacted_index == status.durable_index && status.durable_index == status.last_index,
         "once it caught up and the partition quiesced, nothing is held for it: {status:?}"
     );
     cluster.request(new_leader, create_repo(9));
     assert!(cluster.drive_until(STEPS_MAX, |c| {
-        let status = c.replica(new_leader).status();
+        let status = c.status_of(new_leader);
         status.compacted_index == status.durable_index && status.durable_index == status.last_index
     }));
     cluster.assert_logs_agree();
@@ -930,11 +927,11 @@ fn an_unloaded_follower_reloads_at_rest_and_a_request_to_it_costs_no_election() 
     assert!(cluster.unload_and_reload(leader).is_none(), "a leader never unloads");
     let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
     let term = cluster.replica(leader).term();
-    let before = cluster.replica(follower).status();
+    let before = cluster.status_of(follower);
     let dormant = cluster.unload_and_reload(follower).expect("a quiesced follower with nothing in flight unloads");
     assert_eq!(dormant.leader.map(|p| p.node()), Some(leader));
     assert_eq!(dormant.position.index, before.applied_index);
-    let after = cluster.replica(follower).status();
+    let after = cluster.status_of(follower);
     assert!(after.quiesced, "it reloads at rest");
     assert_eq!(cluster.replica(follower).poll_timeout(), None, "with no timer");
     assert_eq!(after.leader, Some(leader), "following the leader it followed");
@@ -973,7 +970,7 @@ fn a_follower_with_work_in_flight_does_not_unload() {
     let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
     cluster.auto_persist = false;
     let request = cluster.request(leader, set_main(1, 2, b"in flight").0);
-    cluster.drive_until(200, |c| c.replica(follower).status().last_index > c.replica(follower).status().applied_index);
+    cluster.drive_until(200, |c| c.status_of(follower).last_index > c.status_of(follower).applied_index);
     assert!(!cluster.replica(follower).is_quiesced(), "the write woke it");
     assert!(cluster.unload_and_reload(follower).is_none(), "an awake follower stays loaded");
     cluster.auto_persist = true;
@@ -1023,7 +1020,7 @@ fn hostile(cluster: &Cluster, from: NodeId, to: NodeId, kind: raft::eraftpb::Mes
     message.set_msg_type(kind);
     message.from = PeerId::new(from, 0).0;
     message.to = PeerId::new(to, 0).0;
-    message.term = cluster.replica(to).status().term;
+    message.term = cluster.status_of(to).term;
     message
 }
 
@@ -1042,8 +1039,8 @@ fn messages_no_honest_peer_sends_are_refused_and_the_partition_goes_on() {
     let leader = elect(&mut cluster);
     assert_written(&request_on_leader(&mut cluster, create_repo(1)));
     let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
-    let term = cluster.replica(follower).status().term;
-    let last = cluster.replica(follower).status().last_index;
+    let term = cluster.status_of(follower).term;
+    let last = cluster.status_of(follower).last_index;
 
     let mut messages = Vec::new();
     let mut heartbeat = hostile(&cluster, leader, follower, MessageType::MsgHeartbeat);
@@ -1089,7 +1086,7 @@ fn messages_no_honest_peer_sends_are_refused_and_the_partition_goes_on() {
         cluster.inject(Envelope { partition: cluster.partition, from, to, payload: Payload::Raft(message) });
         assert!(cluster.step(), "the message is delivered");
         for node in [leader, follower] {
-            let status = cluster.replica(node).status();
+            let status = cluster.status_of(node);
             assert_eq!(status.term, term, "node {node}: no refused message moves the term");
             assert!(status.commit_index <= status.last_index, "node {node}: nothing committed past the log");
         }

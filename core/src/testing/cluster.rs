@@ -138,6 +138,11 @@ impl Cluster {
         &self.replicas[&node].partition
     }
 
+    /// `node`'s replica's status, now.
+    pub fn status_of(&self, node: NodeId) -> crate::partition::PartitionStatus {
+        self.replica(node).status(self.now)
+    }
+
     pub fn durable(&self, node: NodeId) -> &RecoveredPartition {
         &self.replicas[&node].durable
     }
@@ -212,7 +217,7 @@ impl Cluster {
     pub fn add_empty_replica(&mut self, node: NodeId) {
         assert!(!self.replicas.contains_key(&node), "node {node} has no replica yet");
         let leader = self.leader().expect("a member is added through a leader");
-        let conf = self.replica(leader).status().conf_state;
+        let conf = self.status_of(leader).conf_state;
         let peer = conf.members().into_iter().map(PeerId).find(|p| p.node() == node).expect("added by the leader");
         let mut config = self.config(node, self.seed.wrapping_add(node.0));
         config.peer = peer;

@@ -509,7 +509,7 @@ fn partition_info(view: &PartitionView) -> proto::PartitionInfo {
 }
 
 fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto::Repo>) -> proto::PartitionStatus {
-    // This node's own replica, always; the others' match index when this node leads.
+    // This node's own replica, always; the others' progress when this node leads.
     let mut replicas = vec![proto::ReplicaStatus {
         node: me.0,
         role: status.role.name().to_owned(),
@@ -519,6 +519,9 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
         durable_index: status.durable_index,
         quiesced: status.quiesced,
         unloaded: status.unloaded,
+        progress: String::new(),
+        behind_seconds: 0.0,
+        last_heard_seconds: None,
     }];
     for progress in status.progress.iter().filter(|p| p.node != me) {
         replicas.push(proto::ReplicaStatus {
@@ -530,6 +533,9 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
             durable_index: 0,
             quiesced: false,
             unloaded: false,
+            progress: progress.state.to_owned(),
+            behind_seconds: progress.behind.as_secs_f64(),
+            last_heard_seconds: progress.last_heard.map(|d| d.as_secs_f64()),
         });
     }
     proto::PartitionStatus {

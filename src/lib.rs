@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod data_dir_lock;
 pub mod http;
 mod memory;
 mod metered_disk;

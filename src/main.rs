@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     // state store: its file changes no more, and is sealed for offline checks.
     runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     match outcome {
-        Ok(Some(data_dir)) => match cohort::node::seal_store(&data_dir) {
+        Ok(Some(stopped)) => match cohort::node::seal_store(&stopped.data_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error:#}");

@@ -2,6 +2,7 @@
 //! partitions recovered from the log, the peer transport, the gRPC API and the HTTP server.
 
 use crate::config::Config;
+use crate::data_dir_lock::DataDirLock;
 use crate::metered_disk::MeteredDisk;
 use anyhow::Context as _;
 use cohort_core::env::{Env, Transport};
@@ -86,14 +87,24 @@ pub fn seal_store(data_dir: &std::path::Path) -> anyhow::Result<()> {
     cohort_core::store::seal::seal(&disk).context("sealing the state store")
 }
 
+/// A node that stopped cleanly: its data directory, still locked, for `seal_store`.
+#[derive(Debug)]
+pub struct StoppedNode {
+    pub data_dir: std::path::PathBuf,
+    _lock: DataDirLock,
+}
+
 /// Runs a node until `shutdown` completes, then stops it cleanly: partitions stop, the log
 /// writes already queued are made durable, and the function returns the data directory, to be
-/// sealed (`seal_store`) once the runtime is gone; `None` if the stop was not clean.
+/// sealed (`seal_store`) once the runtime is gone; `None` if the stop was not clean. The data
+/// directory is locked from before anything is read (`data_dir_lock`) until the returned
+/// value is dropped.
 pub async fn run(
     config: Config,
     join: bool,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Option<std::path::PathBuf>> {
+) -> anyhow::Result<Option<StoppedNode>> {
+    let lock = DataDirLock::exclusive(&config.data_dir)?;
     fail_stop_on_panic();
     crate::memory::tune_allocator();
     crate::memory::spawn_heap_trimmer();
@@ -158,7 +169,7 @@ pub async fn run(
     drop(handle);
     if node.stop(Duration::from_secs(10)).await {
         tracing::info!("log synced; stopped");
-        Ok(Some(config.data_dir.clone()))
+        Ok(Some(StoppedNode { data_dir: config.data_dir.clone(), _lock: lock }))
     } else {
         tracing::warn!("log writer did not finish within 10 s");
         Ok(None)

@@ -59,6 +59,12 @@ pub struct Target {
 }
 
 pub fn run(command: &DebugCommand) -> anyhow::Result<()> {
+    let target = match command {
+        DebugCommand::Wal(target) | DebugCommand::Routes(target) | DebugCommand::Verify(target) => target,
+        DebugCommand::Partition { target, .. } | DebugCommand::Log { target, .. } => target,
+    };
+    // Held while reading: no node starts on the directory meanwhile.
+    let _lock = crate::data_dir_lock::DataDirLock::shared(&target.data_dir)?;
     match command {
         DebugCommand::Wal(target) => wal(target),
         DebugCommand::Partition { partition: id, target } => partition(target, PartitionId(*id)),

@@ -90,9 +90,9 @@ pub fn init_tracing(cli: &Cli) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// Runs the command. For `cohort node`, returns the data directory of a node that stopped
-/// cleanly, whose state store the caller seals once the runtime is gone
-/// (`crate::node::seal_store`).
+/// Runs the command. For `cohort node`, returns the node if it stopped cleanly: the caller
+/// seals its state store once the runtime is gone (`crate::node::seal_store`), then drops it,
+/// which unlocks its data directory.
 /// The `log_level` of the node's TOML, if it has one. Read before the config is checked (the
 /// check's errors are reported once logging is set up).
 fn configured_log_level(path: &std::path::Path) -> Option<String> {
@@ -100,7 +100,7 @@ fn configured_log_level(path: &std::path::Path) -> Option<String> {
     toml::from_str::<crate::config::RawConfig>(&text).ok()?.log_level
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<Option<PathBuf>> {
+pub async fn run(cli: Cli) -> anyhow::Result<Option<crate::node::StoppedNode>> {
     match &cli.command {
         Command::Node(args) => match (&args.command, &args.config) {
             (Some(command), _) => node::run(&cli, command).await,

@@ -154,3 +154,27 @@ fn debug_shows_a_stopped_nodes_log_partitions_and_routes_and_verify_finds_every_
         }
     }
 }
+
+/// A running node holds its data directory: `cohort debug` refuses to read it (it would read
+/// files being written), and a second node refuses to start on it (two writers would corrupt
+/// the log and the store). Once the node is gone, both work.
+#[test]
+fn a_running_nodes_directory_is_neither_read_offline_nor_run_twice() {
+    let mut cluster = TestCluster::start(3);
+    let data_dir = cluster.data_dir(1);
+    let out = debug(&["wal"], &data_dir);
+    assert!(!out.status.success(), "read a running node's directory");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("stop the node first") && said.contains("pid "), "{said}");
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["node", "--config"])
+        .arg(cluster.config_path(1))
+        .env("COHORT_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "a second node ran on the same data directory");
+    assert!(String::from_utf8_lossy(&second.stderr).contains("one node per data directory"), "{second:?}");
+    // Killed, the node holds nothing: the kernel released its lock.
+    cluster.kill9(1);
+    debug_json(&["wal"], &data_dir);
+}

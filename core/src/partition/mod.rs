@@ -875,7 +875,7 @@ impl Partition {
             Request::Read { query, consistency: ReadConsistency::Linearizable } => {
                 self.read_linearizable(request, query)
             }
-            Request::ChangeMembership(change) => self.propose_membership(request, change),
+            Request::ChangeMembership(change) => self.propose_membership(now, request, change),
             Request::TransferLeader(to) => self.transfer_leader(request, to),
         }
         self.after_input(now);
@@ -1146,13 +1146,13 @@ impl Partition {
 
     /// Proposes one membership change after checking it is safe: one change at a time, never
     /// the last voter, never a change after which the voters that answer are not a quorum.
-    fn propose_membership(&mut self, request: RequestId, change: MembershipChange) {
+    fn propose_membership(&mut self, now: Instant, request: RequestId, change: MembershipChange) {
         if !self.is_leader() {
             let leader = self.leader();
             self.respond(request, Response::NotLeader { leader });
             return;
         }
-        if let Err(reason) = self.check_membership(change) {
+        if let Err(reason) = self.check_membership(now, change) {
             self.respond(request, Response::Refused(reason));
             return;
         }
@@ -1210,18 +1210,25 @@ impl Partition {
         found.map(PeerId)
     }
 
-    fn check_membership(&self, change: MembershipChange) -> Result<(), String> {
+    fn check_membership(&self, now: Instant, change: MembershipChange) -> Result<(), String> {
         let raft = &self.raw.raft;
         if raft.has_pending_conf() {
             return Err("another membership change of this partition is in flight; try again once it applies".into());
         }
         let conf = raft.prs().conf();
         let voters: Vec<u64> = conf.voters().ids().iter().collect();
-        // Voters the leader has heard from within an election timeout, itself included.
+        // Voters the leader has heard from within an election timeout, itself included. Raft's
+        // `recent_active` alone is not that: check-quorum clears it every election timeout,
+        // and it is set again only by the next answer, a heartbeat later.
+        let election_timeout = self.config.options.tick_interval * self.config.options.election_ticks as u32;
         let answering = |peers: &[u64]| {
             peers
                 .iter()
-                .filter(|&&v| v == self.config.peer.0 || raft.prs().get(v).is_some_and(|p| p.recent_active))
+                .filter(|&&v| {
+                    v == self.config.peer.0
+                        || raft.prs().get(v).is_some_and(|p| p.recent_active)
+                        || self.lag.last_heard(v, now).is_some_and(|ago| ago < election_timeout)
+                })
                 .count()
         };
         let is_voter = |n: NodeId| voters.iter().any(|&v| PeerId(v).node() == n);

@@ -677,6 +677,31 @@ fn a_lost_voter_is_replaced_by_a_new_one_in_one_change_and_the_new_one_counts() 
     assert_eq!(cluster.digest(lost), cluster.digest(cluster.leader().unwrap()));
 }
 
+/// Check-quorum clears raft's `recent_active` of every member once per election timeout, and
+/// an answer sets it again a heartbeat later: a membership change asked for in between must
+/// still count the members the leader heard from lately (a `node replace` of 500 partitions
+/// was refused for 13 of them this way).
+#[test]
+fn a_membership_change_right_after_check_quorum_counts_members_heard_lately() {
+    let mut cluster = Cluster::with_options(3, 38, never_quiescing());
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let leader = elect(&mut cluster);
+    let followers: Vec<NodeId> = cluster.nodes().into_iter().filter(|&n| n != leader).collect();
+    // One follower's node is lost; the other answers.
+    cluster.delete_replica(followers[1]);
+    cluster.report_liveness();
+    cluster.drive_until(2_000, |_| false);
+    // As check-quorum leaves it: no member counted as recently active.
+    let me = cluster.replica(leader).config.peer.0;
+    for (&id, progress) in cluster.replica_mut(leader).raw.raft.mut_prs().iter_mut() {
+        if id != me {
+            progress.recent_active = false;
+        }
+    }
+    let response = change(&mut cluster, MembershipChange::Replace(followers[1]));
+    assert!(matches!(response, Response::Membership(_)), "unexpected {response:?}");
+}
+
 /// Replacing a voter needs a quorum in both halves of the joint configuration without it.
 #[test]
 fn a_voter_is_not_replaced_without_a_quorum_of_the_others() {

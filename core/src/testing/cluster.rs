@@ -138,6 +138,11 @@ impl Cluster {
         &self.replicas[&node].partition
     }
 
+    /// `node`'s replica, to reach inside it (tests of the partition's internals).
+    pub fn replica_mut(&mut self, node: NodeId) -> &mut Partition {
+        &mut self.replicas.get_mut(&node).expect("node is up").partition
+    }
+
     /// `node`'s replica's status, now.
     pub fn status_of(&self, node: NodeId) -> crate::partition::PartitionStatus {
         self.replica(node).status(self.now)

@@ -48,7 +48,7 @@ fn near(u: &mut Unstructured, around: u64) -> Result<u64> {
 
 fn message(u: &mut Unstructured, cluster: &Cluster) -> Result<(NodeId, Message)> {
     let to = NodeId(u.int_in_range(1..=3)?);
-    let status = cluster.replica(to).status();
+    let status = cluster.status_of(to);
     let mut m = Message::default();
     m.set_msg_type(*u.choose(&KINDS)?);
     m.to = PeerId::new(to, 0).0;
@@ -98,7 +98,7 @@ fuzz_target!(|bytes: &[u8]| {
             cluster.step();
         }
         for node in cluster.nodes() {
-            let status = cluster.replica(node).status();
+            let status = cluster.status_of(node);
             assert!(status.commit_index <= status.last_index, "node {node} committed past its log: {status:?}");
         }
     }

@@ -255,6 +255,10 @@ fn render_in_chromium(url: &str, screenshot: &Path) -> String {
             .arg("60")
             .arg(chromium)
             .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,800"])
+            // No shared-memory files (small /dev/shm in containers), and none of Chromium's own
+            // traffic to the outside, which a closed network refuses (slowly, at every start).
+            .args(["--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update"])
+            .args(["--disable-sync", "--no-first-run", "--disable-quic"])
             // Lets the page's fetch and timers run before the DOM is taken.
             .arg("--virtual-time-budget=5000")
             .arg(format!("--user-data-dir={}", profile.path().display()))

@@ -217,6 +217,24 @@ impl TestCluster {
         Client::new(config).unwrap()
     }
 
+    /// Waits (up to `within`) until node `id` alone, read stale, holds `count` references of
+    /// `repo`: its replica caught up.
+    pub fn wait_caught_up(&self, rt: &tokio::runtime::Runtime, id: u64, repo: &RepoId, count: usize, within: Duration) {
+        let mut config = ClientConfig::new(vec![self.endpoint(id)], 0xca7c);
+        config.deadline = Duration::from_secs(10);
+        config.ca_pem = self.ca_path().map(|path| std::fs::read(path).unwrap());
+        let local = Client::new(config).unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            let (refs, _) = rt.block_on(local.read_refs(repo, true)).unwrap_or_default();
+            if refs.len() == count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} caught up to {} of {count} refs", refs.len());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The entry node `id`'s replica of `partition` has compacted its log through (0: none,
     /// or no such replica), as `cohort status` reports it.
     pub fn compacted_index(&self, id: u64, partition: u64) -> u64 {

@@ -1,7 +1,6 @@
 //! Killing leaders and whole clusters loses no acknowledged write.
 
 use crate::cluster::{check_all, put, put_all, repo, runtime, TestCluster, ELECTION_TIMEOUT_MAX};
-use cohort_net::client::Client;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -30,18 +29,7 @@ fn killing_the_leader_loses_nothing_and_writes_resume() {
     // The old leader comes back and catches up: a stale read from it alone sees everything.
     cluster.start_node(leader);
     cluster.wait_serving(leader);
-    let mut config = cohort_net::client::ClientConfig::new(vec![cluster.endpoint(leader)], 12);
-    config.deadline = Duration::from_secs(10);
-    let local = Client::new(config).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (refs, _) = rt.block_on(local.read_refs(&repo("f.git"), true)).unwrap_or_default();
-        if refs.len() == acknowledged.len() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "restarted node caught up to {} of {} refs", refs.len(), acknowledged.len());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.wait_caught_up(&rt, leader, &f, acknowledged.len(), Duration::from_secs(20));
 }
 
 #[test]
@@ -141,18 +129,7 @@ fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_until_repl
     assert!(again.status.success(), "a second run failed: {again:?}");
     assert!(crate::cluster::stdout(&again).contains("0 partitions have a replica on node 3 to replace"));
     // Node 3 holds every acknowledged write: a stale read from it alone sees them all.
-    let mut config = cohort_net::client::ClientConfig::new(vec![cluster.endpoint(3)], 32);
-    config.deadline = Duration::from_secs(10);
-    let local = Client::new(config).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (refs, _) = rt.block_on(local.read_refs(&f, true)).unwrap_or_default();
-        if refs.len() == acknowledged.len() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node 3 caught up to {} of {} refs", refs.len(), acknowledged.len());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.wait_caught_up(&rt, 3, &f, acknowledged.len(), Duration::from_secs(30));
     // And it is a voter of the directory and of the partition: with node 1 gone, nodes 2 and
     // 3 are a quorum of both.
     cluster.kill9(1);

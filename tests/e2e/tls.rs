@@ -1,7 +1,6 @@
 //! A cluster over TLS: peers use mutual TLS, clients check the nodes' certificates.
 
 use crate::cluster::{check_all, put_all, repo, runtime, stdout, TestCluster};
-use cohort_net::client::{Client, ClientConfig};
 use cohort_net::tls::{throwaway_certificates, PeerTls};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,19 +26,7 @@ fn a_cluster_over_tls_replicates_fails_over_and_refuses_peers_and_clients_withou
     rt.block_on(check_all(&client, &f, &acknowledged));
     cluster.start_node(leader);
     cluster.wait_serving(leader);
-    let mut config = ClientConfig::new(vec![cluster.endpoint(leader)], 72);
-    config.ca_pem = Some(std::fs::read(cluster.ca_path().unwrap()).unwrap());
-    config.deadline = Duration::from_secs(10);
-    let local = Client::new(config).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (refs, _) = rt.block_on(local.read_refs(&f, true)).unwrap_or_default();
-        if refs.len() == acknowledged.len() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "restarted node caught up to {} of {} refs", refs.len(), acknowledged.len());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.wait_caught_up(&rt, leader, &f, acknowledged.len(), Duration::from_secs(20));
 
     // The CLI over https, given the CA.
     let status = stdout(&cluster.cli(&["status"]));

@@ -9,7 +9,7 @@
 //! samples still span the whole backlog, with coarser resolution.
 
 use crate::env::Instant;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Samples kept of when entries were appended (16 bytes each).
@@ -19,8 +19,9 @@ const SAMPLES_MAX: usize = 64;
 pub(super) struct LeaderLag {
     /// (last index after an input that appended, that input's time), oldest first.
     appended: VecDeque<(u64, Instant)>,
-    /// When this replica last heard from each member, by peer id.
-    heard: BTreeMap<u64, Instant>,
+    /// When this replica last heard from each member, by peer id (a handful: a vector is
+    /// smaller than a map, and every loaded leader keeps one).
+    heard: Vec<(u64, Instant)>,
     /// When this replica became leader: entries it did not append itself count from then.
     since: Option<Instant>,
 }
@@ -62,14 +63,23 @@ impl LeaderLag {
     }
 
     pub(super) fn heard_from(&mut self, peer: u64, now: Instant) {
-        if self.since.is_some() {
-            self.heard.insert(peer, now);
+        if self.since.is_none() {
+            return;
         }
+        match self.heard.iter_mut().find(|(id, _)| *id == peer) {
+            Some((_, at)) => *at = now,
+            None => self.heard.push((peer, now)),
+        }
+    }
+
+    /// Forgets peers that are no longer members (`is_member` says which are).
+    pub(super) fn retain_members(&mut self, is_member: impl Fn(u64) -> bool) {
+        self.heard.retain(|&(id, _)| is_member(id));
     }
 
     /// How long ago the leader last heard from `peer` (`None`: not since it became leader).
     pub(super) fn last_heard(&self, peer: u64, now: Instant) -> Option<Duration> {
-        self.heard.get(&peer).map(|&at| now.saturating_duration_since(at))
+        self.heard.iter().find(|(id, _)| *id == peer).map(|&(_, at)| now.saturating_duration_since(at))
     }
 
     /// How far behind in time a member that has everything through `matched` is, the log
@@ -135,5 +145,11 @@ mod tests {
         lag.heard_from(2, at(150));
         assert_eq!(lag.last_heard(2, at(400)), Some(Duration::from_millis(250)));
         assert_eq!(lag.last_heard(3, at(400)), None);
+        lag.heard_from(2, at(300));
+        lag.heard_from(3, at(300));
+        assert_eq!(lag.heard.len(), 2, "one record per member");
+        lag.retain_members(|id| id == 3);
+        assert_eq!(lag.last_heard(2, at(400)), None, "a member removed is forgotten");
+        assert_eq!(lag.last_heard(3, at(400)), Some(Duration::from_millis(100)));
     }
 }

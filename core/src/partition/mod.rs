@@ -1063,6 +1063,7 @@ impl Partition {
         let matched_min = raft.prs().iter().filter(|(&id, _)| id != raft.id).map(|(_, p)| p.matched).min();
         self.lag.appended(raft.raft_log.last_index(), now);
         self.lag.prune(matched_min.unwrap_or(u64::MAX));
+        self.lag.retain_members(|id| raft.prs().get(id).is_some());
     }
 
     /// Records why an election this replica just started started.

@@ -269,6 +269,11 @@ impl PartitionLogState {
                 break;
             }
         }
+        if self.runs.is_empty() {
+            // Compacted through its last entry: an idle partition, likely to stay so. Its
+            // state is kept for every partition the node hosts, so it keeps no spare room.
+            self.runs = VecDeque::new();
+        }
     }
 
     /// Forgets the partition's runs (it is being removed).

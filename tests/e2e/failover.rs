@@ -137,4 +137,8 @@ fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_until_repl
     rt.block_on(check_all(&client, &f, &acknowledged));
     let created = rt.block_on(client.create_repository(&repo("after-replace.git"), None));
     assert!(created.is_ok(), "the directory takes writes on nodes 2 and 3: {created:?}");
+    // The directory's replicas are only ever replaced, never removed or added one by one.
+    let removal = cluster.cli(&["partition", "remove-replica", "0", "--node", "2"]);
+    assert!(!removal.status.success(), "removed a directory replica");
+    assert!(String::from_utf8_lossy(&removal.stderr).contains("only replaced"), "{removal:?}");
 }

@@ -348,7 +348,6 @@ impl Router {
         let _ = changed.try_send(());
     }
 
-    /// The nodes node liveness reports down.
     /// Whether this node's data directory was made to join the cluster (`RouterConfig::joins`).
     pub fn joins(&self) -> bool {
         self.config.joins
@@ -359,6 +358,7 @@ impl Router {
         self.liveness.lock().expect("not poisoned").answers(node)
     }
 
+    /// The nodes node liveness reports down.
     pub fn down_nodes(&self) -> BTreeSet<NodeId> {
         self.liveness.lock().expect("not poisoned").down().clone()
     }

@@ -608,6 +608,13 @@ impl NodeService {
         node: NodeId,
         action: MembersAction,
     ) -> Result<PartitionView, ApiError> {
+        if partition == DIRECTORY && !matches!(action, MembersAction::Replace | MembersAction::TransferLeader) {
+            // A node whose directory replica left could not start another (only a node made to
+            // join does): the directory's replicas are only ever replaced.
+            return Err(ApiError::Invalid(
+                "the directory lives on every node: its replicas are only replaced (`cohort node replace`)".into(),
+            ));
+        }
         if !self.nodes.contains(&node) {
             return Err(ApiError::Invalid(format!("node {node} is not a node of this cluster")));
         }

@@ -618,6 +618,13 @@ impl NodeService {
         if !self.nodes.contains(&node) {
             return Err(ApiError::Invalid(format!("node {node} is not a node of this cluster")));
         }
+        if partition == DIRECTORY && action == MembersAction::Replace && !self.peers.was_replaced(node) {
+            // Only a node made to join starts a directory replica for a new incarnation: one
+            // that still runs on its old data directory would be left without any.
+            return Err(ApiError::Refused(format!(
+                "node {node}'s data directory was not retired here: replace it with `cohort node replace {node}`"
+            )));
+        }
         match action {
             MembersAction::AddLearner => {
                 self.membership_step(partition, MembershipChange::AddLearner(node), |c| {

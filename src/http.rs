@@ -191,8 +191,6 @@ const LAG_ENTRIES_BUCKETS: [u64; 5] = [0, 10, 100, 1_000, 10_000];
 /// many partitions have their furthest member within each bound (a histogram of the present,
 /// recomputed at each scrape: cumulative like a histogram's buckets, but gauges, not counters).
 fn register_lags(registry: &mut Registry, lags: &[(u64, std::time::Duration)]) {
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::Gauge;
     let entries_max = lags.iter().map(|&(entries, _)| entries).max().unwrap_or(0);
     let seconds_max = lags.iter().map(|&(_, time)| time.as_secs_f64()).fold(0.0, f64::max);
     registry.register(
@@ -205,28 +203,33 @@ fn register_lags(registry: &mut Registry, lags: &[(u64, std::time::Duration)]) {
         "Largest lag in time of a follower behind its leader (the age of the oldest entry it lacks), over partitions this node leads",
         ConstGauge::new(seconds_max),
     );
-    let by_seconds = Family::<Vec<(&'static str, String)>, Gauge>::default();
-    for bound in LAG_SECONDS_BUCKETS {
-        let within = lags.iter().filter(|&&(_, time)| time.as_secs_f64() <= bound).count();
-        by_seconds.get_or_create(&vec![("le", bound.to_string())]).set(within as i64);
-    }
-    by_seconds.get_or_create(&vec![("le", "+Inf".to_owned())]).set(lags.len() as i64);
+    let seconds: Vec<f64> = lags.iter().map(|&(_, time)| time.as_secs_f64()).collect();
     registry.register(
         "partitions_lag_seconds",
         "Partitions led here whose furthest-behind member is at most `le` seconds behind",
-        by_seconds,
+        counted_within(&seconds, &LAG_SECONDS_BUCKETS),
     );
-    let by_entries = Family::<Vec<(&'static str, String)>, Gauge>::default();
-    for bound in LAG_ENTRIES_BUCKETS {
-        let within = lags.iter().filter(|&&(entries, _)| entries <= bound).count();
-        by_entries.get_or_create(&vec![("le", bound.to_string())]).set(within as i64);
-    }
-    by_entries.get_or_create(&vec![("le", "+Inf".to_owned())]).set(lags.len() as i64);
+    let entries: Vec<u64> = lags.iter().map(|&(entries, _)| entries).collect();
     registry.register(
         "partitions_lag_entries",
         "Partitions led here whose furthest-behind member is at most `le` entries behind",
-        by_entries,
+        counted_within(&entries, &LAG_ENTRIES_BUCKETS),
     );
+}
+
+/// Gauges labelled `le`: partitions counted by a bound.
+type Within =
+    prometheus_client::metrics::family::Family<Vec<(&'static str, String)>, prometheus_client::metrics::gauge::Gauge>;
+
+/// How many of `values` are at most each bound (label `le`, and `+Inf` for all of them).
+fn counted_within<T: PartialOrd + ToString>(values: &[T], bounds: &[T]) -> Within {
+    let family = Within::default();
+    for bound in bounds {
+        let within = values.iter().filter(|&value| value <= bound).count();
+        family.get_or_create(&vec![("le", bound.to_string())]).set(within as i64);
+    }
+    family.get_or_create(&vec![("le", "+Inf".to_owned())]).set(values.len() as i64);
+    family
 }
 
 /// The files directly in `dir`, in bytes (0 if it cannot be read).

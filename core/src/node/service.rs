@@ -618,9 +618,15 @@ impl NodeService {
         if !self.nodes.contains(&node) {
             return Err(ApiError::Invalid(format!("node {node} is not a node of this cluster")));
         }
-        if partition == DIRECTORY && action == MembersAction::Replace && !self.peers.was_replaced(node) {
+        if partition == DIRECTORY
+            && action == MembersAction::Replace
+            && node != self.router.node()
+            && !self.peers.was_replaced(node)
+        {
             // Only a node made to join starts a directory replica for a new incarnation: one
-            // that still runs on its old data directory would be left without any.
+            // that still runs on its old data directory would be left without any. (The node
+            // being replaced cannot judge itself: it sends the caller on to the directory's
+            // leader, which has no replica there to lead.)
             return Err(ApiError::Refused(format!(
                 "node {node}'s data directory was not retired here: replace it with `cohort node replace {node}`"
             )));

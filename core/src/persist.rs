@@ -36,7 +36,7 @@ pub struct HardState {
 }
 
 /// A partition's membership, as Raft's conf state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ConfState {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
@@ -61,6 +61,46 @@ impl ConfState {
         let mut members: Vec<u64> = self.voters.iter().chain(&self.learners).copied().collect();
         members.sort_unstable();
         members
+    }
+}
+
+/// Equal memberships held once. Most partitions of a cluster have the same members (initial
+/// members' peer ids are their node ids), so what keeps a membership for every partition a node
+/// hosts (the log's index, unloaded replicas) keeps a pointer per partition and one copy per
+/// distinct membership: 8 bytes instead of about 130.
+///
+/// Bounded: at most `max(PRUNE_AT_MIN, 2 × memberships held elsewhere)` entries, by dropping
+/// those nobody else holds whenever it doubles.
+#[derive(Debug, Default)]
+pub struct ConfStatePool {
+    shared: std::collections::BTreeSet<Arc<ConfState>>,
+    prune_at: usize,
+}
+
+impl ConfStatePool {
+    const PRUNE_AT_MIN: usize = 64;
+
+    /// `conf_state`, shared with every equal one this pool handed out.
+    pub fn share(&mut self, conf_state: &ConfState) -> Arc<ConfState> {
+        if let Some(shared) = self.shared.get(conf_state) {
+            return Arc::clone(shared);
+        }
+        if self.shared.len() >= self.prune_at.max(Self::PRUNE_AT_MIN) {
+            self.shared.retain(|shared| Arc::strong_count(shared) > 1);
+            self.prune_at = 2 * self.shared.len();
+        }
+        let shared = Arc::new(conf_state.clone());
+        self.shared.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// Distinct memberships held.
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shared.is_empty()
     }
 }
 
@@ -294,5 +334,34 @@ mod tests {
             LogEntry { index: 5, term: 2, kind: EntryKind::ConfChangeV2, data: b"d".to_vec(), context: b"c".to_vec() };
         let pb: raft::eraftpb::Entry = (&e).into();
         assert_eq!(LogEntry::from(&pb), e);
+    }
+
+    fn voters(voters: &[u64]) -> ConfState {
+        ConfState { voters: voters.to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_pool_hands_out_one_copy_of_equal_memberships_and_drops_those_nobody_holds() {
+        let mut pool = ConfStatePool::default();
+        let a = pool.share(&voters(&[1, 2, 3]));
+        let b = pool.share(&voters(&[1, 2, 3]));
+        assert!(Arc::ptr_eq(&a, &b), "equal memberships are one copy");
+        assert_eq!(*a, voters(&[1, 2, 3]));
+        let c = pool.share(&voters(&[1, 2, 4]));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(pool.len(), 2);
+
+        // Memberships handed out and then dropped are forgotten once the pool fills.
+        for peer in 10..10 + ConfStatePool::PRUNE_AT_MIN as u64 {
+            drop(pool.share(&voters(&[peer])));
+        }
+        assert!(pool.len() <= ConfStatePool::PRUNE_AT_MIN, "the pool stays bounded: {}", pool.len());
+        let still = pool.share(&voters(&[1, 2, 3]));
+        assert!(Arc::ptr_eq(&a, &still), "a membership still held is kept");
+        for peer in 1000..1000 + 10 * ConfStatePool::PRUNE_AT_MIN as u64 {
+            drop(pool.share(&voters(&[peer])));
+        }
+        assert!(pool.len() <= ConfStatePool::PRUNE_AT_MIN, "the pool stays bounded: {}", pool.len());
+        assert!(Arc::ptr_eq(&a, &pool.share(&voters(&[1, 2, 3]))));
     }
 }

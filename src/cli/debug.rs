@@ -206,7 +206,7 @@ fn partition(target: &Target, partition: PartitionId) -> anyhow::Result<()> {
     let mut peer = None;
     for (authority, p) in SnapshotStore::all(&*disk)? {
         if p == partition {
-            let files = SnapshotStore::new(disk.clone(), &authority, p);
+            let files = SnapshotStore::new(disk.clone(), authority.as_str(), p);
             peer = files.read_peer().ok().flatten().map(|peer| peer.to_string());
             for (position, path) in files.snapshots()? {
                 snapshots.push(json!({ "index": position.index, "term": position.term, "file": path }));
@@ -406,7 +406,7 @@ fn verify(target: &Target) -> anyhow::Result<()> {
 
     // Snapshot files, each whole.
     for (authority, partition) in SnapshotStore::all(&*disk)? {
-        for (_, path) in SnapshotStore::new(disk.clone(), &authority, partition).snapshots()? {
+        for (_, path) in SnapshotStore::new(disk.clone(), authority.as_str(), partition).snapshots()? {
             match check_file(&disk, &path) {
                 Ok(meta) => findings.ok(&path, &format!("snapshot at index {}, checksum", meta.position.index)),
                 Err(error) => findings.problem(&path, error),

@@ -12,7 +12,7 @@ use crate::limits::{MAILBOX_BYTES_MAX, MAILBOX_MESSAGES_MAX, MAILBOX_REQUESTS_MA
 use crate::partition::{
     Dormant, Partition, PartitionConfig, PartitionStatus, ReplicaOptions, Request, Response, StoredState,
 };
-use crate::persist::{ConfState, PersistRequest, RecoveredPartition};
+use crate::persist::{ConfState, ConfStatePool, PersistRequest, RecoveredPartition};
 use crate::snapshot::{SnapshotStore, Transfers, DIRECTORY_AUTHORITY};
 use crate::state_machine::PartitionInfo;
 use crate::store::Store;
@@ -195,6 +195,11 @@ pub struct Router {
     store: Arc<Store>,
     applier: Mutex<Option<mpsc::Sender<ApplyRequest>>>,
     replicas: Mutex<BTreeMap<PartitionId, Replica>>,
+    /// The memberships of unloaded replicas, one copy each (taken inside `replicas`' lock).
+    conf_states: Mutex<ConfStatePool>,
+    /// The authorities (storage names) replicas were created for, one copy each: as few as
+    /// the cluster's nodes have storages.
+    authorities: Mutex<BTreeSet<Arc<str>>>,
     /// Where loaded replicas run.
     workers: Workers,
     /// Replicas being deleted, until their removal is durable; `Some((authority, peer))`:
@@ -236,6 +241,8 @@ impl Router {
             store,
             applier: Mutex::new(Some(applier)),
             replicas: Mutex::new(BTreeMap::new()),
+            conf_states: Mutex::new(ConfStatePool::default()),
+            authorities: Mutex::new(BTreeSet::new()),
             retiring: Mutex::new(BTreeMap::new()),
             stats: RouterStats::default(),
             internal_writes: AtomicU64::new(0),
@@ -433,7 +440,16 @@ impl Router {
     /// Where a replica of `partition` created for `authority` keeps its snapshot files.
     fn files(&self, authority: &str, partition: PartitionId) -> SnapshotStore {
         let authority = if partition == crate::ids::DIRECTORY { DIRECTORY_AUTHORITY } else { authority };
-        SnapshotStore::new(self.env.disk.clone(), authority, partition)
+        let mut authorities = self.authorities.lock().expect("not poisoned");
+        let shared = match authorities.get(authority) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = authority.into();
+                authorities.insert(Arc::clone(&shared));
+                shared
+            }
+        };
+        SnapshotStore::new(self.env.disk.clone(), shared, partition)
     }
 
     /// Creates a new replica of `partition` (created for storage `authority`) with initial
@@ -563,7 +579,7 @@ impl Router {
             // A restart loads lazily: a replica whose log holds nothing the store has not
             // made durable stays unloaded until a request or a message needs it.
             if let Some(dormant) = Dormant::recovered(peer, &recovered, &stored) {
-                replicas.insert(partition, Replica::Unloaded(Box::new(Unloaded { dormant, files: store })));
+                replicas.insert(partition, self.unloaded(dormant, store));
                 self.env.metrics.partitions_unloaded.inc();
                 return Ok(());
             }
@@ -589,6 +605,12 @@ impl Router {
         let (mailbox, lag) = self.start(replica, store, recorded.is_none())?;
         replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag }));
         Ok(())
+    }
+
+    /// `dormant` as an unloaded replica, its membership shared with the other unloaded ones'.
+    fn unloaded(&self, mut dormant: Dormant, files: SnapshotStore) -> Replica {
+        dormant.conf_state = self.conf_states.lock().expect("not poisoned").share(&dormant.conf_state);
+        Replica::Unloaded(Box::new(Unloaded { dormant, files }))
     }
 
     /// Where a recovered replica keeps its files: under `authority`, where a past start put
@@ -955,7 +977,7 @@ impl ReplicaHost for Router {
             Err(mpsc::TryRecvError::Closed) => return Unload::Refused,
             Err(mpsc::TryRecvError::Empty) => {}
         }
-        replicas.insert(partition, Replica::Unloaded(Box::new(Unloaded { dormant, files })));
+        replicas.insert(partition, self.unloaded(dormant, files));
         self.env.metrics.partitions_unloaded.inc();
         self.env.metrics.partition_unloads.inc();
         if let Some(observer) = &self.env.observer {

@@ -13,6 +13,7 @@ use crate::env::Instant;
 use crate::ids::{NodeId, PartitionId, PeerId};
 use crate::persist::{ConfState, HardState, LogPosition, RecoveredPartition};
 use raft::StateRole;
+use std::sync::Arc;
 
 /// What an unloaded replica keeps in memory: exactly what its log and its store would give
 /// back after a restart (its log holds no entry and its store has made everything durable,
@@ -21,7 +22,9 @@ use raft::StateRole;
 pub struct Dormant {
     pub peer: PeerId,
     pub hard_state: HardState,
-    pub conf_state: ConfState,
+    /// Shared with the other unloaded replicas of the same membership (the router pools
+    /// them: `Router::unloaded`).
+    pub conf_state: Arc<ConfState>,
     /// The last entry: compacted in the log, applied and durable in the store.
     pub position: LogPosition,
     /// The leader of `hard_state.term` it followed, if it knew one.
@@ -42,7 +45,7 @@ impl Dormant {
         clean.then(|| Dormant {
             peer,
             hard_state: HardState { commit: recovered.compacted.index, ..recovered.hard_state },
-            conf_state: recovered.conf_state.clone(),
+            conf_state: Arc::new(recovered.conf_state.clone()),
             position: recovered.compacted,
             leader: None,
         })
@@ -64,7 +67,7 @@ impl Dormant {
             durable_index: index,
             quiesced: true,
             unloaded: true,
-            conf_state: self.conf_state.clone(),
+            conf_state: ConfState::clone(&self.conf_state),
             progress: Vec::new(),
         }
     }
@@ -110,6 +113,7 @@ impl Partition {
         );
         assert_eq!(storage.compacted(), self.applied, "the log is compacted through the applied position");
         let leader = (raft.leader_id != raft::INVALID_ID).then_some(PeerId(raft.leader_id));
+        let conf_state = Arc::new(conf_state);
         Some(Dormant { peer: self.config.peer, hard_state, conf_state, position: self.applied, leader })
     }
 
@@ -124,12 +128,12 @@ impl Partition {
         assert_eq!(config.peer, dormant.peer, "a replica reopens under the peer id it had");
         let recovered = RecoveredPartition {
             hard_state: dormant.hard_state,
-            conf_state: dormant.conf_state.clone(),
+            conf_state: ConfState::clone(&dormant.conf_state),
             compacted: dormant.position,
             snapshot: None,
             entries: Vec::new(),
         };
-        let stored = StoredState { applied: dormant.position, conf_state: dormant.conf_state.clone() };
+        let stored = StoredState { applied: dormant.position, conf_state: ConfState::clone(&dormant.conf_state) };
         let mut partition = Partition::open(config, recovered, stored, now);
         if let Some(leader) = dormant.leader {
             // The leader of this very term: raft-rs learns it from that leader's next message

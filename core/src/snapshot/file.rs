@@ -59,12 +59,15 @@ pub enum SnapshotError {
 #[derive(Clone)]
 pub struct SnapshotStore {
     disk: Arc<dyn Disk>,
-    dir: PathBuf,
+    /// Shared by the replicas of one authority (see `Router::files`): a node keeps one of these
+    /// for every replica it hosts, unloaded ones included, so it holds no path of its own.
+    authority: Arc<str>,
+    partition: PartitionId,
 }
 
 impl SnapshotStore {
-    pub fn new(disk: Arc<dyn Disk>, authority: &str, partition: PartitionId) -> SnapshotStore {
-        SnapshotStore { disk, dir: partition_dir(authority, partition) }
+    pub fn new(disk: Arc<dyn Disk>, authority: impl Into<Arc<str>>, partition: PartitionId) -> SnapshotStore {
+        SnapshotStore { disk, authority: authority.into(), partition }
     }
 
     /// Every replica directory on the disk: (authority, partition).
@@ -83,8 +86,9 @@ impl SnapshotStore {
     /// Creates the replica's directory durably, so that a restart finds it (and with it the
     /// replica's authority) before the directory partition has replayed.
     pub fn create_dir(&self) -> Result<(), DiskError> {
-        self.disk.create_dir_all(&self.dir)?;
-        let authority_dir = self.dir.parent().expect("partitions/<authority>/<id>");
+        let dir = self.dir();
+        self.disk.create_dir_all(&dir)?;
+        let authority_dir = dir.parent().expect("partitions/<authority>/<id>");
         self.disk.sync_dir(authority_dir)?;
         self.disk.sync_dir(Path::new(PARTITIONS_DIR))?;
         self.disk.sync_dir(Path::new(""))
@@ -95,12 +99,12 @@ impl SnapshotStore {
     /// that acknowledged entries under one peer id must never come back under another.
     pub fn write_peer(&self, peer: PeerId) -> Result<(), DiskError> {
         self.create_dir()?;
-        write_file_atomic(&*self.disk, &self.dir.join(PEER_NAME), peer.0.to_string().as_bytes())
+        write_file_atomic(&*self.disk, &self.dir().join(PEER_NAME), peer.0.to_string().as_bytes())
     }
 
     /// The peer id `write_peer` recorded, if any.
     pub fn read_peer(&self) -> Result<Option<PeerId>, SnapshotError> {
-        let path = self.dir.join(PEER_NAME);
+        let path = self.dir().join(PEER_NAME);
         if !self.disk.exists(&path)? {
             return Ok(None);
         }
@@ -112,12 +116,13 @@ impl SnapshotStore {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The replica's directory: `partitions/<authority>/<partition>`.
+    pub fn dir(&self) -> PathBuf {
+        partition_dir(&self.authority, self.partition)
     }
 
     pub fn path(&self, position: LogPosition) -> PathBuf {
-        self.dir.join(format!("{SNAPSHOT_PREFIX}{}-{}", position.index, position.term))
+        self.dir().join(format!("{SNAPSHOT_PREFIX}{}-{}", position.index, position.term))
     }
 
     /// Writes a snapshot durably: `write_state` streams the state machine's encoding into the
@@ -131,7 +136,7 @@ impl SnapshotStore {
         let path = self.path(meta.position);
         let mut tmp_name = path.file_name().expect("a file name").to_os_string();
         tmp_name.push(TMP_SUFFIX);
-        let tmp = self.dir.join(tmp_name);
+        let tmp = self.dir().join(tmp_name);
         self.remove_if_present(&tmp)?;
         let mut writer = FileWriter::new(self.disk.open_append(&tmp)?);
         let header = codec::encode(meta);
@@ -142,7 +147,7 @@ impl SnapshotStore {
         write_state(&mut writer).map_err(write_err)?;
         let size_bytes = writer.finish()?;
         self.disk.rename(&tmp, &path)?;
-        self.disk.sync_dir(&self.dir)?;
+        self.disk.sync_dir(&self.dir())?;
         Ok(size_bytes)
     }
 
@@ -176,7 +181,7 @@ impl SnapshotStore {
     /// Starts receiving a snapshot: an empty temporary file, replacing any earlier one.
     pub fn begin_incoming(&self) -> Result<Box<dyn DiskFile>, SnapshotError> {
         self.create_dir()?;
-        let path = self.dir.join(INCOMING_NAME);
+        let path = self.dir().join(INCOMING_NAME);
         self.remove_if_present(&path)?;
         Ok(self.disk.open_append(&path)?)
     }
@@ -191,7 +196,7 @@ impl SnapshotStore {
     ) -> Result<SnapshotMeta, SnapshotError> {
         file.sync()?;
         drop(file);
-        let incoming = self.dir.join(INCOMING_NAME);
+        let incoming = self.dir().join(INCOMING_NAME);
         let checked = check_file(&self.disk, &incoming).and_then(|meta| {
             if meta == *announced {
                 Ok(meta)
@@ -203,7 +208,7 @@ impl SnapshotStore {
         match checked {
             Ok(loaded) => {
                 self.disk.rename(&incoming, &self.path(announced.position))?;
-                self.disk.sync_dir(&self.dir)?;
+                self.disk.sync_dir(&self.dir())?;
                 Ok(loaded)
             }
             Err(error) => {
@@ -220,20 +225,22 @@ impl SnapshotStore {
 
     /// Drops an unfinished incoming snapshot.
     pub fn abandon_incoming(&self) -> Result<(), SnapshotError> {
-        Ok(self.remove_if_present(&self.dir.join(INCOMING_NAME))?)
+        Ok(self.remove_if_present(&self.dir().join(INCOMING_NAME))?)
     }
 
     /// The snapshot files held, by position, with their paths (other files are not listed).
     pub fn snapshots(&self) -> Result<Vec<(LogPosition, PathBuf)>, DiskError> {
-        let names = self.disk.list(&self.dir)?;
-        Ok(names.into_iter().filter_map(|name| Some((parse_name(&name)?, self.dir.join(name)))).collect())
+        let dir = self.dir();
+        let names = self.disk.list(&dir)?;
+        Ok(names.into_iter().filter_map(|name| Some((parse_name(&name)?, dir.join(name)))).collect())
     }
 
     /// Deletes snapshots older than `index` (superseded by a durable newer one).
     pub fn remove_older_than(&self, index: u64) -> Result<(), SnapshotError> {
-        for name in self.disk.list(&self.dir)? {
+        let dir = self.dir();
+        for name in self.disk.list(&dir)? {
             if parse_name(&name).is_some_and(|p| p.index < index) {
-                self.disk.remove_file(&self.dir.join(name))?;
+                self.disk.remove_file(&dir.join(name))?;
             }
         }
         Ok(())
@@ -243,9 +250,10 @@ impl SnapshotStore {
     /// log never made current, snapshots superseded before they could be deleted).
     pub fn retain_only(&self, keep: Option<LogPosition>) -> Result<(), SnapshotError> {
         let keep_name = keep.map(|p| self.path(p).file_name().expect("a file name").to_string_lossy().into_owned());
-        for name in self.disk.list(&self.dir)? {
+        let dir = self.dir();
+        for name in self.disk.list(&dir)? {
             if Some(&name) != keep_name.as_ref() && name != PEER_NAME {
-                self.disk.remove_file(&self.dir.join(name))?;
+                self.disk.remove_file(&dir.join(name))?;
             }
         }
         Ok(())
@@ -253,7 +261,7 @@ impl SnapshotStore {
 
     /// Deletes the replica's directory (it left the partition).
     pub fn remove_all(&self) -> Result<(), SnapshotError> {
-        Ok(self.disk.remove_dir_all(&self.dir)?)
+        Ok(self.disk.remove_dir_all(&self.dir())?)
     }
 
     fn remove_if_present(&self, path: &Path) -> Result<(), DiskError> {

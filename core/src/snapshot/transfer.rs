@@ -463,7 +463,7 @@ impl Transfers {
             _ => {
                 let _ = self.store.abandon_incoming();
                 let error = SnapshotError::Corrupt {
-                    path: self.store.dir().to_owned(),
+                    path: self.store.dir(),
                     reason: "the transfer's raft message is not a MsgSnapshot".into(),
                 };
                 return self.refuse(from, transfer, error, events);
@@ -483,7 +483,7 @@ impl Transfers {
         {
             let _ = self.store.abandon_incoming();
             let error = SnapshotError::Corrupt {
-                path: self.store.dir().to_owned(),
+                path: self.store.dir(),
                 reason: "the transfer's raft message names another snapshot, sender or replica".into(),
             };
             return self.refuse(from, transfer, error, events);

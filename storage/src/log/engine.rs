@@ -19,7 +19,7 @@ use crate::limits::{CHECKPOINT_RECORD_BYTES_TARGET, RECORD_SIZE_BYTES_MAX, REWRI
 use cohort_core::codec;
 use cohort_core::env::{Disk, DiskFile};
 use cohort_core::ids::PartitionId;
-use cohort_core::persist::{LogEntry, LogWrite, RecoveredPartition};
+use cohort_core::persist::{ConfStatePool, LogEntry, LogWrite, RecoveredPartition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,8 @@ pub struct LogEngine {
     options: LogOptions,
     partitions: BTreeMap<PartitionId, PartitionLogState>,
     pins: Pins,
+    /// The memberships `partitions` share.
+    conf_states: ConfStatePool,
     /// Every segment file of the log and its length in bytes, including the head.
     segments: BTreeMap<u64, u64>,
     head: Head,
@@ -192,7 +194,7 @@ impl LogEngine {
     ) -> Result<(LogEngine, BTreeMap<PartitionId, RecoveredPartition>), LogError> {
         options.validate()?;
         create_dir_durably(&*disk, dir)?;
-        let Recovered { partitions, pins, mut segments, recovered } = recover(&*disk, dir)?;
+        let Recovered { partitions, pins, conf_states, mut segments, recovered } = recover(&*disk, dir)?;
         if let Some((&seq, &len)) = segments.last_key_value() {
             let path = segment_path(dir, seq);
             if len == 0 {
@@ -218,6 +220,7 @@ impl LogEngine {
             options,
             partitions,
             pins,
+            conf_states,
             segments,
             head,
             dir_sync_pending: true,
@@ -399,7 +402,7 @@ impl LogEngine {
         for (write, location) in writes.iter().zip(locations) {
             let id = write.partition;
             let state = self.partitions.entry(id).or_default();
-            state.apply(id, write, location, &mut self.pins, None);
+            state.apply(id, write, location, &mut self.pins, &mut self.conf_states, None);
             if write.remove {
                 state.unpin_all(id, &mut self.pins);
                 self.partitions.remove(&id);

@@ -13,7 +13,7 @@ use super::state::{PartitionLogState, Pins, RecordLocation};
 use super::LogError;
 use cohort_core::env::Disk;
 use cohort_core::ids::PartitionId;
-use cohort_core::persist::{LogEntry, LogWrite, RecoveredPartition};
+use cohort_core::persist::{ConfStatePool, LogEntry, LogWrite, RecoveredPartition};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 pub(crate) struct Recovered {
     pub partitions: BTreeMap<PartitionId, PartitionLogState>,
     pub pins: Pins,
+    /// The memberships `partitions` share.
+    pub conf_states: ConfStatePool,
     /// Every segment on disk and its length after any torn tail was cut.
     pub segments: BTreeMap<u64, u64>,
     pub recovered: BTreeMap<PartitionId, RecoveredPartition>,
@@ -39,6 +41,7 @@ struct Replay {
     partitions: BTreeMap<PartitionId, PartitionLogState>,
     held: BTreeMap<PartitionId, VecDeque<LogEntry>>,
     pins: Pins,
+    conf_states: ConfStatePool,
     phase: Option<Phase>,
     /// Partitions listed so far by the current segment's checkpoint.
     checkpointed: BTreeSet<PartitionId>,
@@ -95,7 +98,7 @@ impl Replay {
                 }
                 // First heard of here: its older records were in deleted segments.
                 None => {
-                    self.partitions.insert(id, PartitionLogState::from_checkpoint(entry)?);
+                    self.partitions.insert(id, PartitionLogState::from_checkpoint(entry, &mut self.conf_states)?);
                     self.held.insert(id, VecDeque::new());
                 }
             }
@@ -120,7 +123,7 @@ impl Replay {
             let write_index = u32::try_from(i).expect("a record holds fewer than 2^32 writes");
             let location = RecordLocation { seq, offset, write: write_index };
             let held = self.held.entry(id).or_default();
-            state.apply(id, write, location, &mut self.pins, Some(held));
+            state.apply(id, write, location, &mut self.pins, &mut self.conf_states, Some(held));
             if write.remove {
                 state.unpin_all(id, &mut self.pins);
                 self.partitions.remove(&id);
@@ -255,5 +258,6 @@ fn replay(disk: &dyn Disk, dir: &Path, cut: bool) -> Result<(Recovered, Option<(
         offset: 0,
         reason,
     })?;
-    Ok((Recovered { partitions: replay.partitions, pins: replay.pins, segments, recovered }, left_torn))
+    let Replay { partitions, pins, conf_states, .. } = replay;
+    Ok((Recovered { partitions, pins, conf_states, segments, recovered }, left_torn))
 }

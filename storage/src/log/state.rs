@@ -9,8 +9,9 @@
 use super::record::CheckpointPartition;
 use crate::limits::LOG_INDEX_MAX;
 use cohort_core::ids::PartitionId;
-use cohort_core::persist::{ConfState, HardState, LogEntry, LogPosition, LogWrite};
+use cohort_core::persist::{ConfState, ConfStatePool, HardState, LogEntry, LogPosition, LogWrite};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// Where a write is stored: segment, offset of its record's frame, position in the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -32,7 +33,9 @@ pub(crate) struct EntryRun {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionLogState {
     hard_state: HardState,
-    conf_state: ConfState,
+    /// Shared with every partition of the same membership (see `ConfStatePool`): the log
+    /// keeps this state for every partition the node hosts.
+    conf_state: Arc<ConfState>,
     compacted: LogPosition,
     snapshot: Option<LogPosition>,
     last_index: u64,
@@ -198,6 +201,7 @@ impl PartitionLogState {
         write: &LogWrite,
         location: RecordLocation,
         pins: &mut Pins,
+        conf_states: &mut ConfStatePool,
         mut held: Option<&mut VecDeque<LogEntry>>,
     ) {
         assert_eq!(write.partition, id, "a write is applied to its own partition");
@@ -209,7 +213,7 @@ impl PartitionLogState {
             }
             self.compacted = *position;
             self.last_index = position.index;
-            self.conf_state = conf_state.clone();
+            self.conf_state = conf_states.share(conf_state);
             self.snapshot = Some(*position);
         }
         if let Some(position) = write.compact_through {
@@ -249,7 +253,9 @@ impl PartitionLogState {
             self.hard_state = hard_state;
         }
         if let Some(conf_state) = &write.conf_state {
-            self.conf_state = conf_state.clone();
+            if *conf_state != *self.conf_state {
+                self.conf_state = conf_states.share(conf_state);
+            }
         }
         if !write.remove {
             assert_eq!(self.shape(), expected, "applying a write agrees with its checked shape");
@@ -301,7 +307,7 @@ impl PartitionLogState {
         CheckpointPartition {
             partition: id,
             hard_state: self.hard_state,
-            conf_state: self.conf_state.clone(),
+            conf_state: ConfState::clone(&self.conf_state),
             compacted: self.compacted,
             snapshot: self.snapshot,
             last_index: self.last_index,
@@ -311,7 +317,10 @@ impl PartitionLogState {
     /// A partition known only from a checkpoint: its entries, if any, are in segments before
     /// the checkpoint's and are not held (recovery of a log whose older segments were deleted).
     /// `Err` if the checkpoint entry is not a possible state.
-    pub(crate) fn from_checkpoint(checkpoint: &CheckpointPartition) -> Result<PartitionLogState, String> {
+    pub(crate) fn from_checkpoint(
+        checkpoint: &CheckpointPartition,
+        conf_states: &mut ConfStatePool,
+    ) -> Result<PartitionLogState, String> {
         if checkpoint.last_index < checkpoint.compacted.index || checkpoint.last_index > LOG_INDEX_MAX {
             return Err(format!(
                 "checkpoint of partition {} has last index {} against compacted index {}",
@@ -320,7 +329,7 @@ impl PartitionLogState {
         }
         Ok(PartitionLogState {
             hard_state: checkpoint.hard_state,
-            conf_state: checkpoint.conf_state.clone(),
+            conf_state: conf_states.share(&checkpoint.conf_state),
             compacted: checkpoint.compacted,
             snapshot: checkpoint.snapshot,
             last_index: checkpoint.last_index,

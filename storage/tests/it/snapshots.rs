@@ -333,7 +333,7 @@ fn a_receiver_that_crashes_mid_transfer_keeps_its_previous_state_and_the_transfe
     }
     receiver_disk.crash();
     drop(receiver);
-    let names = receiver_disk.list(receiver_store.dir()).unwrap();
+    let names = receiver_disk.list(&receiver_store.dir()).unwrap();
     assert!(!names.iter().any(|n| n == &format!("snap-{}-{}", meta.position.index, meta.position.term)));
     receiver_store.retain_only(Some(older_meta.position)).unwrap();
     let receiver_dyn: Arc<dyn Disk> = receiver_disk.clone();
@@ -376,7 +376,7 @@ fn power_loss_at_any_point_of_an_install_leaves_no_file_or_the_whole_file() {
         deliver_in_order(&mut sender, &mut receiver, network);
         disk.crash();
         let store = SnapshotStore::new(disk.clone(), "default", PARTITION);
-        if disk.list(store.dir()).unwrap().contains(&final_name) {
+        if disk.list(&store.dir()).unwrap().contains(&final_name) {
             let disk_dyn: Arc<dyn Disk> = disk.clone();
             let loaded = load(&store, &disk_dyn, meta.position).expect("a file under its final name is whole");
             assert_eq!(loaded, digest(&state));

@@ -46,8 +46,16 @@ const UNLOADED: &str = "cohort_partitions_unloaded";
 /// The heap a node holds (allocated, not freed): unlike RSS, it shrinks when replicas unload.
 const HEAP: &str = "cohort_heap_in_use_bytes";
 
+/// The store's page cache, part of the heap: shared by every partition, and bounded by
+/// `[store] cache_bytes` however many there are.
+const STORE_CACHE: &str = "cohort_store_cache_bytes";
+
 fn heaps(cluster: &TestCluster) -> Vec<f64> {
     (1..=NODES).map(|id| metric(cluster, id, HEAP)).collect()
+}
+
+fn store_caches(cluster: &TestCluster) -> Vec<f64> {
+    (1..=NODES).map(|id| metric(cluster, id, STORE_CACHE)).collect()
 }
 
 /// A figure as soon as it is measured (on stderr), so that a long run that fails later still
@@ -225,6 +233,7 @@ fn main() {
     wait_all_at_rest(&cluster, 1, Duration::from_secs(60));
     let rss_before: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
     let heap_before = heaps(&cluster);
+    let cache_before = store_caches(&cluster);
     let (empty_cpu, empty_messages) = idle_window(&cluster, &pids);
 
     // Every replica quiesced, none unloaded yet (if creating took less than unload_after_ms).
@@ -235,6 +244,7 @@ fn main() {
     progress(format!("idle quiesced: {:.2}% of a core, {quiesced_messages:.1} messages/s", 100.0 * quiesced_cpu));
     let rss_quiesced: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
     let heap_quiesced = heaps(&cluster);
+    let cache_quiesced = store_caches(&cluster);
     let unloaded_early: Vec<u64> = (1..=NODES).map(|id| metric(&cluster, id, UNLOADED) as u64).collect();
     let still_quiesced = (1..=NODES).all(|id| at_rest(&cluster, id, hosted));
 
@@ -277,6 +287,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let rss_unloaded: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
     let heap_unloaded = heaps(&cluster);
+    let cache_unloaded = store_caches(&cluster);
     // The first write to partitions untouched since they were created, spread over them all.
     let step = (partitions / samples).max(1);
     let untouched: Vec<u64> =
@@ -372,6 +383,7 @@ fn main() {
     let victim_pid = cluster.children[&victim].id();
     let restarted_rss = rss_bytes(victim_pid);
     let restarted_heap = metric(&cluster, victim, HEAP);
+    let restarted_cache = metric(&cluster, victim, STORE_CACHE);
 
     // 48 busy partitions among all the others, then in a cluster of only 48 (full run only).
     let throughput = full.then(|| {
@@ -423,6 +435,11 @@ fn main() {
         let (rss_loaded, rss_unloaded_each) =
             per_replica(rss_before[i] as f64, rss_quiesced[i] as f64, rss_unloaded[i] as f64);
         let (heap_loaded, heap_unloaded_each) = per_replica(heap_before[i], heap_quiesced[i], heap_unloaded[i]);
+        let (heap_loaded_nc, heap_unloaded_each_nc) = per_replica(
+            heap_before[i] - cache_before[i],
+            heap_quiesced[i] - cache_quiesced[i],
+            heap_unloaded[i] - cache_unloaded[i],
+        );
         println!(
             "node {}: {hosted} replicas, {} unloaded during the first window; RSS {:.1} -> {:.1} -> {:.1} MiB, heap in use {:.1} -> {:.1} -> {:.1} MiB \
              (before creating -> all quiesced -> {} followers unloaded)",
@@ -439,13 +456,16 @@ fn main() {
         let freed_per_unload =
             (heap_quiesced[i] - heap_unloaded[i]) / unloaded[i].saturating_sub(unloaded_early[i]).max(1) as f64;
         println!(
-            "node {}: per quiesced replica {:.1} KiB RSS, {:.1} KiB heap (goal: at most 8); per unloaded replica {:.0} B RSS, {:.0} B heap (goal: at most 512; both include its share of the log's index and of the store's page cache); heap freed per unload {:.1} KiB",
+            "node {}: per quiesced replica {:.1} KiB RSS, {:.1} KiB heap, {:.1} KiB heap less the store's page cache (goal: at most 8); per unloaded replica {:.0} B RSS, {:.0} B heap, {:.0} B heap less the store's page cache (goal: at most 512; includes its share of the log's index); heap freed per unload {:.1} KiB; store page cache {:.1} MiB",
             i + 1,
             rss_loaded / 1024.0,
             heap_loaded / 1024.0,
+            heap_loaded_nc / 1024.0,
             rss_unloaded_each,
             heap_unloaded_each,
-            freed_per_unload / 1024.0
+            heap_unloaded_each_nc,
+            freed_per_unload / 1024.0,
+            cache_unloaded[i] / 1048576.0
         );
     }
     let ms = |sorted: &[Duration], p: f64| percentile(sorted, p).as_secs_f64() * 1e3;
@@ -478,11 +498,13 @@ fn main() {
         requiesced.as_secs_f64()
     );
     println!(
-        "restarted node {victim}, every replica but the directory's unloaded: RSS {:.1} MiB, heap in use {:.1} MiB: {:.0} B RSS and {:.0} B heap per unloaded replica over the node before creating (goal: at most 512; includes its share of the log's index and of the store's page cache)",
+        "restarted node {victim}, every replica but the directory's unloaded: RSS {:.1} MiB, heap in use {:.1} MiB (store page cache {:.1} MiB): per unloaded replica over the node before creating {:.0} B RSS, {:.0} B heap, {:.0} B heap less the store's page cache (goal: at most 512; includes its share of the log's index)",
         restarted_rss as f64 / 1048576.0,
         restarted_heap / 1048576.0,
+        restarted_cache / 1048576.0,
         restarted_rss.saturating_sub(rss_before[victim_index]) as f64 / (hosted - 1) as f64,
-        (restarted_heap - heap_before[victim_index]) / (hosted - 1) as f64
+        (restarted_heap - heap_before[victim_index]) / (hosted - 1) as f64,
+        (restarted_heap - restarted_cache - heap_before[victim_index] + cache_before[victim_index]) / (hosted - 1) as f64
     );
     if let Some((among_all, alone)) = throughput {
         println!(

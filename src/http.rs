@@ -116,6 +116,12 @@ async fn metrics(node: &NodeHandle) -> String {
             ConstGauge::new(bytes as i64),
         );
     }
+    registry.register_with_unit(
+        "store_cache",
+        "Bytes in the state store's page cache (bounded by [store] cache_bytes); part of the heap in use",
+        Unit::Bytes,
+        ConstGauge::new(node.router.store().cache_bytes() as i64),
+    );
     if let Ok((uploads, upload_bytes)) = node.router.store().uploads_in_progress() {
         registry.register(
             "uploads_in_progress",

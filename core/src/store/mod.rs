@@ -178,6 +178,13 @@ impl Store {
 
     /// Uploads in progress in every hosted replica, and the content they hold so far: what
     /// abandoned uploads would cost until they are dropped.
+    /// Bytes in the page cache (at most `StoreOptions::cache_size_bytes`): pages read or
+    /// written lately, shared by every partition.
+    pub fn cache_bytes(&self) -> usize {
+        use redb::ReadableDatabase;
+        self.db.cache_stats().used_bytes()
+    }
+
     pub fn uploads_in_progress(&self) -> Result<(u64, u64), StoreError> {
         let rows = self.read()?;
         let (mut count, mut bytes) = (0u64, 0u64);

@@ -13,7 +13,7 @@ use crate::partition::{
     Dormant, Partition, PartitionConfig, PartitionStatus, ReplicaOptions, Request, Response, StoredState,
 };
 use crate::persist::{ConfState, ConfStatePool, PersistRequest, RecoveredPartition};
-use crate::snapshot::{SnapshotStore, Transfers, DIRECTORY_AUTHORITY};
+use crate::snapshot::{AuthorityDir, SnapshotStore, Transfers, DIRECTORY_AUTHORITY};
 use crate::state_machine::PartitionInfo;
 use crate::store::Store;
 use futures::channel::{mpsc, oneshot};
@@ -64,18 +64,20 @@ pub struct RouterStats {
     pub messages_dropped_unknown_partition: AtomicU64,
 }
 
-/// A replica this node hosts: running, or unloaded.
+/// A replica this node hosts: running, or unloaded. Both boxed, so that the map holds 16
+/// bytes per replica: a large node's replicas are mostly unloaded, and each costs its map
+/// entry (about 40 bytes with the map's own overhead, instead of about 110 unboxed).
 enum Replica {
-    Loaded(Hosted),
+    Loaded(Box<Hosted>),
     /// Unloaded (`partition/dormant.rs`): no task, no mailbox, no timer; the first request or
-    /// message for it loads it again. Boxed: most replicas of a large node are unloaded, and
-    /// the map's entries stay small.
+    /// message for it loads it again.
     Unloaded(Box<Unloaded>),
 }
 
 struct Unloaded {
     dormant: Dormant,
-    files: SnapshotStore,
+    /// Where its files are (with the partition's id): the disk is the router's.
+    authority: Arc<AuthorityDir>,
 }
 
 impl Replica {
@@ -197,9 +199,9 @@ pub struct Router {
     replicas: Mutex<BTreeMap<PartitionId, Replica>>,
     /// The memberships of unloaded replicas, one copy each (taken inside `replicas`' lock).
     conf_states: Mutex<ConfStatePool>,
-    /// The authorities (storage names) replicas were created for, one copy each: as few as
-    /// the cluster's nodes have storages.
-    authorities: Mutex<BTreeSet<Arc<str>>>,
+    /// The directories of the authorities (storage names) replicas were created for, one
+    /// each: as few as the cluster's nodes have storages.
+    authorities: Mutex<BTreeMap<Box<str>, Arc<AuthorityDir>>>,
     /// Where loaded replicas run.
     workers: Workers,
     /// Replicas being deleted, until their removal is durable; `Some((authority, peer))`:
@@ -242,7 +244,7 @@ impl Router {
             applier: Mutex::new(Some(applier)),
             replicas: Mutex::new(BTreeMap::new()),
             conf_states: Mutex::new(ConfStatePool::default()),
-            authorities: Mutex::new(BTreeSet::new()),
+            authorities: Mutex::new(BTreeMap::new()),
             retiring: Mutex::new(BTreeMap::new()),
             stats: RouterStats::default(),
             internal_writes: AtomicU64::new(0),
@@ -441,15 +443,8 @@ impl Router {
     fn files(&self, authority: &str, partition: PartitionId) -> SnapshotStore {
         let authority = if partition == crate::ids::DIRECTORY { DIRECTORY_AUTHORITY } else { authority };
         let mut authorities = self.authorities.lock().expect("not poisoned");
-        let shared = match authorities.get(authority) {
-            Some(shared) => Arc::clone(shared),
-            None => {
-                let shared: Arc<str> = authority.into();
-                authorities.insert(Arc::clone(&shared));
-                shared
-            }
-        };
-        SnapshotStore::new(self.env.disk.clone(), shared, partition)
+        let shared = authorities.entry(authority.into()).or_insert_with(|| AuthorityDir::new(authority));
+        SnapshotStore::in_authority(self.env.disk.clone(), Arc::clone(shared), partition)
     }
 
     /// Creates a new replica of `partition` (created for storage `authority`) with initial
@@ -477,7 +472,7 @@ impl Router {
             replica.campaign(now);
         }
         let (mailbox, lag) = self.start(replica, files, false)?;
-        replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag }));
+        replicas.insert(partition, Replica::Loaded(Box::new(Hosted { mailbox, peer, lag })));
         Ok(())
     }
 
@@ -529,7 +524,7 @@ impl Router {
                 let replica = Partition::create_empty(self.partition_config(partition, peer), now);
                 match self.start(replica, files, false) {
                     Ok((mailbox, lag)) => {
-                        replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag }));
+                        replicas.insert(partition, Replica::Loaded(Box::new(Hosted { mailbox, peer, lag })));
                         tracing::info!(node = %me, %partition, %peer, "joined partition as a new replica");
                     }
                     Err(error) => tracing::error!(%partition, %error, "cannot start the new replica"),
@@ -603,14 +598,14 @@ impl Router {
             replica.rest();
         }
         let (mailbox, lag) = self.start(replica, store, recorded.is_none())?;
-        replicas.insert(partition, Replica::Loaded(Hosted { mailbox, peer, lag }));
+        replicas.insert(partition, Replica::Loaded(Box::new(Hosted { mailbox, peer, lag })));
         Ok(())
     }
 
     /// `dormant` as an unloaded replica, its membership shared with the other unloaded ones'.
     fn unloaded(&self, mut dormant: Dormant, files: SnapshotStore) -> Replica {
         dormant.conf_state = self.conf_states.lock().expect("not poisoned").share(&dormant.conf_state);
-        Replica::Unloaded(Box::new(Unloaded { dormant, files }))
+        Replica::Unloaded(Box::new(Unloaded { dormant, authority: Arc::clone(files.authority()) }))
     }
 
     /// Where a recovered replica keeps its files: under `authority`, where a past start put
@@ -733,13 +728,14 @@ impl Router {
     ) -> Option<&'a mut Hosted> {
         let replica = replicas.get_mut(&partition)?;
         if let Replica::Unloaded(unloaded) = replica {
-            let Unloaded { dormant, files } = &**unloaded;
+            let Unloaded { dormant, authority } = &**unloaded;
+            let files = SnapshotStore::in_authority(self.env.disk.clone(), Arc::clone(authority), partition);
             let now = self.env.clock.now();
             let reopened = Partition::reopen(self.partition_config(partition, dormant.peer), dormant, now);
             let peer = dormant.peer;
-            match self.start(reopened, files.clone(), false) {
+            match self.start(reopened, files, false) {
                 Ok((mailbox, lag)) => {
-                    *replica = Replica::Loaded(Hosted { mailbox, peer, lag });
+                    *replica = Replica::Loaded(Box::new(Hosted { mailbox, peer, lag }));
                     self.env.metrics.partitions_unloaded.dec();
                     if let Some(observer) = &self.env.observer {
                         observer.load_changed(self.config.node, partition, true);
@@ -753,7 +749,7 @@ impl Router {
             }
         }
         match replica {
-            Replica::Loaded(hosted) => Some(hosted),
+            Replica::Loaded(hosted) => Some(&mut **hosted),
             Replica::Unloaded(_) => unreachable!("loaded above"),
         }
     }
@@ -842,7 +838,7 @@ impl Router {
         let replica = Partition::create_empty(self.partition_config(DIRECTORY, peer), self.env.clock.now());
         match self.start(replica, files, false) {
             Ok((mailbox, lag)) => {
-                replicas.insert(DIRECTORY, Replica::Loaded(Hosted { mailbox, peer, lag }));
+                replicas.insert(DIRECTORY, Replica::Loaded(Box::new(Hosted { mailbox, peer, lag })));
                 tracing::info!(node = %self.config.node, %peer, "joined the cluster: the directory added this node");
             }
             Err(error) => tracing::error!(%error, "cannot start the directory replica"),
@@ -919,10 +915,11 @@ impl Router {
         self.applier.lock().expect("not poisoned").take();
         let mut replicas = self.replicas.lock().expect("not poisoned");
         for (_, replica) in std::mem::take(&mut *replicas) {
-            let Replica::Loaded(Hosted { mut mailbox, .. }) = replica else {
+            let Replica::Loaded(hosted) = replica else {
                 self.env.metrics.partitions_unloaded.dec();
                 continue;
             };
+            let mut mailbox = hosted.mailbox;
             // A full mailbox: closing the channel stops the actor all the same.
             if mailbox.try_send(PartitionInput::Stop).is_err() {
                 mailbox.sender.close_channel();

@@ -21,6 +21,7 @@ use crate::limits::SNAPSHOT_WRITE_BUFFER_BYTES;
 use crate::persist::{LogPosition, SnapshotMeta};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"COHSNAP2";
@@ -61,13 +62,39 @@ pub struct SnapshotStore {
     disk: Arc<dyn Disk>,
     /// Shared by the replicas of one authority (see `Router::files`): a node keeps one of these
     /// for every replica it hosts, unloaded ones included, so it holds no path of its own.
-    authority: Arc<str>,
+    authority: Arc<AuthorityDir>,
     partition: PartitionId,
 }
 
+/// The directory of one authority's replicas, `partitions/<name>`, shared by their
+/// [`SnapshotStore`]s.
+#[derive(Debug)]
+pub struct AuthorityDir {
+    name: Box<str>,
+    /// This process made the directory and its parents durable: creating a replica's
+    /// directory in it then syncs only it (one fsync, not three, for every new replica).
+    durable: AtomicBool,
+}
+
+impl AuthorityDir {
+    pub fn new(name: &str) -> Arc<AuthorityDir> {
+        Arc::new(AuthorityDir { name: name.into(), durable: AtomicBool::new(false) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl SnapshotStore {
-    pub fn new(disk: Arc<dyn Disk>, authority: impl Into<Arc<str>>, partition: PartitionId) -> SnapshotStore {
-        SnapshotStore { disk, authority: authority.into(), partition }
+    pub fn new(disk: Arc<dyn Disk>, authority: &str, partition: PartitionId) -> SnapshotStore {
+        SnapshotStore::in_authority(disk, AuthorityDir::new(authority), partition)
+    }
+
+    /// The files of `partition`'s replica in `authority`'s directory, which other replicas
+    /// share.
+    pub fn in_authority(disk: Arc<dyn Disk>, authority: Arc<AuthorityDir>, partition: PartitionId) -> SnapshotStore {
+        SnapshotStore { disk, authority, partition }
     }
 
     /// Every replica directory on the disk: (authority, partition).
@@ -90,8 +117,14 @@ impl SnapshotStore {
         self.disk.create_dir_all(&dir)?;
         let authority_dir = dir.parent().expect("partitions/<authority>/<id>");
         self.disk.sync_dir(authority_dir)?;
-        self.disk.sync_dir(Path::new(PARTITIONS_DIR))?;
-        self.disk.sync_dir(Path::new(""))
+        // Not skipped because the directories exist: a process that stopped before syncing
+        // them leaves them in place, and not durable.
+        if !self.authority.durable.load(Ordering::Acquire) {
+            self.disk.sync_dir(Path::new(PARTITIONS_DIR))?;
+            self.disk.sync_dir(Path::new(""))?;
+            self.authority.durable.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Records durably which incarnation this replica is. Written before the replica starts,
@@ -116,9 +149,13 @@ impl SnapshotStore {
         }
     }
 
+    pub fn authority(&self) -> &Arc<AuthorityDir> {
+        &self.authority
+    }
+
     /// The replica's directory: `partitions/<authority>/<partition>`.
     pub fn dir(&self) -> PathBuf {
-        partition_dir(&self.authority, self.partition)
+        partition_dir(&self.authority.name, self.partition)
     }
 
     pub fn path(&self, position: LogPosition) -> PathBuf {

@@ -11,6 +11,6 @@ mod file;
 mod message;
 mod transfer;
 
-pub use file::{check_file, partition_dir, SnapshotError, SnapshotStore, DIRECTORY_AUTHORITY};
+pub use file::{check_file, partition_dir, AuthorityDir, SnapshotError, SnapshotStore, DIRECTORY_AUTHORITY};
 pub use message::{SnapshotChunk, SnapshotMessage};
 pub use transfer::{CheckedSnapshot, Installed, PendingCheck, TransferEvents, Transfers};

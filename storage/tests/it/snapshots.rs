@@ -4,10 +4,10 @@
 //! store; a received one is checked by importing it into a fresh store.
 
 use cohort_core::env::{Disk, Envelope, Instant, Payload};
-use cohort_core::ids::{NodeId, PartitionId};
+use cohort_core::ids::{NodeId, PartitionId, PeerId};
 use cohort_core::metrics::NodeMetrics;
 use cohort_core::persist::{LogPosition, SnapshotMeta};
-use cohort_core::snapshot::{check_file, SnapshotMessage, SnapshotStore, TransferEvents, Transfers};
+use cohort_core::snapshot::{check_file, AuthorityDir, SnapshotMessage, SnapshotStore, TransferEvents, Transfers};
 use cohort_core::state_machine::Digest;
 use cohort_core::store::{self, Commit, DedupLimits, Rows as _, Store};
 use cohort_storage::{FsDisk, SimDisk};
@@ -424,5 +424,31 @@ fn arbitrary_bytes_in_a_snapshot_file_are_an_error_never_a_panic() {
         let mut file = disk.open_append(&path).unwrap();
         file.append(&bytes).unwrap();
         assert!(load(&store, &disk, position).is_err(), "round {round}: bad bytes are an error");
+    }
+}
+
+#[test]
+fn a_new_replica_syncs_its_authoritys_parents_once_per_process_and_its_peer_id_survives_power_loss() {
+    let sim = Arc::new(SimDisk::new(7));
+    let disk: Arc<dyn Disk> = sim.clone();
+    let authority = AuthorityDir::new("default");
+    let replica = |partition| SnapshotStore::in_authority(disk.clone(), authority.clone(), PartitionId(partition));
+    replica(1).write_peer(PeerId(1)).unwrap();
+    let before = sim.stats().dir_syncs;
+    replica(2).write_peer(PeerId(2)).unwrap();
+    assert_eq!(
+        sim.stats().dir_syncs - before,
+        2,
+        "the second replica syncs the authority's directory (its own entry) and its own (the peer file)"
+    );
+    // A new process knows nothing of what the last one synced: it syncs the parents again.
+    let before = sim.stats().dir_syncs;
+    SnapshotStore::new(disk.clone(), "default", PartitionId(3)).write_peer(PeerId(3)).unwrap();
+    assert_eq!(sim.stats().dir_syncs - before, 4);
+
+    sim.crash();
+    for partition in 1..=3 {
+        let files = SnapshotStore::new(disk.clone(), "default", PartitionId(partition));
+        assert_eq!(files.read_peer().unwrap(), Some(PeerId(partition)), "replica {partition}'s peer id is durable");
     }
 }

@@ -13,7 +13,7 @@ use super::record::{
 };
 use super::recovery::{recover, Recovered};
 use super::segment::{read_record, segment_path};
-use super::state::{PartitionLogState, Pins, RecordLocation, Shape};
+use super::state::{PartitionLogState, PartitionStates, Pins, RecordLocation, Shape};
 use super::{LogError, LogOptions};
 use crate::limits::{CHECKPOINT_RECORD_BYTES_TARGET, RECORD_SIZE_BYTES_MAX, REWRITE_BATCH_BYTES_TARGET};
 use cohort_core::codec;
@@ -31,7 +31,7 @@ pub struct LogEngine {
     disk: Arc<dyn Disk>,
     dir: PathBuf,
     options: LogOptions,
-    partitions: BTreeMap<PartitionId, PartitionLogState>,
+    partitions: PartitionStates,
     pins: Pins,
     /// The memberships `partitions` share.
     conf_states: ConfStatePool,
@@ -148,7 +148,7 @@ fn create_segment(
     disk: &dyn Disk,
     dir: &Path,
     seq: u64,
-    partitions: &BTreeMap<PartitionId, PartitionLogState>,
+    partitions: &PartitionStates,
     buf: &mut Vec<u8>,
 ) -> Result<Head, LogError> {
     let path = segment_path(dir, seq);
@@ -278,11 +278,11 @@ impl LogEngine {
 
     /// One partition's state, if the log knows it.
     pub fn partition(&self, id: PartitionId) -> Option<&PartitionLogState> {
-        self.partitions.get(&id)
+        self.partitions.get(&id).map(|state| &**state)
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = (PartitionId, &PartitionLogState)> {
-        self.partitions.iter().map(|(&id, state)| (id, state))
+        self.partitions.iter().map(|(&id, state)| (id, &**state))
     }
 
     /// Sequence numbers of the segment files, oldest first; the last is the head.

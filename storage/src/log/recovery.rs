@@ -9,7 +9,7 @@
 
 use super::record::{Checkpoint, Record, RecordReader, TornTail, FORMAT_VERSION};
 use super::segment::{list_segments, segment_path};
-use super::state::{PartitionLogState, Pins, RecordLocation};
+use super::state::{PartitionLogState, PartitionStates, Pins, RecordLocation};
 use super::LogError;
 use cohort_core::env::Disk;
 use cohort_core::ids::PartitionId;
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 /// The log's state after replay: what the engine continues from, and what partitions get back.
 pub(crate) struct Recovered {
-    pub partitions: BTreeMap<PartitionId, PartitionLogState>,
+    pub partitions: PartitionStates,
     pub pins: Pins,
     /// The memberships `partitions` share.
     pub conf_states: ConfStatePool,
@@ -38,7 +38,7 @@ enum Phase {
 
 #[derive(Default)]
 struct Replay {
-    partitions: BTreeMap<PartitionId, PartitionLogState>,
+    partitions: PartitionStates,
     held: BTreeMap<PartitionId, VecDeque<LogEntry>>,
     pins: Pins,
     conf_states: ConfStatePool,
@@ -98,7 +98,8 @@ impl Replay {
                 }
                 // First heard of here: its older records were in deleted segments.
                 None => {
-                    self.partitions.insert(id, PartitionLogState::from_checkpoint(entry, &mut self.conf_states)?);
+                    self.partitions
+                        .insert(id, Box::new(PartitionLogState::from_checkpoint(entry, &mut self.conf_states)?));
                     self.held.insert(id, VecDeque::new());
                 }
             }

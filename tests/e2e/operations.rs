@@ -210,5 +210,7 @@ fn a_node_logs_at_the_level_its_toml_sets() {
     let log = cluster.log(1);
     assert!(!log.contains("INFO"), "info lines are filtered out at warn: {log}");
     let cluster = TestCluster::start_configured(1, |config| config.log_level = Some("info".into()));
-    assert!(cluster.log(1).contains("node serving"), "and shown at info");
+    let log = cluster.log(1);
+    assert!(log.contains("node serving"), "and shown at info");
+    assert!(!log.contains('\x1b'), "a log file holds no terminal colour codes: {log}");
 }

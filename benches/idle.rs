@@ -497,6 +497,16 @@ fn main() {
         restart_serving.as_secs_f64(),
         requiesced.as_secs_f64()
     );
+    if !restart_election_lines.is_empty() {
+        // What woke the replicas that then campaigned (each line's `woken=Some(("cause",
+        // ticks since))`), to tell a slow catch-up from a wake that should not elect.
+        let mut woken: BTreeMap<String, u64> = BTreeMap::new();
+        for line in &restart_election_lines {
+            let cause = line.split("woken=Some((\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("none");
+            *woken.entry(cause.to_owned()).or_default() += 1;
+        }
+        println!("restart: the elections' replicas were woken by {woken:?}");
+    }
     println!(
         "restarted node {victim}, every replica but the directory's unloaded: RSS {:.1} MiB, heap in use {:.1} MiB (store page cache {:.1} MiB): per unloaded replica over the node before creating {:.0} B RSS, {:.0} B heap, {:.0} B heap less the store's page cache (goal: at most 512; includes its share of the log's index)",
         restarted_rss as f64 / 1048576.0,

@@ -315,6 +315,15 @@ fn main() {
         info_time.as_secs_f64() * 1e3
     ));
 
+    // 48 busy partitions among all the others (full run only), while the leaders are spread
+    // over the nodes as creating left them: after the failover and restart below, the
+    // restarted node leads nothing and the other two lead every partition, which took 10-20%
+    // off this figure in three runs (0.77-0.89 of the cluster of 48).
+    let among_all = full.then(|| active_throughput(&rt, &cluster));
+    if let Some(writes) = among_all {
+        progress(format!("{ACTIVE} busy among {partitions}: {writes:.0} writes/s"));
+    }
+
     // Failover of quiesced partitions whose followers are unloaded.
     wait_followers_unloaded(&cluster, hosted, Duration::from_secs(600));
     // The node leading the most partitions is killed; by the metrics, not `cohort status`,
@@ -385,9 +394,9 @@ fn main() {
     let restarted_heap = metric(&cluster, victim, HEAP);
     let restarted_cache = metric(&cluster, victim, STORE_CACHE);
 
-    // 48 busy partitions among all the others, then in a cluster of only 48 (full run only).
-    let throughput = full.then(|| {
-        let among_all = active_throughput(&rt, &cluster);
+    // ... then in a cluster of only 48, whose leaders creating spreads over the three nodes
+    // the same way.
+    let throughput = among_all.map(|among_all| {
         drop(cluster);
         let alone = TestCluster::start_configured(NODES, configure);
         let _ = create_all(&rt, &alone, ACTIVE);
@@ -423,14 +432,19 @@ fn main() {
     }
     println!("all still at rest after the first idle window: {still_quiesced}");
     for i in 0..NODES as usize {
-        // Per replica: (loaded) the growth with every replica quiesced, over the replicas;
-        // (unloaded) what is left once followers unloaded, less the loaded replicas' share,
-        // over the unloaded ones. Early unloads (creating took longer than unload_after) make
-        // the first an underestimate; they are printed.
+        // Per replica, loaded (quiesced) and unloaded: the two measurements (every replica
+        // quiesced, some unloaded early if creating outlasted unload_after; then every
+        // follower unloaded) are two equations `growth = loaded × per_loaded + unloaded ×
+        // per_unloaded`, solved for both.
         let per_replica = |before: f64, quiesced: f64, unloaded_state: f64| {
-            let per_loaded = (quiesced - before) / hosted as f64;
-            let loaded_left = (hosted - unloaded[i]) as f64;
-            (per_loaded, (unloaded_state - before - loaded_left * per_loaded) / unloaded[i].max(1) as f64)
+            let hosted = hosted as f64;
+            let (u1, u2) = (unloaded_early[i] as f64, unloaded[i] as f64);
+            let (g1, g2) = (quiesced - before, unloaded_state - before);
+            let determinant = hosted * (u2 - u1);
+            if determinant <= 0.0 {
+                return (f64::NAN, f64::NAN);
+            }
+            ((g1 * u2 - g2 * u1) / determinant, ((hosted - u1) * g2 - (hosted - u2) * g1) / determinant)
         };
         let (rss_loaded, rss_unloaded_each) =
             per_replica(rss_before[i] as f64, rss_quiesced[i] as f64, rss_unloaded[i] as f64);
@@ -505,7 +519,13 @@ fn main() {
             let cause = line.split("woken=Some((\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("none");
             *woken.entry(cause.to_owned()).or_default() += 1;
         }
-        println!("restart: the elections' replicas were woken by {woken:?}");
+        println!("restart: the elections' replicas were woken by {woken:?}; the first few:");
+        for line in restart_election_lines.iter().take(5) {
+            println!("  {line}");
+        }
+        let dropped: Vec<f64> =
+            (1..=NODES).map(|id| metric(&cluster, id, "cohort_router_messages_dropped_total")).collect();
+        println!("restart: Raft messages dropped at full mailboxes or for unknown partitions, per node, since start: {dropped:?}");
     }
     println!(
         "restarted node {victim}, every replica but the directory's unloaded: RSS {:.1} MiB, heap in use {:.1} MiB (store page cache {:.1} MiB): per unloaded replica over the node before creating {:.0} B RSS, {:.0} B heap, {:.0} B heap less the store's page cache (goal: at most 512; includes its share of the log's index)",

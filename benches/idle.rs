@@ -393,6 +393,8 @@ fn main() {
     let restarted_rss = rss_bytes(victim_pid);
     let restarted_heap = metric(&cluster, victim, HEAP);
     let restarted_cache = metric(&cluster, victim, STORE_CACHE);
+    let restart_dropped: Vec<f64> =
+        (1..=NODES).map(|id| metric(&cluster, id, "cohort_router_messages_dropped_total")).collect();
 
     // ... then in a cluster of only 48, whose leaders creating spreads over the three nodes
     // the same way.
@@ -523,9 +525,9 @@ fn main() {
         for line in restart_election_lines.iter().take(5) {
             println!("  {line}");
         }
-        let dropped: Vec<f64> =
-            (1..=NODES).map(|id| metric(&cluster, id, "cohort_router_messages_dropped_total")).collect();
-        println!("restart: Raft messages dropped at full mailboxes or for unknown partitions, per node, since start: {dropped:?}");
+        println!(
+            "restart: Raft messages dropped at full mailboxes or for unknown partitions, per node, since start: {restart_dropped:?}"
+        );
     }
     println!(
         "restarted node {victim}, every replica but the directory's unloaded: RSS {:.1} MiB, heap in use {:.1} MiB (store page cache {:.1} MiB): per unloaded replica over the node before creating {:.0} B RSS, {:.0} B heap, {:.0} B heap less the store's page cache (goal: at most 512; includes its share of the log's index)",

@@ -38,8 +38,8 @@ pub fn tune_allocator() {
 /// that hands the heaps' free pages back to the kernel, checking every second. A trim walks
 /// every heap, which costs in proportion to the heap, not to what it frees: with 2,000 idle
 /// partitions, trimming every second was over half of an idle node's CPU (`perf`). So it trims
-/// only when the resident set has grown by `TRIM_GROWTH_BYTES` since the last trim: an idle
-/// node's stays put. (Trimming when the heap in use shrinks, as replicas unload, was tried:
+/// only when the resident set has grown by `TRIM_GROWTH_BYTES` since the last trim, and once
+/// more a second after such growth stops: an idle node's stays put. (Trimming when the heap in use shrinks, as replicas unload, was tried:
 /// asking glibc for the heap in use every second was three quarters of an idle node's CPU,
 /// and the trims gave back almost nothing, the freed replicas' memory being interleaved with
 /// live allocations.) On other targets it does nothing: their allocators return memory on
@@ -53,12 +53,20 @@ pub fn spawn_heap_trimmer() {
         STARTED.call_once(|| {
             let spawned = std::thread::Builder::new().name("heap-trim".into()).spawn(|| {
                 let mut after_last_trim = 0;
+                let mut trailing = false;
                 loop {
                     std::thread::sleep(TRIM_INTERVAL);
                     let rss = resident_bytes();
-                    if rss.is_some_and(|rss| rss < after_last_trim + TRIM_GROWTH_BYTES) {
+                    let grew = rss.is_none_or(|rss| rss >= after_last_trim + TRIM_GROWTH_BYTES);
+                    // A trim on growth is followed by one more once the growth stops: what the
+                    // burst that grew the heap frees at its end (a restart's recovery, a
+                    // catch-up) would otherwise stay resident until the next growth. Measured
+                    // on a node restarted with 20,000 replicas: 90 MiB resident before that
+                    // last trim, 62 MiB after.
+                    if !grew && !trailing {
                         continue;
                     }
+                    trailing = grew;
                     // SAFETY: malloc_trim takes the allocator's own locks; it is safe to call from
                     // any thread at any time.
                     unsafe { libc::malloc_trim(0) };

@@ -69,8 +69,9 @@ impl ConfState {
 /// hosts (the log's index, unloaded replicas) keeps a pointer per partition and one copy per
 /// distinct membership: 8 bytes instead of about 130.
 ///
-/// Bounded: at most `max(PRUNE_AT_MIN, 2 × memberships held elsewhere)` entries, by dropping
-/// those nobody else holds whenever it doubles.
+/// Bounded: whenever it reaches `max(PRUNE_AT_MIN, twice what was held elsewhere at the last
+/// prune)` entries, it drops those nobody else holds; so it never holds more than twice the
+/// most memberships ever held elsewhere at once, or `PRUNE_AT_MIN`.
 #[derive(Debug, Default)]
 pub struct ConfStatePool {
     shared: std::collections::BTreeSet<Arc<ConfState>>,

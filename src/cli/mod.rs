@@ -87,9 +87,10 @@ pub fn init_tracing(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a person at a terminal: a node's log file (`cohort dev` sends each
-    // node's output to one) is read by tools and grep.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colours only for a person at a terminal who did not turn them off (NO_COLOR): a node's
+    // log file (`cohort dev` sends each node's output to one) is read by tools and grep.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 

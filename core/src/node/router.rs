@@ -66,7 +66,7 @@ pub struct RouterStats {
 
 /// A replica this node hosts: running, or unloaded. Both boxed, so that the map holds 16
 /// bytes per replica: a large node's replicas are mostly unloaded, and each costs its map
-/// entry (about 40 bytes with the map's own overhead, instead of about 110 unboxed).
+/// entry (about 50 bytes with the map's own overhead, instead of about 110 unboxed).
 enum Replica {
     Loaded(Box<Hosted>),
     /// Unloaded (`partition/dormant.rs`): no task, no mailbox, no timer; the first request or

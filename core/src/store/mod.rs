@@ -176,15 +176,17 @@ impl Store {
         ReadRows::open(&txn)
     }
 
-    /// Uploads in progress in every hosted replica, and the content they hold so far: what
-    /// abandoned uploads would cost until they are dropped.
     /// Bytes in the page cache (at most `StoreOptions::cache_size_bytes`): pages read or
-    /// written lately, shared by every partition.
+    /// written lately, shared by every partition. (redb counts them with its
+    /// `cache_metrics` feature, which also counts hits and misses: an atomic add per page
+    /// access.)
     pub fn cache_bytes(&self) -> usize {
         use redb::ReadableDatabase;
         self.db.cache_stats().used_bytes()
     }
 
+    /// Uploads in progress in every hosted replica, and the content they hold so far: what
+    /// abandoned uploads would cost until they are dropped.
     pub fn uploads_in_progress(&self) -> Result<(u64, u64), StoreError> {
         let rows = self.read()?;
         let (mut count, mut bytes) = (0u64, 0u64);

@@ -258,9 +258,7 @@ impl PartitionLogState {
             self.hard_state = hard_state;
         }
         if let Some(conf_state) = &write.conf_state {
-            if *conf_state != *self.conf_state {
-                self.conf_state = conf_states.share(conf_state);
-            }
+            self.conf_state = conf_states.share(conf_state);
         }
         if !write.remove {
             assert_eq!(self.shape(), expected, "applying a write agrees with its checked shape");

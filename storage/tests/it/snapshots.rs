@@ -452,3 +452,18 @@ fn a_new_replica_syncs_its_authoritys_parents_once_per_process_and_its_peer_id_s
         assert_eq!(files.read_peer().unwrap(), Some(PeerId(partition)), "replica {partition}'s peer id is durable");
     }
 }
+
+#[test]
+fn a_replica_created_where_a_stopped_process_left_unsynced_directories_survives_power_loss() {
+    let sim = Arc::new(SimDisk::new(8));
+    let disk: Arc<dyn Disk> = sim.clone();
+    // A process made the authority's directories and stopped before syncing them: they are
+    // there, and not durable.
+    disk.create_dir_all(Path::new("partitions/default/1")).unwrap();
+    // The next process creates a replica there, then the power goes.
+    let files = SnapshotStore::in_authority(disk.clone(), AuthorityDir::new("default"), PartitionId(2));
+    files.write_peer(PeerId(2)).unwrap();
+    sim.crash();
+    let files = SnapshotStore::new(disk.clone(), "default", PartitionId(2));
+    assert_eq!(files.read_peer().unwrap(), Some(PeerId(2)), "the replica's directory and peer id are durable");
+}

@@ -6,15 +6,17 @@
 //! - idle with no partition; then once every replica has quiesced (before any unloads); then
 //!   once every follower has unloaded: the nodes' CPU over an idle window (as a share of one
 //!   core) and the peer messages per second (only node liveness should remain: independent of
-//!   the number of partitions), and RSS per quiesced replica and per unloaded replica;
+//!   the number of partitions), and RSS and heap per quiesced replica (per unloaded replica:
+//!   from the restarted node below, whose replicas are all unloaded);
 //! - wake latency: the first write to each of a sample of quiesced partitions, and of another
 //!   sample whose followers are unloaded, p50 and p99, next to the latency of writes to a
 //!   partition already awake, and the elections started while waking them (goal: none);
 //! - failover: the node leading the most partitions is killed once they have quiesced again;
 //!   the time until every partition it led has a leader on another node; then it restarts:
 //!   time to serving and to every replica quiesced again, and elections meanwhile (goal: none);
-//! - (full run only) the write throughput of 48 busy partitions among all the idle ones, next
-//!   to 48 busy partitions in a fresh cluster of only 48.
+//!   once its replicas unloaded, its RSS and heap per unloaded replica;
+//! - (full run only, before the failover) the write throughput of 48 busy partitions among
+//!   all the idle ones, next to 48 busy partitions in a fresh cluster of only 48.
 //!
 //! `cargo bench --bench idle` uses 2,000 partitions (`COHORT_BENCH_IDLE_PARTITIONS`
 //! overrides); without `--bench` (as `cargo test --all-targets` runs it) it makes a 1,000
@@ -433,29 +435,24 @@ fn main() {
         );
     }
     println!("all still at rest after the first idle window: {still_quiesced}");
+    // What one unloaded replica costs comes from the restarted node (every replica but the
+    // directory's unloaded, and none ever loaded but those its restart loaded): the live
+    // nodes' second measurement mixes loaded leaders, which cost more than followers, with
+    // unloaded followers, and cannot tell them apart.
+    let restarted_replicas = (hosted - 1) as f64;
+    let unloaded_rss = restarted_rss.saturating_sub(rss_before[victim_index]) as f64 / restarted_replicas;
+    let unloaded_heap = (restarted_heap - heap_before[victim_index]) / restarted_replicas;
+    let unloaded_heap_nc = (restarted_heap - restarted_cache - heap_before[victim_index] + cache_before[victim_index])
+        / restarted_replicas;
     for i in 0..NODES as usize {
-        // Per replica, loaded (quiesced) and unloaded: the two measurements (every replica
-        // quiesced, some unloaded early if creating outlasted unload_after; then every
-        // follower unloaded) are two equations `growth = loaded × per_loaded + unloaded ×
-        // per_unloaded`, solved for both.
-        let per_replica = |before: f64, quiesced: f64, unloaded_state: f64| {
-            let hosted = hosted as f64;
-            let (u1, u2) = (unloaded_early[i] as f64, unloaded[i] as f64);
-            let (g1, g2) = (quiesced - before, unloaded_state - before);
-            let determinant = hosted * (u2 - u1);
-            if determinant <= 0.0 {
-                return (f64::NAN, f64::NAN);
-            }
-            ((g1 * u2 - g2 * u1) / determinant, ((hosted - u1) * g2 - (hosted - u2) * g1) / determinant)
-        };
-        let (rss_loaded, rss_unloaded_each) =
-            per_replica(rss_before[i] as f64, rss_quiesced[i] as f64, rss_unloaded[i] as f64);
-        let (heap_loaded, heap_unloaded_each) = per_replica(heap_before[i], heap_quiesced[i], heap_unloaded[i]);
-        let (heap_loaded_nc, heap_unloaded_each_nc) = per_replica(
-            heap_before[i] - cache_before[i],
-            heap_quiesced[i] - cache_quiesced[i],
-            heap_unloaded[i] - cache_unloaded[i],
-        );
+        // Per quiesced replica: the growth with every replica quiesced, less the replicas that
+        // unloaded early (creating outlasted unload_after_ms), at the restarted node's cost each.
+        let early = unloaded_early[i] as f64;
+        let per_loaded = |growth: f64, per_unloaded: f64| (growth - early * per_unloaded) / (hosted as f64 - early);
+        let rss_loaded = per_loaded(rss_quiesced[i] as f64 - rss_before[i] as f64, unloaded_rss);
+        let heap_loaded = per_loaded(heap_quiesced[i] - heap_before[i], unloaded_heap);
+        let heap_loaded_nc =
+            per_loaded(heap_quiesced[i] - cache_quiesced[i] - heap_before[i] + cache_before[i], unloaded_heap_nc);
         println!(
             "node {}: {hosted} replicas, {} unloaded during the first window; RSS {:.1} -> {:.1} -> {:.1} MiB, heap in use {:.1} -> {:.1} -> {:.1} MiB \
              (before creating -> all quiesced -> {} followers unloaded)",
@@ -472,14 +469,11 @@ fn main() {
         let freed_per_unload =
             (heap_quiesced[i] - heap_unloaded[i]) / unloaded[i].saturating_sub(unloaded_early[i]).max(1) as f64;
         println!(
-            "node {}: per quiesced replica {:.1} KiB RSS, {:.1} KiB heap, {:.1} KiB heap less the store's page cache (goal: at most 8); per unloaded replica {:.0} B RSS, {:.0} B heap, {:.0} B heap less the store's page cache (goal: at most 512; includes its share of the log's index); heap freed per unload {:.1} KiB; store page cache {:.1} MiB",
+            "node {}: per quiesced replica {:.1} KiB RSS, {:.1} KiB heap, {:.1} KiB heap less the store's page cache (goal: at most 8); heap freed per unload {:.1} KiB; store page cache {:.1} MiB (per unloaded replica: see the restarted node below)",
             i + 1,
             rss_loaded / 1024.0,
             heap_loaded / 1024.0,
             heap_loaded_nc / 1024.0,
-            rss_unloaded_each,
-            heap_unloaded_each,
-            heap_unloaded_each_nc,
             freed_per_unload / 1024.0,
             cache_unloaded[i] / 1048576.0
         );

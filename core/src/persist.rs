@@ -96,12 +96,9 @@ impl ConfStatePool {
     }
 
     /// Distinct memberships held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shared.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.shared.is_empty()
     }
 }
 

@@ -443,8 +443,12 @@ impl Router {
     fn files(&self, authority: &str, partition: PartitionId) -> SnapshotStore {
         let authority = if partition == crate::ids::DIRECTORY { DIRECTORY_AUTHORITY } else { authority };
         let mut authorities = self.authorities.lock().expect("not poisoned");
-        let shared = authorities.entry(authority.into()).or_insert_with(|| AuthorityDir::new(authority));
-        SnapshotStore::in_authority(self.env.disk.clone(), Arc::clone(shared), partition)
+        // Looked up before `entry`, which would copy the name for every replica opened.
+        let shared = match authorities.get(authority) {
+            Some(shared) => Arc::clone(shared),
+            None => Arc::clone(authorities.entry(authority.into()).or_insert_with(|| AuthorityDir::new(authority))),
+        };
+        SnapshotStore::in_authority(self.env.disk.clone(), shared, partition)
     }
 
     /// Creates a new replica of `partition` (created for storage `authority`) with initial

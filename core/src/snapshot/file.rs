@@ -80,10 +80,6 @@ impl AuthorityDir {
     pub fn new(name: &str) -> Arc<AuthorityDir> {
         Arc::new(AuthorityDir { name: name.into(), durable: AtomicBool::new(false) })
     }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 impl SnapshotStore {

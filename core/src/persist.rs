@@ -27,6 +27,27 @@ pub enum EntryKind {
     ConfChangeV2,
 }
 
+/// Whether a partition runs Raft. Decided by its log, like its membership: the last mode
+/// switch entry (see `partition::raft_mode`), or the store's record of it as of the applied
+/// position when the log holds none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftMode {
+    /// A Raft group (of one or more voters).
+    #[default]
+    On,
+    /// One replica, no Raft: a write is committed once its log append is durable.
+    Off,
+}
+
+impl RaftMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            RaftMode::On => "on",
+            RaftMode::Off => "off",
+        }
+    }
+}
+
 /// Raft's vote and commit state, persisted before any message that depends on it is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {

@@ -190,7 +190,10 @@ fn remove_orphan_rows(
     let mut stored = BTreeMap::new();
     for (partition, record) in store.read()?.partitions()? {
         if recovered.contains_key(&partition) {
-            stored.insert(partition, StoredState { applied: record.applied, conf_state: record.conf_state });
+            stored.insert(
+                partition,
+                StoredState { applied: record.applied, conf_state: record.conf_state, raft: record.raft },
+            );
         } else {
             tracing::info!(%partition, "deleting the state of a removed replica");
             store.remove_partition(partition)?;

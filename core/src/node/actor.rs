@@ -605,6 +605,7 @@ impl Actor {
                 let proposes = match body {
                     Request::Write(_) => self.partition.is_leader(),
                     Request::ForwardedWrite(_) => true,
+                    Request::SetRaft(_) => self.partition.is_leader(),
                     Request::Read { .. } | Request::ChangeMembership(_) | Request::TransferLeader(_) => false,
                 };
                 if proposes {

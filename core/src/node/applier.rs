@@ -18,7 +18,7 @@
 use crate::env::{Clock, Spawn};
 use crate::ids::PartitionId;
 use crate::limits::APPLY_QUEUE_REQUESTS_MAX;
-use crate::persist::{LogPosition, PersistError, SnapshotMeta};
+use crate::persist::{LogPosition, PersistError, RaftMode, SnapshotMeta};
 use crate::snapshot::SnapshotStore;
 use crate::store::{self, Applied, ApplyEntry, Commit, Store, StoreError};
 use futures::channel::{mpsc, oneshot};
@@ -244,8 +244,12 @@ fn install(
     let outcome = store.write(Commit::Durable, |rows| {
         match store::snapshot::import(rows, partition, &mut reader, &store::DedupLimits::DEFAULT) {
             Ok(counts) => {
-                let record =
-                    store::PartitionRecord { applied: meta.position, conf_state: meta.conf_state.clone(), counts };
+                let record = store::PartitionRecord {
+                    applied: meta.position,
+                    conf_state: meta.conf_state.clone(),
+                    counts,
+                    raft: RaftMode::On,
+                };
                 rows.set_partition(partition, &record)?;
                 Ok(Ok(()))
             }

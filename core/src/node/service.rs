@@ -6,7 +6,7 @@ use super::identity::{InstanceId, PeerInstances};
 use super::router::{RouteError, Router};
 use crate::ids::{ClientId, NodeId, PartitionId};
 use crate::partition::{MembershipChange, ReadConsistency, Request, Response};
-use crate::persist::ConfState;
+use crate::persist::{ConfState, RaftMode};
 use crate::state_machine::{
     Command, PartitionInfo, ReadQuery, ReadResult, Rejection, RelativePath, RepoId, WriteOk, WriteOp,
 };
@@ -235,7 +235,11 @@ impl NodeService {
             Response::Invalid(message) => ApiError::Invalid(message),
             Response::Failed(error) => ApiError::Unavailable(error.to_string()),
             Response::Refused(reason) => ApiError::Refused(reason),
-            Response::Written(_) | Response::Read { .. } | Response::Membership(_) | Response::Transferring => {
+            Response::Written(_)
+            | Response::Read { .. }
+            | Response::Membership(_)
+            | Response::Transferring
+            | Response::RaftMode(_) => {
                 unreachable!("successes are handled by the caller")
             }
         }
@@ -804,6 +808,18 @@ impl NodeService {
                 }
                 Some(_) => clock.sleep_until(clock.now() + self.router.tick_interval()).await,
             }
+        }
+    }
+
+    /// Turns Raft on or off for `partition` in place, on its leader (here). Repeating a switch
+    /// already made answers the mode at once.
+    pub async fn set_raft(&self, partition: PartitionId, mode: RaftMode) -> Result<RaftMode, ApiError> {
+        if partition == DIRECTORY {
+            return Err(ApiError::Invalid("the directory runs Raft on every node".into()));
+        }
+        match self.call(partition, Request::SetRaft(mode)).await? {
+            Response::RaftMode(now) => Ok(now),
+            other => Err(Self::failure(other)),
         }
     }
 

@@ -11,7 +11,7 @@
 use super::{Partition, PartitionConfig, PartitionStatus, Role, StoredState};
 use crate::env::Instant;
 use crate::ids::{NodeId, PartitionId, PeerId};
-use crate::persist::{ConfState, HardState, LogPosition, RecoveredPartition};
+use crate::persist::{ConfState, HardState, LogPosition, RaftMode, RecoveredPartition};
 use raft::StateRole;
 use std::sync::Arc;
 
@@ -36,7 +36,9 @@ impl Dormant {
     /// past what the store made durable, the store agreeing with the log), if it did: the
     /// restart then opens it unloaded.
     pub fn recovered(peer: PeerId, recovered: &RecoveredPartition, stored: &StoredState) -> Option<Dormant> {
-        let clean = recovered.entries.is_empty()
+        // Raft off, a replica is its partition's only one and always serves it: never unloaded.
+        let clean = stored.raft == RaftMode::On
+            && recovered.entries.is_empty()
             && stored.applied == recovered.compacted
             && stored.conf_state == recovered.conf_state
             && recovered.hard_state.commit <= recovered.compacted.index
@@ -69,6 +71,7 @@ impl Dormant {
             unloaded: true,
             conf_state: ConfState::clone(&self.conf_state),
             progress: Vec::new(),
+            raft: RaftMode::On,
         }
     }
 
@@ -88,6 +91,8 @@ impl Partition {
         let last = raft.raft_log.last_index();
         // `pending_work` covers the log being committed and applied through its last entry.
         let unloadable = self.is_quiesced()
+            && self.mode == RaftMode::On
+            && self.switching.is_none()
             && raft.state == StateRole::Follower
             && self.pending_work().is_none()
             && self.outputs.is_empty()
@@ -133,7 +138,11 @@ impl Partition {
             snapshot: None,
             entries: Vec::new(),
         };
-        let stored = StoredState { applied: dormant.position, conf_state: ConfState::clone(&dormant.conf_state) };
+        let stored = StoredState {
+            applied: dormant.position,
+            conf_state: ConfState::clone(&dormant.conf_state),
+            raft: RaftMode::On,
+        };
         let mut partition = Partition::open(config, recovered, stored, now);
         if let Some(leader) = dormant.leader {
             // The leader of this very term: raft-rs learns it from that leader's next message

@@ -22,6 +22,9 @@ pub enum Request {
     /// Hands leadership to a voter (leader only). Answered at once; the transfer completes
     /// within an election timeout or is abandoned.
     TransferLeader(NodeId),
+    /// Turns Raft on or off for the partition in place (`raft_mode.rs`). Answered with the
+    /// mode once the switch's entry is applied.
+    SetRaft(crate::persist::RaftMode),
 }
 
 /// A change to a partition's members.

@@ -22,6 +22,7 @@ mod output;
 mod peer_check;
 mod proposals;
 mod quiesce;
+mod raft_mode;
 mod reads;
 mod ready;
 mod storage;
@@ -36,7 +37,8 @@ use crate::ids::{NodeId, PartitionId, PeerId, RequestId};
 use crate::limits;
 use crate::observe::Observer;
 use crate::persist::{
-    ConfState, EntryKind, HardState, LogEntry, LogPosition, LogWrite, PersistError, RecoveredPartition, SnapshotMeta,
+    ConfState, EntryKind, HardState, LogEntry, LogPosition, LogWrite, PersistError, RaftMode, RecoveredPartition,
+    SnapshotMeta,
 };
 use crate::raft_logger::raft_logger;
 use crate::state_machine::{self, Command, ReadQuery};
@@ -177,6 +179,8 @@ pub struct PartitionStatus {
     pub conf_state: ConfState,
     /// Filled on the leader only.
     pub progress: Vec<ReplicaProgress>,
+    /// Whether the partition runs Raft (off: its one replica shows as its leader).
+    pub raft: RaftMode,
 }
 
 /// What the store holds of a partition when its replica opens: how far it has applied, and
@@ -185,12 +189,25 @@ pub struct PartitionStatus {
 pub struct StoredState {
     pub applied: LogPosition,
     pub conf_state: ConfState,
+    /// The Raft mode as of `applied`.
+    pub raft: RaftMode,
 }
 
 /// A replica of one partition. See the module documentation for how to drive it.
 pub struct Partition {
     config: PartitionConfig,
+    /// With Raft off, left as it was when Raft went off, and never called; its storage is still
+    /// the log (see `raft_mode.rs`).
     raw: RawNode<PartitionStorage>,
+    mode: RaftMode,
+    /// A switch of `mode` asked for and not made yet.
+    switching: Option<raft_mode::PendingSwitch>,
+    /// Raft off: log writes handed out and not durable yet, oldest first: (number, last index).
+    unpersisted_off: VecDeque<(u64, u64)>,
+    /// The number of the latest log write handed out (or Ready handled): numbers only rise.
+    last_ready_number: u64,
+    /// Added to the Raft node's ready numbers: the numbers handed out before it was built.
+    raft_numbers_from: u64,
     proposals: Proposals,
     forwarded: Forwarded,
     /// Ticks since this replica started; times out forwarded writes.
@@ -324,6 +341,12 @@ impl Partition {
         };
         // The store applies only committed entries: whatever it applied is committed.
         recovered.hard_state.commit = recovered.hard_state.commit.max(applied.index);
+        let mode = raft_mode::mode_at_open(&recovered, applied.index, stored.raft);
+        if mode == RaftMode::Off {
+            // One replica, no Raft: every entry the log holds is durable, so committed.
+            let last = recovered.entries.last().map_or(recovered.compacted.index, |e| e.index);
+            recovered.hard_state.commit = recovered.hard_state.commit.max(last);
+        }
         // A directory replica added to the group later (a replacement node's; its incarnation
         // is the index of the change that added it) acts on no entry before that: they are the
         // history of the members it replaced, whose replicas are not its own. Once applied
@@ -333,33 +356,19 @@ impl Partition {
             _ => recovered.hard_state.commit,
         };
         let storage = PartitionStorage::new(&recovered);
-        let raft_config = raft::Config {
-            id: config.peer.0,
-            election_tick: config.options.election_ticks,
-            heartbeat_tick: config.options.heartbeat_ticks,
-            // raft-rs draws its timeout from its own unseeded generator; we overwrite it from
-            // `rng` whenever raft resets it (see `rejitter`).
-            min_election_tick: config.options.election_ticks,
-            max_election_tick: 2 * config.options.election_ticks,
-            applied: applied.index,
-            max_size_per_msg: limits::RAFT_MESSAGE_ENTRIES_SIZE_BYTES_MAX,
-            max_inflight_msgs: limits::RAFT_INFLIGHT_MESSAGES_MAX,
-            max_uncommitted_size: limits::RAFT_UNCOMMITTED_SIZE_BYTES_MAX,
-            max_committed_size_per_ready: limits::APPLY_BATCH_BYTES_MAX,
-            check_quorum: true,
-            pre_vote: true,
-            ..raft::Config::default()
-        };
-        raft_config.validate().expect("raft config is valid");
-        let logger = raft_logger(config.node.0, config.partition.0);
         assert_eq!(config.peer.node(), config.node, "a replica's peer id names its node");
-        let raw = RawNode::new(&raft_config, storage, &logger).expect("raft node starts from recovered state");
+        let raw = new_raw_node(&config, storage, applied.index);
         let rng = Xoshiro256PlusPlus::seed_from_u64(config.seed ^ config.partition.0.rotate_left(32));
         let mut partition = Partition {
             next_tick_at: now + config.options.tick_interval,
             observed: (u64::MAX, StateRole::Follower, u64::MAX),
             config,
             raw,
+            mode,
+            switching: None,
+            unpersisted_off: VecDeque::new(),
+            last_ready_number: 0,
+            raft_numbers_from: 0,
             proposals: Proposals::default(),
             forwarded: Forwarded::default(),
             ticks: 0,
@@ -399,6 +408,10 @@ impl Partition {
             partition.unpersisted.push_back((0, Vec::new()));
             partition.outputs.push_back(Output::Persist { ready_number: 0, write });
         }
+        if partition.mode == RaftMode::Off {
+            let last = partition.raw.store().hard_state().commit;
+            partition.hand_out_through(last);
+        }
         partition.announce_directory_if_replayed();
         partition.rejitter();
         partition
@@ -419,8 +432,10 @@ impl Partition {
         self.config.peer
     }
 
+    /// Whether this replica serves its partition's writes: Raft's leader, or the only replica
+    /// with Raft off.
     pub fn is_leader(&self) -> bool {
-        self.raw.raft.state == StateRole::Leader
+        self.mode == RaftMode::Off || self.raw.raft.state == StateRole::Leader
     }
 
     /// Whether this replica leads a partition with a voter on a node that node liveness
@@ -437,6 +452,9 @@ impl Partition {
     }
 
     pub fn leader(&self) -> Option<NodeId> {
+        if self.mode == RaftMode::Off {
+            return Some(self.config.node);
+        }
         match self.raw.raft.leader_id {
             raft::INVALID_ID => None,
             id => Some(PeerId(id).node()),
@@ -459,7 +477,7 @@ impl Partition {
 
     /// Readies handed out as `Persist` and not yet reported durable.
     pub fn unpersisted_readies(&self) -> usize {
-        self.unpersisted.len()
+        self.unpersisted.len() + self.unpersisted_off.len()
     }
 
     /// `Apply` batches handed out and not yet answered.
@@ -514,6 +532,9 @@ impl Partition {
     /// This replica's role (cheap: no copy of the membership).
     pub fn role(&self) -> Role {
         let raft = &self.raw.raft;
+        if self.mode == RaftMode::Off {
+            return Role::Leader;
+        }
         match raft.state {
             StateRole::Leader => Role::Leader,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
@@ -528,7 +549,7 @@ impl Partition {
         let raft = &self.raw.raft;
         let conf_state: ConfState = (&raft.prs().conf().to_conf_state()).into();
         let role = self.role();
-        let progress = if raft.state == StateRole::Leader {
+        let progress = if raft.state == StateRole::Leader && self.mode == RaftMode::On {
             let last = raft.raft_log.last_index();
             let mut progress: Vec<_> = raft
                 .prs()
@@ -557,15 +578,27 @@ impl Partition {
             role,
             term: raft.term,
             leader: self.leader(),
-            commit_index: raft.raft_log.committed,
+            commit_index: self.commit_index(),
             applied_index: self.applied.index,
-            last_index: raft.raft_log.last_index(),
+            last_index: raft::Storage::last_index(self.raw.store()).expect("known"),
             compacted_index: self.raw.store().compacted().index,
             durable_index: self.store_durable.index,
             quiesced: self.is_quiesced(),
             unloaded: false,
             conf_state,
             progress,
+            raft: self.mode,
+        }
+    }
+
+    /// The last committed entry: Raft's commit, or with Raft off the last durable entry.
+    fn commit_index(&self) -> u64 {
+        match self.mode {
+            RaftMode::On => self.raw.raft.raft_log.committed,
+            RaftMode::Off => match self.unpersisted_off.front() {
+                Some(&(_, index)) => index - 1,
+                None => self.raw.store().hard_state().commit,
+            },
         }
     }
 
@@ -581,6 +614,11 @@ impl Partition {
             return;
         }
         if self.fatal.is_some() {
+            return;
+        }
+        if self.mode == RaftMode::Off {
+            tracing::debug!(partition = %self.config.partition, from = %PeerId(message.from),
+                "Raft is off: a peer's message dropped");
             return;
         }
         if let Err(refusal) = peer_check::check(&self.raw.raft, &message) {
@@ -625,7 +663,11 @@ impl Partition {
         message: raft::eraftpb::Message,
         meta: SnapshotMeta,
     ) -> bool {
-        if message.to != self.config.peer.0 || self.fatal.is_some() || self.installing.is_some() {
+        if message.to != self.config.peer.0
+            || self.fatal.is_some()
+            || self.installing.is_some()
+            || self.mode == RaftMode::Off
+        {
             return false;
         }
         self.wake(now, WakeCause::Message);
@@ -683,7 +725,7 @@ impl Partition {
     /// A snapshot transfer to `to` ended: Raft resumes replicating to it (after a failure,
     /// it sends a new snapshot when it next needs one).
     pub fn report_snapshot(&mut self, now: Instant, to: NodeId, delivered: bool) {
-        if self.fatal.is_some() {
+        if self.fatal.is_some() || self.mode == RaftMode::Off {
             return;
         }
         self.wake(now, WakeCause::Message);
@@ -712,6 +754,7 @@ impl Partition {
         if self.fatal.is_some() {
             return;
         }
+        assert_eq!(self.mode, RaftMode::On, "Raft goes off only once no snapshot is being saved");
         let held = self.raw.store().snapshot_meta().map_or(0, |m| m.position.index);
         if meta.position.index > held {
             self.raw.mut_store().set_snapshot(meta);
@@ -766,7 +809,7 @@ impl Partition {
         if target.index <= compacted.index || self.installing.is_some() {
             return;
         }
-        if self.is_leader() {
+        if self.is_leader() && self.mode == RaftMode::On {
             let floor = target.index.saturating_sub(self.config.options.log_retain_entries);
             let me = self.config.peer.0;
             let behind = self
@@ -835,7 +878,7 @@ impl Partition {
 
     /// Time passed. Ticks Raft once if a tick is due.
     pub fn handle_tick(&mut self, now: Instant) {
-        if self.fatal.is_some() || now < self.next_tick_at || self.is_quiesced() {
+        if self.fatal.is_some() || now < self.next_tick_at || self.is_quiesced() || self.mode == RaftMode::Off {
             return;
         }
         // One tick per call even after a long pause: a paused process resumes with one timer
@@ -863,6 +906,10 @@ impl Partition {
             self.respond(request, response);
             return;
         }
+        if self.mode == RaftMode::Off {
+            self.handle_request_off(now, request, body);
+            return;
+        }
         if !matches!(body, Request::Read { consistency: ReadConsistency::Stale, .. }) {
             self.wake(now, WakeCause::Request);
             // A request is activity: a leader's idle count starts again.
@@ -877,6 +924,8 @@ impl Partition {
             }
             Request::ChangeMembership(change) => self.propose_membership(now, request, change),
             Request::TransferLeader(to) => self.transfer_leader(request, to),
+            Request::SetRaft(RaftMode::Off) => self.turn_off(request),
+            Request::SetRaft(RaftMode::On) => self.respond(request, Response::RaftMode(RaftMode::On)),
         }
         self.after_input(now);
     }
@@ -884,6 +933,10 @@ impl Partition {
     /// Every `Persist` up to and including `ready_number` is durable.
     pub fn handle_persisted(&mut self, now: Instant, ready_number: u64) {
         if self.fatal.is_some() {
+            return;
+        }
+        if self.mode == RaftMode::Off {
+            self.handle_persisted_off(now, ready_number);
             return;
         }
         let mut released = false;
@@ -898,7 +951,8 @@ impl Partition {
             released = true;
         }
         assert!(released, "persisted ready {ready_number} was outstanding");
-        self.raw.on_persist_ready(ready_number);
+        // Numbers at or below `raft_numbers_from` were not this Raft node's (0 is no ready).
+        self.raw.on_persist_ready(ready_number.saturating_sub(self.raft_numbers_from));
         self.advance_raft_applied();
         self.after_input(now);
     }
@@ -908,7 +962,7 @@ impl Partition {
     /// campaign while committed membership changes are unapplied, as a new partition's
     /// bootstrap entries are until the store has applied them.
     pub fn campaign(&mut self, now: Instant) {
-        if self.fatal.is_some() || self.is_leader() {
+        if self.fatal.is_some() || self.is_leader() || self.mode == RaftMode::Off {
             return;
         }
         self.wake(now, WakeCause::Request);
@@ -951,6 +1005,7 @@ impl Partition {
             self.respond(request, Response::Failed(error.clone()));
         }
         self.unpersisted.clear();
+        self.unpersisted_off.clear();
         self.fatal = Some(error);
     }
 
@@ -962,7 +1017,7 @@ impl Partition {
 
     /// When `handle_tick` next has work; `None` if the replica has stopped.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.fatal.is_some() || self.is_quiesced() {
+        if self.fatal.is_some() || self.is_quiesced() || self.mode == RaftMode::Off {
             return None;
         }
         Some(self.next_tick_at)
@@ -971,6 +1026,13 @@ impl Partition {
     // ---- internals ----
 
     fn after_input(&mut self, now: Instant) {
+        if self.mode == RaftMode::Off {
+            self.maybe_finish_switch(now);
+            if self.mode == RaftMode::Off {
+                self.maybe_compact();
+            }
+            return;
+        }
         self.campaign_if_asked();
         self.process_ready();
         self.rejitter();
@@ -982,6 +1044,7 @@ impl Partition {
         self.note_election();
         self.maybe_compact();
         self.maybe_save_snapshot();
+        self.maybe_finish_switch(now);
     }
 
     /// Saves a snapshot of the store's state when raft-rs asked for one that the held one
@@ -1109,16 +1172,11 @@ impl Partition {
             }
             return;
         }
-        if self.proposals.is_full() {
+        if self.proposals.is_full() || self.switching.is_some() {
             self.respond(request, Response::Busy);
             return;
         }
-        let data = command.encode();
-        if data.len() > limits::COMMAND_SIZE_BYTES_MAX {
-            let message = format!("write of {} bytes exceeds {} bytes", data.len(), limits::COMMAND_SIZE_BYTES_MAX);
-            self.respond(request, Response::Invalid(message));
-            return;
-        }
+        let Some(data) = self.encode_command(request, &command) else { return };
         let last_before = self.raw.raft.raft_log.last_index();
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
@@ -1143,6 +1201,17 @@ impl Partition {
             Err(raft::Error::ProposalDropped) => self.respond(request, Response::Busy),
             Err(e) => panic!("propose on a leader failed unexpectedly: {e}"),
         }
+    }
+
+    /// `command` as an entry's data, or `None` (answered `Invalid`) if that is too large.
+    fn encode_command(&mut self, request: RequestId, command: &Command) -> Option<Vec<u8>> {
+        let data = command.encode();
+        if data.len() > limits::COMMAND_SIZE_BYTES_MAX {
+            let message = format!("write of {} bytes exceeds {} bytes", data.len(), limits::COMMAND_SIZE_BYTES_MAX);
+            self.respond(request, Response::Invalid(message));
+            return None;
+        }
+        Some(data)
     }
 
     /// Proposes one membership change after checking it is safe: one change at a time, never
@@ -1213,6 +1282,9 @@ impl Partition {
 
     fn check_membership(&self, now: Instant, change: MembershipChange) -> Result<(), String> {
         let raft = &self.raw.raft;
+        if self.switching.is_some() {
+            return Err("Raft is being turned off for this partition".into());
+        }
         if raft.has_pending_conf() {
             return Err("another membership change of this partition is in flight; try again once it applies".into());
         }
@@ -1305,6 +1377,10 @@ impl Partition {
             self.respond(request, Response::Refused(format!("node {to} is not a voter of this partition")));
             return;
         };
+        if self.switching.is_some() {
+            self.respond(request, Response::Refused("Raft is being turned off for this partition".into()));
+            return;
+        }
         if to != self.config.node {
             self.raw.transfer_leader(voter);
         }
@@ -1423,6 +1499,31 @@ impl Partition {
         self.unpersisted.push_back((0, Vec::new()));
         self.outputs.push_back(Output::Persist { ready_number: 0, write });
     }
+}
+
+/// A Raft node over `storage`, which holds the log as recovered (or as Raft off left it), with
+/// entries through `applied` already handed to the store.
+fn new_raw_node(config: &PartitionConfig, storage: PartitionStorage, applied: u64) -> RawNode<PartitionStorage> {
+    let raft_config = raft::Config {
+        id: config.peer.0,
+        election_tick: config.options.election_ticks,
+        heartbeat_tick: config.options.heartbeat_ticks,
+        // raft-rs draws its timeout from its own unseeded generator; we overwrite it from
+        // `rng` whenever raft resets it (see `rejitter`).
+        min_election_tick: config.options.election_ticks,
+        max_election_tick: 2 * config.options.election_ticks,
+        applied,
+        max_size_per_msg: limits::RAFT_MESSAGE_ENTRIES_SIZE_BYTES_MAX,
+        max_inflight_msgs: limits::RAFT_INFLIGHT_MESSAGES_MAX,
+        max_uncommitted_size: limits::RAFT_UNCOMMITTED_SIZE_BYTES_MAX,
+        max_committed_size_per_ready: limits::APPLY_BATCH_BYTES_MAX,
+        check_quorum: true,
+        pre_vote: true,
+        ..raft::Config::default()
+    };
+    raft_config.validate().expect("raft config is valid");
+    let logger = raft_logger(config.node.0, config.partition.0);
+    RawNode::new(&raft_config, storage, &logger).expect("raft node starts from recovered state")
 }
 
 /// Election timeouts a leader holds back a compaction for a follower just behind it.

@@ -81,4 +81,6 @@ pub enum Response {
     Refused(String),
     /// The leader started handing leadership to the node asked for.
     Transferring,
+    /// The partition's Raft mode is now this (`Request::SetRaft`).
+    RaftMode(crate::persist::RaftMode),
 }

@@ -446,6 +446,7 @@ impl Partition {
         let last = raft.raft_log.last_index();
         let checks = [
             (self.fatal.is_none(), "failed"),
+            (self.switching.is_none(), "switching Raft on or off"),
             (raft.lead_transferee.is_none(), "transferring leadership"),
             (!raft.has_pending_conf(), "membership change in flight"),
             (raft.prs().conf().to_conf_state().get_voters_outgoing().is_empty(), "joint configuration"),

@@ -20,8 +20,9 @@
 //! reads served and raft-rs told what is applied (`advance_apply_to`).
 
 use super::proposals::Fate;
-use super::{reads, Output, Partition, Response};
+use super::{raft_mode, reads, Output, Partition, Response};
 use crate::bugs::{self, Bug};
+use crate::persist::RaftMode;
 use crate::persist::{LogPosition, LogWrite};
 use crate::store::{AppliedOutcome, ApplyEntry, ApplyKind, DirectoryChange};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
@@ -47,7 +48,9 @@ impl Partition {
 
     fn handle_one_ready(&mut self) {
         let mut ready = self.raw.ready();
-        let number = ready.number();
+        let raft_number = ready.number();
+        let number = self.raft_numbers_from + raft_number;
+        self.last_ready_number = number;
 
         for message in ready.take_messages() {
             self.send(message);
@@ -100,7 +103,7 @@ impl Partition {
             for message in persisted_messages {
                 self.send(message);
             }
-            self.raw.on_persist_ready(number);
+            self.raw.on_persist_ready(raft_number);
         } else {
             write.assert_well_formed();
             self.unpersisted.push_back((number, persisted_messages));
@@ -111,6 +114,9 @@ impl Partition {
     /// Tells raft-rs how far the state machine has applied. A snapshot's state counts as
     /// applied only once raft-rs knows the snapshot is durable.
     pub(super) fn advance_raft_applied(&mut self) {
+        if self.mode == RaftMode::Off {
+            return;
+        }
         let log = &self.raw.raft.raft_log;
         let mut applied = self.applied.index.min(log.persisted);
         if bugs::is_active(Bug::ApplyUncommitted) {
@@ -139,7 +145,7 @@ impl Partition {
     }
 
     /// Hands committed entries to the store as one `Apply`, in order.
-    fn hand_out_committed(&mut self, entries: Vec<Entry>) {
+    pub(super) fn hand_out_committed(&mut self, entries: Vec<Entry>) {
         let mut batch = Vec::with_capacity(entries.len());
         for entry in entries {
             let index = entry.index;
@@ -153,7 +159,13 @@ impl Partition {
             }
             let kind = match entry.get_entry_type() {
                 // A new leader's empty entry.
-                EntryType::EntryNormal if entry.data.is_empty() => ApplyKind::Noop,
+                // A new leader's empty entry, or a switch of Raft mode.
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    match raft_mode::switch_of(true, &entry.data, &entry.context) {
+                        Some(mode) => ApplyKind::RaftMode(mode),
+                        None => ApplyKind::Noop,
+                    }
+                }
                 EntryType::EntryNormal if self.planted_skip(index) => ApplyKind::Noop,
                 EntryType::EntryNormal => ApplyKind::Command(entry.data.to_vec()),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -200,6 +212,7 @@ impl Partition {
             }
             AppliedOutcome::Membership(Ok(conf_state)) => Response::Membership(conf_state),
             AppliedOutcome::Membership(Err(reason)) => Response::Refused(reason),
+            AppliedOutcome::RaftMode(mode) => Response::RaftMode(mode),
             AppliedOutcome::Command { client, seq, result, directory } => {
                 if let Some(change) = directory.filter(|_| self.is_live(position.index)) {
                     self.outputs.push_back(match change {

@@ -7,18 +7,18 @@ use crate::state_machine::{
 };
 use crate::testing::{Cluster, Delivered};
 
-const STEPS_MAX: usize = 100_000;
+pub(super) const STEPS_MAX: usize = 100_000;
 
 fn repo() -> RepoId {
     RepoId { storage: "default".into(), relative_path: RelativePath::new("group/project.git").unwrap() }
 }
 
-fn create_repo(seq: u64) -> Request {
+pub(super) fn create_repo(seq: u64) -> Request {
     Request::Write(Command { client: ClientId(1), seq, op: WriteOp::CreateRepository { repo: repo(), fork_of: None } })
 }
 
 /// Writes a blob with `content` and points `refs/heads/main` at it, whatever it was.
-fn set_main(client: u64, seq: u64, content: &[u8]) -> (Request, Oid) {
+pub(super) fn set_main(client: u64, seq: u64, content: &[u8]) -> (Request, Oid) {
     let oid = Oid::hash_object(ObjectKind::Blob, content);
     let op = WriteOp::Transaction {
         repo: repo(),
@@ -32,7 +32,7 @@ fn set_main(client: u64, seq: u64, content: &[u8]) -> (Request, Oid) {
     (Request::Write(Command { client: ClientId(client), seq, op }), oid)
 }
 
-fn list_refs(consistency: ReadConsistency) -> Request {
+pub(super) fn list_refs(consistency: ReadConsistency) -> Request {
     Request::Read { query: ReadQuery::ListRefs { repo: repo() }, consistency }
 }
 
@@ -44,7 +44,7 @@ fn never_quiescing() -> ReplicaOptions {
     ReplicaOptions { quiesce_after_ticks: 0, ..ReplicaOptions::default() }
 }
 
-fn elect(cluster: &mut Cluster) -> NodeId {
+pub(super) fn elect(cluster: &mut Cluster) -> NodeId {
     assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some()), "a leader is elected");
     // Let the new leader commit its empty entry so that reads and writes can be served.
     let leader = cluster.leader().unwrap();
@@ -63,7 +63,7 @@ fn request_on_leader(cluster: &mut Cluster, body: Request) -> Response {
     cluster.response(request).unwrap().clone()
 }
 
-fn assert_written(response: &Response) {
+pub(super) fn assert_written(response: &Response) {
     assert!(matches!(response, Response::Written(Ok(_))), "expected a successful write, got {response:?}");
 }
 

@@ -15,7 +15,7 @@ use super::tables::{
 use super::StoreError;
 use crate::ids::ClientId;
 use crate::ids::PartitionId;
-use crate::persist::{ConfState, LogPosition};
+use crate::persist::{ConfState, LogPosition, RaftMode};
 use crate::state_machine::{
     check_op, Command, NewObject, ObjectHasher, ObjectKind, Oid, RefUpdate, RefValue, Rejection, RelativePath, RepoId,
     WriteOk, WriteOp, WriteResult, PARTITION_REPOSITORIES_MAX, PARTITION_UPLOADS_MAX, REPOSITORY_REFS_MAX,
@@ -79,6 +79,13 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     pub fn apply_membership(&mut self, position: LogPosition, conf_state: ConfState) {
         self.advance(position);
         self.record.conf_state = conf_state;
+    }
+
+    /// Records that the Raft mode switch at `position` was applied: the partition runs in `mode`
+    /// from there.
+    pub fn apply_raft_mode(&mut self, position: LogPosition, mode: RaftMode) {
+        self.advance(position);
+        self.record.raft = mode;
     }
 
     /// Applies a committed command at `position`. A `(client, seq)` already applied answers its
@@ -596,6 +603,8 @@ pub enum ApplyKind {
     /// A membership change, already applied to Raft: the members after it, or why Raft refused
     /// it (then the membership stays as it was).
     Membership(Result<ConfState, String>),
+    /// The partition switches Raft on or off here (`partition::raft_mode`).
+    RaftMode(RaftMode),
 }
 
 /// What applying one entry did, in the order applied.
@@ -620,6 +629,7 @@ pub enum AppliedOutcome {
     /// alike. Our own leader encoded them, so this means a version skew or a bug.
     Undecodable(String),
     Membership(Result<ConfState, String>),
+    RaftMode(RaftMode),
 }
 
 /// A change of the directory that the node acts on.
@@ -659,6 +669,10 @@ fn apply_one(writer: &mut PartitionWriter<'_, '_>, entry: &ApplyEntry) -> Result
                     Err(_) => writer.apply_noop(entry.position),
                 }
                 AppliedOutcome::Membership(outcome.clone())
+            }
+            ApplyKind::RaftMode(mode) => {
+                writer.apply_raft_mode(entry.position, *mode);
+                AppliedOutcome::RaftMode(*mode)
             }
             ApplyKind::Command(bytes) => match Command::decode(bytes) {
                 Ok(command) => {

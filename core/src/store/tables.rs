@@ -26,7 +26,7 @@ use super::keys;
 use super::StoreError;
 use crate::codec;
 use crate::ids::{ClientId, PartitionId};
-use crate::persist::{ConfState, LogPosition};
+use crate::persist::{ConfState, LogPosition, RaftMode};
 use crate::state_machine::RepoId;
 use redb::{ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -115,6 +115,8 @@ pub struct PartitionRecord {
     /// The membership as of `applied` (the snapshot metadata of this state).
     pub conf_state: ConfState,
     pub counts: Counts,
+    /// The Raft mode as of `applied`. A snapshot carries none: only a Raft leader sends one.
+    pub raft: RaftMode,
 }
 
 /// Row counts a command's bounds are checked against; derived from the rows, so a snapshot

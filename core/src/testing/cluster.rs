@@ -263,7 +263,9 @@ impl Cluster {
         let member = durable.conf_state.members().into_iter().map(PeerId).find(|p| p.node() == node);
         config.peer = member.unwrap_or(PeerId::new(node, 0));
         let record = self.stores[&node].read().expect("reads").partition(self.partition).expect("reads");
-        let stored = record.map(|r| StoredState { applied: r.applied, conf_state: r.conf_state }).unwrap_or_default();
+        let stored = record
+            .map(|r| StoredState { applied: r.applied, conf_state: r.conf_state, raft: r.raft })
+            .unwrap_or_default();
         let partition = Partition::open(config, durable.clone(), stored, self.now);
         self.replicas.insert(node, Replica { partition, pending_writes: VecDeque::new(), durable });
         self.collect(node);
@@ -379,6 +381,7 @@ impl Cluster {
                                     applied: meta.position,
                                     conf_state: meta.conf_state.clone(),
                                     counts,
+                                    raft: crate::persist::RaftMode::On,
                                 };
                                 rows.set_partition(partition, &record)
                             })

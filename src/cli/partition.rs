@@ -41,6 +41,14 @@ pub enum PartitionCommand {
         #[arg(long)]
         node: u64,
     },
+    /// Turn Raft on or off for a partition, in place: no data is copied. Off needs a partition
+    /// with one replica (remove the others first); its writes then go to the same log without
+    /// Raft. On makes it a single-voter Raft group again, which can then take replicas.
+    Raft {
+        #[arg(value_enum)]
+        mode: RaftSwitch,
+        partition: u64,
+    },
     /// One partition as each of its replicas' nodes sees it: roles, leader and term, applied,
     /// matched, durable and compacted indexes, how far each is behind the commit (in entries,
     /// and in time as the leader sees it), when the leader last heard from each, how it
@@ -51,6 +59,12 @@ pub enum PartitionCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaftSwitch {
+    On,
+    Off,
 }
 
 /// `cohort partition show`: one partition from every node's status.
@@ -235,6 +249,11 @@ pub async fn run(cli: &Cli, command: &PartitionCommand) -> anyhow::Result<()> {
         PartitionCommand::TransferLeader { partition, node } => {
             let info = client.change_members(*partition, *node, "transfer-leader").await?;
             print(&client, &[info], false, true).await
+        }
+        PartitionCommand::Raft { mode, partition } => {
+            let enabled = client.set_partition_raft(*partition, *mode == RaftSwitch::On).await?;
+            println!("partition {partition}: Raft {}", if enabled { "on" } else { "off" });
+            Ok(())
         }
         PartitionCommand::Show { partition, json } => show(&client, *partition, *json).await,
     }

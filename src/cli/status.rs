@@ -66,6 +66,8 @@ pub struct ReplicaJson {
     /// Unloaded: a few hundred bytes in memory until a request or a message loads it (as its
     /// own node reports it).
     pub unloaded: bool,
+    /// Raft is off for its partition: it is the only replica (as its own node reports it).
+    pub raft_off: bool,
     /// As the leader sees it (absent if the leader did not answer): how it replicates to it
     /// (`probe`, `replicate`, `snapshot`), how far behind in time (the age of the oldest entry
     /// it lacks), and how long since the leader last heard from it.
@@ -143,6 +145,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                             existing.durable_index = r.durable_index;
                             existing.quiesced = r.quiesced;
                             existing.unloaded = r.unloaded;
+                            existing.raft_off = r.raft_off;
                             existing.reported = true;
                         }
                         existing.match_index = existing.match_index.max(r.match_index);
@@ -158,6 +161,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
                             durable_index: if own { r.durable_index } else { 0 },
                             quiesced: own && r.quiesced,
                             unloaded: own && r.unloaded,
+                            raft_off: own && r.raft_off,
                             progress: None,
                             behind_seconds: None,
                             last_heard_seconds: None,
@@ -321,6 +325,9 @@ async fn render(client: &cohort_net::client::Client, json: bool, all: bool) -> a
 
 /// What a replica's own node says of it: `awake`, `quiesced` or `unloaded`.
 pub fn replica_state(replica: &ReplicaJson) -> &'static str {
+    if replica.raft_off {
+        return "raft off";
+    }
     match (replica.unloaded, replica.quiesced) {
         (true, _) => "unloaded",
         (false, true) => "quiesced",

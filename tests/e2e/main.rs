@@ -10,6 +10,7 @@ mod large_objects;
 mod membership;
 mod observability;
 mod operations;
+mod raft_mode;
 mod replica_sets;
 mod robustness;
 mod tls;

@@ -7,6 +7,7 @@ use cohort_core::node::{
     ApiError, MembersAction, NodeService, PartitionView, Retirement, UploadBegun, UPLOAD_PIECE_BYTES,
 };
 use cohort_core::partition::{PartitionStatus, ReadConsistency};
+use cohort_core::persist::RaftMode;
 use cohort_core::state_machine::{PagedObject, ReadQuery, ReadResult, Rejection, RelativePath, WriteOk};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -159,6 +160,17 @@ impl Cohort for ApiServer {
             .await
             .map_err(|e| self.status_of(e))?;
         Ok(Response::new(partition_info(&view)))
+    }
+
+    async fn set_partition_raft(
+        &self,
+        request: Request<proto::SetPartitionRaftRequest>,
+    ) -> Result<Response<proto::SetPartitionRaftReply>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let mode = if request.enabled { RaftMode::On } else { RaftMode::Off };
+        let now = self.service.set_raft(PartitionId(request.partition), mode).await.map_err(|e| self.status_of(e))?;
+        Ok(Response::new(proto::SetPartitionRaftReply { enabled: now == RaftMode::On }))
     }
 
     async fn retire_peer(
@@ -519,6 +531,7 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
         durable_index: status.durable_index,
         quiesced: status.quiesced,
         unloaded: status.unloaded,
+        raft_off: status.raft == RaftMode::Off,
         progress: String::new(),
         behind_seconds: 0.0,
         last_heard_seconds: None,
@@ -533,6 +546,7 @@ fn partition_status(me: NodeId, status: PartitionStatus, repositories: Vec<proto
             durable_index: 0,
             quiesced: false,
             unloaded: false,
+            raft_off: false,
             progress: progress.state.to_owned(),
             behind_seconds: progress.behind.as_secs_f64(),
             last_heard_seconds: progress.last_heard.map(|d| d.as_secs_f64()),

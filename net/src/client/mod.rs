@@ -665,6 +665,18 @@ impl Client {
         .await
     }
 
+    /// Turns Raft on (`enabled`) or off for `partition`, on its leader; whether it runs Raft now.
+    pub async fn set_partition_raft(&self, partition: u64, enabled: bool) -> Result<bool, ClientError> {
+        let message = proto::SetPartitionRaftRequest { partition, enabled };
+        let reply = self
+            .call_with(None, self.config.deadline, |mut c| {
+                let request = self.request(message.clone());
+                async move { c.set_partition_raft(request).await }
+            })
+            .await?;
+        Ok(reply.enabled)
+    }
+
     /// Asks the node at `endpoint` (only that one: each node remembers its peers' data
     /// directories itself) to retire the instance it knows `node` by.
     pub async fn retire_peer_at(&self, endpoint: &str, node: u64) -> Result<proto::RetirePeerReply, ClientError> {

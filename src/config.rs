@@ -48,6 +48,16 @@ pub struct RawRaft {
     /// a few hundred bytes stay until a request or a message loads it again. 0: never.
     #[serde(default = "default_unload_after_ms")]
     pub unload_after_ms: u64,
+    /// Whether a new partition with one replica (`replicas = 1`) runs Raft from its start. When
+    /// false it starts without Raft: its writes go to the same log and are committed once
+    /// durable (`cohort partition raft on` turns Raft on later, in place). Partitions of
+    /// several replicas always run Raft.
+    #[serde(default = "default_raft_enabled_by_default")]
+    pub enabled_by_default: bool,
+}
+
+fn default_raft_enabled_by_default() -> bool {
+    true
 }
 
 fn default_log_retain_entries() -> u64 {
@@ -71,6 +81,7 @@ impl Default for RawRaft {
             log_retain_entries: default_log_retain_entries(),
             quiesce_after_ms: default_quiesce_after_ms(),
             unload_after_ms: default_unload_after_ms(),
+            enabled_by_default: default_raft_enabled_by_default(),
         }
     }
 }
@@ -371,6 +382,7 @@ impl Config {
                 quiesce_after_ticks: raw.raft.quiesce_after_ms.div_ceil(raw.raft.tick_interval_ms),
                 unload_after_ticks: raw.raft.unload_after_ms.div_ceil(raw.raft.tick_interval_ms),
                 snapshot_size_bytes_max: raw.limits.snapshot_size_bytes_max,
+                raft_enabled_by_default: raw.raft.enabled_by_default,
             },
             store: cohort_core::store::StoreOptions { cache_size_bytes: raw.store.cache_bytes },
             applier: cohort_core::node::ApplierOptions {

@@ -132,6 +132,7 @@ impl SimCluster {
                     quiesce_after_ticks: quiesce_after_ticks(seed, must_quiesce),
                     unload_after_ticks: unload_after_ticks(seed),
                     snapshot_size_bytes_max: cohort_core::limits::SNAPSHOT_SIZE_BYTES_MAX_DEFAULT,
+                    raft_enabled_by_default: true,
                 },
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,

@@ -101,3 +101,31 @@ fn raft_goes_off_and_on_in_place_and_every_write_survives() {
     let (refs, _) = rt.block_on(cluster.client(43).read_refs(&repo("r.git"), false)).unwrap();
     assert_eq!(refs.len(), 81);
 }
+
+#[test]
+fn new_single_replica_partitions_start_without_raft_when_configured() {
+    let cluster = TestCluster::start_configured(3, |config| {
+        config.replicas = Some(1);
+        config.raft.enabled_by_default = false;
+    });
+    let rt = runtime();
+    let client = cluster.client(44);
+    rt.block_on(client.create_repository(&repo("r.git"), None)).unwrap();
+    let object = NewObject::new(ObjectKind::Blob, b"no raft".to_vec());
+    let change = RefChange {
+        name: RefName::new("refs/heads/main").unwrap(),
+        expected: Expected::Any,
+        new: Some(RefValue::Direct(object.oid)),
+    };
+    rt.block_on(client.write(&repo("r.git"), vec![object], vec![change])).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&stdout(&cluster.cli(&["repo", "info", "r.git", "--json"]))).unwrap();
+    let home = info["replicas"][0]["node"].as_u64().unwrap();
+    assert_eq!(replica_state(&cluster, home), "raft off");
+    // The directory runs Raft on every node regardless.
+    let status = cluster.status();
+    let directory = status["partitions"].as_array().unwrap().iter().find(|p| p["id"] == 0).unwrap();
+    let replicas = directory["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 3, "{directory}");
+    assert!(replicas.iter().all(|r| r["raft_off"] == false), "{directory}");
+}

@@ -76,6 +76,10 @@ pub struct ReplicaOptions {
     /// The largest snapshot this replica accepts from a peer; a larger transfer is refused at
     /// its first chunk, as is one the disk has no room for.
     pub snapshot_size_bytes_max: u64,
+    /// Whether a new partition whose only voter is this replica runs Raft from its start. When
+    /// false it starts with Raft off (`raft_mode.rs`); partitions of several voters, and the
+    /// directory, always run Raft.
+    pub raft_enabled_by_default: bool,
 }
 
 impl Default for ReplicaOptions {
@@ -88,6 +92,7 @@ impl Default for ReplicaOptions {
             quiesce_after_ticks: 20,
             unload_after_ticks: 100,
             snapshot_size_bytes_max: limits::SNAPSHOT_SIZE_BYTES_MAX_DEFAULT,
+            raft_enabled_by_default: true,
         }
     }
 }
@@ -277,11 +282,22 @@ pub struct Partition {
 impl Partition {
     /// Creates a brand-new replica of a partition whose initial voters are `voters` (the same
     /// list on every replica). Its first output persists that membership; the store applies
-    /// it like any committed entry.
+    /// it like any committed entry. A partition of one voter starts with Raft off if the
+    /// options say so: its first write also holds the entry that turns Raft off.
     pub fn create(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
         assert!(voters.contains(&config.node), "a partition is created on one of its voters");
         assert_eq!(config.peer, PeerId::new(config.node, 0), "initial members are incarnation 0");
-        let bootstrap = bootstrap_entries(voters);
+        let mut bootstrap = bootstrap_entries(voters);
+        let alone = voters.iter().all(|&voter| voter == config.node);
+        if alone && !config.options.raft_enabled_by_default && config.partition != crate::ids::DIRECTORY {
+            bootstrap.push(LogEntry {
+                index: bootstrap.len() as u64 + 1,
+                term: BOOTSTRAP_TERM,
+                kind: EntryKind::Normal,
+                data: Vec::new(),
+                context: raft_mode::RAFT_OFF_MARK.to_vec(),
+            });
+        }
         let last = bootstrap.last().expect("at least one voter").index;
         let recovered = RecoveredPartition {
             conf_state: ConfState { voters: voters.iter().map(|n| n.0).collect(), ..ConfState::default() },
@@ -289,7 +305,8 @@ impl Partition {
             entries: bootstrap.clone(),
             ..RecoveredPartition::default()
         };
-        let mut partition = Partition::open(config, recovered, StoredState::default(), now);
+        // Nothing is handed to the store before the bootstrap write is durable.
+        let mut partition = Partition::open_unsettled(config, recovered, StoredState::default(), now);
         partition.persist_metadata(bootstrap);
         partition
     }
@@ -307,6 +324,23 @@ impl Partition {
     /// was lost to a crash. Then the log starts after the store's position, as if that record
     /// had been written, and it is written now.
     pub fn open(
+        config: PartitionConfig,
+        recovered: RecoveredPartition,
+        stored: StoredState,
+        now: Instant,
+    ) -> Partition {
+        let mut partition = Partition::open_unsettled(config, recovered, stored, now);
+        if partition.mode == RaftMode::Off {
+            // Raft off, every entry in the log is durable, so committed (Raft hands out its own
+            // committed entries in its first Ready).
+            let last = partition.raw.store().hard_state().commit;
+            partition.hand_out_through(last);
+        }
+        partition
+    }
+
+    /// `open`, without handing any entry to the store yet.
+    fn open_unsettled(
         config: PartitionConfig,
         mut recovered: RecoveredPartition,
         stored: StoredState,
@@ -407,10 +441,6 @@ impl Partition {
             write.hard_state = Some(partition.raw.store().hard_state());
             partition.unpersisted.push_back((0, Vec::new()));
             partition.outputs.push_back(Output::Persist { ready_number: 0, write });
-        }
-        if partition.mode == RaftMode::Off {
-            let last = partition.raw.store().hard_state().commit;
-            partition.hand_out_through(last);
         }
         partition.announce_directory_if_replayed();
         partition.rejitter();
@@ -1496,7 +1526,13 @@ impl Partition {
         write.hard_state = Some(self.raw.store().hard_state());
         self.conf_state_dirty = false;
         // Ready numbers start at 1; 0 names this write.
-        self.unpersisted.push_back((0, Vec::new()));
+        match self.mode {
+            RaftMode::On => self.unpersisted.push_back((0, Vec::new())),
+            RaftMode::Off => {
+                let last = write.entries.last().expect("a bootstrap entry at least").index;
+                self.unpersisted_off.push_back((0, last));
+            }
+        }
         self.outputs.push_back(Output::Persist { ready_number: 0, write });
     }
 }

@@ -148,6 +148,8 @@ impl Partition {
     /// Raft off: every log write through `ready_number` is durable, so committed.
     pub(super) fn handle_persisted_off(&mut self, now: Instant, ready_number: u64) {
         let mut durable = None;
+        // Raft's own writes from before Raft went off were all durable before it did.
+        assert!(self.unpersisted.is_empty(), "Raft went off with nothing of Raft's in flight");
         while let Some(&(number, index)) = self.unpersisted_off.front() {
             if number > ready_number {
                 break;
@@ -467,6 +469,26 @@ mod tests {
         elect(&mut cluster);
         let (body, _) = set_main(1, 2, b"after both");
         assert_written(&ask(&mut cluster, body));
+    }
+
+    #[test]
+    fn a_new_single_voter_partition_starts_with_raft_off_when_the_options_say_so() {
+        let options = super::super::ReplicaOptions { raft_enabled_by_default: false, ..Default::default() };
+        let mut cluster = Cluster::with_options(1, 43, options.clone());
+        assert_eq!(cluster.status_of(NODE).raft, RaftMode::Off);
+        assert_written(&ask(&mut cluster, create_repo(1)));
+        let (body, oid) = set_main(1, 2, b"never under Raft");
+        assert_written(&ask(&mut cluster, body));
+        assert_eq!(cluster.status_of(NODE).term, 1, "no election ever");
+        cluster.crash(NODE);
+        cluster.restart(NODE);
+        assert_eq!(cluster.status_of(NODE).raft, RaftMode::Off);
+        assert_eq!(main_ref(&mut cluster), Some(oid));
+        // Several voters run Raft whatever the options say.
+        let cluster = Cluster::with_options(3, 44, options);
+        for node in cluster.nodes() {
+            assert_eq!(cluster.status_of(node).raft, RaftMode::On);
+        }
     }
 
     #[test]

@@ -9,74 +9,12 @@
 #[path = "../tests/e2e/cluster.rs"]
 #[allow(dead_code)]
 mod cluster;
+#[allow(dead_code)]
+mod common;
 
 use cluster::{repo, TestCluster};
-use cohort_core::state_machine::{Expected, NewObject, ObjectKind, RefName, RefValue};
-use cohort_net::client::{Client, ClientConfig, RefChange};
-use std::sync::Arc;
+use common::{client, run_load, write_kib};
 use std::time::{Duration, Instant};
-
-struct Load {
-    writes: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Load {
-    fn throughput(&self) -> f64 {
-        self.writes as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        sorted[((sorted.len() - 1) as f64 * p) as usize]
-    }
-}
-
-fn client(cluster: &TestCluster, id: u64) -> Client {
-    let mut config = ClientConfig::new(cluster.endpoints(), id);
-    config.deadline = Duration::from_secs(30);
-    Client::new(config).unwrap()
-}
-
-/// One 1 KiB write: a blob and a reference to it, in one transaction.
-async fn write(client: &Client, key: u64, n: u64) -> Duration {
-    let mut data = vec![0u8; 1024];
-    data[..16].copy_from_slice(&[key.to_le_bytes(), n.to_le_bytes()].concat());
-    let object = NewObject::new(ObjectKind::Blob, data);
-    let change = RefChange {
-        name: RefName::new(format!("refs/heads/c{key}")).unwrap(),
-        expected: Expected::Any,
-        new: Some(RefValue::Direct(object.oid)),
-    };
-    let started = Instant::now();
-    client.write(&repo("bench.git"), vec![object], vec![change]).await.expect("write");
-    started.elapsed()
-}
-
-async fn run_load(cluster: &TestCluster, clients: u64, duration: Duration) -> Load {
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for key in 0..clients {
-        let client = Arc::new(client(cluster, rand::random()));
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut n = 0;
-            while Instant::now() < deadline {
-                latencies.push(write(&client, key, n).await);
-                n += 1;
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    Load { writes: latencies.len(), elapsed: started.elapsed(), latencies }
-}
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -91,8 +29,8 @@ fn main() {
         rt.block_on(client(&cluster, 1).create_repository(&repo("bench.git"), None)).unwrap();
         for &clients in concurrency {
             // Warm up connections and the leader cache.
-            rt.block_on(run_load(&cluster, clients, Duration::from_millis(300)));
-            let load = rt.block_on(run_load(&cluster, clients, duration));
+            rt.block_on(run_load(&cluster, &repo("bench.git"), clients, Duration::from_millis(300)));
+            let load = rt.block_on(run_load(&cluster, &repo("bench.git"), clients, duration));
             println!(
                 "{nodes}-node, {clients:>2} clients: {:>8.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} writes)",
                 load.throughput(),
@@ -120,11 +58,11 @@ fn main() {
         let mut cluster = TestCluster::start(3);
         let c = client(&cluster, 7);
         rt.block_on(c.create_repository(&repo("bench.git"), None)).unwrap();
-        rt.block_on(write(&c, 0, 0));
+        rt.block_on(write_kib(&c, &repo("bench.git"), 0, 0));
         let leader = cluster.leader_of(1);
         cluster.kill9(leader);
         let killed = Instant::now();
-        rt.block_on(write(&c, 0, 1));
+        rt.block_on(write_kib(&c, &repo("bench.git"), 0, 1));
         failovers.push(killed.elapsed());
     }
     failovers.sort();

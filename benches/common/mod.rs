@@ -142,3 +142,70 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / per_second
 }
+
+/// What a closed-loop load did: every write's latency, over `elapsed`.
+pub struct Load {
+    pub writes: usize,
+    pub elapsed: Duration,
+    pub latencies: Vec<Duration>,
+}
+
+impl Load {
+    pub fn throughput(&self) -> f64 {
+        self.writes as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        sorted[((sorted.len() - 1) as f64 * p) as usize]
+    }
+
+    /// Two loads of the same workload taken in turns, as one.
+    pub fn merge(&mut self, other: Load) {
+        self.writes += other.writes;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+    }
+}
+
+/// One 1 KiB write to `repo`: a blob and the reference `refs/heads/c<key>` to it, in one
+/// transaction; `n` makes each blob new.
+pub async fn write_kib(client: &Client, repo: &RepoId, key: u64, n: u64) -> Duration {
+    let mut data = vec![0u8; 1024];
+    data[..16].copy_from_slice(&[key.to_le_bytes(), n.to_le_bytes()].concat());
+    let object = NewObject::new(ObjectKind::Blob, data);
+    let change = RefChange {
+        name: RefName::new(format!("refs/heads/c{key}")).unwrap(),
+        expected: Expected::Any,
+        new: Some(RefValue::Direct(object.oid)),
+    };
+    let started = Instant::now();
+    client.write(repo, vec![object], vec![change]).await.expect("write");
+    started.elapsed()
+}
+
+/// `clients` closed loops of 1 KiB writes to `repo`, each with its own client, for `duration`.
+pub async fn run_load(cluster: &TestCluster, repo: &RepoId, clients: u64, duration: Duration) -> Load {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for key in 0..clients {
+        let client = std::sync::Arc::new(client(cluster, rand::random()));
+        let repo = repo.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0;
+            while Instant::now() < deadline {
+                latencies.push(write_kib(&client, &repo, key, n).await);
+                n += 1;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    Load { writes: latencies.len(), elapsed: started.elapsed(), latencies }
+}

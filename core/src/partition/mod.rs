@@ -213,6 +213,8 @@ pub struct Partition {
     last_ready_number: u64,
     /// Added to the Raft node's ready numbers: the numbers handed out before it was built.
     raft_numbers_from: u64,
+    /// The hard state last handed to the log (see `log_hard_state`).
+    logged_hard_state: HardState,
     proposals: Proposals,
     forwarded: Forwarded,
     /// Ticks since this replica started; times out forwarded writes.
@@ -389,6 +391,7 @@ impl Partition {
             crate::ids::DIRECTORY => recovered.hard_state.commit.max(config.peer.incarnation()),
             _ => recovered.hard_state.commit,
         };
+        let recovered_hard_state = recovered.hard_state;
         let storage = PartitionStorage::new(&recovered);
         assert_eq!(config.peer.node(), config.node, "a replica's peer id names its node");
         let raw = new_raw_node(&config, storage, applied.index);
@@ -403,6 +406,7 @@ impl Partition {
             unpersisted_off: VecDeque::new(),
             last_ready_number: 0,
             raft_numbers_from: 0,
+            logged_hard_state: recovered_hard_state,
             proposals: Proposals::default(),
             forwarded: Forwarded::default(),
             ticks: 0,
@@ -439,6 +443,7 @@ impl Partition {
             let mut write = LogWrite::new(partition.config.partition);
             write.snapshot = Some((position, conf_state));
             write.hard_state = Some(partition.raw.store().hard_state());
+            partition.logged_hard_state = partition.raw.store().hard_state();
             partition.unpersisted.push_back((0, Vec::new()));
             partition.outputs.push_back(Output::Persist { ready_number: 0, write });
         }
@@ -1524,6 +1529,7 @@ impl Partition {
         write.entries = bootstrap;
         write.conf_state = Some(self.raw.store().conf_state());
         write.hard_state = Some(self.raw.store().hard_state());
+        self.logged_hard_state = self.raw.store().hard_state();
         self.conf_state_dirty = false;
         // Ready numbers start at 1; 0 names this write.
         match self.mode {

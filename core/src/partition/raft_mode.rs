@@ -137,6 +137,7 @@ impl Partition {
         let mut write = LogWrite::new(self.config.partition);
         write.entries = entries;
         write.hard_state = Some(hard_state);
+        self.logged_hard_state = hard_state;
         write.assert_well_formed();
         self.last_ready_number += 1;
         let number = self.last_ready_number;

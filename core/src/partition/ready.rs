@@ -61,9 +61,9 @@ impl Partition {
         }
         let store = self.raw.mut_store();
         write.entries = store.append(ready.entries());
+        let hard_state_changed = ready.hs().is_some();
         if let Some(hard_state) = ready.hs() {
             store.set_hard_state(hard_state);
-            write.hard_state = Some(store.hard_state());
         }
         let mut persisted_messages = ready.take_persisted_messages();
         if bugs::is_active(Bug::ForgetVote) {
@@ -90,6 +90,7 @@ impl Partition {
             write.conf_state = Some(self.raw.store().conf_state());
             self.conf_state_dirty = false;
         }
+        self.log_hard_state(&mut write, hard_state_changed);
         for state in read_states {
             if let Some(context) = reads::context_from_bytes(&state.request_ctx) {
                 self.reads.confirmed(context, state.index);
@@ -108,6 +109,26 @@ impl Partition {
             write.assert_well_formed();
             self.unpersisted.push_back((number, persisted_messages));
             self.outputs.push_back(Output::Persist { ready_number: number, write });
+        }
+    }
+
+    /// Puts the hard state in `write` if it must be durable with it. Raft's commit index is
+    /// volatile state (a restarted replica learns it again, and its store's applied position
+    /// bounds it from below), so a change of the commit alone is not worth a log write and an
+    /// fsync of its own: it rides with the next write that has something else to make
+    /// durable. A term or vote always goes at once (messages wait for it). The directory
+    /// logs every change: a restart replays what its durable commit covers without acting on
+    /// it again, and a commit known durable at once keeps that window small.
+    fn log_hard_state(&mut self, write: &mut LogWrite, changed: bool) {
+        let current = self.raw.store().hard_state();
+        if current == self.logged_hard_state {
+            return;
+        }
+        let vote_changed = (current.term, current.vote) != (self.logged_hard_state.term, self.logged_hard_state.vote);
+        let piggyback = !write.is_empty();
+        if vote_changed || piggyback || (changed && self.config.partition == crate::ids::DIRECTORY) {
+            write.hard_state = Some(current);
+            self.logged_hard_state = current;
         }
     }
 

@@ -108,6 +108,7 @@ impl SimCluster {
         clock_rates_ppm: &BTreeMap<NodeId, i64>,
         disk_latency_max: Duration,
         must_quiesce: bool,
+        replicas: Option<usize>,
     ) -> SimCluster {
         let observer = Arc::new(SafetyObserver::new(trace.clone()));
         let handle = Handle::current();
@@ -136,7 +137,7 @@ impl SimCluster {
                 },
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,
-                replicas: count.min(3) as usize,
+                replicas: replicas.unwrap_or(count.min(3) as usize),
                 workers: workers(seed),
                 store: cohort_core::store::StoreOptions { cache_size_bytes: 4 * 1024 * 1024 },
                 applier: applier_options(seed),

@@ -11,6 +11,7 @@ use cohort_core::bugs::Bug;
 use cohort_core::ids::NodeId;
 use cohort_core::node::MembersAction;
 use cohort_core::node::DIRECTORY;
+use cohort_core::persist::RaftMode;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -38,6 +39,11 @@ pub struct Scenario {
     /// After the usual checks, idle partitions must quiesce, wake without elections and fail
     /// over through node liveness alone (`quiescence.rs`).
     pub quiescence: bool,
+    /// Replicas of each new partition (default: three, or fewer nodes).
+    pub replicas: Option<usize>,
+    /// All along the safety phase, an operator turns Raft off and on for the workload's
+    /// partitions (which must have one replica each for off to be allowed).
+    pub raft_toggle: bool,
 }
 
 /// The faults a scenario's swarms draw from.
@@ -86,6 +92,8 @@ pub fn scenarios() -> Vec<Scenario> {
         workload: workload.clone(),
         menu,
         quiescence: false,
+        replicas: None,
+        raft_toggle: false,
     };
     vec![
         scenario("three", 3, &workload, FaultMenu::Standard),
@@ -99,6 +107,13 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             quiescence: true,
             ..scenario("three-quiesce", 3, &WorkloadConfig { repos: 24, ..workload.clone() }, FaultMenu::Standard)
+        },
+        // One replica per partition, each turned off and on again and again under the faults
+        // while clients write and read it: a switch, a crash or a power loss at any moment.
+        Scenario {
+            replicas: Some(1),
+            raft_toggle: true,
+            ..scenario("three-raft-mode", 3, &WorkloadConfig { repos: 4, ..workload.clone() }, FaultMenu::Standard)
         },
     ]
 }
@@ -326,6 +341,7 @@ pub async fn run(options: RunOptions) -> RunReport {
         &swarm.clock_rates_ppm,
         swarm.disk_latency_max,
         scenario.quiescence,
+        scenario.replicas,
     )));
     let (services, observer) = {
         let c = cluster.lock().expect("not poisoned");
@@ -359,11 +375,18 @@ pub async fn run(options: RunOptions) -> RunReport {
         let cluster = cluster.clone();
         clients.spawn(transfer_leaders(cluster, SimClient::new(3_000, seed, shared), trace, seed, repos, nodes))
     });
+    let toggles = scenario.raft_toggle.then(|| {
+        let (shared, trace, repos) = (shared.clone(), trace.clone(), scenario.workload.repos);
+        clients.spawn(toggle_raft(SimClient::new(4_000, seed, shared), trace, seed, repos))
+    });
     let mut operator = SimClient::new(2_000, seed, shared.clone());
     let episodes =
         drive_faults(&cluster, &swarm, &mut rng, &trace, scenario.nodes, &mut operator, scenario.workload.repos).await;
     if let Some(transfers) = transfers {
         transfers.await.expect("the transfer operator does not panic");
+    }
+    if let Some(toggles) = toggles {
+        toggles.await.expect("the Raft mode operator does not panic");
     }
 
     // Heal: no fault from here on.
@@ -820,6 +843,26 @@ async fn transfer_leaders(
         };
         let outcome = operator.change_members(partition, node, MembersAction::TransferLeader).await;
         trace_event(&trace, format!("transfer leader of partition {partition} to node {node}: {outcome:?}"));
+    }
+}
+
+/// The Raft mode operator (`Scenario::raft_toggle`): until the safety phase ends, turns Raft
+/// off or on for a random partition every so often, sometimes giving up on the call early.
+async fn toggle_raft(mut operator: SimClient, trace: Trace, seed: u64, repos: usize) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x4af7);
+    let end = tokio::time::Instant::now() + SAFETY_PHASE;
+    loop {
+        let gap = Duration::from_millis(rng.gen_range(20..600));
+        if tokio::time::Instant::now() + gap >= end {
+            return;
+        }
+        tokio::time::sleep(gap).await;
+        let partition = cohort_core::ids::PartitionId(rng.gen_range(1..=repos as u64));
+        let mode = if rng.gen_bool(0.5) { RaftMode::Off } else { RaftMode::On };
+        let patience =
+            if rng.gen_bool(0.7) { workload::OP_TIMEOUT } else { Duration::from_millis(rng.gen_range(1..100)) };
+        let outcome = operator.set_raft_within(patience, partition, mode).await;
+        trace_event(&trace, format!("raft {} for partition {partition}: {outcome:?}", mode.name()));
     }
 }
 

@@ -496,6 +496,27 @@ impl SimClient {
     }
 }
 
+impl SimClient {
+    /// An operator's switch of a partition's Raft mode, retried like a client request until it
+    /// is answered, refused, or `timeout` passes (`None`: unknown).
+    pub async fn set_raft_within(
+        &mut self,
+        timeout: Duration,
+        partition: PartitionId,
+        mode: cohort_core::persist::RaftMode,
+    ) -> Option<Result<(), String>> {
+        self.with_retries_within(timeout, |service| async move {
+            match service.set_raft(partition, mode).await {
+                Ok(_) => Attempt::Done(Ok(())),
+                Err(ApiError::Refused(reason)) => Attempt::Done(Err(reason)),
+                Err(ApiError::NotLeader { leader }) => Attempt::Retry { at: leader },
+                Err(_) => Attempt::Retry { at: None },
+            }
+        })
+        .await
+    }
+}
+
 /// Creates the workload's repositories (each in its own partition), retrying until done.
 pub async fn create_repositories(shared: &Shared, repos: usize, seed: u64) {
     let mut client = SimClient::new(u64::MAX >> 1, seed, shared.clone());

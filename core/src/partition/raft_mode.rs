@@ -26,7 +26,7 @@
 //! While a switch is pending, writes are answered `Busy` (clients retry): the switch waits for
 //! nothing but one fsync and the entries before it.
 
-use super::{Output, Partition, Request, Response};
+use super::{Output, Partition, ReadConsistency, Request, Response};
 use crate::env::Instant;
 use crate::ids::{RequestId, DIRECTORY};
 use crate::limits;
@@ -82,9 +82,10 @@ impl Partition {
     pub(super) fn handle_request_off(&mut self, now: Instant, request: RequestId, body: Request) {
         match body {
             Request::Write(command) | Request::ForwardedWrite(command) => self.append_write(request, command),
-            // Every write acknowledged is applied (answers wait for the store), and there is no
-            // other replica that could have acknowledged one: the store's state is current.
-            Request::Read { query, .. } => self.serve_read_off(request, query),
+            Request::Read { query, consistency: ReadConsistency::Stale } => self.serve_read_off(request, query),
+            Request::Read { query, consistency: ReadConsistency::Linearizable } => {
+                self.read_linearizable_off(request, query)
+            }
             Request::ChangeMembership(_) | Request::TransferLeader(_) => {
                 let reason = "Raft is off for this partition: turn it on first (`cohort partition raft on`)";
                 self.respond(request, Response::Refused(reason.into()));
@@ -100,6 +101,22 @@ impl Partition {
 
     fn serve_read_off(&mut self, request: RequestId, query: ReadQuery) {
         self.outputs.push_back(Output::Read { request, query });
+    }
+
+    /// Raft off: a read sees every acknowledged write once the store has applied every durable
+    /// entry as of now. There is no other replica, but not every acknowledged write need be
+    /// applied yet: after a restart, the log's entries past the store's durable state are
+    /// applied again, and a read served before them would miss writes acknowledged before the
+    /// crash.
+    fn read_linearizable_off(&mut self, request: RequestId, query: ReadQuery) {
+        let committed = self.commit_index();
+        if self.applied.index >= committed {
+            self.serve_read_off(request, query);
+        } else if self.reads.is_full() {
+            self.respond(request, Response::Busy);
+        } else {
+            self.reads.hold_until_applied(committed, (request, query));
+        }
     }
 
     /// Raft off: appends a client's write to the log; it is answered once applied.
@@ -290,10 +307,14 @@ impl Partition {
         assert_eq!(self.raw.store().last_index().expect("known"), last, "every entry is in the log");
         self.mode = RaftMode::Off;
         self.switching = None;
-        // Reads waiting for a ReadIndex round: the only replica's state is current.
-        for (request, query) in self.reads.take_all() {
-            self.serve_read_off(request, query);
+        // Reads waiting for a ReadIndex round wait instead for what is committed to be applied
+        // (everything is: the switch waited for it, but maybe not yet applied); those whose
+        // round confirmed an index keep waiting for it.
+        let committed = self.commit_index();
+        for read in self.reads.take_unconfirmed() {
+            self.reads.hold_until_applied(committed, read);
         }
+        self.serve_ready_reads();
         tracing::info!(partition = %self.config.partition, last, term = self.raw.raft.term, "Raft is off");
     }
 

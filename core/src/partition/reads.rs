@@ -36,6 +36,13 @@ impl Reads {
         self.len += 1;
     }
 
+    /// Holds a read until apply reaches `index` (Raft off: no ReadIndex round is needed).
+    pub fn hold_until_applied(&mut self, index: u64, read: PendingRead) {
+        assert!(!self.is_full(), "reads are bounded by READS_PENDING_MAX");
+        self.awaiting_apply.entry(index).or_default().push(read);
+        self.len += 1;
+    }
+
     /// Moves every held read into one ReadIndex round; returns its context, if any were held.
     pub fn start_round(&mut self) -> Option<u64> {
         if self.awaiting_term_commit.is_empty() {

@@ -53,7 +53,9 @@ pub async fn status_json(node: &NodeHandle) -> Value {
     let mut listed = Vec::new();
     for partition in node.router.partitions_from(cohort_core::ids::DIRECTORY, REPLICAS_LISTED_MAX) {
         let Ok(status) = node.router.status(partition).await else { continue };
-        let state = if status.unloaded {
+        let state = if status.raft == cohort_core::persist::RaftMode::Off {
+            "raft off"
+        } else if status.unloaded {
             "unloaded"
         } else if status.quiesced {
             "quiesced"

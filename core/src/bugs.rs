@@ -36,10 +36,14 @@ pub enum Bug {
     /// A quiesced follower ignores its node learning that its leader's node went down: it
     /// sleeps on, and the partition never elects a new leader until something else wakes it.
     QuiesceIgnoresLiveness,
+    /// With Raft off, a linearizable read is answered from the store at once, as if every
+    /// acknowledged write were applied: after a restart, it misses the writes the log still has
+    /// to apply again (the bug `three-raft-mode` found in the first build of Raft off).
+    RaftOffReadEarly,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeFsync,
         Bug::ForgetVote,
         Bug::ApplyUncommitted,
@@ -50,6 +54,7 @@ impl Bug {
         Bug::ReadBeforeApply,
         Bug::ApplyNotAtomic,
         Bug::QuiesceIgnoresLiveness,
+        Bug::RaftOffReadEarly,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +69,7 @@ impl Bug {
             Bug::ReadBeforeApply => "read-before-apply",
             Bug::QuiesceIgnoresLiveness => "quiesce-ignores-liveness",
             Bug::ApplyNotAtomic => "apply-not-atomic",
+            Bug::RaftOffReadEarly => "raft-off-read-early",
         }
     }
 

@@ -408,3 +408,23 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Polls `done` every 100 ms until it holds; fails the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes the blob `value <key>` to `repo` and points `refs/heads/k<key>` at it.
+pub fn write_key(rt: &tokio::runtime::Runtime, client: &Client, repo: &RepoId, key: u32) {
+    let object = NewObject::new(ObjectKind::Blob, format!("value {key}").into_bytes());
+    let change = RefChange {
+        name: RefName::new(format!("refs/heads/k{key}")).unwrap(),
+        expected: Expected::Any,
+        new: Some(RefValue::Direct(object.oid)),
+    };
+    rt.block_on(client.write(repo, vec![object], vec![change])).unwrap();
+}

@@ -2,7 +2,7 @@
 //! leader and from a follower, exported as a loose object Git accepts; and a request no retry
 //! can fix fails at once with its cause.
 
-use crate::cluster::{stdout, test_raft, TestCluster};
+use crate::cluster::{stdout, test_raft, wait_for, TestCluster};
 use cohort::config::RawRaft;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,14 +24,6 @@ fn git_hash_object(path: &std::path::Path) -> String {
     let output = Command::new("git").args(["hash-object", path.to_str().unwrap()]).output().unwrap();
     assert!(output.status.success());
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The partition of `path` and its voters, from `repo info`.

@@ -1,6 +1,6 @@
 //! Adding, promoting and removing replicas and moving leadership on a live partition.
 
-use crate::cluster::{repo, runtime, stdout, test_raft, TestCluster};
+use crate::cluster::{self, repo, runtime, stdout, test_raft, write_key, TestCluster};
 use cohort::config::RawRaft;
 use cohort_core::state_machine::{Expected, NewObject, ObjectKind, RefName, RefValue};
 use cohort_net::client::RefChange;
@@ -42,12 +42,8 @@ fn wait_compacted(cluster: &TestCluster, partition: u64, voters: &BTreeSet<u64>)
     });
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    cluster::wait_for(what, Duration::from_secs(30), done)
 }
 
 /// Replicas compact their log through what their store made durable; a leader keeps at most
@@ -66,15 +62,7 @@ fn replicas_are_added_promoted_removed_and_leadership_moves() {
     let rt = runtime();
     let client = cluster.client(31);
     rt.block_on(client.create_repository(&repo("m.git"), None)).unwrap();
-    let write = |key: u32| {
-        let object = NewObject::new(ObjectKind::Blob, format!("value {key}").into_bytes());
-        let change = RefChange {
-            name: RefName::new(format!("refs/heads/k{key}")).unwrap(),
-            expected: Expected::Any,
-            new: Some(RefValue::Direct(object.oid)),
-        };
-        rt.block_on(client.write(&repo("m.git"), vec![object], vec![change])).unwrap();
-    };
+    let write = |key: u32| write_key(&rt, &client, &repo("m.git"), key);
     for key in 0..WRITES {
         write(key);
     }

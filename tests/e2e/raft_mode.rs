@@ -1,9 +1,7 @@
 //! Raft turned off and on again for a live partition, in place, on real processes.
 
-use crate::cluster::{repo, runtime, stdout, TestCluster};
-use cohort_core::state_machine::{Expected, NewObject, ObjectKind, RefName, RefValue};
-use cohort_net::client::RefChange;
-use std::time::{Duration, Instant};
+use crate::cluster::{repo, runtime, stdout, wait_for, write_key, TestCluster};
+use std::time::Duration;
 
 /// The state `repo info` reports for the replica on `node` ("raft off", "awake", ...).
 fn replica_state(cluster: &TestCluster, node: u64) -> String {
@@ -14,14 +12,6 @@ fn replica_state(cluster: &TestCluster, node: u64) -> String {
     replica["state"].as_str().unwrap_or("").to_owned()
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn raft_goes_off_and_on_in_place_and_every_write_survives() {
     // One replica per partition: each partition starts as a single-voter Raft group.
@@ -29,15 +19,7 @@ fn raft_goes_off_and_on_in_place_and_every_write_survives() {
     let rt = runtime();
     let client = cluster.client(41);
     rt.block_on(client.create_repository(&repo("r.git"), None)).unwrap();
-    let write = |key: u32| {
-        let object = NewObject::new(ObjectKind::Blob, format!("value {key}").into_bytes());
-        let change = RefChange {
-            name: RefName::new(format!("refs/heads/k{key}")).unwrap(),
-            expected: Expected::Any,
-            new: Some(RefValue::Direct(object.oid)),
-        };
-        rt.block_on(client.write(&repo("r.git"), vec![object], vec![change])).unwrap();
-    };
+    let write = |key: u32| write_key(&rt, &client, &repo("r.git"), key);
     let info: serde_json::Value =
         serde_json::from_str(&stdout(&cluster.cli(&["repo", "info", "r.git", "--json"]))).unwrap();
     let partition = info["partition"].as_u64().unwrap().to_string();
@@ -91,7 +73,9 @@ fn raft_goes_off_and_on_in_place_and_every_write_survives() {
     for id in 1..=3 {
         cluster.wait_serving(id);
     }
-    wait_for("the partition to come back with Raft off", || replica_state(&cluster, home) == "raft off");
+    wait_for("the partition to come back with Raft off", Duration::from_secs(30), || {
+        replica_state(&cluster, home) == "raft off"
+    });
     let (refs, _) = rt.block_on(cluster.client(42).read_refs(&repo("r.git"), false)).unwrap();
     assert_eq!(refs.len(), 80, "every acknowledged write survived");
     // And the switch repeats.
@@ -111,13 +95,7 @@ fn new_single_replica_partitions_start_without_raft_when_configured() {
     let rt = runtime();
     let client = cluster.client(44);
     rt.block_on(client.create_repository(&repo("r.git"), None)).unwrap();
-    let object = NewObject::new(ObjectKind::Blob, b"no raft".to_vec());
-    let change = RefChange {
-        name: RefName::new("refs/heads/main").unwrap(),
-        expected: Expected::Any,
-        new: Some(RefValue::Direct(object.oid)),
-    };
-    rt.block_on(client.write(&repo("r.git"), vec![object], vec![change])).unwrap();
+    write_key(&rt, &client, &repo("r.git"), 0);
     let info: serde_json::Value =
         serde_json::from_str(&stdout(&cluster.cli(&["repo", "info", "r.git", "--json"]))).unwrap();
     let home = info["replicas"][0]["node"].as_u64().unwrap();

@@ -1252,17 +1252,7 @@ impl Partition {
     /// Proposes one membership change after checking it is safe: one change at a time, never
     /// the last voter, never a change after which the voters that answer are not a quorum.
     fn propose_membership(&mut self, now: Instant, request: RequestId, change: MembershipChange) {
-        if !self.is_leader() {
-            let leader = self.leader();
-            self.respond(request, Response::NotLeader { leader });
-            return;
-        }
-        if let Err(reason) = self.check_membership(now, change) {
-            self.respond(request, Response::Refused(reason));
-            return;
-        }
-        if self.proposals.is_full() {
-            self.respond(request, Response::Busy);
+        if !self.may_propose(request, |partition| partition.check_membership(now, change)) {
             return;
         }
         use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
@@ -1305,6 +1295,22 @@ impl Partition {
             }
             Err(error) => self.respond(request, Response::Refused(format!("raft refused the change: {error}"))),
         }
+    }
+
+    /// Whether this replica may propose an operator's change now: it leads, `check` passes and
+    /// a proposal fits; if not, `request` is answered why.
+    fn may_propose(&mut self, request: RequestId, check: impl FnOnce(&Self) -> Result<(), String>) -> bool {
+        let response = if !self.is_leader() {
+            Response::NotLeader { leader: self.leader() }
+        } else if let Err(reason) = check(self) {
+            Response::Refused(reason)
+        } else if self.proposals.is_full() {
+            Response::Busy
+        } else {
+            return true;
+        };
+        self.respond(request, response);
+        false
     }
 
     /// The peer id of `node`'s replica if it is a member (voter or learner).

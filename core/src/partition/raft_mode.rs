@@ -110,7 +110,7 @@ impl Partition {
     /// crash.
     fn read_linearizable_off(&mut self, request: RequestId, query: ReadQuery) {
         let committed = self.commit_index();
-        if self.applied.index >= committed {
+        if self.applied.index >= committed || crate::bugs::is_active(crate::bugs::Bug::RaftOffReadEarly) {
             self.serve_read_off(request, query);
         } else if self.reads.is_full() {
             self.respond(request, Response::Busy);
@@ -214,17 +214,7 @@ impl Partition {
     /// Raft on: asks to turn Raft off. Refused unless this replica leads a partition whose only
     /// member it is, with nothing else changing its membership or leadership.
     pub(super) fn turn_off(&mut self, request: RequestId) {
-        if !self.is_leader() {
-            let leader = self.leader();
-            self.respond(request, Response::NotLeader { leader });
-            return;
-        }
-        if let Err(reason) = self.check_turn_off() {
-            self.respond(request, Response::Refused(reason));
-            return;
-        }
-        if self.proposals.is_full() {
-            self.respond(request, Response::Busy);
+        if !self.may_propose(request, |partition| partition.check_turn_off()) {
             return;
         }
         let last_before = self.raw.raft.raft_log.last_index();

@@ -98,7 +98,7 @@ fn main() {
         let throughput = 1.0 - on.throughput() / off.throughput();
         let p50 = on.percentile(0.50).as_secs_f64() / off.percentile(0.50).as_secs_f64() - 1.0;
         println!(
-            "Raft's overhead at {clients:>2} clients: throughput {:+.1}%, p50 {:+.1}%, p99 ratio {:.2}x (goal: at most 15% on both)",
+            "Raft's overhead at {clients:>2} clients: {:.1}% less throughput, p50 {:+.1}%, p99 ratio {:.2}x (goal: at most 15% on both)",
             throughput * 100.0,
             p50 * 100.0,
             on.percentile(0.99).as_secs_f64() / off.percentile(0.99).as_secs_f64()

@@ -119,6 +119,32 @@ pub struct PartitionRecord {
     pub raft: RaftMode,
 }
 
+/// A partition record as stores written before Raft could be turned off hold it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct PartitionRecordBeforeRaftMode {
+    applied: LogPosition,
+    conf_state: ConfState,
+    counts: Counts,
+}
+
+impl PartitionRecord {
+    /// Decodes a record, or one written before it had a Raft mode (Raft was always on then).
+    fn decode(bytes: &[u8]) -> Result<PartitionRecord, StoreError> {
+        decode("partition record", bytes).or_else(|error| {
+            match decode::<PartitionRecordBeforeRaftMode>("partition record", bytes) {
+                Ok(old) => Ok(PartitionRecord {
+                    applied: old.applied,
+                    conf_state: old.conf_state,
+                    counts: old.counts,
+                    raft: RaftMode::On,
+                }),
+                Err(_) => Err(error),
+            }
+        })
+    }
+}
+
 /// Row counts a command's bounds are checked against; derived from the rows, so a snapshot
 /// does not carry them (the receiver counts).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,7 +341,7 @@ fn partition_in<T: ReadableTable<u64, &'static [u8]>>(
     partition: PartitionId,
 ) -> Result<Option<PartitionRecord>, StoreError> {
     match table.get(partition.0).map_err(|e| db("get")(e.into()))? {
-        Some(value) => Ok(Some(decode("partition record", value.value())?)),
+        Some(value) => Ok(Some(PartitionRecord::decode(value.value())?)),
         None => Ok(None),
     }
 }
@@ -442,5 +468,23 @@ impl Rows for WriteRows<'_> {
 
     fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError> {
         partition_in(&self.partitions, partition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_record_from_before_raft_modes_decodes_with_raft_on() {
+        let conf_state = ConfState { voters: vec![1, 2, 3], ..ConfState::default() };
+        let applied = LogPosition { index: 7, term: 2 };
+        let counts = Counts { repositories: 4, ..Counts::default() };
+        let old = PartitionRecordBeforeRaftMode { applied, conf_state: conf_state.clone(), counts };
+        let record = PartitionRecord::decode(&encode(&old)).unwrap();
+        assert_eq!(record, PartitionRecord { applied, conf_state, counts, raft: RaftMode::On });
+        let off = PartitionRecord { raft: RaftMode::Off, ..record };
+        assert_eq!(PartitionRecord::decode(&encode(&off)).unwrap(), off);
+        assert!(PartitionRecord::decode(&[0xff; 3]).is_err(), "garbage is an error, not a panic");
     }
 }

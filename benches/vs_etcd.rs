@@ -23,7 +23,7 @@ mod common;
 
 use cluster::{repo, TestCluster};
 use cohort_bench_etcd::{KvClient, MaintenanceClient, PutRequest, StatusRequest};
-use common::{client, cpu_seconds, run_load, Load};
+use common::{client, cpu_seconds, gather, run_load, Load};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -155,11 +155,7 @@ async fn etcd_load(endpoint: &str, clients: u64, duration: Duration) -> Load {
             latencies
         }));
     }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.unwrap());
-    }
-    Load { writes: latencies.len(), elapsed: started.elapsed(), latencies }
+    gather(started, tasks).await
 }
 
 /// One measured turn of a system: its load, and the CPU its servers and this generator used.

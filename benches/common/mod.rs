@@ -203,6 +203,11 @@ pub async fn run_load(cluster: &TestCluster, repo: &RepoId, clients: u64, durati
             latencies
         }));
     }
+    gather(started, tasks).await
+}
+
+/// The load of closed loops started at `started`, each task returning its writes' latencies.
+pub async fn gather(started: Instant, tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> Load {
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await.unwrap());

@@ -73,11 +73,6 @@ pub(super) struct PendingSwitch {
 }
 
 impl Partition {
-    /// Whether this partition runs Raft.
-    pub fn raft_mode(&self) -> RaftMode {
-        self.mode
-    }
-
     /// Raft off: a client request.
     pub(super) fn handle_request_off(&mut self, now: Instant, request: RequestId, body: Request) {
         match body {

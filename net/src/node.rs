@@ -176,7 +176,7 @@ pub async fn start(
             pump.deliver(batch);
         }
     });
-    let service = Arc::new(NodeService::new(router.clone(), nodes, spec.replicas, peer_instances));
+    let service = Arc::new(NodeService::new(router.clone(), nodes, spec.replicas, peer_instances, identity.instance));
     Ok(RunningNode { router, transport, service, group_commit, applier })
 }
 

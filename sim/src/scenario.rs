@@ -748,9 +748,13 @@ async fn replace_node(operator: &mut SimClient, trace: &Trace, node: NodeId, ids
     for &other in ids.iter().filter(|&&o| o != node) {
         let deadline = tokio::time::Instant::now() + REPLACE_STEP_PATIENCE;
         loop {
-            // Refused while `other` still counts `node` as answering (it heard from the lost
-            // directory within the liveness timeout); unavailable while `other` is down.
-            let outcome = services.get(other).map(|service| service.retire_peer(node));
+            // Refused while `other` still counts `node` as answering with another directory than
+            // the replacement (it heard from the lost one within the liveness timeout);
+            // unavailable while `other` is down, or the replacement is not up yet.
+            let replacement = services.get(node).map(|service| service.instance());
+            let outcome = replacement.and_then(|replacement| {
+                services.get(other).map(|service| service.retire_peer(node, Some(replacement)))
+            });
             if let Some(Ok(retirement)) = outcome {
                 trace_event(
                     trace,

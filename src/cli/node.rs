@@ -86,7 +86,7 @@ async fn replace(client: &Client, node: u64, parallel: usize) -> anyhow::Result<
     // 1. Every other node stops refusing the new data directory (and refuses the old one).
     let mut unreachable = Vec::new();
     for other in nodes.iter().filter(|n| n.id != node) {
-        match client.retire_peer_at(&other.client_address, node).await {
+        match client.retire_peer_at(&other.client_address, node, &status.instance).await {
             Ok(reply) if reply.already_replaced => {
                 println!("node {}: admits node {node}'s new data directory", other.id)
             }

@@ -122,7 +122,8 @@ pub enum Retirement {
     Retired(InstanceId),
     /// No instance was remembered (never seen, or retired by an earlier call).
     NothingRemembered,
-    /// An instance was retired earlier and the replacement answers now.
+    /// This node knows the node by its replacement already (retired earlier, or met after the
+    /// old directory was lost).
     AlreadyReplaced,
 }
 
@@ -141,6 +142,8 @@ pub struct NodeService {
     replicas: usize,
     /// The data directory instance this node knows each peer node by.
     peers: Arc<PeerInstances>,
+    /// This node's own data directory instance.
+    instance: InstanceId,
     placement: std::sync::Mutex<PlacementLoad>,
 }
 
@@ -186,10 +189,21 @@ pub fn place(nodes: &[NodeId], replicas: usize, hosted: &BTreeMap<NodeId, usize>
 }
 
 impl NodeService {
-    pub fn new(router: Arc<Router>, nodes: Vec<NodeId>, replicas: usize, peers: Arc<PeerInstances>) -> NodeService {
+    pub fn new(
+        router: Arc<Router>,
+        nodes: Vec<NodeId>,
+        replicas: usize,
+        peers: Arc<PeerInstances>,
+        instance: InstanceId,
+    ) -> NodeService {
         assert!(nodes.contains(&router.node()), "this node is one of the cluster's nodes");
         assert!((1..=nodes.len()).contains(&replicas), "replicas between 1 and the cluster's size");
-        NodeService { router, nodes, replicas, peers, placement: Default::default() }
+        NodeService { router, nodes, replicas, peers, instance, placement: Default::default() }
+    }
+
+    /// This node's data directory instance (what its peers admit it by).
+    pub fn instance(&self) -> InstanceId {
+        self.instance
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -719,10 +733,17 @@ impl NodeService {
     }
 
     /// Retires the data directory instance this node remembers for `node`, which an operator
-    /// is replacing (`cohort node replace`): that instance is refused from now on, and the
-    /// next one `node` presents is admitted. Refused while `node` answers as the instance
-    /// remembered: it did not lose its data directory.
-    pub fn retire_peer(&self, node: NodeId) -> Result<Retirement, ApiError> {
+    /// is replacing (`cohort node replace`) with the data directory `replacement` (that node's
+    /// new instance, if the operator knows it): the instance retired is refused from now on,
+    /// and the next one `node` presents is admitted.
+    ///
+    /// With `replacement` known, this node may already know `node` by it (it first met the
+    /// node after the old directory was lost): nothing to retire. Otherwise a remembered
+    /// instance that still answers here is refused: it has not stopped yet (it answered within
+    /// the liveness timeout; a second replacement right after a first finds the first's
+    /// directory answering) or it lost nothing. Without `replacement`, an answering node that
+    /// was replaced before is taken as replaced already.
+    pub fn retire_peer(&self, node: NodeId, replacement: Option<InstanceId>) -> Result<Retirement, ApiError> {
         if node == self.router.node() {
             return Err(ApiError::Invalid("a node does not replace itself; ask another node".into()));
         }
@@ -732,7 +753,20 @@ impl NodeService {
         // Only an admitted peer is ever heard from: one that answers presents the instance
         // remembered.
         let answers = self.router.answers(node);
-        if answers && self.peers.was_replaced(node) {
+        if let Some(replacement) = replacement {
+            let remembered = self.peers.remembered(node);
+            if remembered == Some(replacement) {
+                return Ok(Retirement::AlreadyReplaced);
+            }
+            if answers {
+                let remembered = remembered.map_or_else(|| "unknown".to_owned(), |i| i.to_string());
+                return Err(ApiError::Refused(format!(
+                    "node {node} answers here with the data directory {remembered}, not the replacement {replacement}: \
+                     retire it once that one has stopped (a node is taken as stopped two election timeouts \
+                     after it last answered)"
+                )));
+            }
+        } else if answers && self.peers.was_replaced(node) {
             return Ok(Retirement::AlreadyReplaced);
         }
         if answers {

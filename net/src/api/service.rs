@@ -178,12 +178,17 @@ impl Cohort for ApiServer {
         request: Request<proto::RetirePeerRequest>,
     ) -> Result<Response<proto::RetirePeerReply>, Status> {
         self.authorize(&request)?;
-        let node = NodeId(request.into_inner().node);
+        let request = request.into_inner();
+        let node = NodeId(request.node);
+        let replacement = match request.replacement_instance.as_str() {
+            "" => None,
+            hex => Some(hex.parse().map_err(|e| Status::invalid_argument(format!("replacement instance: {e}")))?),
+        };
         let service = self.service.clone();
         // The peers file is rewritten and synced: off the async workers.
         let (done, answer) = futures::channel::oneshot::channel();
         let work = Box::new(move || {
-            let _ = done.send(service.retire_peer(node));
+            let _ = done.send(service.retire_peer(node, replacement));
         });
         self.service.router().env().spawn.run_blocking(work).await;
         let retired = answer
@@ -505,7 +510,15 @@ impl Cohort for ApiServer {
             }
         }
         let origin = if router.joins() { "join" } else { "bootstrap" }.to_owned();
-        Ok(Response::new(proto::StatusReply { node: me.0, nodes, partitions, summary: Some(summary), origin }))
+        let instance = self.service.instance().to_string();
+        Ok(Response::new(proto::StatusReply {
+            node: me.0,
+            nodes,
+            partitions,
+            summary: Some(summary),
+            origin,
+            instance,
+        }))
     }
 }
 

@@ -679,9 +679,15 @@ impl Client {
 
     /// Asks the node at `endpoint` (only that one: each node remembers its peers' data
     /// directories itself) to retire the instance it knows `node` by.
-    pub async fn retire_peer_at(&self, endpoint: &str, node: u64) -> Result<proto::RetirePeerReply, ClientError> {
+    /// `replacement`: the new data directory's instance (hex), or empty if unknown.
+    pub async fn retire_peer_at(
+        &self,
+        endpoint: &str,
+        node: u64,
+        replacement: &str,
+    ) -> Result<proto::RetirePeerReply, ClientError> {
         let mut client = CohortClient::new(self.channel(endpoint)?);
-        let request = self.request(proto::RetirePeerRequest { node });
+        let request = self.request(proto::RetirePeerRequest { node, replacement_instance: replacement.to_owned() });
         match tokio::time::timeout(self.config.attempt_timeout, client.retire_peer(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(match classify(&status) {

@@ -22,8 +22,7 @@
 use super::proposals::Fate;
 use super::{raft_mode, reads, Output, Partition, Response};
 use crate::bugs::{self, Bug};
-use crate::persist::RaftMode;
-use crate::persist::{LogPosition, LogWrite};
+use crate::persist::{LogPosition, LogWrite, RaftMode};
 use crate::store::{AppliedOutcome, ApplyEntry, ApplyKind, DirectoryChange};
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType};
 
@@ -179,7 +178,6 @@ impl Partition {
                 observer.applied(self.config.node, self.config.partition, index, entry.term, &entry.data);
             }
             let kind = match entry.get_entry_type() {
-                // A new leader's empty entry.
                 // A new leader's empty entry, or a switch of Raft mode.
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     match raft_mode::switch_of(true, &entry.data, &entry.context) {

@@ -442,8 +442,8 @@ impl Partition {
         if let Some((position, conf_state)) = snapshot_record {
             let mut write = LogWrite::new(partition.config.partition);
             write.snapshot = Some((position, conf_state));
-            write.hard_state = Some(partition.raw.store().hard_state());
             partition.logged_hard_state = partition.raw.store().hard_state();
+            write.hard_state = Some(partition.logged_hard_state);
             partition.unpersisted.push_back((0, Vec::new()));
             partition.outputs.push_back(Output::Persist { ready_number: 0, write });
         }
@@ -997,7 +997,8 @@ impl Partition {
     /// campaign while committed membership changes are unapplied, as a new partition's
     /// bootstrap entries are until the store has applied them.
     pub fn campaign(&mut self, now: Instant) {
-        if self.fatal.is_some() || self.is_leader() || self.mode == RaftMode::Off {
+        // Raft off, the replica counts as its partition's leader: it never campaigns.
+        if self.fatal.is_some() || self.is_leader() {
             return;
         }
         self.wake(now, WakeCause::Request);
@@ -1215,9 +1216,7 @@ impl Partition {
         let last_before = self.raw.raft.raft_log.last_index();
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
-                let index = self.raw.raft.raft_log.last_index();
-                assert_eq!(index, last_before + 1, "a proposal appends exactly one entry");
-                let term = self.raw.raft.term;
+                let (index, term) = self.proposed_entry(last_before);
                 if crate::bugs::is_active(crate::bugs::Bug::AckUncommitted) {
                     if let state_machine::WriteOp::Transaction { objects, .. } = &command.op {
                         // Planted: answer as if applied, before any quorum has the entry.
@@ -1227,14 +1226,28 @@ impl Partition {
                         return;
                     }
                 }
-                if let Some(displaced) = self.proposals.insert(index, term, request) {
-                    let leader = self.leader();
-                    self.respond(displaced, Response::NotLeader { leader });
-                }
+                self.await_entry(index, term, request);
             }
             // Dropped: a leadership transfer is under way or too much is uncommitted.
             Err(raft::Error::ProposalDropped) => self.respond(request, Response::Busy),
             Err(e) => panic!("propose on a leader failed unexpectedly: {e}"),
+        }
+    }
+
+    /// The entry a proposal Raft just accepted appended (exactly one, after `last_before`):
+    /// its index and term.
+    fn proposed_entry(&self, last_before: u64) -> (u64, u64) {
+        let index = self.raw.raft.raft_log.last_index();
+        assert_eq!(index, last_before + 1, "a proposal appends exactly one entry");
+        (index, self.raw.raft.term)
+    }
+
+    /// `request` is answered once the entry at (`index`, `term`) applies. A request waiting
+    /// for that index in an earlier term lost its entry: it is told `NotLeader`.
+    fn await_entry(&mut self, index: u64, term: u64, request: RequestId) {
+        if let Some(displaced) = self.proposals.insert(index, term, request) {
+            let leader = self.leader();
+            self.respond(displaced, Response::NotLeader { leader });
         }
     }
 
@@ -1285,13 +1298,8 @@ impl Partition {
         }
         match self.raw.propose_conf_change(Vec::new(), conf_change) {
             Ok(()) => {
-                let index = self.raw.raft.raft_log.last_index();
-                assert_eq!(index, last_before + 1, "a membership change appends exactly one entry");
-                let term = self.raw.raft.term;
-                if let Some(displaced) = self.proposals.insert(index, term, request) {
-                    let leader = self.leader();
-                    self.respond(displaced, Response::NotLeader { leader });
-                }
+                let (index, term) = self.proposed_entry(last_before);
+                self.await_entry(index, term, request);
             }
             Err(error) => self.respond(request, Response::Refused(format!("raft refused the change: {error}"))),
         }
@@ -1534,8 +1542,8 @@ impl Partition {
         let mut write = LogWrite::new(self.config.partition);
         write.entries = bootstrap;
         write.conf_state = Some(self.raw.store().conf_state());
-        write.hard_state = Some(self.raw.store().hard_state());
         self.logged_hard_state = self.raw.store().hard_state();
+        write.hard_state = Some(self.logged_hard_state);
         self.conf_state_dirty = false;
         // Ready numbers start at 1; 0 names this write.
         match self.mode {

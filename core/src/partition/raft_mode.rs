@@ -125,9 +125,15 @@ impl Partition {
             return;
         }
         let Some(data) = self.encode_command(request, &command) else { return };
-        let position = self.append_off(data, &[]);
+        self.append_awaited(request, data, &[]);
+    }
+
+    /// Raft off: appends an entry that `request` waits for (answered once it applies).
+    fn append_awaited(&mut self, request: RequestId, data: Vec<u8>, context: &[u8]) -> u64 {
+        let position = self.append_off(data, context);
         let displaced = self.proposals.insert(position.index, position.term, request);
         assert!(displaced.is_none(), "Raft off: every index is appended once");
+        position.index
     }
 
     /// Raft off: appends one entry after the log's last, committed in the same log write.
@@ -199,11 +205,9 @@ impl Partition {
             self.respond(request, Response::Busy);
             return;
         }
-        let position = self.append_off(Vec::new(), RAFT_ON_MARK);
-        let displaced = self.proposals.insert(position.index, position.term, request);
-        assert!(displaced.is_none(), "Raft off: every index is appended once");
-        self.switching = Some(PendingSwitch { to: RaftMode::On, index: position.index });
-        tracing::info!(partition = %self.config.partition, index = position.index, "turning Raft on");
+        let index = self.append_awaited(request, Vec::new(), RAFT_ON_MARK);
+        self.switching = Some(PendingSwitch { to: RaftMode::On, index });
+        tracing::info!(partition = %self.config.partition, index, "turning Raft on");
     }
 
     /// Raft on: asks to turn Raft off. Refused unless this replica leads a partition whose only
@@ -215,12 +219,8 @@ impl Partition {
         let last_before = self.raw.raft.raft_log.last_index();
         match self.raw.propose(RAFT_OFF_MARK.to_vec(), Vec::new()) {
             Ok(()) => {
-                let index = self.raw.raft.raft_log.last_index();
-                assert_eq!(index, last_before + 1, "a proposal appends exactly one entry");
-                let term = self.raw.raft.term;
-                if let Some(displaced) = self.proposals.insert(index, term, request) {
-                    self.respond(displaced, Response::NotLeader { leader: self.leader() });
-                }
+                let (index, term) = self.proposed_entry(last_before);
+                self.await_entry(index, term, request);
                 self.switching = Some(PendingSwitch { to: RaftMode::Off, index });
                 tracing::info!(partition = %self.config.partition, index, "turning Raft off");
             }

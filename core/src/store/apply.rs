@@ -180,7 +180,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     }
 
     fn set_repo_record(&mut self, repo: &RepoId, record: &RepoRecord) -> Result<(), StoreError> {
-        self.rows.insert(TableId::Repositories, &keys::repo(self.partition, repo), &tables::encode(record))
+        self.rows.insert(TableId::Repositories, &keys::repo(self.partition, repo), &tables::encode(record))?;
+        Ok(())
     }
 
     fn create_repository(
@@ -288,14 +289,16 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         if holders == 0 {
             self.rows.insert(TableId::Objects, &key, &loose::encode(object.kind, &object.data))?;
         }
-        self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders + 1))
+        self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders + 1))?;
+        Ok(())
     }
 
     /// One more repository holds `oid`, which must be stored (a fork copying its parent's set).
     fn hold_existing(&mut self, oid: &Oid) -> Result<(), StoreError> {
         let holders = self.holders(oid)?;
         assert!(holders >= 1, "object {oid} is held by a repository, so it is stored");
-        self.rows.insert(TableId::Holders, &keys::object(self.partition, oid), &tables::encode_u64(holders + 1))
+        self.rows.insert(TableId::Holders, &keys::object(self.partition, oid), &tables::encode_u64(holders + 1))?;
+        Ok(())
     }
 
     /// One repository stops holding `oid`; the object goes when no repository holds it.
@@ -315,7 +318,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             }
             Ok(())
         } else {
-            self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders - 1))
+            self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders - 1))?;
+            Ok(())
         }
     }
 
@@ -511,8 +515,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         for object in objects {
             // A repository holds an object once, however often it is written.
             let held_key = keys::held(self.partition, repo, &object.oid);
-            if !self.rows.contains(TableId::Held, &held_key)? {
-                self.rows.insert(TableId::Held, &held_key, &[])?;
+            let held_before = self.rows.insert(TableId::Held, &held_key, &[])?;
+            if !held_before {
                 self.hold(object)?;
             }
         }
@@ -569,11 +573,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         for update in updates {
             let key = keys::reference(self.partition, repo, &update.name);
             let existed = match &update.new {
-                Some(value) => {
-                    let existed = self.rows.contains(TableId::Refs, &key)?;
-                    self.rows.insert(TableId::Refs, &key, &tables::encode(value))?;
-                    existed
-                }
+                Some(value) => self.rows.insert(TableId::Refs, &key, &tables::encode(value))?,
                 None => self.rows.remove(TableId::Refs, &key)?,
             };
             match (existed, update.new.is_some()) {

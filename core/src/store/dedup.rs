@@ -137,8 +137,8 @@ pub fn record(
     };
     assert!(index > record.last_index, "dedup record at index {index} is not the client's newest");
     let result_key = keys::client_result(partition, client, seq);
-    assert!(!rows.contains(TableId::DedupResults, &result_key)?, "client {client} seq {seq} recorded twice");
-    rows.insert(TableId::DedupResults, &result_key, &encoded)?;
+    let replaced = rows.insert(TableId::DedupResults, &result_key, &encoded)?;
+    assert!(!replaced, "client {client} seq {seq} recorded twice");
     record.results += 1;
     record.results_bytes += size_bytes;
     counts.dedup_results_bytes += size_bytes;
@@ -152,9 +152,8 @@ pub fn record(
         counts.dedup_results_bytes -= oldest.len() as u64;
     }
     record.last_index = index;
-    let displaced = rows.get(TableId::DedupOrder, &keys::index(partition, index))?;
-    assert!(displaced.is_none(), "two clients recorded at index {index}");
-    rows.insert(TableId::DedupOrder, &keys::index(partition, index), &tables::encode_client(client))?;
+    let displaced = rows.insert(TableId::DedupOrder, &keys::index(partition, index), &tables::encode_client(client))?;
+    assert!(!displaced, "two clients recorded at index {index}");
     rows.insert(TableId::DedupClients, &keys::client(partition, client), &tables::encode(&record))?;
 
     // Bounded: each turn removes a client. The writer has the highest index, and the loop

@@ -115,11 +115,7 @@ impl Store {
             .create_with_backend(backend::DiskBackend::new(file))
             .map_err(|e| StoreError::Database { op: "open", source: e.into() })?;
         let store = Store { db };
-        store.write(Commit::Durable, |rows| {
-            // Creates every table, so that readers never meet a missing one.
-            let _ = rows;
-            Ok(())
-        })?;
+        store.write(Commit::Durable, |rows| rows.create_all())?;
         Ok(store)
     }
 
@@ -140,7 +136,7 @@ impl Store {
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .expect("an in-memory database opens");
         let store = Store { db };
-        store.write(Commit::Durable, |_| Ok(())).expect("an in-memory database takes a write");
+        store.write(Commit::Durable, |rows| rows.create_all()).expect("an in-memory database takes a write");
         store
     }
 
@@ -173,7 +169,7 @@ impl Store {
     pub fn read(&self) -> Result<ReadRows, StoreError> {
         use redb::ReadableDatabase as _;
         let txn = self.db.begin_read().map_err(|e| StoreError::Database { op: "begin read", source: e.into() })?;
-        ReadRows::open(&txn)
+        Ok(ReadRows::open(txn))
     }
 
     /// Bytes in the page cache (at most `StoreOptions::cache_size_bytes`): pages read or

@@ -346,26 +346,44 @@ fn partition_in<T: ReadableTable<u64, &'static [u8]>>(
     }
 }
 
-/// Every table, opened in a read transaction.
+type BytesTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+type ReadOnlyBytesTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// A read transaction's tables, each opened when first used: opening one looks it up in
+/// redb's table tree, and opening all sixteen for every read was a twentieth of a leader's CPU
+/// under load (`perf`, `cargo bench --bench vs_etcd`), most reads touching one or two.
 pub struct ReadRows {
-    tables: Vec<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
-    partitions: redb::ReadOnlyTable<u64, &'static [u8]>,
+    txn: redb::ReadTransaction,
+    tables: [std::sync::OnceLock<ReadOnlyBytesTable>; TableId::ALL.len()],
+    partitions: std::sync::OnceLock<redb::ReadOnlyTable<u64, &'static [u8]>>,
 }
 
 impl ReadRows {
-    pub fn open(txn: &redb::ReadTransaction) -> Result<ReadRows, StoreError> {
-        let tables = TableId::ALL
-            .iter()
-            .map(|t| txn.open_table(t.definition()).map_err(|e| db("open table")(e.into())))
-            .collect::<Result<_, _>>()?;
-        let partitions = txn.open_table(PARTITIONS).map_err(|e| db("open table")(e.into()))?;
-        Ok(ReadRows { tables, partitions })
+    pub fn open(txn: redb::ReadTransaction) -> ReadRows {
+        ReadRows { txn, tables: Default::default(), partitions: Default::default() }
+    }
+
+    fn table(&self, table: TableId) -> Result<&ReadOnlyBytesTable, StoreError> {
+        let cell = &self.tables[table.position()];
+        if let Some(opened) = cell.get() {
+            return Ok(opened);
+        }
+        let opened = self.txn.open_table(table.definition()).map_err(|e| db("open table")(e.into()))?;
+        Ok(cell.get_or_init(|| opened))
+    }
+
+    fn partitions_table(&self) -> Result<&redb::ReadOnlyTable<u64, &'static [u8]>, StoreError> {
+        if let Some(opened) = self.partitions.get() {
+            return Ok(opened);
+        }
+        let opened = self.txn.open_table(PARTITIONS).map_err(|e| db("open table")(e.into()))?;
+        Ok(self.partitions.get_or_init(|| opened))
     }
 
     /// Every partition record, by id.
     pub fn partitions(&self) -> Result<Vec<(PartitionId, PartitionRecord)>, StoreError> {
         let mut out = Vec::new();
-        for row in self.partitions.iter().map_err(|e| db("iterate")(e.into()))? {
+        for row in self.partitions_table()?.iter().map_err(|e| db("iterate")(e.into()))? {
             let (key, value) = row.map_err(|e| db("iterate")(e.into()))?;
             out.push((PartitionId(key.value()), decode("partition record", value.value())?));
         }
@@ -375,11 +393,11 @@ impl ReadRows {
 
 impl Rows for ReadRows {
     fn get(&self, table: TableId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        get_in(&self.tables[table.position()], key)
+        get_in(self.table(table)?, key)
     }
 
     fn scan(&self, table: TableId, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StoreError> {
-        scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Included(prefix), visit)
+        scan_in(self.table(table)?, prefix, std::ops::Bound::Included(prefix), visit)
     }
 
     fn scan_after(
@@ -390,44 +408,62 @@ impl Rows for ReadRows {
         visit: &mut RowVisitor<'_>,
     ) -> Result<(), StoreError> {
         assert!(after.starts_with(prefix), "a scan starts inside its prefix");
-        scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Excluded(after), visit)
+        scan_in(self.table(table)?, prefix, std::ops::Bound::Excluded(after), visit)
     }
 
     fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError> {
-        partition_in(&self.partitions, partition)
+        partition_in(self.partitions_table()?, partition)
     }
 }
 
-/// Every table, opened in a write transaction.
+/// A write transaction's tables, each opened when first used (see `ReadRows`); a table
+/// opened in a write transaction is written back to redb's table tree when it closes.
 pub struct WriteRows<'txn> {
-    tables: Vec<redb::Table<'txn, &'static [u8], &'static [u8]>>,
+    txn: &'txn redb::WriteTransaction,
+    tables: [std::cell::OnceCell<BytesTable<'txn>>; TableId::ALL.len()],
     partitions: redb::Table<'txn, u64, &'static [u8]>,
 }
 
 impl<'txn> WriteRows<'txn> {
     pub fn open(txn: &'txn redb::WriteTransaction) -> Result<WriteRows<'txn>, StoreError> {
-        let tables = TableId::ALL
-            .iter()
-            .map(|t| txn.open_table(t.definition()).map_err(|e| db("open table")(e.into())))
-            .collect::<Result<_, _>>()?;
+        // Every write touches its partition's record, so that table is opened at once.
         let partitions = txn.open_table(PARTITIONS).map_err(|e| db("open table")(e.into()))?;
-        Ok(WriteRows { tables, partitions })
+        Ok(WriteRows { txn, tables: Default::default(), partitions })
     }
 
-    pub fn insert(&mut self, table: TableId, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tables[table.position()].insert(key, value).map_err(|e| db("insert")(e.into()))?;
-        Ok(())
+    /// Creates every table that does not exist yet, so that readers never meet a missing one.
+    pub fn create_all(&mut self) -> Result<(), StoreError> {
+        TableId::ALL.iter().try_for_each(|table| self.table(*table).map(|_| ()))
+    }
+
+    fn table(&self, table: TableId) -> Result<&BytesTable<'txn>, StoreError> {
+        let cell = &self.tables[table.position()];
+        if let Some(opened) = cell.get() {
+            return Ok(opened);
+        }
+        let opened = self.txn.open_table(table.definition()).map_err(|e| db("open table")(e.into()))?;
+        Ok(cell.get_or_init(|| opened))
+    }
+
+    fn table_mut(&mut self, table: TableId) -> Result<&mut BytesTable<'txn>, StoreError> {
+        self.table(table)?;
+        Ok(self.tables[table.position()].get_mut().expect("opened just above"))
+    }
+
+    /// Inserts or replaces a row; returns whether it replaced one (free: the B-tree found it).
+    pub fn insert(&mut self, table: TableId, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.table_mut(table)?.insert(key, value).map_err(|e| db("insert")(e.into()))?.is_some())
     }
 
     /// Removes a row; returns whether it was there.
     pub fn remove(&mut self, table: TableId, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.tables[table.position()].remove(key).map_err(|e| db("remove")(e.into()))?.is_some())
+        Ok(self.table_mut(table)?.remove(key).map_err(|e| db("remove")(e.into()))?.is_some())
     }
 
     /// Removes every row whose key starts with `prefix`.
     pub fn remove_prefix(&mut self, table: TableId, prefix: &[u8]) -> Result<(), StoreError> {
         let end = super::keys::prefix_end(prefix);
-        let table = &mut self.tables[table.position()];
+        let table = self.table_mut(table)?;
         match &end {
             Some(end) => table.retain_in::<&[u8], _>(prefix..end.as_slice(), |_, _| false),
             None => table.retain_in::<&[u8], _>(prefix.., |_, _| false),
@@ -448,11 +484,11 @@ impl<'txn> WriteRows<'txn> {
 
 impl Rows for WriteRows<'_> {
     fn get(&self, table: TableId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        get_in(&self.tables[table.position()], key)
+        get_in(self.table(table)?, key)
     }
 
     fn scan(&self, table: TableId, prefix: &[u8], visit: &mut RowVisitor<'_>) -> Result<(), StoreError> {
-        scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Included(prefix), visit)
+        scan_in(self.table(table)?, prefix, std::ops::Bound::Included(prefix), visit)
     }
 
     fn scan_after(
@@ -463,7 +499,7 @@ impl Rows for WriteRows<'_> {
         visit: &mut RowVisitor<'_>,
     ) -> Result<(), StoreError> {
         assert!(after.starts_with(prefix), "a scan starts inside its prefix");
-        scan_in(&self.tables[table.position()], prefix, std::ops::Bound::Excluded(after), visit)
+        scan_in(self.table(table)?, prefix, std::ops::Bound::Excluded(after), visit)
     }
 
     fn partition(&self, partition: PartitionId) -> Result<Option<PartitionRecord>, StoreError> {

@@ -245,6 +245,22 @@ impl Harness {
 
 // ---- Transactions and compare-and-set ------------------------------------------------------
 
+/// Tables open lazily, when first used; the store creates every one when it opens, so a
+/// reader of a new store, and a writer that touches one table, meet no missing table.
+#[test]
+fn every_table_exists_in_a_new_store_and_tables_open_when_first_used() {
+    let store = Store::in_memory();
+    let rows = store.read().unwrap();
+    for table in TableId::ALL {
+        assert_eq!(rows.get(table, b"absent").unwrap(), None, "table {}", table.name());
+    }
+    let replaced = store.write(Commit::Lazy, |rows| rows.insert(TableId::Refs, b"key", b"one")).unwrap();
+    assert!(!replaced, "a new row replaces nothing");
+    let replaced = store.write(Commit::Lazy, |rows| rows.insert(TableId::Refs, b"key", b"two")).unwrap();
+    assert!(replaced, "the second insert replaces the first");
+    assert_eq!(store.read().unwrap().get(TableId::Refs, b"key").unwrap(), Some(b"two".to_vec()));
+}
+
 #[test]
 fn compare_and_set() {
     let mut h = Harness::new();

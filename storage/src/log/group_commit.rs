@@ -2,8 +2,8 @@
 //! partition that are waiting at once into one append and one fsync.
 //!
 //! Loop: wait for a request; take every other request already queued, up to the batch
-//! limits, without waiting for more; append them all and sync once, inside
-//! `Spawn::run_blocking`; then answer each request in order. A failure answers the batch with
+//! limits, without waiting for more; append them all, sync once and answer each request in
+//! order, inside `Spawn::run_blocking`. A failure answers the batch with
 //! the error and every later request too: the engine is poisoned and nothing after it can be
 //! made durable. Runtime-agnostic: only `futures` and core's [`Spawn`], so it runs on tokio and
 //! on madsim alike.
@@ -120,37 +120,44 @@ pub async fn run_group_commit(
         let writes_count = writes.len();
         let current = engine.take().expect("the engine is home between batches");
         let sync = planted_sync_order(&writes, batches);
-        let outcome = on_engine(&*spawn, current, move |engine| -> Result<(), LogError> {
-            if sync == SyncOrder::BeforeAppend {
-                engine.sync()?;
+        // The writers are told on the blocking thread, as soon as the batch is durable (or
+        // failed): waking each partition from there saves a hop through this task, which is
+        // on every write's path.
+        let outcome = on_engine(&*spawn, current, move |engine| -> Result<(), PersistError> {
+            let result = (|| {
+                if sync == SyncOrder::BeforeAppend {
+                    engine.sync()?;
+                }
+                engine.append(&writes)?;
+                if sync == SyncOrder::AfterAppend {
+                    engine.sync()?;
+                }
+                Ok::<(), LogError>(())
+            })()
+            .map_err(|e| PersistError(Arc::new(e)));
+            match &result {
+                Ok(()) => tracing::trace!(writes = writes_count, bytes, "group commit batch durable"),
+                Err(error) => {
+                    tracing::error!(error = %error, writes = writes_count, "group commit failed; failing every later write")
+                }
             }
-            engine.append(&writes)?;
-            if sync == SyncOrder::AfterAppend {
-                engine.sync()?;
+            for done in dones {
+                done(result.clone());
             }
-            Ok(())
+            result
         })
         .await;
-        let result = match outcome {
-            Some((back, result)) => {
-                engine = Some(back);
-                result.map_err(|e| PersistError(Arc::new(e)))
-            }
-            None => Err(PersistError(Arc::new(LogError::Poisoned { reason: "the log writer panicked".to_owned() }))),
-        };
-        match result {
-            Ok(()) => {
-                tracing::trace!(writes = writes_count, bytes, "group commit batch durable");
-                for done in dones {
-                    done(Ok(()));
-                }
-            }
-            Err(error) => {
-                tracing::error!(error = %error, writes = writes_count, "group commit failed; failing every later write");
-                for done in dones {
-                    done(Err(error.clone()));
-                }
+        match outcome {
+            Some((back, Ok(()))) => engine = Some(back),
+            Some((_, Err(error))) => {
                 failure = Some(error);
+                continue;
+            }
+            None => {
+                // The work panicked before or while answering its writers; those it did not
+                // answer see their completion dropped.
+                failure =
+                    Some(PersistError(Arc::new(LogError::Poisoned { reason: "the log writer panicked".to_owned() })));
                 continue;
             }
         }

@@ -12,7 +12,7 @@
 //! (etcd, cohort, etcd, cohort) so that the machine's noise falls on both.
 //!
 //! `cargo bench --bench vs_etcd` measures 10 s per turn, 2 turns each (`COHORT_BENCH_SECONDS`
-//! overrides the turn); without `--bench` (as `cargo test --all-targets` runs it) it makes a
+//! overrides the turn, `COHORT_BENCH_CLIENTS=1,64` the concurrencies); without `--bench` (as `cargo test --all-targets` runs it) it makes a
 //! short smoke run at 1 and 8 clients.
 
 #[path = "../tests/e2e/cluster.rs"]
@@ -264,13 +264,68 @@ fn append_fsync(dir: &Path, rounds: usize) -> Duration {
     times[times.len() / 2]
 }
 
+/// Where a cohort write's time goes, from the nodes' own metrics: sums and counts of the
+/// latency histograms, and the applier's batching.
+#[derive(Default)]
+struct Stages {
+    /// Per node: commit (sum, count), apply (sum, count), fsync (sum, count), apply
+    /// transactions, applied entries.
+    nodes: Vec<[f64; 8]>,
+}
+
+impl Stages {
+    const METRICS: [&'static str; 8] = [
+        "cohort_commit_latency_seconds_sum",
+        "cohort_commit_latency_seconds_count",
+        "cohort_apply_latency_seconds_sum",
+        "cohort_apply_latency_seconds_count",
+        "cohort_fsync_latency_seconds_sum",
+        "cohort_fsync_latency_seconds_count",
+        "cohort_apply_transactions_total",
+        "cohort_applied_entries_total",
+    ];
+
+    fn read(cohort: &TestCluster) -> Stages {
+        let nodes = (1..=3).map(|id| Stages::METRICS.map(|name| cohort.metric(id, name))).collect();
+        Stages { nodes }
+    }
+
+    fn since(&self, before: &Stages) -> Stages {
+        let nodes = self.nodes.iter().zip(&before.nodes).map(|(now, then)| std::array::from_fn(|i| now[i] - then[i]));
+        Stages { nodes: nodes.collect() }
+    }
+
+    /// The leader's stages (the node that answered writes), and the followers' fsyncs.
+    fn print(&self) {
+        let Some(leader) = self.nodes.iter().max_by(|a, b| a[1].total_cmp(&b[1])) else { return };
+        let mean_ms = |sum: f64, count: f64| if count > 0.0 { sum / count * 1e3 } else { 0.0 };
+        let writes = leader[1];
+        let fsyncs: f64 = self.nodes.iter().map(|n| n[5]).sum();
+        println!(
+            "cohort stages on the leader: at its partition until answered {:.2} ms mean, of which applying {:.2} ms \
+             ({:.1} entries per apply transaction); fsync {:.2} ms mean; {:.2} fsyncs per write on all nodes",
+            mean_ms(leader[0], leader[1]),
+            mean_ms(leader[2], leader[3]),
+            if leader[6] > 0.0 { leader[7] / leader[6] } else { 0.0 },
+            mean_ms(leader[4], leader[5]),
+            if writes > 0.0 { fsyncs / writes } else { 0.0 },
+        );
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let seconds: u64 =
         std::env::var("COHORT_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(if full { 10 } else { 1 });
     let turn = Duration::from_secs(seconds);
     let warm_up = Duration::from_millis(if full { 1000 } else { 300 });
-    let concurrency: &[u64] = if full { &[1, 64] } else { &[1, 8] };
+    let concurrency: Vec<u64> = match std::env::var("COHORT_BENCH_CLIENTS") {
+        Ok(list) => {
+            list.split(',').map(|n| n.trim().parse().expect("COHORT_BENCH_CLIENTS: numbers, comma-separated")).collect()
+        }
+        Err(_) if full => vec![1, 64],
+        Err(_) => vec![1, 8],
+    };
     let turns = if full { 2 } else { 1 };
     let binary = etcd_binary();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -290,10 +345,11 @@ fn main() {
     );
 
     let mut cohort_one_client_p50 = None;
-    for &clients in concurrency {
+    for &clients in &concurrency {
         rt.block_on(etcd_load(&etcd_leader, clients, warm_up));
         rt.block_on(run_load(&cohort, &bench, clients, warm_up));
         let (mut etcd_total, mut cohort_total): (Option<Turn>, Option<Turn>) = (None, None);
+        let stages_before = Stages::read(&cohort);
         for _ in 0..turns {
             let turn_etcd = rt.block_on(measured(&etcd.pids(), etcd_load(&etcd_leader, clients, turn)));
             let turn_cohort = rt.block_on(measured(&cohort_pids, run_load(&cohort, &bench, clients, turn)));
@@ -307,6 +363,7 @@ fn main() {
         let (etcd_total, cohort_total) = (etcd_total.unwrap(), cohort_total.unwrap());
         print_turn("etcd", clients, &etcd_total);
         print_turn("cohort", clients, &cohort_total);
+        Stages::read(&cohort).since(&stages_before).print();
         let (e, c) = (&etcd_total.load, &cohort_total.load);
         let ratio = |cohort: Duration, etcd: Duration| cohort.as_secs_f64() / etcd.as_secs_f64();
         println!(
@@ -325,7 +382,7 @@ fn main() {
     let round_trip = loopback_round_trip(if full { 10_000 } else { 1_000 });
     let fsync = append_fsync(&cohort.data_dir(1), if full { 2_000 } else { 200 });
     let floor = round_trip + fsync;
-    let p50 = cohort_one_client_p50.expect("a 1-client run");
+    let Some(p50) = cohort_one_client_p50 else { return };
     println!(
         "latency floor: loopback round trip p50 {:.1} us, 4 KiB append + fdatasync p50 {:.1} us; \
          cohort's 1-client p50 is {:.1}x their sum (goal: <= 3)",

@@ -44,6 +44,10 @@ pub struct NodeMetrics {
     pub commit_latency_seconds: Histogram,
     /// From entries handed to the store's applier to their being applied.
     pub apply_latency_seconds: Histogram,
+    /// Write transactions the applier committed for entries, and the entries they applied:
+    /// their ratio is how well group apply batches (each commit has a fixed cost).
+    pub apply_transactions: Counter,
+    pub applied_entries: Counter,
     /// One fsync of the write-ahead log.
     pub fsync_latency_seconds: Histogram,
     /// Partitions this node leads with a voter on a node that is down.
@@ -82,6 +86,8 @@ impl Default for NodeMetrics {
             peer_rtt_seconds: Family::default(),
             commit_latency_seconds: Histogram::new(latency_buckets()),
             apply_latency_seconds: Histogram::new(latency_buckets()),
+            apply_transactions: Counter::default(),
+            applied_entries: Counter::default(),
             fsync_latency_seconds: Histogram::new(latency_buckets()),
             partitions_under_replicated: Gauge::default(),
             partitions_leaderless: Gauge::default(),
@@ -153,6 +159,16 @@ impl NodeMetrics {
             "Time from committed entries handed to the store's applier to their being applied",
             Unit::Seconds,
             self.apply_latency_seconds.clone(),
+        );
+        registry.register(
+            "apply_transactions",
+            "Write transactions the store's applier committed to apply entries",
+            self.apply_transactions.clone(),
+        );
+        registry.register(
+            "applied_entries",
+            "Log entries the store's applier applied (over apply_transactions: entries per transaction)",
+            self.applied_entries.clone(),
         );
         registry.register(
             "partitions_under_replicated",

@@ -116,8 +116,14 @@ pub async fn start(
     let group_commit =
         tokio::spawn(run_group_commit(engine, persist_rx, env.spawn.clone(), GroupCommitOptions::default()));
     let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_REQUESTS_MAX);
-    let applier =
-        tokio::spawn(run_applier(store.clone(), apply_rx, env.spawn.clone(), env.clock.clone(), spec.applier.clone()));
+    let applier = tokio::spawn(run_applier(
+        store.clone(),
+        apply_rx,
+        env.spawn.clone(),
+        env.clock.clone(),
+        spec.applier.clone(),
+        env.metrics.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(spec.listen_peer)
         .await

@@ -18,6 +18,7 @@
 use crate::env::{Clock, Spawn};
 use crate::ids::PartitionId;
 use crate::limits::APPLY_QUEUE_REQUESTS_MAX;
+use crate::metrics::NodeMetrics;
 use crate::persist::{LogPosition, PersistError, RaftMode, SnapshotMeta};
 use crate::snapshot::SnapshotStore;
 use crate::store::{self, Applied, ApplyEntry, Commit, Store, StoreError};
@@ -138,6 +139,9 @@ struct BatchOutcome {
     durable: bool,
     /// Planted `apply-not-atomic` only: what the batch's second transaction commits, apart.
     deferred: BTreeMap<PartitionId, store::apply::Deferred>,
+    /// Transactions that applied entries, and the entries they applied.
+    transactions: u64,
+    entries: u64,
 }
 
 fn store_failure(error: StoreError) -> PersistError {
@@ -152,6 +156,7 @@ fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool)
     let mut ended_durable = false;
     let mut failed: Option<PersistError> = None;
     let mut deferred = BTreeMap::new();
+    let (mut transactions, mut entries) = (0u64, 0u64);
     while let Some((partition, work)) = works.next() {
         if let Some(error) = &failed {
             results.push(Err(error.clone()));
@@ -165,6 +170,8 @@ fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool)
                     group.push((p, entries));
                 }
                 let last_of_batch = works.peek().is_none();
+                transactions += 1;
+                entries += group.iter().map(|(_, entries)| entries.len() as u64).sum::<u64>();
                 let commit = if durable && last_of_batch { Commit::Durable } else { Commit::Lazy };
                 match apply_group(store, &group, commit, &mut deferred) {
                     Ok(applied) => {
@@ -204,7 +211,7 @@ fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool)
             },
         }
     }
-    BatchOutcome { results, durable: ended_durable && failed.is_none(), deferred }
+    BatchOutcome { results, durable: ended_durable && failed.is_none(), deferred, transactions, entries }
 }
 
 /// One transaction applying every partition's entries of `group`.
@@ -303,6 +310,7 @@ pub async fn run_applier(
     spawn: Arc<dyn Spawn>,
     clock: Arc<dyn Clock>,
     options: ApplierOptions,
+    metrics: Arc<NodeMetrics>,
 ) {
     assert!(options.batch_requests_max >= 1, "a batch holds at least one request");
     let last_durable = clock.now();
@@ -368,7 +376,7 @@ pub async fn run_applier(
             replies.push(request.done);
         }
         let outcome = applier.run_on_store(&*spawn, move |store| run_batch(store, works, durable)).await;
-        let Some(BatchOutcome { results, durable, deferred }) = outcome else {
+        let Some(BatchOutcome { results, durable, deferred, transactions, entries }) = outcome else {
             let error = store_failure(StoreError::Corrupt { reason: "the applier panicked".into() });
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
@@ -377,6 +385,8 @@ pub async fn run_applier(
             continue;
         };
         assert_eq!(results.len(), replies.len(), "one result per request");
+        metrics.apply_transactions.inc_by(transactions);
+        metrics.applied_entries.inc_by(entries);
         if !deferred.is_empty() {
             // Planted `apply-not-atomic`: a crash can strike between the two transactions.
             let second = applier

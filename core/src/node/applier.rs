@@ -232,7 +232,16 @@ fn apply_group(
         });
     }
     store.write(commit, |rows| {
-        group.iter().map(|(partition, entries)| store::apply_entries(rows, *partition, entries)).collect()
+        let mut applied = Vec::with_capacity(group.len());
+        let mut rest = group;
+        while let Some(((partition, _), _)) = rest.split_first() {
+            let run = rest.iter().take_while(|(p, _)| p == partition).count();
+            let (same, after) = rest.split_at(run);
+            let batches = same.iter().map(|(_, entries)| entries.as_slice());
+            applied.extend(store::apply::apply_entry_batches(rows, *partition, batches)?);
+            rest = after;
+        }
+        Ok(applied)
     })
 }
 

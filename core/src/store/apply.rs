@@ -92,15 +92,15 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     /// first result without applying again.
     pub fn apply(&mut self, position: LogPosition, command: &Command) -> Result<WriteResult, StoreError> {
         self.advance(position);
-        match dedup::lookup(self.rows, self.partition, &self.limits, command.client, command.seq)? {
+        let fresh = match dedup::lookup(self.rows, self.partition, &self.limits, command.client, command.seq)? {
             Lookup::Retry(result) => return Ok(result),
             Lookup::TooOld { oldest_kept } => {
                 // Not recorded: the answer is about the table, and recording it would evict
                 // a result that can still be asked for.
                 return Ok(Err(Rejection::SequenceTooOld { client: command.client, seq: command.seq, oldest_kept }));
             }
-            Lookup::New => {}
-        }
+            Lookup::New(fresh) => fresh,
+        };
         let result = self.execute(position.index, command)?;
         if !command.op.is_recorded() {
             return Ok(result);
@@ -111,7 +111,17 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         }
         let (partition, limits) = (self.partition, self.limits);
         let counts = &mut self.record.counts;
-        dedup::record(self.rows, partition, counts, &limits, position.index, command.client, command.seq, &result)?;
+        dedup::record(
+            self.rows,
+            partition,
+            counts,
+            &limits,
+            position.index,
+            command.client,
+            command.seq,
+            &result,
+            fresh,
+        )?;
         Ok(result)
     }
 
@@ -546,8 +556,9 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
                 }));
             }
             if let Some(RefValue::Direct(oid)) = &update.new {
-                let held = self.rows.contains(TableId::Held, &keys::held(self.partition, repo, oid))?;
-                if !held && !written.contains(oid) {
+                let written_or_held = written.contains(oid)
+                    || self.rows.contains(TableId::Held, &keys::held(self.partition, repo, oid))?;
+                if !written_or_held {
                     return Ok(Err(Rejection::ObjectNotFound { oid: *oid }));
                 }
             }
@@ -567,9 +578,11 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         Ok(Ok(refs_count))
     }
 
-    /// Applies reference updates already checked by `check_ref_updates`.
+    /// Applies reference updates already checked by `check_ref_updates`. The repository's
+    /// record (its reference count) is rewritten only when the count changes: most writes move
+    /// references that exist.
     fn update_refs(&mut self, repo: &RepoId, updates: &[RefUpdate]) -> Result<(), StoreError> {
-        let mut record = self.repo_record(repo)?.expect("checked: the repository exists");
+        let (mut added, mut removed) = (0u64, 0u64);
         for update in updates {
             let key = keys::reference(self.partition, repo, &update.name);
             let existed = match &update.new {
@@ -577,11 +590,16 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
                 None => self.rows.remove(TableId::Refs, &key)?,
             };
             match (existed, update.new.is_some()) {
-                (false, true) => record.refs += 1,
-                (true, false) => record.refs -= 1,
+                (false, true) => added += 1,
+                (true, false) => removed += 1,
                 _ => {}
             }
         }
+        if added == removed {
+            return Ok(());
+        }
+        let mut record = self.repo_record(repo)?.expect("checked: the repository exists");
+        record.refs = (record.refs + added).checked_sub(removed).expect("a repository holds the references it removes");
         assert!(record.refs <= REPOSITORY_REFS_MAX as u64, "checked: the reference count stays bounded");
         self.set_repo_record(repo, &record)
     }
@@ -646,11 +664,21 @@ pub fn apply_entries(
     partition: PartitionId,
     entries: &[ApplyEntry],
 ) -> Result<Vec<Applied>, StoreError> {
+    Ok(apply_entry_batches(rows, partition, [entries])?.pop().expect("one batch in, one out"))
+}
+
+/// [`apply_entries`] for several batches of one partition in a row (a busy partition hands the
+/// applier a batch per Raft ready), reading and writing the partition's record once.
+pub fn apply_entry_batches<'e>(
+    rows: &mut WriteRows<'_>,
+    partition: PartitionId,
+    batches: impl IntoIterator<Item = &'e [ApplyEntry]>,
+) -> Result<Vec<Vec<Applied>>, StoreError> {
     let mut writer = PartitionWriter::open(rows, partition)?;
-    let mut applied = Vec::with_capacity(entries.len());
-    for entry in entries {
-        applied.push(apply_one(&mut writer, entry)?);
-    }
+    let applied = batches
+        .into_iter()
+        .map(|entries| entries.iter().map(|entry| apply_one(&mut writer, entry)).collect::<Result<Vec<_>, _>>())
+        .collect::<Result<Vec<_>, _>>()?;
     writer.finish()?;
     Ok(applied)
 }
@@ -759,8 +787,9 @@ pub fn commit_deferred(rows: &mut WriteRows<'_>, deferred: Deferred) -> Result<(
     record.counts.dedup_clients = stored.counts.dedup_clients;
     record.counts.dedup_results_bytes = stored.counts.dedup_results_bytes;
     for (index, client, seq, result) in dedup {
-        if let Lookup::New = dedup::lookup(rows, partition, &DedupLimits::DEFAULT, client, seq)? {
-            dedup::record(rows, partition, &mut record.counts, &DedupLimits::DEFAULT, index, client, seq, &result)?;
+        if let Lookup::New(fresh) = dedup::lookup(rows, partition, &DedupLimits::DEFAULT, client, seq)? {
+            let counts = &mut record.counts;
+            dedup::record(rows, partition, counts, &DedupLimits::DEFAULT, index, client, seq, &result, fresh)?;
         }
     }
     rows.set_partition(partition, &record)

@@ -54,12 +54,22 @@ impl Default for DedupLimits {
 /// What the table knows of a `(client, seq)` about to be applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Not remembered: apply it.
-    New,
-    /// Applied before: answer this again.
+    /// Not remembered: apply it, then hand this to [`record`].
+    New(Fresh),
+    /// Applied already: this was its result.
     Retry(WriteResult),
     /// Older than everything a full window keeps: it may have been applied, its result is lost.
     TooOld { oldest_kept: u64 },
+}
+
+/// What [`lookup`] read of a client whose next result is to be recorded, so that [`record`]
+/// does not read it again (every write goes through both). Applying the command between them
+/// changes no row of this client's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fresh {
+    client: Option<ClientRecord>,
+    /// The client's oldest remembered result, read only if it has a full window.
+    oldest: Option<tables::Row>,
 }
 
 fn client_record(
@@ -73,14 +83,14 @@ fn client_record(
     }
 }
 
-/// The oldest sequence number remembered for `client`.
-fn oldest_seq(rows: &dyn Rows, partition: PartitionId, client: ClientId) -> Result<Option<u64>, StoreError> {
+/// The oldest result remembered for `client`, and its sequence number.
+fn oldest(rows: &dyn Rows, partition: PartitionId, client: ClientId) -> Result<Option<(tables::Row, u64)>, StoreError> {
     let prefix = keys::client(partition, client);
     match rows.first(TableId::DedupResults, &prefix)? {
-        Some((key, _)) => {
+        Some((key, value)) => {
             let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
             let seq = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
-            Ok(Some(seq))
+            Ok(Some(((key, value), seq)))
         }
         None => Ok(None),
     }
@@ -93,17 +103,22 @@ pub fn lookup(
     client: ClientId,
     seq: u64,
 ) -> Result<Lookup, StoreError> {
-    let Some(record) = client_record(rows, partition, client)? else { return Ok(Lookup::New) };
+    let Some(record) = client_record(rows, partition, client)? else {
+        return Ok(Lookup::New(Fresh { client: None, oldest: None }));
+    };
     if let Some(bytes) = rows.get(TableId::DedupResults, &keys::client_result(partition, client, seq))? {
         return Ok(Lookup::Retry(tables::decode("dedup result", &bytes)?));
     }
-    let oldest_kept = oldest_seq(rows, partition, client)?
-        .ok_or_else(|| StoreError::Corrupt { reason: format!("dedup client {client} remembers no result") })?;
     // A window that is not full has forgotten nothing: a lower seq was never applied.
-    if record.results >= limits.window_max && seq < oldest_kept {
+    if record.results < limits.window_max {
+        return Ok(Lookup::New(Fresh { client: Some(record), oldest: None }));
+    }
+    let (oldest, oldest_kept) = oldest(rows, partition, client)?
+        .ok_or_else(|| StoreError::Corrupt { reason: format!("dedup client {client} remembers no result") })?;
+    if seq < oldest_kept {
         return Ok(Lookup::TooOld { oldest_kept });
     }
-    Ok(Lookup::New)
+    Ok(Lookup::New(Fresh { client: Some(record), oldest: Some(oldest) }))
 }
 
 /// Remembers the result of `(client, seq)`, applied at `index`; `lookup` said `New`.
@@ -117,6 +132,7 @@ pub fn record(
     client: ClientId,
     seq: u64,
     result: &WriteResult,
+    fresh: Fresh,
 ) -> Result<(), StoreError> {
     assert!(
         !matches!(result, Err(Rejection::SequenceTooOld { .. })),
@@ -124,7 +140,12 @@ pub fn record(
     );
     let encoded = tables::encode(result);
     let size_bytes = encoded.len() as u64;
-    let mut record = match client_record(rows, partition, client)? {
+    debug_assert_eq!(
+        client_record(rows, partition, client)?,
+        fresh.client,
+        "dedup client {client} changed since lookup"
+    );
+    let mut record = match fresh.client {
         Some(record) => {
             let unindexed = rows.remove(TableId::DedupOrder, &keys::index(partition, record.last_index))?;
             assert!(unindexed, "dedup order out of step with client {client}");
@@ -143,8 +164,12 @@ pub fn record(
     record.results_bytes += size_bytes;
     counts.dedup_results_bytes += size_bytes;
     if record.results > limits.window_max {
-        let prefix = keys::client(partition, client);
-        let (oldest_key, oldest) = rows.first(TableId::DedupResults, &prefix)?.expect("a full window");
+        let (oldest_key, oldest) = fresh.oldest.expect("lookup read the oldest result of a full window");
+        debug_assert_eq!(
+            rows.first(TableId::DedupResults, &keys::client(partition, client))?.map(|(key, _)| key).as_ref(),
+            Some(&oldest_key),
+            "the oldest result of client {client} changed since lookup"
+        );
         assert!(oldest_key != result_key, "the window dropped the result it just recorded");
         rows.remove(TableId::DedupResults, &oldest_key)?;
         record.results -= 1;

@@ -4,7 +4,8 @@
 //! Loop: wait for a request (or, while lazy commits are pending, for the durable interval to
 //! pass); take every other request already queued, up to the batch bounds; carry them out in
 //! order inside `Spawn::run_blocking` (consecutive `Entries` share one transaction; an install
-//! or a removal is a durable transaction of its own); then answer each request in order.
+//! or a removal is a durable transaction of its own), and answer each request in order from
+//! there.
 //!
 //! Commits are lazy (`Commit::Lazy`: visible at once, durable later) until `durable_bytes`
 //! were applied or `durable_interval` passed since the last durable commit; then one commit is
@@ -312,6 +313,36 @@ impl Applier {
     }
 }
 
+/// What a batch came to once its requests were answered.
+struct Answered {
+    durable: bool,
+    deferred: BTreeMap<PartitionId, store::apply::Deferred>,
+    transactions: u64,
+    entries: u64,
+    /// The error the batch met, if any: the applier takes no more work.
+    failure: Option<PersistError>,
+    /// Planted `apply-not-atomic` only: answers kept until its second transaction.
+    unanswered: Vec<(oneshot::Sender<ApplyResult>, ApplyResult)>,
+}
+
+/// Answers each request of a batch in order, from the thread that applied it: a partition
+/// hears at once, not after a hop through the applier's task (that hop was on every write's
+/// path). Under the planted `apply-not-atomic`, the answers wait for its second transaction.
+fn answer(outcome: BatchOutcome, replies: Vec<oneshot::Sender<ApplyResult>>) -> Answered {
+    let BatchOutcome { results, durable, deferred, transactions, entries } = outcome;
+    let failure = results.iter().find_map(|result| result.as_ref().err().cloned());
+    let mut unanswered = Vec::new();
+    for (reply, result) in replies.into_iter().zip(results) {
+        if deferred.is_empty() {
+            // The partition may have stopped waiting; that is its business.
+            let _ = reply.send(result);
+        } else {
+            unanswered.push((reply, result));
+        }
+    }
+    Answered { durable, deferred, transactions, entries, failure, unanswered }
+}
+
 /// The applier over `store` until `requests` closes (see the module docs).
 pub async fn run_applier(
     store: Arc<Store>,
@@ -384,18 +415,24 @@ pub async fn run_applier(
             works.push((request.partition, request.work));
             replies.push(request.done);
         }
-        let outcome = applier.run_on_store(&*spawn, move |store| run_batch(store, works, durable)).await;
-        let Some(BatchOutcome { results, durable, deferred, transactions, entries }) = outcome else {
-            let error = store_failure(StoreError::Corrupt { reason: "the applier panicked".into() });
-            for reply in replies {
-                let _ = reply.send(Err(error.clone()));
-            }
-            applier.failure = Some(error);
+        let outcome = applier
+            .run_on_store(&*spawn, move |store| {
+                let outcome = run_batch(store, works, durable);
+                assert_eq!(outcome.results.len(), replies.len(), "one result per request");
+                answer(outcome, replies)
+            })
+            .await;
+        let Some(Answered { durable, deferred, transactions, entries, failure, unanswered }) = outcome else {
+            // The work panicked, dropping the replies: each partition hears that the applier
+            // is gone.
+            applier.failure = Some(store_failure(StoreError::Corrupt { reason: "the applier panicked".into() }));
             continue;
         };
-        assert_eq!(results.len(), replies.len(), "one result per request");
         metrics.apply_transactions.inc_by(transactions);
         metrics.applied_entries.inc_by(entries);
+        if failure.is_some() {
+            applier.failure = failure;
+        }
         if !deferred.is_empty() {
             // Planted `apply-not-atomic`: a crash can strike between the two transactions.
             let second = applier
@@ -410,10 +447,7 @@ pub async fn run_applier(
                     Some(store_failure(StoreError::Corrupt { reason: "the second commit failed".into() }));
             }
         }
-        for (reply, result) in replies.into_iter().zip(results) {
-            if let Err(error) = &result {
-                applier.failure = Some(error.clone());
-            }
+        for (reply, result) in unanswered {
             // The partition may have stopped waiting; that is its business.
             let _ = reply.send(result);
         }

@@ -66,6 +66,8 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
         let config = bincode::config::standard().with_fixed_int_encoding().with_limit::<LIMIT>();
         bincode::serde::decode_from_slice(bytes, config)
     }
+    // The first rung that fits wins: the arms overlap on purpose.
+    #[allow(clippy::match_overlapping_arm)]
     let decoded = match bytes.len().saturating_mul(4) {
         ..=0x1000 => with::<T, 0x1000>(bytes),
         ..=0x4000 => with::<T, 0x4000>(bytes),

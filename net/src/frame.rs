@@ -168,9 +168,7 @@ mod tests {
     #[test]
     fn a_raft_message_claiming_another_sender_or_receiver_is_refused() {
         let raft = |from: u64, to: u64| {
-            let mut message = raft::eraftpb::Message::default();
-            message.from = from;
-            message.to = to;
+            let message = raft::eraftpb::Message { from, to, ..Default::default() };
             Frame::Batch(vec![WireMessage::Raft { partition: 1, message: message.write_to_bytes().unwrap() }])
         };
         let (peer, me) = (NodeId(2), NodeId(1));

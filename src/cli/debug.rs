@@ -504,7 +504,7 @@ mod tests {
             op: WriteOp::DeleteRepository {
                 repo: RepoId {
                     storage: "default".into(),
-                    relative_path: RelativePath::new(&format!("{}.git", "a".repeat(400))).unwrap(),
+                    relative_path: RelativePath::new(format!("{}.git", "a".repeat(400))).unwrap(),
                 },
             },
         };

@@ -124,7 +124,7 @@ async fn replace(client: &Client, node: u64, parallel: usize) -> anyhow::Result<
                 let result =
                     client.change_members(partition, node, "replace").await.map(|_| ()).map_err(|e| e.to_string());
                 let count = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if count % 100 == 0 {
+                if count.is_multiple_of(100) {
                     println!("  {count} of {total}");
                 }
                 (partition, result)

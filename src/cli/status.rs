@@ -182,7 +182,7 @@ fn merge(replies: &[(String, Option<proto::StatusReply>)]) -> StatusJson {
     let summaries = answered
         .iter()
         .map(|reply| {
-            let s = reply.summary.clone().unwrap_or_default();
+            let s = reply.summary.unwrap_or_default();
             SummaryJson {
                 node: reply.node,
                 hosted: s.hosted,

@@ -76,7 +76,7 @@ fn one_sync_per_append(base: &Path, duration: Duration) -> f64 {
         engine.append(&[write(partition + 1, index)]).unwrap();
         engine.sync().unwrap();
         appends += 1;
-        if appends % 1024 == 0 {
+        if appends.is_multiple_of(1024) {
             engine.compact().unwrap();
         }
     }

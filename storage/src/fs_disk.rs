@@ -166,10 +166,13 @@ pub fn space(path: &Path) -> io::Result<DiskSpace> {
     }
     // SAFETY: statvfs succeeded, so it initialised `stats`.
     let stats = unsafe { stats.assume_init() };
-    let block_bytes = u64::from(stats.f_frsize);
+    // statvfs's field types vary by target (32 bits on some): widen them wherever they are not u64.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, available, block_bytes) =
+        (u64::from(stats.f_blocks), u64::from(stats.f_bavail), u64::from(stats.f_frsize));
     Ok(DiskSpace {
-        total_bytes: u64::from(stats.f_blocks).saturating_mul(block_bytes),
-        available_bytes: u64::from(stats.f_bavail).saturating_mul(block_bytes),
+        total_bytes: blocks.saturating_mul(block_bytes),
+        available_bytes: available.saturating_mul(block_bytes),
     })
 }
 

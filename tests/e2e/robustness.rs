@@ -119,7 +119,8 @@ fn an_authenticated_hostile_peer_cannot_kill_wedge_or_corrupt_a_node() {
         // repository's partition and a partition that does not exist.
         let mut abusive = Vec::new();
         for partition in [0, 1, 999] {
-            let kinds: Vec<(MessageType, Box<dyn Fn(&mut Message)>)> = vec![
+            type Damage<'a> = Box<dyn Fn(&mut Message) + 'a>;
+            let kinds: Vec<(MessageType, Damage<'_>)> = vec![
                 (MessageType::MsgSnapshot, Box::new(|m| m.mut_snapshot().mut_metadata().index = 5)),
                 (MessageType::MsgHeartbeat, Box::new(|m| (m.term, m.commit) = (u64::MAX / 2, u64::MAX))),
                 (

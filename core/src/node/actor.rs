@@ -110,7 +110,7 @@ pub(super) trait ReplicaHost: Send + Sync {
 pub(super) enum Unload {
     Done,
     /// An input was waiting in its mailbox: the actor handles it and stays loaded.
-    Input(PartitionInput),
+    Input(Box<PartitionInput>),
     /// The host no longer runs this replica as this actor (it is retiring, or the node is
     /// stopping): the actor carries on.
     Refused,
@@ -147,13 +147,16 @@ pub(super) struct Actor {
     pub state: ActorState,
 }
 
+/// Members a leader reports, with the log index through which they hold.
+type ReportedMembers = Box<(crate::persist::ConfState, u64)>;
+
 /// The directory recording of a leader's members: at most one attempt at a time, retried
 /// (while this replica leads) until the directory records them. The members are boxed:
 /// rarely set, and every replica's actor holds a `MembersRecord`.
 #[derive(Default)]
 pub(super) struct MembersRecord {
-    wanted: Option<Box<(crate::persist::ConfState, u64)>>,
-    attempt: Option<(Box<(crate::persist::ConfState, u64)>, oneshot::Receiver<bool>)>,
+    wanted: Option<ReportedMembers>,
+    attempt: Option<(ReportedMembers, oneshot::Receiver<bool>)>,
     not_before: crate::env::Instant,
 }
 
@@ -448,7 +451,7 @@ impl Shell for Actor {
                     Some(Unload::Done) => return Step::Done,
                     Some(Unload::Input(input)) => {
                         self.took_out(&input);
-                        self.handle_input(now, Some(input))
+                        self.handle_input(now, Some(*input))
                     }
                     // Not now: try again after another wait.
                     Some(Unload::Refused) | None => {

@@ -974,7 +974,7 @@ impl ReplicaHost for Router {
             _ => return Unload::Refused,
         }
         match mailbox.try_recv() {
-            Ok(input) => return Unload::Input(input),
+            Ok(input) => return Unload::Input(Box::new(input)),
             Err(mpsc::TryRecvError::Closed) => return Unload::Refused,
             Err(mpsc::TryRecvError::Empty) => {}
         }

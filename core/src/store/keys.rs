@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn repository_keys_sort_like_repo_ids_and_never_prefix_each_other() {
         let p = PartitionId(7);
-        let mut ids = vec![
+        let mut ids = [
             repo_id("a", "x"),
             repo_id("a", "x/y"),
             repo_id("a", "x0"),

@@ -486,7 +486,9 @@ impl Cluster {
 
     /// Committed entries of every live replica agree at every index they both hold.
     pub fn assert_logs_agree(&self) {
-        let logs: Vec<(NodeId, u64, BTreeMap<u64, (u64, Vec<u8>)>)> = self
+        // (node, commit index, index -> (term, data))
+        type Log = (NodeId, u64, BTreeMap<u64, (u64, Vec<u8>)>);
+        let logs: Vec<Log> = self
             .replicas
             .iter()
             .map(|(&node, r)| {

@@ -670,7 +670,7 @@ impl Client {
         let message = proto::SetPartitionRaftRequest { partition, enabled };
         let reply = self
             .call_with(None, self.config.deadline, |mut c| {
-                let request = self.request(message.clone());
+                let request = self.request(message);
                 async move { c.set_partition_raft(request).await }
             })
             .await?;
@@ -711,7 +711,7 @@ impl Client {
             let message = proto::ListPartitionsRequest { after: all.last().map_or(0, |p| p.id), limit: 0 };
             let reply = self
                 .call(None, |mut c| {
-                    let request = self.request(message.clone());
+                    let request = self.request(message);
                     async move { c.list_partitions(request).await }
                 })
                 .await?;

@@ -65,6 +65,10 @@ impl Outbox {
         self.queue.lock().expect("not poisoned").envelopes.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Payload bytes queued.
     pub fn payload_bytes(&self) -> usize {
         self.queue.lock().expect("not poisoned").payload_bytes
@@ -80,8 +84,7 @@ mod tests {
     fn message(entry_bytes: usize) -> Envelope {
         let mut message = raft::eraftpb::Message::default();
         if entry_bytes > 0 {
-            let mut entry = raft::eraftpb::Entry::default();
-            entry.data = vec![7u8; entry_bytes].into();
+            let entry = raft::eraftpb::Entry { data: vec![7u8; entry_bytes].into(), ..Default::default() };
             message.entries = vec![entry].into();
         }
         Envelope { partition: PartitionId(1), from: NodeId(1), to: NodeId(2), payload: Payload::Raft(message) }

@@ -23,10 +23,7 @@ async fn listener() -> (TcpListener, SocketAddr) {
 }
 
 fn envelope(from: u64, to: u64, partition: u64, index: u64) -> Envelope {
-    let mut message = raft::eraftpb::Message::default();
-    message.from = from;
-    message.to = to;
-    message.index = index;
+    let mut message = raft::eraftpb::Message { from, to, index, ..Default::default() };
     message.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
     Envelope { partition: PartitionId(partition), from: NodeId(from), to: NodeId(to), payload: Payload::Raft(message) }
 }

@@ -190,7 +190,7 @@ impl Harness {
                         *term += 1;
                     }
                     let mut new = entries(first..=first + count as u64 - 1, *term, data_bytes as usize);
-                    if first % 4 == 0 {
+                    if first.is_multiple_of(4) {
                         new[0].kind = cohort_core::persist::EntryKind::ConfChange;
                     }
                     write.entries = new;

@@ -133,9 +133,8 @@ struct Applier {
     failure: Option<PersistError>,
 }
 
-/// What one batch did, computed away from the async task.
+/// What one batch did besides its results, computed away from the async task.
 struct BatchOutcome {
-    results: Vec<ApplyResult>,
     /// Whether the batch ended with a durable commit.
     durable: bool,
     /// Planted `apply-not-atomic` only: what the batch's second transaction commits, apart.
@@ -150,8 +149,9 @@ fn store_failure(error: StoreError) -> PersistError {
 }
 
 /// Carries out `works` in order: consecutive entry batches in one transaction (durable if
-/// `durable`), installs and removals each in a durable transaction of their own.
-fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool) -> BatchOutcome {
+/// `durable`), installs and removals each in a durable transaction of their own. Answers one
+/// result per work, in order.
+fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool) -> (Vec<ApplyResult>, BatchOutcome) {
     let mut results: Vec<ApplyResult> = Vec::with_capacity(works.len());
     let mut works = works.into_iter().peekable();
     let mut ended_durable = false;
@@ -212,7 +212,7 @@ fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool)
             },
         }
     }
-    BatchOutcome { results, durable: ended_durable && failed.is_none(), deferred, transactions, entries }
+    (results, BatchOutcome { durable: ended_durable && failed.is_none(), deferred, transactions, entries })
 }
 
 /// One transaction applying every partition's entries of `group`.
@@ -234,13 +234,10 @@ fn apply_group(
     }
     store.write(commit, |rows| {
         let mut applied = Vec::with_capacity(group.len());
-        let mut rest = group;
-        while let Some(((partition, _), _)) = rest.split_first() {
-            let run = rest.iter().take_while(|(p, _)| p == partition).count();
-            let (same, after) = rest.split_at(run);
+        // A partition's batches in a row share one read and write of its record.
+        for same in group.chunk_by(|(a, _), (b, _)| a == b) {
             let batches = same.iter().map(|(_, entries)| entries.as_slice());
-            applied.extend(store::apply::apply_entry_batches(rows, *partition, batches)?);
-            rest = after;
+            applied.extend(store::apply::apply_entry_batches(rows, same[0].0, batches)?);
         }
         Ok(applied)
     })
@@ -315,10 +312,7 @@ impl Applier {
 
 /// What a batch came to once its requests were answered.
 struct Answered {
-    durable: bool,
-    deferred: BTreeMap<PartitionId, store::apply::Deferred>,
-    transactions: u64,
-    entries: u64,
+    outcome: BatchOutcome,
     /// The error the batch met, if any: the applier takes no more work.
     failure: Option<PersistError>,
     /// Planted `apply-not-atomic` only: answers kept until its second transaction.
@@ -328,19 +322,19 @@ struct Answered {
 /// Answers each request of a batch in order, from the thread that applied it: a partition
 /// hears at once, not after a hop through the applier's task (that hop was on every write's
 /// path). Under the planted `apply-not-atomic`, the answers wait for its second transaction.
-fn answer(outcome: BatchOutcome, replies: Vec<oneshot::Sender<ApplyResult>>) -> Answered {
-    let BatchOutcome { results, durable, deferred, transactions, entries } = outcome;
+fn answer(results: Vec<ApplyResult>, outcome: BatchOutcome, replies: Vec<oneshot::Sender<ApplyResult>>) -> Answered {
+    assert_eq!(results.len(), replies.len(), "one result per request");
     let failure = results.iter().find_map(|result| result.as_ref().err().cloned());
     let mut unanswered = Vec::new();
     for (reply, result) in replies.into_iter().zip(results) {
-        if deferred.is_empty() {
+        if outcome.deferred.is_empty() {
             // The partition may have stopped waiting; that is its business.
             let _ = reply.send(result);
         } else {
             unanswered.push((reply, result));
         }
     }
-    Answered { durable, deferred, transactions, entries, failure, unanswered }
+    Answered { outcome, failure, unanswered }
 }
 
 /// The applier over `store` until `requests` closes (see the module docs).
@@ -417,12 +411,13 @@ pub async fn run_applier(
         }
         let outcome = applier
             .run_on_store(&*spawn, move |store| {
-                let outcome = run_batch(store, works, durable);
-                assert_eq!(outcome.results.len(), replies.len(), "one result per request");
-                answer(outcome, replies)
+                let (results, outcome) = run_batch(store, works, durable);
+                answer(results, outcome, replies)
             })
             .await;
-        let Some(Answered { durable, deferred, transactions, entries, failure, unanswered }) = outcome else {
+        let Some(Answered { outcome: BatchOutcome { durable, deferred, transactions, entries }, failure, unanswered }) =
+            outcome
+        else {
             // The work panicked, dropping the replies: each partition hears that the applier
             // is gone.
             applier.failure = Some(store_failure(StoreError::Corrupt { reason: "the applier panicked".into() }));

@@ -447,8 +447,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             return Ok(outcome);
         }
         let held_key = keys::held(self.partition, repo, oid);
-        if !self.rows.contains(TableId::Held, &held_key)? {
-            self.rows.insert(TableId::Held, &held_key, &[])?;
+        let held_before = self.rows.insert(TableId::Held, &held_key, &[])?;
+        if !held_before {
             let key = keys::object(self.partition, oid);
             let holders = self.holders(oid)?;
             if holders == 0 {

@@ -67,6 +67,18 @@ fn planted_sync_order(writes: &[LogWrite], batches: u64) -> SyncOrder {
     SyncOrder::AfterAppend
 }
 
+/// Appends one batch and syncs it, in `sync`'s order.
+fn append_and_sync(engine: &mut LogEngine, writes: &[LogWrite], sync: SyncOrder) -> Result<(), LogError> {
+    if sync == SyncOrder::BeforeAppend {
+        engine.sync()?;
+    }
+    engine.append(writes)?;
+    if sync == SyncOrder::AfterAppend {
+        engine.sync()?;
+    }
+    Ok(())
+}
+
 /// Runs `work` on the engine inside `spawn.run_blocking`, moving the engine there and back.
 /// `None` if the work never came back (it panicked): the engine is lost with it.
 async fn on_engine<T: Send + 'static>(
@@ -124,17 +136,7 @@ pub async fn run_group_commit(
         // failed): waking each partition from there saves a hop through this task, which is
         // on every write's path.
         let outcome = on_engine(&*spawn, current, move |engine| -> Result<(), PersistError> {
-            let result = (|| {
-                if sync == SyncOrder::BeforeAppend {
-                    engine.sync()?;
-                }
-                engine.append(&writes)?;
-                if sync == SyncOrder::AfterAppend {
-                    engine.sync()?;
-                }
-                Ok::<(), LogError>(())
-            })()
-            .map_err(|e| PersistError(Arc::new(e)));
+            let result = append_and_sync(engine, &writes, sync).map_err(|e| PersistError(Arc::new(e)));
             match &result {
                 Ok(()) => tracing::trace!(writes = writes_count, bytes, "group commit batch durable"),
                 Err(error) => {

@@ -24,6 +24,9 @@ pub struct NodeMetrics {
     pub leader_changes: Counter,
     /// Elections this node's replicas started, by cause (`ElectionCause::name`).
     pub elections: Family<Labels, Counter>,
+    /// Election timeouts a follower let pass because its leader's node was alive; it asked
+    /// the leader to heartbeat instead (`Partition::hold_election_for_live_leader`).
+    pub elections_held: Counter,
     /// Quiesced replicas that woke, by cause (`WakeCause::name`).
     pub wakes: Family<Labels, Counter>,
     /// Replicas on this node that are quiesced (loaded ones; unloaded ones are counted apart).
@@ -76,6 +79,7 @@ impl Default for NodeMetrics {
             proposals: Counter::default(),
             leader_changes: Counter::default(),
             elections: Family::default(),
+            elections_held: Counter::default(),
             wakes: Family::default(),
             partitions_quiesced: Gauge::default(),
             partitions_unloaded: Gauge::default(),
@@ -115,6 +119,11 @@ impl NodeMetrics {
         );
         registry.register("leader_changes", "Leader changes seen by this node's replicas", self.leader_changes.clone());
         registry.register("elections", "Elections started by this node's replicas, by cause", self.elections.clone());
+        registry.register(
+            "elections_held",
+            "Election timeouts this node's followers let pass once, their leader's node being alive",
+            self.elections_held.clone(),
+        );
         registry.register("wakes", "Quiesced replicas on this node that woke, by cause", self.wakes.clone());
         registry.register(
             "partitions_quiesced",

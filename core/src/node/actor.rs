@@ -211,6 +211,7 @@ struct ReplicaGauges {
     under_replicated: bool,
     leaderless: bool,
     last_wake: Option<(WakeCause, u64)>,
+    elections_held: u64,
 }
 
 /// Keeps `gauge` counting this replica while `now` holds, given whether it did (`was`).
@@ -263,6 +264,11 @@ impl ReplicaGauges {
             partition.is_under_replicated(),
         );
         count_while(&self.metrics.partitions_leaderless, &mut self.leaderless, partition.is_leaderless());
+        let held = partition.elections_held();
+        if held != self.elections_held {
+            self.metrics.elections_held.inc_by(held.saturating_sub(self.elections_held));
+            self.elections_held = held;
+        }
         let last_wake = partition.last_wake();
         if last_wake != self.last_wake {
             if let Some((cause, _)) = last_wake {
@@ -373,6 +379,7 @@ impl ActorState {
                 under_replicated: false,
                 leaderless: false,
                 last_wake: None,
+                elections_held: 0,
             },
             outbox: BTreeMap::new(),
             blocked: None,
@@ -498,6 +505,7 @@ impl Actor {
                 state.replies = BTreeMap::new();
             }
             state.applying.shrink_to_fit();
+            self.partition.shrink_idle_buffers();
         }
         state.was_quiesced = quiesced;
         // Leaders never unload (`partition/dormant.rs`): a quiesced leader keeps no timer.

@@ -151,7 +151,7 @@ impl Partition {
     /// Raft accepted a snapshot, which the store already holds: the log restarts after it.
     fn record_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot, write: &mut LogWrite) {
         let metadata = snapshot.get_metadata();
-        let meta = self.installed_snapshot.take().expect("raft records only the snapshot the store installed");
+        let meta = *self.installed_snapshot.take().expect("raft records only the snapshot the store installed");
         assert_eq!((meta.position.index, meta.position.term), (metadata.index, metadata.term));
         assert_eq!(meta.conf_state, (metadata.get_conf_state()).into(), "the file's membership is raft's");
         write.snapshot = Some((meta.position, meta.conf_state.clone()));

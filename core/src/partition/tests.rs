@@ -879,6 +879,39 @@ fn quiesced_followers_elect_when_their_leaders_node_goes_down() {
 }
 
 #[test]
+fn a_woken_follower_that_hears_nothing_holds_one_election_while_its_leaders_node_is_alive() {
+    let (mut cluster, leader) = quiesced_cluster(51);
+    let term = cluster.replica(leader).term();
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    // The leader's messages to the follower are lost (a full mailbox), but its node is alive.
+    cluster.lose_messages(leader, follower);
+    let read = cluster.request(follower, list_refs(ReadConsistency::Linearizable));
+    assert!(matches!(cluster.response(read), Some(Response::NotLeader { .. })));
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.replica(follower).elections_held() == 1), "it holds its election");
+    assert!(cluster.replica(follower).last_election().is_none(), "instead of campaigning");
+    // The leader's messages get through again before the next timeout: no election at all.
+    cluster.heal();
+    assert!(cluster.drive_until(STEPS_MAX, all_quiesced), "everything quiesces again");
+    assert_eq!(cluster.replica(leader).term(), term);
+    assert!(no_election_since_start(&cluster), "nobody campaigned");
+    assert_eq!(cluster.replica(follower).elections_held(), 1);
+
+    // Still silent after the hold: the follower campaigns at its next timeout (pre-vote, which
+    // the leader and the other follower refuse while the leader lives).
+    cluster.lose_messages(leader, follower);
+    let read = cluster.request(follower, list_refs(ReadConsistency::Linearizable));
+    assert!(matches!(cluster.response(read), Some(Response::NotLeader { .. })));
+    assert!(
+        cluster.drive_until(STEPS_MAX, |c| c.replica(follower).last_election() == Some(ElectionCause::AfterWake)),
+        "one hold per contact with the leader: then it campaigns"
+    );
+    assert_eq!(cluster.replica(follower).elections_held(), 2, "after holding once");
+    cluster.heal();
+    assert!(cluster.drive_until(STEPS_MAX, all_quiesced));
+    assert_eq!((cluster.leader(), cluster.replica(leader).term()), (Some(leader), term), "pre-vote kept the leader");
+}
+
+#[test]
 fn a_quiesced_leader_cut_off_from_its_quorum_steps_down_and_the_others_elect() {
     let (mut cluster, leader) = quiesced_cluster(44);
     cluster.isolate(leader);

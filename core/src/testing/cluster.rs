@@ -51,6 +51,8 @@ pub struct Cluster {
     pub snapshots_delivered: usize,
     /// Links that drop everything, as (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Links whose messages are lost while liveness still reports both ends up.
+    lost: BTreeSet<(NodeId, NodeId)>,
     /// Probability in [0, 1) that a message is dropped.
     pub drop_rate: f64,
     /// When false, persistence completes only through `complete_persists`.
@@ -79,6 +81,7 @@ impl Cluster {
             options: ReplicaOptions::default(),
             snapshots_delivered: 0,
             cut: BTreeSet::new(),
+            lost: BTreeSet::new(),
             drop_rate: 0.0,
             auto_persist: true,
             rng: StdRng::seed_from_u64(seed),
@@ -182,8 +185,15 @@ impl Cluster {
         self.report_liveness();
     }
 
+    /// Loses every message from `from` to `to` until `heal`, while node liveness still
+    /// reports both nodes up: as a full mailbox does.
+    pub fn lose_messages(&mut self, from: NodeId, to: NodeId) {
+        self.lost.insert((from, to));
+    }
+
     pub fn heal(&mut self) {
         self.cut.clear();
+        self.lost.clear();
         self.report_liveness();
     }
 
@@ -416,6 +426,7 @@ impl Cluster {
         }
         if let Some(envelope) = self.in_flight.pop_front() {
             let dropped = self.cut.contains(&(envelope.from, envelope.to))
+                || self.lost.contains(&(envelope.from, envelope.to))
                 || (self.drop_rate > 0.0 && self.rng.gen_bool(self.drop_rate));
             let to = envelope.to;
             if !dropped {
@@ -447,7 +458,8 @@ impl Cluster {
         let metadata = message.get_snapshot().get_metadata();
         let position = LogPosition { index: metadata.index, term: metadata.term };
         let file = self.snapshot_files.get(&from).and_then(|files| files.get(&position)).cloned();
-        let reachable = !self.cut.contains(&(from, to)) && self.replicas.contains_key(&to);
+        let reachable =
+            !self.cut.contains(&(from, to)) && !self.lost.contains(&(from, to)) && self.replicas.contains_key(&to);
         let delivered = match (file, reachable) {
             (Some((meta, bytes)), true) => {
                 self.snapshot_files.entry(to).or_default().insert(position, (meta.clone(), bytes));

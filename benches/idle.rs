@@ -7,7 +7,9 @@
 //!   once every follower has unloaded: the nodes' CPU over an idle window (as a share of one
 //!   core) and the peer messages per second (only node liveness should remain: independent of
 //!   the number of partitions), and RSS and heap per quiesced replica (per unloaded replica:
-//!   from the restarted node below, whose replicas are all unloaded);
+//!   from the restarted node below, whose replicas are all unloaded). The partitions are
+//!   created in two halves; what each replica of the second half added is the cost of one
+//!   more, apart from the node's costs that do not grow with its replicas;
 //! - wake latency: the first write to each of a sample of quiesced partitions, and of another
 //!   sample whose followers are unloaded, p50 and p99, next to the latency of writes to a
 //!   partition already awake, and the elections started while waking them (goal: none);
@@ -32,6 +34,7 @@ mod common;
 use cluster::{repo, TestCluster};
 use common::{client, cpu_seconds, metric, rss_bytes, wait_for, write_blob};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,10 +102,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Creates `count` repositories from `IN_FLIGHT` clients; returns the wall time and when each
 /// creation (by index) completed.
-fn create_all(rt: &tokio::runtime::Runtime, cluster: &TestCluster, count: u64) -> (Duration, Vec<Instant>) {
-    let next = Arc::new(AtomicU64::new(0));
+fn create_all(rt: &tokio::runtime::Runtime, cluster: &TestCluster, names: Range<u64>) -> (Duration, Vec<Instant>) {
+    let (first, count) = (names.start, names.end);
+    let next = Arc::new(AtomicU64::new(first));
     let started = Instant::now();
-    let mut completed = vec![started; count as usize];
+    let mut completed = vec![started; (count - first) as usize];
     rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..IN_FLIGHT {
@@ -121,7 +125,7 @@ fn create_all(rt: &tokio::runtime::Runtime, cluster: &TestCluster, count: u64) -
         }
         for task in tasks {
             for (n, at) in task.await.unwrap() {
-                completed[n as usize] = at;
+                completed[(n - first) as usize] = at;
             }
         }
     });
@@ -238,8 +242,21 @@ fn main() {
     let cache_before = store_caches(&cluster);
     let (empty_cpu, empty_messages) = idle_window(&cluster, &pids);
 
-    // Every replica quiesced, none unloaded yet (if creating took less than unload_after_ms).
-    let (create_elapsed, created_at) = create_all(&rt, &cluster, partitions);
+    // Every replica quiesced, none unloaded yet (if creating took less than unload_after_ms),
+    // in two halves: what the second half adds is what one more replica costs, without the
+    // node's costs that do not grow with its replicas (the store's page cache filling up to
+    // its bound, the blocking threads' heaps, the log's buffers), which the average over all
+    // of them includes.
+    let half = partitions / 2;
+    let (first_elapsed, mut created_at) = create_all(&rt, &cluster, 0..half);
+    wait_all_at_rest(&cluster, 1 + half, Duration::from_secs(600));
+    let rss_half: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
+    let heap_half = heaps(&cluster);
+    let cache_half = store_caches(&cluster);
+    let unloaded_half: Vec<u64> = (1..=NODES).map(|id| metric(&cluster, id, UNLOADED) as u64).collect();
+    let (second_elapsed, created_second) = create_all(&rt, &cluster, half..partitions);
+    created_at.extend(created_second);
+    let create_elapsed = first_elapsed + second_elapsed;
     progress(format!("created {partitions} in {:.1} s", create_elapsed.as_secs_f64()));
     let quiesce_elapsed = wait_all_at_rest(&cluster, hosted, Duration::from_secs(600));
     let (quiesced_cpu, quiesced_messages) = idle_window(&cluster, &pids);
@@ -403,7 +420,7 @@ fn main() {
     let throughput = among_all.map(|among_all| {
         drop(cluster);
         let alone = TestCluster::start_configured(NODES, configure);
-        let _ = create_all(&rt, &alone, ACTIVE);
+        let _ = create_all(&rt, &alone, 0..ACTIVE);
         (among_all, active_throughput(&rt, &alone))
     });
 
@@ -466,10 +483,32 @@ fn main() {
             heap_unloaded[i] / 1048576.0,
             unloaded[i],
         );
+        // The second half's replicas, less those of either half that unloaded meanwhile (at
+        // the restarted node's cost each); only if most of them are still loaded.
+        let unloaded_since_half = unloaded_early[i] - unloaded_half[i];
+        let loaded_since_half = (partitions - half).saturating_sub(unloaded_since_half);
+        let marginal = (loaded_since_half * 2 >= partitions - half).then(|| {
+            let per = |growth: f64, per_unloaded: f64| {
+                (growth - unloaded_since_half as f64 * per_unloaded) / loaded_since_half as f64
+            };
+            let rss = per(rss_quiesced[i] as f64 - rss_half[i] as f64, unloaded_rss);
+            let heap = per(heap_quiesced[i] - heap_half[i], unloaded_heap);
+            let heap_nc = per(heap_quiesced[i] - cache_quiesced[i] - heap_half[i] + cache_half[i], unloaded_heap_nc);
+            (rss, heap, heap_nc)
+        });
+        if let Some((rss, heap, heap_nc)) = marginal {
+            println!(
+                "node {}: each quiesced replica of the second half added {:.1} KiB RSS, {:.1} KiB heap, {:.1} KiB heap less the store's page cache (goal: at most 8)",
+                i + 1,
+                rss / 1024.0,
+                heap / 1024.0,
+                heap_nc / 1024.0
+            );
+        }
         let freed_per_unload =
             (heap_quiesced[i] - heap_unloaded[i]) / unloaded[i].saturating_sub(unloaded_early[i]).max(1) as f64;
         println!(
-            "node {}: per quiesced replica {:.1} KiB RSS, {:.1} KiB heap, {:.1} KiB heap less the store's page cache (goal: at most 8); heap freed per unload {:.1} KiB; store page cache {:.1} MiB (per unloaded replica: see the restarted node below)",
+            "node {}: per quiesced replica, averaged over all with the node's fixed costs, {:.1} KiB RSS, {:.1} KiB heap, {:.1} KiB heap less the store's page cache; heap freed per unload {:.1} KiB; store page cache {:.1} MiB (per unloaded replica: see the restarted node below)",
             i + 1,
             rss_loaded / 1024.0,
             heap_loaded / 1024.0,

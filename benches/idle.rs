@@ -54,6 +54,8 @@ const HEAP: &str = "cohort_heap_in_use_bytes";
 /// The store's page cache, part of the heap: shared by every partition, and bounded by
 /// `[store] cache_bytes` however many there are.
 const STORE_CACHE: &str = "cohort_store_cache_bytes";
+/// Election timeouts a follower let pass, its leader's node being alive.
+const HELD: &str = "cohort_elections_held_total";
 
 fn heaps(cluster: &TestCluster) -> Vec<f64> {
     (1..=NODES).map(|id| metric(cluster, id, HEAP)).collect()
@@ -338,7 +340,10 @@ fn main() {
     // over the nodes as creating left them: after the failover and restart below, the
     // restarted node leads nothing and the other two lead every partition, which took 10-20%
     // off this figure in three runs (0.77-0.89 of the cluster of 48).
-    let among_all = full.then(|| active_throughput(&rt, &cluster));
+    let among_all = full.then(|| {
+        progress(format!("{ACTIVE} busy among {partitions}: starting"));
+        active_throughput(&rt, &cluster)
+    });
     if let Some(writes) = among_all {
         progress(format!("{ACTIVE} busy among {partitions}: {writes:.0} writes/s"));
     }
@@ -362,6 +367,7 @@ fn main() {
     // The killed node comes back: its replicas open unloaded or resting, the leaders that
     // excused it catch it up, and nothing should be elected.
     let elections_before = sum_metric(&cluster, "cohort_elections_total");
+    let held_before = sum_metric(&cluster, HELD);
     let causes_before = elections_by_cause(&cluster);
     let log_lengths_before: Vec<usize> = (1..=NODES).map(|id| cluster.log(id).len()).collect();
     let started = Instant::now();
@@ -375,6 +381,7 @@ fn main() {
     ));
     let requiesced = wait_all_at_rest(&cluster, hosted, Duration::from_secs(300)) + restart_serving;
     let restart_elections = sum_metric(&cluster, "cohort_elections_total") - elections_before;
+    let restart_held = sum_metric(&cluster, HELD) - held_before;
     progress(format!(
         "restart: every replica at rest after {:.2} s; elections meanwhile: {restart_elections}; node {victim} leads {}",
         requiesced.as_secs_f64(),
@@ -421,6 +428,7 @@ fn main() {
         drop(cluster);
         let alone = TestCluster::start_configured(NODES, configure);
         let _ = create_all(&rt, &alone, 0..ACTIVE);
+        progress(format!("{ACTIVE} busy in a cluster of {ACTIVE}: starting"));
         (among_all, active_throughput(&rt, &alone))
     });
 
@@ -542,7 +550,7 @@ fn main() {
         failover.as_secs_f64()
     );
     println!(
-        "restart: node {victim} back with {hosted} replicas ({restart_unloaded} opened unloaded): serving after {:.2} s, every replica at rest again after {:.2} s; elections: {restart_elections} {election_causes:?} (goal: 0 but the directory replica, which stays awake and may pre-vote once)",
+        "restart: node {victim} back with {hosted} replicas ({restart_unloaded} opened unloaded): serving after {:.2} s, every replica at rest again after {:.2} s; elections: {restart_elections} {election_causes:?} (goal: 0 but the directory replica, which stays awake and may pre-vote once); election timeouts held for a live leader: {restart_held}",
         restart_serving.as_secs_f64(),
         requiesced.as_secs_f64()
     );

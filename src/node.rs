@@ -107,9 +107,10 @@ pub async fn run(
     let lock = DataDirLock::exclusive(&config.data_dir)?;
     fail_stop_on_panic();
     crate::memory::tune_allocator();
-    crate::memory::spawn_heap_trimmer();
     let seed: u64 = rand::random();
     let env = production_env(&config, seed)?;
+    let unloads = env.metrics.partition_unloads.clone();
+    crate::memory::spawn_heap_trimmer(move || unloads.get());
     let me = config.me().clone();
     let tls = match &config.tls {
         Some(files) => Some(files.read().context("reading the TLS files")?),

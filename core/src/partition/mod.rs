@@ -731,7 +731,12 @@ impl Partition {
         let index = metadata.index;
         assert_eq!((metadata.index, metadata.term), (meta.position.index, meta.position.term));
         self.staged_snapshot = Some(Box::new(meta));
+        let from = message.from;
         self.step(message);
+        if from == self.raw.raft.leader_id {
+            // Heard from its leader (see `handle_message`).
+            self.election_held = false;
+        }
         let accepted = self.raw.raft.snap().is_some_and(|s| s.get_metadata().index == index);
         let staged = *self.staged_snapshot.take().expect("staged above");
         if accepted && staged.position.index <= self.applying {
@@ -1077,7 +1082,7 @@ impl Partition {
     /// for it, and a quiesced replica may stay loaded for a long time (a leader for as long as
     /// it leads). Measured with heaptrack on a node of 2,000 quiesced replicas: the outputs'
     /// queue alone kept about 860 bytes per replica on average (an `Output` is 328 bytes).
-    /// Cheap: only empty queues are shrunk, and a quiet replica's are.
+    /// Cheap: a quiet replica's queues are empty, or nearly.
     pub fn shrink_idle_buffers(&mut self) {
         assert!(self.is_quiesced(), "only a quiesced replica's queues stay empty");
         if self.outputs.is_empty() {

@@ -47,6 +47,11 @@ use std::time::Duration;
 /// did. Heartbeat contexts are otherwise ReadIndex contexts, which are eight bytes.
 pub(super) const QUIESCE_CONTEXT: &[u8] = b"cohort-quiesce";
 
+/// How many heartbeat intervals a follower whose leader's node is alive waits past its
+/// election timeout for the leader to answer (`hold_election_for_live_leader`): a woken
+/// leader heartbeats at once, so a few intervals are room for a busy node's queues.
+const HOLD_HEARTBEATS: usize = 3;
+
 /// Marks a follower's heartbeat answer that wakes its leader: it refused to quiesce, or woke
 /// for a reason of its own. Unmarked answers (to ordinary heartbeats, arriving late) never
 /// wake a quiesced leader.
@@ -114,9 +119,9 @@ pub enum ElectionCause {
     Timeout,
     /// It woke because its leader's node went down, then campaigned.
     LeaderNodeDown,
-    /// It campaigned within two election timeouts of waking for any other reason (four, if
-    /// it held one for its leader meanwhile). With a live, reachable leader this never
-    /// happens; the simulator checks it.
+    /// It campaigned within two election timeouts of waking for any other reason (and the
+    /// hold, if it held its election for its leader meanwhile). With a live, reachable leader
+    /// this never happens; the simulator checks it.
     AfterWake,
     /// The leader handed leadership over (`MsgTimeoutNow`).
     Transfer,
@@ -266,22 +271,23 @@ impl Partition {
     }
 
     /// Called before a tick: whether to hold the election that this tick would start. A
-    /// follower whose leader's node is alive (by node liveness) lets one election timeout
-    /// pass without campaigning and asks its leader to heartbeat instead (a heartbeat answer
-    /// marked [`WAKE_CONTEXT`], which wakes a quiesced or asking leader). The leader's silence
-    /// is then more likely lost messages than a lost leader: a node catching up thousands of
-    /// partitions after a restart drops messages at full mailboxes, and its woken replicas
-    /// pre-voted in vain (hundreds of pre-votes in some `idle` benchmark restarts at 20,000
-    /// partitions). One hold per contact with the leader bounds the delay to one more
-    /// election timeout when the leader's node lives but its replica no longer leads (stopped
-    /// on a disk error, or deposed with the news lost). Pre-vote would keep such an election
-    /// from disrupting a live leader, but not from costing messages and a wasted round.
+    /// follower whose leader's node is alive (by node liveness) waits `HOLD_HEARTBEATS` more
+    /// heartbeat intervals before campaigning, and asks its leader to heartbeat meanwhile (a
+    /// heartbeat answer marked [`WAKE_CONTEXT`], which wakes a quiesced or asking leader). The
+    /// leader's silence is then more likely lost messages than a lost leader: a node catching
+    /// up thousands of partitions after a restart drops messages at full mailboxes, and its
+    /// woken replicas pre-voted in vain (hundreds of pre-votes in some `idle` benchmark
+    /// restarts at 20,000 partitions). The hold is short, and one per contact with the
+    /// leader, because "alive" is only "not yet declared down": liveness declares a node down
+    /// after two election timeouts of silence, so a follower of a leader that just crashed
+    /// holds too, and its failover waits those few heartbeats longer. Pre-vote would keep an
+    /// election from disrupting a live leader, but not from costing messages and a round.
     pub(super) fn hold_election_for_live_leader(&mut self) -> bool {
         let raft = &self.raw.raft;
         let leader = raft.leader_id;
-        let would_campaign = raft.state == StateRole::Follower
-            && raft.promotable()
-            && raft.election_elapsed + 1 >= raft.randomized_election_timeout();
+        let timeout = raft.randomized_election_timeout();
+        let would_campaign =
+            raft.state == StateRole::Follower && raft.promotable() && raft.election_elapsed + 1 >= timeout;
         if !would_campaign
             || self.election_held
             || leader == raft::INVALID_ID
@@ -291,7 +297,8 @@ impl Partition {
         }
         self.election_held = true;
         self.elections_held += 1;
-        self.raw.raft.election_elapsed = 0;
+        let hold_ticks = HOLD_HEARTBEATS * self.config.options.heartbeat_ticks;
+        self.raw.raft.election_elapsed = timeout.saturating_sub(hold_ticks);
         tracing::debug!(partition = %self.config.partition, leader = %PeerId(leader),
             "election timeout held: the leader's node is alive; asked the leader to heartbeat");
         self.tell_leader_awake();
@@ -541,14 +548,14 @@ impl Partition {
 
     /// Why an election this replica is starting now started.
     pub(super) fn election_cause(&self) -> ElectionCause {
-        let timeouts = if self.election_held { 4 } else { 2 };
+        let options = &self.config.options;
+        let held_ticks = if self.election_held { HOLD_HEARTBEATS * options.heartbeat_ticks } else { 0 };
+        let window = (2 * options.election_ticks + held_ticks) as u64;
         match self.last_wake {
-            Some((cause, tick)) if self.ticks <= tick + timeouts * self.config.options.election_ticks as u64 => {
-                match cause {
-                    WakeCause::LeaderNodeDown | WakeCause::QuorumNodesDown => ElectionCause::LeaderNodeDown,
-                    _ => ElectionCause::AfterWake,
-                }
-            }
+            Some((cause, tick)) if self.ticks <= tick + window => match cause {
+                WakeCause::LeaderNodeDown | WakeCause::QuorumNodesDown => ElectionCause::LeaderNodeDown,
+                _ => ElectionCause::AfterWake,
+            },
             _ => ElectionCause::Timeout,
         }
     }

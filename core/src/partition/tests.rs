@@ -896,8 +896,8 @@ fn a_woken_follower_that_hears_nothing_holds_one_election_while_its_leaders_node
     assert!(no_election_since_start(&cluster), "nobody campaigned");
     assert_eq!(cluster.replica(follower).elections_held(), 1);
 
-    // Still silent after the hold: the follower campaigns at its next timeout (pre-vote, which
-    // the leader and the other follower refuse while the leader lives).
+    // Still silent after the hold: the follower campaigns when it ends (pre-vote, which the
+    // leader and the other follower refuse while the leader lives).
     cluster.lose_messages(leader, follower);
     let read = cluster.request(follower, list_refs(ReadConsistency::Linearizable));
     assert!(matches!(cluster.response(read), Some(Response::NotLeader { .. })));
@@ -909,6 +909,19 @@ fn a_woken_follower_that_hears_nothing_holds_one_election_while_its_leaders_node
     cluster.heal();
     assert!(cluster.drive_until(STEPS_MAX, all_quiesced));
     assert_eq!((cluster.leader(), cluster.replica(leader).term()), (Some(leader), term), "pre-vote kept the leader");
+}
+
+#[test]
+fn followers_of_a_leader_whose_node_is_down_campaign_without_holding() {
+    let mut cluster = Cluster::with_options(3, 52, never_quiescing());
+    let leader = elect(&mut cluster);
+    let term = cluster.replica(leader).term();
+    cluster.crash(leader);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some_and(|l| l != leader)), "a new leader");
+    assert!(cluster.replica(cluster.leader().unwrap()).term() > term);
+    for node in cluster.nodes() {
+        assert_eq!(cluster.replica(node).elections_held(), 0, "node {node}: liveness says the leader is gone");
+    }
 }
 
 #[test]

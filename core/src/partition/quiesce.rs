@@ -204,6 +204,14 @@ impl Partition {
         if self.fatal.is_some() {
             return;
         }
+        let leader = self.raw.raft.leader_id;
+        if self.election_held && leader != raft::INVALID_ID && went_down.contains(&PeerId(leader).node()) {
+            // Holding its election for a leader whose node has now been declared down: the
+            // reason to hold is gone, and the follower campaigns at its next tick rather than
+            // at the end of the hold (it holds no second time: `election_held` stays set).
+            let raft = &mut self.raw.raft;
+            raft.election_elapsed = raft.election_elapsed.max(raft.randomized_election_timeout().saturating_sub(1));
+        }
         for node in came_up {
             let lagged = match &self.quiesce {
                 Quiesce::Quiesced { lagging } | Quiesce::Asking { lagging, .. } => lagging.contains(&node),

@@ -925,6 +925,23 @@ fn followers_of_a_leader_whose_node_is_down_campaign_without_holding() {
 }
 
 #[test]
+fn a_follower_holding_its_election_campaigns_at_once_when_its_leaders_node_is_declared_down() {
+    let mut cluster = Cluster::with_options(3, 53, never_quiescing());
+    let leader = elect(&mut cluster);
+    let follower = cluster.nodes().into_iter().find(|&n| n != leader).unwrap();
+    cluster.lose_messages(leader, follower);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.replica(follower).elections_held() == 1), "it holds");
+    // The hold has just begun; liveness now declares the leader's node down.
+    cluster.crash(leader);
+    let declared = cluster.now;
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.replica(follower).last_election().is_some()), "it campaigns");
+    let tick = cluster.options.tick_interval;
+    let hold = tick * (3 * cluster.options.heartbeat_ticks) as u32;
+    assert!(cluster.now - declared <= tick * 2, "at its next tick, not after the hold ({hold:?})");
+    assert_eq!(cluster.replica(follower).elections_held(), 1, "and holds no second time");
+}
+
+#[test]
 fn a_quiesced_leader_cut_off_from_its_quorum_steps_down_and_the_others_elect() {
     let (mut cluster, leader) = quiesced_cluster(44);
     cluster.isolate(leader);

@@ -102,13 +102,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Creates `count` repositories from `IN_FLIGHT` clients; returns the wall time and when each
-/// creation (by index) completed.
+/// Creates the repositories named `names` from `IN_FLIGHT` clients; returns the wall time and
+/// when each creation completed, in the order of `names`.
 fn create_all(rt: &tokio::runtime::Runtime, cluster: &TestCluster, names: Range<u64>) -> (Duration, Vec<Instant>) {
-    let (first, count) = (names.start, names.end);
+    let (first, end) = (names.start, names.end);
     let next = Arc::new(AtomicU64::new(first));
     let started = Instant::now();
-    let mut completed = vec![started; (count - first) as usize];
+    let mut completed = vec![started; (end - first) as usize];
     rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..IN_FLIGHT {
@@ -117,7 +117,7 @@ fn create_all(rt: &tokio::runtime::Runtime, cluster: &TestCluster, names: Range<
                 let mut done = Vec::new();
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= count {
+                    if n >= end {
                         break done;
                     }
                     client.create_repository(&repo(&name(n)), None).await.expect("create");

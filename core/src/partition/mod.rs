@@ -681,9 +681,19 @@ impl Partition {
         let quiesce_request = (message.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
             && quiesce::is_quiesce_mark(&message))
         .then(|| message.clone());
-        // What only a leader sends, from the one this replica follows: it heard from it.
-        // (Not any message from that peer: a leader that restarted and pre-votes is no leader,
-        // and its pre-votes must not keep its followers holding their elections forever.)
+        self.step(message);
+        if let Some(request) = quiesce_request {
+            self.quiesce_after_step(&request);
+        }
+        self.after_input(now);
+    }
+
+    /// Steps a peer's message into Raft. A hold on this replica's election
+    /// (`hold_election_for_live_leader`) ends when it hears from its leader: what only a
+    /// leader sends, from the one it follows once stepped. (Not any message from that peer: a
+    /// leader that restarted and pre-votes is no leader, and its pre-votes must not keep its
+    /// followers holding their elections forever.)
+    fn step(&mut self, message: raft::eraftpb::Message) {
         let from_leader = matches!(
             message.get_msg_type(),
             raft::eraftpb::MessageType::MsgAppend
@@ -691,21 +701,13 @@ impl Partition {
                 | raft::eraftpb::MessageType::MsgSnapshot
         );
         let from = message.from;
-        self.step(message);
-        if from_leader && from == self.raw.raft.leader_id {
-            self.election_held = false;
-        }
-        if let Some(request) = quiesce_request {
-            self.quiesce_after_step(&request);
-        }
-        self.after_input(now);
-    }
-
-    fn step(&mut self, message: raft::eraftpb::Message) {
         // raft-rs rejects messages from unknown peers and stale terms itself; an error here
         // is a message that lost a race (for example from a removed peer), not a bug.
         if let Err(e) = self.raw.step(message) {
             tracing::debug!(partition = %self.config.partition, error = %e, "raft rejected a message");
+        }
+        if from_leader && from == self.raw.raft.leader_id {
+            self.election_held = false;
         }
     }
 
@@ -731,12 +733,7 @@ impl Partition {
         let index = metadata.index;
         assert_eq!((metadata.index, metadata.term), (meta.position.index, meta.position.term));
         self.staged_snapshot = Some(Box::new(meta));
-        let from = message.from;
         self.step(message);
-        if from == self.raw.raft.leader_id {
-            // Heard from its leader (see `handle_message`).
-            self.election_held = false;
-        }
         let accepted = self.raw.raft.snap().is_some_and(|s| s.get_metadata().index == index);
         let staged = *self.staged_snapshot.take().expect("staged above");
         if accepted && staged.position.index <= self.applying {

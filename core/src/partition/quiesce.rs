@@ -305,12 +305,16 @@ impl Partition {
         }
         self.election_held = true;
         self.elections_held += 1;
-        let hold_ticks = HOLD_HEARTBEATS * self.config.options.heartbeat_ticks;
-        self.raw.raft.election_elapsed = timeout.saturating_sub(hold_ticks);
+        self.raw.raft.election_elapsed = timeout.saturating_sub(self.hold_ticks());
         tracing::debug!(partition = %self.config.partition, leader = %PeerId(leader),
             "election timeout held: the leader's node is alive; asked the leader to heartbeat");
         self.tell_leader_awake();
         true
+    }
+
+    /// How long a hold lasts, in ticks.
+    fn hold_ticks(&self) -> usize {
+        HOLD_HEARTBEATS * self.config.options.heartbeat_ticks
     }
 
     /// Elections held by [`Partition::hold_election_for_live_leader`] since this replica
@@ -556,9 +560,8 @@ impl Partition {
 
     /// Why an election this replica is starting now started.
     pub(super) fn election_cause(&self) -> ElectionCause {
-        let options = &self.config.options;
-        let held_ticks = if self.election_held { HOLD_HEARTBEATS * options.heartbeat_ticks } else { 0 };
-        let window = (2 * options.election_ticks + held_ticks) as u64;
+        let held_ticks = if self.election_held { self.hold_ticks() } else { 0 };
+        let window = (2 * self.config.options.election_ticks + held_ticks) as u64;
         match self.last_wake {
             Some((cause, tick)) if self.ticks <= tick + window => match cause {
                 WakeCause::LeaderNodeDown | WakeCause::QuorumNodesDown => ElectionCause::LeaderNodeDown,

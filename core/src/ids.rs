@@ -1,7 +1,9 @@
 //! Identifiers shared by every layer.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, DefaultHasher};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -74,6 +76,29 @@ id_type!(
 /// The partition that holds the directory (repository -> partition, partition -> members). It
 /// exists on every node from the start.
 pub const DIRECTORY: PartitionId = PartitionId(0);
+
+/// A record for every partition a node hosts (the router's replicas, the log's states), in
+/// one table: a single allocation that grows by doubling, and that glibc maps on its own past
+/// the node's mmap threshold (1 MiB, `src/memory.rs`), outside its heaps.
+///
+/// Not a `BTreeMap`, nor boxed values: each of their nodes and boxes is a small allocation
+/// made while a restart's recovery, or a replica's load and unload, allocate and free much
+/// more around it, and every one that stays keeps its page of the heap resident. A node
+/// restarted with 20,000 replicas, all unloaded, held 2.3 KB of RSS per replica for 0.4 KB
+/// of records: its heaps were 85 MiB free in 25,000 pieces between them (`malloc_info`).
+/// With a table each for the router and the log, 0.9 KB (`cargo bench --bench idle`).
+///
+/// The hasher has fixed keys, so the order of iteration depends only on what was inserted
+/// and removed, and runs replay alike; still, wherever the order reaches output, sort first
+/// ([`sorted_ids`]).
+pub type PartitionMap<V> = HashMap<PartitionId, V, BuildHasherDefault<DefaultHasher>>;
+
+/// The partitions `map` holds, in order.
+pub fn sorted_ids<V>(map: &PartitionMap<V>) -> Vec<PartitionId> {
+    let mut ids: Vec<PartitionId> = map.keys().copied().collect();
+    ids.sort_unstable();
+    ids
+}
 
 #[cfg(test)]
 mod tests {

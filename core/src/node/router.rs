@@ -7,7 +7,7 @@ use super::liveness::{Liveness, LivenessOptions, NOTICES_PER_INTERVAL};
 use super::persisted::PersistSignal;
 use super::workers::Workers;
 use crate::env::{Env, Envelope, Payload, Transport};
-use crate::ids::{NodeId, PartitionId, PeerId, DIRECTORY};
+use crate::ids::{sorted_ids, NodeId, PartitionId, PartitionMap, PeerId, DIRECTORY};
 use crate::limits::{MAILBOX_BYTES_MAX, MAILBOX_MESSAGES_MAX, MAILBOX_REQUESTS_MAX, MAILBOX_REQUEST_BYTES_MAX};
 use crate::partition::{
     Dormant, Partition, PartitionConfig, PartitionStatus, ReplicaOptions, Request, Response, StoredState,
@@ -64,14 +64,14 @@ pub struct RouterStats {
     pub messages_dropped_unknown_partition: AtomicU64,
 }
 
-/// A replica this node hosts: running, or unloaded. Both boxed, so that the map holds 16
-/// bytes per replica: a large node's replicas are mostly unloaded, and each costs its map
-/// entry (about 50 bytes with the map's own overhead, instead of about 110 unboxed).
+/// A replica this node hosts: running, or unloaded. An unloaded one lives in the map itself
+/// (see [`PartitionMap`]): unloading allocates nothing. A large node's replicas are mostly
+/// unloaded; a loaded one costs thousands of bytes anyway.
 enum Replica {
     Loaded(Box<Hosted>),
     /// Unloaded (`partition/dormant.rs`): no task, no mailbox, no timer; the first request or
     /// message for it loads it again.
-    Unloaded(Box<Unloaded>),
+    Unloaded(Unloaded),
 }
 
 struct Unloaded {
@@ -196,7 +196,7 @@ pub struct Router {
     /// `persist`).
     store: Arc<Store>,
     applier: Mutex<Option<mpsc::Sender<ApplyRequest>>>,
-    replicas: Mutex<BTreeMap<PartitionId, Replica>>,
+    replicas: Mutex<PartitionMap<Replica>>,
     /// The memberships of unloaded replicas, one copy each (taken inside `replicas`' lock).
     conf_states: Mutex<ConfStatePool>,
     /// The directories of the authorities (storage names) replicas were created for, one
@@ -242,7 +242,7 @@ impl Router {
             persist: Mutex::new(Some(persist)),
             store,
             applier: Mutex::new(Some(applier)),
-            replicas: Mutex::new(BTreeMap::new()),
+            replicas: Mutex::new(PartitionMap::default()),
             conf_states: Mutex::new(ConfStatePool::default()),
             authorities: Mutex::new(BTreeMap::new()),
             retiring: Mutex::new(BTreeMap::new()),
@@ -609,7 +609,7 @@ impl Router {
     /// `dormant` as an unloaded replica, its membership shared with the other unloaded ones'.
     fn unloaded(&self, mut dormant: Dormant, files: SnapshotStore) -> Replica {
         dormant.conf_state = self.conf_states.lock().expect("not poisoned").share(&dormant.conf_state);
-        Replica::Unloaded(Box::new(Unloaded { dormant, authority: Arc::clone(files.authority()) }))
+        Replica::Unloaded(Unloaded { dormant, authority: Arc::clone(files.authority()) })
     }
 
     /// Where a recovered replica keeps its files: under `authority`, where a past start put
@@ -709,7 +709,7 @@ impl Router {
 
     /// The partitions this node hosts, sorted.
     pub fn partitions(&self) -> Vec<PartitionId> {
-        self.replicas.lock().expect("not poisoned").keys().copied().collect()
+        sorted_ids(&self.replicas.lock().expect("not poisoned"))
     }
 
     /// How many partitions this node hosts.
@@ -719,20 +719,28 @@ impl Router {
 
     /// Up to `limit` of the partitions this node hosts, from `start` on, sorted.
     pub fn partitions_from(&self, start: PartitionId, limit: usize) -> Vec<PartitionId> {
-        self.replicas.lock().expect("not poisoned").range(start..).map(|(&id, _)| id).take(limit).collect()
+        let mut ids: Vec<PartitionId> =
+            self.replicas.lock().expect("not poisoned").keys().copied().filter(|&id| id >= start).collect();
+        // A page costs one pass over the map, not a sort of all of it.
+        if ids.len() > limit {
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort_unstable();
+        ids
     }
 
     /// Loads `partition`'s replica if it is unloaded; its running actor, or `None` if this
     /// node hosts no replica of it (or the node is stopping).
     fn load<'a>(
         &self,
-        replicas: &'a mut BTreeMap<PartitionId, Replica>,
+        replicas: &'a mut PartitionMap<Replica>,
         partition: PartitionId,
         cause: LoadCause,
     ) -> Option<&'a mut Hosted> {
         let replica = replicas.get_mut(&partition)?;
         if let Replica::Unloaded(unloaded) = replica {
-            let Unloaded { dormant, authority } = &**unloaded;
+            let Unloaded { dormant, authority } = &*unloaded;
             let files = SnapshotStore::in_authority(self.env.disk.clone(), Arc::clone(authority), partition);
             let now = self.env.clock.now();
             let reopened = Partition::reopen(self.partition_config(partition, dormant.peer), dormant, now);
@@ -918,7 +926,10 @@ impl Router {
         self.persist.lock().expect("not poisoned").take();
         self.applier.lock().expect("not poisoned").take();
         let mut replicas = self.replicas.lock().expect("not poisoned");
-        for (_, replica) in std::mem::take(&mut *replicas) {
+        // In partition order: the actors stop in the same order in every run.
+        let mut stopping: Vec<(PartitionId, Replica)> = std::mem::take(&mut *replicas).into_iter().collect();
+        stopping.sort_unstable_by_key(|(id, _)| *id);
+        for (_, replica) in stopping {
             let Replica::Loaded(hosted) = replica else {
                 self.env.metrics.partitions_unloaded.dec();
                 continue;

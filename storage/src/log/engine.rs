@@ -18,7 +18,7 @@ use super::{LogError, LogOptions};
 use crate::limits::{CHECKPOINT_RECORD_BYTES_TARGET, RECORD_SIZE_BYTES_MAX, REWRITE_BATCH_BYTES_TARGET};
 use cohort_core::codec;
 use cohort_core::env::{Disk, DiskFile};
-use cohort_core::ids::PartitionId;
+use cohort_core::ids::{sorted_ids, PartitionId};
 use cohort_core::persist::{ConfStatePool, LogEntry, LogWrite, RecoveredPartition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -163,8 +163,9 @@ fn create_segment(
     encode_record(&RecordRef::SegmentHeader(&SegmentHeader { format_version: FORMAT_VERSION, seq }), buf);
     let mut chunk = Vec::new();
     let mut chunk_bytes = 0;
-    for (&id, state) in partitions {
-        let entry = state.checkpoint(id);
+    // In partition order: a segment's bytes depend on what the log holds, not on its history.
+    for id in sorted_ids(partitions) {
+        let entry = partitions[&id].checkpoint(id);
         chunk_bytes += checkpoint_entry_size_bytes(&entry);
         chunk.push(entry);
         if chunk_bytes >= CHECKPOINT_RECORD_BYTES_TARGET {
@@ -278,11 +279,12 @@ impl LogEngine {
 
     /// One partition's state, if the log knows it.
     pub fn partition(&self, id: PartitionId) -> Option<&PartitionLogState> {
-        self.partitions.get(&id).map(|state| &**state)
+        self.partitions.get(&id)
     }
 
+    /// Every partition's state, in partition order.
     pub fn partitions(&self) -> impl Iterator<Item = (PartitionId, &PartitionLogState)> {
-        self.partitions.iter().map(|(&id, state)| (id, &**state))
+        sorted_ids(&self.partitions).into_iter().map(|id| (id, &self.partitions[&id]))
     }
 
     /// Sequence numbers of the segment files, oldest first; the last is the head.

@@ -12,7 +12,7 @@ use super::segment::{list_segments, segment_path};
 use super::state::{PartitionLogState, PartitionStates, Pins, RecordLocation};
 use super::LogError;
 use cohort_core::env::Disk;
-use cohort_core::ids::PartitionId;
+use cohort_core::ids::{sorted_ids, PartitionId};
 use cohort_core::persist::{ConfStatePool, LogEntry, LogWrite, RecoveredPartition};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -98,14 +98,13 @@ impl Replay {
                 }
                 // First heard of here: its older records were in deleted segments.
                 None => {
-                    self.partitions
-                        .insert(id, Box::new(PartitionLogState::from_checkpoint(entry, &mut self.conf_states)?));
+                    self.partitions.insert(id, PartitionLogState::from_checkpoint(entry, &mut self.conf_states)?);
                     self.held.insert(id, VecDeque::new());
                 }
             }
         }
         if checkpoint.last_chunk {
-            if let Some(missing) = self.partitions.keys().find(|id| !self.checkpointed.contains(id)) {
+            if let Some(missing) = self.partitions.keys().filter(|id| !self.checkpointed.contains(id)).min() {
                 return Err(format!("checkpoint omits partition {missing}, which the replayed log holds"));
             }
             self.phase = Some(Phase::Writes);
@@ -137,7 +136,8 @@ impl Replay {
     /// The recovered partitions, or the first partition missing entries and which.
     fn finish(&mut self) -> Result<BTreeMap<PartitionId, RecoveredPartition>, String> {
         let mut out = BTreeMap::new();
-        for (&id, state) in &self.partitions {
+        for id in sorted_ids(&self.partitions) {
+            let state = &self.partitions[&id];
             if state.held_from() != state.first_index() {
                 return Err(format!(
                     "partition {id} lacks entries {}..{}: they were in deleted segments but were \

@@ -32,7 +32,7 @@ mod cluster;
 mod common;
 
 use cluster::{repo, TestCluster};
-use common::{client, cpu_seconds, metric, rss_bytes, wait_for, write_blob};
+use common::{anon_rss_bytes, client, cpu_seconds, metric, rss_bytes, wait_for, write_blob};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,6 +240,7 @@ fn main() {
     let hosted = partitions + 1; // every partition has a replica on every node, and the directory
     wait_all_at_rest(&cluster, 1, Duration::from_secs(60));
     let rss_before: Vec<u64> = pids.iter().map(|&p| rss_bytes(p)).collect();
+    let anon_before: Vec<u64> = pids.iter().map(|&p| anon_rss_bytes(p)).collect();
     let heap_before = heaps(&cluster);
     let cache_before = store_caches(&cluster);
     let (empty_cpu, empty_messages) = idle_window(&cluster, &pids);
@@ -420,6 +421,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let victim_pid = cluster.children[&victim].id();
     let restarted_rss = rss_bytes(victim_pid);
+    let restarted_anon = anon_rss_bytes(victim_pid);
     let restarted_heap = metric(&cluster, victim, HEAP);
     let restarted_cache = metric(&cluster, victim, STORE_CACHE);
     let restart_dropped: Vec<f64> =
@@ -575,11 +577,12 @@ fn main() {
         );
     }
     println!(
-        "restarted node {victim}, every replica but the directory's unloaded: RSS {:.1} MiB, heap in use {:.1} MiB (store page cache {:.1} MiB): per unloaded replica over the node before creating {:.0} B RSS, {:.0} B heap, {:.0} B heap less the store's page cache (goal: at most 512; includes its share of the log's index)",
+        "restarted node {victim}, every replica but the directory's unloaded: RSS {:.1} MiB, heap in use {:.1} MiB (store page cache {:.1} MiB): per unloaded replica over the node before creating {:.0} B RSS ({:.0} B of it anonymous, the rest pages of the binary), {:.0} B heap, {:.0} B heap less the store's page cache (goal: at most 512; includes its share of the log's index)",
         restarted_rss as f64 / 1048576.0,
         restarted_heap / 1048576.0,
         restarted_cache / 1048576.0,
         restarted_rss.saturating_sub(rss_before[victim_index]) as f64 / (hosted - 1) as f64,
+        restarted_anon.saturating_sub(anon_before[victim_index]) as f64 / (hosted - 1) as f64,
         (restarted_heap - heap_before[victim_index]) / (hosted - 1) as f64,
         (restarted_heap - restarted_cache - heap_before[victim_index] + cache_before[victim_index]) / (hosted - 1) as f64
     );

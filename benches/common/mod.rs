@@ -106,6 +106,12 @@ pub fn rss_bytes(pid: u32) -> u64 {
     proc_status_bytes(pid, "VmRSS")
 }
 
+/// The anonymous part of a process's resident set (its heaps, stacks and mappings of its own;
+/// not the pages of its binary and libraries, which grow with the code it has run), in bytes.
+pub fn anon_rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "RssAnon")
+}
+
 /// A process's peak resident set since it started or since its peak was reset, in bytes.
 pub fn peak_rss_bytes(pid: u32) -> u64 {
     proc_status_bytes(pid, "VmHWM")

@@ -1117,20 +1117,17 @@ mod tests {
         assert!(mailbox.try_send(heartbeat()).is_ok(), "a heartbeat or an acknowledgement still goes in");
     }
 
-    /// What the router keeps per unloaded replica, counted from the types: its map entry, the
-    /// boxed record, and the record's own allocations (three voters; a snapshot directory path
-    /// of the longest authority a test uses), with 16 bytes of allocator overhead each. The
-    /// idle benchmark measures the node's whole heap, which also holds each partition's share
-    /// of the log's index and of the store's page cache.
+    /// What the router keeps per unloaded replica, counted from the types: its entry in the
+    /// table, record inline, and the table's spare room (a hash table doubles past 7/8 full,
+    /// so it is at least 7/16 full) with its control byte. The record allocates nothing of
+    /// its own: its membership and its files' directory are shared (`ConfStatePool`,
+    /// `AuthorityDir`). The log keeps the other record of an unloaded replica (its own test
+    /// bounds it to 256 bytes too); the idle benchmark measures the node's whole heap.
     #[test]
-    fn an_unloaded_replica_costs_at_most_512_bytes() {
-        let entry = std::mem::size_of::<PartitionId>() + std::mem::size_of::<Replica>();
-        let record = std::mem::size_of::<Unloaded>();
-        let voters = 3 * std::mem::size_of::<u64>();
-        let path = "partitions/default/18446744073709551615".len();
-        let allocations = 3;
-        let total = entry + record + voters + path + 16 * allocations;
-        assert!(total <= 512, "an unloaded replica costs {total} bytes: entry {entry}, record {record}");
-        eprintln!("an unloaded replica: {total} bytes (entry {entry}, record {record})");
+    fn an_unloaded_replica_costs_the_router_at_most_256_bytes() {
+        let entry = std::mem::size_of::<PartitionId>() + std::mem::size_of::<Replica>() + 1;
+        let worst = entry * 16 / 7;
+        assert!(worst <= 256, "an unloaded replica costs the router up to {worst} bytes (entry {entry})");
+        eprintln!("an unloaded replica costs the router {entry} to {worst} bytes");
     }
 }

@@ -12,6 +12,7 @@ use cohort_core::ids::{PartitionId, PartitionMap};
 use cohort_core::persist::{ConfState, ConfStatePool, HardState, LogEntry, LogPosition, LogWrite};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use thin_vec::ThinVec;
 
 /// Where a write is stored: segment, offset of its record's frame, position in the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,8 +45,11 @@ pub struct PartitionLogState {
     snapshot: Option<LogPosition>,
     last_index: u64,
     /// Contiguous runs covering `held_from()..=last_index`, oldest first. Outside recovery
-    /// they cover every live entry: `held_from() == compacted.index + 1`.
-    runs: VecDeque<EntryRun>,
+    /// they cover every live entry: `held_from() == compacted.index + 1`. A `ThinVec` (one
+    /// pointer; length and capacity live in its buffer, and an empty one has none): most
+    /// partitions are idle and hold no run, and a `VecDeque` would add 24 bytes to each of
+    /// their states (`PartitionStates`).
+    runs: ThinVec<EntryRun>,
 }
 
 /// Which partitions have live entries in which segment: a segment is needed while it pins
@@ -194,7 +198,7 @@ impl PartitionLogState {
     /// First index whose entry is held; above `first_index()` only during recovery, while the
     /// entries before it were in segments already deleted (they must be compacted by the end).
     pub(crate) fn held_from(&self) -> u64 {
-        self.runs.front().map_or(self.last_index + 1, |run| run.first)
+        self.runs.first().map_or(self.last_index + 1, |run| run.first)
     }
 
     /// Applies `write`, stored at `location`, to this state; `held` mirrors the runs with the
@@ -234,10 +238,10 @@ impl PartitionLogState {
         }
         if let (Some(first), Some(last)) = (write.entries.first(), write.entries.last()) {
             // The new entries replace every entry at or after their first index.
-            while let Some(run) = self.runs.back_mut() {
+            while let Some(run) = self.runs.last_mut() {
                 if run.first >= first.index {
                     let seq = run.location.seq;
-                    self.runs.pop_back();
+                    self.runs.pop();
                     pins.unpin(seq, id);
                 } else {
                     run.last = run.last.min(first.index - 1);
@@ -249,7 +253,7 @@ impl PartitionLogState {
                 held.truncate(keep);
                 held.extend(write.entries.iter().cloned());
             }
-            self.runs.push_back(EntryRun { location, first: first.index, last: last.index });
+            self.runs.push(EntryRun { location, first: first.index, last: last.index });
             pins.pin(location.seq, id);
             self.last_index = last.index;
         }
@@ -267,20 +271,17 @@ impl PartitionLogState {
 
     /// Drops every run entry with index `<= index`.
     fn drop_runs_through(&mut self, id: PartitionId, index: u64, pins: &mut Pins) {
-        while let Some(run) = self.runs.front_mut() {
-            if run.last <= index {
-                let seq = run.location.seq;
-                self.runs.pop_front();
-                pins.unpin(seq, id);
-            } else {
-                run.first = run.first.max(index.saturating_add(1));
-                break;
-            }
+        // Runs are dropped from the front together: one move of the rest, not one per run.
+        let dropped = self.runs.iter().take_while(|run| run.last <= index).count();
+        for run in self.runs.drain(..dropped) {
+            pins.unpin(run.location.seq, id);
         }
-        if self.runs.is_empty() {
+        if let Some(run) = self.runs.first_mut() {
+            run.first = run.first.max(index.saturating_add(1));
+        } else {
             // Compacted through its last entry: an idle partition, likely to stay so. Its
             // state is kept for every partition the node hosts, so it keeps no spare room.
-            self.runs = VecDeque::new();
+            self.runs = ThinVec::new();
         }
     }
 
@@ -293,7 +294,7 @@ impl PartitionLogState {
     /// simulator's). Walking every run on every append cost two percent of a node's CPU under
     /// load: a busy partition holds a run per log write until the log is compacted.
     fn assert_runs_cover_the_tail(&self, held: Option<&VecDeque<LogEntry>>) {
-        if let Some(back) = self.runs.back() {
+        if let Some(back) = self.runs.last() {
             assert_eq!(back.last, self.last_index, "entry runs end at the last index");
             assert!(back.first <= back.last, "entry runs are never empty");
         }
@@ -344,7 +345,52 @@ impl PartitionLogState {
             compacted: checkpoint.compacted,
             snapshot: checkpoint.snapshot,
             last_index: checkpoint.last_index,
-            runs: VecDeque::new(),
+            runs: ThinVec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_core::persist::EntryKind;
+
+    /// What the log keeps per idle partition, counted from the types: its entry in
+    /// `PartitionStates`, state inline, and the table's spare room (a hash table doubles past
+    /// 7/8 full, so it is at least 7/16 full) with its control byte. An idle partition's state
+    /// allocates nothing of its own: no runs, its membership shared. With the router's record
+    /// (bounded the same way in `cohort-core`), an unloaded replica's records stay within the
+    /// 512 bytes an unloaded replica may cost.
+    #[test]
+    fn an_idle_partition_costs_the_log_at_most_256_bytes() {
+        let entry = std::mem::size_of::<PartitionId>() + std::mem::size_of::<PartitionLogState>() + 1;
+        let worst = entry * 16 / 7;
+        assert!(worst <= 256, "an idle partition costs the log up to {worst} bytes (entry {entry})");
+        eprintln!("an idle partition costs the log {entry} to {worst} bytes");
+    }
+
+    /// A partition compacted through its last entry gives its runs' buffer back.
+    #[test]
+    fn compacting_every_entry_frees_the_runs() {
+        let id = PartitionId(7);
+        let (mut state, mut pins, mut conf_states) =
+            (PartitionLogState::default(), Pins::default(), ConfStatePool::default());
+        for (seq, index) in [(1, 1), (1, 2), (2, 3)] {
+            let entry = LogEntry { index, term: 1, kind: EntryKind::Normal, data: vec![1], context: Vec::new() };
+            let write = LogWrite { entries: vec![entry], ..LogWrite::new(id) };
+            let location = RecordLocation { seq, offset: index * 100, write: 0 };
+            state.apply(id, &write, location, &mut pins, &mut conf_states, None);
+        }
+        assert_eq!((state.live_entries(), state.segments()), (3, vec![1, 2]));
+        let compact = |index| LogWrite { compact_through: Some(LogPosition { index, term: 1 }), ..LogWrite::new(id) };
+        let location = RecordLocation { seq: 2, offset: 400, write: 0 };
+        state.apply(id, &compact(2), location, &mut pins, &mut conf_states, None);
+        assert_eq!((state.live_entries(), state.held_from()), (1, 3));
+        assert!(state.runs.capacity() > 0);
+        assert_eq!(pins.oldest_pinned(), Some(2), "segment 1 holds no live entry any more");
+        state.apply(id, &compact(3), location, &mut pins, &mut conf_states, None);
+        assert_eq!(state.live_entries(), 0);
+        assert_eq!(state.runs.capacity(), 0, "an idle partition keeps no room for runs");
+        assert_eq!(pins.oldest_pinned(), None);
     }
 }

@@ -93,6 +93,12 @@ pub const DIRECTORY: PartitionId = PartitionId(0);
 /// ([`sorted_ids`]).
 pub type PartitionMap<V> = HashMap<PartitionId, V, BuildHasherDefault<DefaultHasher>>;
 
+/// The most room one entry of a `PartitionMap<V>` takes: key, value and control byte, with
+/// the table's spare room (it doubles past 7/8 full, so it is at least 7/16 full).
+pub const fn partition_map_entry_bytes_max<V>() -> usize {
+    (std::mem::size_of::<PartitionId>() + std::mem::size_of::<V>() + 1) * 16 / 7
+}
+
 /// The partitions `map` holds, in order.
 pub fn sorted_ids<V>(map: &PartitionMap<V>) -> Vec<PartitionId> {
     let mut ids: Vec<PartitionId> = map.keys().copied().collect();

@@ -1118,16 +1118,13 @@ mod tests {
     }
 
     /// What the router keeps per unloaded replica, counted from the types: its entry in the
-    /// table, record inline, and the table's spare room (a hash table doubles past 7/8 full,
-    /// so it is at least 7/16 full) with its control byte. The record allocates nothing of
-    /// its own: its membership and its files' directory are shared (`ConfStatePool`,
+    /// table, record inline, with the table's spare room. The record allocates nothing of its
+    /// own: its membership and its files' directory are shared (`ConfStatePool`,
     /// `AuthorityDir`). The log keeps the other record of an unloaded replica (its own test
     /// bounds it to 256 bytes too); the idle benchmark measures the node's whole heap.
     #[test]
     fn an_unloaded_replica_costs_the_router_at_most_256_bytes() {
-        let entry = std::mem::size_of::<PartitionId>() + std::mem::size_of::<Replica>() + 1;
-        let worst = entry * 16 / 7;
-        assert!(worst <= 256, "an unloaded replica costs the router up to {worst} bytes (entry {entry})");
-        eprintln!("an unloaded replica costs the router {entry} to {worst} bytes");
+        let worst = crate::ids::partition_map_entry_bytes_max::<Replica>();
+        assert!(worst <= 256, "an unloaded replica costs the router up to {worst} bytes");
     }
 }

@@ -356,17 +356,14 @@ mod tests {
     use cohort_core::persist::EntryKind;
 
     /// What the log keeps per idle partition, counted from the types: its entry in
-    /// `PartitionStates`, state inline, and the table's spare room (a hash table doubles past
-    /// 7/8 full, so it is at least 7/16 full) with its control byte. An idle partition's state
-    /// allocates nothing of its own: no runs, its membership shared. With the router's record
-    /// (bounded the same way in `cohort-core`), an unloaded replica's records stay within the
-    /// 512 bytes an unloaded replica may cost.
+    /// `PartitionStates`, state inline, with the table's spare room. An idle partition's
+    /// state allocates nothing of its own: no runs, its membership shared. With the router's
+    /// record (bounded the same way in `cohort-core`), an unloaded replica's records stay
+    /// within the 512 bytes an unloaded replica may cost.
     #[test]
     fn an_idle_partition_costs_the_log_at_most_256_bytes() {
-        let entry = std::mem::size_of::<PartitionId>() + std::mem::size_of::<PartitionLogState>() + 1;
-        let worst = entry * 16 / 7;
-        assert!(worst <= 256, "an idle partition costs the log up to {worst} bytes (entry {entry})");
-        eprintln!("an idle partition costs the log {entry} to {worst} bytes");
+        let worst = cohort_core::ids::partition_map_entry_bytes_max::<PartitionLogState>();
+        assert!(worst <= 256, "an idle partition costs the log up to {worst} bytes");
     }
 
     /// A partition compacted through its last entry gives its runs' buffer back.

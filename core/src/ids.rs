@@ -90,20 +90,21 @@ pub const DIRECTORY: PartitionId = PartitionId(0);
 ///
 /// The hasher has fixed keys, so the order of iteration depends only on what was inserted
 /// and removed, and runs replay alike; still, wherever the order reaches output, sort first
-/// ([`sorted_ids`]).
+/// ([`sorted_entries`]).
 pub type PartitionMap<V> = HashMap<PartitionId, V, BuildHasherDefault<DefaultHasher>>;
 
-/// The most room one entry of a `PartitionMap<V>` takes: key, value and control byte, with
-/// the table's spare room (it doubles past 7/8 full, so it is at least 7/16 full).
+/// The most room one entry of a `PartitionMap<V>` takes while the map grows: key, value and
+/// control byte, with the table's spare room (it doubles past 7/8 full, so a table that has
+/// only grown is at least 7/16 full; removals leave room that it keeps).
 pub const fn partition_map_entry_bytes_max<V>() -> usize {
     (std::mem::size_of::<PartitionId>() + std::mem::size_of::<V>() + 1) * 16 / 7
 }
 
-/// The partitions `map` holds, in order.
-pub fn sorted_ids<V>(map: &PartitionMap<V>) -> Vec<PartitionId> {
-    let mut ids: Vec<PartitionId> = map.keys().copied().collect();
-    ids.sort_unstable();
-    ids
+/// What `map` holds, in partition order.
+pub fn sorted_entries<V>(map: &PartitionMap<V>) -> Vec<(PartitionId, &V)> {
+    let mut entries: Vec<(PartitionId, &V)> = map.iter().map(|(&id, value)| (id, value)).collect();
+    entries.sort_unstable_by_key(|&(id, _)| id);
+    entries
 }
 
 #[cfg(test)]

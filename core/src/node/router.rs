@@ -7,7 +7,7 @@ use super::liveness::{Liveness, LivenessOptions, NOTICES_PER_INTERVAL};
 use super::persisted::PersistSignal;
 use super::workers::Workers;
 use crate::env::{Env, Envelope, Payload, Transport};
-use crate::ids::{sorted_ids, NodeId, PartitionId, PartitionMap, PeerId, DIRECTORY};
+use crate::ids::{NodeId, PartitionId, PartitionMap, PeerId, DIRECTORY};
 use crate::limits::{MAILBOX_BYTES_MAX, MAILBOX_MESSAGES_MAX, MAILBOX_REQUESTS_MAX, MAILBOX_REQUEST_BYTES_MAX};
 use crate::partition::{
     Dormant, Partition, PartitionConfig, PartitionStatus, ReplicaOptions, Request, Response, StoredState,
@@ -709,7 +709,10 @@ impl Router {
 
     /// The partitions this node hosts, sorted.
     pub fn partitions(&self) -> Vec<PartitionId> {
-        sorted_ids(&self.replicas.lock().expect("not poisoned"))
+        let mut ids: Vec<PartitionId> = self.replicas.lock().expect("not poisoned").keys().copied().collect();
+        // Sorted once the lock is released: routing waits on it.
+        ids.sort_unstable();
+        ids
     }
 
     /// How many partitions this node hosts.

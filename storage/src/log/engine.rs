@@ -18,7 +18,7 @@ use super::{LogError, LogOptions};
 use crate::limits::{CHECKPOINT_RECORD_BYTES_TARGET, RECORD_SIZE_BYTES_MAX, REWRITE_BATCH_BYTES_TARGET};
 use cohort_core::codec;
 use cohort_core::env::{Disk, DiskFile};
-use cohort_core::ids::{sorted_ids, PartitionId};
+use cohort_core::ids::{sorted_entries, PartitionId};
 use cohort_core::persist::{ConfStatePool, LogEntry, LogWrite, RecoveredPartition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -164,8 +164,8 @@ fn create_segment(
     let mut chunk = Vec::new();
     let mut chunk_bytes = 0;
     // In partition order: a segment's bytes depend on what the log holds, not on its history.
-    for id in sorted_ids(partitions) {
-        let entry = partitions[&id].checkpoint(id);
+    for (id, state) in sorted_entries(partitions) {
+        let entry = state.checkpoint(id);
         chunk_bytes += checkpoint_entry_size_bytes(&entry);
         chunk.push(entry);
         if chunk_bytes >= CHECKPOINT_RECORD_BYTES_TARGET {
@@ -284,7 +284,7 @@ impl LogEngine {
 
     /// Every partition's state, in partition order.
     pub fn partitions(&self) -> impl Iterator<Item = (PartitionId, &PartitionLogState)> {
-        sorted_ids(&self.partitions).into_iter().map(|id| (id, &self.partitions[&id]))
+        sorted_entries(&self.partitions).into_iter()
     }
 
     /// Sequence numbers of the segment files, oldest first; the last is the head.

@@ -12,7 +12,7 @@ use super::segment::{list_segments, segment_path};
 use super::state::{PartitionLogState, PartitionStates, Pins, RecordLocation};
 use super::LogError;
 use cohort_core::env::Disk;
-use cohort_core::ids::{sorted_ids, PartitionId};
+use cohort_core::ids::{sorted_entries, PartitionId};
 use cohort_core::persist::{ConfStatePool, LogEntry, LogWrite, RecoveredPartition};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -136,8 +136,7 @@ impl Replay {
     /// The recovered partitions, or the first partition missing entries and which.
     fn finish(&mut self) -> Result<BTreeMap<PartitionId, RecoveredPartition>, String> {
         let mut out = BTreeMap::new();
-        for id in sorted_ids(&self.partitions) {
-            let state = &self.partitions[&id];
+        for (id, state) in sorted_entries(&self.partitions) {
             if state.held_from() != state.first_index() {
                 return Err(format!(
                     "partition {id} lacks entries {}..{}: they were in deleted segments but were \

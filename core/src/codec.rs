@@ -24,9 +24,18 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, config()).expect("encoding an in-memory value cannot fail")
 }
 
-/// Appends the encoding of `value` to `out`.
+/// Appends the encoding of `value` to `out`, in place: no buffer of its own to grow and copy.
 pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
-    out.extend_from_slice(&encode(value));
+    bincode::serde::encode_into_std_write(value, out, config()).expect("encoding an in-memory value cannot fail");
+}
+
+/// Encodes `value` into a buffer with room for `capacity_bytes` from the start. `encode`'s
+/// buffer grows from nothing by doubling, copying what it holds each time, and a large one is
+/// fresh memory the kernel zeroes: for a batch of entries, an estimate of its size saves both.
+pub fn encode_with_capacity<T: Serialize>(value: &T, capacity_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity_bytes);
+    encode_into(value, &mut out);
+    out
 }
 
 /// Streams the encoding of `value` into `out` without building it in memory.
@@ -97,6 +106,18 @@ mod tests {
         assert_eq!(decode::<(u64, String)>("pair", &bytes).unwrap(), v);
         bytes.push(0);
         assert!(decode::<(u64, String)>("pair", &bytes).is_err());
+    }
+
+    #[test]
+    fn encoding_in_place_appends_what_encode_returns() {
+        let v: (u64, String, Vec<u8>) = (7, "x".into(), vec![1; 300]);
+        let mut out = vec![9, 9];
+        encode_into(&v, &mut out);
+        assert_eq!(out[..2], [9, 9]);
+        assert_eq!(out[2..], encode(&v));
+        for capacity_bytes in [0, 3, 10_000] {
+            assert_eq!(encode_with_capacity(&v, capacity_bytes), encode(&v));
+        }
     }
 
     #[test]

@@ -41,6 +41,18 @@ pub enum WireMessage {
     NodeHeartbeat(cohort_core::env::Heartbeat),
 }
 
+impl Frame {
+    /// About how many bytes this frame's payload takes.
+    pub fn size_bytes(&self) -> usize {
+        const OVERHEAD_BYTES: usize = 128;
+        match self {
+            Frame::Batch(messages) => OVERHEAD_BYTES + messages.iter().map(WireMessage::size_bytes).sum::<usize>(),
+            Frame::Hello { cluster_id, .. } => OVERHEAD_BYTES + cluster_id.len(),
+            Frame::Challenge { .. } | Frame::Proof { .. } => OVERHEAD_BYTES,
+        }
+    }
+}
+
 impl WireMessage {
     /// About how many bytes this message adds to a frame.
     pub fn size_bytes(&self) -> usize {
@@ -69,12 +81,18 @@ pub enum FrameError {
 
 /// Encodes `frame` with its length prefix.
 pub fn encode(frame: &Frame) -> Vec<u8> {
-    let payload = codec::encode(frame);
-    let mut out = Vec::with_capacity(4 + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&payload);
+    // Encoded in place after a placeholder for the length: one buffer, sized from the start,
+    // rather than a payload grown by doubling and then copied behind its length.
+    let mut out = Vec::with_capacity(LENGTH_BYTES + frame.size_bytes());
+    out.extend_from_slice(&[0; LENGTH_BYTES]);
+    codec::encode_into(frame, &mut out);
+    let payload_bytes = u32::try_from(out.len() - LENGTH_BYTES).expect("a frame's payload is below 4 GiB");
+    out[..LENGTH_BYTES].copy_from_slice(&payload_bytes.to_le_bytes());
     out
 }
+
+/// The length prefix of a frame.
+const LENGTH_BYTES: usize = 4;
 
 /// Decodes one payload (without its length prefix).
 pub fn decode_payload(payload: &[u8]) -> Result<Frame, DecodeError> {
@@ -163,6 +181,8 @@ mod tests {
         ]);
         let bytes = encode(&frame);
         assert_eq!(decode_payload(&bytes[4..]).unwrap(), frame);
+        assert_eq!(bytes[..4], ((bytes.len() - 4) as u32).to_le_bytes(), "the prefix is the payload's length");
+        assert_eq!(bytes[4..], codec::encode(&frame), "the payload is the frame's encoding");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! live entry in it and every older segment is gone (segments are deleted oldest first, one
 //! directory sync each, so the log on disk is always a suffix of the segments written).
 
+use super::group_commit::write_size_bytes_estimate;
 use super::record::{
     encode_frame, encode_record, Checkpoint, CheckpointPartition, Record, RecordRef, SegmentHeader, FORMAT_VERSION,
 };
@@ -89,7 +90,8 @@ pub(crate) type EncodedRecords = Vec<(Range<usize>, Vec<u8>)>;
 const APPEND_BUFFER_RETAINED_BYTES_MAX: usize = 1024 * 1024;
 
 pub(crate) fn encode_writes(writes: &[LogWrite], size_bytes_max: usize) -> Result<EncodedRecords, LogError> {
-    let whole = codec::encode(&RecordRef::Writes(writes));
+    let estimate_bytes = WRITES_RECORD_OVERHEAD_BYTES + writes.iter().map(write_size_bytes_estimate).sum::<usize>();
+    let whole = codec::encode_with_capacity(&RecordRef::Writes(writes), estimate_bytes);
     if whole.len() <= size_bytes_max {
         return Ok(vec![(0..writes.len(), whole)]);
     }

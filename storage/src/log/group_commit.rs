@@ -38,7 +38,7 @@ impl Default for GroupCommitOptions {
 }
 
 /// Cheap estimate of a write's encoded size, for the batch byte bound.
-fn write_size_bytes_estimate(write: &LogWrite) -> usize {
+pub(crate) fn write_size_bytes_estimate(write: &LogWrite) -> usize {
     const WRITE_FIXED_BYTES: usize = 64;
     const ENTRY_FIXED_BYTES: usize = 36;
     WRITE_FIXED_BYTES + write.entries.iter().map(|e| ENTRY_FIXED_BYTES + e.data.len() + e.context.len()).sum::<usize>()

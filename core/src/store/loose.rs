@@ -32,9 +32,7 @@ pub fn encode(kind: ObjectKind, data: &[u8]) -> Vec<u8> {
         encoder.write_all(header.as_bytes()).expect("writing to memory cannot fail");
         encoder.write_all(data).expect("writing to memory cannot fail");
         encoder.try_finish().expect("writing to memory cannot fail");
-        // Taken without a reset: each reset clears the compressor's tables, and the next
-        // object's reset does that anyway.
-        std::mem::take(encoder.get_mut())
+        encoder.reset(Vec::new()).expect("writing to memory cannot fail")
     })
 }
 
@@ -53,17 +51,6 @@ pub fn decode(oid: &Oid, bytes: &[u8]) -> Result<(ObjectKind, Vec<u8>), String> 
 /// Like [`decode`], refusing an object whose header announces more than `size_bytes_max`
 /// before inflating its content: what a caller bounding several objects together passes.
 pub fn decode_within(oid: &Oid, bytes: &[u8], size_bytes_max: usize) -> Result<(ObjectKind, Vec<u8>), String> {
-    let (kind, data) = inflate_within(oid, bytes, size_bytes_max)?;
-    let actual = Oid::hash_object(kind, &data);
-    if actual != *oid {
-        return Err(format!("object {oid}: content hashes to {actual}"));
-    }
-    Ok((kind, data))
-}
-
-/// Like [`decode_within`], without checking that the content is `oid` (`oid` only names the
-/// object in errors): for a caller that checks it anyway.
-pub fn inflate_within(oid: &Oid, bytes: &[u8], size_bytes_max: usize) -> Result<(ObjectKind, Vec<u8>), String> {
     let size_bytes_max = size_bytes_max.min(OBJECT_SIZE_BYTES_MAX);
     DECOMPRESS.with(|decompress| {
         let mut decompress = decompress.borrow_mut();
@@ -96,6 +83,10 @@ pub fn inflate_within(oid: &Oid, bytes: &[u8], size_bytes_max: usize) -> Result<
         while data.len() < size + 1 && inflater.fill(&mut data)? {}
         if data.len() != size || !inflater.ended {
             return Err(format!("object {oid}: header says {size} bytes, content has {} or more", data.len()));
+        }
+        let actual = Oid::hash_object(kind, &data);
+        if actual != *oid {
+            return Err(format!("object {oid}: content hashes to {actual}"));
         }
         Ok((kind, data))
     })

@@ -93,16 +93,20 @@ enum Encoded {
 }
 
 impl Encoded {
-    /// The object, its content inflated (refused if its header announces more than
-    /// `size_bytes_max`) and checked against its id.
-    fn inflate(self, size_bytes_max: usize) -> Result<NewObject, String> {
+    /// The content's size, as the loose header announces it: read before inflating anything.
+    fn size_bytes(&self) -> Result<usize, String> {
+        match self {
+            Encoded::Loose { oid, loose } => loose::header(oid, loose).map(|(_, size_bytes)| size_bytes),
+            Encoded::Whole(object) => Ok(object.data.len()),
+        }
+    }
+
+    /// The object, its content inflated and checked against its id.
+    fn inflate(self) -> Result<NewObject, String> {
         match self {
             Encoded::Loose { oid, loose } => {
-                let (kind, data) = loose::decode_within(&oid, &loose, size_bytes_max)?;
+                let (kind, data) = loose::decode(&oid, &loose)?;
                 Ok(NewObject { kind, data, oid, loose: OnceLock::from(loose) })
-            }
-            Encoded::Whole(object) if object.data.len() > size_bytes_max => {
-                Err(format!("object {}: {} bytes, more than {size_bytes_max}", object.oid, object.data.len()))
             }
             Encoded::Whole(object) => Ok(object),
         }
@@ -142,26 +146,26 @@ impl<'de> Deserialize<'de> for Encoded {
 
 impl<'de> Deserialize<'de> for NewObject {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<NewObject, D::Error> {
-        Encoded::deserialize(deserializer)?.inflate(usize::MAX).map_err(serde::de::Error::custom)
+        Encoded::deserialize(deserializer)?.inflate().map_err(serde::de::Error::custom)
     }
 }
 
-/// A transaction's objects, each inflated only if the size its header announces fits in what
-/// is left of `COMMAND_SIZE_BYTES_MAX` (what `validate` allows a proposal): a few bytes of
-/// zlib can announce megabytes, and a command's bytes alone no longer bound what it inflates to.
+/// A transaction's objects, inflated only once their announced sizes together are within
+/// `COMMAND_SIZE_BYTES_MAX` (what `validate` allows a proposal): a few bytes of zlib can
+/// announce megabytes, and a command's bytes alone no longer bound what it inflates to.
 pub(super) fn deserialize_objects<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<NewObject>, D::Error> {
     use serde::de::Error;
     let encoded = Vec::<Encoded>::deserialize(deserializer)?;
-    let mut left_bytes = COMMAND_SIZE_BYTES_MAX;
-    let mut objects = Vec::with_capacity(encoded.len());
-    for object in encoded {
-        let object = object.inflate(left_bytes).map_err(|reason| {
-            D::Error::custom(format!("{reason} (objects of at most {COMMAND_SIZE_BYTES_MAX} bytes in one command)"))
-        })?;
-        left_bytes -= object.data.len();
-        objects.push(object);
+    let mut size_bytes = 0usize;
+    for object in &encoded {
+        size_bytes = size_bytes.saturating_add(object.size_bytes().map_err(D::Error::custom)?);
+        if size_bytes > COMMAND_SIZE_BYTES_MAX {
+            return Err(D::Error::custom(format!(
+                "objects of more than {COMMAND_SIZE_BYTES_MAX} bytes in one command"
+            )));
+        }
     }
-    Ok(objects)
+    encoded.into_iter().map(|object| object.inflate().map_err(D::Error::custom)).collect()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! allocates more than the header's size, itself bounded.
 
 use crate::state_machine::{ObjectKind, Oid, OBJECT_SIZE_BYTES_MAX};
-use flate2::bufread::ZlibDecoder;
+use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
 use std::io::{Read, Write};
@@ -37,9 +37,9 @@ pub fn encode(kind: ObjectKind, data: &[u8]) -> Vec<u8> {
     })
 }
 
-/// Reads a loose object's header ("<type> <size>\0") off `decoder`, checking the size is
-/// within bounds.
-fn read_header(oid: &Oid, decoder: &mut impl Read) -> Result<(ObjectKind, usize), String> {
+/// Decodes a loose object and checks that it is `oid`.
+pub fn decode(oid: &Oid, bytes: &[u8]) -> Result<(ObjectKind, Vec<u8>), String> {
+    let mut decoder = ZlibDecoder::new(bytes);
     let mut header = Vec::with_capacity(HEADER_BYTES_MAX);
     let mut byte = [0u8; 1];
     loop {
@@ -59,19 +59,6 @@ fn read_header(oid: &Oid, decoder: &mut impl Read) -> Result<(ObjectKind, usize)
     if size > OBJECT_SIZE_BYTES_MAX {
         return Err(format!("object {oid}: header says {size} bytes, more than {OBJECT_SIZE_BYTES_MAX}"));
     }
-    Ok((kind, size))
-}
-
-/// The kind and size a loose object's header announces, inflating only the header.
-pub fn header(oid: &Oid, bytes: &[u8]) -> Result<(ObjectKind, usize), String> {
-    read_header(oid, &mut ZlibDecoder::new(bytes))
-}
-
-/// Decodes a loose object and checks that it is `oid`.
-pub fn decode(oid: &Oid, bytes: &[u8]) -> Result<(ObjectKind, Vec<u8>), String> {
-    // Reads the slice in place: the `read` decoder would copy it through a 32 KiB buffer of its own.
-    let mut decoder = ZlibDecoder::new(bytes);
-    let (kind, size) = read_header(oid, &mut decoder)?;
     let mut data = Vec::with_capacity(size);
     // One byte more than announced, to notice a stream that goes on.
     decoder.take(size as u64 + 1).read_to_end(&mut data).map_err(|e| format!("object {oid}: bad zlib stream: {e}"))?;

@@ -53,7 +53,7 @@ pub async fn run(cli: &Cli, command: &ObjectCommand) -> anyhow::Result<()> {
                 let mut data = Vec::with_capacity(size_bytes as usize);
                 input.rewind()?;
                 input.read_to_end(&mut data).context("reading the object")?;
-                client.write(&repo, vec![NewObject { kind, data, oid }], Vec::new()).await?;
+                client.write(&repo, vec![NewObject::claimed(kind, data, oid)], Vec::new()).await?;
             } else {
                 client.upload_object(&repo, kind, size_bytes, oid, Vec::new(), &mut input).await?;
             }

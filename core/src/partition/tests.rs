@@ -22,7 +22,7 @@ pub(super) fn set_main(client: u64, seq: u64, content: &[u8]) -> (Request, Oid) 
     let oid = Oid::hash_object(ObjectKind::Blob, content);
     let op = WriteOp::Transaction {
         repo: repo(),
-        objects: vec![NewObject { kind: ObjectKind::Blob, data: content.to_vec(), oid }],
+        objects: vec![NewObject::claimed(ObjectKind::Blob, content.to_vec(), oid)],
         refs: vec![RefUpdate {
             name: RefName::new("refs/heads/main").unwrap(),
             expected: Expected::Any,

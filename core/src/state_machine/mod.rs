@@ -11,6 +11,7 @@
 //! compare-and-set), `path.rs` (repository ids), `directory.rs` (partition members).
 
 mod directory;
+mod new_object;
 mod objects;
 mod path;
 mod refs;
@@ -21,6 +22,7 @@ pub use directory::{
     check_members, check_peers, PartitionInfo, DIRECTORY_PARTITIONS_MAX, DIRECTORY_ROUTES_MAX, PAGE_ROUTES_MAX,
     PARTITIONS_PAGE_MAX, PARTITION_LEARNERS_MAX, PARTITION_VOTERS_MAX, ROUTES_PAGE_MAX,
 };
+pub use new_object::NewObject;
 pub use objects::{ObjectHasher, ObjectKind, ObjectKindParseError, Oid, OidParseError};
 pub use path::{validate_storage_name, RelativePath, RepoId, RELATIVE_PATH_BYTES_MAX, STORAGE_NAME_BYTES_MAX};
 pub use refs::{Expected, RefName, RefUpdate, RefValue, REF_NAME_BYTES_MAX};
@@ -100,7 +102,12 @@ pub enum WriteOp {
     /// Deletes a repository; objects no other repository holds are dropped.
     DeleteRepository { repo: RepoId },
     /// Adds objects and updates references atomically: all or nothing.
-    Transaction { repo: RepoId, objects: Vec<NewObject>, refs: Vec<RefUpdate> },
+    Transaction {
+        repo: RepoId,
+        #[serde(deserialize_with = "new_object::deserialize_objects")]
+        objects: Vec<NewObject>,
+        refs: Vec<RefUpdate>,
+    },
     /// Directory (partition 0): allocates the next partition id, created on `repo.storage`
     /// with `voters` and no learners, and routes `repo` to it. The result names the id.
     AllocatePartition { repo: RepoId, voters: Vec<NodeId> },
@@ -159,24 +166,6 @@ impl WriteOp {
             WriteOp::UploadChunk { data, .. } => data.len(),
             _ => 0,
         }
-    }
-}
-
-/// An object a transaction writes, with the id the client claims for it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewObject {
-    pub kind: ObjectKind,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
-    /// Verified: must equal `Oid::hash_object(kind, data)`.
-    pub oid: Oid,
-}
-
-impl NewObject {
-    /// An object with its correct id.
-    pub fn new(kind: ObjectKind, data: Vec<u8>) -> NewObject {
-        let oid = Oid::hash_object(kind, &data);
-        NewObject { kind, data, oid }
     }
 }
 
@@ -410,6 +399,15 @@ impl fmt::Display for Digest {
 /// Cheap checks done before proposing, so that garbage is not replicated. `apply` repeats
 /// them (and every check that depends on the state) at apply time.
 pub fn validate(command: &Command) -> Result<(), Rejection> {
+    // Objects travel compressed, so the encoding alone does not bound what a command
+    // inflates to on every replica (see `new_object`): its content is bounded as well.
+    let data_bytes = command.op.data_bytes();
+    if data_bytes > COMMAND_SIZE_BYTES_MAX {
+        return Err(Rejection::CommandTooLarge {
+            size_bytes: data_bytes as u64,
+            size_bytes_max: COMMAND_SIZE_BYTES_MAX as u64,
+        });
+    }
     let size_bytes = command.encode().len();
     if size_bytes > COMMAND_SIZE_BYTES_MAX {
         // `Command::decode` refuses such bytes, so they must not be proposed.

@@ -290,7 +290,7 @@ fn command_encoding() {
 
 #[test]
 fn oversized_command_is_not_proposed() {
-    let object = || NewObject { kind: ObjectKind::Blob, data: vec![0; 3 * 1024 * 1024], oid: Oid([0; 20]) };
+    let object = || NewObject::claimed(ObjectKind::Blob, vec![0; 3 * 1024 * 1024], Oid([0; 20]));
     let command = Command { client: ClientId(1), seq: 1, op: tx("a", vec![object(), object(), object()], vec![]) };
     assert!(matches!(validate(&command), Err(Rejection::CommandTooLarge { .. })));
 }

@@ -8,7 +8,6 @@
 use super::dedup::{self, DedupLimits, Lookup};
 use super::directory::DirectoryWriter;
 use super::keys;
-use super::loose;
 use super::tables::{
     self, Counts, LargeObjectRecord, PartitionRecord, RepoRecord, Rows, TableId, UploadRecord, WriteRows,
 };
@@ -297,7 +296,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         let key = keys::object(self.partition, &object.oid);
         let holders = self.holders(&object.oid)?;
         if holders == 0 {
-            self.rows.insert(TableId::Objects, &key, &loose::encode(object.kind, &object.data))?;
+            self.rows.insert(TableId::Objects, &key, object.loose())?;
         }
         self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders + 1))?;
         Ok(())

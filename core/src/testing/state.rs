@@ -22,7 +22,7 @@ pub fn partition_state(partition: PartitionId, blobs: u64, blob_bytes: usize, se
         let oid = Oid::hash_object(ObjectKind::Blob, &data);
         let op = WriteOp::Transaction {
             repo: repo.clone(),
-            objects: vec![NewObject { kind: ObjectKind::Blob, data, oid }],
+            objects: vec![NewObject::claimed(ObjectKind::Blob, data, oid)],
             refs: vec![RefUpdate {
                 name: RefName::new(format!("refs/heads/b{i}")).unwrap(),
                 expected: Expected::Any,

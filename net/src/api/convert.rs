@@ -70,7 +70,7 @@ pub fn write_command(request: proto::WriteRequest) -> Result<Command, Invalid> {
     let objects = request
         .objects
         .into_iter()
-        .map(|o| Ok(NewObject { kind: kind(&o.kind)?, oid: oid(&o.oid)?, data: o.data }))
+        .map(|o| Ok(NewObject::claimed(kind(&o.kind)?, o.data, oid(&o.oid)?)))
         .collect::<Result<Vec<_>, Invalid>>()?;
     let refs = request.refs.into_iter().map(ref_update).collect::<Result<Vec<_>, Invalid>>()?;
     Ok(Command { client, seq, op: WriteOp::Transaction { repo, objects, refs } })

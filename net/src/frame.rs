@@ -9,8 +9,10 @@ use protobuf::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Protocol version, checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// Protocol version, checked in the handshake: nodes of different versions do not connect.
+/// 6: commands carry objects in Git's loose encoding, which builds before cannot decode (they
+/// would apply such an entry as undecodable, and their state would part from the others').
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// One unit on a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

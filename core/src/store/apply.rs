@@ -294,11 +294,19 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     /// One more repository holds `object`; the first stores it.
     fn hold(&mut self, object: &NewObject) -> Result<(), StoreError> {
         let key = keys::object(self.partition, &object.oid);
-        let holders = self.holders(&object.oid)?;
-        if holders == 0 {
-            self.rows.insert(TableId::Objects, &key, object.loose())?;
+        // Most objects written are new: one insert both counts their first holder and says
+        // whether there was one, where a lookup first was one more descent of the tree.
+        match self.rows.insert_replacing(TableId::Holders, &key, &tables::encode_u64(1))? {
+            None => {
+                self.rows.insert(TableId::Objects, &key, object.loose())?;
+            }
+            Some(before) => {
+                let holders = tables::decode_u64("holders", &before)?;
+                assert!(holders >= 1, "a holders row counts at least one holder of {}", object.oid);
+                // The same leaf, written once already in this transaction: no copy this time.
+                self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders + 1))?;
+            }
         }
-        self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders + 1))?;
         Ok(())
     }
 

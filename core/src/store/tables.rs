@@ -455,6 +455,18 @@ impl<'txn> WriteRows<'txn> {
         Ok(self.table_mut(table)?.insert(key, value).map_err(|e| db("insert")(e.into()))?.is_some())
     }
 
+    /// Inserts or replaces a row; returns the row it replaced, if any (found by the same
+    /// descent: no lookup before).
+    pub fn insert_replacing(
+        &mut self,
+        table: TableId,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let replaced = self.table_mut(table)?.insert(key, value).map_err(|e| db("insert")(e.into()))?;
+        Ok(replaced.map(|old| old.value().to_vec()))
+    }
+
     /// Removes a row; returns whether it was there.
     pub fn remove(&mut self, table: TableId, key: &[u8]) -> Result<bool, StoreError> {
         Ok(self.table_mut(table)?.remove(key).map_err(|e| db("remove")(e.into()))?.is_some())

@@ -1,0 +1,131 @@
+//! Apply benchmark: the state store's cost per committed write, without Raft, the network or
+//! the log. One node's store on the real file system (`FsDisk` in a temporary directory, as a
+//! node opens it), fed the write the `vs_etcd` benchmark makes: one transaction storing a
+//! 1 KiB blob (random, so it compresses as little as a real one might) and pointing one of
+//! 1,000 references at it, from 64 clients in turn (each with its own sequence numbers, so the
+//! dedup table works as under load).
+//!
+//! Prints microseconds of one thread's time per applied write, with one write per store
+//! transaction (a lone client: every commit pays for itself) and with 16 and 64 per
+//! transaction (group apply under load), and the ratio of batched to single; every replica
+//! pays this for every write. Commits are lazy, as the applier's are, with a durable one at the
+//! end of each pass (its fsync counted).
+//!
+//! `cargo bench --bench apply` applies 40,000 writes a pass after 20,000 to warm the store
+//! (`COHORT_BENCH_APPLY_WRITES` overrides); without `--bench` (as `cargo test --all-targets`
+//! runs it) it makes a small smoke run that asserts every write applied.
+
+use cohort_core::env::Disk;
+use cohort_core::ids::{ClientId, PartitionId};
+use cohort_core::persist::LogPosition;
+use cohort_core::state_machine::{
+    Command, Expected, NewObject, ObjectKind, RefName, RefUpdate, RefValue, RepoId, WriteOp,
+};
+use cohort_core::store::{Commit, PartitionWriter, Store, StoreOptions};
+use cohort_storage::FsDisk;
+use rand::{RngCore as _, SeedableRng as _};
+use std::sync::Arc;
+use std::time::Instant;
+
+const PARTITION: PartitionId = PartitionId(1);
+const CLIENTS: u64 = 64;
+const REFS: u64 = 1_000;
+const OBJECT_BYTES: usize = 1024;
+const ROUNDS: u64 = 4;
+
+/// The store and the next index to apply at.
+struct Bench {
+    store: Store,
+    index: u64,
+}
+
+impl Bench {
+    /// Applies `commands`, `per_transaction` to a lazy commit, then commits durably; answers
+    /// the microseconds per command.
+    fn apply(&mut self, commands: &[Command], per_transaction: usize) -> f64 {
+        let started = Instant::now();
+        for batch in commands.chunks(per_transaction) {
+            let index = &mut self.index;
+            self.store
+                .write(Commit::Lazy, |rows| {
+                    let mut writer = PartitionWriter::open(rows, PARTITION)?;
+                    for command in batch {
+                        *index += 1;
+                        let result = writer.apply(LogPosition { index: *index, term: 1 }, command)?;
+                        assert!(result.is_ok(), "write {index} applies: {result:?}");
+                    }
+                    writer.finish().map(|_| ())
+                })
+                .expect("the store takes the write");
+        }
+        self.store.write(Commit::Durable, |_| Ok(())).expect("the store commits durably");
+        started.elapsed().as_secs_f64() * 1e6 / commands.len() as f64
+    }
+}
+
+/// `count` writes like `vs_etcd`'s, the n-th from client `n % CLIENTS`, sequenced from `seq`.
+fn writes(rng: &mut rand::rngs::StdRng, repo: &RepoId, count: u64, seq: u64) -> Vec<Command> {
+    (0..count)
+        .map(|n| {
+            let mut data = vec![0u8; OBJECT_BYTES];
+            rng.fill_bytes(&mut data);
+            let object = NewObject::new(ObjectKind::Blob, data);
+            // As a replica decodes it: compressed once, by the leader.
+            let _ = object.loose();
+            let update = RefUpdate {
+                name: RefName::new(format!("refs/heads/k{}", n % REFS)).expect("a valid name"),
+                expected: Expected::Any,
+                new: Some(RefValue::Direct(object.oid)),
+            };
+            let op = WriteOp::Transaction { repo: repo.clone(), objects: vec![object], refs: vec![update] };
+            Command { client: ClientId(1 + n % CLIENTS), seq: seq + n / CLIENTS, op }
+        })
+        .collect()
+}
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let count: u64 = match std::env::var("COHORT_BENCH_APPLY_WRITES").ok().and_then(|s| s.parse().ok()) {
+        Some(count) => count,
+        None if full => 40_000,
+        None => 640,
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(dir.path()).expect("a disk"));
+    let store = Store::open(&disk, &StoreOptions::default()).expect("the store opens");
+    let mut bench = Bench { store, index: 0 };
+    let repo = RepoId::new("default", "bench.git").expect("a valid repository id");
+    let create = Command {
+        client: ClientId(CLIENTS + 1),
+        seq: 1,
+        op: WriteOp::CreateRepository { repo: repo.clone(), fork_of: None },
+    };
+    bench.apply(&[create], 1);
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // Warm: the store holds as many objects again as a pass writes, and every client's dedup
+    // window is full.
+    let warm = writes(&mut rng, &repo, count / 2, 1);
+    bench.apply(&warm, 64);
+    // The modes take turns, a quarter of the writes at a time, so that each meets a store of
+    // about the same size (it grows as they go).
+    let modes = [1usize, 16, 64];
+    let mut micros = [0f64; 3];
+    let mut seq = 1 + count;
+    for _ in 0..ROUNDS {
+        for (mode, per_transaction) in modes.iter().enumerate() {
+            let commands = writes(&mut rng, &repo, count / ROUNDS, seq);
+            seq += count;
+            micros[mode] += bench.apply(&commands, *per_transaction) / ROUNDS as f64;
+        }
+    }
+    for (per_transaction, us) in modes.iter().zip(micros) {
+        println!("{per_transaction:>3} writes per transaction: {us:6.1} us per write ({count} writes of 1 KiB)");
+    }
+    println!(
+        "batched/single: 16 per transaction {:.2}x, 64 per transaction {:.2}x of one write per transaction's cost",
+        micros[1] / micros[0],
+        micros[2] / micros[0]
+    );
+    assert_eq!(bench.index, 1 + count / 2 + 3 * (count / ROUNDS) * ROUNDS, "every write applied");
+}

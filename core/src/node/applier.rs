@@ -3,9 +3,10 @@
 //!
 //! Loop: wait for a request (or, while lazy commits are pending, for the durable interval to
 //! pass); take every other request already queued, up to the batch bounds; carry them out in
-//! order inside `Spawn::run_blocking` (consecutive `Entries` share one transaction; an install
-//! or a removal is a durable transaction of its own), and answer each request in order from
-//! there.
+//! order inside `Spawn::run_blocking`, or `Spawn::run_brief` for a few small entries committed
+//! lazily (consecutive `Entries` share one transaction; an install or a removal is a durable
+//! transaction of its own), and answer each request in order from there. While the node
+//! runs, every write to the store is the applier's, one at a time.
 //!
 //! Commits are lazy (`Commit::Lazy`: visible at once, durable later) until `durable_bytes`
 //! were applied or `durable_interval` passed since the last durable commit; then one commit is
@@ -118,6 +119,35 @@ fn work_bytes(work: &ApplyWork) -> u64 {
             .map(|e| 32 + if let store::ApplyKind::Command(bytes) = &e.kind { bytes.len() as u64 } else { 0 })
             .sum(),
         ApplyWork::Install { .. } | ApplyWork::Remove => 0,
+    }
+}
+
+/// Where a batch runs: on the blocking pool, or where the applier is (`Spawn::run_brief`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    Blocking,
+    Brief,
+}
+
+/// A batch this small, committed lazily, is brief: one or a few writes' rows, tens of
+/// microseconds (`cargo bench --bench apply`), where the hop to the blocking pool and back cost
+/// a lone write more than its apply.
+const BRIEF_BATCH_ENTRIES_MAX: usize = 4;
+const BRIEF_BATCH_BYTES_MAX: u64 = 16 * 1024;
+
+/// How a batch of `requests` carrying `batch_bytes` runs.
+fn run_for(requests: &[ApplyRequest], batch_bytes: u64, durable: bool) -> Run {
+    let mut entries = 0;
+    for request in requests {
+        match &request.work {
+            ApplyWork::Entries(batch) => entries += batch.len(),
+            ApplyWork::Install { .. } | ApplyWork::Remove => return Run::Blocking,
+        }
+    }
+    if durable || entries > BRIEF_BATCH_ENTRIES_MAX || batch_bytes > BRIEF_BATCH_BYTES_MAX {
+        Run::Blocking
+    } else {
+        Run::Brief
     }
 }
 
@@ -299,13 +329,24 @@ impl Applier {
         spawn: &dyn Spawn,
         work: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Option<T> {
+        self.run_on_store_as(spawn, Run::Blocking, work).await
+    }
+
+    async fn run_on_store_as<T: Send + 'static>(
+        &self,
+        spawn: &dyn Spawn,
+        run: Run,
+        work: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Option<T> {
         let (done, result) = oneshot::channel();
         let store = self.store.clone();
-        spawn
-            .run_blocking(Box::new(move || {
-                let _ = done.send(work(&store));
-            }))
-            .await;
+        let work: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = done.send(work(&store));
+        });
+        match run {
+            Run::Blocking => spawn.run_blocking(work).await,
+            Run::Brief => spawn.run_brief(work).await,
+        }
         result.await.ok()
     }
 }
@@ -395,6 +436,7 @@ pub async fn run_applier(
         }
         let batch_bytes: u64 = batch.iter().map(|r| work_bytes(&r.work)).sum();
         let durable = applier.durable_due(batch_bytes);
+        let run = run_for(&batch, batch_bytes, durable);
         let mut works = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for request in batch {
@@ -410,7 +452,7 @@ pub async fn run_applier(
             replies.push(request.done);
         }
         let outcome = applier
-            .run_on_store(&*spawn, move |store| {
+            .run_on_store_as(&*spawn, run, move |store| {
                 let (results, outcome) = run_batch(store, works, durable);
                 answer(results, outcome, replies)
             })

@@ -494,3 +494,41 @@ pub async fn run_applier(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(work: ApplyWork) -> ApplyRequest {
+        let (done, _) = oneshot::channel();
+        ApplyRequest { partition: PartitionId(1), work, durable: DurableSignal::default(), done }
+    }
+
+    fn entries(count: u64, command_bytes: usize) -> ApplyWork {
+        ApplyWork::Entries(
+            (1..=count)
+                .map(|index| store::ApplyEntry {
+                    position: LogPosition { index, term: 1 },
+                    kind: store::ApplyKind::Command(vec![0; command_bytes]),
+                })
+                .collect(),
+        )
+    }
+
+    fn run(works: Vec<ApplyWork>, durable: bool) -> Run {
+        let requests: Vec<ApplyRequest> = works.into_iter().map(request).collect();
+        let bytes = requests.iter().map(|r| work_bytes(&r.work)).sum();
+        run_for(&requests, bytes, durable)
+    }
+
+    #[test]
+    fn only_a_few_small_entries_committed_lazily_run_where_the_applier_is() {
+        assert_eq!(run(vec![entries(1, 1024)], false), Run::Brief, "a lone write");
+        assert_eq!(run(vec![entries(2, 1024), entries(2, 1024)], false), Run::Brief, "four, from two partitions");
+        assert_eq!(run(vec![entries(1, 1024)], true), Run::Blocking, "a durable commit waits for an fsync");
+        assert_eq!(run(vec![entries(5, 100)], false), Run::Blocking, "more entries than brief");
+        assert_eq!(run(vec![entries(3, 2), entries(2, 2)], false), Run::Blocking, "more entries, together");
+        assert_eq!(run(vec![entries(1, 20 * 1024)], false), Run::Blocking, "more bytes than brief");
+        assert_eq!(run(vec![entries(1, 10), ApplyWork::Remove], false), Run::Blocking, "a removal");
+    }
+}

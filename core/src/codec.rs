@@ -38,6 +38,13 @@ pub fn encode_with_capacity<T: Serialize>(value: &T, capacity_bytes: usize) -> V
     out
 }
 
+/// The size of `value`'s encoding, counted without building it.
+pub fn encoded_size_bytes<T: Serialize>(value: &T) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config()).expect("encoding an in-memory value cannot fail");
+    size.bytes_written
+}
+
 /// Streams the encoding of `value` into `out` without building it in memory.
 pub fn encode_into_writer<T: Serialize>(value: &T, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     match bincode::serde::encode_into_std_write(value, &mut &mut *out, config()) {
@@ -118,6 +125,8 @@ mod tests {
         for capacity_bytes in [0, 3, 10_000] {
             assert_eq!(encode_with_capacity(&v, capacity_bytes), encode(&v));
         }
+        assert_eq!(encoded_size_bytes(&v), encode(&v).len());
+        assert_eq!(encoded_size_bytes(&()), 0);
     }
 
     #[test]

@@ -408,7 +408,7 @@ pub fn validate(command: &Command) -> Result<(), Rejection> {
             size_bytes_max: COMMAND_SIZE_BYTES_MAX as u64,
         });
     }
-    let size_bytes = command.encode().len();
+    let size_bytes = codec::encoded_size_bytes(command);
     if size_bytes > COMMAND_SIZE_BYTES_MAX {
         // `Command::decode` refuses such bytes, so they must not be proposed.
         return Err(Rejection::CommandTooLarge {

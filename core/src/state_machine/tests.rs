@@ -293,6 +293,28 @@ fn oversized_command_is_not_proposed() {
     let object = || NewObject::claimed(ObjectKind::Blob, vec![0; 3 * 1024 * 1024], Oid([0; 20]));
     let command = Command { client: ClientId(1), seq: 1, op: tx("a", vec![object(), object(), object()], vec![]) };
     assert!(matches!(validate(&command), Err(Rejection::CommandTooLarge { .. })));
+    // Content within the bound that does not compress encodes to more than the bound.
+    let mut seed = 1u64;
+    let mut noise = || {
+        let data: Vec<u8> = (0..OBJECT_SIZE_BYTES_MAX)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect();
+        NewObject::new(ObjectKind::Blob, data)
+    };
+    let command = Command { client: ClientId(1), seq: 1, op: tx("a", vec![noise(), noise()], vec![]) };
+    assert_eq!(command.op.data_bytes(), COMMAND_SIZE_BYTES_MAX, "the content alone is within the bound");
+    let size_bytes = command.encode().len();
+    assert!(size_bytes > COMMAND_SIZE_BYTES_MAX);
+    assert_eq!(
+        validate(&command),
+        Err(Rejection::CommandTooLarge {
+            size_bytes: size_bytes as u64,
+            size_bytes_max: COMMAND_SIZE_BYTES_MAX as u64
+        })
+    );
 }
 
 proptest! {

@@ -11,8 +11,8 @@ pub trait Spawn: Send + Sync + 'static {
     /// Runs blocking work (a `write` and `fsync`) where it cannot stall async tasks, and
     /// completes with it. The simulator runs it inline: its disk never blocks.
     fn run_blocking(&self, work: Box<dyn FnOnce() + Send + 'static>) -> BoxFuture<()>;
-    /// Runs blocking work so brief (tens of microseconds: no fsync, a few small rows) that
-    /// handing it to another thread and back would cost more than the work. Production runs it
+    /// Runs blocking work so brief (usually tens of microseconds: no fsync, a few small rows)
+    /// that handing it to another thread and back would cost more than the work. Production runs it
     /// where it is asked; by default it is `run_blocking`'s, so the simulator's injected
     /// latency reaches it too.
     fn run_brief(&self, work: Box<dyn FnOnce() + Send + 'static>) -> BoxFuture<()> {

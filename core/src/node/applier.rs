@@ -131,7 +131,9 @@ enum Run {
 
 /// A batch this small, committed lazily, is brief: one or a few writes' rows, tens of
 /// microseconds (`cargo bench --bench apply`), where the hop to the blocking pool and back cost
-/// a lone write more than its apply.
+/// a lone write more than its apply. The bound is on encoded bytes: a command of very
+/// compressible objects can inflate to the command bound (8 MiB), some milliseconds of
+/// inflating and hashing on the applier's task, which is rare and bounded.
 const BRIEF_BATCH_ENTRIES_MAX: usize = 4;
 const BRIEF_BATCH_BYTES_MAX: u64 = 16 * 1024;
 

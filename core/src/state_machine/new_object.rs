@@ -1,7 +1,12 @@
 //! An object a transaction writes, and how a command carries it: in Git's loose encoding, the
-//! form the store keeps. The leader compresses it once, when the command is first encoded;
-//! every replica inflates the bytes (to check them against the object's id, in `check_op`, as
-//! for every object a command carries) and stores them as they came.
+//! form the store keeps. It is compressed once, when the command is first encoded (by the
+//! leader, or by a follower that forwards the proposal); every replica inflates the bytes (to
+//! check them against the object's id, in `check_op`, as for every object a command carries)
+//! and stores them as they came. An object of a command from an earlier build, which carried
+//! it whole, is compressed by each replica when it applies it, as earlier builds did: with the
+//! same compressor (flate2 over miniz_oxide, fastest level), so that a replica that applies
+//! such an entry after an upgrade stores the bytes its peers stored before it. A change of
+//! compressor must keep that.
 //! Compressing on each replica instead was a twentieth of a follower's CPU under load, and
 //! the uncompressed bytes went through every log and link (`perf`, `cargo bench --bench
 //! vs_etcd`).

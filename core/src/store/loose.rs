@@ -142,7 +142,14 @@ fn parse_header(oid: &Oid, header: &[u8]) -> Result<(ObjectKind, usize), String>
     let header = std::str::from_utf8(header).map_err(|_| format!("object {oid}: header is not text"))?;
     let (kind, size) = header.split_once(' ').ok_or_else(|| format!("object {oid}: header {header:?} has no size"))?;
     let kind: ObjectKind = kind.parse().map_err(|e| format!("object {oid}: {e}"))?;
-    let size: usize = size.parse().map_err(|_| format!("object {oid}: header size {size:?} is not a number"))?;
+    // Git's own form only (no sign, no leading zero): the bytes are kept and exported as they
+    // came, and `git` refuses any other.
+    let canonical =
+        !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) && (size == "0" || !size.starts_with('0'));
+    if !canonical {
+        return Err(format!("object {oid}: header size {size:?} is not a number as Git writes it"));
+    }
+    let size: usize = size.parse().map_err(|_| format!("object {oid}: header size {size:?} is out of range"))?;
     Ok((kind, size))
 }
 
@@ -229,5 +236,31 @@ mod tests {
         assert!(decode(&oid, &zlib(b"blub 1\0x")).is_err(), "unknown type");
         assert!(decode(&oid, &zlib(b"blob 99999999999\0x")).is_err(), "huge size");
         assert!(decode(&oid, &zlib(&[b'a'; 100])).is_err(), "no header end");
+        assert!(decode(&oid, &zlib(b"blob 01\0x")).is_err(), "a leading zero");
+        assert!(decode(&oid, &zlib(b"blob +1\0x")).is_err(), "a sign");
+        assert!(decode(&oid, &zlib(b"blob \0")).is_err(), "no digits");
+        assert_eq!(decode(&oid, &zlib(b"blob 1\0x")).unwrap(), (ObjectKind::Blob, b"x".to_vec()), "Git's form");
+    }
+
+    /// Replicas compress an object of an earlier build's command when they apply it (see
+    /// `state_machine::new_object`): one that applies it after an upgrade must write the bytes
+    /// its peers wrote before. These are the bytes builds have written (flate2 over
+    /// miniz_oxide, fastest level); a compressor that writes others breaks that.
+    #[test]
+    fn the_compressor_writes_what_earlier_builds_wrote() {
+        let data: Vec<u8> = (0..300u32)
+            .map(|i| b"the quick brown fox jumps over the lazy dog\n"[(i % 44) as usize] ^ (i / 44) as u8)
+            .collect();
+        let expected = [
+            "780115c9474e03310000408e1409bee0ade7487cc8ebde7b49b249f83af27990f108fc5e2e6f455010abc41a",
+            "a0e4bb03cc5f81aa3664e01b4d60b039ee37403cffac924ca108a4269c5df31377b7491713d3e43ac9d3600b",
+            "cfeb441dfb6a8acfb9eb43ce30d86a6662efb3e83ec5d9161ee6c10e5fcf9959fade355b5253502c4734c52e",
+            "d49c8b6c2e87c5541697c11eddee0b37e4239863add172bfb2a6b35a917eac2ecad2579d8eb60e16f4f55ca1",
+            "c6dfd1c2ad04c3dcc6bb4a7ac3eab9f9206adb54867d1b2cc9df633b14fa490eef3d7b6a775264143b94afdd",
+            "64ddea2e032efb60f50f67577032",
+        ]
+        .concat();
+        let hex: String = encode(ObjectKind::Blob, &data).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, expected);
     }
 }

@@ -4,9 +4,9 @@
 //! check them against the object's id, in `check_op`, as for every object a command carries)
 //! and stores them as they came. An object of a command from an earlier build, which carried
 //! it whole, is compressed by each replica when it applies it, as earlier builds did: with the
-//! same compressor (flate2 over miniz_oxide, fastest level), so that a replica that applies
-//! such an entry after an upgrade stores the bytes its peers stored before it. A change of
-//! compressor must keep that.
+//! same compressor (`loose::encode_as_earlier_builds`), so that a replica that applies such an
+//! entry after an upgrade stores the bytes its peers stored before it. New objects may use
+//! another (`loose::encode`): only their first encoder compresses them.
 //! Compressing on each replica instead was a twentieth of a follower's CPU under load, and
 //! the uncompressed bytes went through every log and link (`perf`, `cargo bench --bench
 //! vs_etcd`).
@@ -51,7 +51,10 @@ impl NewObject {
     /// The object in Git's loose encoding (zlib of its header and `data`), as the store keeps
     /// it: computed on first use, or the bytes it was decoded from.
     pub fn loose(&self) -> &[u8] {
-        self.loose.get_or_init(|| loose::encode(self.kind, &self.data))
+        self.loose.get_or_init(|| match self.whole {
+            true => loose::encode_as_earlier_builds(self.kind, &self.data),
+            false => loose::encode(self.kind, &self.data),
+        })
     }
 }
 
@@ -226,7 +229,11 @@ mod tests {
         assert_eq!(decoded, object);
         // Found by fuzzing: a decoded command re-encodes to the bytes it came from.
         assert_eq!(codec::encode(&decoded), whole_bytes, "it re-encodes whole, as it came");
-        assert_eq!(decoded.loose(), loose::encode(ObjectKind::Tree, &text(300)));
+        assert_eq!(
+            decoded.loose(),
+            loose::encode_as_earlier_builds(ObjectKind::Tree, &text(300)),
+            "compressed as earlier builds did"
+        );
         assert_eq!(objects(&codec::encode(&vec![whole])).unwrap(), vec![object]);
     }
 

@@ -8,6 +8,8 @@
 use crate::state_machine::{ObjectKind, Oid, OBJECT_SIZE_BYTES_MAX};
 use flate2::write::ZlibEncoder;
 use flate2::{Compression, Decompress, FlushDecompress, Status};
+use miniz_oxide::deflate::{self, core::CompressorOxide};
+use miniz_oxide::{DataFormat, MZFlush, MZStatus};
 use std::io::Write;
 
 /// Longest header `"<type> <size>\0"`: "commit " and 20 digits and NUL, with room to spare.
@@ -16,14 +18,16 @@ const HEADER_BYTES_MAX: usize = 32;
 thread_local! {
     /// One encoder per thread, reset for each object: a new one allocates and zeroes its
     /// compressor's tables (hundreds of KiB), which was a tenth of the applier's work for 1 KiB
-    /// objects (`perf`, 3-node cluster under load: its allocation, zeroing and freeing). A reset
-    /// encoder writes exactly the bytes a new one would, which every replica relies on.
+    /// objects (`perf`, 3-node cluster under load: its allocation, zeroing and freeing).
     static ENCODER: std::cell::RefCell<ZlibEncoder<Vec<u8>>> =
         std::cell::RefCell::new(ZlibEncoder::new(Vec::new(), Compression::fast()));
 }
 
-/// Git's loose encoding of an object. Git itself writes loose objects at zlib's fastest level
-/// (`core.looseCompression` defaults to 1): they are rewritten into packs later.
+/// Git's loose encoding of a new object, as the node that first encodes a command carrying it
+/// compresses it (flate2 over zlib-rs). Git itself writes loose objects at zlib's fastest level
+/// (`core.looseCompression` defaults to 1): they are rewritten into packs later. The bytes
+/// travel in the command and every replica stores them as they came, so no other replica
+/// needs to reproduce them: this compressor may change between builds.
 pub fn encode(kind: ObjectKind, data: &[u8]) -> Vec<u8> {
     let header = format!("{} {}\0", kind.as_str(), data.len());
     ENCODER.with(|encoder| {
@@ -32,9 +36,51 @@ pub fn encode(kind: ObjectKind, data: &[u8]) -> Vec<u8> {
         encoder.write_all(header.as_bytes()).expect("writing to memory cannot fail");
         encoder.write_all(data).expect("writing to memory cannot fail");
         encoder.try_finish().expect("writing to memory cannot fail");
-        // Taken without a reset: each reset clears the compressor's tables, and the next
-        // object's reset does that anyway.
+        // Taken without a reset: the next object's reset clears the compressor anyway.
         std::mem::take(encoder.get_mut())
+    })
+}
+
+thread_local! {
+    /// `encode_as_earlier_builds`'s compressor, reset for each object (see `ENCODER`). A reset
+    /// compressor writes exactly the bytes a new one would, which every replica relies on.
+    static EARLIER_COMPRESSOR: std::cell::RefCell<Box<CompressorOxide>> = std::cell::RefCell::new({
+        let mut compressor = Box::<CompressorOxide>::default();
+        compressor.set_format_and_level(DataFormat::Zlib, 1);
+        compressor
+    });
+}
+
+/// Output room per call of the compressor: flate2's writer gave it 32 KiB at a time.
+const EARLIER_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Git's loose encoding of an object, byte for byte as builds before objects travelled loose
+/// wrote it: flate2 over miniz_oxide at the fastest level, fed the header and then the content.
+/// Replicas compress each object of such a build's command when they apply it, so one that
+/// applies it after an upgrade must store the bytes its peers stored before
+/// (`state_machine::new_object`). Slower than `encode`: only those old entries use it.
+pub fn encode_as_earlier_builds(kind: ObjectKind, data: &[u8]) -> Vec<u8> {
+    let header = format!("{} {}\0", kind.as_str(), data.len());
+    EARLIER_COMPRESSOR.with(|compressor| {
+        let mut compressor = compressor.borrow_mut();
+        compressor.reset();
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        for (input, flush) in [(header.as_bytes(), MZFlush::None), (data, MZFlush::None), (&[][..], MZFlush::Finish)] {
+            let mut input = input;
+            // flate2's writer never handed the compressor an empty write.
+            while flush == MZFlush::Finish || !input.is_empty() {
+                let start = out.len();
+                out.resize(start + EARLIER_CHUNK_BYTES, 0);
+                let result = deflate::stream::deflate(&mut compressor, input, &mut out[start..], flush);
+                out.truncate(start + result.bytes_written);
+                input = &input[result.bytes_consumed..];
+                let status = result.status.expect("compressing into memory with room cannot fail");
+                if flush == MZFlush::Finish && status == MZStatus::StreamEnd {
+                    break;
+                }
+            }
+        }
+        out
     })
 }
 
@@ -247,7 +293,7 @@ mod tests {
     /// its peers wrote before. These are the bytes builds have written (flate2 over
     /// miniz_oxide, fastest level); a compressor that writes others breaks that.
     #[test]
-    fn the_compressor_writes_what_earlier_builds_wrote() {
+    fn objects_of_earlier_commands_compress_as_earlier_builds_did() {
         let data: Vec<u8> = (0..300u32)
             .map(|i| b"the quick brown fox jumps over the lazy dog\n"[(i % 44) as usize] ^ (i / 44) as u8)
             .collect();
@@ -260,7 +306,60 @@ mod tests {
             "64ddea2e032efb60f50f67577032",
         ]
         .concat();
-        let hex: String = encode(ObjectKind::Blob, &data).iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String =
+            encode_as_earlier_builds(ObjectKind::Blob, &data).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, expected);
+        // Digests of what 044190d's build (flate2 over miniz_oxide) wrote for these objects:
+        // random, repetitive and zero bytes of sizes up to 300,000, around its 32 KiB steps.
+        let written: [&str; 27] = [
+            "c2baae88d6364d878fd67e778c6a5d8306ad4ab0",
+            "c2baae88d6364d878fd67e778c6a5d8306ad4ab0",
+            "c2baae88d6364d878fd67e778c6a5d8306ad4ab0",
+            "c422dd138d01aa1760b9a6f079ca99e9b9242e5b",
+            "46da07d2b9f499f0c8007297e1bea7836e17c830",
+            "ea8d8ceee2a00236c57a78123289c68926e8b37c",
+            "c88e2dd64ef7a706e4f207388b23856919c9c7cc",
+            "c9b77c052a73062675fd342ca6014f5ecfe3df9c",
+            "41476496aadfd4cc60e4824da74d18ea5fef4c7e",
+            "d59f15291a1ca490b832b647e343b2fe62f2af0f",
+            "0eb2a730ed72d1d772f30fcf670e0829532ae549",
+            "7b530c26980567eef02ffc2f7c6f22d635a0e648",
+            "e1256b81931d7f0e3cc110e5c1975babc289e74a",
+            "1471feee9c8c451103f25815971af19aedd1a545",
+            "6f84dfd69e059c76dbb50a2eba4e3145eeaf4454",
+            "f9cace39db54fdc16554071d1d2c573927d1fef2",
+            "8a672221df6bb14d3399e4651a7ba605e500353f",
+            "efbbf43bb86d55b9f534c9f803cddcc2374b3afe",
+            "5b128edd6bb9afdb24cdb0b97f539a6e0e3800eb",
+            "df6f1125926902981675b5f50232ba65626feba9",
+            "4192fe269febe718e3b9031fc7d11eada852aa21",
+            "69b58c66a999f4cb5528d10f0d5412bd3e321dcf",
+            "9a75479de4812d5b526e0bfd5c524d914d7ad52d",
+            "0c24f513e1169a4a3ce4ab4005764a0947b0fccc",
+            "498eced3213b9fc1af29ef948b5dc602d8614364",
+            "b59b843eb063f668b90f786fae5bbd029f135d60",
+            "a01dee1fd2dcaed60f25110e475b1ae0cdcdb17a",
+        ];
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u8
+        };
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for len in [0usize, 1, 7, 100, 1024, 4096, 40_000, 70_000, 300_000] {
+            inputs.push((0..len).map(|_| next()).collect());
+            inputs.push(
+                (0..len).map(|i| b"the quick brown fox jumps over the lazy dog\n"[i % 44] ^ (i / 4096) as u8).collect(),
+            );
+            inputs.push(vec![0u8; len]);
+        }
+        for (i, (data, digest)) in inputs.iter().zip(written).enumerate() {
+            use sha1::Digest as _;
+            let once = encode_as_earlier_builds(ObjectKind::Blob, data);
+            let hex: String = sha1::Sha1::digest(&once).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, digest, "object {i}: {} bytes", data.len());
+            // Again, from the same thread's compressor: a reset one writes the same bytes.
+            assert_eq!(encode_as_earlier_builds(ObjectKind::Blob, data), once, "object {i} again");
+        }
     }
 }

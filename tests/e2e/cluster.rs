@@ -136,7 +136,9 @@ impl TestCluster {
             .append(true)
             .open(self.dir.path().join(format!("node-{id}.log")))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cohort"));
+        cohort::config::share_cores(&mut command, self.configs.len());
+        let child = command
             .args(["node", "--config"])
             .arg(self.config_path(id))
             .args(extra)

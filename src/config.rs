@@ -173,7 +173,8 @@ pub struct RawConfig {
     /// every node of a smaller cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<usize>,
-    /// Workers that drive the node's partition replicas; default: one per core.
+    /// Workers that drive the node's partition replicas; default: one per runtime thread
+    /// (`TOKIO_WORKER_THREADS`, else one per core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
     /// What the node logs, as a `tracing` filter (`info`, `warn,cohort_core=debug`, ...);
@@ -202,23 +203,47 @@ fn default_storage() -> String {
     "default".to_owned()
 }
 
-/// How many threads the async runtime of each of `nodes` nodes sharing this machine gets
-/// (`TOKIO_WORKER_THREADS`, set by `cohort dev` and the test cluster unless already set): its
-/// share of the cores, at least one. With a runtime thread per core in every node, three nodes
-/// on two cores spent about a tenth more server CPU per write, waking threads across cores
-/// (`cargo bench --bench vs_etcd`, 3 alternating runs each at 1 and 64 clients). A node alone
-/// on its machine keeps tokio's default, one per core.
-pub fn runtime_threads_per_node(nodes: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    (cores / nodes.max(1)).max(1)
+/// This machine's cores, as Rust's standard library counts them (cgroup quotas included).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Sets `TOKIO_WORKER_THREADS` for a node process sharing this machine with `nodes - 1` others,
-/// unless the caller's environment names it already (then the child inherits that).
-pub fn share_cores(command: &mut std::process::Command, nodes: usize) {
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        command.env("TOKIO_WORKER_THREADS", runtime_threads_per_node(nodes).to_string());
+/// The variable tokio reads for its runtime's thread count.
+pub const RUNTIME_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
+
+/// Reads a `TOKIO_WORKER_THREADS` value as tokio does: `None` when unset. Tokio panics at
+/// startup on anything but a whole number of at least one, so such a value is an error here, said before it gets
+/// that far (by `main`, and before it is passed to a node process).
+pub fn parse_runtime_threads(value: Option<&std::ffi::OsStr>) -> Result<Option<usize>, String> {
+    let Some(value) = value else { return Ok(None) };
+    match value.to_str().and_then(|v| v.parse::<usize>().ok()) {
+        Some(threads) if threads >= 1 => Ok(Some(threads)),
+        _ => Err(format!("{RUNTIME_THREADS_VAR} must be a whole number of at least 1, not {value:?}")),
     }
+}
+
+/// The thread count this process's runtime has (or will have): `TOKIO_WORKER_THREADS` if set,
+/// else tokio's default of one per core.
+pub fn runtime_threads() -> Result<usize, String> {
+    Ok(parse_runtime_threads(std::env::var_os(RUNTIME_THREADS_VAR).as_deref())?.unwrap_or_else(cores))
+}
+
+/// How many runtime threads each of `nodes` nodes sharing this machine gets: its share of the
+/// cores, at least one. With a runtime thread per core in every node, three nodes on two cores
+/// spent about a tenth more server CPU per write, waking threads across cores (`cargo bench
+/// --bench vs_etcd`, 3 alternating runs each at 1 and 64 clients). A node alone on its machine
+/// keeps tokio's default, one per core.
+pub fn runtime_threads_per_node(nodes: usize) -> usize {
+    (cores() / nodes.max(1)).max(1)
+}
+
+/// How many runtime threads a node sharing this machine with `nodes - 1` others is to get (as
+/// `TOKIO_WORKER_THREADS`, set by `cohort dev` and the test cluster): the caller's own
+/// `TOKIO_WORKER_THREADS` if it set one, else the node's share of the cores. A value tokio
+/// would refuse is an error.
+pub fn node_runtime_threads(nodes: usize) -> Result<usize, String> {
+    let set = parse_runtime_threads(std::env::var_os(RUNTIME_THREADS_VAR).as_deref())?;
+    Ok(set.unwrap_or_else(|| runtime_threads_per_node(nodes)))
 }
 
 /// Nodes 1..=`count` on free loopback ports (peer, client, HTTP for each), for `cohort dev` and
@@ -381,8 +406,11 @@ impl Config {
         if !(1..=nodes.len()).contains(&replicas) {
             return Err(format!("replicas must be between 1 and the {} nodes", nodes.len()));
         }
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let workers = raw.workers.unwrap_or(cores);
+        // One worker per runtime thread: more would only take turns on the same threads.
+        let workers = match raw.workers {
+            Some(workers) => workers,
+            None => runtime_threads()?,
+        };
         if !(1..=WORKERS_MAX).contains(&workers) {
             return Err(format!("workers must be in 1..={WORKERS_MAX}"));
         }
@@ -435,11 +463,23 @@ mod tests {
 
     #[test]
     fn nodes_sharing_a_machine_split_its_cores_and_each_keeps_one() {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let cores = cores();
         assert_eq!(runtime_threads_per_node(1), cores);
         assert_eq!(runtime_threads_per_node(2), (cores / 2).max(1));
         assert_eq!(runtime_threads_per_node(cores + 1), 1);
         assert_eq!(runtime_threads_per_node(0), cores, "no nodes is read as one");
+    }
+
+    #[test]
+    fn runtime_threads_are_a_whole_number_of_at_least_one() {
+        use std::ffi::OsStr;
+        assert_eq!(parse_runtime_threads(None), Ok(None));
+        assert_eq!(parse_runtime_threads(Some(OsStr::new("3"))), Ok(Some(3)));
+        // As tokio reads it: no spaces around the number.
+        for bad in ["", "0", "-1", "two", "1.5", " 1"] {
+            let error = parse_runtime_threads(Some(OsStr::new(bad))).unwrap_err();
+            assert!(error.contains("TOKIO_WORKER_THREADS must be a whole number"), "{bad:?}: {error}");
+        }
     }
 
     fn raw() -> RawConfig {

@@ -8,6 +8,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(&cli);
+    // Tokio would panic on a value it cannot use; say so plainly instead.
+    if let Err(error) = cohort::config::runtime_threads() {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

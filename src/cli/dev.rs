@@ -140,11 +140,12 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
     };
     let exe = std::env::current_exe().context("locating the cohort binary")?;
     let mut children: Vec<(u64, Child)> = Vec::new();
+    let threads = crate::config::node_runtime_threads(configs.len()).map_err(anyhow::Error::msg)?;
     for config in &configs {
         let path = config_path(&dir, config.node_id);
         let log = std::fs::File::create(dir.join(format!("node-{}", config.node_id)).join("node.log"))?;
         let mut command = Command::new(&exe);
-        crate::config::share_cores(&mut command, configs.len());
+        command.env(crate::config::RUNTIME_THREADS_VAR, threads.to_string());
         let child = command
             .arg("node")
             .arg("--config")
@@ -170,11 +171,6 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
     let endpoints = endpoints.join(",");
     std::fs::write(dir.join("endpoints"), format!("{endpoints}\n"))?;
     println!("cohort dev: {} nodes serving, data in {}", nodes.len(), dir.display());
-    // What `share_cores` gave each node, for restarting one by hand the same way.
-    let threads = match std::env::var_os("TOKIO_WORKER_THREADS") {
-        Some(_) => String::new(),
-        None => format!("TOKIO_WORKER_THREADS={} ", crate::config::runtime_threads_per_node(configs.len())),
-    };
     for node in nodes {
         println!(
             "  node {}: client {scheme}://{}  http http://{}  log {}",
@@ -183,7 +179,11 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
             node.http_address,
             dir.join(format!("node-{}", node.id)).join("node.log").display()
         );
-        println!("          restart by hand: {threads}cohort node --config {}", config_path(&dir, node.id).display());
+        let var = crate::config::RUNTIME_THREADS_VAR;
+        println!(
+            "          restart by hand: {var}={threads} cohort node --config {}",
+            config_path(&dir, node.id).display()
+        );
     }
     println!("export COHORT_ENDPOINTS={endpoints}");
     if let Some(tls) = tls {

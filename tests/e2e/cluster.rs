@@ -137,7 +137,8 @@ impl TestCluster {
             .open(self.dir.path().join(format!("node-{id}.log")))
             .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_cohort"));
-        cohort::config::share_cores(&mut command, self.configs.len());
+        let threads = cohort::config::node_runtime_threads(self.configs.len()).unwrap();
+        command.env(cohort::config::RUNTIME_THREADS_VAR, threads.to_string());
         let child = command
             .args(["node", "--config"])
             .arg(self.config_path(id))

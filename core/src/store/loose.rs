@@ -65,14 +65,13 @@ pub fn encode_as_earlier_builds(kind: ObjectKind, data: &[u8]) -> Vec<u8> {
         let mut compressor = compressor.borrow_mut();
         compressor.reset();
         let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        let mut chunk = vec![0; EARLIER_CHUNK_BYTES];
         for (input, flush) in [(header.as_bytes(), MZFlush::None), (data, MZFlush::None), (&[][..], MZFlush::Finish)] {
             let mut input = input;
             // flate2's writer never handed the compressor an empty write.
             while flush == MZFlush::Finish || !input.is_empty() {
-                let start = out.len();
-                out.resize(start + EARLIER_CHUNK_BYTES, 0);
-                let result = deflate::stream::deflate(&mut compressor, input, &mut out[start..], flush);
-                out.truncate(start + result.bytes_written);
+                let result = deflate::stream::deflate(&mut compressor, input, &mut chunk, flush);
+                out.extend_from_slice(&chunk[..result.bytes_written]);
                 input = &input[result.bytes_consumed..];
                 let status = result.status.expect("compressing into memory with room cannot fail");
                 if flush == MZFlush::Finish && status == MZStatus::StreamEnd {

@@ -409,7 +409,7 @@ impl Config {
         // One worker per runtime thread: more would only take turns on the same threads.
         let workers = match raw.workers {
             Some(workers) => workers,
-            None => runtime_threads()?,
+            None => runtime_threads()?.min(WORKERS_MAX),
         };
         if !(1..=WORKERS_MAX).contains(&workers) {
             return Err(format!("workers must be in 1..={WORKERS_MAX}"));

@@ -30,8 +30,8 @@ pub struct RouterConfig {
     /// Every other node of the cluster: node liveness watches them.
     pub peers: Vec<NodeId>,
     pub replica: ReplicaOptions,
-    /// Workers that drive the loaded replicas (`workers.rs`); one per core is the usual
-    /// choice.
+    /// Workers that drive the loaded replicas (`workers.rs`); one per runtime thread is the
+    /// usual choice.
     pub workers: usize,
     /// This node's data directory was made to join the cluster (`identity::Origin::Join`):
     /// it hosts no directory replica until the directory's leader adds it.

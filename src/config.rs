@@ -212,8 +212,8 @@ pub fn cores() -> usize {
 pub const RUNTIME_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
 
 /// Reads a `TOKIO_WORKER_THREADS` value as tokio does: `None` when unset. Tokio panics at
-/// startup on anything but a whole number of at least one, so such a value is an error here, said before it gets
-/// that far (by `main`, and before it is passed to a node process).
+/// startup on anything but a whole number of at least one, so such a value is an error here,
+/// said before it gets that far (by `main`, and before it is passed to a node process).
 pub fn parse_runtime_threads(value: Option<&std::ffi::OsStr>) -> Result<Option<usize>, String> {
     let Some(value) = value else { return Ok(None) };
     match value.to_str().and_then(|v| v.parse::<usize>().ok()) {
@@ -222,10 +222,15 @@ pub fn parse_runtime_threads(value: Option<&std::ffi::OsStr>) -> Result<Option<u
     }
 }
 
+/// This process's `TOKIO_WORKER_THREADS`, if set (see [`parse_runtime_threads`]).
+fn runtime_threads_set() -> Result<Option<usize>, String> {
+    parse_runtime_threads(std::env::var_os(RUNTIME_THREADS_VAR).as_deref())
+}
+
 /// The thread count this process's runtime has (or will have): `TOKIO_WORKER_THREADS` if set,
 /// else tokio's default of one per core.
 pub fn runtime_threads() -> Result<usize, String> {
-    Ok(parse_runtime_threads(std::env::var_os(RUNTIME_THREADS_VAR).as_deref())?.unwrap_or_else(cores))
+    Ok(runtime_threads_set()?.unwrap_or_else(cores))
 }
 
 /// How many runtime threads each of `nodes` nodes sharing this machine gets: its share of the
@@ -233,7 +238,7 @@ pub fn runtime_threads() -> Result<usize, String> {
 /// spent about a tenth more server CPU per write, waking threads across cores (`cargo bench
 /// --bench vs_etcd`, 3 alternating runs each at 1 and 64 clients). A node alone on its machine
 /// keeps tokio's default, one per core.
-pub fn runtime_threads_per_node(nodes: usize) -> usize {
+fn runtime_threads_per_node(nodes: usize) -> usize {
     (cores() / nodes.max(1)).max(1)
 }
 
@@ -242,8 +247,7 @@ pub fn runtime_threads_per_node(nodes: usize) -> usize {
 /// `TOKIO_WORKER_THREADS` if it set one, else the node's share of the cores. A value tokio
 /// would refuse is an error.
 pub fn node_runtime_threads(nodes: usize) -> Result<usize, String> {
-    let set = parse_runtime_threads(std::env::var_os(RUNTIME_THREADS_VAR).as_deref())?;
-    Ok(set.unwrap_or_else(|| runtime_threads_per_node(nodes)))
+    Ok(runtime_threads_set()?.unwrap_or_else(|| runtime_threads_per_node(nodes)))
 }
 
 /// Nodes 1..=`count` on free loopback ports (peer, client, HTTP for each), for `cohort dev` and

@@ -144,9 +144,8 @@ pub async fn run(args: &DevArgs) -> anyhow::Result<()> {
     for config in &configs {
         let path = config_path(&dir, config.node_id);
         let log = std::fs::File::create(dir.join(format!("node-{}", config.node_id)).join("node.log"))?;
-        let mut command = Command::new(&exe);
-        command.env(crate::config::RUNTIME_THREADS_VAR, threads.to_string());
-        let child = command
+        let child = Command::new(&exe)
+            .env(crate::config::RUNTIME_THREADS_VAR, threads.to_string())
             .arg("node")
             .arg("--config")
             .arg(&path)

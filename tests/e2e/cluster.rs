@@ -136,10 +136,9 @@ impl TestCluster {
             .append(true)
             .open(self.dir.path().join(format!("node-{id}.log")))
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cohort"));
         let threads = cohort::config::node_runtime_threads(self.configs.len()).unwrap();
-        command.env(cohort::config::RUNTIME_THREADS_VAR, threads.to_string());
-        let child = command
+        let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .env(cohort::config::RUNTIME_THREADS_VAR, threads.to_string())
             .args(["node", "--config"])
             .arg(self.config_path(id))
             .args(extra)

@@ -9,7 +9,9 @@
 //! transaction (a lone client: every commit pays for itself) and with 16 and 64 per
 //! transaction (group apply under load), and the ratio of batched to single; every replica
 //! pays this for every write. Commits are lazy, as the applier's are, with a durable one at the
-//! end of each pass (its fsync counted).
+//! end of each pass (its fsync counted). It does so for two partitions, one placing objects by
+//! id (as partitions created before placement by index do) and one by index (as new ones do),
+//! taking turns in one run, and prints the ratio of their costs.
 //!
 //! `cargo bench --bench apply` applies 40,000 writes a pass after 20,000 to warm the store
 //! (`COHORT_BENCH_APPLY_WRITES` overrides); without `--bench` (as `cargo test --all-targets`
@@ -40,6 +42,33 @@ struct Bench {
 }
 
 impl Bench {
+    /// A store of its own in `dir`, its partition placing objects by index if `by_index`, with
+    /// repository `repo`.
+    fn new(dir: &std::path::Path, by_index: bool, repo: &RepoId) -> Bench {
+        let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(dir).expect("a disk"));
+        let store = Store::open(&disk, &StoreOptions::default()).expect("the store opens");
+        let mut bench = Bench { store, index: 0 };
+        if by_index {
+            bench.index += 1;
+            let position = LogPosition { index: bench.index, term: 1 };
+            bench
+                .store
+                .write(Commit::Lazy, |rows| {
+                    let mut writer = PartitionWriter::open(rows, PARTITION)?;
+                    writer.apply_placement_by_index(position)?;
+                    writer.finish().map(|_| ())
+                })
+                .expect("the store takes the write");
+        }
+        let create = Command {
+            client: ClientId(CLIENTS + 1),
+            seq: 1,
+            op: WriteOp::CreateRepository { repo: repo.clone(), fork_of: None },
+        };
+        bench.apply(&[create], 1);
+        bench
+    }
+
     /// Applies `commands`, `per_transaction` to a lazy commit, then commits durably; answers
     /// the microseconds per command.
     fn apply(&mut self, commands: &[Command], per_transaction: usize) -> f64 {
@@ -90,42 +119,51 @@ fn main() {
         None if full => 40_000,
         None => 640,
     };
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(dir.path()).expect("a disk"));
-    let store = Store::open(&disk, &StoreOptions::default()).expect("the store opens");
-    let mut bench = Bench { store, index: 0 };
     let repo = RepoId::new("default", "bench.git").expect("a valid repository id");
-    let create = Command {
-        client: ClientId(CLIENTS + 1),
-        seq: 1,
-        op: WriteOp::CreateRepository { repo: repo.clone(), fork_of: None },
-    };
-    bench.apply(&[create], 1);
+    let dirs = [(); 2].map(|()| tempfile::tempdir().expect("a temporary directory"));
+    let mut benches = [Bench::new(dirs[0].path(), false, &repo), Bench::new(dirs[1].path(), true, &repo)];
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    // Warm: the store holds as many objects again as a pass writes, and every client's dedup
+    // Warm: each store holds as many objects again as a pass writes, and every client's dedup
     // window is full.
     let warm = writes(&mut rng, &repo, count / 2, 1);
-    bench.apply(&warm, 64);
-    // The modes take turns, a quarter of the writes at a time, so that each meets a store of
-    // about the same size (it grows as they go).
+    for bench in &mut benches {
+        bench.apply(&warm, 64);
+    }
+    // The modes and placements take turns, a quarter of the writes at a time, so that each
+    // meets a store of about the same size (it grows as they go) and the machine's drift falls
+    // on all alike.
     let modes = [1usize, 16, 64];
-    let mut micros = [0f64; 3];
+    let mut micros = [[0f64; 3]; 2];
     let mut seq = 1 + count;
     for _ in 0..ROUNDS {
         for (mode, per_transaction) in modes.iter().enumerate() {
             let commands = writes(&mut rng, &repo, count / ROUNDS, seq);
             seq += count;
-            micros[mode] += bench.apply(&commands, *per_transaction) / ROUNDS as f64;
+            for (placement, bench) in benches.iter_mut().enumerate() {
+                micros[placement][mode] += bench.apply(&commands, *per_transaction) / ROUNDS as f64;
+            }
         }
     }
-    for (per_transaction, us) in modes.iter().zip(micros) {
-        println!("{per_transaction:>3} writes per transaction: {us:6.1} us per write ({count} writes of 1 KiB)");
+    for (name, micros) in ["by id", "by index"].iter().zip(micros) {
+        println!("objects placed {name}:");
+        for (per_transaction, us) in modes.iter().zip(micros) {
+            println!("  {per_transaction:>3} writes per transaction: {us:6.1} us per write ({count} writes of 1 KiB)");
+        }
+        println!(
+            "  batched/single: 16 per transaction {:.2}x, 64 per transaction {:.2}x of one write per transaction's cost",
+            micros[1] / micros[0],
+            micros[2] / micros[0]
+        );
     }
-    println!(
-        "batched/single: 16 per transaction {:.2}x, 64 per transaction {:.2}x of one write per transaction's cost",
-        micros[1] / micros[0],
-        micros[2] / micros[0]
-    );
-    assert_eq!(bench.index, 1 + count / 2 + 3 * (count / ROUNDS) * ROUNDS, "every write applied");
+    let ratios: Vec<String> = modes
+        .iter()
+        .enumerate()
+        .map(|(mode, n)| format!("{n} per transaction {:.2}x", micros[1][mode] / micros[0][mode]))
+        .collect();
+    println!("by index/by id: {}", ratios.join(", "));
+    for (placement, bench) in benches.iter().enumerate() {
+        let switch = placement as u64;
+        assert_eq!(bench.index, switch + 1 + count / 2 + 3 * (count / ROUNDS) * ROUNDS, "every write applied");
+    }
 }

@@ -12,7 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Protocol version, checked in the handshake: nodes of different versions do not connect.
 /// 6: commands carry objects in Git's loose encoding, which builds before cannot decode (they
 /// would apply such an entry as undecodable, and their state would part from the others').
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: new partitions place objects by apply index (`store::Placement`), from an entry in their
+/// bootstrap log that builds before would apply as a no-op, placing objects by id.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// One unit on a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1635,15 +1635,21 @@ const SNAPSHOT_RETRY_TICKS: u64 = 50;
 /// The term of a partition's bootstrap entries; elections start above it.
 const BOOTSTRAP_TERM: u64 = 1;
 
+/// The context of the empty normal entry that makes a partition place the whole objects it
+/// stores by apply index (`store::Placement::ByIndex`), as every new partition's bootstrap log
+/// does. Partitions created before it place them by id.
+pub(super) const PLACE_BY_INDEX_MARK: &[u8] = b"cohort-place-by-index";
+
 /// A new partition's log starts with one committed membership change per initial voter, the
-/// same on every initial replica. A replica added later learns the membership by applying the
-/// log from its start, like any other entry.
+/// same on every initial replica, then the entry that places its objects by index. A replica
+/// added later learns both by applying the log from its start, like any other entry (or from
+/// a snapshot, whose rows carry the placement).
 fn bootstrap_entries(voters: &[NodeId]) -> Vec<LogEntry> {
     use protobuf::Message as _;
     let mut sorted = voters.to_vec();
     sorted.sort();
     sorted.dedup();
-    sorted
+    let mut entries: Vec<LogEntry> = sorted
         .iter()
         .enumerate()
         .map(|(i, voter)| {
@@ -1658,7 +1664,15 @@ fn bootstrap_entries(voters: &[NodeId]) -> Vec<LogEntry> {
                 context: Vec::new(),
             }
         })
-        .collect()
+        .collect();
+    entries.push(LogEntry {
+        index: entries.len() as u64 + 1,
+        term: BOOTSTRAP_TERM,
+        kind: EntryKind::Normal,
+        data: Vec::new(),
+        context: PLACE_BY_INDEX_MARK.to_vec(),
+    });
+    entries
 }
 
 #[cfg(test)]

@@ -178,10 +178,12 @@ impl Partition {
                 observer.applied(self.config.node, self.config.partition, index, entry.term, &entry.data);
             }
             let kind = match entry.get_entry_type() {
-                // A new leader's empty entry, or a switch of Raft mode.
+                // A new leader's empty entry, a switch of Raft mode, or the bootstrap's
+                // placement of objects.
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     match raft_mode::switch_of(true, &entry.data, &entry.context) {
                         Some(mode) => ApplyKind::RaftMode(mode),
+                        None if entry.context == super::PLACE_BY_INDEX_MARK => ApplyKind::PlaceObjectsByIndex,
                         None => ApplyKind::Noop,
                     }
                 }

@@ -9,7 +9,8 @@ use super::dedup::{self, DedupLimits, Lookup};
 use super::directory::DirectoryWriter;
 use super::keys;
 use super::tables::{
-    self, Counts, LargeObjectRecord, PartitionRecord, RepoRecord, Rows, TableId, UploadRecord, WriteRows,
+    self, Counts, Holders, LargeObjectRecord, ObjectAt, PartitionRecord, Placement, RepoRecord, Rows, TableId,
+    UploadRecord, WriteRows,
 };
 use super::StoreError;
 use crate::ids::ClientId;
@@ -27,6 +28,10 @@ pub struct PartitionWriter<'a, 'txn> {
     rows: &'a mut WriteRows<'txn>,
     partition: PartitionId,
     record: PartitionRecord,
+    /// Where new whole objects go (the partition's `placement` row).
+    placement: Placement,
+    /// Objects placed by index by the entry being applied: the next one's number.
+    placed_in_entry: u32,
     limits: DedupLimits,
     /// Planted `apply-not-atomic` only: dedup results kept back for a later transaction.
     deferred_dedup: Option<Vec<DedupRecord>>,
@@ -46,7 +51,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         limits: DedupLimits,
     ) -> Result<Self, StoreError> {
         let record = rows.partition(partition)?.unwrap_or_default();
-        Ok(PartitionWriter { rows, partition, record, limits, deferred_dedup: None })
+        let placement = Placement::of(rows, partition)?;
+        Ok(PartitionWriter { rows, partition, record, placement, placed_in_entry: 0, limits, deferred_dedup: None })
     }
 
     pub fn applied(&self) -> LogPosition {
@@ -66,6 +72,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         );
         assert!(position.term >= self.record.applied.term, "applied terms never decrease");
         self.record.applied = position;
+        self.placed_in_entry = 0;
     }
 
     /// Records that `position` was applied without a command (empty entries).
@@ -85,6 +92,19 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     pub fn apply_raft_mode(&mut self, position: LogPosition, mode: RaftMode) {
         self.advance(position);
         self.record.raft = mode;
+    }
+
+    /// Records that the entry at `position` switched the partition to placing new objects by
+    /// index (`Placement`). Objects placed by id stay where they are; a second switch changes
+    /// nothing.
+    pub fn apply_placement_by_index(&mut self, position: LogPosition) -> Result<(), StoreError> {
+        self.advance(position);
+        if self.placement != Placement::ByIndex {
+            self.placement = Placement::ByIndex;
+            let row = Placement::ByIndex.row().expect("placement by index has a row");
+            self.rows.insert(TableId::Placement, &keys::partition_prefix(self.partition), row)?;
+        }
+        Ok(())
     }
 
     /// Applies a committed command at `position`. A `(client, seq)` already applied answers its
@@ -284,27 +304,46 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         Ok(Ok(()))
     }
 
-    fn holders(&self, oid: &Oid) -> Result<u64, StoreError> {
+    fn holders(&self, oid: &Oid) -> Result<Option<Holders>, StoreError> {
         match self.rows.get(TableId::Holders, &keys::object(self.partition, oid))? {
-            Some(bytes) => tables::decode_u64("holders", &bytes),
-            None => Ok(0),
+            Some(bytes) => Ok(Some(Holders::decode(&bytes)?)),
+            None => Ok(None),
         }
     }
 
-    /// One more repository holds `object`; the first stores it.
+    /// How many repositories hold `oid` (0 if it is not stored).
+    fn holder_count(&self, oid: &Oid) -> Result<u64, StoreError> {
+        Ok(self.holders(oid)?.map_or(0, |holders| holders.count))
+    }
+
+    /// One more repository holds `object`; the first stores it, where the partition's
+    /// placement says.
     fn hold(&mut self, object: &NewObject) -> Result<(), StoreError> {
         let key = keys::object(self.partition, &object.oid);
+        let at = match self.placement {
+            Placement::ById => None,
+            Placement::ByIndex => Some(ObjectAt { index: self.record.applied.index, number: self.placed_in_entry }),
+        };
         // Most objects written are new: one insert both counts their first holder and says
         // whether there was one, where a lookup first was one more descent of the tree.
-        match self.rows.insert_replacing(TableId::Holders, &key, &tables::encode_u64(1))? {
-            None => {
-                self.rows.insert(TableId::Objects, &key, object.loose())?;
-            }
+        match self.rows.insert_replacing(TableId::Holders, &key, &Holders { count: 1, at }.encode())? {
+            None => match at {
+                None => {
+                    self.rows.insert(TableId::Objects, &key, object.loose())?;
+                }
+                Some(at) => {
+                    let at_key = keys::object_at(self.partition, at.index, at.number);
+                    let replaced = self.rows.insert(TableId::ObjectsAt, &at_key, object.loose())?;
+                    assert!(!replaced, "object {} placed at {at:?}, where another is", object.oid);
+                    self.placed_in_entry += 1;
+                }
+            },
             Some(before) => {
-                let holders = tables::decode_u64("holders", &before)?;
-                assert!(holders >= 1, "a holders row counts at least one holder of {}", object.oid);
+                let holders = Holders::decode(&before)?;
+                assert!(holders.count >= 1, "a holders row counts at least one holder of {}", object.oid);
                 // The same leaf, written once already in this transaction: no copy this time.
-                self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders + 1))?;
+                let holders = Holders { count: holders.count + 1, ..holders };
+                self.rows.insert(TableId::Holders, &key, &holders.encode())?;
             }
         }
         Ok(())
@@ -312,32 +351,36 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
 
     /// One more repository holds `oid`, which must be stored (a fork copying its parent's set).
     fn hold_existing(&mut self, oid: &Oid) -> Result<(), StoreError> {
-        let holders = self.holders(oid)?;
-        assert!(holders >= 1, "object {oid} is held by a repository, so it is stored");
-        self.rows.insert(TableId::Holders, &keys::object(self.partition, oid), &tables::encode_u64(holders + 1))?;
+        let holders = self.holders(oid)?.filter(|holders| holders.count >= 1);
+        let holders = holders.unwrap_or_else(|| panic!("object {oid} is held by a repository, so it is stored"));
+        let holders = Holders { count: holders.count + 1, ..holders };
+        self.rows.insert(TableId::Holders, &keys::object(self.partition, oid), &holders.encode())?;
         Ok(())
     }
 
     /// One repository stops holding `oid`; the object goes when no repository holds it.
     fn release(&mut self, oid: &Oid) -> Result<(), StoreError> {
         let key = keys::object(self.partition, oid);
-        let holders = self.holders(oid)?;
-        assert!(holders >= 1, "refcount of {oid} would go below zero");
-        if holders == 1 {
-            self.rows.remove(TableId::Holders, &key)?;
-            if !self.rows.remove(TableId::Objects, &key)? {
-                let bytes = self.rows.get(TableId::LargeObjects, &key)?;
-                let bytes = bytes
-                    .ok_or_else(|| StoreError::Corrupt { reason: format!("object {oid} is held but not stored") })?;
-                let large: LargeObjectRecord = tables::decode("large object", &bytes)?;
-                self.rows.remove(TableId::LargeObjects, &key)?;
-                self.rows.remove_prefix(TableId::Chunks, &keys::blob(self.partition, large.blob))?;
-            }
-            Ok(())
-        } else {
-            self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders - 1))?;
-            Ok(())
+        let holders = self.holders(oid)?.filter(|holders| holders.count >= 1);
+        let holders = holders.unwrap_or_else(|| panic!("refcount of {oid} would go below zero"));
+        if holders.count > 1 {
+            let holders = Holders { count: holders.count - 1, ..holders };
+            self.rows.insert(TableId::Holders, &key, &holders.encode())?;
+            return Ok(());
         }
+        self.rows.remove(TableId::Holders, &key)?;
+        let not_stored = || StoreError::Corrupt { reason: format!("object {oid} is held but not stored") };
+        if let Some(at) = holders.at {
+            if !self.rows.remove(TableId::ObjectsAt, &keys::object_at(self.partition, at.index, at.number))? {
+                return Err(not_stored());
+            }
+        } else if !self.rows.remove(TableId::Objects, &key)? {
+            let large: LargeObjectRecord =
+                tables::decode("large object", &self.rows.get(TableId::LargeObjects, &key)?.ok_or_else(not_stored)?)?;
+            self.rows.remove(TableId::LargeObjects, &key)?;
+            self.rows.remove_prefix(TableId::Chunks, &keys::blob(self.partition, large.blob))?;
+        }
+        Ok(())
     }
 
     fn upload(&self, client: ClientId, seq: u64) -> Result<Option<UploadRecord>, StoreError> {
@@ -442,7 +485,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             return Ok(Err(Rejection::UploadNotFound { client, seq }));
         };
         let outcome = self.check_finished_upload(&upload, repo, oid, updates)?;
-        let keep_pieces = outcome.is_ok() && self.holders(oid)? == 0;
+        let keep_pieces = outcome.is_ok() && self.holder_count(oid)? == 0;
         if keep_pieces {
             // The pieces become the object's: only the upload's own row goes.
             self.rows.remove(TableId::Uploads, &keys::upload(self.partition, client, seq))?;
@@ -457,8 +500,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         let held_before = self.rows.insert(TableId::Held, &held_key, &[])?;
         if !held_before {
             let key = keys::object(self.partition, oid);
-            let holders = self.holders(oid)?;
-            if holders == 0 {
+            let holders = self.holders(oid)?.unwrap_or(Holders { count: 0, at: None });
+            if holders.count == 0 {
                 assert!(keep_pieces, "a new object keeps its upload's pieces");
                 let large = LargeObjectRecord {
                     kind: upload.kind,
@@ -468,7 +511,9 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
                 };
                 self.rows.insert(TableId::LargeObjects, &key, &tables::encode(&large))?;
             }
-            self.rows.insert(TableId::Holders, &key, &tables::encode_u64(holders + 1))?;
+            // An object stored whole already keeps its place; one stored in pieces has none.
+            let holders = Holders { count: holders.count + 1, ..holders };
+            self.rows.insert(TableId::Holders, &key, &holders.encode())?;
         }
         self.update_refs(repo, updates)?;
         Ok(Ok(()))
@@ -630,6 +675,9 @@ pub enum ApplyKind {
     Membership(Result<ConfState, String>),
     /// The partition switches Raft on or off here (`partition::raft_mode`).
     RaftMode(RaftMode),
+    /// The partition places the whole objects it stores by apply index from here
+    /// ([`Placement::ByIndex`]).
+    PlaceObjectsByIndex,
 }
 
 /// What applying one entry did, in the order applied.
@@ -709,6 +757,11 @@ fn apply_one(writer: &mut PartitionWriter<'_, '_>, entry: &ApplyEntry) -> Result
                 writer.apply_raft_mode(entry.position, *mode);
                 AppliedOutcome::RaftMode(*mode)
             }
+            ApplyKind::PlaceObjectsByIndex => {
+                writer.apply_placement_by_index(entry.position)?;
+                // Nobody waits for it: it is part of a new partition's bootstrap log.
+                AppliedOutcome::Noop
+            }
             ApplyKind::Command(bytes) => match Command::decode(bytes) {
                 Ok(command) => {
                     let result = writer.apply(entry.position, &command)?;
@@ -768,8 +821,16 @@ pub fn apply_entries_deferred(
         Some(earlier) => (earlier.record, earlier.dedup),
         None => (stored.clone(), Vec::new()),
     };
-    let mut writer =
-        PartitionWriter { rows, partition, record, limits: DedupLimits::DEFAULT, deferred_dedup: Some(Vec::new()) };
+    let placement = Placement::of(rows, partition)?;
+    let mut writer = PartitionWriter {
+        rows,
+        partition,
+        record,
+        placement,
+        placed_in_entry: 0,
+        limits: DedupLimits::DEFAULT,
+        deferred_dedup: Some(Vec::new()),
+    };
     let mut applied = Vec::with_capacity(entries.len());
     for entry in entries {
         applied.push(apply_one(&mut writer, entry)?);

@@ -11,7 +11,10 @@
 
 use super::keys::{self, KeyReader};
 use super::loose;
-use super::tables::{self, ClientRecord, Counts, LargeObjectRecord, RepoRecord, Rows, TableId, UploadRecord};
+use super::tables::{
+    self, ClientRecord, Counts, Holders, LargeObjectRecord, ObjectAt, Placement, RepoRecord, Rows, TableId,
+    UploadRecord,
+};
 use super::StoreError;
 use crate::ids::{ClientId, PartitionId};
 use crate::state_machine::{
@@ -160,24 +163,50 @@ impl Checker<'_> {
             Ok(())
         })?;
         self.check_pieces(&repos, &mut stored)?;
+        let placement = self.placement()?;
         let mut counted_holders = 0usize;
+        // Objects placed by index, by where their holders rows say they are.
+        let mut placed: BTreeMap<ObjectAt, Oid> = BTreeMap::new();
         each(rows, TableId::Holders, &prefix, |mut key, value| {
             let oid = key.take_oid().map_err(bad)?;
             key.end().map_err(bad)?;
-            let count = decode_u64("holders", value)?;
+            let row = Holders::decode(value).map_err(|e| e.to_string())?;
             let held_by = holders.get(&oid).copied().unwrap_or(0);
-            if count != held_by || count == 0 {
-                return Err(format!("object {oid} counts {count} holders, {held_by} hold it"));
+            if row.count != held_by || row.count == 0 {
+                return Err(format!("object {oid} counts {} holders, {held_by} hold it", row.count));
             }
-            if !stored.contains_key(&oid) {
-                return Err(format!("object {oid} is held but not stored"));
+            match row.at {
+                Some(at) if stored.contains_key(&oid) => {
+                    return Err(format!("object {oid} is placed at {at:?} and stored by id or in pieces"));
+                }
+                Some(at) => {
+                    if let Some(other) = placed.insert(at, oid) {
+                        return Err(format!("objects {other} and {oid} are both placed at {at:?}"));
+                    }
+                }
+                None if !stored.contains_key(&oid) => return Err(format!("object {oid} is held but not stored")),
+                None => {}
             }
             counted_holders += 1;
             Ok(())
         })?;
-        if counted_holders != holders.len() || stored.len() != holders.len() {
+        let placed_count = placed.len();
+        if placed_count > 0 && placement != Placement::ByIndex {
+            return Err(format!("{placed_count} objects are placed by index in a partition that places them by id"));
+        }
+        each(rows, TableId::ObjectsAt, &prefix, |mut key, value| {
+            let at = ObjectAt { index: key.take_u64().map_err(bad)?, number: key.take_u32().map_err(bad)? };
+            key.end().map_err(bad)?;
+            let oid = placed.remove(&at).ok_or_else(|| format!("the object at {at:?} is held by nobody"))?;
+            loose::decode(&oid, value)?;
+            Ok(())
+        })?;
+        if let Some((at, oid)) = placed.first_key_value() {
+            return Err(format!("object {oid} is placed at {at:?}, where nothing is stored"));
+        }
+        if counted_holders != holders.len() || stored.len() + placed_count != holders.len() {
             return Err(format!(
-                "{} objects stored, {} counted, {} held",
+                "{} objects stored by id or in pieces, {placed_count} by index, {} counted, {} held",
                 stored.len(),
                 counted_holders,
                 holders.len()
@@ -186,6 +215,17 @@ impl Checker<'_> {
 
         self.check_dedup(limits)?;
         self.check_directory()
+    }
+
+    /// The partition's placement of whole objects: its one `placement` row, if any.
+    fn placement(&self) -> Result<Placement, String> {
+        let mut placement = Placement::ById;
+        each(self.rows, TableId::Placement, &self.prefix, |key, value| {
+            key.end().map_err(bad)?;
+            placement = Placement::decode(Some(value)).map_err(|e| e.to_string())?;
+            Ok(())
+        })?;
+        Ok(placement)
     }
 
     /// Objects stored in pieces and uploads in progress: each blob belongs to one of them, its

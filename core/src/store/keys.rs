@@ -58,6 +58,11 @@ pub fn object(partition: PartitionId, oid: &Oid) -> Vec<u8> {
     key(&partition_prefix(partition), &[&oid.0])
 }
 
+/// An object placed by index: the entry that stored it, and its number among that entry's.
+pub fn object_at(partition: PartitionId, index: u64, number: u32) -> Vec<u8> {
+    key(&partition_prefix(partition), &[&index.to_be_bytes(), &number.to_be_bytes()])
+}
+
 pub fn client(partition: PartitionId, client: ClientId) -> Vec<u8> {
     key(&partition_prefix(partition), &[&client.0.to_be_bytes()])
 }
@@ -115,6 +120,12 @@ impl<'a> KeyReader<'a> {
         let (head, rest) = self.rest.split_first_chunk::<8>().ok_or_else(|| BadKey("a short number".into()))?;
         self.rest = rest;
         Ok(u64::from_be_bytes(*head))
+    }
+
+    pub fn take_u32(&mut self) -> Result<u32, BadKey> {
+        let (head, rest) = self.rest.split_first_chunk::<4>().ok_or_else(|| BadKey("a short number".into()))?;
+        self.rest = rest;
+        Ok(u32::from_be_bytes(*head))
     }
 
     pub fn take_oid(&mut self) -> Result<Oid, BadKey> {

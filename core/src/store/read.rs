@@ -3,7 +3,7 @@
 use super::directory;
 use super::keys;
 use super::loose;
-use super::tables::{self, LargeObjectRecord, Rows, TableId, UploadRecord};
+use super::tables::{self, Holders, LargeObjectRecord, ObjectAt, Rows, TableId, UploadRecord};
 use super::StoreError;
 use crate::ids::ClientId;
 use crate::ids::PartitionId;
@@ -183,15 +183,44 @@ pub fn held_objects(rows: &dyn Rows, partition: PartitionId, repo: &RepoId) -> R
 
 /// A stored object's loose encoding (zlib), as Git keeps it in `objects/xx/yyyy…`.
 pub fn loose_object(rows: &dyn Rows, partition: PartitionId, oid: &Oid) -> Result<Vec<u8>, StoreError> {
-    rows.get(TableId::Objects, &keys::object(partition, oid))?
-        .ok_or_else(|| StoreError::Corrupt { reason: format!("object {oid} is held but not stored") })
+    let at = placed_at(rows, partition, oid)?;
+    loose_object_placed(rows, partition, oid, at)
+}
+
+/// Where a whole object placed by index is (its `holders` row says); `None` for one placed by
+/// id, stored in pieces, or not stored.
+fn placed_at(rows: &dyn Rows, partition: PartitionId, oid: &Oid) -> Result<Option<ObjectAt>, StoreError> {
+    match rows.get(TableId::Holders, &keys::object(partition, oid))? {
+        Some(holders) => Ok(Holders::decode(&holders)?.at),
+        None => Ok(None),
+    }
+}
+
+/// A whole object's loose encoding, from `objects_at` if it was placed `at` an index, else
+/// from `objects`.
+fn loose_object_placed(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    oid: &Oid,
+    at: Option<ObjectAt>,
+) -> Result<Vec<u8>, StoreError> {
+    let stored = match at {
+        Some(at) => rows.get(TableId::ObjectsAt, &keys::object_at(partition, at.index, at.number))?,
+        None => rows.get(TableId::Objects, &keys::object(partition, oid))?,
+    };
+    stored.ok_or_else(|| StoreError::Corrupt { reason: format!("object {oid} is held but not stored") })
 }
 
 fn paged_object(rows: &dyn Rows, partition: PartitionId, oid: &Oid) -> Result<PagedObject, StoreError> {
-    Ok(match large_object(rows, partition, oid)? {
-        Some(large) => PagedObject::Large { kind: large.kind, size_bytes: large.size_bytes },
-        None => PagedObject::Loose(loose_object(rows, partition, oid)?),
-    })
+    // An object placed by index is whole: one lookup in `holders` finds it, and none is spent
+    // on `large_objects`.
+    let at = placed_at(rows, partition, oid)?;
+    if at.is_none() {
+        if let Some(large) = large_object(rows, partition, oid)? {
+            return Ok(PagedObject::Large { kind: large.kind, size_bytes: large.size_bytes });
+        }
+    }
+    Ok(PagedObject::Loose(loose_object_placed(rows, partition, oid, at)?))
 }
 
 /// The record of an object stored in pieces, or `None` if it is stored whole (or not at all).

@@ -6,7 +6,7 @@
 use super::check::{check_partition, digest};
 use super::dedup::{DedupLimits, DEDUP_CLIENTS_MAX, DEDUP_WINDOW_MAX};
 use super::snapshot::{export, import};
-use super::tables::{self, TableId};
+use super::tables::{self, Holders, ObjectAt, Placement, TableId};
 use super::*;
 use crate::ids::{ClientId, NodeId, PeerId};
 use crate::persist::LogPosition;
@@ -115,6 +115,32 @@ impl Harness {
         Harness { store: Store::in_memory(), index: 0, seq: 0, limits }
     }
 
+    /// A partition whose first entry places objects by index, as a new partition's bootstrap
+    /// log does.
+    fn placing_by_index() -> Harness {
+        let mut h = Harness::new();
+        h.place_by_index();
+        h
+    }
+
+    /// Applies the entry that places objects by index from here.
+    fn place_by_index(&mut self) {
+        self.index += 1;
+        let position = LogPosition { index: self.index, term: 1 };
+        self.store
+            .write(Commit::Lazy, |rows| {
+                let mut writer = PartitionWriter::open(rows, P)?;
+                writer.apply_placement_by_index(position)?;
+                writer.finish().map(|_| ())
+            })
+            .expect("the store takes the write");
+        self.assert_consistent();
+    }
+
+    fn placement(&self) -> Placement {
+        Placement::of(&self.store.read().unwrap(), P).unwrap()
+    }
+
     /// A new write of client 1.
     fn write(&mut self, op: WriteOp) -> WriteResult {
         self.seq += 1;
@@ -194,18 +220,12 @@ impl Harness {
         let rows = self.store.read().unwrap();
         rows.get(TableId::Holders, &keys::object(P, oid))
             .unwrap()
-            .map_or(0, |bytes| tables::decode_u64("holders", &bytes).unwrap())
+            .map_or(0, |bytes| Holders::decode(&bytes).unwrap().count)
     }
 
+    /// Whole objects stored, placed by id or by index.
     fn objects_stored(&self) -> usize {
-        let rows = self.store.read().unwrap();
-        let mut count = 0;
-        rows.scan(TableId::Objects, &keys::partition_prefix(P), &mut |_, _| {
-            count += 1;
-            Ok(std::ops::ControlFlow::Continue(()))
-        })
-        .unwrap();
-        count
+        self.rows_of(TableId::Objects) + self.rows_of(TableId::ObjectsAt)
     }
 
     fn counts(&self) -> Counts {
@@ -410,7 +430,12 @@ fn create_and_delete_repositories() {
 
 #[test]
 fn forks_share_objects_and_delete_drops_unreferenced() {
-    let mut h = Harness::new();
+    for h in [Harness::new(), Harness::placing_by_index()] {
+        forks_share_objects_and_delete_drops_unreferenced_in(h);
+    }
+}
+
+fn forks_share_objects_and_delete_drops_unreferenced_in(mut h: Harness) {
     let shared = blob("shared");
     let later = blob("later");
     let own = blob("own");
@@ -446,25 +471,92 @@ fn forks_share_objects_and_delete_drops_unreferenced() {
 
 #[test]
 fn same_object_written_twice_is_held_once() {
-    let mut h = Harness::new();
-    let one = blob("one");
-    h.write(create("a")).unwrap();
-    let ok = h.write(tx("a", vec![one.clone(), one.clone()], vec![])).unwrap();
-    assert_eq!(ok.object_ids, vec![one.oid, one.oid]);
-    h.write(tx("a", vec![one.clone()], vec![])).unwrap();
-    assert_eq!(h.holders(&one.oid), 1);
+    for mut h in [Harness::new(), Harness::placing_by_index()] {
+        let one = blob("one");
+        h.write(create("a")).unwrap();
+        let ok = h.write(tx("a", vec![one.clone(), one.clone()], vec![])).unwrap();
+        assert_eq!(ok.object_ids, vec![one.oid, one.oid]);
+        h.write(tx("a", vec![one.clone()], vec![])).unwrap();
+        assert_eq!(h.holders(&one.oid), 1);
+        assert_eq!(h.objects_stored(), 1);
+    }
 }
 
 #[test]
 fn objects_are_stored_in_git_loose_format() {
+    for mut h in [Harness::new(), Harness::placing_by_index()] {
+        let object = NewObject::new(ObjectKind::Blob, b"hello\n".to_vec());
+        h.write(create("a")).unwrap();
+        h.write(tx("a", vec![object.clone()], vec![])).unwrap();
+        let rows = h.store.read().unwrap();
+        let stored = read::loose_object(&rows, P, &object.oid).unwrap();
+        assert_eq!(stored, loose::encode(ObjectKind::Blob, b"hello\n"));
+        assert_eq!(loose::decode(&object.oid, &stored).unwrap(), (ObjectKind::Blob, b"hello\n".to_vec()));
+    }
+}
+
+/// A partition that placed objects by id goes on serving them after it places new ones by
+/// index: both kinds read, fork, and go with their last holder, each from its own table.
+#[test]
+fn objects_placed_by_id_stay_where_they_are_when_the_partition_places_by_index() {
     let mut h = Harness::new();
-    let object = NewObject::new(ObjectKind::Blob, b"hello\n".to_vec());
+    assert_eq!(h.placement(), Placement::ById);
+    let (old, new, both) = (blob("old"), blob("new"), blob("both"));
     h.write(create("a")).unwrap();
-    h.write(tx("a", vec![object.clone()], vec![])).unwrap();
+    h.write(tx("a", vec![old.clone(), both.clone()], vec![])).unwrap();
+    assert_eq!((h.rows_of(TableId::Objects), h.rows_of(TableId::ObjectsAt)), (2, 0));
+
+    h.place_by_index();
+    assert_eq!(h.placement(), Placement::ByIndex);
+    h.place_by_index(); // A second switch changes nothing.
+    let ok = h.write(tx("a", vec![new.clone(), both.clone()], vec![])).unwrap();
+    assert_eq!((h.rows_of(TableId::Objects), h.rows_of(TableId::ObjectsAt)), (2, 1), "only the new object moves in");
     let rows = h.store.read().unwrap();
-    let stored = read::loose_object(&rows, P, &object.oid).unwrap();
-    assert_eq!(stored, loose::encode(ObjectKind::Blob, b"hello\n"));
-    assert_eq!(loose::decode(&object.oid, &stored).unwrap(), (ObjectKind::Blob, b"hello\n".to_vec()));
+    let holders =
+        |oid: &Oid| Holders::decode(&rows.get(TableId::Holders, &keys::object(P, oid)).unwrap().unwrap()).unwrap();
+    assert_eq!(holders(&new.oid), Holders { count: 1, at: Some(ObjectAt { index: ok.index, number: 0 }) });
+    assert_eq!(holders(&both.oid), Holders { count: 1, at: None });
+    drop(rows);
+
+    h.write(fork("f", "a")).unwrap();
+    for object in [&old, &new, &both] {
+        assert_eq!(h.object("f", object.oid), Some((ObjectKind::Blob, object.data.clone())));
+        assert_eq!(h.holders(&object.oid), 2);
+    }
+    h.write(delete("a")).unwrap();
+    assert_eq!(h.objects_stored(), 3, "the fork holds them all");
+    h.write(delete("f")).unwrap();
+    assert_eq!((h.rows_of(TableId::Objects), h.rows_of(TableId::ObjectsAt)), (0, 0));
+}
+
+/// The whole check finds an object placed by index whose row is missing, and one nobody holds.
+#[test]
+fn the_check_finds_objects_placed_by_index_missing_or_unheld() {
+    let mut h = Harness::placing_by_index();
+    let one = blob("one");
+    h.write(create("a")).unwrap();
+    let ok = h.write(tx("a", vec![one.clone()], vec![])).unwrap();
+    let at_key = keys::object_at(P, ok.index, 0);
+    let loose = h.store.read().unwrap().get(TableId::ObjectsAt, &at_key).unwrap().unwrap();
+    let check = |h: &Harness| check_partition(&h.store.read().unwrap(), P, &DedupLimits::DEFAULT);
+    h.store.write(Commit::Lazy, |rows| rows.remove(TableId::ObjectsAt, &at_key)).unwrap();
+    let problem = check(&h).unwrap_err();
+    assert!(problem.contains("where nothing is stored"), "{problem}");
+    h.store
+        .write(Commit::Lazy, |rows| rows.insert(TableId::ObjectsAt, &keys::object_at(P, ok.index, 1), &loose))
+        .unwrap();
+    let problem = check(&h).unwrap_err();
+    assert!(problem.contains("held by nobody"), "{problem}");
+    h.store
+        .write(Commit::Lazy, |rows| {
+            rows.remove(TableId::ObjectsAt, &keys::object_at(P, ok.index, 1))?;
+            rows.insert(TableId::ObjectsAt, &at_key, &loose)
+        })
+        .unwrap();
+    assert!(check(&h).is_ok());
+    h.store.write(Commit::Lazy, |rows| rows.remove(TableId::Placement, &keys::partition_prefix(P))).unwrap();
+    let problem = check(&h).unwrap_err();
+    assert!(problem.contains("places them by id"), "{problem}");
 }
 
 // ---- Idempotency ---------------------------------------------------------------------------
@@ -859,9 +951,10 @@ fn a_failed_transaction_keeps_nothing() {
 
 // ---- Snapshot streams ----------------------------------------------------------------------
 
-/// A partition with repositories, a fork, a rejection remembered and a directory.
+/// A partition with repositories, a fork, a rejection remembered and a directory, placing
+/// objects by index.
 fn sample() -> Harness {
-    let mut h = Harness::new();
+    let mut h = Harness::placing_by_index();
     let one = blob("one");
     h.write(create("a")).unwrap();
     h.write(tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))])).unwrap();
@@ -1151,7 +1244,12 @@ fn a_finish_that_fails_keeps_nothing_of_the_upload() {
 
 #[test]
 fn an_object_uploaded_twice_is_stored_once_and_goes_with_its_last_holder() {
-    let mut h = Harness::new();
+    for h in [Harness::new(), Harness::placing_by_index()] {
+        an_object_uploaded_twice_is_stored_once_and_goes_with_its_last_holder_in(h);
+    }
+}
+
+fn an_object_uploaded_twice_is_stored_once_and_goes_with_its_last_holder_in(mut h: Harness) {
     h.write(create("a")).unwrap();
     h.write(create("b")).unwrap();
     let data = content(4 * PIECE as usize, 5);
@@ -1275,13 +1373,24 @@ fn config() -> ProptestConfig {
     ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() }
 }
 
-/// Applies one entry (a command, or a no-op) at `index` to `store`'s partition `partition`.
-fn apply_entry(store: &Store, partition: PartitionId, index: u64, entry: &Option<Command>) -> Option<WriteResult> {
+/// Applies one entry (a command, or a no-op) at `index` to `store`'s partition `partition`;
+/// at `place_at`, the entry that places objects by index instead.
+fn apply_entry(
+    store: &Store,
+    partition: PartitionId,
+    index: u64,
+    entry: &Option<Command>,
+    place_at: u64,
+) -> Option<WriteResult> {
     store
         .write(Commit::Lazy, |rows| {
             let mut writer = PartitionWriter::open(rows, partition)?;
             let position = LogPosition { index, term: 1 };
             let result = match entry {
+                _ if index == place_at => {
+                    writer.apply_placement_by_index(position)?;
+                    None
+                }
                 Some(command) => Some(writer.apply(position, command)?),
                 None => {
                     writer.apply_noop(position);
@@ -1298,9 +1407,10 @@ proptest! {
     #![proptest_config(config())]
 
     /// Two replicas fed the same entries answer and end the same; a third restored from a
-    /// snapshot stream midway catches up to the same state; every state checks out whole.
+    /// snapshot stream midway catches up to the same state; every state checks out whole. The
+    /// partition places objects by id until `place_at`, by index after (never, past the end).
     #[test]
-    fn replicas_agree_and_snapshots_restore(entries in arb_entries(), snapshot_at in 0..60usize) {
+    fn replicas_agree_and_snapshots_restore(entries in arb_entries(), snapshot_at in 0..60usize, place_at in 2..70u64) {
         let (left, right) = (Store::in_memory(), Store::in_memory());
         let mut restored: Option<(Store, u64)> = None;
         let mut first_results: BTreeMap<(ClientId, u64), WriteResult> = BTreeMap::new();
@@ -1308,7 +1418,8 @@ proptest! {
             let rows = store.read().unwrap();
             let mut out = Vec::new();
             for table in [TableId::Repositories, TableId::Refs, TableId::Held, TableId::Objects, TableId::Holders,
-                TableId::Routes, TableId::Members, TableId::RouteCounts, TableId::PartitionRoutes] {
+                TableId::Routes, TableId::Members, TableId::RouteCounts, TableId::PartitionRoutes, TableId::ObjectsAt,
+                TableId::Placement] {
                 rows.scan(table, &keys::partition_prefix(P), &mut |k, v| {
                     out.push((table, k.to_vec(), v.to_vec()));
                     Ok(std::ops::ControlFlow::Continue(()))
@@ -1330,10 +1441,10 @@ proptest! {
                 restored = Some((store, index));
             }
             let before = without_dedup(&left);
-            let result = apply_entry(&left, P, index, entry);
-            prop_assert_eq!(&apply_entry(&right, P, index, entry), &result);
+            let result = apply_entry(&left, P, index, entry, place_at);
+            prop_assert_eq!(&apply_entry(&right, P, index, entry, place_at), &result);
             if let Some((store, _)) = &restored {
-                prop_assert_eq!(&apply_entry(store, P, index, entry), &result);
+                prop_assert_eq!(&apply_entry(store, P, index, entry, place_at), &result);
             }
             let rows = left.read().unwrap();
             let record = rows.partition(P).unwrap().unwrap();

@@ -12,8 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Protocol version, checked in the handshake: nodes of different versions do not connect.
 /// 6: commands carry objects in Git's loose encoding, which builds before cannot decode (they
 /// would apply such an entry as undecodable, and their state would part from the others').
-/// 7: new partitions place objects by apply index (`store::Placement`), from an entry in their
-/// bootstrap log that builds before would apply as a no-op, placing objects by id.
+/// 7: partitions place objects by apply index (`store::Placement`) from an entry in their log
+/// (a new partition's bootstrap, or one an upgraded leader proposes) that builds before would
+/// apply as a no-op, placing objects by id.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// One unit on a peer connection.

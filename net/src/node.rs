@@ -12,7 +12,7 @@ use cohort_core::node::{run_applier, ApplierOptions, NodeService, RouteError, Ro
 use cohort_core::partition::{ReplicaOptions, StoredState};
 use cohort_core::persist::RecoveredPartition;
 use cohort_core::snapshot::{partition_dir, SnapshotError, SnapshotStore, DIRECTORY_AUTHORITY};
-use cohort_core::store::{Store, StoreError, StoreOptions};
+use cohort_core::store::{Placement, Store, StoreError, StoreOptions};
 use cohort_storage::log::{run_group_commit, GroupCommitOptions};
 use cohort_storage::{LogEngine, LogError, LogOptions};
 use futures::channel::mpsc;
@@ -194,11 +194,13 @@ fn remove_orphan_rows(
     recovered: &BTreeMap<PartitionId, RecoveredPartition>,
 ) -> Result<BTreeMap<PartitionId, StoredState>, StoreError> {
     let mut stored = BTreeMap::new();
-    for (partition, record) in store.read()?.partitions()? {
+    let rows = store.read()?;
+    for (partition, record) in rows.partitions()? {
         if recovered.contains_key(&partition) {
+            let placement = Placement::of(&rows, partition)?;
             stored.insert(
                 partition,
-                StoredState { applied: record.applied, conf_state: record.conf_state, raft: record.raft },
+                StoredState { applied: record.applied, conf_state: record.conf_state, raft: record.raft, placement },
             );
         } else {
             tracing::info!(%partition, "deleting the state of a removed replica");

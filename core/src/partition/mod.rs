@@ -20,6 +20,7 @@ mod input;
 mod lag;
 mod output;
 mod peer_check;
+mod placement;
 mod proposals;
 mod quiesce;
 mod raft_mode;
@@ -42,7 +43,7 @@ use crate::persist::{
 };
 use crate::raft_logger::raft_logger;
 use crate::state_machine::{self, Command, ReadQuery};
-use crate::store::Applied;
+use crate::store::{Applied, Placement};
 use forwarded::Forwarded;
 use proposals::Proposals;
 use quiesce::Quiesce;
@@ -196,6 +197,8 @@ pub struct StoredState {
     pub conf_state: ConfState,
     /// The Raft mode as of `applied`.
     pub raft: RaftMode,
+    /// Where the store places the partition's objects as of `applied` (`placement.rs`).
+    pub placement: Placement,
 }
 
 /// A replica of one partition. See the module documentation for how to drive it.
@@ -285,6 +288,11 @@ pub struct Partition {
     election_held: bool,
     /// Election timeouts held, for metrics.
     elections_held: u64,
+    /// Where the store places the partition's objects, as far as this replica knows
+    /// (`placement.rs`).
+    placement: Placement,
+    /// The term in which this replica, leading, proposed placing objects by index.
+    placement_proposed_in: Option<u64>,
 }
 
 impl Partition {
@@ -293,9 +301,27 @@ impl Partition {
     /// it like any committed entry. A partition of one voter starts with Raft off if the
     /// options say so: its first write also holds the entry that turns Raft off.
     pub fn create(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
+        Partition::create_with(config, voters, bootstrap_entries(voters), now)
+    }
+
+    /// A brand-new replica as builds before placement by index created one: its bootstrap log
+    /// holds no placement entry, so it places objects by id until a leader proposes one.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn create_as_before_placement(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
+        let mut bootstrap = bootstrap_entries(voters);
+        let placement = bootstrap.pop().expect("the bootstrap log ends with the placement entry");
+        assert_eq!(placement.context, placement::PLACE_BY_INDEX_MARK);
+        Partition::create_with(config, voters, bootstrap, now)
+    }
+
+    fn create_with(
+        config: PartitionConfig,
+        voters: &[NodeId],
+        mut bootstrap: Vec<LogEntry>,
+        now: Instant,
+    ) -> Partition {
         assert!(voters.contains(&config.node), "a partition is created on one of its voters");
         assert_eq!(config.peer, PeerId::new(config.node, 0), "initial members are incarnation 0");
-        let mut bootstrap = bootstrap_entries(voters);
         let alone = voters.iter().all(|&voter| voter == config.node);
         if alone && !config.options.raft_enabled_by_default && config.partition != crate::ids::DIRECTORY {
             bootstrap.push(LogEntry {
@@ -313,8 +339,13 @@ impl Partition {
             entries: bootstrap.clone(),
             ..RecoveredPartition::default()
         };
+        let placement = match bootstrap.iter().any(|e| e.context == placement::PLACE_BY_INDEX_MARK) {
+            true => Placement::ByIndex,
+            false => Placement::ById,
+        };
         // Nothing is handed to the store before the bootstrap write is durable.
-        let mut partition = Partition::open_unsettled(config, recovered, StoredState::default(), now);
+        let stored = StoredState { placement, ..StoredState::default() };
+        let mut partition = Partition::open_unsettled(config, recovered, stored, now);
         partition.persist_metadata(bootstrap);
         partition
     }
@@ -446,6 +477,8 @@ impl Partition {
             campaign_asked: false,
             election_held: false,
             elections_held: 0,
+            placement: stored.placement,
+            placement_proposed_in: None,
         };
         if let Some((position, conf_state)) = snapshot_record {
             let mut write = LogWrite::new(partition.config.partition);
@@ -1114,6 +1147,7 @@ impl Partition {
             return;
         }
         self.campaign_if_asked();
+        self.propose_placement_if_unknown();
         self.process_ready();
         self.rejitter();
         self.start_reads();
@@ -1635,11 +1669,6 @@ const SNAPSHOT_RETRY_TICKS: u64 = 50;
 /// The term of a partition's bootstrap entries; elections start above it.
 const BOOTSTRAP_TERM: u64 = 1;
 
-/// The context of the empty normal entry that makes a partition place the whole objects it
-/// stores by apply index (`store::Placement::ByIndex`), as every new partition's bootstrap log
-/// does. Partitions created before it place them by id.
-pub(super) const PLACE_BY_INDEX_MARK: &[u8] = b"cohort-place-by-index";
-
 /// A new partition's log starts with one committed membership change per initial voter, the
 /// same on every initial replica, then the entry that places its objects by index. A replica
 /// added later learns both by applying the log from its start, like any other entry (or from
@@ -1670,7 +1699,7 @@ fn bootstrap_entries(voters: &[NodeId]) -> Vec<LogEntry> {
         term: BOOTSTRAP_TERM,
         kind: EntryKind::Normal,
         data: Vec::new(),
-        context: PLACE_BY_INDEX_MARK.to_vec(),
+        context: placement::PLACE_BY_INDEX_MARK.to_vec(),
     });
     entries
 }

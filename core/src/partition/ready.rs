@@ -183,7 +183,10 @@ impl Partition {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     match raft_mode::switch_of(true, &entry.data, &entry.context) {
                         Some(mode) => ApplyKind::RaftMode(mode),
-                        None if entry.context == super::PLACE_BY_INDEX_MARK => ApplyKind::PlaceObjectsByIndex,
+                        None if entry.context == super::placement::PLACE_BY_INDEX_MARK => {
+                            self.placement = crate::store::Placement::ByIndex;
+                            ApplyKind::PlaceObjectsByIndex
+                        }
                         None => ApplyKind::Noop,
                     }
                 }

@@ -5,6 +5,7 @@ use crate::ids::ClientId;
 use crate::state_machine::{
     Expected, NewObject, ObjectKind, Oid, ReadResult, RefName, RefUpdate, RefValue, RelativePath, RepoId, WriteOp,
 };
+use crate::store::Placement;
 use crate::testing::{Cluster, Delivered};
 
 pub(super) const STEPS_MAX: usize = 100_000;
@@ -991,6 +992,42 @@ fn followers_released_from_their_holds_together_do_not_split_the_vote() {
         "a split vote in {} of {both_held} failovers with both followers held",
         both_held - first_term_won
     );
+}
+
+/// A partition created before placement by index switches under its first leader of this
+/// build: the leader proposes the entry once, every replica applies it at the same index (their
+/// rows agree), and a later leader, knowing it, proposes nothing.
+#[test]
+fn a_partition_created_before_placement_by_index_switches_under_its_next_leader() {
+    let mut cluster = Cluster::new_as_before_placement(3, 61);
+    assert!(cluster.nodes().iter().all(|&n| cluster.replica(n).placement == Placement::ById));
+    let leader = elect(&mut cluster);
+    assert_eq!(cluster.replica(leader).placement_proposed_in, Some(cluster.replica(leader).term()));
+    let all_placed = |c: &Cluster| {
+        c.nodes().iter().all(|&n| c.placement(n) == Placement::ByIndex && c.replica(n).placement == Placement::ByIndex)
+    };
+    assert!(cluster.drive_until(STEPS_MAX, all_placed), "every replica places objects by index");
+    let digest = cluster.digest(leader);
+    assert!(cluster.nodes().iter().all(|&n| cluster.digest(n) == digest), "and their rows agree");
+
+    cluster.crash(leader);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some_and(|l| l != leader)), "a new leader");
+    let new_leader = cluster.leader().unwrap();
+    assert_eq!(cluster.replica(new_leader).placement_proposed_in, None, "knowing it, the new leader proposes nothing");
+    for (seq, body) in [(1, create_repo(1)), (2, set_main(1, 2, b"placed by index").0)] {
+        let request = cluster.request(new_leader, body);
+        assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()), "write {seq}");
+        assert_written(cluster.response(request).unwrap());
+    }
+    let oid = set_main(1, 2, b"placed by index").1;
+    cluster.restart(leader);
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.state(leader) == c.state(new_leader)), "the old leader catches up");
+    assert_eq!(cluster.replica(leader).placement, Placement::ByIndex, "learned from its store when it reopened");
+    let query = ReadQuery::GetObject { repo: repo(), oid };
+    let read = cluster.request(leader, Request::Read { query, consistency: ReadConsistency::Stale });
+    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(read).is_some()));
+    let answer = cluster.response(read);
+    assert!(matches!(answer, Some(Response::Read { result: ReadResult::Object(Some(_)), .. })), "{answer:?}");
 }
 
 #[test]

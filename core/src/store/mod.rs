@@ -32,7 +32,7 @@ mod tests;
 
 pub use apply::{apply_entries, Applied, AppliedOutcome, ApplyEntry, ApplyKind, DirectoryChange, PartitionWriter};
 pub use dedup::DedupLimits;
-pub use tables::{Counts, PartitionRecord, ReadRows, Rows, TableId, WriteRows};
+pub use tables::{Counts, PartitionRecord, Placement, ReadRows, Rows, TableId, WriteRows};
 
 use crate::env::{Disk, DiskError};
 use crate::ids::PartitionId;

@@ -210,7 +210,8 @@ pub struct LargeObjectRecord {
 /// which every replica applies at the same index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Placement {
-    /// In `objects`, keyed by object id: every partition written before placement by index.
+    /// In `objects`, keyed by object id: partitions created before placement by index, until
+    /// their leader proposes it (`partition/placement.rs`).
     #[default]
     ById,
     /// In `objects_at`, keyed by the apply index of the entry that stored it.

@@ -102,10 +102,23 @@ impl Cluster {
         cluster
     }
 
+    /// A new partition on nodes 1..=n as builds before placement by index created one: it
+    /// places objects by id until a leader proposes placing them by index.
+    pub fn new_as_before_placement(n: u64, seed: u64) -> Cluster {
+        let mut cluster = Cluster::new(0, seed);
+        let voters: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        cluster.start_replicas_with(&voters, Partition::create_as_before_placement);
+        cluster
+    }
+
     fn start_replicas(&mut self, voters: &[NodeId]) {
+        self.start_replicas_with(voters, Partition::create);
+    }
+
+    fn start_replicas_with(&mut self, voters: &[NodeId], create: fn(PartitionConfig, &[NodeId], Instant) -> Partition) {
         for &node in voters {
             let config = self.config(node, self.seed.wrapping_add(node.0));
-            let replica = Partition::create(config, voters, self.now);
+            let replica = create(config, voters, self.now);
             self.stores.insert(node, Store::in_memory());
             self.replicas.insert(
                 node,
@@ -126,6 +139,11 @@ impl Cluster {
         let rows = self.stores[&node].read().expect("an in-memory store reads");
         let applied = rows.partition(self.partition).expect("reads").map_or(0, |r| r.applied.index);
         (applied, store::check::digest(&rows, self.partition).expect("reads"))
+    }
+
+    /// Where `node`'s store places the partition's objects.
+    pub fn placement(&self, node: NodeId) -> store::Placement {
+        store::Placement::of(&self.stores[&node].read().expect("reads"), self.partition).expect("reads")
     }
 
     /// The digest of `node`'s replica's state.
@@ -272,9 +290,11 @@ impl Cluster {
         // As the router does: the replica's own membership names its incarnation.
         let member = durable.conf_state.members().into_iter().map(PeerId).find(|p| p.node() == node);
         config.peer = member.unwrap_or(PeerId::new(node, 0));
-        let record = self.stores[&node].read().expect("reads").partition(self.partition).expect("reads");
+        let rows = self.stores[&node].read().expect("reads");
+        let record = rows.partition(self.partition).expect("reads");
+        let placement = store::Placement::of(&rows, self.partition).expect("reads");
         let stored = record
-            .map(|r| StoredState { applied: r.applied, conf_state: r.conf_state, raft: r.raft })
+            .map(|r| StoredState { applied: r.applied, conf_state: r.conf_state, raft: r.raft, placement })
             .unwrap_or_default();
         let partition = Partition::open(config, durable.clone(), stored, self.now);
         self.replicas.insert(node, Replica { partition, pending_writes: VecDeque::new(), durable });

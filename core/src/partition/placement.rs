@@ -1,0 +1,40 @@
+//! Where the store places a partition's whole objects (`store::Placement`), decided by the
+//! partition's log, so that every replica places each object alike.
+//!
+//! A new partition's bootstrap log ends with an empty normal entry whose context is
+//! [`PLACE_BY_INDEX_MARK`]: from there every replica's store places the objects it stores by
+//! apply index. A partition created by an earlier build places them by id until a leader
+//! proposes that entry. A replica knows its partition places by index if its store said so
+//! when it opened or it has handed that entry to the store since; a leader that does not know
+//! it proposes the entry, at most once per term. A redundant one (from a leader that could not
+//! tell, such as one restored from a snapshot) changes nothing when applied.
+//!
+//! With Raft off nothing is proposed: such a partition switches once Raft is on again.
+
+use super::Partition;
+use crate::store::Placement;
+
+/// The context of the entry that makes a partition place objects by index.
+pub(super) const PLACE_BY_INDEX_MARK: &[u8] = b"cohort-place-by-index";
+
+impl Partition {
+    /// On a leader not known to place objects by index: proposes the entry that makes it,
+    /// once per term. Called before each Ready is taken, so the entry goes out with it.
+    pub(super) fn propose_placement_if_unknown(&mut self) {
+        let term = self.raw.raft.term;
+        if self.placement == Placement::ByIndex
+            || !self.is_leader()
+            || self.placement_proposed_in == Some(term)
+            || self.switching.is_some()
+            || self.fatal.is_some()
+        {
+            return;
+        }
+        self.placement_proposed_in = Some(term);
+        match self.raw.propose(PLACE_BY_INDEX_MARK.to_vec(), Vec::new()) {
+            Ok(()) => tracing::info!(partition = %self.config.partition, term, "proposed placing objects by index"),
+            Err(error) => tracing::warn!(partition = %self.config.partition, term, %error,
+                "could not propose placing objects by index; a later leader will"),
+        }
+    }
+}

@@ -10,11 +10,13 @@ use cohort_core::store::{Commit, DedupLimits, Store, StoreError};
 use libfuzzer_sys::fuzz_target;
 
 const P: PartitionId = PartitionId(1);
+/// The index the streams' states were applied through: any, for arbitrary bytes.
+const APPLIED: u64 = u64::MAX;
 
 fn import_into(store: &Store, bytes: &[u8]) -> bool {
     store
         .write(Commit::Lazy, |rows| {
-            import(rows, P, &mut &bytes[..], &DedupLimits::DEFAULT)
+            import(rows, P, APPLIED, &mut &bytes[..], &DedupLimits::DEFAULT)
                 .map(|_| ())
                 .map_err(|e| StoreError::Corrupt { reason: e.to_string() })
         })
@@ -27,7 +29,7 @@ fuzz_target!(|bytes: &[u8]| {
         return;
     }
     let rows = store.read().expect("reads");
-    check_partition(&rows, P, &DedupLimits::DEFAULT).expect("imported rows check out");
+    check_partition(&rows, P, APPLIED, &DedupLimits::DEFAULT).expect("imported rows check out");
     let mut again = Vec::new();
     export(&rows, P, &mut again).expect("exports to memory");
     let other = Store::in_memory();

@@ -71,12 +71,12 @@ fuzz_target!(|bytes: &[u8]| {
     let Ok(mut rows) = files.open_rows(meta.position) else { return };
     let imported = Store::in_memory();
     let outcome = imported.write(Commit::Lazy, |writer| {
-        store::snapshot::import(writer, PARTITION, &mut rows, &DedupLimits::DEFAULT)
+        store::snapshot::import(writer, PARTITION, meta.position.index, &mut rows, &DedupLimits::DEFAULT)
             .map(|_| ())
             .map_err(|e| StoreError::Corrupt { reason: e.to_string() })
     });
     if outcome.is_ok() {
         let read = imported.read().unwrap();
-        check_partition(&read, PARTITION, &DedupLimits::DEFAULT).expect("imported rows check out");
+        check_partition(&read, PARTITION, meta.position.index, &DedupLimits::DEFAULT).expect("imported rows check out");
     }
 });

@@ -440,7 +440,12 @@ fn verify(target: &Target) -> anyhow::Result<()> {
                 let mut partitions = 0;
                 for (partition, record) in rows.partitions()? {
                     partitions += 1;
-                    match store::check::check_partition(&rows, partition, &store::DedupLimits::DEFAULT) {
+                    match store::check::check_partition(
+                        &rows,
+                        partition,
+                        record.applied.index,
+                        &store::DedupLimits::DEFAULT,
+                    ) {
                         Ok(counts) if counts == record.counts => {}
                         Ok(counts) => findings.problem(
                             store_file,

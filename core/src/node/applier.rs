@@ -288,7 +288,7 @@ fn install(
         Err(error) => return Ok(Err(error.to_string())),
     };
     let outcome = store.write(Commit::Durable, |rows| {
-        match store::snapshot::import(rows, partition, &mut reader, &store::DedupLimits::DEFAULT) {
+        match store::snapshot::import(rows, partition, meta.position.index, &mut reader, &store::DedupLimits::DEFAULT) {
             Ok(counts) => {
                 let record = store::PartitionRecord {
                     applied: meta.position,

@@ -29,7 +29,8 @@ pub struct Dormant {
     pub position: LogPosition,
     /// The leader of `hard_state.term` it followed, if it knew one.
     pub leader: Option<PeerId>,
-    /// Where the store places the partition's objects (`placement.rs`).
+    /// Where the store places the partition's objects, as far as the replica knew
+    /// (`placement.rs`: one restored from a snapshot may not know).
     pub placement: crate::store::Placement,
 }
 

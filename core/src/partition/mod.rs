@@ -197,7 +197,8 @@ pub struct StoredState {
     pub conf_state: ConfState,
     /// The Raft mode as of `applied`.
     pub raft: RaftMode,
-    /// Where the store places the partition's objects as of `applied` (`placement.rs`).
+    /// Where the store places the partition's objects as of `applied` (`placement.rs`); at
+    /// creation, where the bootstrap log will have it place them.
     pub placement: Placement,
 }
 
@@ -477,7 +478,7 @@ impl Partition {
             campaign_asked: false,
             election_held: false,
             elections_held: 0,
-            placement: stored.placement,
+            placement: placement::at_open(&recovered, applied.index, stored.placement),
             placement_proposed_in: None,
         };
         if let Some((position, conf_state)) = snapshot_record {
@@ -1671,8 +1672,8 @@ const BOOTSTRAP_TERM: u64 = 1;
 
 /// A new partition's log starts with one committed membership change per initial voter, the
 /// same on every initial replica, then the entry that places its objects by index. A replica
-/// added later learns both by applying the log from its start, like any other entry (or from
-/// a snapshot, whose rows carry the placement).
+/// added later learns both by applying the log from its start, like any other entry (or its
+/// store does from a snapshot, whose rows carry the placement).
 fn bootstrap_entries(voters: &[NodeId]) -> Vec<LogEntry> {
     use protobuf::Message as _;
     let mut sorted = voters.to_vec();

@@ -4,18 +4,39 @@
 //! A new partition's bootstrap log ends with an empty normal entry whose context is
 //! [`PLACE_BY_INDEX_MARK`]: from there every replica's store places the objects it stores by
 //! apply index. A partition created by an earlier build places them by id until a leader
-//! proposes that entry. A replica knows its partition places by index if its store said so
-//! when it opened or it has handed that entry to the store since; a leader that does not know
-//! it proposes the entry, at most once per term. A redundant one (from a leader that could not
-//! tell, such as one restored from a snapshot) changes nothing when applied.
+//! proposes that entry. A replica knows its partition places by index if it created it with
+//! that entry, its store said so when it opened, its log held the entry committed, or it has
+//! handed the entry to the store since; a leader that does not know it proposes the entry, at
+//! most once per term. A redundant one (from a leader that could not tell, such as one restored
+//! from a snapshot, which learns nothing of the rows it installed) changes nothing when applied.
+//!
+//! The objects already placed by id stay where they are.
 //!
 //! With Raft off nothing is proposed: such a partition switches once Raft is on again.
 
 use super::Partition;
+use crate::persist::{EntryKind, RaftMode, RecoveredPartition};
 use crate::store::Placement;
 
 /// The context of the entry that makes a partition place objects by index.
 pub(super) const PLACE_BY_INDEX_MARK: &[u8] = b"cohort-place-by-index";
+
+/// Where a replica opening knows its partition places objects: by index if its store said so
+/// or its log holds the entry committed past what the store applied.
+pub(super) fn at_open(recovered: &RecoveredPartition, applied: u64, stored: Placement) -> Placement {
+    let commit = recovered.hard_state.commit;
+    let committed_switch = recovered.entries.iter().any(|entry| {
+        entry.index > applied
+            && entry.index <= commit
+            && entry.kind == EntryKind::Normal
+            && entry.data.is_empty()
+            && entry.context == PLACE_BY_INDEX_MARK
+    });
+    match committed_switch {
+        true => Placement::ByIndex,
+        false => stored,
+    }
+}
 
 impl Partition {
     /// On a leader not known to place objects by index: proposes the entry that makes it,
@@ -23,6 +44,7 @@ impl Partition {
     pub(super) fn propose_placement_if_unknown(&mut self) {
         let term = self.raw.raft.term;
         if self.placement == Placement::ByIndex
+            || self.mode != RaftMode::On
             || !self.is_leader()
             || self.placement_proposed_in == Some(term)
             || self.switching.is_some()

@@ -178,8 +178,8 @@ impl Partition {
                 observer.applied(self.config.node, self.config.partition, index, entry.term, &entry.data);
             }
             let kind = match entry.get_entry_type() {
-                // A new leader's empty entry, a switch of Raft mode, or the bootstrap's
-                // placement of objects.
+                // A new leader's empty entry, a switch of Raft mode, or the entry that places
+                // objects by index (`placement.rs`).
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     match raft_mode::switch_of(true, &entry.data, &entry.context) {
                         Some(mode) => ApplyKind::RaftMode(mode),

@@ -928,7 +928,7 @@ fn followers_of_a_leader_whose_node_is_down_campaign_without_holding() {
 #[test]
 fn a_follower_holding_its_election_campaigns_early_when_its_leaders_node_is_declared_down() {
     const SEEDS: u64 = 8;
-    let mut waited = Duration::ZERO;
+    let mut waits = BTreeSet::new();
     let mut hold = Duration::ZERO;
     for seed in 0..SEEDS {
         let mut cluster = Cluster::with_options(3, 53 + 100 * seed, never_quiescing());
@@ -945,11 +945,12 @@ fn a_follower_holding_its_election_campaigns_early_when_its_leaders_node_is_decl
         let wait = cluster.now - declared;
         assert!(wait <= hold, "seed {seed}: campaigned {wait:?} after the declaration, later than the hold ({hold:?})");
         assert_eq!(cluster.replica(follower).elections_held(), 1, "and holds no second time");
-        waited += wait;
+        waits.insert(wait);
     }
-    // Released at a tick drawn from the rest of the hold, not at its end.
-    let mean = waited / SEEDS as u32;
-    assert!(mean < hold * 3 / 4, "on average {mean:?} after the declaration, of a hold of {hold:?}");
+    // Released at a tick drawn over an election timeout's span and capped at the hold's end:
+    // spread, not all at the next tick (nor all at the hold's end).
+    assert!(waits.len() >= 3, "released after {waits:?}");
+    assert!(waits.first().is_some_and(|&first| first < hold), "released after {waits:?}");
 }
 
 /// Every follower holding its election for one leader is released by the same liveness
@@ -1004,11 +1005,15 @@ fn a_partition_created_before_placement_by_index_switches_under_its_next_leader(
     let leader = elect(&mut cluster);
     assert_eq!(cluster.replica(leader).placement_proposed_in, Some(cluster.replica(leader).term()));
     let all_placed = |c: &Cluster| {
-        c.nodes().iter().all(|&n| c.placement(n) == Placement::ByIndex && c.replica(n).placement == Placement::ByIndex)
+        c.nodes().iter().all(|&n| {
+            c.placement(n) == Placement::ByIndex
+                && c.replica(n).placement == Placement::ByIndex
+                && c.state(n) == c.state(leader)
+        })
     };
-    assert!(cluster.drive_until(STEPS_MAX, all_placed), "every replica places objects by index");
-    let digest = cluster.digest(leader);
-    assert!(cluster.nodes().iter().all(|&n| cluster.digest(n) == digest), "and their rows agree");
+    assert!(cluster.drive_until(STEPS_MAX, all_placed), "every replica places objects by index, rows alike");
+    // The three membership entries, the leader's empty entry and the placement entry.
+    assert_eq!(cluster.state(leader).0, 5, "one placement entry");
 
     cluster.crash(leader);
     assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some_and(|l| l != leader)), "a new leader");

@@ -333,8 +333,12 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
                 }
                 Some(at) => {
                     let at_key = keys::object_at(self.partition, at.index, at.number);
-                    let replaced = self.rows.insert(TableId::ObjectsAt, &at_key, object.loose())?;
-                    assert!(!replaced, "object {} placed at {at:?}, where another is", object.oid);
+                    // The whole check refuses a state whose rows name a later index, so this
+                    // is a store damaged since it was checked: an error, not a panic.
+                    if self.rows.insert(TableId::ObjectsAt, &at_key, object.loose())? {
+                        let reason = format!("object {} placed at {at:?}, where another is", object.oid);
+                        return Err(StoreError::Corrupt { reason });
+                    }
                     self.placed_in_entry += 1;
                 }
             },
@@ -759,7 +763,7 @@ fn apply_one(writer: &mut PartitionWriter<'_, '_>, entry: &ApplyEntry) -> Result
             }
             ApplyKind::PlaceObjectsByIndex => {
                 writer.apply_placement_by_index(entry.position)?;
-                // Nobody waits for it: it is part of a new partition's bootstrap log.
+                // Nobody waits for it: a bootstrap log holds it, or a leader proposed it unasked.
                 AppliedOutcome::Noop
             }
             ApplyKind::Command(bytes) => match Command::decode(bytes) {

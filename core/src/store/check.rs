@@ -47,10 +47,16 @@ pub fn digest(rows: &dyn Rows, partition: PartitionId) -> Result<Digest, StoreEr
     Ok(Digest(digest))
 }
 
-/// Checks every row of `partition`; returns the counts its record must hold, or the first
-/// problem found.
-pub fn check_partition(rows: &dyn Rows, partition: PartitionId, limits: &super::DedupLimits) -> Result<Counts, String> {
-    let mut checker = Checker { rows, partition, prefix: keys::partition_prefix(partition), counts: Counts::default() };
+/// Checks every row of `partition`, a state applied through index `applied` (no row names a
+/// later index); returns the counts its record must hold, or the first problem found.
+pub fn check_partition(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    applied: u64,
+    limits: &super::DedupLimits,
+) -> Result<Counts, String> {
+    let prefix = keys::partition_prefix(partition);
+    let mut checker = Checker { rows, partition, prefix, applied, counts: Counts::default() };
     checker.run(limits).map_err(|problem| format!("partition {partition}: {problem}"))?;
     Ok(checker.counts)
 }
@@ -59,6 +65,8 @@ struct Checker<'a> {
     rows: &'a dyn Rows,
     partition: PartitionId,
     prefix: [u8; keys::PARTITION_BYTES],
+    /// The index the state was applied through.
+    applied: u64,
     counts: Counts,
 }
 
@@ -178,6 +186,9 @@ impl Checker<'_> {
             match row.at {
                 Some(at) if stored.contains_key(&oid) => {
                     return Err(format!("object {oid} is placed at {at:?} and stored by id or in pieces"));
+                }
+                Some(at) if at.index > self.applied => {
+                    return Err(format!("object {oid} is placed at {at:?}, past the state's index {}", self.applied));
                 }
                 Some(at) => {
                     if let Some(other) = placed.insert(at, oid) {
@@ -334,10 +345,15 @@ impl Checker<'_> {
     fn check_dedup(&mut self, limits: &super::DedupLimits) -> Result<(), String> {
         let (rows, prefix) = (self.rows, self.prefix);
         let mut clients: BTreeMap<ClientId, ClientRecord> = BTreeMap::new();
+        let applied = self.applied;
         each(rows, TableId::DedupClients, &prefix, |mut key, value| {
             let client = ClientId(key.take_u64().map_err(bad)?);
             key.end().map_err(bad)?;
-            clients.insert(client, decode("dedup client", value)?);
+            let record: ClientRecord = decode("dedup client", value)?;
+            if record.last_index > applied {
+                return Err(format!("client {client}'s last write is past the state's index {applied}"));
+            }
+            clients.insert(client, record);
             Ok(())
         })?;
         let mut results: BTreeMap<ClientId, (u64, u64)> = BTreeMap::new();

@@ -67,12 +67,13 @@ pub enum ImportError {
     Bad(String),
 }
 
-/// Replaces every row of `partition` with the rows read from `input`, then checks them whole
-/// (see `check::check_partition`). Returns the counts the partition's record must hold. On an
-/// error the caller aborts the transaction.
+/// Replaces every row of `partition` with the rows read from `input`, a state applied through
+/// index `applied`, then checks them whole (see `check::check_partition`). Returns the counts
+/// the partition's record must hold. On an error the caller aborts the transaction.
 pub fn import(
     rows: &mut WriteRows<'_>,
     partition: PartitionId,
+    applied: u64,
     input: &mut dyn Read,
     limits: &DedupLimits,
 ) -> Result<Counts, ImportError> {
@@ -104,7 +105,7 @@ pub fn import(
         rows.insert(table, &full_key, &value)?;
         last = Some((table, std::mem::take(&mut key)));
     }
-    check_partition(rows, partition, limits).map_err(ImportError::Bad)
+    check_partition(rows, partition, applied, limits).map_err(ImportError::Bad)
 }
 
 /// Reads a u32-length-prefixed field into `buffer`, refusing one longer than `max`.

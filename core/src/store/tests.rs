@@ -173,7 +173,7 @@ impl Harness {
         let rows = self.store.read().unwrap();
         let record = rows.partition(P).unwrap().expect("a record");
         assert_eq!(record.applied.index, self.index);
-        let counts = check_partition(&rows, P, &self.limits).unwrap_or_else(|problem| panic!("{problem}"));
+        let counts = check_partition(&rows, P, self.index, &self.limits).unwrap_or_else(|problem| panic!("{problem}"));
         assert_eq!(counts, record.counts, "the record's counts are the rows'");
     }
 
@@ -538,7 +538,7 @@ fn the_check_finds_objects_placed_by_index_missing_or_unheld() {
     let ok = h.write(tx("a", vec![one.clone()], vec![])).unwrap();
     let at_key = keys::object_at(P, ok.index, 0);
     let loose = h.store.read().unwrap().get(TableId::ObjectsAt, &at_key).unwrap().unwrap();
-    let check = |h: &Harness| check_partition(&h.store.read().unwrap(), P, &DedupLimits::DEFAULT);
+    let check = |h: &Harness| check_partition(&h.store.read().unwrap(), P, h.index, &DedupLimits::DEFAULT);
     h.store.write(Commit::Lazy, |rows| rows.remove(TableId::ObjectsAt, &at_key)).unwrap();
     let problem = check(&h).unwrap_err();
     assert!(problem.contains("where nothing is stored"), "{problem}");
@@ -773,7 +773,7 @@ fn the_index_of_routes_by_partition_is_checked_against_the_routes() {
     let mut h = Harness::new();
     h.write(allocate("a", &[1])).unwrap();
     h.write(route("a/fork", 1)).unwrap();
-    let check = |h: &Harness| check_partition(&h.store.read().unwrap(), P, &h.limits);
+    let check = |h: &Harness| check_partition(&h.store.read().unwrap(), P, h.index, &h.limits);
     assert!(check(&h).is_ok());
     let indexed = keys::partition_route(P, PartitionId(1), &repo("a/fork"));
     h.store.write(Commit::Lazy, |rows| rows.remove(TableId::PartitionRoutes, &indexed).map(|_| ())).unwrap();
@@ -967,10 +967,14 @@ fn sample() -> Harness {
     h
 }
 
+/// The index the tests' snapshot streams are imported as applied through: past any their
+/// states name (`snapshot_rows_naming_a_later_index_are_refused` tests the bound).
+const SNAPSHOT_APPLIED: u64 = 1_000_000;
+
 /// Imports `bytes` as partition `partition` of `store`, committing only if they check out.
 fn import_into(store: &Store, partition: PartitionId, bytes: &[u8]) -> Result<Counts, String> {
     let outcome = store.write(Commit::Lazy, |rows| {
-        match import(rows, partition, &mut &bytes[..], &DedupLimits::DEFAULT) {
+        match import(rows, partition, SNAPSHOT_APPLIED, &mut &bytes[..], &DedupLimits::DEFAULT) {
             Ok(counts) => {
                 rows.set_partition(partition, &PartitionRecord { counts, ..PartitionRecord::default() })?;
                 Ok(Ok(counts))
@@ -1017,6 +1021,28 @@ fn snapshot_streams_round_trip() {
         })
         .unwrap();
     assert_eq!(applied, allocated(index, 3));
+}
+
+/// A stream's rows may not name an index past the position it claims (an object placed at a
+/// later index, a client's later write): applying that index would meet them.
+#[test]
+fn snapshot_rows_naming_a_later_index_are_refused() {
+    let h = sample();
+    let bytes = h.export();
+    let imports_as_of = |applied: u64| {
+        let store = Store::in_memory();
+        let outcome = store.write(Commit::Lazy, |rows| {
+            import(rows, P, applied, &mut &bytes[..], &DedupLimits::DEFAULT)
+                .map_err(|error| StoreError::Corrupt { reason: error.to_string() })
+        });
+        outcome.map_err(|error| error.to_string())
+    };
+    assert_eq!(imports_as_of(h.index).unwrap(), h.counts());
+    // The sample's object was placed by its third entry, and client 1 wrote last at its end.
+    let error = imports_as_of(2).unwrap_err();
+    assert!(error.contains("past the state's index 2"), "{error}");
+    let error = imports_as_of(h.index - 1).unwrap_err();
+    assert!(error.contains("client 1's last write is past the state's index"), "{error}");
 }
 
 #[test]
@@ -1265,6 +1291,39 @@ fn an_object_uploaded_twice_is_stored_once_and_goes_with_its_last_holder_in(mut 
     assert_eq!((h.rows_of(TableId::LargeObjects), h.rows_of(TableId::Chunks)), (0, 0));
 }
 
+/// In a partition placing objects by index, an object stored whole and then uploaded keeps its
+/// place, one uploaded and then written whole stays in pieces, and each goes with its last
+/// holder.
+#[test]
+fn objects_stored_whole_and_in_pieces_keep_their_place_under_placement_by_index() {
+    let mut h = Harness::placing_by_index();
+    h.write(create("a")).unwrap();
+    h.write(create("b")).unwrap();
+    let whole = NewObject::new(ObjectKind::Blob, content(3 * PIECE as usize, 7));
+    h.write(tx("a", vec![whole.clone()], vec![])).unwrap();
+    h.upload("b", 1, &whole.data, vec![]).unwrap();
+    assert_eq!(h.holders(&whole.oid), 2);
+    let stored = |h: &Harness| {
+        [TableId::ObjectsAt, TableId::Objects, TableId::LargeObjects, TableId::Chunks].map(|table| h.rows_of(table))
+    };
+    assert_eq!(stored(&h), [1, 0, 0, 0], "stored whole, where it was placed; the upload's pieces dropped");
+
+    let pieces = content(3 * PIECE as usize + 1, 8);
+    h.upload("a", 2, &pieces, vec![]).unwrap();
+    let in_pieces = NewObject::new(ObjectKind::Blob, pieces);
+    h.write(tx("b", vec![in_pieces.clone()], vec![])).unwrap();
+    assert_eq!(h.holders(&in_pieces.oid), 2);
+    assert_eq!(stored(&h), [1, 0, 1, 4], "stored once in pieces");
+    assert_eq!(h.object("b", whole.oid), Some((ObjectKind::Blob, whole.data.clone())));
+    let len = in_pieces.data.len() as u64;
+    assert_eq!(h.range("b", in_pieces.oid, 0, len).unwrap().data, in_pieces.data, "read in pieces");
+
+    h.write(delete("a")).unwrap();
+    assert_eq!(stored(&h), [1, 0, 1, 4]);
+    h.write(delete("b")).unwrap();
+    assert_eq!(stored(&h), [0, 0, 0, 0]);
+}
+
 #[test]
 fn snapshots_carry_uploads_and_large_objects_and_refuse_a_damaged_piece() {
     let mut h = sample();
@@ -1448,7 +1507,7 @@ proptest! {
             }
             let rows = left.read().unwrap();
             let record = rows.partition(P).unwrap().unwrap();
-            prop_assert_eq!(check_partition(&rows, P, &DedupLimits::DEFAULT), Ok(record.counts));
+            prop_assert_eq!(check_partition(&rows, P, record.applied.index, &DedupLimits::DEFAULT), Ok(record.counts));
             prop_assert_eq!(digest(&rows, P).unwrap(), digest(&right.read().unwrap(), P).unwrap());
             let (Some(command), Some(result)) = (entry, result) else { continue };
             // A rejection changes nothing but the dedup table (a finishing write also drops
@@ -1497,7 +1556,7 @@ proptest! {
         let store = Store::in_memory();
         if let Ok(counts) = import_into(&store, P, &bytes) {
             let rows = store.read().unwrap();
-            prop_assert_eq!(check_partition(&rows, P, &DedupLimits::DEFAULT), Ok(counts));
+            prop_assert_eq!(check_partition(&rows, P, SNAPSHOT_APPLIED, &DedupLimits::DEFAULT), Ok(counts));
         }
     }
 }

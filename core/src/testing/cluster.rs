@@ -403,6 +403,7 @@ impl Cluster {
                                 let counts = store::snapshot::import(
                                     rows,
                                     partition,
+                                    meta.position.index,
                                     &mut &bytes[..],
                                     &store::DedupLimits::DEFAULT,
                                 )

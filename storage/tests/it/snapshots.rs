@@ -51,7 +51,7 @@ fn load(files: &SnapshotStore, disk: &Arc<dyn Disk>, position: LogPosition) -> R
     let fresh = Store::in_memory();
     fresh
         .write(Commit::Durable, |rows| {
-            store::snapshot::import(rows, PARTITION, &mut rows_reader, &DedupLimits::DEFAULT)
+            store::snapshot::import(rows, PARTITION, position.index, &mut rows_reader, &DedupLimits::DEFAULT)
                 .map(|_| ())
                 .map_err(|e| store::StoreError::Corrupt { reason: e.to_string() })
         })

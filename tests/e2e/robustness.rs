@@ -219,8 +219,8 @@ fn peak_rss_bytes(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
-/// 16 clients write 2 MiB blobs to one partition as fast as they can (32 MiB offered at once,
-/// twice what requests may fill of the partition's mailbox) while 16 read it: the leader
+/// 32 clients write 2 MiB blobs to one partition as fast as they can (64 MiB offered at once,
+/// four times what requests may fill of the partition's mailbox) while 16 read it: the leader
 /// answers some `RESOURCE_EXHAUSTED` rather than queueing without bound, its peak memory stays
 /// under the bound stated here, and every write it acknowledged is there afterwards. (In a
 /// release build, 48 clients writing 4 MiB blobs: 168 of 192 acknowledged within 20 attempts
@@ -231,10 +231,10 @@ fn a_flood_of_large_writes_is_answered_busy_within_bounded_memory_and_loses_noth
     use cohort_net::api::convert::{ref_value_to_wire, repo_to_wire};
     use cohort_net::api::proto::ref_update::Expected;
 
-    const WRITERS: u64 = 16;
+    const WRITERS: u64 = 32;
     const WRITES_EACH: u64 = 2;
     const BLOB_BYTES: usize = 2 << 20;
-    /// The leader's peak RSS: requests being received (16 × 2 MiB), the mailbox (32 MiB), Raft's
+    /// The leader's peak RSS: requests being received (32 × 2 MiB), the mailbox (32 MiB), Raft's
     /// uncommitted entries (64 MiB), appends to two followers, the apply queue and the store's
     /// page cache, with room for the allocator.
     const PEAK_RSS_BYTES_MAX: u64 = 512 << 20;

@@ -245,10 +245,12 @@ fn partition(target: &Target, partition: PartitionId) -> anyhow::Result<()> {
 }
 
 /// What a log entry holds, in a line.
-fn describe(kind: EntryKind, data: &[u8]) -> String {
+fn describe(kind: EntryKind, data: &[u8], context: &[u8]) -> String {
     const SHOWN_CHARS_MAX: usize = 300;
     match kind {
-        EntryKind::Normal if data.is_empty() => "(empty: a new leader's first entry)".to_owned(),
+        EntryKind::Normal if data.is_empty() => {
+            format!("(empty: {})", cohort_core::partition::describe_empty_entry(context))
+        }
         EntryKind::Normal => match Command::decode(data) {
             Ok(command) => {
                 let text = format!("{command:?}");
@@ -277,7 +279,7 @@ fn log(target: &Target, partition: PartitionId, from: Option<u64>, to: Option<u6
                 "term": e.term,
                 "kind": format!("{:?}", e.kind),
                 "size_bytes": e.data.len(),
-                "content": describe(e.kind, &e.data),
+                "content": describe(e.kind, &e.data, &e.context),
             })
         })
         .collect();
@@ -498,11 +500,14 @@ mod tests {
     fn entries_are_described_by_what_they_hold() {
         let repo = RepoId { storage: "default".into(), relative_path: RelativePath::new("team/app.git").unwrap() };
         let command = Command { client: ClientId(7), seq: 3, op: WriteOp::CreateRepository { repo, fork_of: None } };
-        let described = describe(EntryKind::Normal, &command.encode());
+        let described = describe(EntryKind::Normal, &command.encode(), &[]);
         assert!(described.contains("CreateRepository") && described.contains("team/app.git"), "{described}");
-        assert!(describe(EntryKind::Normal, &[]).contains("new leader's first entry"));
-        assert!(describe(EntryKind::Normal, b"\xff\xff garbage").starts_with("undecodable command"));
-        assert_eq!(describe(EntryKind::ConfChangeV2, b"\x01"), "membership change");
+        assert!(describe(EntryKind::Normal, &[], &[]).contains("new leader's first entry"));
+        assert!(describe(EntryKind::Normal, &[], b"cohort-raft-off").contains("turns Raft off"));
+        assert!(describe(EntryKind::Normal, &[], b"cohort-raft-on").contains("turns Raft on"));
+        assert!(describe(EntryKind::Normal, &[], b"cohort-place-by-index").contains("objects by index"));
+        assert!(describe(EntryKind::Normal, b"\xff\xff garbage", &[]).starts_with("undecodable command"));
+        assert_eq!(describe(EntryKind::ConfChangeV2, b"\x01", &[]), "membership change");
         let huge = Command {
             client: ClientId(7),
             seq: 4,
@@ -513,6 +518,6 @@ mod tests {
                 },
             },
         };
-        assert!(describe(EntryKind::Normal, &huge.encode()).ends_with('…'), "a long command is cut");
+        assert!(describe(EntryKind::Normal, &huge.encode(), &[]).ends_with('…'), "a long command is cut");
     }
 }

@@ -33,6 +33,17 @@ pub use input::{MembershipChange, ReadConsistency, Request};
 pub use output::{Output, Response};
 pub use quiesce::{ElectionCause, WakeCause};
 
+/// What an empty normal entry with `context` does, for tools that show a log: the switches a
+/// partition writes into its own log, or a new leader's first entry.
+pub fn describe_empty_entry(context: &[u8]) -> &'static str {
+    match raft_mode::switch_of(true, &[], context) {
+        Some(RaftMode::Off) => "turns Raft off",
+        Some(RaftMode::On) => "turns Raft on",
+        None if context == placement::PLACE_BY_INDEX_MARK => "places the partition's objects by index",
+        None => "a new leader's first entry",
+    }
+}
+
 use crate::env::{Envelope, Instant, Payload};
 use crate::ids::{NodeId, PartitionId, PeerId, RequestId};
 use crate::limits;

@@ -39,7 +39,7 @@ pub fn describe_empty_entry(context: &[u8]) -> &'static str {
     match raft_mode::switch_of(true, &[], context) {
         Some(RaftMode::Off) => "turns Raft off",
         Some(RaftMode::On) => "turns Raft on",
-        None if context == placement::PLACE_BY_INDEX_MARK => "places the partition's objects by index",
+        None if placement::is_switch(true, &[], context) => "places the partition's objects by index",
         None => "a new leader's first entry",
     }
 }
@@ -208,8 +208,7 @@ pub struct StoredState {
     pub conf_state: ConfState,
     /// The Raft mode as of `applied`.
     pub raft: RaftMode,
-    /// Where the store places the partition's objects as of `applied` (`placement.rs`); at
-    /// creation, where the bootstrap log will have it place them.
+    /// Where the store places the partition's objects as of `applied` (`placement.rs`).
     pub placement: Placement,
 }
 
@@ -351,13 +350,9 @@ impl Partition {
             entries: bootstrap.clone(),
             ..RecoveredPartition::default()
         };
-        let placement = match bootstrap.iter().any(|e| e.context == placement::PLACE_BY_INDEX_MARK) {
-            true => Placement::ByIndex,
-            false => Placement::ById,
-        };
-        // Nothing is handed to the store before the bootstrap write is durable.
-        let stored = StoredState { placement, ..StoredState::default() };
-        let mut partition = Partition::open_unsettled(config, recovered, stored, now);
+        // Nothing is handed to the store before the bootstrap write is durable. (The replica
+        // learns its placement from the committed bootstrap, as any replica opening does.)
+        let mut partition = Partition::open_unsettled(config, recovered, StoredState::default(), now);
         partition.persist_metadata(bootstrap);
         partition
     }

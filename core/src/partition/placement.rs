@@ -21,16 +21,20 @@ use crate::store::Placement;
 /// The context of the entry that makes a partition place objects by index.
 pub(super) const PLACE_BY_INDEX_MARK: &[u8] = b"cohort-place-by-index";
 
+/// Whether an entry is the one that places objects by index.
+pub(super) fn is_switch(kind_is_normal: bool, data: &[u8], context: &[u8]) -> bool {
+    kind_is_normal && data.is_empty() && context == PLACE_BY_INDEX_MARK
+}
+
 /// Where a replica opening knows its partition places objects: by index if its store said so
-/// or its log holds the entry committed past what the store applied.
+/// or its log holds the entry committed past what the store applied (a new replica's
+/// committed bootstrap log included).
 pub(super) fn at_open(recovered: &RecoveredPartition, applied: u64, stored: Placement) -> Placement {
     let commit = recovered.hard_state.commit;
     let committed_switch = recovered.entries.iter().any(|entry| {
         entry.index > applied
             && entry.index <= commit
-            && entry.kind == EntryKind::Normal
-            && entry.data.is_empty()
-            && entry.context == PLACE_BY_INDEX_MARK
+            && is_switch(entry.kind == EntryKind::Normal, &entry.data, &entry.context)
     });
     match committed_switch {
         true => Placement::ByIndex,

@@ -183,7 +183,7 @@ impl Partition {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     match raft_mode::switch_of(true, &entry.data, &entry.context) {
                         Some(mode) => ApplyKind::RaftMode(mode),
-                        None if entry.context == super::placement::PLACE_BY_INDEX_MARK => {
+                        None if super::placement::is_switch(true, &entry.data, &entry.context) => {
                             self.placement = crate::store::Placement::ByIndex;
                             ApplyKind::PlaceObjectsByIndex
                         }

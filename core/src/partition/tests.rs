@@ -1000,6 +1000,11 @@ fn followers_released_from_their_holds_together_do_not_split_the_vote() {
 /// rows agree), and a later leader, knowing it, proposes nothing.
 #[test]
 fn a_partition_created_before_placement_by_index_switches_under_its_next_leader() {
+    let fresh = Cluster::new(3, 61);
+    assert!(
+        fresh.nodes().iter().all(|&n| fresh.replica(n).placement == Placement::ByIndex),
+        "a new partition's replicas know it from their bootstrap log, and propose nothing"
+    );
     let mut cluster = Cluster::new_as_before_placement(3, 61);
     assert!(cluster.nodes().iter().all(|&n| cluster.replica(n).placement == Placement::ById));
     let leader = elect(&mut cluster);

@@ -305,10 +305,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     }
 
     fn holders(&self, oid: &Oid) -> Result<Option<Holders>, StoreError> {
-        match self.rows.get(TableId::Holders, &keys::object(self.partition, oid))? {
-            Some(bytes) => Ok(Some(Holders::decode(&bytes)?)),
-            None => Ok(None),
-        }
+        Holders::of(self.rows, self.partition, oid)
     }
 
     /// How many repositories hold `oid` (0 if it is not stored).

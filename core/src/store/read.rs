@@ -190,10 +190,7 @@ pub fn loose_object(rows: &dyn Rows, partition: PartitionId, oid: &Oid) -> Resul
 /// Where a whole object placed by index is (its `holders` row says); `None` for one placed by
 /// id, stored in pieces, or not stored.
 fn placed_at(rows: &dyn Rows, partition: PartitionId, oid: &Oid) -> Result<Option<ObjectAt>, StoreError> {
-    match rows.get(TableId::Holders, &keys::object(partition, oid))? {
-        Some(holders) => Ok(Holders::decode(&holders)?.at),
-        None => Ok(None),
-    }
+    Ok(Holders::of(rows, partition, oid)?.and_then(|holders| holders.at))
 }
 
 /// A whole object's loose encoding, from `objects_at` if it was placed `at` an index, else

@@ -31,7 +31,7 @@ use super::StoreError;
 use crate::codec;
 use crate::ids::{ClientId, PartitionId};
 use crate::persist::{ConfState, LogPosition, RaftMode};
-use crate::state_machine::RepoId;
+use crate::state_machine::{Oid, RepoId};
 use redb::{ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::ops::ControlFlow;
@@ -262,6 +262,14 @@ pub struct Holders {
 }
 
 impl Holders {
+    /// The `holders` row of `oid`, if it is stored.
+    pub fn of(rows: &dyn Rows, partition: PartitionId, oid: &Oid) -> Result<Option<Holders>, StoreError> {
+        match rows.get(TableId::Holders, &keys::object(partition, oid))? {
+            Some(bytes) => Ok(Some(Holders::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn encode(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(20);
         out.extend_from_slice(&encode_u64(self.count));

@@ -14,6 +14,10 @@
 //! id (as partitions created before placement by index do) and one by index (as new ones do),
 //! taking turns in one run, and prints the ratio of their costs.
 //!
+//! First it prices what the node that receives a write does per byte before proposing it
+//! (`NewObject::prepare`: hashing and compressing), for random objects of a few sizes, which
+//! decides where that work runs (`NodeService::write`).
+//!
 //! `cargo bench --bench apply` applies 40,000 writes a pass after 20,000 to warm the store
 //! (`COHORT_BENCH_APPLY_WRITES` overrides); without `--bench` (as `cargo test --all-targets`
 //! runs it) it makes a small smoke run that asserts every write applied.
@@ -125,6 +129,27 @@ fn thread_cpu_seconds() -> f64 {
     now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
 }
 
+/// Prints the CPU time `NewObject::prepare` takes for random objects of a few sizes.
+fn price_prepare(rng: &mut rand::rngs::StdRng, full: bool) {
+    println!("hashing and compressing a random object (NewObject::prepare):");
+    for size_bytes in [4usize << 10, 64 << 10, 1 << 20, 4 << 20] {
+        let repeats = if full { (64 << 20) / size_bytes } else { 1 };
+        let objects: Vec<NewObject> = (0..repeats)
+            .map(|_| {
+                let mut data = vec![0u8; size_bytes];
+                rng.fill_bytes(&mut data);
+                NewObject::claimed(ObjectKind::Blob, data, cohort_core::state_machine::Oid([0; 20]))
+            })
+            .collect();
+        let started = thread_cpu_seconds();
+        objects.iter().for_each(NewObject::prepare);
+        let cpu_us = (thread_cpu_seconds() - started) * 1e6 / repeats as f64;
+        let mib_per_s = size_bytes as f64 / (1 << 20) as f64 / (cpu_us * 1e-6);
+        println!("  {:>5} KiB: {cpu_us:9.1} us of CPU ({mib_per_s:.0} MiB/s)", size_bytes >> 10);
+        assert!(objects.iter().all(NewObject::is_prepared));
+    }
+}
+
 /// `count` writes like `vs_etcd`'s, the n-th from client `n % CLIENTS`, sequenced from `seq`.
 fn writes(rng: &mut rand::rngs::StdRng, repo: &RepoId, count: u64, seq: u64) -> Vec<Command> {
     (0..count)
@@ -157,6 +182,7 @@ fn main() {
     let mut benches = [Bench::new(dirs[0].path(), false, &repo), Bench::new(dirs[1].path(), true, &repo)];
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    price_prepare(&mut rng, full);
     // Warm: each store holds as many objects again as a pass writes, and every client's dedup
     // window is full.
     let warm = writes(&mut rng, &repo, count / 2, 1);

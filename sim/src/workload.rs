@@ -8,7 +8,7 @@ use crate::history::{self, History, OpKind, Outcome, Value};
 use crate::trace::{now_ns, Trace};
 use cohort_core::ids::PartitionId;
 use cohort_core::ids::{ClientId, NodeId};
-use cohort_core::node::{ApiError, MembersAction, NodeService, UploadBegun};
+use cohort_core::node::{ApiError, MembersAction, NodeService, UploadBegun, PREPARE_IN_PLACE_BYTES_MAX};
 use cohort_core::partition::ReadConsistency;
 use cohort_core::state_machine::{
     Command, Expected, NewObject, ObjectKind, Oid, ReadQuery, ReadResult, RefName, RefUpdate, RefValue, Rejection,
@@ -27,6 +27,11 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(8);
 /// an object of a few KiB spans several pieces (each its own Raft entry) under the faults.
 const UPLOADED_SHARE: f64 = 0.15;
 const UPLOAD_PIECE_BYTES: u32 = cohort_core::state_machine::UPLOAD_CHUNK_BYTES_MIN;
+
+/// Share of the other writes whose object is large enough for the node that receives it to
+/// hash and compress it on its blocking pool (`NodeService::write`), which may finish after
+/// the request was given up on, or a fault.
+const LARGE_SHARE: f64 = 0.05;
 
 #[derive(Clone, Debug)]
 pub struct WorkloadConfig {
@@ -253,6 +258,10 @@ impl SimClient {
         if uploaded {
             // Two to six pieces, the last one short.
             let size_bytes = self.rng.gen_range(UPLOAD_PIECE_BYTES as usize + 1..6 * UPLOAD_PIECE_BYTES as usize);
+            let filler: Vec<u8> = (0..size_bytes - data.len()).map(|_| self.rng.gen()).collect();
+            data.extend_from_slice(&filler);
+        } else if self.rng.gen_bool(LARGE_SHARE) {
+            let size_bytes = self.rng.gen_range(PREPARE_IN_PLACE_BYTES_MAX + 1..=2 * PREPARE_IN_PLACE_BYTES_MAX);
             let filler: Vec<u8> = (0..size_bytes - data.len()).map(|_| self.rng.gen()).collect();
             data.extend_from_slice(&filler);
         }

@@ -21,6 +21,6 @@ pub use applier::{run_applier, ApplierOptions, ApplyDone, ApplyRequest, ApplyRes
 pub use router::{RouteError, Router, RouterConfig, RouterStats};
 pub use service::{
     place, ApiError, MembersAction, NodeService, PartitionView, ReadAnswer, Retirement, RoutedRepository, UploadBegun,
-    DIRECTORY, UPLOAD_PIECE_BYTES,
+    DIRECTORY, PREPARE_IN_PLACE_BYTES_MAX, UPLOAD_PIECE_BYTES,
 };
 pub use workers::stepping_partition;

@@ -167,6 +167,13 @@ impl WriteOp {
             _ => 0,
         }
     }
+
+    /// Does the work per byte that proposing this operation takes (`NewObject::prepare`).
+    pub fn prepare(&self) {
+        if let WriteOp::Transaction { objects, .. } = self {
+            objects.iter().for_each(NewObject::prepare);
+        }
+    }
 }
 
 /// A committed write's answer (the same on every replica and for every retry).
@@ -448,7 +455,7 @@ pub fn check_op(op: &WriteOp) -> Result<(), Rejection> {
                         size_bytes_max: OBJECT_SIZE_BYTES_MAX as u64,
                     });
                 }
-                let actual = Oid::hash_object(object.kind, &object.data);
+                let actual = object.content_oid();
                 if actual != object.oid {
                     return Err(Rejection::ObjectIdMismatch { claimed: object.oid, actual });
                 }

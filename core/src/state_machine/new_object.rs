@@ -21,7 +21,8 @@ use std::sync::OnceLock;
 /// An object a transaction writes, with the id the client claims for it.
 ///
 /// Holds its content twice once encoded (`data` and its loose encoding), at most about twice
-/// what `WriteOp::data_bytes` counts for it.
+/// what `WriteOp::data_bytes` counts for it. Its hash and loose encoding are kept once
+/// computed, so its parts are never changed after it is made (nothing does).
 #[derive(Clone)]
 pub struct NewObject {
     pub kind: ObjectKind,
@@ -30,6 +31,9 @@ pub struct NewObject {
     pub oid: Oid,
     /// `data` in Git's loose encoding, once something asked for it (or as it was decoded).
     loose: OnceLock<Vec<u8>>,
+    /// The id `data` hashes to, once something asked for it: `check_op` asks before a command
+    /// is proposed and again when it applies.
+    hashed: OnceLock<Oid>,
     /// Decoded from a command an earlier build encoded (the object whole, not loose): encoded
     /// that way again, so that a command's bytes re-encode exactly.
     whole: bool,
@@ -39,13 +43,30 @@ impl NewObject {
     /// An object with its correct id.
     pub fn new(kind: ObjectKind, data: Vec<u8>) -> NewObject {
         let oid = Oid::hash_object(kind, &data);
-        NewObject::claimed(kind, data, oid)
+        NewObject { hashed: OnceLock::from(oid), ..NewObject::claimed(kind, data, oid) }
     }
 
     /// An object with the id a client claims for it (checked before it is proposed, and again
     /// when it is applied).
     pub fn claimed(kind: ObjectKind, data: Vec<u8>, oid: Oid) -> NewObject {
-        NewObject { kind, data, oid, loose: OnceLock::new(), whole: false }
+        NewObject { kind, data, oid, loose: OnceLock::new(), hashed: OnceLock::new(), whole: false }
+    }
+
+    /// The id `data` hashes to (which `check_op` compares with the claimed `oid`).
+    pub fn content_oid(&self) -> Oid {
+        *self.hashed.get_or_init(|| Oid::hash_object(self.kind, &self.data))
+    }
+
+    /// Does now the work per byte that proposing this object takes, hashing and compressing
+    /// it, so that where it is proposed finds both done (see `NodeService::write`).
+    pub fn prepare(&self) {
+        self.content_oid();
+        self.loose();
+    }
+
+    /// Whether `prepare` (or what it does) was done.
+    pub fn is_prepared(&self) -> bool {
+        self.hashed.get().is_some() && self.loose.get().is_some()
     }
 
     /// The object in Git's loose encoding (zlib of its header and `data`), as the store keeps
@@ -119,7 +140,7 @@ impl Encoded {
         match self {
             Encoded::Loose { oid, loose } => {
                 let (kind, data) = loose::inflate_within(&oid, &loose, size_bytes_max)?;
-                Ok(NewObject { kind, data, oid, loose: OnceLock::from(loose), whole: false })
+                Ok(NewObject { loose: OnceLock::from(loose), ..NewObject::claimed(kind, data, oid) })
             }
             Encoded::Whole(object) if object.data.len() > size_bytes_max => {
                 Err(format!("object {}: {} bytes, more than {size_bytes_max}", object.oid, object.data.len()))

@@ -69,6 +69,13 @@ fn log_retain_entries(seed: u64) -> u64 {
     [8, 25, 80][(seed % 3) as usize]
 }
 
+/// Whether new partitions start placing objects by index, as this build creates them, or (one
+/// seed in four) by id, as earlier builds did: their first leader proposes the switch, under
+/// whatever faults the seed brings.
+fn bootstrap_places_by_index(seed: u64) -> bool {
+    seed / 5 % 4 != 0
+}
+
 /// How long a leader idles before its partition quiesces, in ticks: from eagerly (so that
 /// quiescing and waking race with every fault) to never, as the seed picks; never "never" when
 /// the scenario checks quiescence.
@@ -134,6 +141,7 @@ impl SimCluster {
                     unload_after_ticks: unload_after_ticks(seed),
                     snapshot_size_bytes_max: cohort_core::limits::SNAPSHOT_SIZE_BYTES_MAX_DEFAULT,
                     raft_enabled_by_default: true,
+                    bootstrap_places_by_index: bootstrap_places_by_index(seed),
                 },
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,

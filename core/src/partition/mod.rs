@@ -92,6 +92,11 @@ pub struct ReplicaOptions {
     /// false it starts with Raft off (`raft_mode.rs`); partitions of several voters, and the
     /// directory, always run Raft.
     pub raft_enabled_by_default: bool,
+    /// Whether a new partition's bootstrap log ends with the entry that places its objects by
+    /// index (`placement.rs`). Always outside tests and the simulator, which also create
+    /// partitions as builds before it did, so that a leader's switch of an old partition runs
+    /// under their faults.
+    pub bootstrap_places_by_index: bool,
 }
 
 impl Default for ReplicaOptions {
@@ -105,6 +110,7 @@ impl Default for ReplicaOptions {
             unload_after_ticks: 100,
             snapshot_size_bytes_max: limits::SNAPSHOT_SIZE_BYTES_MAX_DEFAULT,
             raft_enabled_by_default: true,
+            bootstrap_places_by_index: true,
         }
     }
 }
@@ -311,26 +317,15 @@ impl Partition {
     /// list on every replica). Its first output persists that membership; the store applies
     /// it like any committed entry. A partition of one voter starts with Raft off if the
     /// options say so: its first write also holds the entry that turns Raft off.
+    ///
+    /// Without `bootstrap_places_by_index` in the options, its bootstrap log is as builds before
+    /// placement by index wrote it: it places objects by id until a leader proposes otherwise.
     pub fn create(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
-        Partition::create_with(config, voters, bootstrap_entries(voters), now)
-    }
-
-    /// A brand-new replica as builds before placement by index created one: its bootstrap log
-    /// holds no placement entry, so it places objects by id until a leader proposes one.
-    #[cfg(any(test, feature = "testing"))]
-    pub fn create_as_before_placement(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
         let mut bootstrap = bootstrap_entries(voters);
-        let placement = bootstrap.pop().expect("the bootstrap log ends with the placement entry");
-        assert_eq!(placement.context, placement::PLACE_BY_INDEX_MARK);
-        Partition::create_with(config, voters, bootstrap, now)
-    }
-
-    fn create_with(
-        config: PartitionConfig,
-        voters: &[NodeId],
-        mut bootstrap: Vec<LogEntry>,
-        now: Instant,
-    ) -> Partition {
+        if !config.options.bootstrap_places_by_index {
+            let placement = bootstrap.pop().expect("the bootstrap log ends with the placement entry");
+            assert_eq!(placement.context, placement::PLACE_BY_INDEX_MARK);
+        }
         assert!(voters.contains(&config.node), "a partition is created on one of its voters");
         assert_eq!(config.peer, PeerId::new(config.node, 0), "initial members are incarnation 0");
         let alone = voters.iter().all(|&voter| voter == config.node);

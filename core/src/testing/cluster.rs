@@ -105,20 +105,13 @@ impl Cluster {
     /// A new partition on nodes 1..=n as builds before placement by index created one: it
     /// places objects by id until a leader proposes placing them by index.
     pub fn new_as_before_placement(n: u64, seed: u64) -> Cluster {
-        let mut cluster = Cluster::new(0, seed);
-        let voters: Vec<NodeId> = (1..=n).map(NodeId).collect();
-        cluster.start_replicas_with(&voters, Partition::create_as_before_placement);
-        cluster
+        Cluster::with_options(n, seed, ReplicaOptions { bootstrap_places_by_index: false, ..ReplicaOptions::default() })
     }
 
     fn start_replicas(&mut self, voters: &[NodeId]) {
-        self.start_replicas_with(voters, Partition::create);
-    }
-
-    fn start_replicas_with(&mut self, voters: &[NodeId], create: fn(PartitionConfig, &[NodeId], Instant) -> Partition) {
         for &node in voters {
             let config = self.config(node, self.seed.wrapping_add(node.0));
-            let replica = create(config, voters, self.now);
+            let replica = Partition::create(config, voters, self.now);
             self.stores.insert(node, Store::in_memory());
             self.replicas.insert(
                 node,

@@ -772,35 +772,49 @@ async fn replace_node(operator: &mut SimClient, trace: &Trace, node: NodeId, ids
     let hosts = |partition| services.get(node).is_some_and(|service| service.router().hosts(partition));
     // The directory last: it must not invite the node while a partition names its old
     // replica. The replacement stops at a step that does not finish.
-    let partitions = (1..=repos as u64).map(cohort_core::ids::PartitionId).chain([DIRECTORY]);
+    let partitions = (1..=repos as u64).map(cohort_core::ids::PartitionId);
     for partition in partitions {
-        if !hosts(partition) && !replace_replica(operator, trace, node, partition).await {
+        if !hosts(partition) && replace_replica(operator, trace, node, partition).await.is_none() {
             return;
         }
     }
+    if hosts(DIRECTORY) {
+        return;
+    }
+    // The node is told which directory peer it now is (a node replaced before is also still
+    // named by the first replacement's peer, until this step): only that one's messages start
+    // its directory replica.
+    let Some(Some(view)) = replace_replica(operator, trace, node, DIRECTORY).await else { return };
+    let Some(peer) = view.info.peers.iter().copied().filter(|peer| peer.node() == node).max() else {
+        panic!("the directory names no peer of node {node} once it replaced it: {view:?}");
+    };
+    let told = services.get(node).map(|service| service.join_directory_as(peer));
+    trace_event(trace, format!("replace: node {node} told it is directory peer {peer}: {told:?}"));
 }
 
-/// Replaces `node`'s replica of `partition` (or finds it is not a member), retrying refusals
-/// (another change in flight, too few voters answering yet) within the patience.
+/// Replaces `node`'s replica of `partition`, retrying refusals (another change in flight, too
+/// few voters answering yet) within the patience: the members it left, or `Some(None)` if
+/// `node` is not a member; `None` if it did not finish.
 async fn replace_replica(
     operator: &mut SimClient,
     trace: &Trace,
     node: NodeId,
     partition: cohort_core::ids::PartitionId,
-) -> bool {
+) -> Option<Option<cohort_core::node::PartitionView>> {
     let deadline = tokio::time::Instant::now() + REPLACE_STEP_PATIENCE;
     loop {
         let patience = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let outcome = operator.change_members_within(patience, partition, node, MembersAction::Replace).await;
-        trace_event(trace, format!("replace: node {node} partition {partition}: {outcome:?}"));
+        let outcome = operator.change_members_seen_within(patience, partition, node, MembersAction::Replace).await;
+        let said = outcome.as_ref().map(|result| result.as_ref().map(|_| ()));
+        trace_event(trace, format!("replace: node {node} partition {partition}: {said:?}"));
         match outcome {
-            Some(Ok(())) => return true,
+            Some(Ok(view)) => return Some(Some(view)),
             // Not a member (moved away by an earlier membership change): nothing to replace.
-            Some(Err(reason)) if reason.contains("not a member") => return true,
+            Some(Err(reason)) if reason.contains("not a member") => return Some(None),
             Some(Err(_)) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            _ => return false,
+            _ => return None,
         }
     }
 }

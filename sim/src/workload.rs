@@ -493,9 +493,21 @@ impl SimClient {
         node: NodeId,
         action: MembersAction,
     ) -> Option<Result<(), String>> {
+        let outcome = self.change_members_seen_within(timeout, partition, node, action).await;
+        outcome.map(|result| result.map(|_| ()))
+    }
+
+    /// `change_members_within`, answering the members it left the partition with.
+    pub async fn change_members_seen_within(
+        &mut self,
+        timeout: Duration,
+        partition: PartitionId,
+        node: NodeId,
+        action: MembersAction,
+    ) -> Option<Result<cohort_core::node::PartitionView, String>> {
         self.with_retries_within(timeout, |service| async move {
             match service.change_members(partition, node, action).await {
-                Ok(_) => Attempt::Done(Ok(())),
+                Ok(view) => Attempt::Done(Ok(view)),
                 Err(ApiError::Refused(reason)) => Attempt::Done(Err(reason)),
                 Err(ApiError::NotLeader { leader }) => Attempt::Retry { at: leader },
                 Err(_) => Attempt::Retry { at: None },

@@ -144,12 +144,25 @@ async fn replace(client: &Client, node: u64, parallel: usize) -> anyhow::Result<
         failed.join("\n  ")
     );
 
-    // 3. The directory last.
+    // 3. The directory last, and the new node told which directory peer it is: the directory
+    //    may also name a peer of it that a lost data directory held (a node replaced twice),
+    //    whose messages must not start its replica.
     if hosted.contains(&0) {
         println!("node {node} already hosts its new directory replica");
     } else {
-        client.change_members(0, node, "replace").await.context("replacing the directory's replica")?;
-        println!("the directory invited node {node}");
+        let directory = client.change_members(0, node, "replace").await.context("replacing the directory's replica")?;
+        let peer = directory
+            .peers
+            .iter()
+            .copied()
+            .filter(|&peer| cohort_core::ids::PeerId(peer).node().0 == node)
+            .max()
+            .ok_or_else(|| anyhow::anyhow!("the directory's members name no peer of node {node} after replacing it"))?;
+        client
+            .join_directory_at(&target.client_address, peer)
+            .await
+            .with_context(|| format!("telling node {node} its directory peer"))?;
+        println!("the directory invited node {node} as peer {}", cohort_core::ids::PeerId(peer));
     }
 
     // The new node creates its replicas as its directory catches up.

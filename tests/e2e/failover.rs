@@ -130,6 +130,33 @@ fn a_node_back_with_a_wiped_data_directory_is_refused_as_its_old_self_until_repl
     assert!(crate::cluster::stdout(&again).contains("0 partitions have a replica on node 3 to replace"));
     // Node 3 holds every acknowledged write: a stale read from it alone sees them all.
     cluster.wait_caught_up(&rt, 3, &f, acknowledged.len(), Duration::from_secs(30));
+    // Lost and replaced again: the directory still names the first replacement's peer of node
+    // 3 until the last step replaces it, and its leader keeps addressing that peer; the new
+    // node 3 must not take it (it would start every replica empty, under the lost peers).
+    cluster.kill9(3);
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    cluster.start_node_with(3, &["--join"]);
+    cluster.wait_serving(3);
+    // As the operator is told: run again once the others take the lost one as stopped.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let output = loop {
+        let output = replace(&cluster);
+        if output.status.success() || Instant::now() >= deadline {
+            break output;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(output.status.success(), "second replace failed: {output:?}\nnode 3's log:\n{}", cluster.log(3));
+    let said = crate::cluster::stdout(&output);
+    assert!(said.contains("1 partitions have a replica on node 3 to replace"), "{said}");
+    // Only a node made to join, and hosting no directory replica yet, is told its peer.
+    let peer = cohort_core::ids::PeerId::new(cohort_core::ids::NodeId(1), 99).0;
+    let told = rt.block_on(client.join_directory_at(&cluster.endpoint(1), peer));
+    assert!(told.is_err(), "node 1 took a directory peer: {told:?}");
+    let peer = cohort_core::ids::PeerId::new(cohort_core::ids::NodeId(3), 99).0;
+    let told = rt.block_on(client.join_directory_at(&cluster.endpoint(3), peer));
+    assert!(told.is_err(), "node 3 took a second directory peer: {told:?}");
+    cluster.wait_caught_up(&rt, 3, &f, acknowledged.len(), Duration::from_secs(30));
     // And it is a voter of the directory and of the partition: with node 1 gone, nodes 2 and
     // 3 are a quorum of both.
     cluster.kill9(1);

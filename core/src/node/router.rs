@@ -216,6 +216,10 @@ pub struct Router {
     liveness: Mutex<Liveness>,
     liveness_options: LivenessOptions,
     liveness_changed: Mutex<Option<mpsc::Sender<()>>>,
+    /// On a node made to join: the directory peer the operator named for it once the
+    /// directory made it a member (`join_directory_as`); only that peer's messages start its
+    /// directory replica.
+    directory_peer: Mutex<Option<PeerId>>,
     this: Weak<Router>,
 }
 
@@ -248,6 +252,7 @@ impl Router {
             retiring: Mutex::new(BTreeMap::new()),
             stats: RouterStats::default(),
             internal_writes: AtomicU64::new(0),
+            directory_peer: Mutex::new(None),
             this: this.clone(),
         })
     }
@@ -823,18 +828,31 @@ impl Router {
         }
     }
 
-    /// The peer id a Raft message of the directory's group addresses on this node, if this
-    /// node hosts no directory replica and that peer is one the cluster added later (a
-    /// replacement's: incarnation above 0). The initial members' ids are never taken this
-    /// way: they belong to the data directories that bootstrapped the directory.
+    /// On a node made to join, which hosts no directory replica yet: starts one as `peer` once
+    /// a message of the directory's group addresses it, and only then. The operator names the
+    /// peer (`cohort node replace`, step 3) from the directory's members once it made this
+    /// node one: the directory may also name a peer of this node that a lost data directory
+    /// held (a node replaced twice: the first replacement's peer, until step 3 replaces it),
+    /// which its leader keeps addressing, and which this node must never take.
+    pub fn join_directory_as(&self, peer: PeerId) -> Result<(), String> {
+        if !self.config.joins {
+            return Err("only a node started on a data directory made to join takes a directory peer".into());
+        }
+        if peer.node() != self.config.node || peer.incarnation() == 0 {
+            return Err(format!("{peer} is not a peer the directory adds for node {}", self.config.node));
+        }
+        *self.directory_peer.lock().expect("not poisoned") = Some(peer);
+        Ok(())
+    }
+
+    /// The peer id a Raft message of the directory's group addresses on this node, if it is
+    /// the one the operator named (`join_directory_as`). The initial members' ids are never
+    /// taken: they belong to the data directories that bootstrapped the directory.
     fn directory_invitation(&self, envelope: &Envelope) -> Option<PeerId> {
         let Payload::Raft(message) = &envelope.payload else { return None };
         let peer = PeerId(message.to);
-        (envelope.partition == DIRECTORY
-            && envelope.to == self.config.node
-            && peer.node() == self.config.node
-            && peer.incarnation() > 0)
-            .then_some(peer)
+        let named = *self.directory_peer.lock().expect("not poisoned");
+        (envelope.partition == DIRECTORY && envelope.to == self.config.node && Some(peer) == named).then_some(peer)
     }
 
     /// Starts an empty directory replica as `peer`, on a node made to join the cluster (its

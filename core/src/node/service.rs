@@ -813,6 +813,17 @@ impl NodeService {
         Ok(PartitionView { partition: DIRECTORY, info, repositories: Vec::new(), leader: status.leader })
     }
 
+    /// On a node made to join, replacing one that lost its data directory: the directory peer
+    /// the directory just made it (`cohort node replace`, step 3), the only one whose messages
+    /// start its directory replica (`Router::join_directory_as`). Repeatable; the last one
+    /// named counts.
+    pub fn join_directory_as(&self, peer: crate::ids::PeerId) -> Result<(), ApiError> {
+        if self.router.hosts(DIRECTORY) {
+            return Err(ApiError::Refused("this node hosts a directory replica already".into()));
+        }
+        self.router.join_directory_as(peer).map_err(ApiError::Invalid)
+    }
+
     /// Retires the data directory instance this node remembers for `node`, which an operator
     /// is replacing (`cohort node replace`) with the data directory `replacement` (that node's
     /// new instance, if the operator knows it): the instance retired is refused from now on,

@@ -203,6 +203,16 @@ impl Cohort for ApiServer {
         Ok(Response::new(proto::RetirePeerReply { retired_instance, already_replaced }))
     }
 
+    async fn join_directory(
+        &self,
+        request: Request<proto::JoinDirectoryRequest>,
+    ) -> Result<Response<proto::JoinDirectoryReply>, Status> {
+        self.authorize(&request)?;
+        let peer = cohort_core::ids::PeerId(request.into_inner().peer);
+        self.service.join_directory_as(peer).map_err(|e| self.status_of(e))?;
+        Ok(Response::new(proto::JoinDirectoryReply {}))
+    }
+
     async fn list_partitions(
         &self,
         request: Request<proto::ListPartitionsRequest>,
@@ -530,6 +540,7 @@ fn partition_info(view: &PartitionView) -> proto::PartitionInfo {
         learners: view.info.learners.iter().map(|n| n.0).collect(),
         leader: view.leader.map_or(0, |l| l.0),
         repositories: view.repositories.iter().map(convert::repo_to_wire).collect(),
+        peers: view.info.peers.iter().map(|peer| peer.0).collect(),
     }
 }
 

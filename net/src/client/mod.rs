@@ -704,6 +704,27 @@ impl Client {
         }
     }
 
+    /// Tells the node at `endpoint`, made to join, the directory peer the directory made it
+    /// (`NodeService::join_directory_as`).
+    pub async fn join_directory_at(&self, endpoint: &str, peer: u64) -> Result<(), ClientError> {
+        let mut client = CohortClient::new(self.channel(endpoint)?);
+        let request = self.request(proto::JoinDirectoryRequest { peer });
+        match tokio::time::timeout(self.config.attempt_timeout, client.join_directory(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(match classify(&status) {
+                Next::Fail(error) => error,
+                Next::Retry { .. } => {
+                    ClientError::Timeout { elapsed_ms: 0, attempts: 1, last: status.message().to_owned() }
+                }
+            }),
+            Err(_) => Err(ClientError::Timeout {
+                elapsed_ms: self.config.attempt_timeout.as_millis(),
+                attempts: 1,
+                last: "no answer".into(),
+            }),
+        }
+    }
+
     /// Every partition the directory records (read a page at a time).
     pub async fn list_partitions(&self) -> Result<Vec<proto::PartitionInfo>, ClientError> {
         let mut all: Vec<proto::PartitionInfo> = Vec::new();

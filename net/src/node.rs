@@ -175,6 +175,7 @@ pub async fn start(
             spec.node
         ),
     }
+    router.restore_directory_peer()?;
     router.start_liveness();
     let pump = router.clone();
     tokio::spawn(async move {

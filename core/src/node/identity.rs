@@ -13,12 +13,13 @@
 //! for N: a retired instance is refused for good, and the next instance N presents is admitted
 //! as the first was. The replacement's directory says it was made to join (`origin = join`):
 //! it does not bootstrap the directory as the cluster's first nodes did, but waits until the
-//! cluster adds it as a new member (see `Router::join_directory`).
+//! cluster adds it as a new member (see `Router::join_directory`), as the directory peer the
+//! operator names for it (`directory-peer`).
 //!
-//! Both files are small text files an operator can read, each replaced atomically.
+//! The files are small text files an operator can read, each replaced atomically.
 
 use crate::env::{write_file_atomic, Disk, DiskError};
-use crate::ids::NodeId;
+use crate::ids::{NodeId, PeerId};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -26,6 +27,7 @@ use std::sync::Mutex;
 
 const IDENTITY_FILE: &str = "identity";
 const PEERS_FILE: &str = "peers";
+const DIRECTORY_PEER_FILE: &str = "directory-peer";
 
 /// A data directory's random id, chosen at its first start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -145,6 +147,30 @@ impl Identity {
             },
         })
     }
+}
+
+/// The directory peer an operator named for this node, made to join (`cohort node replace`,
+/// step 3; `Router::join_directory_as`), remembered durably: a restart before the directory's
+/// leader reached that peer would otherwise forget it, and the node would never join.
+pub fn save_directory_peer(disk: &dyn Disk, peer: PeerId) -> Result<(), IdentityError> {
+    let text = format!(
+        "# the directory peer an operator named for this node, made to join (cohort node replace)\npeer = {}\n",
+        peer.0
+    );
+    Ok(write_file_atomic(disk, Path::new(DIRECTORY_PEER_FILE), text.as_bytes())?)
+}
+
+/// What `save_directory_peer` saved, if anything.
+pub fn load_directory_peer(disk: &dyn Disk) -> Result<Option<PeerId>, IdentityError> {
+    let path = Path::new(DIRECTORY_PEER_FILE);
+    if !disk.exists(path)? {
+        return Ok(None);
+    }
+    let corrupt = |reason: String| IdentityError::Corrupt { file: DIRECTORY_PEER_FILE, reason };
+    let fields = key_values(&disk.read(path)?).map_err(corrupt)?;
+    let peer = fields.get("peer").ok_or_else(|| corrupt("no peer".into()))?;
+    let peer = PeerId(peer.parse().map_err(|_| corrupt(format!("{peer:?} is not a peer id")))?);
+    Ok(Some(peer))
 }
 
 /// `key = value` lines (`#` comments), each key once.

@@ -185,6 +185,15 @@ struct Hosted {
     lag: Arc<LagGauge>,
 }
 
+/// Why `Router::join_directory_as` did not take a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Identity(#[from] super::identity::IdentityError),
+}
+
 pub struct Router {
     config: RouterConfig,
     env: Env,
@@ -834,14 +843,31 @@ impl Router {
     /// node one: the directory may also name a peer of this node that a lost data directory
     /// held (a node replaced twice: the first replacement's peer, until step 3 replaces it),
     /// which its leader keeps addressing, and which this node must never take.
-    pub fn join_directory_as(&self, peer: PeerId) -> Result<(), String> {
+    /// Remembered durably (`identity::save_directory_peer`; read back at start by
+    /// `restore_directory_peer`).
+    pub fn join_directory_as(&self, peer: PeerId) -> Result<(), JoinError> {
         if !self.config.joins {
-            return Err("only a node started on a data directory made to join takes a directory peer".into());
+            return Err(JoinError::Invalid(
+                "only a node started on a data directory made to join takes a directory peer".into(),
+            ));
         }
         if peer.node() != self.config.node || peer.incarnation() == 0 {
-            return Err(format!("{peer} is not a peer the directory adds for node {}", self.config.node));
+            return Err(JoinError::Invalid(format!(
+                "{peer} is not a peer the directory adds for node {}",
+                self.config.node
+            )));
         }
+        super::identity::save_directory_peer(&*self.env.disk, peer)?;
         *self.directory_peer.lock().expect("not poisoned") = Some(peer);
+        Ok(())
+    }
+
+    /// At start, on a node made to join: the directory peer an operator named before it
+    /// stopped, if any.
+    pub fn restore_directory_peer(&self) -> Result<(), super::identity::IdentityError> {
+        if self.config.joins {
+            *self.directory_peer.lock().expect("not poisoned") = super::identity::load_directory_peer(&*self.env.disk)?;
+        }
         Ok(())
     }
 

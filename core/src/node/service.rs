@@ -821,7 +821,11 @@ impl NodeService {
         if self.router.hosts(DIRECTORY) {
             return Err(ApiError::Refused("this node hosts a directory replica already".into()));
         }
-        self.router.join_directory_as(peer).map_err(ApiError::Invalid)
+        match self.router.join_directory_as(peer) {
+            Ok(()) => Ok(()),
+            Err(super::router::JoinError::Invalid(reason)) => Err(ApiError::Invalid(reason)),
+            Err(error) => Err(ApiError::Unavailable(error.to_string())),
+        }
     }
 
     /// Retires the data directory instance this node remembers for `node`, which an operator

@@ -209,7 +209,17 @@ impl Cohort for ApiServer {
     ) -> Result<Response<proto::JoinDirectoryReply>, Status> {
         self.authorize(&request)?;
         let peer = cohort_core::ids::PeerId(request.into_inner().peer);
-        self.service.join_directory_as(peer).map_err(|e| self.status_of(e))?;
+        let service = self.service.clone();
+        // The peer is written to a file and synced: off the async workers.
+        let (done, answer) = futures::channel::oneshot::channel();
+        let work = Box::new(move || {
+            let _ = done.send(service.join_directory_as(peer));
+        });
+        self.service.router().env().spawn.run_blocking(work).await;
+        answer
+            .await
+            .map_err(|_| Status::internal("joining the directory: the work was dropped"))?
+            .map_err(|e| self.status_of(e))?;
         Ok(Response::new(proto::JoinDirectoryReply {}))
     }
 

@@ -115,3 +115,21 @@ fn power_loss_while_creating_the_identity_leaves_none_or_all_of_it() {
         }
     }
 }
+
+/// The directory peer an operator names for a node made to join survives a crash once saved,
+/// the last one named counts, and a damaged file is an error, not a peer.
+#[test]
+fn the_named_directory_peer_survives_a_crash_and_a_damaged_one_is_refused() {
+    use cohort_core::ids::PeerId;
+    use cohort_core::node::identity::{load_directory_peer, save_directory_peer};
+    let disk = SimDisk::new(3);
+    assert_eq!(load_directory_peer(&disk).unwrap(), None);
+    save_directory_peer(&disk, PeerId::new(NodeId(3), 12)).unwrap();
+    save_directory_peer(&disk, PeerId::new(NodeId(3), 40)).unwrap();
+    disk.crash();
+    assert_eq!(load_directory_peer(&disk).unwrap(), Some(PeerId::new(NodeId(3), 40)));
+    write_file_atomic(&disk, Path::new("directory-peer"), b"peer = 3.40\n").unwrap();
+    assert!(matches!(load_directory_peer(&disk), Err(IdentityError::Corrupt { .. })));
+    write_file_atomic(&disk, Path::new("directory-peer"), b"# no peer\n").unwrap();
+    assert!(matches!(load_directory_peer(&disk), Err(IdentityError::Corrupt { .. })));
+}

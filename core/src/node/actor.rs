@@ -424,7 +424,9 @@ impl Shell for Actor {
                 Wake::Applied(outcome) => {
                     match outcome {
                         Ok(Ok(ApplyDone::Applied(applied))) => self.partition.handle_applied(now, applied),
-                        Ok(Ok(ApplyDone::Installed)) => self.partition.handle_snapshot_installed(now, Ok(())),
+                        Ok(Ok(ApplyDone::Installed(placement))) => {
+                            self.partition.handle_snapshot_installed(now, Ok(placement))
+                        }
                         Ok(Err(reason)) => self.partition.handle_snapshot_installed(now, Err(reason)),
                         Ok(Ok(ApplyDone::Removed)) => unreachable!("a removal is awaited where it is asked"),
                         Err(error) => self.partition.handle_apply_failed(error),

@@ -23,7 +23,7 @@ use crate::limits::APPLY_QUEUE_REQUESTS_MAX;
 use crate::metrics::NodeMetrics;
 use crate::persist::{LogPosition, PersistError, RaftMode, SnapshotMeta};
 use crate::snapshot::SnapshotStore;
-use crate::store::{self, Applied, ApplyEntry, Commit, Store, StoreError};
+use crate::store::{self, Applied, ApplyEntry, Commit, Placement, Store, StoreError};
 use futures::channel::{mpsc, oneshot};
 use futures::future::{select, Either};
 use futures::task::AtomicWaker;
@@ -66,7 +66,8 @@ pub enum ApplyWork {
 
 pub enum ApplyDone {
     Applied(Vec<Applied>),
-    Installed,
+    /// Where the installed rows place the partition's objects.
+    Installed(Placement),
     Removed,
 }
 
@@ -222,7 +223,7 @@ fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool)
                 let outcome = install(store, partition, &meta, &files);
                 ended_durable = outcome.is_ok();
                 match outcome {
-                    Ok(Ok(())) => results.push(Ok(Ok(ApplyDone::Installed))),
+                    Ok(Ok(placement)) => results.push(Ok(Ok(ApplyDone::Installed(placement)))),
                     Ok(Err(reason)) => results.push(Ok(Err(reason))),
                     Err(error) => {
                         let error = store_failure(error);
@@ -282,7 +283,7 @@ fn install(
     partition: PartitionId,
     meta: &SnapshotMeta,
     files: &SnapshotStore,
-) -> Result<Result<(), String>, StoreError> {
+) -> Result<Result<Placement, String>, StoreError> {
     let mut reader = match files.open_rows(meta.position) {
         Ok(reader) => reader,
         Err(error) => return Ok(Err(error.to_string())),
@@ -297,7 +298,7 @@ fn install(
                     raft: RaftMode::On,
                 };
                 rows.set_partition(partition, &record)?;
-                Ok(Ok(()))
+                Ok(Ok(Placement::of(rows, partition)?))
             }
             Err(store::snapshot::ImportError::Store(error)) => Err(error),
             // Aborts the transaction: nothing of the file is kept.

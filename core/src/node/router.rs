@@ -843,6 +843,7 @@ impl Router {
     /// node one: the directory may also name a peer of this node that a lost data directory
     /// held (a node replaced twice: the first replacement's peer, until step 3 replaces it),
     /// which its leader keeps addressing, and which this node must never take.
+    ///
     /// Remembered durably (`identity::save_directory_peer`; read back at start by
     /// `restore_directory_peer`).
     pub fn join_directory_as(&self, peer: PeerId) -> Result<(), JoinError> {

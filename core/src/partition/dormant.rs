@@ -30,7 +30,7 @@ pub struct Dormant {
     /// The leader of `hard_state.term` it followed, if it knew one.
     pub leader: Option<PeerId>,
     /// Where the store places the partition's objects, as far as the replica knew
-    /// (`placement.rs`: one restored from a snapshot may not know).
+    /// (`placement.rs`).
     pub placement: crate::store::Placement,
 }
 

@@ -791,13 +791,24 @@ impl Partition {
     /// The store took (`Ok`) the snapshot `Output::InstallSnapshot` asked for, durably: the
     /// replica's state is the snapshot's, and the log records it next. A failure stops the
     /// replica (Raft has accepted the snapshot; there is no going back to the old log).
-    pub fn handle_snapshot_installed(&mut self, now: Instant, result: Result<(), String>) {
+    /// `result`: where the installed rows place the partition's objects, or why it failed.
+    pub fn handle_snapshot_installed(&mut self, now: Instant, result: Result<Placement, String>) {
         let meta = *self.installing.take().expect("a snapshot was being installed");
-        if let Err(reason) = result {
-            tracing::error!(partition = %self.config.partition, %reason, "partition stopped: installing a snapshot failed");
-            self.stop(PersistError(Arc::new(std::io::Error::other(format!("installing a snapshot: {reason}")))));
-            return;
-        }
+        let placement = match result {
+            Ok(placement) => placement,
+            Err(reason) => {
+                tracing::error!(partition = %self.config.partition, %reason, "partition stopped: installing a snapshot failed");
+                self.stop(PersistError(Arc::new(std::io::Error::other(format!("installing a snapshot: {reason}")))));
+                return;
+            }
+        };
+        // Whatever told this replica its partition places by index was committed, so before
+        // the snapshot, which carries it in its rows.
+        assert!(
+            !(self.placement == Placement::ByIndex && placement == Placement::ById),
+            "a snapshot past the placement entry places by id"
+        );
+        self.placement = placement;
         tracing::info!(partition = %self.config.partition, node = %self.config.node, position = ?meta.position,
             "snapshot installed in the store");
         if let Some(observer) = &self.config.observer {

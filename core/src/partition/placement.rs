@@ -5,10 +5,11 @@
 //! [`PLACE_BY_INDEX_MARK`]: from there every replica's store places the objects it stores by
 //! apply index. A partition created by an earlier build places them by id until a leader
 //! proposes that entry. A replica knows its partition places by index if it created it with
-//! that entry, its store said so when it opened, its log held the entry committed, or it has
-//! handed the entry to the store since; a leader that does not know it proposes the entry, at
-//! most once per term. A redundant one (from a leader that could not tell, such as one restored
-//! from a snapshot, which learns nothing of the rows it installed) changes nothing when applied.
+//! that entry, its store said so when it opened, its log held the entry committed, it has
+//! handed the entry to the store since, or it installed a snapshot whose rows say so; a leader
+//! that does not know it proposes the entry, at most once per term. A redundant one (from a
+//! leader that could not tell yet, such as one whose log holds the entry not yet known to be
+//! committed) changes nothing when applied.
 //!
 //! The objects already placed by id stay where they are.
 //!

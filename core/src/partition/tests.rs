@@ -572,6 +572,8 @@ fn a_new_learner_catches_up_by_snapshot_and_learns_the_membership_from_it() {
     assert_eq!(status.conf_state.voters, vec![1, 2, 3]);
     let leader = cluster.leader().unwrap();
     assert_eq!(cluster.digest(new), cluster.digest(leader));
+    // Its log never held the placement entry (compacted away): it learns from the rows.
+    assert_eq!(cluster.replica(new).placement, Placement::ByIndex, "placement learned from the snapshot");
     assert!(matches!(change(&mut cluster, MembershipChange::Promote(new)), Response::Membership(_)));
     write_many(&mut cluster, 40..45);
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, new)));

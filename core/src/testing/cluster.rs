@@ -391,7 +391,7 @@ impl Cluster {
                     Output::InstallSnapshot(meta) => {
                         let (_, bytes) = &self.snapshot_files[&node][&meta.position];
                         let partition = self.partition;
-                        self.stores[&node]
+                        let placement = self.stores[&node]
                             .write(Commit::Durable, |rows| {
                                 let counts = store::snapshot::import(
                                     rows,
@@ -407,10 +407,11 @@ impl Cluster {
                                     counts,
                                     raft: crate::persist::RaftMode::On,
                                 };
-                                rows.set_partition(partition, &record)
+                                rows.set_partition(partition, &record)?;
+                                store::Placement::of(rows, partition)
                             })
                             .expect("an in-memory store installs");
-                        replica.partition.handle_snapshot_installed(self.now, Ok(()));
+                        replica.partition.handle_snapshot_installed(self.now, Ok(placement));
                     }
                     Output::Respond { request, response } => self.responses.push(Delivered { node, request, response }),
                     // One partition only here: the directory's allocations have no replica to

@@ -688,20 +688,7 @@ impl Client {
     ) -> Result<proto::RetirePeerReply, ClientError> {
         let mut client = CohortClient::new(self.channel(endpoint)?);
         let request = self.request(proto::RetirePeerRequest { node, replacement_instance: replacement.to_owned() });
-        match tokio::time::timeout(self.config.attempt_timeout, client.retire_peer(request)).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => Err(match classify(&status) {
-                Next::Fail(error) => error,
-                Next::Retry { .. } => {
-                    ClientError::Timeout { elapsed_ms: 0, attempts: 1, last: status.message().to_owned() }
-                }
-            }),
-            Err(_) => Err(ClientError::Timeout {
-                elapsed_ms: self.config.attempt_timeout.as_millis(),
-                attempts: 1,
-                last: "no answer".into(),
-            }),
-        }
+        self.one_attempt(client.retire_peer(request)).await
     }
 
     /// Tells the node at `endpoint`, made to join, the directory peer the directory made it
@@ -709,8 +696,17 @@ impl Client {
     pub async fn join_directory_at(&self, endpoint: &str, peer: u64) -> Result<(), ClientError> {
         let mut client = CohortClient::new(self.channel(endpoint)?);
         let request = self.request(proto::JoinDirectoryRequest { peer });
-        match tokio::time::timeout(self.config.attempt_timeout, client.join_directory(request)).await {
-            Ok(Ok(_)) => Ok(()),
+        self.one_attempt(client.join_directory(request)).await.map(|_| ())
+    }
+
+    /// One call to one node, within the attempt timeout, not retried: for requests that only
+    /// the node asked can answer.
+    async fn one_attempt<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.config.attempt_timeout, call).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(match classify(&status) {
                 Next::Fail(error) => error,
                 Next::Retry { .. } => {

@@ -9,8 +9,8 @@ use crate::trace::{now_ns, Trace};
 use crate::workload::{self, Shared, SimClient, WorkloadConfig};
 use cohort_core::bugs::Bug;
 use cohort_core::ids::NodeId;
-use cohort_core::node::MembersAction;
 use cohort_core::node::DIRECTORY;
+use cohort_core::node::{ApiError, MembersAction};
 use cohort_core::persist::RaftMode;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -788,8 +788,17 @@ async fn replace_node(operator: &mut SimClient, trace: &Trace, node: NodeId, ids
     let Some(peer) = view.info.peers.iter().copied().filter(|peer| peer.node() == node).max() else {
         panic!("the directory names no peer of node {node} once it replaced it: {view:?}");
     };
-    let told = services.get(node).map(|service| service.join_directory_as(peer));
-    trace_event(trace, format!("replace: node {node} told it is directory peer {peer}: {told:?}"));
+    // As the operator runs the command again: the node may be down (a crash fault) for a while.
+    let deadline = tokio::time::Instant::now() + REPLACE_STEP_PATIENCE;
+    loop {
+        let told = services.get(node).map(|service| service.join_directory_as(peer));
+        trace_event(trace, format!("replace: node {node} told it is directory peer {peer}: {told:?}"));
+        // Refused: it hosts its directory replica already.
+        if matches!(told, Some(Ok(()) | Err(ApiError::Refused(_)))) || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Replaces `node`'s replica of `partition`, retrying refusals (another change in flight, too

@@ -66,6 +66,25 @@ impl ApiServer {
         }
     }
 
+    /// `call` on the node service on the blocking pool, off the async workers: for calls that
+    /// write and sync a file. `what` names it if the work is lost.
+    async fn off_workers<T: Send + 'static>(
+        &self,
+        what: &str,
+        call: impl FnOnce(&NodeService) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let service = self.service.clone();
+        let (done, answer) = futures::channel::oneshot::channel();
+        let work = Box::new(move || {
+            let _ = done.send(call(&service));
+        });
+        self.service.router().env().spawn.run_blocking(work).await;
+        answer
+            .await
+            .map_err(|_| Status::internal(format!("{what}: the work was dropped")))?
+            .map_err(|e| self.status_of(e))
+    }
+
     fn status_of(&self, error: ApiError) -> Status {
         match error {
             ApiError::NotLeader { leader } => {
@@ -184,17 +203,9 @@ impl Cohort for ApiServer {
             "" => None,
             hex => Some(hex.parse().map_err(|e| Status::invalid_argument(format!("replacement instance: {e}")))?),
         };
-        let service = self.service.clone();
-        // The peers file is rewritten and synced: off the async workers.
-        let (done, answer) = futures::channel::oneshot::channel();
-        let work = Box::new(move || {
-            let _ = done.send(service.retire_peer(node, replacement));
-        });
-        self.service.router().env().spawn.run_blocking(work).await;
-        let retired = answer
-            .await
-            .map_err(|_| Status::internal("retiring a peer: the work was dropped"))?
-            .map_err(|e| self.status_of(e))?;
+        // The peers file is rewritten and synced.
+        let retired =
+            self.off_workers("retiring a peer", move |service| service.retire_peer(node, replacement)).await?;
         let (retired_instance, already_replaced) = match retired {
             Retirement::Retired(instance) => (instance.to_string(), false),
             Retirement::NothingRemembered => (String::new(), false),
@@ -209,17 +220,8 @@ impl Cohort for ApiServer {
     ) -> Result<Response<proto::JoinDirectoryReply>, Status> {
         self.authorize(&request)?;
         let peer = cohort_core::ids::PeerId(request.into_inner().peer);
-        let service = self.service.clone();
-        // The peer is written to a file and synced: off the async workers.
-        let (done, answer) = futures::channel::oneshot::channel();
-        let work = Box::new(move || {
-            let _ = done.send(service.join_directory_as(peer));
-        });
-        self.service.router().env().spawn.run_blocking(work).await;
-        answer
-            .await
-            .map_err(|_| Status::internal("joining the directory: the work was dropped"))?
-            .map_err(|e| self.status_of(e))?;
+        // The peer is written to a file and synced.
+        self.off_workers("joining the directory", move |service| service.join_directory_as(peer)).await?;
         Ok(Response::new(proto::JoinDirectoryReply {}))
     }
 

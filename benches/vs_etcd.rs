@@ -3,7 +3,8 @@
 //! seconds per 1,000 writes (from /proc, every server process), the generator's own CPU, and
 //! cohort/etcd ratios next to the goals; and the latency floor measured in the same run: a
 //! loopback TCP round trip and a 4 KiB append + fdatasync, with cohort's 1-client p50 as a
-//! multiple of their sum.
+//! multiple of their sum; and, beside the fsync, what one 1 KiB entry costs through cohort's
+//! own log (`LogEngine` append + sync on the same disk), which writes over zeros it prepared.
 //!
 //! Both are 3 nodes on loopback with requests to the leader: etcd 3 members (the `etcd` binary
 //! on PATH, Debian's `etcd-server`; nothing is installed at run time), each write a 1 KiB put
@@ -264,6 +265,31 @@ fn append_fsync(dir: &Path, rounds: usize) -> Duration {
     times[times.len() / 2]
 }
 
+/// Median of `rounds` appends of one 1 KiB entry to cohort's log (a `LogEngine` in a fresh
+/// directory under `dir`), each followed by its sync, as group commit does for a lone write.
+fn log_append_sync(dir: &Path, rounds: u64) -> Duration {
+    use cohort_core::persist::{EntryKind, LogEntry, LogWrite};
+    use cohort_storage::log::{LogEngine, LogOptions};
+    let root = dir.join("log-probe");
+    let disk: std::sync::Arc<dyn cohort_core::env::Disk> =
+        std::sync::Arc::new(cohort_storage::FsDisk::new(&root).unwrap());
+    let (mut engine, _) = LogEngine::open(disk, Path::new("wal"), LogOptions::default()).unwrap();
+    let mut times = Vec::with_capacity(rounds as usize);
+    for index in 1..=rounds {
+        let mut write = LogWrite::new(cohort_core::ids::PartitionId(1));
+        write.entries =
+            vec![LogEntry { index, term: 1, kind: EntryKind::Normal, data: vec![0x5a; 1024], context: vec![] }];
+        let started = Instant::now();
+        engine.append(&[write]).unwrap();
+        engine.sync().unwrap();
+        times.push(started.elapsed());
+    }
+    drop(engine);
+    std::fs::remove_dir_all(&root).unwrap();
+    times.sort();
+    times[times.len() / 2]
+}
+
 /// Where a cohort write's time goes, from the nodes' own metrics: sums and counts of the
 /// latency histograms, and the applier's batching.
 #[derive(Default)]
@@ -381,13 +407,17 @@ fn main() {
 
     let round_trip = loopback_round_trip(if full { 10_000 } else { 1_000 });
     let fsync = append_fsync(&cohort.data_dir(1), if full { 2_000 } else { 200 });
+    let log_sync = log_append_sync(&cohort.data_dir(1), if full { 2_000 } else { 200 });
     let floor = round_trip + fsync;
     let Some(p50) = cohort_one_client_p50 else { return };
     println!(
         "latency floor: loopback round trip p50 {:.1} us, 4 KiB append + fdatasync p50 {:.1} us; \
-         cohort's 1-client p50 is {:.1}x their sum (goal: <= 3)",
+         cohort's 1-client p50 is {:.1}x their sum (goal: <= 3); cohort's log: a 1 KiB entry \
+         appended and synced p50 {:.1} us ({:.2}x the fdatasync)",
         round_trip.as_secs_f64() * 1e6,
         fsync.as_secs_f64() * 1e6,
-        p50.as_secs_f64() / floor.as_secs_f64()
+        p50.as_secs_f64() / floor.as_secs_f64(),
+        log_sync.as_secs_f64() * 1e6,
+        log_sync.as_secs_f64() / fsync.as_secs_f64()
     );
 }

@@ -27,18 +27,22 @@ fuzz_target!(|bytes: &[u8]| {
         (Ok(segment), Ok(count)) => {
             assert_eq!(segment.records.len(), *count);
             assert!(reader.valid_len() <= bytes.len() as u64);
-            if let Some(torn) = &segment.torn_tail {
-                assert_eq!(
+            match (&segment.torn_tail, segment.zeros_from) {
+                (Some(torn), None) => assert_eq!(
                     torn.offset,
                     reader.valid_len(),
                     "a torn tail starts where valid records end"
-                );
-            } else {
-                assert_eq!(
+                ),
+                (None, Some(zeros_from)) => {
+                    assert_eq!(zeros_from, reader.valid_len(), "the zeros start where valid records end");
+                    assert!(bytes[zeros_from as usize..].iter().all(|&b| b == 0), "zeros to the end");
+                }
+                (None, None) => assert_eq!(
                     reader.valid_len(),
                     bytes.len() as u64,
-                    "without a torn tail every byte is a record"
-                );
+                    "without a torn tail or zeros every byte is a record"
+                ),
+                (Some(_), Some(_)) => panic!("a tail is torn or zeros, not both"),
             }
         }
         (Err(a), Err(b)) => assert_eq!(a, b),

@@ -17,6 +17,10 @@ pub const RECORD_SIZE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Smallest segment target accepted; tests use it to exercise rotation and compaction.
 pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1024;
+/// Zeros the log writes ahead of its records at a time (never more than a segment's target
+/// size): appends then overwrite space the file system has allocated and written, and the
+/// fsync after each flushes data alone (see `log::engine`'s `Head`).
+pub const LOG_PREALLOCATE_BYTES: u64 = 1024 * 1024;
 /// Largest segment target accepted: recovery reads one segment into memory at a time.
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
@@ -73,3 +77,5 @@ const _: () = assert!(GROUP_COMMIT_BATCH_WRITES_MAX <= PERSIST_QUEUE_WRITES_MAX)
 const _: () = assert!(SEGMENT_SIZE_BYTES_MIN <= SEGMENT_SIZE_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_SIZE_BYTES_DEFAULT <= SEGMENT_SIZE_BYTES_MAX);
 const _: () = assert!(SEGMENTS_MIN <= SEGMENTS_DEFAULT);
+// Recovery reads a segment and the zeros ahead of its records into memory at once.
+const _: () = assert!(LOG_PREALLOCATE_BYTES <= SEGMENT_SIZE_BYTES_MAX);

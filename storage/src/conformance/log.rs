@@ -417,7 +417,8 @@ fn restarts_keep_segments_bounded(disk: &Arc<dyn Disk>) {
     }
 }
 
-/// The last segment's path and bytes, after writing a little and closing the log.
+/// The last segment's path and bytes, after writing a little and closing the log, cut to its
+/// records (as the next open would cut the zeros the log prepared ahead of them).
 fn last_segment(disk: &Arc<dyn Disk>, model: &mut LogModel) -> (PathBuf, Vec<u8>) {
     let (mut engine, _) = open(disk);
     commit(&mut engine, model, &[entries_write(1, 1..=3, 1)]);
@@ -425,7 +426,11 @@ fn last_segment(disk: &Arc<dyn Disk>, model: &mut LogModel) -> (PathBuf, Vec<u8>
     let seq = *engine.segments().last().unwrap();
     drop(engine);
     let path = segment_path(dir(), seq);
-    let bytes = disk.read(&path).unwrap();
+    let mut bytes = disk.read(&path).unwrap();
+    let zeros_from = decode_segment(&bytes).unwrap().zeros_from.expect("zeros ahead of the records");
+    assert!(zeros_from < bytes.len() as u64);
+    disk.truncate(&path, zeros_from).unwrap();
+    bytes.truncate(zeros_from as usize);
     (path, bytes)
 }
 

@@ -86,6 +86,8 @@ pub struct DecodedSegment {
     pub records: Vec<(u64, Record)>,
     /// Set if the bytes end in a torn record. Only the last segment may have one.
     pub torn_tail: Option<TornTail>,
+    /// Where the zeros that end the bytes start, if they do (see [`RecordReader`]).
+    pub zeros_from: Option<u64>,
 }
 
 /// Appends the frame of `payload` to `out`.
@@ -110,7 +112,7 @@ pub fn decode_segment(bytes: &[u8]) -> Result<DecodedSegment, RecordError> {
     while let Some(record) = reader.next_record()? {
         records.push(record);
     }
-    Ok(DecodedSegment { records, torn_tail: reader.torn_tail().cloned() })
+    Ok(DecodedSegment { records, torn_tail: reader.torn_tail().cloned(), zeros_from: reader.zeros_from() })
 }
 
 /// Why the bytes at an offset are not a valid frame.
@@ -199,7 +201,11 @@ fn find_valid_frame(bytes: &[u8], from: usize, checksum_bytes_max: usize) -> Res
 
 /// Reads the records of one segment's bytes in order, iteratively.
 ///
-/// A frame that is bad (short header, zero or oversized length, payload past the end, checksum
+/// Zeros from where a frame should start to the end of the bytes end the records quietly
+/// ([`RecordReader::zeros_from`]): the log writes them ahead of its records, and only the last
+/// segment may hold them (a record a crash left wholly unwritten reads the same).
+///
+/// Any other frame that is bad (short header, zero or oversized length, payload past the end, checksum
 /// mismatch) ends the segment as a **torn tail** only if no valid frame follows it anywhere:
 /// a crash tears the end of what was being written, never the middle of what was synced
 /// before. A bad frame followed by a valid one, and a frame whose checksum matches but whose
@@ -212,12 +218,13 @@ pub struct RecordReader<'a> {
     bytes: &'a [u8],
     offset: usize,
     torn_tail: Option<TornTail>,
+    zeros_from: Option<u64>,
     finished: bool,
 }
 
 impl<'a> RecordReader<'a> {
     pub fn new(bytes: &'a [u8]) -> RecordReader<'a> {
-        RecordReader { bytes, offset: 0, torn_tail: None, finished: false }
+        RecordReader { bytes, offset: 0, torn_tail: None, zeros_from: None, finished: false }
     }
 
     /// The next record and its offset; `None` at the end (see [`RecordReader::torn_tail`]).
@@ -235,6 +242,11 @@ impl<'a> RecordReader<'a> {
                 })?;
                 self.offset = next;
                 Ok(Some((offset as u64, record)))
+            }
+            Err(_) if self.bytes[offset..].iter().all(|&byte| byte == 0) => {
+                self.finished = true;
+                self.zeros_from = Some(offset as u64);
+                Ok(None)
             }
             Err(bad) => {
                 self.finished = true;
@@ -272,7 +284,12 @@ impl<'a> RecordReader<'a> {
         self.torn_tail.as_ref()
     }
 
-    /// Bytes of valid records read so far: where a torn tail would be cut.
+    /// Where the zeros that ended the records start, once `next_record` has returned `None`.
+    pub fn zeros_from(&self) -> Option<u64> {
+        self.zeros_from
+    }
+
+    /// Bytes of valid records read so far: where a torn tail or the zeros would be cut.
     pub fn valid_len(&self) -> u64 {
         self.offset as u64
     }
@@ -344,6 +361,7 @@ mod tests {
         zeroed.extend_from_slice(&[0; 100]);
         let decoded = decode_segment(&zeroed).unwrap();
         assert_eq!(decoded.torn_tail.unwrap().offset, last_offset as u64);
+        assert_eq!(decoded.zeros_from, None);
 
         let mut garbled = bytes.clone();
         let n = garbled.len();
@@ -351,6 +369,26 @@ mod tests {
         let decoded = decode_segment(&garbled).unwrap();
         assert_eq!(decoded.records.len(), 2);
         assert_eq!(decoded.torn_tail.unwrap().offset, last_offset as u64);
+    }
+
+    #[test]
+    fn zeros_after_the_records_end_them_without_a_torn_tail() {
+        let bytes = segment_bytes();
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0; 4096]);
+        let decoded = decode_segment(&padded).unwrap();
+        assert_eq!(decoded.records, decode_segment(&bytes).unwrap().records);
+        assert_eq!((decoded.torn_tail, decoded.zeros_from), (None, Some(bytes.len() as u64)));
+        // A record a crash left wholly unwritten reads as zeros too; one byte of it written
+        // makes it torn.
+        let last_offset = decoded.records[2].0 as usize;
+        let mut unwritten = padded.clone();
+        unwritten[last_offset..].fill(0);
+        let decoded = decode_segment(&unwritten).unwrap();
+        assert_eq!((decoded.records.len(), decoded.zeros_from), (2, Some(last_offset as u64)));
+        unwritten[last_offset + 100] = 1;
+        let decoded = decode_segment(&unwritten).unwrap();
+        assert_eq!((decoded.torn_tail.unwrap().offset, decoded.zeros_from), (last_offset as u64, None));
     }
 
     #[test]
@@ -442,9 +480,14 @@ mod tests {
                 }
                 assert_eq!(offsets, decoded.records.iter().map(|(o, _)| *o).collect::<Vec<_>>());
                 assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets increase");
-                match &decoded.torn_tail {
-                    Some(torn) => assert_eq!(torn.offset, reader.valid_len()),
-                    None => assert_eq!(reader.valid_len(), bytes.len() as u64),
+                match (&decoded.torn_tail, decoded.zeros_from) {
+                    (Some(torn), None) => assert_eq!(torn.offset, reader.valid_len()),
+                    (None, Some(zeros_from)) => {
+                        assert_eq!(zeros_from, reader.valid_len());
+                        assert!(bytes[zeros_from as usize..].iter().all(|&b| b == 0));
+                    }
+                    (None, None) => assert_eq!(reader.valid_len(), bytes.len() as u64),
+                    (Some(_), Some(_)) => panic!("a tail is torn or zeros, not both"),
                 }
             }
         }

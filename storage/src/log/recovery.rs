@@ -1,5 +1,6 @@
 //! Crash recovery: replays every segment in order to rebuild each partition's state, cuts a
-//! torn tail off the last segment, and stops at any other corruption with the file and offset.
+//! torn tail (or the zeros the writer prepared ahead of its records) off the last segment, and
+//! stops at any other corruption with the file and offset.
 //!
 //! Replay starts at the oldest segment still on disk. Segments are only ever deleted oldest
 //! first, and each starts with a checkpoint of every partition's metadata, so the first
@@ -246,6 +247,21 @@ fn replay(disk: &dyn Disk, dir: &Path, cut: bool) -> Result<(Recovered, Option<(
                 left_torn = Some((path.clone(), torn.clone()));
             }
             len = torn.offset;
+        } else if let Some(zeros_from) = reader.zeros_from() {
+            // The zeros the writer prepared ahead of its records (or a record a crash left
+            // wholly unwritten). A segment is cut to its last record before the next one exists.
+            if !is_last {
+                return Err(LogError::Corrupt {
+                    path,
+                    offset: zeros_from,
+                    reason: "zeros after the records of a segment that is not the last".to_owned(),
+                });
+            }
+            if cut {
+                tracing::debug!(path = %path.display(), offset = zeros_from, "cutting the zeros after the log's records");
+                disk.truncate(&path, zeros_from)?;
+            }
+            len = zeros_from;
         }
         assert_eq!(len, reader.valid_len(), "the kept length is that of the valid records");
         if len == 0 && !is_last {

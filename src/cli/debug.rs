@@ -140,6 +140,8 @@ fn wal(target: &Target) -> anyhow::Result<()> {
                 segment["entries"] = json!(entries);
                 segment["torn_tail"] =
                     json!(decoded.torn_tail.map(|t| json!({ "offset": t.offset, "reason": t.reason })));
+                // The zeros the log writes ahead of its records (the next start cuts them).
+                segment["zeros_from"] = json!(decoded.zeros_from);
             }
             Err(error) => segment["error"] = json!(error.to_string()),
         }
@@ -167,6 +169,9 @@ fn wal(target: &Target) -> anyhow::Result<()> {
                 s["writes"],
                 s["entries"]
             );
+            if let Some(zeros_from) = s["zeros_from"].as_u64() {
+                out += &format!("  zeros from {zeros_from} (written ahead of the records)");
+            }
             if let Some(torn) = s["torn_tail"].as_object() {
                 out += &format!("  torn tail at {}: {}", torn["offset"], torn["reason"].as_str().unwrap_or_default());
             }

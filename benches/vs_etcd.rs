@@ -1,6 +1,7 @@
 //! cohort beside etcd, driven by the same closed-loop load generator in one run. Prints, per
 //! system and per concurrency (1 and 64 clients): writes/s, p50/p99/p999 latency, server CPU
-//! seconds per 1,000 writes (from /proc, every server process), the generator's own CPU, and
+//! seconds per 1,000 writes and context switches per write (from /proc, every server process
+//! and thread: how many hand-offs between threads a write costs), the generator's own CPU, and
 //! cohort/etcd ratios next to the goals; and the latency floor measured in the same run: a
 //! loopback TCP round trip and a 4 KiB append + fdatasync, with cohort's 1-client p50 as a
 //! multiple of their sum; and, beside the fsync, what one 1 KiB entry costs through cohort's
@@ -24,7 +25,7 @@ mod common;
 
 use cluster::{repo, TestCluster};
 use cohort_bench_etcd::{KvClient, MaintenanceClient, PutRequest, StatusRequest};
-use common::{client, cpu_seconds, gather, run_load, Load};
+use common::{client, context_switches, cpu_seconds, gather, run_load, Load};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -163,6 +164,8 @@ async fn etcd_load(endpoint: &str, clients: u64, duration: Duration) -> Load {
 struct Turn {
     load: Load,
     server_cpu_seconds: f64,
+    /// Context switches of every server thread.
+    server_switches: u64,
     client_cpu_seconds: f64,
 }
 
@@ -170,11 +173,16 @@ impl Turn {
     fn merge(&mut self, other: Turn) {
         self.load.merge(other.load);
         self.server_cpu_seconds += other.server_cpu_seconds;
+        self.server_switches += other.server_switches;
         self.client_cpu_seconds += other.client_cpu_seconds;
     }
 
     fn server_cpu_per_1000(&self) -> f64 {
         self.server_cpu_seconds * 1000.0 / self.load.writes as f64
+    }
+
+    fn server_switches_per_write(&self) -> f64 {
+        self.server_switches as f64 / self.load.writes as f64
     }
 
     fn client_share(&self) -> f64 {
@@ -185,11 +193,14 @@ impl Turn {
 
 async fn measured(pids: &[u32], load: impl std::future::Future<Output = Load>) -> Turn {
     let server = |pids: &[u32]| pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>();
-    let (server_before, client_before) = (server(pids), cpu_seconds(std::process::id()));
+    let switches = |pids: &[u32]| pids.iter().map(|&pid| context_switches(pid)).sum::<u64>();
+    let (server_before, switches_before) = (server(pids), switches(pids));
+    let client_before = cpu_seconds(std::process::id());
     let load = load.await;
     Turn {
         load,
         server_cpu_seconds: server(pids) - server_before,
+        server_switches: switches(pids).saturating_sub(switches_before),
         client_cpu_seconds: cpu_seconds(std::process::id()) - client_before,
     }
 }
@@ -202,12 +213,13 @@ fn print_turn(system: &str, clients: u64, turn: &Turn) {
     let load = &turn.load;
     println!(
         "{system:<6} {clients:>2} clients: {:>7.0} writes/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms  \
-         server CPU {:.3} s per 1,000 writes  generator {:.0}% of the machine",
+         server CPU {:.3} s per 1,000 writes  {:.1} context switches per write  generator {:.0}% of the machine",
         load.throughput(),
         ms(load.percentile(0.50)),
         ms(load.percentile(0.99)),
         ms(load.percentile(0.999)),
         turn.server_cpu_per_1000(),
+        turn.server_switches_per_write(),
         turn.client_share() * 100.0
     );
     if turn.client_share() > GENERATOR_SHARE_MAX {

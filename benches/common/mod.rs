@@ -149,6 +149,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / per_second
 }
 
+/// Context switches (voluntary and not) of every live thread of process `pid` so far: each
+/// is a thread going to sleep or being put off the CPU, so their count per write says how many
+/// hand-offs between threads a write costs. Threads that exited are not counted.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(("voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches", count)) = line.split_once(':') {
+                total += count.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 /// What a closed-loop load did: every write's latency, over `elapsed`.
 pub struct Load {
     pub writes: usize,

@@ -397,7 +397,13 @@ fn verify(target: &Target) -> anyhow::Result<()> {
                         torn.offset, torn.reason
                     ),
                 ),
-                None => findings.ok(&path, &format!("{} records, every checksum", decoded.records.len())),
+                None => match decoded.zeros_from {
+                    Some(offset) if i + 1 < seqs.len() => {
+                        segments_good = false;
+                        findings.problem(&path, format!("zeros from offset {offset} in a segment that is not the last"));
+                    }
+                    _ => findings.ok(&path, &format!("{} records, every checksum", decoded.records.len())),
+                },
             },
         }
     }

@@ -171,6 +171,7 @@ pub fn log_suite(make: impl Fn() -> Arc<dyn Disk>) {
         ("zeroed_tail_is_cut", zeroed_tail_is_cut),
         ("corruption_in_the_middle_is_an_error", corruption_in_the_middle_is_an_error),
         ("corruption_in_an_older_segment_is_an_error", corruption_in_an_older_segment_is_an_error),
+        ("only_the_head_holds_zeros", only_the_head_holds_zeros),
         ("missing_segment_is_an_error", missing_segment_is_an_error),
         ("foreign_files_are_left_alone", foreign_files_are_left_alone),
     ];
@@ -520,6 +521,39 @@ fn corruption_in_an_older_segment_is_an_error(disk: &Arc<dyn Disk>) {
     *bytes.last_mut().unwrap() ^= 0xff;
     write_file_atomic(&**disk, &path, &bytes).unwrap();
     expect_corrupt(disk, &path, offset);
+}
+
+/// The head writes its records over zeros it prepared ahead of them; a rotation cuts them off
+/// the old head, so only the last segment ever ends in zeros, and zeros after the records of
+/// another are corruption (a synced record zeroed, or a rotation that did not cut them).
+fn only_the_head_holds_zeros(disk: &Arc<dyn Disk>) {
+    let (mut engine, _) = open(disk);
+    let mut model = LogModel::default();
+    busy_writes(&mut engine, &mut model, 1, 20);
+    let seqs = engine.segments();
+    assert!(seqs.len() >= 2, "the writes filled several segments ({seqs:?})");
+    let (older, head) = (&seqs[..seqs.len() - 1], *seqs.last().unwrap());
+    for &seq in older {
+        let bytes = disk.read(&segment_path(dir(), seq)).unwrap();
+        let decoded = decode_segment(&bytes).unwrap();
+        assert_eq!((decoded.torn_tail, decoded.zeros_from), (None, None), "segment {seq} ends at its last record");
+    }
+    let head_bytes = disk.read(&segment_path(dir(), head)).unwrap();
+    let zeros_from = decode_segment(&head_bytes).unwrap().zeros_from.expect("the head holds zeros ahead");
+    drop(engine);
+    let engine = reopen_and_check(disk, &model);
+    assert_eq!(
+        disk.read(&segment_path(dir(), head)).unwrap(),
+        head_bytes[..zeros_from as usize],
+        "recovery cut the zeros off the old head, and nothing else"
+    );
+    drop(engine);
+    let path = segment_path(dir(), head);
+    let mut bytes = disk.read(&path).unwrap();
+    let end = bytes.len() as u64;
+    bytes.extend_from_slice(&[0; 64]);
+    write_file_atomic(&**disk, &path, &bytes).unwrap();
+    expect_corrupt(disk, &path, end);
 }
 
 fn missing_segment_is_an_error(disk: &Arc<dyn Disk>) {

@@ -7,7 +7,7 @@
 //!   journal for the file's new length);
 //! - written over blocks already written (zeros), then fdatasync: the floor of a log that
 //!   writes in place, which the engine approaches except on the batches that prepare the next
-//!   zeros (1 MiB at a time: those pay for writing them).
+//!   zeros (256 KiB at a time: those pay for writing them).
 //!
 //! Prints, for batches of 1 and of 64 entries of 1 KiB (a lone client's writes and a loaded
 //! node's group commit), p50, p99 and mean microseconds per batch of each, and the engine's

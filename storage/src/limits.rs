@@ -20,7 +20,7 @@ pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1024;
 /// Zeros the log writes ahead of its records at a time (never more than a segment's target
 /// size): appends then overwrite space the file system has allocated and written, and the
 /// fsync after each flushes data alone (see `log::engine`'s `Head`).
-pub const LOG_PREALLOCATE_BYTES: u64 = 1024 * 1024;
+pub const LOG_PREALLOCATE_BYTES: u64 = 256 * 1024;
 /// Largest segment target accepted: recovery reads one segment into memory at a time.
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 

@@ -60,10 +60,11 @@ pub struct LogEngine {
 /// allocated and written, and the fsync after it flushes data alone. Appending past the end
 /// made every fsync also commit the file system's journal for the new length (space from
 /// `fallocate` is no better: its extents are unwritten until written). `cargo bench --bench
-/// log`, one run: a batch of one 1 KiB entry p50 0.68x and mean 0.69x of appending it; of 64,
-/// p50 0.63x and mean 0.82x, but the batch that writes the next zeros pays for them (about
-/// 1 ms for 1 MiB), so the p99 of 64-entry batches is 2.9x (256 KiB at a time: 1.8x, mean
-/// 0.94x; 4 MiB: 11x). Reusing deleted segments' files, whose blocks are written already,
+/// log`, two runs: a batch of one 1 KiB entry p50 0.65x and mean 0.65-0.66x of appending it;
+/// of 64, p50 0.55-0.64x and mean 0.84-0.96x, but the batch that writes the next zeros pays
+/// for them (about half a millisecond for 256 KiB), so the p99 of 64-entry batches is
+/// 1.30-1.48x. More at a time costs the tail more for little: 1 MiB p99 2.9-3.6x (mean
+/// 0.76-0.92x), 4 MiB 11x. Reusing deleted segments' files, whose blocks are written already,
 /// would need no zeros; their stale records would need a checksum seeded by segment.
 ///
 /// The price is in recovery's rule, which takes a bad record followed by a valid one for

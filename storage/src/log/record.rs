@@ -205,11 +205,12 @@ fn find_valid_frame(bytes: &[u8], from: usize, checksum_bytes_max: usize) -> Res
 /// ([`RecordReader::zeros_from`]): the log writes them ahead of its records, and only the last
 /// segment may hold them (a record a crash left wholly unwritten reads the same).
 ///
-/// Any other frame that is bad (short header, zero or oversized length, payload past the end, checksum
-/// mismatch) ends the segment as a **torn tail** only if no valid frame follows it anywhere:
-/// a crash tears the end of what was being written, never the middle of what was synced
-/// before. A bad frame followed by a valid one, and a frame whose checksum matches but whose
-/// payload does not decode, are **corruption** ([`RecordError`]).
+/// Any other frame that is bad (short header, zero or oversized length, payload past the end,
+/// checksum mismatch) ends the segment as a **torn tail** only if no valid frame follows it
+/// anywhere: a crash tears the end of what was being written, never the middle of what was
+/// synced before (the writer keeps at most one record unsynced). A bad frame followed by a
+/// valid one, and a frame whose checksum matches but whose payload does not decode, are
+/// **corruption** ([`RecordError`]).
 ///
 /// Known limit: the search for a following valid frame also looks inside a torn record's own
 /// payload, so client data that embeds a valid frame of this format can make a torn tail look

@@ -17,19 +17,16 @@
 //! turns of a tenth each); without `--bench` (as `cargo test --all-targets` runs it) a short
 //! smoke run that checks the engine's log reads back.
 
-use cohort_core::env::Disk;
-use cohort_core::ids::PartitionId;
-use cohort_core::persist::{EntryKind, LogEntry, LogWrite};
-use cohort_storage::log::{LogEngine, LogOptions};
-use cohort_storage::FsDisk;
+#[path = "common/log_probe.rs"]
+mod log_probe;
+
+use log_probe::{LogProbe, ENTRY_BYTES};
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::os::unix::io::AsRawFd as _;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const ENTRY_BYTES: usize = 1024;
 const TURNS: usize = 10;
 
 /// One way of writing batches, timed per batch.
@@ -38,27 +35,9 @@ trait Way {
 }
 
 /// cohort's log: one `LogWrite` per entry (as many partitions' writes in one group commit).
-struct Engine {
-    engine: LogEngine,
-    next_index: u64,
-}
-
-impl Way for Engine {
+impl Way for LogProbe {
     fn write_batch(&mut self, entries: usize) -> Duration {
-        let index = self.next_index;
-        self.next_index += 1;
-        let writes: Vec<LogWrite> = (0..entries as u64)
-            .map(|partition| {
-                let mut write = LogWrite::new(PartitionId(partition + 1));
-                let data = vec![0x5a; ENTRY_BYTES];
-                write.entries = vec![LogEntry { index, term: 1, kind: EntryKind::Normal, data, context: vec![] }];
-                write
-            })
-            .collect();
-        let started = Instant::now();
-        self.engine.append(&writes).unwrap();
-        self.engine.sync().unwrap();
-        started.elapsed()
+        self.append_sync(entries as u64)
     }
 }
 
@@ -114,10 +93,8 @@ fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     for (entries, batches) in [(1usize, if full { 8_000 } else { 200 }), (64, if full { 800 } else { 20 })] {
         let batch_bytes = (entries * (ENTRY_BYTES + 64)) as u64;
-        let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(dir.path().join(format!("engine-{entries}"))).unwrap());
-        let (engine, _) = LogEngine::open(Arc::clone(&disk), Path::new("wal"), LogOptions::default()).unwrap();
         let mut ways: [(&str, Box<dyn Way>); 3] = [
-            ("cohort's log", Box::new(Engine { engine, next_index: 1 })),
+            ("cohort's log", Box::new(LogProbe::open(&dir.path().join(format!("engine-{entries}"))))),
             ("appended + fdatasync", Box::new(Raw::open(&dir.path().join(format!("append-{entries}")), false, 0))),
             (
                 "in place + fdatasync",
@@ -149,7 +126,7 @@ fn main() {
         );
         // The engine wrote what it was given: every entry reads back after a reopen.
         drop(ways);
-        let (_, recovered) = LogEngine::open(disk, Path::new("wal"), LogOptions::default()).unwrap();
+        let recovered = LogProbe::recover(&dir.path().join(format!("engine-{entries}")));
         assert_eq!(recovered.len(), entries, "every partition written is recovered");
         assert!(recovered.values().all(|p| p.entries.len() == batches), "every batch's entries are recovered");
     }

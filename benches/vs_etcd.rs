@@ -22,10 +22,14 @@
 mod cluster;
 #[allow(dead_code)]
 mod common;
+#[path = "common/log_probe.rs"]
+#[allow(dead_code)]
+mod log_probe;
 
 use cluster::{repo, TestCluster};
 use cohort_bench_etcd::{KvClient, MaintenanceClient, PutRequest, StatusRequest};
 use common::{client, context_switches, cpu_seconds, gather, run_load, Load};
+use log_probe::LogProbe;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -280,23 +284,10 @@ fn append_fsync(dir: &Path, rounds: usize) -> Duration {
 /// Median of `rounds` appends of one 1 KiB entry to cohort's log (a `LogEngine` in a fresh
 /// directory under `dir`), each followed by its sync, as group commit does for a lone write.
 fn log_append_sync(dir: &Path, rounds: u64) -> Duration {
-    use cohort_core::persist::{EntryKind, LogEntry, LogWrite};
-    use cohort_storage::log::{LogEngine, LogOptions};
     let root = dir.join("log-probe");
-    let disk: std::sync::Arc<dyn cohort_core::env::Disk> =
-        std::sync::Arc::new(cohort_storage::FsDisk::new(&root).unwrap());
-    let (mut engine, _) = LogEngine::open(disk, Path::new("wal"), LogOptions::default()).unwrap();
-    let mut times = Vec::with_capacity(rounds as usize);
-    for index in 1..=rounds {
-        let mut write = LogWrite::new(cohort_core::ids::PartitionId(1));
-        write.entries =
-            vec![LogEntry { index, term: 1, kind: EntryKind::Normal, data: vec![0x5a; 1024], context: vec![] }];
-        let started = Instant::now();
-        engine.append(&[write]).unwrap();
-        engine.sync().unwrap();
-        times.push(started.elapsed());
-    }
-    drop(engine);
+    let mut probe = LogProbe::open(&root);
+    let mut times: Vec<Duration> = (0..rounds).map(|_| probe.append_sync(1)).collect();
+    drop(probe);
     std::fs::remove_dir_all(&root).unwrap();
     times.sort();
     times[times.len() / 2]

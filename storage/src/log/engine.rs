@@ -481,15 +481,10 @@ impl LogEngine {
         // Recovery takes only the last segment's tail as torn: the old head must be whole on
         // disk, end at its last record (not in zeros prepared ahead), and its directory entry
         // be durable, before a newer segment can exist.
-        self.head.file.sync()?;
-        self.unsynced = false;
+        self.sync_head()?;
         if self.head.prepared_len > self.head.len {
+            // `truncate` makes the new length durable.
             self.disk.truncate(&segment_path(&self.dir, self.head.seq), self.head.len)?;
-            self.head.prepared_len = self.head.len;
-        }
-        if self.dir_sync_pending {
-            self.disk.sync_dir(&self.dir)?;
-            self.dir_sync_pending = false;
         }
         let seq = self.head.seq + 1;
         let head = create_segment(&*self.disk, &self.dir, seq, &self.partitions, &mut self.buf)?;

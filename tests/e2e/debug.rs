@@ -145,13 +145,12 @@ fn debug_shows_a_stopped_nodes_log_partitions_and_routes_and_verify_finds_every_
             let mut bytes = std::fs::read(&path).unwrap();
             // In a log segment, among its records: most of the last one is the zeros the log
             // writes ahead of them (a flip there reads as a torn tail, which verify also reports).
-            let written = match target.to_string_lossy().starts_with("wal/") {
-                true => cohort_storage::log::record::decode_segment(&bytes)
-                    .unwrap()
-                    .zeros_from
-                    .map_or(bytes.len(), |zeros_from| zeros_from as usize),
-                false => bytes.len(),
+            let zeros_from = if target.to_string_lossy().starts_with("wal/") {
+                cohort_storage::log::record::decode_segment(&bytes).unwrap().zeros_from
+            } else {
+                None
             };
+            let written = zeros_from.map_or(bytes.len(), |zeros_from| zeros_from as usize);
             let offset = rng.gen_range(0..written);
             bytes[offset] ^= 1 << rng.gen_range(0..8);
             std::fs::write(&path, &bytes).unwrap();

@@ -5,7 +5,9 @@
 //!
 //! - [`Store::write`] runs one write transaction (the node's applier batches every partition's
 //!   committed entries into one); commits are cheap (`Durability::None`) unless made durable,
-//!   and a durable commit makes every earlier one durable with it.
+//!   and a durable commit makes every earlier one durable with it. A commit may also be
+//!   written durably but its fsync left owed (`Commit::Written`) for [`Store::sync`] to make
+//!   away from the writer, which goes on committing lazily meanwhile.
 //! - [`Store::read`] opens an MVCC snapshot: reads, digests and snapshot exports see one
 //!   consistent state while writes go on.
 //! - [`apply`] changes a partition's rows for one committed command; [`read`] answers queries;
@@ -76,10 +78,16 @@ pub enum Commit {
     Lazy,
     /// Durable (with every lazy commit before it) when the commit returns.
     Durable,
+    /// Written as a durable commit is, but durable (with every lazy commit before it) only
+    /// once [`Store::sync`] returns: the commit does not wait for the fsync. Until then a
+    /// crash finds the store as of the durable commit before it.
+    Written,
 }
 
 pub struct Store {
     db: redb::Database,
+    /// The database file; `None` in memory.
+    file: Option<Arc<backend::StoreFile>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -110,11 +118,12 @@ impl Store {
             file.sync()?;
         }
         disk.sync_dir(Path::new(STORE_DIR))?;
+        let file = backend::StoreFile::new(file);
         let db = redb::Builder::new()
             .set_cache_size(options.cache_size_bytes)
-            .create_with_backend(backend::DiskBackend::new(file))
+            .create_with_backend(backend::DiskBackend::new(file.clone()))
             .map_err(|e| StoreError::Database { op: "open", source: e.into() })?;
-        let store = Store { db };
+        let store = Store { db, file: Some(file) };
         store.write(Commit::Durable, |rows| rows.create_all())?;
         Ok(store)
     }
@@ -125,7 +134,7 @@ impl Store {
     pub fn check_integrity(disk: &Arc<dyn Disk>) -> Result<bool, StoreError> {
         let file = disk.open_positional(Path::new(STORE_FILE))?;
         let mut db = redb::Builder::new()
-            .create_with_backend(backend::DiskBackend::new(file))
+            .create_with_backend(backend::DiskBackend::new(backend::StoreFile::new(file)))
             .map_err(|e| StoreError::Database { op: "open", source: e.into() })?;
         db.check_integrity().map_err(|e| StoreError::Database { op: "check_integrity", source: e.into() })
     }
@@ -135,7 +144,7 @@ impl Store {
         let db = redb::Builder::new()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .expect("an in-memory database opens");
-        let store = Store { db };
+        let store = Store { db, file: None };
         store.write(Commit::Durable, |rows| rows.create_all()).expect("an in-memory database takes a write");
         store
     }
@@ -154,15 +163,38 @@ impl Store {
         };
         let durability = match commit {
             Commit::Lazy => redb::Durability::None,
-            Commit::Durable => redb::Durability::Immediate,
+            Commit::Durable | Commit::Written => redb::Durability::Immediate,
         };
         txn.set_durability(durability).map_err(|e| StoreError::Corrupt { reason: e.to_string() })?;
         let out = {
             let mut rows = WriteRows::open(&txn)?;
             work(&mut rows)?
         };
-        txn.commit().map_err(|e| StoreError::Database { op: "commit", source: e.into() })?;
+        let owed = match (commit, &self.file) {
+            (Commit::Written, Some(file)) => Some(file),
+            _ => None,
+        };
+        if let Some(file) = owed {
+            file.defer_next_sync(true);
+        }
+        let committed = txn.commit().map_err(|e| StoreError::Database { op: "commit", source: e.into() });
+        if let Some(file) = owed {
+            // redb asks for one sync, at the end of a commit; a commit that failed first never
+            // asked.
+            file.defer_next_sync(false);
+        }
+        committed?;
         Ok(out)
+    }
+
+    /// Makes every `Commit::Written` commit so far durable. Safe beside a write transaction on
+    /// another thread: whatever it writes to the file (a lazy commit writes only pages evicted
+    /// from a full write buffer) waits for this fsync.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        match &self.file {
+            Some(file) => file.sync_owed().map_err(|e| StoreError::Database { op: "sync", source: e.into() }),
+            None => Ok(()),
+        }
     }
 
     /// A consistent view of the store as of now, unaffected by later writes.

@@ -40,10 +40,14 @@ pub enum Bug {
     /// acknowledged write were applied: after a restart, it misses the writes the log still has
     /// to apply again (the bug `three-raft-mode` found in the first build of Raft off).
     RaftOffReadEarly,
+    /// The applier tells partitions that their state is durable as soon as the durable commit
+    /// is written, before the store's fsync it owes returns: a crash between the two loses
+    /// applied entries that the partitions' logs have already dropped.
+    DurableBeforeStoreSync,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::AckBeforeFsync,
         Bug::ForgetVote,
         Bug::ApplyUncommitted,
@@ -55,6 +59,7 @@ impl Bug {
         Bug::ApplyNotAtomic,
         Bug::QuiesceIgnoresLiveness,
         Bug::RaftOffReadEarly,
+        Bug::DurableBeforeStoreSync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +75,7 @@ impl Bug {
             Bug::QuiesceIgnoresLiveness => "quiesce-ignores-liveness",
             Bug::ApplyNotAtomic => "apply-not-atomic",
             Bug::RaftOffReadEarly => "raft-off-read-early",
+            Bug::DurableBeforeStoreSync => "durable-before-store-sync",
         }
     }
 

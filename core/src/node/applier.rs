@@ -10,9 +10,13 @@
 //!
 //! Commits are lazy (`Commit::Lazy`: visible at once, durable later) until `durable_bytes`
 //! were applied or `durable_interval` passed since the last durable commit; then one commit is
-//! durable, and every partition applied since learns through its [`DurableSignal`] how far its
-//! state is durable, which is how far it may compact its log. A partition's log therefore
-//! never drops an entry the store could lose.
+//! written durably with its fsync owed (`Commit::Written`), and the fsync ([`Store::sync`]) is
+//! made on the blocking pool while the applier goes on committing lazily: that fsync of every
+//! page written since the last one took tens of milliseconds under load, and every write on the
+//! node waited for it. Once it returns, every partition applied before that commit learns
+//! through its [`DurableSignal`] how far its state is durable, which is how far it may compact
+//! its log. A partition's log therefore never drops an entry the store could lose. One fsync
+//! is owed at a time: no commit is made durable while one is.
 //!
 //! A failure answers the batch with the error and every later request too: redb latches I/O
 //! errors, and nothing after may be made durable.
@@ -25,9 +29,9 @@ use crate::persist::{LogPosition, PersistError, RaftMode, SnapshotMeta};
 use crate::snapshot::SnapshotStore;
 use crate::store::{self, Applied, ApplyEntry, Commit, Placement, Store, StoreError};
 use futures::channel::{mpsc, oneshot};
-use futures::future::{select, Either};
+use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -166,9 +170,26 @@ struct Applier {
     failure: Option<PersistError>,
 }
 
+/// A [`Store::sync`] on the blocking pool, for the partitions a durable commit covered. Kept
+/// apart from [`Applier`], which the applier's work borrows across its awaits (its future is
+/// `Send`, not `Sync`).
+struct Syncing {
+    sync: BoxFuture<'static, Option<Result<(), StoreError>>>,
+    covered: BTreeMap<PartitionId, (LogPosition, DurableSignal)>,
+}
+
+/// What the applier wakes for.
+enum Wake {
+    Request(Option<ApplyRequest>),
+    /// Idle with lazy commits pending for `durable_interval`.
+    DurableDue,
+    /// The owed fsync returned (`None`: it panicked).
+    Synced(Option<Result<(), StoreError>>),
+}
+
 /// What one batch did besides its results, computed away from the async task.
 struct BatchOutcome {
-    /// Whether the batch ended with a durable commit.
+    /// Whether the batch ended with a durable commit (its fsync owed, if `Commit::Written`).
     durable: bool,
     /// Planted `apply-not-atomic` only: what the batch's second transaction commits, apart.
     deferred: BTreeMap<PartitionId, store::apply::Deferred>,
@@ -181,9 +202,15 @@ fn store_failure(error: StoreError) -> PersistError {
     PersistError(Arc::new(error))
 }
 
-/// Carries out `works` in order: consecutive entry batches in one transaction (durable if
-/// `durable`), installs and removals each in a durable transaction of their own. Answers one
-/// result per work, in order.
+fn signal_durable(partitions: BTreeMap<PartitionId, (LogPosition, DurableSignal)>) {
+    for (_, (position, signal)) in partitions {
+        signal.durable(position);
+    }
+}
+
+/// Carries out `works` in order: consecutive entry batches in one transaction (the last one
+/// written durably, its fsync owed, if `durable`), installs and removals each in a durable
+/// transaction of their own. Answers one result per work, in order.
 fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool) -> (Vec<ApplyResult>, BatchOutcome) {
     let mut results: Vec<ApplyResult> = Vec::with_capacity(works.len());
     let mut works = works.into_iter().peekable();
@@ -206,10 +233,10 @@ fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool)
                 let last_of_batch = works.peek().is_none();
                 transactions += 1;
                 entries += group.iter().map(|(_, entries)| entries.len() as u64).sum::<u64>();
-                let commit = if durable && last_of_batch { Commit::Durable } else { Commit::Lazy };
+                let commit = if durable && last_of_batch { Commit::Written } else { Commit::Lazy };
                 match apply_group(store, &group, commit, &mut deferred) {
                     Ok(applied) => {
-                        ended_durable = commit == Commit::Durable;
+                        ended_durable = commit == Commit::Written;
                         results.extend(applied.into_iter().map(|a| Ok(Ok(ApplyDone::Applied(a)))));
                     }
                     Err(error) => {
@@ -255,7 +282,7 @@ fn apply_group(
     commit: Commit,
     deferred: &mut BTreeMap<PartitionId, store::apply::Deferred>,
 ) -> Result<Vec<Vec<Applied>>, StoreError> {
-    if crate::bugs::is_active(crate::bugs::Bug::ApplyNotAtomic) && commit == Commit::Durable {
+    if crate::bugs::is_active(crate::bugs::Bug::ApplyNotAtomic) && commit != Commit::Lazy {
         // Planted: the effects durably first; the applied index and dedup results follow in a
         // transaction of their own (see `BatchOutcome::deferred`).
         return store.write(Commit::Durable, |rows| {
@@ -320,11 +347,64 @@ impl Applier {
 
     /// Tells every partition applied since the last durable commit how far it is durable.
     fn made_durable(&mut self) {
-        for (_, (position, signal)) in std::mem::take(&mut self.dirty) {
-            signal.durable(position);
-        }
+        signal_durable(std::mem::take(&mut self.dirty));
         self.bytes_since_durable = 0;
         self.last_durable = self.clock.now();
+    }
+
+    /// After a durable commit whose fsync may be owed: makes the fsync on the blocking pool,
+    /// for every partition applied since the last durable commit.
+    fn start_sync(&mut self, spawn: &dyn Spawn) -> Syncing {
+        let mut covered = std::mem::take(&mut self.dirty);
+        if crate::bugs::is_active(crate::bugs::Bug::DurableBeforeStoreSync) {
+            signal_durable(std::mem::take(&mut covered));
+        }
+        let store = self.store.clone();
+        let (done, result) = oneshot::channel();
+        let run = spawn.run_blocking(Box::new(move || {
+            let _ = done.send(store.sync());
+        }));
+        let sync = async move {
+            run.await;
+            result.await.ok()
+        };
+        self.bytes_since_durable = 0;
+        self.last_durable = self.clock.now();
+        Syncing { sync: sync.boxed(), covered }
+    }
+
+    /// The owed fsync returned.
+    fn synced(&mut self, Syncing { covered, .. }: Syncing, outcome: Option<Result<(), StoreError>>) {
+        match outcome {
+            Some(Ok(())) => signal_durable(covered),
+            Some(Err(error)) => self.failure = Some(store_failure(error)),
+            None => {
+                self.failure = Some(store_failure(StoreError::Corrupt { reason: "the store's sync panicked".into() }))
+            }
+        }
+    }
+
+    /// Waits for a request, the owed fsync, or (idle with lazy commits pending and no fsync
+    /// under way) the durable interval's end. The fsync is looked at first, so a queue that is
+    /// never empty cannot keep partitions from hearing that their state is durable.
+    async fn next_wake(&self, requests: &mut mpsc::Receiver<ApplyRequest>, syncing: &mut Option<Syncing>) -> Wake {
+        let mut idle_deadline = (!self.dirty.is_empty() && self.failure.is_none() && syncing.is_none())
+            .then(|| self.clock.sleep_until(self.last_durable + self.options.durable_interval));
+        std::future::poll_fn(|cx| {
+            if let Some(syncing) = syncing {
+                if let Poll::Ready(outcome) = syncing.sync.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Synced(outcome));
+                }
+            }
+            if let Poll::Ready(request) = requests.poll_next_unpin(cx) {
+                return Poll::Ready(Wake::Request(request));
+            }
+            match idle_deadline.as_mut().map(|deadline| deadline.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Wake::DurableDue),
+                _ => Poll::Pending,
+            }
+        })
+        .await
     }
 
     async fn run_on_store<T: Send + 'static>(
@@ -394,30 +474,36 @@ pub async fn run_applier(
     let last_durable = clock.now();
     let mut applier =
         Applier { store, options, clock, dirty: BTreeMap::new(), bytes_since_durable: 0, last_durable, failure: None };
+    // The owed fsync under way: one at a time, so no commit is made durable while it is.
+    let mut syncing: Option<Syncing> = None;
     loop {
-        let first = if applier.dirty.is_empty() || applier.failure.is_some() {
-            requests.next().await
-        } else {
-            let deadline = applier.last_durable + applier.options.durable_interval;
-            match select(requests.next(), applier.clock.sleep_until(deadline)).await {
-                Either::Left((request, _)) => request,
-                Either::Right(((), _)) => {
-                    // Idle with lazy commits pending: make them durable.
-                    let outcome = applier.run_on_store(&*spawn, |store| store.write(Commit::Durable, |_| Ok(()))).await;
-                    match outcome {
-                        Some(Ok(())) => applier.made_durable(),
-                        Some(Err(error)) => applier.failure = Some(store_failure(error)),
-                        None => {
-                            applier.failure =
-                                Some(store_failure(StoreError::Corrupt { reason: "the applier panicked".into() }))
-                        }
+        let first = match applier.next_wake(&mut requests, &mut syncing).await {
+            Wake::Request(request) => request,
+            Wake::Synced(outcome) => {
+                applier.synced(syncing.take().expect("a sync was under way"), outcome);
+                continue;
+            }
+            Wake::DurableDue => {
+                // Idle with lazy commits pending: make them durable. Idle for a moment only,
+                // under load, so the fsync is owed and made apart as after a batch.
+                let outcome = applier.run_on_store(&*spawn, |store| store.write(Commit::Written, |_| Ok(()))).await;
+                match outcome {
+                    Some(Ok(())) => syncing = Some(applier.start_sync(&*spawn)),
+                    Some(Err(error)) => applier.failure = Some(store_failure(error)),
+                    None => {
+                        applier.failure =
+                            Some(store_failure(StoreError::Corrupt { reason: "the applier panicked".into() }))
                     }
-                    continue;
                 }
+                continue;
             }
         };
         let Some(first) = first else {
             // Every partition stopped: make what was applied durable, and end.
+            if let Some(mut under_way) = syncing.take() {
+                let outcome = under_way.sync.as_mut().await;
+                applier.synced(under_way, outcome);
+            }
             if !applier.dirty.is_empty() && applier.failure.is_none() {
                 let outcome = applier.run_on_store(&*spawn, |store| store.write(Commit::Durable, |_| Ok(()))).await;
                 if let Some(Ok(())) = outcome {
@@ -438,7 +524,7 @@ pub async fn run_applier(
             }
         }
         let batch_bytes: u64 = batch.iter().map(|r| work_bytes(&r.work)).sum();
-        let durable = applier.durable_due(batch_bytes);
+        let durable = syncing.is_none() && applier.durable_due(batch_bytes);
         let run = run_for(&batch, batch_bytes, durable);
         let mut works = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
@@ -492,8 +578,8 @@ pub async fn run_applier(
             let _ = reply.send(result);
         }
         applier.bytes_since_durable += batch_bytes;
-        if durable {
-            applier.made_durable();
+        if durable && applier.failure.is_none() {
+            syncing = Some(applier.start_sync(&*spawn));
         }
     }
 }
@@ -528,7 +614,11 @@ mod tests {
     fn only_a_few_small_entries_committed_lazily_run_where_the_applier_is() {
         assert_eq!(run(vec![entries(1, 1024)], false), Run::Brief, "a lone write");
         assert_eq!(run(vec![entries(2, 1024), entries(2, 1024)], false), Run::Brief, "four, from two partitions");
-        assert_eq!(run(vec![entries(1, 1024)], true), Run::Blocking, "a durable commit waits for an fsync");
+        assert_eq!(
+            run(vec![entries(1, 1024)], true),
+            Run::Blocking,
+            "a durable commit writes every page since the last one"
+        );
         assert_eq!(run(vec![entries(5, 100)], false), Run::Blocking, "more entries than brief");
         assert_eq!(run(vec![entries(3, 2), entries(2, 2)], false), Run::Blocking, "more entries, together");
         assert_eq!(run(vec![entries(1, 20 * 1024)], false), Run::Blocking, "more bytes than brief");

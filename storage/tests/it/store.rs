@@ -86,6 +86,24 @@ fn state_of(store: &Store) -> (u64, String) {
     (record.applied.index, digest(&rows, P).unwrap().to_string())
 }
 
+/// A new store on a simulated disk whose crashes `seed` decides.
+fn fresh_store(seed: u64) -> (Arc<SimDisk>, Arc<dyn Disk>, Store) {
+    let sim = Arc::new(SimDisk::new(seed));
+    let disk: Arc<dyn Disk> = sim.clone();
+    let store = Store::open(&disk, &options()).unwrap();
+    (sim, disk, store)
+}
+
+/// Cuts the power, then reopens the store and returns its applied index. The power goes first:
+/// dropping the store then cannot make what was not durable durable (a clean close would).
+fn crash_and_reopen(sim: &SimDisk, disk: &Arc<dyn Disk>, store: Store) -> (Store, u64) {
+    sim.crash();
+    drop(store);
+    let store = Store::open(disk, &options()).unwrap();
+    let (index, _) = state_of(&store);
+    (store, index)
+}
+
 const BATCHES: u64 = 6;
 
 /// The digest after each batch, from a run without faults.
@@ -207,35 +225,26 @@ fn power_loss_at_every_operation_with_fsyncs_owed_leaves_a_committed_state() {
 fn a_written_commit_is_durable_once_synced_or_once_a_later_commit_writes() {
     let mut lost = 0;
     for seed in 0..40 {
-        let sim = Arc::new(SimDisk::new(seed));
-        let disk: Arc<dyn Disk> = sim.clone();
-        let store = Store::open(&disk, &options()).unwrap();
+        let (sim, disk, store) = fresh_store(seed);
         let durable = apply_batch(&store, 1, 0, Commit::Durable).unwrap();
         let written = apply_batch(&store, 2, durable, Commit::Written).unwrap();
         // A lazy commit writes nothing to the file: the fsync is still owed.
         let lazy = apply_batch(&store, 3, written, Commit::Lazy).unwrap();
         assert_eq!(state_of(&store).0, lazy, "readers see every commit at once");
-        sim.crash();
-        drop(store);
-        let store = Store::open(&disk, &options()).unwrap();
-        let (index, _) = state_of(&store);
+        let (store, index) = crash_and_reopen(&sim, &disk, store);
         assert!(index == durable || index == written, "seed {seed}: a crash before the sync left index {index}");
         lost += u64::from(index == durable);
 
         let written = apply_batch(&store, after(index), index, Commit::Written).unwrap();
         store.sync().unwrap();
-        sim.crash();
-        drop(store);
-        let store = Store::open(&disk, &options()).unwrap();
-        assert_eq!(state_of(&store).0, written, "seed {seed}: a synced commit survives");
+        let (store, index) = crash_and_reopen(&sim, &disk, store);
+        assert_eq!(index, written, "seed {seed}: a synced commit survives");
 
         let owed = apply_batch(&store, after(written), written, Commit::Written).unwrap();
         let lazy = apply_batch(&store, after(owed), owed, Commit::Lazy).unwrap();
         let durable = apply_batch(&store, after(lazy), lazy, Commit::Durable).unwrap();
-        sim.crash();
-        drop(store);
-        let store = Store::open(&disk, &options()).unwrap();
-        assert_eq!(state_of(&store).0, durable, "seed {seed}: a durable commit carries the owed one before it");
+        let (_, index) = crash_and_reopen(&sim, &disk, store);
+        assert_eq!(index, durable, "seed {seed}: a durable commit carries the owed one before it");
     }
     assert!(lost > 0, "a crash before the sync lost the written commit in some seeds (0 of 40)");
 }
@@ -243,25 +252,17 @@ fn a_written_commit_is_durable_once_synced_or_once_a_later_commit_writes() {
 #[test]
 fn lazy_commits_are_durable_only_with_a_later_durable_one() {
     for seed in 0..20 {
-        let sim = Arc::new(SimDisk::new(seed));
-        let disk: Arc<dyn Disk> = sim.clone();
-        let store = Store::open(&disk, &options()).unwrap();
+        let (sim, disk, store) = fresh_store(seed);
         let durable = apply_batch(&store, 1, 0, Commit::Durable).unwrap();
         let lazy = apply_batch(&store, 2, durable, Commit::Lazy).unwrap();
         assert_eq!(state_of(&store).0, lazy, "readers see a lazy commit at once");
-        // The power goes first: dropping the store then cannot make the lazy commit durable
-        // (a clean close would).
-        sim.crash();
-        drop(store);
-        let store = Store::open(&disk, &options()).unwrap();
-        assert_eq!(state_of(&store).0, durable, "seed {seed}: the lazy commit is lost");
+        let (store, index) = crash_and_reopen(&sim, &disk, store);
+        assert_eq!(index, durable, "seed {seed}: the lazy commit is lost");
 
         let lazy = apply_batch(&store, 2, durable, Commit::Lazy).unwrap();
         let again = apply_batch(&store, 3, lazy, Commit::Durable).unwrap();
-        sim.crash();
-        drop(store);
-        let store = Store::open(&disk, &options()).unwrap();
-        assert_eq!(state_of(&store).0, again, "seed {seed}: a durable commit carries the lazy one before it");
+        let (_, index) = crash_and_reopen(&sim, &disk, store);
+        assert_eq!(index, again, "seed {seed}: a durable commit carries the lazy one before it");
     }
 }
 

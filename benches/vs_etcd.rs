@@ -297,13 +297,13 @@ fn log_append_sync(dir: &Path, rounds: u64) -> Duration {
 /// latency histograms, and the applier's batching.
 #[derive(Default)]
 struct Stages {
-    /// Per node: commit (sum, count), apply (sum, count), fsync (sum, count), apply
-    /// transactions, applied entries.
-    nodes: Vec<[f64; 8]>,
+    /// Per node: commit (sum, count), apply (sum, count), log fsync (sum, count), apply
+    /// transactions, applied entries, store fsync (sum, count).
+    nodes: Vec<[f64; 10]>,
 }
 
 impl Stages {
-    const METRICS: [&'static str; 8] = [
+    const METRICS: [&'static str; 10] = [
         "cohort_commit_latency_seconds_sum",
         "cohort_commit_latency_seconds_count",
         "cohort_apply_latency_seconds_sum",
@@ -312,6 +312,8 @@ impl Stages {
         "cohort_fsync_latency_seconds_count",
         "cohort_apply_transactions_total",
         "cohort_applied_entries_total",
+        "cohort_store_fsync_latency_seconds_sum",
+        "cohort_store_fsync_latency_seconds_count",
     ];
 
     fn read(cohort: &TestCluster) -> Stages {
@@ -324,7 +326,7 @@ impl Stages {
         Stages { nodes: nodes.collect() }
     }
 
-    /// The leader's stages (the node that answered writes), and the followers' fsyncs.
+    /// The leader's stages (the node that answered writes), and every node's log fsyncs.
     fn print(&self) {
         let Some(leader) = self.nodes.iter().max_by(|a, b| a[1].total_cmp(&b[1])) else { return };
         let mean_ms = |sum: f64, count: f64| if count > 0.0 { sum / count * 1e3 } else { 0.0 };
@@ -332,12 +334,15 @@ impl Stages {
         let fsyncs: f64 = self.nodes.iter().map(|n| n[5]).sum();
         println!(
             "cohort stages on the leader: at its partition until answered {:.2} ms mean, of which applying {:.2} ms \
-             ({:.1} entries per apply transaction); fsync {:.2} ms mean; {:.2} fsyncs per write on all nodes",
+             ({:.1} entries per apply transaction); log fsync {:.2} ms mean; {:.2} log fsyncs per write on all \
+             nodes; the store's fsync (no write waits for it) {:.1} ms mean, {:.0} of them",
             mean_ms(leader[0], leader[1]),
             mean_ms(leader[2], leader[3]),
             if leader[6] > 0.0 { leader[7] / leader[6] } else { 0.0 },
             mean_ms(leader[4], leader[5]),
             if writes > 0.0 { fsyncs / writes } else { 0.0 },
+            mean_ms(leader[8], leader[9]),
+            leader[9],
         );
     }
 }

@@ -25,7 +25,11 @@ pub fn production_env(config: &Config, seed: u64) -> anyhow::Result<Env> {
     let disk = FsDisk::new(&config.data_dir).with_context(|| format!("opening {}", config.data_dir.display()))?;
     Ok(Env {
         clock: Arc::new(TokioClock::new()),
-        disk: Arc::new(MeteredDisk::new(disk, metrics.fsync_latency_seconds.clone())),
+        disk: Arc::new(MeteredDisk::new(
+            disk,
+            metrics.fsync_latency_seconds.clone(),
+            metrics.store_fsync_latency_seconds.clone(),
+        )),
         spawn: Arc::new(TokioSpawn),
         seed,
         metrics,

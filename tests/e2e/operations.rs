@@ -21,6 +21,7 @@ fn health_metrics_and_status_page_are_served() {
             "cohort_leader_changes_total",
             "cohort_commit_latency_seconds_bucket",
             "cohort_fsync_latency_seconds_bucket",
+            "cohort_store_fsync_latency_seconds_bucket",
             "cohort_transport_messages_sent_total",
             "cohort_transport_messages_dropped_total",
         ] {

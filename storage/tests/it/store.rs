@@ -2,7 +2,8 @@
 //! disk operation of a commit leaves the store at the previous or the new applied index, never
 //! between, with exactly the state of that index, also when commits leave their fsync owed;
 //! lazy commits are lost to a crash unless a durable one followed, written ones unless synced
-//! or followed by another commit; a store whose first creation was cut short starts afresh.
+//! or followed by another commit, and after an owed fsync fails nothing more is written; a
+//! store whose first creation was cut short starts afresh.
 
 use cohort_core::env::Disk;
 use cohort_core::ids::{ClientId, PartitionId};
@@ -247,6 +248,20 @@ fn a_written_commit_is_durable_once_synced_or_once_a_later_commit_writes() {
         assert_eq!(index, durable, "seed {seed}: a durable commit carries the owed one before it");
     }
     assert!(lost > 0, "a crash before the sync lost the written commit in some seeds (0 of 40)");
+}
+
+#[test]
+fn after_an_owed_fsync_fails_the_store_takes_nothing_more() {
+    let (sim, _disk, store) = fresh_store(0);
+    let durable = apply_batch(&store, 1, 0, Commit::Durable).unwrap();
+    let written = apply_batch(&store, 2, durable, Commit::Written).unwrap();
+    sim.set_fail_syncs(true);
+    assert!(store.sync().is_err(), "the fsync failed");
+    sim.set_fail_syncs(false);
+    // What the failed fsync covered may or may not be on the disk, and no later fsync can
+    // tell: nothing more may be written over it, not even once fsyncs work again.
+    assert!(store.sync().is_err(), "a later sync fails too");
+    assert!(apply_batch(&store, after(written), written, Commit::Durable).is_err(), "a later commit fails");
 }
 
 #[test]

@@ -202,6 +202,11 @@ fn store_failure(error: StoreError) -> PersistError {
     PersistError(Arc::new(error))
 }
 
+/// The failure of work on the blocking pool that panicked.
+fn panicked(what: &str) -> PersistError {
+    store_failure(StoreError::Corrupt { reason: format!("{what} panicked") })
+}
+
 fn signal_durable(partitions: BTreeMap<PartitionId, (LogPosition, DurableSignal)>) {
     for (_, (position, signal)) in partitions {
         signal.durable(position);
@@ -375,11 +380,23 @@ impl Applier {
 
     /// The owed fsync returned.
     fn synced(&mut self, Syncing { covered, .. }: Syncing, outcome: Option<Result<(), StoreError>>) {
+        if self.succeeded(outcome, "the store's sync") {
+            signal_durable(covered);
+        }
+    }
+
+    /// Whether a store call on the blocking pool succeeded (`None`: `what` panicked); if not,
+    /// the applier takes no more work.
+    fn succeeded(&mut self, outcome: Option<Result<(), StoreError>>, what: &str) -> bool {
         match outcome {
-            Some(Ok(())) => signal_durable(covered),
-            Some(Err(error)) => self.failure = Some(store_failure(error)),
+            Some(Ok(())) => true,
+            Some(Err(error)) => {
+                self.failure = Some(store_failure(error));
+                false
+            }
             None => {
-                self.failure = Some(store_failure(StoreError::Corrupt { reason: "the store's sync panicked".into() }))
+                self.failure = Some(panicked(what));
+                false
             }
         }
     }
@@ -487,13 +504,8 @@ pub async fn run_applier(
                 // Idle with lazy commits pending: make them durable. Idle for a moment only,
                 // under load, so the fsync is owed and made apart as after a batch.
                 let outcome = applier.run_on_store(&*spawn, |store| store.write(Commit::Written, |_| Ok(()))).await;
-                match outcome {
-                    Some(Ok(())) => syncing = Some(applier.start_sync(&*spawn)),
-                    Some(Err(error)) => applier.failure = Some(store_failure(error)),
-                    None => {
-                        applier.failure =
-                            Some(store_failure(StoreError::Corrupt { reason: "the applier panicked".into() }))
-                    }
+                if applier.succeeded(outcome, "the applier") {
+                    syncing = Some(applier.start_sync(&*spawn));
                 }
                 continue;
             }
@@ -551,7 +563,7 @@ pub async fn run_applier(
         else {
             // The work panicked, dropping the replies: each partition hears that the applier
             // is gone.
-            applier.failure = Some(store_failure(StoreError::Corrupt { reason: "the applier panicked".into() }));
+            applier.failure = Some(panicked("the applier"));
             continue;
         };
         metrics.apply_transactions.inc_by(transactions);

@@ -63,8 +63,9 @@ pub struct LogEngine {
 /// log`, five runs: a batch of one 1 KiB entry p50 0.63-0.65x and mean 0.65-0.71x of appending
 /// it; of 64, p50 0.51-0.64x, but the batch that writes the next zeros pays for them (about
 /// half a millisecond for 256 KiB), so their mean is 0.84-1.01x and their p99 1.3-2.7x. More
-/// at a time costs the tail more for little: 1 MiB p99 2.9-3.6x (mean 0.76-0.92x), 4 MiB 11x. Reusing deleted segments' files, whose blocks are written already,
-/// would need no zeros; their stale records would need a checksum seeded by segment.
+/// at a time costs the tail more for little: 1 MiB p99 2.9-3.6x (mean 0.76-0.92x), 4 MiB 11x.
+/// Reusing deleted segments' files, whose blocks are written already, would need no zeros;
+/// their stale records would need a checksum seeded by segment.
 ///
 /// The price is in recovery's rule, which takes a bad record followed by a valid one for
 /// corruption: that holds for appends (a crash keeps a prefix of what was not synced), but

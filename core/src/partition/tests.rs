@@ -109,6 +109,37 @@ fn writes_replicate_and_every_replica_applies_the_same_state() {
 }
 
 #[test]
+fn followers_hear_of_a_commit_with_the_next_message_not_an_append_of_its_own() {
+    use raft::eraftpb::MessageType;
+    let mut cluster = Cluster::new(3, 4);
+    assert_written(&request_on_leader(&mut cluster, create_repo(1)));
+    let leader = cluster.leader().unwrap();
+    let commit_only_append = |c: &Cluster| {
+        c.in_flight().any(|e| {
+            e.from == leader
+                && matches!(&e.payload, Payload::Raft(m) if m.get_msg_type() == MessageType::MsgAppend && m.entries.is_empty())
+        })
+    };
+    let mut seen = false;
+    for seq in 2..6 {
+        let (body, _) = set_main(1, seq, format!("v{seq}").as_bytes());
+        let request = cluster.request(leader, body);
+        assert!(cluster.drive_until(STEPS_MAX, |c| {
+            seen |= commit_only_append(c);
+            c.response(request).is_some()
+        }));
+        assert_written(cluster.response(request).unwrap());
+    }
+    // The last write's commit reaches the followers all the same: with the next heartbeat.
+    let commit = cluster.status_of(leader).commit_index;
+    assert!(cluster.drive_until(STEPS_MAX, |c| {
+        seen |= commit_only_append(c);
+        c.nodes().iter().all(|&n| c.status_of(n).applied_index == commit)
+    }));
+    assert!(!seen, "the leader sent an empty append just to advance its followers' commit");
+}
+
+#[test]
 fn follower_answers_not_leader_with_a_hint() {
     let mut cluster = Cluster::new(3, 3);
     let leader = elect(&mut cluster);

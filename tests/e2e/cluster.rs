@@ -137,7 +137,7 @@ impl TestCluster {
             .open(self.dir.path().join(format!("node-{id}.log")))
             .unwrap();
         let threads = cohort::config::node_runtime_threads(self.configs.len()).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        let child = Command::new(node_binary())
             .env(cohort::config::RUNTIME_THREADS_VAR, threads.to_string())
             .args(["node", "--config"])
             .arg(self.config_path(id))
@@ -429,4 +429,11 @@ pub fn write_key(rt: &tokio::runtime::Runtime, client: &Client, repo: &RepoId, k
         new: Some(RefValue::Direct(object.oid)),
     };
     rt.block_on(client.write(repo, vec![object], vec![change])).unwrap();
+}
+
+/// The binary the nodes run: this build's, or the one `COHORT_NODE_BINARY` names, so that a
+/// benchmark can compare two builds' nodes under the same load generator (cargo rebuilds
+/// `target/release/cohort` over a copy put there).
+fn node_binary() -> std::path::PathBuf {
+    std::env::var_os("COHORT_NODE_BINARY").map_or_else(|| env!("CARGO_BIN_EXE_cohort").into(), Into::into)
 }

@@ -1669,10 +1669,11 @@ fn new_raw_node(config: &PartitionConfig, storage: PartitionStorage, applied: u6
         // Followers learn that an entry committed from the next append or heartbeat, not from
         // an empty append of their own (as TiKV configures raft-rs). That message cost every
         // node a wakeup and, worse, set both followers applying the entry while the leader
-        // applied it, on the same cores, before the leader could answer: at one client,
-        // skipping it took p50 from 1.05 to 0.95 ms and CPU per write down 13% (p99 rose from
-        // 2.8 to 3.8 ms; A/B, `cargo bench --bench vs_etcd`). Membership changes still
-        // broadcast their commit.
+        // applied it, on the same cores, before the leader could answer. At one client
+        // (`cargo bench --bench vs_etcd`, A/B over five rounds) p50 went from 0.95 to 0.85 ms
+        // and CPU per write down 10-15%; p99 rose from 2.3 to 3.1 ms: the followers' store
+        // fsyncs, which stall every log fsync on the benchmark's one disk, no longer fall in
+        // the same moment as the leader's. Membership changes still broadcast their commit.
         skip_bcast_commit: true,
         ..raft::Config::default()
     };

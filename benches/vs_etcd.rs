@@ -14,7 +14,8 @@
 //! (etcd, cohort, etcd, cohort) so that the machine's noise falls on both.
 //!
 //! `cargo bench --bench vs_etcd` measures 10 s per turn, 2 turns each (`COHORT_BENCH_SECONDS`
-//! overrides the turn, `COHORT_BENCH_CLIENTS=1,64` the concurrencies); without `--bench` (as
+//! overrides the turn, `COHORT_BENCH_CLIENTS=1,64` the concurrencies, `COHORT_NODE_BINARY` the
+//! build the nodes run, to compare two builds under one generator); without `--bench` (as
 //! `cargo test --all-targets` runs it) it makes a short smoke run at 1 and 8 clients.
 
 #[path = "../tests/e2e/cluster.rs"]

@@ -109,13 +109,11 @@ async fn metrics(node: &NodeHandle) -> String {
         "Peers with an authenticated connection",
         ConstGauge::new(node.transport.connected_peers().len() as i64),
     );
-    if let Some(bytes) = crate::memory::heap_in_use_bytes() {
-        registry.register(
-            "heap_in_use_bytes",
-            "Heap memory the node holds (allocated and not freed; its resident set may be larger)",
-            ConstGauge::new(bytes as i64),
-        );
-    }
+    registry.register(
+        "heap_in_use_bytes",
+        "Heap memory the node holds (allocated and not freed; its resident set is larger)",
+        ConstGauge::new(crate::memory::heap_in_use_bytes() as i64),
+    );
     registry.register_with_unit(
         "store_cache",
         "Bytes in the state store's page cache (bounded by [store] cache_bytes); part of the heap in use",

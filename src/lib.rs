@@ -5,7 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod data_dir_lock;
 pub mod http;
-mod memory;
+pub mod memory;
 mod metered_disk;
 pub mod node;
 mod status_page;

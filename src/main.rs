@@ -6,8 +6,12 @@ use cohort::cli::{self, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let allocator_warnings = cohort::memory::tune_allocator();
     let cli = Cli::parse();
     cli::init_tracing(&cli);
+    for warning in allocator_warnings {
+        tracing::warn!("{warning}");
+    }
     // Tokio would panic on a value it cannot use; say so plainly instead.
     if let Err(error) = cohort::config::runtime_threads() {
         eprintln!("error: {error}");

@@ -110,7 +110,6 @@ pub async fn run(
 ) -> anyhow::Result<Option<StoppedNode>> {
     let lock = DataDirLock::exclusive(&config.data_dir)?;
     fail_stop_on_panic();
-    crate::memory::tune_allocator();
     let seed: u64 = rand::random();
     let env = production_env(&config, seed)?;
     let unloads = env.metrics.partition_unloads.clone();

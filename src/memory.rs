@@ -6,14 +6,21 @@
 //! - Small ones: under a steady write load, glibc's malloc and free were about 12% of a
 //!   3-node cluster's CPU (`perf`, 64 clients, `cargo bench --bench vs_etcd`): the state store
 //!   allocates a buffer for each page it touches, and every write's buffers cross threads
-//!   (received on one, logged and applied on others). With mimalloc for everything, the same
-//!   nodes spent 9-15% less CPU per write and made 7-18% more writes a second (three rounds,
-//!   each taking both builds in turn under one generator, `COHORT_NODE_BINARY`).
+//!   (received on one, logged and applied on others). With this allocator, cohort's CPU per
+//!   write was 1.17, 1.13 and 1.15 times etcd's in three runs, against 1.18, 1.34 and 1.25
+//!   with glibc's, and its throughput 0.90-0.93 times etcd's against 0.79-0.88 (both builds
+//!   in each round, in turn under one generator: `COHORT_NODE_BINARY`). The machine's noise
+//!   is about as large as the gain: take it as about 9% of the CPU per write.
 //! - Large ones (`LARGE_BYTES` and up: an upload's 1 MiB pieces, copied several times on
 //!   their way, on different threads): from mimalloc, a 256 MiB upload took each node's RSS
 //!   74-78 MiB above idle (`cargo bench --bench objects`; the goal is at most 64); mapped by
 //!   glibc, as they were before mimalloc, 54-58 MiB. Upload and download rates were the same
 //!   as with glibc alone, within the machine's noise.
+//!
+//! The price is memory a node keeps: at 1,000 partitions (`cargo bench --bench idle`), a node
+//! started at 18 MiB of RSS instead of 13, and its RSS per replica, quiesced or unloaded, was
+//! the same within the noise; after a write burst (`cargo bench --bench state`, 256 MiB) each
+//! node's RSS had grown by 26-34% of what it wrote instead of 22-28%.
 //!
 //! mimalloc hands freed pages back to the kernel itself, a second after they were freed, but
 //! only when the allocator runs on the thread that freed them or on a collection. An idle

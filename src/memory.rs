@@ -69,6 +69,14 @@ fn count(bytes: usize, allocated: bool) {
     shard().fetch_add(if allocated { bytes } else { -bytes }, Ordering::Relaxed);
 }
 
+/// `block`, counted as `size_bytes` allocated if the allocation succeeded.
+fn counted(block: *mut u8, size_bytes: usize) -> *mut u8 {
+    if !block.is_null() {
+        count(size_bytes, true);
+    }
+    block
+}
+
 #[global_allocator]
 static ALLOCATOR: NodeAllocator = NodeAllocator;
 
@@ -84,10 +92,7 @@ unsafe impl GlobalAlloc for NodeAllocator {
                 false => System.alloc(layout),
             }
         };
-        if !block.is_null() {
-            count(layout.size(), true);
-        }
-        block
+        counted(block, layout.size())
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -98,10 +103,7 @@ unsafe impl GlobalAlloc for NodeAllocator {
                 false => System.alloc_zeroed(layout),
             }
         };
-        if !block.is_null() {
-            count(layout.size(), true);
-        }
-        block
+        counted(block, layout.size())
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -140,9 +142,8 @@ unsafe impl GlobalAlloc for NodeAllocator {
         };
         if !moved.is_null() {
             count(layout.size(), false);
-            count(new_size, true);
         }
-        moved
+        counted(moved, new_size)
     }
 }
 

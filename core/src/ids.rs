@@ -78,8 +78,8 @@ id_type!(
 pub const DIRECTORY: PartitionId = PartitionId(0);
 
 /// A record for every partition a node hosts (the router's replicas, the log's states), in
-/// one table: a single allocation that grows by doubling, and that a large one comes from
-/// its own pages rather than from among small allocations.
+/// one table: a single allocation that grows by doubling and, once it is 1 MiB or more, is
+/// mapped on its own, apart from small allocations (`src/memory.rs`).
 ///
 /// Not a `BTreeMap`, nor boxed values: each of their nodes and boxes is a small allocation
 /// made while a restart's recovery, or a replica's load and unload, allocate and free much

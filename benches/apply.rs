@@ -10,9 +10,10 @@
 //! with 16 and 64 per transaction (group apply under load), and the ratio of batched to
 //! single; every replica pays this for every write. Commits are lazy, as the applier's are,
 //! with a durable one at the end of each pass (its page writes and fsync counted in the wall
-//! time, which a node's applier mostly does not wait for). It does so for two partitions, one placing objects by
-//! id (as partitions created before placement by index do) and one by index (as new ones do),
-//! taking turns in one run, and prints the ratio of their costs.
+//! time, which a node's applier mostly does not wait for). It does so for a partition of each
+//! store format (`store::Format`): objects placed by id, by index, and by index with dedup
+//! rings (as new partitions are), taking turns in one run, and prints the ratio of each
+//! format's cost to the one before.
 //!
 //! First it prices what the node that receives a write does per byte before proposing it
 //! (`NewObject::prepare`: hashing and compressing), for random objects of a few sizes, which
@@ -28,7 +29,7 @@ use cohort_core::persist::LogPosition;
 use cohort_core::state_machine::{
     Command, Expected, NewObject, ObjectKind, RefName, RefUpdate, RefValue, RepoId, WriteOp,
 };
-use cohort_core::store::{Commit, PartitionWriter, Store, StoreOptions};
+use cohort_core::store::{Commit, Format, PartitionWriter, Store, StoreOptions};
 use cohort_storage::FsDisk;
 use rand::{RngCore as _, SeedableRng as _};
 use std::sync::Arc;
@@ -39,6 +40,12 @@ const CLIENTS: u64 = 64;
 const REFS: u64 = 1_000;
 const OBJECT_BYTES: usize = 1024;
 const ROUNDS: u64 = 4;
+/// The formats compared, each after the one it changed.
+const FORMATS: [(Format, &str); 3] = [
+    (Format::Original, "objects placed by id"),
+    (Format::PlacedByIndex, "objects placed by index"),
+    (Format::DedupRing, "and dedup rings"),
+];
 
 /// The store and the next index to apply at.
 struct Bench {
@@ -47,20 +54,19 @@ struct Bench {
 }
 
 impl Bench {
-    /// A store of its own in `dir`, its partition placing objects by index if `by_index`, with
-    /// repository `repo`.
-    fn new(dir: &std::path::Path, by_index: bool, repo: &RepoId) -> Bench {
+    /// A store of its own in `dir`, its partition of `format`, with repository `repo`.
+    fn new(dir: &std::path::Path, format: Format, repo: &RepoId) -> Bench {
         let disk: Arc<dyn Disk> = Arc::new(FsDisk::new(dir).expect("a disk"));
         let store = Store::open(&disk, &StoreOptions::default()).expect("the store opens");
         let mut bench = Bench { store, index: 0 };
-        if by_index {
+        if format != Format::Original {
             bench.index += 1;
             let position = LogPosition { index: bench.index, term: 1 };
             bench
                 .store
                 .write(Commit::Lazy, |rows| {
                     let mut writer = PartitionWriter::open(rows, PARTITION)?;
-                    writer.apply_placement_by_index(position)?;
+                    writer.apply_format(position, format)?;
                     writer.finish().map(|_| ())
                 })
                 .expect("the store takes the write");
@@ -178,8 +184,8 @@ fn main() {
         None => 640,
     };
     let repo = RepoId::new("default", "bench.git").expect("a valid repository id");
-    let dirs = [(); 2].map(|()| tempfile::tempdir().expect("a temporary directory"));
-    let mut benches = [Bench::new(dirs[0].path(), false, &repo), Bench::new(dirs[1].path(), true, &repo)];
+    let dirs = FORMATS.map(|_| tempfile::tempdir().expect("a temporary directory"));
+    let mut benches = [0, 1, 2].map(|n| Bench::new(dirs[n].path(), FORMATS[n].0, &repo));
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     price_prepare(&mut rng, full);
@@ -189,23 +195,23 @@ fn main() {
     for bench in &mut benches {
         bench.apply(&warm, 64);
     }
-    // The modes and placements take turns, a quarter of the writes at a time, so that each
+    // The modes and formats take turns, a quarter of the writes at a time, so that each
     // meets a store of about the same size (it grows as they go) and the machine's drift falls
     // on all alike.
     let modes = [1usize, 16, 64];
-    let mut costs = [[Cost::default(); 3]; 2];
+    let mut costs = [[Cost::default(); 3]; FORMATS.len()];
     let mut seq = 1 + count;
     for _ in 0..ROUNDS {
         for (mode, per_transaction) in modes.iter().enumerate() {
             let commands = writes(&mut rng, &repo, count / ROUNDS, seq);
             seq += count;
-            for (placement, bench) in benches.iter_mut().enumerate() {
-                costs[placement][mode].add_share(bench.apply(&commands, *per_transaction), 1.0 / ROUNDS as f64);
+            for (format, bench) in benches.iter_mut().enumerate() {
+                costs[format][mode].add_share(bench.apply(&commands, *per_transaction), 1.0 / ROUNDS as f64);
             }
         }
     }
-    for (name, costs) in ["by id", "by index"].iter().zip(costs) {
-        println!("objects placed {name}:");
+    for ((_, name), costs) in FORMATS.iter().zip(costs) {
+        println!("{name}:");
         for (per_transaction, cost) in modes.iter().zip(costs) {
             println!(
                 "  {per_transaction:>3} writes per transaction: {:6.1} us per write, {:6.1} us of CPU ({count} writes of 1 KiB)",
@@ -218,14 +224,16 @@ fn main() {
             costs[2].ratio(costs[0])
         );
     }
-    let ratios: Vec<String> = modes
-        .iter()
-        .enumerate()
-        .map(|(mode, n)| format!("{n} per transaction {}", costs[1][mode].ratio(costs[0][mode])))
-        .collect();
-    println!("by index/by id: {}", ratios.join("; "));
-    for (placement, bench) in benches.iter().enumerate() {
-        let switch = placement as u64;
+    for later in 1..FORMATS.len() {
+        let ratios: Vec<String> = modes
+            .iter()
+            .enumerate()
+            .map(|(mode, n)| format!("{n} per transaction {}", costs[later][mode].ratio(costs[later - 1][mode])))
+            .collect();
+        println!("{}/{}: {}", FORMATS[later].1, FORMATS[later - 1].1, ratios.join("; "));
+    }
+    for (format, bench) in FORMATS.iter().zip(&benches) {
+        let switch = u64::from(format.0 != Format::Original);
         assert_eq!(bench.index, switch + 1 + count / 2 + 3 * (count / ROUNDS) * ROUNDS, "every write applied");
     }
 }

@@ -434,7 +434,7 @@ impl Config {
                 unload_after_ticks: raw.raft.unload_after_ms.div_ceil(raw.raft.tick_interval_ms),
                 snapshot_size_bytes_max: raw.limits.snapshot_size_bytes_max,
                 raft_enabled_by_default: raw.raft.enabled_by_default,
-                bootstrap_places_by_index: true,
+                bootstrap_format: cohort_core::store::Format::LATEST,
             },
             store: cohort_core::store::StoreOptions { cache_size_bytes: raw.store.cache_bytes },
             applier: cohort_core::node::ApplierOptions {

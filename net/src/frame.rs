@@ -12,10 +12,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Protocol version, checked in the handshake: nodes of different versions do not connect.
 /// 6: commands carry objects in Git's loose encoding, which builds before cannot decode (they
 /// would apply such an entry as undecodable, and their state would part from the others').
-/// 7: partitions place objects by apply index (`store::Placement`) from an entry in their log
-/// (a new partition's bootstrap, or one an upgraded leader proposes) that builds before would
-/// apply as a no-op, placing objects by id.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 7: partitions place objects by apply index (`store::Format::PlacedByIndex`) from an entry
+/// in their log (a new partition's bootstrap, or one an upgraded leader proposes) that builds
+/// before would apply as a no-op, placing objects by id.
+/// 8: partitions keep dedup results in rings (`store::Format::DedupRing`) from an entry in
+/// their log that builds before would apply as a no-op, keeping the original rows.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// One unit on a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

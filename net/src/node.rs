@@ -12,7 +12,7 @@ use cohort_core::node::{run_applier, ApplierOptions, NodeService, RouteError, Ro
 use cohort_core::partition::{ReplicaOptions, StoredState};
 use cohort_core::persist::RecoveredPartition;
 use cohort_core::snapshot::{partition_dir, SnapshotError, SnapshotStore, DIRECTORY_AUTHORITY};
-use cohort_core::store::{Placement, Store, StoreError, StoreOptions};
+use cohort_core::store::{Format, Store, StoreError, StoreOptions};
 use cohort_storage::log::{run_group_commit, GroupCommitOptions};
 use cohort_storage::{LogEngine, LogError, LogOptions};
 use futures::channel::mpsc;
@@ -198,10 +198,10 @@ fn remove_orphan_rows(
     let rows = store.read()?;
     for (partition, record) in rows.partitions()? {
         if recovered.contains_key(&partition) {
-            let placement = Placement::of(&rows, partition)?;
+            let format = Format::of(&rows, partition)?;
             stored.insert(
                 partition,
-                StoredState { applied: record.applied, conf_state: record.conf_state, raft: record.raft, placement },
+                StoredState { applied: record.applied, conf_state: record.conf_state, raft: record.raft, format },
             );
         } else {
             tracing::info!(%partition, "deleting the state of a removed replica");

@@ -11,6 +11,7 @@ use cohort_core::ids::NodeId;
 use cohort_core::metrics::NodeMetrics;
 use cohort_core::node::NodeService;
 use cohort_core::partition::ReplicaOptions;
+use cohort_core::store::Format;
 use cohort_net::node::NodeSpec;
 use cohort_storage::SimDisk;
 use madsim::runtime::{Handle, NodeHandle};
@@ -69,11 +70,15 @@ fn log_retain_entries(seed: u64) -> u64 {
     [8, 25, 80][(seed % 3) as usize]
 }
 
-/// Whether new partitions start placing objects by index, as this build creates them, or (one
-/// seed in four) by id, as earlier builds did: their first leader proposes the switch, under
-/// whatever faults the seed brings.
-fn bootstrap_places_by_index(seed: u64) -> bool {
-    seed / 5 % 4 != 0
+/// The store format new partitions start in: the latest, as this build creates them, or (one
+/// seed in four) an earlier build's, whose first leader proposes the switch to the latest
+/// under whatever faults the seed brings.
+fn bootstrap_format(seed: u64) -> Format {
+    match seed / 5 % 8 {
+        0 => Format::Original,
+        1 => Format::PlacedByIndex,
+        _ => Format::LATEST,
+    }
 }
 
 /// How long a leader idles before its partition quiesces, in ticks: from eagerly (so that
@@ -141,7 +146,7 @@ impl SimCluster {
                     unload_after_ticks: unload_after_ticks(seed),
                     snapshot_size_bytes_max: cohort_core::limits::SNAPSHOT_SIZE_BYTES_MAX_DEFAULT,
                     raft_enabled_by_default: true,
-                    bootstrap_places_by_index: bootstrap_places_by_index(seed),
+                    bootstrap_format: bootstrap_format(seed),
                 },
                 frame_size_bytes_max: cohort_net::limits::FRAME_SIZE_BYTES_MAX,
                 outbox_messages_max: cohort_net::limits::OUTBOX_MESSAGES_MAX,

@@ -424,8 +424,8 @@ impl Shell for Actor {
                 Wake::Applied(outcome) => {
                     match outcome {
                         Ok(Ok(ApplyDone::Applied(applied))) => self.partition.handle_applied(now, applied),
-                        Ok(Ok(ApplyDone::Installed(placement))) => {
-                            self.partition.handle_snapshot_installed(now, Ok(placement))
+                        Ok(Ok(ApplyDone::Installed(format))) => {
+                            self.partition.handle_snapshot_installed(now, Ok(format))
                         }
                         Ok(Err(reason)) => self.partition.handle_snapshot_installed(now, Err(reason)),
                         Ok(Ok(ApplyDone::Removed)) => unreachable!("a removal is awaited where it is asked"),

@@ -27,7 +27,7 @@ use crate::limits::APPLY_QUEUE_REQUESTS_MAX;
 use crate::metrics::NodeMetrics;
 use crate::persist::{LogPosition, PersistError, RaftMode, SnapshotMeta};
 use crate::snapshot::SnapshotStore;
-use crate::store::{self, Applied, ApplyEntry, Commit, Placement, Store, StoreError};
+use crate::store::{self, Applied, ApplyEntry, Commit, Format, Store, StoreError};
 use futures::channel::{mpsc, oneshot};
 use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
@@ -70,8 +70,8 @@ pub enum ApplyWork {
 
 pub enum ApplyDone {
     Applied(Vec<Applied>),
-    /// Where the installed rows place the partition's objects.
-    Installed(Placement),
+    /// The installed rows' format.
+    Installed(Format),
     Removed,
 }
 
@@ -255,7 +255,7 @@ fn run_batch(store: &Store, works: Vec<(PartitionId, ApplyWork)>, durable: bool)
                 let outcome = install(store, partition, &meta, &files);
                 ended_durable = outcome.is_ok();
                 match outcome {
-                    Ok(Ok(placement)) => results.push(Ok(Ok(ApplyDone::Installed(placement)))),
+                    Ok(Ok(format)) => results.push(Ok(Ok(ApplyDone::Installed(format)))),
                     Ok(Err(reason)) => results.push(Ok(Err(reason))),
                     Err(error) => {
                         let error = store_failure(error);
@@ -315,7 +315,7 @@ fn install(
     partition: PartitionId,
     meta: &SnapshotMeta,
     files: &SnapshotStore,
-) -> Result<Result<Placement, String>, StoreError> {
+) -> Result<Result<Format, String>, StoreError> {
     let mut reader = match files.open_rows(meta.position) {
         Ok(reader) => reader,
         Err(error) => return Ok(Err(error.to_string())),
@@ -330,7 +330,7 @@ fn install(
                     raft: RaftMode::On,
                 };
                 rows.set_partition(partition, &record)?;
-                Ok(Ok(Placement::of(rows, partition)?))
+                Ok(Ok(Format::of(rows, partition)?))
             }
             Err(store::snapshot::ImportError::Store(error)) => Err(error),
             // Aborts the transaction: nothing of the file is kept.

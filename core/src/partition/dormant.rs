@@ -29,9 +29,8 @@ pub struct Dormant {
     pub position: LogPosition,
     /// The leader of `hard_state.term` it followed, if it knew one.
     pub leader: Option<PeerId>,
-    /// Where the store places the partition's objects, as far as the replica knew
-    /// (`placement.rs`).
-    pub placement: crate::store::Placement,
+    /// The store's format of the partition's rows, as far as the replica knew (`format.rs`).
+    pub format: crate::store::Format,
 }
 
 impl Dormant {
@@ -53,7 +52,7 @@ impl Dormant {
             conf_state: Arc::new(recovered.conf_state.clone()),
             position: recovered.compacted,
             leader: None,
-            placement: stored.placement,
+            format: stored.format,
         })
     }
 
@@ -123,8 +122,8 @@ impl Partition {
         assert_eq!(storage.compacted(), self.applied, "the log is compacted through the applied position");
         let leader = (raft.leader_id != raft::INVALID_ID).then_some(PeerId(raft.leader_id));
         let conf_state = Arc::new(conf_state);
-        let placement = self.placement;
-        Some(Dormant { peer: self.config.peer, hard_state, conf_state, position: self.applied, leader, placement })
+        let format = self.format;
+        Some(Dormant { peer: self.config.peer, hard_state, conf_state, position: self.applied, leader, format })
     }
 
     /// Lets go of the snapshot file this replica holds, if any, before it unloads (a reopened
@@ -147,7 +146,7 @@ impl Partition {
             applied: dormant.position,
             conf_state: ConfState::clone(&dormant.conf_state),
             raft: RaftMode::On,
-            placement: dormant.placement,
+            format: dormant.format,
         };
         let mut partition = Partition::open(config, recovered, stored, now);
         if let Some(leader) = dormant.leader {

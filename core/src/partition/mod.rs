@@ -15,12 +15,12 @@
 //! randomness, so tests can drive three of them by hand in one thread.
 
 mod dormant;
+mod format;
 mod forwarded;
 mod input;
 mod lag;
 mod output;
 mod peer_check;
-mod placement;
 mod proposals;
 mod quiesce;
 mod raft_mode;
@@ -39,7 +39,7 @@ pub fn describe_empty_entry(context: &[u8]) -> &'static str {
     match raft_mode::switch_of(true, &[], context) {
         Some(RaftMode::Off) => "turns Raft off",
         Some(RaftMode::On) => "turns Raft on",
-        None if placement::is_switch(true, &[], context) => "places the partition's objects by index",
+        None if format::switch_of(true, &[], context).is_some() => "switches the partition's store format",
         None => "a new leader's first entry",
     }
 }
@@ -54,7 +54,7 @@ use crate::persist::{
 };
 use crate::raft_logger::raft_logger;
 use crate::state_machine::{self, Command, ReadQuery};
-use crate::store::{Applied, Placement};
+use crate::store::{Applied, Format};
 use forwarded::Forwarded;
 use proposals::Proposals;
 use quiesce::Quiesce;
@@ -92,11 +92,10 @@ pub struct ReplicaOptions {
     /// false it starts with Raft off (`raft_mode.rs`); partitions of several voters, and the
     /// directory, always run Raft.
     pub raft_enabled_by_default: bool,
-    /// Whether a new partition's bootstrap log ends with the entry that places its objects by
-    /// index (`placement.rs`). Always outside tests and the simulator, which also create
-    /// partitions as builds before it did, so that a leader's switch of an old partition runs
-    /// under their faults.
-    pub bootstrap_places_by_index: bool,
+    /// The store format a new partition's bootstrap log switches to (`format.rs`). Always the
+    /// latest outside tests and the simulator, which also create partitions as earlier builds
+    /// did, so that a leader's switch of an old partition runs under their faults.
+    pub bootstrap_format: Format,
 }
 
 impl Default for ReplicaOptions {
@@ -110,7 +109,7 @@ impl Default for ReplicaOptions {
             unload_after_ticks: 100,
             snapshot_size_bytes_max: limits::SNAPSHOT_SIZE_BYTES_MAX_DEFAULT,
             raft_enabled_by_default: true,
-            bootstrap_places_by_index: true,
+            bootstrap_format: Format::LATEST,
         }
     }
 }
@@ -214,8 +213,8 @@ pub struct StoredState {
     pub conf_state: ConfState,
     /// The Raft mode as of `applied`.
     pub raft: RaftMode,
-    /// Where the store places the partition's objects as of `applied` (`placement.rs`).
-    pub placement: Placement,
+    /// The store's format of the partition's rows as of `applied` (`format.rs`).
+    pub format: Format,
 }
 
 /// A replica of one partition. See the module documentation for how to drive it.
@@ -305,11 +304,10 @@ pub struct Partition {
     election_held: bool,
     /// Election timeouts held, for metrics.
     elections_held: u64,
-    /// Where the store places the partition's objects, as far as this replica knows
-    /// (`placement.rs`).
-    placement: Placement,
-    /// The term in which this replica, leading, proposed placing objects by index.
-    placement_proposed_in: Option<u64>,
+    /// The store's format of the partition's rows, as far as this replica knows (`format.rs`).
+    format: Format,
+    /// The term in which this replica, leading, proposed switching to the latest format.
+    format_proposed_in: Option<u64>,
 }
 
 impl Partition {
@@ -318,14 +316,11 @@ impl Partition {
     /// it like any committed entry. A partition of one voter starts with Raft off if the
     /// options say so: its first write also holds the entry that turns Raft off.
     ///
-    /// Without `bootstrap_places_by_index` in the options, its bootstrap log is as builds before
-    /// placement by index wrote it: it places objects by id until a leader proposes otherwise.
+    /// With an earlier `bootstrap_format` in the options, its bootstrap log is as the build
+    /// that introduced that format wrote it: it keeps that format until a leader proposes the
+    /// latest.
     pub fn create(config: PartitionConfig, voters: &[NodeId], now: Instant) -> Partition {
-        let mut bootstrap = bootstrap_entries(voters);
-        if !config.options.bootstrap_places_by_index {
-            let placement = bootstrap.pop().expect("the bootstrap log ends with the placement entry");
-            assert_eq!(placement.context, placement::PLACE_BY_INDEX_MARK);
-        }
+        let mut bootstrap = bootstrap_entries(voters, config.options.bootstrap_format);
         assert!(voters.contains(&config.node), "a partition is created on one of its voters");
         assert_eq!(config.peer, PeerId::new(config.node, 0), "initial members are incarnation 0");
         let alone = voters.iter().all(|&voter| voter == config.node);
@@ -346,7 +341,7 @@ impl Partition {
             ..RecoveredPartition::default()
         };
         // Nothing is handed to the store before the bootstrap write is durable. (The replica
-        // learns its placement from the committed bootstrap, as any replica opening does.)
+        // learns its format from the committed bootstrap, as any replica opening does.)
         let mut partition = Partition::open_unsettled(config, recovered, StoredState::default(), now);
         partition.persist_metadata(bootstrap);
         partition
@@ -479,8 +474,8 @@ impl Partition {
             campaign_asked: false,
             election_held: false,
             elections_held: 0,
-            placement: placement::at_open(&recovered, applied.index, stored.placement),
-            placement_proposed_in: None,
+            format: format::at_open(&recovered, applied.index, stored.format),
+            format_proposed_in: None,
         };
         if let Some((position, conf_state)) = snapshot_record {
             let mut write = LogWrite::new(partition.config.partition);
@@ -791,24 +786,21 @@ impl Partition {
     /// The store took (`Ok`) the snapshot `Output::InstallSnapshot` asked for, durably: the
     /// replica's state is the snapshot's, and the log records it next. A failure stops the
     /// replica (Raft has accepted the snapshot; there is no going back to the old log).
-    /// `result`: where the installed rows place the partition's objects, or why it failed.
-    pub fn handle_snapshot_installed(&mut self, now: Instant, result: Result<Placement, String>) {
+    /// `result`: the installed rows' format, or why it failed.
+    pub fn handle_snapshot_installed(&mut self, now: Instant, result: Result<Format, String>) {
         let meta = *self.installing.take().expect("a snapshot was being installed");
-        let placement = match result {
-            Ok(placement) => placement,
+        let format = match result {
+            Ok(format) => format,
             Err(reason) => {
                 tracing::error!(partition = %self.config.partition, %reason, "partition stopped: installing a snapshot failed");
                 self.stop(PersistError(Arc::new(std::io::Error::other(format!("installing a snapshot: {reason}")))));
                 return;
             }
         };
-        // Whatever told this replica its partition places by index was committed, so before
-        // the snapshot, which carries it in its rows.
-        assert!(
-            !(self.placement == Placement::ByIndex && placement == Placement::ById),
-            "a snapshot past the placement entry places by id"
-        );
-        self.placement = placement;
+        // Whatever told this replica its partition's format was committed, so before the
+        // snapshot, which carries it in its rows.
+        assert!(format >= self.format, "a snapshot past the switch to {:?} has {format:?}", self.format);
+        self.format = format;
         tracing::info!(partition = %self.config.partition, node = %self.config.node, position = ?meta.position,
             "snapshot installed in the store");
         if let Some(observer) = &self.config.observer {
@@ -1160,7 +1152,7 @@ impl Partition {
             return;
         }
         self.campaign_if_asked();
-        self.propose_placement_if_unknown();
+        self.propose_format_if_unknown();
         self.process_ready();
         self.rejitter();
         self.start_reads();
@@ -1692,10 +1684,10 @@ const SNAPSHOT_RETRY_TICKS: u64 = 50;
 const BOOTSTRAP_TERM: u64 = 1;
 
 /// A new partition's log starts with one committed membership change per initial voter, the
-/// same on every initial replica, then the entry that places its objects by index. A replica
-/// added later learns both by applying the log from its start, like any other entry (or its
-/// store does from a snapshot, whose rows carry the placement).
-fn bootstrap_entries(voters: &[NodeId]) -> Vec<LogEntry> {
+/// same on every initial replica, then the entry that switches it to `format` (none for the
+/// original). A replica added later learns both by applying the log from its start, like any
+/// other entry (or its store does from a snapshot, whose rows carry the format).
+fn bootstrap_entries(voters: &[NodeId], format: Format) -> Vec<LogEntry> {
     use protobuf::Message as _;
     let mut sorted = voters.to_vec();
     sorted.sort();
@@ -1716,13 +1708,15 @@ fn bootstrap_entries(voters: &[NodeId]) -> Vec<LogEntry> {
             }
         })
         .collect();
-    entries.push(LogEntry {
-        index: entries.len() as u64 + 1,
-        term: BOOTSTRAP_TERM,
-        kind: EntryKind::Normal,
-        data: Vec::new(),
-        context: placement::PLACE_BY_INDEX_MARK.to_vec(),
-    });
+    if let Some(mark) = format::mark(format) {
+        entries.push(LogEntry {
+            index: entries.len() as u64 + 1,
+            term: BOOTSTRAP_TERM,
+            kind: EntryKind::Normal,
+            data: Vec::new(),
+            context: mark.to_vec(),
+        });
+    }
     entries
 }
 

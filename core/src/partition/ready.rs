@@ -178,16 +178,18 @@ impl Partition {
                 observer.applied(self.config.node, self.config.partition, index, entry.term, &entry.data);
             }
             let kind = match entry.get_entry_type() {
-                // A new leader's empty entry, a switch of Raft mode, or the entry that places
-                // objects by index (`placement.rs`).
+                // A new leader's empty entry, a switch of Raft mode, or one of the store's
+                // format (`format.rs`).
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     match raft_mode::switch_of(true, &entry.data, &entry.context) {
                         Some(mode) => ApplyKind::RaftMode(mode),
-                        None if super::placement::is_switch(true, &entry.data, &entry.context) => {
-                            self.placement = crate::store::Placement::ByIndex;
-                            ApplyKind::PlaceObjectsByIndex
-                        }
-                        None => ApplyKind::Noop,
+                        None => match super::format::switch_of(true, &entry.data, &entry.context) {
+                            Some(format) => {
+                                self.format = self.format.max(format);
+                                ApplyKind::Format(format)
+                            }
+                            None => ApplyKind::Noop,
+                        },
                     }
                 }
                 EntryType::EntryNormal if self.planted_skip(index) => ApplyKind::Noop,

@@ -5,7 +5,6 @@ use crate::ids::ClientId;
 use crate::state_machine::{
     Expected, NewObject, ObjectKind, Oid, ReadResult, RefName, RefUpdate, RefValue, RelativePath, RepoId, WriteOp,
 };
-use crate::store::Placement;
 use crate::testing::{Cluster, Delivered};
 
 pub(super) const STEPS_MAX: usize = 100_000;
@@ -603,8 +602,8 @@ fn a_new_learner_catches_up_by_snapshot_and_learns_the_membership_from_it() {
     assert_eq!(status.conf_state.voters, vec![1, 2, 3]);
     let leader = cluster.leader().unwrap();
     assert_eq!(cluster.digest(new), cluster.digest(leader));
-    // Its log never held the placement entry (compacted away): it learns from the rows.
-    assert_eq!(cluster.replica(new).placement, Placement::ByIndex, "placement learned from the snapshot");
+    // Its log never held the bootstrap's format entry (compacted away): it learns from the rows.
+    assert_eq!(cluster.replica(new).format, Format::LATEST, "format learned from the snapshot");
     assert!(matches!(change(&mut cluster, MembershipChange::Promote(new)), Response::Membership(_)));
     write_many(&mut cluster, 40..45);
     assert!(cluster.drive_until(STEPS_MAX, |c| caught_up(c, new)));
@@ -1028,49 +1027,54 @@ fn followers_released_from_their_holds_together_do_not_split_the_vote() {
     );
 }
 
-/// A partition created before placement by index switches under its first leader of this
-/// build: the leader proposes the entry once, every replica applies it at the same index (their
-/// rows agree), and a later leader, knowing it, proposes nothing.
+/// A partition created by an earlier build switches to the latest store format under its
+/// first leader of this build: the leader proposes the entry once, every replica applies it at
+/// the same index (their rows agree), and a later leader, knowing it, proposes nothing.
 #[test]
-fn a_partition_created_before_placement_by_index_switches_under_its_next_leader() {
+fn a_partition_of_an_earlier_format_switches_to_the_latest_under_its_next_leader() {
     let fresh = Cluster::new(3, 61);
     assert!(
-        fresh.nodes().iter().all(|&n| fresh.replica(n).placement == Placement::ByIndex),
+        fresh.nodes().iter().all(|&n| fresh.replica(n).format == Format::LATEST),
         "a new partition's replicas know it from their bootstrap log, and propose nothing"
     );
-    let mut cluster = Cluster::new_as_before_placement(3, 61);
-    assert!(cluster.nodes().iter().all(|&n| cluster.replica(n).placement == Placement::ById));
-    let leader = elect(&mut cluster);
-    assert_eq!(cluster.replica(leader).placement_proposed_in, Some(cluster.replica(leader).term()));
-    let all_placed = |c: &Cluster| {
-        c.nodes().iter().all(|&n| {
-            c.placement(n) == Placement::ByIndex
-                && c.replica(n).placement == Placement::ByIndex
-                && c.state(n) == c.state(leader)
-        })
-    };
-    assert!(cluster.drive_until(STEPS_MAX, all_placed), "every replica places objects by index, rows alike");
-    // The three membership entries, the leader's empty entry and the placement entry.
-    assert_eq!(cluster.state(leader).0, 5, "one placement entry");
+    for earlier in [Format::Original, Format::PlacedByIndex] {
+        let mut cluster = Cluster::new_in_format(3, 61, earlier);
+        assert!(cluster.nodes().iter().all(|&n| cluster.replica(n).format == earlier));
+        let leader = elect(&mut cluster);
+        assert_eq!(cluster.replica(leader).format_proposed_in, Some(cluster.replica(leader).term()));
+        let all_switched = |c: &Cluster| {
+            c.nodes().iter().all(|&n| {
+                c.format(n) == Format::LATEST && c.replica(n).format == Format::LATEST && c.state(n) == c.state(leader)
+            })
+        };
+        assert!(cluster.drive_until(STEPS_MAX, all_switched), "every replica switches from {earlier:?}, rows alike");
+        // The membership entries, the earlier format's entry, the leader's empty entry and the
+        // switch.
+        let bootstrapped = 3 + u64::from(earlier != Format::Original);
+        assert_eq!(cluster.state(leader).0, bootstrapped + 2, "one switch entry");
 
-    cluster.crash(leader);
-    assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some_and(|l| l != leader)), "a new leader");
-    let new_leader = cluster.leader().unwrap();
-    assert_eq!(cluster.replica(new_leader).placement_proposed_in, None, "knowing it, the new leader proposes nothing");
-    for (seq, body) in [(1, create_repo(1)), (2, set_main(1, 2, b"placed by index").0)] {
-        let request = cluster.request(new_leader, body);
-        assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()), "write {seq}");
-        assert_written(cluster.response(request).unwrap());
+        cluster.crash(leader);
+        assert!(cluster.drive_until(STEPS_MAX, |c| c.leader().is_some_and(|l| l != leader)), "a new leader");
+        let new_leader = cluster.leader().unwrap();
+        assert_eq!(cluster.replica(new_leader).format_proposed_in, None, "knowing it, the new leader proposes nothing");
+        for (seq, body) in [(1, create_repo(1)), (2, set_main(1, 2, b"placed by index").0)] {
+            let request = cluster.request(new_leader, body);
+            assert!(cluster.drive_until(STEPS_MAX, |c| c.response(request).is_some()), "write {seq}");
+            assert_written(cluster.response(request).unwrap());
+        }
+        let oid = set_main(1, 2, b"placed by index").1;
+        cluster.restart(leader);
+        assert!(
+            cluster.drive_until(STEPS_MAX, |c| c.state(leader) == c.state(new_leader)),
+            "the old leader catches up"
+        );
+        assert_eq!(cluster.replica(leader).format, Format::LATEST, "learned from its store when it reopened");
+        let query = ReadQuery::GetObject { repo: repo(), oid };
+        let read = cluster.request(leader, Request::Read { query, consistency: ReadConsistency::Stale });
+        assert!(cluster.drive_until(STEPS_MAX, |c| c.response(read).is_some()));
+        let answer = cluster.response(read);
+        assert!(matches!(answer, Some(Response::Read { result: ReadResult::Object(Some(_)), .. })), "{answer:?}");
     }
-    let oid = set_main(1, 2, b"placed by index").1;
-    cluster.restart(leader);
-    assert!(cluster.drive_until(STEPS_MAX, |c| c.state(leader) == c.state(new_leader)), "the old leader catches up");
-    assert_eq!(cluster.replica(leader).placement, Placement::ByIndex, "learned from its store when it reopened");
-    let query = ReadQuery::GetObject { repo: repo(), oid };
-    let read = cluster.request(leader, Request::Read { query, consistency: ReadConsistency::Stale });
-    assert!(cluster.drive_until(STEPS_MAX, |c| c.response(read).is_some()));
-    let answer = cluster.response(read);
-    assert!(matches!(answer, Some(Response::Read { result: ReadResult::Object(Some(_)), .. })), "{answer:?}");
 }
 
 #[test]

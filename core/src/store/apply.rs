@@ -6,10 +6,11 @@
 //! of that index; a rejected command changes nothing but the dedup table.
 
 use super::dedup::{self, DedupLimits, Lookup};
+use super::dedup_ring;
 use super::directory::DirectoryWriter;
 use super::keys;
 use super::tables::{
-    self, Counts, Holders, LargeObjectRecord, ObjectAt, PartitionRecord, Placement, RepoRecord, Rows, TableId,
+    self, Counts, Format, Holders, LargeObjectRecord, ObjectAt, PartitionRecord, Placement, RepoRecord, Rows, TableId,
     UploadRecord, WriteRows,
 };
 use super::StoreError;
@@ -28,8 +29,9 @@ pub struct PartitionWriter<'a, 'txn> {
     rows: &'a mut WriteRows<'txn>,
     partition: PartitionId,
     record: PartitionRecord,
-    /// Where new whole objects go (the partition's `placement` row).
-    placement: Placement,
+    /// How the partition's rows are laid out (its `placement` row): where new whole objects go,
+    /// and how dedup results are kept.
+    format: Format,
     /// Objects placed by index by the entry being applied: the next one's number.
     placed_in_entry: u32,
     limits: DedupLimits,
@@ -51,8 +53,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         limits: DedupLimits,
     ) -> Result<Self, StoreError> {
         let record = rows.partition(partition)?.unwrap_or_default();
-        let placement = Placement::of(rows, partition)?;
-        Ok(PartitionWriter { rows, partition, record, placement, placed_in_entry: 0, limits, deferred_dedup: None })
+        let format = Format::of(rows, partition)?;
+        Ok(PartitionWriter { rows, partition, record, format, placed_in_entry: 0, limits, deferred_dedup: None })
     }
 
     pub fn applied(&self) -> LogPosition {
@@ -94,16 +96,21 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         self.record.raft = mode;
     }
 
-    /// Records that the entry at `position` switched the partition to placing new objects by
-    /// index (`Placement`). Objects placed by id stay where they are; a second switch changes
-    /// nothing.
-    pub fn apply_placement_by_index(&mut self, position: LogPosition) -> Result<(), StoreError> {
+    /// Applies the entry at `position` that switches the partition to `format`
+    /// (`partition/format.rs`), if it has an earlier one: objects placed by id stay where they
+    /// are, dedup rows are rewritten into rings. A switch to the format the partition has, or
+    /// an earlier one, changes nothing.
+    pub fn apply_format(&mut self, position: LogPosition, format: Format) -> Result<(), StoreError> {
         self.advance(position);
-        if self.placement != Placement::ByIndex {
-            self.placement = Placement::ByIndex;
-            let row = Placement::ByIndex.row().expect("placement by index has a row");
-            self.rows.insert(TableId::Placement, &keys::partition_prefix(self.partition), row)?;
+        if format <= self.format {
+            return Ok(());
         }
+        if format.dedup_ring() && !self.format.dedup_ring() {
+            dedup_ring::convert(self.rows, self.partition, &mut self.record.counts, &self.limits)?;
+        }
+        self.format = format;
+        let row = format.row().expect("every format but the original has a row");
+        self.rows.insert(TableId::Placement, &keys::partition_prefix(self.partition), row)?;
         Ok(())
     }
 
@@ -111,7 +118,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     /// first result without applying again.
     pub fn apply(&mut self, position: LogPosition, command: &Command) -> Result<WriteResult, StoreError> {
         self.advance(position);
-        let fresh = match dedup::lookup(self.rows, self.partition, &self.limits, command.client, command.seq)? {
+        let lookup = dedup::lookup(self.rows, self.partition, self.format, &self.limits, command.client, command.seq)?;
+        let fresh = match lookup {
             Lookup::Retry(result) => return Ok(result),
             Lookup::TooOld { oldest_kept } => {
                 // Not recorded: the answer is about the table, and recording it would evict
@@ -317,7 +325,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
     /// placement says.
     fn hold(&mut self, object: &NewObject) -> Result<(), StoreError> {
         let key = keys::object(self.partition, &object.oid);
-        let at = match self.placement {
+        let at = match self.format.placement() {
             Placement::ById => None,
             Placement::ByIndex => Some(ObjectAt { index: self.record.applied.index, number: self.placed_in_entry }),
         };
@@ -676,9 +684,8 @@ pub enum ApplyKind {
     Membership(Result<ConfState, String>),
     /// The partition switches Raft on or off here (`partition::raft_mode`).
     RaftMode(RaftMode),
-    /// The partition places the whole objects it stores by apply index from here
-    /// ([`Placement::ByIndex`]).
-    PlaceObjectsByIndex,
+    /// The partition's rows take this format from here (`partition/format.rs`).
+    Format(Format),
 }
 
 /// What applying one entry did, in the order applied.
@@ -758,8 +765,8 @@ fn apply_one(writer: &mut PartitionWriter<'_, '_>, entry: &ApplyEntry) -> Result
                 writer.apply_raft_mode(entry.position, *mode);
                 AppliedOutcome::RaftMode(*mode)
             }
-            ApplyKind::PlaceObjectsByIndex => {
-                writer.apply_placement_by_index(entry.position)?;
+            ApplyKind::Format(format) => {
+                writer.apply_format(entry.position, *format)?;
                 // Nobody waits for it: a bootstrap log holds it, or a leader proposed it unasked.
                 AppliedOutcome::Noop
             }
@@ -822,12 +829,12 @@ pub fn apply_entries_deferred(
         Some(earlier) => (earlier.record, earlier.dedup),
         None => (stored.clone(), Vec::new()),
     };
-    let placement = Placement::of(rows, partition)?;
+    let format = Format::of(rows, partition)?;
     let mut writer = PartitionWriter {
         rows,
         partition,
         record,
-        placement,
+        format,
         placed_in_entry: 0,
         limits: DedupLimits::DEFAULT,
         deferred_dedup: Some(Vec::new()),
@@ -855,8 +862,9 @@ pub fn commit_deferred(rows: &mut WriteRows<'_>, deferred: Deferred) -> Result<(
     let stored = rows.partition(partition)?.unwrap_or_default();
     record.counts.dedup_clients = stored.counts.dedup_clients;
     record.counts.dedup_results_bytes = stored.counts.dedup_results_bytes;
+    let format = Format::of(rows, partition)?;
     for (index, client, seq, result) in dedup {
-        if let Lookup::New(fresh) = dedup::lookup(rows, partition, &DedupLimits::DEFAULT, client, seq)? {
+        if let Lookup::New(fresh) = dedup::lookup(rows, partition, format, &DedupLimits::DEFAULT, client, seq)? {
             let counts = &mut record.counts;
             dedup::record(rows, partition, counts, &DedupLimits::DEFAULT, index, client, seq, &result, fresh)?;
         }

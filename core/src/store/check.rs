@@ -9,11 +9,12 @@
 //! [`digest`] hashes a partition's rows in key order, table by table: replicas with the same
 //! rows have the same digest, whatever their applied index.
 
+use super::dedup_ring;
 use super::keys::{self, KeyReader};
 use super::loose;
 use super::tables::{
-    self, ClientRecord, Counts, Holders, LargeObjectRecord, ObjectAt, Placement, RepoRecord, Rows, TableId,
-    UploadRecord,
+    self, ClientRecord, Counts, Format, Holders, LargeObjectRecord, ObjectAt, Placement, RepoRecord, RingClient, Rows,
+    TableId, UploadRecord,
 };
 use super::StoreError;
 use crate::ids::{ClientId, PartitionId};
@@ -171,7 +172,7 @@ impl Checker<'_> {
             Ok(())
         })?;
         self.check_pieces(&repos, &mut stored)?;
-        let placement = self.placement()?;
+        let format = self.format()?;
         let mut counted_holders = 0usize;
         // Objects placed by index, by where their holders rows say they are.
         let mut placed: BTreeMap<ObjectAt, Oid> = BTreeMap::new();
@@ -202,7 +203,7 @@ impl Checker<'_> {
             Ok(())
         })?;
         let placed_count = placed.len();
-        if placed_count > 0 && placement != Placement::ByIndex {
+        if placed_count > 0 && format.placement() != Placement::ByIndex {
             return Err(format!("{placed_count} objects are placed by index in a partition that places them by id"));
         }
         each(rows, TableId::ObjectsAt, &prefix, |mut key, value| {
@@ -224,19 +225,19 @@ impl Checker<'_> {
             ));
         }
 
-        self.check_dedup(limits)?;
+        self.check_dedup(limits, format)?;
         self.check_directory()
     }
 
-    /// The partition's placement of whole objects: its one `placement` row, if any.
-    fn placement(&self) -> Result<Placement, String> {
-        let mut placement = Placement::ById;
+    /// The partition's format: its one `placement` row, if any.
+    fn format(&self) -> Result<Format, String> {
+        let mut format = Format::Original;
         each(self.rows, TableId::Placement, &self.prefix, |key, value| {
             key.end().map_err(bad)?;
-            placement = Placement::decode(Some(value)).map_err(|e| e.to_string())?;
+            format = Format::decode(Some(value)).map_err(|e| e.to_string())?;
             Ok(())
         })?;
-        Ok(placement)
+        Ok(format)
     }
 
     /// Objects stored in pieces and uploads in progress: each blob belongs to one of them, its
@@ -342,14 +343,32 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn check_dedup(&mut self, limits: &super::DedupLimits) -> Result<(), String> {
+    fn check_dedup(&mut self, limits: &super::DedupLimits, format: Format) -> Result<(), String> {
+        /// A client's record, in either format.
+        struct Client {
+            last_index: u64,
+            /// Rings only: the highest sequence recorded.
+            highest_seq: Option<u64>,
+            results: u64,
+            results_bytes: u64,
+        }
         let (rows, prefix) = (self.rows, self.prefix);
-        let mut clients: BTreeMap<ClientId, ClientRecord> = BTreeMap::new();
+        let mut clients: BTreeMap<ClientId, Client> = BTreeMap::new();
         let applied = self.applied;
         each(rows, TableId::DedupClients, &prefix, |mut key, value| {
             let client = ClientId(key.take_u64().map_err(bad)?);
             key.end().map_err(bad)?;
-            let record: ClientRecord = decode("dedup client", value)?;
+            let record = match format.dedup_ring() {
+                true => {
+                    let ring: RingClient = decode("dedup ring client", value)?;
+                    let RingClient { last_index, highest_seq, results, results_bytes } = ring;
+                    Client { last_index, highest_seq: Some(highest_seq), results, results_bytes }
+                }
+                false => {
+                    let ClientRecord { last_index, results, results_bytes } = decode("dedup client", value)?;
+                    Client { last_index, highest_seq: None, results, results_bytes }
+                }
+            };
             if record.last_index > applied {
                 return Err(format!("client {client}'s last write is past the state's index {applied}"));
             }
@@ -360,12 +379,24 @@ impl Checker<'_> {
         let mut bytes_total = 0u64;
         each(rows, TableId::DedupResults, &prefix, |mut key, value| {
             let client = ClientId(key.take_u64().map_err(bad)?);
-            let seq = key.take_u64().map_err(bad)?;
+            let seq_or_slot = key.take_u64().map_err(bad)?;
             key.end().map_err(bad)?;
             let Some(record) = clients.get(&client) else {
                 return Err(format!("a result of unknown client {client}"));
             };
-            let result: WriteResult = decode("dedup result", value)?;
+            let (seq, result) = match record.highest_seq {
+                Some(highest) => {
+                    let (seq, result) = dedup_ring::decode_slot(value).map_err(|e| e.to_string())?;
+                    if seq_or_slot >= limits.window_max || seq % limits.window_max != seq_or_slot || seq > highest {
+                        return Err(format!(
+                            "client {client}'s slot {seq_or_slot} holds seq {seq} (highest {highest})"
+                        ));
+                    }
+                    (seq, result)
+                }
+                None => (seq_or_slot, value),
+            };
+            let result: WriteResult = decode("dedup result", result)?;
             match &result {
                 Ok(ok) if ok.index > record.last_index => {
                     return Err(format!("client {client} seq {seq} has a result from after its last write"));
@@ -387,7 +418,7 @@ impl Checker<'_> {
             key.end().map_err(bad)?;
             let client = ClientId(u64::from_be_bytes(value.try_into().map_err(|_| "a bad client id".to_string())?));
             match clients.get(&client) {
-                Some(record) if record.last_index == index => {
+                Some(record) if record.last_index == index && record.highest_seq.is_none() => {
                     ordered += 1;
                     Ok(())
                 }
@@ -403,7 +434,8 @@ impl Checker<'_> {
                 ));
             }
         }
-        if ordered != clients.len() as u64 {
+        // Rings keep no order: `ordered` is 0 then, as the order check above made sure.
+        if !format.dedup_ring() && ordered != clients.len() as u64 {
             return Err(format!("{} dedup clients, {ordered} in order", clients.len()));
         }
         if clients.len() as u64 > limits.clients_max || (bytes_total > limits.results_bytes_max && clients.len() > 1) {

@@ -1,14 +1,19 @@
 //! The idempotency table in the store: per client, the results of its recent sequence numbers,
 //! so that a retried write returns its first result instead of being applied twice.
 //!
+//! Its rows depend on the partition's [`Format`]: kept in rings (`dedup_ring.rs`), or as
+//! partitions of the original formats keep them until they switch, which is what this file
+//! does. [`lookup`] and [`record`] take either.
+//!
 //! Bounded three ways, all deterministic (every replica evicts the same rows at the same
 //! index): `window_max` results per client (the oldest sequence goes), `clients_max` clients,
 //! and `results_bytes_max` bytes of encoded results. A full table evicts the client whose last
 //! write has the lowest raft index (the first row of `dedup_order`). A retry from an evicted
 //! client is applied again: the price of a bounded table.
 
+use super::dedup_ring;
 use super::keys;
-use super::tables::{self, ClientRecord, Counts, Rows, TableId, WriteRows};
+use super::tables::{self, ClientRecord, Counts, Format, Rows, TableId, WriteRows};
 use super::StoreError;
 use crate::ids::{ClientId, PartitionId};
 use crate::state_machine::{Rejection, WriteResult, TRANSACTION_OBJECTS_MAX};
@@ -21,9 +26,9 @@ pub const DEDUP_CLIENTS_MAX: u64 = 4096;
 /// Encoded results remembered per partition, all clients together.
 pub const DEDUP_RESULTS_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
-/// Upper bound of one encoded result: a `WriteOk` naming the most objects (rejections are
-/// smaller: their strings are cut to a few KiB).
-const RESULT_SIZE_BYTES_MAX: u64 = 64 + 20 * TRANSACTION_OBJECTS_MAX as u64;
+/// Upper bound of one result's row: a `WriteOk` naming the most objects (rejections are
+/// smaller: their strings are cut to a few KiB), after its sequence in a ring's slot.
+const RESULT_SIZE_BYTES_MAX: u64 = 64 + 20 * TRANSACTION_OBJECTS_MAX as u64 + 8;
 // One client's full window always fits, so byte eviction never evicts the client that is
 // writing (it has the highest index, and eviction stops at one client).
 const _: () = assert!(DEDUP_WINDOW_MAX * RESULT_SIZE_BYTES_MAX <= DEDUP_RESULTS_BYTES_MAX);
@@ -66,7 +71,14 @@ pub enum Lookup {
 /// does not read it again (every write goes through both). Applying the command between them
 /// changes no row of this client's.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fresh {
+pub enum Fresh {
+    Original(OriginalFresh),
+    Ring(dedup_ring::Fresh),
+}
+
+/// [`Fresh`] in the original format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginalFresh {
     client: Option<ClientRecord>,
     /// The client's oldest remembered result, read only if it has a full window.
     oldest: Option<tables::Row>,
@@ -96,29 +108,19 @@ fn oldest(rows: &dyn Rows, partition: PartitionId, client: ClientId) -> Result<O
     }
 }
 
+/// What the table of a partition of `format` knows of `(client, seq)`.
 pub fn lookup(
     rows: &dyn Rows,
     partition: PartitionId,
+    format: Format,
     limits: &DedupLimits,
     client: ClientId,
     seq: u64,
 ) -> Result<Lookup, StoreError> {
-    let Some(record) = client_record(rows, partition, client)? else {
-        return Ok(Lookup::New(Fresh { client: None, oldest: None }));
-    };
-    if let Some(bytes) = rows.get(TableId::DedupResults, &keys::client_result(partition, client, seq))? {
-        return Ok(Lookup::Retry(tables::decode("dedup result", &bytes)?));
+    match format.dedup_ring() {
+        true => dedup_ring::lookup(rows, partition, limits, client, seq),
+        false => lookup_original(rows, partition, limits, client, seq),
     }
-    // A window that is not full has forgotten nothing: a lower seq was never applied.
-    if record.results < limits.window_max {
-        return Ok(Lookup::New(Fresh { client: Some(record), oldest: None }));
-    }
-    let (oldest, oldest_kept) = oldest(rows, partition, client)?
-        .ok_or_else(|| StoreError::Corrupt { reason: format!("dedup client {client} remembers no result") })?;
-    if seq < oldest_kept {
-        return Ok(Lookup::TooOld { oldest_kept });
-    }
-    Ok(Lookup::New(Fresh { client: Some(record), oldest: Some(oldest) }))
 }
 
 /// Remembers the result of `(client, seq)`, applied at `index`; `lookup` said `New`.
@@ -133,6 +135,49 @@ pub fn record(
     seq: u64,
     result: &WriteResult,
     fresh: Fresh,
+) -> Result<(), StoreError> {
+    match fresh {
+        Fresh::Ring(fresh) => dedup_ring::record(rows, partition, counts, limits, index, client, seq, result, fresh),
+        Fresh::Original(fresh) => record_original(rows, partition, counts, limits, index, client, seq, result, fresh),
+    }
+}
+
+fn lookup_original(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    limits: &DedupLimits,
+    client: ClientId,
+    seq: u64,
+) -> Result<Lookup, StoreError> {
+    let Some(record) = client_record(rows, partition, client)? else {
+        return Ok(Lookup::New(Fresh::Original(OriginalFresh { client: None, oldest: None })));
+    };
+    if let Some(bytes) = rows.get(TableId::DedupResults, &keys::client_result(partition, client, seq))? {
+        return Ok(Lookup::Retry(tables::decode("dedup result", &bytes)?));
+    }
+    // A window that is not full has forgotten nothing: a lower seq was never applied.
+    if record.results < limits.window_max {
+        return Ok(Lookup::New(Fresh::Original(OriginalFresh { client: Some(record), oldest: None })));
+    }
+    let (oldest, oldest_kept) = oldest(rows, partition, client)?
+        .ok_or_else(|| StoreError::Corrupt { reason: format!("dedup client {client} remembers no result") })?;
+    if seq < oldest_kept {
+        return Ok(Lookup::TooOld { oldest_kept });
+    }
+    Ok(Lookup::New(Fresh::Original(OriginalFresh { client: Some(record), oldest: Some(oldest) })))
+}
+
+#[allow(clippy::too_many_arguments)] // as `record`'s
+fn record_original(
+    rows: &mut WriteRows<'_>,
+    partition: PartitionId,
+    counts: &mut Counts,
+    limits: &DedupLimits,
+    index: u64,
+    client: ClientId,
+    seq: u64,
+    result: &WriteResult,
+    fresh: OriginalFresh,
 ) -> Result<(), StoreError> {
     assert!(
         !matches!(result, Err(Rejection::SequenceTooOld { .. })),

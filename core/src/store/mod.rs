@@ -22,6 +22,7 @@ pub mod apply;
 mod backend;
 pub mod check;
 pub mod dedup;
+pub mod dedup_ring;
 mod directory;
 pub mod keys;
 pub mod loose;
@@ -34,7 +35,7 @@ mod tests;
 
 pub use apply::{apply_entries, Applied, AppliedOutcome, ApplyEntry, ApplyKind, DirectoryChange, PartitionWriter};
 pub use dedup::DedupLimits;
-pub use tables::{Counts, PartitionRecord, Placement, ReadRows, Rows, TableId, WriteRows};
+pub use tables::{Counts, Format, PartitionRecord, Placement, ReadRows, Rows, TableId, WriteRows};
 
 use crate::env::{Disk, DiskError};
 use crate::ids::PartitionId;

@@ -10,8 +10,8 @@
 //! | `objects` | object id | the object in Git's loose encoding (zlib), placed by id |
 //! | `holders` | object id | [`Holders`]: repositories holding it, and where it is if placed by index |
 //! | `dedup_clients` | client id | [`ClientRecord`] |
-//! | `dedup_results` | client id, sequence | the write's `WriteResult` |
-//! | `dedup_order` | raft index of a client's last write | client id |
+//! | `dedup_results` | client id, sequence (or its ring slot) | the write's `WriteResult` (after its sequence) |
+//! | `dedup_order` | raft index of a client's last write (original formats) | client id |
 //! | `routes` | repository (directory only) | partition id |
 //! | `members` | partition id (directory only) | `PartitionInfo` |
 //! | `route_counts` | partition id (directory only) | u64: repositories routed to it |
@@ -19,7 +19,7 @@
 //! | `chunks` | blob (u64), piece number (u64) | a piece of an upload's or large object's content |
 //! | `large_objects` | object id | [`LargeObjectRecord`]: an object stored in pieces |
 //! | `objects_at` | apply index, number in its entry | an object in Git's loose encoding, placed by index |
-//! | `placement` | (none: one row per partition) | [`Placement`], if not `ById` |
+//! | `placement` | (none: one row per partition) | the partition's [`Format`], if not the original |
 //!
 //! An object is stored whole (if it came in a transaction) or in `large_objects` and
 //! `chunks` (if it was uploaded in pieces), never both. A whole object is placed as its
@@ -198,50 +198,83 @@ pub struct LargeObjectRecord {
     pub blob: u64,
 }
 
-/// Where a partition stores the whole objects it applies from now on: its row of the
-/// `placement` table, so that snapshots and digests carry it like any other row.
+/// How a partition lays out its rows: its row of the `placement` table (named for the first
+/// change it recorded), so that snapshots and digests carry it like any other row. Each format
+/// keeps every change of the one before and adds one. Every replica must lay out its rows alike
+/// (replicas compare rows), so the format changes only at a committed entry, which every
+/// replica applies at the same index (`partition/format.rs`); partitions created by earlier
+/// builds change when their leader proposes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Format {
+    /// Whole objects placed by id; dedup results keyed by sequence, clients ordered by their
+    /// last write in `dedup_order` (`store/dedup.rs`).
+    #[default]
+    Original,
+    /// Whole objects placed by index ([`Placement::ByIndex`]).
+    PlacedByIndex,
+    /// And each dedup client's results in a ring of slots, evicted in bulk without
+    /// `dedup_order` (`store/dedup_ring.rs`).
+    DedupRing,
+}
+
+/// The `placement` row's values (no row means [`Format::Original`]).
+const FORMAT_PLACED_BY_INDEX: &[u8] = b"by-index";
+const FORMAT_DEDUP_RING: &[u8] = b"dedup-ring";
+
+impl Format {
+    /// What partitions this build creates use.
+    pub const LATEST: Format = Format::DedupRing;
+
+    /// The value of the partition's `placement` row, if it has one.
+    pub fn row(self) -> Option<&'static [u8]> {
+        match self {
+            Format::Original => None,
+            Format::PlacedByIndex => Some(FORMAT_PLACED_BY_INDEX),
+            Format::DedupRing => Some(FORMAT_DEDUP_RING),
+        }
+    }
+
+    pub fn decode(row: Option<&[u8]>) -> Result<Format, StoreError> {
+        match row {
+            None => Ok(Format::Original),
+            Some(FORMAT_PLACED_BY_INDEX) => Ok(Format::PlacedByIndex),
+            Some(FORMAT_DEDUP_RING) => Ok(Format::DedupRing),
+            Some(other) => Err(StoreError::Corrupt { reason: format!("an unknown partition format {other:?}") }),
+        }
+    }
+
+    pub fn of(rows: &dyn Rows, partition: PartitionId) -> Result<Format, StoreError> {
+        Format::decode(rows.get(TableId::Placement, &keys::partition_prefix(partition))?.as_deref())
+    }
+
+    pub fn placement(self) -> Placement {
+        match self {
+            Format::Original => Placement::ById,
+            Format::PlacedByIndex | Format::DedupRing => Placement::ByIndex,
+        }
+    }
+
+    /// Whether dedup results are kept in rings (`store/dedup_ring.rs`).
+    pub fn dedup_ring(self) -> bool {
+        self >= Format::DedupRing
+    }
+}
+
+/// Where a partition stores the whole objects it applies, as its [`Format`] says.
 ///
 /// Placed by id, each new object is a random insert into `objects` (1 KiB rows, a few to a
 /// page), which copies and checksums a leaf and its branch path per object. Placed by index,
 /// the objects of a batch of entries append to the right edge of `objects_at`, sharing pages:
 /// 0.57-0.70x of the store's cost per 1 KiB write alone (`cargo bench --bench apply`), about 8%
 /// less CPU per write in a cluster. The price: reading a whole object, wherever it is, starts
-/// with its `holders` row (which says where), a second lookup. Every replica must place an
-/// object alike (replicas compare rows), so the placement changes only at a committed entry,
-/// which every replica applies at the same index.
+/// with its `holders` row (which says where), a second lookup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Placement {
-    /// In `objects`, keyed by object id: partitions created before placement by index, until
-    /// their leader proposes it (`partition/placement.rs`).
+    /// In `objects`, keyed by object id.
     #[default]
     ById,
     /// In `objects_at`, keyed by the apply index of the entry that stored it.
     ByIndex,
-}
-
-/// The `placement` row's value for [`Placement::ByIndex`] (no row means `ById`).
-const PLACEMENT_BY_INDEX: &[u8] = b"by-index";
-
-impl Placement {
-    /// The value of the partition's `placement` row, if it has one.
-    pub fn row(self) -> Option<&'static [u8]> {
-        match self {
-            Placement::ById => None,
-            Placement::ByIndex => Some(PLACEMENT_BY_INDEX),
-        }
-    }
-
-    pub fn decode(row: Option<&[u8]>) -> Result<Placement, StoreError> {
-        match row {
-            None => Ok(Placement::ById),
-            Some(PLACEMENT_BY_INDEX) => Ok(Placement::ByIndex),
-            Some(other) => Err(StoreError::Corrupt { reason: format!("an unknown object placement {other:?}") }),
-        }
-    }
-
-    pub fn of(rows: &dyn Rows, partition: PartitionId) -> Result<Placement, StoreError> {
-        Placement::decode(rows.get(TableId::Placement, &keys::partition_prefix(partition))?.as_deref())
-    }
 }
 
 /// Where an object placed by index is: the apply index of the entry that stored it, and its
@@ -309,9 +342,21 @@ impl LargeObjectRecord {
 /// One client of the dedup table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
-    /// Raft index of its last recorded write (its key in `dedup_order`).
+    /// (Original formats.) Raft index of its last recorded write (its key in `dedup_order`).
     pub last_index: u64,
     /// Results remembered, and their encoded size.
+    pub results: u64,
+    pub results_bytes: u64,
+}
+
+/// One client of a dedup ring (`store/dedup_ring.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingClient {
+    /// Raft index of its last recorded write: the least recent clients are evicted first.
+    pub last_index: u64,
+    /// The highest sequence recorded: its ring answers for the `window_max` up to it.
+    pub highest_seq: u64,
+    /// Slots filled, and the size of their values.
     pub results: u64,
     pub results_bytes: u64,
 }
@@ -658,8 +703,10 @@ mod tests {
         for len in [0, 7, 9, 19, 21] {
             assert!(Holders::decode(&vec![1; len]).is_err(), "a row of {len} bytes");
         }
-        assert_eq!(Placement::decode(None).unwrap(), Placement::ById);
-        assert_eq!(Placement::decode(Placement::ByIndex.row()).unwrap(), Placement::ByIndex);
-        assert!(Placement::decode(Some(b"by-moon")).is_err());
+        for format in [Format::Original, Format::PlacedByIndex, Format::DedupRing] {
+            assert_eq!(Format::decode(format.row()).unwrap(), format);
+        }
+        assert_eq!(Format::decode(Some(b"by-index")).unwrap(), Format::PlacedByIndex, "as earlier builds wrote it");
+        assert!(Format::decode(Some(b"by-moon")).is_err());
     }
 }

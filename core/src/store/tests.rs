@@ -6,7 +6,7 @@
 use super::check::{check_partition, digest};
 use super::dedup::{DedupLimits, DEDUP_CLIENTS_MAX, DEDUP_WINDOW_MAX};
 use super::snapshot::{export, import};
-use super::tables::{self, Holders, ObjectAt, Placement, TableId};
+use super::tables::{self, Holders, ObjectAt, TableId};
 use super::*;
 use crate::ids::{ClientId, NodeId, PeerId};
 use crate::persist::LogPosition;
@@ -115,30 +115,38 @@ impl Harness {
         Harness { store: Store::in_memory(), index: 0, seq: 0, limits }
     }
 
-    /// A partition whose first entry places objects by index, as a new partition's bootstrap
-    /// log does.
+    /// A partition whose first entry places objects by index, as the bootstrap log of the
+    /// build before dedup rings did.
     fn placing_by_index() -> Harness {
+        Harness::in_format(Format::PlacedByIndex)
+    }
+
+    /// A partition of `format`, as a bootstrap log switching to it makes one.
+    fn in_format(format: Format) -> Harness {
         let mut h = Harness::new();
-        h.place_by_index();
+        if format != Format::Original {
+            h.switch_format(format);
+        }
         h
     }
 
-    /// Applies the entry that places objects by index from here.
-    fn place_by_index(&mut self) {
+    /// Applies the entry that switches the partition to `format` from here.
+    fn switch_format(&mut self, format: Format) {
         self.index += 1;
         let position = LogPosition { index: self.index, term: 1 };
+        let limits = self.limits;
         self.store
             .write(Commit::Lazy, |rows| {
-                let mut writer = PartitionWriter::open(rows, P)?;
-                writer.apply_placement_by_index(position)?;
+                let mut writer = PartitionWriter::with_limits(rows, P, limits)?;
+                writer.apply_format(position, format)?;
                 writer.finish().map(|_| ())
             })
             .expect("the store takes the write");
         self.assert_consistent();
     }
 
-    fn placement(&self) -> Placement {
-        Placement::of(&self.store.read().unwrap(), P).unwrap()
+    fn format(&self) -> Format {
+        Format::of(&self.store.read().unwrap(), P).unwrap()
     }
 
     /// A new write of client 1.
@@ -500,15 +508,17 @@ fn objects_are_stored_in_git_loose_format() {
 #[test]
 fn objects_placed_by_id_stay_where_they_are_when_the_partition_places_by_index() {
     let mut h = Harness::new();
-    assert_eq!(h.placement(), Placement::ById);
+    assert_eq!(h.format(), Format::Original);
     let (old, new, both) = (blob("old"), blob("new"), blob("both"));
     h.write(create("a")).unwrap();
     h.write(tx("a", vec![old.clone(), both.clone()], vec![])).unwrap();
     assert_eq!((h.rows_of(TableId::Objects), h.rows_of(TableId::ObjectsAt)), (2, 0));
 
-    h.place_by_index();
-    assert_eq!(h.placement(), Placement::ByIndex);
-    h.place_by_index(); // A second switch changes nothing.
+    h.switch_format(Format::PlacedByIndex);
+    assert_eq!(h.format(), Format::PlacedByIndex);
+    h.switch_format(Format::PlacedByIndex); // A second switch changes nothing.
+    h.switch_format(Format::Original); // Nor one to an earlier format.
+    assert_eq!(h.format(), Format::PlacedByIndex);
     let ok = h.write(tx("a", vec![new.clone(), both.clone()], vec![])).unwrap();
     assert_eq!((h.rows_of(TableId::Objects), h.rows_of(TableId::ObjectsAt)), (2, 1), "only the new object moves in");
     let rows = h.store.read().unwrap();
@@ -561,95 +571,183 @@ fn the_check_finds_objects_placed_by_index_missing_or_unheld() {
 
 // ---- Idempotency ---------------------------------------------------------------------------
 
+/// The formats whose dedup rows differ: the original's and the rings.
+const DEDUP_FORMATS: [Format; 2] = [Format::Original, Format::DedupRing];
+
 #[test]
 fn retries_return_the_original_result() {
-    let mut h = Harness::new();
-    let client = ClientId(7);
-    let one = blob("one");
-    let first = h.apply(client, 1, create("a"));
-    assert_eq!(first, Ok(WriteOk { index: 1, object_ids: vec![], partition: None }));
-    let digest = h.digest();
-    assert_eq!(h.apply(client, 1, create("a")), first, "a retry is not applied again");
-    assert_eq!(h.digest(), digest);
+    for format in DEDUP_FORMATS {
+        let mut h = Harness::in_format(format);
+        let client = ClientId(7);
+        let one = blob("one");
+        let first = h.apply(client, 1, create("a"));
+        assert_eq!(first, Ok(WriteOk { index: h.index, object_ids: vec![], partition: None }));
+        let digest = h.digest();
+        assert_eq!(h.apply(client, 1, create("a")), first, "a retry is not applied again");
+        assert_eq!(h.digest(), digest);
 
-    // A rejection is remembered too, even once its cause is gone.
-    let update = || tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Value(direct(&one)), None)]);
-    let rejected = h.apply(client, 2, update());
-    assert!(matches!(rejected, Err(Rejection::PreconditionFailed { .. })));
-    h.apply(client, 3, tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))]))
-        .unwrap();
-    assert_eq!(h.apply(client, 2, update()), rejected);
+        // A rejection is remembered too, even once its cause is gone.
+        let update = || tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Value(direct(&one)), None)]);
+        let rejected = h.apply(client, 2, update());
+        assert!(matches!(rejected, Err(Rejection::PreconditionFailed { .. })));
+        h.apply(client, 3, tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))]))
+            .unwrap();
+        assert_eq!(h.apply(client, 2, update()), rejected);
 
-    // Another client with the same seq is another write.
-    assert_eq!(h.apply(ClientId(8), 1, create("a")), Err(Rejection::RepositoryExists { repo: repo("a") }));
+        // Another client with the same seq is another write.
+        assert_eq!(h.apply(ClientId(8), 1, create("a")), Err(Rejection::RepositoryExists { repo: repo("a") }));
 
-    // A window that is not full has forgotten nothing: a lower, unseen seq is applied.
-    assert!(h.apply(ClientId(8), 0, create("b")).is_ok());
+        // A window that is not full has forgotten nothing: a lower, unseen seq is applied.
+        assert!(h.apply(ClientId(8), 0, create("b")).is_ok(), "{format:?}");
+    }
 }
 
 #[test]
 fn sequence_too_old_once_the_window_is_full() {
-    let mut h = Harness::new();
-    let client = ClientId(3);
-    h.apply(client, 0, create("a")).unwrap();
-    for seq in 1..DEDUP_WINDOW_MAX {
-        h.apply_unchecked(client, seq, delete("missing")).unwrap_err();
+    for format in DEDUP_FORMATS {
+        let mut h = Harness::in_format(format);
+        let client = ClientId(3);
+        h.apply(client, 0, create("a")).unwrap();
+        for seq in 1..DEDUP_WINDOW_MAX {
+            h.apply_unchecked(client, seq, delete("missing")).unwrap_err();
+        }
+        h.assert_consistent();
+        // Full: seqs 0..=127. Seq 128 evicts seq 0.
+        let newest = h.apply(client, DEDUP_WINDOW_MAX, create("b"));
+        assert!(newest.is_ok());
+        let digest = h.digest();
+        let too_old = h.apply(client, 0, create("a"));
+        assert_eq!(too_old, Err(Rejection::SequenceTooOld { client, seq: 0, oldest_kept: 1 }), "{format:?}");
+        assert_eq!(h.digest(), digest, "SequenceTooOld is not recorded");
+        assert!(too_old.unwrap_err().to_string().contains("older than"));
+        assert_eq!(h.apply(client, 1, create("a")), Err(Rejection::RepositoryNotFound { repo: repo("missing") }));
+        assert_eq!(h.apply(client, DEDUP_WINDOW_MAX, create("zzz")), newest);
     }
-    h.assert_consistent();
-    // Full: seqs 0..=127. Seq 128 evicts seq 0.
-    let newest = h.apply(client, DEDUP_WINDOW_MAX, create("b"));
-    assert!(newest.is_ok());
-    let digest = h.digest();
-    let too_old = h.apply(client, 0, create("a"));
-    assert_eq!(too_old, Err(Rejection::SequenceTooOld { client, seq: 0, oldest_kept: 1 }));
-    assert_eq!(h.digest(), digest, "SequenceTooOld is not recorded");
-    assert!(too_old.unwrap_err().to_string().contains("older than"));
-    assert_eq!(h.apply(client, 1, create("a")), Err(Rejection::RepositoryNotFound { repo: repo("missing") }));
-    assert_eq!(h.apply(client, DEDUP_WINDOW_MAX, create("zzz")), newest);
+}
+
+/// A ring answers for the window below its highest sequence, whatever its slots held before:
+/// a slot from an earlier turn answers for nothing.
+#[test]
+fn a_ring_answers_for_the_window_below_its_highest_sequence() {
+    let limits = DedupLimits { window_max: 4, ..DedupLimits::DEFAULT };
+    let mut h = Harness::with_limits(limits);
+    h.switch_format(Format::DedupRing);
+    let client = ClientId(5);
+    let first = h.apply(client, 1, create("a"));
+    assert!(first.is_ok());
+    // Seq 9 lands in seq 1's slot, two turns on; slots 2 and 3 stay empty.
+    let far = h.apply(client, 9, create("b"));
+    assert!(far.is_ok());
+    assert_eq!(h.apply(client, 1, create("zzz")), Err(Rejection::SequenceTooOld { client, seq: 1, oldest_kept: 6 }));
+    assert_eq!(h.apply(client, 9, create("zzz")), far, "the newest is remembered");
+    // Seq 6 is in the window and its slot (2) empty: it was never applied.
+    assert_eq!(h.apply(client, 6, create("a")), Err(Rejection::RepositoryExists { repo: repo("a") }));
+    assert_eq!(h.apply(client, 6, create("c")), Err(Rejection::RepositoryExists { repo: repo("a") }), "now a retry");
+    // Seq 13 lands in seq 9's slot; the window moves on to 10..=13.
+    assert!(h.apply(client, 13, create("c")).is_ok());
+    assert_eq!(h.apply(client, 9, create("zzz")), Err(Rejection::SequenceTooOld { client, seq: 9, oldest_kept: 10 }));
+    assert_eq!(h.rows_of(TableId::DedupResults), 2, "seq 13 took seq 9's slot, seq 6 has its own");
+    assert_eq!(h.rows_of(TableId::DedupOrder), 0, "rings keep no order");
 }
 
 #[test]
 fn least_recent_client_is_evicted() {
-    let mut h = Harness::new();
-    // Client 0 writes first, client 1 second and again near the end.
-    let first = h.apply(ClientId(0), 1, create("a"));
-    assert!(first.is_ok());
-    let second = h.apply(ClientId(1), 1, create("b"));
-    assert!(second.is_ok());
-    for client in 2..DEDUP_CLIENTS_MAX {
-        h.apply_unchecked(ClientId(client), 1, delete("missing")).unwrap_err();
+    for format in DEDUP_FORMATS {
+        let mut h = Harness::in_format(format);
+        // Client 0 writes first, client 1 second and again near the end.
+        let first = h.apply(ClientId(0), 1, create("a"));
+        assert!(first.is_ok());
+        let second = h.apply(ClientId(1), 1, create("b"));
+        assert!(second.is_ok());
+        for client in 2..DEDUP_CLIENTS_MAX {
+            h.apply_unchecked(ClientId(client), 1, delete("missing")).unwrap_err();
+        }
+        h.assert_consistent();
+        assert_eq!(h.counts().dedup_clients, DEDUP_CLIENTS_MAX);
+        h.apply(ClientId(1), 2, delete("missing")).unwrap_err();
+        // One client too many: client 0 (lowest last index) goes, client 1 (recent) stays. The
+        // original evicts one client, a ring an eighth of them at once.
+        h.apply(ClientId(1_000_000), 1, delete("missing")).unwrap_err();
+        let remembered = match format.dedup_ring() {
+            true => DEDUP_CLIENTS_MAX - DEDUP_CLIENTS_MAX / 8,
+            false => DEDUP_CLIENTS_MAX,
+        };
+        assert_eq!(h.counts().dedup_clients, remembered, "{format:?}");
+        assert_eq!(h.apply(ClientId(1), 1, create("b")), second, "client 1 still remembered");
+        assert_eq!(
+            h.apply(ClientId(0), 1, create("a")),
+            Err(Rejection::RepositoryExists { repo: repo("a") }),
+            "client 0 forgotten: its retry is applied again"
+        );
+        if format.dedup_ring() {
+            // From 4,097 clients down to 3,584: client 0 and clients 2 to 513 went.
+            let evicted = DEDUP_CLIENTS_MAX / 8 + 1;
+            let absent = h.apply(ClientId(evicted), 1, create("b"));
+            assert_eq!(absent, Err(Rejection::RepositoryExists { repo: repo("b") }), "client {evicted} forgotten");
+            let kept = h.apply(ClientId(evicted + 1), 1, create("b"));
+            assert_eq!(kept, Err(Rejection::RepositoryNotFound { repo: repo("missing") }), "remembered");
+        }
     }
-    h.assert_consistent();
-    assert_eq!(h.counts().dedup_clients, DEDUP_CLIENTS_MAX);
-    h.apply(ClientId(1), 2, delete("missing")).unwrap_err();
-    // One client too many: client 0 (lowest last index) goes, client 1 (recent) stays.
-    h.apply(ClientId(1_000_000), 1, delete("missing")).unwrap_err();
-    assert_eq!(h.counts().dedup_clients, DEDUP_CLIENTS_MAX);
-    assert_eq!(h.apply(ClientId(1), 1, create("b")), second, "client 1 still remembered");
-    assert_eq!(
-        h.apply(ClientId(0), 1, create("a")),
-        Err(Rejection::RepositoryExists { repo: repo("a") }),
-        "client 0 forgotten: its retry is applied again"
-    );
 }
 
 #[test]
 fn dedup_bytes_are_bounded() {
-    let limits = DedupLimits { window_max: 4, clients_max: 100, results_bytes_max: 2_000 };
-    let mut h = Harness::with_limits(limits);
-    h.write(create("a")).unwrap();
-    let objects: Vec<NewObject> = (0..10).map(|i| blob(&format!("object {i}"))).collect();
-    for index in 1..=50u64 {
-        let client = ClientId(index % 7);
-        let result = h.apply(client, index, tx("a", objects.clone(), vec![]));
-        assert!(result.is_ok());
-        assert!(h.counts().dedup_results_bytes <= limits.results_bytes_max);
-        assert_eq!(h.apply(client, index, create("zzz")), result, "just recorded, still remembered");
+    for format in DEDUP_FORMATS {
+        let limits = DedupLimits { window_max: 4, clients_max: 100, results_bytes_max: 2_000 };
+        let mut h = Harness::with_limits(limits);
+        if format != Format::Original {
+            h.switch_format(format);
+        }
+        h.write(create("a")).unwrap();
+        let objects: Vec<NewObject> = (0..10).map(|i| blob(&format!("object {i}"))).collect();
+        for index in 1..=50u64 {
+            let client = ClientId(index % 7);
+            let result = h.apply(client, index, tx("a", objects.clone(), vec![]));
+            assert!(result.is_ok());
+            assert!(h.counts().dedup_results_bytes <= limits.results_bytes_max);
+            assert_eq!(h.apply(client, index, create("zzz")), result, "just recorded, still remembered");
+        }
+        // The budget holds fewer results than 7 clients' full windows: some clients were evicted.
+        let size_bytes = tables::encode(&h.apply(ClientId(1), 1_000, tx("a", objects.clone(), vec![]))).len() as u64;
+        assert!(limits.results_bytes_max < 7 * 4 * size_bytes);
+        assert!(h.counts().dedup_clients < 7, "{format:?}");
     }
-    // The budget holds fewer results than 7 clients' full windows: some clients were evicted.
-    let size_bytes = tables::encode(&h.write(tx("a", objects.clone(), vec![]))).len() as u64;
-    assert!(limits.results_bytes_max < 7 * 4 * size_bytes);
-    assert!(h.counts().dedup_clients < 7);
+}
+
+/// Switching a partition to rings keeps every result a ring answers for: retries across the
+/// switch return their first result, those below a client's window are too old, and the rows
+/// check out.
+#[test]
+fn switching_to_rings_keeps_the_results_in_each_window() {
+    let limits = DedupLimits { window_max: 4, ..DedupLimits::DEFAULT };
+    let mut h = Harness::with_limits(limits);
+    let (a, b) = (ClientId(1), ClientId(2));
+    let created = h.apply(a, 1, create("a"));
+    let mut results = BTreeMap::new();
+    for seq in 2..=6 {
+        results.insert(seq, h.apply_unchecked(a, seq, delete("missing")));
+    }
+    // Client b's seqs are far apart: only its highest is in its ring's window.
+    let b_low = h.apply(b, 1, create("b"));
+    let b_high = h.apply(b, 100, create("c"));
+    assert!(created.is_ok() && b_low.is_ok() && b_high.is_ok());
+    assert_eq!(h.rows_of(TableId::DedupOrder), 2);
+
+    h.switch_format(Format::DedupRing);
+    assert_eq!(h.format(), Format::DedupRing);
+    assert_eq!(h.rows_of(TableId::DedupOrder), 0, "rings keep no order");
+    assert_eq!(h.rows_of(TableId::DedupResults), 4 + 1, "client a's window of 4, client b's highest");
+    for (seq, result) in &results {
+        match *seq >= 3 {
+            true => assert_eq!(&h.apply(a, *seq, create("zzz")), result, "seq {seq} remembered"),
+            false => assert!(matches!(h.apply(a, *seq, create("zzz")), Err(Rejection::SequenceTooOld { .. }))),
+        }
+    }
+    assert_eq!(h.apply(b, 100, create("zzz")), b_high);
+    assert_eq!(h.apply(b, 1, create("zzz")), Err(Rejection::SequenceTooOld { client: b, seq: 1, oldest_kept: 97 }));
+    // New writes go on from the converted rings.
+    assert!(h.apply(a, 7, create("d")).is_ok());
+    assert!(matches!(h.apply(a, 3, create("zzz")), Err(Rejection::SequenceTooOld { oldest_kept: 4, .. })));
 }
 
 // ---- Directory ---------------------------------------------------------------------------
@@ -1432,22 +1530,30 @@ fn config() -> ProptestConfig {
     ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() }
 }
 
+/// Where a partition's log switches formats: to placing objects by index at the first index,
+/// to dedup rings at the second (the first then changes nothing if it comes later).
+type Switches = (u64, u64);
+
 /// Applies one entry (a command, or a no-op) at `index` to `store`'s partition `partition`;
-/// at `place_at`, the entry that places objects by index instead.
+/// at one of `switches`, the entry that switches the format instead.
 fn apply_entry(
     store: &Store,
     partition: PartitionId,
     index: u64,
     entry: &Option<Command>,
-    place_at: u64,
+    switches: Switches,
 ) -> Option<WriteResult> {
     store
         .write(Commit::Lazy, |rows| {
             let mut writer = PartitionWriter::open(rows, partition)?;
             let position = LogPosition { index, term: 1 };
             let result = match entry {
-                _ if index == place_at => {
-                    writer.apply_placement_by_index(position)?;
+                _ if index == switches.1 => {
+                    writer.apply_format(position, Format::DedupRing)?;
+                    None
+                }
+                _ if index == switches.0 => {
+                    writer.apply_format(position, Format::PlacedByIndex)?;
                     None
                 }
                 Some(command) => Some(writer.apply(position, command)?),
@@ -1467,9 +1573,10 @@ proptest! {
 
     /// Two replicas fed the same entries answer and end the same; a third restored from a
     /// snapshot stream midway catches up to the same state; every state checks out whole. The
-    /// partition places objects by id until `place_at`, by index after (never, past the end).
+    /// partition switches formats at `switches` (never, past the end), and its retries answer
+    /// their first results across them (seqs stay inside every window).
     #[test]
-    fn replicas_agree_and_snapshots_restore(entries in arb_entries(), snapshot_at in 0..60usize, place_at in 2..70u64) {
+    fn replicas_agree_and_snapshots_restore(entries in arb_entries(), snapshot_at in 0..60usize, switches in (2..70u64, 2..90u64)) {
         let (left, right) = (Store::in_memory(), Store::in_memory());
         let mut restored: Option<(Store, u64)> = None;
         let mut first_results: BTreeMap<(ClientId, u64), WriteResult> = BTreeMap::new();
@@ -1500,10 +1607,10 @@ proptest! {
                 restored = Some((store, index));
             }
             let before = without_dedup(&left);
-            let result = apply_entry(&left, P, index, entry, place_at);
-            prop_assert_eq!(&apply_entry(&right, P, index, entry, place_at), &result);
+            let result = apply_entry(&left, P, index, entry, switches);
+            prop_assert_eq!(&apply_entry(&right, P, index, entry, switches), &result);
             if let Some((store, _)) = &restored {
-                prop_assert_eq!(&apply_entry(store, P, index, entry, place_at), &result);
+                prop_assert_eq!(&apply_entry(store, P, index, entry, switches), &result);
             }
             let rows = left.read().unwrap();
             let record = rows.partition(P).unwrap().unwrap();

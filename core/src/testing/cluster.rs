@@ -102,10 +102,10 @@ impl Cluster {
         cluster
     }
 
-    /// A new partition on nodes 1..=n as builds before placement by index created one: it
-    /// places objects by id until a leader proposes placing them by index.
-    pub fn new_as_before_placement(n: u64, seed: u64) -> Cluster {
-        Cluster::with_options(n, seed, ReplicaOptions { bootstrap_places_by_index: false, ..ReplicaOptions::default() })
+    /// A new partition on nodes 1..=n as the build that introduced `format` created one: it
+    /// keeps that format until a leader proposes the latest.
+    pub fn new_in_format(n: u64, seed: u64, format: store::Format) -> Cluster {
+        Cluster::with_options(n, seed, ReplicaOptions { bootstrap_format: format, ..ReplicaOptions::default() })
     }
 
     fn start_replicas(&mut self, voters: &[NodeId]) {
@@ -134,9 +134,9 @@ impl Cluster {
         (applied, store::check::digest(&rows, self.partition).expect("reads"))
     }
 
-    /// Where `node`'s store places the partition's objects.
-    pub fn placement(&self, node: NodeId) -> store::Placement {
-        store::Placement::of(&self.stores[&node].read().expect("reads"), self.partition).expect("reads")
+    /// The format of the partition's rows in `node`'s store.
+    pub fn format(&self, node: NodeId) -> store::Format {
+        store::Format::of(&self.stores[&node].read().expect("reads"), self.partition).expect("reads")
     }
 
     /// The digest of `node`'s replica's state.
@@ -285,9 +285,9 @@ impl Cluster {
         config.peer = member.unwrap_or(PeerId::new(node, 0));
         let rows = self.stores[&node].read().expect("reads");
         let record = rows.partition(self.partition).expect("reads");
-        let placement = store::Placement::of(&rows, self.partition).expect("reads");
+        let format = store::Format::of(&rows, self.partition).expect("reads");
         let stored = record
-            .map(|r| StoredState { applied: r.applied, conf_state: r.conf_state, raft: r.raft, placement })
+            .map(|r| StoredState { applied: r.applied, conf_state: r.conf_state, raft: r.raft, format })
             .unwrap_or_default();
         let partition = Partition::open(config, durable.clone(), stored, self.now);
         self.replicas.insert(node, Replica { partition, pending_writes: VecDeque::new(), durable });
@@ -391,7 +391,7 @@ impl Cluster {
                     Output::InstallSnapshot(meta) => {
                         let (_, bytes) = &self.snapshot_files[&node][&meta.position];
                         let partition = self.partition;
-                        let placement = self.stores[&node]
+                        let format = self.stores[&node]
                             .write(Commit::Durable, |rows| {
                                 let counts = store::snapshot::import(
                                     rows,
@@ -408,10 +408,10 @@ impl Cluster {
                                     raft: crate::persist::RaftMode::On,
                                 };
                                 rows.set_partition(partition, &record)?;
-                                store::Placement::of(rows, partition)
+                                store::Format::of(rows, partition)
                             })
                             .expect("an in-memory store installs");
-                        replica.partition.handle_snapshot_installed(self.now, Ok(placement));
+                        replica.partition.handle_snapshot_installed(self.now, Ok(format));
                     }
                     Output::Respond { request, response } => self.responses.push(Delivered { node, request, response }),
                     // One partition only here: the directory's allocations have no replica to

@@ -136,19 +136,9 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             deferred.push((position.index, command.client, command.seq, result.clone()));
             return Ok(result);
         }
-        let (partition, limits) = (self.partition, self.limits);
-        let counts = &mut self.record.counts;
-        dedup::record(
-            self.rows,
-            partition,
-            counts,
-            &limits,
-            position.index,
-            command.client,
-            command.seq,
-            &result,
-            fresh,
-        )?;
+        let recorded =
+            dedup::Recorded { index: position.index, client: command.client, seq: command.seq, result: &result };
+        dedup::record(self.rows, self.partition, &mut self.record.counts, &self.limits, recorded, fresh)?;
         Ok(result)
     }
 
@@ -866,7 +856,8 @@ pub fn commit_deferred(rows: &mut WriteRows<'_>, deferred: Deferred) -> Result<(
     for (index, client, seq, result) in dedup {
         if let Lookup::New(fresh) = dedup::lookup(rows, partition, format, &DedupLimits::DEFAULT, client, seq)? {
             let counts = &mut record.counts;
-            dedup::record(rows, partition, counts, &DedupLimits::DEFAULT, index, client, seq, &result, fresh)?;
+            let recorded = dedup::Recorded { index, client, seq, result: &result };
+            dedup::record(rows, partition, counts, &DedupLimits::DEFAULT, recorded, fresh)?;
         }
     }
     rows.set_partition(partition, &record)

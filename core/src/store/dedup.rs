@@ -84,15 +84,24 @@ pub struct OriginalFresh {
     oldest: Option<tables::Row>,
 }
 
+/// A client's `dedup_clients` row, in either format (`T`).
+pub(super) fn client_row<T: serde::de::DeserializeOwned>(
+    rows: &dyn Rows,
+    partition: PartitionId,
+    client: ClientId,
+) -> Result<Option<T>, StoreError> {
+    match rows.get(TableId::DedupClients, &keys::client(partition, client))? {
+        Some(bytes) => Ok(Some(tables::decode("dedup client", &bytes)?)),
+        None => Ok(None),
+    }
+}
+
 fn client_record(
     rows: &dyn Rows,
     partition: PartitionId,
     client: ClientId,
 ) -> Result<Option<ClientRecord>, StoreError> {
-    match rows.get(TableId::DedupClients, &keys::client(partition, client))? {
-        Some(bytes) => Ok(Some(tables::decode("dedup client", &bytes)?)),
-        None => Ok(None),
-    }
+    client_row(rows, partition, client)
 }
 
 /// The oldest result remembered for `client`, and its sequence number.
@@ -123,22 +132,31 @@ pub fn lookup(
     }
 }
 
-/// Remembers the result of `(client, seq)`, applied at `index`; `lookup` said `New`.
-#[allow(clippy::too_many_arguments)] // each is a distinct input of one row; a struct would only rename them
+/// A result to remember: that of `(client, seq)`, applied at `index`.
+#[derive(Clone, Copy, Debug)]
+pub struct Recorded<'r> {
+    pub index: u64,
+    pub client: ClientId,
+    pub seq: u64,
+    pub result: &'r WriteResult,
+}
+
+/// Remembers `recorded`, of which `lookup` said `New`.
 pub fn record(
     rows: &mut WriteRows<'_>,
     partition: PartitionId,
     counts: &mut Counts,
     limits: &DedupLimits,
-    index: u64,
-    client: ClientId,
-    seq: u64,
-    result: &WriteResult,
+    recorded: Recorded<'_>,
     fresh: Fresh,
 ) -> Result<(), StoreError> {
+    assert!(
+        !matches!(recorded.result, Err(Rejection::SequenceTooOld { .. })),
+        "SequenceTooOld is an answer about the table, never recorded in it"
+    );
     match fresh {
-        Fresh::Ring(fresh) => dedup_ring::record(rows, partition, counts, limits, index, client, seq, result, fresh),
-        Fresh::Original(fresh) => record_original(rows, partition, counts, limits, index, client, seq, result, fresh),
+        Fresh::Ring(fresh) => dedup_ring::record(rows, partition, counts, limits, recorded, fresh),
+        Fresh::Original(fresh) => record_original(rows, partition, counts, limits, recorded, fresh),
     }
 }
 
@@ -167,22 +185,15 @@ fn lookup_original(
     Ok(Lookup::New(Fresh::Original(OriginalFresh { client: Some(record), oldest: Some(oldest) })))
 }
 
-#[allow(clippy::too_many_arguments)] // as `record`'s
 fn record_original(
     rows: &mut WriteRows<'_>,
     partition: PartitionId,
     counts: &mut Counts,
     limits: &DedupLimits,
-    index: u64,
-    client: ClientId,
-    seq: u64,
-    result: &WriteResult,
+    recorded: Recorded<'_>,
     fresh: OriginalFresh,
 ) -> Result<(), StoreError> {
-    assert!(
-        !matches!(result, Err(Rejection::SequenceTooOld { .. })),
-        "SequenceTooOld is an answer about the table, never recorded in it"
-    );
+    let Recorded { index, client, seq, result } = recorded;
     let encoded = tables::encode(result);
     let size_bytes = encoded.len() as u64;
     debug_assert_eq!(

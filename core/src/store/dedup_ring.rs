@@ -21,12 +21,11 @@
 //! every replica evicts the same clients at the same index. The client writing is never
 //! evicted: its `last_index` is the highest, and eviction stops at one client.
 
-use super::dedup::{DedupLimits, Fresh as AnyFresh, Lookup};
+use super::dedup::{DedupLimits, Fresh as AnyFresh, Lookup, Recorded};
 use super::keys;
 use super::tables::{self, Counts, RingClient, Rows, TableId, WriteRows};
 use super::StoreError;
 use crate::ids::{ClientId, PartitionId};
-use crate::state_machine::{Rejection, WriteResult};
 use std::ops::ControlFlow;
 
 /// Bytes of a slot's value before the result: the sequence, big-endian.
@@ -46,10 +45,7 @@ fn client_of(key: &[u8]) -> Result<ClientId, StoreError> {
 }
 
 fn client_record(rows: &dyn Rows, partition: PartitionId, client: ClientId) -> Result<Option<RingClient>, StoreError> {
-    match rows.get(TableId::DedupClients, &keys::client(partition, client))? {
-        Some(bytes) => Ok(Some(tables::decode("dedup ring client", &bytes)?)),
-        None => Ok(None),
-    }
+    super::dedup::client_row(rows, partition, client)
 }
 
 fn slot_key(partition: PartitionId, limits: &DedupLimits, client: ClientId, seq: u64) -> Vec<u8> {
@@ -105,23 +101,16 @@ pub fn lookup(
     Ok(Lookup::New(AnyFresh::Ring(Fresh { client: Some(record) })))
 }
 
-/// Remembers the result of `(client, seq)`, applied at `index`; `lookup` said `New`.
-#[allow(clippy::too_many_arguments)] // each is a distinct input of one row; a struct would only rename them
+/// Remembers `recorded`, of which `lookup` said `New`.
 pub fn record(
     rows: &mut WriteRows<'_>,
     partition: PartitionId,
     counts: &mut Counts,
     limits: &DedupLimits,
-    index: u64,
-    client: ClientId,
-    seq: u64,
-    result: &WriteResult,
+    recorded: Recorded<'_>,
     fresh: Fresh,
 ) -> Result<(), StoreError> {
-    assert!(
-        !matches!(result, Err(Rejection::SequenceTooOld { .. })),
-        "SequenceTooOld is an answer about the table, never recorded in it"
-    );
+    let Recorded { index, client, seq, result } = recorded;
     debug_assert_eq!(
         client_record(rows, partition, client)?,
         fresh.client,

@@ -516,7 +516,8 @@ mod tests {
         assert!(describe(EntryKind::Normal, &[], &[]).contains("new leader's first entry"));
         assert!(describe(EntryKind::Normal, &[], b"cohort-raft-off").contains("turns Raft off"));
         assert!(describe(EntryKind::Normal, &[], b"cohort-raft-on").contains("turns Raft on"));
-        assert!(describe(EntryKind::Normal, &[], b"cohort-place-by-index").contains("objects by index"));
+        assert!(describe(EntryKind::Normal, &[], b"cohort-place-by-index").contains("objects placed by index"));
+        assert!(describe(EntryKind::Normal, &[], b"cohort-format-dedup-ring").contains("dedup results in rings"));
         assert!(describe(EntryKind::Normal, b"\xff\xff garbage", &[]).starts_with("undecodable command"));
         assert_eq!(describe(EntryKind::ConfChangeV2, b"\x01", &[]), "membership change");
         let huge = Command {

@@ -39,8 +39,12 @@ pub fn describe_empty_entry(context: &[u8]) -> &'static str {
     match raft_mode::switch_of(true, &[], context) {
         Some(RaftMode::Off) => "turns Raft off",
         Some(RaftMode::On) => "turns Raft on",
-        None if format::switch_of(true, &[], context).is_some() => "switches the partition's store format",
-        None => "a new leader's first entry",
+        None => match format::switch_of(true, &[], context) {
+            Some(Format::PlacedByIndex) => "switches the store's format: objects placed by index",
+            Some(Format::DedupRing) => "switches the store's format: dedup results in rings",
+            Some(Format::Original) => unreachable!("no entry switches to the original format"),
+            None => "a new leader's first entry",
+        },
     }
 }
 

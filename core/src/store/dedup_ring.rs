@@ -11,8 +11,9 @@
 //! Against the original format (`dedup.rs`) a new write takes 3 B-tree operations instead of
 //! 8: read the client, put the result in its slot (the old slot row comes back from the same
 //! descent), write the client. The original remembers each client's `window_max` highest
-//! sequences wherever they lie; the ring its `window_max` highest numbers, which is the same
-//! for a client numbering its writes one after another, as cohort's client does.
+//! sequences however far apart they lie; a ring, those among the `window_max` numbers up to
+//! its highest. For a client that numbers its writes one after another, as cohort's client
+//! does, the two are the same.
 //!
 //! Bounded like the original: `clients_max` clients and `results_bytes_max` bytes of slots. No
 //! table keeps clients in order of their last write: once over a bound, one scan of the

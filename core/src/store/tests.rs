@@ -416,6 +416,41 @@ fn symbolic_head() {
     assert_eq!(h.refs("a"), vec![(RefName::head(), direct(&one))]);
 }
 
+/// A repository's references stay within their bound whether or not an unconditional update
+/// reads the reference it sets (it does not when there is room for every update to add one).
+#[test]
+fn the_reference_bound_holds_for_unconditional_updates() {
+    let mut h = Harness::new();
+    h.write(create("a")).unwrap();
+    let one = blob("one");
+    h.write(tx("a", vec![one.clone()], vec![set("refs/heads/main", Expected::Any, Some(direct(&one)))])).unwrap();
+    let key = keys::repo(P, &repo("a"));
+    let refs_counted = |h: &Harness| {
+        let bytes = h.store.read().unwrap().get(TableId::Repositories, &key).unwrap().expect("a record");
+        tables::decode::<tables::RepoRecord>("repository", &bytes).unwrap().refs
+    };
+    // The repository's record says it is two references short of its bound (only the record:
+    // its rows no longer check out, so nothing below checks them).
+    let bound = REPOSITORY_REFS_MAX as u64;
+    let record = tables::encode(&tables::RepoRecord { refs: bound - 2 });
+    h.store.write(Commit::Lazy, |rows| rows.insert(TableId::Repositories, &key, &record)).unwrap();
+    let put = |names: &[&str]| {
+        let updates = names.iter().map(|n| set(n, Expected::Any, Some(direct(&one)))).collect();
+        tx("a", vec![], updates)
+    };
+    // Room for both to be new: neither is read, and both are counted as added.
+    assert!(h.apply_unchecked(ClientId(2), 1, put(&["refs/heads/x", "refs/heads/y"])).is_ok());
+    assert_eq!(refs_counted(&h), bound);
+    // At the bound, each is read: one that replaces a reference goes through, one that would
+    // add one is refused.
+    assert!(h.apply_unchecked(ClientId(2), 2, put(&["refs/heads/main"])).is_ok());
+    assert_eq!(
+        h.apply_unchecked(ClientId(2), 3, put(&["refs/heads/x", "refs/heads/z"])),
+        Err(Rejection::TooManyRefs { repo: repo("a"), count: bound + 1, count_max: bound })
+    );
+    assert_eq!(refs_counted(&h), bound);
+}
+
 // ---- Repositories, forks, object pool ------------------------------------------------------
 
 #[test]

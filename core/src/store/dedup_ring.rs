@@ -1,4 +1,4 @@
-//! The idempotency table as partitions of [`Format::DedupRing`] keep it: per client, a ring
+//! The idempotency table as partitions of `Format::DedupRing` keep it: per client, a ring
 //! of `window_max` slots, the result of sequence `seq` in slot `seq % window_max`.
 //!
 //! A client's ring answers for the sequences in `(highest - window_max, highest]`, `highest`

@@ -9,8 +9,8 @@
 //! | `held` | repository, object id | empty: the repository holds the object |
 //! | `objects` | object id | the object in Git's loose encoding (zlib), placed by id |
 //! | `holders` | object id | [`Holders`]: repositories holding it, and where it is if placed by index |
-//! | `dedup_clients` | client id | [`ClientRecord`] |
-//! | `dedup_results` | client id, sequence (or its ring slot) | the write's `WriteResult` (after its sequence) |
+//! | `dedup_clients` | client id | [`ClientRecord`], or [`RingClient`] in a ring format |
+//! | `dedup_results` | client id, sequence (in a ring: its slot) | the write's `WriteResult` (in a ring: after its sequence) |
 //! | `dedup_order` | raft index of a client's last write (original formats) | client id |
 //! | `routes` | repository (directory only) | partition id |
 //! | `members` | partition id (directory only) | `PartitionInfo` |
@@ -339,10 +339,10 @@ impl LargeObjectRecord {
     }
 }
 
-/// One client of the dedup table.
+/// One client of the dedup table in the original formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
-    /// (Original formats.) Raft index of its last recorded write (its key in `dedup_order`).
+    /// Raft index of its last recorded write (its key in `dedup_order`).
     pub last_index: u64,
     /// Results remembered, and their encoded size.
     pub results: u64,

@@ -115,7 +115,7 @@ fn main() {
     assert!(added.learners.contains(&learner), "{added:?}");
     let limit = Duration::from_secs(if full { 600 } else { 60 });
     let (commit, applied) = loop {
-        let (commit, applied) = rt.block_on(progress(&admin, &cluster, partition, leader, learner));
+        let (commit, applied) = rt.block_on(progress(&admin, &cluster, partition, &voters, learner));
         if commit > 0 && applied >= commit {
             break (commit, applied);
         }

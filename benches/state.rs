@@ -181,7 +181,6 @@ fn main() {
     wait_for("every voter to compact the big partition's log", Duration::from_secs(120), || {
         voters.iter().all(|&v| cluster.compacted_index(v, partition) >= 1)
     });
-    let leader = cluster.leader_of(partition);
     let learner = (1..=NODES).find(|n| !voters.contains(n)).unwrap();
     // Every voter's counters, not only the leader's: node 1, restarted above, may still be
     // named leader of a partition it led, which elects on the add, and another voter sends.
@@ -191,7 +190,7 @@ fn main() {
     rt.block_on(admin.change_members(partition, learner, "add-learner")).unwrap();
     let limit = Duration::from_secs(if full { 900 } else { 60 });
     loop {
-        let (commit, applied) = rt.block_on(progress(&admin, &cluster, partition, leader, learner));
+        let (commit, applied) = rt.block_on(progress(&admin, &cluster, partition, &voters, learner));
         if commit > 0 && applied >= commit {
             break;
         }

@@ -4,6 +4,7 @@
 use crate::cluster::{self, TestCluster};
 use cohort_core::state_machine::{Expected, NewObject, ObjectKind, RefName, RefValue, RepoId};
 use cohort_net::client::{Client, ClientConfig, RefChange};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 pub fn client(cluster: &TestCluster, id: u64) -> Client {
@@ -76,11 +77,23 @@ impl SnapshotMetrics {
     }
 }
 
-/// `partition`'s commit index on the leader and the learner's applied index, each from its
-/// own node's status (a node reports applied indexes only for its own replicas).
-pub async fn progress(client: &Client, cluster: &TestCluster, partition: u64, leader: u64, learner: u64) -> (u64, u64) {
-    let leader_status = client.status_of(&cluster.endpoint(leader)).await.expect("leader status");
-    let commit = leader_status.partitions.iter().find(|p| p.id == partition).map_or(0, |p| p.commit_index);
+/// `partition`'s commit index on its voters and the learner's applied index, each from its own
+/// node's status (a node reports applied indexes only for its own replicas).
+pub async fn progress(
+    client: &Client,
+    cluster: &TestCluster,
+    partition: u64,
+    voters: &BTreeSet<u64>,
+    learner: u64,
+) -> (u64, u64) {
+    // The highest commit any voter reports: whichever leads now (the status's named leader can
+    // be one that lost an election since) knows the highest.
+    let mut commit = 0;
+    for &voter in voters {
+        let status = client.status_of(&cluster.endpoint(voter)).await.expect("voter status");
+        let known = status.partitions.iter().find(|p| p.id == partition).map_or(0, |p| p.commit_index);
+        commit = commit.max(known);
+    }
     let learner_status = client.status_of(&cluster.endpoint(learner)).await.expect("learner status");
     let applied = learner_status
         .partitions

@@ -1,6 +1,6 @@
 //! What an operator touches: `cohort dev`, the HTTP endpoints, the client token.
 
-use crate::cluster::{http_get, stdout, TestCluster};
+use crate::cluster::{http_get, stdout, wait_for, TestCluster};
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -211,7 +211,8 @@ fn a_node_logs_at_the_level_its_toml_sets() {
     let log = cluster.log(1);
     assert!(!log.contains("INFO"), "info lines are filtered out at warn: {log}");
     let cluster = TestCluster::start_configured(1, |config| config.log_level = Some("info".into()));
+    // The client port answers as soon as it is bound, a moment before the line is written.
+    wait_for("the node's info line", Duration::from_secs(10), || cluster.log(1).contains("node serving"));
     let log = cluster.log(1);
-    assert!(log.contains("node serving"), "and shown at info");
     assert!(!log.contains('\x1b'), "a log file holds no terminal colour codes: {log}");
 }

@@ -253,9 +253,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             for (key, value) in copied {
                 self.rows.insert(table, &key, &value)?;
                 if table == TableId::Held {
-                    let oid = keys::KeyReader::new(&key[to_prefix.len()..])
-                        .take_oid()
-                        .map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+                    let oid = keys::KeyReader::new(&key[to_prefix.len()..]).take_oid()?;
                     self.hold_existing(&oid)?;
                 }
             }
@@ -270,11 +268,7 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
         let prefix = keys::repo(self.partition, repo);
         let mut held = Vec::new();
         self.rows.scan(TableId::Held, &prefix, &mut |key, _| {
-            held.push(
-                keys::KeyReader::new(&key[prefix.len()..])
-                    .take_oid()
-                    .map_err(|e| StoreError::Corrupt { reason: e.0 })?,
-            );
+            held.push(keys::KeyReader::new(&key[prefix.len()..]).take_oid()?);
             Ok(ControlFlow::Continue(()))
         })?;
         for oid in &held {
@@ -287,8 +281,8 @@ impl<'a, 'txn> PartitionWriter<'a, 'txn> {
             let upload: UploadRecord = tables::decode("upload", value)?;
             if &upload.repo == repo {
                 let mut reader = keys::KeyReader::new(&key[partition_prefix.len()..]);
-                let client = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
-                let seq = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+                let client = reader.take_u64()?;
+                let seq = reader.take_u64()?;
                 uploads.push((ClientId(client), seq, upload));
             }
             Ok(ControlFlow::Continue(()))

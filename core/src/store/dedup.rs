@@ -110,7 +110,7 @@ fn oldest(rows: &dyn Rows, partition: PartitionId, client: ClientId) -> Result<O
     match rows.first(TableId::DedupResults, &prefix)? {
         Some((key, value)) => {
             let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
-            let seq = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+            let seq = reader.take_u64()?;
             Ok(Some(((key, value), seq)))
         }
         None => Ok(None),

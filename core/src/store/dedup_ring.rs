@@ -42,7 +42,7 @@ pub struct Fresh {
 /// The client a `dedup_clients` key names.
 fn client_of(key: &[u8]) -> Result<ClientId, StoreError> {
     let mut reader = keys::KeyReader::new(&key[keys::PARTITION_BYTES..]);
-    Ok(ClientId(reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?))
+    Ok(ClientId(reader.take_u64()?))
 }
 
 fn client_record(rows: &dyn Rows, partition: PartitionId, client: ClientId) -> Result<Option<RingClient>, StoreError> {
@@ -211,7 +211,7 @@ pub fn convert(
         let mut results: Vec<(u64, Vec<u8>)> = Vec::new();
         rows.scan(TableId::DedupResults, &client_prefix, &mut |key, value| {
             let mut reader = keys::KeyReader::new(&key[client_prefix.len()..]);
-            let seq = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+            let seq = reader.take_u64()?;
             results.push((seq, value.to_vec()));
             Ok(ControlFlow::Continue(()))
         })?;

@@ -51,7 +51,7 @@ pub fn routes_after(
         after.as_deref(),
         limit,
         |repo, value| {
-            let repo = keys::KeyReader::new(repo).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+            let repo = keys::KeyReader::new(repo).take_repo()?;
             Ok((repo, PartitionId(tables::decode_u64("route", value)?)))
         },
     )
@@ -78,7 +78,7 @@ pub fn partitions_after(
         after.as_deref(),
         limit,
         |id, value| {
-            let id = keys::KeyReader::new(id).take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+            let id = keys::KeyReader::new(id).take_u64()?;
             Ok((PartitionId(id), tables::decode("partition members", value)?))
         },
     )

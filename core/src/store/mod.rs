@@ -59,6 +59,13 @@ pub enum StoreError {
     Corrupt { reason: String },
 }
 
+impl From<keys::BadKey> for StoreError {
+    /// A key that does not parse is bytes in the store this code did not write.
+    fn from(bad: keys::BadKey) -> StoreError {
+        StoreError::Corrupt { reason: bad.0 }
+    }
+}
+
 /// How the store is opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {

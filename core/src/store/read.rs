@@ -109,8 +109,7 @@ fn loose_objects(
     let mut complete = true;
     let mut failure = None;
     let mut visit = |key: &[u8], _: &[u8]| -> Result<ControlFlow<()>, StoreError> {
-        let oid =
-            keys::KeyReader::new(&key[prefix.len()..]).take_oid().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        let oid = keys::KeyReader::new(&key[prefix.len()..]).take_oid()?;
         let object = match paged_object(rows, partition, &oid) {
             Ok(object) => object,
             Err(error) => {
@@ -159,9 +158,7 @@ pub fn refs(rows: &dyn Rows, partition: PartitionId, repo: &RepoId) -> Result<Ve
     let prefix = keys::repo(partition, repo);
     let mut out = Vec::new();
     rows.scan(TableId::Refs, &prefix, &mut |key, value| {
-        let name = keys::KeyReader::new(&key[prefix.len()..])
-            .take_ref_name()
-            .map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        let name = keys::KeyReader::new(&key[prefix.len()..]).take_ref_name()?;
         out.push((name, tables::decode("reference", value)?));
         Ok(ControlFlow::Continue(()))
     })?;
@@ -173,9 +170,7 @@ pub fn held_objects(rows: &dyn Rows, partition: PartitionId, repo: &RepoId) -> R
     let prefix = keys::repo(partition, repo);
     let mut out = Vec::new();
     rows.scan(TableId::Held, &prefix, &mut |key, _| {
-        out.push(
-            keys::KeyReader::new(&key[prefix.len()..]).take_oid().map_err(|e| StoreError::Corrupt { reason: e.0 })?,
-        );
+        out.push(keys::KeyReader::new(&key[prefix.len()..]).take_oid()?);
         Ok(ControlFlow::Continue(()))
     })?;
     Ok(out)
@@ -288,8 +283,8 @@ fn uploads(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<UploadRow>, St
     let mut out = Vec::new();
     rows.scan(TableId::Uploads, &prefix, &mut |key, value| {
         let mut reader = keys::KeyReader::new(&key[prefix.len()..]);
-        let client = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
-        let seq = reader.take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        let client = reader.take_u64()?;
+        let seq = reader.take_u64()?;
         let upload: UploadRecord = tables::decode("upload", value)?;
         let status = UploadStatus { size_bytes: upload.size_bytes, received_bytes: upload.received_bytes };
         out.push((ClientId(client), seq, upload.repo, status));
@@ -303,7 +298,7 @@ fn uploads(rows: &dyn Rows, partition: PartitionId) -> Result<Vec<UploadRow>, St
 pub fn partitions_with_uploads(rows: &dyn Rows) -> Result<Vec<PartitionId>, StoreError> {
     let mut out: Vec<PartitionId> = Vec::new();
     rows.scan(TableId::Uploads, &[], &mut |key, _| {
-        let id = keys::KeyReader::new(key).take_u64().map_err(|e| StoreError::Corrupt { reason: e.0 })?;
+        let id = keys::KeyReader::new(key).take_u64()?;
         if out.last() != Some(&PartitionId(id)) {
             out.push(PartitionId(id));
         }

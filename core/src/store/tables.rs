@@ -446,9 +446,7 @@ pub fn scan_page<T>(
 /// The repositories that the keys of `table` under `prefix` name (each key is `prefix` then a
 /// repository), sorted.
 pub fn scan_repositories(rows: &dyn Rows, table: TableId, prefix: &[u8]) -> Result<Vec<RepoId>, StoreError> {
-    scan_page(rows, table, prefix, None, usize::MAX, |repo, _| {
-        keys::KeyReader::new(repo).take_repo().map_err(|e| StoreError::Corrupt { reason: e.0 })
-    })
+    scan_page(rows, table, prefix, None, usize::MAX, |repo, _| Ok(keys::KeyReader::new(repo).take_repo()?))
 }
 
 /// A row's key and value.

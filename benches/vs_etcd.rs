@@ -9,8 +9,8 @@
 //!
 //! Both are 3 nodes on loopback with requests to the leader: etcd 3 members (the `etcd` binary
 //! on PATH, Debian's `etcd-server`; nothing is installed at run time), each write a 1 KiB put
-//! through etcd's gRPC KV API; cohort 3 nodes, each write one `Write` storing a 1 KiB blob and
-//! pointing a reference at it. Every client has its own connection. The systems take turns
+//! through the `etcd-client` crate; cohort 3 nodes, each write one `Write` (cohort's own
+//! client) storing a 1 KiB blob and pointing a reference at it. Every client has its own connection. The systems take turns
 //! (etcd, cohort, etcd, cohort) so that the machine's noise falls on both.
 //!
 //! `cargo bench --bench vs_etcd` measures 10 s per turn, 2 turns each (`COHORT_BENCH_SECONDS`
@@ -28,7 +28,6 @@ mod common;
 mod log_probe;
 
 use cluster::{repo, TestCluster};
-use cohort_bench_etcd::{KvClient, MaintenanceClient, PutRequest, StatusRequest};
 use common::{client, context_switches, cpu_seconds, gather, run_load, Load};
 use log_probe::LogProbe;
 use std::io::{Read as _, Write as _};
@@ -86,11 +85,11 @@ impl Etcd {
         loop {
             assert!(Instant::now() < deadline, "etcd elected no leader within 60 s");
             for endpoint in &self.endpoints {
-                let Ok(mut maintenance) = MaintenanceClient::connect(endpoint.clone()).await else { continue };
-                let Ok(status) = maintenance.status(StatusRequest {}).await else { continue };
-                let status = status.into_inner();
-                let me = status.header.map_or(0, |h| h.member_id);
-                if status.leader != 0 && status.leader == me && put(endpoint, 0).await.is_ok() {
+                let Ok(mut client) = etcd_client::Client::connect([endpoint], None).await else { continue };
+                let Ok(status) = client.status().await else { continue };
+                let me = status.header().map_or(0, |h| h.member_id());
+                if status.leader() != 0 && status.leader() == me && client.put("probe", value(0, 0), None).await.is_ok()
+                {
                     return endpoint.clone();
                 }
             }
@@ -128,18 +127,12 @@ fn value(key: u64, n: u64) -> Vec<u8> {
     data
 }
 
-/// One put on a fresh connection (setup only).
-async fn put(endpoint: &str, n: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let mut kv = KvClient::connect(endpoint.to_owned()).await?;
-    kv.put(PutRequest { key: b"probe".to_vec(), value: value(0, n), ..PutRequest::default() }).await?;
-    Ok(())
-}
-
-/// `clients` closed loops of 1 KiB puts to etcd at `endpoint`, each on its own connection.
+/// `clients` closed loops of 1 KiB puts to etcd at `endpoint`, each on its own connection
+/// (a client of the `etcd-client` crate each).
 async fn etcd_load(endpoint: &str, clients: u64, duration: Duration) -> Load {
     let mut connections = Vec::new();
     for _ in 0..clients {
-        connections.push(KvClient::connect(endpoint.to_owned()).await.expect("etcd connects"));
+        connections.push(etcd_client::Client::connect([endpoint], None).await.expect("etcd connects"));
     }
     let started = Instant::now();
     let deadline = started + duration;
@@ -149,13 +142,9 @@ async fn etcd_load(endpoint: &str, clients: u64, duration: Duration) -> Load {
             let mut latencies = Vec::new();
             let mut n = 0;
             while Instant::now() < deadline {
-                let request = PutRequest {
-                    key: format!("k{key}").into_bytes(),
-                    value: value(key as u64, n),
-                    ..PutRequest::default()
-                };
+                let (name, data) = (format!("k{key}"), value(key as u64, n));
                 let sent = Instant::now();
-                kv.put(request).await.expect("etcd put");
+                kv.put(name, data, None).await.expect("etcd put");
                 latencies.push(sent.elapsed());
                 n += 1;
             }

@@ -64,6 +64,10 @@ pub const SNAPSHOT_INCOMING_IDLE_TICKS_MAX: u32 = 100;
 pub const SNAPSHOT_OUTGOING_MAX: usize = 4;
 /// Memory the state store's page cache may use, by default.
 pub const STORE_CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
+/// Routes (repository to partition) a node keeps in memory from its directory replica; when
+/// full, they are all dropped and read again as asked for. A route is a repository's name and
+/// a partition id: a few MiB at most.
+pub const ROUTE_CACHE_ENTRIES_MAX: usize = 16 * 1024;
 /// Buffer between the state machine's encoder and a snapshot file.
 pub const SNAPSHOT_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 

@@ -1,7 +1,8 @@
 //! Writing and reading through the CLI, as the README shows.
 
-use crate::cluster::{stdout, TestCluster};
+use crate::cluster::{stdout, wait_for, TestCluster};
 use std::process::Command;
+use std::time::Duration;
 
 fn git_hash_object(data: &[u8]) -> String {
     use std::io::Write;
@@ -55,9 +56,26 @@ fn cli_creates_writes_reads_and_reports_status() {
         .iter()
         .all(|r| r["node"].as_u64().is_some() && r["role"].is_string() && r["applied_index"].as_u64().is_some()));
 
+    // Every node looks the fork up, and keeps its route. Deleted, then created again as a
+    // repository of its own, it lives in a new partition, and every node routes it there.
+    for endpoint in cluster.endpoints() {
+        assert_eq!(stdout(&cluster.cli_at(&endpoint, &["ref", "list", "team/app-fork.git"], None)), listed);
+    }
     stdout(&cluster.cli(&["repo", "delete", "team/app-fork.git"]));
     let missing = cluster.cli(&["ref", "list", "team/app-fork.git"]);
     assert!(!missing.status.success());
+    let created = stdout(&cluster.cli(&["repo", "create", "team/app-fork.git"]));
+    let partition: u64 = created.trim().rsplit(' ').next().unwrap().parse().expect("created ... in partition N");
+    assert_ne!(partition, 1, "a repository of its own gets a new partition");
+    for endpoint in cluster.endpoints() {
+        // A node's directory replica may apply the change a moment after the leader's.
+        wait_for("every node to route the repository to its new partition", Duration::from_secs(10), || {
+            let info = cluster.cli_at(&endpoint, &["repo", "info", "team/app-fork.git", "--json"], None);
+            let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap_or_default();
+            info["partition"] == partition
+        });
+        assert_eq!(stdout(&cluster.cli_at(&endpoint, &["ref", "list", "team/app-fork.git"], None)), "");
+    }
 }
 
 #[test]

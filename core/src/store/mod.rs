@@ -96,6 +96,8 @@ pub struct Store {
     db: redb::Database,
     /// The database file; `None` in memory.
     file: Option<Arc<backend::StoreFile>>,
+    /// Committed transactions that changed the `routes` table (see [`Store::routes_version`]).
+    routes_version: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -131,7 +133,7 @@ impl Store {
             .set_cache_size(options.cache_size_bytes)
             .create_with_backend(backend::DiskBackend::new(file.clone()))
             .map_err(|e| StoreError::Database { op: "open", source: e.into() })?;
-        let store = Store { db, file: Some(file) };
+        let store = Store { db, file: Some(file), routes_version: Default::default() };
         store.write(Commit::Durable, |rows| rows.create_all())?;
         Ok(store)
     }
@@ -152,7 +154,7 @@ impl Store {
         let db = redb::Builder::new()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .expect("an in-memory database opens");
-        let store = Store { db, file: None };
+        let store = Store { db, file: None, routes_version: Default::default() };
         store.write(Commit::Durable, |rows| rows.create_all()).expect("an in-memory database takes a write");
         store
     }
@@ -174,9 +176,10 @@ impl Store {
             Commit::Durable | Commit::Written => redb::Durability::Immediate,
         };
         txn.set_durability(durability).map_err(|e| StoreError::Corrupt { reason: e.to_string() })?;
-        let out = {
+        let (out, routes_changed) = {
             let mut rows = WriteRows::open(&txn)?;
-            work(&mut rows)?
+            let out = work(&mut rows)?;
+            (out, rows.changed(TableId::Routes))
         };
         let owed = match (commit, &self.file) {
             (Commit::Written, Some(file)) => Some(file),
@@ -192,7 +195,20 @@ impl Store {
             file.defer_next_sync(false);
         }
         committed?;
+        if routes_changed {
+            // After the commit: whoever sees the new version reads the new routes.
+            self.routes_version.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
         Ok(out)
+    }
+
+    /// How many committed transactions have changed the `routes` table (which repository
+    /// lives in which partition) since the store opened. A route read in a transaction begun
+    /// after this returned `v` is current for as long as this still returns `v`: the count
+    /// goes up once such a transaction commits, before its `write` returns. What caches routes
+    /// keeps them by it.
+    pub fn routes_version(&self) -> u64 {
+        self.routes_version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Makes every `Commit::Written` commit so far durable. Safe beside a write transaction on

@@ -576,18 +576,28 @@ pub struct WriteRows<'txn> {
     txn: &'txn redb::WriteTransaction,
     tables: [std::cell::OnceCell<BytesTable<'txn>>; TableId::ALL.len()],
     partitions: redb::Table<'txn, u64, &'static [u8]>,
+    /// The tables this transaction changed (or may have: a removal that found nothing counts),
+    /// a bit per table by position.
+    changed: u32,
 }
+
+const _: () = assert!(TableId::ALL.len() <= u32::BITS as usize, "a bit per table in `WriteRows::changed`");
 
 impl<'txn> WriteRows<'txn> {
     pub fn open(txn: &'txn redb::WriteTransaction) -> Result<WriteRows<'txn>, StoreError> {
         // Every write touches its partition's record, so that table is opened at once.
         let partitions = txn.open_table(PARTITIONS).map_err(|e| db("open table")(e.into()))?;
-        Ok(WriteRows { txn, tables: Default::default(), partitions })
+        Ok(WriteRows { txn, tables: Default::default(), partitions, changed: 0 })
     }
 
     /// Creates every table that does not exist yet, so that readers never meet a missing one.
     pub fn create_all(&mut self) -> Result<(), StoreError> {
         TableId::ALL.iter().try_for_each(|table| self.table(*table).map(|_| ()))
+    }
+
+    /// Whether this transaction changed `table` (inserted or removed rows in it).
+    pub fn changed(&self, table: TableId) -> bool {
+        self.changed & (1 << table.position()) != 0
     }
 
     fn table(&self, table: TableId) -> Result<&BytesTable<'txn>, StoreError> {
@@ -601,6 +611,7 @@ impl<'txn> WriteRows<'txn> {
 
     fn table_mut(&mut self, table: TableId) -> Result<&mut BytesTable<'txn>, StoreError> {
         self.table(table)?;
+        self.changed |= 1 << table.position();
         Ok(self.tables[table.position()].get_mut().expect("opened just above"))
     }
 

@@ -788,6 +788,30 @@ fn switching_to_rings_keeps_the_results_in_each_window() {
 // ---- Directory ---------------------------------------------------------------------------
 
 #[test]
+fn the_routes_version_counts_committed_writes_that_change_routes() {
+    let mut h = Harness::new();
+    let version = |h: &Harness| h.store.routes_version();
+    assert_eq!(version(&h), 0);
+    assert!(h.write(allocate("a", &[1])).is_ok());
+    assert_eq!(version(&h), 1, "a new route");
+    assert!(h.write(create("elsewhere")).is_ok());
+    assert!(h.write(tx("elsewhere", vec![blob("x")], vec![])).is_ok());
+    assert_eq!(version(&h), 1, "writes that route nothing leave it");
+    assert!(h.write(allocate("a", &[1])).is_err());
+    assert_eq!(version(&h), 1, "a refused allocation routes nothing");
+    assert!(h.write(route("a/fork", 1)).is_ok());
+    assert!(h.write(unroute("a/fork")).is_ok());
+    assert_eq!(version(&h), 3, "routed, then unrouted");
+    // A transaction that changed routes and then failed committed nothing.
+    let failed = h.store.write(Commit::Lazy, |rows| {
+        rows.insert(TableId::Routes, b"some key", b"some value")?;
+        Err::<(), _>(StoreError::Corrupt { reason: "abandoned".into() })
+    });
+    assert!(failed.is_err());
+    assert_eq!(version(&h), 3);
+}
+
+#[test]
 fn directory_allocates_partition_ids_from_one() {
     let mut h = Harness::new();
     let client = ClientId(4);
